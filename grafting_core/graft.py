@@ -1,0 +1,350 @@
+"""``Graft``: learning-rate grafting M#D as a drop-in ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .layers import Granularity, Layers
+from .native import NativeOptimizer
+from .registry import build_optimizer
+from .rules import tensor_norms
+from .schedule import MagnitudeSchedule
+
+#: Per-layer quantities ``Graft`` leaves in ``last_norms`` after every step (columns, in order).
+NORM_FIELDS = (
+    "magnitude_norm",  # ‖Δ_M‖: the step M proposed (or the replayed schedule's value)
+    "direction_norm",  # ‖Δ_D‖: the step D proposed
+    "step_norm",  # ‖applied step‖ = lr · ‖Δ_M‖ for a layer that moved
+    "grad_norm",  # ‖g‖ before the step (inf/nan when the layer was skipped)
+    "weight_norm",  # ‖w‖ before the step
+    "skipped",  # 1 where the gradient or a proposed step was non-finite: no step taken
+)
+PATHS = ("auto", "native", "blackbox")
+
+
+@dataclass
+class _Plan:
+    """Index bookkeeping for one set of parameters with gradients (cached between steps)."""
+
+    key: tuple[int, ...]
+    params: list[Tensor]
+    index: Tensor  # layer of each active parameter
+    is_identity: bool  # one layer per parameter, all present, in order
+    active_layers: Tensor  # bool per layer: has at least one active parameter
+
+
+class Graft(torch.optim.Optimizer):
+    r"""Layer-wise grafting: the step *direction* of ``direction`` with the *size* of ``magnitude``.
+
+    Both child optimizers see the same gradient at the same weights and each proposes a
+    step; per layer :math:`l` the applied update is
+
+    .. math::
+        w_{t+1,l} = w_{t,l} + \mathrm{lr} \cdot
+            \frac{\lVert \Delta_{M,l} \rVert}{\lVert \Delta_{D,l} \rVert + \epsilon}\,\Delta_{D,l}
+
+    (a layer whose direction step is exactly zero does not move). ``Graft(A, A)`` is A.
+    Native children (registry specs) are computed without touching the weights; any other
+    ``torch.optim.Optimizer`` is driven as a black box: snapshot, step, difference, restore,
+    with a single weights-sized scratch buffer.
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``, which gives
+            the layers readable names) or param-group dicts; each group may set its own ``lr``.
+        magnitude: spec (``"adam"``, ``("adam", {"lr": 1e-3})``), a ready optimizer over the
+            same parameters, or a :class:`MagnitudeSchedule` to replay a recorded schedule.
+        direction: spec or ready optimizer over the same parameters.
+        granularity: ``"tensor"`` (default, the paper's layer-wise), ``"module"``,
+            ``"global"``, or a callable from parameter name to layer key.
+        lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
+        eps: added to ‖Δ_D‖ in the ratio (default: 1e-16).
+        path: ``"auto"`` (native when both children are native), ``"native"`` (error if not
+            possible) or ``"blackbox"`` (drive every child through its ``step()``).
+        skip_nonfinite: skip the step of a layer whose gradient has a NaN/inf; its children
+            see a zero gradient for it instead (their moments decay, they are never
+            poisoned), the gradient is zeroed in place and the skip is counted in
+            ``nonfinite_skips`` and ``last_norms`` (default: True).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = Graft(model.named_parameters(), ("adam", {"lr": 1e-3}), ("sgd", {"lr": 0.1}))
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step()
+
+    References:
+        Agarwal, Anil, Hazan, Koren, Zhang. "Disentangling Adaptive Gradient Methods from
+        Learning Rates" / "Learning Rate Grafting: Transferability of Optimizer Tuning",
+        https://arxiv.org/abs/2002.11803 (2020).
+
+    .. warning:: Norms are per parameter tensor on one device. Under sharding (FSDP) a
+        tensor's norm must be reduced across shards, which this class does not do yet.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        magnitude: Any,
+        direction: Any,
+        *,
+        granularity: Granularity = "tensor",
+        lr: float = 1.0,
+        eps: float = 1e-16,
+        path: str = "auto",
+        skip_nonfinite: bool = True,
+    ) -> None:
+        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
+        if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"Invalid eps: {eps!r} (must be a finite number >= 0)")
+        if path not in PATHS:
+            raise ValueError(f"Invalid path: {path!r} (valid: {PATHS})")
+        if isinstance(direction, MagnitudeSchedule):
+            raise TypeError("A MagnitudeSchedule can only be the magnitude, not the direction")
+        self._ready = False
+        super().__init__(params, {"lr": lr})
+        self.eps = float(eps)
+        self.path = path
+        self.skip_nonfinite = skip_nonfinite
+        self.granularity = granularity
+        self.magnitude = self._child(magnitude)
+        self.direction = self._child(direction)
+        self.native = self._is_native(self.magnitude) and self._is_native(self.direction)
+        if path == "native" and not self.native:
+            raise ValueError("path='native' needs native children (registry specs); got "
+                             f"{type(self.magnitude).__name__}, {type(self.direction).__name__}")
+        self._ready = True
+        self._reset_layers()
+        self.graft_step = 0
+
+    # ----------------------------------------------------------------- set-up
+    def named_params(self) -> list[tuple[str, Tensor]]:
+        """``(name, parameter)`` in group order; unnamed parameters are ``param<i>``."""
+        named, position = [], 0
+        for group in self.param_groups:
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                named.append((names[i] if names else f"param{position}", p))
+                position += 1
+        return named
+
+    def _child(self, child: Any) -> Any:
+        if isinstance(child, MagnitudeSchedule):
+            return child
+        if isinstance(child, torch.optim.Optimizer):
+            theirs = {id(p) for g in child.param_groups for p in g["params"]}
+            ours = {id(p) for g in self.param_groups for p in g["params"]}
+            if theirs != ours:
+                raise ValueError(
+                    f"{type(child).__name__} was built over other parameters than Graft: "
+                    f"{len(theirs - ours)} extra, {len(ours - theirs)} missing"
+                )
+            return child
+        return build_optimizer(child, [self._child_group(g) for g in self.param_groups])
+
+    @staticmethod
+    def _child_group(group: dict[str, Any]) -> dict[str, Any]:
+        names = group.get("param_names")
+        return {"params": list(zip(names, group["params"])) if names else list(group["params"])}
+
+    def _is_native(self, child: Any) -> bool:
+        return self.path != "blackbox" and isinstance(child, NativeOptimizer | MagnitudeSchedule)
+
+    def _reset_layers(self) -> None:
+        named = self.named_params()
+        if self.granularity == "module" and any(
+            g.get("param_names") is None for g in self.param_groups
+        ):
+            raise ValueError("granularity='module' needs parameter names: pass "
+                             "model.named_parameters() instead of model.parameters()")
+        self.layers = Layers.build([n for n, _ in named], self.granularity)
+        self._position = {id(p): i for i, (_, p) in enumerate(named)}
+        self._plan: _Plan | None = None
+        self._scratch: dict[int, Tensor] = {}
+        device = named[0][1].device if named else torch.device("cpu")
+        self.last_norms = torch.full((len(self.layers), len(NORM_FIELDS)), math.nan, device=device)
+        self.nonfinite_skips = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
+        if isinstance(self.magnitude, MagnitudeSchedule):
+            self.magnitude.check_layers(self.layers.names)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to Graft and to both children (built from specs or not)."""
+        super().add_param_group(param_group)
+        if not self._ready:
+            return
+        for child in (self.magnitude, self.direction):
+            if isinstance(child, torch.optim.Optimizer):
+                child.add_param_group(self._child_group(self.param_groups[-1]))
+        self._reset_layers()
+
+    # ------------------------------------------------------------------- step
+    def _plan_for(self, params: list[Tensor]) -> _Plan:
+        key = tuple(self._position[id(p)] for p in params)
+        if self._plan is None or self._plan.key != key:
+            layer_of = [self.layers.index[i] for i in key]
+            device = params[0].device
+            active = torch.zeros(len(self.layers), dtype=torch.bool)
+            active[layer_of] = True
+            identity = layer_of == list(range(len(self.layers)))
+            self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
+                               active.to(device))
+        return self._plan
+
+    def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
+        """Per-layer norms from per-tensor norms."""
+        if plan.is_identity:
+            return per_tensor
+        sums = torch.zeros(len(self.layers), dtype=per_tensor.dtype, device=per_tensor.device)
+        sums.index_add_(0, plan.index, per_tensor.square())
+        return sums.sqrt()
+
+    @staticmethod
+    def _tensor_norms(tensors: list[Tensor]) -> Tensor:
+        return torch.stack(tensor_norms(tensors))
+
+    @staticmethod
+    def _mark_stepped(child: Any) -> None:
+        # LR schedulers warn unless the optimizer they wrap was stepped; Graft steps it.
+        if isinstance(child, torch.optim.Optimizer):
+            child._opt_called = True
+
+    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
+        scratch = []
+        for p in params:
+            buf = self._scratch.get(id(p))
+            if buf is None:
+                buf = self._scratch[id(p)] = torch.empty_like(p)
+            scratch.append(buf)
+        torch._foreach_copy_(scratch, params)
+        return scratch
+
+    def _child_steps(self, child: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
+        """A native child's steps for ``params``, in that order."""
+        stepped, steps = child.compute_steps(params)
+        if len(stepped) == len(params) and all(a is b for a, b in zip(stepped, params)):
+            return steps
+        by_id = {id(p): s for p, s in zip(stepped, steps)}
+        return [by_id[id(p)] for p in params]
+
+    def _magnitude_norms(self, plan: _Plan, scratch: list[Tensor] | None) -> Tensor:
+        if isinstance(self.magnitude, MagnitudeSchedule):
+            return self.magnitude.norms_at(self.graft_step, plan.index.device)
+        if self.native:
+            return self._reduce(self._tensor_norms(self._child_steps(self.magnitude, plan.params)), plan)
+        self.magnitude.step()
+        torch._foreach_sub_(plan.params, scratch)  # the weights now hold Δ_M
+        norms = self._reduce(self._tensor_norms(plan.params), plan)
+        torch._foreach_copy_(plan.params, scratch)
+        return norms
+
+    def _direction_steps(self, plan: _Plan, scratch: list[Tensor] | None) -> list[Tensor]:
+        if self.native:
+            return self._child_steps(self.direction, plan.params)
+        self.direction.step()
+        torch._foreach_sub_(plan.params, scratch)  # the weights now hold Δ_D
+        return plan.params
+
+    def _scales(self, plan: _Plan, ratio: Tensor) -> Tensor:
+        """Per-parameter multiplier lr_group · ratio_layer."""
+        per_param = ratio[plan.index]
+        lrs = [g["lr"] for g in self.param_groups]
+        if all(lr == lrs[0] for lr in lrs):
+            return per_param * lrs[0]
+        lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
+        return per_param * torch.tensor([lr_of[i] for i in plan.key], device=ratio.device)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One grafted step on the current gradients; returns the closure's loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"]
+                  if p.grad is not None and p.requires_grad]
+        if not params:
+            return loss
+        for p in params:
+            if p.grad.is_sparse:
+                name = self.layers.param_names[self._position[id(p)]]
+                raise RuntimeError(f"Graft does not support sparse gradients (parameter {name!r}); "
+                                   "use a dense embedding (sparse=False)")
+        plan = self._plan_for(params)
+        grads = [p.grad for p in params]
+        grad_norm = self._reduce(self._tensor_norms(grads), plan)
+        finite = torch.isfinite(grad_norm)
+        if self.skip_nonfinite:
+            for grad, bad in zip(grads, (~finite)[plan.index].unbind()):
+                grad.masked_fill_(bad, 0.0)
+        weight_norm = self._reduce(self._tensor_norms(params), plan)
+        scratch = None if self.native else self._snapshot(params)
+
+        magnitude_norm = self._magnitude_norms(plan, scratch)
+        direction = self._direction_steps(plan, scratch)
+        direction_per_tensor = self._tensor_norms(direction)
+        direction_norm = self._reduce(direction_per_tensor, plan)
+
+        ratio = magnitude_norm / (direction_norm + self.eps)
+        if self.skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
+            finite &= torch.isfinite(ratio) & torch.isfinite(direction_norm)
+            ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
+        ratio = torch.where(direction_norm > 0, ratio, torch.zeros_like(ratio))
+        scales = self._scales(plan, ratio)
+        if self.native:
+            torch._foreach_addcmul_(params, direction, list(scales.unbind()))
+        else:
+            torch._foreach_mul_(params, list(scales.unbind()))
+            torch._foreach_add_(params, scratch)
+
+        step_norm = self._reduce(scales.abs() * direction_per_tensor, plan)
+        skipped = (~finite).to(torch.float32)
+        self.nonfinite_skips += (~finite & plan.active_layers).to(torch.int64)
+        norms = torch.stack([magnitude_norm, direction_norm, step_norm, grad_norm,
+                             weight_norm, skipped], dim=1)
+        self.last_norms = torch.where(plan.active_layers[:, None], norms,
+                                      torch.full_like(norms, math.nan))
+        self.graft_step += 1
+        self._mark_stepped(self.magnitude)
+        self._mark_stepped(self.direction)
+        return loss
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Graft's groups plus both children's states under fixed names."""
+        state = super().state_dict()
+        state["graft"] = {"step": self.graft_step, "eps": self.eps,
+                          "nonfinite_skips": self.nonfinite_skips.clone(),
+                          "layer_names": list(self.layers.names)}
+        for role in ("magnitude", "direction"):
+            child = getattr(self, role)
+            state[role] = child.state_dict() if isinstance(child, torch.optim.Optimizer) else None
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore Graft and both children; layer names must match the saved ones."""
+        state_dict = dict(state_dict)
+        missing = [k for k in ("graft", "magnitude", "direction") if k not in state_dict]
+        if missing:
+            raise ValueError(f"Not a Graft state_dict: missing {missing}")
+        extras = state_dict.pop("graft")
+        children = {role: state_dict.pop(role) for role in ("magnitude", "direction")}
+        if list(extras["layer_names"]) != list(self.layers.names):
+            raise ValueError("Saved Graft layers differ from this optimizer's: "
+                             f"saved {len(extras['layer_names'])}, here {len(self.layers)}")
+        super().load_state_dict(state_dict)
+        for role, child_state in children.items():
+            child = getattr(self, role)
+            if isinstance(child, torch.optim.Optimizer):
+                child.load_state_dict(child_state)
+        self.graft_step = int(extras["step"])
+        self.eps = float(extras["eps"])
+        self.nonfinite_skips.copy_(extras["nonfinite_skips"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("skip_nonfinite", True)

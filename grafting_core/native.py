@@ -1,0 +1,88 @@
+"""``NativeOptimizer``: a real ``torch.optim.Optimizer`` around one native update rule.
+
+It is used two ways. On its own it is a plain optimizer (``step()`` applies its rule), which
+is how the lab runs "A alone". Inside ``Graft`` it is a child whose :meth:`compute_steps`
+returns the proposed steps without applying them, so the weights are written only once.
+Its hyperparameters live in ``param_groups`` as usual, so torch LR schedulers attach to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .rules import Rule, init_state, needed_buffers
+
+
+class NativeOptimizer(torch.optim.Optimizer):
+    """A torch optimizer driven by a :class:`~grafting_core.rules.Rule`.
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs or param-group dicts.
+        rule: the update rule (see ``grafting_core.rules.RULES``).
+        **hparams: the rule's hyperparameters, already validated by the registry.
+    """
+
+    def __init__(self, params: Iterable[Any], rule: Rule, **hparams: Any) -> None:
+        self.rule = rule
+        super().__init__(params, {**rule.defaults, **hparams})
+
+    def __repr__(self) -> str:
+        hp = {k: v for k, v in self.defaults.items()}
+        return f"NativeOptimizer({self.rule.name}, {hp})"
+
+    def _active(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        params = [p for p in group["params"] if p.grad is not None and p.requires_grad]
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{self.rule.name}: sparse gradients are not supported")
+        return params, [p.grad for p in params]
+
+    @torch.no_grad()
+    def compute_steps(self, params: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """Advance the state on the current gradients and return ``(params, steps)``.
+
+        Only parameters with a gradient take part (others keep their state untouched).
+        ``params`` restricts the work to those tensors (default: all with a gradient).
+        The weights are not modified.
+        """
+        wanted = None if params is None else {id(p) for p in params}
+        all_params: list[Tensor] = []
+        all_steps: list[Tensor] = []
+        for group in self.param_groups:
+            group_params, grads = self._active(group)
+            if wanted is not None:
+                keep = [i for i, p in enumerate(group_params) if id(p) in wanted]
+                group_params = [group_params[i] for i in keep]
+                grads = [grads[i] for i in keep]
+            if not group_params:
+                continue
+            hp = {k: v for k, v in group.items() if k in self.rule.defaults}
+            states = [self._state_for(p, hp) for p in group_params]
+            for state in states:
+                state["step"] += 1
+            buffers = {name: [s[name] for s in states] for name in needed_buffers(self.rule, hp)}
+            steps = [s["step"] for s in states]
+            all_params += group_params
+            all_steps += self.rule.update(group_params, grads, buffers, steps, hp)
+        return all_params, all_steps
+
+    def _state_for(self, param: Tensor, hp: dict[str, Any]) -> dict[str, Any]:
+        state = self.state[param]
+        if not state:
+            state.update(init_state(self.rule, param, hp))
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch's documented contract
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, steps = self.compute_steps()
+        if params:
+            torch._foreach_add_(params, steps)
+        return loss

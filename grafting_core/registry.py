@@ -1,0 +1,201 @@
+"""Optimizer specs and the registry that turns a spec into a torch optimizer.
+
+A spec is a registry name plus hyperparameters, e.g. ``("adam", {"lr": 1e-3})``.
+Native names (see ``grafting_core.rules``) build a :class:`NativeOptimizer`, whose steps
+``Graft`` can compute without touching the weights. Black-box names build one of torch's
+own optimizers; any ``"module:Class"`` name builds that class (third-party optimizers),
+and ``Graft`` drives those by snapshot, step, difference and restore.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from .native import NativeOptimizer
+from .rules import RULES
+
+
+class BlackBoxEntry(NamedTuple):
+    """A registry optimizer available only through the black-box path."""
+
+    factory: Callable[..., torch.optim.Optimizer]
+    defaults: dict[str, Any]
+    summary: str
+
+
+BLACK_BOX: dict[str, BlackBoxEntry] = {
+    "muon": BlackBoxEntry(
+        torch.optim.Muon,
+        {"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True},
+        "Muon (torch.optim.Muon): orthogonalised momentum; 2-D parameters only.",
+    ),
+    "adafactor": BlackBoxEntry(
+        torch.optim.Adafactor,
+        {"lr": 1e-2, "beta2_decay": -0.8, "d": 1.0, "weight_decay": 0.0},
+        "Adafactor (torch.optim.Adafactor): factored second moments, little memory.",
+    ),
+}
+
+
+def optimizer_names() -> list[str]:
+    """Every registry name, native first."""
+    return list(RULES) + list(BLACK_BOX)
+
+
+def is_native(name: str) -> bool:
+    """Whether ``name`` has a native rule (the fast, no-weight-touching path)."""
+    return name in RULES
+
+
+def describe(name: str) -> str:
+    """One line on what the named optimizer does."""
+    if name in RULES:
+        return RULES[name].summary
+    if name in BLACK_BOX:
+        return BLACK_BOX[name].summary
+    return f"{name}: imported optimizer class (black-box path)."
+
+
+def default_hparams(name: str) -> dict[str, Any]:
+    """The named optimizer's hyperparameters with their defaults."""
+    if name in RULES:
+        return dict(RULES[name].defaults)
+    if name in BLACK_BOX:
+        return dict(BLACK_BOX[name].defaults)
+    if ":" in name:
+        return {}
+    raise _unknown_name(name)
+
+
+def _unknown_name(name: str) -> ValueError:
+    return ValueError(
+        f"Unknown optimizer {name!r}. Valid names: {', '.join(optimizer_names())}; "
+        "or 'module:Class' for any torch.optim.Optimizer subclass."
+    )
+
+
+def _nonnegative(key: str, value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok and math.isfinite(value) and value >= 0 else "a finite number >= 0"
+
+
+def _fraction(key: str, value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok and 0 <= value < 1 else "a number in [0, 1)"
+
+
+def _betas(key: str, value: Any) -> str | None:
+    ok = isinstance(value, tuple | list) and len(value) == 2
+    ok = ok and all(_fraction(key, b) is None for b in value)
+    return None if ok else "a pair of numbers in [0, 1)"
+
+
+def _boolean(key: str, value: Any) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
+_CHECKS = {
+    "betas": _betas,
+    "momentum": _fraction,
+    "alpha": _fraction,
+    "dampening": _fraction,
+    "nesterov": _boolean,
+    "centered": _boolean,
+}
+
+
+def validate_hparams(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults merged with ``hparams``; a ``ValueError`` names any bad key or value."""
+    defaults = default_hparams(name)
+    if name not in RULES:
+        return {**defaults, **hparams}  # the optimizer class validates its own arguments
+    unknown = sorted(set(hparams) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"Unknown hyperparameter(s) {unknown} for optimizer {name!r}. "
+            f"Valid: {sorted(defaults)}"
+        )
+    resolved = {**defaults, **hparams}
+    for key, value in resolved.items():
+        problem = _CHECKS.get(key, _nonnegative)(key, value)
+        if problem:
+            raise ValueError(f"Invalid {name} hyperparameter {key!r}: {value!r} (must be {problem})")
+    if resolved.get("nesterov") and (resolved["momentum"] <= 0 or resolved["dampening"] != 0):
+        raise ValueError(f"Invalid {name} hyperparameters: nesterov needs momentum > 0 and dampening 0")
+    if "betas" in resolved:
+        resolved["betas"] = tuple(resolved["betas"])
+    return resolved
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer by registry name and hyperparameter overrides (defaults fill the rest)."""
+
+    name: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"Optimizer name must be a string, got {type(self.name).__name__}")
+        if ":" not in self.name and self.name not in RULES and self.name not in BLACK_BOX:
+            raise _unknown_name(self.name)
+        object.__setattr__(self, "hparams", dict(self.hparams))
+        validate_hparams(self.name, self.hparams)
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """All hyperparameters, defaults included."""
+        return validate_hparams(self.name, self.hparams)
+
+    @property
+    def label(self) -> str:
+        """A short human label, e.g. ``adam(lr=0.001)``."""
+        args = ", ".join(f"{k}={v}" for k, v in self.hparams.items())
+        return f"{self.name}({args})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form, inverse of :func:`as_spec` on a dict."""
+        return {"name": self.name, "hparams": dict(self.hparams)}
+
+
+def as_spec(spec: Any) -> OptimizerSpec:
+    """Accept ``"adam"``, ``("adam", {...})``, ``{"name": "adam", "hparams": {...}}`` or a spec."""
+    if isinstance(spec, OptimizerSpec):
+        return spec
+    if isinstance(spec, str):
+        return OptimizerSpec(spec)
+    if isinstance(spec, tuple | list) and len(spec) == 2 and isinstance(spec[1], Mapping):
+        return OptimizerSpec(spec[0], spec[1])
+    if isinstance(spec, Mapping) and "name" in spec:
+        return OptimizerSpec(spec["name"], spec.get("hparams", {}))
+    raise TypeError(
+        "An optimizer spec is a name, a (name, hparams) pair, a {'name', 'hparams'} dict "
+        f"or an OptimizerSpec; got {spec!r}"
+    )
+
+
+def _import_class(path: str) -> type[torch.optim.Optimizer]:
+    module_name, _, class_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot import optimizer class {path!r}: {error}") from error
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"{path!r} is not a torch.optim.Optimizer subclass")
+    return cls
+
+
+def build_optimizer(spec: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """A ready optimizer for ``spec`` over ``params`` (tensors, named pairs or groups)."""
+    spec = as_spec(spec)
+    hparams = spec.resolved
+    if spec.name in RULES:
+        return NativeOptimizer(params, RULES[spec.name], **hparams)
+    factory = BLACK_BOX[spec.name].factory if spec.name in BLACK_BOX else _import_class(spec.name)
+    return factory(params, **hparams)

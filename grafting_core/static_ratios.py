@@ -1,0 +1,154 @@
+"""Static per-layer learning-rate corrections from a grafted run.
+
+Run M#D briefly (e.g. Adam#SGD), take the ratio r_l(t) = ‖Δ_M,l‖ / ‖Δ_D,l‖ per layer,
+reduce it over a window of steps to one multiplier c_l, and train plain D (SGD) with
+per-layer learning rates lr·c_l: D then takes steps of M's typical size with none of M's
+optimizer state. Ratios are keyed by parameter name and carry the parameter shapes, so a
+file exported here and loaded against another model fails clearly instead of silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+STATISTICS = ("median", "mean", "trimmed_mean")
+FORMAT = "grafting-lab/static-ratios"
+
+
+def reduce_ratios(ratios: Tensor, statistic: str = "median", *, trim: float = 0.1) -> Tensor:
+    """Per-column statistic of a ``(steps, layers)`` tensor, ignoring NaN entries."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"Invalid statistic: {statistic!r} (valid: {STATISTICS})")
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"Invalid trim: {trim!r} (must be in [0, 0.5))")
+    out = []
+    for column in ratios.T:
+        values = column[~torch.isnan(column)].double().sort().values
+        if statistic == "median":
+            out.append(values.quantile(0.5) if len(values) else torch.tensor(float("nan")))
+            continue
+        if statistic == "trimmed_mean":
+            cut = int(len(values) * trim)
+            values = values[cut:len(values) - cut]
+        out.append(values.mean() if len(values) else torch.tensor(float("nan")))
+    return torch.stack(out).float() if out else torch.empty(0)
+
+
+def step_ratios(magnitude_norms: Tensor, direction_norms: Tensor) -> Tensor:
+    """r = ‖Δ_M‖ / ‖Δ_D‖ elementwise; NaN where undefined (no step, zero direction, inf)."""
+    ratio = magnitude_norms.double() / direction_norms.double()
+    ok = (direction_norms > 0) & torch.isfinite(ratio)
+    return torch.where(ok, ratio, torch.full_like(ratio, float("nan")))
+
+
+@dataclass
+class StaticRatios:
+    """One learning-rate multiplier per parameter, with shapes and provenance."""
+
+    ratios: dict[str, float]  # parameter name -> c
+    shapes: dict[str, list[int]]  # parameter name -> shape in the recorded model
+    base_lr: float | None = None  # D's lr in the recorded run: SGD lr for layer = base_lr · c
+    info: dict[str, Any] = field(default_factory=dict)  # statistic, window, source run
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        return {"format": FORMAT, "version": 1, "base_lr": self.base_lr, "info": self.info,
+                "parameters": {n: {"ratio": c, "shape": self.shapes[n]}
+                               for n, c in self.ratios.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StaticRatios:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("format") != FORMAT:
+            raise ValueError("Not a static-ratios file (format field missing or different)")
+        params = data["parameters"]
+        return cls({n: float(v["ratio"]) for n, v in params.items()},
+                   {n: list(v["shape"]) for n, v in params.items()},
+                   data.get("base_lr"), data.get("info", {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON keyed by parameter name."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> StaticRatios:
+        """Read a file written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def check(self, named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+        """The model's named parameters, after checking names and shapes match exactly."""
+        named = list(named_params)
+        names = {n for n, _ in named}
+        missing = sorted(names - set(self.ratios))
+        extra = sorted(set(self.ratios) - names)
+        wrong = sorted(n for n, p in named
+                       if n in self.shapes and list(p.shape) != list(self.shapes[n]))
+        if missing or extra or wrong:
+            raise ValueError(
+                "Static ratios do not fit this model: "
+                f"no ratio for {missing}; not in the model {extra}; "
+                f"shape differs for {[(n, self.shapes[n]) for n in wrong]}"
+            )
+        return named
+
+    def param_groups(self, named_params: Iterable[tuple[str, Tensor]],
+                     lr: float | None = None) -> list[dict[str, Any]]:
+        """Groups for ``torch.optim.SGD``: each parameter with lr·c (lr defaults to base_lr)."""
+        lr = self.base_lr if lr is None else lr
+        if lr is None:
+            raise ValueError("No lr given and the ratios carry no base_lr")
+        return [{"params": [p], "param_names": [n], "lr": lr * self.ratios[n]}
+                for n, p in self.check(named_params)]
+
+
+def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list[int], *,
+                           layer_names: tuple[str, ...], param_names: tuple[str, ...],
+                           param_layer: tuple[int, ...], shapes: dict[str, list[int]],
+                           window: tuple[int, int] | None = None, statistic: str = "median",
+                           trim: float = 0.1, base_lr: float | None = None) -> StaticRatios:
+    """c_l = statistic over steps in ``window`` (``[start, stop)``) of ‖Δ_M,l‖/‖Δ_D,l‖.
+
+    ``records`` is a norm recording ``(steps, layers, fields)``; each parameter gets the
+    multiplier of its layer. A layer with no usable step in the window is an error.
+    """
+    start, stop = window if window is not None else (0, max(steps, default=-1) + 1)
+    rows = [i for i, s in enumerate(steps) if start <= s < stop]
+    if not rows:
+        raise ValueError(f"No recorded steps in window [{start}, {stop}) "
+                         f"(recorded: {steps[0] if steps else '-'}..{steps[-1] if steps else '-'})")
+    sel = records[rows]
+    ratios = step_ratios(sel[:, :, fields.index("magnitude_norm")],
+                         sel[:, :, fields.index("direction_norm")])
+    ratios[sel[:, :, fields.index("skipped")] > 0] = float("nan")
+    per_layer = reduce_ratios(ratios, statistic, trim=trim)
+    empty = [layer_names[i] for i in range(len(layer_names)) if torch.isnan(per_layer[i])]
+    if empty:
+        raise ValueError(f"No usable steps in the window for layers {empty}")
+    info = {"statistic": statistic, "window": [start, stop], "steps_used": len(rows)}
+    if statistic == "trimmed_mean":
+        info["trim"] = trim
+    return StaticRatios({n: float(per_layer[param_layer[i]]) for i, n in enumerate(param_names)},
+                        {n: shapes[n] for n in param_names}, base_lr, info)
+
+
+def static_ratios_from_log(log: Any, *, window: tuple[int, int] | None = None,
+                           statistic: str = "median", trim: float = 0.1) -> StaticRatios:
+    """Estimate from a ``NormLog`` of a grafted run (base_lr: D's lr times Graft's lr)."""
+    graft = log.graft
+    steps, records = log.read()
+    shapes = {n: list(p.shape) for n, p in graft.named_params()}
+    # The grafted step is graft.lr · ‖Δ_M‖, and Δ_D carries D's own lr: SGD needs both.
+    base_lr = graft.direction.param_groups[0]["lr"] * graft.param_groups[0]["lr"]
+    return estimate_static_ratios(
+        records, log.fields, steps, layer_names=graft.layers.names,
+        param_names=graft.layers.param_names, param_layer=graft.layers.index, shapes=shapes,
+        window=window, statistic=statistic, trim=trim, base_lr=base_lr)

@@ -1,0 +1,351 @@
+"""Graft against independent computations: plain optimizers, float64 formulas, itself resumed."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from grafting_core import Graft, NormLog, build_optimizer, optimizer_names
+from grafting_core.registry import is_native
+
+from .helpers import compute_grads, make_model, max_relative_difference, train
+
+NATIVE = [n for n in optimizer_names() if is_native(n)]
+HPARAMS = {  # A's hyperparameters for the A#A tests (D's lr differs: it must cancel)
+    "sgd": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    "adam": {"lr": 1e-2},
+    "adamw": {"lr": 1e-2, "weight_decay": 0.1},
+    "adagrad": {"lr": 0.05},
+    "rmsprop": {"lr": 1e-3, "momentum": 0.5},
+    "lion": {"lr": 1e-3, "weight_decay": 0.01},
+    "sign_sgd": {"lr": 1e-3, "momentum": 0.9},
+    "lars": {"lr": 1.0},
+    "lamb": {"lr": 1e-2},
+    "muon": {"lr": 1e-2},
+    "adafactor": {"lr": 1e-2},
+}
+
+
+def scaled_lr(name, factor):
+    hp = dict(HPARAMS[name])
+    hp["lr"] = hp["lr"] * factor
+    return (name, hp)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+@pytest.mark.parametrize("name", NATIVE)
+def test_graft_a_a_reproduces_a(name, path, dtype):
+    """A(lr)#A(7·lr) equals plain A(lr) over 50 steps (D's learning rate cancels)."""
+    grafted, plain = make_model(dtype), make_model(dtype)
+    opt = Graft(grafted.named_parameters(), (name, HPARAMS[name]), scaled_lr(name, 7.0), path=path)
+    train(grafted, opt, 50)
+    train(plain, build_optimizer((name, HPARAMS[name]), plain.parameters()), 50)
+    assert opt.native == (path == "native")
+    assert max_relative_difference(grafted, plain) < (1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("name,cls", [("muon", torch.optim.Muon),
+                                      ("adafactor", torch.optim.Adafactor)])
+def test_black_box_registry_entries_graft_onto_themselves(name, cls):
+    grafted, plain = make_model(bias=False), make_model(bias=False)
+    opt = Graft(grafted.named_parameters(), (name, HPARAMS[name]), scaled_lr(name, 3.0))
+    assert not opt.native
+    train(grafted, opt, 30)
+    train(plain, cls(plain.parameters(), **build_optimizer((name, HPARAMS[name]),
+                                                          [torch.zeros(2, 2)]).defaults), 30)
+    assert max_relative_difference(grafted, plain) < 1e-5
+
+
+def test_third_party_optimizer_instances():
+    """Any torch.optim.Optimizer instance works (black box), e.g. NAdam#NAdam = NAdam."""
+    grafted, plain = make_model(), make_model()
+    magnitude = torch.optim.NAdam(grafted.parameters(), lr=1e-2)
+    direction = torch.optim.NAdam(grafted.parameters(), lr=5e-2)
+    train(grafted, Graft(grafted.named_parameters(), magnitude, direction), 30)
+    train(plain, torch.optim.NAdam(plain.parameters(), lr=1e-2), 30)
+    assert max_relative_difference(grafted, plain) < 1e-5
+
+
+def test_module_path_spec_imports_the_class():
+    model = make_model()
+    opt = Graft(model.named_parameters(), ("torch.optim:RAdam", {"lr": 1e-3}), "sgd")
+    assert isinstance(opt.magnitude, torch.optim.RAdam)
+    train(model, opt, 2)
+
+
+PAIR_NAMES = ["sgd", "adam", "adagrad", "rmsprop", "lamb"]
+PAIR_HP = {**HPARAMS, "sgd": {"lr": 0.05, "momentum": 0.9}}
+
+
+@pytest.mark.parametrize("direction", PAIR_NAMES)
+@pytest.mark.parametrize("magnitude", PAIR_NAMES)
+def test_native_and_black_box_paths_agree(magnitude, direction):
+    a, b = make_model(), make_model()
+    specs = ((magnitude, PAIR_HP[magnitude]), (direction, PAIR_HP[direction]))
+    train(a, Graft(a.named_parameters(), *specs, path="native"), 30)
+    train(b, Graft(b.named_parameters(), *specs, path="blackbox"), 30)
+    assert max_relative_difference(a, b) < 1e-5
+
+
+def _hand_step(model, granularity, lr):
+    """One Adam#SGD-momentum step in float64, from independent torch optimizers."""
+    after = {}
+    for role, make in (("m", lambda p: torch.optim.Adam(p, lr=1e-2)),
+                       ("d", lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9))):
+        clone = copy.deepcopy(model)
+        compute_grads(clone, 0)
+        make(clone.parameters()).step()
+        after[role] = dict(clone.named_parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    delta = {role: {n: after[role][n].detach() - before[n] for n in before} for role in after}
+    groups = {}
+    for n in before:
+        key = {"tensor": n, "module": n.rpartition(".")[0], "global": "all"}.get(granularity)
+        key = granularity(n) if callable(granularity) else key
+        groups.setdefault(key, []).append(n)
+    expected = {}
+    for names in groups.values():
+        norm_m = math.sqrt(sum(float(delta["m"][n].square().sum()) for n in names))
+        norm_d = math.sqrt(sum(float(delta["d"][n].square().sum()) for n in names))
+        for n in names:
+            expected[n] = before[n] + lr * norm_m / norm_d * delta["d"][n]
+    return expected
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+@pytest.mark.parametrize("granularity", ["tensor", "module", "global", "callable"])
+def test_grafted_update_equals_float64_formula(granularity, path):
+    model = make_model(torch.float64)
+    if granularity == "callable":
+        granularity = lambda name: "weights" if name.endswith("weight") else "biases"  # noqa: E731
+    expected = _hand_step(model, granularity, lr=0.7)
+    opt = Graft(model.named_parameters(), ("adam", {"lr": 1e-2}),
+                ("sgd", {"lr": 0.3, "momentum": 0.9}), granularity=granularity, lr=0.7, path=path)
+    compute_grads(model, 0)
+    opt.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_state_dict_round_trip_resumes_exactly(path):
+    specs = (("adam", {"lr": 1e-2}), ("sgd", {"lr": 0.1, "momentum": 0.9}))
+    straight = make_model()
+    train(straight, Graft(straight.named_parameters(), *specs, path=path), 20)
+
+    first = make_model()
+    opt = Graft(first.named_parameters(), *specs, path=path)
+    train(first, opt, 10)
+    saved_weights = copy.deepcopy(first.state_dict())
+    saved = copy.deepcopy(opt.state_dict())
+    assert set(saved) >= {"state", "param_groups", "graft", "magnitude", "direction"}
+
+    resumed = make_model(seed=123)
+    resumed.load_state_dict(saved_weights)
+    opt2 = Graft(resumed.named_parameters(), *specs, path=path)
+    opt2.load_state_dict(saved)
+    assert opt2.graft_step == 10
+    train(resumed, opt2, 10, start=10)
+    assert max_relative_difference(resumed, straight) == 0.0
+
+
+def test_load_state_dict_rejects_other_layers():
+    opt = Graft(make_model().named_parameters(), "adam", "sgd")
+    other = Graft(make_model(bias=False).named_parameters(), "adam", "sgd")
+    with pytest.raises(ValueError):
+        other.load_state_dict(opt.state_dict())
+
+
+def test_scheduler_on_magnitude_shapes_the_grafted_step():
+    """A scheduler on M's lr gives M's scheduled trajectory: Adam(sched)#Adam = Adam(sched)."""
+    decay = lambda t: 1.0 / (1 + 0.2 * t)  # noqa: E731
+    grafted, plain = make_model(), make_model()
+    opt = Graft(grafted.named_parameters(), ("adam", {"lr": 1e-2}), ("adam", {"lr": 0.5}))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt.magnitude, decay)
+    ref = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    ref_sched = torch.optim.lr_scheduler.LambdaLR(ref, decay)
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")  # no "scheduler before optimizer" warning
+        train(grafted, opt, 30, scheduler=sched)
+    train(plain, ref, 30, scheduler=ref_sched)
+    assert max_relative_difference(grafted, plain) < 1e-5
+
+
+def test_scheduler_on_graft_scales_global_lr():
+    decay = lambda t: 0.9**t  # noqa: E731
+    grafted, plain = make_model(), make_model()
+    opt = Graft(grafted.named_parameters(), ("adam", {"lr": 1e-2}), ("adam", {"lr": 0.3}))
+    ref = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    train(grafted, opt, 20, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, decay))
+    train(plain, ref, 20, scheduler=torch.optim.lr_scheduler.LambdaLR(ref, decay))
+    assert max_relative_difference(grafted, plain) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_parameters(dtype):
+    """bf16/fp16 weights train, norms are float32 and close to a float32 run."""
+    low, high = make_model(dtype), make_model(torch.float32)
+    adam = ("adam", {"lr": 1e-2, "eps": 1e-4})  # 1e-8 underflows in float16
+    opt = Graft(low.named_parameters(), adam, ("sgd", {"lr": 0.1}))
+    ref = Graft(high.named_parameters(), adam, ("sgd", {"lr": 0.1}))
+    losses = train(low, opt, 30)
+    ref_losses = train(high, ref, 30)
+    assert opt.last_norms.dtype == torch.float32
+    assert torch.isfinite(opt.last_norms).all()
+    assert losses[-1] < 0.7 * losses[0]
+    assert abs(losses[-1] - ref_losses[-1]) < 0.1 * ref_losses[-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_a_a_matches_torch_in_that_precision(dtype):
+    grafted, plain = make_model(dtype), make_model(dtype)
+    adam = {"lr": 1e-2, "eps": 1e-4}
+    train(grafted, Graft(grafted.named_parameters(), ("adam", adam), ("adam", adam)), 20)
+    train(plain, torch.optim.Adam(plain.parameters(), **adam), 20)
+    assert max_relative_difference(grafted, plain) < 2e-2
+
+
+class CountLocalScalarDense(TorchDispatchMode):
+    """Counts aten._local_scalar_dense: every .item()/float(t)/bool(t) host sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "module", "global"])
+@pytest.mark.parametrize("magnitude,direction", [("adam", "sgd"), ("lamb", "lars"),
+                                                 ("rmsprop", "lion"), ("adagrad", "sign_sgd"),
+                                                 ("adamw", "sgd")])
+def test_native_step_makes_no_host_sync(magnitude, direction, granularity):
+    model = make_model()
+    opt = Graft(model.named_parameters(), magnitude, direction, granularity=granularity)
+    NormLog(opt)
+    for step in range(3):
+        compute_grads(model, step)
+        with CountLocalScalarDense() as counter:
+            opt.step()
+        assert counter.count == 0
+
+
+def test_zero_direction_step_gives_zero_update():
+    model = make_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = Graft(model.named_parameters(), "adam", ("sgd", {"lr": 0.0}))
+    train(model, opt, 3)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert torch.isfinite(opt.last_norms).all()
+
+
+def test_zero_gradient_layer_does_not_move_or_nan():
+    model = make_model()
+    opt = Graft(model.named_parameters(), "adam", "sign_sgd")
+    compute_grads(model, 0)
+    model.fc1.weight.grad.zero_()
+    before = model.fc1.weight.detach().clone()
+    opt.step()
+    assert torch.equal(model.fc1.weight, before)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_parameters_without_grad_are_skipped_and_states_untouched():
+    model = make_model()
+    model.fc2.bias.requires_grad_(False)
+    opt = Graft(model.named_parameters(), "adam", ("sgd", {"momentum": 0.9}))
+    compute_grads(model, 0)
+    model.out.bias.grad = None
+    frozen = [model.fc2.bias.detach().clone(), model.out.bias.detach().clone()]
+    opt.step()
+    assert torch.equal(model.fc2.bias, frozen[0]) and torch.equal(model.out.bias, frozen[1])
+    for child in (opt.magnitude, opt.direction):
+        assert len(child.state[model.out.bias]) == 0 and len(child.state[model.fc2.bias]) == 0
+        assert len(child.state[model.fc1.weight]) > 0
+    names = list(opt.layers.names)
+    assert math.isnan(opt.last_norms[names.index("out.bias"), 0])
+    assert not math.isnan(opt.last_norms[names.index("fc1.weight"), 0])
+
+
+def test_sparse_gradients_are_a_clear_error():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = Graft(emb.named_parameters(), "adam", "sgd")
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse.*weight"):
+        opt.step()
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_non_finite_gradient_skips_only_that_layer(path):
+    model = make_model()
+    opt = Graft(model.named_parameters(), "adam", ("sgd", {"momentum": 0.9}), path=path)
+    train(model, opt, 2)
+    compute_grads(model, 2)
+    model.fc2.weight.grad[0, 0] = float("nan")
+    model.out.weight.grad[1, 1] = float("inf")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == set(before) - {"fc2.weight", "out.weight"}
+    names = list(opt.layers.names)
+    skipped = opt.last_norms[:, 5]
+    assert skipped[names.index("fc2.weight")] == 1 and skipped[names.index("out.weight")] == 1
+    assert int(opt.nonfinite_skips.sum()) == 2
+    for child in (opt.magnitude, opt.direction):
+        for state in child.state.values():
+            assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
+    train(model, opt, 3, start=3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kwargs,field", [({"lr": -1.0}, "lr"), ({"lr": math.inf}, "lr"),
+                                          ({"eps": -1e-3}, "eps"), ({"eps": math.nan}, "eps"),
+                                          ({"path": "fast"}, "path"),
+                                          ({"granularity": "row"}, "granularity")])
+def test_invalid_arguments_name_the_argument(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        Graft(make_model().named_parameters(), "adam", "sgd", **kwargs)
+
+
+def test_unknown_spec_lists_valid_names():
+    with pytest.raises(ValueError, match="Valid names: sgd, adam"):
+        Graft(make_model().named_parameters(), "adamax2", "sgd")
+
+
+def test_module_granularity_needs_names():
+    with pytest.raises(ValueError, match="named_parameters"):
+        Graft(make_model().parameters(), "adam", "sgd", granularity="module")
+
+
+def test_instances_over_other_parameters_are_rejected():
+    model = make_model()
+    with pytest.raises(ValueError, match="other parameters"):
+        Graft(model.named_parameters(), torch.optim.Adam(model.fc1.parameters()), "sgd")
+
+
+def test_black_box_uses_one_weights_sized_scratch():
+    model = make_model()
+    opt = Graft(model.named_parameters(), torch.optim.Adam(model.parameters()),
+                torch.optim.SGD(model.parameters(), lr=0.1))
+    train(model, opt, 3)
+    scratch = sum(t.numel() for t in opt._scratch.values())
+    assert scratch == sum(p.numel() for p in model.parameters())
+
+
+def test_add_param_group_reaches_both_children():
+    model = make_model()
+    extra = torch.nn.Linear(3, 3)
+    opt = Graft(model.named_parameters(), "adam", "sgd")
+    opt.add_param_group({"params": list(extra.named_parameters()), "lr": 0.5})
+    assert len(opt.magnitude.param_groups) == len(opt.direction.param_groups) == 2
+    assert "weight" in opt.layers.names
+    extra(torch.randn(2, 3)).sum().backward()
+    before = extra.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(extra.weight, before)
