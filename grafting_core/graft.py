@@ -59,7 +59,8 @@ class Graft(torch.optim.Optimizer):
             the layers readable names) or param-group dicts; each group may set its own ``lr``.
         magnitude: spec (``"adam"``, ``("adam", {"lr": 1e-3})``), a ready optimizer over the
             same parameters, or a :class:`MagnitudeSchedule` to replay a recorded schedule.
-        direction: spec or ready optimizer over the same parameters.
+        direction: spec or ready optimizer over the same parameters, or ``None``: then
+            M's own steps are applied unchanged (plain M, with per-layer norm recording).
         granularity: ``"tensor"`` (default, the paper's layer-wise), ``"module"``,
             ``"global"``, or a callable from parameter name to layer key.
         lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
@@ -112,9 +113,12 @@ class Graft(torch.optim.Optimizer):
         self.path = path
         self.skip_nonfinite = skip_nonfinite
         self.granularity = granularity
+        if direction is None and isinstance(magnitude, MagnitudeSchedule):
+            raise ValueError("A replayed schedule needs a direction optimizer (direction=None)")
         self.magnitude = self._child(magnitude)
-        self.direction = self._child(direction)
-        self.native = self._is_native(self.magnitude) and self._is_native(self.direction)
+        self.direction = None if direction is None else self._child(direction)
+        self.native = self._is_native(self.magnitude) and (
+            direction is None or self._is_native(self.direction))
         if path == "native" and not self.native:
             raise ValueError("path='native' needs native children (registry specs); got "
                              f"{type(self.magnitude).__name__}, {type(self.direction).__name__}")
@@ -242,10 +246,11 @@ class Graft(torch.optim.Optimizer):
         torch._foreach_copy_(plan.params, scratch)
         return norms
 
-    def _direction_steps(self, plan: _Plan, scratch: list[Tensor] | None) -> list[Tensor]:
+    def _direction_steps(self, child: torch.optim.Optimizer, plan: _Plan,
+                         scratch: list[Tensor] | None) -> list[Tensor]:
         if self.native:
-            return self._child_steps(self.direction, plan.params)
-        self.direction.step()
+            return self._child_steps(child, plan.params)
+        child.step()
         torch._foreach_sub_(plan.params, scratch)  # the weights now hold Δ_D
         return plan.params
 
@@ -284,12 +289,17 @@ class Graft(torch.optim.Optimizer):
         weight_norm = self._reduce(self._tensor_norms(params), plan)
         scratch = None if self.native else self._snapshot(params)
 
-        magnitude_norm = self._magnitude_norms(plan, scratch)
-        direction = self._direction_steps(plan, scratch)
-        direction_per_tensor = self._tensor_norms(direction)
-        direction_norm = self._reduce(direction_per_tensor, plan)
-
-        ratio = magnitude_norm / (direction_norm + self.eps)
+        if self.direction is None:  # plain M: its own step, ratio exactly one
+            direction = self._direction_steps(self.magnitude, plan, scratch)
+            direction_per_tensor = self._tensor_norms(direction)
+            direction_norm = magnitude_norm = self._reduce(direction_per_tensor, plan)
+            ratio = torch.ones_like(direction_norm)
+        else:
+            magnitude_norm = self._magnitude_norms(plan, scratch)
+            direction = self._direction_steps(self.direction, plan, scratch)
+            direction_per_tensor = self._tensor_norms(direction)
+            direction_norm = self._reduce(direction_per_tensor, plan)
+            ratio = magnitude_norm / (direction_norm + self.eps)
         if self.skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
             finite &= torch.isfinite(ratio) & torch.isfinite(direction_norm)
             ratio = torch.where(finite, ratio, torch.zeros_like(ratio))

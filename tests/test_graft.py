@@ -349,3 +349,16 @@ def test_add_param_group_reaches_both_children():
     before = extra.weight.detach().clone()
     opt.step()
     assert not torch.equal(extra.weight, before)
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_direction_none_is_plain_magnitude_with_recording(path):
+    grafted, plain = make_model(), make_model()
+    opt = Graft(grafted.named_parameters(), ("adam", {"lr": 1e-2}), None, path=path)
+    log = NormLog(opt)
+    train(grafted, opt, 20)
+    train(plain, torch.optim.Adam(plain.parameters(), lr=1e-2), 20)
+    assert max_relative_difference(grafted, plain) < 1e-6
+    steps, values = log.read()
+    assert steps == list(range(20))
+    torch.testing.assert_close(values[:, :, 0], values[:, :, 2])  # ‖Δ_M‖ is the applied step
