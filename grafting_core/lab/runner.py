@@ -1,0 +1,132 @@
+"""Run a stored config in this process, writing everything the trainer reports to the store.
+
+The one path every run takes, whoever started it (command line, grid worker, app):
+``create_run`` records the config, ``execute_run`` trains it (here, or in a worker process
+through ``grafting_core.lab.executor``) and keeps the store's row, metrics, norms and
+checkpoint current. Stopping goes through the store, so any process can stop any run.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .analysis import schedule_from_run
+from .config import RunConfig
+from .store import RunStore
+from .trainer import Trainer
+
+STOP_ARTIFACT = "stop_requested"
+
+
+def create_run(store: RunStore, config: RunConfig, *, kind: str = "train",
+               group: str | None = None) -> str:
+    """Record ``config`` as a new run (status running until a worker picks it up)."""
+    return store.create_run(config.to_dict(), name=config.name or config.label, kind=kind,
+                            group=group)
+
+
+def request_stop(store: RunStore, run_id: str) -> None:
+    """Ask a run to stop cleanly at its next flush (works from any process)."""
+    store.put_artifact(run_id, STOP_ARTIFACT, "1", kind="control")
+
+
+def stop_requested(store: RunStore, run_id: str) -> bool:
+    """Whether someone asked ``run_id`` to stop (and it was not resumed since)."""
+    try:
+        return store.get_artifact(run_id, STOP_ARTIFACT) == "1"
+    except KeyError:
+        return False
+
+
+def load_artifact(store: RunStore, run_id: str, name: str) -> Any:
+    """An artifact of a run; a magnitude schedule is derived from its norms when not saved."""
+    if name in store.artifact_names(run_id):
+        return store.get_artifact(run_id, name)
+    if name == "magnitude_schedule":
+        return schedule_from_run(store, run_id).to_dict()
+    raise KeyError(f"Run {run_id!r} has no artifact {name!r} "
+                   f"(it has {store.artifact_names(run_id)})")
+
+
+class StoreWriter:
+    """Trainer callbacks that persist a run: metrics, norms, checkpoints, status."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+
+    def attach(self, trainer: Trainer) -> None:
+        """Register on every trainer event."""
+        for event in ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end"):
+            trainer.add_callback(event, getattr(self, event))
+
+    def on_start(self, trainer: Trainer) -> None:
+        opt = trainer.optimizer
+        shapes = {n: list(p.shape) for n, p in opt.named_params()}
+        self.store.put_artifact(self.run_id, "layers", {
+            "layer_names": list(opt.layers.names), "param_names": list(opt.layers.param_names),
+            "param_layer": list(opt.layers.index), "shapes": shapes,
+            "device": str(trainer.device), "parameters": sum(p.numel() for _, p in
+                                                             opt.named_params())})
+        self.store.heartbeat(self.run_id, step=trainer.step)
+
+    def on_metrics(self, trainer: Trainer, rows: list[tuple[int, str, float]]) -> None:
+        if rows:
+            self.store.log_metrics_many(self.run_id, rows)
+        self.store.heartbeat(self.run_id, step=trainer.step)
+
+    def on_norms(self, trainer: Trainer, steps: list[int], values: Any) -> None:
+        log = trainer.norm_log
+        self.store.log_layer_norms(self.run_id, steps, log.layer_names, log.fields,
+                                   values.numpy())
+
+    def on_checkpoint(self, trainer: Trainer, blob: bytes) -> None:
+        self.store.put_artifact(self.run_id, "checkpoint", blob, kind="checkpoint")
+
+    def on_end(self, trainer: Trainer, status: str, step: int) -> None:
+        self.store.set_status(self.run_id, status, step=step)
+
+
+def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
+                should_stop: Callable[[], bool] | None = None,
+                callbacks: dict[str, Callable] | None = None) -> str:
+    """Train the stored config of ``run_id`` here; returns the final status.
+
+    Errors mark the run ``failed`` with the message and are re-raised; Ctrl-C marks it
+    ``stopped`` after saving a checkpoint, so ``resume=True`` continues it exactly.
+    """
+    record = store.run(run_id)
+    store.set_status(run_id, "running")
+    try:
+        config = RunConfig.from_dict(record["config"])
+        blob = store.get_artifact(run_id, "checkpoint") if resume else None
+    except Exception as error:
+        _fail(store, run_id, error)
+        raise
+    if resume:
+        store.put_artifact(run_id, STOP_ARTIFACT, "0", kind="control")
+
+    def stop() -> bool:
+        return bool(should_stop and should_stop()) or stop_requested(store, run_id)
+
+    trainer = Trainer(config, should_stop=stop, resume=blob,
+                      artifact_loader=lambda rid, name: load_artifact(store, rid, name))
+    StoreWriter(store, run_id).attach(trainer)
+    for event, callback in (callbacks or {}).items():
+        trainer.add_callback(event, callback)
+    try:
+        return trainer.run()
+    except KeyboardInterrupt:
+        if hasattr(trainer, "optimizer"):
+            store.put_artifact(run_id, "checkpoint", trainer.checkpoint(), kind="checkpoint")
+        store.set_status(run_id, "stopped", step=trainer.step)
+        raise
+    except Exception as error:
+        _fail(store, run_id, error)
+        raise
+
+
+def _fail(store: RunStore, run_id: str, error: Exception) -> None:
+    store.set_status(run_id, "failed", error=f"{type(error).__name__}: {error}")
+    store.put_artifact(run_id, "traceback", traceback.format_exc(), kind="log")

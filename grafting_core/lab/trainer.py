@@ -1,0 +1,238 @@
+"""The trainer: runs one ``RunConfig`` and streams what happens to callbacks.
+
+It knows nothing about grafting beyond building the optimizer, and nothing about storage:
+the run store, progress bars and live pages attach as callbacks (minGPT style). Events:
+
+- ``on_start(trainer)``                 model, data and optimizer are built
+- ``on_metrics(trainer, rows)``         ``[(step, name, value), ...]`` every ``log_every`` steps
+- ``on_norms(trainer, steps, values)``  per-layer norms ``(steps, layers, fields)`` since last time
+- ``on_checkpoint(trainer, blob)``      a resumable checkpoint (bytes)
+- ``on_end(trainer, status, step)``     finished | stopped | diverged (at ``step``)
+
+Losses stay on the device between flushes (one host sync per ``log_every`` steps). A
+non-finite loss or weight stops the run at once as ``diverged``, keeping what was recorded.
+
+    python -m grafting_core train --dataset mnist1d --magnitude adam --direction sgd
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import Graft, MagnitudeSchedule, NormLog, StaticRatios
+from .config import RunConfig
+from .custom import load_custom
+from .data import load_dataset
+from .models import build_model, default_model, loss_fn
+
+EVENTS = ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end")
+
+
+def pick_device(requested: str) -> torch.device:
+    """CUDA when available for ``auto``; a clear error when CUDA is asked for but absent."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={requested!r} but no CUDA device is available; use cpu or auto")
+    return torch.device(requested)
+
+
+def lr_factor(step: int, total: int, kind: str, warmup: int = 0) -> float:
+    """The schedule's multiplier of the base learning rate at ``step`` (a pure function)."""
+    if kind == "constant":
+        return 1.0
+    if kind == "warmup_cosine" and step < warmup:  # 1) linear warm-up from ~0
+        return (step + 1) / warmup
+    start = warmup if kind == "warmup_cosine" else 0
+    progress = min(max(step - start, 0) / max(total - start, 1), 1.0)
+    if kind == "linear":  # 2) linear decay to zero
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))  # 3) cosine decay to zero
+
+
+class Trainer:
+    """Runs one config. ``should_stop`` is polled at every flush; ``resume`` is a checkpoint."""
+
+    def __init__(self, config: RunConfig, *, should_stop: Callable[[], bool] | None = None,
+                 resume: bytes | None = None,
+                 artifact_loader: Callable[[str, str], Any] | None = None) -> None:
+        self.config = config
+        self.should_stop = should_stop or (lambda: False)
+        self.resume = resume
+        self.artifact_loader = artifact_loader  # ("run:<id>", artifact name) -> object
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self.step = 0  # optimizer steps taken
+        self.status = "running"
+        self.diverged_at: int | None = None  # first step with a non-finite loss or weight
+
+    def add_callback(self, event: str, callback: Callable) -> None:
+        """Call ``callback(trainer, **payload)`` on ``event`` (one of ``EVENTS``)."""
+        if event not in EVENTS:
+            raise ValueError(f"Unknown event {event!r} (valid: {EVENTS})")
+        self.callbacks[event].append(callback)
+
+    def _fire(self, event: str, **payload: Any) -> None:
+        for callback in self.callbacks[event]:
+            callback(self, **payload)
+
+    # ------------------------------------------------------------------ set-up
+    def _reference(self, ref: str, artifact: str) -> Any:
+        if ref.startswith("run:"):
+            if self.artifact_loader is None:
+                raise ValueError(f"{ref!r} needs a run store to load {artifact!r} from")
+            return self.artifact_loader(ref[4:], artifact)
+        with open(ref) as handle:
+            return json.load(handle)
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.device = pick_device(cfg.device)
+        if cfg.custom:
+            model, self.dataset = load_custom(cfg.custom)
+        else:
+            self.dataset = load_dataset(cfg.dataset, seed=cfg.seed)
+            sizes = {k: v for k, v in (("width", cfg.width), ("depth", cfg.depth)) if v}
+            model = build_model(cfg.model or default_model(cfg.dataset), self.dataset,
+                                seed=cfg.seed, **sizes)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn(self.dataset.task)
+        named = list(self.model.named_parameters())
+        magnitude: Any = cfg.magnitude_spec()
+        params: Any = named
+        if cfg.replay:
+            magnitude = MagnitudeSchedule.from_dict(
+                self._reference(cfg.replay, "magnitude_schedule"))
+        if cfg.static_ratios:
+            ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios, "static_ratios"))
+            base_lr = cfg.magnitude_spec().resolved["lr"]
+            params = ratios.param_groups(named, lr=base_lr)
+        self.optimizer = Graft(params, magnitude, cfg.direction_spec(),
+                               granularity=cfg.granularity, lr=cfg.graft_lr)
+        scheduled = self.optimizer if cfg.replay else self.optimizer.magnitude
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            scheduled, lambda s: lr_factor(s, cfg.steps, cfg.schedule, cfg.warmup_steps))
+        capacity = max(4 * cfg.log_every // cfg.record_every, 16)
+        self.norm_log = NormLog(self.optimizer, capacity=capacity, every=cfg.record_every)
+        self._norms_seen = -1
+        if self.resume is not None:
+            self._load_checkpoint(self.resume)
+
+    # -------------------------------------------------------------- checkpoint
+    def checkpoint(self) -> bytes:
+        """Model, optimizer, scheduler and step, as bytes for the run store."""
+        buffer = io.BytesIO()
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "step": self.step,
+                    "config": self.config.to_dict()}, buffer)
+        return buffer.getvalue()
+
+    def _load_checkpoint(self, blob: bytes) -> None:
+        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self._norms_seen = self.step - 1
+
+    # -------------------------------------------------------------------- loop
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (and accuracy for classification and text) on fixed batches."""
+        self.model.eval()
+        total, correct, count = 0.0, 0, 0
+        for x, y in self.dataset.eval_batches(256, max_examples=self.config.eval_examples):
+            x, y = x.to(self.device), y.to(self.device)
+            out = self.model(x)
+            n = y.numel() if self.dataset.task != "regression" else len(y)
+            total += float(self.loss_fn(out, y)) * n
+            count += n
+            if self.dataset.task != "regression":
+                correct += int((out.argmax(-1) == y).sum())
+        self.model.train()
+        metrics = {"val_loss": total / count}
+        if self.dataset.task != "regression":
+            metrics["val_accuracy"] = correct / count
+        return metrics
+
+    def _train_step(self) -> torch.Tensor:
+        cfg = self.config
+        x, y = self.dataset.batch("train", cfg.batch_size, step=self.step, seed=cfg.seed)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.device.type == "cuda"):
+            loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss.detach()
+
+    def _weights_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return math.isfinite(float(torch.stack(norms).sum()))
+
+    def _flush(self, losses: list[torch.Tensor], started: float) -> bool:
+        """Send metrics and norms since the last flush; False when the run diverged."""
+        values = torch.stack(losses).float().cpu().tolist()
+        first = self.step - len(values)
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        rows = [(first + i, "train_loss", v) for i, v in enumerate(values[:bad])]
+        if bad is None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            rows.append((self.step - 1, "steps_per_second", len(values) / elapsed))
+            rows.append((self.step - 1, "lr", self.scheduler.get_last_lr()[0]))
+        self._fire("on_metrics", rows=rows)
+        steps, norms = self.norm_log.read(since=self._norms_seen)
+        if steps:
+            self._norms_seen = steps[-1]
+            self._fire("on_norms", steps=steps, values=norms)
+        if bad is not None:
+            self.diverged_at = first + bad
+            return False
+        if not self._weights_finite():
+            self.diverged_at = self.step - 1
+            return False
+        return True
+
+    def run(self) -> str:
+        """Train to ``config.steps`` or until stopped/diverged; returns the final status."""
+        cfg = self.config
+        self._build()
+        self._fire("on_start")
+        losses: list[torch.Tensor] = []
+        started = time.perf_counter()
+        while self.step < cfg.steps:
+            losses.append(self._train_step())
+            last = self.step == cfg.steps
+            flushed = len(losses) == cfg.log_every or last
+            if flushed:
+                if not self._flush(losses, started):
+                    self.status = "diverged"
+                    break
+                losses = []
+            if self.step % cfg.eval_every == 0 or last:
+                self._fire("on_metrics", rows=[(self.step - 1, k, v)
+                                               for k, v in self.evaluate().items()])
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self._fire("on_checkpoint", blob=self.checkpoint())
+            if flushed:
+                if self.should_stop():
+                    self.status = "stopped"
+                    break
+                started = time.perf_counter()
+        if self.status == "running":
+            self.status = "finished"
+        if self.status != "diverged":
+            self._fire("on_checkpoint", blob=self.checkpoint())
+        self._fire("on_end", status=self.status,
+                   step=self.diverged_at if self.diverged_at is not None else self.step)
+        return self.status
