@@ -6,6 +6,7 @@ Imports torch and the standard library only. The experiment engine lives in
 
 from .graft import NORM_FIELDS, Graft
 from .layers import GRANULARITIES, Layers, layer_key
+from .memory import state_bytes
 from .native import NativeOptimizer
 from .recording import NormLog
 from .registry import (
@@ -31,5 +32,5 @@ __all__ = [
     "GRANULARITIES", "NORM_FIELDS", "RULES", "STATISTICS", "Graft", "Layers", "MagnitudeSchedule",
     "NativeOptimizer", "NormLog", "OptimizerSpec", "Rule", "StaticRatios", "as_spec",
     "build_optimizer", "default_hparams", "describe", "estimate_static_ratios", "is_native",
-    "layer_key", "optimizer_names", "static_ratios_from_log", "validate_hparams",
+    "layer_key", "optimizer_names", "state_bytes", "static_ratios_from_log", "validate_hparams",
 ]

@@ -21,5 +21,9 @@ def no_network(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Seed every test; one torch thread (small ops, and no spinning against other jobs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)

@@ -362,3 +362,16 @@ def test_direction_none_is_plain_magnitude_with_recording(path):
     steps, values = log.read()
     assert steps == list(range(20))
     torch.testing.assert_close(values[:, :, 0], values[:, :, 2])  # ‖Δ_M‖ is the applied step
+
+
+def test_state_bytes_counts_children_states():
+    from grafting_core import state_bytes
+
+    model = make_model()
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    opt = Graft(model.named_parameters(), "adam", ("sgd", {"momentum": 0.9}))
+    train(model, opt, 1)
+    assert state_bytes(opt) == 3 * weights  # Adam: m, v; SGD: momentum buffer
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, plain, 1)
+    assert state_bytes(plain) == 0

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .. import Graft, MagnitudeSchedule, NormLog, StaticRatios
+from ..memory import state_bytes
 from .config import RunConfig
 from .custom import load_custom
 from .data import load_dataset
@@ -231,6 +232,8 @@ class Trainer:
                 started = time.perf_counter()
         if self.status == "running":
             self.status = "finished"
+        self._fire("on_metrics", rows=[(self.step - 1, "optimizer_state_bytes",
+                                        float(state_bytes(self.optimizer)))])
         if self.status != "diverged":
             self._fire("on_checkpoint", blob=self.checkpoint())
         self._fire("on_end", status=self.status,
