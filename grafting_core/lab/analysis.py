@@ -28,7 +28,7 @@ def schedule_from_run(store: RunStore, run_id: str) -> MagnitudeSchedule:
     """The run's recorded ‖Δ_M‖ per layer and step, as a replayable schedule."""
     steps, layers, values = norm_cube(store, run_id)
     return MagnitudeSchedule.from_records(
-        layers, steps, torch.from_numpy(values).float(), NORM_FIELDS,
+        layers, steps, torch.from_numpy(values.copy()).float(), NORM_FIELDS,
         source={"run_id": run_id, "label": store.run(run_id)["name"]})
 
 
