@@ -24,35 +24,42 @@ from ..registry import OptimizerSpec
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
 
 
+def _option(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``--help`` and in the app)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: data, model, optimizers, schedule and loop settings."""
 
-    name: str = ""  # free label shown in run lists
-    dataset: str = "mnist1d"  # a name from data.dataset_names()
-    model: str = ""  # "" = the dataset's default model
-    width: int = 0  # 0 = the model's default width
-    depth: int = 0  # 0 = the model's default depth
-    custom: str = ""  # "module:function" returning (model, Dataset); replaces dataset/model
-    magnitude: str = "adam"  # M: the optimizer whose step sizes are used (or the plain one)
-    magnitude_hparams: dict[str, Any] = field(default_factory=dict)
-    direction: str = ""  # D: the optimizer whose directions are used; "" = plain M
-    direction_hparams: dict[str, Any] = field(default_factory=dict)
-    granularity: str = "tensor"  # grafting layers: tensor | module | global
-    graft_lr: float = 1.0  # Graft's global multiplier
-    schedule: str = "constant"  # LR schedule on M's lr: constant | cosine | linear | warmup_cosine
-    warmup_steps: int = 0  # linear warm-up length for warmup_cosine
-    replay: str = ""  # a magnitude-schedule file, or "run:<id>", replayed as M
-    static_ratios: str = ""  # a static-ratios file, or "run:<id>": per-layer lr multipliers on M
-    steps: int = 500  # optimizer steps
-    batch_size: int = 64
-    seed: int = 0  # model init and data order
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    eval_every: int = 100  # steps between validation passes (and at the end)
-    eval_examples: int = 1000  # validation examples (windows for text) per pass
-    log_every: int = 10  # steps between metric flushes (one host sync each)
-    record_every: int = 1  # record per-layer norms every this many steps
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = at stop and at the end only
+    name: str = _option("", "free label shown in run lists")
+    dataset: str = _option("mnist1d", "dataset: mnist1d | digits | chars | teacher")
+    model: str = _option("", "model: mlp | cnn1d | cnn | transformer; empty = dataset's default")
+    width: int = _option(0, "model width; 0 = the model's default")
+    depth: int = _option(0, "model depth; 0 = the model's default")
+    custom: str = _option("", "'module:function' returning (model, Dataset); replaces dataset")
+    magnitude: str = _option("adam", "M: the optimizer whose step sizes are used (or plain M)")
+    magnitude_hparams: dict[str, Any] = _option({}, "M's hyperparameters as JSON: '{\"lr\": 1e-3}'")
+    direction: str = _option("", "D: the optimizer whose directions are used; empty = plain M")
+    direction_hparams: dict[str, Any] = _option({}, "D's hyperparameters as JSON")
+    granularity: str = _option("tensor", "grafting layers: tensor | module | global")
+    graft_lr: float = _option(1.0, "Graft's global multiplier of the grafted step")
+    schedule: str = _option("constant", "schedule of M's lr: constant|cosine|linear|warmup_cosine")
+    warmup_steps: int = _option(0, "linear warm-up steps for warmup_cosine")
+    replay: str = _option("", "magnitude-schedule JSON file or 'run:<id>' replayed as M")
+    static_ratios: str = _option("", "static-ratios JSON file or 'run:<id>': per-layer lr on M")
+    steps: int = _option(500, "optimizer steps")
+    batch_size: int = _option(64, "examples (text: windows) per step")
+    seed: int = _option(0, "seed of model init and data order")
+    device: str = _option("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    eval_every: int = _option(100, "steps between validation passes (and at the end)")
+    eval_examples: int = _option(1000, "validation examples (text: windows) per pass")
+    log_every: int = _option(10, "steps between metric flushes (one host sync each)")
+    record_every: int = _option(1, "record per-layer norms every this many steps")
+    checkpoint_every: int = _option(0, "steps between checkpoints; 0 = at stop and end only")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -142,6 +149,11 @@ def _spec(role: str, name: str, hparams: dict[str, Any]) -> OptimizerSpec:
 def field_names() -> list[str]:
     """All config keys, in declaration order."""
     return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def field_help(name: str) -> str:
+    """The one-line explanation of a config key."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}[name]
 
 
 def parse_value(key: str, text: str) -> Any:

@@ -1,0 +1,299 @@
+"""The command line: ``python -m grafting_core`` (or ``grafting``) for headless runs.
+
+    python -m grafting_core train --magnitude adam --direction sgd --steps 1000
+    python -m grafting_core grid --optimizers sgd adam adagrad --seeds 0 1 2 --dataset chars
+    python -m grafting_core schedule-transfer --magnitude adam --direction sgd
+    python -m grafting_core static-ratios --magnitude adam --window 50 200
+    python -m grafting_core runs list | show ID | export ID | delete ID | schedule ID | ratios ID
+
+Every run setting is a flag (``--help`` lists them) or a key of a TOML/JSON ``--config`` file;
+flags override the file. Bad flags exit with status 2 and a message naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from ..static_ratios import STATISTICS
+from .analysis import schedule_from_run, static_ratios_from_run
+from .config import RunConfig, field_help, field_names, parse_value
+from .executor import LocalExecutor
+from .experiments import (
+    LAB_OPTIMIZERS,
+    grid,
+    grid_matrix,
+    schedule_transfer,
+    static_ratio_experiment,
+)
+from .runner import create_run, execute_run
+from .store import RunStore, default_runs_dir
+
+EXPERIMENT_FIELDS = ("magnitude", "magnitude_hparams", "direction", "direction_hparams")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group("run settings (defaults in brackets)")
+    group.add_argument("--config", type=Path, help="TOML or JSON file of run settings")
+    defaults = RunConfig()
+    for name in field_names():
+        if name not in skip:
+            group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
+                               help=f"{field_help(name)} [{getattr(defaults, name)!r}]")
+
+
+def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunConfig:
+    """The run config from --config and flags; any problem exits 2 naming the setting."""
+    try:
+        base = RunConfig.from_file(args.config) if args.config else RunConfig()
+        changes = {name: parse_value(name, getattr(args, name)) for name in field_names()
+                   if getattr(args, name, None) is not None}
+        return base.replace(**changes)
+    except (ValueError, TypeError, OSError) as error:
+        parser.error(str(error))
+
+
+def _optimizer_choice(parser, label: str) -> tuple[str, tuple[str, dict]]:
+    if label not in LAB_OPTIMIZERS:
+        parser.error(f"unknown optimizer {label!r} (choose from {', '.join(LAB_OPTIMIZERS)})")
+    return label, LAB_OPTIMIZERS[label]
+
+
+def _progress(total_label: str):
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=total_label, unit="run")
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
+    return update
+
+
+def _print_table(table: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(table.to_string(index=False))
+
+
+# ------------------------------------------------------------------ commands
+def cmd_train(parser, args, store: RunStore) -> int:
+    config = _config(parser, args)
+    run_id = args.resume or create_run(store, config)
+    bar = tqdm(total=config.steps, desc=config.label, unit="step")
+
+    def on_metrics(trainer, rows):
+        bar.n = trainer.step
+        loss = [v for _, name, v in rows if name == "train_loss"]
+        if loss:
+            bar.set_postfix(loss=f"{loss[-1]:.4f}")
+        bar.refresh()
+
+    try:
+        status = execute_run(store, run_id, resume=bool(args.resume),
+                             callbacks={"on_metrics": on_metrics})
+    except KeyboardInterrupt:
+        print(f"\nstopped; resume with: python -m grafting_core train --resume {run_id}")
+        return 130
+    except Exception as error:  # recorded in the store as failed
+        print(f"run {run_id} failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    final = store.metrics_wide(run_id).ffill().iloc[-1]
+    print(f"run {run_id}: {status} at step {store.run(run_id)['last_step']}; "
+          + ", ".join(f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final))
+    return 0 if status in ("finished", "stopped") else 1
+
+
+def _executor(args, store: RunStore) -> LocalExecutor | None:
+    return LocalExecutor(store.root, args.workers) if args.workers != 1 else None
+
+
+def cmd_grid(parser, args, store: RunStore) -> int:
+    config = _config(parser, args)
+    optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
+    executor = _executor(args, store)
+    try:
+        group, table = grid(store, config, optimizers, args.seeds, executor=executor,
+                            progress=_progress("grid"))
+    finally:
+        if executor:
+            executor.shutdown()
+    _print_table(table[["name", "seed", "status", "val_loss", "val_accuracy"]])
+    print(f"\nmean val_loss over seeds (rows: magnitude M, columns: direction D), group {group}")
+    print(grid_matrix(table).round(4).to_string())
+    return 0
+
+
+def cmd_transfer(parser, args, store: RunStore) -> int:
+    config = _config(parser, args)
+    executor = _executor(args, store)
+    try:
+        group, table = schedule_transfer(
+            store, config, _optimizer_choice(parser, args.magnitude),
+            _optimizer_choice(parser, args.direction), args.seeds, executor=executor,
+            progress=_progress("schedule transfer"))
+    finally:
+        if executor:
+            executor.shutdown()
+    _print_table(table[["name", "status", "val_loss", "val_accuracy"]])
+    print(f"group {group}")
+    return 0
+
+
+def cmd_ratios(parser, args, store: RunStore) -> int:
+    config = _config(parser, args)
+    executor = _executor(args, store)
+    try:
+        group, table = static_ratio_experiment(
+            store, config, _optimizer_choice(parser, args.magnitude),
+            window=tuple(args.window), statistic=args.statistic, sgd_lrs=args.sgd_lrs,
+            executor=executor, progress=_progress("static ratios"))
+    except ValueError as error:
+        parser.error(str(error))
+    finally:
+        if executor:
+            executor.shutdown()
+    _print_table(table[["name", "status", "val_loss", "val_accuracy", "optimizer_state_bytes",
+                        "best_sgd"]])
+    print(f"group {group}")
+    return 0
+
+
+def cmd_runs(parser, args, store: RunStore) -> int:
+    try:
+        return _runs_action(args, store)
+    except KeyError as error:
+        parser.error(str(error).strip("'\""))
+
+
+def _runs_action(args, store: RunStore) -> int:
+    if args.action == "list":
+        runs = store.runs(group=args.group, status=args.status)
+        if runs.empty:
+            print(f"no runs in {store.path}; start one with: python -m grafting_core train")
+            return 0
+        columns = ["run_id", "name", "kind", "group", "status", "last_step", "created"]
+        _print_table(runs[columns].fillna(""))
+    elif args.action == "show":
+        run = store.run(args.run_id)
+        print(json.dumps({k: str(v) if k != "config" else v for k, v in run.items()}, indent=2))
+        print("artifacts:", ", ".join(store.artifact_names(args.run_id)) or "none")
+    elif args.action == "export":
+        frame = store.metrics_wide(args.run_id)
+        text = frame.to_csv() if args.format == "csv" else frame.reset_index().to_json(
+            orient="records", indent=1)
+        _write(args.output, text)
+    elif args.action == "delete":
+        if not args.yes and input(f"delete run {args.run_id}? [y/N] ").lower() != "y":
+            print("not deleted")
+            return 1
+        store.delete_run(args.run_id)
+        print(f"deleted {args.run_id}")
+    elif args.action == "schedule":
+        _write(args.output, json.dumps(schedule_from_run(store, args.run_id).to_dict()))
+    elif args.action == "ratios":
+        ratios = static_ratios_from_run(store, args.run_id, window=tuple(args.window)
+                                        if args.window else None, statistic=args.statistic)
+        _write(args.output, json.dumps(ratios.to_dict(), indent=2))
+    return 0
+
+
+def _write(output: Path | None, text: str) -> None:
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text)
+        print(f"wrote {output}")
+
+
+# -------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render --help in the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="grafting", description="Grafting Lab: train and compare grafted optimizers M#D.")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help=f"run store directory [$GRAFTING_RUNS_DIR or ./runs: "
+                             f"{default_runs_dir()}]")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train one run (plain M, or M#D with --direction)")
+    train.add_argument("--resume", metavar="RUN_ID", help="continue a stopped run")
+    _add_config_flags(train)
+    train.set_defaults(handler=cmd_train, command_parser=train)
+
+    names = ", ".join(LAB_OPTIMIZERS)
+    workers = {"type": int, "default": 0, "help": "worker processes (0 = one per core, "
+                                                  "1 = run inline) [0]"}
+    seeds = {"type": int, "nargs": "+", "default": [0], "help": "seeds [0]"}
+    grid_p = sub.add_parser("grid", help="every M#D pair of a set of optimizers, several seeds")
+    grid_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
+                        help=f"lab optimizers to pair ({names}) [sgd adam]")
+    grid_p.add_argument("--seeds", **seeds)
+    grid_p.add_argument("--workers", **workers)
+    _add_config_flags(grid_p, skip=EXPERIMENT_FIELDS)
+    grid_p.set_defaults(handler=cmd_grid, command_parser=grid_p)
+
+    transfer = sub.add_parser("schedule-transfer",
+                              help="M, D, M#D and M's recorded schedule replayed onto D")
+    transfer.add_argument("--magnitude", default="adam", help=f"M ({names}) [adam]")
+    transfer.add_argument("--direction", default="sgd", help=f"D ({names}) [sgd]")
+    transfer.add_argument("--seeds", **seeds)
+    transfer.add_argument("--workers", **workers)
+    _add_config_flags(transfer, skip=EXPERIMENT_FIELDS)
+    transfer.set_defaults(handler=cmd_transfer, command_parser=transfer)
+
+    ratios = sub.add_parser("static-ratios",
+                            help="per-layer SGD multipliers from a short M#SGD window, compared")
+    ratios.add_argument("--magnitude", default="adam", help=f"M ({names}) [adam]")
+    ratios.add_argument("--window", type=int, nargs=2, default=[50, 200], metavar=("START", "STOP"),
+                        help="steps of the M#SGD run used for the ratios [50 200]")
+    ratios.add_argument("--statistic", choices=STATISTICS, default="median",
+                        help="per-layer statistic of the ratios [median]")
+    ratios.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0],
+                        help="plain-SGD learning rates to sweep [0.01 0.03 0.1 0.3 1.0]")
+    ratios.add_argument("--workers", **workers)
+    _add_config_flags(ratios, skip=EXPERIMENT_FIELDS)
+    ratios.set_defaults(handler=cmd_ratios, command_parser=ratios)
+
+    runs = sub.add_parser("runs", help="list, show, export or delete saved runs")
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="saved runs, newest first")
+    listing.add_argument("--group", help="only this experiment group")
+    listing.add_argument("--status", help="only this status")
+    for action, text in (("show", "a run's config, status and artifacts"),
+                         ("export", "a run's metrics as CSV or JSON"),
+                         ("delete", "delete a run and all it recorded"),
+                         ("schedule", "a run's implicit schedule as a replayable JSON file"),
+                         ("ratios", "static per-layer ratios of an M#D run as JSON")):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("run_id")
+        if action in ("export", "schedule", "ratios"):
+            p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+        if action == "export":
+            p.add_argument("--format", choices=("csv", "json"), default="csv", help="[csv]")
+        if action == "delete":
+            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        if action == "ratios":
+            p.add_argument("--window", type=int, nargs=2, metavar=("START", "STOP"),
+                           help="steps to use [all]")
+            p.add_argument("--statistic", choices=STATISTICS, default="median", help="[median]")
+    runs.set_defaults(handler=cmd_runs, command_parser=runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m grafting_core`` and the ``grafting`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    store = RunStore(args.runs_dir)
+    return args.handler(args.command_parser, args, store)
