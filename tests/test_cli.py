@@ -63,7 +63,8 @@ def test_experiment_subcommands(runs_dir, argv, capsys):
     (["train", "--magnitude", "adamm"], "Unknown optimizer"),
     (["train", "--magnitude-hparams", '{"lr": -1}'], "lr"),
     (["train", "--bogus"], "unrecognized"),
-    (["grid", "--optimizers", "sgd", "nadam"], "unknown optimizer"),
+    (["grid", "--optimizers", "sgd", "nadam"], "Unknown optimizer"),
+    (["grid", "--optimizers", "sgd", 'adam={"lr": -1}'], "lr"),
     (["static-ratios", "--window", "10", "900", "--steps", "100"], "window"),
     (["runs", "show", "no-such-run"], "unknown run id"),
 ])

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from ..registry import OptimizerSpec
 from ..static_ratios import STATISTICS
 from .analysis import schedule_from_run, static_ratios_from_run
 from .config import RunConfig, field_help, field_names, parse_value
@@ -58,10 +59,16 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunCon
         parser.error(str(error))
 
 
-def _optimizer_choice(parser, label: str) -> tuple[str, tuple[str, dict]]:
-    if label not in LAB_OPTIMIZERS:
-        parser.error(f"unknown optimizer {label!r} (choose from {', '.join(LAB_OPTIMIZERS)})")
-    return label, LAB_OPTIMIZERS[label]
+def _optimizer_choice(parser, text: str) -> tuple[str, tuple[str, dict]]:
+    """``adam`` (a lab preset or registry name) or ``adam={"lr": 3e-3}`` (with overrides)."""
+    label, _, overrides = text.partition("=")
+    name, hparams = LAB_OPTIMIZERS.get(label, (label, {}))
+    try:
+        hparams = {**hparams, **(json.loads(overrides) if overrides else {})}
+        OptimizerSpec(name, hparams)
+    except (ValueError, TypeError) as error:
+        parser.error(f"optimizer {text!r}: {error}")
+    return (f"{label}({overrides})" if overrides else label), (name, hparams)
 
 
 def _progress(total_label: str):
@@ -183,7 +190,7 @@ def _runs_action(args, store: RunStore) -> int:
             print(f"no runs in {store.path}; start one with: python -m grafting_core train")
             return 0
         columns = ["run_id", "name", "kind", "group", "status", "last_step", "created"]
-        _print_table(runs[columns].fillna(""))
+        _print_table(runs[columns].astype(object).fillna(""))
     elif args.action == "show":
         run = store.run(args.run_id)
         print(json.dumps({k: str(v) if k != "config" else v for k, v in run.items()}, indent=2))
@@ -231,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(handler=cmd_train, command_parser=train)
 
-    names = ", ".join(LAB_OPTIMIZERS)
+    names = ", ".join(LAB_OPTIMIZERS) + "; or any registry name; NAME={json} overrides"
     workers = {"type": int, "default": 0, "help": "worker processes (0 = one per core, "
                                                   "1 = run inline) [0]"}
     seeds = {"type": int, "nargs": "+", "default": [0], "help": "seeds [0]"}

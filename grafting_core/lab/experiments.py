@@ -58,6 +58,8 @@ def run_all(store: RunStore, configs: Sequence[RunConfig], *, group: str, kind: 
     """Create one run per config in ``group`` and train them all; returns the run ids."""
     run_ids = [create_run(store, c, kind=kind, group=group) for c in configs]
     done = 0
+    if progress:
+        progress(0, len(run_ids))
     if executor is None:
         for run_id in run_ids:
             try:
