@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import fused as fused_kernels
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
 from .registry import build_optimizer
@@ -71,6 +72,9 @@ class Graft(torch.optim.Optimizer):
             see a zero gradient for it instead (their moments decay, they are never
             poisoned), the gradient is zeroed in place and the skip is counted in
             ``nonfinite_skips`` and ``last_norms`` (default: True).
+        fused: on CPU, take the fused kernels of :mod:`grafting_core.fused` (same result,
+            a few passes over memory instead of ~20) wherever they support the step, and the
+            reference foreach path elsewhere (default: False).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -98,6 +102,7 @@ class Graft(torch.optim.Optimizer):
         eps: float = 1e-16,
         path: str = "auto",
         skip_nonfinite: bool = True,
+        fused: bool = False,
     ) -> None:
         if not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
@@ -112,6 +117,7 @@ class Graft(torch.optim.Optimizer):
         self.eps = float(eps)
         self.path = path
         self.skip_nonfinite = skip_nonfinite
+        self.fused = fused
         self.granularity = granularity
         if direction is None and isinstance(magnitude, MagnitudeSchedule):
             raise ValueError("A replayed schedule needs a direction optimizer (direction=None)")
@@ -217,13 +223,18 @@ class Graft(torch.optim.Optimizer):
         if isinstance(child, torch.optim.Optimizer):
             child._opt_called = True
 
-    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
+    def _scratch_for(self, params: list[Tensor]) -> list[Tensor]:
+        """The black-box path's one weights-sized scratch buffer per parameter."""
         scratch = []
         for p in params:
             buf = self._scratch.get(id(p))
             if buf is None:
                 buf = self._scratch[id(p)] = torch.empty_like(p)
             scratch.append(buf)
+        return scratch
+
+    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
+        scratch = self._scratch_for(params)
         torch._foreach_copy_(scratch, params)
         return scratch
 
@@ -239,7 +250,8 @@ class Graft(torch.optim.Optimizer):
         if isinstance(self.magnitude, MagnitudeSchedule):
             return self.magnitude.norms_at(self.graft_step, plan.index.device)
         if self.native:
-            return self._reduce(self._tensor_norms(self._child_steps(self.magnitude, plan.params)), plan)
+            steps = self._child_steps(self.magnitude, plan.params)
+            return self._reduce(self._tensor_norms(steps), plan)
         self.magnitude.step()
         torch._foreach_sub_(plan.params, scratch)  # the weights now hold Δ_M
         norms = self._reduce(self._tensor_norms(plan.params), plan)
@@ -280,6 +292,18 @@ class Graft(torch.optim.Optimizer):
                 raise RuntimeError(f"Graft does not support sparse gradients (parameter {name!r}); "
                                    "use a dense embedding (sparse=False)")
         plan = self._plan_for(params)
+        if self.fused and fused_kernels.supports(self, params):
+            fused_kernels.step(self, plan)  # the same step in fewer passes over memory
+        else:
+            self._reference_step(plan)
+        self.graft_step += 1
+        self._mark_stepped(self.magnitude)
+        self._mark_stepped(self.direction)
+        return loss
+
+    def _reference_step(self, plan: _Plan) -> None:
+        """The reference step: foreach ops, no host sync; any children, dtypes, devices."""
+        params = plan.params
         grads = [p.grad for p in params]
         grad_norm = self._reduce(self._tensor_norms(grads), plan)
         finite = torch.isfinite(grad_norm)
@@ -293,24 +317,37 @@ class Graft(torch.optim.Optimizer):
             direction = self._direction_steps(self.magnitude, plan, scratch)
             direction_per_tensor = self._tensor_norms(direction)
             direction_norm = magnitude_norm = self._reduce(direction_per_tensor, plan)
-            ratio = torch.ones_like(direction_norm)
         else:
             magnitude_norm = self._magnitude_norms(plan, scratch)
             direction = self._direction_steps(self.direction, plan, scratch)
             direction_per_tensor = self._tensor_norms(direction)
             direction_norm = self._reduce(direction_per_tensor, plan)
-            ratio = magnitude_norm / (direction_norm + self.eps)
-        if self.skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
-            finite &= torch.isfinite(ratio) & torch.isfinite(direction_norm)
-            ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
-        ratio = torch.where(direction_norm > 0, ratio, torch.zeros_like(ratio))
-        scales = self._scales(plan, ratio)
+        finite, scales = self._combine(plan, finite, magnitude_norm, direction_norm)
         if self.native:
             torch._foreach_addcmul_(params, direction, list(scales.unbind()))
         else:
             torch._foreach_mul_(params, list(scales.unbind()))
             torch._foreach_add_(params, scratch)
+        self._record(plan, finite, scales, direction_per_tensor,
+                     (magnitude_norm, direction_norm, grad_norm, weight_norm))
 
+    def _combine(self, plan: _Plan, finite: Tensor, magnitude_norm: Tensor,
+                 direction_norm: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-layer finiteness and per-parameter scales lr · ‖Δ_M‖ / (‖Δ_D‖ + eps)."""
+        if self.direction is None:
+            ratio = torch.ones_like(direction_norm)
+        else:
+            ratio = magnitude_norm / (direction_norm + self.eps)
+        if self.skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
+            finite = finite & torch.isfinite(ratio) & torch.isfinite(direction_norm)
+            ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
+        ratio = torch.where(direction_norm > 0, ratio, torch.zeros_like(ratio))
+        return finite, self._scales(plan, ratio)
+
+    def _record(self, plan: _Plan, finite: Tensor, scales: Tensor, direction_per_tensor: Tensor,
+                norms: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+        """Leave ``last_norms`` and ``nonfinite_skips`` for recorders (see NORM_FIELDS)."""
+        magnitude_norm, direction_norm, grad_norm, weight_norm = norms
         step_norm = self._reduce(scales.abs() * direction_per_tensor, plan)
         skipped = (~finite).to(torch.float32)
         self.nonfinite_skips += (~finite & plan.active_layers).to(torch.int64)
@@ -318,10 +355,6 @@ class Graft(torch.optim.Optimizer):
                              weight_norm, skipped], dim=1)
         self.last_norms = torch.where(plan.active_layers[:, None], norms,
                                       torch.full_like(norms, math.nan))
-        self.graft_step += 1
-        self._mark_stepped(self.magnitude)
-        self._mark_stepped(self.direction)
-        return loss
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -358,3 +391,4 @@ class Graft(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("skip_nonfinite", True)
+        self.__dict__.setdefault("fused", False)

@@ -42,7 +42,9 @@ class NativeOptimizer(torch.optim.Optimizer):
         return params, [p.grad for p in params]
 
     @torch.no_grad()
-    def compute_steps(self, params: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    def compute_steps(
+        self, params: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Advance the state on the current gradients and return ``(params, steps)``.
 
         Only parameters with a gradient take part (others keep their state untouched).
@@ -70,6 +72,22 @@ class NativeOptimizer(torch.optim.Optimizer):
             all_steps += self.rule.update(group_params, grads, buffers, steps, hp)
         return all_params, all_steps
 
+    @torch.no_grad()
+    def advance(self, params: list[Tensor]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Count a step for each of ``params`` and return its ``(state, group)``, in order.
+
+        For kernels that apply the rule themselves (``grafting_core.fused``): the state is
+        created if new and its step count advanced exactly as :meth:`compute_steps` does.
+        """
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+        out = []
+        for p in params:
+            group = group_of[id(p)]
+            state = self._state_for(p, {k: group[k] for k in self.rule.defaults})
+            state["step"] += 1
+            out.append((state, group))
+        return out
+
     def _state_for(self, param: Tensor, hp: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
         if not state:
@@ -77,7 +95,7 @@ class NativeOptimizer(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch's documented contract
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():

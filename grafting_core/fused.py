@@ -1,0 +1,284 @@
+"""Fused CPU kernels for ``Graft.step``: the reference semantics in fewer passes over memory.
+
+``Graft(..., fused=True)`` routes a step here when :func:`supports` says so, and through
+the reference foreach code in ``graft.py`` otherwise; both give the same result to float
+rounding (``tests/test_fused.py``). The kernels are the C file beside this one, compiled
+with the system C compiler on first use (about 2 s) and cached in ``~/.cache/grafting_core``
+(or ``$GRAFTING_FUSED_CACHE``); without a compiler every step takes the reference path.
+
+Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
+CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are native
+SGD/Adam/AdamW (``path`` native) or the step is black-box (any optimizers, a replayed
+schedule as magnitude included). A native replayed schedule and the other native rules
+(AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path.
+
+Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite layers' gradients
+are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
+storing either step; (3) w += scale · Δ_D, recomputing Δ_D from D's updated state, and
+‖w‖ (the weights before the step) on the way. Black-box step: ‖g‖; copy w to the scratch
+with ‖w‖; M.step(); ‖w − scratch‖ while restoring w; D.step(); ‖w − scratch‖; blend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .native import NativeOptimizer
+from .schedule import MagnitudeSchedule
+
+SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF = range(8)
+PLAIN, MOMENTUM, ADAM = range(3)  # rule kinds the kernels know (fused_kernels.c)
+NCOEF = 10  # coefficients per tensor and rule, see _row
+CHUNK = 16384  # elements per work item (64 KiB of float32)
+_SOURCE = Path(__file__).with_name("fused_kernels.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+          "-shared", "-fPIC", f"-DCHUNK={CHUNK}"]
+_WRAPPER = "".join(
+    f'#define REAL {real}\n#define SUFFIX _{tag}\n#define SQRT {sqrt}\n#include "{_SOURCE}"\n'
+    "#undef REAL\n#undef SUFFIX\n#undef SQRT\n"
+    for real, tag, sqrt in (("float", "f32", "sqrtf"), ("double", "f64", "sqrt"))
+)
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+class _Task(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_int), ("kind_m", ctypes.c_int), ("kind_d", ctypes.c_int),
+                ("use_w", ctypes.c_int), ("n", ctypes.c_int64), ("numel", ctypes.c_void_p),
+                ("first", ctypes.c_void_p), ("ptr", ctypes.c_void_p * 6),
+                ("coef_m", ctypes.c_void_p), ("coef_d", ctypes.c_void_p),
+                ("scale", ctypes.c_void_p), ("partial", ctypes.c_void_p),
+                ("lo", ctypes.c_int64), ("hi", ctypes.c_int64)]
+
+
+_library: ctypes.CDLL | None = None
+unavailable_reason: str | None = None  # why the kernels could not be built, once tried
+
+
+def _build() -> ctypes.CDLL | None:
+    """Compile (or reuse) the kernels; ``None`` with :data:`unavailable_reason` on failure."""
+    global _library, unavailable_reason
+    if _library is not None or unavailable_reason is not None:
+        return _library
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    try:
+        if compiler is None:
+            raise OSError("no C compiler (cc/gcc) on PATH")
+        digest = hashlib.sha256((_SOURCE.read_text() + " ".join(_FLAGS) + compiler).encode())
+        cache = Path(os.environ.get("GRAFTING_FUSED_CACHE",
+                                    Path.home() / ".cache" / "grafting_core"))
+        target = cache / f"fused_{digest.hexdigest()[:16]}.so"
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                wrapper = Path(tmp) / "fused.c"
+                wrapper.write_text(_WRAPPER)
+                built = Path(tmp) / target.name
+                subprocess.run([compiler, *_FLAGS, "-o", str(built), str(wrapper), "-lpthread"],
+                               check=True, capture_output=True, text=True, timeout=120)
+                os.replace(built, target)  # atomic: concurrent builders never see half a file
+        library = ctypes.CDLL(str(target))
+        for tag in _DTYPES.values():
+            getattr(library, f"graft_pass_{tag}").argtypes = [ctypes.POINTER(_Task), ctypes.c_int]
+        _library = library
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", "") or ""
+        unavailable_reason = f"{error} {detail}".strip()
+    return _library
+
+
+def available() -> bool:
+    """Whether the fused kernels are built (building them on first call)."""
+    return _build() is not None
+
+
+def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
+    return all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+               and not t.is_sparse for t in tensors)
+
+
+def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
+    """The kernel kind of a native child over ``params``, or None if it has no kernel."""
+    if not isinstance(child, NativeOptimizer) or child.rule.name not in ("sgd", "adam", "adamw"):
+        return None
+    if child.rule.name != "sgd":
+        return ADAM
+    wanted = {id(p) for p in params}
+    kinds = {MOMENTUM if g["momentum"] != 0 else PLAIN
+             for g in child.param_groups if any(id(p) in wanted for p in g["params"])}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def supports(graft: Any, params: list[Tensor]) -> bool:
+    """Whether a fused step can do this step of ``graft`` over ``params`` (see module doc)."""
+    if graft.direction is None or not params or _build() is None:
+        return False
+    dtype = params[0].dtype
+    if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
+        return False
+    children = (graft.magnitude, graft.direction)
+    # Parameters and states change only with the plan, a dtype or a loaded state_dict.
+    key = (tuple(map(id, params)), dtype, *(id(getattr(c, "state", None)) for c in children))
+    if getattr(graft, "_fused_checked", None) == key:
+        return True
+    ok = _dense(params, dtype)
+    if ok and graft.native:
+        ok = children[0] is not children[1] and all(_rule_kind(c, params) is not None
+                                                     for c in children)
+        ok = ok and _dense([v for c in children for p in params
+                            for v in c.state.get(p, {}).values() if torch.is_tensor(v)], dtype)
+    graft._fused_checked = key if ok else None
+    return ok
+
+
+class _Layout:
+    """Chunk bookkeeping for one list of tensor sizes (cached between steps)."""
+
+    def __init__(self, numels: list[int]) -> None:
+        chunks = [max(1, -(-n // CHUNK)) for n in numels]
+        self.numels = numels
+        self.chunks = sum(chunks)
+        self.total = sum(numels)
+        self.numel = torch.tensor(numels, dtype=torch.int64)
+        self.first = torch.tensor([0, *chunks], dtype=torch.int64).cumsum(0)
+        self.owner = torch.repeat_interleave(torch.arange(len(numels)), torch.tensor(chunks))
+
+
+_layouts: dict[tuple[int, ...], _Layout] = {}
+
+
+def _layout(tensors: list[Tensor]) -> _Layout:
+    key = tuple(t.numel() for t in tensors)
+    if key not in _layouts:
+        if len(_layouts) > 64:
+            _layouts.clear()
+        _layouts[key] = _Layout(list(key))
+    return _layouts[key]
+
+
+def _table(tensors: list[Tensor | None] | None) -> Tensor | None:
+    if tensors is None:
+        return None
+    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+
+
+def _run(op: int, layout: _Layout, dtype: torch.dtype, tables: list[list | None], *,
+         kinds: tuple[int, int] = (0, 0), coefs: tuple[Tensor | None, Tensor | None] = (None, None),
+         scale: Tensor | None = None, use_w: bool = False, threads: int | None = None) -> Tensor:
+    """One kernel pass; returns the per-tensor sums of squares, shape ``(n, 2)``, float64."""
+    n = len(layout.numels)
+    partial = torch.empty(layout.chunks, 2, dtype=torch.float64)
+    keep = [_table(t) for t in tables] + [c for c in coefs if c is not None]
+    if scale is not None:
+        keep.append(scale := scale.to(torch.float64).contiguous())
+    task = _Task(op, kinds[0], kinds[1], int(use_w), n, layout.numel.data_ptr(),
+                 layout.first.data_ptr())
+    for i, table in enumerate(keep[:len(tables)]):
+        task.ptr[i] = 0 if table is None else table.data_ptr()
+    task.coef_m, task.coef_d = (0 if c is None else c.data_ptr() for c in coefs)
+    task.scale = 0 if scale is None else scale.data_ptr()
+    task.partial = partial.data_ptr()
+    if threads is None:  # a thread per 256K elements at most: starting one costs ~50 µs
+        threads = min(torch.get_num_threads(), max(1, layout.total >> 18))
+    getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads)
+    del keep  # the tables lived until here: the kernel read them
+    sums = torch.zeros(n, 2, dtype=torch.float64)
+    return sums.index_add_(0, layout.owner, partial)
+
+
+def _coefficients(child: NativeOptimizer, params: list[Tensor]) -> Tensor:
+    """Advance ``child``'s step counts and return its kernel coefficients, one row a tensor."""
+    rows, cache = [], {}
+    for state, group in child.advance(params):
+        key = (id(group), state["step"])
+        if key not in cache:
+            cache[key] = _row(child.rule.name, group, state["step"])
+        rows.append(cache[key])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
+    """Kernel coefficients of one rule at one step (field meanings: ``Coef`` in the C file)."""
+    decay = hp["weight_decay"]
+    if name == "sgd":
+        momentum, first, nesterov = hp["momentum"], step == 1, hp["nesterov"]
+        keep_buf, take_g = (0.0, 1.0) if first else (1.0, 1 - hp["dampening"])
+        nes_g, nes_buf = (1.0, momentum) if nesterov else (0.0, 1.0)
+        return [hp["lr"], decay, 0.0, momentum, keep_buf, take_g, nes_g, nes_buf, 0.0, 0.0]
+    beta1, beta2 = hp["betas"]
+    coupled, decoupled = (0.0, decay) if name == "adamw" else (decay, 0.0)
+    return [hp["lr"], coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
+            1 - beta1**step, math.sqrt(1 - beta2**step), 0.0]
+
+
+def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-tensor norms from sums of squares, in the reference path's norm dtype."""
+    return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]) -> tuple:
+    """‖g‖ per layer and its finiteness; zero the gradients of non-finite layers in place."""
+    dtype = grads[0].dtype
+    grad_norm = graft._reduce(_norms(_run(SUMSQ, layout, dtype, [grads])[:, 0], dtype), plan)
+    finite = torch.isfinite(grad_norm)
+    if graft.skip_nonfinite:  # the kernel reads the flags itself: no host sync, no pass if clean
+        bad = (~finite)[plan.index].to(torch.float64)
+        _run(ZERO_IF, layout, dtype, [grads], scale=bad, threads=1)
+    return grad_norm, finite
+
+
+def step(graft: Any, plan: Any) -> None:
+    """One fused step of ``graft`` over ``plan.params`` (checked by :func:`supports`)."""
+    params = plan.params
+    grads = [p.grad for p in params]
+    dtype = params[0].dtype
+    layout = _layout(params)
+    grad_norm, finite = _nonfinite_guard(graft, plan, layout, grads)
+    if graft.native:
+        magnitude, direction = graft.magnitude, graft.direction
+        kinds = (_rule_kind(magnitude, params), _rule_kind(direction, params))
+        coefs = (_coefficients(magnitude, params), _coefficients(direction, params))
+        states = [[c.state[p].get(name) for p in params]
+                  for c in (magnitude, direction)
+                  for name in (("momentum_buffer", None) if c.rule.name == "sgd"
+                               else ("exp_avg", "exp_avg_sq"))]
+        use_w = any(g["weight_decay"] != 0 for c in (magnitude, direction)
+                    for g in c.param_groups)
+        sums = _run(PROPOSE, layout, dtype, [grads, params if use_w else None, *states],
+                    kinds=kinds, coefs=coefs, use_w=use_w)
+        magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
+        direction_per_tensor = _norms(sums[:, 1], dtype)
+    else:
+        scratch = graft._scratch_for(params)
+        weight_sums = _run(COPY_SUMSQ, layout, dtype, [params, scratch])
+        if isinstance(graft.magnitude, MagnitudeSchedule):
+            magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
+        else:
+            graft.magnitude.step()
+            sums = _run(DIFF_SUMSQ_RESTORE, layout, dtype, [params, scratch])
+            magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
+        graft.direction.step()
+        direction_per_tensor = _norms(_run(DIFF_SUMSQ, layout, dtype, [params, scratch])[:, 0],
+                                      dtype)
+    direction_norm = graft._reduce(direction_per_tensor, plan)
+    finite, scales = graft._combine(plan, finite, magnitude_norm, direction_norm)
+    if graft.native:
+        needs_g = kinds[1] == PLAIN or any(g.get("nesterov") for g in graft.direction.param_groups)
+        weight_sums = _run(APPLY, layout, dtype,
+                           [grads if needs_g else None, params, None, None, *states[2:]],
+                           kinds=kinds, coefs=coefs, scale=scales)
+    else:
+        _run(BLEND, layout, dtype, [params, scratch], scale=scales)
+    weight_norm = graft._reduce(_norms(weight_sums[:, 0], dtype), plan)
+    graft._record(plan, finite, scales, direction_per_tensor,
+                  (magnitude_norm, direction_norm, grad_norm, weight_norm))

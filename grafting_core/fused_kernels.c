@@ -1,0 +1,183 @@
+/* Fused CPU passes for Graft.step; grafting_core/fused.py compiles this file and calls it.
+ *
+ * Each pass walks a list of contiguous tensors cut into fixed chunks that pthreads share;
+ * every chunk writes its sums of squares (in double) to its own slot and fused.py adds the
+ * slots per tensor in a fixed order, so no result depends on the thread count. The update
+ * arithmetic mirrors grafting_core/rules.py (torch's foreach order) in the tensor's own
+ * precision. The file is compiled twice: REAL = float (suffix f32) and double (f64).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#ifndef FUSED_COMMON
+#define FUSED_COMMON
+enum { SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF };
+enum { PLAIN, MOMENTUM, ADAM };  /* SGD without buffer, SGD with momentum, Adam/AdamW */
+enum { NCOEF = 10 };             /* per tensor and rule; the meaning of each is in Coef */
+
+typedef struct {
+    int op, kind_m, kind_d, use_w;
+    int64_t n;                 /* tensors */
+    const int64_t *numel;      /* elements of tensor i */
+    const int64_t *first;      /* first chunk of tensor i; first[n] = all chunks */
+    void *const *ptr[6];       /* pointer tables: grad, weight, M's 2 buffers, D's 2 */
+    const double *coef_m, *coef_d, *scale;
+    double *partial;           /* 2 sums per chunk */
+    int64_t lo, hi;            /* this worker's chunks */
+} Task;
+#endif
+
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define F(name) CAT(name, SUFFIX)
+
+/* A rule's coefficients for one tensor, in fused.py's order. Flags are folded into
+ * numbers so that the loops have no branches: with wd = 0 the decay term is + 0·w; SGD's
+ * first step has keep_buf = 0, take_g = 1 (the buffer starts at g); without Nesterov
+ * the step is 0·g + 1·buf. */
+typedef struct {
+    REAL lr, wd, wd_after;        /* all: lr, coupled decay (g += wd·w), decoupled (AdamW) */
+    REAL a, b, c, d, e, f, unused; /* SGD: momentum, keep_buf, take_g, nes_g, nes_buf;
+                                    * Adam: 1-beta1, beta2, 1-beta2, eps, bc1, sqrt(bc2) */
+} F(Coef);
+
+static F(Coef) F(coef)(const double *k) {
+    F(Coef) c = {(REAL)k[0], (REAL)k[1], (REAL)k[2], (REAL)k[3], (REAL)k[4],
+                 (REAL)k[5], (REAL)k[6], (REAL)k[7], (REAL)k[8], (REAL)k[9]};
+    return c;
+}
+
+/* One rule's proposed step for one element; with `update` it first advances the state. */
+static inline __attribute__((always_inline)) REAL F(rule)(
+        const int kind, const F(Coef) k, REAL g, REAL w, REAL *s0, REAL *s1, const int update) {
+    g = g + k.wd * w;
+    if (kind == PLAIN) return g * -k.lr;
+    if (kind == MOMENTUM) {
+        REAL buf = *s0;
+        if (update) *s0 = buf = buf * (k.a * k.b) + k.c * g;
+        return (k.d * g + k.e * buf) * -k.lr;
+    }
+    REAL m = *s0, v = *s1;
+    if (update) {
+        *s0 = m = m + k.a * (g - m);
+        v = v * k.b;
+        *s1 = v = v + k.c * g * g;
+    }
+    REAL step = m / (SQRT(v) / k.f + k.d) / k.e;
+    return (step + k.wd_after * w) * -k.lr;
+}
+
+/* The rule passes, specialised on the rule kinds and on reading w or g. */
+#define PROPOSE_LOOP(KM, KD, USE_W)                                                \
+    _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")                                        \
+    for (int64_t j = lo; j < hi; j++) {                                            \
+        REAL wj = USE_W ? w[j] : 0;                                                \
+        REAL dm = F(rule)(KM, km, g[j], wj, m0 + j, m1 + j, 1);                    \
+        REAL dd = F(rule)(KD, kd, g[j], wj, d0 + j, d1 + j, 1);                    \
+        s0 += (double)dm * dm;                                                     \
+        s1 += (double)dd * dd;                                                     \
+    }
+#define PROPOSE_W(KM, KD) \
+    if (t->use_w) { PROPOSE_LOOP(KM, KD, 1) } else { PROPOSE_LOOP(KM, KD, 0) }
+#define PROPOSE_M(KD) \
+    if (t->kind_m == PLAIN) { PROPOSE_W(PLAIN, KD) } \
+    else if (t->kind_m == MOMENTUM) { PROPOSE_W(MOMENTUM, KD) } \
+    else { PROPOSE_W(ADAM, KD) }
+#define APPLY_LOOP(KD, USE_G)                                                      \
+    _Pragma("omp simd simdlen(16) reduction(+:s0)")                                            \
+    for (int64_t j = lo; j < hi; j++) {                                            \
+        REAL wj = w[j];                                                            \
+        REAL dd = F(rule)(KD, kd, USE_G ? g[j] : 0, wj, d0 + j, d1 + j, 0);        \
+        s0 += (double)wj * wj;                                                     \
+        w[j] = wj + dd * s;                                                        \
+    }
+
+static void F(chunk)(const Task *t, int64_t i, int64_t lo, int64_t hi, double *out) {
+#define AT(k) (t->ptr[k] ? (REAL *)t->ptr[k][i] : 0)
+    REAL *g = AT(0), *w = AT(1), *m0 = AT(2), *m1 = AT(3), *d0 = AT(4), *d1 = AT(5);
+#undef AT
+    const double zeros[NCOEF] = {0};
+    const F(Coef) km = F(coef)(t->coef_m ? t->coef_m + i * NCOEF : zeros);
+    const F(Coef) kd = F(coef)(t->coef_d ? t->coef_d + i * NCOEF : zeros);
+    const REAL s = t->scale ? (REAL)t->scale[i] : 0;
+    double s0 = 0, s1 = 0;
+    switch (t->op) {
+    case SUMSQ:
+        _Pragma("omp simd simdlen(16) reduction(+:s0)")
+        for (int64_t j = lo; j < hi; j++) s0 += (double)g[j] * g[j];
+        break;
+    case COPY_SUMSQ:  /* g: the weights, w: the scratch */
+        _Pragma("omp simd simdlen(16) reduction(+:s0)")
+        for (int64_t j = lo; j < hi; j++) { w[j] = g[j]; s0 += (double)g[j] * g[j]; }
+        break;
+    case DIFF_SUMSQ_RESTORE:  /* g: the weights after a child's step, w: the scratch */
+        _Pragma("omp simd simdlen(16) reduction(+:s0)")
+        for (int64_t j = lo; j < hi; j++) {
+            REAL d = g[j] - w[j];
+            s0 += (double)d * d;
+            g[j] = w[j];
+        }
+        break;
+    case DIFF_SUMSQ:
+        _Pragma("omp simd simdlen(16) reduction(+:s0)")
+        for (int64_t j = lo; j < hi; j++) { REAL d = g[j] - w[j]; s0 += (double)d * d; }
+        break;
+    case BLEND:  /* w_new = scale · (w_after_D − w_before) + w_before */
+        _Pragma("omp simd")
+        for (int64_t j = lo; j < hi; j++) g[j] = (g[j] - w[j]) * s + w[j];
+        break;
+    case PROPOSE:
+        if (t->kind_d == PLAIN) { PROPOSE_M(PLAIN) }
+        else if (t->kind_d == MOMENTUM) { PROPOSE_M(MOMENTUM) }
+        else { PROPOSE_M(ADAM) }
+        break;
+    case APPLY:  /* w += scale · Δ_D, Δ_D recomputed from D's updated state */
+        if (t->kind_d == ADAM) { APPLY_LOOP(ADAM, 0) }
+        else if (t->kind_d == PLAIN) { APPLY_LOOP(PLAIN, 1) }
+        else if (g) { APPLY_LOOP(MOMENTUM, 1) }  /* Nesterov: the step reads g again */
+        else { APPLY_LOOP(MOMENTUM, 0) }
+        break;
+    case ZERO_IF:  /* the gradients of skipped layers: a flag per tensor, no pass if clean */
+        if (s != 0)
+            for (int64_t j = lo; j < hi; j++) g[j] = 0;
+        break;
+    }
+    out[0] = s0;
+    out[1] = s1;
+}
+
+static void *F(worker)(void *arg) {
+    const Task *t = (const Task *)arg;
+    int64_t i = 0;
+    for (int64_t c = t->lo; c < t->hi; c++) {
+        while (t->first[i + 1] <= c) i++;
+        int64_t lo = (c - t->first[i]) * CHUNK;
+        int64_t hi = lo + CHUNK < t->numel[i] ? lo + CHUNK : t->numel[i];
+        F(chunk)(t, i, lo, hi, t->partial + 2 * c);
+    }
+    return 0;
+}
+
+/* One pass over every chunk with up to `threads` threads (the caller's is one of them). */
+int F(graft_pass)(Task *task, int threads) {
+    enum { MAX_THREADS = 64 };
+    int64_t chunks = task->first[task->n];
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    if (chunks < threads) threads = chunks > 0 ? (int)chunks : 1;
+    Task parts[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int k = 0; k < threads; k++) {
+        parts[k] = *task;
+        parts[k].lo = chunks * k / threads;
+        parts[k].hi = chunks * (k + 1) / threads;
+        if (k > 0) started[k] = pthread_create(&ids[k], 0, F(worker), &parts[k]) == 0;
+    }
+    F(worker)(&parts[0]);
+    for (int k = 1; k < threads; k++) {
+        if (started[k]) pthread_join(ids[k], 0);
+        else F(worker)(&parts[k]);
+    }
+    return 0;
+}

@@ -1,0 +1,174 @@
+"""The fused CPU kernels against the reference foreach path: same weights, norms and states."""
+
+import math
+
+import pytest
+import torch
+
+from grafting_core import Graft, fused
+
+from .helpers import compute_grads, make_model, max_relative_difference, train
+from .test_graft import CountLocalScalarDense
+
+pytestmark = pytest.mark.skipif(not fused.available(),
+                                reason=f"fused kernels unavailable: {fused.unavailable_reason}")
+
+SGD_M = ("sgd", {"lr": 0.05, "momentum": 0.9})
+PAIRS = [
+    (("adam", {"lr": 1e-2}), SGD_M),
+    (("adamw", {"lr": 1e-2, "weight_decay": 0.1}), ("sgd", {"lr": 0.1})),
+    (("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01}),
+     ("adam", {"lr": 1e-3, "betas": (0.8, 0.99)})),
+    (("adam", {"lr": 1e-2, "weight_decay": 0.01}), ("adamw", {"lr": 0.3})),
+    (("sgd", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3}), SGD_M),
+]
+PAIR_IDS = ["adam#sgdm", "adamw#sgd", "nesterov#adam", "adam-wd#adamw", "dampened#sgdm"]
+
+
+def _pair(specs, dtype, granularity="tensor", path="native", steps=3, **kwargs):
+    """The same run on the reference path and on the fused one: (models, optimizers)."""
+    models, opts = [], []
+    for use_fused in (False, True):
+        model = make_model(dtype)
+        opt = Graft(model.named_parameters(), *specs, granularity=granularity, path=path,
+                    fused=use_fused, **kwargs)
+        train(model, opt, steps)
+        models.append(model)
+        opts.append(opt)
+    assert fused.supports(opts[1], list(models[1].parameters()))
+    return models, opts
+
+
+def _assert_same_norms(ref, fast, rtol):
+    torch.testing.assert_close(fast.last_norms, ref.last_norms, rtol=rtol, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "module", "global"])
+@pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_fused_matches_reference_float64(specs, granularity, path):
+    """Over 20 float64 steps the fused and reference paths agree to rounding."""
+    (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float64, granularity, path, 20)
+    assert max_relative_difference(fast_model, ref_model) < 1e-12
+    _assert_same_norms(ref, fast, 1e-12)
+    if path == "native":
+        for child in ("magnitude", "direction"):
+            for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters()):
+                a, b = getattr(ref, child).state[p_ref], getattr(fast, child).state[p_fast]
+                assert a["step"] == b["step"]
+                for name in a:
+                    if torch.is_tensor(a[name]):  # norm-wise: single entries may be ~0
+                        assert float((b[name] - a[name]).norm()) <= 1e-12 * float(a[name].norm())
+
+
+@pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_fused_matches_reference_float32(specs, path):
+    """In float32 a few steps agree within 1e-6 relative (norms are summed in double)."""
+    (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float32, "module", path, 3)
+    assert max_relative_difference(fast_model, ref_model) < 1e-6
+    _assert_same_norms(ref, fast, 1e-5)
+
+
+def test_fused_black_box_with_torch_fused_children():
+    models, opts = [], []
+    for use_fused in (False, True):
+        model = make_model()
+        adam = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+        opt = Graft(model.named_parameters(), adam, sgd, fused=use_fused)
+        train(model, opt, 3)
+        models.append(model)
+        opts.append(opt)
+    assert max_relative_difference(models[1], models[0]) < 1e-6
+    scratch = sum(t.numel() for t in opts[1]._scratch.values())
+    assert scratch == sum(p.numel() for p in models[1].parameters())
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_fused_skips_params_without_grad(path):
+    runs = []
+    for use_fused in (False, True):
+        model = make_model(torch.float64)
+        model.fc2.bias.requires_grad_(False)
+        opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=use_fused)
+        for step in range(3):
+            compute_grads(model, step)
+            model.out.bias.grad = None
+            opt.step()
+        runs.append((model, opt))
+    (ref_model, ref), (fast_model, fast) = runs
+    assert max_relative_difference(fast_model, ref_model) < 1e-12
+    _assert_same_norms(ref, fast, 1e-12)
+    names = list(fast.layers.names)
+    assert math.isnan(fast.last_norms[names.index("out.bias"), 0])
+    if path == "native":
+        assert len(fast.direction.state[fast_model.out.bias]) == 0
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_fused_non_finite_gradient_skips_only_that_layer(path):
+    runs = []
+    for use_fused in (False, True):
+        model = make_model(torch.float64)
+        opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=use_fused)
+        train(model, opt, 2)
+        compute_grads(model, 2)
+        model.fc2.weight.grad[0, 0] = float("nan")
+        model.out.weight.grad[1, 1] = float("inf")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved == set(before) - {"fc2.weight", "out.weight"}
+        assert torch.equal(model.fc2.weight.grad, torch.zeros_like(model.fc2.weight))
+        train(model, opt, 2, start=3)
+        runs.append((model, opt))
+    (ref_model, ref), (fast_model, fast) = runs
+    assert int(fast.nonfinite_skips.sum()) == int(ref.nonfinite_skips.sum()) == 2
+    assert max_relative_difference(fast_model, ref_model) < 1e-12
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_fused_step_makes_no_host_sync(path):
+    model = make_model()
+    opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=True)
+    for step in range(3):
+        compute_grads(model, step)
+        assert fused.supports(opt, list(model.parameters()))
+        with CountLocalScalarDense() as counter:
+            opt.step()
+        assert counter.count == 0
+
+
+def test_fused_threads_do_not_change_results():
+    grads = [torch.randn(40_000) for _ in range(3)]
+    layout = fused._layout(grads)
+    one = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=1)
+    three = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=3)
+    assert torch.equal(one, three)
+    expected = torch.stack([g.double().square().sum() for g in grads])
+    torch.testing.assert_close(one[:, 0], expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "lion", "plain-m"])
+def test_unsupported_steps_fall_back_to_reference(case):
+    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
+    magnitude = "lion" if case == "lion" else "adam"
+    direction = None if case == "plain-m" else "sgd"
+    model = make_model(dtype)
+    opt = Graft(model.named_parameters(), magnitude, direction, fused=True)
+    compute_grads(model, 0)
+    assert not fused.supports(opt, list(model.parameters()))
+    opt.step()
+    assert torch.isfinite(opt.last_norms[:, 0]).all()
+
+
+def test_without_compiler_the_reference_path_runs(monkeypatch):
+    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(fused, "unavailable_reason", "no C compiler (test)")
+    model = make_model()
+    opt = Graft(model.named_parameters(), *PAIRS[0], fused=True)
+    compute_grads(model, 0)
+    assert not fused.supports(opt, list(model.parameters()))
+    opt.step()
+    assert opt.graft_step == 1 and torch.isfinite(opt.last_norms).all()
