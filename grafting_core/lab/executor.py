@@ -8,12 +8,17 @@ path as the command line), at most one per core by default, with torch threads s
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,8 +31,42 @@ class Executor(Protocol):
     def shutdown(self, *, wait: bool = True) -> None: ...
 
 
+_SPAWN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main_script() -> Iterator[None]:
+    """Start workers without making them re-run the parent's ``__main__`` file.
+
+    A spawned process re-imports the parent's main script before its first task
+    (``multiprocessing.spawn``). Under Streamlit that script is the page on show: each
+    worker would run the page headless for seconds. Our tasks live in importable modules,
+    so workers need no main script: hide it while ``submit`` may start a process.
+    """
+    with _SPAWN_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+def _warm_worker(datasets: Sequence[str]) -> int:
+    """Import what training needs and build ``datasets`` (cached per process); returns pid."""
+    import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: ~2 s)
+
+    from .data import load_dataset
+    from .trainer import Trainer  # noqa: F401
+
+    for name in datasets:
+        load_dataset(name)
+    return os.getpid()
 
 
 def _train_stored_run(store_root: str, run_id: str, resume: bool) -> str:
@@ -54,16 +93,26 @@ class LocalExecutor:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.max_workers, mp_context=multiprocessing.get_context("spawn"),
+        return ProcessPoolExecutor(self.max_workers,
+                                   mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self.threads,))
 
     def submit(self, run_id: str, *, resume: bool = False) -> Future:
         """Queue ``run_id`` (already in the store); the future yields its final status."""
-        try:
-            return self._pool.submit(_train_stored_run, self.store_root, run_id, resume)
-        except BrokenProcessPool:  # a worker was killed (e.g. out of memory): start afresh
-            self._pool = self._new_pool()
-            return self._pool.submit(_train_stored_run, self.store_root, run_id, resume)
+        return self._submit(_train_stored_run, self.store_root, run_id, resume)
+
+    def warm_up(self, datasets: Sequence[str] = ("mnist1d",)) -> list[Future]:
+        """Start the workers now and load torch, the trainer and ``datasets`` (seed 0) in
+        them, so that the first run does not wait ~5-10 s for it (an app calls this early)."""
+        return [self._submit(_warm_worker, tuple(datasets)) for _ in range(self.max_workers)]
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        with _without_main_script():
+            try:
+                return self._pool.submit(fn, *args)
+            except BrokenProcessPool:  # a worker was killed (e.g. out of memory): start afresh
+                self._pool = self._new_pool()
+                return self._pool.submit(fn, *args)
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Stop accepting work; with ``wait`` let queued runs finish."""

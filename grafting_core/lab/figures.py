@@ -1,0 +1,253 @@
+"""Plotly figures of stored runs: plain functions from the engine's DataFrames to a Figure.
+
+Shared by the app and the notebooks; no Streamlit here. Inputs are the store's long frames:
+``store.metrics(ids)`` (run_id, step, name, value) and ``store.layer_norms(id)`` (step, layer,
+field, value; add a ``run_id`` column to draw several runs). Series are thinned to at most
+``max_points`` points for drawing; the store keeps every step.
+
+    fig = metric_curves(store.metrics(ids), metric="train_loss", labels={id: "adam#sgd"})
+    fig.show()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+MAX_POINTS = 2000  # points drawn per series; the browser slows down well before 10^5
+STEP_TITLE = "step (optimizer updates)"
+NORM_TITLE = "‖Δ‖ (L2 norm, weight units)"
+RATIO_TITLE = "‖Δ_M‖ / ‖Δ_D‖ (dimensionless)"
+QUANTITIES = {  # heatmap quantity -> (colour bar title, hover name)
+    "ratio": ("‖Δ_M‖/‖Δ_D‖<br>(log scale)", "‖Δ_M‖/‖Δ_D‖"),
+    "magnitude_norm": ("‖Δ_M‖<br>(log scale)", "‖Δ_M‖"),
+    "direction_norm": ("‖Δ_D‖<br>(log scale)", "‖Δ_D‖"),
+    "step_norm": ("‖applied step‖<br>(log scale)", "‖applied step‖"),
+    "grad_norm": ("‖g‖<br>(log scale)", "‖g‖"),
+    "weight_norm": ("‖w‖<br>(log scale)", "‖w‖"),
+}
+METRIC_TITLES = {  # y-axis titles (with units) of the metrics the trainer records
+    "train_loss": "training loss (per step)",
+    "val_loss": "validation loss",
+    "val_accuracy": "validation accuracy (fraction correct)",
+    "lr": "M's learning rate (base lr × schedule)",
+    "steps_per_second": "training speed (steps per second)",
+}
+PALETTE = qualitative.Plotly
+
+
+def decimate(frame: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """At most ``max_points`` evenly spaced rows of one series, first and last kept."""
+    if len(frame) <= max_points:
+        return frame
+    keep = np.unique(np.linspace(0, len(frame) - 1, max_points).round().astype(int))
+    return frame.iloc[keep]
+
+
+def smooth(values: pd.Series, weight: float) -> pd.Series:
+    """Debiased exponential moving average (TensorBoard's smoothing); 0 leaves it as is."""
+    if weight <= 0 or values.empty:
+        return values
+    return values.ewm(alpha=1.0 - weight, adjust=True, ignore_na=True).mean()
+
+
+def run_colors(run_ids: Sequence[str]) -> dict[str, str]:
+    """One colour per run, stable for a given order (use the same map on every chart)."""
+    return {run_id: PALETTE[i % len(PALETTE)] for i, run_id in enumerate(run_ids)}
+
+
+def empty_figure(message: str, *, x_title: str = STEP_TITLE, y_title: str = "") -> go.Figure:
+    """Axes with a centred note, for a chart whose data has not arrived yet."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font={"size": 14, "color": "#666"})
+    _layout(fig, x_title=x_title, y_title=y_title)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig
+
+
+def _layout(fig: go.Figure, *, title: str = "", x_title: str = STEP_TITLE, y_title: str = "",
+            log_y: bool = False, height: int = 380) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.0, "xanchor": "left"}, height=height,
+        margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
+        legend={"title": {"text": "run"}, "tracegroupgap": 4},
+        hovermode="x unified", template="plotly_white", showlegend=True,
+        uirevision="keep",  # live redraws keep the user's zoom and hidden traces
+    )
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    if log_y:
+        fig.update_yaxes(type="log", tickformat=".2~g")
+    return fig
+
+
+def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
+                  labels: Mapping[str, str] | None = None,
+                  colors: Mapping[str, str] | None = None, smoothing: float = 0.0,
+                  title: str = "", y_title: str | None = None, log_y: bool = False,
+                  max_points: int = MAX_POINTS) -> go.Figure:
+    """One line per run of ``metric`` against step (``metrics``: run_id, step, name, value)."""
+    rows = metrics[metrics["name"] == metric]
+    run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(rows["run_id"]))
+    colors = colors or run_colors(run_ids)
+    fig = go.Figure()
+    for run_id in run_ids:
+        series = rows[rows["run_id"] == run_id].sort_values("step")
+        values = smooth(series["value"].reset_index(drop=True), smoothing)
+        series = decimate(series.assign(value=values.to_numpy()), max_points)
+        sparse = len(series) <= 30  # evaluation metrics: a few points, show them
+        fig.add_trace(go.Scatter(
+            x=series["step"], y=series["value"], name=(labels or {}).get(run_id, run_id),
+            mode="lines+markers" if sparse else "lines",
+            line={"color": colors.get(run_id), "width": 2}, showlegend=True))
+    _layout(fig, title=title, y_title=y_title or METRIC_TITLES.get(metric, metric),
+            log_y=log_y)
+    values = rows["value"].to_numpy(dtype=float)
+    if log_y:
+        fig.update_yaxes(dtick=_log_dtick(values))
+    elif view := _robust_range(values):
+        fig.update_yaxes(range=view)  # a diverging run would flatten every other curve
+    return fig
+
+
+def _robust_range(values: np.ndarray) -> list[float] | None:
+    """A y-range without the blow-up of a diverging run, or None when nothing blew up."""
+    finite = values[np.isfinite(values)]
+    if finite.size < 10:
+        return None
+    low, high = np.percentile(finite, [0, 98])
+    if finite.max() <= high + 5 * max(high - low, 1e-12):
+        return None
+    pad = 0.05 * max(high - low, 1e-12)
+    return [float(low - pad), float(high + pad)]
+
+
+def _log_dtick(values: np.ndarray) -> str | int:
+    """Log-axis tick spacing: 1-2-5 per decade over a few decades, fewer over many."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    decades = np.log10(positive.max() / positive.min()) if positive.size else 0.0
+    return "D2" if decades <= 3 else max(1, int(np.ceil(decades / 8)))
+
+
+def with_ratio(norms: pd.DataFrame) -> pd.DataFrame:
+    """Wide frame [run_id,] step, layer and one column per field, plus ratio = ‖Δ_M‖/‖Δ_D‖."""
+    keys = [c for c in ("run_id", "step", "layer") if c in norms]
+    wide = norms.pivot_table(index=keys, columns="field", values="value", observed=True,
+                             sort=True).reset_index()
+    wide.columns = [str(c) for c in wide.columns]
+    if {"magnitude_norm", "direction_norm"} <= set(wide.columns):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = wide["magnitude_norm"] / wide["direction_norm"]
+        wide["ratio"] = ratio.where(np.isfinite(ratio) & (ratio > 0))
+    return wide
+
+
+def norm_trajectories(norms: pd.DataFrame, *, layer: str,
+                      labels: Mapping[str, str] | None = None,
+                      colors: Mapping[str, str] | None = None,
+                      plain: Sequence[str] = (), title: str = "",
+                      max_points: int = MAX_POINTS) -> go.Figure:
+    """‖Δ_M‖ (solid) and ‖Δ_D‖ (dotted) of one layer on top, their ratio below, per run.
+
+    ``norms``: the store's layer_norms frame with a ``run_id`` column (one run without it).
+    Runs in ``plain`` (no direction optimizer: Δ_D is Δ_M) get one line, their own ‖Δ‖.
+    """
+    frame = norms if "run_id" in norms else norms.assign(run_id="run")
+    wide = with_ratio(frame[frame["layer"] == layer])
+    run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(wide["run_id"]))
+    colors = colors or run_colors(run_ids)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.55, 0.45])
+    for run_id in run_ids:
+        series = decimate(wide[wide["run_id"] == run_id], max_points)
+        if series.empty:
+            continue
+        name = (labels or {}).get(run_id, run_id)
+        color = colors.get(run_id)
+        lines = (("magnitude_norm", "solid", "‖Δ‖"),) if run_id in plain else (
+            ("magnitude_norm", "solid", "‖Δ_M‖"), ("direction_norm", "dot", "‖Δ_D‖"))
+        for field, dash, symbol in lines:
+            if field in series:
+                fig.add_trace(go.Scatter(
+                    x=series["step"], y=series[field], name=f"{name} {symbol}", mode="lines",
+                    legendgroup=run_id, line={"color": color, "dash": dash, "width": 2}),
+                    row=1, col=1)
+        if "ratio" in series and run_id not in plain:
+            fig.add_trace(go.Scatter(
+                x=series["step"], y=series["ratio"], name=f"{name} ratio", mode="lines",
+                legendgroup=run_id, line={"color": color, "width": 1.5}), row=2, col=1)
+    _layout(fig, title=title, height=520)
+    fig.update_xaxes(title_text="", row=1, col=1)
+    fig.update_xaxes(title_text=STEP_TITLE, row=2, col=1)
+    norm_values = wide[[c for c in ("magnitude_norm", "direction_norm") if c in wide]]
+    ratio_values = wide["ratio"] if "ratio" in wide else pd.Series(dtype=float)
+    fig.update_yaxes(title_text=NORM_TITLE, type="log", tickformat=".2~g",
+                     dtick=_log_dtick(norm_values.to_numpy(dtype=float).ravel()), row=1, col=1)
+    fig.update_yaxes(title_text=RATIO_TITLE, type="log", tickformat=".2~g",
+                     dtick=_log_dtick(ratio_values.to_numpy(dtype=float)), row=2, col=1)
+    return fig
+
+
+def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "",
+                 max_steps: int = 400) -> go.Figure:
+    """Layers × steps of one quantity (log10 colour scale) for one run.
+
+    ``norms``: one run's layer_norms frame. Steps are averaged (in log space) into at most
+    ``max_steps`` columns; hover shows the value itself.
+    """
+    if quantity not in QUANTITIES:
+        raise ValueError(f"Invalid quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
+    colorbar_title, hover_name = QUANTITIES[quantity]
+    wide = with_ratio(norms)
+    if quantity not in wide or wide.empty:
+        return empty_figure(f"no {hover_name} recorded yet", y_title="layer (parameter tensor)")
+    layers = [str(c) for c in norms["layer"].cat.categories] if hasattr(
+        norms["layer"], "cat") else list(dict.fromkeys(norms["layer"]))
+    logs = wide.pivot_table(index="layer", columns="step", values=quantity, observed=True,
+                            dropna=False).reindex([x for x in layers if x in set(wide["layer"])])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(logs.where(logs > 0))
+    steps = logs.columns.to_numpy()
+    starts = np.linspace(0, len(steps), min(max_steps, len(steps)), endpoint=False).astype(int)
+    values = logs.to_numpy(dtype="float64")
+    finite = np.isfinite(values)
+    sums = np.add.reduceat(np.where(finite, values, 0.0), starts, axis=1)
+    counts = np.add.reduceat(finite.astype("int64"), starts, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(counts > 0, sums / counts, np.nan)  # mean of log10 per bin of steps
+    x = steps[starts].astype(int).tolist()
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=list(logs.index), colorscale="Viridis", customdata=10.0 ** z,
+        colorbar={"title": {"text": colorbar_title, "side": "right"}, **_log_ticks(z)},
+        hovertemplate=f"step %{{x}}<br>%{{y}}<br>{hover_name} = %{{customdata:.3g}}"
+                      "<extra></extra>"))
+    _layout(fig, title=title, y_title="layer (parameter tensor)",
+            height=max(300, 60 + 28 * len(logs)))
+    fig.update_layout(hovermode="closest", showlegend=False)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _log_ticks(z: np.ndarray) -> dict:
+    """Colour-bar ticks at 1, 3, 10, 30 ... for a log10 scale, labelled with the values."""
+    finite = z[np.isfinite(z)]
+    if finite.size == 0:
+        return {}
+    low, high = float(finite.min()), float(finite.max())
+    decades = range(int(np.floor(low)), int(np.ceil(high)) + 1)
+    ticks = [d + np.log10(m) for d in decades for m in (1, 3) if low <= d + np.log10(m) <= high]
+    if len(ticks) < 2:  # a narrow range: label its ends
+        ticks = sorted({low, high})
+    return {"tickvals": ticks, "ticktext": [f"{10.0 ** t:.2g}" for t in ticks]}
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A self-contained HTML page of ``fig`` (plotly.js inlined: opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)

@@ -1,0 +1,192 @@
+"""Graft lab (landing page): train M alone, D alone and M#D side by side and watch them live.
+
+Runs train in worker processes (ui.resources); this page only writes configs to the store,
+reads it back once a second in a fragment, and draws the engine's figures. The watched
+group is in the URL (``?group=<id>``), so a reloaded or reopened tab re-attaches.
+"""
+
+import streamlit as st
+
+from grafting_core import GRANULARITIES
+from grafting_core.lab import figures
+from grafting_core.lab.config import RunConfig
+from ui import forms, live
+from ui.resources import get_store, start_group, stop_runs
+from ui.state import keep_valid, page_setup
+
+DEFAULTS = {
+    **forms.optimizer_defaults("lab", {"magnitude": "adam", "direction": "sgd"}),
+    **forms.data_model_defaults("lab"),
+    "lab.granularity": "tensor",
+    "lab.steps": 800,  # ~10-20 s for the four runs of the default MLP on two CPU cores
+    "lab.batch_size": 64,
+    "lab.seed": 0,
+    "lab.reverse": True,  # also train D#M
+    "lab.smoothing": 0.6,
+    "lab.layer": "",
+    "lab.norm_runs": [],
+    "lab.heatmap_run": "",
+    "lab.heatmap_quantity": "ratio",
+    "lab.group": "",  # the group this session watches (also the URL's ?group=)
+    "lab.norm_cache": {},  # run id -> layer norms read so far (polls read only newer steps)
+}
+INTRO = r"""
+Every optimizer step Δ has a **size** (its norm ‖Δ‖) and a **direction** (Δ/‖Δ‖).
+*Grafting* M#D builds a new optimizer from two: for every layer, it takes the step size
+from the **magnitude** optimizer M and the direction from the **direction** optimizer D:
+$\Delta = \lVert\Delta_M\rVert \, \Delta_D / \lVert\Delta_D\rVert$.
+Agarwal et al. ([arXiv 2002.11803](https://arxiv.org/abs/2002.11803)) found that M#D
+usually trains like M: much of what makes an optimizer good is the per-layer step-size
+schedule it implies, not its direction. Pick M and D, press **Start**, and M alone,
+D alone and M#D (and D#M) train side by side on the same batches in the same order.
+"""
+
+
+def form() -> tuple[list[RunConfig] | None, str]:
+    """The settings widgets; returns (configs, "") or (None, why they are invalid)."""
+    col_m, col_d, col_run = st.columns(3, gap="large")
+    with col_m:
+        magnitude = forms.optimizer_picker("lab", "magnitude")
+    with col_d:
+        direction = forms.optimizer_picker("lab", "direction")
+    with col_run:
+        st.markdown("**Data, model and training loop**")
+        data = forms.data_model_picker("lab")
+        left, right = st.columns(2)
+        with left:
+            steps = st.number_input("Steps", min_value=1, step=100, key="lab.steps")
+            seed = st.number_input("Seed", min_value=0, step=1, key="lab.seed",
+                                   help="model initialisation and batch order")
+        with right:
+            batch = st.number_input("Batch size", min_value=1, step=16, key="lab.batch_size")
+            granularity = st.selectbox(
+                "Grafting layer", GRANULARITIES, key="lab.granularity",
+                help="tensor: each parameter tensor is a layer (the paper's layer-wise "
+                     "grafting); module: weight and bias together; global: one norm for all")
+    try:
+        base = RunConfig(**data, granularity=granularity, steps=int(steps),
+                         batch_size=int(batch), seed=int(seed),
+                         device=st.session_state["shared.device"])
+        return forms.lab_configs(base, magnitude, direction,
+                                 reverse=st.session_state["lab.reverse"]), ""
+    except (ValueError, TypeError) as error:
+        return None, str(error)
+
+
+def watched_group() -> str:
+    """The URL's group, else this session's last one, else the newest lab group still running."""
+    group = st.query_params.get("group") or st.session_state["lab.group"]
+    if not group:
+        running = get_store().runs(kind="lab", status="running", flatten_config=False)
+        group = running["group"].iloc[0] if not running.empty else ""
+    return group or ""
+
+
+def watch(group: str) -> None:
+    """Remember ``group`` in the session and the URL."""
+    st.session_state["lab.group"] = group
+    st.query_params["group"] = group
+
+
+def norms_section(runs, task: str) -> None:
+    """‖Δ_M‖, ‖Δ_D‖ and their ratio for one layer, then every layer as a heatmap."""
+    st.subheader("Per-layer step sizes: the schedule each optimizer implies")
+    st.caption("‖Δ_M‖ is the step M proposes for a layer, ‖Δ_D‖ the step D proposes, at the "
+               "same weights and gradient. M#D moves each layer by ‖Δ_M‖ in D's direction, "
+               "so the ratio ‖Δ_M‖/‖Δ_D‖ is the per-layer learning-rate correction grafting "
+               "applies to D. Runs without D show their own step ‖Δ‖.")
+    labels = dict(zip(runs["run_id"], runs["label"]))
+    colors = figures.run_colors(runs["run_id"].tolist())
+    plain = runs.loc[runs["config.direction"] == "", "run_id"].tolist()
+    layers = next((names for names in (get_store().layer_norm_names(r)[0]
+                                       for r in runs["run_id"]) if names), [])
+    if not layers:
+        st.info("Per-layer norms appear after the first few steps.")
+        return
+    ids = runs["run_id"].tolist()
+    keep_valid("lab.layer", layers, layers[0])
+    keep_valid("lab.norm_runs", ids, ids)
+    left, right = st.columns([1, 2])
+    with left:
+        layer = st.selectbox("Layer", layers, key="lab.layer")
+    with right:
+        shown = st.multiselect("Runs", ids, key="lab.norm_runs", format_func=labels.get)
+    norms = live.poll_norms(shown, "lab.norm_cache")
+    fig = figures.norm_trajectories(norms, layer=layer, labels={r: labels[r] for r in shown},
+                                    colors=colors, plain=plain, title=f"Layer {layer}")
+    st.plotly_chart(fig, key="lab.norm_chart", config=live.CHART_CONFIG)
+
+    grafted = [r for r in ids if r not in plain] or ids
+    keep_valid("lab.heatmap_run", ids, grafted[0])
+    left, right = st.columns([1, 2])
+    with left:
+        heat_run = st.selectbox("Heatmap of run", ids, key="lab.heatmap_run",
+                                format_func=labels.get)
+    with right:
+        quantity = st.selectbox("Quantity", ["ratio", "magnitude_norm", "direction_norm"],
+                                key="lab.heatmap_quantity",
+                                format_func=lambda q: figures.QUANTITIES[q][1])
+    heat = live.poll_norms([heat_run], "lab.norm_cache")
+    fig = figures.norm_heatmap(heat.drop(columns="run_id"), quantity=quantity,
+                               title=f"All layers of {labels[heat_run]}: "
+                                     f"{figures.QUANTITIES[quantity][1]} per step")
+    st.plotly_chart(fig, key="lab.heatmap_chart", config=live.CHART_CONFIG)
+    live.drop_cache(list(dict.fromkeys([*shown, heat_run])), "lab.norm_cache")
+
+
+def live_section(group: str, active: bool) -> None:
+    """Progress, losses and norms of ``group``; redraws every second while a run is live."""
+
+    @st.fragment(run_every=1.0 if active else None)
+    def panel() -> None:
+        runs = live.group_runs(group)
+        if runs.empty:
+            return
+        task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+        live.progress_panel(runs)
+        st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
+                                help="exponential moving average of the training loss "
+                                     "(0 = raw)")
+        live.loss_panel(runs, live.poll_metrics(runs), task, prefix="lab",
+                        smoothing=st.session_state["lab.smoothing"])
+        norms_section(runs, task)
+        if active and not live.is_active(runs):
+            st.rerun()  # all done: redraw the page once more with polling off
+
+    panel()
+
+
+page_setup(DEFAULTS)
+st.title("Graft lab")
+st.markdown(INTRO)
+configs, problem = form()
+group = watched_group()
+runs = live.group_runs(group) if group else None
+active = runs is not None and live.is_active(runs)
+
+col_start, col_stop, col_reverse = st.columns([1, 1, 10], vertical_alignment="center")
+start = col_start.button("Start", type="primary", key="lab.start", disabled=active,
+                         help="Stop the runs in progress first" if active else None)
+stop = col_stop.button("Stop", key="lab.stop", disabled=not active)
+col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
+
+if start:
+    if configs is None:
+        st.error(f"Not started: {problem}")
+    else:
+        group, _ = start_group(configs)
+        watch(group)
+        st.rerun()  # draw the page again as "running": Start off, Stop on, live panel
+if stop and runs is not None:
+    stop_runs(runs["run_id"].tolist())
+    st.toast("Stopping: each run ends at its next flush (within 10 steps).")
+if group and runs is not None and runs.empty and not start:
+    st.info(f"No runs in group `{group}` (deleted?). Press Start to train a new group.")
+    st.session_state["lab.group"] = ""
+    st.query_params.clear()
+elif group:
+    watch(group)
+    live_section(group, active)
+else:
+    st.info("Nothing trained yet: choose M and D above and press **Start**. The runs train in "
+            "the background and appear here; saved runs are listed on the **Runs** page.")

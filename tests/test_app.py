@@ -1,0 +1,230 @@
+"""The Streamlit app through AppTest: pages render, Graft lab trains live, Runs manages runs.
+
+Pages run standalone (``AppTest.from_file("pages/x.py")``, FIELD-NOTES §3), each drawing
+the shared sidebar itself. One run store and one executor (worker processes) serve the
+whole module; each test starts from an empty store. Timers never fire in AppTest, so a
+test waits for background runs by calling ``at.run()`` again, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.runner import create_run, execute_run
+from grafting_core.lab.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["app.py", "pages/graft_lab.py", "pages/runs.py"]
+TIMEOUT = 60  # seconds per script run: the first imports torch, plotly and the engine
+TINY = {"width": 8, "steps": 20, "log_every": 5, "eval_every": 10, "eval_examples": 200}
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """One store directory (and so one executor) for the module; workers shut at the end."""
+    root = tmp_path_factory.mktemp("app_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFTING_RUNS_DIR", str(root))
+        mp.syspath_prepend(str(ROOT))  # pages import the top-level ui package
+        yield root
+        store = RunStore(root)
+        running = store.runs(status="running")["run_id"].tolist()
+        for run_id in running:
+            store.set_status(run_id, "stopped")
+        store.close()
+        st.cache_resource.clear()  # on_release: executors shut down, stores close
+
+
+@pytest.fixture
+def store(runs_dir):
+    """The module's store, emptied."""
+    store = RunStore(runs_dir)
+    for run_id in store.runs()["run_id"]:
+        store.delete_run(run_id)
+    yield store
+    store.close()
+
+
+def page(path: str, **query: str) -> AppTest:
+    """A page run once (``query``: URL query parameters)."""
+    at = AppTest.from_file(str(ROOT / path), default_timeout=TIMEOUT)
+    at.query_params.update(query)
+    return at.run()
+
+
+def _decoded(value):
+    """Plotly's JSON packs numeric arrays as {"dtype", "bdata"(, "shape")}: unpack them."""
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        if isinstance(shape, str):
+            shape = [int(n) for n in shape.split(",")]
+        return array.reshape(shape) if shape else array
+    return value
+
+
+def chart_traces(at: AppTest, index: int) -> list[dict]:
+    """The plotly traces of the page's ``index``-th chart (reads AppTest's internal proto)."""
+    traces = json.loads(at.get("plotly_chart")[index].proto.spec)["data"]
+    return [{key: _decoded(value) for key, value in trace.items()} for trace in traces]
+
+
+def train_inline(store: RunStore, group: str = "", **changes) -> str:
+    """A tiny run trained in this process; returns its id."""
+    config = RunConfig(**{**TINY, **changes})
+    run_id = create_run(store, config, kind="lab", group=group or None)
+    try:
+        execute_run(store, run_id)
+    except Exception:
+        pass  # a failing config is recorded as failed, which some tests want
+    return run_id
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_on_an_empty_store(store, path):
+    at = page(path)
+    assert not at.exception
+    assert at.title  # every page has its title ...
+    assert any("Start" in info.value for info in at.info)  # ... and says how to begin
+    assert any(str(store.root) in caption.value for caption in at.sidebar.caption)
+
+
+def test_graft_lab_trains_side_by_side_and_shows_results(store):
+    at = page("pages/graft_lab.py")
+    at.number_input(key="lab.width.mlp").set_value(16)
+    at.number_input(key="lab.steps").set_value(60)
+    at.checkbox(key="lab.reverse").uncheck()
+    at.button(key="lab.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    assert group.startswith("lab-")
+    for _ in range(120):  # the workers may still be loading torch and the data
+        runs = store.runs(group=group)
+        if len(runs) == 3 and runs["status"].isin(["finished"]).all():
+            break
+        time.sleep(0.5)
+        at.run()
+    at.run()
+    assert not at.exception
+    assert sorted(store.runs(group=group)["name"]) == ["adam", "adam#sgd", "sgd"]
+    assert all("finished" in bar.proto.text for bar in at.get("progress"))
+    loss = chart_traces(at, 0)
+    assert [trace["name"] for trace in loss] == ["adam", "sgd", "adam#sgd"]
+    assert all(len(trace["x"]) == 60 for trace in loss)  # one point per step
+    norms = [trace["name"] for trace in chart_traces(at, 2)]
+    assert "adam#sgd ‖Δ_M‖" in norms and "adam#sgd ratio" in norms
+    assert chart_traces(at, 3)[0]["type"] == "heatmap"
+    assert at.button(key="lab.stop").disabled and not at.button(key="lab.start").disabled
+
+    again = page("pages/graft_lab.py", group=group)  # a reloaded tab re-attaches
+    assert not again.exception
+    assert len(chart_traces(again, 0)) == 3
+
+
+def test_stop_ends_every_run_of_the_group_cleanly(store):
+    at = page("pages/graft_lab.py")
+    at.number_input(key="lab.width.mlp").set_value(16)
+    at.number_input(key="lab.steps").set_value(100_000)
+    at.button(key="lab.start").click().run()
+    group = at.query_params["group"]
+    for _ in range(120):  # wait until one run trains, so Stop meets a running and queued ones
+        if (store.runs(group=group)["last_step"].fillna(0) > 0).any():
+            break
+        time.sleep(0.25)
+    at.button(key="lab.stop").click().run()
+    for _ in range(120):
+        if store.runs(group=group)["status"].eq("stopped").all():
+            break
+        time.sleep(0.25)
+    at.run()
+    runs = store.runs(group=group)
+    assert len(runs) == 4 and runs["status"].eq("stopped").all()
+    assert (runs["last_step"] < 100_000).all()
+    assert not at.exception and at.button(key="lab.stop").disabled
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("lab.magnitude.adam.lr", -1.0, "lr"),
+    ("lab.direction.sgd.momentum", 1.5, "momentum"),
+])
+def test_invalid_hyperparameters_are_refused_and_start_nothing(store, key, value, reason):
+    at = page("pages/graft_lab.py")
+    at.number_input(key=key).set_value(value)
+    at.button(key="lab.start").click().run()
+    assert not at.exception
+    assert any("Not started" in e.value and reason in e.value for e in at.error)
+    assert store.runs().empty
+
+
+def test_graft_lab_shows_diverged_and_failed_runs(store):
+    diverged = train_inline(store, group="lab-test", magnitude="sgd",
+                            magnitude_hparams={"lr": 1e6}, steps=40)
+    failed = create_run(store, RunConfig(**TINY), kind="lab", group="lab-test")
+    store.set_status(failed, "failed", error="RuntimeError: out of memory (test)")
+    at = page("pages/graft_lab.py", group="lab-test")
+    assert not at.exception
+    step = store.run(diverged)["last_step"]
+    assert store.run(diverged)["status"] == "diverged"
+    assert any(f"diverged at step {step}" in w.value for w in at.warning)
+    assert any("out of memory (test)" in e.value for e in at.error)
+
+
+def test_runs_page_lists_shows_config_exports_and_deletes(store):
+    first = train_inline(store, name="first-run", magnitude="adam")
+    second = train_inline(store, name="second-run", magnitude="sgd", direction="adam")
+    at = page("pages/runs.py")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {first, second}
+    assert set(table["name"]) == {"first-run", "second-run"}
+    assert set(table["direction"]) == {"—", "adam"}
+
+    at.text_input(key="runs.search").set_value("second").run()  # filter
+    assert list(at.dataframe[0].value["run"]) == [second]
+    at.text_input(key="runs.search").set_value("").run()
+
+    at.selectbox(key="runs.detail").set_value(second).run()  # config
+    shown = json.loads(at.json[0].value)
+    assert shown["magnitude"] == "sgd" and shown["direction"] == "adam"
+
+    at.multiselect(key="runs.compare").set_value([first, second]).run()  # overlay
+    assert [t["name"] for t in chart_traces(at, 0)] == ["first-run", "second-run"]  # oldest first
+    assert at.download_button(key="runs.csv").label == "Metrics (CSV)"
+
+    at.button(key="runs.delete").click().run()  # delete asks first ...
+    assert store.run(second)["status"] == "finished"
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="runs.cancel_delete").click().run()
+    assert second in set(store.runs()["run_id"])
+    at.button(key="runs.delete").click().run()
+    at.button(key="runs.confirm_delete").click().run()  # ... then deletes
+    assert not at.exception
+    assert set(store.runs()["run_id"]) == {first}
+    assert list(at.dataframe[0].value["run"]) == [first]
+
+
+def test_metrics_csv_export_has_every_recorded_value(store, runs_dir):
+    from ui.catalog import metrics_csv
+
+    run_ids = [train_inline(store, name=f"r{i}", seed=i) for i in range(2)]
+    csv = pd.read_csv(io.StringIO(metrics_csv(store, run_ids)))
+    assert list(csv.columns) == ["run_id", "run_name", "step", "metric", "value"]
+    expected = store.metrics(run_ids)
+    assert len(csv) == len(expected)
+    merged = csv.merge(expected, left_on=["run_id", "step", "metric"],
+                       right_on=["run_id", "step", "name"])
+    assert len(merged) == len(expected)
+    assert (merged["value_x"] - merged["value_y"]).abs().max() < 1e-9
+    assert set(csv["run_name"]) == {"r0", "r1"}
+    assert (csv.query("metric == 'train_loss'").groupby("run_id").size() == TINY["steps"]).all()

@@ -1,0 +1,70 @@
+"""Figures of stored runs: traces per run, point caps, ratios and heatmaps, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from grafting_core.lab import figures
+
+
+def _metrics(runs: dict[str, np.ndarray], name: str = "train_loss") -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"run_id": r, "step": np.arange(len(v)), "name": name,
+                                    "value": v}) for r, v in runs.items()], ignore_index=True)
+
+
+def _norms(run_id: str, steps: int, layers: list[str], m: float, d: float) -> pd.DataFrame:
+    rows = [(run_id, s, layer, field, value * (i + 1))
+            for s in range(steps) for i, layer in enumerate(layers)
+            for field, value in (("magnitude_norm", m), ("direction_norm", d))]
+    frame = pd.DataFrame(rows, columns=["run_id", "step", "layer", "field", "value"])
+    frame["layer"] = pd.Categorical(frame["layer"], categories=layers)
+    return frame
+
+
+def test_metric_curves_one_trace_per_run_in_label_order_and_capped():
+    data = _metrics({"a": np.linspace(2, 1, 5000), "b": np.linspace(3, 2, 100)})
+    fig = figures.metric_curves(data, labels={"b": "run b", "a": "run a"}, max_points=2000)
+    assert [t.name for t in fig.data] == ["run b", "run a"]
+    assert len(fig.data[0].x) == 100 and len(fig.data[1].x) == 2000
+    assert fig.data[1].x[0] == 0 and fig.data[1].x[-1] == 4999  # ends kept
+    assert fig.layout.xaxis.title.text == figures.STEP_TITLE
+    assert fig.layout.yaxis.title.text and fig.layout.showlegend
+
+
+def test_smoothing_is_a_debiased_moving_average():
+    values = pd.Series([1.0, 3.0])
+    smoothed = figures.smooth(values, 0.5)
+    assert smoothed.iloc[0] == 1.0
+    assert smoothed.iloc[1] == pytest.approx((0.5 * 1.0 + 1.0 * 3.0) / 1.5)
+
+
+def test_a_diverging_run_does_not_flatten_the_others():
+    blown = np.r_[np.linspace(2, 1, 200), 1e12]
+    fig = figures.metric_curves(_metrics({"ok": np.linspace(2, 1, 200), "bad": blown}))
+    low, high = fig.layout.yaxis.range
+    assert low < 1.0 and 2.0 < high < 10.0
+
+
+def test_norm_trajectories_ratio_and_plain_runs():
+    norms = pd.concat([_norms("g", 5, ["w", "b"], m=0.2, d=0.05),
+                       _norms("p", 5, ["w", "b"], m=0.1, d=0.1)])
+    fig = figures.norm_trajectories(norms, layer="w", labels={"p": "adam", "g": "adam#sgd"},
+                                    plain=["p"])
+    names = [t.name for t in fig.data]
+    assert names == ["adam ‖Δ‖", "adam#sgd ‖Δ_M‖", "adam#sgd ‖Δ_D‖", "adam#sgd ratio"]
+    ratio = fig.data[-1]
+    assert np.allclose(ratio.y, 0.2 / 0.05)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
+
+
+def test_heatmap_is_layers_by_binned_steps_in_log10():
+    norms = _norms("g", 1000, ["w", "b", "out"], m=0.3, d=0.03).drop(columns="run_id")
+    fig = figures.norm_heatmap(norms, quantity="ratio", max_steps=100)
+    heat = fig.data[0]
+    assert list(heat.y) == ["w", "b", "out"]
+    assert np.asarray(heat.z).shape == (3, 100)
+    assert np.allclose(heat.z, 1.0)  # log10(0.3 / 0.03)
+    with pytest.raises(ValueError, match="quantity"):
+        figures.norm_heatmap(norms, quantity="nope")
