@@ -58,7 +58,7 @@ def optimizer_defaults(prefix: str, roles: dict[str, str]) -> dict[str, Any]:
     return defaults
 
 
-def _step(value: float) -> float:
+def increment(value: float) -> float:
     """A +/- increment one digit below the value's leading digit (0.01 for zero)."""
     if not value or not math.isfinite(value):
         return 0.01
@@ -68,7 +68,7 @@ def _step(value: float) -> float:
 def _number(label: str, key: str, default: Any, help: str | None = None) -> Any:
     if isinstance(default, int):
         return st.number_input(label, key=key, step=1, help=help)
-    return st.number_input(label, key=key, step=_step(float(default)), format="%g", help=help)
+    return st.number_input(label, key=key, step=increment(float(default)), format="%g", help=help)
 
 
 def _hparam_widget(base: str, key: str, default: Any) -> Any:
@@ -85,9 +85,10 @@ def _hparam_widget(base: str, key: str, default: Any) -> Any:
     return _number(key, f"{base}.{key}", default, help_text)
 
 
-def optimizer_picker(prefix: str, role: str) -> tuple[str, dict[str, Any]]:
+def optimizer_picker(prefix: str, role: str,
+                     names: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """Optimizer name and its hyperparameters for ``role`` (lr first, the rest folded)."""
-    names = optimizer_names()
+    names = names or optimizer_names()
     st.markdown(f"**{ROLE_TITLES.get(role, role)}**")
     name = st.selectbox("optimizer", names, key=f"{prefix}.{role}",
                         label_visibility="collapsed")
@@ -152,3 +153,28 @@ def lab_configs(base: RunConfig, magnitude: OptimizerChoice, direction: Optimize
     m, d = (m_name, m_hp), (d_name, d_hp)
     configs = [one(m, None), one(d, None), one(m, d)]
     return configs + [one(d, m)] if reverse else configs
+
+
+def parse_numbers(text: str, *, field: str, integer: bool = False) -> list:
+    """Numbers typed as ``0, 1, 2`` (commas or spaces); ValueError naming ``field``.
+
+    Integers must be >= 0 (seeds), other numbers finite and > 0 (learning rates).
+    """
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if not parts:
+        raise ValueError(f"Invalid {field}: empty (type numbers separated by commas)")
+    values = []
+    for part in parts:
+        try:
+            value = int(part) if integer else float(part)
+        except ValueError:
+            kind = "whole numbers" if integer else "numbers"
+            raise ValueError(f"Invalid {field}: {part!r} is not a number "
+                             f"(type {kind} separated by commas)") from None
+        if (integer and value < 0) or (not integer and not (math.isfinite(value) and value > 0)):
+            raise ValueError(f"Invalid {field}: {part!r} (must be "
+                             f"{'>= 0' if integer else 'a finite number > 0'})")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"Invalid {field}: {text.strip()!r} repeats a value")
+    return values

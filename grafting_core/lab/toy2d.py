@@ -42,8 +42,11 @@ def _quadratic(condition: float):
     return lambda x, y: 0.5 * (x**2 + condition * y**2)
 
 
+#: Per preset: options with defaults, start, plotting box, the one-line reading, and learning
+#: rates that make Adam and SGD-momentum move visibly in ~100 steps (the page's defaults).
 PRESETS: dict[str, dict[str, Any]] = {
     "quadratic": {
+        "suggested_lr": {"adam": 0.1, "sgd": 0.02},
         "defaults": {"condition": 20.0},
         "start": (-4.0, 1.5), "box": (-5.0, 5.0, -2.5, 2.5),
         "look_for": "In a narrow valley SGD zig-zags across it while Adam's per-coordinate "
@@ -51,24 +54,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "lengths.",
     },
     "rosenbrock": {
+        "suggested_lr": {"adam": 0.05, "sgd": 0.0005},
         "defaults": {},
         "start": (-1.5, 2.0), "box": (-2.0, 2.0, -1.0, 3.0),
         "look_for": "A curved banana valley: step sizes decide who reaches the bend; the "
                     "grafted path follows D's turns at M's pace.",
     },
     "saddle": {
+        "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {},
         "start": (-2.0, 0.01), "box": (-2.5, 2.5, -2.5, 2.5),
         "look_for": "Starting next to a saddle, the escape speed along y is a step-size "
                     "effect: sign-based or adaptive magnitudes escape quickly, SGD lingers.",
     },
     "beale": {
+        "suggested_lr": {"adam": 0.05, "sgd": 0.001},
         "defaults": {},
         "start": (1.0, 1.4), "box": (-1.0, 4.0, -1.5, 2.0),
         "look_for": "Flat plateaus and steep walls: gradient norms vary by orders of "
                     "magnitude, so the implied schedules of M and D differ the most.",
     },
     "noisy_quadratic": {
+        "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {"condition": 10.0, "noise": 1.0, "seed": 0},
         "start": (-4.0, 1.5), "box": (-5.0, 5.0, -2.5, 2.5),
         "look_for": "With noisy gradients, the path's jitter comes from D's direction and "
