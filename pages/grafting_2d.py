@@ -98,6 +98,19 @@ def controls() -> tuple:
             (direction[0], _frozen(direction[1])), (x, y), int(steps), layout)
 
 
+def _start_from_click() -> None:
+    """Apply a click on the paths chart (read before the start widgets are drawn)."""
+    event = st.session_state.get("toy.paths")
+    points = event["selection"]["points"] if event else []
+    if not points or "x" not in points[0]:
+        return
+    click = (round(float(points[0]["x"]), 3), round(float(points[0]["y"]), 3))
+    if click != st.session_state.get("toy.start_click"):  # a selection persists: apply once
+        st.session_state["toy.start_click"] = click
+        st.session_state["toy.x"], st.session_state["toy.y"] = click
+        st.session_state["toy.step"] = 0
+
+
 def reading(paths) -> str:
     """One sentence on this picture, computed from the paths' final losses."""
     final = {k: float(p.losses[-1]) for k, p in paths.items()}
@@ -111,6 +124,7 @@ def main() -> None:
     page_setup(DEFAULTS)
     st.title("Grafting in 2-D")
     st.markdown(INTRO)
+    _start_from_click()
     args = controls()
     try:
         for role, (name, hparams) in zip(("M", "D"), args[2:4]):
@@ -126,8 +140,9 @@ def main() -> None:
     steps = args[5]
     st.session_state["toy.step"] = min(st.session_state["toy.step"], steps - 1)
     step = st.slider("step (arrows drawn at this step of M#D)", 0, steps - 1, key="toy.step")
-    st.plotly_chart(figures_2d.paths_figure(problem, paths, step), key="toy.paths",
-                    width="stretch")
+    st.plotly_chart(figures_2d.paths_figure(problem, paths, step, clickable=True),
+                    key="toy.paths", width="stretch", on_select="rerun", selection_mode="points")
+    st.caption("Click anywhere on the contour plot to start the paths from there.")
     st.markdown(reading(paths))
     st.plotly_chart(figures_2d.curves_figure(paths), key="toy.curves", width="stretch")
     if st.button("Prepare animated HTML for slides", key="toy.prepare"):

@@ -77,17 +77,38 @@ def _step_traces(problem: Problem, paths: dict[str, Path], step: int) -> list[go
     return traces
 
 
-def paths_figure(problem: Problem, paths: dict[str, Path], step: int | None = None) -> go.Figure:
-    """Loss contours, the four paths and, at ``step`` of M#D, the three step arrows."""
+CLICK_GRID = "click to start here"  # name of the clickable (invisible) grid trace
+
+
+def _click_grid(problem: Problem, n: int = 41) -> go.Scatter:
+    """Invisible points over the box: clicking one tells the app where to start."""
+    x0, x1, y0, y1 = problem.box
+    xs = torch.linspace(x0, x1, n).tolist()
+    ys = torch.linspace(y0, y1, n).tolist()
+    return go.Scatter(x=[x for x in xs for _ in ys], y=[y for _ in xs for y in ys],
+                      mode="markers", name=CLICK_GRID, showlegend=False,
+                      marker={"size": 14, "opacity": 0.0}, hovertemplate="start here: "
+                      "(%{x:.2f}, %{y:.2f})<extra></extra>")
+
+
+def paths_figure(problem: Problem, paths: dict[str, Path], step: int | None = None, *,
+                 clickable: bool = False) -> go.Figure:
+    """Loss contours, the four paths and, at ``step`` of M#D, the three step arrows.
+
+    ``clickable`` adds an invisible grid of points last, for choosing the start by a click.
+    """
     fig = go.Figure([_contour(problem)])
     for key, path in paths.items():
         pts = _clip(path.points, problem.box)
         fig.add_scatter(x=pts[:, 0].tolist(), y=pts[:, 1].tolist(), mode="lines",
                         name=path.label, line={"color": COLORS.get(key), "width": 2})
-    fig.add_scatter(x=[problem.start[0]], y=[problem.start[1]], mode="markers", name="start",
+    start = next(iter(paths.values())).points[0].tolist()
+    fig.add_scatter(x=[start[0]], y=[start[1]], mode="markers", name="start",
                     marker={"symbol": "x", "size": 12, "color": "black"})
     if step is not None:
         fig.add_traces(_step_traces(problem, paths, step))
+    if clickable:
+        fig.add_trace(_click_grid(problem))
     x0, x1, y0, y1 = problem.box
     title = f"{problem.name}: paths" + (f" (arrows at step {step})" if step is not None else "")
     fig.update_layout(title=title, xaxis={"title": "x (parameter 1)", "range": [x0, x1]},
