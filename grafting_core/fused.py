@@ -10,7 +10,8 @@ Used when: every stepped parameter and gradient is a dense, contiguous float32 o
 CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are native
 SGD/Adam/AdamW (``path`` native) or the step is black-box (any optimizers, a replayed
 schedule as magnitude included). A native replayed schedule and the other native rules
-(AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path.
+(AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path, and so do DTensor
+(FSDP2) shards, through ``grafting_core.sharded``.
 
 Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite layers' gradients
 are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
@@ -121,7 +122,9 @@ def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
 
 def supports(graft: Any, params: list[Tensor]) -> bool:
     """Whether a fused step can do this step of ``graft`` over ``params`` (see module doc)."""
-    if graft.direction is None or not params or _build() is None:
+    if graft.direction is None or not params or getattr(graft, "_sharding", None) is not None:
+        return False  # sharded parameters: the reference path of grafting_core.sharded
+    if _build() is None:
         return False
     dtype = params[0].dtype
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):

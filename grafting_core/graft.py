@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import fused as fused_kernels
+from . import sharded
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
 from .registry import build_optimizer
@@ -87,8 +88,26 @@ class Graft(torch.optim.Optimizer):
         Learning Rates" / "Learning Rate Grafting: Transferability of Optimizer Tuning",
         https://arxiv.org/abs/2002.11803 (2020).
 
-    .. warning:: Norms are per parameter tensor on one device. Under sharding (FSDP) a
-        tensor's norm must be reduced across shards, which this class does not do yet.
+    Distributed training (``torch.distributed``; see ``examples/ddp_fsdp_graft.py``):
+
+    - **DDP** (``DistributedDataParallel``): gradients arrive averaged and parameters are
+      replicated, so every rank takes the identical grafted step with no communication of
+      its own, for every kind of child, path and granularity.
+    - **FSDP2** (``fully_shard``: parameters and gradients are ``DTensor`` shards; build
+      Graft *after* sharding, over ``model.named_parameters()``): the norms are those of the
+      *whole* layer. Each rank computes ‖g‖, ‖w‖, ‖Δ_M‖, ‖Δ_D‖ of its shards
+      and a single ``all_reduce`` per step sums their squares for all layers together
+      (:mod:`grafting_core.sharded`); HSDP meshes sum over the shard dimension only. Native
+      rules run on the local shards. Black-box children step the DTensors themselves: torch's
+      element-wise optimizers (SGD, Adam, AdamW, Adagrad, RMSprop, NAdam, RAdam, Adamax,
+      Adadelta, ASGD), or any class or instance that sets ``supports_dtensor = True``.
+      Replayed schedules and every granularity work. Refused at construction, with the
+      reason: native LARS/LAMB (their trust ratios would be shard norms), Muon, Adafactor,
+      Rprop and unknown optimizers without ``supports_dtensor``, plain tensors mixed with
+      DTensors. ``fused=True`` takes the reference path. A NaN/inf gradient on any shard
+      skips that layer on every rank (see the warning in :mod:`grafting_core.sharded`).
+    - Recording: after the reduction ``last_norms`` holds whole-layer norms, identical on
+      every rank, so a :class:`~grafting_core.NormLog` on rank 0 records the run.
     """
 
     def __init__(
@@ -177,6 +196,7 @@ class Graft(torch.optim.Optimizer):
         self._plan: _Plan | None = None
         self._scratch: dict[int, Tensor] = {}
         device = named[0][1].device if named else torch.device("cpu")
+        self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
         self.last_norms = torch.full((len(self.layers), len(NORM_FIELDS)), math.nan, device=device)
         self.nonfinite_skips = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
         if isinstance(self.magnitude, MagnitudeSchedule):
@@ -292,7 +312,9 @@ class Graft(torch.optim.Optimizer):
                 raise RuntimeError(f"Graft does not support sparse gradients (parameter {name!r}); "
                                    "use a dense embedding (sparse=False)")
         plan = self._plan_for(params)
-        if self.fused and fused_kernels.supports(self, params):
+        if self._sharding is not None:
+            sharded.step(self, plan)  # local shards, whole-layer norms from one all_reduce
+        elif self.fused and fused_kernels.supports(self, params):
             fused_kernels.step(self, plan)  # the same step in fewer passes over memory
         else:
             self._reference_step(plan)
@@ -392,3 +414,4 @@ class Graft(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("skip_nonfinite", True)
         self.__dict__.setdefault("fused", False)
+        self.__dict__.setdefault("_sharding", None)

@@ -4,6 +4,9 @@ It is used two ways. On its own it is a plain optimizer (``step()`` applies its 
 is how the lab runs "A alone". Inside ``Graft`` it is a child whose :meth:`compute_steps`
 returns the proposed steps without applying them, so the weights are written only once.
 Its hyperparameters live in ``param_groups`` as usual, so torch LR schedulers attach to it.
+On ``DTensor`` parameters (FSDP2) an element-wise rule runs on each rank's local shards and
+keeps its state as DTensors (so distributed checkpoints see it sharded); LARS and LAMB, whose
+trust ratios need whole-tensor norms, are refused when the optimizer is built.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .rules import Rule, init_state, needed_buffers
+from .rules import RULES, Rule, init_state, needed_buffers
+from .sharded import NOT_ELEMENTWISE, has_dtensor, local_tensors
 
 
 class NativeOptimizer(torch.optim.Optimizer):
@@ -28,11 +32,27 @@ class NativeOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], rule: Rule, **hparams: Any) -> None:
         self.rule = rule
+        self._sharded = False  # DTensor parameters: the rule runs on the local shards
         super().__init__(params, {**rule.defaults, **hparams})
 
     def __repr__(self) -> str:
         hp = {k: v for k, v in self.defaults.items()}
         return f"NativeOptimizer({self.rule.name}, {hp})"
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; DTensor parameters need an element-wise rule (checked once, here)."""
+        super().add_param_group(param_group)
+        if has_dtensor(self.param_groups[-1]["params"]):
+            if not self.rule.elementwise:
+                self.param_groups.pop()
+                elementwise = ", ".join(n for n, r in RULES.items() if r.elementwise)
+                raise RuntimeError(NOT_ELEMENTWISE.format(name=self.rule.name,
+                                                          elementwise=elementwise))
+            self._sharded = True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_sharded", False)
 
     def _active(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         params = [p for p in group["params"] if p.grad is not None and p.requires_grad]
@@ -49,7 +69,7 @@ class NativeOptimizer(torch.optim.Optimizer):
 
         Only parameters with a gradient take part (others keep their state untouched).
         ``params`` restricts the work to those tensors (default: all with a gradient).
-        The weights are not modified.
+        The weights are not modified. For DTensor parameters the steps are local shards.
         """
         wanted = None if params is None else {id(p) for p in params}
         all_params: list[Tensor] = []
@@ -69,6 +89,9 @@ class NativeOptimizer(torch.optim.Optimizer):
             buffers = {name: [s[name] for s in states] for name in needed_buffers(self.rule, hp)}
             steps = [s["step"] for s in states]
             all_params += group_params
+            if self._sharded:  # element-wise: each rank steps its own shards
+                group_params, grads = local_tensors(group_params), local_tensors(grads)
+                buffers = {name: local_tensors(b) for name, b in buffers.items()}
             all_steps += self.rule.update(group_params, grads, buffers, steps, hp)
         return all_params, all_steps
 
@@ -102,5 +125,5 @@ class NativeOptimizer(torch.optim.Optimizer):
                 loss = closure()
         params, steps = self.compute_steps()
         if params:
-            torch._foreach_add_(params, steps)
+            torch._foreach_add_(local_tensors(params) if self._sharded else params, steps)
         return loss

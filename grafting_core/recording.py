@@ -6,6 +6,11 @@ Readers (a trainer every few hundred steps, a notebook at the end) take rows in 
 :meth:`read`; the ring keeps the newest ``capacity`` records and counts what it dropped.
 For long runs either read regularly (the lab's trainer drains it into the run store) or
 set ``every`` to record one step in ``every`` (decimation).
+
+Distributed runs: under DDP every rank computes the same norms; under FSDP2 ``Graft`` sums
+the shards' squared norms across ranks before it fills ``last_norms``, so the values are
+whole-layer norms, identical on every rank. Attach one ``NormLog`` on rank 0 (it adds no
+communication) and save schedules or ratios from there.
 """
 
 from __future__ import annotations

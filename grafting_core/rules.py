@@ -32,6 +32,7 @@ class Rule(NamedTuple):
     buffers: tuple[str, ...]  # weights-sized state buffers, created as zeros
     update: UpdateFn  # (params, grads, states, steps, hp) -> steps Δ
     summary: str  # one line for users (registry listings, the app)
+    elementwise: bool = True  # False: the step uses whole-tensor norms (LARS/LAMB trust ratios)
 
 
 def _with_weight_decay(grads: Tensors, params: Tensors, weight_decay: float) -> Tensors:
@@ -195,7 +196,8 @@ def lamb_update(params, grads, states, steps, hp):
     return direction
 
 
-_SGD_DEFAULTS = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0}
+_SGD_DEFAULTS = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
+                 "weight_decay": 0.0}
 _ADAM_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 
 RULES: dict[str, Rule] = {
@@ -210,7 +212,8 @@ RULES: dict[str, Rule] = {
         Rule("adagrad",
              {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
               "initial_accumulator_value": 0.0, "eps": 1e-10},
-             ("sum",), adagrad_update, "AdaGrad: steps shrink with the accumulated squared gradients."),
+             ("sum",), adagrad_update,
+             "AdaGrad: steps shrink with the accumulated squared gradients."),
         Rule("rmsprop",
              {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0,
               "momentum": 0.0, "centered": False},
@@ -220,14 +223,15 @@ RULES: dict[str, Rule] = {
              lion_update, "Lion: the sign of an interpolated momentum (Chen et al. 2023)."),
         Rule("sign_sgd", {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0},
              ("momentum_buffer",), sign_sgd_update,
-             "signSGD / Signum: every coordinate moves by lr in the sign of its (momentum) gradient."),
+             "signSGD / Signum: every coordinate moves by lr in the sign of its (momentum) "
+             "gradient."),
         Rule("lars",
              {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3},
              ("momentum_buffer",), lars_update,
-             "LARS: momentum SGD with a per-tensor trust ratio ‖w‖/‖g‖."),
+             "LARS: momentum SGD with a per-tensor trust ratio ‖w‖/‖g‖.", elementwise=False),
         Rule("lamb", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
              ("exp_avg", "exp_avg_sq"), lamb_update,
-             "LAMB: Adam's step rescaled per tensor by ‖w‖/‖step‖."),
+             "LAMB: Adam's step rescaled per tensor by ‖w‖/‖step‖.", elementwise=False),
     ]
 }
 

@@ -1,0 +1,244 @@
+r"""``Graft`` on sharded parameters (FSDP2's ``DTensor``): whole-layer norms from ONE all_reduce.
+
+Under ``torch.distributed.fsdp.fully_shard`` every parameter and gradient is a ``DTensor``
+whose local tensor is this rank's shard. The native rules are element-wise, so each rank
+runs them on its own shards (``p.to_local()``, the gradients' local tensors); only the
+norms need the whole tensor. A grafted step therefore first computes every local quantity,
+then sums squares across the shards with a single collective for all layers together:
+
+.. math::
+    v = \bigl[\lVert g_i \rVert^2,\ \lVert w_i \rVert^2,\ \lVert \Delta_{D,i} \rVert^2,\
+        \lVert \Delta_{M,i} \rVert^2\bigr]_{i \in \text{tensors}}, \qquad
+    v \leftarrow \textstyle\sum_{\text{shards}} v \quad (\text{one all\_reduce})
+
+after which every rank holds the norms of the whole tensors, takes the same per-layer ratios
+a single process would, and applies them to its shards. Under DDP the parameters are plain
+replicated tensors with averaged gradients: Graft needs nothing from this module there.
+
+Everything here is decided once, when ``Graft`` is built (:func:`detect`): which mesh
+dimensions are summed over and whether each child can step DTensor parameters. The
+single-process step never looks at any of it.
+
+.. warning:: A non-finite gradient is found per shard before the children step and only
+    everywhere after the reduction. A layer whose gradient is NaN/inf on any shard is skipped
+    on every rank (no weight moves, ``skipped`` is 1 everywhere), but only the ranks holding
+    the bad values give their children zeros; the other shards' children see their finite
+    gradient. In one process the children see zeros for the whole layer.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .rules import tensor_norms
+from .schedule import MagnitudeSchedule
+
+#: torch optimizers with element-wise steps that run on DTensor shards as they are (each
+#: checked against one process in torch 2.13). Others must declare ``supports_dtensor = True``.
+ELEMENTWISE_TORCH = frozenset(getattr(torch.optim, name) for name in (
+    "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD"))
+
+#: torch optimizers known not to step FSDP2 shards correctly, with the reason (torch 2.13).
+NOT_ON_DTENSOR = {
+    getattr(torch.optim, name): reason for name, reason in (
+        ("Muon", "it orthogonalises whole matrices and fails on uneven DTensor shards"),
+        ("Adafactor", "its factored statistics fail on DTensor (in-place op on a partial norm)"),
+        ("Rprop", "its in-place index_put_ is not supported on DTensor shards"),
+        ("LBFGS", "it needs a closure and whole-model line searches"),
+        ("SparseAdam", "it needs sparse gradients"),
+    ) if hasattr(torch.optim, name)
+}
+
+CHILD_ERROR = ("Graft cannot use {name} as {role} on DTensor (FSDP2-sharded) parameters: "
+               "{reason}. Use one of torch's element-wise optimizers ({known}) or a native "
+               "spec, or run it under DDP / in one process.")
+UNKNOWN_CHILD = ("it is not known to step DTensor shards correctly; if its update is "
+                 "element-wise (or written in DTensor-aware ops) set `supports_dtensor = True` "
+                 "on the class or instance first")
+NOT_ELEMENTWISE = ("Native rule {name!r} computes per-tensor trust ratios from whole-tensor "
+                   "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
+                   "use its shard's norms. Use it under DDP or in one process, or pick an "
+                   "element-wise rule ({elementwise}).")
+MIXED = ("Graft needs all its parameters to be DTensors on one device mesh when any is "
+         "(fully_shard the root module too); {problem}")
+
+
+def dtensor_type() -> type | None:
+    """``DTensor``, or None when ``torch.distributed.tensor`` was never imported (then no
+    parameter can be one, and checking costs nothing)."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def has_dtensor(tensors: list[Tensor]) -> bool:
+    """Whether any of ``tensors`` is a ``DTensor``."""
+    cls = dtensor_type()
+    return cls is not None and any(isinstance(t, cls) for t in tensors)
+
+
+def local_tensors(tensors: list[Tensor]) -> list[Tensor]:
+    """Each DTensor's local shard (sharing its storage), other tensors as they are."""
+    cls = dtensor_type()
+    return [t.to_local() if cls is not None and isinstance(t, cls) else t for t in tensors]
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How Graft's parameters are sharded, and the one reduction that makes their norms whole."""
+
+    groups: tuple[Any, ...]  # process groups summed over: mesh dims some parameter is sharded on
+    weights: tuple[float, ...] | None  # per parameter: 0 where a replicated copy must not count
+    comm_device: torch.device | None  # where the vector travels when not the shards' (offload)
+
+    def whole_norms(self, pieces: list[list[Tensor]], key: tuple[int, ...]) -> list[Tensor]:
+        """Whole-tensor norms from lists of shard norms: one all_reduce of all their squares."""
+        stacked = [torch.stack(piece) for piece in pieces]
+        squares = torch.stack([s.to(torch.float64) for s in stacked]).square()
+        if self.weights is not None:
+            squares.mul_(torch.tensor([self.weights[i] for i in key], dtype=torch.float64,
+                                      device=squares.device))
+        vector = squares if self.comm_device is None else squares.to(self.comm_device)
+        for group in self.groups:  # one group for FSDP2 and HSDP
+            torch.distributed.all_reduce(vector, group=group)
+        norms = vector.to(squares.device).sqrt()
+        return [row.to(s.dtype) for row, s in zip(norms.unbind(), stacked)]
+
+
+def detect(graft: Any) -> Sharding | None:
+    """The sharding of ``graft``'s parameters, or None when none is a ``DTensor``.
+
+    Raises ``RuntimeError`` at construction for what cannot work: plain tensors mixed with
+    DTensors, several meshes, placements other than Shard/Replicate, or a child that cannot
+    step DTensor shards.
+    """
+    cls = dtensor_type()
+    named = graft.named_params()
+    if cls is None or not any(isinstance(p, cls) for _, p in named):
+        return None
+    plain = [n for n, p in named if not isinstance(p, cls)]
+    if plain:
+        raise RuntimeError(MIXED.format(problem=f"plain tensors: {plain[:5]}"))
+    mesh = named[0][1].device_mesh
+    elsewhere = [n for n, p in named if p.device_mesh != mesh]
+    if elsewhere:
+        raise RuntimeError(MIXED.format(problem=f"on another mesh: {elsewhere[:5]}"))
+    summed = set()
+    for name, p in named:
+        for dim, placement in enumerate(p.placements):
+            if placement.is_shard():
+                summed.add(dim)
+            elif not placement.is_replicate():
+                raise RuntimeError(f"Graft supports Shard and Replicate placements only; "
+                                   f"parameter {name!r} has {placement}")
+    coordinate = mesh.get_coordinate()
+    if coordinate is None:
+        raise RuntimeError("This rank is not in the parameters' device mesh")
+    # A tensor replicated along a summed dim has whole copies there: count one (coordinate 0).
+    weights = tuple(float(all(coordinate[d] == 0 for d in summed if p.placements[d].is_replicate()))
+                    for _, p in named)
+    for role in ("magnitude", "direction"):
+        _check_child(role, getattr(graft, role))
+    shard_device = named[0][1].to_local().device
+    comm_device = None if shard_device.type == mesh.device_type else torch.device(mesh.device_type)
+    return Sharding(tuple(mesh.get_group(d) for d in sorted(summed)),
+                    None if all(w == 1.0 for w in weights) else weights, comm_device)
+
+
+def _check_child(role: str, child: Any) -> None:
+    """A clear error now for a child that cannot step DTensor shards."""
+    from .native import NativeOptimizer  # native.py imports this module
+
+    if child is None or isinstance(child, MagnitudeSchedule | NativeOptimizer):
+        return  # a native child checked its rule when it was built over the DTensors
+    declared = getattr(child, "supports_dtensor", None)
+    if declared is True or (declared is None and type(child) in ELEMENTWISE_TORCH):
+        return
+    known = ", ".join(sorted(c.__name__ for c in ELEMENTWISE_TORCH))
+    reason = NOT_ON_DTENSOR.get(type(child), UNKNOWN_CHILD)
+    if declared is False:
+        reason = "it declares supports_dtensor = False"
+    raise RuntimeError(CHILD_ERROR.format(name=type(child).__name__, role=role, reason=reason,
+                                          known=known))
+
+
+def step(graft: Any, plan: Any) -> None:
+    """One grafted step on DTensor shards: the reference step with its norms summed once."""
+    params = plan.params
+    grads = [p.grad.to_local() for p in params]
+    grad_local = tensor_norms(grads)
+    if graft.skip_nonfinite:  # this rank's children see zeros where its shards hold NaN/inf
+        bad = ~torch.isfinite(graft._reduce(torch.stack(grad_local), plan))
+        for grad, skip in zip(grads, bad[plan.index].unbind()):
+            grad.masked_fill_(skip, 0.0)
+    pieces = [grad_local, tensor_norms([p.to_local() for p in params])]
+    scratch = None if graft.native else _snapshot(graft, params)
+    replay = isinstance(graft.magnitude, MagnitudeSchedule)
+    if graft.direction is None:
+        direction = _steps(graft, graft.magnitude, plan, scratch)
+    else:
+        if not replay:
+            pieces.append(_magnitude_norms(graft, plan, scratch))
+        direction = _steps(graft, graft.direction, plan, scratch)
+    pieces.insert(2, tensor_norms(direction))
+
+    grad_t, weight_t, direction_t, *magnitude_t = graft._sharding.whole_norms(pieces, plan.key)
+    grad_norm = graft._reduce(grad_t, plan)
+    direction_norm = graft._reduce(direction_t, plan)
+    if graft.direction is None:
+        magnitude_norm = direction_norm
+    elif replay:
+        magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
+    else:
+        magnitude_norm = graft._reduce(magnitude_t[0], plan)
+    finite, scales = graft._combine(plan, torch.isfinite(grad_norm), magnitude_norm,
+                                    direction_norm)
+    if graft.native:
+        torch._foreach_addcmul_([p.to_local() for p in params], direction, list(scales.unbind()))
+    else:  # the shards hold Δ_D: w = w_before + scale · Δ_D
+        torch._foreach_mul_(direction, list(scales.unbind()))
+        torch._foreach_add_(direction, scratch)
+    graft._record(plan, finite, scales, direction_t,
+                  (magnitude_norm, direction_norm, grad_norm, graft._reduce(weight_t, plan)))
+
+
+def _snapshot(graft: Any, params: list[Tensor]) -> list[Tensor]:
+    """Copy the shards into the black-box path's one shard-sized scratch per parameter."""
+    shards = [p.to_local() for p in params]
+    scratch = []
+    for p, shard in zip(params, shards):
+        buf = graft._scratch.get(id(p))
+        if buf is None:
+            buf = graft._scratch[id(p)] = torch.empty_like(shard)
+        scratch.append(buf)
+    torch._foreach_copy_(scratch, shards)
+    return scratch
+
+
+def _stepped_difference(child: torch.optim.Optimizer, params: list[Tensor],
+                        scratch: list[Tensor]) -> list[Tensor]:
+    """Step a black-box child on the DTensors; the shards then hold its step Δ."""
+    child.step()
+    shards = [p.to_local() for p in params]  # read after the step: a child may rebind them
+    torch._foreach_sub_(shards, scratch)
+    return shards
+
+
+def _magnitude_norms(graft: Any, plan: Any, scratch: list[Tensor] | None) -> list[Tensor]:
+    """‖Δ_M‖ of each shard; a black-box M's step is undone before D steps."""
+    if graft.native:
+        return tensor_norms(graft._child_steps(graft.magnitude, plan.params))
+    shards = _stepped_difference(graft.magnitude, plan.params, scratch)
+    norms = tensor_norms(shards)
+    torch._foreach_copy_(shards, scratch)
+    return norms
+
+
+def _steps(graft: Any, child: Any, plan: Any, scratch: list[Tensor] | None) -> list[Tensor]:
+    """``child``'s proposed step on each shard (black box: left in the shards themselves)."""
+    if graft.native:
+        return graft._child_steps(child, plan.params)
+    return _stepped_difference(child, plan.params, scratch)
