@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 
 import socket
+import sys
 
 import pytest
 import torch
@@ -27,3 +28,12 @@ def _seed_and_threads():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """AppTest leaves the page it ran as ``sys.modules["__main__"]``; a later spawned process
+    (workers, torch.distributed tests) would re-import that page. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
