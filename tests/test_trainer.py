@@ -10,7 +10,7 @@ from grafting_core.lab.store import RunStore
 from grafting_core.lab.trainer import Trainer, lr_factor
 
 TINY = dict(dataset="mnist1d", width=32, steps=60, batch_size=32, eval_every=30,
-            eval_examples=200, log_every=10)
+            eval_examples=200, log_every=10, flush_seconds=0.0)
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ class RunConfig:
     eval_every: int = _option(100, "steps between validation passes (and at the end)")
     eval_examples: int = _option(1000, "validation examples (text: windows) per pass")
     log_every: int = _option(10, "steps between metric flushes (one host sync each)")
+    flush_seconds: float = _option(0.25, "at least this long between flushes (0 = every log_every)")
     record_every: int = _option(1, "record per-layer norms every this many steps")
     checkpoint_every: int = _option(0, "steps between checkpoints; 0 = at stop and end only")
 
@@ -81,6 +82,8 @@ class RunConfig:
         for key in ("width", "depth", "seed", "warmup_steps", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"Invalid {key}: {getattr(self, key)} (must be >= 0)")
+        if not math.isfinite(self.flush_seconds) or self.flush_seconds < 0:
+            raise ValueError(f"Invalid flush_seconds: {self.flush_seconds} (must be >= 0)")
         if not math.isfinite(self.graft_lr) or self.graft_lr < 0:
             raise ValueError(f"Invalid graft_lr: {self.graft_lr} (must be a finite number >= 0)")
         if self.granularity not in GRANULARITIES:

@@ -4,12 +4,14 @@ It knows nothing about grafting beyond building the optimizer, and nothing about
 the run store, progress bars and live pages attach as callbacks (minGPT style). Events:
 
 - ``on_start(trainer)``                 model, data and optimizer are built
-- ``on_metrics(trainer, rows)``         ``[(step, name, value), ...]`` every ``log_every`` steps
+- ``on_metrics(trainer, rows)``         ``[(step, name, value), ...]`` at each flush
 - ``on_norms(trainer, steps, values)``  per-layer norms ``(steps, layers, fields)`` since last time
 - ``on_checkpoint(trainer, blob)``      a resumable checkpoint (bytes)
 - ``on_end(trainer, status, step)``     finished | stopped | diverged (at ``step``)
 
-Losses stay on the device between flushes (one host sync per ``log_every`` steps). A
+Losses stay on the device between flushes. A flush (one host sync, the callbacks) comes
+every ``log_every`` steps, but at most every ``flush_seconds`` so that fast small models do
+not spend their time in callbacks; the store still gets every step's loss and norms. A
 non-finite loss or weight stops the run at once as ``diverged``, keeping what was recorded.
 
     python -m grafting_core train --dataset mnist1d --magnitude adam --direction sgd
@@ -35,6 +37,7 @@ from .data import load_dataset
 from .models import build_model, default_model, loss_fn
 
 EVENTS = ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end")
+NORM_RING = 2048  # norm records kept between flushes; a flush is forced before it fills
 
 
 def pick_device(requested: str) -> torch.device:
@@ -120,8 +123,7 @@ class Trainer:
         scheduled = self.optimizer if cfg.replay else self.optimizer.magnitude
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             scheduled, lambda s: lr_factor(s, cfg.steps, cfg.schedule, cfg.warmup_steps))
-        capacity = max(4 * cfg.log_every // cfg.record_every, 16)
-        self.norm_log = NormLog(self.optimizer, capacity=capacity, every=cfg.record_every)
+        self.norm_log = NormLog(self.optimizer, capacity=NORM_RING, every=cfg.record_every)
         self._norms_seen = -1
         if self.resume is not None:
             self._load_checkpoint(self.resume)
@@ -214,7 +216,9 @@ class Trainer:
         while self.step < cfg.steps:
             losses.append(self._train_step())
             last = self.step == cfg.steps
-            flushed = len(losses) == cfg.log_every or last
+            flushed = last or len(losses) >= cfg.log_every and (
+                time.perf_counter() - started >= cfg.flush_seconds
+                or len(losses) >= NORM_RING // 2 * cfg.record_every)
             if flushed:
                 if not self._flush(losses, started):
                     self.status = "diverged"
