@@ -125,9 +125,11 @@ def validate_hparams(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in resolved.items():
         problem = _CHECKS.get(key, _nonnegative)(key, value)
         if problem:
-            raise ValueError(f"Invalid {name} hyperparameter {key!r}: {value!r} (must be {problem})")
+            raise ValueError(
+                f"Invalid {name} hyperparameter {key!r}: {value!r} (must be {problem})")
     if resolved.get("nesterov") and (resolved["momentum"] <= 0 or resolved["dampening"] != 0):
-        raise ValueError(f"Invalid {name} hyperparameters: nesterov needs momentum > 0 and dampening 0")
+        raise ValueError(
+            f"Invalid {name} hyperparameters: nesterov needs momentum > 0 and dampening 0")
     if "betas" in resolved:
         resolved["betas"] = tuple(resolved["betas"])
     return resolved

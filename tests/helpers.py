@@ -52,5 +52,6 @@ def max_relative_difference(a: nn.Module, b: nn.Module) -> float:
     """Largest ‖a_p − b_p‖ / ‖b_p‖ over the parameter tensors."""
     worst = 0.0
     for pa, pb in zip(a.parameters(), b.parameters()):
-        worst = max(worst, float((pa.detach().double() - pb.detach().double()).norm() / pb.detach().double().norm()))
+        a64, b64 = pa.detach().double(), pb.detach().double()
+        worst = max(worst, float((a64 - b64).norm() / b64.norm()))
     return worst

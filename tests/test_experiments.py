@@ -1,5 +1,9 @@
 """Experiments end to end on tiny settings, inline and through worker processes."""
 
+import time
+from concurrent.futures import CancelledError, Future
+
+import pandas as pd
 import pytest
 
 from grafting_core.lab.config import RunConfig
@@ -7,10 +11,16 @@ from grafting_core.lab.executor import LocalExecutor
 from grafting_core.lab.experiments import (
     LAB_OPTIMIZERS,
     grid,
+    grid_configs,
     grid_matrix,
+    grid_reading,
+    grid_spreads,
     schedule_transfer,
+    static_ratio_configs,
     static_ratio_experiment,
+    submit_after,
 )
+from grafting_core.lab.runner import create_run, request_stop
 from grafting_core.lab.store import RunStore
 
 BASE = RunConfig(dataset="mnist1d", width=16, steps=40, batch_size=32, eval_every=20,
@@ -64,3 +74,109 @@ def test_static_ratio_experiment_reports_memory(store):
 def test_bad_window_is_refused(store):
     with pytest.raises(ValueError, match="window"):
         static_ratio_experiment(store, BASE, ADAM, window=(30, 400))
+
+
+def test_grid_configs_are_every_pair_per_seed_and_refuse_bad_input():
+    configs = grid_configs(BASE, dict([SGD, ADAM]), seeds=[0, 3])
+    assert [(c.name, c.seed) for c in configs] == [
+        ("sgd#sgd", 0), ("sgd#sgd", 3), ("sgd#adam", 0), ("sgd#adam", 3),
+        ("adam#sgd", 0), ("adam#sgd", 3), ("adam#adam", 0), ("adam#adam", 3)]
+    with pytest.raises(ValueError, match="at least two optimizers"):
+        grid_configs(BASE, dict([SGD]))
+    with pytest.raises(ValueError, match="seed"):
+        grid_configs(BASE, dict([SGD, ADAM]), seeds=[1, 1])
+
+
+def _table(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    rows = [{"magnitude": m, "direction": d, "seed": s, "status": "finished", "val_loss": v}
+            for (m, d), seeds in values.items() for s, v in enumerate(seeds)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("values, verdict", [
+    ({("a", "a"): [1.0], ("a", "b"): [1.1], ("b", "a"): [2.0], ("b", "b"): [2.2]},
+     "Rows look alike"),  # rows spread 0.15, columns 1.05
+    ({("a", "a"): [1.0], ("a", "b"): [2.0], ("b", "a"): [1.1], ("b", "b"): [2.2]},
+     "Columns look alike"),
+    ({("a", "a"): [1.0], ("a", "b"): [2.0], ("b", "a"): [2.0], ("b", "b"): [1.0]},
+     "Neither"),
+])
+def test_grid_reading_compares_spread_within_rows_and_columns(values, verdict):
+    reading = grid_reading(_table(values))
+    assert reading.startswith(verdict)
+    assert "One seed" in reading
+
+
+def test_grid_reading_says_when_seeds_move_cells_as_much():
+    noisy = {("a", "a"): [1.0, 1.6], ("a", "b"): [1.1, 1.7], ("b", "a"): [2.0, 1.4],
+             ("b", "b"): [2.2, 1.6]}
+    spreads = grid_spreads(_table(noisy))
+    assert spreads["seeds"] == pytest.approx(0.6)  # each cell's two seeds differ by 0.6
+    assert "not reliable" in grid_reading(_table(noisy))
+    one_cell = _table({("a", "a"): [1.0], ("a", "b"): [1.1]})
+    assert grid_reading(one_cell).startswith("Not enough finished runs")
+
+
+class _RecordingExecutor:
+    """Runs nothing; remembers what was submitted."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, run_id, *, resume=False):
+        self.submitted.append(run_id)
+        future = Future()
+        future.set_result("finished")
+        return future
+
+    def shutdown(self, *, wait=True):
+        pass
+
+
+def _wait(future):
+    try:
+        return future.result(timeout=10)
+    except CancelledError:
+        return "cancelled"
+
+
+@pytest.mark.parametrize("source_status, expected", [
+    ("finished", "finished"), ("diverged", "failed"), ("stopped", "stopped")])
+def test_submit_after_starts_the_replay_only_after_its_source_finished(store, source_status,
+                                                                      expected):
+    executor = _RecordingExecutor()
+    source = create_run(store, BASE, kind="transfer")
+    replay = create_run(store, BASE, kind="transfer")
+    gate = Future()
+    result = submit_after(store, executor, replay, gate, source)
+    time.sleep(0.1)
+    assert executor.submitted == [] and not result.done()  # waits for its source
+    store.set_status(source, source_status)
+    gate.set_result(source_status)
+    assert _wait(result) == expected
+    assert executor.submitted == ([replay] if expected == "finished" else [])
+    if expected != "finished":
+        record = store.run(replay)
+        assert record["status"] == expected
+        assert (source in record["error"]) if expected == "failed" else True
+
+
+def test_submit_after_honours_a_stop_requested_while_waiting(store):
+    executor = _RecordingExecutor()
+    source = create_run(store, BASE, kind="transfer")
+    replay = create_run(store, BASE, kind="transfer")
+    gate = Future()
+    result = submit_after(store, executor, replay, gate, source)
+    request_stop(store, replay)
+    store.set_status(source, "finished")
+    gate.set_result("finished")
+    assert _wait(result) == "stopped" and executor.submitted == []
+    assert store.run(replay)["status"] == "stopped"
+
+
+def test_static_ratio_configs_refuse_bad_learning_rates():
+    with pytest.raises(ValueError, match="sgd_lrs"):
+        static_ratio_configs(BASE, ADAM, SGD[1], source_run="x", sgd_lrs=[0.1, -1.0])
+    names = [c.name for c in static_ratio_configs(BASE, ADAM, SGD[1], source_run="x",
+                                                  sgd_lrs=[0.1])]
+    assert names == ["sgd+ratios(adam)", "adam#adam", "sgd(lr=0.1)"]

@@ -68,3 +68,50 @@ def test_heatmap_is_layers_by_binned_steps_in_log10():
     assert np.allclose(heat.z, 1.0)  # log10(0.3 / 0.03)
     with pytest.raises(ValueError, match="quantity"):
         figures.norm_heatmap(norms, quantity="nope")
+
+
+def test_grid_heatmap_writes_values_and_notes_in_cells():
+    matrix = pd.DataFrame([[1.0, 2.0], [np.nan, 0.5]], index=["sgd", "adam"],
+                          columns=["sgd", "adam"])
+    notes = pd.DataFrame([["", ""], ["running 40%", ""]], index=matrix.index,
+                         columns=matrix.columns)
+    fig = figures.grid_heatmap(matrix, z_title="final loss", notes=notes)
+    (heat,) = fig.data
+    assert list(heat.y) == ["sgd", "adam"] and list(heat.x) == ["sgd", "adam"]
+    assert np.isnan(heat.z[1][0]) and heat.z[1][1] == 0.5
+    cells = {(a.y, a.x): a.text for a in fig.layout.annotations}
+    assert cells == {("sgd", "sgd"): "1", ("sgd", "adam"): "2", ("adam", "sgd"): "running 40%",
+                     ("adam", "adam"): "0.5"}
+    assert heat.reversescale  # lower loss is the good end of the scale
+    assert "magnitude" in fig.layout.yaxis.title.text and "direction" in fig.layout.xaxis.title.text
+
+
+def test_implicit_schedule_draws_step_norm_and_effective_lr_per_layer():
+    rows = [("step_norm", 0.2), ("grad_norm", 4.0)]
+    frame = pd.DataFrame([(s, layer, f, v * (s + 1)) for s in range(3) for layer in ("a", "b")
+                          for f, v in rows], columns=["step", "layer", "field", "value"])
+    fig = figures.implicit_schedule(frame)
+    assert [t.name for t in fig.data] == ["a", "a", "b", "b"]
+    assert list(fig.data[0].y) == pytest.approx([0.2, 0.4, 0.6])
+    assert list(fig.data[1].y) == pytest.approx([0.05, 0.05, 0.05])  # ‖Δ‖/‖g‖
+    assert [t.showlegend for t in fig.data] == [True, False, True, False]
+    assert "‖Δ‖/‖g‖" in fig.layout.yaxis2.title.text
+
+
+def test_ratio_lines_shade_the_window_and_draw_the_static_values():
+    ratios = pd.DataFrame({"step": [0, 1, 2, 0, 1, 2], "layer": ["a"] * 3 + ["b"] * 3,
+                           "ratio": [1.0, 2.0, 3.0, 10.0, 20.0, 30.0]})
+    fig = figures.ratio_lines(ratios, window=(1, 3), values={"a": 2.5, "b": 25.0})
+    assert [t.name for t in fig.data] == ["a", "a: static value", "b", "b: static value"]
+    assert list(fig.data[1].x) == [1, 2] and list(fig.data[1].y) == [2.5, 2.5]
+    (shade,) = fig.layout.shapes
+    assert (shade.x0, shade.x1) == (1, 2)
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_memory_bars_in_kib_with_copies_of_the_weights():
+    fig = figures.memory_bars({"adam": 8192.0, "sgd": 4096.0, "running": float("nan")},
+                              weight_bytes=4096.0)
+    assert [t.name for t in fig.data] == ["adam", "sgd"]
+    assert fig.data[0].y[0] == 8.0 and "KiB" in fig.layout.yaxis.title.text
+    assert "2 × weights" in fig.data[0].text[0] and "1 × weights" in fig.data[1].text[0]

@@ -55,6 +55,9 @@ def static_ratios_from_run(store: RunStore, run_id: str, *, window: tuple[int, i
 def ratio_trajectories(store: RunStore, run_id: str) -> pd.DataFrame:
     """Long frame step, layer, ratio = ‖Δ_M‖/‖Δ_D‖ (NaN where undefined)."""
     frame = store.layer_norms(run_id, fields=["magnitude_norm", "direction_norm"])
+    if frame.empty:  # nothing recorded yet
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), "layer": pd.Series(dtype=str),
+                             "ratio": pd.Series(dtype=float)})
     wide = frame.pivot_table(index=["step", "layer"], columns="field", values="value",
                              sort=False).reset_index()
     with np.errstate(divide="ignore", invalid="ignore"):

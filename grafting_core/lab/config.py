@@ -66,7 +66,8 @@ class RunConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if isinstance(default, float) and is_int:
                 object.__setattr__(self, f.name, float(value))
                 value = float(value)
             if type(value) is not type(default):
@@ -106,7 +107,9 @@ class RunConfig:
 
     def direction_spec(self) -> OptimizerSpec | None:
         """D as a validated spec, or None for a plain run."""
-        return _spec("direction", self.direction, self.direction_hparams) if self.direction else None
+        if not self.direction:
+            return None
+        return _spec("direction", self.direction, self.direction_hparams)
 
     @property
     def label(self) -> str:

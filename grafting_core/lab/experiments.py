@@ -6,22 +6,27 @@
   them, next to M and the best plain SGD of a small learning-rate sweep, with memory.
 
 Each returns the store group id and a pandas table of final metrics; runs go to an
-``Executor`` (local worker processes) or run inline when none is given.
+``Executor`` (local worker processes) or run inline when none is given. These block until
+done. An app builds the same runs without blocking: ``grid_configs``, ``transfer_configs``,
+``static_ratio_configs`` give the configs (one source of truth), ``start_schedule_transfer``
+queues a transfer whose replays wait for their schedule's source run (``submit_after``).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import as_completed
+from concurrent.futures import Future, as_completed
 
+import numpy as np
 import pandas as pd
 
 from .analysis import static_ratios_from_run
 from .config import RunConfig
 from .executor import Executor
-from .runner import create_run, execute_run
+from .runner import create_run, execute_run, stop_requested
 from .store import RunStore
 
 Progress = Callable[[int, int], None]  # (runs done, runs total)
@@ -93,16 +98,24 @@ def final_metrics(store: RunStore, run_ids: Sequence[str],
     return table.reset_index()
 
 
+def grid_configs(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
+                 seeds: Sequence[int] = (0,)) -> list[RunConfig]:
+    """Every M#D pair of ``optimizers`` (label → (name, hparams)) for each seed, M-major."""
+    if len(optimizers) < 2:
+        raise ValueError(f"A grid needs at least two optimizers (got {len(optimizers)})")
+    if not seeds:
+        raise ValueError("A grid needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"Invalid seeds {list(seeds)}: each seed may appear once")
+    return [graft_config(base, (m, optimizers[m]), (d, optimizers[d]), seed=seed)
+            for m in optimizers for d in optimizers for seed in seeds]
+
+
 def grid(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
          seeds: Sequence[int] = (0,), *, executor: Executor | None = None,
          progress: Progress | None = None) -> tuple[str, pd.DataFrame]:
     """Every M#D pair of ``optimizers`` (label → (name, hparams)) for each seed."""
-    if len(optimizers) < 2:
-        raise ValueError("A grid needs at least two optimizers")
-    if not seeds:
-        raise ValueError("A grid needs at least one seed")
-    configs = [graft_config(base, (m, optimizers[m]), (d, optimizers[d]), seed=seed)
-               for m in optimizers for d in optimizers for seed in seeds]
+    configs = grid_configs(base, optimizers, seeds)
     group = new_group("grid")
     run_all(store, configs, group=group, kind="grid", executor=executor, progress=progress)
     return group, grid_table(store, group)
@@ -125,27 +138,207 @@ def grid_matrix(table: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:
     return matrix.reindex(index=order, columns=order)
 
 
+def _mean_range(frame: pd.DataFrame) -> float:
+    """Mean over rows of (max − min) among each row's finite values (rows with ≥ 2 of them)."""
+    values = frame.to_numpy(dtype=float)
+    spans = [np.ptp(row[np.isfinite(row)]) for row in values if np.isfinite(row).sum() >= 2]
+    return float(np.mean(spans)) if spans else float("nan")
+
+
+def grid_spreads(table: pd.DataFrame, metric: str = "val_loss") -> dict[str, float]:
+    """How much ``metric`` varies within rows (same M), within columns (same D), across seeds.
+
+    Each is the mean range (max − min) of the finished runs' values: ``rows`` over each M's
+    row of the seed-averaged grid, ``columns`` over each D's column, ``seeds`` over each
+    cell's seeds (NaN with one seed). Small ``rows`` next to large ``columns`` is the paper's
+    reading: the magnitude optimizer decides the result, the direction hardly matters.
+    """
+    finished = table[table["status"] == "finished"]
+    if finished.empty:
+        nan = float("nan")
+        return {"rows": nan, "columns": nan, "seeds": nan}
+    matrix = grid_matrix(finished, metric)
+    cells = finished.pivot_table(index=["magnitude", "direction"], columns="seed",
+                                 values=metric, aggfunc="mean")
+    return {"rows": _mean_range(matrix), "columns": _mean_range(matrix.T),
+            "seeds": _mean_range(cells)}
+
+
+def grid_reading(table: pd.DataFrame, metric: str = "val_loss", *, what: str = "") -> str:
+    """One sentence: do rows (same M) or columns (same D) look more alike on this grid?"""
+    spread = grid_spreads(table, metric)
+    what = what or metric
+    rows, columns, seeds = spread["rows"], spread["columns"], spread["seeds"]
+    if not (np.isfinite(rows) and np.isfinite(columns)):
+        return ("Not enough finished runs yet to compare rows with columns (a row and a "
+                "column each need two finished cells).")
+    numbers = (f"Within a row (same M, different D) {what} varies by {rows:.3g} on "
+               f"average, within a column (same D, different M) by {columns:.3g}")
+    if rows * 1.5 <= columns:
+        verdict = "Rows look alike: the magnitude optimizer decides, as the paper found"
+    elif columns * 1.5 <= rows:
+        verdict = ("Columns look alike: on this grid the direction optimizer decides, "
+                   "unlike the paper's finding")
+    else:
+        verdict = "Neither rows nor columns look clearly more alike on this grid"
+    if not np.isfinite(seeds):
+        noise = "One seed: add seeds to see how much of this is noise."
+    elif seeds >= 0.5 * max(rows, columns):
+        noise = (f"But seeds alone move a cell by {seeds:.3g} on average, about as much: "
+                 "this reading is not reliable yet (add seeds or steps).")
+    else:
+        noise = (f"Seeds alone move a cell by {seeds:.3g} on average, small next to "
+                 f"{max(rows, columns):.3g}.")
+    return f"{verdict}. {numbers}. {noise}"
+
+
+def transfer_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
+                     direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
+                     with_magnitude: bool = True) -> list[RunConfig]:
+    """M alone (unless ``with_magnitude`` is False), D alone and online M#D for each seed:
+    the runs of a schedule transfer that need no recorded schedule."""
+    configs = [graft_config(base, magnitude, None, seed=s) for s in seeds] if with_magnitude \
+        else []
+    configs += [graft_config(base, direction, None, seed=s) for s in seeds]
+    return configs + [graft_config(base, magnitude, direction, seed=s) for s in seeds]
+
+
+def replay_config(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
+                  direction: tuple[str, OptimizerChoice], *, source_run: str,
+                  seed: int | None = None) -> RunConfig:
+    """D with the step sizes recorded in ``source_run`` (M's ‖Δ_M‖ per layer and step).
+
+    The recorded steps already carry M's learning-rate schedule, so the replay itself runs
+    with a constant one (a schedule on top would apply it twice).
+    """
+    (m_name, m_hp), (d_name, d_hp) = magnitude[1], direction[1]
+    return base.replace(magnitude=m_name, magnitude_hparams=dict(m_hp), direction=d_name,
+                        direction_hparams=dict(d_hp), replay=f"run:{source_run}",
+                        schedule="constant", warmup_steps=0, static_ratios="",
+                        seed=base.seed if seed is None else seed,
+                        name=f"replay({magnitude[0]})#{direction[0]}")
+
+
+def _copy(done: Future, into: Future) -> None:
+    """Give ``into`` the outcome of the finished future ``done``."""
+    if done.cancelled():
+        into.cancel()
+    elif done.exception() is not None:
+        into.set_exception(done.exception())
+    else:
+        into.set_result(done.result())
+
+
+def submit_after(store: RunStore, executor: Executor, run_id: str, after: Future,
+                 source_run: str) -> Future:
+    """Queue ``run_id`` once ``after`` (the future of ``source_run``) is done, without waiting.
+
+    The run starts only if ``source_run`` finished; otherwise it is marked stopped (the
+    source was stopped, or ``run_id`` was asked to stop) or failed, naming the source. The
+    hand-off runs in a short thread of its own, not in the pool's result thread.
+    """
+    result: Future = Future()
+
+    def settle(status: str, error: str | None = None) -> None:
+        store.set_status(run_id, status, step=0, error=error)
+        result.set_result(status)
+
+    def hand_off() -> None:
+        try:
+            source = store.run(source_run)["status"]
+            if stop_requested(store, run_id) or source == "stopped":
+                settle("stopped")
+            elif source != "finished":
+                settle("failed", f"its schedule source run {source_run} ended {source}: "
+                                 "there is no complete schedule to replay")
+            else:
+                executor.submit(run_id).add_done_callback(lambda done: _copy(done, result))
+        except Exception as error:  # store closed or executor shut down: say so, never hang
+            try:
+                store.set_status(run_id, "failed", error=f"{type(error).__name__}: {error}")
+            finally:
+                result.set_exception(error)
+
+    after.add_done_callback(lambda _: threading.Thread(target=hand_off, daemon=True).start())
+    return result
+
+
+def start_schedule_transfer(
+    store: RunStore, base: RunConfig, magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
+    executor: Executor, source_runs: Sequence[str] = (),
+) -> tuple[str, dict[str, Future]]:
+    """Queue a schedule transfer and return at once: (group, run id → future), in order.
+
+    Without ``source_runs`` M alone trains first and each replay waits for its seed's M run.
+    With ``source_runs`` (one finished run per seed whose recorded ‖Δ_M‖ is the schedule)
+    M alone is not trained again and the replays start at once.
+    """
+    if source_runs and len(source_runs) != len(seeds):
+        raise ValueError(f"Need one source run per seed: {len(source_runs)} runs, "
+                         f"{len(seeds)} seeds")
+    group = new_group("transfer")
+    configs = transfer_configs(base, magnitude, direction, seeds,
+                               with_magnitude=not source_runs)
+    # Every config is built (and so validated) before any run is created.
+    replays = [replay_config(base, magnitude, direction, seed=s, source_run="?") for s in seeds]
+    futures = {}
+    for config in configs:
+        run_id = create_run(store, config, kind="transfer", group=group)
+        futures[run_id] = executor.submit(run_id)
+    sources = list(source_runs) or list(futures)[:len(seeds)]
+    for source, replay in zip(sources, replays):
+        run_id = create_run(store, replay.replace(replay=f"run:{source}"), kind="transfer",
+                            group=group)
+        if source in futures:
+            futures[run_id] = submit_after(store, executor, run_id, futures[source], source)
+        else:
+            futures[run_id] = executor.submit(run_id)
+    return group, futures
+
+
 def schedule_transfer(store: RunStore, base: RunConfig, magnitude: tuple[str, OptimizerChoice],
                       direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
                       executor: Executor | None = None,
                       progress: Progress | None = None) -> tuple[str, pd.DataFrame]:
     """M alone, D alone, online M#D, then M's recorded schedule replayed onto D."""
+    if executor is not None:
+        group, futures = start_schedule_transfer(store, base, magnitude, direction, seeds,
+                                                 executor=executor)
+        for done, _ in enumerate(as_completed(futures.values()), 1):
+            if progress:
+                progress(done, len(futures))
+        return group, final_metrics(store, list(futures))
     group = new_group("transfer")
-    first = [graft_config(base, magnitude, None, seed=s) for s in seeds]
-    first += [graft_config(base, direction, None, seed=s) for s in seeds]
-    first += [graft_config(base, magnitude, direction, seed=s) for s in seeds]
+    first = transfer_configs(base, magnitude, direction, seeds)
     total = len(first) + len(seeds)
     report = (lambda done, _: progress(done, total)) if progress else None
-    ids = run_all(store, first, group=group, kind="transfer", executor=executor, progress=report)
-    (m_name, m_hp), (d_name, d_hp) = magnitude[1], direction[1]
-    replays = [base.replace(magnitude=m_name, magnitude_hparams=dict(m_hp), direction=d_name,
-                            direction_hparams=dict(d_hp), seed=s, replay=f"run:{ids[i]}",
-                            name=f"replay({magnitude[0]})#{direction[0]}")
+    ids = run_all(store, first, group=group, kind="transfer", progress=report)
+    replays = [replay_config(base, magnitude, direction, seed=s, source_run=ids[i])
                for i, s in enumerate(seeds)]
     report = (lambda done, _: progress(len(first) + done, total)) if progress else None
-    ids += run_all(store, replays, group=group, kind="transfer", executor=executor,
-                   progress=report)
+    ids += run_all(store, replays, group=group, kind="transfer", progress=report)
     return group, final_metrics(store, ids)
+
+
+def static_ratio_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
+                         sgd: OptimizerChoice, *, source_run: str,
+                         sgd_lrs: Sequence[float] = ()) -> list[RunConfig]:
+    """SGD with the static ratios stored on ``source_run``, M alone, and plain SGD per lr.
+
+    ``sgd`` is the plain optimizer (the grafted run's D, usually SGD) with the lr the ratios
+    multiply; the run store must hold a ``static_ratios`` artifact on ``source_run``.
+    """
+    name, hp = sgd
+    bad = [lr for lr in sgd_lrs if not (np.isfinite(lr) and lr > 0)]
+    if bad:
+        raise ValueError(f"Invalid sgd_lrs {bad}: each must be a finite number > 0")
+    plain = {"direction": "", "direction_hparams": {}, "replay": "", "static_ratios": ""}
+    configs = [base.replace(**{**plain, "static_ratios": f"run:{source_run}"}, magnitude=name,
+                            magnitude_hparams=dict(hp), name=f"{name}+ratios({magnitude[0]})"),
+               graft_config(base.replace(**plain), magnitude, None)]
+    return configs + [base.replace(**plain, magnitude=name, magnitude_hparams={**hp, "lr": lr},
+                                   name=f"{name}(lr={lr:g})") for lr in sgd_lrs]
 
 
 def static_ratio_experiment(
@@ -165,13 +358,7 @@ def static_ratio_experiment(
     (graft_id,) = run_all(store, [short], group=group, kind="ratios", progress=report)
     ratios = static_ratios_from_run(store, graft_id, window=window, statistic=statistic)
     store.put_artifact(graft_id, "static_ratios", ratios.to_dict(), kind="static_ratios")
-    name, hp = sgd
-    configs = [base.replace(magnitude=name, magnitude_hparams=dict(hp), direction="",
-                            direction_hparams={}, static_ratios=f"run:{graft_id}",
-                            name=f"sgd+ratios({magnitude[0]})"),
-               graft_config(base, magnitude, None)]
-    configs += [base.replace(magnitude=name, magnitude_hparams={**hp, "lr": lr}, direction="",
-                             direction_hparams={}, name=f"sgd(lr={lr:g})") for lr in sgd_lrs]
+    configs = static_ratio_configs(base, magnitude, sgd, source_run=graft_id, sgd_lrs=sgd_lrs)
     report = (lambda done, _: progress(1 + done, total)) if progress else None
     ids = run_all(store, configs, group=group, kind="ratios", executor=executor, progress=report)
     table = final_metrics(store, [graft_id, *ids])

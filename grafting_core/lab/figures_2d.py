@@ -139,7 +139,8 @@ def curves_figure(paths: dict[str, Path]) -> go.Figure:
     return fig
 
 
-def animated_figure(problem: Problem, paths: dict[str, Path], *, max_frames: int = 100) -> go.Figure:
+def animated_figure(problem: Problem, paths: dict[str, Path], *,
+                    max_frames: int = 100) -> go.Figure:
     """The paths figure with one animation frame per step (decimated) and a step slider."""
     total = len(paths["M#D"].points) - 1
     stride = max(1, total // max_frames)
