@@ -1,0 +1,166 @@
+"""Does magnitude decide? Where a grafted result lands between its two parents.
+
+The paper's claim is that M#D trains like M, the optimizer that sets each layer's step
+size. These functions read that off results without hard-coding the answer: for a grafted
+result G with parents M (magnitude) and D (direction) the *position*
+
+    position = (G - M) / (D - M)
+
+is 0 when G lands exactly on M and 1 when it lands on D. Shared by the notebooks, the app
+and anyone reading a grid:
+
+    group, table = experiments.grid(store, base, optimizers, seeds=(0, 1, 2))
+    grid_leaning(table)            # one row per M#D pair: position, seeds, verdict
+    path_leaning(toy2d.grafted_paths(problem, "adam", "sgd"))   # the same on 2-D paths
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+NOISE_FACTOR = 2.0  # M and D closer than this many seed std devs: the verdict is "unclear"
+TAIL = 0.1  # a 2-D path's end loss: median over this last fraction of its steps
+LEANS = ("magnitude", "direction", "neither", "unclear", "incomplete")
+
+
+def position(graft: float, magnitude: float, direction: float) -> float:
+    """(G − M) / (D − M): 0 at M, 1 at D, outside [0, 1] beyond either; NaN when M == D."""
+    gap = direction - magnitude
+    return float((graft - magnitude) / gap) if gap != 0 and np.isfinite(gap) else float("nan")
+
+
+def _lean(pos: float, gap: float, noise: float) -> str:
+    """Each parent owns the half of the M-D gap around it; farther out is "neither"."""
+    if not np.isfinite(pos):
+        return "incomplete" if not np.isfinite(gap) else "unclear"
+    if np.isfinite(noise) and abs(gap) <= NOISE_FACTOR * noise:
+        return "unclear"
+    if -0.5 < pos < 0.5:
+        return "magnitude"
+    return "direction" if 0.5 <= pos < 1.5 else "neither"
+
+
+def grid_leaning(table: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:
+    """Every off-diagonal M#D of a grid against plain M and plain D (finished runs only).
+
+    ``table``: ``experiments.grid_table`` (magnitude, direction, seed, status, ``metric``).
+    Returns one row per pair: the seed means of M#D, M and D, ``position`` (of the means),
+    ``seeds_toward_magnitude`` (seeds where M#D is nearer that seed's M than its D), the
+    ``noise`` (largest seed std of the three cells; NaN with one seed) and ``leans``:
+    "magnitude" (within half the M-D gap of M: -0.5 < position < 0.5), "direction"
+    (within half the gap of D), "neither" (farther from both), "unclear" (M and D within
+    ``NOISE_FACTOR`` × noise of each other) or "incomplete" (a cell has no finished run).
+    """
+    done = table[(table["status"] == "finished") & np.isfinite(table[metric])]
+    cells = done.groupby(["magnitude", "direction", "seed"])[metric].mean()
+    order = list(dict.fromkeys(table["magnitude"]))
+    rows = []
+    for m in order:
+        for d in order:
+            if m == d:
+                continue
+            per_seed = pd.DataFrame({"graft": _cell(cells, m, d), "magnitude": _cell(cells, m, m),
+                                     "direction": _cell(cells, d, d)}).dropna()
+            means = {k: _mean(cells, *key) for k, key in
+                     (("graft", (m, d)), ("magnitude", (m, m)), ("direction", (d, d)))}
+            stds = [_std(cells, *key) for key in ((m, d), (m, m), (d, d))]
+            noise = max(stds) if all(np.isfinite(stds)) else float("nan")
+            pos = position(means["graft"], means["magnitude"], means["direction"])
+            toward_m = ((per_seed["graft"] - per_seed["magnitude"]).abs()
+                        < (per_seed["graft"] - per_seed["direction"]).abs())
+            rows.append({
+                "magnitude": m, "direction": d, "graft": means["graft"],
+                "magnitude_alone": means["magnitude"], "direction_alone": means["direction"],
+                "position": pos, "seeds_toward_magnitude": int(toward_m.sum()),
+                "seeds": len(per_seed), "noise": noise,
+                "leans": _lean(pos, means["direction"] - means["magnitude"], noise)})
+    return pd.DataFrame(rows)
+
+
+def _cell(cells: pd.Series, m: str, d: str) -> pd.Series:
+    try:
+        return cells.loc[(m, d)]
+    except KeyError:
+        return pd.Series(dtype=float)
+
+
+def _mean(cells: pd.Series, m: str, d: str) -> float:
+    values = _cell(cells, m, d)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _std(cells: pd.Series, m: str, d: str) -> float:
+    values = _cell(cells, m, d)
+    return float(values.std()) if len(values) > 1 else float("nan")
+
+
+def path_leaning(paths: Mapping[str, object]) -> pd.DataFrame:
+    """The four 2-D paths of ``toy2d.grafted_paths``: end loss, stride, and for M#D and D#M
+    where they land between the path of their magnitude and that of their direction.
+
+    ``end_loss`` is the median loss over the last ``TAIL`` of the steps (noisy problems
+    jitter around their floor); ``mean_step`` the mean distance moved per step. Positions
+    are taken on log10(loss) when every end loss is positive (losses span decades), else
+    on the loss itself (``scale``).
+    """
+    stats = {}
+    for key, path in paths.items():
+        losses = path.losses.double()
+        tail = losses[-max(1, int(round(TAIL * (len(losses) - 1)))):]
+        steps = (path.points[1:] - path.points[:-1]).double().norm(dim=1)
+        stats[key] = {"label": path.label, "end_loss": float(tail.quantile(0.5)),
+                      "mean_step": float(steps.mean())}
+    table = pd.DataFrame.from_dict(stats, orient="index")
+    ends = table["end_loss"].to_numpy(dtype=float)
+    log = bool(np.all(np.isfinite(ends)) and np.all(ends > 0))
+    value = np.log10(table["end_loss"]) if log else table["end_loss"]
+    table["scale"] = "log10" if log else "linear"
+    for graft, (m, d) in (("M#D", ("M", "D")), ("D#M", ("D", "M"))):
+        if {graft, m, d} <= set(table.index):
+            pos = position(value[graft], value[m], value[d])
+            table.loc[graft, ["magnitude_from", "direction_from"]] = [m, d]
+            table.loc[graft, "position"] = pos
+            table.loc[graft, "leans"] = _lean(pos, value[d] - value[m], float("nan"))
+    return table
+
+
+def in_words(pos: float, magnitude: str = "M", direction: str = "D") -> str:
+    """A position in plain words: "nearer adam", "beyond sgd", "halfway" ..."""
+    if not np.isfinite(pos):
+        return f"undefined ({magnitude} and {direction} tie)"
+    if pos < 0:
+        return f"beyond {magnitude} (past it, on the far side from {direction})"
+    if pos > 1:
+        return f"beyond {direction} (past it, on the far side from {magnitude})"
+    if pos == 0.5:
+        return "halfway"
+    return f"nearer {magnitude}" if pos < 0.5 else f"nearer {direction}"
+
+
+def matrix_leaning(matrix: pd.DataFrame) -> dict[str, float | str]:
+    """Which way a whole M × D table leans: the share of its variance that rows explain.
+
+    ``matrix``: ``experiments.grid_matrix`` (rows M, columns D, diagonal included). A
+    two-way reading: each cell = grand mean + row effect + column effect + rest. Returns
+    ``magnitude_share`` (sum of squares of the row means about the grand mean, over the
+    total), ``direction_share`` (the same for columns), ``interaction_share`` (the rest)
+    and ``leans``: "magnitude" when rows explain more, "direction" when columns do.
+    """
+    values = matrix.to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        return {"magnitude_share": float("nan"), "direction_share": float("nan"),
+                "interaction_share": float("nan"), "leans": "incomplete"}
+    grand = values.mean()
+    total = float(((values - grand) ** 2).sum())
+    rows = float(values.shape[1] * ((values.mean(axis=1) - grand) ** 2).sum())
+    columns = float(values.shape[0] * ((values.mean(axis=0) - grand) ** 2).sum())
+    if total == 0:
+        return {"magnitude_share": 0.0, "direction_share": 0.0, "interaction_share": 0.0,
+                "leans": "unclear"}
+    return {"magnitude_share": rows / total, "direction_share": columns / total,
+            "interaction_share": (total - rows - columns) / total,
+            "leans": "magnitude" if rows > columns else "direction" if columns > rows
+            else "unclear"}
