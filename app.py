@@ -20,6 +20,11 @@ PAGES = {
     "Train": [
         st.Page("pages/graft_lab.py", title="Graft lab", icon=":material/science:",
                 default=True),
+        st.Page("pages/grid.py", title="Grid", icon=":material/grid_on:", url_path="md-grid"),
+        st.Page("pages/schedule_transfer.py", title="Schedule transfer",
+                icon=":material/swap_horiz:", url_path="transfer"),
+        st.Page("pages/static_ratios.py", title="Static ratios", icon=":material/tune:",
+                url_path="ratios"),
     ],
     "Learn": [
         st.Page("pages/grafting_2d.py", title="Grafting in 2-D", icon=":material/timeline:",

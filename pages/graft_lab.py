@@ -135,9 +135,11 @@ def norms_section(runs, task: str) -> None:
 
 
 def live_section(group: str, active: bool) -> None:
-    """Progress, losses and norms of ``group``; redraws every second while a run is live."""
+    """Progress, losses and norms of ``group``; redraws while a run is live (every second
+    at first, less often as the group ages: ``live.REFRESH``)."""
+    every = live.refresh_every(live.group_runs(group), active)
 
-    @st.fragment(run_every=1.0 if active else None)
+    @st.fragment(run_every=every)
     def panel() -> None:
         runs = live.group_runs(group)
         if runs.empty:
@@ -150,8 +152,7 @@ def live_section(group: str, active: bool) -> None:
         live.loss_panel(runs, live.poll_metrics(runs), task, prefix="lab",
                         smoothing=st.session_state["lab.smoothing"])
         norms_section(runs, task)
-        if active and not live.is_active(runs):
-            st.rerun()  # all done: redraw the page once more with polling off
+        live.replan(runs, every)  # all done (polling off), or time to poll less often
 
     panel()
 

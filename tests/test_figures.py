@@ -112,6 +112,7 @@ def test_ratio_lines_shade_the_window_and_draw_the_static_values():
 def test_memory_bars_in_kib_with_copies_of_the_weights():
     fig = figures.memory_bars({"adam": 8192.0, "sgd": 4096.0, "running": float("nan")},
                               weight_bytes=4096.0)
-    assert [t.name for t in fig.data] == ["adam", "sgd"]
+    assert [t.name for t in fig.data][:2] == ["adam", "sgd"]
+    assert fig.data[2].name.startswith("one copy of the weights")  # the dotted line's legend
     assert fig.data[0].y[0] == 8.0 and "KiB" in fig.layout.yaxis.title.text
     assert "2 × weights" in fig.data[0].text[0] and "1 × weights" in fig.data[1].text[0]

@@ -7,6 +7,9 @@ poll reads only what was written since the last one.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 import pandas as pd
 import streamlit as st
 
@@ -15,6 +18,10 @@ from grafting_core.lab import figures
 from .resources import get_store
 
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
+#: Seconds between live redraws by the age of a group: every second while one watches the
+#: first points (and a short run's whole life), then less often. Each redraw costs the
+#: server and the browser CPU that long runs need for training (BENCHMARKS.md).
+REFRESH = ((30.0, 1.0), (180.0, 2.0), (float("inf"), 5.0))  # (age up to, interval)
 NORM_FIELDS_SHOWN = ["magnitude_norm", "direction_norm"]
 CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 LOSS_UNITS = {
@@ -30,11 +37,32 @@ def loss_title(task: str, which: str = "training") -> str:
     return f"{which} loss ({units})" if units else f"{which} loss"
 
 
-def group_runs(group: str) -> pd.DataFrame:
-    """The group's runs in creation order, with a display ``label`` and a ``progress`` 0..1."""
+def group_runs(group: str, *, before: Sequence[str] = ()) -> pd.DataFrame:
+    """The group's runs in creation order, with a display ``label`` and a ``progress`` 0..1.
+
+    ``before``: ids of runs outside the group to list first (e.g. a saved source run).
+    """
     store = get_store()
     store.mark_interrupted()  # a worker that died (killed, out of memory) leaves "running"
-    runs = store.runs(group=group).iloc[::-1].reset_index(drop=True)
+    runs = store.runs(group=group).iloc[::-1]
+    if before:
+        others = store.runs()
+        others = others[others["run_id"].isin(before) & ~others["run_id"].isin(runs["run_id"])]
+        runs = pd.concat([others, runs])
+    return _labelled(runs.reset_index(drop=True))
+
+
+def runs_by_id(run_ids: Sequence[str]) -> pd.DataFrame:
+    """Like ``group_runs`` for the given runs (in that order), wherever they belong."""
+    store = get_store()
+    store.mark_interrupted()
+    runs = store.runs()
+    runs = runs.set_index("run_id").reindex(
+        [r for r in run_ids if r in set(runs["run_id"])]).reset_index()
+    return _labelled(runs)
+
+
+def _labelled(runs: pd.DataFrame) -> pd.DataFrame:
     names = runs["name"].fillna(runs["run_id"]).astype(str)
     counts = names.groupby(names).cumcount()
     runs["label"] = [n if c == 0 else f"{n} ({c + 1})" for n, c in zip(names, counts)]
@@ -80,10 +108,13 @@ def poll_metrics(runs: pd.DataFrame) -> pd.DataFrame:
     return get_store().metrics(runs["run_id"].tolist())
 
 
-def poll_norms(run_ids: list[str], cache_key: str) -> pd.DataFrame:
-    """‖Δ_M‖ and ‖Δ_D‖ of ``run_ids`` (run_id column added), read since the last poll.
+def poll_norms(run_ids: list[str], cache_key: str,
+               fields: Sequence[str] = tuple(NORM_FIELDS_SHOWN)) -> pd.DataFrame:
+    """‖Δ_M‖ and ‖Δ_D‖ (or ``fields``) of ``run_ids`` (run_id column added), read since the
+    last poll.
 
-    ``cache_key``: a session key holding a dict (declared in the page's defaults).
+    ``cache_key``: a session key holding a dict (declared in the page's defaults); use one
+    key per set of ``fields``.
     """
     store = get_store()
     cache: dict[str, pd.DataFrame] = st.session_state[cache_key]
@@ -91,7 +122,7 @@ def poll_norms(run_ids: list[str], cache_key: str) -> pd.DataFrame:
     for run_id in run_ids:
         seen = cache.get(run_id)
         last = int(seen["step"].max()) if seen is not None and not seen.empty else None
-        new = store.layer_norms(run_id, fields=NORM_FIELDS_SHOWN, since_step=last)
+        new = store.layer_norms(run_id, fields=list(fields), since_step=last)
         if seen is None or (not new.empty and seen.empty):
             seen = new
         elif not new.empty:
@@ -135,3 +166,58 @@ def loss_panel(runs: pd.DataFrame, metrics: pd.DataFrame, task: str, *, prefix: 
             fig = figures.metric_curves(metrics, metric=metric, labels=labels, colors=colors,
                                         title="Validation (held-out data)", y_title=y_title)
         st.plotly_chart(fig, key=f"{prefix}.val_chart", config=CHART_CONFIG)
+
+
+def watched_group(prefix: str, kind: str) -> str:
+    """The URL's ``?group=`` when it is a ``kind`` group, else the session's, else the newest
+    ``kind`` group still running ("" when none)."""
+    group = st.query_params.get("group", "")
+    if not group.startswith(f"{kind}-"):
+        group = st.session_state[f"{prefix}.group"]
+    if not group:
+        running = get_store().runs(kind=kind, status="running", flatten_config=False)
+        group = running["group"].iloc[0] if not running.empty else ""
+    return group or ""
+
+
+def watch(prefix: str, group: str) -> None:
+    """Remember ``group`` in the session and the URL (a reloaded tab re-attaches)."""
+    st.session_state[f"{prefix}.group"] = group
+    if group:
+        st.query_params["group"] = group
+    elif "group" in st.query_params:
+        del st.query_params["group"]
+
+
+def overall_progress(runs: pd.DataFrame) -> None:
+    """One bar for a whole group, plus a line for each run that diverged or failed."""
+    done = runs["status"].isin(TERMINAL)
+    st.progress(float(runs["progress"].mean()) if len(runs) else 0.0,
+                text=f"{int(done.sum())} of {len(runs)} runs done, "
+                     f"{int((runs['status'] == 'running').sum())} running or queued")
+    progress_panel(runs[runs["status"].isin(["diverged", "failed", "interrupted"])])
+
+
+def settings_text(run: pd.Series) -> str:
+    """``mnist1d, mlp (width 32, depth 2), 300 steps, batch 64``: what a group trained on."""
+    model = run["config.model"] or "default model"
+    sizes = ", ".join(f"{k} {int(run[f'config.{k}'])}" for k in ("width", "depth")
+                      if run[f"config.{k}"])
+    data = run["config.custom"] or run["config.dataset"]
+    return (f"{data}, {model}{f' ({sizes})' if sizes else ''}, {int(run['config.steps'])} "
+            f"steps, batch {int(run['config.batch_size'])}")
+
+
+def refresh_every(runs: pd.DataFrame, active: bool) -> float | None:
+    """The fragment's ``run_every`` for a group: None once no run is live, else by its age."""
+    if not active or runs.empty:
+        return None
+    age = time.time() - runs["created"].min().timestamp()
+    return next(interval for limit, interval in REFRESH if age <= limit)
+
+
+def replan(runs: pd.DataFrame, every: float | None) -> None:
+    """Rerun the whole page when the live fragment's interval should change: the group
+    ended (polling off, Start back on) or it aged into a slower refresh."""
+    if every is not None and refresh_every(runs, is_active(runs)) != every:
+        st.rerun()

@@ -387,18 +387,18 @@ def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None 
         copies = f"<br>{size / weight_bytes:.2g} × weights" if weight_bytes else ""
         fig.add_trace(go.Bar(
             x=[label], y=[size / scale], name=label, text=[f"{size / scale:.3g} {unit}{copies}"],
-            textposition="outside", textangle=0, cliponaxis=False,
+            textposition="outside", textangle=0, cliponaxis=False, textfont={"size": 12},
             marker_color=(colors or {}).get(label, PALETTE[i % len(PALETTE)]),
             hovertemplate=f"{label}: %{{y:.4g}} {unit}<extra></extra>"))
     _layout(fig, title=title, x_title="run", y_title=f"optimizer state ({unit})")
     top = max(known.values()) / scale
-    fig.update_layout(hovermode="closest", bargap=0.3, uniformtext_minsize=9,
-                      margin={"t": 70})
-    fig.update_yaxes(range=[0, top * 1.3])  # room for the labels above the bars
+    fig.update_layout(hovermode="closest", bargap=0.3, margin={"t": 70})
+    fig.update_yaxes(range=[0, top * 1.35])  # room for the labels above the bars
     if weight_bytes:
-        fig.add_hline(y=weight_bytes / scale, line_dash="dot", line_color="#555",
-                      annotation_text="one copy of the weights (float32)",
-                      annotation_position="top left")
+        fig.add_hline(y=weight_bytes / scale, line_dash="dot", line_color="#555")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="one copy of the "
+                                 "weights<br>(float32)",
+                                 line={"dash": "dot", "color": "#555"}))  # its legend entry
     return fig
 
 

@@ -1,0 +1,261 @@
+"""The app in a real browser: latency of the Graft lab's first live point, and what an open
+page costs a training run.
+
+    .venv/bin/python bench/app.py                 # ~15 minutes on 2 cores
+    .venv/bin/python bench/app.py --quick         # smoke run
+
+1. Latency: ``./tasks app`` on a fresh store; Chromium opens the Graft lab, sets nothing but
+   the steps, clicks Start and waits for the first point of the training-loss chart. "cold"
+   is the first click right after the page loaded (the worker processes are still importing
+   torch); "warm" repeats once the previous group finished.
+2. Throughput: the same run (Adam#SGD on the default MLP) three ways, interleaved, compared
+   by the median of the trainer's ``steps_per_second`` metric (one value per flush):
+   - ``cli``: ``python -m grafting_core train`` with one torch thread (as an app worker has);
+   - ``app``: the app trains that config again (Runs page, "Re-run this config") while the
+     Graft lab page shows it live in Chromium (redraws every second for the group's first
+     30 s, then every 2 s: ``ui.live.REFRESH``), overall and after the first 30 s;
+   - ``app, page closed``: the same, with no browser attached (the server idles).
+Needs /usr/bin/chromium (Debian's). The machine is shared: the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from grafting_core.lab.store import RunStore  # noqa: E402
+
+READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+CHART = '[data-testid="stPlotlyChart"]'
+# True once the page shows a group other than ``old`` (URL) and its loss chart has a line
+# with fewer points than a whole run (``steps``): the new group's, not the last one's.
+FIRST_POINT = """([old, steps]) => {
+  const group = new URLSearchParams(location.search).get('group');
+  if (!group || group === old) return false;
+  const chart = document.querySelector('[data-testid="stPlotlyChart"]');
+  if (!chart) return false;
+  return Array.from(chart.querySelectorAll('.scatterlayer path.js-line')).some(path => {
+    const points = ((path.getAttribute('d') || '').match(/[ML]/g) || []).length;
+    return points > 0 && points < steps;
+  });
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class App:
+    """``./tasks app`` on a free port with its own store (a process group, killed on exit)."""
+
+    def __init__(self, runs: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(runs / f"server-{self.port}.log", "w")  # closed in stop()
+        self.proc = subprocess.Popen(
+            ["./tasks", "app", "--server.port", str(self.port), "--server.headless", "true"],
+            cwd=ROOT, env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)}, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("the app did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def ready(page) -> None:
+    expect(page.locator(READY)).to_have_count(1, timeout=120_000)
+
+
+def launch(p):
+    return p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+
+
+def set_number(page, label: str, value: int) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+    ready(page)
+
+
+def latency(repeats: int, steps: int) -> list[tuple[str, float]]:
+    """Seconds from the Start click to the first point on the loss chart."""
+    out = []
+    with tempfile.TemporaryDirectory() as root, sync_playwright() as p:
+        app = App(Path(root))
+        browser = launch(p)
+        store = RunStore(root)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(app.url)
+            ready(page)
+            set_number(page, "Steps", steps)
+            for i in range(repeats + 1):
+                # The last group must have ended in the store first: while a group starts,
+                # the page briefly still shows Start enabled, and a click then is ignored
+                # (the next script run draws it disabled) or waits for the group to end.
+                while (store.runs()["status"] == "running").any():
+                    time.sleep(0.2)
+                start = page.get_by_role("button", name="Start", exact=True)
+                expect(start).to_be_enabled(timeout=300_000)
+                ready(page)
+                old = page.evaluate("() => new URLSearchParams(location.search).get('group')")
+                clicked = time.perf_counter()
+                start.click()
+                page.wait_for_function(FIRST_POINT, arg=[old or "", steps], timeout=300_000,
+                                       polling=50)
+                out.append(("cold" if i == 0 else "warm", time.perf_counter() - clicked))
+                print(f"  {out[-1][0]}: {out[-1][1]:.2f} s  (load {os.getloadavg()[0]:.1f})",
+                      flush=True)
+        finally:
+            store.close()
+            browser.close()
+            app.stop()
+    return out
+
+
+def cli_run(root: Path, steps: int) -> str:
+    """One Adam#SGD run from the command line with one torch thread; returns its id."""
+    store = RunStore(root)
+    before = set(store.runs()["run_id"])
+    subprocess.run([sys.executable, "-m", "grafting_core", "--runs-dir", str(root), "train",
+                    "--magnitude", "adam", "--direction", "sgd",
+                    "--direction-hparams", '{"lr": 0.1, "momentum": 0.9}',
+                    "--steps", str(steps), "--name", "bench"],
+                   cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (run_id,) = set(store.runs()["run_id"]) - before
+    store.close()
+    return run_id
+
+
+def app_rerun(app: App, page, store: RunStore, source: str, *, watch: bool) -> str:
+    """Re-run ``source`` from the Runs page; with ``watch``, follow it on the Graft lab."""
+    before = set(store.runs()["run_id"])
+    page.goto(f"{app.url}/saved-runs")
+    ready(page)
+    detail = page.get_by_role("combobox", name="Run", exact=True)
+    detail.click()
+    page.get_by_role("option", name=source).click()
+    ready(page)
+    page.get_by_role("button", name="Re-run this config").click()
+    ready(page)
+    expect(page.get_by_text("Started run")).to_be_visible(timeout=60_000)
+    (run_id,) = set(store.runs()["run_id"]) - before
+    if watch:
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Graft lab").click()
+        expect(page.locator(CHART).first).to_be_visible(timeout=60_000)
+    else:
+        page.goto("about:blank")  # no session attached while it trains
+    return run_id
+
+
+def wait_done(store: RunStore, run_id: str) -> None:
+    while store.run(run_id)["status"] == "running":
+        time.sleep(0.5)
+
+
+def median_speed(store: RunStore, run_id: str, after: float = 0.0) -> float:
+    """Median steps/s over the run's flushes (the first one, start-up, left out); ``after``:
+    only flushes that began that many seconds into the training."""
+    rows = store.metrics(run_id, names=["steps_per_second"]).sort_values("step")
+    steps, speeds = rows["step"].to_numpy(), rows["value"].to_numpy()
+    lengths = [steps[0] + 1, *(steps[1:] - steps[:-1])]
+    began = 0.0
+    kept = []
+    for i, (length, speed) in enumerate(zip(lengths, speeds)):
+        if i > 0 and began >= after:
+            kept.append(speed)
+        began += length / speed
+    return statistics.median(kept) if kept else float("nan")
+
+
+def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
+    speeds: dict[str, list[float]] = {"cli": [], "app, page open": [],
+                                      "app, page open, after 30 s": [],
+                                      "app, page closed": []}
+    with tempfile.TemporaryDirectory() as root, sync_playwright() as p:
+        root = Path(root)
+        source = cli_run(root, 50)  # the config the app re-runs
+        app = App(root)
+        browser = launch(p)
+        store = RunStore(root)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(app.url)
+            ready(page)
+            time.sleep(20)  # let the workers finish warming up (not part of any figure)
+            store_source = store.run(source)
+            assert store_source["status"] == "finished"
+            for r in range(rounds):
+                cli = cli_run(root, steps)
+                speeds["cli"].append(median_speed(store, cli))
+                for watch, key in ((True, "app, page open"), (False, "app, page closed")):
+                    run_id = app_rerun(app, page, store, cli, watch=watch)
+                    wait_done(store, run_id)
+                    speeds[key].append(median_speed(store, run_id))
+                    if watch:  # the page redraws every 2 s after 30 s (ui.live.REFRESH)
+                        speeds[f"{key}, after 30 s"].append(
+                            median_speed(store, run_id, after=30.0))
+                print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in
+                                                     speeds.items())
+                      + f" steps/s (load {os.getloadavg()[0]:.1f})", flush=True)
+        finally:
+            store.close()
+            browser.close()
+            app.stop()
+    return speeds
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the app server on kill
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    args = parser.parse_args()
+    repeats, rounds, steps = (1, 1, 300) if args.quick else (4, 3, 30000)
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}")
+    print("1. Start click -> first point on the Graft lab's loss chart (800 steps per run)")
+    times = latency(repeats, 800)
+    warm = [t for kind, t in times if kind == "warm"]
+    print(f"   cold {times[0][1]:.2f} s; warm median {statistics.median(warm):.2f} s "
+          f"(min {min(warm):.2f}, max {max(warm):.2f})")
+    print(f"2. Throughput of one Adam#SGD run, {steps} steps, median steps/s per run")
+    speeds = throughput(rounds, steps)
+    cli = statistics.median(speeds["cli"])
+    for key, values in speeds.items():
+        med = statistics.median(values)
+        print(f"   {key:27s} {med:7.1f} steps/s  ({', '.join(f'{v:.0f}' for v in values)})"
+              f"  {100 * (med / cli - 1):+.1f}% vs cli")
+    print(f"load average at the end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Grid: every M#D pair of a set of optimizers, trained in parallel, as a heatmap.
+
+The runs are created here in one group and queued on the worker processes (ui.resources);
+a fragment reads the store once a second and fills the heatmap in as runs finish. The
+watched group is in the URL (``?group=<id>``), so a reloaded tab re-attaches.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from grafting_core.lab import figures
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.experiments import (
+    LAB_OPTIMIZERS,
+    grid_configs,
+    grid_matrix,
+    grid_reading,
+    grid_table,
+)
+from ui import forms, live
+from ui.resources import get_jobs, get_store, start_group, stop_runs
+from ui.state import keep_valid, page_setup
+
+MAX_RUNS = 100  # a bigger grid belongs on the command line (python -m grafting_core grid)
+DEFAULTS = {
+    **forms.data_model_defaults("grid"),
+    "grid.optimizers": ["sgd", "adam", "adagrad"],
+    **{f"grid.lr.{label}": float(hp["lr"]) for label, (_, hp) in LAB_OPTIMIZERS.items()},
+    "grid.seeds": "0",
+    "grid.steps": 500,  # 9 runs of the default MLP: ~15-30 s on two CPU cores
+    "grid.batch_size": 64,
+    "grid.metric": "val_loss",
+    "grid.smoothing": 0.6,
+    "grid.group": "",  # the grid this session watches (also the URL's ?group=)
+}
+INTRO = r"""
+Grafting M#D takes each layer's step **size** from optimizer M and its step **direction**
+from optimizer D. Train every pair of a few optimizers and lay the results out as a table:
+one **row per M**, one **column per D** (the diagonal A#A is plain A). If the rows are
+uniform — every D gives about the same result under the same M — then the step size
+decides how well an optimizer trains, and the direction matters little. That is what
+Agarwal et al. ([arXiv 2002.11803](https://arxiv.org/abs/2002.11803)) found; check it on
+your own data here. All pairs train in parallel in the background, on the same batches in
+the same order for a given seed.
+"""
+METRICS = {"val_loss": "final validation loss", "val_accuracy": "final validation accuracy"}
+
+
+def optimizer_inputs() -> dict[str, tuple[str, dict]]:
+    """The chosen lab optimizers, each with its edited learning rate."""
+    labels = st.multiselect("Optimizers (each is tried as M and as D)", list(LAB_OPTIMIZERS),
+                            key="grid.optimizers",
+                            help="The lab's presets; momentum, betas etc. keep their defaults.")
+    chosen = {}
+    columns = st.columns(3)
+    for i, label in enumerate(labels):
+        name, hparams = LAB_OPTIMIZERS[label]
+        with columns[i % 3]:
+            lr = st.number_input(f"{label} lr", key=f"grid.lr.{label}", format="%g",
+                                 step=forms.increment(float(hparams["lr"])),
+                                 help=f"{label}'s learning rate, used when it is M and when "
+                                      "it is D")
+        chosen[label] = (name, {**hparams, "lr": float(lr)})
+    return chosen
+
+
+def form() -> tuple[list[RunConfig] | None, str]:
+    """The settings widgets; returns (configs, "") or (None, why they are invalid)."""
+    col_opt, col_data, col_run = st.columns(3, gap="large")
+    with col_opt:
+        st.markdown("**Optimizers and their learning rates**")
+        optimizers = optimizer_inputs()
+    with col_data:
+        st.markdown("**Data and model**")
+        data = forms.data_model_picker("grid")
+    with col_run:
+        st.markdown("**Training loop**")
+        steps = st.number_input("Steps", min_value=1, step=100, key="grid.steps")
+        batch = st.number_input("Batch size", min_value=1, step=16, key="grid.batch_size")
+        seeds_text = st.text_input("Seeds", key="grid.seeds",
+                                   help="whole numbers separated by commas, e.g. 0, 1, 2: "
+                                        "every pair trains once per seed")
+    try:
+        seeds = forms.parse_numbers(seeds_text, field="seeds", integer=True)
+        base = RunConfig(**data, steps=int(steps), batch_size=int(batch),
+                         device=st.session_state["shared.device"])
+        configs = grid_configs(base, optimizers, seeds)
+    except (ValueError, TypeError) as error:
+        return None, str(error)
+    if len(configs) > MAX_RUNS:
+        return None, (f"{len(configs)} runs ({len(optimizers)}² pairs × {len(seeds)} seeds) is "
+                      f"more than this page trains ({MAX_RUNS}); choose fewer, or use "
+                      "`python -m grafting_core grid`.")
+    col_run.caption(f"{len(configs)} runs: {len(optimizers)}² pairs × {len(seeds)} "
+                    f"seed{'s' if len(seeds) > 1 else ''}, {get_jobs().max_workers} at a time.")
+    return configs, ""
+
+
+def cell_notes(table: pd.DataFrame, runs: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
+    """Text for each cell without a finished value: queued, running 40%, diverged, ..."""
+    progress = runs.set_index("run_id")["progress"]
+    notes = pd.DataFrame("", index=matrix.index, columns=matrix.columns)
+    for (m, d), cell in table.groupby(["magnitude", "direction"]):
+        if m not in notes.index or d not in notes.columns:
+            continue
+        statuses = set(cell["status"])
+        if "running" in statuses:
+            done = progress.reindex(cell["run_id"]).fillna(0).mean()
+            notes.loc[m, d] = f"running {done:.0%}" if done > 0 else "queued"
+        elif statuses - {"finished"}:
+            notes.loc[m, d] = " / ".join(sorted(statuses - {"finished"}))
+    return notes
+
+
+def results(group: str, runs: pd.DataFrame) -> None:
+    """The heatmap of the chosen final metric, its reading, the runs' table and curves."""
+    task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+    metrics = ["val_loss"] + (["val_accuracy"] if task != "regression" else [])
+    keep_valid("grid.metric", metrics, "val_loss")
+    metric = st.columns(3)[0].selectbox("Colour the cells by", metrics, key="grid.metric",
+                                        format_func=METRICS.get)
+    seeds = sorted(set(runs["config.seed"].astype(int)))
+    st.caption(f"Grid `{group}`: {live.settings_text(runs.iloc[0])}, "
+               f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.")
+    table = grid_table(get_store(), group)
+    finished = table[table["status"] == "finished"]
+    order = list(dict.fromkeys(table["magnitude"]))
+    matrix = grid_matrix(finished, metric).reindex(index=order, columns=order) \
+        if not finished.empty else pd.DataFrame(index=order, columns=order, dtype=float)
+    if metric == "val_loss":
+        z_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
+    else:
+        z_title = "final validation<br>accuracy (fraction)"
+    fig = figures.grid_heatmap(matrix, z_title=z_title,
+                               notes=cell_notes(table, runs, matrix),
+                               lower_is_better=metric == "val_loss",
+                               title=f"{METRICS[metric].capitalize()} of M#D "
+                                     "(mean over seeds; diagonal = plain optimizer)")
+    st.plotly_chart(fig, key="grid.heatmap", config=live.CHART_CONFIG)
+    what = "the final validation loss" if metric == "val_loss" else "the final accuracy"
+    st.markdown(f"**Reading:** {grid_reading(table, metric, what=what)}")
+    st.caption("Spread = max − min of the finished cells, averaged over rows (or columns); "
+               "rows are judged more alike when their spread is at most 2/3 of the columns'.")
+    with st.expander("Every run of the grid"):
+        columns = ["magnitude", "direction", "seed", "status", *metrics, "run_id"]
+        st.dataframe(table[columns], hide_index=True, key="grid.table",
+                     column_config={m: st.column_config.NumberColumn(format="%.4f")
+                                    for m in metrics})
+        st.slider("Loss smoothing", 0.0, 0.99, key="grid.smoothing",
+                  help="exponential moving average of the training loss (0 = raw)")
+        live.loss_panel(runs, live.poll_metrics(runs), task, prefix="grid",
+                        smoothing=st.session_state["grid.smoothing"])
+
+
+def live_section(group: str, active: bool) -> None:
+    """Progress and results of ``group``; redraws while a run is live."""
+    every = live.refresh_every(live.group_runs(group), active)
+
+    @st.fragment(run_every=every)
+    def panel() -> None:
+        runs = live.group_runs(group)
+        if runs.empty:
+            return
+        live.overall_progress(runs)
+        results(group, runs)
+        live.replan(runs, every)  # all done (polling off), or time to poll less often
+
+    panel()
+
+
+page_setup(DEFAULTS)
+st.title("Grid")
+st.markdown(INTRO)
+configs, problem = form()
+group = live.watched_group("grid", "grid")
+runs = live.group_runs(group) if group else None
+active = runs is not None and live.is_active(runs)
+
+col_start, col_stop, _ = st.columns([1, 1, 10], vertical_alignment="center")
+start = col_start.button("Start", type="primary", key="grid.start", disabled=active,
+                         help="Stop the grid in progress first" if active else None)
+stop = col_stop.button("Stop", key="grid.stop", disabled=not active)
+if start:
+    if configs is None:
+        st.error(f"Not started: {problem}")
+    else:
+        group, _ = start_group(configs, kind="grid")
+        live.watch("grid", group)
+        st.rerun()
+if stop and runs is not None:
+    stop_runs(runs["run_id"].tolist())
+    st.toast("Stopping: queued runs never start, running ones end within 10 steps.")
+if group and runs is not None and runs.empty and not start:
+    st.info(f"No runs in grid `{group}` (deleted?). Press Start to train a new grid.")
+    live.watch("grid", "")
+elif group:
+    live.watch("grid", group)
+    live_section(group, active)
+else:
+    st.info("No grid yet: choose the optimizers above and press **Start**. Every M#D pair "
+            "trains in the background and its cell fills in when it finishes.")

@@ -1,0 +1,290 @@
+"""The Grid, Schedule transfer and Static ratios pages through AppTest.
+
+Each page renders on an empty store, trains a tiny experiment started from the page in
+the worker processes and shows its result, and refuses bad input without creating runs.
+Pages run standalone (FIELD-NOTES §3); one store and one executor serve the module and
+are shut down at its end. Timers never fire in AppTest: ``settle`` calls ``at.run()``
+again, a bounded number of times, while the workers train.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+
+from grafting_core.lab.analysis import static_ratios_from_run
+from grafting_core.lab.data import load_dataset
+from grafting_core.lab.models import build_model
+from grafting_core.lab.store import RunStore
+from tests.test_app import chart_traces, page, train_inline
+
+PAGES = ["pages/grid.py", "pages/schedule_transfer.py", "pages/static_ratios.py"]
+TERMINAL = {"finished", "stopped", "diverged", "failed", "interrupted"}
+TINY = {"width": 16, "steps": 40}  # ~40 steps of a width-16 MLP: a second or two per run
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """One store directory (and so one executor) for the module; workers shut at the end."""
+    root = tmp_path_factory.mktemp("page_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFTING_RUNS_DIR", str(root))
+        yield root
+        store = RunStore(root)
+        for run_id in store.runs(status="running")["run_id"]:
+            store.set_status(run_id, "stopped")
+        store.close()
+        st.cache_resource.clear()  # on_release: executors shut down, stores close
+
+
+@pytest.fixture
+def store(runs_dir):
+    """The module's store, emptied."""
+    store = RunStore(runs_dir)
+    for run_id in store.runs()["run_id"]:
+        store.delete_run(run_id)
+    yield store
+    store.close()
+
+
+def settle(at, store: RunStore, count: int, group: str | None = None, tries: int = 240):
+    """Re-run ``at`` until ``count`` runs (of ``group``) have ended; returns their frame."""
+    for _ in range(tries):
+        runs = store.runs(group=group)
+        if len(runs) >= count and runs["status"].isin(TERMINAL).all():
+            break
+        time.sleep(0.25)
+        at.run()
+    at.run()
+    assert not at.exception
+    return store.runs(group=group)
+
+
+def chart_titled(at, start: str) -> int:
+    """Index of the page's plotly chart whose title starts with ``start``."""
+    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "")
+              for c in at.get("plotly_chart")]
+    matches = [i for i, title in enumerate(titles) if title.startswith(start)]
+    assert matches, f"no chart titled {start!r} in {titles}"
+    return matches[0]
+
+
+def final_value(store: RunStore, run_id: str, name: str) -> float:
+    """The last recorded value of one metric, read straight from the store."""
+    metrics = store.metrics(run_id, names=[name])
+    return float(metrics.sort_values("step")["value"].iloc[-1])
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_page_renders_on_an_empty_store(store, path):
+    at = page(path)
+    assert not at.exception and not at.error
+    assert at.title and len(at.markdown) > 0  # the title and the explanation for a student
+    assert any("Start" in info.value for info in at.info)  # says how to begin
+    assert any(str(store.root) in caption.value for caption in at.sidebar.caption)
+    assert store.runs().empty
+
+
+# --------------------------------------------------------------------------------- Grid
+def test_grid_trains_every_pair_and_fills_the_heatmap(store):
+    at = page("pages/grid.py")
+    at.multiselect(key="grid.optimizers").set_value(["sgd", "adam"])
+    at.number_input(key="grid.width.mlp").set_value(TINY["width"])
+    at.number_input(key="grid.steps").set_value(TINY["steps"])
+    at.number_input(key="grid.lr.adam").set_value(3e-3)
+    at.button(key="grid.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    assert group.startswith("grid-")
+    runs = settle(at, store, 4, group)
+    assert sorted(runs["name"]) == ["adam#adam", "adam#sgd", "sgd#adam", "sgd#sgd"]
+    assert (runs["status"] == "finished").all()
+    adam = runs.loc[runs["name"] == "adam#sgd", "config.magnitude_hparams.lr"].iloc[0]
+    assert adam == pytest.approx(3e-3)  # the edited lr reached the run
+
+    (heat,) = chart_traces(at, chart_titled(at, "Final validation loss"))
+    assert heat["type"] == "heatmap" and list(heat["y"]) == ["sgd", "adam"]
+    z = np.asarray(heat["z"], dtype=float)
+    by_name = runs.set_index("name")["run_id"]
+    for i, m in enumerate(["sgd", "adam"]):
+        for j, d in enumerate(["sgd", "adam"]):
+            expected = final_value(store, by_name[f"{m}#{d}"], "val_loss")
+            assert z[i, j] == pytest.approx(expected)
+    reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
+    rows = np.mean([np.ptp(z[0]), np.ptp(z[1])])
+    columns = np.mean([np.ptp(z[:, 0]), np.ptp(z[:, 1])])
+    verdict = ("Rows look alike" if rows * 1.5 <= columns else "Columns look alike"
+               if columns * 1.5 <= rows else "Neither")
+    assert verdict in reading and f"{rows:.3g}" in reading and f"{columns:.3g}" in reading
+
+    at.selectbox(key="grid.metric").set_value("val_accuracy").run()
+    (heat,) = chart_traces(at, chart_titled(at, "Final validation accuracy"))
+    assert np.nanmax(np.asarray(heat["z"], dtype=float)) <= 1.0
+    assert not at.button(key="grid.start").disabled
+
+
+@pytest.mark.parametrize("change, reason", [
+    (("text_input", "grid.seeds", "0, x"), "seeds"),
+    (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
+    (("number_input", "grid.lr.sgd", -0.1), "lr"),
+])
+def test_grid_refuses_bad_input_and_starts_nothing(store, change, reason):
+    kind, key, value = change
+    at = page("pages/grid.py")
+    getattr(at, kind)(key=key).set_value(value)
+    at.button(key="grid.start").click().run()
+    assert not at.exception
+    assert any("Not started" in e.value and reason in e.value for e in at.error)
+    assert store.runs().empty
+
+
+# -------------------------------------------------------------------- Schedule transfer
+def test_schedule_transfer_replays_m_after_it_finishes(store):
+    at = page("pages/schedule_transfer.py")
+    at.number_input(key="transfer.width.mlp").set_value(TINY["width"])
+    at.number_input(key="transfer.steps").set_value(TINY["steps"])
+    at.button(key="transfer.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    runs = settle(at, store, 4, group)
+    assert (runs["status"] == "finished").all()
+    by_name = runs.set_index("name")
+    m_alone = by_name.loc["adam#adam", "run_id"]
+    replay = by_name.loc["replay(adam)#sgd", "run_id"]
+    assert store.run(replay)["config"]["replay"] == f"run:{m_alone}"
+    recorded = store.layer_norms(m_alone, fields=["magnitude_norm"])
+    replayed = store.layer_norms(replay, fields=["magnitude_norm"])
+    assert recorded["step"].nunique() == TINY["steps"]  # it waited for M's whole schedule
+    assert replayed["value"].to_numpy() == pytest.approx(recorded["value"].to_numpy())
+
+    loss = chart_traces(at, chart_titled(at, "Training loss"))
+    assert [t["name"] for t in loss] == ["adam (M alone)", "sgd (D alone)", "adam#sgd",
+                                         "replay(adam)#sgd"]
+    assert all(len(t["x"]) == TINY["steps"] for t in loss)
+    schedule = chart_traces(at, chart_titled(at, "adam (M alone): step size"))
+    layers = store.layer_norm_names(m_alone)[0]
+    assert {t["name"] for t in schedule} == set(layers)  # every layer, ‖Δ‖ and ‖Δ‖/‖g‖
+    norms = store.layer_norms(m_alone, fields=["step_norm", "grad_norm"], layers=[layers[0]])
+    wide = norms.pivot(index="step", columns="field", values="value")
+    first = [t for t in schedule if t["name"] == layers[0]]
+    assert np.asarray(first[0]["y"], float) == pytest.approx(wide["step_norm"].to_numpy())
+    assert np.asarray(first[1]["y"], float) == pytest.approx(
+        (wide["step_norm"] / wide["grad_norm"]).to_numpy())
+    check = [t["name"] for t in chart_traces(at, chart_titled(at, f"Layer {layers[0]}"))]
+    assert "replay(adam)#sgd ‖Δ_M‖" in check and "adam (M alone) ‖Δ‖" in check
+
+
+def test_schedule_transfer_from_a_saved_run_starts_the_replay_at_once(store):
+    saved = train_inline(store, name="saved-adam", magnitude="adam", **TINY)
+    at = page("pages/schedule_transfer.py")
+    at.radio(key="transfer.source_mode").set_value("Use a saved run").run()
+    assert not at.exception
+    assert at.selectbox(key="transfer.saved_run").value == saved
+    chart_titled(at, "saved-adam (saved run): step size")  # its schedule, before Start
+    at.button(key="transfer.start").click().run()
+    group = at.query_params["group"]
+    runs = settle(at, store, 3, group)
+    assert sorted(runs["name"]) == ["adam#sgd", "replay(adam)#sgd", "sgd#sgd"]
+    assert (runs["status"] == "finished").all()
+    replay = runs.loc[runs["name"] == "replay(adam)#sgd", "run_id"].iloc[0]
+    assert store.run(replay)["config"]["replay"] == f"run:{saved}"
+    names = [t["name"] for t in chart_traces(at, chart_titled(at, "Training loss"))]
+    assert names[0] == "saved-adam (saved run)" and len(names) == 4
+
+
+def test_schedule_transfer_refuses_bad_input_and_starts_nothing(store):
+    at = page("pages/schedule_transfer.py")
+    at.number_input(key="transfer.direction.sgd.lr").set_value(-1.0)
+    at.button(key="transfer.start").click().run()
+    assert not at.exception
+    assert any("Not started" in e.value and "lr" in e.value for e in at.error)
+    assert store.runs().empty
+
+
+# ------------------------------------------------------------------------ Static ratios
+def test_static_ratios_measures_exports_and_compares_memory(store, tmp_path, monkeypatch):
+    at = page("pages/static_ratios.py")
+    at.number_input(key="ratios.width.mlp").set_value(TINY["width"])
+    at.number_input(key="ratios.source_steps").set_value(TINY["steps"])
+    at.button(key="ratios.start_source").click().run()
+    assert not at.exception and not at.error
+    source = at.query_params["source"]
+    settle(at, store, 1)
+    assert store.run(source)["status"] == "finished"
+
+    at.slider(key="ratios.window").set_value((10, 30)).run()
+    ratio_chart = chart_traces(at, chart_titled(at, "‖Δ_M‖/‖Δ_D‖ per layer"))
+    layers = store.layer_norm_names(source)[0]
+    assert [t["name"] for t in ratio_chart if not t["name"].endswith("static value")] == layers
+    table = at.dataframe[0].value.set_index("layer")
+    norms = store.layer_norms(source, fields=["magnitude_norm", "direction_norm"])
+    wide = norms.pivot_table(index=["step", "layer"], columns="field", values="value",
+                             observed=True).reset_index()
+    window = wide[(wide["step"] >= 10) & (wide["step"] < 30)]
+    for layer in layers:  # each multiplier is the median ratio over steps 10..29
+        rows = window[window["layer"] == layer]
+        median = float(np.median(rows["magnitude_norm"] / rows["direction_norm"]))
+        assert table.loc[layer, "multiplier c"] == pytest.approx(median, rel=1e-5)
+    assert at.get("download_button")[0].proto.label == "Download multipliers (JSON)"
+    snippet = at.code[0].value
+    assert ('torch.optim.SGD(\n    StaticRatios.load("ratios.json").param_groups('
+            'model.named_parameters()),\n    momentum=0.9)') in snippet
+    monkeypatch.chdir(tmp_path)  # the snippet runs as shown, on the file the button gives
+    static_ratios_from_run(store, source, window=(10, 30)).save("ratios.json")
+    model = build_model("mlp", load_dataset("mnist1d"), width=TINY["width"])
+    scope = {"model": model}
+    exec(snippet, scope)
+    lrs = {g["param_names"][0]: g["lr"] for g in scope["optimizer"].param_groups}
+    assert lrs["fc1.weight"] == pytest.approx(0.1 * table.loc["fc1.weight", "multiplier c"])
+
+    at.number_input(key="ratios.steps").set_value(TINY["steps"])
+    at.text_input(key="ratios.lrs").set_value("0.1")
+    at.button(key="ratios.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    runs = settle(at, store, 3, group)
+    assert sorted(runs["name"]) == ["adam#adam", "sgd(lr=0.1)", "sgd+ratios(adam)"]
+    assert (runs["status"] == "finished").all()
+    used = runs.loc[runs["name"] == "sgd+ratios(adam)", "run_id"].iloc[0]
+    assert store.get_artifact(used, "static_ratios")["info"]["window"] == [10, 30]
+
+    bars = {t["name"]: float(np.asarray(t["y"], float)[0])
+            for t in chart_traces(at, chart_titled(at, "Optimizer state memory"))
+            if t["type"] == "bar"}
+    assert set(bars) == {"sgd+ratios(adam)", "adam (M alone)", "sgd(lr=0.1)"}
+    assert bars["adam (M alone)"] == pytest.approx(2 * bars["sgd+ratios(adam)"])  # m, v vs m
+    assert bars["sgd(lr=0.1)"] == pytest.approx(bars["sgd+ratios(adam)"])
+
+
+@pytest.mark.parametrize("change, reason", [
+    (("text_input", "ratios.lrs", "0.1, abc"), "learning rates"),
+    (("slider", "ratios.window", (5, 5)), "window"),
+])
+def test_static_ratios_refuses_bad_input_and_starts_nothing(store, change, reason):
+    saved = train_inline(store, name="adam#sgd", magnitude="adam", direction="sgd",
+                         direction_hparams={"lr": 0.1, "momentum": 0.9}, **TINY)
+    at = page("pages/static_ratios.py")
+    at.radio(key="ratios.source_mode").set_value("Use a saved M#D run").run()
+    assert at.selectbox(key="ratios.saved_run").value == saved
+    kind, key, value = change
+    getattr(at, kind)(key=key).set_value(value)
+    at.button(key="ratios.start").click().run()
+    assert not at.exception
+    assert any("Not started" in e.value and reason in e.value for e in at.error)
+    assert list(store.runs()["run_id"]) == [saved]
+
+
+def test_live_pages_poll_less_often_as_a_group_ages():
+    from ui.live import REFRESH, refresh_every
+
+    now = pd.Timestamp.now(tz="UTC")
+    for age, expected in ((5, 1.0), (60, 2.0), (600, 5.0)):
+        runs = pd.DataFrame({"created": [now - pd.Timedelta(seconds=age), now]})
+        assert refresh_every(runs, True) == expected  # the oldest run sets the group's age
+    assert refresh_every(runs, False) is None  # nothing live: polling off
+    assert [interval for _, interval in REFRESH] == sorted(i for _, i in REFRESH)

@@ -1,0 +1,205 @@
+"""The app in a real browser: started the way the README says, driven with Playwright.
+
+``./tasks app`` serves the app on a free port with a temporary run store; Debian's
+chromium (headless) trains a short Graft lab experiment and waits for its live charts,
+then opens every page of the navigation and saves a screenshot of each under
+``test-artifacts/screenshots/`` (the README's pictures in docs/screenshots/ are copies).
+The store also holds a small grid, schedule transfer and static-ratio experiment made
+through the engine before the server starts, so that those pages are shown with results.
+
+    .venv/bin/python -m pytest tests/test_browser.py -m browser
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.experiments import (
+    LAB_OPTIMIZERS,
+    grid,
+    schedule_transfer,
+    static_ratio_experiment,
+)
+from grafting_core.lab.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+VIEWPORT = {"width": 1400, "height": 4000}  # tall: the app scrolls inside its own container
+READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+CHART = '[data-testid="stPlotlyChart"]'
+RESULT_PAGES = {  # url path -> (page title, plotly charts it shows with results)
+    "md-grid": ("Grid", 3),  # the heatmap, and the curves in the (closed) expander
+    "transfer": ("Schedule transfer", 4),
+    "ratios": ("Static ratios", 4),
+}
+EXPERIMENT = {"width": 32, "steps": 300, "eval_every": 50, "eval_examples": 500}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="needs Debian's chromium at /usr/bin/chromium "
+                              "(apt-get install chromium; ./tasks test installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _experiments(root: Path) -> dict[str, str]:
+    """A grid, a schedule transfer and a static-ratio experiment in the store at ``root``."""
+    store = RunStore(root)
+    base = RunConfig(**EXPERIMENT)
+    choice = {name: LAB_OPTIMIZERS[name] for name in ("sgd", "adam", "adagrad")}
+    groups = {"md-grid": grid(store, base, choice)[0]}
+    groups["transfer"] = schedule_transfer(store, base, ("adam", choice["adam"]),
+                                           ("sgd", choice["sgd"]))[0]
+    groups["ratios"] = static_ratio_experiment(store, base, ("adam", choice["adam"]),
+                                               window=(30, 150), sgd_lrs=(0.03, 0.3))[0]
+    store.close()
+    return groups
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """``./tasks app`` on a free port; yields (url, experiment groups); stops it after."""
+    runs = tmp_path_factory.mktemp("browser_runs")
+    groups = _experiments(runs)
+    port = _free_port()
+    log = open(runs / "server.log", "w")  # closed below, after the server
+    server = subprocess.Popen(
+        ["./tasks", "app", "--server.port", str(port), "--server.headless", "true"],
+        cwd=ROOT, env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)  # its own group: killed as one
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # set-up is a no-op when .venv is current
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app did not start: {(runs / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url, groups
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield chromium
+        chromium.close()
+
+
+def _ready(page, timeout: float = 60_000) -> None:
+    expect(page.locator(READY)).to_have_count(1, timeout=timeout)
+
+
+def _shown(page, title: str) -> None:
+    """Wait until the page ``title`` of the navigation has run and replaced the last one."""
+    main = page.locator('[data-testid="stMainBlockContainer"]')
+    expect(main.get_by_role("heading", level=1, name=title)).to_be_visible(timeout=60_000)
+    _ready(page)
+    expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=60_000)
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+
+
+def _screenshot(page, name: str, *, below=None) -> Path:
+    """The viewport cropped to the page's content: all of it with the sidebar, or the main
+    column from the element ``below`` down (a results section)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    main = page.locator('[data-testid="stMainBlockContainer"]').bounding_box()
+    bottom = min(VIEWPORT["height"], int(main["y"] + main["height"]) + 24)
+    clip = {"x": 0, "y": 0, "width": VIEWPORT["width"], "height": bottom}
+    if below is not None:
+        top = int(below.bounding_box()["y"]) - 16
+        clip = {"x": int(main["x"]), "y": top, "width": int(main["width"]),
+                "height": bottom - top}
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), clip=clip)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def test_graft_lab_trains_live_and_every_page_renders(app, browser):
+    url, groups = app
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(url)
+    _ready(page)
+    expect(page.get_by_role("heading", name="Graft lab")).to_be_visible()
+
+    for label, value in (("Width", "16"), ("Steps", "60")):
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Enter")
+        _ready(page)
+    page.get_by_role("button", name="Start", exact=True).click()
+
+    # Live: the loss chart fills in while the workers train, one trace per run.
+    loss = page.locator(CHART).first
+    expect(loss.locator(".scatterlayer .trace")).to_have_count(4, timeout=180_000)
+    expect(page.get_by_text(re.compile(r"finished at step 60/60"))).to_have_count(
+        4, timeout=180_000)
+    _ready(page)
+    legend = loss.locator(".legend .traces .legendtext")
+    expect(legend).to_have_text(["adam", "sgd", "adam#sgd", "sgd#adam"])
+    lines = loss.locator(".scatterlayer .trace path.js-line")
+    expect(lines).to_have_count(4)
+    for i in range(4):  # every run's line has data (a path with many points)
+        assert len(lines.nth(i).get_attribute("d") or "") > 100
+    _screenshot(page, "graft-lab")
+
+    # Every page of the navigation, including pages added later.
+    links = page.locator('[data-testid="stSidebarNavLink"]')
+    titles = [links.nth(i).inner_text().strip().splitlines()[-1] for i in range(links.count())]
+    assert len(titles) >= 5 and "Runs" in titles
+    for i, title in enumerate(titles):
+        links.nth(i).click()
+        _shown(page, title)
+        if _slug(title) != "graft-lab":
+            _screenshot(page, _slug(title))
+
+    # The experiment pages with the stored experiments (deep links re-attach a group).
+    for path, group in groups.items():
+        title, charts = RESULT_PAGES[path]
+        page.goto(f"{url}/{path}?group={group}")
+        _ready(page)
+        if page.get_by_text("Page not found").count():  # first deep link of a fresh server
+            page.goto(f"{url}/{path}?group={group}")
+        _shown(page, title)
+        expect(page.locator(f"{CHART} .main-svg").first).to_be_visible(timeout=30_000)
+        expect(page.locator(CHART)).to_have_count(charts, timeout=30_000)
+        start = page.get_by_role("button", name="Start", exact=True)
+        _screenshot(page, f"{_slug(title)}-results", below=start)
+    page.close()
