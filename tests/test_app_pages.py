@@ -21,7 +21,7 @@ from grafting_core.lab.analysis import static_ratios_from_run
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
 from grafting_core.lab.store import RunStore
-from tests.test_app import chart_traces, page, train_inline
+from tests.test_app import ROOT, chart_traces, page, train_inline
 
 PAGES = ["pages/grid.py", "pages/schedule_transfer.py", "pages/static_ratios.py"]
 TERMINAL = {"finished", "stopped", "diverged", "failed", "interrupted"}
@@ -34,6 +34,7 @@ def runs_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("page_runs")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFTING_RUNS_DIR", str(root))
+        mp.syspath_prepend(str(ROOT))  # pages import the top-level ui package
         yield root
         store = RunStore(root)
         for run_id in store.runs(status="running")["run_id"]:
