@@ -13,7 +13,8 @@ page costs a training run.
    - ``cli``: ``python -m grafting_core train`` with one torch thread (as an app worker has);
    - ``app``: the app trains that config again (Runs page, "Re-run this config") while the
      Graft lab page shows it live in Chromium (redraws every second for the group's first
-     30 s, then every 2 s: ``ui.live.REFRESH``), overall and after the first 30 s;
+     30 s, then as often as keeps a redraw's server time under 10%: ``ui.live``), over the
+     whole run and after its first 30 s;
    - ``app, page closed``: the same, with no browser attached (the server idles).
 Needs /usr/bin/chromium (Debian's). The machine is shared: the load average is printed.
 """
@@ -222,7 +223,7 @@ def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
                     run_id = app_rerun(app, page, store, cli, watch=watch)
                     wait_done(store, run_id)
                     speeds[key].append(median_speed(store, run_id))
-                    if watch:  # the page redraws every 2 s after 30 s (ui.live.REFRESH)
+                    if watch:  # after 30 s the page redraws less often (ui.live)
                         speeds[f"{key}, after 30 s"].append(
                             median_speed(store, run_id, after=30.0))
                 print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in

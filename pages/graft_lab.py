@@ -29,6 +29,7 @@ DEFAULTS = {
     "lab.heatmap_quantity": "ratio",
     "lab.group": "",  # the group this session watches (also the URL's ?group=)
     "lab.norm_cache": {},  # run id -> layer norms read so far (polls read only newer steps)
+    "lab.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
 }
 INTRO = r"""
 Every optimizer step Δ has a **size** (its norm ‖Δ‖) and a **direction** (Δ/‖Δ‖).
@@ -136,23 +137,24 @@ def norms_section(runs, task: str) -> None:
 
 def live_section(group: str, active: bool) -> None:
     """Progress, losses and norms of ``group``; redraws while a run is live (every second
-    at first, less often as the group ages: ``live.REFRESH``)."""
-    every = live.refresh_every(live.group_runs(group), active)
+    at first, then as often as a redraw's cost allows: ``live.refresh_every``)."""
+    every = live.refresh_every(live.group_runs(group), active, "lab")
 
     @st.fragment(run_every=every)
     def panel() -> None:
-        runs = live.group_runs(group)
-        if runs.empty:
-            return
-        task = forms.task_of(str(runs["config.dataset"].iloc[0]))
-        live.progress_panel(runs)
-        st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
-                                help="exponential moving average of the training loss "
-                                     "(0 = raw)")
-        live.loss_panel(runs, live.poll_metrics(runs), task, prefix="lab",
-                        smoothing=st.session_state["lab.smoothing"])
-        norms_section(runs, task)
-        live.replan(runs, every)  # all done (polling off), or time to poll less often
+        with live.timed("lab"):
+            runs = live.group_runs(group)
+            if runs.empty:
+                return
+            task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+            live.progress_panel(runs)
+            st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
+                                    help="exponential moving average of the training loss "
+                                         "(0 = raw)")
+            live.loss_panel(runs, live.poll_metrics(runs), task, prefix="lab",
+                            smoothing=st.session_state["lab.smoothing"])
+            norms_section(runs, task)
+        live.replan(runs, every, "lab")  # all done (polling off), or another interval
 
     panel()
 

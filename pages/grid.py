@@ -32,6 +32,7 @@ DEFAULTS = {
     "grid.metric": "val_loss",
     "grid.smoothing": 0.6,
     "grid.group": "",  # the grid this session watches (also the URL's ?group=)
+    "grid.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
 }
 INTRO = r"""
 Grafting M#D takes each layer's step **size** from optimizer M and its step **direction**
@@ -154,16 +155,17 @@ def results(group: str, runs: pd.DataFrame) -> None:
 
 def live_section(group: str, active: bool) -> None:
     """Progress and results of ``group``; redraws while a run is live."""
-    every = live.refresh_every(live.group_runs(group), active)
+    every = live.refresh_every(live.group_runs(group), active, "grid")
 
     @st.fragment(run_every=every)
     def panel() -> None:
-        runs = live.group_runs(group)
-        if runs.empty:
-            return
-        live.overall_progress(runs)
-        results(group, runs)
-        live.replan(runs, every)  # all done (polling off), or time to poll less often
+        with live.timed("grid"):
+            runs = live.group_runs(group)
+            if runs.empty:
+                return
+            live.overall_progress(runs)
+            results(group, runs)
+        live.replan(runs, every, "grid")  # all done (polling off), or another interval
 
     panel()
 

@@ -31,6 +31,7 @@ DEFAULTS = {
     "transfer.group": "",  # the transfer this session watches (also the URL's ?group=)
     "transfer.norm_cache": {},  # run id -> ‖Δ_M‖, ‖Δ_D‖ read so far
     "transfer.schedule_cache": {},  # run id -> ‖Δ‖, ‖g‖ read so far
+    "transfer.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
 }
 INTRO = r"""
 Every optimizer implies a **learning-rate schedule per layer**: how long a step ‖Δ‖ it
@@ -189,15 +190,20 @@ def replay_section(runs: pd.DataFrame) -> None:
 
 def live_section(group: str, active: bool) -> None:
     """Progress, losses, the schedule and the replay check; redraws while a run is live."""
-    every = live.refresh_every(live.group_runs(group), active)
+    every = live.refresh_every(live.group_runs(group), active, "transfer")
 
     @st.fragment(run_every=every)
     def panel() -> None:
+        with live.timed("transfer"):
+            own = draw()
+        live.replan(own, every, "transfer")  # all done (polling off), or another interval
+
+    def draw() -> pd.DataFrame:
         own = live.group_runs(group)
         source = source_of(own)
         runs = live.group_runs(group, before=[source]) if source else own
         if runs.empty:
-            return
+            return own
         runs["label"] = role_labels(runs, source, group)
         task = forms.task_of(str(runs["config.dataset"].iloc[0]))
         st.caption(f"Transfer `{group}`: {live.settings_text(runs.iloc[-1])}, seed "
@@ -211,7 +217,7 @@ def live_section(group: str, active: bool) -> None:
             schedule_section(source, runs.set_index("run_id").loc[source, "label"])
         replay_section(runs)
         live.drop_cache(runs["run_id"].tolist(), "transfer.norm_cache")
-        live.replan(own, every)  # all done (polling off), or time to poll less often
+        return own
 
     panel()
 

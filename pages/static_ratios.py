@@ -38,6 +38,8 @@ DEFAULTS = {
     "ratios.lrs": "0.03, 0.1, 0.3",
     "ratios.smoothing": 0.6,
     "ratios.group": "",  # the comparison this session watches (also the URL's ?group=)
+    "ratios.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
+    "ratios.source.redraw_seconds": 0.0,  # the same for the source run's panel
 }
 INTRO = r"""
 Grafting M#D rescales D's step in every layer by the ratio ‖Δ_M‖/‖Δ_D‖: a per-layer
@@ -292,32 +294,34 @@ def results(runs: pd.DataFrame) -> None:
 
 def comparison_section(group: str, active: bool) -> None:
     """The comparison group, redrawn while a run is live."""
-    every = live.refresh_every(live.group_runs(group), active)
+    every = live.refresh_every(live.group_runs(group), active, "ratios")
 
     @st.fragment(run_every=every)
     def panel() -> None:
-        runs = live.group_runs(group)
-        if runs.empty:
-            return
-        results(runs)
-        live.replan(runs, every)  # all done (polling off), or time to poll less often
+        with live.timed("ratios"):
+            runs = live.group_runs(group)
+            if runs.empty:
+                return
+            results(runs)
+        live.replan(runs, every, "ratios")  # all done (polling off), or another interval
 
     panel()
 
 
 def measure_section(source: str, active: bool) -> None:
     """Step 2 for ``source``; polls while the source run still trains."""
-    every = live.refresh_every(live.runs_by_id([source]), active)
+    every = live.refresh_every(live.runs_by_id([source]), active, "ratios.source")
 
     @st.fragment(run_every=every)
     def panel() -> None:
-        runs = live.runs_by_id([source])
-        if active:
-            live.progress_panel(runs)
-        ratios = estimate(source)
-        if ratios is not None:
-            export(ratios, source)
-        live.replan(runs, every)  # the run ended (Start becomes available), or poll less
+        with live.timed("ratios.source"):
+            runs = live.runs_by_id([source])
+            if active:
+                live.progress_panel(runs)
+            ratios = estimate(source)
+            if ratios is not None:
+                export(ratios, source)
+        live.replan(runs, every, "ratios.source")  # the run ended (Start is on), or poll less
 
     panel()
 

@@ -280,12 +280,22 @@ def test_static_ratios_refuses_bad_input_and_starts_nothing(store, change, reaso
     assert list(store.runs()["run_id"]) == [saved]
 
 
-def test_live_pages_poll_less_often_as_a_group_ages():
-    from ui.live import REFRESH, refresh_every
+def test_live_pages_poll_every_second_at_first_then_as_redraws_allow(monkeypatch):
+    from ui import live
 
+    state = {}
+    monkeypatch.setattr(live.st, "session_state", state)  # (no script context here)
     now = pd.Timestamp.now(tz="UTC")
-    for age, expected in ((5, 1.0), (60, 2.0), (600, 5.0)):
-        runs = pd.DataFrame({"created": [now - pd.Timedelta(seconds=age), now]})
-        assert refresh_every(runs, True) == expected  # the oldest run sets the group's age
-    assert refresh_every(runs, False) is None  # nothing live: polling off
-    assert [interval for _, interval in REFRESH] == sorted(i for _, i in REFRESH)
+    young = pd.DataFrame({"created": [now - pd.Timedelta(seconds=5), now]})
+    old = pd.DataFrame({"created": [now - pd.Timedelta(seconds=600), now]})
+    state["p.redraw_seconds"] = 0.3  # a redraw costs the server 0.3 s
+    assert live.refresh_every(young, True, "p") == 1.0  # the first points: every second
+    assert live.refresh_every(old, True, "p") == 5.0  # then at most 10% of the time: 5 s
+    state["p.redraw_seconds"] = 0.05
+    assert live.refresh_every(old, True, "p") == 1.0
+    state["p.redraw_seconds"] = 3.0
+    assert live.refresh_every(old, True, "p") == live.INTERVALS[-1]  # never slower than 10 s
+    assert live.refresh_every(old, False, "p") is None  # nothing live: polling off
+    with live.timed("q"):
+        time.sleep(0.05)
+    assert 0.05 <= state["q.redraw_seconds"] < 1.0

@@ -115,4 +115,4 @@ def test_memory_bars_in_kib_with_copies_of_the_weights():
     assert [t.name for t in fig.data][:2] == ["adam", "sgd"]
     assert fig.data[2].name.startswith("one copy of the weights")  # the dotted line's legend
     assert fig.data[0].y[0] == 8.0 and "KiB" in fig.layout.yaxis.title.text
-    assert "2 × weights" in fig.data[0].text[0] and "1 × weights" in fig.data[1].text[0]
+    assert fig.data[0].text[0] == "2×" and fig.data[1].text[0] == "1×"  # copies of weights

@@ -7,8 +7,9 @@ poll reads only what was written since the last one.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -18,10 +19,13 @@ from grafting_core.lab import figures
 from .resources import get_store
 
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
-#: Seconds between live redraws by the age of a group: every second while one watches the
-#: first points (and a short run's whole life), then less often. Each redraw costs the
-#: server and the browser CPU that long runs need for training (BENCHMARKS.md).
-REFRESH = ((30.0, 1.0), (180.0, 2.0), (float("inf"), 5.0))  # (age up to, interval)
+#: Live redraws: every second for a group's first FAST_SECONDS (its first points, and all
+#: of a short run), then at the first of INTERVALS that keeps the redraw's own cost (server
+#: time, measured) under REDRAW_SHARE of the time. The browser spends about as much again
+#: drawing the charts, and both take CPU from training (BENCHMARKS.md, "The app").
+FAST_SECONDS = 30.0
+INTERVALS = (1.0, 2.0, 5.0, 10.0)
+REDRAW_SHARE = 0.1
 NORM_FIELDS_SHOWN = ["magnitude_norm", "direction_norm"]
 CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 LOSS_UNITS = {
@@ -208,16 +212,32 @@ def settings_text(run: pd.Series) -> str:
             f"steps, batch {int(run['config.batch_size'])}")
 
 
-def refresh_every(runs: pd.DataFrame, active: bool) -> float | None:
-    """The fragment's ``run_every`` for a group: None once no run is live, else by its age."""
+def refresh_every(runs: pd.DataFrame, active: bool, prefix: str) -> float | None:
+    """The live fragment's ``run_every`` (seconds) for a group; None once no run is live.
+
+    ``prefix``: the page's key prefix; ``<prefix>.redraw_seconds`` (a declared session key)
+    holds the measured cost of a redraw (``timed``).
+    """
     if not active or runs.empty:
         return None
-    age = time.time() - runs["created"].min().timestamp()
-    return next(interval for limit, interval in REFRESH if age <= limit)
+    if time.time() - runs["created"].min().timestamp() <= FAST_SECONDS:
+        return INTERVALS[0]
+    cost = st.session_state.get(f"{prefix}.redraw_seconds", 0.0)
+    return next((i for i in INTERVALS if cost <= REDRAW_SHARE * i), INTERVALS[-1])
 
 
-def replan(runs: pd.DataFrame, every: float | None) -> None:
+@contextlib.contextmanager
+def timed(prefix: str) -> Iterator[None]:
+    """Measure a redraw into ``<prefix>.redraw_seconds`` (a moving average)."""
+    start = time.perf_counter()
+    yield
+    took = time.perf_counter() - start
+    key = f"{prefix}.redraw_seconds"
+    st.session_state[key] = 0.5 * (st.session_state.get(key) or took) + 0.5 * took
+
+
+def replan(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
     """Rerun the whole page when the live fragment's interval should change: the group
-    ended (polling off, Start back on) or it aged into a slower refresh."""
-    if every is not None and refresh_every(runs, is_active(runs)) != every:
+    ended (polling off, Start back on), or redraws got cheaper or dearer."""
+    if every is not None and refresh_every(runs, is_active(runs), prefix) != every:
         st.rerun()

@@ -373,7 +373,8 @@ def _bytes_unit(largest: float) -> tuple[float, str]:
 
 def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None = None,
                 colors: Mapping[str, str] | None = None, title: str = "") -> go.Figure:
-    """Optimizer-state memory per run (one bar each), labelled in copies of the weights.
+    """Optimizer-state memory per run (one bar each), labelled in copies of the weights
+    (``2×``: twice the weights' bytes) when ``weight_bytes`` is given.
 
     ``state_bytes``: label → bytes (``optimizer_state_bytes``; NaN = not recorded yet).
     """
@@ -383,13 +384,14 @@ def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None 
                             y_title="optimizer state")
     scale, unit = _bytes_unit(max(known.values()))
     fig = go.Figure()
-    for i, (label, size) in enumerate(known.items()):
-        copies = f"<br>{size / weight_bytes:.2g} × weights" if weight_bytes else ""
+    for i, (label, size) in enumerate(known.items()):  # bar text: copies of the weights
+        text = f"{size / weight_bytes:.2g}×" if weight_bytes else f"{size / scale:.3g}"
+        copies = f" = {text} the weights" if weight_bytes else ""
         fig.add_trace(go.Bar(
-            x=[label], y=[size / scale], name=label, text=[f"{size / scale:.3g} {unit}{copies}"],
-            textposition="outside", textangle=0, cliponaxis=False, textfont={"size": 12},
+            x=[label], y=[size / scale], name=label, text=[text],
+            textposition="outside", textangle=0, cliponaxis=False, textfont={"size": 13},
             marker_color=(colors or {}).get(label, PALETTE[i % len(PALETTE)]),
-            hovertemplate=f"{label}: %{{y:.4g}} {unit}<extra></extra>"))
+            hovertemplate=f"{label}: %{{y:.4g}} {unit}{copies}<extra></extra>"))
     _layout(fig, title=title, x_title="run", y_title=f"optimizer state ({unit})")
     top = max(known.values()) / scale
     fig.update_layout(hovermode="closest", bargap=0.3, margin={"t": 70})
@@ -397,7 +399,7 @@ def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None 
     if weight_bytes:
         fig.add_hline(y=weight_bytes / scale, line_dash="dot", line_color="#555")
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="one copy of the "
-                                 "weights<br>(float32)",
+                                 "weights<br>(float32); bar labels<br>count copies",
                                  line={"dash": "dot", "color": "#555"}))  # its legend entry
     return fig
 
