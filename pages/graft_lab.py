@@ -167,10 +167,8 @@ group = watched_group()
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-col_start, col_stop, col_reverse = st.columns([1, 1, 10], vertical_alignment="center")
-start = col_start.button("Start", type="primary", key="lab.start", disabled=active,
-                         help="Stop the runs in progress first" if active else None)
-stop = col_stop.button("Stop", key="lab.stop", disabled=not active)
+start, stop, col_reverse = live.start_stop("lab", disabled=active, active=active,
+                                           why="Stop the runs in progress first")
 col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
 
 if start:

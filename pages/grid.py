@@ -178,10 +178,8 @@ group = live.watched_group("grid", "grid")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-col_start, col_stop, _ = st.columns([1, 1, 10], vertical_alignment="center")
-start = col_start.button("Start", type="primary", key="grid.start", disabled=active,
-                         help="Stop the grid in progress first" if active else None)
-stop = col_stop.button("Stop", key="grid.stop", disabled=not active)
+start, stop, _ = live.start_stop("grid", disabled=active, active=active,
+                                 why="Stop the grid in progress first")
 if start:
     if configs is None:
         st.error(f"Not started: {problem}")

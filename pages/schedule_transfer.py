@@ -230,10 +230,8 @@ group = live.watched_group("transfer", "transfer")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-col_start, col_stop, _ = st.columns([1, 1, 10], vertical_alignment="center")
-start = col_start.button("Start", type="primary", key="transfer.start", disabled=active,
-                         help="Stop the runs in progress first" if active else None)
-stop = col_stop.button("Stop", key="transfer.stop", disabled=not active)
+start, stop, _ = live.start_stop("transfer", disabled=active, active=active,
+                                 why="Stop the runs in progress first")
 if start:
     if args is None:
         st.error(f"Not started: {problem}")

@@ -369,11 +369,9 @@ st.caption("Three kinds of run on the same data, model and seed as the grafted r
            "(SGD) with the multipliers, M alone, and plain D at each learning rate below.")
 configs, problem = comparison_configs(source)
 active = not runs.empty and live.is_active(runs)
-col_start, col_stop, _ = st.columns([1, 1, 10], vertical_alignment="center")
-start = col_start.button("Start", type="primary", key="ratios.start",
-                         disabled=active or source_active,
-                         help="Wait for the grafted run to finish" if source_active else None)
-stop = col_stop.button("Stop", key="ratios.stop", disabled=not active)
+start, stop, _ = live.start_stop(
+    "ratios", disabled=active or source_active, active=active,
+    why="Wait for the grafted run to finish" if source_active else None)
 if start:
     ratios = None
     try:

@@ -241,3 +241,17 @@ def replan(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
     ended (polling off, Start back on), or redraws got cheaper or dearer."""
     if every is not None and refresh_every(runs, is_active(runs), prefix) != every:
         st.rerun()
+
+
+def start_stop(prefix: str, *, disabled: bool, active: bool,
+               why: str | None = None) -> tuple[bool, bool, st.delta_generator.DeltaGenerator]:
+    """The Start and Stop buttons of a page, and the rest of their row for one more widget.
+
+    Start is disabled (with ``why`` as its tooltip) while ``disabled``; Stop while nothing
+    of the page's is ``active``.
+    """
+    col_start, col_stop, rest = st.columns([1, 1, 10], vertical_alignment="center")
+    start = col_start.button("Start", type="primary", key=f"{prefix}.start", disabled=disabled,
+                             help=why if disabled else None)
+    stop = col_stop.button("Stop", key=f"{prefix}.stop", disabled=not active)
+    return start, stop, rest

@@ -13,8 +13,10 @@ flags override the file. Bad flags exit with status 2 and a message naming the f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -121,20 +123,23 @@ def cmd_train(parser, args, store: RunStore) -> int:
     return 0 if status in ("finished", "stopped") else 1
 
 
-def _executor(args, store: RunStore) -> LocalExecutor | None:
-    return LocalExecutor(store.root, args.workers) if args.workers != 1 else None
+@contextlib.contextmanager
+def _executor(args, store: RunStore) -> Iterator[LocalExecutor | None]:
+    """Worker processes for an experiment (none with --workers 1), shut down afterwards."""
+    executor = LocalExecutor(store.root, args.workers) if args.workers != 1 else None
+    try:
+        yield executor
+    finally:
+        if executor:
+            executor.shutdown()
 
 
 def cmd_grid(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
-    executor = _executor(args, store)
-    try:
+    with _executor(args, store) as executor:
         group, table = grid(store, config, optimizers, args.seeds, executor=executor,
                             progress=_progress("grid"))
-    finally:
-        if executor:
-            executor.shutdown()
     _print_table(table[["name", "seed", "status", "val_loss", "val_accuracy"]])
     print(f"\nmean val_loss over seeds (rows: magnitude M, columns: direction D), group {group}")
     print(grid_matrix(table).round(4).to_string())
@@ -143,15 +148,11 @@ def cmd_grid(parser, args, store: RunStore) -> int:
 
 def cmd_transfer(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
-    executor = _executor(args, store)
-    try:
+    with _executor(args, store) as executor:
         group, table = schedule_transfer(
             store, config, _optimizer_choice(parser, args.magnitude),
             _optimizer_choice(parser, args.direction), args.seeds, executor=executor,
             progress=_progress("schedule transfer"))
-    finally:
-        if executor:
-            executor.shutdown()
     _print_table(table[["name", "status", "val_loss", "val_accuracy"]])
     print(f"group {group}")
     return 0
@@ -159,17 +160,14 @@ def cmd_transfer(parser, args, store: RunStore) -> int:
 
 def cmd_ratios(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
-    executor = _executor(args, store)
     try:
-        group, table = static_ratio_experiment(
-            store, config, _optimizer_choice(parser, args.magnitude),
-            window=tuple(args.window), statistic=args.statistic, sgd_lrs=args.sgd_lrs,
-            executor=executor, progress=_progress("static ratios"))
+        with _executor(args, store) as executor:
+            group, table = static_ratio_experiment(
+                store, config, _optimizer_choice(parser, args.magnitude),
+                window=tuple(args.window), statistic=args.statistic, sgd_lrs=args.sgd_lrs,
+                executor=executor, progress=_progress("static ratios"))
     except ValueError as error:
         parser.error(str(error))
-    finally:
-        if executor:
-            executor.shutdown()
     _print_table(table[["name", "status", "val_loss", "val_accuracy", "optimizer_state_bytes",
                         "best_sgd"]])
     print(f"group {group}")
