@@ -37,6 +37,7 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from grafting_core.lab.executor import usable_cores  # noqa: E402
 from grafting_core.lab.store import RunStore  # noqa: E402
 
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args()
     repeats, rounds, steps = (1, 1, 300) if args.quick else (4, 3, 30000)
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}")
+    print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")
     print("1. Start click -> first point on the Graft lab's loss chart (800 steps per run)")
     times = latency(repeats, 800)
     warm = [t for kind, t in times if kind == "warm"]

@@ -76,7 +76,8 @@ def _experiments(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """``./tasks app`` on a free port; yields (url, experiment groups); stops it after."""
+    """``./tasks app`` on a free port; yields (url, experiment groups, server log); stops it
+    after."""
     runs = tmp_path_factory.mktemp("browser_runs")
     groups = _experiments(runs)
     port = _free_port()
@@ -98,7 +99,7 @@ def app(tmp_path_factory):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the app did not start: {(runs / 'server.log').read_text()}")
             time.sleep(0.5)
-        yield url, groups
+        yield url, groups, runs / "server.log"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -114,7 +115,10 @@ def browser():
     with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  # this machine's network is closed: no background connections to try
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
         yield chromium
         chromium.close()
 
@@ -148,12 +152,25 @@ def _screenshot(page, name: str, *, below=None) -> Path:
     return path
 
 
+def _expect_or_explain(page, log: Path, check) -> None:
+    """Run the Playwright expectation ``check``; when it fails, say what the page showed
+    and what the server printed (a CI log is all there is to read afterwards)."""
+    try:
+        check()
+    except AssertionError as error:
+        status = page.locator(", ".join(f'[data-testid="{kind}"]' for kind in (
+            "stProgress", "stAlert", "stException", "stToast"))).all_inner_texts()
+        raise AssertionError("\n".join([
+            "the page's progress bars, messages and errors:", *status,
+            "the server printed (tail):", log.read_text()[-3000:], str(error)])) from None
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def test_graft_lab_trains_live_and_every_page_renders(app, browser):
-    url, groups = app
+    url, groups, log = app
     page = browser.new_page(viewport=VIEWPORT)
     page.goto(url)
     _ready(page)
@@ -168,9 +185,11 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
 
     # Live: the loss chart fills in while the workers train, one trace per run.
     loss = page.locator(CHART).first
-    expect(loss.locator(".scatterlayer .trace")).to_have_count(4, timeout=180_000)
-    expect(page.get_by_text(re.compile(r"finished at step 60/60"))).to_have_count(
-        4, timeout=180_000)
+    _expect_or_explain(page, log, lambda: expect(
+        loss.locator(".scatterlayer .trace")).to_have_count(4, timeout=180_000))
+    _expect_or_explain(page, log, lambda: expect(
+        page.get_by_text(re.compile(r"finished at step 60/60"))).to_have_count(
+        4, timeout=180_000))
     _ready(page)
     legend = loss.locator(".legend .traces .legendtext")
     expect(legend).to_have_text(["adam", "sgd", "adam#sgd", "sgd#adam"])

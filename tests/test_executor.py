@@ -1,4 +1,5 @@
-"""LocalExecutor's worker start-up: workers never re-run the parent's main script."""
+"""LocalExecutor: as many workers as usable cores; workers never re-run the parent's main
+script."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import os
 import sys
 import types
 
-from grafting_core.lab.executor import LocalExecutor
+from grafting_core.lab import executor as executor_module
+from grafting_core.lab.executor import LocalExecutor, usable_cores
 
 
 def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
@@ -26,3 +28,21 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
         executor.shutdown()
     assert sys.modules["__main__"] is page  # restored after the worker started
     assert not marker.exists()
+
+
+def test_usable_cores_follow_affinity_and_cgroup_quota(tmp_path, monkeypatch):
+    # A container given 2 of a host's 64 cores must not start 64 torch workers.
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(executor_module, "CGROUP_CPU_MAX", cpu_max)
+    assert usable_cores() == 2  # no cgroup file: the affinity
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores() == 2
+    cpu_max.write_text("100000 100000\n")  # a quota of one core
+    assert usable_cores() == 1
+    cpu_max.write_text("50000 100000\n")  # half a core still gets one worker
+    assert usable_cores() == 1
+    executor = LocalExecutor(tmp_path)
+    assert (executor.max_workers, executor.threads) == (1, 1)
+    executor.shutdown()

@@ -32,6 +32,22 @@ class Executor(Protocol):
 
 
 _SPAWN_LOCK = threading.Lock()
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" or "max <period>"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 quota.
+
+    ``os.cpu_count()`` counts the host's cores; in a container limited to 2 of 64 it would
+    start 64 workers that each load torch and fight over 2 cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores = cores or os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    return cores
 
 
 @contextlib.contextmanager
@@ -86,7 +102,7 @@ class LocalExecutor:
     """Trains runs in ``max_workers`` spawned processes on this machine."""
 
     def __init__(self, store_root: str | Path, max_workers: int | None = None) -> None:
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         self.store_root = str(store_root)
         self.max_workers = max_workers or cores
         self.threads = max(1, cores // self.max_workers)
