@@ -127,6 +127,20 @@ def _ready(page, timeout: float = 60_000) -> None:
     expect(page.locator(READY)).to_have_count(1, timeout=timeout)
 
 
+def _enter_number(page, label: str, value: str) -> None:
+    """Type ``value`` into a number field, press Enter, and wait for the rerun it starts to
+    end with the value still there (a rerun still in flight can redraw the old value)."""
+    field = page.get_by_label(label, exact=True)
+    for _ in range(3):
+        field.fill(value)
+        field.press("Enter")
+        page.wait_for_timeout(500)  # the rerun starts
+        _ready(page)
+        if field.input_value() == value:
+            return
+    expect(field).to_have_value(value)
+
+
 def _shown(page, title: str) -> None:
     """Wait until the page ``title`` of the navigation has run and replaced the last one."""
     main = page.locator('[data-testid="stMainBlockContainer"]')
@@ -177,10 +191,9 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
     expect(page.get_by_role("heading", name="Graft lab")).to_be_visible()
 
     for label, value in (("Width", "16"), ("Steps", "60")):
-        field = page.get_by_label(label, exact=True)
-        field.fill(value)
-        field.press("Enter")
-        _ready(page)
+        _enter_number(page, label, value)
+    for label, value in (("Width", "16"), ("Steps", "60")):  # none undone by a later rerun
+        expect(page.get_by_label(label, exact=True)).to_have_value(value)
     page.get_by_role("button", name="Start", exact=True).click()
 
     # Live: the loss chart fills in while the workers train, one trace per run.
