@@ -30,6 +30,7 @@ DEFAULTS = {
     "lab.group": "",  # the group this session watches (also the URL's ?group=)
     "lab.norm_cache": {},  # run id -> layer norms read so far (polls read only newer steps)
     "lab.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
+    "lab.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""
 Every optimizer step Δ has a **size** (its norm ‖Δ‖) and a **direction** (Δ/‖Δ‖).
@@ -112,7 +113,7 @@ def norms_section(runs, task: str) -> None:
         layer = st.selectbox("Layer", layers, key="lab.layer")
     with right:
         shown = st.multiselect("Runs", ids, key="lab.norm_runs", format_func=labels.get)
-    norms = live.poll_norms(shown, "lab.norm_cache")
+    norms = live.poll_norms(shown, "lab.norm_cache", layer=layer)
     fig = figures.norm_trajectories(norms, layer=layer, labels={r: labels[r] for r in shown},
                                     colors=colors, plain=plain, title=f"Layer {layer}")
     st.plotly_chart(fig, key="lab.norm_chart", config=live.CHART_CONFIG)
@@ -151,7 +152,7 @@ def live_section(group: str, active: bool) -> None:
             st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
                                     help="exponential moving average of the training loss "
                                          "(0 = raw)")
-            live.loss_panel(runs, live.poll_metrics(runs), task, prefix="lab",
+            live.loss_panel(runs, task, prefix="lab",
                             smoothing=st.session_state["lab.smoothing"])
             norms_section(runs, task)
         live.replan(runs, every, "lab")  # all done (polling off), or another interval

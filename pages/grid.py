@@ -33,6 +33,7 @@ DEFAULTS = {
     "grid.smoothing": 0.6,
     "grid.group": "",  # the grid this session watches (also the URL's ?group=)
     "grid.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
+    "grid.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""
 Grafting M#D takes each layer's step **size** from optimizer M and its step **direction**
@@ -149,7 +150,7 @@ def results(group: str, runs: pd.DataFrame) -> None:
                                     for m in metrics})
         st.slider("Loss smoothing", 0.0, 0.99, key="grid.smoothing",
                   help="exponential moving average of the training loss (0 = raw)")
-        live.loss_panel(runs, live.poll_metrics(runs), task, prefix="grid",
+        live.loss_panel(runs, task, prefix="grid",
                         smoothing=st.session_state["grid.smoothing"])
 
 

@@ -32,6 +32,7 @@ DEFAULTS = {
     "transfer.norm_cache": {},  # run id -> ‖Δ_M‖, ‖Δ_D‖ read so far
     "transfer.schedule_cache": {},  # run id -> ‖Δ‖, ‖g‖ read so far
     "transfer.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
+    "transfer.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""
 Every optimizer implies a **learning-rate schedule per layer**: how long a step ‖Δ‖ it
@@ -211,7 +212,7 @@ def live_section(group: str, active: bool) -> None:
         live.progress_panel(runs)
         st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="transfer.smoothing",
                                 help="exponential moving average of the training loss")
-        live.loss_panel(runs, live.poll_metrics(runs), task, prefix="transfer",
+        live.loss_panel(runs, task, prefix="transfer",
                         smoothing=st.session_state["transfer.smoothing"])
         if source in set(runs["run_id"]):  # (a saved source may have been deleted since)
             schedule_section(source, runs.set_index("run_id").loc[source, "label"])

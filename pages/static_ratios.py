@@ -40,6 +40,7 @@ DEFAULTS = {
     "ratios.group": "",  # the comparison this session watches (also the URL's ?group=)
     "ratios.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
     "ratios.source.redraw_seconds": 0.0,  # the same for the source run's panel
+    "ratios.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""
 Grafting M#D rescales D's step in every layer by the ratio ‖Δ_M‖/‖Δ_D‖: a per-layer
@@ -258,7 +259,7 @@ def results(runs: pd.DataFrame) -> None:
     live.progress_panel(runs)
     st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="ratios.smoothing",
                             help="exponential moving average of the training loss")
-    live.loss_panel(runs, live.poll_metrics(runs), task, prefix="ratios",
+    live.loss_panel(runs, task, prefix="ratios",
                     smoothing=st.session_state["ratios.smoothing"])
     store = get_store()
     finals = final_metrics(store, runs["run_id"].tolist()).set_index("run_id")

@@ -299,3 +299,36 @@ def test_live_pages_poll_every_second_at_first_then_as_redraws_allow(monkeypatch
     with live.timed("q"):
         time.sleep(0.05)
     assert 0.05 <= state["q.redraw_seconds"] < 1.0
+
+
+def test_live_metric_polls_read_only_new_rows_and_miss_none(tmp_path, monkeypatch):
+    from ui import live
+
+    store = RunStore(tmp_path)
+    run_id = store.create_run({"steps": 200}, name="r", kind="lab")
+    monkeypatch.setattr(live.st, "session_state", {"p.metric_cache": {}})
+    monkeypatch.setattr(live, "get_store", lambda: store)
+    reads = []
+    full_read = store.metrics
+    monkeypatch.setattr(store, "metrics", lambda *a, **k: reads.append(k) or full_read(*a, **k))
+
+    def poll(status="running"):
+        runs = pd.DataFrame({"run_id": [run_id], "status": [status]})
+        got = live.poll_metrics(runs, "p.metric_cache").sort_values(["step", "name"])
+        want = full_read(run_id).sort_values(["step", "name"])
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+    # A trainer writes each metric in step order, but not all metrics in step order: an
+    # evaluation at step 99 lands before the flush that holds the losses of steps 80-120.
+    store.log_metrics_many(run_id, [(s, "train_loss", 1.0 / (s + 1)) for s in range(80)])
+    poll()
+    store.log_metrics_many(run_id, [(99, "val_loss", 0.5), (99, "val_accuracy", 0.8)])
+    poll()
+    store.log_metrics_many(run_id, [(s, "train_loss", 1.0 / (s + 1)) for s in range(80, 121)])
+    poll()
+    assert reads[1:] == [{"since_step": 78}, {"since_step": 78}]  # only the recent steps
+    store.log_metrics_many(run_id, [(199, "optimizer_state_bytes", 64.0)])
+    poll(status="finished")  # an ended run is read whole once more ...
+    poll(status="finished")  # ... and then never again
+    assert reads[-1] == {} and len(reads) == 4
+    store.close()

@@ -59,6 +59,23 @@ def test_norm_trajectories_ratio_and_plain_runs():
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
 
 
+def test_long_norm_trajectories_keep_evenly_spaced_steps_with_their_values():
+    rng = np.random.default_rng(0)
+    norms = pd.concat([_norms("a", 3000, ["w", "b"], m=1.0, d=1.0),
+                       _norms("c", 700, ["w", "b"], m=1.0, d=1.0)], ignore_index=True)
+    norms["value"] = rng.uniform(0.1, 1.0, len(norms))
+    fig = figures.norm_trajectories(norms, layer="b", max_points=500)
+    for run_id, steps in (("a", 3000), ("c", 700)):
+        want = norms[(norms["run_id"] == run_id) & (norms["layer"] == "b")]
+        want = want.pivot(index="step", columns="field", values="value")
+        want = figures.decimate(want, 500)  # the first and last step, evenly spaced between
+        m, d, ratio = (t for t in fig.data if t.name.startswith(run_id))
+        assert len(m.x) == 500 and m.x[0] == 0 and m.x[-1] == steps - 1
+        assert np.array_equal(m.x, want.index) and np.allclose(m.y, want["magnitude_norm"])
+        assert np.allclose(d.y, want["direction_norm"])
+        assert np.allclose(ratio.y, want["magnitude_norm"] / want["direction_norm"])
+
+
 def test_heatmap_is_layers_by_binned_steps_in_log10():
     norms = _norms("g", 1000, ["w", "b", "out"], m=0.3, d=0.03).drop(columns="run_id")
     fig = figures.norm_heatmap(norms, quantity="ratio", max_steps=100)

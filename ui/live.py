@@ -105,17 +105,41 @@ def progress_panel(runs: pd.DataFrame) -> None:
             st.progress(float(run["progress"]), text=text)
 
 
-def poll_metrics(runs: pd.DataFrame) -> pd.DataFrame:
-    """All metrics of the group (a few thousand rows: read whole each poll)."""
-    if runs.empty:
+def poll_metrics(runs: pd.DataFrame, cache_key: str) -> pd.DataFrame:
+    """All metrics of ``runs`` (the store's long frame), reading only what is new.
+
+    A training run writes each metric in step order, so a poll reads, per run, the steps
+    from the oldest of its metrics' last seen steps on and keeps, per metric, the later
+    ones. A run read once more after it ended is complete and never read again.
+    ``cache_key``: a session key holding a dict (declared in the page's defaults), one key
+    per set of runs: runs not in ``runs`` are dropped from it.
+    """
+    store = get_store()
+    cache: dict[str, tuple[pd.DataFrame, bool]] = st.session_state[cache_key]
+    drop_cache(runs["run_id"].tolist(), cache_key)
+    frames = []
+    for run_id, status in zip(runs["run_id"], runs["status"]):
+        seen, complete = cache.get(run_id, (None, False))
+        if not complete:
+            if seen is None or seen.empty or status in TERMINAL:
+                seen = store.metrics(run_id)
+            else:
+                last = seen.groupby("name", observed=True)["step"].max()
+                new = store.metrics(run_id, since_step=int(last.min()) - 1)
+                new = new[new["step"] > new["name"].map(last).fillna(-1)]
+                seen = pd.concat([seen, new], ignore_index=True) if not new.empty else seen
+            cache[run_id] = seen, status in TERMINAL
+        frames.append(seen)
+    if not frames:
         return pd.DataFrame(columns=["run_id", "step", "name", "value"])
-    return get_store().metrics(runs["run_id"].tolist())
+    return pd.concat(frames, ignore_index=True)
 
 
 def poll_norms(run_ids: list[str], cache_key: str,
-               fields: Sequence[str] = tuple(NORM_FIELDS_SHOWN)) -> pd.DataFrame:
-    """‖Δ_M‖ and ‖Δ_D‖ (or ``fields``) of ``run_ids`` (run_id column added), read since the
-    last poll.
+               fields: Sequence[str] = tuple(NORM_FIELDS_SHOWN),
+               layer: str | None = None) -> pd.DataFrame:
+    """‖Δ_M‖ and ‖Δ_D‖ (or ``fields``) of ``run_ids`` (run_id column added), of every layer
+    or of ``layer`` only, read since the last poll.
 
     ``cache_key``: a session key holding a dict (declared in the page's defaults); use one
     key per set of ``fields``.
@@ -127,12 +151,13 @@ def poll_norms(run_ids: list[str], cache_key: str,
         seen = cache.get(run_id)
         last = int(seen["step"].max()) if seen is not None and not seen.empty else None
         new = store.layer_norms(run_id, fields=list(fields), since_step=last)
+        new = new.assign(run_id=run_id)
         if seen is None or (not new.empty and seen.empty):
             seen = new
         elif not new.empty:
             seen = pd.concat([seen, new], ignore_index=True)
         cache[run_id] = seen
-        frames.append(seen.assign(run_id=run_id))
+        frames.append(seen if layer is None else seen[seen["layer"] == layer])
     if not frames:
         return pd.DataFrame(columns=["run_id", "step", "layer", "field", "value"])
     return pd.concat(frames, ignore_index=True)
@@ -145,9 +170,13 @@ def drop_cache(keep: list[str], cache_key: str) -> None:
         del cache[run_id]
 
 
-def loss_panel(runs: pd.DataFrame, metrics: pd.DataFrame, task: str, *, prefix: str,
-               smoothing: float) -> None:
-    """Training loss (left) and validation accuracy or loss (right), one line per run."""
+def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) -> None:
+    """Training loss (left) and validation accuracy or loss (right), one line per run.
+
+    ``prefix``: the page's key prefix; ``<prefix>.metric_cache`` (a declared session key)
+    keeps the metrics read so far (``poll_metrics``).
+    """
+    metrics = poll_metrics(runs, f"{prefix}.metric_cache")
     labels = dict(zip(runs["run_id"], runs["label"]))
     colors = figures.run_colors(runs["run_id"].tolist())
     left, right = st.columns(2)

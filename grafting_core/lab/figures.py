@@ -51,6 +51,16 @@ def decimate(frame: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
     return frame.iloc[keep]
 
 
+def _sample_steps(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """The rows of at most ``max_points`` evenly spaced steps of each run (as ``decimate``
+    picks them from a run's steps), before a long frame is pivoted."""
+    kept = []
+    for _, steps in frame.groupby("run_id", observed=True, sort=False)["step"]:
+        unique = np.unique(steps.to_numpy())
+        kept.append(steps[steps.isin(decimate(pd.Series(unique), max_points))].index)
+    return frame.loc[np.concatenate(kept)] if kept else frame
+
+
 def smooth(values: pd.Series, weight: float) -> pd.Series:
     """Debiased exponential moving average (TensorBoard's smoothing); 0 leaves it as is."""
     if weight <= 0 or values.empty:
@@ -141,8 +151,12 @@ def _log_dtick(values: np.ndarray) -> str | int:
 def with_ratio(norms: pd.DataFrame) -> pd.DataFrame:
     """Wide frame [run_id,] step, layer and one column per field, plus ratio = ‖Δ_M‖/‖Δ_D‖."""
     keys = [c for c in ("run_id", "step", "layer") if c in norms]
-    wide = norms.pivot_table(index=keys, columns="field", values="value", observed=True,
-                             sort=True).reset_index()
+    try:  # the store's frames have one value per key and field: no aggregation needed
+        wide = norms.pivot(index=keys, columns="field", values="value")
+        wide = wide.sort_index().reset_index()
+    except ValueError:  # repeated rows (e.g. frames concatenated by hand): their mean
+        wide = norms.pivot_table(index=keys, columns="field", values="value", observed=True,
+                                 sort=True).reset_index()
     wide.columns = [str(c) for c in wide.columns]
     if {"magnitude_norm", "direction_norm"} <= set(wide.columns):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -162,13 +176,14 @@ def norm_trajectories(norms: pd.DataFrame, *, layer: str,
     Runs in ``plain`` (no direction optimizer: Δ_D is Δ_M) get one line, their own ‖Δ‖.
     """
     frame = norms if "run_id" in norms else norms.assign(run_id="run")
-    wide = with_ratio(frame[frame["layer"] == layer])
-    run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(wide["run_id"]))
+    frame = frame[frame["layer"] == layer]
+    run_ids = list(dict.fromkeys(labels or {})) or list(pd.unique(frame["run_id"]))
+    wide = with_ratio(_sample_steps(frame, max_points))
     colors = colors or run_colors(run_ids)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         row_heights=[0.55, 0.45])
     for run_id in run_ids:
-        series = decimate(wide[wide["run_id"] == run_id], max_points)
+        series = wide[wide["run_id"] == run_id]
         if series.empty:
             continue
         name = (labels or {}).get(run_id, run_id)
@@ -212,8 +227,9 @@ def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "
         return empty_figure(f"no {hover_name} recorded yet", y_title="layer (parameter tensor)")
     layers = [str(c) for c in norms["layer"].cat.categories] if hasattr(
         norms["layer"], "cat") else list(dict.fromkeys(norms["layer"]))
-    logs = wide.pivot_table(index="layer", columns="step", values=quantity, observed=True,
-                            dropna=False).reindex([x for x in layers if x in set(wide["layer"])])
+    present = set(wide["layer"].unique())
+    logs = wide.pivot(index="layer", columns="step", values=quantity).reindex(
+        [x for x in layers if x in present])
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(logs.where(logs > 0))
     steps = logs.columns.to_numpy()
