@@ -8,6 +8,9 @@ poll reads only what was written since the last one.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -26,6 +29,7 @@ TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
 FAST_SECONDS = 30.0
 INTERVALS = (1.0, 2.0, 5.0, 10.0)
 REDRAW_SHARE = 0.1
+REDRAW_NICE = 10  # the nice value of a thread that draws live charts (yield_to_training)
 NORM_FIELDS_SHOWN = ["magnitude_norm", "direction_norm"]
 CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 LOSS_UNITS = {
@@ -257,12 +261,28 @@ def refresh_every(runs: pd.DataFrame, active: bool, prefix: str) -> float | None
 
 @contextlib.contextmanager
 def timed(prefix: str) -> Iterator[None]:
-    """Measure a redraw into ``<prefix>.redraw_seconds`` (a moving average)."""
+    """Measure a redraw into ``<prefix>.redraw_seconds`` (a moving average), drawing at a
+    lower priority than training (``yield_to_training``)."""
+    yield_to_training()
     start = time.perf_counter()
     yield
     took = time.perf_counter() - start
     key = f"{prefix}.redraw_seconds"
     st.session_state[key] = 0.5 * (st.session_state.get(key) or took) + 0.5 * took
+
+
+def yield_to_training() -> None:
+    """Lower this script thread's priority (nice ``REDRAW_NICE``) for good.
+
+    Where the server, the browser and the workers share a few cores, a redraw then waits
+    for a free core instead of taking it from a training run (measured: BENCHMARKS.md, "The
+    app"). Linux only (a thread's nice value); elsewhere nothing changes. Worker processes
+    do not inherit it: the executor starts them from a thread of its own.
+    """
+    tid = threading.get_native_id()
+    with contextlib.suppress(AttributeError, OSError):  # no getpriority, or not Linux
+        if sys.platform == "linux" and os.getpriority(os.PRIO_PROCESS, tid) < REDRAW_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, REDRAW_NICE)
 
 
 def replan(runs: pd.DataFrame, every: float | None, prefix: str) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,6 +106,10 @@ class LocalExecutor:
         self.store_root = str(store_root)
         self.max_workers = max_workers or cores
         self.threads = max(1, cores // self.max_workers)
+        # Worker processes start from this one thread, so they take its priority whichever
+        # thread submits (a live page lowers its own drawing thread's: ui.live).
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="grafting-spawn")
+        self._spawner.submit(int).result()  # its thread starts now, from this thread
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -123,6 +127,9 @@ class LocalExecutor:
         return [self._submit(_warm_worker, tuple(datasets)) for _ in range(self.max_workers)]
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self._spawner.submit(self._submit_here, fn, *args).result()
+
+    def _submit_here(self, fn: Callable[..., Any], *args: Any) -> Future:
         with _without_main_script():
             try:
                 return self._pool.submit(fn, *args)
@@ -133,3 +140,4 @@ class LocalExecutor:
     def shutdown(self, *, wait: bool = True) -> None:
         """Stop accepting work; with ``wait`` let queued runs finish."""
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        self._spawner.shutdown(wait=wait)
