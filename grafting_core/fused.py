@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -43,8 +44,9 @@ PLAIN, MOMENTUM, ADAM = range(3)  # rule kinds the kernels know (fused_kernels.c
 NCOEF = 10  # coefficients per tensor and rule, see _row
 CHUNK = 16384  # elements per work item (64 KiB of float32)
 _SOURCE = Path(__file__).with_name("fused_kernels.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
           "-shared", "-fPIC", f"-DCHUNK={CHUNK}"]
+_THREADING = ["-fopenmp", "-fopenmp-simd"]  # the first that builds and loads is used
 _WRAPPER = "".join(
     f'#define REAL {real}\n#define SUFFIX _{tag}\n#define SQRT {sqrt}\n#include "{_SOURCE}"\n'
     "#undef REAL\n#undef SUFFIX\n#undef SQRT\n"
@@ -58,12 +60,21 @@ class _Task(ctypes.Structure):
                 ("use_w", ctypes.c_int), ("n", ctypes.c_int64), ("numel", ctypes.c_void_p),
                 ("first", ctypes.c_void_p), ("ptr", ctypes.c_void_p * 6),
                 ("coef_m", ctypes.c_void_p), ("coef_d", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("partial", ctypes.c_void_p),
-                ("lo", ctypes.c_int64), ("hi", ctypes.c_int64)]
+                ("scale", ctypes.c_void_p), ("partial", ctypes.c_void_p)]
 
 
 _library: ctypes.CDLL | None = None
 unavailable_reason: str | None = None  # why the kernels could not be built, once tried
+
+
+def _cpu() -> str:
+    """This CPU's model and features (a cache shared by machines keeps one build per CPU)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(next((x for x in info if x.startswith(k)), "")
+                         for k in ("model name", "flags"))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
 
 
 def _build() -> ctypes.CDLL | None:
@@ -72,30 +83,39 @@ def _build() -> ctypes.CDLL | None:
     if _library is not None or unavailable_reason is not None:
         return _library
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    try:
-        if compiler is None:
-            raise OSError("no C compiler (cc/gcc) on PATH")
-        digest = hashlib.sha256((_SOURCE.read_text() + " ".join(_FLAGS) + compiler).encode())
-        cache = Path(os.environ.get("GRAFTING_FUSED_CACHE",
-                                    Path.home() / ".cache" / "grafting_core"))
-        target = cache / f"fused_{digest.hexdigest()[:16]}.so"
-        if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                wrapper = Path(tmp) / "fused.c"
-                wrapper.write_text(_WRAPPER)
-                built = Path(tmp) / target.name
-                subprocess.run([compiler, *_FLAGS, "-o", str(built), str(wrapper), "-lpthread"],
-                               check=True, capture_output=True, text=True, timeout=120)
-                os.replace(built, target)  # atomic: concurrent builders never see half a file
-        library = ctypes.CDLL(str(target))
+    errors = []
+    for parallel in _THREADING:  # torch's OpenMP team, else one thread (no libgomp here)
+        try:
+            library = ctypes.CDLL(str(_compiled(compiler, [*_FLAGS, parallel])))
+        except (OSError, subprocess.SubprocessError) as error:
+            errors.append(f"{error} {getattr(error, 'stderr', '') or ''}".strip())
+            continue
         for tag in _DTYPES.values():
             getattr(library, f"graft_pass_{tag}").argtypes = [ctypes.POINTER(_Task), ctypes.c_int]
         _library = library
-    except (OSError, subprocess.SubprocessError) as error:
-        detail = getattr(error, "stderr", "") or ""
-        unavailable_reason = f"{error} {detail}".strip()
-    return _library
+        return _library
+    unavailable_reason = "; ".join(errors)
+    return None
+
+
+def _compiled(compiler: str | None, flags: list[str]) -> Path:
+    """The kernels built with ``flags`` (cached by source, flags, compiler and CPU)."""
+    if compiler is None:
+        raise OSError("no C compiler (cc/gcc) on PATH")
+    key = [_SOURCE.read_text(), *flags, compiler, _cpu()]  # -march=native: this CPU's
+    digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("GRAFTING_FUSED_CACHE", Path.home() / ".cache" / "grafting_core"))
+    target = cache / f"fused_{digest}.so"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            wrapper = Path(tmp) / "fused.c"
+            wrapper.write_text(_WRAPPER)
+            built = Path(tmp) / target.name
+            subprocess.run([compiler, *flags, "-o", str(built), str(wrapper)],
+                           check=True, capture_output=True, text=True, timeout=120)
+            os.replace(built, target)  # atomic: concurrent builders never see half a file
+    return target
 
 
 def available() -> bool:
@@ -191,8 +211,8 @@ def _run(op: int, layout: _Layout, dtype: torch.dtype, tables: list[list | None]
     task.coef_m, task.coef_d = (0 if c is None else c.data_ptr() for c in coefs)
     task.scale = 0 if scale is None else scale.data_ptr()
     task.partial = partial.data_ptr()
-    if threads is None:  # a thread per 256K elements at most: starting one costs ~50 µs
-        threads = min(torch.get_num_threads(), max(1, layout.total >> 18))
+    if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
+        threads = min(torch.get_num_threads(), max(1, layout.total >> 16))
     getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads)
     del keep  # the tables lived until here: the kernel read them
     sums = torch.zeros(n, 2, dtype=torch.float64)
@@ -221,7 +241,7 @@ def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
     beta1, beta2 = hp["betas"]
     coupled, decoupled = (0.0, decay) if name == "adamw" else (decay, 0.0)
     return [hp["lr"], coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
-            1 - beta1**step, math.sqrt(1 - beta2**step), 0.0]
+            1 / (1 - beta1**step), 1 / math.sqrt(1 - beta2**step), 0.0]
 
 
 def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:

@@ -1,13 +1,13 @@
 /* Fused CPU passes for Graft.step; grafting_core/fused.py compiles this file and calls it.
  *
- * Each pass walks a list of contiguous tensors cut into fixed chunks that pthreads share;
+ * Each pass walks a list of contiguous tensors cut into fixed chunks that threads share;
  * every chunk writes its sums of squares (in double) to its own slot and fused.py adds the
  * slots per tensor in a fixed order, so no result depends on the thread count. The update
- * arithmetic mirrors grafting_core/rules.py (torch's foreach order) in the tensor's own
- * precision. The file is compiled twice: REAL = float (suffix f32) and double (f64).
+ * arithmetic is grafting_core/rules.py's in the tensor's own precision, up to rounding (Adam
+ * multiplies by its bias corrections' reciprocals: one division per element, not three).
+ * The file is compiled twice: REAL = float (suffix f32) and double (f64).
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 
 #ifndef FUSED_COMMON
@@ -24,7 +24,6 @@ typedef struct {
     void *const *ptr[6];       /* pointer tables: grad, weight, M's 2 buffers, D's 2 */
     const double *coef_m, *coef_d, *scale;
     double *partial;           /* 2 sums per chunk */
-    int64_t lo, hi;            /* this worker's chunks */
 } Task;
 #endif
 
@@ -39,7 +38,7 @@ typedef struct {
 typedef struct {
     REAL lr, wd, wd_after;        /* all: lr, coupled decay (g += wd·w), decoupled (AdamW) */
     REAL a, b, c, d, e, f, unused; /* SGD: momentum, keep_buf, take_g, nes_g, nes_buf;
-                                    * Adam: 1-beta1, beta2, 1-beta2, eps, bc1, sqrt(bc2) */
+                                    * Adam: 1-beta1, beta2, 1-beta2, eps, 1/bc1, 1/sqrt(bc2) */
 } F(Coef);
 
 static F(Coef) F(coef)(const double *k) {
@@ -64,7 +63,7 @@ static inline __attribute__((always_inline)) REAL F(rule)(
         v = v * k.b;
         *s1 = v = v + k.c * g * g;
     }
-    REAL step = m / (SQRT(v) / k.f + k.d) / k.e;
+    REAL step = m * k.e / (SQRT(v) * k.f + k.d);  /* one division: the rest multiplies */
     return (step + k.wd_after * w) * -k.lr;
 }
 
@@ -147,37 +146,22 @@ static void F(chunk)(const Task *t, int64_t i, int64_t lo, int64_t hi, double *o
     out[1] = s1;
 }
 
-static void *F(worker)(void *arg) {
-    const Task *t = (const Task *)arg;
-    int64_t i = 0;
-    for (int64_t c = t->lo; c < t->hi; c++) {
-        while (t->first[i + 1] <= c) i++;
-        int64_t lo = (c - t->first[i]) * CHUNK;
-        int64_t hi = lo + CHUNK < t->numel[i] ? lo + CHUNK : t->numel[i];
+/* One pass over every chunk, shared out by OpenMP among up to `threads` threads. The kernels
+ * link libgomp.so.1, which torch has loaded already: they run on the very thread team of
+ * torch's own CPU kernels (two runtimes would have two teams spinning for the same cores).
+ * Chunks go out dynamically, so a thread that another process slows down takes fewer. */
+int F(graft_pass)(const Task *t, int threads) {
+    const int64_t chunks = t->first[t->n];
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads > 1 ? threads : 1)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t i = 0, top = t->n - 1;  /* the tensor of chunk c: last i with first[i] <= c */
+        while (i < top) {
+            const int64_t mid = (i + top + 1) / 2;
+            if (t->first[mid] <= c) i = mid; else top = mid - 1;
+        }
+        const int64_t lo = (c - t->first[i]) * CHUNK;
+        const int64_t hi = lo + CHUNK < t->numel[i] ? lo + CHUNK : t->numel[i];
         F(chunk)(t, i, lo, hi, t->partial + 2 * c);
-    }
-    return 0;
-}
-
-/* One pass over every chunk with up to `threads` threads (the caller's is one of them). */
-int F(graft_pass)(Task *task, int threads) {
-    enum { MAX_THREADS = 64 };
-    int64_t chunks = task->first[task->n];
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    if (chunks < threads) threads = chunks > 0 ? (int)chunks : 1;
-    Task parts[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int k = 0; k < threads; k++) {
-        parts[k] = *task;
-        parts[k].lo = chunks * k / threads;
-        parts[k].hi = chunks * (k + 1) / threads;
-        if (k > 0) started[k] = pthread_create(&ids[k], 0, F(worker), &parts[k]) == 0;
-    }
-    F(worker)(&parts[0]);
-    for (int k = 1; k < threads; k++) {
-        if (started[k]) pthread_join(ids[k], 0);
-        else F(worker)(&parts[k]);
     }
     return 0;
 }

@@ -172,3 +172,18 @@ def test_without_compiler_the_reference_path_runs(monkeypatch):
     assert not fused.supports(opt, list(model.parameters()))
     opt.step()
     assert opt.graft_step == 1 and torch.isfinite(opt.last_norms).all()
+
+
+def test_without_openmp_the_kernels_build_single_threaded(monkeypatch, tmp_path):
+    # A compiler without OpenMP (e.g. clang with no libomp): the next flag set is used.
+    grads = [torch.randn(70_000) for _ in range(2)]
+    layout = fused._layout(grads)
+    parallel = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=2)
+    monkeypatch.setenv("GRAFTING_FUSED_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "_THREADING", ["-fno-such-openmp-flag", "-fopenmp-simd"])
+    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(fused, "unavailable_reason", None)
+    assert fused.available()
+    assert len(list(tmp_path.glob("fused_*.so"))) == 1  # the failed build left nothing
+    serial = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=2)
+    assert torch.equal(serial, parallel)
