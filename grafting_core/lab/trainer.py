@@ -19,6 +19,8 @@ non-finite loss or weight stops the run at once as ``diverged``, keeping what wa
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import math
@@ -107,6 +109,8 @@ class Trainer:
             model = build_model(cfg.model or default_model(cfg.dataset), self.dataset,
                                 seed=cfg.seed, **sizes)
         self.model = model.to(self.device)
+        self._precision = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+                           if self.device.type == "cuda" else contextlib.nullcontext)
         self.loss_fn = loss_fn(self.dataset.task)
         named = list(self.model.named_parameters())
         magnitude: Any = cfg.magnitude_spec()
@@ -123,6 +127,7 @@ class Trainer:
         scheduled = self.optimizer if cfg.replay else self.optimizer.magnitude
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             scheduled, lambda s: lr_factor(s, cfg.steps, cfg.schedule, cfg.warmup_steps))
+        self._scheduled = cfg.schedule != "constant"  # a constant factor needs no stepping
         self.norm_log = NormLog(self.optimizer, capacity=NORM_RING, every=cfg.record_every)
         self._norms_seen = -1
         if self.resume is not None:
@@ -169,13 +174,13 @@ class Trainer:
         cfg = self.config
         x, y = self.dataset.batch("train", cfg.batch_size, step=self.step, seed=cfg.seed)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.device.type == "cuda"):
+        with self._precision():
             loss = self.loss_fn(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.scheduler.step()
+        if self._scheduled:
+            self.scheduler.step()
         self.step += 1
         return loss.detach()
 
