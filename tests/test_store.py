@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from grafting_core.lab import sqlite_file
 from grafting_core.lab import store as store_mod
 from grafting_core.lab.store import STATUSES, RunStore, default_runs_dir
 
@@ -224,7 +225,7 @@ def test_threads_share_one_store(store):
 
 
 def test_write_retries_while_another_writer_holds_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.05)  # lock outlives SQLite's own wait
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.05)  # lock outlives SQLite's own wait
     s = RunStore(tmp_path)
     run_id = s.create_run({})
     blocker = sqlite3.connect(s.path, check_same_thread=False)

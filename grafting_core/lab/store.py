@@ -2,8 +2,8 @@
 
 A run keeps its full config (JSON), status, metrics, per-layer norm trajectories and
 artifacts (static ratios, recorded schedules, checkpoints); readers get pandas DataFrames.
-Many processes (grid workers, the app) may write at once: each write is one short
-``BEGIN IMMEDIATE`` transaction, SQLite waits out a busy lock and we retry on top of that.
+Many processes (grid workers, the app) may write at once (the SQLite plumbing, one short
+transaction per write with retries while locked, is ``sqlite_file.SQLiteFile``).
 A run whose writer died (SIGKILL, crash) is found on the next open by its pid + host and
 marked "interrupted". The schema is versioned (``PRAGMA user_version``); ``MIGRATIONS``
 brings older files up to date on open.
@@ -22,23 +22,19 @@ import os
 import secrets
 import socket
 import sqlite3
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any
 
 import numpy as np  # comes with pandas
 import pandas as pd
 
+from .sqlite_file import SQLiteFile
+
 STATUSES = ("running", "finished", "stopped", "diverged", "failed", "interrupted")
 RUNS_DIR_ENV = "GRAFTING_RUNS_DIR"  # overrides the default ./runs
 DB_FILENAME = "runs.sqlite"
-BUSY_TIMEOUT_S = 10.0  # SQLite waits this long for another writer's lock
-LOCK_RETRIES = 5  # further attempts, with backoff, when a lock outlives that wait
-
-T = TypeVar("T")
 
 
 def default_runs_dir() -> Path:
@@ -106,26 +102,6 @@ _METRIC_DTYPES = {"run_id": "str", "step": "int64", "name": "str", "value": "flo
 # --- helpers ----------------------------------------------------------------------------------
 
 
-class _Connection(sqlite3.Connection):
-    """A sqlite3 connection that remembers its process and can be weakly referenced."""
-
-    pid: int
-
-
-_OPEN: weakref.WeakSet[_Connection] = weakref.WeakSet()  # every connection of this process
-_INHERITED: list[_Connection] = []  # after fork(): the parent's, kept alive but never used
-
-
-def _keep_parent_connections() -> None:
-    """In a forked child, keep the parent's connections unused and unclosed: SQLite does not
-    support carrying one across fork() (https://sqlite.org/howtocorrupt.html, section 2.6)."""
-    _INHERITED.extend(_OPEN)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_keep_parent_connections)
-
-
 def _unknown(run_id: str) -> KeyError:
     return KeyError(f"unknown run id: {run_id!r}")
 
@@ -133,11 +109,6 @@ def _unknown(run_id: str) -> KeyError:
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise ValueError(f"Invalid status: {status!r}; allowed: {', '.join(STATUSES)}")
-
-
-def _is_locked(exc: sqlite3.OperationalError) -> bool:
-    """True for SQLite's transient 'database is locked' / 'busy' errors."""
-    return "locked" in str(exc).lower() or "busy" in str(exc).lower()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -206,7 +177,7 @@ def _timestamp(seconds: float | None) -> pd.Timestamp | None:
 # --- the store --------------------------------------------------------------------------------
 
 
-class RunStore:
+class RunStore(SQLiteFile):
     """Runs, metrics, layer norms and artifacts in ``<root>/runs.sqlite``, safe across processes.
 
     One SQLite connection per thread (opened anew in a forked child); every write is one short
@@ -216,87 +187,9 @@ class RunStore:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path: Path = self.root / DB_FILENAME
         self.host = socket.gethostname()
-        self._local = threading.local()
-        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._migrate()
+        super().__init__(self.root / DB_FILENAME, MIGRATIONS)
         self.mark_interrupted()
-
-    # connections, transactions, schema
-
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        if self._closed:
-            raise RuntimeError(f"RunStore at {self.path} is closed")
-        if getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_S,
-                isolation_level=None,  # autocommit: we issue BEGIN / COMMIT ourselves
-                check_same_thread=False,  # one thread uses it, but close() may come from another
-                factory=_Connection,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))  # readers never block
-            conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: survives process crashes
-            conn.pid = self._local.pid = os.getpid()
-            self._local.conn = conn
-            with self._lock:
-                self._conns.add(conn)
-                _OPEN.add(conn)
-        return self._local.conn
-
-    def _retry(self, fn: Callable[[], T]) -> T:
-        """Call ``fn``, retrying with backoff while the database stays locked."""
-        for attempt in range(LOCK_RETRIES):
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc):
-                    raise
-                time.sleep(0.05 * 2**attempt + secrets.randbelow(50) / 1000)
-        return fn()
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction, retried while locked."""
-
-        def attempt() -> T:
-            conn = self._conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                result = fn(conn)
-                conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        return self._retry(attempt)
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """All rows of one read-only statement (one consistent snapshot in WAL mode)."""
-        return self._retry(lambda: self._conn().execute(sql, params).fetchall())
-
-    def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION, applying MIGRATIONS in order in one transaction."""
-
-        def upgrade(conn: sqlite3.Connection) -> None:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this code "
-                    f"supports ({SCHEMA_VERSION}); upgrade grafting_core"
-                )
-            for migration in MIGRATIONS[version:]:
-                migration(conn)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-        if self._query("PRAGMA user_version")[0][0] != SCHEMA_VERSION:
-            self._write(upgrade)  # re-reads the version under the write lock
 
     @staticmethod
     def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
@@ -644,20 +537,6 @@ class RunStore:
         return frame.assign(created=pd.to_datetime(frame["created"], unit="s", utc=True))
 
     # lifecycle
-
-    def close(self) -> None:
-        """Close every connection this store opened in this process; later calls raise."""
-        self._closed = True
-        with self._lock:
-            for conn in list(self._conns):
-                if conn.pid == os.getpid():
-                    conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": str(self.root)}  # pickles as its location: connections stay behind

@@ -1,0 +1,153 @@
+"""One SQLite file shared by threads and processes: the run store's plumbing.
+
+Each thread gets its own connection (opened anew in a forked child, which never touches its
+parent's); every write is one short ``BEGIN IMMEDIATE`` transaction; SQLite waits out a
+busy lock for ``BUSY_TIMEOUT_S`` and we retry on top of that. WAL mode: readers never block
+the writer. The schema is versioned with ``PRAGMA user_version`` and a list of migrations.
+
+    class MyStore(SQLiteFile):
+        def __init__(self, path):
+            super().__init__(path, [create_tables])   # migrations[i]: version i -> i + 1
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+BUSY_TIMEOUT_S = 10.0  # SQLite waits this long for another writer's lock
+LOCK_RETRIES = 5  # further attempts, with backoff, when a lock outlives that wait
+
+T = TypeVar("T")
+
+
+class _Connection(sqlite3.Connection):
+    """A sqlite3 connection that remembers its process and can be weakly referenced."""
+
+    pid: int
+
+
+_OPEN: weakref.WeakSet[_Connection] = weakref.WeakSet()  # every connection of this process
+_INHERITED: list[_Connection] = []  # after fork(): the parent's, kept alive but never used
+
+
+def _keep_parent_connections() -> None:
+    """In a forked child, keep the parent's connections unused and unclosed: SQLite does not
+    support carrying one across fork() (https://sqlite.org/howtocorrupt.html, section 2.6)."""
+    _INHERITED.extend(_OPEN)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_keep_parent_connections)
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    """True for SQLite's transient 'database is locked' / 'busy' errors."""
+    return "locked" in str(exc).lower() or "busy" in str(exc).lower()
+
+
+class SQLiteFile:
+    """The database at ``path`` brought up to date with ``migrations``; share one per process
+    between threads."""
+
+    def __init__(self, path: Path, migrations: Sequence[Callable[[sqlite3.Connection], None]]):
+        self.path = path
+        self._local = threading.local()
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._migrate(migrations)
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} at {self.path} is closed")
+        if getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,  # autocommit: we issue BEGIN / COMMIT ourselves
+                check_same_thread=False,  # one thread uses it, but close() may come from another
+                factory=_Connection,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))  # readers never block
+            conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: survives process crashes
+            conn.pid = self._local.pid = os.getpid()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.add(conn)
+                _OPEN.add(conn)
+        return self._local.conn
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Call ``fn``, retrying with backoff while the database stays locked."""
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+                time.sleep(0.05 * 2**attempt + secrets.randbelow(50) / 1000)
+        return fn()
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one BEGIN IMMEDIATE transaction, retried while locked."""
+
+        def attempt() -> T:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return self._retry(attempt)
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """All rows of one read-only statement (one consistent snapshot in WAL mode)."""
+        return self._retry(lambda: self._conn().execute(sql, params).fetchall())
+
+    def _migrate(self, migrations: Sequence[Callable[[sqlite3.Connection], None]]) -> None:
+        """Bring the file to version ``len(migrations)`` (``PRAGMA user_version``), applying
+        ``migrations[i]`` (version i to i + 1) in order, in one transaction."""
+        latest = len(migrations)
+
+        def upgrade(conn: sqlite3.Connection) -> None:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > latest:
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this code "
+                    f"supports ({latest}); upgrade grafting_core"
+                )
+            for migration in migrations[version:]:
+                migration(conn)
+            conn.execute(f"PRAGMA user_version = {latest}")
+
+        if self._query("PRAGMA user_version")[0][0] != latest:
+            self._write(upgrade)  # re-reads the version under the write lock
+
+    def close(self) -> None:
+        """Close every connection this store opened in this process; later calls raise."""
+        self._closed = True
+        with self._lock:
+            for conn in list(self._conns):
+                if conn.pid == os.getpid():
+                    conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
