@@ -155,7 +155,7 @@ def live_section(group: str, active: bool) -> None:
             live.loss_panel(runs, task, prefix="lab",
                             smoothing=st.session_state["lab.smoothing"])
             norms_section(runs, task)
-        live.replan(runs, every, "lab")  # all done (polling off), or another interval
+        live.finish_redraw(runs, every, "lab")  # all done (polling off), or another interval
 
     panel()
 

@@ -166,7 +166,7 @@ def live_section(group: str, active: bool) -> None:
                 return
             live.overall_progress(runs)
             results(group, runs)
-        live.replan(runs, every, "grid")  # all done (polling off), or another interval
+        live.finish_redraw(runs, every, "grid")  # all done (polling off), or another interval
 
     panel()
 

@@ -197,7 +197,7 @@ def live_section(group: str, active: bool) -> None:
     def panel() -> None:
         with live.timed("transfer"):
             own = draw()
-        live.replan(own, every, "transfer")  # all done (polling off), or another interval
+        live.finish_redraw(own, every, "transfer")  # all done (polling off), or another interval
 
     def draw() -> pd.DataFrame:
         own = live.group_runs(group)

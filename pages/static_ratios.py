@@ -304,7 +304,7 @@ def comparison_section(group: str, active: bool) -> None:
             if runs.empty:
                 return
             results(runs)
-        live.replan(runs, every, "ratios")  # all done (polling off), or another interval
+        live.finish_redraw(runs, every, "ratios")  # all done (polling off), or another interval
 
     panel()
 
@@ -322,7 +322,7 @@ def measure_section(source: str, active: bool) -> None:
             ratios = estimate(source)
             if ratios is not None:
                 export(ratios, source)
-        live.replan(runs, every, "ratios.source")  # the run ended (Start is on), or poll less
+        live.finish_redraw(runs, every, "ratios.source")  # ended (Start is on), or poll less
 
     panel()
 

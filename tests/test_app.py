@@ -109,6 +109,7 @@ def test_graft_lab_trains_side_by_side_and_shows_results(store):
     assert not at.exception and not at.error
     group = at.query_params["group"]
     assert group.startswith("lab-")
+    assert any(c.value.startswith("Live: redrawn every 1 s") for c in at.caption)  # says so
     for _ in range(120):  # the workers may still be loading torch and the data
         runs = store.runs(group=group)
         if len(runs) == 3 and runs["status"].isin(["finished"]).all():
@@ -126,6 +127,7 @@ def test_graft_lab_trains_side_by_side_and_shows_results(store):
     assert "adam#sgd ‖Δ_M‖" in norms and "adam#sgd ratio" in norms
     assert chart_traces(at, 3)[0]["type"] == "heatmap"
     assert at.button(key="lab.stop").disabled and not at.button(key="lab.start").disabled
+    assert not any(c.value.startswith("Live:") for c in at.caption)  # no longer redrawing
 
     again = page("pages/graft_lab.py", group=group)  # a reloaded tab re-attaches
     assert not again.exception

@@ -285,10 +285,18 @@ def yield_to_training() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, REDRAW_NICE)
 
 
-def replan(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
-    """Rerun the whole page when the live fragment's interval should change: the group
-    ended (polling off, Start back on), or redraws got cheaper or dearer."""
-    if every is not None and refresh_every(runs, is_active(runs), prefix) != every:
+def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
+    """The last call of a live fragment: say how often it redraws, then rerun the whole page
+    when that should change: the group ended (polling off, Start back on), or redraws got
+    cheaper or dearer."""
+    if every is None:
+        return
+    cost = st.session_state.get(f"{prefix}.redraw_seconds") or 0.0
+    st.caption(f"Live: redrawn every {every:g} s (a redraw takes the server {cost:.2f} s). "
+               f"Every second for a group's first {FAST_SECONDS:g} s, then only as often as "
+               f"keeps redrawing under {REDRAW_SHARE:.0%} of the time, so that training keeps "
+               "the CPU.")
+    if refresh_every(runs, is_active(runs), prefix) != every:
         st.rerun()
 
 
