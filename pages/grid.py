@@ -8,7 +8,7 @@ watched group is in the URL (``?group=<id>``), so a reloaded tab re-attaches.
 import pandas as pd
 import streamlit as st
 
-from grafting_core.lab import figures
+from grafting_core.lab import experiment_figures
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import (
     LAB_OPTIMIZERS,
@@ -133,11 +133,11 @@ def results(group: str, runs: pd.DataFrame) -> None:
         z_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
     else:
         z_title = "final validation<br>accuracy (fraction)"
-    fig = figures.grid_heatmap(matrix, z_title=z_title,
-                               notes=cell_notes(table, runs, matrix),
-                               lower_is_better=metric == "val_loss",
-                               title=f"{METRICS[metric].capitalize()} of M#D "
-                                     "(mean over seeds; diagonal = plain optimizer)")
+    fig = experiment_figures.grid_heatmap(matrix, z_title=z_title,
+                                          notes=cell_notes(table, runs, matrix),
+                                          lower_is_better=metric == "val_loss",
+                                          title=f"{METRICS[metric].capitalize()} of M#D "
+                                                "(mean over seeds; diagonal = plain optimizer)")
     st.plotly_chart(fig, key="grid.heatmap", config=live.CHART_CONFIG)
     what = "the final validation loss" if metric == "val_loss" else "the final accuracy"
     st.markdown(f"**Reading:** {grid_reading(table, metric, what=what)}")

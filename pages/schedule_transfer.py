@@ -9,7 +9,7 @@ saved run). A fragment reads the store once a second. The group is in the URL
 import pandas as pd
 import streamlit as st
 
-from grafting_core.lab import figures
+from grafting_core.lab import experiment_figures, figures
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import start_schedule_transfer
 from ui import forms, live
@@ -158,9 +158,9 @@ def schedule_section(source: str, label: str) -> None:
         return
     keep_valid("transfer.layers", layers, layers[:8])
     shown = st.multiselect("Layers (parameter tensors)", layers, key="transfer.layers")
-    fig = figures.implicit_schedule(norms.drop(columns="run_id"), layers=shown,
-                                    title=f"{label}: step size and effective learning rate "
-                                          "per layer")
+    title = f"{label}: step size and effective learning rate per layer"
+    fig = experiment_figures.implicit_schedule(norms.drop(columns="run_id"), layers=shown,
+                                               title=title)
     st.plotly_chart(fig, key="transfer.schedule_chart", config=live.CHART_CONFIG)
     st.caption("Top: the step each layer took, ‖Δ‖. Bottom: ‖Δ‖/‖g‖, the learning rate "
                "plain SGD would need for that step. Lines that differ between layers and "

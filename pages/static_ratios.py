@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core import STATISTICS, StaticRatios
-from grafting_core.lab import figures
+from grafting_core.lab import experiment_figures, figures
 from grafting_core.lab.analysis import ratio_trajectories, static_ratios_from_run
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics, static_ratio_configs
@@ -175,14 +175,15 @@ def estimate(source: str) -> StaticRatios | None:
         ratios = static_ratios_from_run(store, source, window=tuple(window),
                                         statistic=statistic)
     except (ValueError, KeyError) as error:
-        st.plotly_chart(figures.ratio_lines(trajectories, window=tuple(window)),
+        st.plotly_chart(experiment_figures.ratio_lines(trajectories, window=tuple(window)),
                         key="ratios.ratio_chart", config=live.CHART_CONFIG)
         st.error(f"No multipliers for this window: {error}")
         return None
     layout = store.get_artifact(source, "layers")
     values = layer_values(ratios, layout)
-    fig = figures.ratio_lines(trajectories, window=tuple(window), values=values,
-                              title=f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}")
+    title = f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}"
+    fig = experiment_figures.ratio_lines(trajectories, window=tuple(window), values=values,
+                                         title=title)
     st.plotly_chart(fig, key="ratios.ratio_chart", config=live.CHART_CONFIG)
     table = pd.DataFrame({"layer": list(values), "multiplier c": list(values.values())})
     table["D's lr for the layer (base lr × c)"] = table["multiplier c"] * ratios.base_lr
@@ -272,10 +273,10 @@ def results(runs: pd.DataFrame) -> None:
             break
     left, right = st.columns(2)
     with left:
-        fig = figures.memory_bars(
-            {labels[r]: finals.loc[r, "optimizer_state_bytes"] for r in runs["run_id"]},
-            weight_bytes=weights, colors={labels[r]: colors[r] for r in runs["run_id"]},
-            title="Optimizer state memory (recorded when a run ends)")
+        fig = experiment_figures.memory_bars(
+                       {labels[r]: finals.loc[r, "optimizer_state_bytes"] for r in runs["run_id"]},
+                       weight_bytes=weights, colors={labels[r]: colors[r] for r in runs["run_id"]},
+                       title="Optimizer state memory (recorded when a run ends)")
         st.plotly_chart(fig, key="ratios.memory_chart", config=live.CHART_CONFIG)
     with right:
         st.markdown("**Final results**")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grafting_core.lab import figures
+from grafting_core.lab import experiment_figures, figures
 
 
 def _metrics(runs: dict[str, np.ndarray], name: str = "train_loss") -> pd.DataFrame:
@@ -92,7 +92,7 @@ def test_grid_heatmap_writes_values_and_notes_in_cells():
                           columns=["sgd", "adam"])
     notes = pd.DataFrame([["", ""], ["running 40%", ""]], index=matrix.index,
                          columns=matrix.columns)
-    fig = figures.grid_heatmap(matrix, z_title="final loss", notes=notes)
+    fig = experiment_figures.grid_heatmap(matrix, z_title="final loss", notes=notes)
     (heat,) = fig.data
     assert list(heat.y) == ["sgd", "adam"] and list(heat.x) == ["sgd", "adam"]
     assert np.isnan(heat.z[1][0]) and heat.z[1][1] == 0.5
@@ -107,7 +107,7 @@ def test_implicit_schedule_draws_step_norm_and_effective_lr_per_layer():
     rows = [("step_norm", 0.2), ("grad_norm", 4.0)]
     frame = pd.DataFrame([(s, layer, f, v * (s + 1)) for s in range(3) for layer in ("a", "b")
                           for f, v in rows], columns=["step", "layer", "field", "value"])
-    fig = figures.implicit_schedule(frame)
+    fig = experiment_figures.implicit_schedule(frame)
     assert [t.name for t in fig.data] == ["a", "a", "b", "b"]
     assert list(fig.data[0].y) == pytest.approx([0.2, 0.4, 0.6])
     assert list(fig.data[1].y) == pytest.approx([0.05, 0.05, 0.05])  # ‖Δ‖/‖g‖
@@ -118,7 +118,7 @@ def test_implicit_schedule_draws_step_norm_and_effective_lr_per_layer():
 def test_ratio_lines_shade_the_window_and_draw_the_static_values():
     ratios = pd.DataFrame({"step": [0, 1, 2, 0, 1, 2], "layer": ["a"] * 3 + ["b"] * 3,
                            "ratio": [1.0, 2.0, 3.0, 10.0, 20.0, 30.0]})
-    fig = figures.ratio_lines(ratios, window=(1, 3), values={"a": 2.5, "b": 25.0})
+    fig = experiment_figures.ratio_lines(ratios, window=(1, 3), values={"a": 2.5, "b": 25.0})
     assert [t.name for t in fig.data] == ["a", "a: static value", "b", "b: static value"]
     assert list(fig.data[1].x) == [1, 2] and list(fig.data[1].y) == [2.5, 2.5]
     (shade,) = fig.layout.shapes
@@ -127,8 +127,8 @@ def test_ratio_lines_shade_the_window_and_draw_the_static_values():
 
 
 def test_memory_bars_in_kib_with_copies_of_the_weights():
-    fig = figures.memory_bars({"adam": 8192.0, "sgd": 4096.0, "running": float("nan")},
-                              weight_bytes=4096.0)
+    fig = experiment_figures.memory_bars({"adam": 8192.0, "sgd": 4096.0, "running": float("nan")},
+                                         weight_bytes=4096.0)
     assert [t.name for t in fig.data][:2] == ["adam", "sgd"]
     assert fig.data[2].name.startswith("one copy of the weights")  # the dotted line's legend
     assert fig.data[0].y[0] == 8.0 and "KiB" in fig.layout.yaxis.title.text

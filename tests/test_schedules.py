@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from grafting_core import Graft, NormLog
-from grafting_core.lab import figures
+from grafting_core.lab import experiment_figures
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
 from grafting_core.lab.schedules import (
@@ -96,8 +96,8 @@ def test_layer_kind_curves_median_per_kind_and_normalised():
                            "tok_emb.weight": np.array([8.0, 4.0, 2.0])}, run_id="a")])
     b = _frame({"blocks.0.attn.qkv.weight": np.array([5.0, 5.0, 5.0]),
                 "tok_emb.weight": np.array([1.0, 1.0, 1.0])}, run_id="b")
-    fig = figures.layer_kind_curves(pd.concat([a, b]), labels={"a": "adam", "b": "sgd"},
-                                    normalize=False, smoothing=0.0)
+    fig = experiment_figures.layer_kind_curves(pd.concat([a, b]), labels={"a": "adam", "b": "sgd"},
+                                               normalize=False, smoothing=0.0)
     titles = [annotation.text for annotation in fig.layout.annotations]
     assert titles == ["embedding", "attention"]
     by_panel = {(t.xaxis, t.name): list(t.y) for t in fig.data}
@@ -105,6 +105,6 @@ def test_layer_kind_curves_median_per_kind_and_normalised():
     assert by_panel[("x", "adam")] == pytest.approx([8.0, 4.0, 2.0])
     assert by_panel[("x2", "sgd")] == pytest.approx([5.0, 5.0, 5.0])
     assert fig.layout.yaxis.type == "log"
-    shaped = figures.layer_kind_curves(pd.concat([a, b]), normalize=True, smoothing=0.0)
+    shaped = experiment_figures.layer_kind_curves(pd.concat([a, b]), normalize=True, smoothing=0.0)
     assert all(max(t.y) == pytest.approx(1.0) for t in shaped.data)
     assert [t.showlegend for t in shaped.data] == [True, True, False, False]

@@ -1,0 +1,236 @@
+"""Plotly figures of the lab's experiments: the M#D grid, a run's implicit schedule, static
+ratios, optimizer-state memory, and step sizes by kind of layer across optimizers.
+
+Plain functions from the engine's DataFrames to a Figure, shared by the app's experiment
+pages and the notebooks, in the style of ``figures`` (the live-run figures).
+
+    fig = grid_heatmap(matrix, z_title="final validation loss")
+    fig.show()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .figures import (
+    MAX_POINTS,
+    NORM_TITLE,
+    PALETTE,
+    RATIO_TITLE,
+    STEP_TITLE,
+    decimate,
+    empty_figure,
+    log_dtick,
+    run_colors,
+    smooth,
+    style,
+    with_ratio,
+)
+from .schedules import LAYER_KINDS, layer_series
+
+
+def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | None = None,
+                 title: str = "", lower_is_better: bool = True) -> go.Figure:
+    """M (rows) × D (columns) of one final metric, the value written in each cell.
+
+    ``matrix``: ``experiments.grid_matrix`` (NaN = no finished run yet); ``notes``: the same
+    shape of short texts shown in cells without a value ("running", "diverged"). The
+    diagonal A#A is plain A. Colours run from bad to good either way (``lower_is_better``).
+    """
+    z = matrix.to_numpy(dtype=float)
+    rows, columns = [str(r) for r in matrix.index], [str(c) for c in matrix.columns]
+    finite = z[np.isfinite(z)]
+    middle = float(finite.min() + finite.max()) / 2 if finite.size else 0.0
+    fig = go.Figure(go.Heatmap(
+        z=z, x=columns, y=rows, colorscale="Viridis", reversescale=lower_is_better,
+        colorbar={"title": {"text": z_title, "side": "right"}}, xgap=2, ygap=2,
+        hovertemplate="M = %{y}<br>D = %{x}<br>" + z_title.replace("<br>", " ")
+                      + " = %{z:.4g}<extra></extra>"))
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            value = z[i, j]
+            if np.isfinite(value):
+                dark = (value > middle) == lower_is_better  # dark end of the colour scale
+                text, color = f"{value:.3g}", "white" if dark else "black"
+            else:
+                note = notes.iat[i, j] if notes is not None else ""
+                text, color = (note if isinstance(note, str) else ""), "#666"
+            fig.add_annotation(x=column, y=row, text=text, showarrow=False,
+                               font={"size": 13, "color": color})
+    side = max(300, 90 + 70 * len(rows))
+    style(fig, title=title, x_title="direction optimizer D (gives the step direction)",
+          y_title="magnitude optimizer M<br>(gives the step size)", height=side)
+    fig.update_layout(hovermode="closest", showlegend=False)
+    fig.update_xaxes(side="bottom", type="category")
+    fig.update_yaxes(autorange="reversed", type="category")
+    return fig
+
+
+def implicit_schedule(norms: pd.DataFrame, *, layers: Sequence[str] | None = None,
+                      title: str = "", max_points: int = MAX_POINTS) -> go.Figure:
+    """A run's implicit schedule per layer: step norm ‖Δ‖ (top), ‖Δ‖/‖g‖ (bottom).
+
+    ``norms``: one run's layer_norms frame with ``step_norm`` and ``grad_norm``. The applied
+    step ‖Δ‖ is what the optimizer moved each layer; ‖Δ‖/‖g‖ is the learning rate plain SGD
+    would need to take the same step, the "effective learning rate".
+    """
+    wide = with_ratio(norms)
+    if wide.empty or "step_norm" not in wide:
+        return empty_figure("no step norms recorded yet", y_title=NORM_TITLE)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effective = wide["step_norm"] / wide["grad_norm"]
+    wide["effective_lr"] = effective.where(np.isfinite(effective) & (effective > 0))
+    shown = list(layers) if layers is not None else list(dict.fromkeys(wide["layer"]))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for i, layer in enumerate(shown):
+        series = decimate(wide[wide["layer"] == layer], max_points)
+        color = PALETTE[i % len(PALETTE)]
+        for row, field in ((1, "step_norm"), (2, "effective_lr")):
+            fig.add_trace(go.Scatter(
+                x=series["step"], y=series[field], name=str(layer), mode="lines",
+                legendgroup=str(layer), showlegend=row == 1,
+                line={"color": color, "width": 1.5}), row=row, col=1)
+    style(fig, title=title, height=560)
+    fig.update_layout(legend={"title": {"text": "layer"}})
+    fig.update_xaxes(title_text="", row=1, col=1)
+    fig.update_xaxes(title_text=STEP_TITLE, row=2, col=1)
+    picked = wide[wide["layer"].isin(shown)]
+    fig.update_yaxes(title_text="step size ‖Δ‖<br>(L2 norm, weight units)", type="log",
+                     tickformat=".2~g", dtick=log_dtick(picked["step_norm"].to_numpy(float)),
+                     row=1, col=1)
+    fig.update_yaxes(title_text="effective lr ‖Δ‖/‖g‖<br>(weight units per gradient unit)",
+                     type="log", tickformat=".2~g",
+                     dtick=log_dtick(picked["effective_lr"].to_numpy(float)), row=2, col=1)
+    return fig
+
+
+def ratio_lines(ratios: pd.DataFrame, *, window: tuple[int, int] | None = None,
+                values: Mapping[str, float] | None = None, title: str = "",
+                max_points: int = MAX_POINTS) -> go.Figure:
+    """‖Δ_M‖/‖Δ_D‖ per layer against step, the estimation window shaded.
+
+    ``ratios``: step, layer, ratio (``analysis.ratio_trajectories``); ``window``: [start,
+    stop) steps; ``values``: layer → its static multiplier, drawn dashed across the window.
+    """
+    if ratios.empty or not ratios["ratio"].notna().any():
+        return empty_figure("no ‖Δ_M‖/‖Δ_D‖ recorded yet", y_title=RATIO_TITLE)
+    fig = go.Figure()
+    layers = list(dict.fromkeys(ratios["layer"]))
+    for i, layer in enumerate(layers):
+        series = decimate(ratios[ratios["layer"] == layer], max_points)
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=series["step"], y=series["ratio"], name=str(layer),
+                                 mode="lines", legendgroup=str(layer),
+                                 line={"color": color, "width": 1.5}))
+        if window is not None and values and layer in values:
+            fig.add_trace(go.Scatter(
+                x=[window[0], window[1] - 1], y=[values[layer]] * 2, mode="lines",
+                name=f"{layer}: static value", legendgroup=str(layer), showlegend=False,
+                hovertemplate=f"{layer}: static multiplier %{{y:.3g}}<extra></extra>",
+                line={"color": color, "width": 3, "dash": "dash"}))
+    if window is not None:
+        fig.add_vrect(x0=window[0], x1=window[1] - 1, fillcolor="#888", opacity=0.15,
+                      line_width=0, annotation_text="estimation window",
+                      annotation_position="top left")
+    style(fig, title=title, y_title=RATIO_TITLE, log_y=True, height=460)
+    fig.update_layout(legend={"title": {"text": "layer (dashed: its static value)"}})
+    fig.update_yaxes(dtick=log_dtick(ratios["ratio"].to_numpy(dtype=float)))
+    return fig
+
+
+def _bytes_unit(largest: float) -> tuple[float, str]:
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if largest >= scale:
+            return scale, unit
+    return 1.0, "bytes"
+
+
+def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None = None,
+                colors: Mapping[str, str] | None = None, title: str = "") -> go.Figure:
+    """Optimizer-state memory per run (one bar each), labelled in copies of the weights
+    (``2×``: twice the weights' bytes) when ``weight_bytes`` is given.
+
+    ``state_bytes``: label → bytes (``optimizer_state_bytes``; NaN = not recorded yet).
+    """
+    known = {k: float(v) for k, v in state_bytes.items() if np.isfinite(v)}
+    if not known:
+        return empty_figure("memory is recorded when a run ends", x_title="run",
+                            y_title="optimizer state")
+    scale, unit = _bytes_unit(max(known.values()))
+    fig = go.Figure()
+    for i, (label, size) in enumerate(known.items()):  # bar text: copies of the weights
+        text = f"{size / weight_bytes:.2g}×" if weight_bytes else f"{size / scale:.3g}"
+        copies = f" = {text} the weights" if weight_bytes else ""
+        fig.add_trace(go.Bar(
+            x=[label], y=[size / scale], name=label, text=[text],
+            textposition="outside", textangle=0, cliponaxis=False, textfont={"size": 13},
+            marker_color=(colors or {}).get(label, PALETTE[i % len(PALETTE)]),
+            hovertemplate=f"{label}: %{{y:.4g}} {unit}{copies}<extra></extra>"))
+    style(fig, title=title, x_title="run", y_title=f"optimizer state ({unit})")
+    top = max(known.values()) / scale
+    fig.update_layout(hovermode="closest", bargap=0.3, margin={"t": 70})
+    fig.update_yaxes(range=[0, top * 1.35])  # room for the labels above the bars
+    if weight_bytes:
+        fig.add_hline(y=weight_bytes / scale, line_dash="dot", line_color="#555")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="one copy of the "
+                                 "weights<br>(float32); bar labels<br>count copies",
+                                 line={"dash": "dot", "color": "#555"}))  # its legend entry
+    return fig
+
+
+def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
+                      labels: Mapping[str, str] | None = None,
+                      colors: Mapping[str, str] | None = None, normalize: bool = True,
+                      smoothing: float = 0.9, title: str = "",
+                      max_points: int = MAX_POINTS) -> go.Figure:
+    """One panel per layer kind (embedding, attention, mlp, norm, head ...), one line per run:
+    the median over that kind's layers of ``field`` against step, log scale.
+
+    ``norms``: layer_norms frames of several runs with a ``run_id`` column; ``field`` a
+    recorded field or a derived one (``effective_lr`` = ‖Δ‖/‖g‖, ``ratio``), see
+    :func:`grafting_core.lab.schedules.layer_series`. With ``normalize`` each curve is
+    divided by its own maximum (after smoothing), so optimizers whose steps differ by
+    orders of magnitude compare by *shape*: warm-up, decay or flat.
+    """
+    frame = norms if "run_id" in norms else norms.assign(run_id="run")
+    series = layer_series(frame, field)
+    series = series[series["value"] > 0]
+    if series.empty:
+        return empty_figure(f"no {field} recorded yet")
+    kinds = [k for k in LAYER_KINDS if k in set(series["kind"])]
+    run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(series["run_id"]))
+    colors = colors or run_colors(run_ids)
+    median = series.groupby(["run_id", "kind", "step"], observed=True)["value"].median()
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.02,
+                        subplot_titles=kinds)
+    for col, kind in enumerate(kinds, start=1):
+        for run_id in run_ids:
+            try:
+                curve = median.loc[(run_id, kind)]
+            except KeyError:
+                continue
+            values = smooth(pd.Series(np.log10(curve.to_numpy())), smoothing)
+            values = 10.0 ** values.to_numpy()
+            if normalize:
+                values = values / np.nanmax(values)
+            points = decimate(pd.DataFrame({"step": curve.index, "value": values}), max_points)
+            fig.add_trace(go.Scatter(
+                x=points["step"], y=points["value"], mode="lines", legendgroup=run_id,
+                name=(labels or {}).get(run_id, run_id), showlegend=col == 1,
+                line={"color": colors.get(run_id), "width": 2}), row=1, col=col)
+    what = {"effective_lr": "effective lr ‖Δ‖/‖g‖", "ratio": "‖Δ_M‖/‖Δ_D‖",
+            "step_norm": "step norm ‖Δ‖", "magnitude_norm": "‖Δ_M‖",
+            "direction_norm": "‖Δ_D‖", "grad_norm": "‖g‖", "weight_norm": "‖w‖"}.get(field, field)
+    y_title = f"{what}<br>(÷ its own maximum)" if normalize else what
+    style(fig, title=title, y_title="", log_y=True, height=380)
+    drawn = np.concatenate([np.asarray(t.y, dtype=float) for t in fig.data]) if fig.data \
+        else np.empty(0)
+    fig.update_yaxes(dtick=log_dtick(drawn))
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_xaxes(title_text="step", nticks=4)
+    return fig
