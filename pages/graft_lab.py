@@ -115,7 +115,8 @@ def norms_section(runs, task: str) -> None:
         shown = st.multiselect("Runs", ids, key="lab.norm_runs", format_func=labels.get)
     norms = live.poll_norms(shown, "lab.norm_cache", layer=layer)
     fig = figures.norm_trajectories(norms, layer=layer, labels={r: labels[r] for r in shown},
-                                    colors=colors, plain=plain, title=f"Layer {layer}")
+                                    colors=colors, plain=plain, title=f"Layer {layer}",
+                                    x_max=live.steps_of(runs))
     st.plotly_chart(fig, key="lab.norm_chart", config=live.CHART_CONFIG)
 
     grafted = [r for r in ids if r not in plain] or ids
@@ -131,7 +132,8 @@ def norms_section(runs, task: str) -> None:
     heat = live.poll_norms([heat_run], "lab.norm_cache")
     fig = figures.norm_heatmap(heat.drop(columns="run_id"), quantity=quantity,
                                title=f"All layers of {labels[heat_run]}: "
-                                     f"{figures.QUANTITIES[quantity][1]} per step")
+                                     f"{figures.QUANTITIES[quantity][1]} per step",
+                               x_max=live.steps_of(runs))
     st.plotly_chart(fig, key="lab.heatmap_chart", config=live.CHART_CONFIG)
     live.drop_cache(list(dict.fromkeys([*shown, heat_run])), "lab.norm_cache")
 

@@ -133,3 +133,17 @@ def test_memory_bars_in_kib_with_copies_of_the_weights():
     assert fig.data[2].name.startswith("one copy of the weights")  # the dotted line's legend
     assert fig.data[0].y[0] == 8.0 and "KiB" in fig.layout.yaxis.title.text
     assert fig.data[0].text[0] == "2×" and fig.data[1].text[0] == "1×"  # copies of weights
+
+
+def test_steady_ranges_move_in_coarse_steps_so_live_redraws_keep_their_axes():
+    assert figures.steady_range(np.array([0.02, 0.3]), log=True) == [-2.0, -0.5]
+    assert figures.steady_range(np.array([0.03, 0.2, np.nan]), log=True) == [-2.0, -0.5]
+    assert figures.steady_range(np.array([0.0, -1.0]), log=True) is None
+    low, high = figures.steady_range(np.array([2.31, 1.62]))
+    assert low < 1.62 and high > 2.31 and high - low < 2 * (2.31 - 1.62)
+    loss = 2.3 * np.exp(-np.arange(3000) / 1500)  # a falling loss, a second of steps at a time
+    ranges = [tuple(figures.steady_range(loss[:n])) for n in range(100, 3001, 100)]
+    assert len(set(ranges)) <= 10 and len(set(ranges[15:])) <= 3  # 30 redraws: axes settle
+    fig = figures.metric_curves(_metrics({"a": loss}), x_max=5000)
+    assert list(fig.layout.xaxis.range) == [0, 5000]
+    assert list(fig.layout.yaxis.range) == figures.steady_range(loss)

@@ -174,6 +174,11 @@ def drop_cache(keep: list[str], cache_key: str) -> None:
         del cache[run_id]
 
 
+def steps_of(runs: pd.DataFrame) -> int:
+    """The longest run's step count: the x span of the live charts (lines grow across it)."""
+    return int(runs["config.steps"].max())
+
+
 def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) -> None:
     """Training loss (left) and validation accuracy or loss (right), one line per run.
 
@@ -183,6 +188,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
     metrics = poll_metrics(runs, f"{prefix}.metric_cache")
     labels = dict(zip(runs["run_id"], runs["label"]))
     colors = figures.run_colors(runs["run_id"].tolist())
+    x_max = steps_of(runs)
     left, right = st.columns(2)
     with left:
         if metrics.empty or not (metrics["name"] == "train_loss").any():
@@ -191,7 +197,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
             fig = figures.metric_curves(metrics, metric="train_loss", labels=labels,
                                         colors=colors, smoothing=smoothing,
                                         title="Training loss (per step)",
-                                        y_title=loss_title(task))
+                                        y_title=loss_title(task), x_max=x_max)
         st.plotly_chart(fig, key=f"{prefix}.loss_chart", config=CHART_CONFIG)
     with right:
         metric = "val_accuracy" if task != "regression" else "val_loss"
@@ -201,7 +207,8 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
             fig = figures.empty_figure("waiting for the first evaluation…", y_title=y_title)
         else:
             fig = figures.metric_curves(metrics, metric=metric, labels=labels, colors=colors,
-                                        title="Validation (held-out data)", y_title=y_title)
+                                        title="Validation (held-out data)", y_title=y_title,
+                                        x_max=x_max)
         st.plotly_chart(fig, key=f"{prefix}.val_chart", config=CHART_CONFIG)
 
 

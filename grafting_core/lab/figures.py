@@ -1,11 +1,12 @@
 """Plotly figures of stored runs: plain functions from the engine's DataFrames to a Figure.
 
 Loss curves, per-layer norm trajectories and heatmaps (what the live pages draw), and the
-lab's shared style (``style``, titles, palette, thinning); the experiments' figures are in
-``experiment_figures``. Shared by the app and the notebooks; no Streamlit here. Inputs are the store's long frames:
-``store.metrics(ids)`` (run_id, step, name, value) and ``store.layer_norms(id)`` (step, layer,
-field, value; add a ``run_id`` column to draw several runs). Series are thinned to at most
-``max_points`` points for drawing; the store keeps every step.
+lab's shared style (``style``, titles, palette, thinning, steady axis ranges); the
+experiments' figures are in ``experiment_figures``. Shared by the app and the notebooks; no
+Streamlit here. Inputs are the store's long frames: ``store.metrics(ids)`` (run_id, step,
+name, value) and ``store.layer_norms(id)`` (step, layer, field, value; add a ``run_id``
+column to draw several runs). Series are thinned to at most ``max_points`` points for
+drawing; the store keeps every step.
 
     fig = metric_curves(store.metrics(ids), metric="train_loss", labels={id: "adam#sgd"})
     fig.show()
@@ -85,9 +86,10 @@ def empty_figure(message: str, *, x_title: str = STEP_TITLE, y_title: str = "") 
 
 
 def style(fig: go.Figure, *, title: str = "", x_title: str = STEP_TITLE, y_title: str = "",
-          log_y: bool = False, height: int = 380) -> go.Figure:
+          log_y: bool = False, height: int = 380, x_max: int | None = None) -> go.Figure:
     """The lab's look: white template, title at the left, axis titles, a legend titled "run",
-    x-unified hover, and a ``uirevision`` that keeps zoom and hidden traces across redraws."""
+    x-unified hover, and a ``uirevision`` that keeps zoom and hidden traces across redraws;
+    with ``x_max`` the x axis spans [0, x_max]."""
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"}, height=height,
         margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
@@ -96,6 +98,8 @@ def style(fig: go.Figure, *, title: str = "", x_title: str = STEP_TITLE, y_title
         uirevision="keep",  # live redraws keep the user's zoom and hidden traces
     )
     fig.update_xaxes(title_text=x_title)
+    if x_max is not None:
+        fig.update_xaxes(range=[0, x_max], autorange=False)
     fig.update_yaxes(title_text=y_title)
     if log_y:
         fig.update_yaxes(type="log", tickformat=".2~g")
@@ -106,8 +110,11 @@ def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
                   labels: Mapping[str, str] | None = None,
                   colors: Mapping[str, str] | None = None, smoothing: float = 0.0,
                   title: str = "", y_title: str | None = None, log_y: bool = False,
-                  max_points: int = MAX_POINTS) -> go.Figure:
-    """One line per run of ``metric`` against step (``metrics``: run_id, step, name, value)."""
+                  max_points: int = MAX_POINTS, x_max: int | None = None) -> go.Figure:
+    """One line per run of ``metric`` against step (``metrics``: run_id, step, name, value).
+
+    ``x_max``: the step axis spans [0, x_max] (a live run's length: the lines grow across it).
+    """
     rows = metrics[metrics["name"] == metric]
     run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(rows["run_id"]))
     colors = colors or run_colors(run_ids)
@@ -122,25 +129,50 @@ def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
             mode="lines+markers" if sparse else "lines",
             line={"color": colors.get(run_id), "width": 2}, showlegend=True))
     style(fig, title=title, y_title=y_title or METRIC_TITLES.get(metric, metric),
-          log_y=log_y)
-    values = rows["value"].to_numpy(dtype=float)
-    if log_y:
-        fig.update_yaxes(dtick=log_dtick(values))
-    elif view := _robust_range(values):
-        fig.update_yaxes(range=view)  # a diverging run would flatten every other curve
+          log_y=log_y, x_max=x_max)
+    _steady_y(fig, rows["value"].to_numpy(dtype=float), log=log_y)
     return fig
 
 
-def _robust_range(values: np.ndarray) -> list[float] | None:
-    """A y-range without the blow-up of a diverging run, or None when nothing blew up."""
+def steady_range(values: np.ndarray, *, log: bool = False) -> list[float] | None:
+    """An axis range around ``values`` that moves in coarse steps as data arrive.
+
+    Live pages redraw their charts every second or so, and redrawing an axis is most of what
+    a Plotly redraw costs the browser (BENCHMARKS.md, "The app"): with ranges that change
+    only now and then, most redraws keep their axes. Log axes (a range in log10 units): whole
+    half-decades around the data. Linear axes: the data, without the blow-up of a diverging
+    run (which would flatten every other curve), rounded outward to a 1-2-5 step of about a
+    fifth of their span. None when nothing is finite (and positive, for ``log``).
+    """
     finite = values[np.isfinite(values)]
-    if finite.size < 10:
+    if log:
+        finite = finite[finite > 0]
+        if finite.size == 0:
+            return None
+        low = np.floor(np.log10(finite.min()) * 2) / 2
+        high = np.ceil(np.log10(finite.max()) * 2) / 2
+        return [float(low), float(max(high, low + 0.5))]
+    if finite.size == 0:
         return None
-    low, high = np.percentile(finite, [0, 98])
-    if finite.max() <= high + 5 * max(high - low, 1e-12):
-        return None
-    pad = 0.05 * max(high - low, 1e-12)
-    return [float(low - pad), float(high + pad)]
+    low, high = float(finite.min()), float(finite.max())
+    if finite.size >= 10:
+        low_q, high_q = np.percentile(finite, [0, 98])
+        if high > high_q + 5 * max(high_q - low_q, 1e-12):  # a blow-up: leave it out
+            high = float(high_q)
+    span = max(high - low, abs(high) * 1e-3, 1e-12)
+    step = 10.0 ** np.floor(np.log10(span / 5))
+    step *= next(m for m in (1, 2, 5, 10) if m * step >= span / 5)
+    return [round(float(np.floor(low / step - 0.1) * step), 12),  # 1.2, not 1.2000000000000002
+            round(float(np.ceil(high / step + 0.1) * step), 12)]
+
+
+def _steady_y(fig: go.Figure, values: np.ndarray, *, log: bool, **where: int) -> None:
+    """Give a y axis (``row=, col=`` of a subplot) its ``steady_range`` and matching ticks."""
+    view = steady_range(values, log=log)
+    if view is None:
+        return
+    ticks = {"dtick": log_dtick(10.0 ** np.asarray(view))} if log else {}
+    fig.update_yaxes(range=view, autorange=False, **ticks, **where)
 
 
 def log_dtick(values: np.ndarray) -> str | int:
@@ -171,7 +203,7 @@ def norm_trajectories(norms: pd.DataFrame, *, layer: str,
                       labels: Mapping[str, str] | None = None,
                       colors: Mapping[str, str] | None = None,
                       plain: Sequence[str] = (), title: str = "",
-                      max_points: int = MAX_POINTS) -> go.Figure:
+                      max_points: int = MAX_POINTS, x_max: int | None = None) -> go.Figure:
     """‖Δ_M‖ (solid) and ‖Δ_D‖ (dotted) of one layer on top, their ratio below, per run.
 
     ``norms``: the store's layer_norms frame with a ``run_id`` column (one run without it).
@@ -202,24 +234,25 @@ def norm_trajectories(norms: pd.DataFrame, *, layer: str,
             fig.add_trace(go.Scatter(
                 x=series["step"], y=series["ratio"], name=f"{name} ratio", mode="lines",
                 legendgroup=run_id, line={"color": color, "width": 1.5}), row=2, col=1)
-    style(fig, title=title, height=520)
+    style(fig, title=title, height=520, x_max=x_max)
     fig.update_xaxes(title_text="", row=1, col=1)
     fig.update_xaxes(title_text=STEP_TITLE, row=2, col=1)
     norm_values = wide[[c for c in ("magnitude_norm", "direction_norm") if c in wide]]
     ratio_values = wide["ratio"] if "ratio" in wide else pd.Series(dtype=float)
-    fig.update_yaxes(title_text=NORM_TITLE, type="log", tickformat=".2~g",
-                     dtick=log_dtick(norm_values.to_numpy(dtype=float).ravel()), row=1, col=1)
-    fig.update_yaxes(title_text=RATIO_TITLE, type="log", tickformat=".2~g",
-                     dtick=log_dtick(ratio_values.to_numpy(dtype=float)), row=2, col=1)
+    fig.update_yaxes(title_text=NORM_TITLE, type="log", tickformat=".2~g", row=1, col=1)
+    fig.update_yaxes(title_text=RATIO_TITLE, type="log", tickformat=".2~g", row=2, col=1)
+    _steady_y(fig, norm_values.to_numpy(dtype=float).ravel(), log=True, row=1, col=1)
+    _steady_y(fig, ratio_values.to_numpy(dtype=float), log=True, row=2, col=1)
     return fig
 
 
 def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "",
-                 max_steps: int = 400) -> go.Figure:
+                 max_steps: int = 400, x_max: int | None = None) -> go.Figure:
     """Layers × steps of one quantity (log10 colour scale) for one run.
 
     ``norms``: one run's layer_norms frame. Steps are averaged (in log space) into at most
-    ``max_steps`` columns; hover shows the value itself.
+    ``max_steps`` columns; hover shows the value itself. The colour scale spans whole
+    half-decades (``steady_range``); ``x_max`` as in ``metric_curves``.
     """
     if quantity not in QUANTITIES:
         raise ValueError(f"Invalid quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
@@ -243,13 +276,16 @@ def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(counts > 0, sums / counts, np.nan)  # mean of log10 per bin of steps
     x = steps[starts].astype(int).tolist()
+    scale = steady_range(10.0 ** z, log=True) or [None, None]
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=list(logs.index), colorscale="Viridis", customdata=10.0 ** z,
-        colorbar={"title": {"text": colorbar_title, "side": "right"}, **_log_ticks(z)},
+        zmin=scale[0], zmax=scale[1],
+        colorbar={"title": {"text": colorbar_title, "side": "right"},
+                  **_log_ticks(np.asarray(scale, dtype=float))},
         hovertemplate=f"step %{{x}}<br>%{{y}}<br>{hover_name} = %{{customdata:.3g}}"
                       "<extra></extra>"))
     style(fig, title=title, y_title="layer (parameter tensor)",
-          height=max(300, 60 + 28 * len(logs)))
+          height=max(300, 60 + 28 * len(logs)), x_max=x_max)
     fig.update_layout(hovermode="closest", showlegend=False)
     fig.update_yaxes(autorange="reversed")
     return fig
