@@ -137,12 +137,12 @@ def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
 def steady_range(values: np.ndarray, *, log: bool = False) -> list[float] | None:
     """An axis range around ``values`` that moves in coarse steps as data arrive.
 
-    Live pages redraw their charts every second or so, and redrawing an axis is most of what
-    a Plotly redraw costs the browser (BENCHMARKS.md, "The app"): with ranges that change
-    only now and then, most redraws keep their axes. Log axes (a range in log10 units): whole
-    half-decades around the data. Linear axes: the data, without the blow-up of a diverging
-    run (which would flatten every other curve), rounded outward to a 1-2-5 step of about a
-    fifth of their span. None when nothing is finite (and positive, for ``log``).
+    Live pages redraw their charts every second or so; with ranges that change only now and
+    then, the axes hold still while the lines grow (easier to read than axes rescaling at
+    every redraw). Log axes (a range in log10 units): whole half-decades around the data.
+    Linear axes: the data, without the blow-up of a diverging run (which would flatten every
+    other curve), rounded outward to a 1-2-5 step of about a fifth of their span. None when
+    nothing is finite (and positive, for ``log``).
     """
     finite = values[np.isfinite(values)]
     if log:
