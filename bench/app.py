@@ -3,6 +3,8 @@ page costs a training run.
 
     .venv/bin/python bench/app.py                 # ~15 minutes on 2 cores
     .venv/bin/python bench/app.py --quick         # smoke run
+    .venv/bin/python bench/app.py --cpu-windows 3 # only 3. below (~1 minute)
+    .venv/bin/python bench/app.py --cpu-windows 1 --js-profile
 
 1. Latency: ``./tasks app`` on a fresh store; Chromium opens the Graft lab, sets nothing but
    the steps, clicks Start and waits for the first point of the training-loss chart. "cold"
@@ -16,6 +18,11 @@ page costs a training run.
      30 s, then as often as keeps a redraw's server time under 10%: ``ui.live``), over the
      whole run and after its first 30 s;
    - ``app, page closed``: the same, with no browser attached (the server idles).
+3. With ``--cpu-windows N``: the cores each kind of process uses (Chromium's renderer and
+   GPU process, the server, the worker; from ``/proc/<pid>/stat``) in N windows of 10 s
+   while the Graft lab shows a 200,000-step run live, and how busy the renderer's main
+   thread is (Chrome's ``Performance.getMetrics``); ``--js-profile`` then samples the
+   renderer's JavaScript for 8 s and prints where it spends its time.
 Needs /usr/bin/chromium (Debian's). The machine is shared: the load average is printed.
 """
 
@@ -37,7 +44,9 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from grafting_core.lab.config import RunConfig  # noqa: E402
 from grafting_core.lab.executor import usable_cores  # noqa: E402
+from grafting_core.lab.runner import create_run, request_stop  # noqa: E402
 from grafting_core.lab.store import RunStore  # noqa: E402
 
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
@@ -237,11 +246,113 @@ def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
     return speeds
 
 
+def process_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (kind, CPU seconds so far) for the browser's, the server's and the workers'
+    processes (kind: renderer, gpu, chromium, server, worker)."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except OSError:
+            continue
+        if "chrom" in command:
+            kind = next((k for k in ("renderer", "gpu") if f"type={k}" in command), "chromium")
+        elif "streamlit" in command:
+            kind = "server"
+        elif "multiprocessing" in command:
+            kind = "worker"
+        else:
+            continue
+        out[int(pid)] = (kind, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def page_cpu(windows: int, steps: int, js_profile: bool = False) -> None:
+    """Cores used by each kind of process, in 10-s windows, while the Graft lab shows one long
+    Adam#SGD run live (re-run from the Runs page), and the renderer's main-thread time."""
+    with tempfile.TemporaryDirectory() as root, sync_playwright() as p:
+        app = App(Path(root))
+        browser = launch(p)
+        store = RunStore(root)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(app.url)
+            ready(page)
+            time.sleep(15)  # the workers warm up
+            config = RunConfig(magnitude="adam", direction="sgd", steps=steps, name="bench",
+                               direction_hparams={"lr": 0.1, "momentum": 0.9})
+            store.set_status(create_run(store, config, kind="train"), "finished", step=0)
+            run_id = app_rerun(app, page, store, "bench", watch=True)
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Performance.enable")
+            for window in range(windows):
+                before, metrics = process_cpu(), cdp.send("Performance.getMetrics")
+                start = time.perf_counter()
+                time.sleep(10)
+                after, metrics_after = process_cpu(), cdp.send("Performance.getMetrics")
+                seconds = time.perf_counter() - start
+                used: dict[str, float] = {}
+                for pid, (kind, cpu) in after.items():
+                    used[kind] = used.get(kind, 0.0) + (cpu - before.get(pid, (kind, 0.0))[1])
+                main = {m["name"]: m["value"] for m in metrics_after["metrics"]}
+                main0 = {m["name"]: m["value"] for m in metrics["metrics"]}
+                busy = (main["TaskDuration"] - main0["TaskDuration"]) / seconds
+                print(f"  seconds {10 * window:3d}-{10 * window + 10:3d}, step "
+                      f"{store.run(run_id)['last_step']}: "
+                      + ", ".join(f"{k} {v / seconds:.2f}" for k, v in sorted(used.items()))
+                      + f" cores; renderer main thread busy {busy:.0%} "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            if js_profile:
+                js_hotspots(cdp)
+            request_stop(store, run_id)
+        finally:
+            store.close()
+            browser.close()
+            app.stop()
+
+
+def js_hotspots(cdp, seconds: float = 8.0, top: int = 25) -> None:
+    """Sample the renderer's JavaScript for ``seconds`` (Chrome's Profiler domain) and print
+    the functions with the largest share of samples, callees included."""
+    cdp.send("Profiler.enable")
+    cdp.send("Profiler.setSamplingInterval", {"interval": 500})
+    cdp.send("Profiler.start")
+    time.sleep(seconds)
+    profile = cdp.send("Profiler.stop")["profile"]
+    nodes = {node["id"]: node for node in profile["nodes"]}
+    parent = {child: node["id"] for node in profile["nodes"] for child in node.get("children", [])}
+    share: dict[str, float] = {}
+    for sample, delta in zip(profile["samples"], profile["timeDeltas"]):
+        seen, node = set(), sample
+        while node is not None:
+            frame = nodes[node]["callFrame"]
+            name = (f"{frame['functionName'] or '(anonymous)'} "
+                    f"{frame['url'].rsplit('/', 1)[-1][:32]}").strip()
+            if name not in seen:
+                seen.add(name)
+                share[name] = share.get(name, 0.0) + delta
+            node = parent.get(node)
+    total = sum(profile["timeDeltas"])
+    print(f"  renderer JS over {seconds:g} s, share of samples (callees included):")
+    for name, value in sorted(share.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {100 * value / total:5.1f}%  {name}")
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the app server on kill
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--cpu-windows", type=int, default=0, metavar="N",
+                        help="only measure what each process uses while the page is live, "
+                             "in N windows of 10 s")
+    parser.add_argument("--js-profile", action="store_true",
+                        help="with --cpu-windows: then sample the renderer's JavaScript")
     args = parser.parse_args()
+    if args.cpu_windows:
+        print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")
+        page_cpu(args.cpu_windows, 200_000, args.js_profile)
+        return
     repeats, rounds, steps = (1, 1, 300) if args.quick else (4, 3, 30000)
     print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")
     print("1. Start click -> first point on the Graft lab's loss chart (800 steps per run)")
