@@ -29,6 +29,7 @@ Needs /usr/bin/chromium (Debian's). The machine is shared: the load average is p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -38,7 +39,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -117,9 +120,10 @@ def set_number(page, label: str, value: int) -> None:
     ready(page)
 
 
-def latency(repeats: int, steps: int) -> list[tuple[str, float]]:
-    """Seconds from the Start click to the first point on the loss chart."""
-    out = []
+@contextlib.contextmanager
+def app_in_browser() -> Iterator[tuple[Path, App, Any, RunStore]]:
+    """A fresh run store, ``./tasks app`` serving it and Chromium showing the app; yields
+    (store directory, app, page, store) and stops all three after."""
     with tempfile.TemporaryDirectory() as root, sync_playwright() as p:
         app = App(Path(root))
         browser = launch(p)
@@ -128,28 +132,35 @@ def latency(repeats: int, steps: int) -> list[tuple[str, float]]:
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.goto(app.url)
             ready(page)
-            set_number(page, "Steps", steps)
-            for i in range(repeats + 1):
-                # The last group must have ended in the store first: while a group starts,
-                # the page briefly still shows Start enabled, and a click then is ignored
-                # (the next script run draws it disabled) or waits for the group to end.
-                while (store.runs()["status"] == "running").any():
-                    time.sleep(0.2)
-                start = page.get_by_role("button", name="Start", exact=True)
-                expect(start).to_be_enabled(timeout=300_000)
-                ready(page)
-                old = page.evaluate("() => new URLSearchParams(location.search).get('group')")
-                clicked = time.perf_counter()
-                start.click()
-                page.wait_for_function(FIRST_POINT, arg=[old or "", steps], timeout=300_000,
-                                       polling=50)
-                out.append(("cold" if i == 0 else "warm", time.perf_counter() - clicked))
-                print(f"  {out[-1][0]}: {out[-1][1]:.2f} s  (load {os.getloadavg()[0]:.1f})",
-                      flush=True)
+            yield Path(root), app, page, store
         finally:
             store.close()
             browser.close()
             app.stop()
+
+
+def latency(repeats: int, steps: int) -> list[tuple[str, float]]:
+    """Seconds from the Start click to the first point on the loss chart."""
+    out = []
+    with app_in_browser() as (_, _, page, store):
+        set_number(page, "Steps", steps)
+        for i in range(repeats + 1):
+            # The last group must have ended in the store first: while a group starts,
+            # the page briefly still shows Start enabled, and a click then is ignored
+            # (the next script run draws it disabled) or waits for the group to end.
+            while (store.runs()["status"] == "running").any():
+                time.sleep(0.2)
+            start = page.get_by_role("button", name="Start", exact=True)
+            expect(start).to_be_enabled(timeout=300_000)
+            ready(page)
+            old = page.evaluate("() => new URLSearchParams(location.search).get('group')")
+            clicked = time.perf_counter()
+            start.click()
+            page.wait_for_function(FIRST_POINT, arg=[old or "", steps], timeout=300_000,
+                                   polling=50)
+            out.append(("cold" if i == 0 else "warm", time.perf_counter() - clicked))
+            print(f"  {out[-1][0]}: {out[-1][1]:.2f} s  (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
     return out
 
 
@@ -213,36 +224,24 @@ def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
     speeds: dict[str, list[float]] = {"cli": [], "app, page open": [],
                                       "app, page open, after 30 s": [],
                                       "app, page closed": []}
-    with tempfile.TemporaryDirectory() as root, sync_playwright() as p:
-        root = Path(root)
+    with app_in_browser() as (root, app, page, store):
         source = cli_run(root, 50)  # the config the app re-runs
-        app = App(root)
-        browser = launch(p)
-        store = RunStore(root)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.goto(app.url)
-            ready(page)
-            time.sleep(20)  # let the workers finish warming up (not part of any figure)
-            store_source = store.run(source)
-            assert store_source["status"] == "finished"
-            for r in range(rounds):
-                cli = cli_run(root, steps)
-                speeds["cli"].append(median_speed(store, cli))
-                for watch, key in ((True, "app, page open"), (False, "app, page closed")):
-                    run_id = app_rerun(app, page, store, cli, watch=watch)
-                    wait_done(store, run_id)
-                    speeds[key].append(median_speed(store, run_id))
-                    if watch:  # after 30 s the page redraws less often (ui.live)
-                        speeds[f"{key}, after 30 s"].append(
-                            median_speed(store, run_id, after=30.0))
-                print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in
-                                                     speeds.items())
-                      + f" steps/s (load {os.getloadavg()[0]:.1f})", flush=True)
-        finally:
-            store.close()
-            browser.close()
-            app.stop()
+        time.sleep(20)  # let the workers finish warming up (not part of any figure)
+        store_source = store.run(source)
+        assert store_source["status"] == "finished"
+        for r in range(rounds):
+            cli = cli_run(root, steps)
+            speeds["cli"].append(median_speed(store, cli))
+            for watch, key in ((True, "app, page open"), (False, "app, page closed")):
+                run_id = app_rerun(app, page, store, cli, watch=watch)
+                wait_done(store, run_id)
+                speeds[key].append(median_speed(store, run_id))
+                if watch:  # after 30 s the page redraws less often (ui.live)
+                    speeds[f"{key}, after 30 s"].append(
+                        median_speed(store, run_id, after=30.0))
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in
+                                                 speeds.items())
+                  + f" steps/s (load {os.getloadavg()[0]:.1f})", flush=True)
     return speeds
 
 
@@ -271,45 +270,34 @@ def process_cpu() -> dict[int, tuple[str, float]]:
 def page_cpu(windows: int, steps: int, js_profile: bool = False) -> None:
     """Cores used by each kind of process, in 10-s windows, while the Graft lab shows one long
     Adam#SGD run live (re-run from the Runs page), and the renderer's main-thread time."""
-    with tempfile.TemporaryDirectory() as root, sync_playwright() as p:
-        app = App(Path(root))
-        browser = launch(p)
-        store = RunStore(root)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.goto(app.url)
-            ready(page)
-            time.sleep(15)  # the workers warm up
-            config = RunConfig(magnitude="adam", direction="sgd", steps=steps, name="bench",
-                               direction_hparams={"lr": 0.1, "momentum": 0.9})
-            store.set_status(create_run(store, config, kind="train"), "finished", step=0)
-            run_id = app_rerun(app, page, store, "bench", watch=True)
-            cdp = page.context.new_cdp_session(page)
-            cdp.send("Performance.enable")
-            for window in range(windows):
-                before, metrics = process_cpu(), cdp.send("Performance.getMetrics")
-                start = time.perf_counter()
-                time.sleep(10)
-                after, metrics_after = process_cpu(), cdp.send("Performance.getMetrics")
-                seconds = time.perf_counter() - start
-                used: dict[str, float] = {}
-                for pid, (kind, cpu) in after.items():
-                    used[kind] = used.get(kind, 0.0) + (cpu - before.get(pid, (kind, 0.0))[1])
-                main = {m["name"]: m["value"] for m in metrics_after["metrics"]}
-                main0 = {m["name"]: m["value"] for m in metrics["metrics"]}
-                busy = (main["TaskDuration"] - main0["TaskDuration"]) / seconds
-                print(f"  seconds {10 * window:3d}-{10 * window + 10:3d}, step "
-                      f"{store.run(run_id)['last_step']}: "
-                      + ", ".join(f"{k} {v / seconds:.2f}" for k, v in sorted(used.items()))
-                      + f" cores; renderer main thread busy {busy:.0%} "
-                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
-            if js_profile:
-                js_hotspots(cdp)
-            request_stop(store, run_id)
-        finally:
-            store.close()
-            browser.close()
-            app.stop()
+    with app_in_browser() as (_, app, page, store):
+        time.sleep(15)  # the workers warm up
+        config = RunConfig(magnitude="adam", direction="sgd", steps=steps, name="bench",
+                           direction_hparams={"lr": 0.1, "momentum": 0.9})
+        store.set_status(create_run(store, config, kind="train"), "finished", step=0)
+        run_id = app_rerun(app, page, store, "bench", watch=True)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+        for window in range(windows):
+            before, metrics = process_cpu(), cdp.send("Performance.getMetrics")
+            start = time.perf_counter()
+            time.sleep(10)
+            after, metrics_after = process_cpu(), cdp.send("Performance.getMetrics")
+            seconds = time.perf_counter() - start
+            used: dict[str, float] = {}
+            for pid, (kind, cpu) in after.items():
+                used[kind] = used.get(kind, 0.0) + (cpu - before.get(pid, (kind, 0.0))[1])
+            main = {m["name"]: m["value"] for m in metrics_after["metrics"]}
+            main0 = {m["name"]: m["value"] for m in metrics["metrics"]}
+            busy = (main["TaskDuration"] - main0["TaskDuration"]) / seconds
+            print(f"  seconds {10 * window:3d}-{10 * window + 10:3d}, step "
+                  f"{store.run(run_id)['last_step']}: "
+                  + ", ".join(f"{k} {v / seconds:.2f}" for k, v in sorted(used.items()))
+                  + f" cores; renderer main thread busy {busy:.0%} "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        if js_profile:
+            js_hotspots(cdp)
+        request_stop(store, run_id)
 
 
 def js_hotspots(cdp, seconds: float = 8.0, top: int = 25) -> None:

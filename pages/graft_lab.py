@@ -139,27 +139,18 @@ def norms_section(runs, task: str) -> None:
 
 
 def live_section(group: str, active: bool) -> None:
-    """Progress, losses and norms of ``group``; redraws while a run is live (every second
-    at first, then as often as a redraw's cost allows: ``live.refresh_every``)."""
-    every = live.refresh_every(live.group_runs(group), active, "lab")
+    """Progress, losses and norms of ``group``; redraws while a run is live."""
 
-    @st.fragment(run_every=every)
-    def panel() -> None:
-        with live.timed("lab"):
-            runs = live.group_runs(group)
-            if runs.empty:
-                return
-            task = forms.task_of(str(runs["config.dataset"].iloc[0]))
-            live.progress_panel(runs)
-            st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
-                                    help="exponential moving average of the training loss "
-                                         "(0 = raw)")
-            live.loss_panel(runs, task, prefix="lab",
-                            smoothing=st.session_state["lab.smoothing"])
-            norms_section(runs, task)
-        live.finish_redraw(runs, every, "lab")  # all done (polling off), or another interval
+    def draw(runs) -> None:
+        task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+        live.progress_panel(runs)
+        st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
+                                help="exponential moving average of the training loss "
+                                     "(0 = raw)")
+        live.loss_panel(runs, task, prefix="lab", smoothing=st.session_state["lab.smoothing"])
+        norms_section(runs, task)
 
-    panel()
+    live.redraw_while_live("lab", lambda: live.group_runs(group), active, draw)
 
 
 page_setup(DEFAULTS)

@@ -156,19 +156,12 @@ def results(group: str, runs: pd.DataFrame) -> None:
 
 def live_section(group: str, active: bool) -> None:
     """Progress and results of ``group``; redraws while a run is live."""
-    every = live.refresh_every(live.group_runs(group), active, "grid")
 
-    @st.fragment(run_every=every)
-    def panel() -> None:
-        with live.timed("grid"):
-            runs = live.group_runs(group)
-            if runs.empty:
-                return
-            live.overall_progress(runs)
-            results(group, runs)
-        live.finish_redraw(runs, every, "grid")  # all done (polling off), or another interval
+    def draw(runs) -> None:
+        live.overall_progress(runs)
+        results(group, runs)
 
-    panel()
+    live.redraw_while_live("grid", lambda: live.group_runs(group), active, draw)
 
 
 page_setup(DEFAULTS)

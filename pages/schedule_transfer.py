@@ -191,20 +191,10 @@ def replay_section(runs: pd.DataFrame) -> None:
 
 def live_section(group: str, active: bool) -> None:
     """Progress, losses, the schedule and the replay check; redraws while a run is live."""
-    every = live.refresh_every(live.group_runs(group), active, "transfer")
 
-    @st.fragment(run_every=every)
-    def panel() -> None:
-        with live.timed("transfer"):
-            own = draw()
-        live.finish_redraw(own, every, "transfer")  # all done (polling off), or another interval
-
-    def draw() -> pd.DataFrame:
-        own = live.group_runs(group)
+    def draw(own: pd.DataFrame) -> None:
         source = source_of(own)
         runs = live.group_runs(group, before=[source]) if source else own
-        if runs.empty:
-            return own
         runs["label"] = role_labels(runs, source, group)
         task = forms.task_of(str(runs["config.dataset"].iloc[0]))
         st.caption(f"Transfer `{group}`: {live.settings_text(runs.iloc[-1])}, seed "
@@ -218,9 +208,8 @@ def live_section(group: str, active: bool) -> None:
             schedule_section(source, runs.set_index("run_id").loc[source, "label"])
         replay_section(runs)
         live.drop_cache(runs["run_id"].tolist(), "transfer.norm_cache")
-        return own
 
-    panel()
+    live.redraw_while_live("transfer", lambda: live.group_runs(group), active, draw)
 
 
 page_setup(DEFAULTS)

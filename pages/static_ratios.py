@@ -296,36 +296,20 @@ def results(runs: pd.DataFrame) -> None:
 
 def comparison_section(group: str, active: bool) -> None:
     """The comparison group, redrawn while a run is live."""
-    every = live.refresh_every(live.group_runs(group), active, "ratios")
-
-    @st.fragment(run_every=every)
-    def panel() -> None:
-        with live.timed("ratios"):
-            runs = live.group_runs(group)
-            if runs.empty:
-                return
-            results(runs)
-        live.finish_redraw(runs, every, "ratios")  # all done (polling off), or another interval
-
-    panel()
+    live.redraw_while_live("ratios", lambda: live.group_runs(group), active, results)
 
 
 def measure_section(source: str, active: bool) -> None:
     """Step 2 for ``source``; polls while the source run still trains."""
-    every = live.refresh_every(live.runs_by_id([source]), active, "ratios.source")
 
-    @st.fragment(run_every=every)
-    def panel() -> None:
-        with live.timed("ratios.source"):
-            runs = live.runs_by_id([source])
-            if active:
-                live.progress_panel(runs)
-            ratios = estimate(source)
-            if ratios is not None:
-                export(ratios, source)
-        live.finish_redraw(runs, every, "ratios.source")  # ended (Start is on), or poll less
+    def draw(runs: pd.DataFrame) -> None:
+        if active:
+            live.progress_panel(runs)
+        ratios = estimate(source)
+        if ratios is not None:
+            export(ratios, source)
 
-    panel()
+    live.redraw_while_live("ratios.source", lambda: live.runs_by_id([source]), active, draw)
 
 
 page_setup(DEFAULTS)

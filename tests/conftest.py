@@ -2,9 +2,15 @@
 
 import socket
 import sys
+from pathlib import Path
 
 import pytest
+import streamlit as st
 import torch
+
+from grafting_core.lab.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -37,3 +43,29 @@ def _restore_main_module():
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """For the app's tests: one store directory (and so one server executor) per module,
+    as ``$GRAFTING_RUNS_DIR``; its workers shut down at the module's end."""
+    root = tmp_path_factory.mktemp("app_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFTING_RUNS_DIR", str(root))
+        mp.syspath_prepend(str(ROOT))  # pages import the top-level ui package
+        yield root
+        store = RunStore(root)
+        for run_id in store.runs(status="running")["run_id"]:
+            store.set_status(run_id, "stopped")
+        store.close()
+        st.cache_resource.clear()  # on_release: executors shut down, stores close
+
+
+@pytest.fixture
+def store(runs_dir):
+    """The module's app store, emptied (modules testing the store itself define their own)."""
+    store = RunStore(runs_dir)
+    for run_id in store.runs()["run_id"]:
+        store.delete_run(run_id)
+    yield store
+    store.close()

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from grafting_core.lab.config import RunConfig
@@ -28,32 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", "pages/graft_lab.py", "pages/runs.py"]
 TIMEOUT = 60  # seconds per script run: the first imports torch, plotly and the engine
 TINY = {"width": 8, "steps": 20, "log_every": 5, "eval_every": 10, "eval_examples": 200}
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    """One store directory (and so one executor) for the module; workers shut at the end."""
-    root = tmp_path_factory.mktemp("app_runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAFTING_RUNS_DIR", str(root))
-        mp.syspath_prepend(str(ROOT))  # pages import the top-level ui package
-        yield root
-        store = RunStore(root)
-        running = store.runs(status="running")["run_id"].tolist()
-        for run_id in running:
-            store.set_status(run_id, "stopped")
-        store.close()
-        st.cache_resource.clear()  # on_release: executors shut down, stores close
-
-
-@pytest.fixture
-def store(runs_dir):
-    """The module's store, emptied."""
-    store = RunStore(runs_dir)
-    for run_id in store.runs()["run_id"]:
-        store.delete_run(run_id)
-    yield store
-    store.close()
 
 
 def page(path: str, **query: str) -> AppTest:

@@ -15,42 +15,16 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
 
 from grafting_core.lab.analysis import static_ratios_from_run
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
 from grafting_core.lab.store import RunStore
-from tests.test_app import ROOT, chart_traces, page, train_inline
+from tests.test_app import chart_traces, page, train_inline
 
 PAGES = ["pages/grid.py", "pages/schedule_transfer.py", "pages/static_ratios.py"]
 TERMINAL = {"finished", "stopped", "diverged", "failed", "interrupted"}
 TINY = {"width": 16, "steps": 40}  # ~40 steps of a width-16 MLP: a second or two per run
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    """One store directory (and so one executor) for the module; workers shut at the end."""
-    root = tmp_path_factory.mktemp("page_runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAFTING_RUNS_DIR", str(root))
-        mp.syspath_prepend(str(ROOT))  # pages import the top-level ui package
-        yield root
-        store = RunStore(root)
-        for run_id in store.runs(status="running")["run_id"]:
-            store.set_status(run_id, "stopped")
-        store.close()
-        st.cache_resource.clear()  # on_release: executors shut down, stores close
-
-
-@pytest.fixture
-def store(runs_dir):
-    """The module's store, emptied."""
-    store = RunStore(runs_dir)
-    for run_id in store.runs()["run_id"]:
-        store.delete_run(run_id)
-    yield store
-    store.close()
 
 
 def settle(at, store: RunStore, count: int, group: str | None = None, tries: int = 240):

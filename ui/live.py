@@ -1,8 +1,8 @@
 """Live view of a group of runs: cheap polls of the store and the panels that draw them.
 
-Workers write to the store; a ``@st.fragment(run_every=1)`` on the page calls these to
-redraw. Layer norms are read incrementally (``since_step``) into a per-session cache, so a
-poll reads only what was written since the last one.
+Workers write to the store; a page draws its live part with ``redraw_while_live``, a
+fragment that redraws itself while a run trains. Metrics and layer norms are read
+incrementally into per-session caches, so a poll reads only what was written since the last.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -290,6 +291,29 @@ def yield_to_training() -> None:
     with contextlib.suppress(AttributeError, OSError):  # no getpriority, or not Linux
         if sys.platform == "linux" and os.getpriority(os.PRIO_PROCESS, tid) < REDRAW_NICE:
             os.setpriority(os.PRIO_PROCESS, tid, REDRAW_NICE)
+
+
+def redraw_while_live(prefix: str, read: Callable[[], pd.DataFrame], active: bool,
+                      draw: Callable[[pd.DataFrame], Any]) -> None:
+    """Draw ``draw(read())`` in a fragment that redraws itself while a run is ``active``:
+    every second at first, then as often as a redraw's cost allows (``refresh_every``).
+
+    ``read``: the runs that decide the cadence (e.g. ``lambda: group_runs(group)``); nothing
+    is drawn while it is empty. ``prefix``: the page's key prefix (``<prefix>.redraw_seconds``
+    is a declared session key).
+    """
+    every = refresh_every(read(), active, prefix)
+
+    @st.fragment(run_every=every)
+    def panel() -> None:
+        with timed(prefix):
+            runs = read()
+            if runs.empty:
+                return
+            draw(runs)
+        finish_redraw(runs, every, prefix)
+
+    panel()
 
 
 def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
