@@ -53,19 +53,20 @@ from grafting_core.lab.runner import create_run, request_stop  # noqa: E402
 from grafting_core.lab.store import RunStore  # noqa: E402
 
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-CHART = '[data-testid="stPlotlyChart"]'
+LIVE_CHART = 'iframe[title="ui.charts.live_chart"]'  # a chart redrawn in place (ui/charts.py)
 # True once the page shows a group other than ``old`` (URL) and its loss chart has a line
 # with fewer points than a whole run (``steps``): the new group's, not the last one's.
 FIRST_POINT = """([old, steps]) => {
   const group = new URLSearchParams(location.search).get('group');
   if (!group || group === old) return false;
-  const chart = document.querySelector('[data-testid="stPlotlyChart"]');
+  const frame = document.querySelector('LIVE_CHART');
+  const chart = frame && frame.contentDocument;  // the live loss chart
   if (!chart) return false;
   return Array.from(chart.querySelectorAll('.scatterlayer path.js-line')).some(path => {
     const points = ((path.getAttribute('d') || '').match(/[ML]/g) || []).length;
     return points > 0 && points < steps;
   });
-}"""
+}""".replace("LIVE_CHART", LIVE_CHART)
 
 
 def free_port() -> int:
@@ -194,7 +195,7 @@ def app_rerun(app: App, page, store: RunStore, source: str, *, watch: bool) -> s
     (run_id,) = set(store.runs()["run_id"]) - before
     if watch:
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Graft lab").click()
-        expect(page.locator(CHART).first).to_be_visible(timeout=60_000)
+        expect(page.locator(LIVE_CHART).first).to_be_visible(timeout=60_000)
     else:
         page.goto("about:blank")  # no session attached while it trains
     return run_id

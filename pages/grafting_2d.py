@@ -10,7 +10,7 @@ import streamlit as st
 from grafting_core import RULES
 from grafting_core.lab import figures_2d
 from grafting_core.lab.toy2d import LAYOUTS, PRESETS, grafted_paths, make_problem
-from ui import forms
+from ui import charts, forms
 from ui.state import page_setup
 
 NATIVE = list(RULES)  # 2-D problems have 1-element tensors: black-box Muon (2-D only) won't fit
@@ -140,11 +140,11 @@ def main() -> None:
     steps = args[5]
     st.session_state["toy.step"] = min(st.session_state["toy.step"], steps - 1)
     step = st.slider("step (arrows drawn at this step of M#D)", 0, steps - 1, key="toy.step")
-    st.plotly_chart(figures_2d.paths_figure(problem, paths, step, clickable=True),
-                    key="toy.paths", width="stretch", on_select="rerun", selection_mode="points")
+    charts.show(figures_2d.paths_figure(problem, paths, step, clickable=True),
+                key="toy.paths", on_select="rerun", selection_mode="points")
     st.caption("Click anywhere on the contour plot to start the paths from there.")
     st.markdown(reading(paths))
-    st.plotly_chart(figures_2d.curves_figure(paths), key="toy.curves", width="stretch")
+    charts.show(figures_2d.curves_figure(paths), key="toy.curves")
     if st.button("Prepare animated HTML for slides", key="toy.prepare"):
         with st.spinner("Building one frame per step…"):
             st.session_state["toy.html"] = figures_2d.export_html(problem, paths)

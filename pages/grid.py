@@ -17,7 +17,7 @@ from grafting_core.lab.experiments import (
     grid_reading,
     grid_table,
 )
-from ui import forms, live
+from ui import charts, forms, live
 from ui.resources import get_jobs, get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
 
@@ -138,7 +138,7 @@ def results(group: str, runs: pd.DataFrame) -> None:
                                           lower_is_better=metric == "val_loss",
                                           title=f"{METRICS[metric].capitalize()} of M#D "
                                                 "(mean over seeds; diagonal = plain optimizer)")
-    st.plotly_chart(fig, key="grid.heatmap", config=live.CHART_CONFIG)
+    charts.show(fig, key="grid.heatmap", live=live.is_active(runs))
     what = "the final validation loss" if metric == "val_loss" else "the final accuracy"
     st.markdown(f"**Reading:** {grid_reading(table, metric, what=what)}")
     st.caption("Spread = max − min of the finished cells, averaged over rows (or columns); "

@@ -6,7 +6,7 @@ import streamlit as st
 from grafting_core.lab import figures
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics
-from ui import catalog, forms, live
+from ui import catalog, charts, forms, live
 from ui.resources import get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
 
@@ -107,7 +107,7 @@ def compare(runs, labels: dict[str, str]) -> None:
     fig = figures.metric_curves(metrics, metric=metric, smoothing=smoothing, log_y=log_y,
                                 labels={r: legend[r] for r in chosen["run_id"]},
                                 title=figures.METRIC_TITLES[metric], y_title=y_title)
-    st.plotly_chart(fig, key="runs.chart", config=live.CHART_CONFIG)
+    charts.show(fig, key="runs.chart")
     col_csv, col_html, col_note = st.columns([1, 1, 3], vertical_alignment="center")
     col_csv.download_button("Metrics (CSV)", catalog.metrics_csv(store, selected),
                             file_name="metrics.csv", mime="text/csv", key="runs.csv",

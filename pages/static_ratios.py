@@ -18,7 +18,7 @@ from grafting_core.lab.analysis import ratio_trajectories, static_ratios_from_ru
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics, static_ratio_configs
 from grafting_core.registry import OptimizerSpec
-from ui import forms, live
+from ui import charts, forms, live
 from ui.resources import get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
 
@@ -152,8 +152,9 @@ def layer_values(ratios: StaticRatios, layout: dict) -> dict[str, float]:
                                                        layout["param_layer"])}
 
 
-def estimate(source: str) -> StaticRatios | None:
-    """The window and statistic widgets, the ratio chart and the multipliers; None if invalid."""
+def estimate(source: str, *, active: bool) -> StaticRatios | None:
+    """The window and statistic widgets, the ratio chart (live while the source run ``active``ly
+    trains) and the multipliers; None if invalid."""
     store = get_store()
     trajectories = ratio_trajectories(store, source)
     if trajectories.empty:
@@ -175,8 +176,8 @@ def estimate(source: str) -> StaticRatios | None:
         ratios = static_ratios_from_run(store, source, window=tuple(window),
                                         statistic=statistic)
     except (ValueError, KeyError) as error:
-        st.plotly_chart(experiment_figures.ratio_lines(trajectories, window=tuple(window)),
-                        key="ratios.ratio_chart", config=live.CHART_CONFIG)
+        charts.show(experiment_figures.ratio_lines(trajectories, window=tuple(window)),
+                    key="ratios.ratio_chart", live=active)
         st.error(f"No multipliers for this window: {error}")
         return None
     layout = store.get_artifact(source, "layers")
@@ -184,7 +185,7 @@ def estimate(source: str) -> StaticRatios | None:
     title = f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}"
     fig = experiment_figures.ratio_lines(trajectories, window=tuple(window), values=values,
                                          title=title)
-    st.plotly_chart(fig, key="ratios.ratio_chart", config=live.CHART_CONFIG)
+    charts.show(fig, key="ratios.ratio_chart", live=active)
     table = pd.DataFrame({"layer": list(values), "multiplier c": list(values.values())})
     table["D's lr for the layer (base lr × c)"] = table["multiplier c"] * ratios.base_lr
     st.dataframe(table, hide_index=True, key="ratios.table",
@@ -277,7 +278,7 @@ def results(runs: pd.DataFrame) -> None:
                        {labels[r]: finals.loc[r, "optimizer_state_bytes"] for r in runs["run_id"]},
                        weight_bytes=weights, colors={labels[r]: colors[r] for r in runs["run_id"]},
                        title="Optimizer state memory (recorded when a run ends)")
-        st.plotly_chart(fig, key="ratios.memory_chart", config=live.CHART_CONFIG)
+        charts.show(fig, key="ratios.memory_chart", live=live.is_active(runs))
     with right:
         st.markdown("**Final results**")
         table = pd.DataFrame({
@@ -305,7 +306,7 @@ def measure_section(source: str, active: bool) -> None:
     def draw(runs: pd.DataFrame) -> None:
         if active:
             live.progress_panel(runs)
-        ratios = estimate(source)
+        ratios = estimate(source, active=active)
         if ratios is not None:
             export(ratios, source)
 

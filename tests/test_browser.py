@@ -39,6 +39,7 @@ SHOTS = ROOT / "test-artifacts" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 4000}  # tall: the app scrolls inside its own container
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 CHART = '[data-testid="stPlotlyChart"]'
+LIVE_CHART = 'iframe[title="ui.charts.live_chart"]'  # a chart redrawn in place (ui/charts.py)
 RESULT_PAGES = {  # url path -> (page title, plotly charts it shows with results)
     "md-grid": ("Grid", 3),  # the heatmap, and the curves in the (closed) expander
     "transfer": ("Schedule transfer", 4),
@@ -190,20 +191,23 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
     _ready(page)
     expect(page.get_by_role("heading", name="Graft lab")).to_be_visible()
 
-    for label, value in (("Width", "16"), ("Steps", "60")):
+    for label, value in (("Width", "16"), ("Steps", "400")):
         _enter_number(page, label, value)
-    for label, value in (("Width", "16"), ("Steps", "60")):  # none undone by a later rerun
+    for label, value in (("Width", "16"), ("Steps", "400")):  # none undone by a later rerun
         expect(page.get_by_label(label, exact=True)).to_have_value(value)
     page.get_by_role("button", name="Start", exact=True).click()
 
-    # Live: the loss chart fills in while the workers train, one trace per run.
-    loss = page.locator(CHART).first
+    # Live: while the workers train, the loss chart (a chart redrawn in place) draws lines.
+    live = page.frame_locator(LIVE_CHART).first
     _expect_or_explain(page, log, lambda: expect(
-        loss.locator(".scatterlayer .trace")).to_have_count(4, timeout=180_000))
+        live.locator(".scatterlayer .trace path.js-line").first).to_be_attached(
+        timeout=180_000))
     _expect_or_explain(page, log, lambda: expect(
-        page.get_by_text(re.compile(r"finished at step 60/60"))).to_have_count(
+        page.get_by_text(re.compile(r"finished at step 400/400"))).to_have_count(
         4, timeout=180_000))
+    # Ended: the page draws the final charts, one line per run.
     _ready(page)
+    loss = page.locator(CHART).first
     legend = loss.locator(".legend .traces .legendtext")
     expect(legend).to_have_text(["adam", "sgd", "adam#sgd", "sgd#adam"])
     lines = loss.locator(".scatterlayer .trace path.js-line")

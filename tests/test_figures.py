@@ -141,6 +141,8 @@ def test_steady_ranges_move_in_coarse_steps_so_live_redraws_keep_their_axes():
     assert figures.steady_range(np.array([0.0, -1.0]), log=True) is None
     low, high = figures.steady_range(np.array([2.31, 1.62]))
     assert low < 1.62 and high > 2.31 and high - low < 2 * (2.31 - 1.62)
+    assert figures.steady_range(np.array([0.01, 2.4]))[0] == 0.0  # a loss: not below zero
+    assert figures.steady_range(np.array([-0.01, 2.4]))[0] < -0.01
     loss = 2.3 * np.exp(-np.arange(3000) / 1500)  # a falling loss, a second of steps at a time
     ranges = [tuple(figures.steady_range(loss[:n])) for n in range(100, 3001, 100)]
     assert len(set(ranges)) <= 10 and len(set(ranges[15:])) <= 3  # 30 redraws: axes settle

@@ -20,6 +20,7 @@ import streamlit as st
 
 from grafting_core.lab import figures
 
+from . import charts
 from .resources import get_store
 
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
@@ -32,7 +33,6 @@ INTERVALS = (1.0, 2.0, 5.0, 10.0)
 REDRAW_SHARE = 0.1
 REDRAW_NICE = 10  # the nice value of a thread that draws live charts (yield_to_training)
 NORM_FIELDS_SHOWN = ["magnitude_norm", "direction_norm"]
-CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 LOSS_UNITS = {
     "classification": "cross-entropy, nats",
     "language": "cross-entropy per character, nats",
@@ -190,6 +190,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
     labels = dict(zip(runs["run_id"], runs["label"]))
     colors = figures.run_colors(runs["run_id"].tolist())
     x_max = steps_of(runs)
+    active = is_active(runs)
     left, right = st.columns(2)
     with left:
         if metrics.empty or not (metrics["name"] == "train_loss").any():
@@ -199,7 +200,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
                                         colors=colors, smoothing=smoothing,
                                         title="Training loss (per step)",
                                         y_title=loss_title(task), x_max=x_max)
-        st.plotly_chart(fig, key=f"{prefix}.loss_chart", config=CHART_CONFIG)
+        charts.show(fig, key=f"{prefix}.loss_chart", live=active)
     with right:
         metric = "val_accuracy" if task != "regression" else "val_loss"
         y_title = ("validation accuracy (fraction correct)" if metric == "val_accuracy"
@@ -210,7 +211,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
             fig = figures.metric_curves(metrics, metric=metric, labels=labels, colors=colors,
                                         title="Validation (held-out data)", y_title=y_title,
                                         x_max=x_max)
-        st.plotly_chart(fig, key=f"{prefix}.val_chart", config=CHART_CONFIG)
+        charts.show(fig, key=f"{prefix}.val_chart", live=active)
 
 
 def watched_group(prefix: str, kind: str) -> str:

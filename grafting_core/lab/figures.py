@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 
 MAX_POINTS = 2000  # points drawn per series; the browser slows down well before 10^5
 STEP_TITLE = "step (optimizer updates)"
@@ -42,6 +41,18 @@ METRIC_TITLES = {  # y-axis titles (with units) of the metrics the trainer recor
     "steps_per_second": "training speed (steps per second)",
 }
 PALETTE = qualitative.Plotly
+#: plotly_white's look, the parts these charts use. Named templates are copied and validated
+#: property by property into every figure (about 7 ms each, at every live redraw); this is not.
+LOOK = {
+    "layout": {
+        "colorway": PALETTE, "font": {"color": "#2a3f5f"}, "hoverlabel": {"align": "left"},
+        "paper_bgcolor": "white", "plot_bgcolor": "white",
+        **{axis: {"gridcolor": "#EBF0F8", "linecolor": "#EBF0F8", "zerolinecolor": "#EBF0F8",
+                  "zerolinewidth": 2, "ticks": "", "automargin": True, "title": {"standoff": 15}}
+           for axis in ("xaxis", "yaxis")},
+    },
+    "data": {"heatmap": [{"colorbar": {"outlinewidth": 0, "ticks": ""}}]},
+}
 
 
 def decimate(frame: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
@@ -76,33 +87,47 @@ def run_colors(run_ids: Sequence[str]) -> dict[str, str]:
 
 def empty_figure(message: str, *, x_title: str = STEP_TITLE, y_title: str = "") -> go.Figure:
     """Axes with a centred note, for a chart whose data has not arrived yet."""
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
-                       font={"size": 14, "color": "#666"})
-    style(fig, x_title=x_title, y_title=y_title)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    return fig
+    look = layout(x_title=x_title, y_title=y_title)
+    for axis in ("xaxis", "yaxis"):
+        look[axis].update(showticklabels=False, showgrid=False, zeroline=False)
+    look["annotations"] = [{"text": message, "showarrow": False, "xref": "paper",
+                            "yref": "paper", "x": 0.5, "y": 0.5,
+                            "font": {"size": 14, "color": "#666"}}]
+    return go.Figure(layout=look)
 
 
-def style(fig: go.Figure, *, title: str = "", x_title: str = STEP_TITLE, y_title: str = "",
-          log_y: bool = False, height: int = 380, x_max: int | None = None) -> go.Figure:
-    """The lab's look: white template, title at the left, axis titles, a legend titled "run",
-    x-unified hover, and a ``uirevision`` that keeps zoom and hidden traces across redraws;
-    with ``x_max`` the x axis spans [0, x_max]."""
-    fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left"}, height=height,
-        margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
-        legend={"title": {"text": "run"}, "tracegroupgap": 4},
-        hovermode="x unified", template="plotly_white", showlegend=True,
-        uirevision="keep",  # live redraws keep the user's zoom and hidden traces
-    )
-    fig.update_xaxes(title_text=x_title)
+def layout(*, title: str = "", x_title: str = STEP_TITLE, y_title: str = "",
+           log_y: bool = False, height: int = 380, x_max: int | None = None) -> dict:
+    """The lab's look as a plotly layout: white background (``LOOK``), title at the left, axis
+    titles, a legend titled "run", x-unified hover, and a ``uirevision`` that keeps zoom and
+    hidden traces across redraws; with ``x_max`` the x axis spans [0, x_max].
+
+    Live charts pass it to ``go.Figure`` with their traces: one validation pass, ~10 times
+    cheaper than styling a figure afterwards with ``update_layout`` calls (``style``)."""
+    xaxis: dict = {"title": {"text": x_title}}
     if x_max is not None:
-        fig.update_xaxes(range=[0, x_max], autorange=False)
-    fig.update_yaxes(title_text=y_title)
+        xaxis.update(range=[0, x_max], autorange=False)
+    yaxis: dict = {"title": {"text": y_title}}
     if log_y:
-        fig.update_yaxes(type="log", tickformat=".2~g")
+        yaxis.update(type="log", tickformat=".2~g")
+    return {
+        "title": {"text": title, "x": 0.0, "xanchor": "left"}, "height": height,
+        "margin": {"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
+        "legend": {"title": {"text": "run"}, "tracegroupgap": 4},
+        "hovermode": "x unified", "template": LOOK, "showlegend": True,
+        "uirevision": "keep",  # live redraws keep the user's zoom and hidden traces
+        "xaxis": xaxis, "yaxis": yaxis,
+    }
+
+
+def style(fig: go.Figure, **look) -> go.Figure:
+    """Give a figure built step by step (e.g. with subplots) the lab's ``layout(**look)``;
+    its axis settings apply to every x and every y axis."""
+    settings = layout(**look)
+    xaxis, yaxis = settings.pop("xaxis"), settings.pop("yaxis")
+    fig.update_layout(settings)
+    fig.update_xaxes(xaxis)
+    fig.update_yaxes(yaxis)
     return fig
 
 
@@ -118,20 +143,20 @@ def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
     rows = metrics[metrics["name"] == metric]
     run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(rows["run_id"]))
     colors = colors or run_colors(run_ids)
-    fig = go.Figure()
+    traces = []
     for run_id in run_ids:
         series = rows[rows["run_id"] == run_id].sort_values("step")
         values = smooth(series["value"].reset_index(drop=True), smoothing)
         series = decimate(series.assign(value=values.to_numpy()), max_points)
         sparse = len(series) <= 30  # evaluation metrics: a few points, show them
-        fig.add_trace(go.Scatter(
+        traces.append(go.Scatter(
             x=series["step"], y=series["value"], name=(labels or {}).get(run_id, run_id),
             mode="lines+markers" if sparse else "lines",
             line={"color": colors.get(run_id), "width": 2}, showlegend=True))
-    style(fig, title=title, y_title=y_title or METRIC_TITLES.get(metric, metric),
-          log_y=log_y, x_max=x_max)
-    _steady_y(fig, rows["value"].to_numpy(dtype=float), log=log_y)
-    return fig
+    look = layout(title=title, y_title=y_title or METRIC_TITLES.get(metric, metric),
+                  log_y=log_y, x_max=x_max)
+    look["yaxis"].update(steady_axis(rows["value"].to_numpy(dtype=float), log=log_y))
+    return go.Figure(traces, look)
 
 
 def steady_range(values: np.ndarray, *, log: bool = False) -> list[float] | None:
@@ -141,8 +166,8 @@ def steady_range(values: np.ndarray, *, log: bool = False) -> list[float] | None
     then, the axes hold still while the lines grow (easier to read than axes rescaling at
     every redraw). Log axes (a range in log10 units): whole half-decades around the data.
     Linear axes: the data, without the blow-up of a diverging run (which would flatten every
-    other curve), rounded outward to a 1-2-5 step of about a fifth of their span. None when
-    nothing is finite (and positive, for ``log``).
+    other curve), rounded outward to a 1-2-5 step of about a fifth of their span, never
+    below zero for data that are not. None when nothing is finite (and positive, for ``log``).
     """
     finite = values[np.isfinite(values)]
     if log:
@@ -162,17 +187,21 @@ def steady_range(values: np.ndarray, *, log: bool = False) -> list[float] | None
     span = max(high - low, abs(high) * 1e-3, 1e-12)
     step = 10.0 ** np.floor(np.log10(span / 5))
     step *= next(m for m in (1, 2, 5, 10) if m * step >= span / 5)
-    return [round(float(np.floor(low / step - 0.1) * step), 12),  # 1.2, not 1.2000000000000002
+    bottom = np.floor(low / step - 0.1) * step
+    if low >= 0:  # a loss or an accuracy: the axis never dips below zero
+        bottom = max(bottom, 0.0)
+    return [round(float(bottom), 12),  # 1.2, not 1.2000000000000002
             round(float(np.ceil(high / step + 0.1) * step), 12)]
 
 
-def _steady_y(fig: go.Figure, values: np.ndarray, *, log: bool, **where: int) -> None:
-    """Give a y axis (``row=, col=`` of a subplot) its ``steady_range`` and matching ticks."""
+def steady_axis(values: np.ndarray, *, log: bool) -> dict:
+    """Axis settings for ``values``: their ``steady_range`` and matching ticks ({} when
+    there is no range)."""
     view = steady_range(values, log=log)
     if view is None:
-        return
+        return {}
     ticks = {"dtick": log_dtick(10.0 ** np.asarray(view))} if log else {}
-    fig.update_yaxes(range=view, autorange=False, **ticks, **where)
+    return {"range": view, "autorange": False, **ticks}
 
 
 def log_dtick(values: np.ndarray) -> str | int:
@@ -214,8 +243,7 @@ def norm_trajectories(norms: pd.DataFrame, *, layer: str,
     run_ids = list(dict.fromkeys(labels or {})) or list(pd.unique(frame["run_id"]))
     wide = with_ratio(_sample_steps(frame, max_points))
     colors = colors or run_colors(run_ids)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        row_heights=[0.55, 0.45])
+    traces = []
     for run_id in run_ids:
         series = wide[wide["run_id"] == run_id]
         if series.empty:
@@ -226,24 +254,28 @@ def norm_trajectories(norms: pd.DataFrame, *, layer: str,
             ("magnitude_norm", "solid", "‖Δ_M‖"), ("direction_norm", "dot", "‖Δ_D‖"))
         for field, dash, symbol in lines:
             if field in series:
-                fig.add_trace(go.Scatter(
+                traces.append(go.Scatter(
                     x=series["step"], y=series[field], name=f"{name} {symbol}", mode="lines",
-                    legendgroup=run_id, line={"color": color, "dash": dash, "width": 2}),
-                    row=1, col=1)
+                    legendgroup=run_id, line={"color": color, "dash": dash, "width": 2}))
         if "ratio" in series and run_id not in plain:
-            fig.add_trace(go.Scatter(
+            traces.append(go.Scatter(
                 x=series["step"], y=series["ratio"], name=f"{name} ratio", mode="lines",
-                legendgroup=run_id, line={"color": color, "width": 1.5}), row=2, col=1)
-    style(fig, title=title, height=520, x_max=x_max)
-    fig.update_xaxes(title_text="", row=1, col=1)
-    fig.update_xaxes(title_text=STEP_TITLE, row=2, col=1)
+                legendgroup=run_id, line={"color": color, "width": 1.5}, xaxis="x2",
+                yaxis="y2"))
     norm_values = wide[[c for c in ("magnitude_norm", "direction_norm") if c in wide]]
     ratio_values = wide["ratio"] if "ratio" in wide else pd.Series(dtype=float)
-    fig.update_yaxes(title_text=NORM_TITLE, type="log", tickformat=".2~g", row=1, col=1)
-    fig.update_yaxes(title_text=RATIO_TITLE, type="log", tickformat=".2~g", row=2, col=1)
-    _steady_y(fig, norm_values.to_numpy(dtype=float).ravel(), log=True, row=1, col=1)
-    _steady_y(fig, ratio_values.to_numpy(dtype=float), log=True, row=2, col=1)
-    return fig
+    look = layout(title=title, height=520, x_max=x_max, log_y=True)
+    x_axis, y_axis = look["xaxis"], look["yaxis"]
+    look.update(  # two rows sharing the step axis: norms above (55%), the ratio below
+        xaxis={**x_axis, "anchor": "y", "matches": "x2", "showticklabels": False,
+               "title": {"text": ""}},
+        xaxis2={**x_axis, "anchor": "y2"},
+        yaxis={**y_axis, "anchor": "x", "domain": [0.494, 1.0], "title": {"text": NORM_TITLE},
+               **steady_axis(norm_values.to_numpy(dtype=float).ravel(), log=True)},
+        yaxis2={**y_axis, "anchor": "x2", "domain": [0.0, 0.414],
+                "title": {"text": RATIO_TITLE},
+                **steady_axis(ratio_values.to_numpy(dtype=float), log=True)})
+    return go.Figure(traces, look)
 
 
 def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "",
@@ -277,18 +309,17 @@ def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "
         z = np.where(counts > 0, sums / counts, np.nan)  # mean of log10 per bin of steps
     x = steps[starts].astype(int).tolist()
     scale = steady_range(10.0 ** z, log=True) or [None, None]
-    fig = go.Figure(go.Heatmap(
+    look = layout(title=title, y_title="layer (parameter tensor)",
+                  height=max(300, 60 + 28 * len(logs)), x_max=x_max)
+    look.update(hovermode="closest", showlegend=False)
+    look["yaxis"]["autorange"] = "reversed"
+    return go.Figure(go.Heatmap(
         z=z, x=x, y=list(logs.index), colorscale="Viridis", customdata=10.0 ** z,
         zmin=scale[0], zmax=scale[1],
         colorbar={"title": {"text": colorbar_title, "side": "right"},
                   **_log_ticks(np.asarray(scale, dtype=float))},
         hovertemplate=f"step %{{x}}<br>%{{y}}<br>{hover_name} = %{{customdata:.3g}}"
-                      "<extra></extra>"))
-    style(fig, title=title, y_title="layer (parameter tensor)",
-          height=max(300, 60 + 28 * len(logs)), x_max=x_max)
-    fig.update_layout(hovermode="closest", showlegend=False)
-    fig.update_yaxes(autorange="reversed")
-    return fig
+                      "<extra></extra>"), look)
 
 
 def _log_ticks(z: np.ndarray) -> dict:

@@ -1,0 +1,70 @@
+"""Every chart of the app goes through ``show``: one look, one toolbar, and live charts
+that redraw in place.
+
+Charts use the figure's own template (plotly_white, as in the notebooks), not Streamlit's
+theme, so that a live chart and the same chart once its run has ended look alike.
+
+A live chart (``live=True``) is a small component: an iframe holding one Plotly chart that
+takes each new figure with ``Plotly.react`` and draws only while it is on screen.
+``st.plotly_chart`` rebuilds its chart in the browser on every rerun; at one redraw a second
+the four live charts of the Graft lab then took the browser about 0.5 of a core, against
+about 0.3 for the component (BENCHMARKS.md, "The app"), CPU that training shares.
+plotly.js comes from the installed plotly package: nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import plotly
+import plotly.graph_objects as go
+import streamlit as st
+import streamlit.components.v1 as components
+
+CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+PAGE = Path(__file__).with_name("live_chart") / "index.html"
+
+
+def show(fig: go.Figure, *, key: str, live: bool = False, **kwargs: Any) -> Any:
+    """Draw ``fig``; ``live``: it is redrawn every second or so (a live panel's chart).
+
+    ``kwargs`` go to ``st.plotly_chart`` (e.g. ``on_select``); a live chart takes none.
+    """
+    if live:
+        if kwargs:
+            raise TypeError(f"a live chart takes no {', '.join(kwargs)}")
+        return _live_chart()(spec=fig.to_json(), config={**CHART_CONFIG, "responsive": True},
+                             key=key, default=None)
+    return st.plotly_chart(fig, key=key, config=CHART_CONFIG, theme=None, **kwargs)
+
+
+@functools.cache
+def _live_chart() -> Any:
+    """The component, served from a folder holding its page and the installed plotly.js."""
+    return components.declare_component("live_chart", path=str(component_dir()))
+
+
+def component_dir() -> Path:
+    """``~/.cache/grafting_lab/live_chart-<plotly version>`` (in the temporary folder when
+    the home folder is not writable), filled on first use; writes are atomic (several
+    servers may start at once)."""
+    name = f"live_chart-{plotly.__version__}"
+    try:
+        folder = Path.home() / ".cache" / "grafting_lab" / name
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "grafting_lab" / name
+        folder.mkdir(parents=True, exist_ok=True)
+    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    for source in (PAGE, plotly_js):
+        target = folder / source.name
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+    return folder
