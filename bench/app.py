@@ -335,6 +335,8 @@ def main() -> None:
     parser.add_argument("--cpu-windows", type=int, default=0, metavar="N",
                         help="only measure what each process uses while the page is live, "
                              "in N windows of 10 s")
+    parser.add_argument("--only", choices=["latency", "throughput"],
+                        help="measure only 1. (latency) or only 2. (throughput)")
     parser.add_argument("--js-profile", action="store_true",
                         help="with --cpu-windows: then sample the renderer's JavaScript")
     args = parser.parse_args()
@@ -344,11 +346,14 @@ def main() -> None:
         return
     repeats, rounds, steps = (1, 1, 300) if args.quick else (4, 3, 30000)
     print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")
-    print("1. Start click -> first point on the Graft lab's loss chart (800 steps per run)")
-    times = latency(repeats, 800)
-    warm = [t for kind, t in times if kind == "warm"]
-    print(f"   cold {times[0][1]:.2f} s; warm median {statistics.median(warm):.2f} s "
-          f"(min {min(warm):.2f}, max {max(warm):.2f})")
+    if args.only != "throughput":
+        print("1. Start click -> first point on the Graft lab's loss chart (800 steps per run)")
+        times = latency(repeats, 800)
+        warm = [t for kind, t in times if kind == "warm"]
+        print(f"   cold {times[0][1]:.2f} s; warm median {statistics.median(warm):.2f} s "
+              f"(min {min(warm):.2f}, max {max(warm):.2f})")
+    if args.only == "latency":
+        return
     print(f"2. Throughput of one Adam#SGD run, {steps} steps, median steps/s per run")
     speeds = throughput(rounds, steps)
     cli = statistics.median(speeds["cli"])

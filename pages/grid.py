@@ -32,7 +32,7 @@ DEFAULTS = {
     "grid.metric": "val_loss",
     "grid.smoothing": 0.6,
     "grid.group": "",  # the grid this session watches (also the URL's ?group=)
-    "grid.redraw_seconds": 0.0,  # what a live redraw costs the server (sets its interval)
+    "grid.redraw_seconds": [],  # what the last live redraws cost the server (seconds)
     "grid.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""

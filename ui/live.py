@@ -24,13 +24,13 @@ from . import charts
 from .resources import get_store
 
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
-#: Live redraws: every second for a group's first FAST_SECONDS (its first points, and all
-#: of a short run), then at the first of INTERVALS that keeps the redraw's own cost (server
-#: time, measured) under REDRAW_SHARE of the time. The browser spends about as much again
-#: drawing the charts, and both take CPU from training (BENCHMARKS.md, "The app").
-FAST_SECONDS = 30.0
+#: Live redraws: every second, unless a redraw takes the server (measured) more than
+#: REDRAW_SHARE of that (very many or very long runs): then at the first of INTERVALS that
+#: keeps it under. The server draws at a low priority (``yield_to_training``) and the browser
+#: redraws charts in place (``charts.show``): at one redraw a second the Graft lab costs a
+#: training run on the same two cores about 8% (BENCHMARKS.md, "The app").
 INTERVALS = (1.0, 2.0, 5.0, 10.0)
-REDRAW_SHARE = 0.1
+REDRAW_SHARE = 0.5
 REDRAW_NICE = 10  # the nice value of a thread that draws live charts (yield_to_training)
 NORM_FIELDS_SHOWN = ["magnitude_norm", "direction_norm"]
 LOSS_UNITS = {
@@ -258,26 +258,31 @@ def refresh_every(runs: pd.DataFrame, active: bool, prefix: str) -> float | None
     """The live fragment's ``run_every`` (seconds) for a group; None once no run is live.
 
     ``prefix``: the page's key prefix; ``<prefix>.redraw_seconds`` (a declared session key)
-    holds the measured cost of a redraw (``timed``).
+    holds the measured cost of the last redraws (``timed``).
     """
     if not active or runs.empty:
         return None
-    if time.time() - runs["created"].min().timestamp() <= FAST_SECONDS:
-        return INTERVALS[0]
-    cost = st.session_state.get(f"{prefix}.redraw_seconds", 0.0)
+    cost = redraw_cost(prefix)
     return next((i for i in INTERVALS if cost <= REDRAW_SHARE * i), INTERVALS[-1])
 
 
 @contextlib.contextmanager
 def timed(prefix: str) -> Iterator[None]:
-    """Measure a redraw into ``<prefix>.redraw_seconds`` (a moving average), drawing at a
+    """Add a redraw's duration to ``<prefix>.redraw_seconds`` (the last few), drawing at a
     lower priority than training (``yield_to_training``)."""
     yield_to_training()
     start = time.perf_counter()
     yield
-    took = time.perf_counter() - start
     key = f"{prefix}.redraw_seconds"
-    st.session_state[key] = 0.5 * (st.session_state.get(key) or took) + 0.5 * took
+    st.session_state[key] = [*st.session_state.get(key, [])[-2:], time.perf_counter() - start]
+
+
+def redraw_cost(prefix: str) -> float:
+    """What a live redraw costs the server: the least of the last three, 0 before there are
+    three (one slow redraw, such as a session's first with its imports, or one that waited
+    for the CPU, changes nothing)."""
+    last = st.session_state.get(f"{prefix}.redraw_seconds") or []
+    return min(last) if len(last) == 3 else 0.0
 
 
 def yield_to_training() -> None:
@@ -297,7 +302,7 @@ def yield_to_training() -> None:
 def redraw_while_live(prefix: str, read: Callable[[], pd.DataFrame], active: bool,
                       draw: Callable[[pd.DataFrame], Any]) -> None:
     """Draw ``draw(read())`` in a fragment that redraws itself while a run is ``active``:
-    every second at first, then as often as a redraw's cost allows (``refresh_every``).
+    every second, less often only if a redraw costs too much (``refresh_every``).
 
     ``read``: the runs that decide the cadence (e.g. ``lambda: group_runs(group)``); nothing
     is drawn while it is empty. ``prefix``: the page's key prefix (``<prefix>.redraw_seconds``
@@ -323,11 +328,12 @@ def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
     cheaper or dearer."""
     if every is None:
         return
-    cost = st.session_state.get(f"{prefix}.redraw_seconds") or 0.0
-    st.caption(f"Live: redrawn every {every:g} s (a redraw takes the server {cost:.2f} s). "
-               f"Every second for a group's first {FAST_SECONDS:g} s, then only as often as "
-               f"keeps redrawing under {REDRAW_SHARE:.0%} of the time, so that training keeps "
-               "the CPU.")
+    cost = redraw_cost(prefix)
+    slower = "" if every == INTERVALS[0] else (
+        f" (not every second: redraws would keep the server busy over "
+        f"{REDRAW_SHARE:.0%} of the time, and training shares its CPU)")
+    st.caption(f"Live: redrawn every {every:g} s{slower}; a redraw takes the server "
+               f"{cost:.2f} s.")
     if refresh_every(runs, is_active(runs), prefix) != every:
         st.rerun()
 

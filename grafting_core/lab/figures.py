@@ -55,22 +55,40 @@ LOOK = {
 }
 
 
+def _evenly_spaced(count: int, max_points: int) -> np.ndarray:
+    """At most ``max_points`` evenly spaced positions of ``count``, first and last kept."""
+    return np.unique(np.linspace(0, count - 1, min(count, max_points)).round().astype(int))
+
+
 def decimate(frame: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
     """At most ``max_points`` evenly spaced rows of one series, first and last kept."""
     if len(frame) <= max_points:
         return frame
-    keep = np.unique(np.linspace(0, len(frame) - 1, max_points).round().astype(int))
-    return frame.iloc[keep]
+    return frame.iloc[_evenly_spaced(len(frame), max_points)]
+
+
+def _seen_steps(step: np.ndarray) -> np.ndarray:
+    """A mask over 0..max(step): which steps occur (steps are small non-negative integers,
+    so this replaces a sort: a live chart does it every second)."""
+    seen = np.zeros(int(step.max()) + 1 if step.size else 0, dtype=bool)
+    seen[step] = True
+    return seen
 
 
 def _sample_steps(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
     """The rows of at most ``max_points`` evenly spaced steps of each run (as ``decimate``
     picks them from a run's steps), before a long frame is pivoted."""
-    kept = []
-    for _, steps in frame.groupby("run_id", observed=True, sort=False)["step"]:
-        unique = np.unique(steps.to_numpy())
-        kept.append(steps[steps.isin(decimate(pd.Series(unique), max_points))].index)
-    return frame.loc[np.concatenate(kept)] if kept else frame
+    step = frame["step"].to_numpy(dtype=np.int64)
+    runs, names = pd.factorize(frame["run_id"])
+    keep = np.zeros(len(frame), dtype=bool)
+    for code in range(len(names)):
+        rows = np.flatnonzero(runs == code)
+        seen = _seen_steps(step[rows])
+        distinct = np.flatnonzero(seen)
+        chosen = np.zeros_like(seen)
+        chosen[distinct[_evenly_spaced(len(distinct), max_points)]] = True
+        keep[rows[chosen[step[rows]]]] = True
+    return frame[keep]
 
 
 def smooth(values: pd.Series, weight: float) -> pd.Series:
@@ -289,19 +307,16 @@ def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "
     if quantity not in QUANTITIES:
         raise ValueError(f"Invalid quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
     colorbar_title, hover_name = QUANTITIES[quantity]
-    wide = with_ratio(norms)
-    if quantity not in wide or wide.empty:
-        return empty_figure(f"no {hover_name} recorded yet", y_title="layer (parameter tensor)")
-    layers = [str(c) for c in norms["layer"].cat.categories] if hasattr(
-        norms["layer"], "cat") else list(dict.fromkeys(norms["layer"]))
-    present = set(wide["layer"].unique())
-    logs = wide.pivot(index="layer", columns="step", values=quantity).reindex(
-        [x for x in layers if x in present])
+    fields = ["magnitude_norm", "direction_norm"] if quantity == "ratio" else [quantity]
+    layers, steps, grid = _layer_step_grid(norms, fields)
     with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log10(logs.where(logs > 0))
-    steps = logs.columns.to_numpy()
+        grid = grid[0] / grid[1] if quantity == "ratio" else grid[0]
+        values = np.log10(np.where(grid > 0, grid, np.nan))
+    shown = ~np.isnan(grid).all(axis=1)  # layers with the quantity recorded
+    if not shown.any():
+        return empty_figure(f"no {hover_name} recorded yet", y_title="layer (parameter tensor)")
+    layers, values = [name for name, keep in zip(layers, shown) if keep], values[shown]
     starts = np.linspace(0, len(steps), min(max_steps, len(steps)), endpoint=False).astype(int)
-    values = logs.to_numpy(dtype="float64")
     finite = np.isfinite(values)
     sums = np.add.reduceat(np.where(finite, values, 0.0), starts, axis=1)
     counts = np.add.reduceat(finite.astype("int64"), starts, axis=1)
@@ -310,16 +325,43 @@ def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "
     x = steps[starts].astype(int).tolist()
     scale = steady_range(10.0 ** z, log=True) or [None, None]
     look = layout(title=title, y_title="layer (parameter tensor)",
-                  height=max(300, 60 + 28 * len(logs)), x_max=x_max)
+                  height=max(300, 60 + 28 * len(layers)), x_max=x_max)
     look.update(hovermode="closest", showlegend=False)
     look["yaxis"]["autorange"] = "reversed"
     return go.Figure(go.Heatmap(
-        z=z, x=x, y=list(logs.index), colorscale="Viridis", customdata=10.0 ** z,
+        z=z, x=x, y=layers, colorscale="Viridis", customdata=10.0 ** z,
         zmin=scale[0], zmax=scale[1],
         colorbar={"title": {"text": colorbar_title, "side": "right"},
                   **_log_ticks(np.asarray(scale, dtype=float))},
         hovertemplate=f"step %{{x}}<br>%{{y}}<br>{hover_name} = %{{customdata:.3g}}"
                       "<extra></extra>"), look)
+
+
+def _layer_step_grid(norms: pd.DataFrame,
+                     fields: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One run's ``fields`` as an array [field, layer, step] (the mean of repeated rows, NaN
+    where none): the layers (the frame's category order, else order of appearance), the
+    steps (sorted), the array. Plain numpy: a live heatmap redraws this every second."""
+    rows = norms[norms["field"].isin(fields) & np.isfinite(norms["value"])]
+    if hasattr(norms["layer"], "cat"):
+        layers = [str(c) for c in norms["layer"].cat.categories]
+        layer_codes = rows["layer"].cat.codes.to_numpy()
+    else:
+        codes, names = pd.factorize(rows["layer"])
+        layers, layer_codes = [str(n) for n in names], codes
+    field_codes = pd.Index(fields).get_indexer(rows["field"])
+    step = rows["step"].to_numpy(dtype=np.int64)
+    seen = _seen_steps(step)
+    steps = np.flatnonzero(seen)
+    step_codes = (np.cumsum(seen) - 1)[step]
+    shape = (len(fields), len(layers), len(steps))
+    flat = np.ravel_multi_index((field_codes, layer_codes, step_codes), shape)
+    size = int(np.prod(shape))
+    sums = np.bincount(flat, weights=rows["value"].to_numpy(dtype=float), minlength=size)
+    counts = np.bincount(flat, minlength=size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grid = np.where(counts > 0, sums / counts, np.nan).reshape(shape)
+    return layers, steps, grid
 
 
 def _log_ticks(z: np.ndarray) -> dict:
