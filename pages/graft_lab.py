@@ -117,7 +117,7 @@ def norms_section(runs, task: str) -> None:
     fig = figures.norm_trajectories(norms, layer=layer, labels={r: labels[r] for r in shown},
                                     colors=colors, plain=plain, title=f"Layer {layer}",
                                     x_max=live.steps_of(runs))
-    charts.show(fig, key="lab.norm_chart", live=live.is_active(runs))
+    charts.show(fig, key="lab.norm_chart", live=True)
 
     grafted = [r for r in ids if r not in plain] or ids
     keep_valid("lab.heatmap_run", ids, grafted[0])
@@ -134,7 +134,7 @@ def norms_section(runs, task: str) -> None:
                                title=f"All layers of {labels[heat_run]}: "
                                      f"{figures.QUANTITIES[quantity][1]} per step",
                                x_max=live.steps_of(runs))
-    charts.show(fig, key="lab.heatmap_chart", live=live.is_active(runs))
+    charts.show(fig, key="lab.heatmap_chart", live=True)
     live.drop_cache(list(dict.fromkeys([*shown, heat_run])), "lab.norm_cache")
 
 

@@ -138,7 +138,7 @@ def results(group: str, runs: pd.DataFrame) -> None:
                                           lower_is_better=metric == "val_loss",
                                           title=f"{METRICS[metric].capitalize()} of M#D "
                                                 "(mean over seeds; diagonal = plain optimizer)")
-    charts.show(fig, key="grid.heatmap", live=live.is_active(runs))
+    charts.show(fig, key="grid.heatmap", live=True)
     what = "the final validation loss" if metric == "val_loss" else "the final accuracy"
     st.markdown(f"**Reading:** {grid_reading(table, metric, what=what)}")
     st.caption("Spread = max − min of the finished cells, averaged over rows (or columns); "

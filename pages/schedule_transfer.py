@@ -147,8 +147,8 @@ def role_labels(runs: pd.DataFrame, source: str, group: str) -> pd.Series:
     return labels
 
 
-def schedule_section(source: str, label: str, *, active: bool) -> None:
-    """The source run's ‖Δ‖ and ‖Δ‖/‖g‖ per layer over time (``active``: still training)."""
+def schedule_section(source: str, label: str) -> None:
+    """The source run's ‖Δ‖ and ‖Δ‖/‖g‖ per layer over time."""
     st.subheader(f"The implicit schedule of {label}")
     norms = live.poll_norms([source], "transfer.schedule_cache", fields=("step_norm",
                                                                          "grad_norm"))
@@ -161,7 +161,7 @@ def schedule_section(source: str, label: str, *, active: bool) -> None:
     title = f"{label}: step size and effective learning rate per layer"
     fig = experiment_figures.implicit_schedule(norms.drop(columns="run_id"), layers=shown,
                                                title=title)
-    charts.show(fig, key="transfer.schedule_chart", live=active)
+    charts.show(fig, key="transfer.schedule_chart", live=True)
     st.caption("Top: the step each layer took, ‖Δ‖. Bottom: ‖Δ‖/‖g‖, the learning rate "
                "plain SGD would need for that step. Lines that differ between layers and "
                "move over time are a per-layer schedule nobody wrote down.")
@@ -182,7 +182,7 @@ def replay_section(runs: pd.DataFrame) -> None:
     fig = figures.norm_trajectories(norms, layer=layer, labels=dict(zip(ids, runs["label"])),
                                     colors=figures.run_colors(ids), plain=plain,
                                     title=f"Layer {layer}: step norms in each run")
-    charts.show(fig, key="transfer.replay_chart", live=live.is_active(runs))
+    charts.show(fig, key="transfer.replay_chart", live=True)
     st.caption("replay(M)#D's ‖Δ_M‖ is the recorded schedule, so it lies on M's own ‖Δ‖; "
                "the online M#D computes ‖Δ_M‖ at its own weights, so it drifts away as the "
                "two trajectories part. The ratio below is the per-layer learning-rate "
@@ -205,8 +205,7 @@ def live_section(group: str, active: bool) -> None:
         live.loss_panel(runs, task, prefix="transfer",
                         smoothing=st.session_state["transfer.smoothing"])
         if source in set(runs["run_id"]):  # (a saved source may have been deleted since)
-            schedule_section(source, runs.set_index("run_id").loc[source, "label"],
-                             active=live.is_active(runs))
+            schedule_section(source, runs.set_index("run_id").loc[source, "label"])
         replay_section(runs)
         live.drop_cache(runs["run_id"].tolist(), "transfer.norm_cache")
 
@@ -245,7 +244,7 @@ elif group:
     live_section(group, active)
 elif saved:
     record = get_store().run(saved)
-    schedule_section(saved, f"{record['name']} (saved run)", active=False)
+    schedule_section(saved, f"{record['name']} (saved run)")
     st.info("Press **Start** to replay this schedule onto D, next to D alone and M#D.")
 else:
     st.info("Nothing trained yet: choose M and D above and press **Start**. M alone, D alone "

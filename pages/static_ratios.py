@@ -152,9 +152,9 @@ def layer_values(ratios: StaticRatios, layout: dict) -> dict[str, float]:
                                                        layout["param_layer"])}
 
 
-def estimate(source: str, *, active: bool) -> StaticRatios | None:
-    """The window and statistic widgets, the ratio chart (live while the source run ``active``ly
-    trains) and the multipliers; None if invalid."""
+def estimate(source: str) -> StaticRatios | None:
+    """The window and statistic widgets, the ratio chart and the multipliers; None if
+    invalid."""
     store = get_store()
     trajectories = ratio_trajectories(store, source)
     if trajectories.empty:
@@ -177,7 +177,7 @@ def estimate(source: str, *, active: bool) -> StaticRatios | None:
                                         statistic=statistic)
     except (ValueError, KeyError) as error:
         charts.show(experiment_figures.ratio_lines(trajectories, window=tuple(window)),
-                    key="ratios.ratio_chart", live=active)
+                    key="ratios.ratio_chart", live=True)
         st.error(f"No multipliers for this window: {error}")
         return None
     layout = store.get_artifact(source, "layers")
@@ -185,7 +185,7 @@ def estimate(source: str, *, active: bool) -> StaticRatios | None:
     title = f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}"
     fig = experiment_figures.ratio_lines(trajectories, window=tuple(window), values=values,
                                          title=title)
-    charts.show(fig, key="ratios.ratio_chart", live=active)
+    charts.show(fig, key="ratios.ratio_chart", live=True)
     table = pd.DataFrame({"layer": list(values), "multiplier c": list(values.values())})
     table["D's lr for the layer (base lr × c)"] = table["multiplier c"] * ratios.base_lr
     st.dataframe(table, hide_index=True, key="ratios.table",
@@ -278,7 +278,7 @@ def results(runs: pd.DataFrame) -> None:
                        {labels[r]: finals.loc[r, "optimizer_state_bytes"] for r in runs["run_id"]},
                        weight_bytes=weights, colors={labels[r]: colors[r] for r in runs["run_id"]},
                        title="Optimizer state memory (recorded when a run ends)")
-        charts.show(fig, key="ratios.memory_chart", live=live.is_active(runs))
+        charts.show(fig, key="ratios.memory_chart", live=True)
     with right:
         st.markdown("**Final results**")
         table = pd.DataFrame({
@@ -306,7 +306,7 @@ def measure_section(source: str, active: bool) -> None:
     def draw(runs: pd.DataFrame) -> None:
         if active:
             live.progress_panel(runs)
-        ratios = estimate(source, active=active)
+        ratios = estimate(source)
         if ratios is not None:
             export(ratios, source)
 

@@ -47,9 +47,21 @@ def _decoded(value):
     return value
 
 
+def page_figures(at: AppTest) -> list[dict]:
+    """The figure of every chart on the page, in page order: plotly charts and live charts
+    (``ui.charts``' component) alike (reads AppTest's internal protos)."""
+    figures = []
+    for node in at.main:
+        if node.type == "plotly_chart":
+            figures.append(json.loads(node.proto.spec))
+        elif node.type == "component_instance":
+            figures.append(json.loads(json.loads(node.proto.json_args)["spec"]))
+    return figures
+
+
 def chart_traces(at: AppTest, index: int) -> list[dict]:
-    """The plotly traces of the page's ``index``-th chart (reads AppTest's internal proto)."""
-    traces = json.loads(at.get("plotly_chart")[index].proto.spec)["data"]
+    """The plotly traces of the page's ``index``-th chart."""
+    traces = page_figures(at)[index]["data"]
     return [{key: _decoded(value) for key, value in trace.items()} for trace in traces]
 
 

@@ -9,7 +9,6 @@ again, a bounded number of times, while the workers train.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -20,7 +19,7 @@ from grafting_core.lab.analysis import static_ratios_from_run
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
 from grafting_core.lab.store import RunStore
-from tests.test_app import chart_traces, page, train_inline
+from tests.test_app import chart_traces, page, page_figures, train_inline
 
 PAGES = ["pages/grid.py", "pages/schedule_transfer.py", "pages/static_ratios.py"]
 TERMINAL = {"finished", "stopped", "diverged", "failed", "interrupted"}
@@ -42,8 +41,7 @@ def settle(at, store: RunStore, count: int, group: str | None = None, tries: int
 
 def chart_titled(at, start: str) -> int:
     """Index of the page's plotly chart whose title starts with ``start``."""
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "")
-              for c in at.get("plotly_chart")]
+    titles = [figure["layout"].get("title", {}).get("text", "") for figure in page_figures(at)]
     matches = [i for i, title in enumerate(titles) if title.startswith(start)]
     assert matches, f"no chart titled {start!r} in {titles}"
     return matches[0]

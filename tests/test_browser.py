@@ -38,9 +38,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 4000}  # tall: the app scrolls inside its own container
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-CHART = '[data-testid="stPlotlyChart"]'
 LIVE_CHART = 'iframe[title="ui.charts.live_chart"]'  # a chart redrawn in place (ui/charts.py)
-RESULT_PAGES = {  # url path -> (page title, plotly charts it shows with results)
+RESULT_PAGES = {  # url path -> (page title, live charts it shows with results)
     "md-grid": ("Grid", 3),  # the heatmap, and the curves in the (closed) expander
     "transfer": ("Schedule transfer", 4),
     "ratios": ("Static ratios", 4),
@@ -205,9 +204,9 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
     _expect_or_explain(page, log, lambda: expect(
         page.get_by_text(re.compile(r"finished at step 400/400"))).to_have_count(
         4, timeout=180_000))
-    # Ended: the page draws the final charts, one line per run.
+    # Ended: the same chart holds the whole runs, one line per run.
     _ready(page)
-    loss = page.locator(CHART).first
+    loss = page.frame_locator(LIVE_CHART).first
     legend = loss.locator(".legend .traces .legendtext")
     expect(legend).to_have_text(["adam", "sgd", "adam#sgd", "sgd#adam"])
     lines = loss.locator(".scatterlayer .trace path.js-line")
@@ -234,8 +233,9 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
         if page.get_by_text("Page not found").count():  # first deep link of a fresh server
             page.goto(f"{url}/{path}?group={group}")
         _shown(page, title)
-        expect(page.locator(f"{CHART} .main-svg").first).to_be_visible(timeout=30_000)
-        expect(page.locator(CHART)).to_have_count(charts, timeout=30_000)
+        expect(page.frame_locator(LIVE_CHART).first.locator(".main-svg").first).to_be_visible(
+            timeout=30_000)
+        expect(page.locator(LIVE_CHART)).to_have_count(charts, timeout=30_000)
         start = page.get_by_role("button", name="Start", exact=True)
         _screenshot(page, f"{_slug(title)}-results", below=start)
     page.close()

@@ -1,15 +1,16 @@
 """Every chart of the app goes through ``show``: one look, one toolbar, and live charts
 that redraw in place.
 
-Charts use the figure's own template (plotly_white, as in the notebooks), not Streamlit's
-theme, so that a live chart and the same chart once its run has ended look alike.
+A live chart (``live=True``, the charts of the pages' live panels) is a small component: a
+frame holding one Plotly chart that takes each new figure with ``Plotly.react`` and draws
+only while it is on screen. ``st.plotly_chart`` rebuilds its chart in the browser on every
+rerun; at one redraw a second the Graft lab's four charts then cost the browser about twice
+what plotly.js itself needs (``bench/chart_cost.py``), CPU that training shares
+(BENCHMARKS.md, "The app"). plotly.js comes from the installed plotly package: nothing is
+fetched from the network.
 
-A live chart (``live=True``) is a small component: an iframe holding one Plotly chart that
-takes each new figure with ``Plotly.react`` and draws only while it is on screen.
-``st.plotly_chart`` rebuilds its chart in the browser on every rerun; at one redraw a second
-the four live charts of the Graft lab then took the browser about 0.5 of a core, against
-about 0.3 for the component (BENCHMARKS.md, "The app"), CPU that training shares.
-plotly.js comes from the installed plotly package: nothing is fetched from the network.
+Every chart keeps the figure's own look (``figures.LOOK``, as in the notebooks) rather than
+Streamlit's theme, which a live chart cannot take: still and live charts look alike.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ PAGE = Path(__file__).with_name("live_chart") / "index.html"
 
 
 def show(fig: go.Figure, *, key: str, live: bool = False, **kwargs: Any) -> Any:
-    """Draw ``fig``; ``live``: it is redrawn every second or so (a live panel's chart).
+    """Draw ``fig``. ``live``: a chart of a live panel, redrawn every second while its runs
+    train; it is drawn in place, in a frame that stays when the runs end, so that the next
+    group's first points show at once (a new frame first loads plotly.js, ~0.5 s of CPU).
 
     ``kwargs`` go to ``st.plotly_chart`` (e.g. ``on_select``); a live chart takes none.
     """

@@ -190,7 +190,6 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
     labels = dict(zip(runs["run_id"], runs["label"]))
     colors = figures.run_colors(runs["run_id"].tolist())
     x_max = steps_of(runs)
-    active = is_active(runs)
     left, right = st.columns(2)
     with left:
         if metrics.empty or not (metrics["name"] == "train_loss").any():
@@ -200,7 +199,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
                                         colors=colors, smoothing=smoothing,
                                         title="Training loss (per step)",
                                         y_title=loss_title(task), x_max=x_max)
-        charts.show(fig, key=f"{prefix}.loss_chart", live=active)
+        charts.show(fig, key=f"{prefix}.loss_chart", live=True)
     with right:
         metric = "val_accuracy" if task != "regression" else "val_loss"
         y_title = ("validation accuracy (fraction correct)" if metric == "val_accuracy"
@@ -211,7 +210,7 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
             fig = figures.metric_curves(metrics, metric=metric, labels=labels, colors=colors,
                                         title="Validation (held-out data)", y_title=y_title,
                                         x_max=x_max)
-        charts.show(fig, key=f"{prefix}.val_chart", live=active)
+        charts.show(fig, key=f"{prefix}.val_chart", live=True)
 
 
 def watched_group(prefix: str, kind: str) -> str:
