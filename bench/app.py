@@ -14,9 +14,8 @@ page costs a training run.
    by the median of the trainer's ``steps_per_second`` metric (one value per flush):
    - ``cli``: ``python -m grafting_core train`` with one torch thread (as an app worker has);
    - ``app``: the app trains that config again (Runs page, "Re-run this config") while the
-     Graft lab page shows it live in Chromium (redraws every second for the group's first
-     30 s, then as often as keeps a redraw's server time under 10%: ``ui.live``), over the
-     whole run and after its first 30 s;
+     Graft lab page shows it live in Chromium (redrawn every second: ``ui.live``), over
+     the whole run and after its first 30 s (the page's first load left out);
    - ``app, page closed``: the same, with no browser attached (the server idles).
 3. With ``--cpu-windows N``: the cores each kind of process uses (Chromium's renderer and
    GPU process, the server, the worker; from ``/proc/<pid>/stat``) in N windows of 10 s
@@ -237,7 +236,7 @@ def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
                 run_id = app_rerun(app, page, store, cli, watch=watch)
                 wait_done(store, run_id)
                 speeds[key].append(median_speed(store, run_id))
-                if watch:  # after 30 s the page redraws less often (ui.live)
+                if watch:  # also without the page's first load
                     speeds[f"{key}, after 30 s"].append(
                         median_speed(store, run_id, after=30.0))
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in

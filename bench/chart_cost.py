@@ -126,6 +126,11 @@ def cpu_seconds() -> dict[str, float]:
     return used
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no line per request
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -141,8 +146,7 @@ def main() -> None:
         shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", folder)
         (folder / "app.py").write_text(APP.format(root=str(ROOT),
                                                   frames=str(folder / "frames.json")))
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=tmp)
-        handler.log_message = lambda *args: None
+        handler = functools.partial(QuietHandler, directory=tmp)
         static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=static.serve_forever, daemon=True).start()
         port = free_port()
