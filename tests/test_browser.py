@@ -142,12 +142,16 @@ def _enter_number(page, label: str, value: str) -> None:
 
 
 def _shown(page, title: str) -> None:
-    """Wait until the page ``title`` of the navigation has run and replaced the last one."""
+    """Wait until the page ``title`` of the navigation has run and replaced the last one, and
+    its plotly charts are drawn (the browser loads plotly.js when a page first needs it)."""
     main = page.locator('[data-testid="stMainBlockContainer"]')
     expect(main.get_by_role("heading", level=1, name=title)).to_be_visible(timeout=60_000)
     _ready(page)
     expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=60_000)
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+    for loading in ('[data-testid="stSkeleton"]',  # a chart whose code is still loading
+                    '[data-testid="stPlotlyChart"]:not(:has(.main-svg))'):
+        expect(page.locator(loading)).to_have_count(0, timeout=30_000)
 
 
 def _screenshot(page, name: str, *, below=None) -> Path:
