@@ -11,7 +11,7 @@ from grafting_core import GRANULARITIES
 from grafting_core.lab import figures
 from grafting_core.lab.config import RunConfig
 from ui import charts, forms, live
-from ui.resources import get_store, start_group, stop_runs
+from ui.resources import get_store, start_group
 from ui.state import keep_valid, page_setup
 
 DEFAULTS = {
@@ -73,21 +73,6 @@ def form() -> tuple[list[RunConfig] | None, str]:
                                  reverse=st.session_state["lab.reverse"]), ""
     except (ValueError, TypeError) as error:
         return None, str(error)
-
-
-def watched_group() -> str:
-    """The URL's group, else this session's last one, else the newest lab group still running."""
-    group = st.query_params.get("group") or st.session_state["lab.group"]
-    if not group:
-        running = get_store().runs(kind="lab", status="running", flatten_config=False)
-        group = running["group"].iloc[0] if not running.empty else ""
-    return group or ""
-
-
-def watch(group: str) -> None:
-    """Remember ``group`` in the session and the URL."""
-    st.session_state["lab.group"] = group
-    st.query_params["group"] = group
 
 
 def norms_section(runs, task: str) -> None:
@@ -157,7 +142,7 @@ page_setup(DEFAULTS)
 st.title("Graft lab")
 st.markdown(INTRO)
 configs, problem = form()
-group = watched_group()
+group = live.watched_group("lab", "lab")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
@@ -170,18 +155,12 @@ if start:
         st.error(f"Not started: {problem}")
     else:
         group, _ = start_group(configs)
-        watch(group)
+        live.watch("lab", group)
         st.rerun()  # draw the page again as "running": Start off, Stop on, live panel
 if stop and runs is not None:
-    stop_runs(runs["run_id"].tolist())
-    st.toast("Stopping: each run ends at its next flush (within 10 steps).")
-if group and runs is not None and runs.empty and not start:
-    st.info(f"No runs in group `{group}` (deleted?). Press Start to train a new group.")
-    st.session_state["lab.group"] = ""
-    st.query_params.clear()
-elif group:
-    watch(group)
+    live.stop_group(runs)
+if live.attach("lab", group, runs, started=start):
     live_section(group, active)
-else:
+elif not group:
     st.info("Nothing trained yet: choose M and D above and press **Start**. The runs train in "
             "the background and appear here; saved runs are listed on the **Runs** page.")

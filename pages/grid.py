@@ -18,7 +18,7 @@ from grafting_core.lab.experiments import (
     grid_table,
 )
 from ui import charts, forms, live
-from ui.resources import get_jobs, get_store, start_group, stop_runs
+from ui.resources import get_jobs, get_store, start_group
 from ui.state import keep_valid, page_setup
 
 MAX_RUNS = 100  # a bigger grid belongs on the command line (python -m grafting_core grid)
@@ -182,14 +182,9 @@ if start:
         live.watch("grid", group)
         st.rerun()
 if stop and runs is not None:
-    stop_runs(runs["run_id"].tolist())
-    st.toast("Stopping: queued runs never start, running ones end within 10 steps.")
-if group and runs is not None and runs.empty and not start:
-    st.info(f"No runs in grid `{group}` (deleted?). Press Start to train a new grid.")
-    live.watch("grid", "")
-elif group:
-    live.watch("grid", group)
+    live.stop_group(runs)
+if live.attach("grid", group, runs, started=start, what="grid"):
     live_section(group, active)
-else:
+elif not group:
     st.info("No grid yet: choose the optimizers above and press **Start**. Every M#D pair "
             "trains in the background and its cell fills in when it finishes.")

@@ -13,7 +13,7 @@ from grafting_core.lab import experiment_figures, figures
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import start_schedule_transfer
 from ui import charts, forms, live
-from ui.resources import get_jobs, get_store, stop_runs
+from ui.resources import get_jobs, get_store
 from ui.state import keep_valid, page_setup
 
 NEW, SAVED = "Train M alone now", "Use a saved run"
@@ -234,18 +234,13 @@ if start:
             live.watch("transfer", group)
             st.rerun()
 if stop and runs is not None:
-    stop_runs(runs["run_id"].tolist())
-    st.toast("Stopping: queued runs never start, running ones end within 10 steps.")
-if group and runs is not None and runs.empty and not start:
-    st.info(f"No runs in group `{group}` (deleted?). Press Start to train a new transfer.")
-    live.watch("transfer", "")
-elif group:
-    live.watch("transfer", group)
+    live.stop_group(runs)
+if live.attach("transfer", group, runs, started=start, what="transfer"):
     live_section(group, active)
-elif saved:
+elif not group and saved:
     record = get_store().run(saved)
     schedule_section(saved, f"{record['name']} (saved run)")
     st.info("Press **Start** to replay this schedule onto D, next to D alone and M#D.")
-else:
+elif not group:
     st.info("Nothing trained yet: choose M and D above and press **Start**. M alone, D alone "
             "and M#D train in the background; replay(M)#D starts when M alone has finished.")

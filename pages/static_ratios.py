@@ -19,7 +19,7 @@ from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics, static_ratio_configs
 from grafting_core.registry import OptimizerSpec
 from ui import charts, forms, live
-from ui.resources import get_store, start_group, stop_runs
+from ui.resources import get_store, start_group
 from ui.state import keep_valid, page_setup
 
 NEW, SAVED = "Train a short M#D run now", "Use a saved M#D run"
@@ -378,10 +378,6 @@ if start:
         live.watch("ratios", group)
         st.rerun()
 if stop:
-    stop_runs(runs["run_id"].tolist())
-    st.toast("Stopping: queued runs never start, running ones end within 10 steps.")
-if group:
-    live.watch("ratios", group)
+    live.stop_group(runs)
+if live.attach("ratios", group, runs, started=start, what="comparison"):
     comparison_section(group, active)
-else:
-    live.watch("ratios", "")

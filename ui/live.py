@@ -21,7 +21,7 @@ import streamlit as st
 from grafting_core.lab import figures
 
 from . import charts
-from .resources import get_store
+from .resources import get_store, stop_runs
 
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
 #: Live redraws: every second, unless a redraw takes the server (measured) more than
@@ -232,6 +232,24 @@ def watch(prefix: str, group: str) -> None:
         st.query_params["group"] = group
     elif "group" in st.query_params:
         del st.query_params["group"]
+
+
+def stop_group(runs: pd.DataFrame) -> None:
+    """What the Stop button does: stop the group's runs and say how."""
+    stop_runs(runs["run_id"].tolist())
+    st.toast("Stopping: queued runs never start, running ones end within 10 steps.")
+
+
+def attach(prefix: str, group: str, runs: pd.DataFrame | None, *, started: bool,
+           what: str = "group") -> bool:
+    """Re-attach the page to its watched ``group`` (session and URL) and say whether to draw
+    it; a group whose runs were all deleted is forgotten, with a note. ``started``: Start was
+    just pressed (its runs may not be listed yet). ``what``: the page's word for a group."""
+    if group and runs is not None and runs.empty and not started:
+        st.info(f"No runs in {what} `{group}` (deleted?). Press Start to train a new {what}.")
+        group = ""
+    watch(prefix, group)
+    return bool(group)
 
 
 def overall_progress(runs: pd.DataFrame) -> None:
