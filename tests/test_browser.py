@@ -218,6 +218,9 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
     for i in range(4):  # every run's line has data (a path with many points)
         assert len(lines.nth(i).get_attribute("d") or "") > 100
     _screenshot(page, "graft-lab")
+    with page.expect_download() as download:  # the chart's camera button saves a PNG
+        loss.locator('.modebar-btn[data-title="Download plot as a PNG"]').click()
+    assert download.value.suggested_filename.endswith(".png")
 
     # Every page of the navigation, including pages added later.
     links = page.locator('[data-testid="stSidebarNavLink"]')
