@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from grafting_core.lab import sqlite_file
-from grafting_core.lab import store as store_mod
 from grafting_core.lab.store import STATUSES, RunStore, default_runs_dir
+from grafting_core.lab.store_schema import SCHEMA_VERSION
 
 SPAWN = mp.get_context("spawn")
 
@@ -564,7 +564,7 @@ def test_opening_a_v1_file_migrates_it_and_keeps_data(tmp_path):
         new = s.create_run({}, group="sweep")
         assert s.runs(group="sweep")["run_id"].tolist() == [new, "old-1"]
     with _raw(tmp_path / "runs.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
         assert "runs_group" in indexes
 

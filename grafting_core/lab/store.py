@@ -5,8 +5,8 @@ artifacts (static ratios, recorded schedules, checkpoints); readers get pandas D
 Many processes (grid workers, the app) may write at once (the SQLite plumbing, one short
 transaction per write with retries while locked, is ``sqlite_file.SQLiteFile``).
 A run whose writer died (SIGKILL, crash) is found on the next open by its pid + host and
-marked "interrupted". The schema is versioned (``PRAGMA user_version``); ``MIGRATIONS``
-brings older files up to date on open.
+marked "interrupted". The schema is versioned (``PRAGMA user_version``); the migrations of
+``store_schema`` bring older files up to date on open.
 
     store = RunStore()                  # $GRAFTING_RUNS_DIR or ./runs; RunStore("dir") to choose
     run_id = store.create_run({"lr": 0.1}, name="adam#sgd", group="grid-1")
@@ -23,7 +23,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np  # comes with pandas
 import pandas as pd
 
 from .sqlite_file import SQLiteFile
+from .store_schema import MIGRATIONS
 
 STATUSES = ("running", "finished", "stopped", "diverged", "failed", "interrupted")
 RUNS_DIR_ENV = "GRAFTING_RUNS_DIR"  # overrides the default ./runs
@@ -42,49 +43,6 @@ def default_runs_dir() -> Path:
     env = os.environ.get(RUNS_DIR_ENV)
     return Path(env).expanduser() if env else Path.cwd() / "runs"
 
-
-# --- schema: MIGRATIONS[i] takes a file from version i to i + 1 ------------------------------
-
-
-def _v1_initial(conn: sqlite3.Connection) -> None:
-    """Version 1: runs, long metrics, per-step norm matrices, artifacts."""
-    for sql in (  # one by one: executescript() would COMMIT halfway through the migration
-        """CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY, name TEXT, kind TEXT NOT NULL, status TEXT NOT NULL,
-            config TEXT NOT NULL,          -- JSON
-            created REAL NOT NULL,         -- unix seconds, as are ended and heartbeat
-            ended REAL, last_step INTEGER, error TEXT, pid INTEGER, host TEXT, heartbeat REAL)""",
-        "CREATE INDEX runs_created ON runs (created)",
-        """CREATE TABLE metrics (
-            run_id TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
-            PRIMARY KEY (run_id, step, name)) WITHOUT ROWID""",
-        """CREATE TABLE norm_layouts (   -- the layer and field names of a norm matrix
-            layout_id INTEGER PRIMARY KEY, run_id TEXT NOT NULL,
-            layers TEXT NOT NULL, fields TEXT NOT NULL,   -- JSON lists
-            UNIQUE (run_id, layers, fields))""",
-        """CREATE TABLE norm_rows (      -- one step: little-endian float64, layers x fields
-            run_id TEXT NOT NULL, layout_id INTEGER NOT NULL, step INTEGER NOT NULL,
-            data BLOB NOT NULL, UNIQUE (run_id, layout_id, step))""",
-        """CREATE TABLE artifacts (
-            run_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
-            encoding TEXT NOT NULL,        -- bytes | text | json
-            data BLOB NOT NULL, created REAL NOT NULL, UNIQUE (run_id, name))""",
-    ):
-        conn.execute(sql)
-
-
-def _v2_run_group(conn: sqlite3.Connection) -> None:
-    """Version 2: promote the grid group from ``config["group"]`` to an indexed column."""
-    conn.execute("ALTER TABLE runs ADD COLUMN run_group TEXT")
-    conn.execute(
-        "UPDATE runs SET run_group = json_extract(config, '$.group')"
-        " WHERE json_valid(config) AND json_type(config, '$.group') = 'text'"
-    )
-    conn.execute("CREATE INDEX runs_group ON runs (run_group)")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_run_group]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _RUN_SQL = (
     "SELECT run_id, name, kind, run_group, status, created, ended, last_step, error, pid, host,"

@@ -1,0 +1,51 @@
+"""The run store's SQLite schema: ``MIGRATIONS[i]`` takes a file from version i to i + 1.
+
+``SQLiteFile`` applies the missing ones when a file is opened (``PRAGMA user_version``
+holds the version); a change of schema is a new function appended here, never an edit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    """Version 1: runs, long metrics, per-step norm matrices, artifacts."""
+    for sql in (  # one by one: executescript() would COMMIT halfway through the migration
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY, name TEXT, kind TEXT NOT NULL, status TEXT NOT NULL,
+            config TEXT NOT NULL,          -- JSON
+            created REAL NOT NULL,         -- unix seconds, as are ended and heartbeat
+            ended REAL, last_step INTEGER, error TEXT, pid INTEGER, host TEXT, heartbeat REAL)""",
+        "CREATE INDEX runs_created ON runs (created)",
+        """CREATE TABLE metrics (
+            run_id TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+            PRIMARY KEY (run_id, step, name)) WITHOUT ROWID""",
+        """CREATE TABLE norm_layouts (   -- the layer and field names of a norm matrix
+            layout_id INTEGER PRIMARY KEY, run_id TEXT NOT NULL,
+            layers TEXT NOT NULL, fields TEXT NOT NULL,   -- JSON lists
+            UNIQUE (run_id, layers, fields))""",
+        """CREATE TABLE norm_rows (      -- one step: little-endian float64, layers x fields
+            run_id TEXT NOT NULL, layout_id INTEGER NOT NULL, step INTEGER NOT NULL,
+            data BLOB NOT NULL, UNIQUE (run_id, layout_id, step))""",
+        """CREATE TABLE artifacts (
+            run_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+            encoding TEXT NOT NULL,        -- bytes | text | json
+            data BLOB NOT NULL, created REAL NOT NULL, UNIQUE (run_id, name))""",
+    ):
+        conn.execute(sql)
+
+
+def _v2_run_group(conn: sqlite3.Connection) -> None:
+    """Version 2: promote the grid group from ``config["group"]`` to an indexed column."""
+    conn.execute("ALTER TABLE runs ADD COLUMN run_group TEXT")
+    conn.execute(
+        "UPDATE runs SET run_group = json_extract(config, '$.group')"
+        " WHERE json_valid(config) AND json_type(config, '$.group') = 'text'"
+    )
+    conn.execute("CREATE INDEX runs_group ON runs (run_group)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_run_group]
+SCHEMA_VERSION = len(MIGRATIONS)
