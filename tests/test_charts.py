@@ -47,6 +47,7 @@ def test_a_live_chart_sends_its_figure_to_the_component_and_a_still_one_is_a_plo
     figure = json.loads(args["spec"])
     assert figure["data"][0]["name"] == "run" and figure["data"][0]["y"] == [3, 2, 1]
     assert args["config"]["displaylogo"] is False and args["config"]["responsive"] is True
+    assert args["height"] is None  # the figure has none: the frame takes the drawn height
     (still,) = at.get("plotly_chart")
     assert json.loads(still.proto.spec)["data"][0]["name"] == "run"
     assert still.proto.theme == ""  # the figure's own look, as on the live chart
