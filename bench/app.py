@@ -5,6 +5,7 @@ page costs a training run.
     .venv/bin/python bench/app.py --quick         # smoke run
     .venv/bin/python bench/app.py --cpu-windows 3 # only 3. below (~1 minute)
     .venv/bin/python bench/app.py --cpu-windows 1 --js-profile
+    .venv/bin/python bench/app.py --all-cores     # 4. below (~1 minute)
 
 1. Latency: ``./tasks app`` on a fresh store; Chromium opens the Graft lab, sets nothing but
    the steps, clicks Start and waits for the first point of the training-loss chart. "cold"
@@ -22,6 +23,9 @@ page costs a training run.
    while the Graft lab shows a 200,000-step run live, and how busy the renderer's main
    thread is (Chrome's ``Performance.getMetrics``); ``--js-profile`` then samples the
    renderer's JavaScript for 8 s and prints where it spends its time.
+4. With ``--all-cores``: the Graft lab's default group (four runs, two at a time, so every
+   core trains): how often the live loss chart is redrawn, and the runs' steps/s with the
+   page open and closed.
 Needs /usr/bin/chromium (Debian's). The machine is shared: the load average is printed.
 """
 
@@ -267,6 +271,53 @@ def process_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
+# The length of the path of the live loss chart's first line: it changes at every redraw.
+FIRST_LINE = """() => {
+  const frame = document.querySelector('LIVE_CHART');
+  const line = frame && frame.contentDocument &&
+    frame.contentDocument.querySelector('.scatterlayer path.js-line');
+  return line ? line.getAttribute('d').length : -1;
+}""".replace("LIVE_CHART", LIVE_CHART)
+
+
+def all_cores_busy(seconds: float = 20.0) -> None:
+    """The Graft lab's default group (four runs, two at a time: every core trains) with
+    50,000 steps: over ``seconds`` with the page open, how often the live loss chart changes,
+    the training runs' steps/s and what the page says about its redraws; then the steps/s
+    over as long with no page attached."""
+    with app_in_browser() as (_, app, page, store):
+        set_number(page, "Steps", 50_000)
+        page.get_by_role("button", name="Start", exact=True).click()
+        time.sleep(15)  # the workers start, the page loads its charts
+
+        def steps() -> dict[str, int]:
+            """Steps done by each run that is training (queued ones have none yet)."""
+            runs = store.runs(status="running").dropna(subset=["last_step"])
+            return dict(zip(runs["run_id"], runs["last_step"].astype(int)))
+
+        before, start = steps(), time.perf_counter()
+        last, changes = None, 0
+        while time.perf_counter() - start < seconds:
+            length = page.evaluate(FIRST_LINE)
+            changes += length != last
+            last = length
+            time.sleep(0.05)
+        open_speeds = [(n - before[r]) / seconds for r, n in steps().items() if r in before]
+        captions = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+        page.goto("about:blank")
+        before, start = steps(), time.perf_counter()
+        time.sleep(seconds)
+        closed_speeds = [(n - before[r]) / (time.perf_counter() - start)
+                         for r, n in steps().items() if r in before]
+        print(f"  page open: loss chart redrawn {changes / seconds:.2f} times a second, runs "
+              f"{', '.join(f'{v:.0f}' for v in open_speeds)} steps/s; page closed: runs "
+              f"{', '.join(f'{v:.0f}' for v in closed_speeds)} steps/s "
+              f"(load {os.getloadavg()[0]:.1f})")
+        print("  the page said:", *[c for c in captions if c.startswith("Live")])
+        for run_id in store.runs(status="running")["run_id"]:
+            request_stop(store, run_id)
+
+
 def page_cpu(windows: int, steps: int, js_profile: bool = False) -> None:
     """Cores used by each kind of process, in 10-s windows, while the Graft lab shows one long
     Adam#SGD run live (re-run from the Runs page), and the renderer's main-thread time."""
@@ -334,14 +385,19 @@ def main() -> None:
     parser.add_argument("--cpu-windows", type=int, default=0, metavar="N",
                         help="only measure what each process uses while the page is live, "
                              "in N windows of 10 s")
+    parser.add_argument("--all-cores", action="store_true",
+                        help="only: how often the page redraws while every core trains")
     parser.add_argument("--only", choices=["latency", "throughput"],
                         help="measure only 1. (latency) or only 2. (throughput)")
     parser.add_argument("--js-profile", action="store_true",
                         help="with --cpu-windows: then sample the renderer's JavaScript")
     args = parser.parse_args()
-    if args.cpu_windows:
+    if args.cpu_windows or args.all_cores:
         print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")
-        page_cpu(args.cpu_windows, 200_000, args.js_profile)
+        if args.all_cores:
+            all_cores_busy()
+        else:
+            page_cpu(args.cpu_windows, 200_000, args.js_profile)
         return
     repeats, rounds, steps = (1, 1, 300) if args.quick else (4, 3, 30000)
     print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")

@@ -29,7 +29,7 @@ DEFAULTS = {
     "lab.heatmap_quantity": "ratio",
     "lab.group": "",  # the group this session watches (also the URL's ?group=)
     "lab.norm_cache": {},  # run id -> layer norms read so far (polls read only newer steps)
-    "lab.redraw_seconds": [],  # what the last live redraws cost the server (seconds)
+    "lab.redraw_seconds": [],  # (CPU, wall) seconds of the last live redraws
     "lab.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""

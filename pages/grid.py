@@ -32,7 +32,7 @@ DEFAULTS = {
     "grid.metric": "val_loss",
     "grid.smoothing": 0.6,
     "grid.group": "",  # the grid this session watches (also the URL's ?group=)
-    "grid.redraw_seconds": [],  # what the last live redraws cost the server (seconds)
+    "grid.redraw_seconds": [],  # (CPU, wall) seconds of the last live redraws
     "grid.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""

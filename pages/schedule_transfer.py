@@ -31,7 +31,7 @@ DEFAULTS = {
     "transfer.group": "",  # the transfer this session watches (also the URL's ?group=)
     "transfer.norm_cache": {},  # run id -> ‖Δ_M‖, ‖Δ_D‖ read so far
     "transfer.schedule_cache": {},  # run id -> ‖Δ‖, ‖g‖ read so far
-    "transfer.redraw_seconds": [],  # what the last live redraws cost the server (seconds)
+    "transfer.redraw_seconds": [],  # (CPU, wall) seconds of the last live redraws
     "transfer.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""

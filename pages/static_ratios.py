@@ -38,7 +38,7 @@ DEFAULTS = {
     "ratios.lrs": "0.03, 0.1, 0.3",
     "ratios.smoothing": 0.6,
     "ratios.group": "",  # the comparison this session watches (also the URL's ?group=)
-    "ratios.redraw_seconds": [],  # what the last live redraws cost the server (seconds)
+    "ratios.redraw_seconds": [],  # (CPU, wall) seconds of the last live redraws
     "ratios.source.redraw_seconds": [],  # the same for the source run's panel
     "ratios.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }

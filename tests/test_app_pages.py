@@ -258,19 +258,25 @@ def test_live_pages_poll_every_second_unless_a_redraw_costs_too_much(monkeypatch
     state = {}
     monkeypatch.setattr(live.st, "session_state", state)  # (no script context here)
     runs = pd.DataFrame({"run_id": ["a", "b"]})
-    state["p.redraw_seconds"] = [0.3, 0.3, 0.4]  # a redraw costs the server 0.3 s
+    state["p.redraw_seconds"] = [(0.3, 0.3), (0.3, 2.0), (0.4, 0.4)]  # (CPU, wall) seconds
     assert live.refresh_every(runs, True, "p") == 1.0  # every second
-    state["p.redraw_seconds"] = [4.0]  # one slow redraw (a session's first)
+    state["p.redraw_seconds"] = [(4.0, 4.0)]  # one slow redraw (a session's first)
     assert live.refresh_every(runs, True, "p") == 1.0
-    state["p.redraw_seconds"] = [0.8, 3.0, 0.9]  # the least of the last three
+    state["p.redraw_seconds"] = [(0.8, 0.8), (3.0, 3.0), (0.9, 0.9)]  # the least of the last three
     assert live.refresh_every(runs, True, "p") == 2.0  # at most half the time busy
-    state["p.redraw_seconds"] = [30.0, 30.0, 30.0]
+    state["p.redraw_seconds"] = [(30.0, 30.0)] * 3
     assert live.refresh_every(runs, True, "p") == live.INTERVALS[-1]  # never slower than 10 s
     assert live.refresh_every(runs, False, "p") is None  # nothing live: polling off
     for _ in range(4):
-        with live.timed("q"):
-            time.sleep(0.05)
+        with live.timed("q"):  # a redraw that computes for 0.05 s
+            end = time.thread_time() + 0.05
+            while time.thread_time() < end:
+                pass
     assert len(state["q.redraw_seconds"]) == 3 and 0.05 <= live.redraw_cost("q") < 1.0
+    for _ in range(3):
+        with live.timed("q"):  # one that waits (for the CPU, say): it costs nothing
+            time.sleep(0.2)
+    assert live.redraw_cost("q") < 0.05 and 0.15 < live.redraw_wait("q") < 1.0
 
 
 def test_live_metric_polls_read_only_new_rows_and_miss_none(tmp_path, monkeypatch):

@@ -285,21 +285,30 @@ def refresh_every(runs: pd.DataFrame, active: bool, prefix: str) -> float | None
 
 @contextlib.contextmanager
 def timed(prefix: str) -> Iterator[None]:
-    """Add a redraw's duration to ``<prefix>.redraw_seconds`` (the last few), drawing at a
-    lower priority than training (``yield_to_training``)."""
+    """Add a redraw's (CPU, wall) seconds to ``<prefix>.redraw_seconds`` (the last few),
+    drawing at a lower priority than training (``yield_to_training``)."""
     yield_to_training()
-    start = time.perf_counter()
+    cpu, wall = time.thread_time(), time.perf_counter()
     yield
     key = f"{prefix}.redraw_seconds"
-    st.session_state[key] = [*st.session_state.get(key, [])[-2:], time.perf_counter() - start]
+    took = (time.thread_time() - cpu, time.perf_counter() - wall)
+    st.session_state[key] = [*st.session_state.get(key, [])[-2:], took]
 
 
 def redraw_cost(prefix: str) -> float:
-    """What a live redraw costs the server: the least of the last three, 0 before there are
-    three (one slow redraw, such as a session's first with its imports, or one that waited
-    for the CPU, changes nothing)."""
+    """The CPU seconds a live redraw costs the server: the least of the last three, 0 before
+    there are three (one slow redraw, such as a session's first with its imports, changes
+    nothing). CPU, not wall time: a redraw that waited while training had every core did
+    not cost more."""
     last = st.session_state.get(f"{prefix}.redraw_seconds") or []
-    return min(last) if len(last) == 3 else 0.0
+    return min(cpu for cpu, _ in last) if len(last) == 3 else 0.0
+
+
+def redraw_wait(prefix: str) -> float:
+    """The wall seconds of the last live redraw beyond its CPU time: how long it waited for a
+    core (training has priority)."""
+    last = st.session_state.get(f"{prefix}.redraw_seconds") or []
+    return max(0.0, last[-1][1] - last[-1][0]) if last else 0.0
 
 
 def yield_to_training() -> None:
@@ -349,8 +358,12 @@ def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
     slower = "" if every == INTERVALS[0] else (
         f" (not every second: redraws would keep the server busy over "
         f"{REDRAW_SHARE:.0%} of the time, and training shares its CPU)")
+    waited = redraw_wait(prefix)
+    busy = (f" The last redraw waited {waited:.1f} s for a free core: while training uses "
+            "every core it has priority, and the charts update less often."
+            if waited > 0.5 * every else "")
     st.caption(f"Live: redrawn every {every:g} s{slower}; a redraw takes the server "
-               f"{cost:.2f} s.")
+               f"{cost:.2f} s of CPU, at a lower priority than training.{busy}")
     if refresh_every(runs, is_active(runs), prefix) != every:
         st.rerun()
 
