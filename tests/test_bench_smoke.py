@@ -1,5 +1,8 @@
-"""bench/step.py runs end to end on a small model and prints its table and ratios."""
+"""Benchmarks stay runnable: bench/step.py end to end on a small model; bench/chart_cost.py
+builds the live figures it redraws."""
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +24,15 @@ def test_step_benchmark_quick_run_prints_ratios():
                for r in ratios)
     assert any("Graft black-box fused / (Adam + SGD-m fused)" in r and "target <= 2.5" in r
                for r in ratios)
+
+
+def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
+    spec = importlib.util.spec_from_file_location("chart_cost", ROOT / "bench" / "chart_cost.py")
+    chart_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chart_cost)
+    frames = chart_cost.frames(count=2)
+    assert len(frames) == 2 and all(len(frame) == 4 for frame in frames)
+    loss, _, norms, heat = frames[1]
+    assert [t["name"] for t in loss["data"]] == list(chart_cost.RUNS.values())
+    assert heat["data"][0]["type"] == "heatmap" and len(norms["data"]) == 8
+    assert len(json.dumps(frames[1])) > len(json.dumps(frames[0]))  # the runs grow
