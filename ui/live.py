@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -156,7 +157,8 @@ def poll_norms(run_ids: list[str], cache_key: str,
         seen = cache.get(run_id)
         last = int(seen["step"].max()) if seen is not None and not seen.empty else None
         new = store.layer_norms(run_id, fields=list(fields), since_step=last)
-        new = new.assign(run_id=run_id)
+        # one byte a row (a run has millions of norm rows; its id as text would be ~30 bytes)
+        new = new.assign(run_id=pd.Categorical.from_codes(np.zeros(len(new), "int8"), [run_id]))
         if seen is None or (not new.empty and seen.empty):
             seen = new
         elif not new.empty:
