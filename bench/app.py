@@ -54,9 +54,9 @@ from grafting_core.lab.config import RunConfig  # noqa: E402
 from grafting_core.lab.executor import usable_cores  # noqa: E402
 from grafting_core.lab.runner import create_run, request_stop  # noqa: E402
 from grafting_core.lab.store import RunStore  # noqa: E402
+from ui.charts import LIVE_CHART_FRAME as LIVE_CHART  # noqa: E402
 
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-LIVE_CHART = 'iframe[title="ui.charts.live_chart"]'  # a chart redrawn in place (ui/charts.py)
 # True once the page shows a group other than ``old`` (URL) and its loss chart has a line
 # with fewer points than a whole run (``steps``): the new group's, not the last one's.
 FIRST_POINT = """([old, steps]) => {

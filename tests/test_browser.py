@@ -32,13 +32,13 @@ from grafting_core.lab.experiments import (
     static_ratio_experiment,
 )
 from grafting_core.lab.store import RunStore
+from ui.charts import LIVE_CHART_FRAME as LIVE_CHART
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 4000}  # tall: the app scrolls inside its own container
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-LIVE_CHART = 'iframe[title="ui.charts.live_chart"]'  # a chart redrawn in place (ui/charts.py)
 RESULT_PAGES = {  # url path -> (page title, live charts it shows with results)
     "md-grid": ("Grid", 3),  # the heatmap, and the curves in the (closed) expander
     "transfer": ("Schedule transfer", 4),

@@ -29,7 +29,7 @@ TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
 #: REDRAW_SHARE of that (very many or very long runs): then at the first of INTERVALS that
 #: keeps it under. The server draws at a low priority (``yield_to_training``) and the browser
 #: redraws charts in place (``charts.show``): at one redraw a second the Graft lab costs a
-#: training run on the same two cores about 8% (BENCHMARKS.md, "The app").
+#: training run on the same two cores about 7% (BENCHMARKS.md, "The app").
 INTERVALS = (1.0, 2.0, 5.0, 10.0)
 REDRAW_SHARE = 0.5
 REDRAW_NICE = 10  # the nice value of a thread that draws live charts (yield_to_training)
