@@ -8,7 +8,10 @@ path as the command line), at most one per core by default, with torch threads s
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import os
 import sys
@@ -69,8 +72,11 @@ def _without_main_script() -> Iterator[None]:
                 sys.modules["__main__"] = main
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int) -> None:
+    from .lifeline import exit_with_parent
+
     torch.set_num_threads(threads)
+    exit_with_parent(parent_pid)  # no orphans: a worker ends soon after its parent
 
 
 def _warm_worker(datasets: Sequence[str]) -> int:
@@ -92,52 +98,127 @@ def _train_stored_run(store_root: str, run_id: str, resume: bool) -> str:
     store = RunStore(store_root)
     try:
         return execute_run(store, run_id, resume=resume)
-    except Exception:
-        return "failed"  # the store already holds the error and traceback
+    except (Exception, KeyboardInterrupt):  # the store holds the outcome (status, error)
+        return store.run(run_id)["status"]
+    finally:
+        store.close()
+
+
+def _mark_worker_death(store_root: str, run_id: str) -> str:
+    """The status of a run whose worker process died (SIGKILL, out of memory): interrupted,
+    resumable from its last checkpoint."""
+    from .store import RunStore
+
+    store = RunStore(store_root)  # opening marks runs whose writer is gone as interrupted
+    try:
+        if store.run(run_id)["status"] == "running":  # it died before it took the run
+            store.set_status(run_id, "interrupted", error="its worker process died before "
+                             "it started (killed, or out of memory)")
+        return store.run(run_id)["status"]
     finally:
         store.close()
 
 
 class LocalExecutor:
-    """Trains runs in ``max_workers`` spawned processes on this machine."""
+    """Trains runs in ``max_workers`` spawned processes on this machine.
+
+    Each worker is a one-process pool of its own, handed one task at a time from this
+    executor's queue: a worker that dies (killed, out of memory) costs only its own run,
+    which is marked interrupted; a fresh worker takes its place and the queue goes on.
+    All dispatching happens on one thread (``_spawner``), so it needs no locks, and worker
+    processes start from that thread (they take its priority, whichever thread submits:
+    a live page lowers its own drawing thread's, ui.live).
+    """
 
     def __init__(self, store_root: str | Path, max_workers: int | None = None) -> None:
         cores = usable_cores()
         self.store_root = str(store_root)
         self.max_workers = max_workers or cores
+        if self.max_workers < 1:
+            raise ValueError(f"Invalid max_workers: {self.max_workers} (must be >= 1)")
         self.threads = max(1, cores // self.max_workers)
-        # Worker processes start from this one thread, so they take its priority whichever
-        # thread submits (a live page lowers its own drawing thread's: ui.live).
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="grafting-spawn")
         self._spawner.submit(int).result()  # its thread starts now, from this thread
-        self._pool = self._new_pool()
+        self._workers = [self._new_worker() for _ in range(self.max_workers)]
+        self._idle = list(range(self.max_workers))
+        self._queue: collections.deque[tuple[Future, Callable[..., Any], tuple]] = (
+            collections.deque())
+        self._running: dict[int, Future] = {}  # worker index -> the future of its task
+        self._closed = False
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.max_workers,
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+    def _new_worker(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker,
+                                   initargs=(self.threads, os.getpid()))
 
     def submit(self, run_id: str, *, resume: bool = False) -> Future:
         """Queue ``run_id`` (already in the store); the future yields its final status."""
-        return self._submit(_train_stored_run, self.store_root, run_id, resume)
+        return self._enqueue(_train_stored_run, self.store_root, run_id, resume)
 
     def warm_up(self, datasets: Sequence[str] = ("mnist1d",)) -> list[Future]:
         """Start the workers now and load torch, the trainer and ``datasets`` (seed 0) in
         them, so that the first run does not wait ~5-10 s for it (an app calls this early)."""
-        return [self._submit(_warm_worker, tuple(datasets)) for _ in range(self.max_workers)]
+        return [self._enqueue(_warm_worker, tuple(datasets)) for _ in range(self.max_workers)]
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        return self._spawner.submit(self._submit_here, fn, *args).result()
+    def _enqueue(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Queue a task; its future can be cancelled until a worker takes it."""
+        if self._closed:
+            raise RuntimeError("cannot submit to a LocalExecutor after shutdown")
+        future: Future = Future()
+        self._queue.append((future, fn, args))
+        self._spawner.submit(self._dispatch)
+        return future
 
-    def _submit_here(self, fn: Callable[..., Any], *args: Any) -> Future:
-        with _without_main_script():
-            try:
-                return self._pool.submit(fn, *args)
-            except BrokenProcessPool:  # a worker was killed (e.g. out of memory): start afresh
-                self._pool = self._new_pool()
-                return self._pool.submit(fn, *args)
+    def _dispatch(self) -> None:
+        """Hand queued tasks to idle workers (on the spawner thread only)."""
+        while self._idle and self._queue:
+            future, fn, args = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            worker = self._idle.pop()
+            self._running[worker] = future
+            with _without_main_script():
+                task = self._workers[worker].submit(fn, *args)
+            task.add_done_callback(functools.partial(self._task_done, worker, future, fn, args))
+
+    def _task_done(self, worker: int, future: Future, fn: Callable[..., Any], args: tuple,
+                   task: Future) -> None:
+        """A worker finished a task or died (in the worker's management thread)."""
+        try:
+            self._spawner.submit(self._settle, worker, future, fn, args, task)
+        except RuntimeError:  # shut down: pass the outcome on
+            self._settle(worker, future, fn, args, task)
+
+    def _settle(self, worker: int, future: Future, fn: Callable[..., Any], args: tuple,
+                task: Future) -> None:
+        """Pass a task's outcome to its future; replace a dead worker; dispatch more."""
+        error = task.exception()
+        if isinstance(error, BrokenProcessPool):  # the worker died (killed, out of memory)
+            self._workers[worker].shutdown(wait=False)
+            self._workers[worker] = self._new_worker()
+            if fn is _train_stored_run:  # a run: it is interrupted, not lost
+                with contextlib.suppress(Exception):
+                    error, result = None, _mark_worker_death(self.store_root, args[1])
+        elif error is None:
+            result = task.result()
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+        del self._running[worker]
+        self._idle.append(worker)
+        self._dispatch()
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop accepting work; with ``wait`` let queued runs finish."""
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        """Stop accepting work; with ``wait`` let queued runs finish, else drop them (runs
+        already training go on in their workers)."""
+        self._closed = True
+        if wait:
+            while pending := [f for f, _, _ in list(self._queue)] + list(self._running.values()):
+                concurrent.futures.wait(pending)
+        else:
+            while self._queue:
+                self._queue.popleft()[0].cancel()
+        for worker in self._workers:
+            worker.shutdown(wait=wait, cancel_futures=not wait)
         self._spawner.shutdown(wait=wait)

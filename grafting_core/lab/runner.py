@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from . import lifeline
 from .analysis import schedule_from_run
 from .config import RunConfig
 from .store import RunStore
@@ -93,14 +94,18 @@ def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
                 callbacks: dict[str, Callable] | None = None) -> str:
     """Train the stored config of ``run_id`` here; returns the final status.
 
-    Errors mark the run ``failed`` with the message and are re-raised; Ctrl-C marks it
-    ``stopped`` after saving a checkpoint, so ``resume=True`` continues it exactly.
+    Errors mark the run ``failed`` with the message and are re-raised. Ctrl-C and SIGTERM
+    stop the run at the end of its step: it flushes, checkpoints, is marked ``stopped`` and
+    KeyboardInterrupt is raised, so ``resume=True`` continues it exactly. A dead parent
+    (in a worker, ``lifeline.exit_with_parent``) stops it the same way as ``interrupted``.
+    A resume starts from the run's last checkpoint, or from step 0 when it has none; a run
+    live in another process is refused (ValueError) and its row is left as it was.
     """
     record = store.run(run_id)
+    blob = _resume_point(store, record) if resume else None
     store.set_status(run_id, "running")
     try:
         config = RunConfig.from_dict(record["config"])
-        blob = store.get_artifact(run_id, "checkpoint") if resume else None
     except Exception as error:
         _fail(store, run_id, error)
         raise
@@ -115,16 +120,52 @@ def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
     StoreWriter(store, run_id).attach(trainer)
     for event, callback in (callbacks or {}).items():
         trainer.add_callback(event, callback)
+    outside: list[tuple[str, str]] = []  # (status, reason) of a signal or a dead parent
+
+    def stop_from_outside(status: str, reason: str) -> None:
+        outside.append((status, reason))
+        trainer.stop_soon = True
+
+    with lifeline.stoppable(stop_from_outside):
+        try:
+            status = trainer.run()
+        except KeyboardInterrupt:  # a second Ctrl-C: the last periodic checkpoint stays
+            store.set_status(run_id, "stopped", step=trainer.step)
+            raise
+        except Exception as error:
+            _fail(store, run_id, error)
+            raise
+        if status == "stopped" and outside:
+            final, reason = outside[0]
+            if final == "interrupted":
+                store.set_status(run_id, final, error=reason, step=trainer.step)
+                return final
+            raise KeyboardInterrupt(f"run {run_id} {reason}")
+        return status
+
+
+def _resume_point(store: RunStore, record: dict[str, Any]) -> bytes | None:
+    """The checkpoint a resume starts from (None: from step 0), after keeping the run's
+    earlier outcome in its ``history`` log; refuses a run that is live elsewhere."""
+    run_id = record["run_id"]
+    store.mark_interrupted()  # a writer that died leaves "running": its run is resumable
+    record = store.run(run_id)
+    if record["status"] == "running" and record["last_step"] is not None:
+        raise ValueError(f"Run {run_id} is training in process {record['pid']} on "
+                         f"{record['host']}; stop it before resuming it")
+    if record["error"]:
+        history = _artifact_or(store, run_id, "history", "")
+        store.put_artifact(run_id, "history", f"{history}{record['status']} at step "
+                           f"{record['last_step']}: {record['error']}\n", kind="log")
+    return _artifact_or(store, run_id, "checkpoint", None)
+
+
+def _artifact_or(store: RunStore, run_id: str, name: str, default: Any) -> Any:
+    """An artifact of the run, or ``default`` when it has none."""
     try:
-        return trainer.run()
-    except KeyboardInterrupt:
-        if hasattr(trainer, "optimizer"):
-            store.put_artifact(run_id, "checkpoint", trainer.checkpoint(), kind="checkpoint")
-        store.set_status(run_id, "stopped", step=trainer.step)
-        raise
-    except Exception as error:
-        _fail(store, run_id, error)
-        raise
+        return store.get_artifact(run_id, name)
+    except KeyError:
+        return default
 
 
 def _fail(store: RunStore, run_id: str, error: Exception) -> None:

@@ -24,6 +24,7 @@ import functools
 import io
 import json
 import math
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -64,6 +65,19 @@ def lr_factor(step: int, total: int, kind: str, warmup: int = 0) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))  # 3) cosine decay to zero
 
 
+def read_checkpoint(blob: bytes, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's state, loaded with ``weights_only=True``: a store may come from someone
+    else, and a full unpickle would run whatever code a planted blob names."""
+    try:
+        return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = next((line for line in str(error).splitlines() if "GLOBAL" in line),
+                      str(error).splitlines()[0])
+        raise ValueError(f"Refused to load the checkpoint: it holds more than tensors and plain "
+                         f"values, and loading it could run code ({reason.strip()}). Start the "
+                         f"run afresh instead of resuming it.") from None
+
+
 class Trainer:
     """Runs one config. ``should_stop`` is polled at every flush; ``resume`` is a checkpoint."""
 
@@ -78,6 +92,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.status = "running"
         self.diverged_at: int | None = None  # first step with a non-finite loss or weight
+        self.stop_soon = False  # set (by a signal handler, any thread) to stop after this step
 
     def add_callback(self, event: str, callback: Callable) -> None:
         """Call ``callback(trainer, **payload)`` on ``event`` (one of ``EVENTS``)."""
@@ -143,7 +158,7 @@ class Trainer:
         return buffer.getvalue()
 
     def _load_checkpoint(self, blob: bytes) -> None:
-        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
+        state = read_checkpoint(blob, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -221,7 +236,9 @@ class Trainer:
         while self.step < cfg.steps:
             losses.append(self._train_step())
             last = self.step == cfg.steps
-            flushed = last or len(losses) >= cfg.log_every and (
+            due = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0 and not last
+            # A checkpoint or a stop comes after a flush: a resumed run has every step's rows.
+            flushed = last or due or self.stop_soon or len(losses) >= cfg.log_every and (
                 time.perf_counter() - started >= cfg.flush_seconds
                 or len(losses) >= NORM_RING // 2 * cfg.record_every)
             if flushed:
@@ -232,10 +249,10 @@ class Trainer:
             if self.step % cfg.eval_every == 0 or last:
                 self._fire("on_metrics", rows=[(self.step - 1, k, v)
                                                for k, v in self.evaluate().items()])
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if due:
                 self._fire("on_checkpoint", blob=self.checkpoint())
             if flushed:
-                if self.should_stop():
+                if self.stop_soon or self.should_stop():
                     self.status = "stopped"
                     break
                 started = time.perf_counter()
