@@ -58,7 +58,12 @@ class Graft(torch.optim.Optimizer):
 
     Args:
         params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``, which gives
-            the layers readable names) or param-group dicts; each group may set its own ``lr``.
+            the layers readable names) or param-group dicts. A group's ``lr`` multiplies the
+            grafted step of its parameters (default: ``lr`` below); it is never handed to the
+            children, whose own learning rates shape their proposals. So a per-layer learning
+            rate for D belongs in D's groups, not Graft's: groups from
+            :meth:`StaticRatios.param_groups <grafting_core.StaticRatios.param_groups>` are
+            refused here (they would apply the learning rate twice).
         magnitude: spec (``"adam"``, ``("adam", {"lr": 1e-3})``), a ready optimizer over the
             same parameters, or a :class:`MagnitudeSchedule` to replay a recorded schedule.
         direction: spec or ready optimizer over the same parameters, or ``None``: then
@@ -204,6 +209,13 @@ class Graft(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to Graft and to both children (built from specs or not)."""
+        if "static_ratio" in param_group:
+            raise ValueError(
+                "These are StaticRatios.param_groups: their lr (base lr · c) is the plain "
+                "optimizer's own learning rate, and a Graft group's lr would multiply the step "
+                "that optimizer already took with it (lr² · c). Build the optimizer over them "
+                "(e.g. torch.optim.SGD(groups) or build_optimizer(spec, groups)) and pass it "
+                "to Graft as the magnitude, over model.named_parameters()")
         super().add_param_group(param_group)
         if not self._ready:
             return

@@ -102,12 +102,24 @@ class StaticRatios:
 
     def param_groups(self, named_params: Iterable[tuple[str, Tensor]],
                      lr: float | None = None) -> list[dict[str, Any]]:
-        """Groups for ``torch.optim.SGD``: each parameter with lr·c (lr defaults to base_lr)."""
+        """Groups for the plain optimizer D (e.g. ``torch.optim.SGD``): one per parameter,
+        with D's learning rate ``lr · c`` (``lr`` defaults to ``base_lr``).
+
+        The ``lr`` of these groups is D's own learning rate, so build D over them::
+
+            sgd = torch.optim.SGD(ratios.param_groups(model.named_parameters()), momentum=0.9)
+
+        and, to record norms, hand that ready optimizer to ``Graft(named, sgd, None)``. They
+        are *not* groups for ``Graft`` itself: a Graft group's ``lr`` multiplies the step D
+        already took with its own lr, which would apply the learning rate twice (lr²·c).
+        Each group carries its multiplier as ``static_ratio``, and ``Graft`` refuses groups
+        that do.
+        """
         lr = self.base_lr if lr is None else lr
         if lr is None:
             raise ValueError("No lr given and the ratios carry no base_lr")
-        return [{"params": [p], "param_names": [n], "lr": lr * self.ratios[n]}
-                for n, p in self.check(named_params)]
+        return [{"params": [p], "param_names": [n], "lr": lr * self.ratios[n],
+                 "static_ratio": self.ratios[n]} for n, p in self.check(named_params)]
 
 
 def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list[int], *,

@@ -97,6 +97,13 @@ class RunConfig:
             raise ValueError("replay needs a direction optimizer (the schedule replaces M)")
         if self.replay and self.static_ratios:
             raise ValueError("Choose replay or static_ratios, not both")
+        if self.replay and self.schedule != "constant":
+            raise ValueError(f"Invalid schedule for a replay: {self.schedule!r}. The recorded "
+                             "step sizes already carry the source run's schedule; a replay "
+                             "runs with schedule 'constant' (another would apply it twice)")
+        if self.static_ratios and self.direction:
+            raise ValueError("static_ratios trains one plain optimizer (magnitude) with "
+                             "per-layer learning rates; leave direction empty")
         self.magnitude_spec()
         if self.direction:
             self.direction_spec()
