@@ -2,6 +2,7 @@
 
     python -m grafting_core train --magnitude adam --direction sgd --steps 1000
     python -m grafting_core grid --optimizers sgd adam adagrad --seeds 0 1 2 --dataset chars
+    python -m grafting_core compare --optimizers sgd adam --seeds 0 1 2 --dataset chars
     python -m grafting_core schedule-transfer --magnitude adam --direction sgd
     python -m grafting_core static-ratios --magnitude adam --window 50 200
     python -m grafting_core runs list | show ID | export ID | delete ID | schedule ID | ratios ID
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -34,6 +36,7 @@ from .experiments import (
     schedule_transfer,
     static_ratio_experiment,
 )
+from .protocol import Comparison, SweepPlan, compare
 from .runner import create_run, execute_run
 from .store import RunStore, default_runs_dir
 
@@ -146,6 +149,38 @@ def cmd_grid(parser, args, store: RunStore) -> int:
     return 0
 
 
+def cmd_compare(parser, args, store: RunStore) -> int:
+    config = _config(parser, args)
+    if args.schedule is None:  # the protocol's default: warm-up (10% of the steps) + cosine
+        warmup = config.warmup_steps if args.warmup_steps is not None else config.steps // 10
+        config = config.replace(schedule="warmup_cosine", warmup_steps=max(1, warmup))
+    optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
+    try:
+        plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
+        with _executor(args, store) as executor:
+            result = compare(store, config, optimizers, seeds=args.seeds, plan=plan,
+                             executor=executor, progress=_progress("compare"))
+    except ValueError as error:
+        parser.error(str(error))
+    print_comparison(result)
+    return 0
+
+
+def print_comparison(result: Comparison) -> None:
+    """The sweep, the tuned and grafted arms and the verdicts, as plain tables."""
+    print(f"\nlearning-rate sweeps (val_loss over seeds; * best, ! best at the grid's edge), "
+          f"group {result.group}")
+    sweep = result.sweep.assign(mark=np.where(result.sweep["best"], np.where(
+        result.sweep["at_edge"], "*!", "*"), ""))
+    _print_table(sweep[["arm", "lr", "mean", "std", "seeds", "failed", "mark"]])
+    print("\narms (tuned plain optimizers; grafts M#D take M's tuned lr, D's lr cancels)")
+    _print_table(result.arms[["arm", "role", "lr", "direction_lr", "mean", "std", "seeds"]])
+    if not result.verdicts.empty:
+        print("\nverdicts: is M#D closer to M or to D, given the seed spread?")
+        _print_table(result.verdicts[["magnitude", "direction", "graft_mean", "magnitude_mean",
+                                      "direction_mean", "position", "verdict", "reason"]])
+
+
 def cmd_transfer(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     with _executor(args, store) as executor:
@@ -247,6 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
     grid_p.add_argument("--workers", **workers)
     _add_config_flags(grid_p, skip=EXPERIMENT_FIELDS)
     grid_p.set_defaults(handler=cmd_grid, command_parser=grid_p)
+
+    compare_p = sub.add_parser(
+        "compare", help="the fair comparison: each optimizer's lr tuned by a sweep, every "
+                        "M#D at M's tuned lr, several seeds, a verdict per pair")
+    compare_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
+                           help=f"optimizers to tune and pair ({names}); each sweep is "
+                                "centred on its lr [sgd adam]")
+    compare_p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                           help="seeds of every arm [0 1 2]")
+    compare_p.add_argument("--points", type=int, default=5, help="lrs per first sweep [5]")
+    compare_p.add_argument("--factor", type=float, default=SweepPlan().factor,
+                           help="ratio of neighbouring lrs [10**0.5: half a decade]")
+    compare_p.add_argument("--extensions", type=int, default=2,
+                           help="lrs added beyond an edge while the best sits on it [2]")
+    compare_p.add_argument("--workers", **workers)
+    _add_config_flags(compare_p, skip=EXPERIMENT_FIELDS)
+    compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)
 
     transfer = sub.add_parser("schedule-transfer",
                               help="M, D, M#D and M's recorded schedule replayed onto D")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .analysis import schedule_from_run
+from .arms import Arm
 from .config import RunConfig
 from .store import RunStore
 from .trainer import Trainer
@@ -21,10 +22,12 @@ STOP_ARTIFACT = "stop_requested"
 
 
 def create_run(store: RunStore, config: RunConfig, *, kind: str = "train",
-               group: str | None = None) -> str:
-    """Record ``config`` as a new run (status running until a worker picks it up)."""
-    return store.create_run(config.to_dict(), name=config.name or config.label, kind=kind,
-                            group=group)
+               group: str | None = None, arm: Arm | None = None) -> str:
+    """Record ``config`` (as ``arm`` of an experiment) as a new run, status running until a
+    worker picks it up; without a name it is called by its arm or its config."""
+    name = config.name or (arm.label if arm else config.label)
+    return store.create_run(config.to_dict(), name=name, kind=kind, group=group,
+                            arm=(arm.role, arm.magnitude, arm.direction) if arm else None)
 
 
 def request_stop(store: RunStore, run_id: str) -> None:
