@@ -128,18 +128,20 @@ def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
 def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
             seeds: Sequence[int] = (0, 1, 2), plan: SweepPlan = SweepPlan(),
             metric: str = "val_loss", executor: Executor | None = None,
-            progress: Progress | None = None) -> Comparison:
+            progress: Progress | None = None, group: str | None = None) -> Comparison:
     """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
 
     ``optimizers``: label → (registry name, hparams); each arm's sweep is centred on its own
     ``lr``. ``base`` carries everything else (its schedule applies to every run: the CLI and
-    the app default to warm-up + cosine). Runs go through ``executor`` in parallel.
+    the app default to warm-up + cosine). Runs go through ``executor`` in parallel, in the
+    store group ``group`` (default: a new ``compare-...`` id; the app names it up front so a
+    page can watch it while this blocks in a thread).
     """
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
-    group = new_group("compare")
+    group = group or new_group("compare")
     total = len(optimizers) * plan.points * len(seeds)
     done = 0
 
