@@ -64,6 +64,9 @@ NOT_ELEMENTWISE = ("Native rule {name!r} computes per-tensor trust ratios from w
                    "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
                    "use its shard's norms. Use it under DDP or in one process, or pick an "
                    "element-wise rule ({elementwise}).")
+PARTIAL = ("Graft does not support partial grafting (grafted=) on DTensor (FSDP2-sharded) "
+           "parameters yet: layers {ungrafted} are not grafted. Graft every layer "
+           "(grafted=None), or run it under DDP / in one process.")
 MIXED = ("Graft needs all its parameters to be DTensors on one device mesh when any is "
          "(fully_shard the root module too); {problem}")
 
@@ -112,13 +115,16 @@ def detect(graft: Any) -> Sharding | None:
     """The sharding of ``graft``'s parameters, or None when none is a ``DTensor``.
 
     Raises ``RuntimeError`` at construction for what cannot work: plain tensors mixed with
-    DTensors, several meshes, placements other than Shard/Replicate, or a child that cannot
-    step DTensor shards.
+    DTensors, several meshes, placements other than Shard/Replicate, a child that cannot
+    step DTensor shards, or partial grafting.
     """
     cls = dtensor_type()
     named = graft.named_params()
     if cls is None or not any(isinstance(p, cls) for _, p in named):
         return None
+    if graft.partial:
+        ungrafted = [n for n, g in zip(graft.layers.names, graft.grafted_layers) if not g]
+        raise RuntimeError(PARTIAL.format(ungrafted=ungrafted[:5]))
     plain = [n for n, p in named if not isinstance(p, cls)]
     if plain:
         raise RuntimeError(MIXED.format(problem=f"plain tensors: {plain[:5]}"))
