@@ -78,8 +78,8 @@ class Graft(torch.optim.Optimizer):
             within one layer is an error). The other layers take M's step unchanged and D
             never sees them: built from a spec, D is built over the grafted parameters only;
             a ready D may cover all parameters or exactly the grafted ones. Selecting no
-            layer is plain M. Not with ``direction=None``, a replayed schedule (it has no
-            step of M to take) or DTensor parameters; ``fused=True`` takes the reference path.
+            layer is plain M. Not with ``direction=None`` or a replayed schedule (it has no
+            step of M to take); ``fused=True`` takes the reference path.
         lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
         eps: added to ‖Δ_D‖ in the ratio (default: 1e-16).
         path: ``"auto"`` (native when both children are native), ``"native"`` (error if not
@@ -126,11 +126,12 @@ class Graft(torch.optim.Optimizer):
       rules run on the local shards. Black-box children step the DTensors themselves: torch's
       element-wise optimizers (SGD, Adam, AdamW, Adagrad, RMSprop, NAdam, RAdam, Adamax,
       Adadelta, ASGD), or any class or instance that sets ``supports_dtensor = True``.
-      Replayed schedules and every granularity work. Refused at construction, with the
-      reason: native LARS/LAMB (their trust ratios would be shard norms), Muon, Adafactor,
-      Rprop and unknown optimizers without ``supports_dtensor``, plain tensors mixed with
-      DTensors. ``fused=True`` takes the reference path. A NaN/inf gradient on any shard
-      skips that layer on every rank (see the warning in :mod:`grafting_core.sharded`).
+      Replayed schedules, every granularity and partial grafting work. Refused at
+      construction, with the reason: native LARS/LAMB (their trust ratios would be shard
+      norms), Muon, Adafactor, Rprop and unknown optimizers without ``supports_dtensor``,
+      plain tensors mixed with DTensors. ``fused=True`` takes the reference path. A NaN/inf
+      gradient on any shard skips that layer on every rank (see the warning in
+      :mod:`grafting_core.sharded`).
     - Recording: after the reduction ``last_norms`` holds whole-layer norms, identical on
       every rank, so a :class:`~grafting_core.NormLog` on rank 0 records the run.
     """

@@ -6,7 +6,8 @@ would take it. D never sees those parameters: built from a spec it is built over
 ones only (so it keeps no state for the others), and a ready D that covers every parameter
 is stepped with the ungrafted gradients hidden. This module resolves the choice to one flag
 per parameter and per layer, and computes the per-parameter steps of a partial step for the
-reference path in ``graft.py`` (native children, or black boxes driven through ``step()``).
+reference path in ``graft.py`` (native children, or black boxes driven through ``step()``);
+``grafting_core.sharded`` does the same on DTensor shards.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def grafted_layers(flags: tuple[bool, ...], layers: Layers) -> tuple[bool, ...]:
     return tuple(True in members[i] for i in range(len(layers)))
 
 
-def _pick(items: list[Any], flags: tuple[bool, ...], keep: bool = True) -> list[Any]:
+def pick(items: list[Any], flags: tuple[bool, ...], keep: bool = True) -> list[Any]:
     """The items whose flag is ``keep``."""
     return [x for x, f in zip(items, flags) if f == keep]
 
@@ -99,16 +100,16 @@ def steps(graft: Any, plan: Any, scratch: list[Tensor] | None) -> tuple[Tensor, 
     if graft.native:
         magnitude = graft._child_steps(graft.magnitude, params)
         magnitude_norm = graft._reduce(graft._tensor_norms(magnitude), plan)
-        chosen = _pick(params, grafted)
+        chosen = pick(params, grafted)
         direction = iter(graft._child_steps(graft.direction, chosen) if chosen else [])
         return magnitude_norm, [next(direction) if g else m for m, g in zip(magnitude, grafted)]
     graft.magnitude.step()
     torch._foreach_sub_(params, scratch)  # every weight holds Δ_M
     magnitude_norm = graft._reduce(graft._tensor_norms(params), plan)
-    chosen, saved = _pick(params, grafted), _pick(scratch, grafted)
+    chosen, saved = pick(params, grafted), pick(scratch, grafted)
     if chosen:
         torch._foreach_copy_(chosen, saved)  # grafted weights back to w; the others keep Δ_M
-        with hidden_grads(_pick(params, grafted, keep=False)):
+        with hidden_grads(pick(params, grafted, keep=False)):
             graft.direction.step()
         torch._foreach_sub_(chosen, saved)  # grafted weights hold Δ_D
     return magnitude_norm, params

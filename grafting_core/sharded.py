@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .partial import hidden_grads, pick
 from .rules import tensor_norms
 from .schedule import MagnitudeSchedule
 
@@ -64,9 +65,6 @@ NOT_ELEMENTWISE = ("Native rule {name!r} computes per-tensor trust ratios from w
                    "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
                    "use its shard's norms. Use it under DDP or in one process, or pick an "
                    "element-wise rule ({elementwise}).")
-PARTIAL = ("Graft does not support partial grafting (grafted=) on DTensor (FSDP2-sharded) "
-           "parameters yet: layers {ungrafted} are not grafted. Graft every layer "
-           "(grafted=None), or run it under DDP / in one process.")
 MIXED = ("Graft needs all its parameters to be DTensors on one device mesh when any is "
          "(fully_shard the root module too); {problem}")
 
@@ -116,15 +114,12 @@ def detect(graft: Any) -> Sharding | None:
 
     Raises ``RuntimeError`` at construction for what cannot work: plain tensors mixed with
     DTensors, several meshes, placements other than Shard/Replicate, a child that cannot
-    step DTensor shards, or partial grafting.
+    step DTensor shards.
     """
     cls = dtensor_type()
     named = graft.named_params()
     if cls is None or not any(isinstance(p, cls) for _, p in named):
         return None
-    if graft.partial:
-        ungrafted = [n for n, g in zip(graft.layers.names, graft.grafted_layers) if not g]
-        raise RuntimeError(PARTIAL.format(ungrafted=ungrafted[:5]))
     plain = [n for n, p in named if not isinstance(p, cls)]
     if plain:
         raise RuntimeError(MIXED.format(problem=f"plain tensors: {plain[:5]}"))
@@ -185,6 +180,9 @@ def step(graft: Any, plan: Any) -> None:
     replay = isinstance(graft.magnitude, MagnitudeSchedule)
     if graft.direction is None:
         direction = _steps(graft, graft.magnitude, plan, scratch)
+    elif plan.partial:
+        magnitude_local, direction = _partial_steps(graft, plan, scratch)
+        pieces.append(magnitude_local)
     else:
         if not replay:
             pieces.append(_magnitude_norms(graft, plan, scratch))
@@ -241,6 +239,27 @@ def _magnitude_norms(graft: Any, plan: Any, scratch: list[Tensor] | None) -> lis
     norms = tensor_norms(shards)
     torch._foreach_copy_(shards, scratch)
     return norms
+
+
+def _partial_steps(graft: Any, plan: Any,
+                   scratch: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor]]:
+    """Shard norms of Δ_M and each shard's step: Δ_D where grafted, Δ_M elsewhere
+    (the same as ``grafting_core.partial.steps``, on local shards)."""
+    params, grafted = plan.params, plan.grafted
+    magnitude = _steps(graft, graft.magnitude, plan, scratch)  # black box: shards hold Δ_M
+    norms = tensor_norms(magnitude)
+    chosen = pick(params, grafted)
+    if not chosen:
+        return norms, magnitude
+    if graft.native:
+        direction = iter(graft._child_steps(graft.direction, chosen))
+        return norms, [next(direction) if g else m for m, g in zip(magnitude, grafted)]
+    saved = pick(scratch, grafted)
+    torch._foreach_copy_(pick(magnitude, grafted), saved)  # grafted shards back to w
+    with hidden_grads(pick(params, grafted, keep=False)):
+        graft.direction.step()
+    torch._foreach_sub_([p.to_local() for p in chosen], saved)  # grafted shards hold Δ_D
+    return norms, [p.to_local() for p in params]
 
 
 def _steps(graft: Any, child: Any, plan: Any, scratch: list[Tensor] | None) -> list[Tensor]:

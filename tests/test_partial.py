@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from grafting_core import (
@@ -259,24 +258,6 @@ def test_add_param_group_gives_direction_only_grafted_parameters():
     assert opt.grafted_layers[-2:] == (True, False)
     assert opt.direction.param_groups[-1]["params"] == [extra.weight]
     assert opt.magnitude.param_groups[-1]["params"] == [extra.weight, extra.bias]
-
-
-@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                    reason="torch.distributed with gloo is not available")
-def test_sharded_parameters_refuse_partial_grafting():
-    """FSDP2 (one-rank gloo mesh): a clear error naming the ungrafted layers."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
-    try:
-        model = make_model()
-        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
-        with pytest.raises(RuntimeError, match=r"partial grafting.*\['fc1.bias'"):
-            Graft(model.named_parameters(), ADAM, SGD, grafted="hidden")
-        assert Graft(model.named_parameters(), ADAM, SGD)._sharding is not None
-    finally:
-        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------- layer kinds
