@@ -257,12 +257,10 @@ class Graft(torch.optim.Optimizer):
         self.nonfinite_skips = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
 
     def _check_children(self) -> None:
-        """Checks that need the children: schedule layers, DTensor support, D's parameters."""
+        """Checks that need the children: schedule layers, DTensor support."""
         self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
         if isinstance(self.magnitude, MagnitudeSchedule):
             self.magnitude.check_layers(self.layers.names)
-        if isinstance(self.direction, torch.optim.Optimizer):
-            self._check_coverage(self.direction, grafted=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to Graft and to both children (built from specs or not).
@@ -277,7 +275,9 @@ class Graft(torch.optim.Optimizer):
             len(g["params"]) for g in self.direction.param_groups) > sum(before)
         super().add_param_group(param_group)
         self._reset_layers()
-        if self._param_grafted[:len(before)] != before:
+        if self._param_grafted[:len(before)] != before:  # e.g. a new last matrix: a new head
+            self.param_groups.pop()
+            self._reset_layers()
             raise ValueError("Invalid grafted: adding this group changes which existing "
                              "parameters are grafted; pass grafted= as a predicate on names")
         for child in (self.magnitude, self.direction):

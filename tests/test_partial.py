@@ -260,6 +260,17 @@ def test_add_param_group_gives_direction_only_grafted_parameters():
     assert opt.magnitude.param_groups[-1]["params"] == [extra.weight, extra.bias]
 
 
+def test_add_param_group_that_moves_the_head_is_refused():
+    """By names and shapes the last matrix is the head: a new last matrix would regraft
+    'out'; the group is refused and Graft is left as it was."""
+    model, extra = make_model(), nn.Linear(3, 3)
+    opt = Graft(model.named_parameters(), ADAM, SGD, grafted="hidden")
+    with pytest.raises(ValueError, match="grafted.*changes which existing parameters"):
+        opt.add_param_group({"params": [extra.weight], "param_names": ["x.weight"]})
+    assert len(opt.param_groups) == 1 and opt.grafted_layers == (True, False) * 2 + (False,) * 2
+    train(model, opt, 1)
+
+
 # ----------------------------------------------------------------------- layer kinds
 def _lab_model(name, dataset, **options):
     return build_model(name, load_dataset(dataset), width=8, depth=1, seed=0, **options)
