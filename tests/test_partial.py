@@ -26,6 +26,7 @@ from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
+from .test_graft import CountLocalScalarDense
 
 ADAM = ("adam", {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-8})
 SGD = ("sgd", {"lr": 0.3, "momentum": 0.9})
@@ -172,6 +173,16 @@ def test_last_norms_of_ungrafted_layers_are_adams_step(path):
             assert direction == magnitude
         else:
             assert direction != pytest.approx(magnitude, rel=1e-3)  # SGD's own step size
+
+
+def test_native_partial_step_makes_no_host_sync():
+    model = make_model()
+    opt = Graft(model.named_parameters(), "lamb", "lars", grafted=("hidden", "head"))
+    for step in range(3):
+        compute_grads(model, step)
+        with CountLocalScalarDense() as counter:
+            opt.step()
+        assert counter.count == 0
 
 
 # ----------------------------------------------------------------------- state_dict
