@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from grafting_core.lab.cli import main
@@ -60,7 +61,7 @@ def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store
     adam = ("adam", {"lr": 3e-3})
     plan = SweepPlan(points=3, factor=10, extensions=1)
     result = compare(store, RunConfig(**TINY), {"sgd": sgd, "adam": adam}, seeds=(0, 1),
-                     plan=plan)
+                     plan=plan, partial=[["hidden"]])
     sweep = result.sweep.set_index(["arm", "lr"])
     for arm in ("sgd", "adam"):
         means = _per_lr(store, result.group, arm)
@@ -74,16 +75,20 @@ def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store
     assert sorted(zip(chosen["magnitude_arm"], chosen["config.magnitude_hparams.lr"])) == sorted(
         [(arm, lr) for arm, lr in tuned.items() for _ in (0, 1)])
     grafts = runs[runs["role"] == "graft"]
-    assert len(grafts) == 4
-    for _, run in grafts.iterrows():
+    partial = runs[runs["role"] == "partial_graft"]
+    assert len(grafts) == len(partial) == 4
+    assert (partial["config.grafted"] == '["hidden"]').all()
+    assert (partial["arm_variant"] == "hidden").all() and (grafts["config.grafted"] == "[]").all()
+    for _, run in pd.concat([grafts, partial]).iterrows():
         assert run["config.magnitude_hparams.lr"] == tuned[run["magnitude_arm"]]
         assert run["config.direction_hparams.lr"] == tuned[run["direction_arm"]]
-    verdicts = result.verdicts.set_index(["magnitude", "direction"])
-    assert set(verdicts.index) == {("sgd", "adam"), ("adam", "sgd")}
+    verdicts = result.verdicts.set_index(["magnitude", "direction", "grafted"])
+    assert set(verdicts.index) == {("sgd", "adam", "all"), ("adam", "sgd", "all"),
+                                   ("sgd", "adam", "hidden"), ("adam", "sgd", "hidden")}
     graft = grafts[(grafts["magnitude_arm"] == "adam")]["run_id"]
     values = [store.metrics(r, names=["val_loss"])["value"].iloc[-1] for r in graft]
-    assert verdicts.loc[("adam", "sgd"), "graft_mean"] == pytest.approx(np.mean(values))
-    assert verdicts.loc[("adam", "sgd"), "magnitude_mean"] == pytest.approx(
+    assert verdicts.loc[("adam", "sgd", "all"), "graft_mean"] == pytest.approx(np.mean(values))
+    assert verdicts.loc[("adam", "sgd", "hidden"), "magnitude_mean"] == pytest.approx(
         _per_lr(store, result.group, "adam")[tuned["adam"]])
     assert verdicts["verdict"].isin(["magnitude", "direction", "cannot tell"]).all()
     again = read_comparison(store, result.group)  # the tables come back from the store alone

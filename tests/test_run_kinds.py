@@ -40,10 +40,12 @@ def config(schedule: str, **changes) -> RunConfig:
     return RunConfig(**BASE, schedule=schedule, warmup_steps=warmup, **changes)
 
 
-def reference(make_optimizer, schedule: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def reference(make_optimizer, schedule: str, seed: int = 0,
+              model: str = "") -> dict[str, torch.Tensor]:
     """Final weights of the same run stepped by a torch optimizer: ``make_optimizer(named)``."""
     dataset = load_dataset(BASE["dataset"], seed=seed)
-    model = build_model(default_model(BASE["dataset"]), dataset, width=BASE["width"], seed=seed)
+    model = build_model(model or default_model(BASE["dataset"]), dataset, width=BASE["width"],
+                        seed=seed)
     optimizer = make_optimizer(list(model.named_parameters()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factor(s, schedule))
     loss = loss_fn(dataset.task)
@@ -166,3 +168,42 @@ def test_replay_with_a_schedule_of_its_own_is_refused():
         RunConfig(direction="sgd", replay="run:x", schedule="warmup_cosine", warmup_steps=5)
     with pytest.raises(ValueError, match="direction empty"):
         RunConfig(direction="sgd", static_ratios="run:x")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_partial_graft_grafts_hidden_matrices_and_gives_the_rest_adams_own_step(store, schedule):
+    """Adam#SGD on the MLP's hidden matrices only, against torch Adam and SGD stepped side by
+    side on copies of the weights, the graft written out per tensor."""
+    sgd = {"lr": 0.1, "momentum": 0.9}
+    ours = trained(store, config(schedule, model="mlp", magnitude="adam", magnitude_hparams=ADAM,
+                                 direction="sgd", direction_hparams=sgd, grafted=["hidden"]))
+
+    class SideBySide(torch.optim.Optimizer):
+        """Steps torch Adam and SGD on shadow copies; applies the partial graft to ``named``."""
+
+        def __init__(self, named):
+            self.named = named
+            super().__init__([p for _, p in named], {"lr": ADAM["lr"]})
+            self.shadow = {name: [p.detach().clone() for _, p in named] for name in "ms"}
+            self.adam = torch.optim.Adam(self.shadow["m"], **ADAM)
+            self.sgd = torch.optim.SGD(self.shadow["s"], **sgd)
+
+        @torch.no_grad()
+        def step(self):
+            self.adam.param_groups[0]["lr"] = self.param_groups[0]["lr"]  # the schedule
+            for copies, opt in ((self.shadow["m"], self.adam), (self.shadow["s"], self.sgd)):
+                for (_, p), c in zip(self.named, copies):
+                    c.copy_(p)
+                    c.grad = p.grad.clone()
+                opt.step()
+            for (name, p), m, s in zip(self.named, self.shadow["m"], self.shadow["s"]):
+                delta_m, delta_s = (m - p).double(), (s - p).double()
+                hidden = p.dim() == 2 and not name.startswith("out")
+                step = delta_s * delta_m.norm() / delta_s.norm() if hidden else delta_m
+                p.add_(step.to(p.dtype))
+
+    dataset = load_dataset(BASE["dataset"])
+    model = build_model("mlp", dataset, width=BASE["width"])
+    assert [n for n, p in model.named_parameters() if p.dim() == 2][-1].startswith("out")
+    theirs = reference(SideBySide, schedule, model="mlp")
+    assert_same_weights(ours, theirs)

@@ -114,7 +114,7 @@ def test_runs_frame_filters_order_and_dtypes(store):
     frame = store.runs()
     assert frame["run_id"].tolist() == [c, b, a]  # newest first
     expected = ["run_id", "name", "kind", "group", "role", "magnitude_arm", "direction_arm",
-                "status", "created", "ended", "last_step"]
+                "arm_variant", "status", "created", "ended", "last_step"]
     assert frame.columns[: len(expected)].tolist() == expected
     assert {"error", "pid", "host", "heartbeat"} <= set(frame.columns)
     assert pd.api.types.is_string_dtype(frame["run_id"])
@@ -566,13 +566,13 @@ def test_opening_a_v1_file_migrates_it_and_keeps_data(tmp_path):
         old = s.run("old-1")  # an older grid's arms come from its configs' optimizers
         assert (old["role"], old["magnitude_arm"], old["direction_arm"]) == ("graft", "adam", "sgd")
         assert s.run("old-2")["role"] is None
-        new = s.create_run({}, group="sweep", arm=("plain", "sgd", ""))
+        new = s.create_run({}, group="sweep", arm=("plain", "sgd", "", ""))
         assert s.runs(group="sweep")["run_id"].tolist() == [new, "old-1"]
         assert s.run(new)["role"] == "plain"
         s.set_role(new, "tuned")
         assert s.runs(group="sweep")["role"].tolist() == ["tuned", "graft"]
     with _raw(tmp_path / "runs.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
         assert "runs_group" in indexes
 

@@ -2,8 +2,10 @@
 
 An experiment is a list of arms. Each run records its ``Arm``: a ``role`` and the labels of
 the optimizer choices it uses as magnitude M and direction D (labels, such as ``"adam"``, name
-an experiment's choices, which may share a registry name with other hyperparameters). Tables,
-figures and verdicts select runs by these fields, never by parsing a display name.
+an experiment's choices, which may share a registry name with other hyperparameters), and a
+``variant`` that tells apart arms of one role and pair (the layer kinds a partial graft grafts,
+the window static ratios came from). Tables, figures and verdicts select runs by these fields,
+never by parsing a display name.
 
 Roles (``ROLES``):
 
@@ -34,6 +36,7 @@ class Arm:
     role: str
     magnitude: str  # label of the optimizer choice that sets the step sizes (or trains alone)
     direction: str = ""  # label of the one that sets the directions; "" for a plain run
+    variant: str = ""  # what tells this arm from others of its role and pair ("" if nothing)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -45,14 +48,15 @@ class Arm:
 
     @property
     def label(self) -> str:
-        """Display text: ``adam``, ``adam#sgd``, ``replay(adam)#sgd``, ``sgd+ratios``."""
+        """Display text: ``adam``, ``adam#sgd``, ``adam#sgd[hidden]``, ``replay(adam)#sgd``,
+        ``sgd+ratios[early]``."""
         if self.role == "replay":
-            return f"replay({self.magnitude})#{self.direction}"
-        if self.role == "partial_graft":
-            return f"{self.magnitude}#{self.direction} (partial)"
-        if self.role == "static_ratios":
-            return f"{self.magnitude}+ratios"
-        return f"{self.magnitude}#{self.direction}" if self.direction else self.magnitude
+            text = f"replay({self.magnitude})#{self.direction}"
+        elif self.role == "static_ratios":
+            text = f"{self.magnitude}+ratios"
+        else:
+            text = f"{self.magnitude}#{self.direction}" if self.direction else self.magnitude
+        return f"{text}[{self.variant}]" if self.variant else text
 
 
 class PlannedRun(NamedTuple):

@@ -159,6 +159,7 @@ def cmd_compare(parser, args, store: RunStore) -> int:
         plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
         with _executor(args, store) as executor:
             result = compare(store, config, optimizers, seeds=args.seeds, plan=plan,
+                             partial=[kinds.split(",") for kinds in args.partial],
                              executor=executor, progress=_progress("compare"))
     except ValueError as error:
         parser.error(str(error))
@@ -177,8 +178,9 @@ def print_comparison(result: Comparison) -> None:
     _print_table(result.arms[["arm", "role", "lr", "direction_lr", "mean", "std", "seeds"]])
     if not result.verdicts.empty:
         print("\nverdicts: is M#D closer to M or to D, given the seed spread?")
-        _print_table(result.verdicts[["magnitude", "direction", "graft_mean", "magnitude_mean",
-                                      "direction_mean", "position", "verdict", "reason"]])
+        _print_table(result.verdicts[["magnitude", "direction", "grafted", "graft_mean",
+                                      "graft_std", "magnitude_mean", "direction_mean",
+                                      "position", "verdict", "reason"]])
 
 
 def cmd_transfer(parser, args, store: RunStore) -> int:
@@ -296,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="ratio of neighbouring lrs [10**0.5: half a decade]")
     compare_p.add_argument("--extensions", type=int, default=2,
                            help="lrs added beyond an edge while the best sits on it [2]")
+    compare_p.add_argument("--partial", action="append", default=[], metavar="KINDS",
+                           help="also a partial graft per pair that grafts only these layer "
+                                "kinds, comma-separated (embedding, head, norm, bias, hidden); "
+                                "repeat for several")
     compare_p.add_argument("--workers", **workers)
     _add_config_flags(compare_p, skip=EXPERIMENT_FIELDS)
     compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)

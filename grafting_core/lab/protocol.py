@@ -127,15 +127,18 @@ def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
 
 def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
             seeds: Sequence[int] = (0, 1, 2), plan: SweepPlan = SweepPlan(),
-            metric: str = "val_loss", executor: Executor | None = None,
-            progress: Progress | None = None, group: str | None = None) -> Comparison:
+            partial: Sequence[Sequence[str]] = (), metric: str = "val_loss",
+            executor: Executor | None = None, progress: Progress | None = None,
+            group: str | None = None) -> Comparison:
     """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
 
     ``optimizers``: label → (registry name, hparams); each arm's sweep is centred on its own
     ``lr``. ``base`` carries everything else (its schedule applies to every run: the CLI and
     the app default to warm-up + cosine). Runs go through ``executor`` in parallel, in the
     store group ``group`` (default: a new ``compare-...`` id; the app names it up front so a
-    page can watch it while this blocks in a thread).
+    page can watch it while this blocks in a thread). Each entry of ``partial`` (a list of
+    layer kinds, e.g. ``["hidden"]``) adds, per pair, a partial graft that grafts only those
+    layers and gives the others M's own step (``RunConfig.grafted``).
     """
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
@@ -170,10 +173,17 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
                            "run_id"]:
         store.set_role(run_id, "tuned")
     pairs = [(m, d) for m in optimizers for d in optimizers if m != d and {m, d} <= set(tuned)]
-    total += len(pairs) * len(seeds)
-    train([PlannedRun(graft_config(base, _choice(m, optimizers[m], tuned[m]),
-                                   _choice(d, optimizers[d], tuned[d]), seed=seed),
-                      Arm("graft", m, d)) for m, d in pairs for seed in seeds])
+    variants = [[]] + [list(kinds) for kinds in partial]
+    total += len(pairs) * len(variants) * len(seeds)
+    planned = []
+    for m, d in pairs:
+        for kinds in variants:
+            arm = Arm("partial_graft" if kinds else "graft", m, d, "+".join(kinds))
+            planned += [PlannedRun(graft_config(base, _choice(m, optimizers[m], tuned[m]),
+                                                _choice(d, optimizers[d], tuned[d]),
+                                                seed=seed, grafted=kinds, name=arm.label), arm)
+                        for seed in seeds]
+    train(planned)
     return read_comparison(store, group, metric=metric)
 
 
@@ -183,16 +193,19 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     if runs.empty:
         raise KeyError(f"No runs in group {group!r}")
     sweep = _sweep_table(store, group, metric)
-    arms = runs[runs["role"].isin(["tuned", "graft"])]
+    arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft"])]
     table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,))
     config = arms.set_index("run_id").loc[table["run_id"]]
+    table["variant"] = config["arm_variant"].fillna("").to_numpy()
     table["lr"] = config[LR_COLUMN].to_numpy(float)
-    table["direction_lr"] = config.get("config.direction_hparams.lr", np.nan)
-    table["arm"] = np.where(table["role"] == "graft",
-                            table["magnitude_arm"] + "#" + table["direction_arm"].fillna(""),
-                            table["magnitude_arm"])
+    table["direction_lr"] = (config["config.direction_hparams.lr"].to_numpy(float)
+                             if "config.direction_hparams.lr" in config else np.nan)
+    table["arm"] = [Arm(role, m, d or "", v).label for role, m, d, v in zip(
+        table["role"].replace("tuned", "plain"), table["magnitude_arm"], table["direction_arm"],
+        table["variant"])]
     values = table[table["status"] == "finished"]
-    summary = (values.groupby(["arm", "role", "magnitude_arm", "direction_arm"], dropna=False)
+    summary = (values.groupby(["arm", "role", "magnitude_arm", "direction_arm", "variant"],
+                              dropna=False)
                .agg(lr=("lr", "first"), direction_lr=("direction_lr", "first"),
                     mean=(metric, "mean"), std=(metric, "std"), seeds=(metric, "size"))
                .reset_index().rename(columns={"magnitude_arm": "magnitude",
@@ -201,12 +214,15 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
 
 
 def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per graft M#D: where it lands between tuned M and tuned D, with the spread."""
-    per_arm = {arm: cell[metric].to_numpy(float) for arm, cell in values.groupby("arm")}
+    """One row per graft M#D (full or partial): where it lands between tuned M and tuned D,
+    with the spread."""
+    tuned = {m: cell[metric].to_numpy(float)
+             for m, cell in values[values["role"] == "tuned"].groupby("magnitude_arm")}
     rows = []
-    grafts = values[values["role"] == "graft"][["magnitude_arm", "direction_arm"]]
-    for m, d in grafts.drop_duplicates().itertuples(index=False):
-        if m in per_arm and d in per_arm:
-            rows.append({"magnitude": m, "direction": d,
-                         **closer_to(per_arm[f"{m}#{d}"], per_arm[m], per_arm[d])})
+    grafts = values[values["role"].isin(["graft", "partial_graft"])]
+    for (m, d, variant), cell in grafts.groupby(["magnitude_arm", "direction_arm", "variant"],
+                                                 sort=False):
+        if m in tuned and d in tuned:
+            rows.append({"magnitude": m, "direction": d, "grafted": variant or "all",
+                         **closer_to(cell[metric].to_numpy(float), tuned[m], tuned[d])})
     return pd.DataFrame(rows)

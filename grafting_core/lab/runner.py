@@ -27,7 +27,8 @@ def create_run(store: RunStore, config: RunConfig, *, kind: str = "train",
     worker picks it up; without a name it is called by its arm or its config."""
     name = config.name or (arm.label if arm else config.label)
     return store.create_run(config.to_dict(), name=name, kind=kind, group=group,
-                            arm=(arm.role, arm.magnitude, arm.direction) if arm else None)
+                            arm=(arm.role, arm.magnitude, arm.direction, arm.variant)
+                            if arm else None)
 
 
 def request_stop(store: RunStore, run_id: str) -> None:

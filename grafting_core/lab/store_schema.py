@@ -58,5 +58,11 @@ def _v3_arms(conn: sqlite3.Connection) -> None:
         " WHERE kind = 'grid' AND json_valid(config)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_run_group, _v3_arms]
+def _v4_arm_variant(conn: sqlite3.Connection) -> None:
+    """Version 4: an arm's variant (the layers a partial graft grafts, a ratio window)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN arm_variant TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial, _v2_run_group, _v3_arms, _v4_arm_variant]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .. import Graft, MagnitudeSchedule, NormLog, StaticRatios, build_optimizer
+from ..layer_kinds import select_kinds
 from ..memory import state_bytes
 from .config import RunConfig
 from .custom import load_custom
@@ -121,7 +122,8 @@ class Trainer:
             ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios, "static_ratios"))
             spec = cfg.magnitude_spec()
             magnitude = build_optimizer(spec, ratios.param_groups(named, lr=spec.resolved["lr"]))
-        self.optimizer = Graft(named, magnitude, cfg.direction_spec(),
+        grafted = select_kinds(self.model, cfg.grafted) if cfg.grafted else None
+        self.optimizer = Graft(named, magnitude, cfg.direction_spec(), grafted=grafted,
                                granularity=cfg.granularity, lr=cfg.graft_lr)
         scheduled = self.optimizer if cfg.replay else self.optimizer.magnitude
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
