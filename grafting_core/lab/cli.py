@@ -4,6 +4,7 @@
     python -m grafting_core grid --optimizers sgd adam adagrad --seeds 0 1 2 --dataset chars
     python -m grafting_core compare --optimizers sgd adam --seeds 0 1 2 --dataset chars
     python -m grafting_core schedule-transfer --magnitude adam --direction sgd
+    python -m grafting_core ratio-study GROUP --magnitude adam --direction sgd
     python -m grafting_core static-ratios --magnitude adam --window 50 200
     python -m grafting_core runs list | show ID | export ID | delete ID | schedule ID | ratios ID
 
@@ -37,6 +38,7 @@ from .experiments import (
     static_ratio_experiment,
 )
 from .protocol import Comparison, SweepPlan, compare
+from .ratio_study import SCOPES, WINDOWS, static_ratio_study
 from .runner import create_run, execute_run
 from .store import RunStore, default_runs_dir
 
@@ -183,6 +185,22 @@ def print_comparison(result: Comparison) -> None:
                                       "position", "verdict", "reason"]])
 
 
+def cmd_ratio_study(parser, args, store: RunStore) -> int:
+    try:
+        with _executor(args, store) as executor:
+            table = static_ratio_study(store, args.group, magnitude=args.magnitude,
+                                       direction=args.direction, windows=args.windows,
+                                       scopes=args.scopes, statistic=args.statistic,
+                                       executor=executor, progress=_progress("ratio study"))
+    except (ValueError, KeyError) as error:
+        parser.error(str(error).strip("'\""))
+    print(f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
+          f"tuned {args.magnitude} and {args.direction} (val_loss over seeds; gap_closed 1 = "
+          f"as good as {args.magnitude}), group {args.group}")
+    _print_table(table[["arm", "mean", "std", "seeds", "gap_closed", "state_bytes"]])
+    return 0
+
+
 def cmd_transfer(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     with _executor(args, store) as executor:
@@ -305,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p.add_argument("--workers", **workers)
     _add_config_flags(compare_p, skip=EXPERIMENT_FIELDS)
     compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)
+
+    study = sub.add_parser(
+        "ratio-study", help="static ratios from a comparison's M#D runs, per window and per "
+                            "layer vs one scalar, next to tuned M and D")
+    study.add_argument("group", help="a 'compare' group whose M#D runs are the sources")
+    study.add_argument("--magnitude", default="adam", help="M's label in the group [adam]")
+    study.add_argument("--direction", default="sgd", help="D's label in the group [sgd]")
+    study.add_argument("--windows", nargs="+", choices=list(WINDOWS), default=list(WINDOWS),
+                       help="windows of the source runs [all]")
+    study.add_argument("--scopes", nargs="+", choices=SCOPES, default=list(SCOPES),
+                       help="per-layer ratios, one global scalar, or both [both]")
+    study.add_argument("--statistic", choices=STATISTICS, default="median", help="[median]")
+    study.add_argument("--workers", **workers)
+    study.set_defaults(handler=cmd_ratio_study, command_parser=study)
 
     transfer = sub.add_parser("schedule-transfer",
                               help="M, D, M#D and M's recorded schedule replayed onto D")

@@ -53,7 +53,8 @@ class RunConfig:
     schedule: str = _option("constant", "schedule of M's lr: constant|cosine|linear|warmup_cosine")
     warmup_steps: int = _option(0, "linear warm-up steps for warmup_cosine")
     replay: str = _option("", "magnitude-schedule JSON file or 'run:<id>' replayed as M")
-    static_ratios: str = _option("", "static-ratios JSON file or 'run:<id>': per-layer lr on M")
+    static_ratios: str = _option("", "static-ratios JSON file, 'run:<id>' or "
+                                     "'run:<id>:<artifact>': per-layer lr on M")
     steps: int = _option(500, "optimizer steps")
     batch_size: int = _option(64, "examples (text: windows) per step")
     seed: int = _option(0, "seed of model init and data order")

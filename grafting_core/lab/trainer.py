@@ -95,7 +95,8 @@ class Trainer:
         if ref.startswith("run:"):
             if self.artifact_loader is None:
                 raise ValueError(f"{ref!r} needs a run store to load {artifact!r} from")
-            return self.artifact_loader(ref[4:], artifact)
+            run_id, _, name = ref[4:].partition(":")  # run:<id> or run:<id>:<artifact name>
+            return self.artifact_loader(run_id, name or artifact)
         with open(ref) as handle:
             return json.load(handle)
 
