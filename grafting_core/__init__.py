@@ -5,6 +5,7 @@ Imports torch and the standard library only. The experiment engine lives in
 """
 
 from .graft import NORM_FIELDS, Graft
+from .layer_kinds import LAYER_KINDS, layer_kind, layer_kinds, select_kinds
 from .layers import GRANULARITIES, Layers, layer_key
 from .memory import state_bytes
 from .native import NativeOptimizer
@@ -29,8 +30,9 @@ from .static_ratios import (
 )
 
 __all__ = [
-    "GRANULARITIES", "NORM_FIELDS", "RULES", "STATISTICS", "Graft", "Layers", "MagnitudeSchedule",
-    "NativeOptimizer", "NormLog", "OptimizerSpec", "Rule", "StaticRatios", "as_spec",
-    "build_optimizer", "default_hparams", "describe", "estimate_static_ratios", "is_native",
-    "layer_key", "optimizer_names", "state_bytes", "static_ratios_from_log", "validate_hparams",
+    "GRANULARITIES", "LAYER_KINDS", "NORM_FIELDS", "RULES", "STATISTICS", "Graft", "Layers",
+    "MagnitudeSchedule", "NativeOptimizer", "NormLog", "OptimizerSpec", "Rule", "StaticRatios",
+    "as_spec", "build_optimizer", "default_hparams", "describe", "estimate_static_ratios",
+    "is_native", "layer_key", "layer_kind", "layer_kinds", "optimizer_names", "select_kinds",
+    "state_bytes", "static_ratios_from_log", "validate_hparams",
 ]

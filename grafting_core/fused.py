@@ -7,7 +7,8 @@ with the system C compiler on first use (about 2 s) and cached in ``~/.cache/gra
 (or ``$GRAFTING_FUSED_CACHE``); without a compiler every step takes the reference path.
 
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
-CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are native
+CPU tensor of one dtype, ``direction`` is not ``None``, every layer is grafted (partial
+grafting, ``grafted=``, takes the reference path), and either both children are native
 SGD/Adam/AdamW (``path`` native) or the step is black-box (any optimizers, a replayed
 schedule as magnitude included). A native replayed schedule and the other native rules
 (AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path, and so do DTensor
@@ -144,6 +145,8 @@ def supports(graft: Any, params: list[Tensor]) -> bool:
     """Whether a fused step can do this step of ``graft`` over ``params`` (see module doc)."""
     if graft.direction is None or not params or getattr(graft, "_sharding", None) is not None:
         return False  # sharded parameters: the reference path of grafting_core.sharded
+    if graft.partial:
+        return False  # partial grafting: the reference path (grafting_core.partial)
     if _build() is None:
         return False
     dtype = params[0].dtype

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 
 from . import fused as fused_kernels
-from . import sharded
+from . import partial, sharded
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
+from .partial import Grafted
 from .registry import build_optimizer
 from .rules import tensor_norms
 from .schedule import MagnitudeSchedule
@@ -21,7 +22,7 @@ from .schedule import MagnitudeSchedule
 #: Per-layer quantities ``Graft`` leaves in ``last_norms`` after every step (columns, in order).
 NORM_FIELDS = (
     "magnitude_norm",  # ‖Δ_M‖: the step M proposed (or the replayed schedule's value)
-    "direction_norm",  # ‖Δ_D‖: the step D proposed
+    "direction_norm",  # ‖Δ_D‖: the step D proposed (‖Δ_M‖ on a layer that is not grafted)
     "step_norm",  # ‖applied step‖ = lr · ‖Δ_M‖ for a layer that moved
     "grad_norm",  # ‖g‖ before the step (inf/nan when the layer was skipped)
     "weight_norm",  # ‖w‖ before the step
@@ -39,6 +40,8 @@ class _Plan:
     index: Tensor  # layer of each active parameter
     is_identity: bool  # one layer per parameter, all present, in order
     active_layers: Tensor  # bool per layer: has at least one active parameter
+    grafted: tuple[bool, ...]  # per active parameter: its layer is grafted (else M's step)
+    partial: bool  # some active parameter is not grafted
 
 
 class Graft(torch.optim.Optimizer):
@@ -52,19 +55,36 @@ class Graft(torch.optim.Optimizer):
             \frac{\lVert \Delta_{M,l} \rVert}{\lVert \Delta_{D,l} \rVert + \epsilon}\,\Delta_{D,l}
 
     (a layer whose direction step is exactly zero does not move). ``Graft(A, A)`` is A.
+    With ``grafted=`` only the chosen layers are grafted; the others take M's own step,
+    :math:`w_{t+1,l} = w_{t,l} + \mathrm{lr}\,\Delta_{M,l}` (partial grafting).
     Native children (registry specs) are computed without touching the weights; any other
     ``torch.optim.Optimizer`` is driven as a black box: snapshot, step, difference, restore,
     with a single weights-sized scratch buffer.
 
     Args:
         params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``, which gives
-            the layers readable names) or param-group dicts; each group may set its own ``lr``.
+            the layers readable names) or param-group dicts. A group's ``lr`` multiplies the
+            grafted step of its parameters (default: ``lr`` below); it is never handed to the
+            children, whose own learning rates shape their proposals. So a per-layer learning
+            rate for D belongs in D's groups, not Graft's: groups from
+            :meth:`StaticRatios.param_groups <grafting_core.StaticRatios.param_groups>` are
+            refused here (they would apply the learning rate twice).
         magnitude: spec (``"adam"``, ``("adam", {"lr": 1e-3})``), a ready optimizer over the
             same parameters, or a :class:`MagnitudeSchedule` to replay a recorded schedule.
         direction: spec or ready optimizer over the same parameters, or ``None``: then
             M's own steps are applied unchanged (plain M, with per-layer norm recording).
         granularity: ``"tensor"`` (default, the paper's layer-wise), ``"module"``,
             ``"global"``, or a callable from parameter name to layer key.
+        grafted: which layers are grafted (default ``None``: all). Layer kinds, one or a
+            collection of ``"embedding"``, ``"head"``, ``"norm"``, ``"bias"``, ``"hidden"``
+            (read from names and shapes, see :mod:`grafting_core.layer_kinds`; with the model
+            at hand :func:`~grafting_core.select_kinds` reads them from module types), or a
+            callable from parameter name to bool. A layer is grafted as a whole (mixing
+            within one layer is an error). The other layers take M's step unchanged and D
+            never sees them: built from a spec, D is built over the grafted parameters only;
+            a ready D may cover all parameters or exactly the grafted ones. Selecting no
+            layer is plain M. Not with ``direction=None`` or a replayed schedule (it has no
+            step of M to take); ``fused=True`` takes the reference path.
         lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
         eps: added to ‖Δ_D‖ in the ratio (default: 1e-16).
         path: ``"auto"`` (native when both children are native), ``"native"`` (error if not
@@ -82,6 +102,16 @@ class Graft(torch.optim.Optimizer):
         >>> opt = Graft(model.named_parameters(), ("adam", {"lr": 1e-3}), ("sgd", {"lr": 0.1}))
         >>> model(torch.randn(8, 4)).square().mean().backward()
         >>> opt.step()
+
+        Adam#SGD on the hidden matrices only, Adam's own step on embeddings, head, norms
+        and biases (Zhao et al. 2024, arXiv 2407.07972):
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(8, 2))
+        >>> opt = Graft(model.named_parameters(), ("adam", {"lr": 3e-3}), ("sgd", {"lr": 0.1}),
+        ...             grafted="hidden")  # or grafted=select_kinds(model, "hidden")
+        >>> opt.grafted_layers  # per layer of opt.layers.names: 0.weight, 0.bias, 2.weight, ...
+        (True, False, False, False)
 
     References:
         Agarwal, Anil, Hazan, Koren, Zhang. "Disentangling Adaptive Gradient Methods from
@@ -101,11 +131,12 @@ class Graft(torch.optim.Optimizer):
       rules run on the local shards. Black-box children step the DTensors themselves: torch's
       element-wise optimizers (SGD, Adam, AdamW, Adagrad, RMSprop, NAdam, RAdam, Adamax,
       Adadelta, ASGD), or any class or instance that sets ``supports_dtensor = True``.
-      Replayed schedules and every granularity work. Refused at construction, with the
-      reason: native LARS/LAMB (their trust ratios would be shard norms), Muon, Adafactor,
-      Rprop and unknown optimizers without ``supports_dtensor``, plain tensors mixed with
-      DTensors. ``fused=True`` takes the reference path. A NaN/inf gradient on any shard
-      skips that layer on every rank (see the warning in :mod:`grafting_core.sharded`).
+      Replayed schedules, every granularity and partial grafting work. Refused at
+      construction, with the reason: native LARS/LAMB (their trust ratios would be shard
+      norms), Muon, Adafactor, Rprop and unknown optimizers without ``supports_dtensor``,
+      plain tensors mixed with DTensors. ``fused=True`` takes the reference path. A NaN/inf
+      gradient on any shard skips that layer on every rank (see the warning in
+      :mod:`grafting_core.sharded`).
     - Recording: after the reduction ``last_norms`` holds whole-layer norms, identical on
       every rank, so a :class:`~grafting_core.NormLog` on rank 0 records the run.
     """
@@ -117,6 +148,7 @@ class Graft(torch.optim.Optimizer):
         direction: Any,
         *,
         granularity: Granularity = "tensor",
+        grafted: Grafted = None,
         lr: float = 1.0,
         eps: float = 1e-16,
         path: str = "auto",
@@ -138,17 +170,26 @@ class Graft(torch.optim.Optimizer):
         self.skip_nonfinite = skip_nonfinite
         self.fused = fused
         self.granularity = granularity
+        self.grafted = grafted
         if direction is None and isinstance(magnitude, MagnitudeSchedule):
             raise ValueError("A replayed schedule needs a direction optimizer (direction=None)")
+        if direction is None and grafted is not None:
+            raise ValueError(f"Invalid grafted: {grafted!r} with direction=None (plain M has "
+                             "nothing to graft); give a direction or leave grafted=None")
+        self._reset_layers()
+        if isinstance(magnitude, MagnitudeSchedule) and self.partial:
+            raise ValueError("Invalid grafted: a replayed MagnitudeSchedule has no step of M "
+                             "for the layers that are not grafted; graft every layer "
+                             "(grafted=None) or record a run of M and replay it whole")
         self.magnitude = self._child(magnitude)
-        self.direction = None if direction is None else self._child(direction)
+        self.direction = None if direction is None else self._child(direction, grafted=True)
         self.native = self._is_native(self.magnitude) and (
             direction is None or self._is_native(self.direction))
         if path == "native" and not self.native:
             raise ValueError("path='native' needs native children (registry specs); got "
                              f"{type(self.magnitude).__name__}, {type(self.direction).__name__}")
         self._ready = True
-        self._reset_layers()
+        self._check_children()
         self.graft_step = 0
 
     # ----------------------------------------------------------------- set-up
@@ -162,55 +203,100 @@ class Graft(torch.optim.Optimizer):
                 position += 1
         return named
 
-    def _child(self, child: Any) -> Any:
+    @property
+    def partial(self) -> bool:
+        """Whether some layer is not grafted (takes M's own step)."""
+        return not all(self.grafted_layers)
+
+    def _child(self, child: Any, grafted: bool = False) -> Any:
+        """The child optimizer; ``grafted``: over the grafted parameters only (D from a spec)."""
         if isinstance(child, MagnitudeSchedule):
             return child
         if isinstance(child, torch.optim.Optimizer):
-            theirs = {id(p) for g in child.param_groups for p in g["params"]}
-            ours = {id(p) for g in self.param_groups for p in g["params"]}
-            if theirs != ours:
-                raise ValueError(
-                    f"{type(child).__name__} was built over other parameters than Graft: "
-                    f"{len(theirs - ours)} extra, {len(ours - theirs)} missing"
-                )
+            self._check_coverage(child, grafted)
             return child
-        return build_optimizer(child, [self._child_group(g) for g in self.param_groups])
+        return build_optimizer(child, [self._child_group(g, grafted) for g in self.param_groups])
 
-    @staticmethod
-    def _child_group(group: dict[str, Any]) -> dict[str, Any]:
-        names = group.get("param_names")
-        return {"params": list(zip(names, group["params"])) if names else list(group["params"])}
+    def _check_coverage(self, child: torch.optim.Optimizer, grafted: bool) -> None:
+        """A ready child must cover Graft's parameters (D: all of them or the grafted ones)."""
+        theirs = {id(p) for g in child.param_groups for p in g["params"]}
+        ours = {id(p) for g in self.param_groups for p in g["params"]}
+        chosen = {id(p) for g in self.param_groups for p in g["params"] if self._is_grafted(p)}
+        if theirs == ours or (grafted and theirs == chosen):
+            return
+        wanted = "Graft's or its grafted ones" if grafted and self.partial else "Graft's"
+        raise ValueError(f"{type(child).__name__} was built over other parameters than "
+                         f"{wanted}: {len(theirs - ours)} extra, {len(ours - theirs)} missing")
+
+    def _is_grafted(self, param: Tensor) -> bool:
+        return self._param_grafted[self._position[id(param)]]
+
+    def _child_group(self, group: dict[str, Any], grafted: bool = False) -> dict[str, Any]:
+        """A child's group over ``group``'s parameters (``grafted``: only the grafted ones)."""
+        names = group.get("param_names") or [None] * len(group["params"])
+        kept = [(n, p) for n, p in zip(names, group["params"])
+                if not grafted or self._is_grafted(p)]
+        return {"params": [p if n is None else (n, p) for n, p in kept]}
 
     def _is_native(self, child: Any) -> bool:
         return self.path != "blackbox" and isinstance(child, NativeOptimizer | MagnitudeSchedule)
 
     def _reset_layers(self) -> None:
+        """Layers, grafted flags and per-layer buffers for the current parameters."""
         named = self.named_params()
-        if self.granularity == "module" and any(
-            g.get("param_names") is None for g in self.param_groups
-        ):
+        has_names = all(g.get("param_names") is not None for g in self.param_groups)
+        if self.granularity == "module" and not has_names:
             raise ValueError("granularity='module' needs parameter names: pass "
                              "model.named_parameters() instead of model.parameters()")
         self.layers = Layers.build([n for n, _ in named], self.granularity)
         self._position = {id(p): i for i, (_, p) in enumerate(named)}
+        self._param_grafted = partial.grafted_params(self.grafted, named, has_names=has_names)
+        #: Per layer of ``layers.names``: grafted (M#D) or not (M's own step).
+        self.grafted_layers = partial.grafted_layers(self._param_grafted, self.layers)
         self._plan: _Plan | None = None
         self._scratch: dict[int, Tensor] = {}
         device = named[0][1].device if named else torch.device("cpu")
-        self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
+        self._ungrafted = (torch.tensor([not g for g in self.grafted_layers], device=device)
+                           if self.partial else None)
         self.last_norms = torch.full((len(self.layers), len(NORM_FIELDS)), math.nan, device=device)
         self.nonfinite_skips = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
+
+    def _check_children(self) -> None:
+        """Checks that need the children: schedule layers, DTensor support."""
+        self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
         if isinstance(self.magnitude, MagnitudeSchedule):
             self.magnitude.check_layers(self.layers.names)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to Graft and to both children (built from specs or not)."""
-        super().add_param_group(param_group)
+        """Add a group to Graft and to both children (built from specs or not).
+
+        D gets the group's grafted parameters only, unless it already covers ungrafted ones.
+        """
+        if "static_ratio" in param_group:
+            raise ValueError(
+                "These are StaticRatios.param_groups: their lr (base lr · c) is the plain "
+                "optimizer's own learning rate, and a Graft group's lr would multiply the step "
+                "that optimizer already took with it (lr² · c). Build the optimizer over them "
+                "(e.g. torch.optim.SGD(groups) or build_optimizer(spec, groups)) and pass it "
+                "to Graft as the magnitude, over model.named_parameters()")
         if not self._ready:
+            super().add_param_group(param_group)
             return
+        before = self._param_grafted
+        direction_all = isinstance(self.direction, torch.optim.Optimizer) and sum(
+            len(g["params"]) for g in self.direction.param_groups) > sum(before)
+        super().add_param_group(param_group)
+        self._reset_layers()
+        if self._param_grafted[:len(before)] != before:  # e.g. a new last matrix: a new head
+            self.param_groups.pop()
+            self._reset_layers()
+            raise ValueError("Invalid grafted: adding this group changes which existing "
+                             "parameters are grafted; pass grafted= as a predicate on names")
         for child in (self.magnitude, self.direction):
             if isinstance(child, torch.optim.Optimizer):
-                child.add_param_group(self._child_group(self.param_groups[-1]))
-        self._reset_layers()
+                grafted = child is self.direction and not direction_all
+                child.add_param_group(self._child_group(self.param_groups[-1], grafted))
+        self._check_children()
 
     # ------------------------------------------------------------------- step
     def _plan_for(self, params: list[Tensor]) -> _Plan:
@@ -221,8 +307,9 @@ class Graft(torch.optim.Optimizer):
             active = torch.zeros(len(self.layers), dtype=torch.bool)
             active[layer_of] = True
             identity = layer_of == list(range(len(self.layers)))
+            grafted = tuple(self._param_grafted[i] for i in key)
             self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
-                               active.to(device))
+                               active.to(device), grafted, not all(grafted))
         return self._plan
 
     def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
@@ -340,8 +427,11 @@ class Graft(torch.optim.Optimizer):
             direction_per_tensor = self._tensor_norms(direction)
             direction_norm = magnitude_norm = self._reduce(direction_per_tensor, plan)
         else:
-            magnitude_norm = self._magnitude_norms(plan, scratch)
-            direction = self._direction_steps(self.direction, plan, scratch)
+            if plan.partial:  # Δ_D on grafted parameters, Δ_M on the others
+                magnitude_norm, direction = partial.steps(self, plan, scratch)
+            else:
+                magnitude_norm = self._magnitude_norms(plan, scratch)
+                direction = self._direction_steps(self.direction, plan, scratch)
             direction_per_tensor = self._tensor_norms(direction)
             direction_norm = self._reduce(direction_per_tensor, plan)
         finite, scales = self._combine(plan, finite, magnitude_norm, direction_norm)
@@ -355,11 +445,16 @@ class Graft(torch.optim.Optimizer):
 
     def _combine(self, plan: _Plan, finite: Tensor, magnitude_norm: Tensor,
                  direction_norm: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-layer finiteness and per-parameter scales lr · ‖Δ_M‖ / (‖Δ_D‖ + eps)."""
+        """Per-layer finiteness and per-parameter scales lr · ‖Δ_M‖ / (‖Δ_D‖ + eps).
+
+        The ratio is exactly one for plain M and for the layers that are not grafted.
+        """
         if self.direction is None:
             ratio = torch.ones_like(direction_norm)
         else:
             ratio = magnitude_norm / (direction_norm + self.eps)
+        if self._ungrafted is not None:
+            ratio = torch.where(self._ungrafted, torch.ones_like(ratio), ratio)
         if self.skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
             finite = finite & torch.isfinite(ratio) & torch.isfinite(direction_norm)
             ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
@@ -384,14 +479,15 @@ class Graft(torch.optim.Optimizer):
         state = super().state_dict()
         state["graft"] = {"step": self.graft_step, "eps": self.eps,
                           "nonfinite_skips": self.nonfinite_skips.clone(),
-                          "layer_names": list(self.layers.names)}
+                          "layer_names": list(self.layers.names),
+                          "grafted_layers": list(self.grafted_layers)}
         for role in ("magnitude", "direction"):
             child = getattr(self, role)
             state[role] = child.state_dict() if isinstance(child, torch.optim.Optimizer) else None
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore Graft and both children; layer names must match the saved ones."""
+        """Restore Graft and both children; layer names and grafted layers must match."""
         state_dict = dict(state_dict)
         missing = [k for k in ("graft", "magnitude", "direction") if k not in state_dict]
         if missing:
@@ -401,6 +497,11 @@ class Graft(torch.optim.Optimizer):
         if list(extras["layer_names"]) != list(self.layers.names):
             raise ValueError("Saved Graft layers differ from this optimizer's: "
                              f"saved {len(extras['layer_names'])}, here {len(self.layers)}")
+        saved = tuple(extras.get("grafted_layers", [True] * len(self.layers)))
+        if saved != self.grafted_layers:
+            differ = [n for n, a, b in zip(self.layers.names, saved, self.grafted_layers) if a != b]
+            raise ValueError(f"Saved Graft grafted other layers than this optimizer's grafted=: "
+                             f"{differ} differ (saved grafted: {list(saved)})")
         super().load_state_dict(state_dict)
         for role, child_state in children.items():
             child = getattr(self, role)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .partial import hidden_grads, pick
 from .rules import tensor_norms
 from .schedule import MagnitudeSchedule
 
@@ -112,7 +113,7 @@ def detect(graft: Any) -> Sharding | None:
     """The sharding of ``graft``'s parameters, or None when none is a ``DTensor``.
 
     Raises ``RuntimeError`` at construction for what cannot work: plain tensors mixed with
-    DTensors, several meshes, placements other than Shard/Replicate, or a child that cannot
+    DTensors, several meshes, placements other than Shard/Replicate, a child that cannot
     step DTensor shards.
     """
     cls = dtensor_type()
@@ -179,6 +180,9 @@ def step(graft: Any, plan: Any) -> None:
     replay = isinstance(graft.magnitude, MagnitudeSchedule)
     if graft.direction is None:
         direction = _steps(graft, graft.magnitude, plan, scratch)
+    elif plan.partial:
+        magnitude_local, direction = _partial_steps(graft, plan, scratch)
+        pieces.append(magnitude_local)
     else:
         if not replay:
             pieces.append(_magnitude_norms(graft, plan, scratch))
@@ -235,6 +239,27 @@ def _magnitude_norms(graft: Any, plan: Any, scratch: list[Tensor] | None) -> lis
     norms = tensor_norms(shards)
     torch._foreach_copy_(shards, scratch)
     return norms
+
+
+def _partial_steps(graft: Any, plan: Any,
+                   scratch: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor]]:
+    """Shard norms of Δ_M and each shard's step: Δ_D where grafted, Δ_M elsewhere
+    (the same as ``grafting_core.partial.steps``, on local shards)."""
+    params, grafted = plan.params, plan.grafted
+    magnitude = _steps(graft, graft.magnitude, plan, scratch)  # black box: shards hold Δ_M
+    norms = tensor_norms(magnitude)
+    chosen = pick(params, grafted)
+    if not chosen:
+        return norms, magnitude
+    if graft.native:
+        direction = iter(graft._child_steps(graft.direction, chosen))
+        return norms, [next(direction) if g else m for m, g in zip(magnitude, grafted)]
+    saved = pick(scratch, grafted)
+    torch._foreach_copy_(pick(magnitude, grafted), saved)  # grafted shards back to w
+    with hidden_grads(pick(params, grafted, keep=False)):
+        graft.direction.step()
+    torch._foreach_sub_([p.to_local() for p in chosen], saved)  # grafted shards hold Δ_D
+    return norms, [p.to_local() for p in params]
 
 
 def _steps(graft: Any, child: Any, plan: Any, scratch: list[Tensor] | None) -> list[Tensor]:

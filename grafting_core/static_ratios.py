@@ -10,7 +10,7 @@ file exported here and loaded against another model fails clearly instead of sil
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,23 +102,48 @@ class StaticRatios:
 
     def param_groups(self, named_params: Iterable[tuple[str, Tensor]],
                      lr: float | None = None) -> list[dict[str, Any]]:
-        """Groups for ``torch.optim.SGD``: each parameter with lr·c (lr defaults to base_lr)."""
+        """Groups for the plain optimizer D (e.g. ``torch.optim.SGD``): one per parameter,
+        with D's learning rate ``lr · c`` (``lr`` defaults to ``base_lr``).
+
+        The ``lr`` of these groups is D's own learning rate, so build D over them::
+
+            sgd = torch.optim.SGD(ratios.param_groups(model.named_parameters()), momentum=0.9)
+
+        and, to record norms, hand that ready optimizer to ``Graft(named, sgd, None)``. They
+        are *not* groups for ``Graft`` itself: a Graft group's ``lr`` multiplies the step D
+        already took with its own lr, which would apply the learning rate twice (lr²·c).
+        Each group carries its multiplier as ``static_ratio``, and ``Graft`` refuses groups
+        that do.
+        """
         lr = self.base_lr if lr is None else lr
         if lr is None:
             raise ValueError("No lr given and the ratios carry no base_lr")
-        return [{"params": [p], "param_names": [n], "lr": lr * self.ratios[n]}
-                for n, p in self.check(named_params)]
+        return [{"params": [p], "param_names": [n], "lr": lr * self.ratios[n],
+                 "static_ratio": self.ratios[n]} for n, p in self.check(named_params)]
+
+
+def _model_norms(per_layer: Tensor) -> Tensor:
+    """``(steps, 1)`` whole-model norms from ``(steps, layers)`` per-layer norms."""
+    return per_layer.nan_to_num().square().sum(1, keepdim=True).sqrt()
 
 
 def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list[int], *,
                            layer_names: tuple[str, ...], param_names: tuple[str, ...],
                            param_layer: tuple[int, ...], shapes: dict[str, list[int]],
                            window: tuple[int, int] | None = None, statistic: str = "median",
-                           trim: float = 0.1, base_lr: float | None = None) -> StaticRatios:
+                           trim: float = 0.1, base_lr: float | None = None,
+                           lr_factor: Callable[[int], float] | None = None,
+                           per_layer: bool = True) -> StaticRatios:
     """c_l = statistic over steps in ``window`` (``[start, stop)``) of ‖Δ_M,l‖/‖Δ_D,l‖.
 
     ``records`` is a norm recording ``(steps, layers, fields)``; each parameter gets the
     multiplier of its layer. A layer with no usable step in the window is an error.
+
+    ``lr_factor(step)``: the global schedule M's lr followed in the recorded run (D's lr
+    cancels in the graft and is usually not scheduled). Each step's ratio is divided by it, so
+    that c carries M's per-layer correction without the schedule, and a run with per-layer lr
+    ``base_lr · c`` takes the schedule on top (as the lab does). ``per_layer=False`` gives every
+    parameter one global scalar: the statistic of ‖Δ_M‖/‖Δ_D‖ over the whole model.
     """
     start, stop = window if window is not None else (0, max(steps, default=-1) + 1)
     rows = [i for i, s in enumerate(steps) if start <= s < stop]
@@ -126,17 +151,28 @@ def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list
         raise ValueError(f"No recorded steps in window [{start}, {stop}) "
                          f"(recorded: {steps[0] if steps else '-'}..{steps[-1] if steps else '-'})")
     sel = records[rows]
-    ratios = step_ratios(sel[:, :, fields.index("magnitude_norm")],
-                         sel[:, :, fields.index("direction_norm")])
-    ratios[sel[:, :, fields.index("skipped")] > 0] = float("nan")
-    per_layer = reduce_ratios(ratios, statistic, trim=trim)
-    empty = [layer_names[i] for i in range(len(layer_names)) if torch.isnan(per_layer[i])]
+    magnitude = sel[:, :, fields.index("magnitude_norm")].double()
+    direction = sel[:, :, fields.index("direction_norm")].double()
+    skipped = sel[:, :, fields.index("skipped")] > 0
+    if lr_factor is not None:
+        factors = torch.tensor([lr_factor(steps[i]) for i in rows], dtype=torch.float64)
+        magnitude = magnitude / torch.where(factors > 0, factors, torch.nan)[:, None]
+    if not per_layer:  # one layer: the whole model's norms, from the per-layer ones
+        magnitude, direction = _model_norms(magnitude), _model_norms(direction)
+        skipped = skipped.any(1, keepdim=True)
+    ratios = step_ratios(magnitude, direction)
+    ratios[skipped] = float("nan")
+    reduced = reduce_ratios(ratios, statistic, trim=trim)
+    empty = [layer_names[i] for i in range(len(reduced)) if torch.isnan(reduced[i])]
     if empty:
-        raise ValueError(f"No usable steps in the window for layers {empty}")
-    info = {"statistic": statistic, "window": [start, stop], "steps_used": len(rows)}
+        raise ValueError(f"No usable steps in the window for layers "
+                         f"{empty if per_layer else 'of the whole model'}")
+    info = {"statistic": statistic, "window": [start, stop], "steps_used": len(rows),
+            "per_layer": per_layer, "schedule_divided_out": lr_factor is not None}
     if statistic == "trimmed_mean":
         info["trim"] = trim
-    return StaticRatios({n: float(per_layer[param_layer[i]]) for i, n in enumerate(param_names)},
+    layer_of = param_layer if per_layer else [0] * len(param_names)
+    return StaticRatios({n: float(reduced[layer_of[i]]) for i, n in enumerate(param_names)},
                         {n: shapes[n] for n in param_names}, base_lr, info)
 
 

@@ -15,8 +15,9 @@ import streamlit as st
 from grafting_core import STATISTICS, StaticRatios
 from grafting_core.lab import experiment_figures, figures
 from grafting_core.lab.analysis import ratio_trajectories, static_ratios_from_run
+from grafting_core.lab.arms import Arm, PlannedRun
 from grafting_core.lab.config import RunConfig
-from grafting_core.lab.experiments import final_metrics, static_ratio_configs
+from grafting_core.lab.experiments import final_metrics, static_ratio_configs_from
 from grafting_core.registry import OptimizerSpec
 from ui import charts, forms, live
 from ui.resources import get_store, start_group
@@ -76,7 +77,7 @@ def graftable(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[ok]
 
 
-def new_source_form() -> tuple[RunConfig | None, str]:
+def new_source_form() -> tuple[PlannedRun | None, str]:
     """M, D, data and a short loop for the run to measure; (config, "") or (None, why)."""
     col_m, col_d, col_run = st.columns(3, gap="large")
     with col_m:
@@ -97,10 +98,11 @@ def new_source_form() -> tuple[RunConfig | None, str]:
     try:
         if not d_name:
             raise ValueError("a direction optimizer D is needed")
-        return RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
-                         magnitude=m_name, magnitude_hparams=m_hp, direction=d_name,
-                         direction_hparams=d_hp, name=f"{m_name}#{d_name}",
-                         device=st.session_state["shared.device"]), ""
+        config = RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
+                           magnitude=m_name, magnitude_hparams=m_hp, direction=d_name,
+                           direction_hparams=d_hp, name=f"{m_name}#{d_name}",
+                           device=st.session_state["shared.device"])
+        return PlannedRun(config, Arm("graft", m_name, d_name)), ""
     except (ValueError, TypeError) as error:
         return None, str(error)
 
@@ -213,7 +215,7 @@ def export(ratios: StaticRatios, source: str) -> None:
 
 
 # ------------------------------------------------------------------------- 3. comparison
-def comparison_configs(source: str) -> tuple[list[RunConfig] | None, str]:
+def comparison_configs(source: str) -> tuple[list[PlannedRun] | None, str]:
     """The steps and lr-sweep widgets; (configs, "") or (None, why they are invalid)."""
     left, right = st.columns(2)
     steps = left.number_input("Steps of each run", min_value=1, step=100, key="ratios.steps")
@@ -222,16 +224,8 @@ def comparison_configs(source: str) -> tuple[list[RunConfig] | None, str]:
         help="numbers > 0 separated by commas; each trains plain D (no multipliers)")
     try:
         lrs = forms.parse_numbers(lrs_text, field="learning rates")
-        config = RunConfig.from_dict(get_store().run(source)["config"])
-        base = config.replace(name="", steps=int(steps),
-                              device=st.session_state["shared.device"])
-        d_hp = OptimizerSpec(config.direction, config.direction_hparams).resolved
-        base_lr = d_hp["lr"] * config.graft_lr  # what the multipliers were measured against
-        magnitude = (config.magnitude, (config.magnitude, config.magnitude_hparams))
-        return static_ratio_configs(base, magnitude,
-                                    (config.direction, {**config.direction_hparams,
-                                                        "lr": base_lr}),
-                                    source_run=source, sgd_lrs=lrs), ""
+        return static_ratio_configs_from(get_store(), source, sgd_lrs=lrs, steps=int(steps),
+                                         device=st.session_state["shared.device"]), ""
     except (ValueError, TypeError, KeyError) as error:
         return None, str(error)
 
@@ -252,9 +246,8 @@ def used_ratios(source: str) -> dict | None:
 
 def results(runs: pd.DataFrame) -> None:
     """Loss curves, final metrics and optimizer memory of the comparison."""
-    plain = runs["config.direction"].eq("") & runs["config.static_ratios"].eq("") \
-        & ~runs["name"].str.contains(r"\(lr=", regex=True)
-    runs.loc[plain, "label"] = runs.loc[plain, "config.magnitude"] + " (M alone)"
+    plain = runs["role"].eq("plain")
+    runs.loc[plain, "label"] = runs.loc[plain, "magnitude_arm"] + " (M alone)"
     task = forms.task_of(str(runs["config.dataset"].iloc[0]))
     st.caption(f"Comparison `{runs['group'].iloc[-1]}`: "
                f"{live.settings_text(runs.iloc[-1])}, seed {int(runs['config.seed'].iloc[-1])}.")

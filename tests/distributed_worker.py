@@ -28,7 +28,7 @@ ROWS = 16  # global batch; each rank takes ROWS // WORLD
 ADAM = ("adam", {"lr": 1e-2})
 SGD = ("sgd", {"lr": 0.1, "momentum": 0.9})
 FSDP_KINDS = ("native", "blackbox", "module", "plain", "fused", "replay", "static", "hsdp",
-              "optin")
+              "optin", "partial", "partial_blackbox")
 
 
 class OptInSGD(torch.optim.SGD):
@@ -76,6 +76,11 @@ def build(kind: str, model: nn.Module, extras: dict[str, Any]) -> torch.optim.Op
         direction = OptInSGD(params, lr=0.1, momentum=0.9)
         direction.supports_dtensor = True
         return Graft(named, ADAM, direction, granularity="global")
+    if kind == "partial":  # Adam's own step on biases and the head ("out", on rank 0 only)
+        return Graft(named, ADAM, SGD, grafted="hidden")
+    if kind == "partial_blackbox":  # D over every parameter: it must never step the others
+        return Graft(named, torch.optim.Adam(params, lr=1e-2),
+                     torch.optim.SGD(params, lr=0.1, momentum=0.9), grafted="hidden")
     raise ValueError(f"Unknown scenario {kind!r}")
 
 

@@ -77,10 +77,13 @@ def test_bad_window_is_refused(store):
 
 
 def test_grid_configs_are_every_pair_per_seed_and_refuse_bad_input():
-    configs = grid_configs(BASE, dict([SGD, ADAM]), seeds=[0, 3])
-    assert [(c.name, c.seed) for c in configs] == [
+    planned = grid_configs(BASE, dict([SGD, ADAM]), seeds=[0, 3])
+    assert [(c.name, c.seed) for c, _ in planned] == [
         ("sgd#sgd", 0), ("sgd#sgd", 3), ("sgd#adam", 0), ("sgd#adam", 3),
         ("adam#sgd", 0), ("adam#sgd", 3), ("adam#adam", 0), ("adam#adam", 3)]
+    assert [(a.role, a.magnitude, a.direction) for _, a in planned[::2]] == [
+        ("plain", "sgd", ""), ("graft", "sgd", "adam"), ("graft", "adam", "sgd"),
+        ("plain", "adam", "")]
     with pytest.raises(ValueError, match="at least two optimizers"):
         grid_configs(BASE, dict([SGD]))
     with pytest.raises(ValueError, match="seed"):
@@ -177,6 +180,6 @@ def test_submit_after_honours_a_stop_requested_while_waiting(store):
 def test_static_ratio_configs_refuse_bad_learning_rates():
     with pytest.raises(ValueError, match="sgd_lrs"):
         static_ratio_configs(BASE, ADAM, SGD[1], source_run="x", sgd_lrs=[0.1, -1.0])
-    names = [c.name for c in static_ratio_configs(BASE, ADAM, SGD[1], source_run="x",
-                                                  sgd_lrs=[0.1])]
-    assert names == ["sgd+ratios(adam)", "adam#adam", "sgd(lr=0.1)"]
+    planned = static_ratio_configs(BASE, ADAM, SGD[1], source_run="x", sgd_lrs=[0.1])
+    assert [c.name for c, _ in planned] == ["sgd+ratios(adam)", "adam#adam", "sgd(lr=0.1)"]
+    assert [a.role for _, a in planned] == ["static_ratios", "plain", "sweep_point"]

@@ -113,7 +113,8 @@ def test_runs_frame_filters_order_and_dtypes(store):
 
     frame = store.runs()
     assert frame["run_id"].tolist() == [c, b, a]  # newest first
-    expected = ["run_id", "name", "kind", "group", "status", "created", "ended", "last_step"]
+    expected = ["run_id", "name", "kind", "group", "role", "magnitude_arm", "direction_arm",
+                "arm_variant", "status", "created", "ended", "last_step"]
     assert frame.columns[: len(expected)].tolist() == expected
     assert {"error", "pid", "host", "heartbeat"} <= set(frame.columns)
     assert pd.api.types.is_string_dtype(frame["run_id"])
@@ -536,7 +537,8 @@ def test_opening_a_v1_file_migrates_it_and_keeps_data(tmp_path):
         conn.executemany(
             "INSERT INTO runs (run_id, name, kind, status, config, created) VALUES (?,?,?,?,?,?)",
             [
-                ("old-1", "in a group", "grid", "finished", '{"group": "sweep", "lr": 0.1}', 1e9),
+                ("old-1", "in a group", "grid", "finished",
+                 '{"group": "sweep", "magnitude": "adam", "direction": "sgd"}', 1e9),
                 ("old-2", "no group", "train", "stopped", '{"lr": 0.2}', 1e9 + 1),
             ],
         )
@@ -561,10 +563,16 @@ def test_opening_a_v1_file_migrates_it_and_keeps_data(tmp_path):
         assert s.metrics("old-1")["value"].tolist() == [1.0 / (k + 1) for k in range(10)]
         assert s.layer_norms("old-1")["value"].tolist() == [3.0, 4.0]
         assert s.get_artifact("old-1", "ratios") == {"a": 1}
-        new = s.create_run({}, group="sweep")
+        old = s.run("old-1")  # an older grid's arms come from its configs' optimizers
+        assert (old["role"], old["magnitude_arm"], old["direction_arm"]) == ("graft", "adam", "sgd")
+        assert s.run("old-2")["role"] is None
+        new = s.create_run({}, group="sweep", arm=("plain", "sgd", "", ""))
         assert s.runs(group="sweep")["run_id"].tolist() == [new, "old-1"]
+        assert s.run(new)["role"] == "plain"
+        s.set_role(new, "tuned")
+        assert s.runs(group="sweep")["role"].tolist() == ["tuned", "graft"]
     with _raw(tmp_path / "runs.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
         assert "runs_group" in indexes
 

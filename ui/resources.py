@@ -13,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from grafting_core.lab.arms import PlannedRun
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.executor import LocalExecutor
 from grafting_core.lab.experiments import new_group
@@ -68,11 +69,15 @@ def get_jobs() -> Jobs:
     return _jobs(str(get_store().root))
 
 
-def start_group(configs: list[RunConfig], *, kind: str = "lab") -> tuple[str, list[str]]:
-    """Record ``configs`` as one new group of runs and queue them; returns (group, run ids)."""
+def start_group(planned: list[RunConfig | PlannedRun], *,
+                kind: str = "lab") -> tuple[str, list[str]]:
+    """Record configs (or planned runs with their arms) as one new group of runs and queue
+    them; returns (group, run ids)."""
     store, jobs = get_store(), get_jobs()
     group = new_group(kind)
-    run_ids = [create_run(store, config, kind=kind, group=group) for config in configs]
+    run_ids = [create_run(store, item.config, kind=kind, group=group, arm=item.arm)
+               if isinstance(item, PlannedRun) else create_run(store, item, kind=kind, group=group)
+               for item in planned]
     for run_id in run_ids:
         jobs.submit(run_id)
     return group, run_ids

@@ -8,6 +8,7 @@ import torch
 
 from .. import NORM_FIELDS, MagnitudeSchedule, OptimizerSpec, StaticRatios, estimate_static_ratios
 from .store import RunStore
+from .trainer import lr_factor
 
 
 def norm_cube(store: RunStore, run_id: str) -> tuple[list[int], list[str], np.ndarray]:
@@ -33,8 +34,14 @@ def schedule_from_run(store: RunStore, run_id: str) -> MagnitudeSchedule:
 
 
 def static_ratios_from_run(store: RunStore, run_id: str, *, window: tuple[int, int] | None = None,
-                           statistic: str = "median", trim: float = 0.1) -> StaticRatios:
-    """Per-parameter multipliers from a stored M#D run (base_lr = D's lr × Graft's lr)."""
+                           statistic: str = "median", trim: float = 0.1,
+                           per_layer: bool = True) -> StaticRatios:
+    """Per-parameter multipliers from a stored M#D run (base_lr = D's lr × Graft's lr).
+
+    The run's own schedule of M's lr is divided out of each step's ratio, so that a plain run
+    with per-layer lr ``base_lr · c`` and the same schedule takes M's per-layer step sizes.
+    ``per_layer=False``: one scalar for every parameter (the whole model's ratio).
+    """
     config = store.run(run_id)["config"]
     if not config.get("direction"):
         raise ValueError(f"Run {run_id!r} is a plain {config.get('magnitude')} run: static "
@@ -47,7 +54,10 @@ def static_ratios_from_run(store: RunStore, run_id: str, *, window: tuple[int, i
         torch.from_numpy(values[:, order]), NORM_FIELDS, steps,
         layer_names=tuple(layout["layer_names"]), param_names=tuple(layout["param_names"]),
         param_layer=tuple(layout["param_layer"]), shapes=layout["shapes"], window=window,
-        statistic=statistic, trim=trim, base_lr=direction_lr * config["graft_lr"])
+        statistic=statistic, trim=trim, base_lr=direction_lr * config["graft_lr"],
+        lr_factor=lambda step: lr_factor(step, config["steps"], config["schedule"],
+                                         config["warmup_steps"]),
+        per_layer=per_layer)
     ratios.info["source_run"] = run_id
     return ratios
 

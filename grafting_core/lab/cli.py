@@ -2,7 +2,9 @@
 
     python -m grafting_core train --magnitude adam --direction sgd --steps 1000
     python -m grafting_core grid --optimizers sgd adam adagrad --seeds 0 1 2 --dataset chars
+    python -m grafting_core compare --optimizers sgd adam --seeds 0 1 2 --dataset chars
     python -m grafting_core schedule-transfer --magnitude adam --direction sgd
+    python -m grafting_core ratio-study GROUP --magnitude adam --direction sgd
     python -m grafting_core static-ratios --magnitude adam --window 50 200
     python -m grafting_core runs list | show ID | export ID | delete ID | schedule ID | ratios ID
 
@@ -19,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -34,6 +37,8 @@ from .experiments import (
     schedule_transfer,
     static_ratio_experiment,
 )
+from .protocol import Comparison, SweepPlan, compare
+from .ratio_study import SCOPES, WINDOWS, static_ratio_study
 from .runner import create_run, execute_run
 from .store import RunStore, default_runs_dir
 
@@ -146,6 +151,56 @@ def cmd_grid(parser, args, store: RunStore) -> int:
     return 0
 
 
+def cmd_compare(parser, args, store: RunStore) -> int:
+    config = _config(parser, args)
+    if args.schedule is None:  # the protocol's default: warm-up (10% of the steps) + cosine
+        warmup = config.warmup_steps if args.warmup_steps is not None else config.steps // 10
+        config = config.replace(schedule="warmup_cosine", warmup_steps=max(1, warmup))
+    optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
+    try:
+        plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
+        with _executor(args, store) as executor:
+            result = compare(store, config, optimizers, seeds=args.seeds, plan=plan,
+                             partial=[kinds.split(",") for kinds in args.partial],
+                             executor=executor, progress=_progress("compare"))
+    except ValueError as error:
+        parser.error(str(error))
+    print_comparison(result)
+    return 0
+
+
+def print_comparison(result: Comparison) -> None:
+    """The sweep, the tuned and grafted arms and the verdicts, as plain tables."""
+    print(f"\nlearning-rate sweeps (val_loss over seeds; * best, ! best at the grid's edge), "
+          f"group {result.group}")
+    sweep = result.sweep.assign(mark=np.where(result.sweep["best"], np.where(
+        result.sweep["at_edge"], "*!", "*"), ""))
+    _print_table(sweep[["arm", "lr", "mean", "std", "seeds", "failed", "mark"]])
+    print("\narms (tuned plain optimizers; grafts M#D take M's tuned lr, D's lr cancels)")
+    _print_table(result.arms[["arm", "role", "lr", "direction_lr", "mean", "std", "seeds"]])
+    if not result.verdicts.empty:
+        print("\nverdicts: is M#D closer to M or to D, given the seed spread?")
+        _print_table(result.verdicts[["magnitude", "direction", "grafted", "graft_mean",
+                                      "graft_std", "magnitude_mean", "direction_mean",
+                                      "position", "verdict", "reason"]])
+
+
+def cmd_ratio_study(parser, args, store: RunStore) -> int:
+    try:
+        with _executor(args, store) as executor:
+            table = static_ratio_study(store, args.group, magnitude=args.magnitude,
+                                       direction=args.direction, windows=args.windows,
+                                       scopes=args.scopes, statistic=args.statistic,
+                                       executor=executor, progress=_progress("ratio study"))
+    except (ValueError, KeyError) as error:
+        parser.error(str(error).strip("'\""))
+    print(f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
+          f"tuned {args.magnitude} and {args.direction} (val_loss over seeds; gap_closed 1 = "
+          f"as good as {args.magnitude}), group {args.group}")
+    _print_table(table[["arm", "mean", "std", "seeds", "gap_closed", "state_bytes"]])
+    return 0
+
+
 def cmd_transfer(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     with _executor(args, store) as executor:
@@ -247,6 +302,41 @@ def build_parser() -> argparse.ArgumentParser:
     grid_p.add_argument("--workers", **workers)
     _add_config_flags(grid_p, skip=EXPERIMENT_FIELDS)
     grid_p.set_defaults(handler=cmd_grid, command_parser=grid_p)
+
+    compare_p = sub.add_parser(
+        "compare", help="the fair comparison: each optimizer's lr tuned by a sweep, every "
+                        "M#D at M's tuned lr, several seeds, a verdict per pair")
+    compare_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
+                           help=f"optimizers to tune and pair ({names}); each sweep is "
+                                "centred on its lr [sgd adam]")
+    compare_p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                           help="seeds of every arm [0 1 2]")
+    compare_p.add_argument("--points", type=int, default=5, help="lrs per first sweep [5]")
+    compare_p.add_argument("--factor", type=float, default=SweepPlan().factor,
+                           help="ratio of neighbouring lrs [10**0.5: half a decade]")
+    compare_p.add_argument("--extensions", type=int, default=2,
+                           help="lrs added beyond an edge while the best sits on it [2]")
+    compare_p.add_argument("--partial", action="append", default=[], metavar="KINDS",
+                           help="also a partial graft per pair that grafts only these layer "
+                                "kinds, comma-separated (embedding, head, norm, bias, hidden); "
+                                "repeat for several")
+    compare_p.add_argument("--workers", **workers)
+    _add_config_flags(compare_p, skip=EXPERIMENT_FIELDS)
+    compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)
+
+    study = sub.add_parser(
+        "ratio-study", help="static ratios from a comparison's M#D runs, per window and per "
+                            "layer vs one scalar, next to tuned M and D")
+    study.add_argument("group", help="a 'compare' group whose M#D runs are the sources")
+    study.add_argument("--magnitude", default="adam", help="M's label in the group [adam]")
+    study.add_argument("--direction", default="sgd", help="D's label in the group [sgd]")
+    study.add_argument("--windows", nargs="+", choices=list(WINDOWS), default=list(WINDOWS),
+                       help="windows of the source runs [all]")
+    study.add_argument("--scopes", nargs="+", choices=SCOPES, default=list(SCOPES),
+                       help="per-layer ratios, one global scalar, or both [both]")
+    study.add_argument("--statistic", choices=STATISTICS, default="median", help="[median]")
+    study.add_argument("--workers", **workers)
+    study.set_defaults(handler=cmd_ratio_study, command_parser=study)
 
     transfer = sub.add_parser("schedule-transfer",
                               help="M, D, M#D and M's recorded schedule replayed onto D")

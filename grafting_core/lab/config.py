@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..layer_kinds import LAYER_KINDS
 from ..layers import GRANULARITIES
 from ..registry import OptimizerSpec
 
@@ -26,8 +27,8 @@ SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
 
 def _option(default: Any, help: str) -> Any:
     """A config field with its help text (shown by ``--help`` and in the app)."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help})
+    if isinstance(default, dict | list):
+        return field(default_factory=type(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -46,11 +47,14 @@ class RunConfig:
     direction: str = _option("", "D: the optimizer whose directions are used; empty = plain M")
     direction_hparams: dict[str, Any] = _option({}, "D's hyperparameters as JSON")
     granularity: str = _option("tensor", "grafting layers: tensor | module | global")
+    grafted: list = _option([], "layer kinds grafted (embedding, head, norm, bias, hidden); "
+                                "the others take M's own step; empty = every layer")
     graft_lr: float = _option(1.0, "Graft's global multiplier of the grafted step")
     schedule: str = _option("constant", "schedule of M's lr: constant|cosine|linear|warmup_cosine")
     warmup_steps: int = _option(0, "linear warm-up steps for warmup_cosine")
     replay: str = _option("", "magnitude-schedule JSON file or 'run:<id>' replayed as M")
-    static_ratios: str = _option("", "static-ratios JSON file or 'run:<id>': per-layer lr on M")
+    static_ratios: str = _option("", "static-ratios JSON file, 'run:<id>' or "
+                                     "'run:<id>:<artifact>': per-layer lr on M")
     steps: int = _option(500, "optimizer steps")
     batch_size: int = _option(64, "examples (text: windows) per step")
     seed: int = _option(0, "seed of model init and data order")
@@ -97,6 +101,20 @@ class RunConfig:
             raise ValueError("replay needs a direction optimizer (the schedule replaces M)")
         if self.replay and self.static_ratios:
             raise ValueError("Choose replay or static_ratios, not both")
+        if self.replay and self.schedule != "constant":
+            raise ValueError(f"Invalid schedule for a replay: {self.schedule!r}. The recorded "
+                             "step sizes already carry the source run's schedule; a replay "
+                             "runs with schedule 'constant' (another would apply it twice)")
+        unknown = [k for k in self.grafted if k not in LAYER_KINDS]
+        if unknown or len(set(self.grafted)) != len(self.grafted):
+            raise ValueError(f"Invalid grafted: {self.grafted!r} (distinct layer kinds "
+                             f"among {', '.join(LAYER_KINDS)})")
+        if self.grafted and (not self.direction or self.replay):
+            raise ValueError("grafted chooses the layers of an M#D graft: it needs a direction "
+                             "optimizer and no replay (a replayed schedule has no M step)")
+        if self.static_ratios and self.direction:
+            raise ValueError("static_ratios trains one plain optimizer (magnitude) with "
+                             "per-layer learning rates; leave direction empty")
         self.magnitude_spec()
         if self.direction:
             self.direction_spec()
@@ -118,6 +136,8 @@ class RunConfig:
             return f"replay#{self.direction}"
         if self.static_ratios:
             return f"{self.magnitude}+ratios"
+        if self.grafted:
+            return f"{self.magnitude}#{self.direction}[{'+'.join(self.grafted)}]"
         return f"{self.magnitude}#{self.direction}" if self.direction else self.magnitude
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -171,6 +191,12 @@ def parse_value(key: str, text: str) -> Any:
         value = json.loads(text) if text.strip() else {}
         if not isinstance(value, dict):
             raise ValueError(f"Invalid {key}: expected a JSON object like '{{\"lr\": 0.1}}'")
+        return value
+    if isinstance(default, list):  # a JSON list, or words separated by commas
+        value = json.loads(text) if text.strip().startswith("[") else [
+            word.strip() for word in text.split(",") if word.strip()]
+        if not isinstance(value, list):
+            raise ValueError(f"Invalid {key}: expected a list like 'hidden,norm'")
         return value
     if isinstance(default, bool):
         return text.lower() in ("1", "true", "yes")

@@ -23,7 +23,9 @@ from concurrent.futures import Future, as_completed
 import numpy as np
 import pandas as pd
 
+from ..registry import OptimizerSpec
 from .analysis import static_ratios_from_run
+from .arms import Arm, PlannedRun
 from .config import RunConfig
 from .executor import Executor
 from .runner import create_run, execute_run, stop_requested
@@ -54,14 +56,26 @@ def graft_config(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
     (m_label, (m_name, m_hp)) = magnitude
     plain = direction is None or direction[1] == magnitude[1]
     d_label, (d_name, d_hp) = (m_label, ("", {})) if plain else (direction[0], direction[1])
-    return base.replace(magnitude=m_name, magnitude_hparams=dict(m_hp), direction=d_name,
-                        direction_hparams=dict(d_hp), name=f"{m_label}#{d_label}", **changes)
+    return base.replace(**{"magnitude": m_name, "magnitude_hparams": dict(m_hp),
+                           "direction": d_name, "direction_hparams": dict(d_hp),
+                           "name": f"{m_label}#{d_label}", **changes})
 
 
-def run_all(store: RunStore, configs: Sequence[RunConfig], *, group: str, kind: str,
+def graft_run(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
+              direction: tuple[str, OptimizerChoice] | None, *, role: str | None = None,
+              **changes) -> PlannedRun:
+    """``graft_config`` with its arm: plain M (role ``plain`` unless given) or M#D (``graft``)."""
+    config = graft_config(base, magnitude, direction, **changes)
+    if config.direction:
+        return PlannedRun(config, Arm(role or "graft", magnitude[0], direction[0]))
+    return PlannedRun(config, Arm(role or "plain", magnitude[0]))
+
+
+def run_all(store: RunStore, planned: Sequence[PlannedRun], *, group: str, kind: str,
             executor: Executor | None = None, progress: Progress | None = None) -> list[str]:
-    """Create one run per config in ``group`` and train them all; returns the run ids."""
-    run_ids = [create_run(store, c, kind=kind, group=group) for c in configs]
+    """Create one run per planned run in ``group`` and train them all; returns the run ids."""
+    run_ids = [create_run(store, config, kind=kind, group=group, arm=arm)
+               for config, arm in planned]
     done = 0
     if progress:
         progress(0, len(run_ids))
@@ -85,9 +99,10 @@ def run_all(store: RunStore, configs: Sequence[RunConfig], *, group: str, kind: 
 def final_metrics(store: RunStore, run_ids: Sequence[str],
                   metrics: Sequence[str] = ("val_loss", "val_accuracy",
                                             "optimizer_state_bytes")) -> pd.DataFrame:
-    """One row per run: name, status and the last value of each metric."""
+    """One row per run: name, arm (role, M and D labels), status and each metric's last value."""
     runs = store.runs().set_index("run_id").loc[list(run_ids)]
-    table = runs[["name", "status", "last_step", "error"]].copy()
+    table = runs[["name", "role", "magnitude_arm", "direction_arm", "status", "last_step",
+                  "error"]].copy()
     long = store.metrics(list(run_ids), names=list(metrics))
     if not long.empty:
         last = long.sort_values("step").groupby(["run_id", "name"])["value"].last().unstack()
@@ -99,7 +114,7 @@ def final_metrics(store: RunStore, run_ids: Sequence[str],
 
 
 def grid_configs(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
-                 seeds: Sequence[int] = (0,)) -> list[RunConfig]:
+                 seeds: Sequence[int] = (0,)) -> list[PlannedRun]:
     """Every M#D pair of ``optimizers`` (label → (name, hparams)) for each seed, M-major."""
     if len(optimizers) < 2:
         raise ValueError(f"A grid needs at least two optimizers (got {len(optimizers)})")
@@ -107,7 +122,7 @@ def grid_configs(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
         raise ValueError("A grid needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"Invalid seeds {list(seeds)}: each seed may appear once")
-    return [graft_config(base, (m, optimizers[m]), (d, optimizers[d]), seed=seed)
+    return [graft_run(base, (m, optimizers[m]), (d, optimizers[d]), seed=seed)
             for m in optimizers for d in optimizers for seed in seeds]
 
 
@@ -125,8 +140,11 @@ def grid_table(store: RunStore, group: str) -> pd.DataFrame:
     """A grid's runs: magnitude, direction, seed, status and final metrics."""
     runs = store.runs(group=group).iloc[::-1]  # creation order: the optimizers' order
     table = final_metrics(store, runs["run_id"].tolist())
-    table[["magnitude", "direction"]] = table["name"].str.split("#", n=1, expand=True)
-    table["seed"] = runs.set_index("run_id").loc[table["run_id"], "config.seed"].to_numpy()
+    arms = runs.set_index("run_id").loc[table["run_id"]]
+    table["magnitude"] = arms["magnitude_arm"].to_numpy()
+    plain = (arms["direction_arm"].fillna("") == "").to_numpy()  # A alone is the cell A#A
+    table["direction"] = np.where(plain, table["magnitude"], arms["direction_arm"].to_numpy())
+    table["seed"] = arms["config.seed"].to_numpy()
     return table
 
 
@@ -194,29 +212,30 @@ def grid_reading(table: pd.DataFrame, metric: str = "val_loss", *, what: str = "
 
 def transfer_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
                      direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
-                     with_magnitude: bool = True) -> list[RunConfig]:
+                     with_magnitude: bool = True) -> list[PlannedRun]:
     """M alone (unless ``with_magnitude`` is False), D alone and online M#D for each seed:
     the runs of a schedule transfer that need no recorded schedule."""
-    configs = [graft_config(base, magnitude, None, seed=s) for s in seeds] if with_magnitude \
+    planned = [graft_run(base, magnitude, None, seed=s) for s in seeds] if with_magnitude \
         else []
-    configs += [graft_config(base, direction, None, seed=s) for s in seeds]
-    return configs + [graft_config(base, magnitude, direction, seed=s) for s in seeds]
+    planned += [graft_run(base, direction, None, seed=s) for s in seeds]
+    return planned + [graft_run(base, magnitude, direction, seed=s) for s in seeds]
 
 
 def replay_config(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
                   direction: tuple[str, OptimizerChoice], *, source_run: str,
-                  seed: int | None = None) -> RunConfig:
+                  seed: int | None = None) -> PlannedRun:
     """D with the step sizes recorded in ``source_run`` (M's ‖Δ_M‖ per layer and step).
 
     The recorded steps already carry M's learning-rate schedule, so the replay itself runs
     with a constant one (a schedule on top would apply it twice).
     """
     (m_name, m_hp), (d_name, d_hp) = magnitude[1], direction[1]
-    return base.replace(magnitude=m_name, magnitude_hparams=dict(m_hp), direction=d_name,
-                        direction_hparams=dict(d_hp), replay=f"run:{source_run}",
-                        schedule="constant", warmup_steps=0, static_ratios="",
-                        seed=base.seed if seed is None else seed,
-                        name=f"replay({magnitude[0]})#{direction[0]}")
+    config = base.replace(magnitude=m_name, magnitude_hparams=dict(m_hp), direction=d_name,
+                          direction_hparams=dict(d_hp), replay=f"run:{source_run}",
+                          schedule="constant", warmup_steps=0, static_ratios="",
+                          seed=base.seed if seed is None else seed,
+                          name=f"replay({magnitude[0]})#{direction[0]}")
+    return PlannedRun(config, Arm("replay", magnitude[0], direction[0]))
 
 
 def _copy(done: Future, into: Future) -> None:
@@ -278,18 +297,18 @@ def start_schedule_transfer(
         raise ValueError(f"Need one source run per seed: {len(source_runs)} runs, "
                          f"{len(seeds)} seeds")
     group = new_group("transfer")
-    configs = transfer_configs(base, magnitude, direction, seeds,
+    planned = transfer_configs(base, magnitude, direction, seeds,
                                with_magnitude=not source_runs)
     # Every config is built (and so validated) before any run is created.
     replays = [replay_config(base, magnitude, direction, seed=s, source_run="?") for s in seeds]
     futures = {}
-    for config in configs:
-        run_id = create_run(store, config, kind="transfer", group=group)
+    for config, arm in planned:
+        run_id = create_run(store, config, kind="transfer", group=group, arm=arm)
         futures[run_id] = executor.submit(run_id)
     sources = list(source_runs) or list(futures)[:len(seeds)]
-    for source, replay in zip(sources, replays):
+    for source, (replay, arm) in zip(sources, replays):
         run_id = create_run(store, replay.replace(replay=f"run:{source}"), kind="transfer",
-                            group=group)
+                            group=group, arm=arm)
         if source in futures:
             futures[run_id] = submit_after(store, executor, run_id, futures[source], source)
         else:
@@ -323,7 +342,7 @@ def schedule_transfer(store: RunStore, base: RunConfig, magnitude: tuple[str, Op
 
 def static_ratio_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
                          sgd: OptimizerChoice, *, source_run: str,
-                         sgd_lrs: Sequence[float] = ()) -> list[RunConfig]:
+                         sgd_lrs: Sequence[float] = ()) -> list[PlannedRun]:
     """SGD with the static ratios stored on ``source_run``, M alone, and plain SGD per lr.
 
     ``sgd`` is the plain optimizer (the grafted run's D, usually SGD) with the lr the ratios
@@ -334,11 +353,30 @@ def static_ratio_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice]
     if bad:
         raise ValueError(f"Invalid sgd_lrs {bad}: each must be a finite number > 0")
     plain = {"direction": "", "direction_hparams": {}, "replay": "", "static_ratios": ""}
-    configs = [base.replace(**{**plain, "static_ratios": f"run:{source_run}"}, magnitude=name,
-                            magnitude_hparams=dict(hp), name=f"{name}+ratios({magnitude[0]})"),
-               graft_config(base.replace(**plain), magnitude, None)]
-    return configs + [base.replace(**plain, magnitude=name, magnitude_hparams={**hp, "lr": lr},
-                                   name=f"{name}(lr={lr:g})") for lr in sgd_lrs]
+    ratios = base.replace(**{**plain, "static_ratios": f"run:{source_run}"}, magnitude=name,
+                          magnitude_hparams=dict(hp), name=f"{name}+ratios({magnitude[0]})")
+    planned = [PlannedRun(ratios, Arm("static_ratios", name)),
+               graft_run(base.replace(**plain), magnitude, None)]
+    return planned + [PlannedRun(base.replace(**plain, magnitude=name,
+                                              magnitude_hparams={**hp, "lr": lr},
+                                              name=f"{name}(lr={lr:g})"),
+                                 Arm("sweep_point", name)) for lr in sgd_lrs]
+
+
+def static_ratio_configs_from(store: RunStore, source_run: str, *, sgd_lrs: Sequence[float] = (),
+                              **changes) -> list[PlannedRun]:
+    """``static_ratio_configs`` for a stored M#D run: D (with the lr the multipliers were
+    measured against, D's lr × Graft's lr) with its ratios, M alone, D per lr in ``sgd_lrs``;
+    ``changes`` (steps, device, ...) apply to all of them."""
+    config = RunConfig.from_dict(store.run(source_run)["config"])
+    if not config.direction:
+        raise ValueError(f"Run {source_run!r} is a plain run: static ratios need an M#D run")
+    base = config.replace(name="", **changes)
+    d_lr = OptimizerSpec(config.direction, config.direction_hparams).resolved["lr"]
+    magnitude = (config.magnitude, (config.magnitude, config.magnitude_hparams))
+    direction = (config.direction, {**config.direction_hparams, "lr": d_lr * config.graft_lr})
+    return static_ratio_configs(base, magnitude, direction, source_run=source_run,
+                                sgd_lrs=sgd_lrs)
 
 
 def static_ratio_experiment(
@@ -354,7 +392,7 @@ def static_ratio_experiment(
     group = new_group("ratios")
     total = 3 + len(sgd_lrs)
     report = (lambda done, _: progress(done, total)) if progress else None
-    short = graft_config(base, magnitude, ("sgd", sgd), steps=window[1])
+    short = graft_run(base, magnitude, ("sgd", sgd), steps=window[1])
     (graft_id,) = run_all(store, [short], group=group, kind="ratios", progress=report)
     ratios = static_ratios_from_run(store, graft_id, window=window, statistic=statistic)
     store.put_artifact(graft_id, "static_ratios", ratios.to_dict(), kind="static_ratios")
@@ -362,7 +400,7 @@ def static_ratio_experiment(
     report = (lambda done, _: progress(1 + done, total)) if progress else None
     ids = run_all(store, configs, group=group, kind="ratios", executor=executor, progress=report)
     table = final_metrics(store, [graft_id, *ids])
-    sweep = table[table["name"].str.startswith("sgd(lr=")]
+    sweep = table[table["role"] == "sweep_point"]
     table["best_sgd"] = table["run_id"] == sweep.loc[sweep["val_loss"].idxmin(), "run_id"] \
         if sweep["val_loss"].notna().any() else False
     return group, table

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import lifeline
 from .analysis import schedule_from_run
+from .arms import Arm
 from .config import RunConfig
 from .store import RunStore
 from .trainer import Trainer
@@ -22,10 +23,13 @@ STOP_ARTIFACT = "stop_requested"
 
 
 def create_run(store: RunStore, config: RunConfig, *, kind: str = "train",
-               group: str | None = None) -> str:
-    """Record ``config`` as a new run (status running until a worker picks it up)."""
-    return store.create_run(config.to_dict(), name=config.name or config.label, kind=kind,
-                            group=group)
+               group: str | None = None, arm: Arm | None = None) -> str:
+    """Record ``config`` (as ``arm`` of an experiment) as a new run, status running until a
+    worker picks it up; without a name it is called by its arm or its config."""
+    name = config.name or (arm.label if arm else config.label)
+    return store.create_run(config.to_dict(), name=name, kind=kind, group=group,
+                            arm=(arm.role, arm.magnitude, arm.direction, arm.variant)
+                            if arm else None)
 
 
 def request_stop(store: RunStore, run_id: str) -> None:

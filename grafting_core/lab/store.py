@@ -45,11 +45,12 @@ def default_runs_dir() -> Path:
 
 
 _RUN_SQL = (
-    "SELECT run_id, name, kind, run_group, status, created, ended, last_step, error, pid, host,"
-    " heartbeat, config FROM runs"
+    "SELECT run_id, name, kind, run_group, role, magnitude_arm, direction_arm, arm_variant,"
+    " status, created, ended, last_step, error, pid, host, heartbeat, config FROM runs"
 )
 _RUN_DTYPES = {  # the columns of runs(), in _RUN_SQL order
-    "run_id": "str", "name": "str", "kind": "str", "group": "str", "status": "str",
+    "run_id": "str", "name": "str", "kind": "str", "group": "str", "role": "str",
+    "magnitude_arm": "str", "direction_arm": "str", "arm_variant": "str", "status": "str",
     "created": "float64", "ended": "float64", "last_step": "Int64", "error": "str",
     "pid": "Int64", "host": "str", "heartbeat": "float64", "config": "object",
 }  # fmt: skip
@@ -170,20 +171,28 @@ class RunStore(SQLiteFile):
         kind: str = "train",
         group: str | None = None,
         run_id: str | None = None,
+        arm: tuple[str, str, str, str] | None = None,
     ) -> str:
-        """Add a "running" run owned by this process; return its id (e.g. 20261124-221502-3fa9)."""
+        """Add a "running" run owned by this process; return its id (e.g. 20261124-221502-3fa9).
+
+        ``arm`` is the run's (role, magnitude label, direction label, variant) in its
+        experiment (``grafting_core.lab.arms``).
+        """
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         config_json, now = _to_json(config, "config"), time.time()
+        role, magnitude_arm, direction_arm, variant = arm or (None, None, None, None)
 
         def insert(conn: sqlite3.Connection) -> str:
             for _ in range(100):  # a random suffix may collide when many runs start at once
                 rid = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-                row = (rid, name, kind, group, "running", config_json, now, os.getpid(), self.host)
+                row = (rid, name, kind, group, role, magnitude_arm, direction_arm, variant,
+                       "running", config_json, now, os.getpid(), self.host)
                 try:
                     conn.execute(
-                        "INSERT INTO runs (run_id, name, kind, run_group, status, config, created,"
-                        " pid, host, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO runs (run_id, name, kind, run_group, role, magnitude_arm,"
+                        " direction_arm, arm_variant, status, config, created, pid, host,"
+                        " heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (*row, now),
                     )
                     return rid
@@ -208,6 +217,10 @@ class RunStore(SQLiteFile):
         else:
             sql += "ended = ? WHERE run_id = ?"
             self._update_run(sql, (status, error, step, time.time()), run_id)
+
+    def set_role(self, run_id: str, role: str) -> None:
+        """Change a run's role in its experiment (a sweep point chosen as ``tuned``)."""
+        self._update_run("UPDATE runs SET role = ? WHERE run_id = ?", (role,), run_id)
 
     def heartbeat(self, run_id: str, *, step: int) -> None:
         """Record that the run is alive at ``step``."""

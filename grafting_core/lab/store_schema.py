@@ -47,5 +47,22 @@ def _v2_run_group(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX runs_group ON runs (run_group)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_run_group]
+def _v3_arms(conn: sqlite3.Connection) -> None:
+    """Version 3: each run's arm in its experiment (``grafting_core.lab.arms``) as columns."""
+    for column in ("role", "magnitude_arm", "direction_arm"):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+    conn.execute(  # older grids: the arms are their configs' optimizers
+        "UPDATE runs SET magnitude_arm = json_extract(config, '$.magnitude'),"
+        " direction_arm = json_extract(config, '$.direction'),"
+        " role = CASE WHEN json_extract(config, '$.direction') = '' THEN 'plain' ELSE 'graft' END"
+        " WHERE kind = 'grid' AND json_valid(config)")
+
+
+def _v4_arm_variant(conn: sqlite3.Connection) -> None:
+    """Version 4: an arm's variant (the layers a partial graft grafts, a ratio window)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN arm_variant TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial, _v2_run_group, _v3_arms, _v4_arm_variant]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from .. import Graft, MagnitudeSchedule, NormLog, StaticRatios
+from .. import Graft, MagnitudeSchedule, NormLog, StaticRatios, build_optimizer
+from ..layer_kinds import select_kinds
 from ..memory import state_bytes
 from .config import RunConfig
 from .custom import load_custom
@@ -109,7 +110,8 @@ class Trainer:
         if ref.startswith("run:"):
             if self.artifact_loader is None:
                 raise ValueError(f"{ref!r} needs a run store to load {artifact!r} from")
-            return self.artifact_loader(ref[4:], artifact)
+            run_id, _, name = ref[4:].partition(":")  # run:<id> or run:<id>:<artifact name>
+            return self.artifact_loader(run_id, name or artifact)
         with open(ref) as handle:
             return json.load(handle)
 
@@ -129,15 +131,15 @@ class Trainer:
         self.loss_fn = loss_fn(self.dataset.task)
         named = list(self.model.named_parameters())
         magnitude: Any = cfg.magnitude_spec()
-        params: Any = named
         if cfg.replay:
             magnitude = MagnitudeSchedule.from_dict(
                 self._reference(cfg.replay, "magnitude_schedule"))
-        if cfg.static_ratios:
+        if cfg.static_ratios:  # plain M with per-layer lr = M's lr · c: M's groups carry it
             ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios, "static_ratios"))
-            base_lr = cfg.magnitude_spec().resolved["lr"]
-            params = ratios.param_groups(named, lr=base_lr)
-        self.optimizer = Graft(params, magnitude, cfg.direction_spec(),
+            spec = cfg.magnitude_spec()
+            magnitude = build_optimizer(spec, ratios.param_groups(named, lr=spec.resolved["lr"]))
+        grafted = select_kinds(self.model, cfg.grafted) if cfg.grafted else None
+        self.optimizer = Graft(named, magnitude, cfg.direction_spec(), grafted=grafted,
                                granularity=cfg.granularity, lr=cfg.graft_lr)
         scheduled = self.optimizer if cfg.replay else self.optimizer.magnitude
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

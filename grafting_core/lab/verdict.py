@@ -16,7 +16,7 @@ and anyone reading a grid:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -95,6 +95,49 @@ def _mean(cells: pd.Series, m: str, d: str) -> float:
 def _std(cells: pd.Series, m: str, d: str) -> float:
     values = _cell(cells, m, d)
     return float(values.std()) if len(values) > 1 else float("nan")
+
+
+SPREAD_Z = 2.0  # a difference counts when it exceeds this many standard errors
+
+
+def closer_to(graft: Sequence[float], magnitude: Sequence[float],
+              direction: Sequence[float]) -> dict[str, float | str]:
+    """Is M#D closer to M or to D, given each arm's per-seed results? ("cannot tell" is valid.)
+
+    With means G, M, D and standard errors s_x = std_x/√n_x, G is called closer to M when it
+    lies on M's side of the midpoint (M + D)/2 by more than ``SPREAD_Z`` standard errors of
+    G − (M + D)/2, i.e. √(s_G² + (s_M² + s_D²)/4); and only when M and D themselves differ by
+    more than ``SPREAD_Z`` · √(s_M² + s_D²). Otherwise the answer is "cannot tell", with the
+    reason. Returns the means, stds and seed counts, ``position`` (G − M)/(D − M) (0 at M, 1 at
+    D), ``verdict`` ("magnitude" | "direction" | "cannot tell") and ``reason``.
+    """
+    arms = {"graft": np.asarray(graft, float), "magnitude": np.asarray(magnitude, float),
+            "direction": np.asarray(direction, float)}
+    out: dict[str, float | str] = {}
+    se = {}
+    for key, values in arms.items():
+        out[f"{key}_mean"] = float(values.mean()) if len(values) else float("nan")
+        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        out[f"{key}_seeds"] = len(values)
+        se[key] = out[f"{key}_std"] / np.sqrt(max(len(values), 1))
+    g, m, d = (out[f"{k}_mean"] for k in ("graft", "magnitude", "direction"))
+    out["position"] = position(g, m, d)
+    if min(len(v) for v in arms.values()) < 2:
+        return out | {"verdict": "cannot tell", "reason": "needs at least 2 seeds per arm"}
+    gap_se = np.hypot(se["magnitude"], se["direction"])
+    if abs(d - m) <= SPREAD_Z * gap_se:
+        return out | {"verdict": "cannot tell",
+                      "reason": f"M and D differ by {abs(d - m):.3g}, within the seed spread "
+                                f"({SPREAD_Z:g} × {gap_se:.2g})"}
+    offset, offset_se = g - (m + d) / 2, np.sqrt(se["graft"] ** 2 + gap_se ** 2 / 4)
+    if abs(offset) <= SPREAD_Z * offset_se:
+        return out | {"verdict": "cannot tell",
+                      "reason": f"M#D is {abs(offset):.3g} from the midpoint, within the seed "
+                                f"spread ({SPREAD_Z:g} × {offset_se:.2g})"}
+    toward = "magnitude" if np.sign(offset) == np.sign(m - d) else "direction"
+    return out | {"verdict": toward,
+                  "reason": f"{abs(offset):.3g} from the midpoint toward {toward[0].upper()}, "
+                            f"more than {SPREAD_Z:g} × {offset_se:.2g}"}
 
 
 def path_leaning(paths: Mapping[str, object]) -> pd.DataFrame:

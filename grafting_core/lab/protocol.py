@@ -1,0 +1,231 @@
+"""The fair-comparison protocol: tuned plain arms, grafts at M's tuned lr, seeds, verdicts.
+
+A comparison of optimizers means little unless each is tuned. For every plain arm this sweeps
+the learning rate on a log grid (half-decade steps by default) with every seed, takes the best
+by mean validation loss, and extends the grid while the best sits at its edge (reporting when it
+still does). Each graft M#D then trains with M at its tuned lr (D's lr cancels in
+‖Δ_M‖/‖Δ_D‖·Δ_D; D runs at its own tuned lr so its other settings are the tuned ones) on the
+same seeds, and each pair gets a verdict that takes the seed spread into account. Every run's
+arm (``sweep_point``, ``tuned``, ``graft``) is stored with it, so ``read_comparison`` rebuilds
+the tables from the store alone.
+
+    comparison = compare(store, base.replace(schedule="warmup_cosine", warmup_steps=100),
+                         {"sgd": LAB_OPTIMIZERS["sgd"], "adam": LAB_OPTIMIZERS["adam"]},
+                         seeds=(0, 1, 2), executor=LocalExecutor(store.root))
+    comparison.verdicts      # adam#sgd: closer to adam / to sgd / cannot tell, with the spread
+
+    python -m grafting_core compare --dataset chars --optimizers sgd adam --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .arms import Arm, PlannedRun
+from .config import RunConfig
+from .executor import Executor
+from .experiments import OptimizerChoice, Progress, final_metrics, graft_config, new_group, run_all
+from .store import RunStore
+from .verdict import closer_to
+
+LR_COLUMN = "config.magnitude_hparams.lr"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A log grid of learning rates around each arm's starting lr."""
+
+    points: int = 5  # lrs in the first grid, centred on the arm's own lr
+    factor: float = math.sqrt(10)  # ratio of neighbouring lrs: half a decade
+    extensions: int = 2  # points added beyond an edge while the best sits on it
+
+    def __post_init__(self) -> None:
+        if self.points < 2:
+            raise ValueError(f"Invalid points: {self.points} (a sweep needs at least 2)")
+        if not (math.isfinite(self.factor) and self.factor > 1):
+            raise ValueError(f"Invalid factor: {self.factor} (must be a finite number > 1)")
+        if self.extensions < 0:
+            raise ValueError(f"Invalid extensions: {self.extensions} (must be >= 0)")
+
+    def grid(self, center: float) -> list[float]:
+        """``points`` lrs spaced by ``factor`` around ``center`` (3 significant digits)."""
+        if not (math.isfinite(center) and center > 0):
+            raise ValueError(f"Invalid lr to sweep around: {center} (must be > 0)")
+        first = -(self.points - 1) / 2
+        return [_round(center * self.factor ** (first + i)) for i in range(self.points)]
+
+
+def _round(lr: float) -> float:
+    return float(f"{lr:.3g}")
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` found: the sweeps, the arms (tuned and grafted) and the verdicts."""
+
+    group: str
+    sweep: pd.DataFrame  # arm, lr, mean, std, seeds, best, at_edge
+    arms: pd.DataFrame  # arm, role, magnitude, direction, lr, direction_lr, mean, std, seeds
+    verdicts: pd.DataFrame  # magnitude, direction, graft/M/D mean ± std, position, verdict
+
+
+def _choice(label: str, choice: OptimizerChoice, lr: float) -> tuple[str, OptimizerChoice]:
+    name, hparams = choice
+    return label, (name, {**hparams, "lr": lr})
+
+
+def _sweep_runs(base: RunConfig, label: str, choice: OptimizerChoice, lrs: Sequence[float],
+                seeds: Sequence[int]) -> list[PlannedRun]:
+    return [PlannedRun(graft_config(base, _choice(label, choice, lr), None, seed=seed,
+                                    name=f"{label}(lr={lr:g})"), Arm("sweep_point", label))
+            for lr in lrs for seed in seeds]
+
+
+def _sweep_table(store: RunStore, group: str, metric: str) -> pd.DataFrame:
+    """Per plain arm and lr: mean and std of ``metric`` over its finished seeds. A run that
+    diverged (or failed, or was stopped) makes its lr a failure (mean inf: never the best);
+    runs still training are ``pending``. ``best`` (lowest mean, among lrs with nothing pending)
+    and ``at_edge`` (the best is the lowest or highest lr tried) per arm."""
+    runs = store.runs(group=group)
+    runs = runs[runs["role"].isin(["sweep_point", "tuned"])]
+    table = final_metrics(store, runs["run_id"].tolist(), metrics=(metric,))
+    table["lr"] = runs.set_index("run_id").loc[table["run_id"], LR_COLUMN].to_numpy(float)
+    rows = []
+    for (arm, lr), cell in table.groupby(["magnitude_arm", "lr"], sort=True):
+        done = cell.loc[cell["status"] == "finished", metric]
+        pending = int((cell["status"] == "running").sum())
+        failed = len(cell) - len(done) - pending
+        rows.append({"arm": arm, "lr": lr, "seeds": len(done), "failed": failed,
+                     "pending": pending, "mean": np.inf if failed else done.mean(),
+                     "std": np.nan if failed else done.std()})
+    sweep = pd.DataFrame(rows, columns=["arm", "lr", "seeds", "failed", "pending", "mean", "std"])
+    sweep["best"] = False
+    sweep["at_edge"] = False
+    for _, cell in sweep.groupby("arm"):
+        complete = cell[(cell["pending"] == 0) & np.isfinite(cell["mean"])]
+        if not complete.empty:
+            best = complete["mean"].idxmin()
+            sweep.loc[best, "best"] = True
+            sweep.loc[best, "at_edge"] = cell.loc[best, "lr"] in (cell["lr"].min(),
+                                                                   cell["lr"].max())
+    return sweep
+
+
+def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
+    """For each arm whose best lr sits at its grid's edge: the next lr beyond that edge."""
+    out = {}
+    for arm, cell in sweep.groupby("arm"):
+        best = cell[cell["best"]]
+        if best.empty or not bool(best["at_edge"].iloc[0]):
+            continue
+        lr = float(best["lr"].iloc[0])
+        out[arm] = _round(lr / plan.factor if lr == cell["lr"].min() else lr * plan.factor)
+    return out
+
+
+def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
+            seeds: Sequence[int] = (0, 1, 2), plan: SweepPlan = SweepPlan(),
+            partial: Sequence[Sequence[str]] = (), metric: str = "val_loss",
+            executor: Executor | None = None, progress: Progress | None = None,
+            group: str | None = None) -> Comparison:
+    """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
+
+    ``optimizers``: label → (registry name, hparams); each arm's sweep is centred on its own
+    ``lr``. ``base`` carries everything else (its schedule applies to every run: the CLI and
+    the app default to warm-up + cosine). Runs go through ``executor`` in parallel, in the
+    store group ``group`` (default: a new ``compare-...`` id; the app names it up front so a
+    page can watch it while this blocks in a thread). Each entry of ``partial`` (a list of
+    layer kinds, e.g. ``["hidden"]``) adds, per pair, a partial graft that grafts only those
+    layers and gives the others M's own step (``RunConfig.grafted``).
+    """
+    if len(optimizers) < 2:
+        raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
+    group = group or new_group("compare")
+    total = len(optimizers) * plan.points * len(seeds)
+    done = 0
+
+    def train(planned: list[PlannedRun]) -> list[str]:
+        nonlocal done
+        report = (lambda n, _: progress(done + n, total)) if progress else None
+        ids = run_all(store, planned, group=group, kind="compare", executor=executor,
+                      progress=report)
+        done += len(planned)
+        return ids
+
+    train([run for label, choice in optimizers.items()
+           for run in _sweep_runs(base, label, choice, plan.grid(choice[1]["lr"]), seeds)])
+    for _ in range(plan.extensions):
+        beyond = _extensions(_sweep_table(store, group, metric), plan)
+        if not beyond:
+            break
+        total += len(beyond) * len(seeds)
+        train([run for label, lr in beyond.items()
+               for run in _sweep_runs(base, label, optimizers[label], [lr], seeds)])
+    sweep = _sweep_table(store, group, metric)
+    tuned = {row.arm: row.lr for row in sweep[sweep["best"]].itertuples()}
+    runs = store.runs(group=group)
+    lrs = runs[LR_COLUMN].to_numpy(float)
+    for run_id in runs.loc[[tuned.get(a) == lr for a, lr in zip(runs["magnitude_arm"], lrs)],
+                           "run_id"]:
+        store.set_role(run_id, "tuned")
+    pairs = [(m, d) for m in optimizers for d in optimizers if m != d and {m, d} <= set(tuned)]
+    variants = [[]] + [list(kinds) for kinds in partial]
+    total += len(pairs) * len(variants) * len(seeds)
+    planned = []
+    for m, d in pairs:
+        for kinds in variants:
+            arm = Arm("partial_graft" if kinds else "graft", m, d, "+".join(kinds))
+            planned += [PlannedRun(graft_config(base, _choice(m, optimizers[m], tuned[m]),
+                                                _choice(d, optimizers[d], tuned[d]),
+                                                seed=seed, grafted=kinds, name=arm.label), arm)
+                        for seed in seeds]
+    train(planned)
+    return read_comparison(store, group, metric=metric)
+
+
+def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") -> Comparison:
+    """The tables of a stored comparison (finished or still training), from its runs' arms."""
+    runs = store.runs(group=group)
+    if runs.empty:
+        raise KeyError(f"No runs in group {group!r}")
+    sweep = _sweep_table(store, group, metric)
+    arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft"])]
+    table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,))
+    config = arms.set_index("run_id").loc[table["run_id"]]
+    table["variant"] = config["arm_variant"].fillna("").to_numpy()
+    table["lr"] = config[LR_COLUMN].to_numpy(float)
+    table["direction_lr"] = (config["config.direction_hparams.lr"].to_numpy(float)
+                             if "config.direction_hparams.lr" in config else np.nan)
+    table["arm"] = [Arm(role, m, d or "", v).label for role, m, d, v in zip(
+        table["role"].replace("tuned", "plain"), table["magnitude_arm"], table["direction_arm"],
+        table["variant"])]
+    values = table[table["status"] == "finished"]
+    summary = (values.groupby(["arm", "role", "magnitude_arm", "direction_arm", "variant"],
+                              dropna=False)
+               .agg(lr=("lr", "first"), direction_lr=("direction_lr", "first"),
+                    mean=(metric, "mean"), std=(metric, "std"), seeds=(metric, "size"))
+               .reset_index().rename(columns={"magnitude_arm": "magnitude",
+                                              "direction_arm": "direction"}))
+    return Comparison(group, sweep, summary, _verdicts(values, metric))
+
+
+def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per graft M#D (full or partial): where it lands between tuned M and tuned D,
+    with the spread."""
+    tuned = {m: cell[metric].to_numpy(float)
+             for m, cell in values[values["role"] == "tuned"].groupby("magnitude_arm")}
+    rows = []
+    grafts = values[values["role"].isin(["graft", "partial_graft"])]
+    for (m, d, variant), cell in grafts.groupby(["magnitude_arm", "direction_arm", "variant"],
+                                                 sort=False):
+        if m in tuned and d in tuned:
+            rows.append({"magnitude": m, "direction": d, "grafted": variant or "all",
+                         **closer_to(cell[metric].to_numpy(float), tuned[m], tuned[d])})
+    return pd.DataFrame(rows)

@@ -1,0 +1,112 @@
+"""Static ratios done right: windows, per-layer vs one scalar, next to tuned M and tuned D.
+
+The revised grafting paper trains plain SGD with static per-layer learning rates lr·c_l read
+off an Adam#SGD run, under a global warm-up + decay schedule, and finds it trains like Adam
+with SGD's optimizer memory. This study takes the grafted runs of a tuned comparison
+(``protocol.compare``: M#D at M's tuned lr, one per seed), measures c over several windows of
+each, per layer and as one global scalar, trains D with them (the comparison's schedule on
+top; the source run's schedule is divided out of the ratios), and sets each next to tuned M
+and tuned D with its optimizer memory. All runs join the comparison's group.
+
+    table = static_ratio_study(store, comparison.group, magnitude="adam", direction="sgd")
+
+    python -m grafting_core ratio-study GROUP --magnitude adam --direction sgd
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .analysis import static_ratios_from_run
+from .arms import Arm, PlannedRun
+from .config import RunConfig
+from .executor import Executor
+from .experiments import Progress, final_metrics, run_all
+from .store import RunStore
+
+#: Windows of the source run, as [start, stop) steps of its config.
+WINDOWS: dict[str, Callable[[RunConfig], tuple[int, int]]] = {
+    "early": lambda c: (0, max(1, round(0.02 * c.steps))),  # the first 2% of the steps
+    "warmup_end": lambda c: (max(0, c.warmup_steps - max(1, round(0.01 * c.steps))),
+                             min(c.steps, c.warmup_steps + max(1, round(0.01 * c.steps)))),
+    "whole": lambda c: (0, c.steps),
+    "late": lambda c: (c.steps - max(1, round(0.1 * c.steps)), c.steps),  # the last 10%
+}
+SCOPES = ("per_layer", "global")
+
+
+def window_of(name: str, config: RunConfig) -> tuple[int, int]:
+    """The steps ``[start, stop)`` of window ``name`` on a run of ``config``."""
+    if name not in WINDOWS:
+        raise ValueError(f"Invalid window: {name!r} (valid: {', '.join(WINDOWS)})")
+    return WINDOWS[name](config)
+
+
+def _sources(store: RunStore, group: str, magnitude: str, direction: str) -> pd.DataFrame:
+    runs = store.runs(group=group)
+    sources = runs[(runs["role"] == "graft") & (runs["magnitude_arm"] == magnitude)
+                   & (runs["direction_arm"] == direction) & (runs["status"] == "finished")]
+    if sources.empty:
+        raise ValueError(f"Group {group!r} has no finished {magnitude}#{direction} graft "
+                         "(run a tuned comparison of both first: protocol.compare)")
+    return sources
+
+
+def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
+                       direction: str = "sgd", windows: Sequence[str] = tuple(WINDOWS),
+                       scopes: Sequence[str] = SCOPES, statistic: str = "median",
+                       executor: Executor | None = None,
+                       progress: Progress | None = None) -> pd.DataFrame:
+    """Train D with static ratios from each finished M#D graft of comparison ``group``, per
+    window and scope (per layer or one global scalar); returns ``static_ratio_table``."""
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad:
+        raise ValueError(f"Invalid scopes {bad} (valid: {', '.join(SCOPES)})")
+    planned = []
+    for source in _sources(store, group, magnitude, direction)["run_id"]:
+        config = RunConfig.from_dict(store.run(source)["config"])
+        for window in windows:
+            span = window_of(window, config)
+            for scope in scopes:
+                ratios = static_ratios_from_run(store, source, window=span, statistic=statistic,
+                                                per_layer=scope == "per_layer")
+                artifact = f"static_ratios.{window}.{scope}"
+                store.put_artifact(source, artifact, ratios.to_dict(), kind="static_ratios")
+                arm = Arm("static_ratios", direction, variant=f"{window},{scope}")
+                planned.append(PlannedRun(config.replace(
+                    magnitude=config.direction,
+                    magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
+                    direction="", direction_hparams={}, grafted=[],
+                    static_ratios=f"run:{source}:{artifact}", name=arm.label), arm))
+    run_all(store, planned, group=group, kind="compare", executor=executor, progress=progress)
+    return static_ratio_table(store, group, magnitude=magnitude, direction=direction)
+
+
+def static_ratio_table(store: RunStore, group: str, *, magnitude: str = "adam",
+                       direction: str = "sgd", metric: str = "val_loss") -> pd.DataFrame:
+    """Tuned M, tuned D and every static-ratio arm of ``group``: mean ± std of ``metric`` over
+    seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M)."""
+    runs = store.runs(group=group)
+    chosen = runs[((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
+                  | ((runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction))]
+    table = final_metrics(store, chosen["run_id"].tolist(),
+                          metrics=(metric, "optimizer_state_bytes"))
+    table["variant"] = chosen.set_index("run_id").loc[table["run_id"], "arm_variant"] \
+        .fillna("").to_numpy()
+    table = table[table["status"] == "finished"]
+    rows = []
+    for (role, arm, variant), cell in table.groupby(["role", "magnitude_arm", "variant"]):
+        rows.append({"arm": Arm("plain" if role == "tuned" else role, arm,
+                                variant=variant).label, "role": role, "variant": variant,
+                     "mean": cell[metric].mean(), "std": cell[metric].std(),
+                     "seeds": len(cell), "state_bytes": cell["optimizer_state_bytes"].mean()})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    tuned = out[out["role"] == "tuned"].set_index("arm")["mean"]
+    gap = tuned.get(direction, np.nan) - tuned.get(magnitude, np.nan)
+    out["gap_closed"] = (tuned.get(direction, np.nan) - out["mean"]) / gap
+    return out.sort_values(["role", "mean"], ascending=[False, True]).reset_index(drop=True)

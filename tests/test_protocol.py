@@ -1,0 +1,132 @@
+"""The fair-comparison protocol: sweeps, tuned arms, grafts at M's tuned lr, verdicts."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from grafting_core.lab.cli import main
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.protocol import SweepPlan, compare, read_comparison
+from grafting_core.lab.store import RunStore
+from grafting_core.lab.verdict import closer_to
+
+TINY = dict(dataset="digits", model="mlp", width=8, steps=15, batch_size=32, eval_every=15,
+            eval_examples=64, log_every=5, flush_seconds=0.0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    yield store
+    store.close()
+
+
+def test_sweep_plan_is_a_log_grid_around_the_lr():
+    assert SweepPlan().grid(0.1) == [0.01, 0.0316, 0.1, 0.316, 1.0]
+    assert SweepPlan(points=2, factor=10).grid(1e-3) == pytest.approx([3.16e-4, 3.16e-3])
+    for bad in (dict(points=1), dict(factor=1.0), dict(extensions=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SweepPlan(**bad)
+
+
+def test_closer_to_weighs_the_gap_against_the_seed_spread():
+    m, d = [1.00, 1.02, 0.98], [2.00, 2.02, 1.98]
+    assert closer_to([1.1, 1.12, 1.08], m, d)["verdict"] == "magnitude"
+    assert closer_to([1.9, 1.92, 1.88], m, d)["verdict"] == "direction"
+    halfway = closer_to([1.5, 1.52, 1.48], m, d)
+    assert halfway["verdict"] == "cannot tell" and "midpoint" in halfway["reason"]
+    assert halfway["position"] == pytest.approx(0.5)
+    noisy = closer_to([1.0, 1.0, 1.0], [1.0, 1.5, 0.5], [1.2, 0.7, 1.7])
+    assert noisy["verdict"] == "cannot tell" and "M and D differ" in noisy["reason"]
+    assert closer_to([1.0], [1.0], [2.0])["verdict"] == "cannot tell"  # one seed: no spread
+    assert closer_to([1.1, 1.12], [1.0, 1.02], [2.0, 2.02])["graft_std"] == pytest.approx(
+        np.std([1.1, 1.12], ddof=1))
+
+
+def _per_lr(store, group, arm):
+    """Mean final val_loss per lr of ``arm``'s sweep, computed here from the raw metrics."""
+    runs = store.runs(group=group)
+    runs = runs[(runs["magnitude_arm"] == arm) & runs["role"].isin(["sweep_point", "tuned"])]
+    out = {}
+    for lr, cell in runs.groupby("config.magnitude_hparams.lr"):
+        values = [store.metrics(r, names=["val_loss"])["value"].iloc[-1] for r in cell["run_id"]]
+        out[lr] = float(np.mean(values))
+    return out
+
+
+def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store):
+    sgd = ("sgd", {"lr": 1e-3, "momentum": 0.9})  # far too small: the best sits at the edge
+    adam = ("adam", {"lr": 3e-3})
+    plan = SweepPlan(points=3, factor=10, extensions=1)
+    result = compare(store, RunConfig(**TINY), {"sgd": sgd, "adam": adam}, seeds=(0, 1),
+                     plan=plan, partial=[["hidden"]])
+    sweep = result.sweep.set_index(["arm", "lr"])
+    for arm in ("sgd", "adam"):
+        means = _per_lr(store, result.group, arm)
+        assert sweep.loc[arm]["mean"].to_dict() == pytest.approx(means)
+        best = min(means, key=means.get)
+        assert sweep.loc[(arm, best), "best"]
+    assert sorted(_per_lr(store, result.group, "sgd")) == pytest.approx([1e-4, 1e-3, 1e-2, 0.1])
+    tuned = {row.arm: row.lr for row in result.sweep[result.sweep["best"]].itertuples()}
+    runs = store.runs(group=result.group)
+    chosen = runs[runs["role"] == "tuned"]
+    assert sorted(zip(chosen["magnitude_arm"], chosen["config.magnitude_hparams.lr"])) == sorted(
+        [(arm, lr) for arm, lr in tuned.items() for _ in (0, 1)])
+    grafts = runs[runs["role"] == "graft"]
+    partial = runs[runs["role"] == "partial_graft"]
+    assert len(grafts) == len(partial) == 4
+    assert (partial["config.grafted"] == '["hidden"]').all()
+    assert (partial["arm_variant"] == "hidden").all() and (grafts["config.grafted"] == "[]").all()
+    for _, run in pd.concat([grafts, partial]).iterrows():
+        assert run["config.magnitude_hparams.lr"] == tuned[run["magnitude_arm"]]
+        assert run["config.direction_hparams.lr"] == tuned[run["direction_arm"]]
+    verdicts = result.verdicts.set_index(["magnitude", "direction", "grafted"])
+    assert set(verdicts.index) == {("sgd", "adam", "all"), ("adam", "sgd", "all"),
+                                   ("sgd", "adam", "hidden"), ("adam", "sgd", "hidden")}
+    graft = grafts[(grafts["magnitude_arm"] == "adam")]["run_id"]
+    values = [store.metrics(r, names=["val_loss"])["value"].iloc[-1] for r in graft]
+    assert verdicts.loc[("adam", "sgd", "all"), "graft_mean"] == pytest.approx(np.mean(values))
+    assert verdicts.loc[("adam", "sgd", "hidden"), "magnitude_mean"] == pytest.approx(
+        _per_lr(store, result.group, "adam")[tuned["adam"]])
+    assert verdicts["verdict"].isin(["magnitude", "direction", "cannot tell"]).all()
+    again = read_comparison(store, result.group)  # the tables come back from the store alone
+    assert again.verdicts.equals(result.verdicts) and again.arms.equals(result.arms)
+
+
+def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
+    args = ["--runs-dir", str(tmp_path), "compare", "--optimizers", "sgd", "adam", "--seeds",
+            "0", "1", "--points", "2", "--extensions", "0", "--workers", "1",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "learning-rate sweeps" in out and "verdicts" in out and "adam#sgd" in out
+    with RunStore(tmp_path) as store:
+        runs = store.runs()
+    assert (runs["config.schedule"] == "warmup_cosine").all()
+    assert (runs["config.warmup_steps"] == math.floor(TINY["steps"] / 10)).all()
+    assert sorted(runs["role"].unique()) == ["graft", "sweep_point", "tuned"]
+
+
+def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store):
+    from grafting_core.lab.protocol import _sweep_table
+
+    def run(lr, status, loss=None):
+        run_id = store.create_run({"magnitude_hparams": {"lr": lr}}, group="g",
+                                  arm=("sweep_point", "sgd", "", ""))
+        if loss is not None:
+            store.log_metrics(run_id, 9, {"val_loss": loss})
+        store.set_status(run_id, status)
+
+    run(0.1, "finished", 1.0)
+    run(0.1, "finished", 1.2)
+    run(1.0, "finished", 0.5)
+    run(1.0, "diverged", float("nan"))  # one diverged seed: the lr fails
+    run(0.01, "finished", 0.8)
+    run(0.01, "running")  # still training: not chosen yet
+    sweep = _sweep_table(store, "g", "val_loss").set_index("lr")
+    assert sweep.loc[1.0, "failed"] == 1 and sweep.loc[1.0, "mean"] == float("inf")
+    assert sweep.loc[0.01, "pending"] == 1 and sweep.loc[0.01, "mean"] == 0.8
+    assert sweep["best"].tolist() == [False, True, False]  # 0.1: the only complete, finite lr
+    assert sweep.loc[0.1, "mean"] == pytest.approx(1.1) and not sweep.loc[0.1, "at_edge"]

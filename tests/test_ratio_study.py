@@ -1,0 +1,91 @@
+"""Static ratios done right: measured per window and scope, divided by the schedule, compared."""
+
+import math
+
+import numpy as np
+import pytest
+
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.protocol import SweepPlan, compare
+from grafting_core.lab.ratio_study import static_ratio_study, window_of
+from grafting_core.lab.store import RunStore
+
+STEPS, WARMUP = 20, 4
+TINY = dict(dataset="digits", model="mlp", width=8, steps=STEPS, batch_size=32, eval_every=STEPS,
+            eval_examples=64, log_every=5, flush_seconds=0.0, schedule="warmup_cosine",
+            warmup_steps=WARMUP)
+
+
+def factor(step):
+    if step < WARMUP:
+        return (step + 1) / WARMUP
+    return 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (STEPS - WARMUP)))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    store = RunStore(tmp_path_factory.mktemp("study"))
+    comparison = compare(store, RunConfig(**TINY), {"sgd": ("sgd", {"lr": 0.1, "momentum": 0.9}),
+                                                    "adam": ("adam", {"lr": 3e-3})},
+                         seeds=(0, 1), plan=SweepPlan(points=2, extensions=0))
+    table = static_ratio_study(store, comparison.group, windows=["early", "whole"])
+    yield store, comparison.group, table
+    store.close()
+
+
+def test_windows_are_steps_of_the_source_run():
+    config = RunConfig(steps=1000, schedule="warmup_cosine", warmup_steps=100)
+    assert window_of("early", config) == (0, 20)
+    assert window_of("warmup_end", config) == (90, 110)
+    assert window_of("whole", config) == (0, 1000)
+    assert window_of("late", config) == (900, 1000)
+    with pytest.raises(ValueError, match="window"):
+        window_of("middle", config)
+
+
+def _expected(store, source, window, per_layer):
+    """c per layer from the stored norms, computed here: median_t (‖Δ_M‖/f(t)) / ‖Δ_D‖."""
+    norms = store.layer_norms(source)
+    wide = norms.pivot_table(index=["step", "layer"], columns="field", values="value")
+    wide = wide[(wide.index.get_level_values("step") >= window[0])
+                & (wide.index.get_level_values("step") < window[1])]
+    steps = wide.index.get_level_values("step").to_numpy()
+    magnitude = wide["magnitude_norm"].to_numpy() / np.array([factor(s) for s in steps])
+    frame = wide.assign(m=magnitude)
+    if per_layer:
+        return {layer: float(np.median(cell["m"] / cell["direction_norm"]))
+                for layer, cell in frame.groupby(level="layer")}
+    by_step = frame.groupby(level="step")
+    return float(np.median(np.sqrt(by_step["m"].apply(lambda v: (v ** 2).sum()))
+                           / np.sqrt(by_step["direction_norm"].apply(lambda v: (v ** 2).sum()))))
+
+
+def test_each_static_run_uses_ratios_measured_on_its_window_without_the_schedule(study):
+    store, group, _ = study
+    runs = store.runs(group=group)
+    static = runs[runs["role"] == "static_ratios"]
+    assert len(static) == 2 * 2 * 2  # seeds × windows × scopes
+    for _, run in static.iterrows():
+        source, artifact = run["config.static_ratios"][4:].split(":")
+        ratios = store.get_artifact(source, artifact)["parameters"]
+        window_name, scope = run["arm_variant"].split(",")
+        window = window_of(window_name, RunConfig.from_dict(store.run(source)["config"]))
+        expected = _expected(store, source, window, scope == "per_layer")
+        for name, entry in ratios.items():
+            want = expected[name] if scope == "per_layer" else expected
+            assert entry["ratio"] == pytest.approx(want, rel=1e-5), (run["arm_variant"], name)
+        assert run["config.magnitude"] == "sgd" and run["config.schedule"] == "warmup_cosine"
+        graft_lr = store.run(source)["config"]["direction_hparams"]["lr"]
+        assert run["config.magnitude_hparams.lr"] == pytest.approx(graft_lr)
+
+
+def test_study_table_sets_each_arm_next_to_tuned_m_and_d_with_memory(study):
+    store, group, table = study
+    rows = table.set_index("arm")
+    assert {"adam", "sgd", "sgd+ratios[early,per_layer]", "sgd+ratios[whole,global]"} <= set(
+        rows.index)
+    adam, sgd = rows.loc["adam", "mean"], rows.loc["sgd", "mean"]
+    for arm, row in rows.iterrows():
+        assert row["gap_closed"] == pytest.approx((sgd - row["mean"]) / (sgd - adam))
+        if arm.startswith("sgd"):  # one momentum buffer, half of Adam's two moments
+            assert row["state_bytes"] == pytest.approx(rows.loc["adam", "state_bytes"] / 2)
