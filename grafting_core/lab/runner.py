@@ -74,6 +74,7 @@ class StoreWriter:
             "param_layer": list(opt.layers.index), "shapes": shapes,
             "device": str(trainer.device), "parameters": sum(p.numel() for _, p in
                                                              opt.named_params())})
+        self.store.drop_steps(self.run_id, trainer.step)  # a resume redoes later steps
         self.store.heartbeat(self.run_id, step=trainer.step)
 
     def on_metrics(self, trainer: Trainer, rows: list[tuple[int, str, float]]) -> None:

@@ -351,6 +351,19 @@ class RunStore(SQLiteFile):
         wide.columns = pd.Index([str(c) for c in wide.columns])
         return wide.set_axis(wide.index.astype("int64").rename("step")).astype("float64")
 
+    def drop_steps(self, run_id: str, first: int) -> None:
+        """Delete the metrics and layer norms of steps >= ``first``: a run resumed from a
+        checkpoint at step ``first`` records them anew (rows after it were from a run that died
+        before its next checkpoint)."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            self._require_run(conn, run_id)
+            for table in ("metrics", "norm_rows"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step >= ?",
+                             (run_id, int(first)))
+
+        self._write(delete)
+
     # per-layer norm trajectories
 
     def log_layer_norms(
