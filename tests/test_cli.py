@@ -80,3 +80,69 @@ def test_module_entry_point_help():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "--magnitude-hparams" in result.stdout and "step sizes" in result.stdout
+
+
+# ------------------------------------------------ user errors: one line, status 2, no run
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A store with a plain run and a grafted one (30 steps each), and their ids."""
+    root = tmp_path_factory.mktemp("cli_errors") / "runs"
+    for extra in ([], ["--direction", "sgd"]):
+        assert main(["--runs-dir", str(root), "train", *TINY, *extra]) == 0
+    runs = RunStore(root).runs()
+    return root, dict(zip(runs["config.direction"].replace("", "plain"), runs["run_id"]))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["runs", "list", "--status", "bogus"], "argument --status: invalid choice: 'bogus'"),
+    (["runs", "ratios", "{plain}"], "is a plain adam run"),
+    (["runs", "ratios", "{sgd}", "--window", "500", "600"], "window"),
+    (["runs", "export", "{sgd}", "-o", "/missing/dir/x.csv"], "-o /missing/dir/x.csv"),
+    (["grid", "--optimizers", "sgd"], "--optimizers sgd: a grid pairs at least two"),
+    (["grid", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
+    (["compare", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
+    (["grid", "--workers", "-3"], "argument --workers: '-3' is not a number of workers"),
+    (["static-ratios", "--sgd-lrs", "0.1", "-1"], "argument --sgd-lrs: '-1' is not a learning"),
+    (["static-ratios", "--sgd-lrs", "inf"], "argument --sgd-lrs: 'inf' is not a learning"),
+])
+def test_user_errors_are_one_line_with_status_2_and_write_nothing(two_runs, argv, message,
+                                                                  capsys):
+    root, ids = two_runs
+    before = RunStore(root).runs()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs-dir", str(root), *(arg.format(**ids) for arg in argv)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    after = RunStore(root).runs()
+    assert after[["run_id", "status"]].equals(before[["run_id", "status"]])
+
+
+def test_a_runs_dir_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs-dir", str(tmp_path / "runs"), "runs", "list"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("runs: is a file, not a folder")
+
+
+def test_a_read_only_store_still_lists_and_refuses_writes_in_one_line(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert main(["--runs-dir", str(root), "train", *TINY]) == 0
+    run_id = RunStore(root).runs()["run_id"][0]
+    capsys.readouterr()
+    frozen = [root / "runs.sqlite", root]  # immutable: not even root may write (chattr +i)
+    if any(subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode
+           for p in frozen):
+        subprocess.run(["chattr", "-i", *map(str, frozen)], capture_output=True)
+        pytest.skip("chattr +i is not available here")
+    try:
+        assert main(["--runs-dir", str(root), "runs", "list"]) == 0
+        assert run_id in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--runs-dir", str(root), "train", *TINY])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the run store is read-only" in err
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, frozen)], check=True)

@@ -17,9 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import os
+import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -40,9 +44,32 @@ from .experiments import (
 from .protocol import Comparison, SweepPlan, compare
 from .ratio_study import SCOPES, WINDOWS, static_ratio_study
 from .runner import create_run, execute_run
-from .store import RunStore, default_runs_dir
+from .store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
 
+READ_ONLY_ACTIONS = ("list", "show", "export", "schedule", "ratios")  # of ``runs``
 EXPERIMENT_FIELDS = ("magnitude", "magnitude_hparams", "direction", "direction_hparams")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a user error in one line naming the input, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type, what: str, ok: Callable[[Any], bool]) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` for which ``ok`` holds (``what`` names it)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -141,6 +168,9 @@ def _executor(args, store: RunStore) -> Iterator[LocalExecutor | None]:
 
 def cmd_grid(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
+    if len(set(args.optimizers)) < 2:
+        parser.error(f"--optimizers {' '.join(args.optimizers)}: a grid pairs at least two "
+                     "different optimizers")
     optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
     with _executor(args, store) as executor:
         group, table = grid(store, config, optimizers, args.seeds, executor=executor,
@@ -230,9 +260,12 @@ def cmd_ratios(parser, args, store: RunStore) -> int:
 
 
 def cmd_runs(parser, args, store: RunStore) -> int:
+    output = getattr(args, "output", None)
+    if output is not None and not output.parent.is_dir():
+        parser.error(f"-o {output}: the folder {output.parent} does not exist")
     try:
         return _runs_action(args, store)
-    except KeyError as error:
+    except (KeyError, ValueError, OSError) as error:
         parser.error(str(error).strip("'\""))
 
 
@@ -279,7 +312,7 @@ def _write(output: Path | None, text: str) -> None:
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render --help in the docs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="grafting", description="Grafting Lab: train and compare grafted optimizers M#D.")
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help=f"run store directory [$GRAFTING_RUNS_DIR or ./runs: "
@@ -292,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train, command_parser=train)
 
     names = ", ".join(LAB_OPTIMIZERS) + "; or any registry name; NAME={json} overrides"
-    workers = {"type": int, "default": 0, "help": "worker processes (0 = one per core, "
-                                                  "1 = run inline) [0]"}
-    seeds = {"type": int, "nargs": "+", "default": [0], "help": "seeds [0]"}
+    workers = {"type": _number(int, "a number of workers >= 0", lambda n: n >= 0), "default": 0,
+               "help": "worker processes (0 = one per core, 1 = run inline) [0]"}
+    seeds = {"type": _number(int, "a seed >= 0", lambda n: n >= 0), "nargs": "+",
+             "default": [0], "help": "seeds [0]"}
     grid_p = sub.add_parser("grid", help="every M#D pair of a set of optimizers, several seeds")
     grid_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
                         help=f"lab optimizers to pair ({names}) [sgd adam]")
@@ -309,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
                            help=f"optimizers to tune and pair ({names}); each sweep is "
                                 "centred on its lr [sgd adam]")
-    compare_p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    compare_p.add_argument("--seeds", type=seeds["type"], nargs="+", default=[0, 1, 2],
                            help="seeds of every arm [0 1 2]")
     compare_p.add_argument("--points", type=int, default=5, help="lrs per first sweep [5]")
     compare_p.add_argument("--factor", type=float, default=SweepPlan().factor,
@@ -354,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps of the M#SGD run used for the ratios [50 200]")
     ratios.add_argument("--statistic", choices=STATISTICS, default="median",
                         help="per-layer statistic of the ratios [median]")
-    ratios.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0],
+    ratios.add_argument("--sgd-lrs", type=_number(float, "a learning rate > 0", lambda x: x > 0),
+                        nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0],
                         help="plain-SGD learning rates to sweep [0.01 0.03 0.1 0.3 1.0]")
     ratios.add_argument("--workers", **workers)
     _add_config_flags(ratios, skip=EXPERIMENT_FIELDS)
@@ -364,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="saved runs, newest first")
     listing.add_argument("--group", help="only this experiment group")
-    listing.add_argument("--status", help="only this status")
+    listing.add_argument("--status", choices=STATUSES, help="only this status")
     for action, text in (("show", "a run's config, status and artifacts"),
                          ("export", "a run's metrics as CSV or JSON"),
                          ("delete", "delete a run and all it recorded"),
@@ -390,5 +425,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m grafting_core`` and the ``grafting`` script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    store = RunStore(args.runs_dir)
+    store = _open_store(parser, args)
     return args.handler(args.command_parser, args, store)
+
+
+def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunStore:
+    """The run store of ``--runs-dir``; commands that only read it open a read-only store
+    read-only. A store that cannot be opened is a user error naming the folder."""
+    root = args.runs_dir or default_runs_dir()
+    reads_only = args.command == "runs" and args.action in READ_ONLY_ACTIONS
+    if root.exists() and not root.is_dir():
+        parser.error(f"--runs-dir {root}: is a file, not a folder")
+    database = root / DB_FILENAME
+    if not reads_only and database.exists() and not (os.access(database, os.W_OK)
+                                                     and os.access(root, os.W_OK)):
+        parser.error(f"--runs-dir {root}: the run store is read-only; this command writes to it")
+    try:
+        return RunStore(root)
+    except (OSError, sqlite3.Error, RuntimeError) as error:
+        if reads_only:
+            with contextlib.suppress(OSError, sqlite3.Error, RuntimeError):
+                return RunStore(root, readonly=True)
+        parser.error(f"--runs-dir {root}: cannot open the run store "
+                     f"({getattr(error, 'strerror', None) or error})")

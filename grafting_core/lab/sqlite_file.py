@@ -57,8 +57,10 @@ class SQLiteFile:
     """The database at ``path`` brought up to date with ``migrations``; share one per process
     between threads."""
 
-    def __init__(self, path: Path, migrations: Sequence[Callable[[sqlite3.Connection], None]]):
+    def __init__(self, path: Path, migrations: Sequence[Callable[[sqlite3.Connection], None]],
+                 *, readonly: bool = False):
         self.path = path
+        self.readonly = readonly  # for a file or folder we may not write: reads only
         self._local = threading.local()
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -71,21 +73,33 @@ class SQLiteFile:
             raise RuntimeError(f"{type(self).__name__} at {self.path} is closed")
         if getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(
-                self.path,
+                self._uri(),
+                uri=True,
                 timeout=BUSY_TIMEOUT_S,
                 isolation_level=None,  # autocommit: we issue BEGIN / COMMIT ourselves
                 check_same_thread=False,  # one thread uses it, but close() may come from another
                 factory=_Connection,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))  # readers never block
-            conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: survives process crashes
+            if not self.readonly:
+                self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))  # readers go on
+                conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: survives crashes
             conn.pid = self._local.pid = os.getpid()
             self._local.conn = conn
             with self._lock:
                 self._conns.add(conn)
                 _OPEN.add(conn)
         return self._local.conn
+
+    def _uri(self) -> str:
+        """The file's URI: read-only when asked; immutable when no write-ahead log is pending,
+        since WAL mode needs to create files beside the database that we may not write."""
+        uri = Path(self.path).resolve().as_uri()
+        if not self.readonly:
+            return uri
+        wal = Path(f"{self.path}-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        return f"{uri}?mode=ro" if pending else f"{uri}?immutable=1"
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """Call ``fn``, retrying with backoff while the database stays locked."""
@@ -135,7 +149,11 @@ class SQLiteFile:
                 migration(conn)
             conn.execute(f"PRAGMA user_version = {latest}")
 
-        if self._query("PRAGMA user_version")[0][0] != latest:
+        version = self._query("PRAGMA user_version")[0][0]
+        if version != latest and self.readonly:
+            raise RuntimeError(f"{self.path} has schema version {version}, this code reads "
+                               f"version {latest}: open it once where it can be written")
+        if version != latest:
             self._write(upgrade)  # re-reads the version under the write lock
 
     def close(self) -> None:

@@ -143,12 +143,16 @@ class RunStore(SQLiteFile):
     transaction. Build one per process and share it between threads.
     """
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, *, readonly: bool = False) -> None:
         self.root = Path(root).expanduser() if root is not None else default_runs_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if readonly and not (self.root / DB_FILENAME).is_file():
+            raise FileNotFoundError(f"no run store at {self.root}")
+        if not readonly:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.host = socket.gethostname()
-        super().__init__(self.root / DB_FILENAME, MIGRATIONS)
-        self.mark_interrupted()
+        super().__init__(self.root / DB_FILENAME, MIGRATIONS, readonly=readonly)
+        if not readonly:  # a reader leaves runs whose writer died to the next writer
+            self.mark_interrupted()
 
     @staticmethod
     def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
@@ -523,10 +527,11 @@ class RunStore(SQLiteFile):
     # lifecycle
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": str(self.root)}  # pickles as its location: connections stay behind
+        # pickles as its location: connections stay behind
+        return {"root": str(self.root), "readonly": self.readonly}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"])
+        self.__init__(state["root"], readonly=state.get("readonly", False))
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
