@@ -265,7 +265,8 @@ class Graft(torch.optim.Optimizer):
         """Checks that need the children: schedule layers, DTensor support."""
         self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
         if isinstance(self.magnitude, MagnitudeSchedule):
-            self.magnitude.check_layers(self.layers.names)
+            self.magnitude.check_layers(
+                self.layers.names, {n: list(p.shape) for n, p in self.named_params()})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to Graft and to both children (built from specs or not).

@@ -31,10 +31,13 @@ class MagnitudeSchedule:
         norms: ``(len(steps), len(layer_names))`` step norms; NaN (layer not stepped) → 0.
         after_end: past the last row, ``"hold"`` its value or raise (``"error"``).
         source: free-form description of where the schedule came from (saved with it).
+        shapes: parameter name -> shape in the recorded model; when known, a model with other
+            shapes (another width, say) is refused at replay.
     """
 
     def __init__(self, layer_names: list[str], steps: list[int], norms: Tensor | list, *,
-                 after_end: str = "hold", source: dict[str, Any] | None = None) -> None:
+                 after_end: str = "hold", source: dict[str, Any] | None = None,
+                 shapes: dict[str, list[int]] | None = None) -> None:
         norms = torch.as_tensor(norms, dtype=torch.float32)
         if norms.ndim != 2 or norms.shape != (len(steps), len(layer_names)):
             raise ValueError(f"norms must have shape (steps={len(steps)}, layers="
@@ -52,18 +55,26 @@ class MagnitudeSchedule:
         self.norms = torch.nan_to_num(norms, nan=0.0)
         self.after_end = after_end
         self.source = dict(source or {})
+        self.shapes = {n: list(shape) for n, shape in (shapes or {}).items()}
         self._columns: Tensor | None = None  # norms reordered to the Graft's layers, on device
 
     def __len__(self) -> int:
         return self.steps[-1] + 1
 
-    def check_layers(self, names: tuple[str, ...]) -> None:
-        """Align columns to a Graft's layers; a different set of layers is an error."""
+    def check_layers(self, names: tuple[str, ...],
+                     shapes: dict[str, list[int]] | None = None) -> None:
+        """Align columns to a Graft's layers; a different set of layers, or parameters of
+        other ``shapes`` (name -> shape) than the recorded model's, is an error."""
         missing = sorted(set(names) - set(self.layer_names))
         extra = sorted(set(self.layer_names) - set(names))
         if missing or extra:
             raise ValueError(f"Schedule layers do not match the optimizer's: missing {missing}, "
                              f"not in the model {extra}")
+        differ = {n: (self.shapes[n], list(shape)) for n, shape in (shapes or {}).items()
+                  if n in self.shapes and self.shapes[n] != list(shape)}
+        if differ:
+            raise ValueError(f"The schedule was recorded on another model: parameter shapes "
+                             f"(recorded, here) differ for {differ}")
         order = [self.layer_names.index(n) for n in names]
         self._columns = self.norms[:, order]
 
@@ -82,7 +93,8 @@ class MagnitudeSchedule:
         """A JSON-friendly form (NaN-free)."""
         return {"format": "grafting-lab/magnitude-schedule", "version": FORMAT_VERSION,
                 "layer_names": self.layer_names, "steps": self.steps,
-                "norms": self.norms.tolist(), "after_end": self.after_end, "source": self.source}
+                "norms": self.norms.tolist(), "after_end": self.after_end, "source": self.source,
+                "shapes": self.shapes}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MagnitudeSchedule:
@@ -92,7 +104,8 @@ class MagnitudeSchedule:
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"Unsupported schedule version {data.get('version')!r}")
         return cls(data["layer_names"], data["steps"], data["norms"],
-                   after_end=data.get("after_end", "hold"), source=data.get("source"))
+                   after_end=data.get("after_end", "hold"), source=data.get("source"),
+                   shapes=data.get("shapes"))
 
     def save(self, path: str | Path) -> Path:
         """Write the schedule as JSON."""
@@ -106,17 +119,19 @@ class MagnitudeSchedule:
         schedule = cls.from_dict(json.loads(Path(path).read_text()))
         if overrides:
             schedule = cls(schedule.layer_names, schedule.steps, schedule.norms,
-                           source=schedule.source, **{"after_end": schedule.after_end, **overrides})
+                           source=schedule.source, shapes=schedule.shapes,
+                           **{"after_end": schedule.after_end, **overrides})
         return schedule
 
     @classmethod
     def from_records(cls, layer_names: list[str], steps: list[int], records: Tensor,
                      fields: tuple[str, ...], *, field: str = "magnitude_norm",
-                     source: dict[str, Any] | None = None) -> MagnitudeSchedule:
+                     source: dict[str, Any] | None = None,
+                     shapes: dict[str, list[int]] | None = None) -> MagnitudeSchedule:
         """From a norm recording ``(steps, layers, fields)``, e.g. ``NormLog.read()``."""
         if field not in fields:
             raise ValueError(f"Unknown field {field!r} (valid: {fields})")
         values = records[:, :, fields.index(field)]
         if not math.isfinite(float(torch.nan_to_num(values, nan=0.0).sum())):
             raise ValueError(f"Recorded {field} contains inf: cannot replay it")
-        return cls(layer_names, steps, values, source=source)
+        return cls(layer_names, steps, values, source=source, shapes=shapes)

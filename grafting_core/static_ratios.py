@@ -10,6 +10,7 @@ file exported here and loaded against another model fails clearly instead of sil
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,16 @@ class StaticRatios:
     shapes: dict[str, list[int]]  # parameter name -> shape in the recorded model
     base_lr: float | None = None  # D's lr in the recorded run: SGD lr for layer = base_lr · c
     info: dict[str, Any] = field(default_factory=dict)  # statistic, window, source run
+
+    def __post_init__(self) -> None:
+        bad = {n: c for n, c in self.ratios.items() if not (math.isfinite(c) and c >= 0)}
+        if bad:
+            raise ValueError(f"Invalid static ratios {bad}: each ratio must be a finite "
+                             "number >= 0 (a negative one would step uphill)")
+        if self.base_lr is not None and not (math.isfinite(self.base_lr) and self.base_lr > 0):
+            raise ValueError(f"Invalid base_lr: {self.base_lr!r} (must be a finite number > 0)")
+        if missing := sorted(set(self.ratios) - set(self.shapes)):
+            raise ValueError(f"Static ratios without a shape: {missing}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form."""

@@ -5,6 +5,7 @@ step's rows, and no process may be left behind."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from grafting_core import StaticRatios
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.executor import LocalExecutor
 from grafting_core.lab.runner import create_run, execute_run, request_stop
@@ -206,3 +208,27 @@ def test_resuming_a_run_that_trains_elsewhere_is_refused_and_leaves_it_alone(sto
         execute_run(store, run_id, resume=True)
     run = store.run(run_id)
     assert (run["status"], run["last_step"], run["error"]) == ("running", 5, None)
+
+
+# ---------------------------------------------------------------- 7. bad ratio and schedule files
+@pytest.mark.parametrize("ratio", [-0.5, float("nan"), float("inf")])
+def test_a_static_ratio_that_is_negative_or_not_finite_is_refused_at_load(ratio):
+    data = {"format": "grafting-lab/static-ratios", "version": 1, "base_lr": 0.1,
+            "parameters": {"w": {"ratio": 2.0, "shape": [3]}, "b": {"ratio": ratio, "shape": []}}}
+    data = json.loads(json.dumps(data))  # as read from a file (JSON NaN/Infinity included)
+    with pytest.raises(ValueError, match=r"Invalid static ratios \{'b'"):
+        StaticRatios.from_dict(data)
+
+
+def test_a_replayed_schedule_must_come_from_the_same_model_and_data(store):
+    graft = create_run(store, RunConfig(**TINY, magnitude="adam", direction="sgd"))
+    execute_run(store, graft)
+    for change, message in (({"width": 16}, "recorded on another model"),
+                            ({"dataset": "digits", "width": 32}, "recorded on 'mnist1d'")):
+        replay = create_run(store, RunConfig(**{**TINY, **change}, direction="sgd",
+                                             replay=f"run:{graft}"))
+        with pytest.raises(ValueError, match=message):
+            execute_run(store, replay)
+        assert store.metrics(replay).empty  # refused before any step
+    same = create_run(store, RunConfig(**TINY, direction="sgd", replay=f"run:{graft}"))
+    assert execute_run(store, same) == "finished"

@@ -28,9 +28,12 @@ def norm_cube(store: RunStore, run_id: str) -> tuple[list[int], list[str], np.nd
 def schedule_from_run(store: RunStore, run_id: str) -> MagnitudeSchedule:
     """The run's recorded ‖Δ_M‖ per layer and step, as a replayable schedule."""
     steps, layers, values = norm_cube(store, run_id)
+    run = store.run(run_id)
     return MagnitudeSchedule.from_records(
         layers, steps, torch.from_numpy(values.copy()).float(), NORM_FIELDS,
-        source={"run_id": run_id, "label": store.run(run_id)["name"]})
+        source={"run_id": run_id, "label": run["name"], "dataset": run["config"]["dataset"],
+                "custom": run["config"].get("custom", "")},
+        shapes=store.get_artifact(run_id, "layers")["shapes"])
 
 
 def static_ratios_from_run(store: RunStore, run_id: str, *, window: tuple[int, int] | None = None,

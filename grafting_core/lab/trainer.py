@@ -79,6 +79,16 @@ def read_checkpoint(blob: bytes, device: torch.device | str = "cpu") -> dict[str
                          f"run afresh instead of resuming it.") from None
 
 
+def check_replay_source(schedule: MagnitudeSchedule, config: RunConfig) -> None:
+    """A schedule recorded on one dataset (or custom task) is not replayed on another; the
+    model's layers and shapes are checked when Graft takes the schedule."""
+    source = schedule.source
+    recorded, here = source.get("custom") or source.get("dataset"), config.custom or config.dataset
+    if recorded and recorded != here:
+        raise ValueError(f"replay: the schedule was recorded on {recorded!r}, not on {here!r}; "
+                         "replay it on the data it was recorded on")
+
+
 class Trainer:
     """Runs one config. ``should_stop`` is polled at every flush; ``resume`` is a checkpoint."""
 
@@ -134,6 +144,7 @@ class Trainer:
         if cfg.replay:
             magnitude = MagnitudeSchedule.from_dict(
                 self._reference(cfg.replay, "magnitude_schedule"))
+            check_replay_source(magnitude, cfg)
         if cfg.static_ratios:  # plain M with per-layer lr = M's lr · c: M's groups carry it
             ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios, "static_ratios"))
             spec = cfg.magnitude_spec()
