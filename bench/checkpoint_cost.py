@@ -19,6 +19,8 @@ import statistics
 import tempfile
 import time
 
+import torch
+
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.runner import create_run
 from grafting_core.lab.store import RunStore
@@ -55,8 +57,12 @@ def main() -> None:
     """Print per-task step and checkpoint times and the overhead of each cadence."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (a worker of a 2-core machine running 2 runs: 1)")
     args = parser.parse_args()
-    steps, repeats = (40, 3) if args.quick else (600, 21)
+    torch.set_num_threads(args.threads)
+    steps, repeats = (40, 3) if args.quick else (400, 21)
+    print(f"torch threads: {args.threads}")
     print(f"{'task':20} {'step ms':>8} {'ckpt ms':>8} {'ckpt KB':>8}  "
           + "  ".join(f"every {n:>4}: cost, lost" for n in CADENCES))
     for task, (dataset, batch) in TASKS.items():

@@ -104,6 +104,11 @@ def two_runs(tmp_path_factory):
     (["grid", "--workers", "-3"], "argument --workers: '-3' is not a number of workers"),
     (["static-ratios", "--sgd-lrs", "0.1", "-1"], "argument --sgd-lrs: '-1' is not a learning"),
     (["static-ratios", "--sgd-lrs", "inf"], "argument --sgd-lrs: 'inf' is not a learning"),
+    (["train", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
+    (["grid", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
+    (["train", "--width", "10000000"], "Invalid width/depth"),
+    (["train", "--dataset", "mnist1d", "--model", "transformer"], "does not fit dataset"),
+    (["train", "--resume", "{plain}", "--steps", "90"], "drop --steps"),
 ])
 def test_user_errors_are_one_line_with_status_2_and_write_nothing(two_runs, argv, message,
                                                                   capsys):

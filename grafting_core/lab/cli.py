@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..registry import OptimizerSpec
 from ..static_ratios import STATISTICS
 from .analysis import schedule_from_run, static_ratios_from_run
+from .capacity import check_fits
 from .config import RunConfig, field_help, field_names, parse_value
 from .executor import LocalExecutor
 from .experiments import (
@@ -88,7 +89,9 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunCon
         base = RunConfig.from_file(args.config) if args.config else RunConfig()
         changes = {name: parse_value(name, getattr(args, name)) for name in field_names()
                    if getattr(args, name, None) is not None}
-        return base.replace(**changes)
+        config = base.replace(**changes)
+        check_fits(config)  # sizes that cannot fit memory: refused before any run is created
+        return config
     except (ValueError, TypeError, OSError) as error:
         parser.error(str(error))
 
@@ -127,6 +130,11 @@ def _print_table(table: pd.DataFrame) -> None:
 
 # ------------------------------------------------------------------ commands
 def cmd_train(parser, args, store: RunStore) -> int:
+    given = [f"--{name.replace('_', '-')}" for name in ("config", *field_names())
+             if getattr(args, name, None) is not None]
+    if args.resume and given:
+        parser.error(f"--resume continues run {args.resume} with its stored settings; "
+                     f"drop {' '.join(given)}")
     config = _config(parser, args)
     run_id = args.resume or create_run(store, config)
     bar = tqdm(total=config.steps, desc=config.label, unit="step")
