@@ -26,7 +26,7 @@ from grafting_core.lab.trainer import Trainer, read_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="mnist1d", width=32, steps=60, batch_size=32, eval_every=30,
             eval_examples=200, log_every=10, flush_seconds=0.0)
-LONG = RunConfig(**{**TINY, "steps": 10**6, "eval_every": 10**6}, checkpoint_every=50)
+LONG = RunConfig(**{**TINY, "steps": 10**6, "eval_every": 10**6})  # default checkpoint cadence
 WAIT_S = 120  # bound on every wait for another process (import torch, spawn, train)
 
 
@@ -118,7 +118,10 @@ def test_a_killed_worker_costs_only_its_own_run_and_the_pool_recovers(store):
     executor = LocalExecutor(store.root, max_workers=2)
     try:
         futures = [executor.submit(run_id) for run_id in (victim, sibling, queued)]
-        pid = _until(lambda: _training(store, victim), "the first run to train")
+        # past its first periodic checkpoint (the default cadence): SIGKILL loses only the
+        # steps after it
+        pid = _until(lambda: _training(store, victim, past=LONG.checkpoint_every + 10),
+                     "the first run to pass its first checkpoint")
         _until(lambda: _training(store, sibling), "the second run to train")
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer does
         assert futures[0].result(timeout=WAIT_S) == "interrupted"
@@ -129,6 +132,7 @@ def test_a_killed_worker_costs_only_its_own_run_and_the_pool_recovers(store):
         assert futures[1].result(timeout=WAIT_S) == "stopped"
     finally:
         executor.shutdown(wait=False)
+    assert read_checkpoint(store.get_artifact(victim, "checkpoint"))["step"] >= 200
     _resume_a_little(store, victim)
 
 

@@ -64,7 +64,8 @@ class RunConfig:
     log_every: int = _option(10, "steps between metric flushes (one host sync each)")
     flush_seconds: float = _option(0.25, "at least this long between flushes (0 = every log_every)")
     record_every: int = _option(1, "record per-layer norms every this many steps")
-    checkpoint_every: int = _option(0, "steps between checkpoints; 0 = at stop and end only")
+    checkpoint_every: int = _option(200, "steps between checkpoints (a kill -9 loses at most "
+                                         "these); 0 = at stop and end only")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
