@@ -36,3 +36,13 @@ def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
     assert [t["name"] for t in loss["data"]] == list(chart_cost.RUNS.values())
     assert heat["data"][0]["type"] == "heatmap" and len(norms["data"]) == 8
     assert len(json.dumps(frames[1])) > len(json.dumps(frames[0]))  # the runs grow
+
+
+def test_checkpoint_cost_measures_a_step_and_a_checkpoint():
+    spec = importlib.util.spec_from_file_location("checkpoint_cost",
+                                                  ROOT / "bench" / "checkpoint_cost.py")
+    checkpoint_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checkpoint_cost)
+    step_s, checkpoint_s, size = checkpoint_cost.measure("mnist1d", 32, steps=40, repeats=3)
+    assert step_s > 0 and checkpoint_s > 0
+    assert size > 4 * 15_000  # the MLP's weights and Adam's two moments, as float32
