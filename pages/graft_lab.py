@@ -9,6 +9,7 @@ import streamlit as st
 
 from grafting_core import GRANULARITIES
 from grafting_core.lab import figures
+from grafting_core.lab.capacity import check_fits
 from grafting_core.lab.config import RunConfig
 from ui import charts, forms, live
 from ui.resources import get_store, start_group
@@ -56,21 +57,24 @@ def form() -> tuple[list[RunConfig] | None, str]:
         data = forms.data_model_picker("lab")
         left, right = st.columns(2)
         with left:
-            steps = st.number_input("Steps", min_value=1, step=100, key="lab.steps")
-            seed = st.number_input("Seed", min_value=0, step=1, key="lab.seed",
+            steps = st.number_input("Steps", step=100, key="lab.steps")
+            seed = st.number_input("Seed", step=1, key="lab.seed",
                                    help="model initialisation and batch order")
         with right:
-            batch = st.number_input("Batch size", min_value=1, step=16, key="lab.batch_size")
+            batch = st.number_input("Batch size", step=16, key="lab.batch_size")
             granularity = st.selectbox(
                 "Grafting layer", GRANULARITIES, key="lab.granularity",
                 help="tensor: each parameter tensor is a layer (the paper's layer-wise "
                      "grafting); module: weight and bias together; global: one norm for all")
-    try:
+    try:  # no min_value on the inputs: a browser keeps out-of-range values from the server
+        forms.check_sizes(data)
         base = RunConfig(**data, granularity=granularity, steps=int(steps),
                          batch_size=int(batch), seed=int(seed),
                          device=st.session_state["shared.device"])
-        return forms.lab_configs(base, magnitude, direction,
-                                 reverse=st.session_state["lab.reverse"]), ""
+        configs = forms.lab_configs(base, magnitude, direction,
+                                    reverse=st.session_state["lab.reverse"])
+        check_fits(base)
+        return configs, ""
     except (ValueError, TypeError) as error:
         return None, str(error)
 

@@ -84,6 +84,7 @@ def form() -> tuple[list[RunConfig] | None, str]:
                                         "every pair trains once per seed")
     try:
         seeds = forms.parse_numbers(seeds_text, field="seeds", integer=True)
+        forms.check_sizes(data)
         base = RunConfig(**data, steps=int(steps), batch_size=int(batch),
                          device=st.session_state["shared.device"])
         configs = grid_configs(base, optimizers, seeds)

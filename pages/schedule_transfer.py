@@ -90,6 +90,7 @@ def form() -> tuple[dict | None, str, str]:
                                            key="transfer.batch_size")
                 seed = left.number_input("Seed", min_value=0, step=1, key="transfer.seed",
                                          help="model initialisation and batch order")
+            forms.check_sizes(data)
             base = RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
                              device=st.session_state["shared.device"])
             m_name, m_hp = magnitude

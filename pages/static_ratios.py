@@ -98,6 +98,7 @@ def new_source_form() -> tuple[PlannedRun | None, str]:
     try:
         if not d_name:
             raise ValueError("a direction optimizer D is needed")
+        forms.check_sizes(data)
         config = RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
                            magnitude=m_name, magnitude_hparams=m_hp, direction=d_name,
                            direction_hparams=d_hp, name=f"{m_name}#{d_name}",

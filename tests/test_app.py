@@ -144,9 +144,17 @@ def test_stop_ends_every_run_of_the_group_cleanly(store):
 @pytest.mark.parametrize("key, value, reason", [
     ("lab.magnitude.adam.lr", -1.0, "lr"),
     ("lab.direction.sgd.momentum", 1.5, "momentum"),
+    ("lab.steps", 0, "Invalid steps: 0"),
+    ("lab.batch_size", -64, "Invalid batch_size: -64"),
+    ("lab.width.mlp", -5, "Invalid width: -5"),
+    ("lab.width.mlp", 0, "Invalid width: 0"),
+    ("lab.batch_size", 10**12, "Invalid batch_size: 1000000000000 needs"),
 ])
 def test_invalid_hyperparameters_are_refused_and_start_nothing(store, key, value, reason):
     at = page("pages/graft_lab.py")
+    # a min_value would make a browser show the bad value in red but never send it, and Start
+    # would train the previous value: the page must get what is shown, and refuse it
+    assert at.number_input(key=key).min is None
     at.number_input(key=key).set_value(value)
     at.button(key="lab.start").click().run()
     assert not at.exception

@@ -126,12 +126,23 @@ def data_model_picker(prefix: str) -> dict[str, Any]:
     st.caption(describe_model(model))
     left, right = st.columns(2)
     with left:
-        width = st.number_input("Width", min_value=1, step=1, key=f"{prefix}.width.{model}",
+        width = st.number_input("Width", step=1, key=f"{prefix}.width.{model}",
                                 help="hidden units, channels or embedding size")
     with right:
-        depth = st.number_input("Depth", min_value=1, step=1, key=f"{prefix}.depth.{model}",
+        depth = st.number_input("Depth", step=1, key=f"{prefix}.depth.{model}",
                                 help="hidden layers, conv layers or transformer blocks")
     return {"dataset": dataset, "model": model, "width": int(width), "depth": int(depth)}
+
+
+def check_sizes(data: dict[str, Any]) -> None:
+    """Width and depth as shown must be >= 1 (RunConfig reads 0 as "the model's default").
+
+    The inputs have no ``min_value``: with one, a browser shows an out-of-range entry in red
+    but never sends it, and Start would train the previous value instead of refusing.
+    """
+    for key in ("width", "depth"):
+        if data[key] < 1:
+            raise ValueError(f"Invalid {key}: {data[key]} (must be >= 1)")
 
 
 def task_of(dataset: str) -> str:
