@@ -136,6 +136,20 @@ def test_a_killed_worker_costs_only_its_own_run_and_the_pool_recovers(store):
     _resume_a_little(store, victim)
 
 
+def test_an_idle_worker_that_died_is_replaced_when_work_comes(store):
+    executor = LocalExecutor(store.root, max_workers=1)
+    try:
+        (warm,) = executor.warm_up(datasets=())
+        pid = warm.result(timeout=WAIT_S)
+        os.kill(pid, signal.SIGKILL)  # e.g. a Ctrl-C in the terminal reached it between runs
+        # the worker's pool has seen it die (a private flag of concurrent.futures)
+        _until(lambda: executor._workers[0]._broken, "the pool to notice its dead worker")
+        run_id = create_run(store, RunConfig(**TINY, magnitude="sgd"))
+        assert executor.submit(run_id).result(timeout=WAIT_S) == "finished"
+    finally:
+        executor.shutdown(wait=False)
+
+
 # ---------------------------------------------------------------- 4, 5. signals
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_stops_a_cli_run_resumably_with_every_row(store, sig):

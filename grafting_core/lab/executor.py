@@ -177,9 +177,18 @@ class LocalExecutor:
                 continue  # cancelled while queued
             worker = self._idle.pop()
             self._running[worker] = future
-            with _without_main_script():
-                task = self._workers[worker].submit(fn, *args)
+            task = self._start(worker, fn, args)
             task.add_done_callback(functools.partial(self._task_done, worker, future, fn, args))
+
+    def _start(self, worker: int, fn: Callable[..., Any], args: tuple) -> Future:
+        """Hand a task to a worker; an idle worker that died since (e.g. Ctrl-C reached it
+        between runs) is replaced first."""
+        with _without_main_script():
+            try:
+                return self._workers[worker].submit(fn, *args)
+            except BrokenProcessPool:
+                self._workers[worker] = self._new_worker()
+                return self._workers[worker].submit(fn, *args)
 
     def _task_done(self, worker: int, future: Future, fn: Callable[..., Any], args: tuple,
                    task: Future) -> None:
