@@ -62,10 +62,16 @@ def _assert_contiguous(store: RunStore, run_id: str) -> None:
 
 
 def _resume_a_little(store: RunStore, run_id: str) -> None:
-    """Resume ``run_id`` here for one flush; it must continue from its checkpoint."""
-    checkpoint_step = read_checkpoint(store.get_artifact(run_id, "checkpoint"))["step"]
-    assert execute_run(store, run_id, resume=True, should_stop=lambda: True) == "stopped"
-    assert store.run(run_id)["last_step"] == checkpoint_step + 10  # one flush: log_every
+    """Resume ``run_id`` here for one flush; it must continue from its checkpoint (from
+    step 0 without one)."""
+    names = store.artifact_names(run_id)
+    checkpoint_step = (read_checkpoint(store.get_artifact(run_id, "checkpoint"))["step"]
+                       if "checkpoint" in names else 0)
+    starts = []
+    assert execute_run(store, run_id, resume=True, should_stop=lambda: True,
+                       callbacks={"on_start": lambda trainer: starts.append(trainer.step)},
+                       ) == "stopped"  # at its first flush
+    assert starts == [checkpoint_step] and store.run(run_id)["last_step"] > checkpoint_step
     _assert_contiguous(store, run_id)
 
 
@@ -109,6 +115,27 @@ def test_killing_the_parent_ends_its_worker_and_interrupts_the_run(store):
     run = store.run(run_id)
     assert run["status"] == "interrupted" and f"({parent.pid}) ended" in run["error"]
     _resume_a_little(store, run_id)
+
+
+def test_killing_the_app_process_ends_its_workers_and_leaves_every_run_resumable(store):
+    app = subprocess.Popen([sys.executable, "-m", "tests.reliability_app", str(store.root)],
+                           stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        run_ids = app.stdout.readline().split()
+        assert len(run_ids) >= 3  # M, D, M#D (and D#M) queued on usable_cores() workers
+        _until(lambda: any(_training(store, r) for r in run_ids), "a run to train")
+    finally:
+        app.kill()  # SIGKILL, as a crashed or killed server
+        app.wait()
+    workers = {int(p) for p in store.runs()["pid"].dropna()} - {app.pid}
+    assert workers
+    for pid in workers:
+        _until(lambda pid=pid: not _pid_alive(pid), f"worker {pid} to exit")
+    RunStore(store.root).close()  # a new opener marks runs whose writer died
+    statuses = store.runs().set_index("run_id")["status"]
+    assert set(statuses) <= {"interrupted"}, statuses
+    for run_id in run_ids:
+        _resume_a_little(store, run_id)
 
 
 # ---------------------------------------------------------------- 3. a dead worker
