@@ -27,7 +27,7 @@ from grafting_core.lab.store import RunStore
 from grafting_core.lab.trainer import Trainer
 
 TASKS = {"mlp/mnist1d": ("mnist1d", 64), "transformer/chars": ("chars", 32)}
-CADENCES = (100, 250, 500, 1000)
+CADENCES = (100, 200, 500, 1000)
 
 
 def measure(dataset: str, batch: int, steps: int, repeats: int) -> tuple[float, float, int]:
