@@ -128,7 +128,7 @@ def details(runs, labels: dict[str, str]) -> None:
     run_id = st.selectbox("Run", ids, key="runs.detail", format_func=labels.get)
     record = get_store().run(run_id)
     row = runs.set_index("run_id").loc[run_id]
-    st.markdown(f"**{record['name']}** — {live.status_text(row)}")
+    st.markdown(f"**{live.plain(record['name'])}** — {live.plain(live.status_text(row))}")
     if record["status"] in ("failed", "interrupted") and record["error"]:
         st.error(record["error"])
     running = record["status"] == "running"

@@ -223,3 +223,13 @@ def test_metrics_csv_export_has_every_recorded_value(store, runs_dir):
     assert (merged["value_x"] - merged["value_y"]).abs().max() < 1e-9
     assert set(csv["run_name"]) == {"r0", "r1"}
     assert (csv.query("metric == 'train_loss'").groupby("run_id").size() == TINY["steps"]).all()
+
+
+def test_a_run_name_is_shown_as_typed_never_as_markdown(store):
+    name = "[click](http://evil.example) **loud**"
+    train_inline(store, name=name)
+    at = page("pages/runs.py")
+    assert not at.exception
+    shown = [m.value for m in at.markdown if "click" in m.value]
+    assert shown and all("[click](" not in text and "**loud**" not in text for text in shown)
+    assert any(r"\[click\]\(http\://evil\.example\) \*\*loud\*\*" in text for text in shown)

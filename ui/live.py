@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from grafting_core.lab import figures
 from . import charts
 from .resources import get_store, stop_runs
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
 #: Live redraws: every second, unless a redraw takes the server (measured) more than
 #: REDRAW_SHARE of that (very many or very long runs): then at the first of INTERVALS that
@@ -99,10 +101,16 @@ def status_text(run: pd.Series) -> str:
     return f"{status} at step {step}/{steps}"
 
 
+def plain(text: str) -> str:
+    """``text`` shown as typed inside Streamlit markdown: a run name or an error message is
+    data, never a link, an image or formatting."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 def progress_panel(runs: pd.DataFrame) -> None:
     """One progress bar per run; diverged and failed runs say so in colour."""
     for _, run in runs.iterrows():
-        text = f"**{run['label']}**: {status_text(run)}"
+        text = f"**{plain(run['label'])}**: {plain(status_text(run))}"
         if run["status"] == "diverged":
             st.warning(text, icon="⚠️")
         elif run["status"] in ("failed", "interrupted"):
