@@ -149,6 +149,7 @@ def test_stop_ends_every_run_of_the_group_cleanly(store):
     ("lab.width.mlp", -5, "Invalid width: -5"),
     ("lab.width.mlp", 0, "Invalid width: 0"),
     ("lab.batch_size", 10**12, "Invalid batch_size: 1000000000000 needs"),
+    ("lab.magnitude.adam.lr", 0.0, "Invalid magnitude lr: 0"),
 ])
 def test_invalid_hyperparameters_are_refused_and_start_nothing(store, key, value, reason):
     at = page("pages/graft_lab.py")
