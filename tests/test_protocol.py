@@ -107,3 +107,26 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
     assert (runs["config.schedule"] == "warmup_cosine").all()
     assert (runs["config.warmup_steps"] == math.floor(TINY["steps"] / 10)).all()
     assert sorted(runs["role"].unique()) == ["graft", "sweep_point", "tuned"]
+
+
+def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store):
+    from grafting_core.lab.protocol import _sweep_table
+
+    def run(lr, status, loss=None):
+        run_id = store.create_run({"magnitude_hparams": {"lr": lr}}, group="g",
+                                  arm=("sweep_point", "sgd", "", ""))
+        if loss is not None:
+            store.log_metrics(run_id, 9, {"val_loss": loss})
+        store.set_status(run_id, status)
+
+    run(0.1, "finished", 1.0)
+    run(0.1, "finished", 1.2)
+    run(1.0, "finished", 0.5)
+    run(1.0, "diverged", float("nan"))  # one diverged seed: the lr fails
+    run(0.01, "finished", 0.8)
+    run(0.01, "running")  # still training: not chosen yet
+    sweep = _sweep_table(store, "g", "val_loss").set_index("lr")
+    assert sweep.loc[1.0, "failed"] == 1 and sweep.loc[1.0, "mean"] == float("inf")
+    assert sweep.loc[0.01, "pending"] == 1 and sweep.loc[0.01, "mean"] == 0.8
+    assert sweep["best"].tolist() == [False, True, False]  # 0.1: the only complete, finite lr
+    assert sweep.loc[0.1, "mean"] == pytest.approx(1.1) and not sweep.loc[0.1, "at_edge"]

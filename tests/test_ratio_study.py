@@ -56,7 +56,7 @@ def _expected(store, source, window, per_layer):
         return {layer: float(np.median(cell["m"] / cell["direction_norm"]))
                 for layer, cell in frame.groupby(level="layer")}
     by_step = frame.groupby(level="step")
-    return float(np.median(np.sqrt((by_step["m"].apply(lambda v: (v ** 2).sum())))
+    return float(np.median(np.sqrt(by_step["m"].apply(lambda v: (v ** 2).sum()))
                            / np.sqrt(by_step["direction_norm"].apply(lambda v: (v ** 2).sum()))))
 
 

@@ -87,26 +87,29 @@ def _sweep_runs(base: RunConfig, label: str, choice: OptimizerChoice, lrs: Seque
 
 
 def _sweep_table(store: RunStore, group: str, metric: str) -> pd.DataFrame:
-    """Per plain arm and lr: mean and std of ``metric`` over seeds; unfinished runs count as
-    failures (a diverged lr is never the best); ``best`` and ``at_edge`` per arm."""
+    """Per plain arm and lr: mean and std of ``metric`` over its finished seeds. A run that
+    diverged (or failed, or was stopped) makes its lr a failure (mean inf: never the best);
+    runs still training are ``pending``. ``best`` (lowest mean, among lrs with nothing pending)
+    and ``at_edge`` (the best is the lowest or highest lr tried) per arm."""
     runs = store.runs(group=group)
     runs = runs[runs["role"].isin(["sweep_point", "tuned"])]
     table = final_metrics(store, runs["run_id"].tolist(), metrics=(metric,))
     table["lr"] = runs.set_index("run_id").loc[table["run_id"], LR_COLUMN].to_numpy(float)
-    table["value"] = np.where(table["status"] == "finished", table[metric], np.inf)
     rows = []
     for (arm, lr), cell in table.groupby(["magnitude_arm", "lr"], sort=True):
-        finite = cell["value"][np.isfinite(cell["value"])]
-        failed = len(finite) < len(cell)
-        rows.append({"arm": arm, "lr": lr, "seeds": len(cell), "failed": int(len(cell) -
-                     len(finite)), "mean": np.inf if failed else float(finite.mean()),
-                     "std": float(finite.std()) if len(finite) > 1 and not failed else np.nan})
-    sweep = pd.DataFrame(rows, columns=["arm", "lr", "seeds", "failed", "mean", "std"])
+        done = cell.loc[cell["status"] == "finished", metric]
+        pending = int((cell["status"] == "running").sum())
+        failed = len(cell) - len(done) - pending
+        rows.append({"arm": arm, "lr": lr, "seeds": len(done), "failed": failed,
+                     "pending": pending, "mean": np.inf if failed else done.mean(),
+                     "std": np.nan if failed else done.std()})
+    sweep = pd.DataFrame(rows, columns=["arm", "lr", "seeds", "failed", "pending", "mean", "std"])
     sweep["best"] = False
     sweep["at_edge"] = False
     for _, cell in sweep.groupby("arm"):
-        if np.isfinite(cell["mean"]).any():
-            best = cell["mean"].idxmin()
+        complete = cell[(cell["pending"] == 0) & np.isfinite(cell["mean"])]
+        if not complete.empty:
+            best = complete["mean"].idxmin()
             sweep.loc[best, "best"] = True
             sweep.loc[best, "at_edge"] = cell.loc[best, "lr"] in (cell["lr"].min(),
                                                                    cell["lr"].max())
