@@ -241,7 +241,7 @@ def comparison_sweep_figure(sweep: pd.DataFrame, *, y_title: str = "final valida
     """Every plain arm's learning-rate sweep in one figure: the mean over seeds against lr
     (log x) with ± one std as error bars, one line per arm, its tuned lr starred (an open star
     when the best still sits at the grid's edge). Lrs where a seed diverged or failed are
-    marked with a cross along the top.
+    marked with a cross along the top; lrs still training (no finished seed) are not drawn.
 
     ``sweep``: ``protocol.Comparison.sweep`` (arm, lr, mean, std, seeds, failed, best, at_edge).
     """
@@ -273,7 +273,7 @@ def comparison_sweep_figure(sweep: pd.DataFrame, *, y_title: str = "final valida
                 hovertemplate=f"{arm}: tuned lr {row.lr:.3g}"
                               + (", at the grid's edge" if edge else "")
                               + ": %{y:.4g}<extra></extra>"))
-        failed = rows[~np.isfinite(rows["mean"].to_numpy(float))]
+        failed = rows[rows["failed"] > 0]
         if len(failed):
             fig.add_trace(go.Scatter(
                 x=failed["lr"], y=[top] * len(failed), mode="markers", legendgroup=str(arm),
