@@ -187,15 +187,20 @@ def test_comparison_verdict_figure_puts_each_partial_graft_after_its_full_graft(
     assert graft.x[0].startswith("adam#sgd<br>") and "cannot tell" in graft.x[0]
     assert graft.x[1].startswith("adam#sgd [hidden only]") and "closer to M" in graft.x[1]
     assert list(graft.y) == [1.5, 1.42] and list(graft.error_y.array) == [0.02, 0.01]
+    low, high = fig.layout.yaxis.range  # the arms' mean ± std fill the height
+    assert (low, high) == pytest.approx((1.38 - 0.024, 1.62 + 0.024))  # 10% of 1.38..1.62
 
 
 def test_ratio_study_figure_sets_static_arms_against_tuned_bands():
-    table = pd.DataFrame({"arm": ["adam", "sgd", "sgd+ratios[early,global]"],
-                          "role": ["tuned", "tuned", "static_ratios"],
-                          "variant": ["", "", "early,global"], "mean": [1.4, 1.7, 1.5],
-                          "std": [0.01, 0.02, 0.03], "seeds": [3, 3, 3]})
+    table = pd.DataFrame({"arm": ["adam", "sgd", "sgd+ratios[late,global]",
+                                  "sgd+ratios[early,global]"],
+                          "role": ["tuned", "tuned", "static_ratios", "static_ratios"],
+                          "variant": ["", "", "late,global", "early,global"],
+                          "mean": [1.4, 1.7, 1.45, 1.5], "std": [0.01, 0.02, 0.03, 0.04],
+                          "seeds": [3, 3, 3, 3]})
     fig = experiment_figures.ratio_study_figure(table)
     bands = [(s.y0, s.y1) for s in fig.layout.shapes if s.type == "rect"]
     assert bands == [pytest.approx((1.39, 1.41)), pytest.approx((1.68, 1.72))]
     (points,) = [t for t in fig.data if t.mode == "markers"]
-    assert list(points.x) == ["early<br>global"] and list(points.y) == [1.5]
+    assert list(points.x) == ["early<br>global", "late<br>global"]  # windows in time order
+    assert list(points.y) == [1.5, 1.45] and list(points.error_y.array) == [0.04, 0.03]

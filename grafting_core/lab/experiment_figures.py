@@ -31,6 +31,7 @@ from .figures import (
     style,
     with_ratio,
 )
+from .ratio_study import WINDOWS
 from .schedules import LAYER_KINDS, layer_series
 
 
@@ -321,6 +322,12 @@ def comparison_verdict_figure(verdicts: pd.DataFrame, *, y_title: str = "final v
     style(fig, title=title, x_title="", y_title=y_title, height=420)
     fig.update_layout(scattermode="group", hovermode="closest", legend={"title": {"text": ""}})
     fig.update_xaxes(type="category")
+    ends = np.concatenate([verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
+                           for arm in ("magnitude", "graft", "direction") for sign in (-1, 1)])
+    ends = ends[np.isfinite(ends)]
+    if ends.size:  # the arms' spread fills the height (grouped markers autorange from zero)
+        pad = 0.1 * max(float(ends.max() - ends.min()), 1e-3 * abs(float(ends.max())), 1e-12)
+        fig.update_yaxes(range=[float(ends.min()) - pad, float(ends.max()) + pad])
     return fig
 
 
@@ -333,6 +340,10 @@ def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation 
     ``table``: ``ratio_study.static_ratio_table`` (arm, role, variant, mean, std, seeds).
     """
     static = table[table["role"] == "static_ratios"]
+    order = {name: i for i, name in enumerate(WINDOWS)}  # windows in time order, then scope
+    static = static.iloc[sorted(range(len(static)), key=lambda i: (
+        order.get(static["variant"].iloc[i].split(",")[0], len(order)),
+        static["variant"].iloc[i]))]
     if table.empty:
         return empty_figure("no finished runs yet", x_title="arm", y_title=y_title)
     fig = go.Figure()
