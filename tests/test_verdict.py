@@ -126,10 +126,12 @@ def test_matrix_leaning_splits_the_variance_by_rows_and_columns():
     assert matrix_leaning(mixed.where(mixed < 5))["leans"] == "incomplete"
 
 
-def _verdict_row(m, d, grafted, g, verdict, position_):
+def _verdict_row(m, d, grafted, g, verdict, position_, std=0.01):
     return {"magnitude": m, "direction": d, "grafted": grafted, "graft_mean": g,
-            "graft_std": 0.01, "magnitude_mean": 1.4, "direction_mean": 1.6,
-            "position": position_, "verdict": verdict, "reason": "because"}
+            "magnitude_mean": 1.4, "direction_mean": 1.6, "position": position_,
+            "verdict": verdict, "reason": "because",
+            **{f"{arm}_std": std for arm in ("graft", "magnitude", "direction")},
+            **{f"{arm}_seeds": 3 for arm in ("graft", "magnitude", "direction")}}
 
 
 def test_comparison_reading_says_edges_verdicts_and_what_a_partial_graft_removes():
@@ -147,8 +149,16 @@ def test_comparison_reading_says_edges_verdicts_and_what_a_partial_graft_removes
     grafts = [line for line in lines if line.startswith("- **adam#sgd**")]
     assert "cannot tell" in grafts[0] and "hidden layers only" in grafts[1]  # full, then partial
     assert "1 are closer to M, 0 closer to D, 1 cannot" in lines[-2]
-    assert "holds for every graft that can be judged (1 of 2)" in lines[-2]
-    assert "removes 50% of the full graft's distance from adam" in lines[-1]  # 1 - 0.25/0.5
+    assert "holds for every graft that can be judged (1)" in lines[-2]
+    partial = lines[-1]
+    assert "1.4500 against the full graft's 1.5000 (-0.05; beyond 2 standard errors" in partial
+    assert "removes 50% of the full graft's distance from adam" in partial  # 1 - 0.25/0.5
+    noisy = pd.DataFrame([_verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5, std=0.3),
+                          _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25,
+                                       std=0.3)])
+    partial = comparison_reading(sweep, noisy)[-1]  # M, D within 2 se: no position, "within"
+    assert "within 2 standard errors" in partial and "cannot be told apart" in partial
+    assert "removes" not in partial
 
 
 def test_comparison_reading_cannot_judge_when_every_verdict_is_cannot_tell():

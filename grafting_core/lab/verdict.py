@@ -247,7 +247,8 @@ def comparison_reading(sweep: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]
     if toward_m + toward_d == 0:
         finding = "cannot be judged here: no full graft stands out from the seed spread"
     elif toward_d == 0:
-        finding = (f"holds for every graft that can be judged ({toward_m} of {len(full)})")
+        finding = (f"holds for every graft that can be judged ({toward_m})" if
+                   toward_m < len(full) else "holds for every one")
     elif toward_m == 0:
         finding = f"fails here: every graft that can be judged ({toward_d}) follows D"
     else:
@@ -255,20 +256,29 @@ def comparison_reading(sweep: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]
     lines.append(f"- of {len(full)} full grafts, {toward_m} are closer to M, {toward_d} closer "
                  f"to D, {counts.get('cannot tell', 0)} cannot be told apart from the seed "
                  f"spread: *magnitude decides* {finding}")
-    whole = full.set_index(["magnitude", "direction"])["position"]
+    whole = full.set_index(["magnitude", "direction"])
     for row in verdicts[verdicts["_partial"]].itertuples():
         key = (row.magnitude, row.direction)
-        if key not in whole.index or not np.isfinite(whole[key]):
+        if key not in whole.index:
             continue
-        if whole[key] <= 0:
-            lines.append(f"- {row.magnitude}#{row.direction} with only {row.grafted} grafted: "
-                         f"position {row.position:.2f}; the full graft was already at or "
-                         f"beyond M ({whole[key]:.2f})")
-            continue
-        removed = 1 - row.position / whole[key]
-        past = " (past M, on the far side from D)" if row.position < 0 else ""
-        lines.append(f"- grafting only the {row.grafted} layers of {row.magnitude}#"
-                     f"{row.direction} moves it from position {whole[key]:.2f} to "
-                     f"{row.position:.2f}: it removes {removed:.0%} of the full graft's "
-                     f"distance from {row.magnitude}{past}")
+        graft = whole.loc[key]
+        spread = np.hypot(graft["graft_std"] / np.sqrt(graft["graft_seeds"]),
+                          row.graft_std / np.sqrt(row.graft_seeds))
+        change = row.graft_mean - graft["graft_mean"]
+        text = (f"- grafting only the {row.grafted} layers of {row.magnitude}#{row.direction}: "
+                f"{row.graft_mean:.4f} against the full graft's {graft['graft_mean']:.4f} "
+                f"({change:+.3g}; " + ("within" if abs(change) <= SPREAD_Z * spread else
+                                        "beyond") + f" {SPREAD_Z:g} standard errors)")
+        m, d = graft["magnitude_mean"], graft["direction_mean"]
+        apart = abs(d - m) > SPREAD_Z * np.hypot(
+            graft["magnitude_std"] / np.sqrt(graft["magnitude_seeds"]),
+            graft["direction_std"] / np.sqrt(graft["direction_seeds"]))
+        if apart and np.isfinite(graft["position"]) and graft["position"] > 0:
+            past = " (past M, on the far side from D)" if row.position < 0 else ""
+            text += (f"; position {graft['position']:.2f} → {row.position:.2f}: it removes "
+                     f"{1 - row.position / graft['position']:.0%} of the full graft's distance "
+                     f"from {row.magnitude}{past}")
+        elif not apart:
+            text += f"; {row.magnitude} and {row.direction} cannot be told apart, so no position"
+        lines.append(text)
     return lines
