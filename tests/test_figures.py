@@ -149,3 +149,58 @@ def test_steady_ranges_move_in_coarse_steps_so_live_redraws_keep_their_axes():
     fig = figures.metric_curves(_metrics({"a": loss}), x_max=5000)
     assert list(fig.layout.xaxis.range) == [0, 5000]
     assert list(fig.layout.yaxis.range) == figures.steady_range(loss)
+
+
+SWEEP = pd.DataFrame({"arm": ["sgd"] * 3 + ["adam"] * 2, "lr": [0.01, 0.1, 1.0, 1e-3, 1e-2],
+                      "seeds": 3, "failed": [0, 0, 1, 0, 0],
+                      "mean": [2.0, 1.5, np.inf, 1.4, 1.2], "std": [0.1, 0.05, np.nan, 0.02, 0.01],
+                      "best": [False, True, False, False, True],
+                      "at_edge": [False, False, False, False, True]})
+
+
+def test_comparison_sweep_figure_draws_each_arm_its_tuned_lr_and_its_failures():
+    fig = experiment_figures.comparison_sweep_figure(SWEEP)
+    lines = {t.name: t for t in fig.data if t.mode == "lines+markers"}
+    assert list(lines["sgd"].x) == [0.01, 0.1] and list(lines["sgd"].error_y.array) == [0.1, 0.05]
+    stars = [t for t in fig.data if t.marker.symbol in ("star", "star-open")]
+    assert [(t.x[0], t.marker.symbol) for t in stars] == [(0.1, "star"), (0.01, "star-open")]
+    assert "edge" in stars[1].name and "edge" not in stars[0].name
+    (crosses,) = [t for t in fig.data if t.marker.symbol == "x"]
+    assert list(crosses.x) == [1.0] and crosses.y[0] == pytest.approx(2.1)  # along the top
+    assert fig.layout.xaxis.type == "log"
+
+
+def test_comparison_verdict_figure_puts_each_partial_graft_after_its_full_graft():
+    verdicts = pd.DataFrame({
+        "magnitude": ["adam", "adam"], "direction": ["sgd", "sgd"],
+        "grafted": ["hidden", "all"], "verdict": ["magnitude", "cannot tell"],
+        **{f"{arm}_{stat}": [value, value] for arm, value in
+           (("graft", 1.5), ("magnitude", 1.4), ("direction", 1.6))
+           for stat in ("mean",)},
+        **{f"{arm}_std": [0.01, 0.02] for arm in ("graft", "magnitude", "direction")},
+        **{f"{arm}_seeds": [3, 3] for arm in ("graft", "magnitude", "direction")}})
+    verdicts.loc[0, "graft_mean"] = 1.42
+    fig = experiment_figures.comparison_verdict_figure(verdicts)
+    assert [t.name for t in fig.data] == ["M alone (tuned)", "M#D at M's tuned lr",
+                                          "D alone (tuned)"]
+    graft = fig.data[1]
+    assert graft.x[0].startswith("adam#sgd<br>") and "cannot tell" in graft.x[0]
+    assert graft.x[1].startswith("adam#sgd [hidden only]") and "closer to M" in graft.x[1]
+    assert list(graft.y) == [1.5, 1.42] and list(graft.error_y.array) == [0.02, 0.01]
+    low, high = fig.layout.yaxis.range  # the arms' mean ± std fill the height
+    assert (low, high) == pytest.approx((1.38 - 0.024, 1.62 + 0.024))  # 10% of 1.38..1.62
+
+
+def test_ratio_study_figure_sets_static_arms_against_tuned_bands():
+    table = pd.DataFrame({"arm": ["adam", "sgd", "sgd+ratios[late,global]",
+                                  "sgd+ratios[early,global]"],
+                          "role": ["tuned", "tuned", "static_ratios", "static_ratios"],
+                          "variant": ["", "", "late,global", "early,global"],
+                          "mean": [1.4, 1.7, 1.45, 1.5], "std": [0.01, 0.02, 0.03, 0.04],
+                          "seeds": [3, 3, 3, 3]})
+    fig = experiment_figures.ratio_study_figure(table)
+    bands = [(s.y0, s.y1) for s in fig.layout.shapes if s.type == "rect"]
+    assert bands == [pytest.approx((1.39, 1.41)), pytest.approx((1.68, 1.72))]
+    (points,) = [t for t in fig.data if t.mode == "markers"]
+    assert list(points.x) == ["early<br>global", "late<br>global"]  # windows in time order
+    assert list(points.y) == [1.5, 1.45] and list(points.error_y.array) == [0.04, 0.03]

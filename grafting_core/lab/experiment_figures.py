@@ -31,6 +31,7 @@ from .figures import (
     style,
     with_ratio,
 )
+from .ratio_study import WINDOWS
 from .schedules import LAYER_KINDS, layer_series
 
 
@@ -233,4 +234,139 @@ def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
     fig.update_yaxes(dtick=log_dtick(drawn))
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_xaxes(title_text="step", nticks=4)
+    return fig
+
+
+def comparison_sweep_figure(sweep: pd.DataFrame, *, y_title: str = "final validation loss",
+                            title: str = "") -> go.Figure:
+    """Every plain arm's learning-rate sweep in one figure: the mean over seeds against lr
+    (log x) with ± one std as error bars, one line per arm, its tuned lr starred (an open star
+    when the best still sits at the grid's edge). Lrs where a seed diverged or failed are
+    marked with a cross along the top; lrs still training (no finished seed) are not drawn.
+
+    ``sweep``: ``protocol.Comparison.sweep`` (arm, lr, mean, std, seeds, failed, best, at_edge).
+    """
+    if sweep.empty:
+        return empty_figure("no sweep runs yet", x_title="learning rate", y_title=y_title)
+    fig = go.Figure()
+    finite = sweep[np.isfinite(sweep["mean"].to_numpy(float))]
+    top = float((finite["mean"] + finite["std"].fillna(0)).max()) if len(finite) else 1.0
+    for i, (arm, rows) in enumerate(sweep.groupby("arm", sort=False)):
+        color = PALETTE[i % len(PALETTE)]
+        rows = rows.sort_values("lr")
+        done = rows[np.isfinite(rows["mean"].to_numpy(float))]
+        fig.add_trace(go.Scatter(
+            x=done["lr"], y=done["mean"], mode="lines+markers", name=str(arm),
+            legendgroup=str(arm), line={"color": color, "width": 2}, marker={"size": 7},
+            error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True,
+                     "thickness": 1.5, "width": 5},
+            customdata=np.column_stack([done["std"], done["seeds"]]),
+            hovertemplate=f"{arm}, lr %{{x:.3g}}: %{{y:.4g}} ± %{{customdata[0]:.2g}} "
+                          "(%{customdata[1]} seeds)<extra></extra>"))
+        best = done[done["best"].astype(bool)]
+        for row in best.itertuples():
+            edge = bool(row.at_edge)
+            fig.add_trace(go.Scatter(
+                x=[row.lr], y=[row.mean], mode="markers", legendgroup=str(arm),
+                name=f"{arm}: tuned lr {row.lr:.3g}" + (" (at the grid's edge)" if edge else ""),
+                marker={"symbol": "star-open" if edge else "star", "size": 17, "color": color,
+                        "line": {"color": color, "width": 2}},
+                hovertemplate=f"{arm}: tuned lr {row.lr:.3g}"
+                              + (", at the grid's edge" if edge else "")
+                              + ": %{y:.4g}<extra></extra>"))
+        failed = rows[rows["failed"] > 0]
+        if len(failed):
+            fig.add_trace(go.Scatter(
+                x=failed["lr"], y=[top] * len(failed), mode="markers", legendgroup=str(arm),
+                name=f"{arm}: a seed diverged or failed", marker={"symbol": "x", "size": 10,
+                                                                  "color": color},
+                hovertemplate=f"{arm}, lr %{{x:.3g}}: diverged or failed<extra></extra>"))
+    style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=420)
+    fig.update_xaxes(type="log", tickformat=".1~e")
+    fig.update_layout(hovermode="closest", legend={"title": {"text": "arm (★ tuned lr)"}})
+    return fig
+
+
+def comparison_verdict_figure(verdicts: pd.DataFrame, *, y_title: str = "final validation loss",
+                              title: str = "") -> go.Figure:
+    """Per graft M#D (full or partial): tuned M, the graft and tuned D side by side, each
+    its mean over seeds ± one std, with the verdict under the graft's name.
+
+    ``verdicts``: ``protocol.Comparison.verdicts`` (magnitude, direction, grafted, verdict and
+    graft/magnitude/direction ``_mean``, ``_std``, ``_seeds``).
+    """
+    if verdicts.empty:
+        return empty_figure("no grafts have finished yet", x_title="graft", y_title=y_title)
+    verdicts = verdicts.assign(grafted=verdicts["grafted"] if "grafted" in verdicts else "all")
+    verdicts = verdicts.assign(_partial=verdicts["grafted"] != "all").sort_values(
+        ["magnitude", "direction", "_partial"], kind="stable")  # each partial after its graft
+    words = {"magnitude": "closer to M", "direction": "closer to D"}
+    names = [f"{m}#{d}" + ("" if g == "all" else f" [{g} only]")
+             + f"<br><i>{words.get(v, v)}</i>"
+             for m, d, g, v in zip(verdicts["magnitude"], verdicts["direction"],
+                                   verdicts["grafted"], verdicts["verdict"])]
+    fig = go.Figure()
+    for arm, legend, color, symbol in (("magnitude", "M alone (tuned)", PALETTE[0], "circle"),
+                                       ("graft", "M#D at M's tuned lr", PALETTE[2], "diamond"),
+                                       ("direction", "D alone (tuned)", PALETTE[1], "circle")):
+        who = (verdicts["magnitude"] + "#" + verdicts["direction"] if arm == "graft"
+               else verdicts[arm])
+        fig.add_trace(go.Scatter(
+            x=names, y=verdicts[f"{arm}_mean"], mode="markers", name=legend,
+            error_y={"type": "data", "array": verdicts[f"{arm}_std"].fillna(0.0),
+                     "visible": True, "thickness": 2, "width": 7},
+            customdata=np.column_stack([who, verdicts[f"{arm}_std"], verdicts[f"{arm}_seeds"]]),
+            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                          "(%{customdata[2]} seeds)<extra></extra>",
+            marker={"size": 12, "color": color, "symbol": symbol}))
+    style(fig, title=title, x_title="", y_title=y_title, height=420)
+    fig.update_layout(scattermode="group", hovermode="closest", legend={"title": {"text": ""}})
+    fig.update_xaxes(type="category")
+    ends = np.concatenate([verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
+                           for arm in ("magnitude", "graft", "direction") for sign in (-1, 1)])
+    ends = ends[np.isfinite(ends)]
+    if ends.size:  # the arms' spread fills the height (grouped markers autorange from zero)
+        pad = 0.1 * max(float(ends.max() - ends.min()), 1e-3 * abs(float(ends.max())), 1e-12)
+        fig.update_yaxes(range=[float(ends.min()) - pad, float(ends.max()) + pad])
+    return fig
+
+
+def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation loss",
+                       title: str = "") -> go.Figure:
+    """A static-ratio study: one point per arm (mean over seeds ± one std), tuned M and tuned
+    D as shaded bands (mean ± std) across the figure, so each static-ratio arm reads against
+    both.
+
+    ``table``: ``ratio_study.static_ratio_table`` (arm, role, variant, mean, std, seeds).
+    """
+    static = table[table["role"] == "static_ratios"]
+    order = {name: i for i, name in enumerate(WINDOWS)}  # windows in time order, then scope
+    static = static.iloc[sorted(range(len(static)), key=lambda i: (
+        order.get(static["variant"].iloc[i].split(",")[0], len(order)),
+        static["variant"].iloc[i]))]
+    if table.empty:
+        return empty_figure("no finished runs yet", x_title="arm", y_title=y_title)
+    fig = go.Figure()
+    tuned = table[table["role"] == "tuned"].reset_index(drop=True)
+    for i, row in tuned.iterrows():
+        color = PALETTE[(i + 1) % len(PALETTE)]
+        std = row["std"] if np.isfinite(row["std"]) else 0.0
+        fig.add_hrect(y0=row["mean"] - std, y1=row["mean"] + std, fillcolor=color,
+                      opacity=0.15, line_width=0)
+        fig.add_hline(y=row["mean"], line_color=color, line_dash="dash")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{row['arm']} (tuned),"
+                                 " mean ± std", line={"color": color, "dash": "dash"}))
+    fig.add_trace(go.Scatter(
+        x=static["variant"].str.replace(",", "<br>", regex=False), y=static["mean"],
+        mode="markers", name="static ratios, mean ± std", marker={"size": 11,
+                                                                   "color": PALETTE[0]},
+        error_y={"type": "data", "array": static["std"].fillna(0.0), "visible": True,
+                 "thickness": 2, "width": 7},
+        customdata=np.column_stack([static["arm"], static["std"], static["seeds"]]),
+        hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                      "(%{customdata[2]} seeds)<extra></extra>"))
+    style(fig, title=title, x_title="window, scope of the static ratios", y_title=y_title,
+          height=420)
+    fig.update_layout(hovermode="closest", legend={"title": {"text": ""}})
+    fig.update_xaxes(type="category")
     return fig
