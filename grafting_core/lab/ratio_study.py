@@ -62,12 +62,14 @@ def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
                        progress: Progress | None = None) -> pd.DataFrame:
     """Train D with static ratios from each finished M#D graft of comparison ``group``, per
     window and scope (per layer or one global scalar); returns ``static_ratio_table``.
-    Arms the group already has (same source run, window and scope) are not trained again."""
+    Arms the group already has (same source run, window and scope; finished or training) are
+    not trained again."""
     bad = [s for s in scopes if s not in SCOPES]
     if bad:
         raise ValueError(f"Invalid scopes {bad} (valid: {', '.join(SCOPES)})")
     runs = store.runs(group=group)
-    trained = set(runs.loc[runs["role"] == "static_ratios", "config.static_ratios"])
+    kept = (runs["role"] == "static_ratios") & runs["status"].isin(["finished", "running"])
+    trained = set(runs.loc[kept, "config.static_ratios"])
     planned = []
     for source in _sources(store, group, magnitude, direction)["run_id"]:
         config = RunConfig.from_dict(store.run(source)["config"])
