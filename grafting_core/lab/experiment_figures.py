@@ -1,5 +1,6 @@
-"""Plotly figures of the lab's experiments: the M#D grid, a run's implicit schedule, static
-ratios, optimizer-state memory, and step sizes by kind of layer across optimizers.
+"""Plotly figures of the lab's experiments: the M#D grid, a tuned comparison's lr sweeps and
+verdicts, a run's implicit schedule, static ratios, optimizer-state memory, and step sizes by
+kind of layer across optimizers.
 
 Plain functions from the engine's DataFrames to a Figure, shared by the app's experiment
 pages and the notebooks, in the style of ``figures`` (the live-run figures).
@@ -32,6 +33,7 @@ from .figures import (
     with_ratio,
 )
 from .schedules import LAYER_KINDS, layer_series
+from .verdict import closer_to_words
 
 
 def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | None = None,
@@ -68,6 +70,93 @@ def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | No
     fig.update_layout(hovermode="closest", showlegend=False)
     fig.update_xaxes(side="bottom", type="category")
     fig.update_yaxes(autorange="reversed", type="category")
+    return fig
+
+
+def lr_sweep(sweep: pd.DataFrame, *, y_title: str, pending: Sequence[float] = (),
+             title: str = "") -> go.Figure:
+    """One optimizer's learning-rate sweep: the final metric's mean over seeds against lr
+    (log x), ± one std as error bars, the best lr starred and, when it sits at the grid's
+    edge, said so. Lrs without a mean are named along the top: "training" (in ``pending``)
+    or "diverged / failed" (a run of that lr did not finish).
+
+    ``sweep``: one arm's rows of ``protocol.Comparison.sweep`` (lr, seeds, mean, std, best,
+    at_edge).
+    """
+    rows = sweep.sort_values("lr")
+    done = rows[np.isfinite(rows["mean"].to_numpy(float))]
+    fig = go.Figure(go.Scatter(
+        x=done["lr"], y=done["mean"], mode="lines+markers", name="mean over seeds, ± std",
+        error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True,
+                 "thickness": 1.5, "width": 6},
+        customdata=np.column_stack([done["std"], done["seeds"]]),
+        hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
+                      "(%{customdata[1]} seeds)<extra></extra>",
+        line={"color": PALETTE[0], "width": 2}, marker={"size": 8}))
+    best = done[done["best"].astype(bool)]
+    if not best.empty:
+        lr, value, edge = best["lr"].iloc[0], best["mean"].iloc[0], bool(best["at_edge"].iloc[0])
+        fig.add_trace(go.Scatter(
+            x=[lr], y=[value], mode="markers", name="best: the tuned lr",
+            hovertemplate=f"best lr {lr:.3g}: %{{y:.4g}}<extra></extra>",
+            marker={"symbol": "star", "size": 18, "color": PALETTE[3],
+                    "line": {"color": "white", "width": 1}}))
+        fig.add_annotation(x=np.log10(lr), y=value, ax=0, ay=-36, showarrow=True, arrowhead=0,
+                           text=f"best lr {lr:.3g}" + ("<br><b>best at the grid's edge</b>"
+                                                       if edge else ""),
+                           font={"size": 12, "color": "#b00" if edge else "#2a3f5f"})
+    waiting = {float(lr) for lr in pending}
+    for lr in rows.loc[~rows.index.isin(done.index), "lr"]:
+        fig.add_annotation(x=np.log10(lr), y=1.0, yref="paper", yanchor="top", showarrow=False,
+                           text="training…" if lr in waiting else "diverged /<br>failed",
+                           font={"size": 11, "color": "#666" if lr in waiting else "#b00"})
+    style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=340)
+    span = np.log10(rows["lr"].to_numpy(float))
+    fig.update_xaxes(type="log", range=[span.min() - 0.3, span.max() + 0.3] if span.size else None,
+                     tickvals=rows["lr"].tolist(), ticktext=[f"{lr:.3g}" for lr in rows["lr"]])
+    fig.update_layout(hovermode="closest", legend={"title": {"text": ""}, "orientation": "h",
+                                                   "y": -0.3, "x": 0})
+    return fig
+
+
+VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name, colour)
+    ("magnitude", "M alone, tuned", PALETTE[0]),
+    ("graft", "M#D at M's tuned lr", PALETTE[2]),
+    ("direction", "D alone, tuned", PALETTE[1]),
+)
+
+
+def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> go.Figure:
+    """Per pair M#D: tuned M, M#D and tuned D side by side, each its mean over seeds with ± one
+    std as error bars, so where M#D lands and how far the seeds spread read at a glance; each
+    pair's verdict is written under its name.
+
+    ``verdicts``: ``protocol.Comparison.verdicts`` (magnitude, direction, <arm>_mean, <arm>_std,
+    <arm>_seeds for arm in graft, magnitude, direction; verdict).
+    """
+    if verdicts.empty:
+        return empty_figure("the verdicts come when the grafts have trained", x_title="pair",
+                            y_title=y_title)
+    pairs = [f"{m}#{d}<br><i>{closer_to_words(v, m, d)}</i>" for m, d, v in
+             zip(verdicts["magnitude"], verdicts["direction"], verdicts["verdict"])]
+    who = {"magnitude": verdicts["magnitude"], "direction": verdicts["direction"],
+           "graft": verdicts["magnitude"] + "#" + verdicts["direction"]}
+    fig = go.Figure()
+    for arm, name, color in VERDICT_ARMS:
+        fig.add_trace(go.Scatter(
+            x=pairs, y=verdicts[f"{arm}_mean"], mode="markers", name=name,
+            error_y={"type": "data", "array": verdicts[f"{arm}_std"].fillna(0.0),
+                     "visible": True, "thickness": 2, "width": 8},
+            customdata=np.column_stack([who[arm], verdicts[f"{arm}_std"],
+                                        verdicts[f"{arm}_seeds"]]),
+            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                          "(%{customdata[2]} seeds)<extra></extra>",
+            marker={"size": 12, "color": color, "symbol": "diamond" if arm == "graft"
+                    else "circle"}))
+    style(fig, title=title, x_title="", y_title=y_title, height=400)
+    fig.update_layout(scattermode="group", scattergap=0.5, hovermode="closest",
+                      legend={"title": {"text": ""}})
+    fig.update_xaxes(type="category")
     return fig
 
 

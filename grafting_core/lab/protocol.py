@@ -20,7 +20,7 @@ the tables from the store alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,14 +128,17 @@ def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
 def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
             seeds: Sequence[int] = (0, 1, 2), plan: SweepPlan = SweepPlan(),
             metric: str = "val_loss", executor: Executor | None = None,
-            progress: Progress | None = None, group: str | None = None) -> Comparison:
+            progress: Progress | None = None, group: str | None = None,
+            stop: Callable[[], bool] | None = None) -> Comparison:
     """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
 
     ``optimizers``: label → (registry name, hparams); each arm's sweep is centred on its own
     ``lr``. ``base`` carries everything else (its schedule applies to every run: the CLI and
     the app default to warm-up + cosine). Runs go through ``executor`` in parallel, in the
     store group ``group`` (default: a new ``compare-...`` id; the app names it up front so a
-    page can watch it while this blocks in a thread).
+    page can watch it while this blocks in a thread). ``stop``, asked before each phase (sweep,
+    each extension, grafts): once it returns True no more runs are created and this returns
+    what was trained (the app's Stop; stopping the runs themselves is the caller's).
     """
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
@@ -147,6 +150,8 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
 
     def train(planned: list[PlannedRun]) -> list[str]:
         nonlocal done
+        if stop is not None and stop():
+            return []
         report = (lambda n, _: progress(done + n, total)) if progress else None
         ids = run_all(store, planned, group=group, kind="compare", executor=executor,
                       progress=report)
