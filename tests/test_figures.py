@@ -103,6 +103,52 @@ def test_grid_heatmap_writes_values_and_notes_in_cells():
     assert "magnitude" in fig.layout.yaxis.title.text and "direction" in fig.layout.xaxis.title.text
 
 
+def _sweep(means, stds, best: int, at_edge: bool = False) -> pd.DataFrame:
+    lrs = [0.01, 0.0316, 0.1, 0.316][:len(means)]
+    return pd.DataFrame({"arm": "sgd", "lr": lrs, "seeds": 3, "failed": 0, "mean": means,
+                         "std": stds, "best": [i == best for i in range(len(lrs))],
+                         "at_edge": [at_edge and i == best for i in range(len(lrs))]})
+
+
+def test_lr_sweep_draws_means_with_std_bars_stars_the_best_and_names_missing_lrs():
+    sweep = _sweep([1.2, 0.9, np.inf, np.inf], [0.1, 0.05, np.nan, np.nan], best=1)
+    fig = experiment_figures.lr_sweep(sweep.iloc[::-1], y_title="loss", pending=[0.316])
+    means, best = fig.data
+    assert list(means.x) == [0.01, 0.0316] and list(means.y) == [1.2, 0.9]  # finite, by lr
+    assert list(means.error_y.array) == [0.1, 0.05]
+    assert (list(best.x), list(best.y)) == ([0.0316], [0.9])
+    notes = {round(10 ** a.x, 4): a.text for a in fig.layout.annotations}
+    assert notes == {0.0316: "best lr 0.0316", 0.1: "diverged /<br>failed", 0.316: "training…"}
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.ticktext) == [
+        "0.01", "0.0316", "0.1", "0.316"]
+    edge = experiment_figures.lr_sweep(_sweep([1.2, 0.9], [0.1, np.nan], best=1, at_edge=True),
+                                       y_title="loss")
+    assert "best at the grid's edge" in edge.layout.annotations[0].text
+    assert list(edge.data[0].error_y.array) == [0.1, 0.0]  # one seed: no bar
+
+
+def test_verdict_points_put_m_mgd_and_d_side_by_side_with_their_spread():
+    verdicts = pd.DataFrame([
+        {"magnitude": "adam", "direction": "sgd", "verdict": "magnitude", "graft_mean": 1.0,
+         "graft_std": 0.1, "graft_seeds": 3, "magnitude_mean": 0.9, "magnitude_std": 0.05,
+         "magnitude_seeds": 3, "direction_mean": 2.0, "direction_std": 0.2,
+         "direction_seeds": 3},
+        {"magnitude": "sgd", "direction": "adam", "verdict": "cannot tell", "graft_mean": 1.5,
+         "graft_std": 0.3, "graft_seeds": 3, "magnitude_mean": 2.0, "magnitude_std": 0.2,
+         "magnitude_seeds": 3, "direction_mean": 0.9, "direction_std": 0.05,
+         "direction_seeds": 3}])
+    fig = experiment_figures.verdict_points(verdicts, y_title="loss")
+    assert [t.name for t in fig.data] == ["M alone, tuned", "M#D at M's tuned lr",
+                                          "D alone, tuned"]
+    assert list(fig.data[0].x) == ["adam#sgd<br><i>closer to M (adam)</i>",
+                                   "sgd#adam<br><i>cannot tell</i>"]
+    assert list(fig.data[1].y) == [1.0, 1.5] and list(fig.data[1].error_y.array) == [0.1, 0.3]
+    assert list(fig.data[2].y) == [2.0, 0.9] and list(fig.data[0].y) == [0.9, 2.0]
+    assert fig.layout.scattermode == "group"  # the three side by side, not on one another
+    empty = experiment_figures.verdict_points(pd.DataFrame(), y_title="loss")
+    assert not empty.data and "grafts" in empty.layout.annotations[0].text
+
+
 def test_implicit_schedule_draws_step_norm_and_effective_lr_per_layer():
     rows = [("step_norm", 0.2), ("grad_norm", 4.0)]
     frame = pd.DataFrame([(s, layer, f, v * (s + 1)) for s in range(3) for layer in ("a", "b")
