@@ -338,7 +338,7 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
     st.caption(f"Comparison `{group}`: {live.settings_text(first)}, "
                f"{SCHEDULE_NAMES[first['config.schedule']]} schedule, seeds "
                f"{', '.join(map(str, seeds))}.")
-    y_title = live.loss_title(task, "final validation")
+    y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
     st.subheader("Learning-rate sweeps")
     arms = list(dict.fromkeys(runs.loc[runs["role"] != "graft", "magnitude_arm"]))
     columns = st.columns(min(len(arms), 3) or 1)
@@ -346,7 +346,7 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
         with columns[i % len(columns)]:
             fig = experiment_figures.lr_sweep(
                 result.sweep[result.sweep["arm"] == arm], y_title=y_title,
-                pending=pending_lrs(runs, arm), title=f"{arm}: mean over seeds, ± std")
+                pending=pending_lrs(runs, arm), title=f"{arm}'s sweep")
             charts.show(fig, key=f"grid.tuned.sweep.{arm}", live=True)
     st.markdown(tuned_text(result.sweep, arms))
     st.caption("Each M#D trains with **M's tuned lr**: M sets every layer's step size. "
@@ -357,10 +357,9 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
                                                   "± std")
     charts.show(fig, key="grid.tuned.verdicts", live=True)
     if not result.verdicts.empty:
-        st.dataframe(verdict_table(result.verdicts), hide_index=True, key="grid.tuned.table",
-                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
-                                    ("M#D mean", "M#D std", "M mean", "M std", "D mean",
-                                     "D std", "position")})
+        numbers = ["M#D mean", "M#D std", "M mean", "M std", "D mean", "D std", "position"]
+        st.table(verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers)
+                 .hide(axis="index"))  # a static table: the reasons wrap instead of clipping
         st.caption("position = (M#D − M) / (D − M): 0 on M, 1 on D. A verdict needs M and D "
                    "apart, and M#D off their midpoint, by more than twice the standard error "
                    "of the seeds; otherwise it says *cannot tell*.")

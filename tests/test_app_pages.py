@@ -131,8 +131,8 @@ def tuned_page(optimizers=("sgd", "adam"), seeds="0, 1", points=2, steps=TINY["s
 
 
 def table_with(at, column: str) -> pd.DataFrame:
-    """The page's dataframe that has ``column``."""
-    tables = [frame.value for frame in at.dataframe if column in frame.value]
+    """The page's table (or dataframe) that has ``column``."""
+    tables = [frame.value for frame in [*at.table, *at.dataframe] if column in frame.value]
     assert tables, f"no table with a {column!r} column"
     return tables[0]
 
@@ -158,7 +158,7 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
         assert sorted(sweep["lr"]) == pytest.approx(sorted(
             runs.loc[runs["magnitude_arm"].eq(arm) & runs["role"].ne("graft"),
                      "config.magnitude_hparams.lr"].unique()))
-        means, best = chart_traces(at, chart_titled(at, f"{arm}: mean over seeds"))
+        means, best = chart_traces(at, chart_titled(at, f"{arm}'s sweep"))
         assert list(means["x"]) == pytest.approx(sweep["lr"].tolist())
         assert list(means["y"]) == pytest.approx(sweep["mean"].tolist())
         assert list(means["error_y"]["array"]) == pytest.approx(sweep["std"].tolist())

@@ -118,12 +118,12 @@ def test_lr_sweep_draws_means_with_std_bars_stars_the_best_and_names_missing_lrs
     assert list(means.error_y.array) == [0.1, 0.05]
     assert (list(best.x), list(best.y)) == ([0.0316], [0.9])
     notes = {round(10 ** a.x, 4): a.text for a in fig.layout.annotations}
-    assert notes == {0.0316: "best lr 0.0316", 0.1: "diverged /<br>failed", 0.316: "training…"}
+    assert notes == {0.0316: "best 0.0316", 0.1: "diverged /<br>failed", 0.316: "training…"}
     assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.ticktext) == [
         "0.01", "0.0316", "0.1", "0.316"]
     edge = experiment_figures.lr_sweep(_sweep([1.2, 0.9], [0.1, np.nan], best=1, at_edge=True),
                                        y_title="loss")
-    assert "best at the grid's edge" in edge.layout.annotations[0].text
+    assert "best at the grid's edge" in edge.layout.annotations[1].text
     assert list(edge.data[0].error_y.array) == [0.1, 0.0]  # one seed: no bar
 
 
@@ -145,6 +145,7 @@ def test_verdict_points_put_m_mgd_and_d_side_by_side_with_their_spread():
     assert list(fig.data[1].y) == [1.0, 1.5] and list(fig.data[1].error_y.array) == [0.1, 0.3]
     assert list(fig.data[2].y) == [2.0, 0.9] and list(fig.data[0].y) == [0.9, 2.0]
     assert fig.layout.scattermode == "group"  # the three side by side, not on one another
+    assert list(fig.layout.yaxis.range) == pytest.approx([0.85 - 0.2025, 2.2 + 0.2025])
     empty = experiment_figures.verdict_points(pd.DataFrame(), y_title="loss")
     assert not empty.data and "grafts" in empty.layout.annotations[0].text
 

@@ -101,10 +101,14 @@ def lr_sweep(sweep: pd.DataFrame, *, y_title: str, pending: Sequence[float] = ()
             hovertemplate=f"best lr {lr:.3g}: %{{y:.4g}}<extra></extra>",
             marker={"symbol": "star", "size": 18, "color": PALETTE[3],
                     "line": {"color": "white", "width": 1}}))
-        fig.add_annotation(x=np.log10(lr), y=value, ax=0, ay=-36, showarrow=True, arrowhead=0,
-                           text=f"best lr {lr:.3g}" + ("<br><b>best at the grid's edge</b>"
-                                                       if edge else ""),
-                           font={"size": 12, "color": "#b00" if edge else "#2a3f5f"})
+        fig.add_annotation(x=np.log10(lr), y=value, ax=0, ay=-30, showarrow=True, arrowhead=0,
+                           text=f"best {lr:.3g}", font={"size": 12},
+                           bgcolor="rgba(255, 255, 255, 0.8)")
+        if edge:
+            fig.add_annotation(x=1.0, y=1.0, xref="paper", yref="paper", xanchor="right",
+                               yanchor="bottom", showarrow=False,
+                               text="<b>best at the grid's edge</b>",
+                               font={"size": 12, "color": "#b00"})
     waiting = {float(lr) for lr in pending}
     for lr in rows.loc[~rows.index.isin(done.index), "lr"]:
         fig.add_annotation(x=np.log10(lr), y=1.0, yref="paper", yanchor="top", showarrow=False,
@@ -157,7 +161,22 @@ def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> 
     fig.update_layout(scattermode="group", scattergap=0.5, hovermode="closest",
                       legend={"title": {"text": ""}})
     fig.update_xaxes(type="category")
+    fig.update_yaxes(range=_spread_range(verdicts))
     return fig
+
+
+def _spread_range(verdicts: pd.DataFrame) -> list[float] | None:
+    """A y range around every mean ± std of the verdicts' arms, with a margin: the spread,
+    not the distance to zero, is what the reader compares."""
+    ends = [verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
+            for arm, _, _ in VERDICT_ARMS for sign in (-1, 1)]
+    values = pd.concat(ends).to_numpy(float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    low, high = float(values.min()), float(values.max())
+    pad = 0.15 * (high - low) if high > low else 0.05 * abs(high) + 1e-3
+    return [low - pad, high + pad]
 
 
 def implicit_schedule(norms: pd.DataFrame, *, layers: Sequence[str] | None = None,
