@@ -298,11 +298,16 @@ def phase_text(runs: pd.DataFrame, group: str) -> str:
                    else "; no grafts were started")
 
 
-def pending_lrs(runs: pd.DataFrame, arm: str) -> list[float]:
-    """The lrs of ``arm``'s sweep that still have a run queued or training."""
-    waiting = runs[(runs["magnitude_arm"] == arm) & (runs["role"] != "graft")
-                   & ~runs["status"].isin(live.TERMINAL)]
-    return waiting[LR_COLUMN].astype(float).tolist()
+def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
+    """What became of each lr of ``arm``'s sweep that has an unfinished run: "training…"
+    while one is queued or training, else its runs' ends ("stopped", "diverged" ...)."""
+    sweep = runs[(runs["magnitude_arm"] == arm) & (runs["role"] != "graft")
+                 & (runs["status"] != "finished")]
+    notes = {}
+    for lr, cell in sweep.groupby(LR_COLUMN):
+        ends = set(cell["status"])
+        notes[float(lr)] = "training…" if ends - set(live.TERMINAL) else " / ".join(sorted(ends))
+    return notes
 
 
 def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
@@ -318,14 +323,18 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
         "reason": verdicts["reason"]})
 
 
-def tuned_text(sweep: pd.DataFrame, arms: list[str]) -> str:
-    """``Tuned lrs: sgd 0.316 (best at the grid's edge ...), adam 0.00316.`` (in ``arms``'
-    order)."""
-    best = sweep[sweep["best"]].set_index("arm").reindex(arms).dropna(subset=["lr"])
-    parts = [f"**{arm}** {row.lr:.3g}" + (" (best at the grid's edge: the true best may lie "
-                                          "beyond it)" if row.at_edge else "")
-             for arm, row in best.iterrows()]
-    return "Tuned lrs: " + ", ".join(parts) + "." if parts else "No tuned lr yet."
+def tuned_text(runs: pd.DataFrame, sweep: pd.DataFrame, running: bool) -> str:
+    """``Tuned lrs: sgd 0.316 (best at the grid's edge ...), adam 0.00316.``: the lrs the
+    comparison marked tuned (none while the sweeps train, nor when they were stopped)."""
+    tuned = runs[runs["role"] == "tuned"].drop_duplicates("magnitude_arm")
+    edge = sweep[sweep["best"] & sweep["at_edge"]]
+    parts = [f"**{arm}** {lr:.3g}" + (" (best at the grid's edge: the true best may lie "
+                                      "beyond it)" if arm in set(edge["arm"]) else "")
+             for arm, lr in zip(tuned["magnitude_arm"], tuned[LR_COLUMN].astype(float))]
+    if parts:
+        return "Tuned lrs: " + ", ".join(parts) + "."
+    return ("No tuned lr yet: each is chosen when its sweep has settled." if running
+            else "No tuned lr: the comparison ended before its sweeps did.")
 
 
 def comparison_results(group: str, runs: pd.DataFrame) -> None:
@@ -341,22 +350,27 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
     y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
     st.subheader("Learning-rate sweeps")
     arms = list(dict.fromkeys(runs.loc[runs["role"] != "graft", "magnitude_arm"]))
+    tuned = set(runs.loc[runs["role"] == "tuned", "magnitude_arm"])
     columns = st.columns(min(len(arms), 3) or 1)
     for i, arm in enumerate(arms):
         with columns[i % len(columns)]:
             fig = experiment_figures.lr_sweep(
                 result.sweep[result.sweep["arm"] == arm], y_title=y_title,
-                pending=pending_lrs(runs, arm), title=f"{arm}'s sweep")
+                notes=lr_notes(runs, arm), settled=arm in tuned, title=f"{arm}'s sweep")
             charts.show(fig, key=f"grid.tuned.sweep.{arm}", live=True)
-    st.markdown(tuned_text(result.sweep, arms))
+    running = orchestrating(group)
+    st.markdown(tuned_text(runs, result.sweep, running))
     st.caption("Each M#D trains with **M's tuned lr**: M sets every layer's step size. "
                "**D's lr cancels** in ‖Δ_M‖/‖Δ_D‖ · Δ_D; D keeps its other tuned settings.")
     st.subheader("Verdicts: is M#D closer to M or to D?")
-    fig = experiment_figures.verdict_points(result.verdicts, y_title=y_title,
-                                            title="Tuned M, M#D and tuned D: mean over seeds, "
-                                                  "± std")
-    charts.show(fig, key="grid.tuned.verdicts", live=True)
-    if not result.verdicts.empty:
+    if result.verdicts.empty:
+        st.info("The verdicts come when the grafts M#D have trained, after the sweeps."
+                if running else "No verdicts: the comparison ended before its grafts trained.")
+    else:
+        fig = experiment_figures.verdict_points(result.verdicts, y_title=y_title,
+                                                title="Tuned M, M#D and tuned D: mean over "
+                                                      "seeds, ± std")
+        charts.show(fig, key="grid.tuned.verdicts", live=True)
         numbers = ["M#D mean", "M#D std", "M mean", "M std", "D mean", "D std", "position"]
         st.table(verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers)
                  .hide(axis="index"))  # a static table: the reasons wrap instead of clipping

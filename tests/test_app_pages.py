@@ -145,6 +145,7 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
     assert not at.exception and not at.error
     group = at.query_params["group"]
     assert group.startswith("compare-")
+    assert len(page_figures(at)) == 2  # while it trains: both sweeps (verdicts to come)
     runs = settle(at, store, 12, group)
     assert (runs["status"] == "finished").all()
     assert (runs["config.schedule"] == "warmup_cosine").all()  # the default: 10% warm-up
@@ -209,7 +210,9 @@ def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):
     runs = settle(at, store, 8, group)
     assert not orchestrating(group)
     assert len(runs) == 8 and (runs["status"] == "stopped").all()
-    assert not runs["role"].eq("graft").any()  # no phase started after Stop
+    assert set(runs["role"]) == {"sweep_point"}  # no phase started after Stop, none tuned
+    assert any("ended before its grafts" in info.value for info in at.info)
+    assert not at.button(key="grid.tuned.start").disabled
 
 
 @pytest.mark.parametrize("change, reason", [

@@ -112,13 +112,19 @@ def _sweep(means, stds, best: int, at_edge: bool = False) -> pd.DataFrame:
 
 def test_lr_sweep_draws_means_with_std_bars_stars_the_best_and_names_missing_lrs():
     sweep = _sweep([1.2, 0.9, np.inf, np.inf], [0.1, 0.05, np.nan, np.nan], best=1)
-    fig = experiment_figures.lr_sweep(sweep.iloc[::-1], y_title="loss", pending=[0.316])
+    fig = experiment_figures.lr_sweep(sweep.iloc[::-1], y_title="loss")
     means, best = fig.data
     assert list(means.x) == [0.01, 0.0316] and list(means.y) == [1.2, 0.9]  # finite, by lr
     assert list(means.error_y.array) == [0.1, 0.05]
     assert (list(best.x), list(best.y)) == ([0.0316], [0.9])
     notes = {round(10 ** a.x, 4): a.text for a in fig.layout.annotations}
-    assert notes == {0.0316: "best 0.0316", 0.1: "diverged /<br>failed", 0.316: "training…"}
+    assert notes == {0.0316: "best 0.0316", 0.1: "diverged /<br>failed",
+                     0.316: "diverged /<br>failed"}
+    training = experiment_figures.lr_sweep(sweep, y_title="loss", notes={0.316: "training…"},
+                                           settled=False)
+    assert len(training.data) == 1  # no best while an lr still trains
+    notes = {round(10 ** a.x, 4): a.text for a in training.layout.annotations}
+    assert notes == {0.1: "diverged /<br>failed", 0.316: "training…"}
     assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.ticktext) == [
         "0.01", "0.0316", "0.1", "0.316"]
     edge = experiment_figures.lr_sweep(_sweep([1.2, 0.9], [0.1, np.nan], best=1, at_edge=True),

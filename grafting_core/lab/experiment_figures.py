@@ -73,12 +73,13 @@ def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | No
     return fig
 
 
-def lr_sweep(sweep: pd.DataFrame, *, y_title: str, pending: Sequence[float] = (),
-             title: str = "") -> go.Figure:
+def lr_sweep(sweep: pd.DataFrame, *, y_title: str, notes: Mapping[float, str] | None = None,
+             settled: bool = True, title: str = "") -> go.Figure:
     """One optimizer's learning-rate sweep: the final metric's mean over seeds against lr
     (log x), ± one std as error bars, the best lr starred and, when it sits at the grid's
-    edge, said so. Lrs without a mean are named along the top: "training" (in ``pending``)
-    or "diverged / failed" (a run of that lr did not finish).
+    edge, said so. Lrs without a mean are named along the top by ``notes`` (lr → "training…",
+    "stopped" ...; default "diverged / failed": a run of that lr did not finish).
+    ``settled``: False while the sweep trains or when it was cut short: no best is marked.
 
     ``sweep``: one arm's rows of ``protocol.Comparison.sweep`` (lr, seeds, mean, std, best,
     at_edge).
@@ -94,7 +95,7 @@ def lr_sweep(sweep: pd.DataFrame, *, y_title: str, pending: Sequence[float] = ()
                       "(%{customdata[1]} seeds)<extra></extra>",
         line={"color": PALETTE[0], "width": 2}, marker={"size": 8}))
     best = done[done["best"].astype(bool)]
-    if not best.empty:
+    if not best.empty and settled:
         lr, value, edge = best["lr"].iloc[0], best["mean"].iloc[0], bool(best["at_edge"].iloc[0])
         fig.add_trace(go.Scatter(
             x=[lr], y=[value], mode="markers", name="best: the tuned lr",
@@ -109,11 +110,14 @@ def lr_sweep(sweep: pd.DataFrame, *, y_title: str, pending: Sequence[float] = ()
                                yanchor="bottom", showarrow=False,
                                text="<b>best at the grid's edge</b>",
                                font={"size": 12, "color": "#b00"})
-    waiting = {float(lr) for lr in pending}
+    if done.empty:
+        fig.update_yaxes(showticklabels=False)  # no value yet: no scale to read
     for lr in rows.loc[~rows.index.isin(done.index), "lr"]:
+        note = (notes or {}).get(float(lr), "diverged / failed")
         fig.add_annotation(x=np.log10(lr), y=1.0, yref="paper", yanchor="top", showarrow=False,
-                           text="training…" if lr in waiting else "diverged /<br>failed",
-                           font={"size": 11, "color": "#666" if lr in waiting else "#b00"})
+                           text=note.replace(" / ", " /<br>"),
+                           font={"size": 11, "color": "#b00" if "diverged" in note
+                                 or "failed" in note else "#666"})
     style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=340)
     span = np.log10(rows["lr"].to_numpy(float))
     fig.update_xaxes(type="log", range=[span.min() - 0.3, span.max() + 0.3] if span.size else None,

@@ -137,8 +137,9 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
     the app default to warm-up + cosine). Runs go through ``executor`` in parallel, in the
     store group ``group`` (default: a new ``compare-...`` id; the app names it up front so a
     page can watch it while this blocks in a thread). ``stop``, asked before each phase (sweep,
-    each extension, grafts): once it returns True no more runs are created and this returns
-    what was trained (the app's Stop; stopping the runs themselves is the caller's).
+    each extension, grafts): once it returns True no more runs are created, no lr is marked
+    tuned if the grafts had not begun, and this returns what was trained (the app's Stop;
+    stopping the runs themselves is the caller's).
     """
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
@@ -167,6 +168,8 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
         total += len(beyond) * len(seeds)
         train([run for label, lr in beyond.items()
                for run in _sweep_runs(base, label, optimizers[label], [lr], seeds)])
+    if stop is not None and stop():  # a sweep cut short names no tuned lr
+        return read_comparison(store, group, metric=metric)
     sweep = _sweep_table(store, group, metric)
     tuned = {row.arm: row.lr for row in sweep[sweep["best"]].itertuples()}
     runs = store.runs(group=group)
