@@ -1,5 +1,6 @@
-"""Plotly figures of the lab's experiments: the M#D grid, a run's implicit schedule, static
-ratios, optimizer-state memory, and step sizes by kind of layer across optimizers.
+"""Plotly figures of the lab's experiments: the M#D grid, a tuned comparison's lr sweeps and
+verdicts, a run's implicit schedule, static ratios, optimizer-state memory, and step sizes by
+kind of layer across optimizers.
 
 Plain functions from the engine's DataFrames to a Figure, shared by the app's experiment
 pages and the notebooks, in the style of ``figures`` (the live-run figures).
@@ -33,6 +34,7 @@ from .figures import (
 )
 from .ratio_study import WINDOWS
 from .schedules import LAYER_KINDS, layer_series
+from .verdict import closer_to_words
 
 
 def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | None = None,
@@ -70,6 +72,118 @@ def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | No
     fig.update_xaxes(side="bottom", type="category")
     fig.update_yaxes(autorange="reversed", type="category")
     return fig
+
+
+def lr_sweep(sweep: pd.DataFrame, *, y_title: str, notes: Mapping[float, str] | None = None,
+             settled: bool = True, title: str = "") -> go.Figure:
+    """One optimizer's learning-rate sweep: the final metric's mean over seeds against lr
+    (log x), ± one std as error bars, the best lr starred and, when it sits at the grid's
+    edge, said so. Lrs without a mean are named along the top by ``notes`` (lr → "training…",
+    "stopped" ...; default "diverged / failed": a run of that lr did not finish).
+    ``settled``: False while the sweep trains or when it was cut short: no best is marked.
+
+    ``sweep``: one arm's rows of ``protocol.Comparison.sweep`` (lr, seeds, mean, std, best,
+    at_edge).
+    """
+    rows = sweep.sort_values("lr")
+    done = rows[np.isfinite(rows["mean"].to_numpy(float))]
+    fig = go.Figure(go.Scatter(
+        x=done["lr"], y=done["mean"], mode="lines+markers", name="mean over seeds, ± std",
+        error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True,
+                 "thickness": 1.5, "width": 6},
+        customdata=np.column_stack([done["std"], done["seeds"]]),
+        hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
+                      "(%{customdata[1]} seeds)<extra></extra>",
+        line={"color": PALETTE[0], "width": 2}, marker={"size": 8}))
+    best = done[done["best"].astype(bool)]
+    if not best.empty and settled:
+        lr, value, edge = best["lr"].iloc[0], best["mean"].iloc[0], bool(best["at_edge"].iloc[0])
+        fig.add_trace(go.Scatter(
+            x=[lr], y=[value], mode="markers", name="best: the tuned lr",
+            hovertemplate=f"best lr {lr:.3g}: %{{y:.4g}}<extra></extra>",
+            marker={"symbol": "star", "size": 18, "color": PALETTE[3],
+                    "line": {"color": "white", "width": 1}}))
+        fig.add_annotation(x=np.log10(lr), y=value, ax=0, ay=-30, showarrow=True, arrowhead=0,
+                           text=f"best {lr:.3g}", font={"size": 12},
+                           bgcolor="rgba(255, 255, 255, 0.8)")
+        if edge:
+            fig.add_annotation(x=1.0, y=1.0, xref="paper", yref="paper", xanchor="right",
+                               yanchor="bottom", showarrow=False,
+                               text="<b>best at the grid's edge</b>",
+                               font={"size": 12, "color": "#b00"})
+    if done.empty:
+        fig.update_yaxes(showticklabels=False)  # no value yet: no scale to read
+    for lr in rows.loc[~rows.index.isin(done.index), "lr"]:
+        note = (notes or {}).get(float(lr), "diverged / failed")
+        fig.add_annotation(x=np.log10(lr), y=1.0, yref="paper", yanchor="top", showarrow=False,
+                           text=note.replace(" / ", " /<br>"),
+                           font={"size": 11, "color": "#b00" if "diverged" in note
+                                 or "failed" in note else "#666"})
+    style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=340)
+    span = np.log10(rows["lr"].to_numpy(float))
+    fig.update_xaxes(type="log", range=[span.min() - 0.3, span.max() + 0.3] if span.size else None,
+                     tickvals=rows["lr"].tolist(), ticktext=[f"{lr:.3g}" for lr in rows["lr"]])
+    fig.update_layout(hovermode="closest", legend={"title": {"text": ""}, "orientation": "h",
+                                                   "y": -0.3, "x": 0})
+    return fig
+
+
+VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name, colour)
+    ("magnitude", "M alone, tuned", PALETTE[0]),
+    ("graft", "M#D at M's tuned lr", PALETTE[2]),
+    ("direction", "D alone, tuned", PALETTE[1]),
+)
+
+
+def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> go.Figure:
+    """Per graft M#D (full, or partial: ``[hidden only]``): tuned M, the graft and tuned D side
+    by side, each its mean over seeds with ± one std as error bars, so where M#D lands and how
+    far the seeds spread read at a glance; each graft's verdict is written under its name.
+
+    ``verdicts``: ``protocol.Comparison.verdicts`` (magnitude, direction, <arm>_mean, <arm>_std,
+    <arm>_seeds for arm in graft, magnitude, direction; verdict).
+    """
+    if verdicts.empty:
+        return empty_figure("the verdicts come when the grafts have trained", x_title="pair",
+                            y_title=y_title)
+    grafted = verdicts["grafted"] if "grafted" in verdicts else pd.Series("all", verdicts.index)
+    pairs = [f"{m}#{d}{'' if g == 'all' else f' [{g} only]'}<br><i>{closer_to_words(v, m, d)}</i>"
+             for m, d, g, v in zip(verdicts["magnitude"], verdicts["direction"], grafted,
+                                   verdicts["verdict"])]
+    who = {"magnitude": verdicts["magnitude"], "direction": verdicts["direction"],
+           "graft": verdicts["magnitude"] + "#" + verdicts["direction"]}
+    fig = go.Figure()
+    for arm, name, color in VERDICT_ARMS:
+        fig.add_trace(go.Scatter(
+            x=pairs, y=verdicts[f"{arm}_mean"], mode="markers", name=name,
+            error_y={"type": "data", "array": verdicts[f"{arm}_std"].fillna(0.0),
+                     "visible": True, "thickness": 2, "width": 8},
+            customdata=np.column_stack([who[arm], verdicts[f"{arm}_std"],
+                                        verdicts[f"{arm}_seeds"]]),
+            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                          "(%{customdata[2]} seeds)<extra></extra>",
+            marker={"size": 12, "color": color, "symbol": "diamond" if arm == "graft"
+                    else "circle"}))
+    style(fig, title=title, x_title="", y_title=y_title, height=400)
+    fig.update_layout(scattermode="group", scattergap=0.5, hovermode="closest",
+                      legend={"title": {"text": ""}})
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=_spread_range(verdicts))
+    return fig
+
+
+def _spread_range(verdicts: pd.DataFrame) -> list[float] | None:
+    """A y range around every mean ± std of the verdicts' arms, with a margin: the spread,
+    not the distance to zero, is what the reader compares."""
+    ends = [verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
+            for arm, _, _ in VERDICT_ARMS for sign in (-1, 1)]
+    values = pd.concat(ends).to_numpy(float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    low, high = float(values.min()), float(values.max())
+    pad = 0.15 * (high - low) if high > low else 0.05 * abs(high) + 1e-3
+    return [low - pad, high + pad]
 
 
 def implicit_schedule(norms: pd.DataFrame, *, layers: Sequence[str] | None = None,
@@ -234,100 +348,6 @@ def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
     fig.update_yaxes(dtick=log_dtick(drawn))
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_xaxes(title_text="step", nticks=4)
-    return fig
-
-
-def comparison_sweep_figure(sweep: pd.DataFrame, *, y_title: str = "final validation loss",
-                            title: str = "") -> go.Figure:
-    """Every plain arm's learning-rate sweep in one figure: the mean over seeds against lr
-    (log x) with ± one std as error bars, one line per arm, its tuned lr starred (an open star
-    when the best still sits at the grid's edge). Lrs where a seed diverged or failed are
-    marked with a cross along the top; lrs still training (no finished seed) are not drawn.
-
-    ``sweep``: ``protocol.Comparison.sweep`` (arm, lr, mean, std, seeds, failed, best, at_edge).
-    """
-    if sweep.empty:
-        return empty_figure("no sweep runs yet", x_title="learning rate", y_title=y_title)
-    fig = go.Figure()
-    finite = sweep[np.isfinite(sweep["mean"].to_numpy(float))]
-    top = float((finite["mean"] + finite["std"].fillna(0)).max()) if len(finite) else 1.0
-    for i, (arm, rows) in enumerate(sweep.groupby("arm", sort=False)):
-        color = PALETTE[i % len(PALETTE)]
-        rows = rows.sort_values("lr")
-        done = rows[np.isfinite(rows["mean"].to_numpy(float))]
-        fig.add_trace(go.Scatter(
-            x=done["lr"], y=done["mean"], mode="lines+markers", name=str(arm),
-            legendgroup=str(arm), line={"color": color, "width": 2}, marker={"size": 7},
-            error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True,
-                     "thickness": 1.5, "width": 5},
-            customdata=np.column_stack([done["std"], done["seeds"]]),
-            hovertemplate=f"{arm}, lr %{{x:.3g}}: %{{y:.4g}} ± %{{customdata[0]:.2g}} "
-                          "(%{customdata[1]} seeds)<extra></extra>"))
-        best = done[done["best"].astype(bool)]
-        for row in best.itertuples():
-            edge = bool(row.at_edge)
-            fig.add_trace(go.Scatter(
-                x=[row.lr], y=[row.mean], mode="markers", legendgroup=str(arm),
-                name=f"{arm}: tuned lr {row.lr:.3g}" + (" (at the grid's edge)" if edge else ""),
-                marker={"symbol": "star-open" if edge else "star", "size": 17, "color": color,
-                        "line": {"color": color, "width": 2}},
-                hovertemplate=f"{arm}: tuned lr {row.lr:.3g}"
-                              + (", at the grid's edge" if edge else "")
-                              + ": %{y:.4g}<extra></extra>"))
-        failed = rows[rows["failed"] > 0]
-        if len(failed):
-            fig.add_trace(go.Scatter(
-                x=failed["lr"], y=[top] * len(failed), mode="markers", legendgroup=str(arm),
-                name=f"{arm}: a seed diverged or failed", marker={"symbol": "x", "size": 10,
-                                                                  "color": color},
-                hovertemplate=f"{arm}, lr %{{x:.3g}}: diverged or failed<extra></extra>"))
-    style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=420)
-    fig.update_xaxes(type="log", tickformat=".1~e")
-    fig.update_layout(hovermode="closest", legend={"title": {"text": "arm (★ tuned lr)"}})
-    return fig
-
-
-def comparison_verdict_figure(verdicts: pd.DataFrame, *, y_title: str = "final validation loss",
-                              title: str = "") -> go.Figure:
-    """Per graft M#D (full or partial): tuned M, the graft and tuned D side by side, each
-    its mean over seeds ± one std, with the verdict under the graft's name.
-
-    ``verdicts``: ``protocol.Comparison.verdicts`` (magnitude, direction, grafted, verdict and
-    graft/magnitude/direction ``_mean``, ``_std``, ``_seeds``).
-    """
-    if verdicts.empty:
-        return empty_figure("no grafts have finished yet", x_title="graft", y_title=y_title)
-    verdicts = verdicts.assign(grafted=verdicts["grafted"] if "grafted" in verdicts else "all")
-    verdicts = verdicts.assign(_partial=verdicts["grafted"] != "all").sort_values(
-        ["magnitude", "direction", "_partial"], kind="stable")  # each partial after its graft
-    words = {"magnitude": "closer to M", "direction": "closer to D"}
-    names = [f"{m}#{d}" + ("" if g == "all" else f" [{g} only]")
-             + f"<br><i>{words.get(v, v)}</i>"
-             for m, d, g, v in zip(verdicts["magnitude"], verdicts["direction"],
-                                   verdicts["grafted"], verdicts["verdict"])]
-    fig = go.Figure()
-    for arm, legend, color, symbol in (("magnitude", "M alone (tuned)", PALETTE[0], "circle"),
-                                       ("graft", "M#D at M's tuned lr", PALETTE[2], "diamond"),
-                                       ("direction", "D alone (tuned)", PALETTE[1], "circle")):
-        who = (verdicts["magnitude"] + "#" + verdicts["direction"] if arm == "graft"
-               else verdicts[arm])
-        fig.add_trace(go.Scatter(
-            x=names, y=verdicts[f"{arm}_mean"], mode="markers", name=legend,
-            error_y={"type": "data", "array": verdicts[f"{arm}_std"].fillna(0.0),
-                     "visible": True, "thickness": 2, "width": 7},
-            customdata=np.column_stack([who, verdicts[f"{arm}_std"], verdicts[f"{arm}_seeds"]]),
-            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
-                          "(%{customdata[2]} seeds)<extra></extra>",
-            marker={"size": 12, "color": color, "symbol": symbol}))
-    style(fig, title=title, x_title="", y_title=y_title, height=420)
-    fig.update_layout(scattermode="group", hovermode="closest", legend={"title": {"text": ""}})
-    fig.update_xaxes(type="category")
-    ends = np.concatenate([verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
-                           for arm in ("magnitude", "graft", "direction") for sign in (-1, 1)])
-    ends = ends[np.isfinite(ends)]
-    if ends.size:  # the arms' spread fills the height (grouped markers autorange from zero)
-        pad = 0.1 * max(float(ends.max() - ends.min()), 1e-3 * abs(float(ends.max())), 1e-12)
-        fig.update_yaxes(range=[float(ends.min()) - pad, float(ends.max()) + pad])
     return fig
 
 

@@ -140,6 +140,14 @@ def closer_to(graft: Sequence[float], magnitude: Sequence[float],
                             f"more than {SPREAD_Z:g} × {offset_se:.2g}"}
 
 
+def closer_to_words(verdict: str, magnitude: str, direction: str) -> str:
+    """A ``closer_to`` verdict in words: "closer to M (adam)", "closer to D (sgd)" or
+    "cannot tell"."""
+    if verdict == "magnitude":
+        return f"closer to M ({magnitude})"
+    return f"closer to D ({direction})" if verdict == "direction" else verdict
+
+
 def path_leaning(paths: Mapping[str, object]) -> pd.DataFrame:
     """The four 2-D paths of ``toy2d.grafted_paths``: end loss, stride, and for M#D and D#M
     where they land between the path of their magnitude and that of their direction.
