@@ -1,5 +1,5 @@
 """Benchmarks stay runnable: bench/step.py end to end on a small model; bench/chart_cost.py
-builds the live figures it redraws."""
+builds the live figures it redraws; bench/compare_wall.py times a tiny comparison."""
 
 import importlib.util
 import json
@@ -36,3 +36,13 @@ def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
     assert [t["name"] for t in loss["data"]] == list(chart_cost.RUNS.values())
     assert heat["data"][0]["type"] == "heatmap" and len(norms["data"]) == 8
     assert len(json.dumps(frames[1])) > len(json.dumps(frames[0]))  # the runs grow
+
+
+def test_compare_wall_benchmark_quick_run_times_each_worker_count():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_wall.py"), "--quick",
+                           "--dataset", "digits"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("workers ")]
+    assert [line.split(":")[0] for line in lines] == ["workers 1", "workers 2"]
+    assert all("for 6 runs" in line for line in lines)  # 2 × 2 lrs × 1 seed + 2 grafts
