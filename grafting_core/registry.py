@@ -3,12 +3,14 @@
 A spec is a registry name plus hyperparameters, e.g. ``("adam", {"lr": 1e-3})``.
 Native names (see ``grafting_core.rules``) build a :class:`NativeOptimizer`, whose steps
 ``Graft`` can compute without touching the weights. Black-box names build one of torch's
-own optimizers; any ``"module:Class"`` name builds that class (third-party optimizers),
-and ``Graft`` drives those by snapshot, step, difference and restore.
+own optimizers, or Shampoo and SOAP from the optional ``pytorch-optimizer`` package
+(imported only when one is built); any ``"module:Class"`` name builds that class
+(third-party optimizers), and ``Graft`` drives those by snapshot, step, difference and restore.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +31,59 @@ class BlackBoxEntry(NamedTuple):
     summary: str
 
 
+#: The pinned optional package behind ``shampoo`` and ``soap`` (requirements.txt, extra ``lab``).
+PYTORCH_OPTIMIZER = "pytorch-optimizer==4.1.0"
+
+
+@functools.cache
+def _keeps_gradients(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """``cls`` whose ``step()`` works on copies of the gradients and leaves ``p.grad`` as it was.
+
+    pytorch-optimizer's Shampoo changes ``p.grad`` in place (its momentum, coupled weight decay
+    and ``maximize``); ``Graft`` hands M and D the same gradient, so a child must not change it.
+    """
+
+    class KeepsGradients(cls):
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            for p, grad in zip(params, grads):
+                p.grad = grad.clone()
+            try:
+                super().step()
+            finally:
+                for p, grad in zip(params, grads):
+                    p.grad = grad
+            return loss
+
+    KeepsGradients.__name__ = KeepsGradients.__qualname__ = cls.__name__
+    KeepsGradients.__doc__ = cls.__doc__
+    return KeepsGradients
+
+
+def _pytorch_optimizer(class_name: str) -> Callable[..., torch.optim.Optimizer]:
+    """A factory for ``pytorch_optimizer.<class_name>``, imported when first built."""
+
+    def build(params: Iterable[Any], **hparams: Any) -> torch.optim.Optimizer:
+        try:
+            module = importlib.import_module("pytorch_optimizer")
+        except ImportError as error:
+            raise ImportError(
+                f"Optimizer {class_name} needs the optional package {PYTORCH_OPTIMIZER}: "
+                f"pip install torch==2.13.0 {PYTORCH_OPTIMIZER} (the torch pin in the same "
+                "command keeps pip from pulling a CUDA build)"
+            ) from error
+        return _keeps_gradients(getattr(module, class_name))(params, **hparams)
+
+    build.__name__ = f"pytorch_optimizer.{class_name}"
+    return build
+
+
 BLACK_BOX: dict[str, BlackBoxEntry] = {
     "muon": BlackBoxEntry(
         torch.optim.Muon,
@@ -39,6 +94,26 @@ BLACK_BOX: dict[str, BlackBoxEntry] = {
         torch.optim.Adafactor,
         {"lr": 1e-2, "beta2_decay": -0.8, "d": 1.0, "weight_decay": 0.0},
         "Adafactor (torch.optim.Adafactor): factored second moments, little memory.",
+    ),
+    # Gupta, Koren, Singer 2018: per tensor dimension i a preconditioner (Σ_t G_i G_iᵀ)^(-1/2k),
+    # recomputed every step; matrix_eps, momentum and weight decay: the package's defaults.
+    # lr: the half-decade sweep on the lab's MNIST-1D MLP and character transformer
+    # (plain Shampoo, 200 steps; BENCHMARKS.md): best on chars, 3% off the best on MNIST-1D.
+    "shampoo": BlackBoxEntry(
+        _pytorch_optimizer("Shampoo"),
+        {"lr": 0.3, "momentum": 0.0, "weight_decay": 0.0, "preconditioning_compute_steps": 1,
+         "matrix_eps": 1e-6},
+        "Shampoo (pytorch-optimizer): Kronecker-factored full-matrix AdaGrad per tensor.",
+    ),
+    # Vyas et al. 2024 ("SOAP: Improving and Stabilizing Shampoo using Adam"): the reference
+    # implementation's defaults, which pytorch-optimizer keeps, except weight_decay 0 (as the
+    # lab's Adam: SOAP and Adam then differ only in their preconditioner) and lr 1e-2, the
+    # best of the same sweep on both tasks (BENCHMARKS.md).
+    "soap": BlackBoxEntry(
+        _pytorch_optimizer("SOAP"),
+        {"lr": 1e-2, "betas": (0.95, 0.95), "eps": 1e-8, "weight_decay": 0.0,
+         "precondition_frequency": 10},
+        "SOAP (pytorch-optimizer): Adam in the eigenbasis of Shampoo's preconditioner.",
     ),
 }
 

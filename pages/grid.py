@@ -1,15 +1,20 @@
-"""Grid: every M#D pair of a set of optimizers, trained in parallel, as a heatmap.
+"""Grid: every M#D pair of a set of optimizers, trained in parallel, as a heatmap; or a tuned
+comparison of them (each optimizer's lr swept, M#D at M's tuned lr, a verdict per pair).
 
-The runs are created here in one group and queued on the worker processes (ui.resources);
-a fragment reads the store once a second and fills the heatmap in as runs finish. The
-watched group is in the URL (``?group=<id>``), so a reloaded tab re-attaches.
+Grid runs are created here in one group and queued on the worker processes (ui.resources);
+a comparison is orchestrated by a thread of the server (``start_comparison``), phase by
+phase, its runs trained by the same workers. A fragment reads the store once a second and
+fills the results in as runs finish. The watched group is in the URL (``?group=<id>``), so a
+reloaded tab re-attaches (a ``compare-`` group opens the page in the tuned mode).
 """
+
+import math
 
 import pandas as pd
 import streamlit as st
 
 from grafting_core.lab import experiment_figures
-from grafting_core.lab.config import RunConfig
+from grafting_core.lab.config import SCHEDULES, RunConfig
 from grafting_core.lab.experiments import (
     LAB_OPTIMIZERS,
     grid_configs,
@@ -17,13 +22,28 @@ from grafting_core.lab.experiments import (
     grid_reading,
     grid_table,
 )
+from grafting_core.lab.protocol import LR_COLUMN, SweepPlan, read_comparison
+from grafting_core.lab.verdict import closer_to_words
 from ui import charts, forms, live
-from ui.resources import get_jobs, get_store, start_group
+from ui.resources import (
+    comparison_state,
+    get_jobs,
+    get_store,
+    orchestrating,
+    start_comparison,
+    start_group,
+    stop_comparison,
+)
 from ui.state import keep_valid, page_setup
 
 MAX_RUNS = 100  # a bigger grid belongs on the command line (python -m grafting_core grid)
+MODES = {"grid": "Fixed learning rates (grid)", "tuned": "Tuned comparison (each lr swept)"}
+FACTORS = {math.sqrt(10): "half a decade (× 3.16)", 10.0: "a decade (× 10)", 2.0: "× 2"}
+SCHEDULE_NAMES = {"constant": "constant", "cosine": "cosine decay", "linear": "linear decay",
+                  "warmup_cosine": "warm-up + cosine"}
 DEFAULTS = {
     **forms.data_model_defaults("grid"),
+    "grid.mode": "grid",  # the URL's group decides on a session's first run (mode_of_url)
     "grid.optimizers": ["sgd", "adam", "adagrad"],
     **{f"grid.lr.{label}": float(hp["lr"]) for label, (_, hp) in LAB_OPTIMIZERS.items()},
     "grid.seeds": "0",
@@ -34,6 +54,14 @@ DEFAULTS = {
     "grid.group": "",  # the grid this session watches (also the URL's ?group=)
     "grid.redraw_seconds": [],  # (CPU, wall) seconds of the last live redraws
     "grid.metric_cache": {},  # run id -> (metrics read so far, run ended)
+    "grid.tuned_seeds": "0, 1, 2",  # a verdict weighs the spread over seeds
+    "grid.points": 5,
+    "grid.factor": math.sqrt(10),
+    "grid.extensions": 2,
+    "grid.schedule": "warmup_cosine",
+    "grid.warmup_percent": 10,
+    "grid.tuned.group": "",  # the comparison this session watches (also the URL's ?group=)
+    "grid.tuned.redraw_seconds": [],
 }
 INTRO = r"""
 Grafting M#D takes each layer's step **size** from optimizer M and its step **direction**
@@ -45,7 +73,19 @@ Agarwal et al. ([arXiv 2002.11803](https://arxiv.org/abs/2002.11803)) found; che
 your own data here. All pairs train in parallel in the background, on the same batches in
 the same order for a given seed.
 """
+TUNED_INTRO = r"""
+A fair comparison tunes each optimizer first. Each one's learning rate is **swept** on a
+log grid centred on its lr below, with every seed; the lr with the best mean final
+validation loss is its **tuned** lr (the grid grows while the best sits at its edge). Then
+every M#D trains at **M's tuned lr**, and each pair gets a verdict, *closer to M*, *closer
+to D* or *cannot tell*, that weighs the gap against the spread over seeds.
+"""
 METRICS = {"val_loss": "final validation loss", "val_accuracy": "final validation accuracy"}
+
+
+def mode_of_url() -> str:
+    """The mode a new session opens in: tuned when the URL watches a comparison."""
+    return "tuned" if st.query_params.get("group", "").startswith("compare-") else "grid"
 
 
 def optimizer_inputs() -> dict[str, tuple[str, dict]]:
@@ -61,13 +101,15 @@ def optimizer_inputs() -> dict[str, tuple[str, dict]]:
             lr = st.number_input(f"{label} lr", key=f"grid.lr.{label}", format="%g",
                                  step=forms.increment(float(hparams["lr"])),
                                  help=f"{label}'s learning rate, used when it is M and when "
-                                      "it is D")
+                                      "it is D (in a tuned comparison: its sweep's centre)")
         chosen[label] = (name, {**hparams, "lr": float(lr)})
     return chosen
 
 
-def form() -> tuple[list[RunConfig] | None, str]:
-    """The settings widgets; returns (configs, "") or (None, why they are invalid)."""
+def common_form(seeds_key: str) -> tuple[dict, dict, int, int, str,
+                                          st.delta_generator.DeltaGenerator]:
+    """The widgets both modes share; returns (optimizers, data and model settings, steps,
+    batch size, seeds as typed, the column where the run count goes)."""
     col_opt, col_data, col_run = st.columns(3, gap="large")
     with col_opt:
         st.markdown("**Optimizers and their learning rates**")
@@ -79,13 +121,19 @@ def form() -> tuple[list[RunConfig] | None, str]:
         st.markdown("**Training loop**")
         steps = st.number_input("Steps", min_value=1, step=100, key="grid.steps")
         batch = st.number_input("Batch size", min_value=1, step=16, key="grid.batch_size")
-        seeds_text = st.text_input("Seeds", key="grid.seeds",
-                                   help="whole numbers separated by commas, e.g. 0, 1, 2: "
-                                        "every pair trains once per seed")
+        seeds = st.text_input("Seeds", key=seeds_key,
+                              help="whole numbers separated by commas, e.g. 0, 1, 2: every "
+                                   "run is trained once per seed")
+    return optimizers, data, int(steps), int(batch), seeds, col_run
+
+
+def form() -> tuple[list[RunConfig] | None, str]:
+    """The grid's settings; returns (configs, "") or (None, why they are invalid)."""
+    optimizers, data, steps, batch, seeds_text, col_run = common_form("grid.seeds")
     try:
         seeds = forms.parse_numbers(seeds_text, field="seeds", integer=True)
         forms.check_sizes(data)
-        base = RunConfig(**data, steps=int(steps), batch_size=int(batch),
+        base = RunConfig(**data, steps=steps, batch_size=batch,
                          device=st.session_state["shared.device"])
         configs = grid_configs(base, optimizers, seeds)
     except (ValueError, TypeError) as error:
@@ -97,6 +145,80 @@ def form() -> tuple[list[RunConfig] | None, str]:
     col_run.caption(f"{len(configs)} runs: {len(optimizers)}² pairs × {len(seeds)} "
                     f"seed{'s' if len(seeds) > 1 else ''}, {get_jobs().max_workers} at a time.")
     return configs, ""
+
+
+def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
+    """The sweep's and the schedule's widgets; returns (plan or None, why not, warm-up
+    percent, schedule)."""
+    st.markdown("**Learning-rate sweep and schedule** (every run of the comparison)")
+    cols = st.columns(5)
+    points = cols[0].number_input("Sweep points", min_value=2, max_value=15, key="grid.points",
+                                  help="lrs in each optimizer's first sweep, centred on its lr")
+    factor = cols[1].selectbox("Step between lrs", list(FACTORS), key="grid.factor",
+                               format_func=FACTORS.get)
+    extensions = cols[2].number_input(
+        "Extensions", min_value=0, max_value=5, key="grid.extensions",
+        help="while an optimizer's best lr sits at its grid's edge, one more lr beyond that "
+             "edge (all seeds), at most this many times")
+    schedule = cols[3].selectbox("Schedule", SCHEDULES, key="grid.schedule",
+                                 format_func=SCHEDULE_NAMES.get,
+                                 help="of every run's lr (a graft's: M's lr)")
+    warmup = cols[4].number_input("Warm-up (% of steps)", min_value=0, max_value=100, step=5,
+                                  key="grid.warmup_percent",
+                                  disabled=schedule != "warmup_cosine")
+    try:
+        plan = SweepPlan(points=int(points), factor=float(factor), extensions=int(extensions))
+    except ValueError as error:
+        return None, str(error), int(warmup), schedule
+    return plan, "", int(warmup), schedule
+
+
+def tuned_form() -> tuple[dict | None, str]:
+    """The comparison's settings; returns (``start_comparison``'s arguments, "") or (None,
+    why they are invalid)."""
+    optimizers, data, steps, batch, seeds_text, col_run = common_form("grid.tuned_seeds")
+    plan, problem, warmup, schedule = sweep_inputs()
+    try:
+        if plan is None:
+            raise ValueError(problem)
+        seeds = forms.parse_numbers(seeds_text, field="seeds", integer=True)
+        if len(optimizers) < 2:
+            raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
+        warmup_steps = steps * warmup // 100 if schedule == "warmup_cosine" else 0
+        base = RunConfig(**data, steps=steps, batch_size=batch, schedule=schedule,
+                         warmup_steps=warmup_steps, device=st.session_state["shared.device"])
+        grid_configs(base, optimizers, seeds)  # every optimizer's settings, alone and grafted
+        for label, (_, hparams) in optimizers.items():
+            try:
+                plan.grid(hparams["lr"])
+            except ValueError as error:
+                raise ValueError(f"{label}: {error}") from None
+    except (ValueError, TypeError) as error:
+        return None, str(error)
+    low, high = run_count(len(optimizers), len(seeds), plan)
+    if high > MAX_RUNS:
+        return None, (f"Up to {high} runs is more than this page trains ({MAX_RUNS}); choose "
+                      "fewer, or use `python -m grafting_core compare`.")
+    col_run.caption(count_text(len(optimizers), len(seeds), plan))
+    return {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}, ""
+
+
+def run_count(arms: int, seeds: int, plan: SweepPlan) -> tuple[int, int]:
+    """The fewest and the most runs of a comparison (with no extension, with every one)."""
+    fewest = arms * plan.points * seeds + arms * (arms - 1) * seeds
+    return fewest, fewest + arms * plan.extensions * seeds
+
+
+def count_text(arms: int, seeds: int, plan: SweepPlan) -> str:
+    """``2 optimizers × 5 lrs × 3 seeds = 30 sweep runs, ...``: what Start will train."""
+    low, high = run_count(arms, seeds, plan)
+    s = "s" if seeds > 1 else ""
+    more = f", up to {high - low} more while a best lr sits at its grid's edge" \
+        if high > low else ""
+    total = f"{low}–{high}" if high > low else f"{low}"
+    return (f"{arms} optimizers × {plan.points} lrs × {seeds} seed{s} = "
+            f"{arms * plan.points * seeds} sweep runs{more}, then {arms * (arms - 1)} grafts × "
+            f"{seeds} seed{s}: {total} runs, {get_jobs().max_workers} at a time.")
 
 
 def cell_notes(table: pd.DataFrame, runs: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
@@ -165,27 +287,180 @@ def live_section(group: str, active: bool) -> None:
     live.redraw_while_live("grid", lambda: live.group_runs(group), active, draw)
 
 
-page_setup(DEFAULTS)
+def phase_text(runs: pd.DataFrame, group: str) -> str:
+    """Where a comparison stands: its sweeps' runs done, then its grafts'."""
+    grafts = runs["role"] == "graft"
+    done = runs["status"].isin(live.TERMINAL)
+    text = f"Sweeps: {int((done & ~grafts).sum())} of {int((~grafts).sum())} runs done"
+    if grafts.any():
+        return text + f"; grafts at M's tuned lr: {int((done & grafts).sum())} of " \
+                      f"{int(grafts.sum())} done"
+    return text + ("; the grafts start when every sweep has settled" if orchestrating(group)
+                   else "; no grafts were started")
+
+
+def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
+    """What became of each lr of ``arm``'s sweep that has an unfinished run: "training…"
+    while one is queued or training, else its runs' ends ("stopped", "diverged" ...)."""
+    sweep = runs[(runs["magnitude_arm"] == arm) & (runs["role"] != "graft")
+                 & (runs["status"] != "finished")]
+    notes = {}
+    for lr, cell in sweep.groupby(LR_COLUMN):
+        ends = set(cell["status"])
+        notes[float(lr)] = "training…" if ends - set(live.TERMINAL) else " / ".join(sorted(ends))
+    return notes
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair: the three arms' means and stds, the position, the verdict and why."""
+    return pd.DataFrame({
+        "pair": verdicts["magnitude"] + "#" + verdicts["direction"],
+        "M#D mean": verdicts["graft_mean"], "M#D std": verdicts["graft_std"],
+        "M mean": verdicts["magnitude_mean"], "M std": verdicts["magnitude_std"],
+        "D mean": verdicts["direction_mean"], "D std": verdicts["direction_std"],
+        "seeds": verdicts["graft_seeds"], "position": verdicts["position"],
+        "verdict": [closer_to_words(v, m, d) for v, m, d in
+                    zip(verdicts["verdict"], verdicts["magnitude"], verdicts["direction"])],
+        "reason": verdicts["reason"]})
+
+
+def tuned_text(runs: pd.DataFrame, sweep: pd.DataFrame, running: bool) -> str:
+    """``Tuned lrs: sgd 0.316 (best at the grid's edge ...), adam 0.00316.``: the lrs the
+    comparison marked tuned (none while the sweeps train, nor when they were stopped)."""
+    tuned = runs[runs["role"] == "tuned"].drop_duplicates("magnitude_arm")
+    edge = sweep[sweep["best"] & sweep["at_edge"]]
+    parts = [f"**{arm}** {lr:.3g}" + (" (best at the grid's edge: the true best may lie "
+                                      "beyond it)" if arm in set(edge["arm"]) else "")
+             for arm, lr in zip(tuned["magnitude_arm"], tuned[LR_COLUMN].astype(float))]
+    if parts:
+        return "Tuned lrs: " + ", ".join(parts) + "."
+    return ("No tuned lr yet: each is chosen when its sweep has settled." if running
+            else "No tuned lr: the comparison ended before its sweeps did.")
+
+
+def comparison_results(group: str, runs: pd.DataFrame) -> None:
+    """The sweeps (one figure per optimizer), the tuned lrs and the verdicts with their
+    spread, all read from the store (``read_comparison``)."""
+    task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+    result = read_comparison(get_store(), group)
+    seeds = sorted(set(runs["config.seed"].astype(int)))
+    first = runs.iloc[0]
+    st.caption(f"Comparison `{group}`: {live.settings_text(first)}, "
+               f"{SCHEDULE_NAMES[first['config.schedule']]} schedule, seeds "
+               f"{', '.join(map(str, seeds))}.")
+    y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
+    st.subheader("Learning-rate sweeps")
+    arms = list(dict.fromkeys(runs.loc[runs["role"] != "graft", "magnitude_arm"]))
+    tuned = set(runs.loc[runs["role"] == "tuned", "magnitude_arm"])
+    columns = st.columns(min(len(arms), 3) or 1)
+    for i, arm in enumerate(arms):
+        with columns[i % len(columns)]:
+            fig = experiment_figures.lr_sweep(
+                result.sweep[result.sweep["arm"] == arm], y_title=y_title,
+                notes=lr_notes(runs, arm), settled=arm in tuned, title=f"{arm}'s sweep")
+            charts.show(fig, key=f"grid.tuned.sweep.{arm}", live=True)
+    running = orchestrating(group)
+    st.markdown(tuned_text(runs, result.sweep, running))
+    st.caption("Each M#D trains with **M's tuned lr**: M sets every layer's step size. "
+               "**D's lr cancels** in ‖Δ_M‖/‖Δ_D‖ · Δ_D; D keeps its other tuned settings.")
+    st.subheader("Verdicts: is M#D closer to M or to D?")
+    if result.verdicts.empty:
+        st.info("The verdicts come when the grafts M#D have trained, after the sweeps."
+                if running else "No verdicts: the comparison ended before its grafts trained.")
+    else:
+        fig = experiment_figures.verdict_points(result.verdicts, y_title=y_title,
+                                                title="Tuned M, M#D and tuned D: mean over "
+                                                      "seeds, ± std")
+        charts.show(fig, key="grid.tuned.verdicts", live=True)
+        numbers = ["M#D mean", "M#D std", "M mean", "M std", "D mean", "D std", "position"]
+        st.table(verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers)
+                 .hide(axis="index"))  # a static table: the reasons wrap instead of clipping
+        st.caption("position = (M#D − M) / (D − M): 0 on M, 1 on D. A verdict needs M and D "
+                   "apart, and M#D off their midpoint, by more than twice the standard error "
+                   "of the seeds; otherwise it says *cannot tell*.")
+    with st.expander("Every run of the comparison"):
+        table = runs[["label", "role", LR_COLUMN, "config.seed", "status", "run_id"]]
+        st.dataframe(table.rename(columns={LR_COLUMN: "lr (M's)", "config.seed": "seed"}),
+                     hide_index=True, key="grid.tuned.runs")
+
+
+def comparison_section(group: str, active: bool) -> None:
+    """Progress and results of the comparison ``group``; redraws while it is live."""
+
+    def draw(runs: pd.DataFrame) -> None:
+        state = comparison_state(group)
+        if state is not None and state.error:
+            st.error(f"The comparison ended early: {state.error}")
+        st.progress(float(runs["status"].isin(live.TERMINAL).mean()),
+                    text=phase_text(runs, group))
+        live.progress_panel(runs[runs["status"].isin(["failed", "interrupted"])])
+        comparison_results(group, runs)
+
+    live.redraw_while_live("grid.tuned", lambda: live.group_runs(group), active, draw,
+                           is_live=lambda runs: live.is_active(runs) or orchestrating(group))
+
+
+def grid_mode() -> None:
+    """Every M#D pair at the lrs typed in."""
+    configs, problem = form()
+    group = live.watched_group("grid", "grid")
+    runs = live.group_runs(group) if group else None
+    active = runs is not None and live.is_active(runs)
+    start, stop, _ = live.start_stop("grid", disabled=active, active=active,
+                                     why="Stop the grid in progress first")
+    if start:
+        if configs is None:
+            st.error(f"Not started: {problem}")
+        else:
+            group, _ = start_group(configs, kind="grid")
+            live.watch("grid", group)
+            st.rerun()
+    if stop and runs is not None:
+        live.stop_group(runs)
+    if live.attach("grid", group, runs, started=start, what="grid"):
+        live_section(group, active)
+    elif not group:
+        st.info("No grid yet: choose the optimizers above and press **Start**. Every M#D "
+                "pair trains in the background and its cell fills in when it finishes.")
+
+
+def tuned_mode() -> None:
+    """Each optimizer's lr swept, every M#D at M's tuned lr, a verdict per pair."""
+    st.markdown(TUNED_INTRO)
+    request, problem = tuned_form()
+    group = live.watched_group("grid.tuned", "compare")
+    runs = live.group_runs(group) if group else None
+    active = bool(group) and (orchestrating(group) or live.is_active(runs))
+    start, stop, rest = live.start_stop("grid.tuned", disabled=active, active=active,
+                                        why="Stop the comparison in progress first")
+    rest.caption("A comparison in progress is run by this app's server: it ends if the server "
+                 "stops (runs already trained are kept).")
+    if start:
+        if request is None:
+            st.error(f"Not started: {problem}")
+        else:
+            live.watch("grid.tuned", start_comparison(**request))
+            st.rerun()
+    if stop and group:
+        stop_comparison(group)
+        st.toast("Stopping: no further phase starts; queued runs never start, running ones "
+                 "end within 10 steps.")
+    if live.attach("grid.tuned", group, runs, started=start or orchestrating(group),
+                   what="comparison"):
+        comparison_section(group, active)
+    elif not group:
+        st.info("No comparison yet: choose the optimizers and the sweep above and press "
+                "**Start**. The sweeps train first, then the grafts; the figures fill in as "
+                "runs finish.")
+
+
+page_setup({**DEFAULTS, "grid.mode": mode_of_url()})
 st.title("Grid")
 st.markdown(INTRO)
-configs, problem = form()
-group = live.watched_group("grid", "grid")
-runs = live.group_runs(group) if group else None
-active = runs is not None and live.is_active(runs)
-
-start, stop, _ = live.start_stop("grid", disabled=active, active=active,
-                                 why="Stop the grid in progress first")
-if start:
-    if configs is None:
-        st.error(f"Not started: {problem}")
-    else:
-        group, _ = start_group(configs, kind="grid")
-        live.watch("grid", group)
-        st.rerun()
-if stop and runs is not None:
-    live.stop_group(runs)
-if live.attach("grid", group, runs, started=start, what="grid"):
-    live_section(group, active)
-elif not group:
-    st.info("No grid yet: choose the optimizers above and press **Start**. Every M#D pair "
-            "trains in the background and its cell fills in when it finishes.")
+mode = st.radio("What to train", list(MODES), format_func=MODES.get, key="grid.mode",
+                horizontal=True, help="A grid trains every M#D at the lrs you type; a tuned "
+                                      "comparison first tunes each optimizer's lr.")
+if mode == "tuned":
+    tuned_mode()
+else:
+    grid_mode()

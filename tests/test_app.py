@@ -37,13 +37,16 @@ def page(path: str, **query: str) -> AppTest:
 
 
 def _decoded(value):
-    """Plotly's JSON packs numeric arrays as {"dtype", "bdata"(, "shape")}: unpack them."""
+    """Plotly's JSON packs numeric arrays as {"dtype", "bdata"(, "shape")}: unpack them (also
+    inside nested settings such as ``error_y``)."""
     if isinstance(value, dict) and "bdata" in value:
         array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
         shape = value.get("shape")
         if isinstance(shape, str):
             shape = [int(n) for n in shape.split(",")]
         return array.reshape(shape) if shape else array
+    if isinstance(value, dict):
+        return {key: _decoded(item) for key, item in value.items()}
     return value
 
 

@@ -1,7 +1,8 @@
 """The Grid, Schedule transfer and Static ratios pages through AppTest.
 
 Each page renders on an empty store, trains a tiny experiment started from the page in
-the worker processes and shows its result, and refuses bad input without creating runs.
+the worker processes and shows its result, and refuses bad input without creating runs
+(the Grid page in both modes: a grid at fixed lrs, and a tuned comparison).
 Pages run standalone (FIELD-NOTES §3); one store and one executor serve the module and
 are shut down at its end. Timers never fire in AppTest: ``settle`` calls ``at.run()``
 again, a bounded number of times, while the workers train.
@@ -18,6 +19,7 @@ import pytest
 from grafting_core.lab.analysis import static_ratios_from_run
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
+from grafting_core.lab.protocol import read_comparison
 from grafting_core.lab.store import RunStore
 from tests.test_app import chart_traces, page, page_figures, train_inline
 
@@ -113,6 +115,119 @@ def test_grid_refuses_bad_input_and_starts_nothing(store, change, reason):
     at.button(key="grid.start").click().run()
     assert not at.exception
     assert any("Not started" in e.value and reason in e.value for e in at.error)
+    assert store.runs().empty
+
+
+def tuned_page(optimizers=("sgd", "adam"), seeds="0, 1", points=2, steps=TINY["steps"]):
+    """The Grid page in its tuned mode with a tiny comparison set up (not started)."""
+    at = page("pages/grid.py")
+    at.radio(key="grid.mode").set_value("tuned").run()
+    at.multiselect(key="grid.optimizers").set_value(list(optimizers))
+    at.number_input(key="grid.width.mlp").set_value(TINY["width"])
+    at.number_input(key="grid.steps").set_value(steps)
+    at.text_input(key="grid.tuned_seeds").set_value(seeds)
+    at.number_input(key="grid.points").set_value(points)
+    return at.number_input(key="grid.extensions").set_value(0).run()
+
+
+def table_with(at, column: str) -> pd.DataFrame:
+    """The page's table (or dataframe) that has ``column``."""
+    tables = [frame.value for frame in [*at.table, *at.dataframe] if column in frame.value]
+    assert tables, f"no table with a {column!r} column"
+    return tables[0]
+
+
+def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread(store):
+    at = tuned_page()
+    assert any(c.value.startswith("2 optimizers × 2 lrs × 2 seeds = 8 sweep runs, then 2 "
+                                  "grafts × 2 seeds: 12 runs") for c in at.caption)
+    at.button(key="grid.tuned.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    assert group.startswith("compare-")
+    assert len(page_figures(at)) == 2  # while it trains: both sweeps (verdicts to come)
+    runs = settle(at, store, 12, group)
+    assert (runs["status"] == "finished").all()
+    assert (runs["config.schedule"] == "warmup_cosine").all()  # the default: 10% warm-up
+    assert (runs["config.warmup_steps"] == TINY["steps"] // 10).all()
+    assert sorted(runs["role"].value_counts().items()) == [("graft", 4), ("sweep_point", 4),
+                                                          ("tuned", 4)]
+    result = read_comparison(store, group)
+
+    for arm in ("sgd", "adam"):  # each sweep figure draws the sweep table's means and stds
+        sweep = result.sweep[result.sweep["arm"] == arm].sort_values("lr")
+        assert sorted(sweep["lr"]) == pytest.approx(sorted(
+            runs.loc[runs["magnitude_arm"].eq(arm) & runs["role"].ne("graft"),
+                     "config.magnitude_hparams.lr"].unique()))
+        means, best = chart_traces(at, chart_titled(at, f"{arm}'s sweep"))
+        assert list(means["x"]) == pytest.approx(sweep["lr"].tolist())
+        assert list(means["y"]) == pytest.approx(sweep["mean"].tolist())
+        assert list(means["error_y"]["array"]) == pytest.approx(sweep["std"].tolist())
+        assert list(best["x"]) == pytest.approx(sweep.loc[sweep["best"], "lr"].tolist())
+
+    table = table_with(at, "verdict").set_index("pair")
+    verdicts = result.verdicts.assign(
+        pair=result.verdicts["magnitude"] + "#" + result.verdicts["direction"]).set_index("pair")
+    assert sorted(table.index) == ["adam#sgd", "sgd#adam"]
+    for column, source in (("M#D mean", "graft_mean"), ("M#D std", "graft_std"),
+                           ("M mean", "magnitude_mean"), ("M std", "magnitude_std"),
+                           ("D mean", "direction_mean"), ("D std", "direction_std"),
+                           ("position", "position")):
+        assert table[column].to_dict() == pytest.approx(verdicts[source].to_dict())
+    words = {"magnitude": "closer to M", "direction": "closer to D", "cannot tell": "cannot tell"}
+    for pair, row in verdicts.iterrows():
+        assert table.loc[pair, "verdict"].startswith(words[row["verdict"]])
+        assert table.loc[pair, "reason"] == row["reason"]
+    # the verdict figure: M, M#D and D per pair, means with their stds as error bars
+    figure = chart_traces(at, chart_titled(at, "Tuned M, M#D and tuned D"))
+    for trace, arm in zip(figure, ("magnitude", "graft", "direction")):
+        assert list(trace["y"]) == pytest.approx(result.verdicts[f"{arm}_mean"].tolist())
+        assert list(trace["error_y"]["array"]) == pytest.approx(
+            result.verdicts[f"{arm}_std"].tolist())
+    assert any("M's tuned lr" in c.value and "D's lr cancels" in c.value for c in at.caption)
+    assert not at.button(key="grid.tuned.start").disabled  # done: the next one may start
+
+    again = page("pages/grid.py", group=group)  # a reloaded tab re-attaches, in tuned mode
+    assert again.radio(key="grid.mode").value == "tuned"
+    assert table_with(again, "verdict").equals(table_with(at, "verdict"))
+
+
+def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):
+    from ui.resources import orchestrating
+
+    at = tuned_page(steps=100_000)
+    at.button(key="grid.tuned.start").click().run()
+    group = at.query_params["group"]
+    for _ in range(120):  # wait until a run trains, so Stop meets running and queued ones
+        if (store.runs(group=group)["last_step"].fillna(0) > 0).any():
+            break
+        time.sleep(0.25)
+    at.button(key="grid.tuned.stop").click().run()
+    for _ in range(120):
+        if not orchestrating(group):
+            break
+        time.sleep(0.25)
+    runs = settle(at, store, 8, group)
+    assert not orchestrating(group)
+    assert len(runs) == 8 and (runs["status"] == "stopped").all()
+    assert set(runs["role"]) == {"sweep_point"}  # no phase started after Stop, none tuned
+    assert any("ended before its grafts" in info.value for info in at.info)
+    assert not at.button(key="grid.tuned.start").disabled
+
+
+@pytest.mark.parametrize("change, reason", [
+    (("text_input", "grid.tuned_seeds", "0, 0"), "seeds"),
+    (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
+    (("number_input", "grid.lr.sgd", -0.1), "lr"),
+])
+def test_tuned_comparison_refuses_bad_input_and_starts_nothing(store, change, reason):
+    kind, key, value = change
+    at = tuned_page()
+    getattr(at, kind)(key=key).set_value(value)
+    at.button(key="grid.tuned.start").click().run()
+    assert not at.exception
+    assert any("Not started" in e.value and reason in e.value for e in at.error)
+    assert "group" not in at.query_params
     assert store.runs().empty
 
 

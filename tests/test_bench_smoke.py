@@ -1,5 +1,5 @@
 """Benchmarks stay runnable: bench/step.py end to end on a small model; bench/chart_cost.py
-builds the live figures it redraws."""
+builds the live figures it redraws; bench/compare_wall.py times a tiny comparison."""
 
 import importlib.util
 import json
@@ -46,3 +46,13 @@ def test_checkpoint_cost_measures_a_step_and_a_checkpoint():
     step_s, checkpoint_s, size = checkpoint_cost.measure("mnist1d", 32, steps=40, repeats=3)
     assert step_s > 0 and checkpoint_s > 0
     assert size > 4 * 15_000  # the MLP's weights and Adam's two moments, as float32
+
+
+def test_compare_wall_benchmark_quick_run_times_each_worker_count():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_wall.py"), "--quick",
+                           "--dataset", "digits"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("workers ")]
+    assert [line.split(":")[0] for line in lines] == ["workers 1", "workers 2"]
+    assert all("for 6 runs" in line for line in lines)  # 2 × 2 lrs × 1 seed + 2 grafts

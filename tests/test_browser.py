@@ -6,6 +6,7 @@ then opens every page of the navigation and saves a screenshot of each under
 ``test-artifacts/screenshots/`` (the README's pictures in docs/screenshots/ are copies).
 The store also holds a small grid, schedule transfer and static-ratio experiment made
 through the engine before the server starts, so that those pages are shown with results.
+On the Grid page it then clicks through a tiny tuned comparison and waits for its verdicts.
 
     .venv/bin/python -m pytest tests/test_browser.py -m browser
 """
@@ -250,4 +251,51 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
             for i in (1, 2):
                 expect(page.frame_locator(LIVE_CHART).nth(i).locator(
                     ".scatterlayer path.js-line").first).to_be_visible(timeout=30_000)
+    page.close()
+
+
+TUNED = {"Width": "16", "Steps": "40", "Sweep points": "2", "Extensions": "0"}
+
+
+def run_tuned_comparison(page, url: str, log: Path) -> None:
+    """On the Grid page: a tuned comparison of sgd and adam (2 lrs each, 2 seeds, 12 tiny
+    runs) started by clicks, until its verdicts are drawn; screenshot of its results."""
+    page.goto(f"{url}/md-grid")
+    _ready(page)
+    if page.get_by_text("Page not found").count():  # first deep link of a fresh server
+        page.goto(f"{url}/md-grid")
+    _shown(page, "Grid")
+    page.get_by_text("Tuned comparison (each lr swept)").click()
+    _ready(page)
+    page.get_by_role("button", name="Remove adagrad").click()
+    _ready(page)
+    for label, value in TUNED.items():
+        _enter_number(page, label, value)
+    seeds = page.get_by_label("Seeds", exact=True)
+    seeds.fill("0, 1")
+    seeds.press("Enter")
+    expect(page.get_by_text("= 8 sweep runs, then 2 grafts × 2 seeds: 12 runs",
+                            exact=False)).to_be_visible(timeout=30_000)
+    start = page.get_by_role("button", name="Start", exact=True)
+    start.click()
+    _expect_or_explain(page, log, lambda: expect(page.get_by_text(
+        "grafts at M's tuned lr: 4 of 4 done", exact=False)).to_be_visible(timeout=180_000))
+    expect(start).to_be_enabled(timeout=30_000)  # the comparison has ended
+    _ready(page)
+    expect(page.locator(LIVE_CHART)).to_have_count(3, timeout=30_000)  # 2 sweeps, verdicts
+    verdicts = page.frame_locator(LIVE_CHART).nth(2).locator(".xtick text")
+    _expect_or_explain(page, log, lambda: expect(verdicts).to_have_count(2, timeout=30_000))
+    for text in verdicts.all_text_contents():  # SVG text: no inner text
+        assert re.fullmatch(r"(adam#sgd|sgd#adam)\s*(closer to [MD] \(\w+\)|cannot tell)",
+                            text), text
+    for i in (0, 1):  # each sweep draws its two lrs' means
+        expect(page.frame_locator(LIVE_CHART).nth(i).locator(
+            ".scatterlayer .trace .point")).not_to_have_count(0)
+    _screenshot(page, "grid-tuned-results", below=start)
+
+
+def test_grid_page_runs_a_tuned_comparison_and_shows_its_verdicts(app, browser):
+    url, _, log = app
+    page = browser.new_page(viewport=VIEWPORT)
+    run_tuned_comparison(page, url, log)
     page.close()

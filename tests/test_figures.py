@@ -103,6 +103,59 @@ def test_grid_heatmap_writes_values_and_notes_in_cells():
     assert "magnitude" in fig.layout.yaxis.title.text and "direction" in fig.layout.xaxis.title.text
 
 
+def _sweep(means, stds, best: int, at_edge: bool = False) -> pd.DataFrame:
+    lrs = [0.01, 0.0316, 0.1, 0.316][:len(means)]
+    return pd.DataFrame({"arm": "sgd", "lr": lrs, "seeds": 3, "failed": 0, "mean": means,
+                         "std": stds, "best": [i == best for i in range(len(lrs))],
+                         "at_edge": [at_edge and i == best for i in range(len(lrs))]})
+
+
+def test_lr_sweep_draws_means_with_std_bars_stars_the_best_and_names_missing_lrs():
+    sweep = _sweep([1.2, 0.9, np.inf, np.inf], [0.1, 0.05, np.nan, np.nan], best=1)
+    fig = experiment_figures.lr_sweep(sweep.iloc[::-1], y_title="loss")
+    means, best = fig.data
+    assert list(means.x) == [0.01, 0.0316] and list(means.y) == [1.2, 0.9]  # finite, by lr
+    assert list(means.error_y.array) == [0.1, 0.05]
+    assert (list(best.x), list(best.y)) == ([0.0316], [0.9])
+    notes = {round(10 ** a.x, 4): a.text for a in fig.layout.annotations}
+    assert notes == {0.0316: "best 0.0316", 0.1: "diverged /<br>failed",
+                     0.316: "diverged /<br>failed"}
+    training = experiment_figures.lr_sweep(sweep, y_title="loss", notes={0.316: "training…"},
+                                           settled=False)
+    assert len(training.data) == 1  # no best while an lr still trains
+    notes = {round(10 ** a.x, 4): a.text for a in training.layout.annotations}
+    assert notes == {0.1: "diverged /<br>failed", 0.316: "training…"}
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.ticktext) == [
+        "0.01", "0.0316", "0.1", "0.316"]
+    edge = experiment_figures.lr_sweep(_sweep([1.2, 0.9], [0.1, np.nan], best=1, at_edge=True),
+                                       y_title="loss")
+    assert "best at the grid's edge" in edge.layout.annotations[1].text
+    assert list(edge.data[0].error_y.array) == [0.1, 0.0]  # one seed: no bar
+
+
+def test_verdict_points_put_m_mgd_and_d_side_by_side_with_their_spread():
+    verdicts = pd.DataFrame([
+        {"magnitude": "adam", "direction": "sgd", "verdict": "magnitude", "graft_mean": 1.0,
+         "graft_std": 0.1, "graft_seeds": 3, "magnitude_mean": 0.9, "magnitude_std": 0.05,
+         "magnitude_seeds": 3, "direction_mean": 2.0, "direction_std": 0.2,
+         "direction_seeds": 3},
+        {"magnitude": "sgd", "direction": "adam", "verdict": "cannot tell", "graft_mean": 1.5,
+         "graft_std": 0.3, "graft_seeds": 3, "magnitude_mean": 2.0, "magnitude_std": 0.2,
+         "magnitude_seeds": 3, "direction_mean": 0.9, "direction_std": 0.05,
+         "direction_seeds": 3}])
+    fig = experiment_figures.verdict_points(verdicts, y_title="loss")
+    assert [t.name for t in fig.data] == ["M alone, tuned", "M#D at M's tuned lr",
+                                          "D alone, tuned"]
+    assert list(fig.data[0].x) == ["adam#sgd<br><i>closer to M (adam)</i>",
+                                   "sgd#adam<br><i>cannot tell</i>"]
+    assert list(fig.data[1].y) == [1.0, 1.5] and list(fig.data[1].error_y.array) == [0.1, 0.3]
+    assert list(fig.data[2].y) == [2.0, 0.9] and list(fig.data[0].y) == [0.9, 2.0]
+    assert fig.layout.scattermode == "group"  # the three side by side, not on one another
+    assert list(fig.layout.yaxis.range) == pytest.approx([0.85 - 0.2025, 2.2 + 0.2025])
+    empty = experiment_figures.verdict_points(pd.DataFrame(), y_title="loss")
+    assert not empty.data and "grafts" in empty.layout.annotations[0].text
+
+
 def test_implicit_schedule_draws_step_norm_and_effective_lr_per_layer():
     rows = [("step_norm", 0.2), ("grad_norm", 4.0)]
     frame = pd.DataFrame([(s, layer, f, v * (s + 1)) for s in range(3) for layer in ("a", "b")
@@ -149,3 +202,30 @@ def test_steady_ranges_move_in_coarse_steps_so_live_redraws_keep_their_axes():
     fig = figures.metric_curves(_metrics({"a": loss}), x_max=5000)
     assert list(fig.layout.xaxis.range) == [0, 5000]
     assert list(fig.layout.yaxis.range) == figures.steady_range(loss)
+
+
+def test_verdict_points_name_a_partial_graft_by_the_layers_it_grafts():
+    verdicts = pd.DataFrame({
+        "magnitude": ["adam", "adam"], "direction": ["sgd", "sgd"],
+        "grafted": ["all", "hidden"], "verdict": ["cannot tell", "magnitude"],
+        **{f"{arm}_mean": [1.5, 1.5] for arm in ("graft", "magnitude", "direction")},
+        **{f"{arm}_std": [0.02, 0.01] for arm in ("graft", "magnitude", "direction")},
+        **{f"{arm}_seeds": [3, 3] for arm in ("graft", "magnitude", "direction")}})
+    graft = experiment_figures.verdict_points(verdicts, y_title="loss").data[1]
+    assert graft.x[0] == "adam#sgd<br><i>cannot tell</i>"
+    assert graft.x[1] == "adam#sgd [hidden only]<br><i>closer to M (adam)</i>"
+
+
+def test_ratio_study_figure_sets_static_arms_against_tuned_bands():
+    table = pd.DataFrame({"arm": ["adam", "sgd", "sgd+ratios[late,global]",
+                                  "sgd+ratios[early,global]"],
+                          "role": ["tuned", "tuned", "static_ratios", "static_ratios"],
+                          "variant": ["", "", "late,global", "early,global"],
+                          "mean": [1.4, 1.7, 1.45, 1.5], "std": [0.01, 0.02, 0.03, 0.04],
+                          "seeds": [3, 3, 3, 3]})
+    fig = experiment_figures.ratio_study_figure(table)
+    bands = [(s.y0, s.y1) for s in fig.layout.shapes if s.type == "rect"]
+    assert bands == [pytest.approx((1.39, 1.41)), pytest.approx((1.68, 1.72))]
+    (points,) = [t for t in fig.data if t.mode == "markers"]
+    assert list(points.x) == ["early<br>global", "late<br>global"]  # windows in time order
+    assert list(points.y) == [1.5, 1.45] and list(points.error_y.array) == [0.04, 0.03]

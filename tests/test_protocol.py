@@ -95,6 +95,22 @@ def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store
     assert again.verdicts.equals(result.verdicts) and again.arms.equals(result.arms)
 
 
+def test_compare_creates_no_runs_and_tunes_nothing_once_stop_says_so(store):
+    asked = []
+
+    def stop() -> bool:  # lets the sweep start, then stops before the next phase
+        asked.append(1)
+        return len(asked) > 1
+
+    plan = SweepPlan(points=2, factor=10, extensions=1)
+    result = compare(store, RunConfig(**TINY), {"sgd": ("sgd", {"lr": 1e-3}),
+                                                "adam": ("adam", {"lr": 3e-3})},
+                     seeds=(0,), plan=plan, stop=stop)
+    runs = store.runs(group=result.group)
+    assert len(runs) == 4 and set(runs["role"]) == {"sweep_point"}  # no grafts, none tuned
+    assert len(asked) >= 2 and result.verdicts.empty
+
+
 def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
     args = ["--runs-dir", str(tmp_path), "compare", "--optimizers", "sgd", "adam", "--seeds",
             "0", "1", "--points", "2", "--extensions", "0", "--workers", "1",

@@ -89,3 +89,12 @@ def test_study_table_sets_each_arm_next_to_tuned_m_and_d_with_memory(study):
         assert row["gap_closed"] == pytest.approx((sgd - row["mean"]) / (sgd - adam))
         if arm.startswith("sgd"):  # one momentum buffer, half of Adam's two moments
             assert row["state_bytes"] == pytest.approx(rows.loc["adam", "state_bytes"] / 2)
+
+
+def test_running_the_study_again_trains_nothing_twice(study):
+    store, group, table = study
+    before = len(store.runs(group=group))
+    again = static_ratio_study(store, group, windows=["early", "late"], scopes=["global"])
+    assert len(store.runs(group=group)) == before + 2  # only "late" is new, once per seed
+    assert (again.set_index("arm").loc["sgd+ratios[early,global]", "seeds"]
+            == table.set_index("arm").loc["sgd+ratios[early,global]", "seeds"] == 2)

@@ -8,6 +8,7 @@ import torch
 
 from grafting_core.lab.toy2d import Path, grafted_paths, make_problem
 from grafting_core.lab.verdict import (
+    comparison_reading,
     grid_leaning,
     in_words,
     matrix_leaning,
@@ -123,3 +124,46 @@ def test_matrix_leaning_splits_the_variance_by_rows_and_columns():
     assert lean["leans"] == "magnitude"
     assert matrix_leaning(mixed.T)["leans"] == "direction"
     assert matrix_leaning(mixed.where(mixed < 5))["leans"] == "incomplete"
+
+
+def _verdict_row(m, d, grafted, g, verdict, position_, std=0.01):
+    return {"magnitude": m, "direction": d, "grafted": grafted, "graft_mean": g,
+            "magnitude_mean": 1.4, "direction_mean": 1.6, "position": position_,
+            "verdict": verdict, "reason": "because",
+            **{f"{arm}_std": std for arm in ("graft", "magnitude", "direction")},
+            **{f"{arm}_seeds": 3 for arm in ("graft", "magnitude", "direction")}}
+
+
+def test_comparison_reading_says_edges_verdicts_and_what_a_partial_graft_removes():
+    sweep = pd.DataFrame({"arm": ["adam", "adam", "sgd", "sgd"], "lr": [1e-3, 1e-2, 0.1, 1.0],
+                          "mean": [1.5, 1.4, 1.6, 1.7], "std": [0.01] * 4, "seeds": 3,
+                          "best": [False, True, True, False],
+                          "at_edge": [False, True, False, False]})
+    verdicts = pd.DataFrame([
+        _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25),
+        _verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5),
+        _verdict_row("sgd", "adam", "all", 1.58, "magnitude", 0.1)])
+    lines = comparison_reading(sweep, verdicts)
+    adam, sgd = lines[0], lines[1]
+    assert "lr 0.01" in adam and "edge" in adam and "lr 0.1" in sgd and "edge" not in sgd
+    grafts = [line for line in lines if line.startswith("- **adam#sgd**")]
+    assert "cannot tell" in grafts[0] and "hidden layers only" in grafts[1]  # full, then partial
+    assert "1 are closer to M, 0 closer to D, 1 cannot" in lines[-2]
+    assert "holds for every graft that can be judged (1)" in lines[-2]
+    partial = lines[-1]
+    assert "1.4500 against the full graft's 1.5000 (-0.05; beyond 2 standard errors" in partial
+    assert "removes 50% of the full graft's distance from adam" in partial  # 1 - 0.25/0.5
+    noisy = pd.DataFrame([_verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5, std=0.3),
+                          _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25,
+                                       std=0.3)])
+    partial = comparison_reading(sweep, noisy)[-1]  # M, D within 2 se: no position, "within"
+    assert "within 2 standard errors" in partial and "cannot be told apart" in partial
+    assert "removes" not in partial
+
+
+def test_comparison_reading_cannot_judge_when_every_verdict_is_cannot_tell():
+    sweep = pd.DataFrame({"arm": ["a", "b"], "lr": [1.0, 1.0], "mean": [1.0, 1.0],
+                          "std": [0.1, 0.1], "seeds": 2, "best": True, "at_edge": True})
+    verdicts = pd.DataFrame([_verdict_row("a", "b", "all", 1.0, "cannot tell", 0.5),
+                             _verdict_row("b", "a", "all", 1.0, "cannot tell", 0.5)])
+    assert "cannot be judged here" in comparison_reading(sweep, verdicts)[-1]

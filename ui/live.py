@@ -336,13 +336,15 @@ def yield_to_training() -> None:
 
 
 def redraw_while_live(prefix: str, read: Callable[[], pd.DataFrame], active: bool,
-                      draw: Callable[[pd.DataFrame], Any]) -> None:
+                      draw: Callable[[pd.DataFrame], Any],
+                      is_live: Callable[[pd.DataFrame], bool] = is_active) -> None:
     """Draw ``draw(read())`` in a fragment that redraws itself while a run is ``active``:
     every second, less often only if a redraw costs too much (``refresh_every``).
 
     ``read``: the runs that decide the cadence (e.g. ``lambda: group_runs(group)``); nothing
     is drawn while it is empty. ``prefix``: the page's key prefix (``<prefix>.redraw_seconds``
-    is a declared session key).
+    is a declared session key). ``is_live``: whether the group is still live, asked at each
+    redraw (default: a run is queued or training; a comparison adds "more runs are coming").
     """
     every = refresh_every(read(), active, prefix)
 
@@ -353,15 +355,16 @@ def redraw_while_live(prefix: str, read: Callable[[], pd.DataFrame], active: boo
             if runs.empty:
                 return
             draw(runs)
-        finish_redraw(runs, every, prefix)
+        finish_redraw(runs, every, prefix, is_live)
 
     panel()
 
 
-def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
+def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str,
+                  is_live: Callable[[pd.DataFrame], bool] = is_active) -> None:
     """The last call of a live fragment: say how often it redraws, then rerun the whole page
-    when that should change: the group ended (polling off, Start back on), or redraws got
-    cheaper or dearer."""
+    when that should change: the group ended (``is_live`` says no: polling off, Start back
+    on), or redraws got cheaper or dearer."""
     if every is None:
         return
     cost = redraw_cost(prefix)
@@ -374,7 +377,7 @@ def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str) -> None:
             if waited > 0.5 * every else "")
     st.caption(f"Live: redrawn every {every:g} s{slower}; a redraw takes the server "
                f"{cost:.2f} s of CPU, at a lower priority than training.{busy}")
-    if refresh_every(runs, is_active(runs), prefix) != every:
+    if refresh_every(runs, is_live(runs), prefix) != every:
         st.rerun()
 
 

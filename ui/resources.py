@@ -3,12 +3,18 @@
 Training never runs in the script thread: runs go to ``LocalExecutor`` worker processes
 that write to the SQLite store; pages only read the store. The executor outlives browser
 tabs, so a run keeps going when its tab is reloaded or closed and a page can re-attach.
+A tuned comparison (``protocol.compare``) decides its next runs from the last ones: it
+orchestrates in a thread of the server (its runs train in the workers), listed in a
+process-wide registry so that a page knows more runs are coming between its phases.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
@@ -16,9 +22,12 @@ import streamlit as st
 from grafting_core.lab.arms import PlannedRun
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.experiments import new_group
+from grafting_core.lab.experiments import OptimizerChoice, new_group
+from grafting_core.lab.protocol import SweepPlan, compare
 from grafting_core.lab.runner import create_run, request_stop
 from grafting_core.lab.store import RunStore, default_runs_dir
+
+FIRST_RUNS_WAIT = 10.0  # seconds start_comparison waits for a comparison's first runs
 
 
 class Jobs:
@@ -93,3 +102,87 @@ def stop_runs(run_ids: list[str]) -> None:
             store.set_status(run_id, "stopped", step=0)
         else:
             request_stop(store, run_id)
+
+
+@dataclass
+class Orchestration:
+    """A comparison orchestrated by a thread of this server: its stop flag and how it ended."""
+
+    thread: threading.Thread
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: str = ""  # why it ended early ("" when it ran to the end or was stopped)
+
+
+class _UntilStopped:
+    """The server's jobs as one comparison's executor: once its stop flag is set, a run
+    handed over is marked stopped instead of queued (Stop may race a new phase's runs)."""
+
+    def __init__(self, jobs: Jobs, store: RunStore, stop: threading.Event) -> None:
+        self.jobs, self.store, self.stop = jobs, store, stop
+
+    def submit(self, run_id: str, *, resume: bool = False) -> Future:
+        """Queue the run on the server's workers, unless the comparison was stopped."""
+        if not self.stop.is_set():
+            return self.jobs.submit(run_id, resume=resume)
+        self.store.set_status(run_id, "stopped", step=0)
+        future: Future = Future()
+        future.set_result("stopped")
+        return future
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Nothing to do: the server's workers outlive a comparison."""
+
+
+@st.cache_resource(show_spinner=False)
+def _orchestrations() -> dict[str, Orchestration]:
+    return {}
+
+
+def start_comparison(base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
+                     seeds: Sequence[int], plan: SweepPlan) -> str:
+    """Start ``protocol.compare`` in a daemon thread of this server; returns its group once
+    the first runs are in the store (a page then has runs to watch).
+
+    The thread only orchestrates (creates runs phase by phase, waits, reads results); the runs
+    train in the worker processes. It ends with the server: runs already trained are kept.
+    """
+    store, jobs = get_store(), get_jobs()
+    group = new_group("compare")
+    stop = threading.Event()
+    executor = _UntilStopped(jobs, store, stop)
+
+    def orchestrate() -> None:
+        try:
+            compare(store, base, optimizers, seeds=seeds, plan=plan, executor=executor,
+                    group=group, stop=stop.is_set)
+        except Exception as error:  # shown by the page; the runs' own errors are in the store
+            orchestration.error = f"{type(error).__name__}: {error}"
+
+    thread = threading.Thread(target=orchestrate, name=f"orchestrate {group}", daemon=True)
+    orchestration = Orchestration(thread, stop)
+    _orchestrations()[group] = orchestration
+    thread.start()
+    deadline = time.monotonic() + FIRST_RUNS_WAIT
+    while (thread.is_alive() and time.monotonic() < deadline
+           and store.runs(group=group, flatten_config=False).empty):
+        time.sleep(0.05)
+    return group
+
+
+def comparison_state(group: str) -> Orchestration | None:
+    """The orchestration of ``group`` if this server process started it, else None."""
+    return _orchestrations().get(group)
+
+
+def orchestrating(group: str) -> bool:
+    """Whether a comparison of this server may still create runs in ``group``."""
+    state = comparison_state(group)
+    return bool(state and state.thread.is_alive())
+
+
+def stop_comparison(group: str) -> None:
+    """Stop a comparison: no further phase starts, and every run of its group stops."""
+    state = comparison_state(group)
+    if state is not None:
+        state.stop.set()  # before listing the runs: later ones are refused (_UntilStopped)
+    stop_runs(get_store().runs(group=group)["run_id"].tolist())

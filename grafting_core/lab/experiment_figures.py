@@ -1,5 +1,6 @@
-"""Plotly figures of the lab's experiments: the M#D grid, a run's implicit schedule, static
-ratios, optimizer-state memory, and step sizes by kind of layer across optimizers.
+"""Plotly figures of the lab's experiments: the M#D grid, a tuned comparison's lr sweeps and
+verdicts, a run's implicit schedule, static ratios, optimizer-state memory, and step sizes by
+kind of layer across optimizers.
 
 Plain functions from the engine's DataFrames to a Figure, shared by the app's experiment
 pages and the notebooks, in the style of ``figures`` (the live-run figures).
@@ -31,7 +32,9 @@ from .figures import (
     style,
     with_ratio,
 )
+from .ratio_study import WINDOWS
 from .schedules import LAYER_KINDS, layer_series
+from .verdict import closer_to_words
 
 
 def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | None = None,
@@ -69,6 +72,118 @@ def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | No
     fig.update_xaxes(side="bottom", type="category")
     fig.update_yaxes(autorange="reversed", type="category")
     return fig
+
+
+def lr_sweep(sweep: pd.DataFrame, *, y_title: str, notes: Mapping[float, str] | None = None,
+             settled: bool = True, title: str = "") -> go.Figure:
+    """One optimizer's learning-rate sweep: the final metric's mean over seeds against lr
+    (log x), ± one std as error bars, the best lr starred and, when it sits at the grid's
+    edge, said so. Lrs without a mean are named along the top by ``notes`` (lr → "training…",
+    "stopped" ...; default "diverged / failed": a run of that lr did not finish).
+    ``settled``: False while the sweep trains or when it was cut short: no best is marked.
+
+    ``sweep``: one arm's rows of ``protocol.Comparison.sweep`` (lr, seeds, mean, std, best,
+    at_edge).
+    """
+    rows = sweep.sort_values("lr")
+    done = rows[np.isfinite(rows["mean"].to_numpy(float))]
+    fig = go.Figure(go.Scatter(
+        x=done["lr"], y=done["mean"], mode="lines+markers", name="mean over seeds, ± std",
+        error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True,
+                 "thickness": 1.5, "width": 6},
+        customdata=np.column_stack([done["std"], done["seeds"]]),
+        hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
+                      "(%{customdata[1]} seeds)<extra></extra>",
+        line={"color": PALETTE[0], "width": 2}, marker={"size": 8}))
+    best = done[done["best"].astype(bool)]
+    if not best.empty and settled:
+        lr, value, edge = best["lr"].iloc[0], best["mean"].iloc[0], bool(best["at_edge"].iloc[0])
+        fig.add_trace(go.Scatter(
+            x=[lr], y=[value], mode="markers", name="best: the tuned lr",
+            hovertemplate=f"best lr {lr:.3g}: %{{y:.4g}}<extra></extra>",
+            marker={"symbol": "star", "size": 18, "color": PALETTE[3],
+                    "line": {"color": "white", "width": 1}}))
+        fig.add_annotation(x=np.log10(lr), y=value, ax=0, ay=-30, showarrow=True, arrowhead=0,
+                           text=f"best {lr:.3g}", font={"size": 12},
+                           bgcolor="rgba(255, 255, 255, 0.8)")
+        if edge:
+            fig.add_annotation(x=1.0, y=1.0, xref="paper", yref="paper", xanchor="right",
+                               yanchor="bottom", showarrow=False,
+                               text="<b>best at the grid's edge</b>",
+                               font={"size": 12, "color": "#b00"})
+    if done.empty:
+        fig.update_yaxes(showticklabels=False)  # no value yet: no scale to read
+    for lr in rows.loc[~rows.index.isin(done.index), "lr"]:
+        note = (notes or {}).get(float(lr), "diverged / failed")
+        fig.add_annotation(x=np.log10(lr), y=1.0, yref="paper", yanchor="top", showarrow=False,
+                           text=note.replace(" / ", " /<br>"),
+                           font={"size": 11, "color": "#b00" if "diverged" in note
+                                 or "failed" in note else "#666"})
+    style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=340)
+    span = np.log10(rows["lr"].to_numpy(float))
+    fig.update_xaxes(type="log", range=[span.min() - 0.3, span.max() + 0.3] if span.size else None,
+                     tickvals=rows["lr"].tolist(), ticktext=[f"{lr:.3g}" for lr in rows["lr"]])
+    fig.update_layout(hovermode="closest", legend={"title": {"text": ""}, "orientation": "h",
+                                                   "y": -0.3, "x": 0})
+    return fig
+
+
+VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name, colour)
+    ("magnitude", "M alone, tuned", PALETTE[0]),
+    ("graft", "M#D at M's tuned lr", PALETTE[2]),
+    ("direction", "D alone, tuned", PALETTE[1]),
+)
+
+
+def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> go.Figure:
+    """Per graft M#D (full, or partial: ``[hidden only]``): tuned M, the graft and tuned D side
+    by side, each its mean over seeds with ± one std as error bars, so where M#D lands and how
+    far the seeds spread read at a glance; each graft's verdict is written under its name.
+
+    ``verdicts``: ``protocol.Comparison.verdicts`` (magnitude, direction, <arm>_mean, <arm>_std,
+    <arm>_seeds for arm in graft, magnitude, direction; verdict).
+    """
+    if verdicts.empty:
+        return empty_figure("the verdicts come when the grafts have trained", x_title="pair",
+                            y_title=y_title)
+    grafted = verdicts["grafted"] if "grafted" in verdicts else pd.Series("all", verdicts.index)
+    pairs = [f"{m}#{d}{'' if g == 'all' else f' [{g} only]'}<br><i>{closer_to_words(v, m, d)}</i>"
+             for m, d, g, v in zip(verdicts["magnitude"], verdicts["direction"], grafted,
+                                   verdicts["verdict"])]
+    who = {"magnitude": verdicts["magnitude"], "direction": verdicts["direction"],
+           "graft": verdicts["magnitude"] + "#" + verdicts["direction"]}
+    fig = go.Figure()
+    for arm, name, color in VERDICT_ARMS:
+        fig.add_trace(go.Scatter(
+            x=pairs, y=verdicts[f"{arm}_mean"], mode="markers", name=name,
+            error_y={"type": "data", "array": verdicts[f"{arm}_std"].fillna(0.0),
+                     "visible": True, "thickness": 2, "width": 8},
+            customdata=np.column_stack([who[arm], verdicts[f"{arm}_std"],
+                                        verdicts[f"{arm}_seeds"]]),
+            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                          "(%{customdata[2]} seeds)<extra></extra>",
+            marker={"size": 12, "color": color, "symbol": "diamond" if arm == "graft"
+                    else "circle"}))
+    style(fig, title=title, x_title="", y_title=y_title, height=400)
+    fig.update_layout(scattermode="group", scattergap=0.5, hovermode="closest",
+                      legend={"title": {"text": ""}})
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=_spread_range(verdicts))
+    return fig
+
+
+def _spread_range(verdicts: pd.DataFrame) -> list[float] | None:
+    """A y range around every mean ± std of the verdicts' arms, with a margin: the spread,
+    not the distance to zero, is what the reader compares."""
+    ends = [verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
+            for arm, _, _ in VERDICT_ARMS for sign in (-1, 1)]
+    values = pd.concat(ends).to_numpy(float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    low, high = float(values.min()), float(values.max())
+    pad = 0.15 * (high - low) if high > low else 0.05 * abs(high) + 1e-3
+    return [low - pad, high + pad]
 
 
 def implicit_schedule(norms: pd.DataFrame, *, layers: Sequence[str] | None = None,
@@ -233,4 +348,45 @@ def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
     fig.update_yaxes(dtick=log_dtick(drawn))
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_xaxes(title_text="step", nticks=4)
+    return fig
+
+
+def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation loss",
+                       title: str = "") -> go.Figure:
+    """A static-ratio study: one point per arm (mean over seeds ± one std), tuned M and tuned
+    D as shaded bands (mean ± std) across the figure, so each static-ratio arm reads against
+    both.
+
+    ``table``: ``ratio_study.static_ratio_table`` (arm, role, variant, mean, std, seeds).
+    """
+    static = table[table["role"] == "static_ratios"]
+    order = {name: i for i, name in enumerate(WINDOWS)}  # windows in time order, then scope
+    static = static.iloc[sorted(range(len(static)), key=lambda i: (
+        order.get(static["variant"].iloc[i].split(",")[0], len(order)),
+        static["variant"].iloc[i]))]
+    if table.empty:
+        return empty_figure("no finished runs yet", x_title="arm", y_title=y_title)
+    fig = go.Figure()
+    tuned = table[table["role"] == "tuned"].reset_index(drop=True)
+    for i, row in tuned.iterrows():
+        color = PALETTE[(i + 1) % len(PALETTE)]
+        std = row["std"] if np.isfinite(row["std"]) else 0.0
+        fig.add_hrect(y0=row["mean"] - std, y1=row["mean"] + std, fillcolor=color,
+                      opacity=0.15, line_width=0)
+        fig.add_hline(y=row["mean"], line_color=color, line_dash="dash")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{row['arm']} (tuned),"
+                                 " mean ± std", line={"color": color, "dash": "dash"}))
+    fig.add_trace(go.Scatter(
+        x=static["variant"].str.replace(",", "<br>", regex=False), y=static["mean"],
+        mode="markers", name="static ratios, mean ± std", marker={"size": 11,
+                                                                   "color": PALETTE[0]},
+        error_y={"type": "data", "array": static["std"].fillna(0.0), "visible": True,
+                 "thickness": 2, "width": 7},
+        customdata=np.column_stack([static["arm"], static["std"], static["seeds"]]),
+        hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                      "(%{customdata[2]} seeds)<extra></extra>"))
+    style(fig, title=title, x_title="window, scope of the static ratios", y_title=y_title,
+          height=420)
+    fig.update_layout(hovermode="closest", legend={"title": {"text": ""}})
+    fig.update_xaxes(type="category")
     return fig

@@ -42,6 +42,8 @@ LAB_OPTIMIZERS: dict[str, OptimizerChoice] = {
     "rmsprop": ("rmsprop", {"lr": 1e-3}),
     "lion": ("lion", {"lr": 1e-4}),
     "lamb": ("lamb", {"lr": 1e-2}),
+    "shampoo": ("shampoo", {"lr": 0.3}),  # pytorch-optimizer's; see registry.py
+    "soap": ("soap", {"lr": 1e-2}),
 }
 
 

@@ -20,7 +20,7 @@ the tables from the store alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,7 +132,7 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
             seeds: Sequence[int] = (0, 1, 2), plan: SweepPlan = SweepPlan(),
             partial: Sequence[Sequence[str]] = (), metric: str = "val_loss",
             executor: Executor | None = None, progress: Progress | None = None,
-            group: str | None = None) -> Comparison:
+            group: str | None = None, stop: Callable[[], bool] | None = None) -> Comparison:
     """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
 
     ``optimizers``: label → (registry name, hparams); each arm's sweep is centred on its own
@@ -141,7 +141,10 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
     store group ``group`` (default: a new ``compare-...`` id; the app names it up front so a
     page can watch it while this blocks in a thread). Each entry of ``partial`` (a list of
     layer kinds, e.g. ``["hidden"]``) adds, per pair, a partial graft that grafts only those
-    layers and gives the others M's own step (``RunConfig.grafted``).
+    layers and gives the others M's own step (``RunConfig.grafted``). ``stop``, asked before
+    each phase (sweep, each extension, grafts): once it returns True no more runs are created,
+    no lr is marked tuned if the grafts had not begun, and this returns what was trained (the
+    app's Stop; stopping the runs themselves is the caller's).
     """
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
@@ -153,6 +156,8 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
 
     def train(planned: list[PlannedRun]) -> list[str]:
         nonlocal done
+        if stop is not None and stop():
+            return []
         report = (lambda n, _: progress(done + n, total)) if progress else None
         ids = run_all(store, planned, group=group, kind="compare", executor=executor,
                       progress=report)
@@ -168,6 +173,8 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
         total += len(beyond) * len(seeds)
         train([run for label, lr in beyond.items()
                for run in _sweep_runs(base, label, optimizers[label], [lr], seeds)])
+    if stop is not None and stop():  # a sweep cut short names no tuned lr
+        return read_comparison(store, group, metric=metric)
     sweep = _sweep_table(store, group, metric)
     tuned = {row.arm: row.lr for row in sweep[sweep["best"]].itertuples()}
     runs = store.runs(group=group)

@@ -61,19 +61,26 @@ def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
                        executor: Executor | None = None,
                        progress: Progress | None = None) -> pd.DataFrame:
     """Train D with static ratios from each finished M#D graft of comparison ``group``, per
-    window and scope (per layer or one global scalar); returns ``static_ratio_table``."""
+    window and scope (per layer or one global scalar); returns ``static_ratio_table``.
+    Arms the group already has (same source run, window and scope; finished or training) are
+    not trained again."""
     bad = [s for s in scopes if s not in SCOPES]
     if bad:
         raise ValueError(f"Invalid scopes {bad} (valid: {', '.join(SCOPES)})")
+    runs = store.runs(group=group)
+    kept = (runs["role"] == "static_ratios") & runs["status"].isin(["finished", "running"])
+    trained = set(runs.loc[kept, "config.static_ratios"])
     planned = []
     for source in _sources(store, group, magnitude, direction)["run_id"]:
         config = RunConfig.from_dict(store.run(source)["config"])
         for window in windows:
             span = window_of(window, config)
             for scope in scopes:
+                artifact = f"static_ratios.{window}.{scope}"
+                if f"run:{source}:{artifact}" in trained:
+                    continue
                 ratios = static_ratios_from_run(store, source, window=span, statistic=statistic,
                                                 per_layer=scope == "per_layer")
-                artifact = f"static_ratios.{window}.{scope}"
                 store.put_artifact(source, artifact, ratios.to_dict(), kind="static_ratios")
                 arm = Arm("static_ratios", direction, variant=f"{window},{scope}")
                 planned.append(PlannedRun(config.replace(

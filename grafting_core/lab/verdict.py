@@ -140,6 +140,14 @@ def closer_to(graft: Sequence[float], magnitude: Sequence[float],
                             f"more than {SPREAD_Z:g} × {offset_se:.2g}"}
 
 
+def closer_to_words(verdict: str, magnitude: str, direction: str) -> str:
+    """A ``closer_to`` verdict in words: "closer to M (adam)", "closer to D (sgd)" or
+    "cannot tell"."""
+    if verdict == "magnitude":
+        return f"closer to M ({magnitude})"
+    return f"closer to D ({direction})" if verdict == "direction" else verdict
+
+
 def path_leaning(paths: Mapping[str, object]) -> pd.DataFrame:
     """The four 2-D paths of ``toy2d.grafted_paths``: end loss, stride, and for M#D and D#M
     where they land between the path of their magnitude and that of their direction.
@@ -207,3 +215,78 @@ def matrix_leaning(matrix: pd.DataFrame) -> dict[str, float | str]:
             "interaction_share": (total - rows - columns) / total,
             "leans": "magnitude" if rows > columns else "direction" if columns > rows
             else "unclear"}
+
+
+def comparison_reading(sweep: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
+    """A tuned comparison in sentences (Markdown bullets), every number read from its tables.
+
+    ``sweep`` and ``verdicts``: ``protocol.Comparison.sweep`` and ``.verdicts``. Says each
+    arm's tuned lr (and when it still sits at its grid's edge: then it is not really tuned),
+    where each graft lands with its verdict and reason, how many full grafts follow M, and
+    what grafting only some layers changes (the share of the full graft's distance from M that
+    the partial graft removes).
+    """
+    lines = []
+    for row in sweep[sweep["best"]].itertuples():
+        edge = (" **at the sweep's edge**: a better lr may lie beyond, so this arm is not "
+                "fully tuned" if row.at_edge else "")
+        lines.append(f"- tuned **{row.arm}**: lr {row.lr:.3g}, {row.mean:.4f} ± {row.std:.2g} "
+                     f"over {row.seeds} seeds{edge}")
+    untuned = sorted(set(sweep["arm"]) - set(sweep.loc[sweep["best"], "arm"]))
+    if untuned:
+        lines.append(f"- no lr of {', '.join(untuned)} finished on every seed: no tuned arm")
+    if verdicts.empty:
+        return lines + ["- no graft finished: no verdict"]
+    verdicts = verdicts.assign(grafted=verdicts["grafted"] if "grafted" in verdicts else "all")
+    verdicts = verdicts.assign(_partial=verdicts["grafted"] != "all").sort_values(
+        ["magnitude", "direction", "_partial"], kind="stable")
+    words = {"magnitude": "closer to M", "direction": "closer to D"}
+    for row in verdicts.itertuples():
+        which = ("" if row.grafted == "all"
+                 else f" ({row.grafted} layers only; M's own step elsewhere)")
+        lines.append(
+            f"- **{row.magnitude}#{row.direction}**{which}: {row.graft_mean:.4f} ± "
+            f"{row.graft_std:.2g} vs {row.magnitude} {row.magnitude_mean:.4f}, {row.direction} "
+            f"{row.direction_mean:.4f}; position {row.position:.2f} (0 = M, 1 = D): "
+            f"**{words.get(row.verdict, row.verdict)}** ({row.reason})")
+    full = verdicts[~verdicts["_partial"]]
+    counts = full["verdict"].value_counts()
+    toward_m, toward_d = counts.get("magnitude", 0), counts.get("direction", 0)
+    if toward_m + toward_d == 0:
+        finding = "cannot be judged here: no full graft stands out from the seed spread"
+    elif toward_d == 0:
+        finding = (f"holds for every graft that can be judged ({toward_m})" if
+                   toward_m < len(full) else "holds for every one")
+    elif toward_m == 0:
+        finding = f"fails here: every graft that can be judged ({toward_d}) follows D"
+    else:
+        finding = f"holds for {toward_m} grafts and fails for {toward_d}"
+    lines.append(f"- of {len(full)} full grafts, {toward_m} are closer to M, {toward_d} closer "
+                 f"to D, {counts.get('cannot tell', 0)} cannot be told apart from the seed "
+                 f"spread: *magnitude decides* {finding}")
+    whole = full.set_index(["magnitude", "direction"])
+    for row in verdicts[verdicts["_partial"]].itertuples():
+        key = (row.magnitude, row.direction)
+        if key not in whole.index:
+            continue
+        graft = whole.loc[key]
+        spread = np.hypot(graft["graft_std"] / np.sqrt(graft["graft_seeds"]),
+                          row.graft_std / np.sqrt(row.graft_seeds))
+        change = row.graft_mean - graft["graft_mean"]
+        text = (f"- grafting only the {row.grafted} layers of {row.magnitude}#{row.direction}: "
+                f"{row.graft_mean:.4f} against the full graft's {graft['graft_mean']:.4f} "
+                f"({change:+.3g}; " + ("within" if abs(change) <= SPREAD_Z * spread else
+                                        "beyond") + f" {SPREAD_Z:g} standard errors)")
+        m, d = graft["magnitude_mean"], graft["direction_mean"]
+        apart = abs(d - m) > SPREAD_Z * np.hypot(
+            graft["magnitude_std"] / np.sqrt(graft["magnitude_seeds"]),
+            graft["direction_std"] / np.sqrt(graft["direction_seeds"]))
+        if apart and np.isfinite(graft["position"]) and graft["position"] > 0:
+            past = " (past M, on the far side from D)" if row.position < 0 else ""
+            text += (f"; position {graft['position']:.2f} → {row.position:.2f}: it removes "
+                     f"{1 - row.position / graft['position']:.0%} of the full graft's distance "
+                     f"from {row.magnitude}{past}")
+        elif not apart:
+            text += f"; {row.magnitude} and {row.direction} cannot be told apart, so no position"
+        lines.append(text)
+    return lines
