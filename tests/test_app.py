@@ -236,4 +236,4 @@ def test_a_run_name_is_shown_as_typed_never_as_markdown(store):
     assert not at.exception
     shown = [m.value for m in at.markdown if "click" in m.value]
     assert shown and all("[click](" not in text and "**loud**" not in text for text in shown)
-    assert any(r"\[click\]\(http\://evil\.example\) \*\*loud\*\*" in text for text in shown)
+    assert any(r"\[click\](http\://evil.example) \*\*loud\*\*" in text for text in shown)

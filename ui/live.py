@@ -25,7 +25,9 @@ from grafting_core.lab import figures
 from . import charts
 from .resources import get_store, stop_runs
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
+#: What makes markdown of plain text: emphasis, code, links and images ("[" starts both),
+#: HTML, tables, strikethrough, LaTeX, and the ":" of an autolinked URL.
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$:])")
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
 #: Live redraws: every second, unless a redraw takes the server (measured) more than
 #: REDRAW_SHARE of that (very many or very long runs): then at the first of INTERVALS that
