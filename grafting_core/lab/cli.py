@@ -113,8 +113,9 @@ def _progress(total_label: str):
 
     def update(done: int, total: int) -> None:
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=total_label, unit="run")
+        if bar is None or bar.disable:  # none yet, or closed: a later phase has more runs
+            bar = tqdm(total=total, desc=total_label, unit="run", initial=done)
+        bar.total = total  # a comparison learns its total phase by phase
         bar.n = done
         bar.refresh()
         if done == total:
