@@ -72,9 +72,14 @@ def test_notebook_runs_top_to_bottom_at_quick_settings(path, tmp_path):
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
                                          if p),
            "OMP_NUM_THREADS": "1"}  # like conftest: no thread spinning against other jobs
-    client = NotebookClient(nb, km=_kernel_manager(tmp_path), timeout=CELL_TIMEOUT_S,
+    km = _kernel_manager(tmp_path)
+    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S,
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
-    client.execute(env=env)  # raises CellExecutionError with the cell and traceback
+    try:
+        client.execute(env=env)  # raises CellExecutionError with the cell and traceback
+    finally:  # a kernel manager we pass in is ours to stop: nbclient leaves its kernel running
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     errors = [o for cell in nb.cells for o in cell.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
