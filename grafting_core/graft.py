@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -281,12 +282,12 @@ class Graft(torch.optim.Optimizer):
                 "(e.g. torch.optim.SGD(groups) or build_optimizer(spec, groups)) and pass it "
                 "to Graft as the magnitude, over model.named_parameters()")
         if not self._ready:
-            super().add_param_group(param_group)
+            self._add_unique_group(param_group)
             return
         before = self._param_grafted
         direction_all = isinstance(self.direction, torch.optim.Optimizer) and sum(
             len(g["params"]) for g in self.direction.param_groups) > sum(before)
-        super().add_param_group(param_group)
+        self._add_unique_group(param_group)
         self._reset_layers()
         if self._param_grafted[:len(before)] != before:  # e.g. a new last matrix: a new head
             self.param_groups.pop()
@@ -298,6 +299,21 @@ class Graft(torch.optim.Optimizer):
                 grafted = child is self.direction and not direction_all
                 child.add_param_group(self._child_group(self.param_groups[-1], grafted))
         self._check_children()
+
+    def _add_unique_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, refusing a tensor listed twice in the group (torch only
+        warns, and the children would step it twice)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*duplicate parameters.*")
+            super().add_param_group(param_group)
+        group, seen = self.param_groups[-1], set()
+        for i, p in enumerate(group["params"]):
+            if id(p) in seen:
+                self.param_groups.pop()
+                name = group["param_names"][i] if group.get("param_names") else f"#{i}"
+                raise ValueError(f"Invalid params: parameter {name} of a group appears in it "
+                                 "more than once (it would be stepped twice)")
+            seen.add(id(p))
 
     # ------------------------------------------------------------------- step
     def _plan_for(self, params: list[Tensor]) -> _Plan:

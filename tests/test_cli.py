@@ -131,6 +131,14 @@ def test_a_runs_dir_that_is_a_file_is_named(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("runs: is a file, not a folder")
 
 
+def test_a_mistyped_deep_runs_dir_is_named_and_nothing_is_created(tmp_path, capsys):
+    deep = tmp_path / "data" / "rnus" / "runs"  # "rnus" does not exist
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs-dir", str(deep), "runs", "list"])
+    assert exit_info.value.code == 2
+    assert "parent folder" in capsys.readouterr().err and not (tmp_path / "data").exists()
+
+
 def test_a_read_only_store_still_lists_and_refuses_writes_in_one_line(tmp_path, capsys):
     root = tmp_path / "runs"
     assert main(["--runs-dir", str(root), "train", *TINY]) == 0

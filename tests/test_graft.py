@@ -375,3 +375,12 @@ def test_state_bytes_counts_children_states():
     plain = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, plain, 1)
     assert state_bytes(plain) == 0
+
+
+def test_a_tensor_listed_twice_is_refused_not_stepped_twice():
+    model = make_model()
+    weight = model.fc1.weight
+    with pytest.raises(ValueError, match="more than once"):
+        Graft([weight, model.fc1.bias, weight], "adam", "sgd")
+    with pytest.raises(ValueError, match="fc1.weight"):
+        Graft([("fc1.weight", weight), ("fc1.weight", weight)], "adam", None)

@@ -445,6 +445,9 @@ def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ru
     reads_only = args.command == "runs" and args.action in READ_ONLY_ACTIONS
     if root.exists() and not root.is_dir():
         parser.error(f"--runs-dir {root}: is a file, not a folder")
+    if not root.exists() and not root.parent.is_dir():  # a typo deep in a path: say so
+        parser.error(f"--runs-dir {root}: its parent folder {root.parent} does not exist; "
+                     "create it first (a new store is made only inside an existing folder)")
     database = root / DB_FILENAME
     if not reads_only and database.exists() and not (os.access(database, os.W_OK)
                                                      and os.access(root, os.W_OK)):
