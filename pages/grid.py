@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core.lab import experiment_figures
+from grafting_core.lab.capacity import check_fits
 from grafting_core.lab.config import SCHEDULES, RunConfig
 from grafting_core.lab.experiments import (
     LAB_OPTIMIZERS,
@@ -119,8 +120,8 @@ def common_form(seeds_key: str) -> tuple[dict, dict, int, int, str,
         data = forms.data_model_picker("grid")
     with col_run:
         st.markdown("**Training loop**")
-        steps = st.number_input("Steps", min_value=1, step=100, key="grid.steps")
-        batch = st.number_input("Batch size", min_value=1, step=16, key="grid.batch_size")
+        steps = st.number_input("Steps", step=100, key="grid.steps")  # no min_value: see
+        batch = st.number_input("Batch size", step=16, key="grid.batch_size")  # check_sizes
         seeds = st.text_input("Seeds", key=seeds_key,
                               help="whole numbers separated by commas, e.g. 0, 1, 2: every "
                                    "run is trained once per seed")
@@ -135,6 +136,7 @@ def form() -> tuple[list[RunConfig] | None, str]:
         forms.check_sizes(data)
         base = RunConfig(**data, steps=steps, batch_size=batch,
                          device=st.session_state["shared.device"])
+        check_fits(base)
         configs = grid_configs(base, optimizers, seeds)
     except (ValueError, TypeError) as error:
         return None, str(error)
@@ -185,8 +187,10 @@ def tuned_form() -> tuple[dict | None, str]:
         if len(optimizers) < 2:
             raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
         warmup_steps = steps * warmup // 100 if schedule == "warmup_cosine" else 0
+        forms.check_sizes(data)
         base = RunConfig(**data, steps=steps, batch_size=batch, schedule=schedule,
                          warmup_steps=warmup_steps, device=st.session_state["shared.device"])
+        check_fits(base)
         grid_configs(base, optimizers, seeds)  # every optimizer's settings, alone and grafted
         for label, (_, hparams) in optimizers.items():
             try:

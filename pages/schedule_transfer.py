@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core.lab import experiment_figures, figures
+from grafting_core.lab.capacity import check_fits
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import start_schedule_transfer
 from ui import charts, forms, live
@@ -85,14 +86,14 @@ def form() -> tuple[dict | None, str, str]:
                 st.markdown("**Data, model and training loop**")
                 data = forms.data_model_picker("transfer")
                 left, right = st.columns(2)
-                steps = left.number_input("Steps", min_value=1, step=100, key="transfer.steps")
-                batch = right.number_input("Batch size", min_value=1, step=16,
-                                           key="transfer.batch_size")
-                seed = left.number_input("Seed", min_value=0, step=1, key="transfer.seed",
+                steps = left.number_input("Steps", step=100, key="transfer.steps")
+                batch = right.number_input("Batch size", step=16, key="transfer.batch_size")
+                seed = left.number_input("Seed", step=1, key="transfer.seed",
                                          help="model initialisation and batch order")
             forms.check_sizes(data)
             base = RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
                              device=st.session_state["shared.device"])
+            check_fits(base)
             m_name, m_hp = magnitude
             args = {"base": base, "magnitude": (m_name, (m_name, m_hp)), "seeds": [base.seed]}
         else:

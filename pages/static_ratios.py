@@ -16,6 +16,7 @@ from grafting_core import STATISTICS, StaticRatios
 from grafting_core.lab import experiment_figures, figures
 from grafting_core.lab.analysis import ratio_trajectories, static_ratios_from_run
 from grafting_core.lab.arms import Arm, PlannedRun
+from grafting_core.lab.capacity import check_fits
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics, static_ratio_configs_from
 from grafting_core.registry import OptimizerSpec
@@ -88,12 +89,11 @@ def new_source_form() -> tuple[PlannedRun | None, str]:
         st.markdown("**Data, model and training loop**")
         data = forms.data_model_picker("ratios")
         left, right = st.columns(2)
-        steps = left.number_input("Steps", min_value=1, step=100, key="ratios.source_steps",
+        steps = left.number_input("Steps", step=100, key="ratios.source_steps",
                                   help="a short run is enough: the multipliers come from "
                                        "an early window")
-        batch = right.number_input("Batch size", min_value=1, step=16,
-                                   key="ratios.batch_size")
-        seed = left.number_input("Seed", min_value=0, step=1, key="ratios.seed",
+        batch = right.number_input("Batch size", step=16, key="ratios.batch_size")
+        seed = left.number_input("Seed", step=1, key="ratios.seed",
                                  help="model initialisation and batch order")
     try:
         if not d_name:
@@ -103,6 +103,7 @@ def new_source_form() -> tuple[PlannedRun | None, str]:
                            magnitude=m_name, magnitude_hparams=m_hp, direction=d_name,
                            direction_hparams=d_hp, name=f"{m_name}#{d_name}",
                            device=st.session_state["shared.device"])
+        check_fits(config)
         return PlannedRun(config, Arm("graft", m_name, d_name)), ""
     except (ValueError, TypeError) as error:
         return None, str(error)
@@ -219,7 +220,7 @@ def export(ratios: StaticRatios, source: str) -> None:
 def comparison_configs(source: str) -> tuple[list[PlannedRun] | None, str]:
     """The steps and lr-sweep widgets; (configs, "") or (None, why they are invalid)."""
     left, right = st.columns(2)
-    steps = left.number_input("Steps of each run", min_value=1, step=100, key="ratios.steps")
+    steps = left.number_input("Steps of each run", step=100, key="ratios.steps")
     lrs_text = right.text_input(
         "Plain SGD learning rates to compare", key="ratios.lrs",
         help="numbers > 0 separated by commas; each trains plain D (no multipliers)")

@@ -107,6 +107,9 @@ def test_grid_trains_every_pair_and_fills_the_heatmap(store):
     (("text_input", "grid.seeds", "0, x"), "seeds"),
     (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
     (("number_input", "grid.lr.sgd", -0.1), "lr"),
+    (("number_input", "grid.steps", 0), "steps"),  # no min_value: what is shown is refused
+    (("number_input", "grid.batch_size", -64), "batch_size"),
+    (("number_input", "grid.batch_size", 10**9), "needs at least"),
 ])
 def test_grid_refuses_bad_input_and_starts_nothing(store, change, reason):
     kind, key, value = change
@@ -219,6 +222,7 @@ def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):
     (("text_input", "grid.tuned_seeds", "0, 0"), "seeds"),
     (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
     (("number_input", "grid.lr.sgd", -0.1), "lr"),
+    (("number_input", "grid.steps", 0), "steps"),
 ])
 def test_tuned_comparison_refuses_bad_input_and_starts_nothing(store, change, reason):
     kind, key, value = change
@@ -285,12 +289,14 @@ def test_schedule_transfer_from_a_saved_run_starts_the_replay_at_once(store):
     assert names[0] == "saved-adam (saved run)" and len(names) == 4
 
 
-def test_schedule_transfer_refuses_bad_input_and_starts_nothing(store):
+@pytest.mark.parametrize("key, value, reason", [("transfer.direction.sgd.lr", -1.0, "lr"),
+                                               ("transfer.batch_size", 0, "batch_size")])
+def test_schedule_transfer_refuses_bad_input_and_starts_nothing(store, key, value, reason):
     at = page("pages/schedule_transfer.py")
-    at.number_input(key="transfer.direction.sgd.lr").set_value(-1.0)
+    at.number_input(key=key).set_value(value)
     at.button(key="transfer.start").click().run()
     assert not at.exception
-    assert any("Not started" in e.value and "lr" in e.value for e in at.error)
+    assert any("Not started" in e.value and reason in e.value for e in at.error)
     assert store.runs().empty
 
 
@@ -352,6 +358,7 @@ def test_static_ratios_measures_exports_and_compares_memory(store, tmp_path, mon
 @pytest.mark.parametrize("change, reason", [
     (("text_input", "ratios.lrs", "0.1, abc"), "learning rates"),
     (("slider", "ratios.window", (5, 5)), "window"),
+    (("number_input", "ratios.steps", 0), "steps"),
 ])
 def test_static_ratios_refuses_bad_input_and_starts_nothing(store, change, reason):
     saved = train_inline(store, name="adam#sgd", magnitude="adam", direction="sgd",
