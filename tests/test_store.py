@@ -583,3 +583,38 @@ def test_newer_schema_is_refused(tmp_path):
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(RuntimeError, match="99.*newer"):
         RunStore(tmp_path)
+
+
+def test_an_empty_database_file_is_refused_not_made_a_new_store(tmp_path, capsys):
+    (tmp_path / "runs.sqlite").write_bytes(b"")  # a failed copy, a truncation
+    with pytest.raises(RuntimeError, match="empty file"):
+        RunStore(tmp_path)
+    assert (tmp_path / "runs.sqlite").stat().st_size == 0  # left as found
+    from grafting_core.lab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs-dir", str(tmp_path), "runs", "list"])
+    assert exit_info.value.code == 2 and "empty file" in capsys.readouterr().err
+
+
+def test_stores_opened_at_once_on_a_new_folder_share_one_whole_file(tmp_path):
+    root, errors, stores = tmp_path / "new", [], []
+    root.mkdir()
+
+    def open_store():
+        try:
+            stores.append(RunStore(root))
+        except Exception as error:  # collected, asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_store) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(stores) == 8
+    run_id = stores[0].create_run({"a": 1})
+    assert all(s.run(run_id)["config"] == {"a": 1} for s in stores)
+    assert sorted(p.name for p in root.iterdir() if p.name.endswith(".new")) == []
+    for store in stores:
+        store.close()

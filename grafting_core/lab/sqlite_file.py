@@ -65,7 +65,40 @@ class SQLiteFile:
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
+        if not readonly:
+            self._create_whole(migrations)
         self._migrate(migrations)
+
+    def _create_whole(self, migrations: Sequence[Callable[[sqlite3.Connection], None]]) -> None:
+        """A new file appears whole: built aside with every migration, then linked into place
+        (``os.link`` fails if another process got there first, and that one is used). So a file
+        of ours is never empty, and an empty one (a failed copy, a truncation) is refused
+        instead of silently becoming a new, empty store."""
+        path = Path(self.path)
+        if path.exists():
+            if path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
+                raise RuntimeError(f"{path} is an empty file (0 bytes), not a store: move it "
+                                   "away to start a new store here, or restore it from a copy")
+            return
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+        conn = sqlite3.connect(aside, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for migration in migrations:
+                migration(conn)
+            conn.execute(f"PRAGMA user_version = {len(migrations)}")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        except OSError:  # a file system without hard links: rename (the last one wins)
+            if not path.exists():
+                os.replace(aside, path)
+        finally:
+            aside.unlink(missing_ok=True)
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
