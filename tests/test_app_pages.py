@@ -107,6 +107,7 @@ def test_grid_trains_every_pair_and_fills_the_heatmap(store):
     (("text_input", "grid.seeds", "0, x"), "seeds"),
     (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
     (("number_input", "grid.lr.sgd", -0.1), "lr"),
+    (("number_input", "grid.lr.sgd", 0.0), "lr: 0"),  # what a browser sends for 1e400
     (("number_input", "grid.steps", 0), "steps"),  # no min_value: what is shown is refused
     (("number_input", "grid.batch_size", -64), "batch_size"),
     (("number_input", "grid.batch_size", 10**9), "needs at least"),
@@ -290,6 +291,7 @@ def test_schedule_transfer_from_a_saved_run_starts_the_replay_at_once(store):
 
 
 @pytest.mark.parametrize("key, value, reason", [("transfer.direction.sgd.lr", -1.0, "lr"),
+                                               ("transfer.direction.sgd.lr", 0.0, "lr: 0"),
                                                ("transfer.batch_size", 0, "batch_size")])
 def test_schedule_transfer_refuses_bad_input_and_starts_nothing(store, key, value, reason):
     at = page("pages/schedule_transfer.py")

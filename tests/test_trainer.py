@@ -115,6 +115,8 @@ def test_config_validation_names_the_field():
         RunConfig(magnitude="adamm")
     with pytest.raises(ValueError, match="direction.*lr"):
         RunConfig(direction="sgd", direction_hparams={"lr": -1.0})
+    with pytest.raises(ValueError, match="Invalid magnitude lr: 0"):  # 1e400 in a browser
+        RunConfig(magnitude="adam", magnitude_hparams={"lr": 0.0})
     with pytest.raises(TypeError, match="batch_size"):
         RunConfig(batch_size="64")
     with pytest.raises(ValueError, match="Unknown config key"):

@@ -161,11 +161,7 @@ def lab_configs(base: RunConfig, magnitude: OptimizerChoice, direction: Optimize
                             direction=second[0] if second else "",
                             direction_hparams=dict(second[1]) if second else {})
 
-    for role, (name, hparams) in (("magnitude", magnitude), ("direction", direction)):
-        if hparams.get("lr") == 0:  # also what a browser sends for a number too large (1e400)
-            raise ValueError(f"Invalid {role} lr: 0 ({name} would not move; a value too large "
-                             "to represent, like 1e400, also arrives as 0)")
-    m, d = (m_name, m_hp), (d_name, d_hp)
+    m, d = (m_name, m_hp), (d_name, d_hp)  # RunConfig refuses an lr of 0 (what 1e400 becomes)
     configs = [one(m, None), one(d, None), one(m, d)]
     return configs + [one(d, m)] if reverse else configs
 

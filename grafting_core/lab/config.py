@@ -168,9 +168,13 @@ class RunConfig:
 
 def _spec(role: str, name: str, hparams: dict[str, Any]) -> OptimizerSpec:
     try:
-        return OptimizerSpec(name, hparams)
+        spec = OptimizerSpec(name, hparams)
     except (ValueError, TypeError) as error:
         raise type(error)(f"{role}: {error}") from error
+    if spec.resolved.get("lr") == 0:  # M would take no step; D would give no direction
+        raise ValueError(f"Invalid {role} lr: 0 ({name} would not move; a number too large "
+                         "to represent, like 1e400, also arrives as 0)")
+    return spec
 
 
 def field_names() -> list[str]:
