@@ -100,9 +100,14 @@ def run_all(store: RunStore, planned: Sequence[PlannedRun], *, group: str, kind:
 
 def final_metrics(store: RunStore, run_ids: Sequence[str],
                   metrics: Sequence[str] = ("val_loss", "val_accuracy",
-                                            "optimizer_state_bytes")) -> pd.DataFrame:
-    """One row per run: name, arm (role, M and D labels), status and each metric's last value."""
-    runs = store.runs().set_index("run_id").loc[list(run_ids)]
+                                            "optimizer_state_bytes"), *,
+                  runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: name, arm (role, M and D labels), status and each metric's last value.
+
+    ``runs``: rows of ``store.runs()`` that hold ``run_ids`` (a group's, say), when the caller
+    has read them already; otherwise every run of the store is read.
+    """
+    runs = (store.runs() if runs is None else runs).set_index("run_id").loc[list(run_ids)]
     table = runs[["name", "role", "magnitude_arm", "direction_arm", "status", "last_step",
                   "error"]].copy()
     long = store.metrics(list(run_ids), names=list(metrics))

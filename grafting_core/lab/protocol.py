@@ -86,14 +86,16 @@ def _sweep_runs(base: RunConfig, label: str, choice: OptimizerChoice, lrs: Seque
             for lr in lrs for seed in seeds]
 
 
-def _sweep_table(store: RunStore, group: str, metric: str) -> pd.DataFrame:
+def _sweep_table(store: RunStore, group: str, metric: str,
+                 runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per plain arm and lr: mean and std of ``metric`` over its finished seeds. A run that
     diverged (or failed, or was stopped) makes its lr a failure (mean inf: never the best);
     runs still training are ``pending``. ``best`` (lowest mean, among lrs with nothing pending)
-    and ``at_edge`` (the best is the lowest or highest lr tried) per arm."""
-    runs = store.runs(group=group)
+    and ``at_edge`` (the best is the lowest or highest lr tried) per arm. ``runs``: the
+    group's ``store.runs`` rows, when already read."""
+    runs = store.runs(group=group) if runs is None else runs
     runs = runs[runs["role"].isin(["sweep_point", "tuned"])]
-    table = final_metrics(store, runs["run_id"].tolist(), metrics=(metric,))
+    table = final_metrics(store, runs["run_id"].tolist(), metrics=(metric,), runs=runs)
     table["lr"] = runs.set_index("run_id").loc[table["run_id"], LR_COLUMN].to_numpy(float)
     rows = []
     for (arm, lr), cell in table.groupby(["magnitude_arm", "lr"], sort=True):
@@ -202,9 +204,9 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     runs = store.runs(group=group)
     if runs.empty:
         raise KeyError(f"No runs in group {group!r}")
-    sweep = _sweep_table(store, group, metric)
+    sweep = _sweep_table(store, group, metric, runs)
     arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft"])]
-    table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,))
+    table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,), runs=arms)
     config = arms.set_index("run_id").loc[table["run_id"]]
     table["variant"] = config["arm_variant"].fillna("").to_numpy()
     table["lr"] = config[LR_COLUMN].to_numpy(float)

@@ -100,7 +100,7 @@ def static_ratio_table(store: RunStore, group: str, *, magnitude: str = "adam",
     chosen = runs[((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
                   | ((runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction))]
     table = final_metrics(store, chosen["run_id"].tolist(),
-                          metrics=(metric, "optimizer_state_bytes"))
+                          metrics=(metric, "optimizer_state_bytes"), runs=chosen)
     table["variant"] = chosen.set_index("run_id").loc[table["run_id"], "arm_variant"] \
         .fillna("").to_numpy()
     table = table[table["status"] == "finished"]
