@@ -150,7 +150,7 @@ group = live.watched_group("lab", "lab")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-start, stop, col_reverse = live.start_stop("lab", disabled=active, active=active,
+start, stop, col_reverse = live.start_stop("lab", disabled=live.busy("lab", active), active=active,
                                            why="Stop the runs in progress first")
 col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
 

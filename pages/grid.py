@@ -410,7 +410,7 @@ def grid_mode() -> None:
     group = live.watched_group("grid", "grid")
     runs = live.group_runs(group) if group else None
     active = runs is not None and live.is_active(runs)
-    start, stop, _ = live.start_stop("grid", disabled=active, active=active,
+    start, stop, _ = live.start_stop("grid", disabled=live.busy("grid", active), active=active,
                                      why="Stop the grid in progress first")
     if start:
         if configs is None:
@@ -435,8 +435,8 @@ def tuned_mode() -> None:
     group = live.watched_group("grid.tuned", "compare")
     runs = live.group_runs(group) if group else None
     active = bool(group) and (orchestrating(group) or live.is_active(runs))
-    start, stop, rest = live.start_stop("grid.tuned", disabled=active, active=active,
-                                        why="Stop the comparison in progress first")
+    start, stop, rest = live.start_stop("grid.tuned", disabled=live.busy("grid.tuned", active),
+                                        active=active, why="Stop the comparison in progress first")
     rest.caption("A comparison in progress is run by this app's server: it ends if the server "
                  "stops (runs already trained are kept).")
     if start:

@@ -222,7 +222,7 @@ group = live.watched_group("transfer", "transfer")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-start, stop, _ = live.start_stop("transfer", disabled=active, active=active,
+start, stop, _ = live.start_stop("transfer", disabled=live.busy("transfer", active), active=active,
                                  why="Stop the runs in progress first")
 if start:
     if args is None:

@@ -352,7 +352,7 @@ st.caption("Three kinds of run on the same data, model and seed as the grafted r
 configs, problem = comparison_configs(source)
 active = not runs.empty and live.is_active(runs)
 start, stop, _ = live.start_stop(
-    "ratios", disabled=active or source_active, active=active,
+    "ratios", disabled=live.busy("ratios", active) or source_active, active=active,
     why="Wait for the grafted run to finish" if source_active else None)
 if start:
     ratios = None

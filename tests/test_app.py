@@ -144,6 +144,28 @@ def test_stop_ends_every_run_of_the_group_cleanly(store):
     assert not at.exception and at.button(key="lab.stop").disabled
 
 
+def test_two_tabs_pressing_start_together_each_start_their_own_runs(store):
+    tabs = [page("pages/graft_lab.py") for _ in range(2)]  # both drawn before either starts
+    for at, steps in zip(tabs, (100_000, 30)):
+        at.number_input(key="lab.width.mlp").set_value(16)
+        at.number_input(key="lab.steps").set_value(steps)
+        at.checkbox(key="lab.reverse").uncheck()
+    first = tabs[0].button(key="lab.start").click().run()
+    second = tabs[1].button(key="lab.start").click().run()  # finds the first's runs training
+    groups = [first.query_params.get("group"), second.query_params.get("group")]
+    assert not second.error and groups[1] and groups[0] != groups[1]
+    runs = store.runs()
+    assert sorted(runs.groupby("group").size()) == [3, 3]
+    assert (store.runs(group=groups[1])["config.steps"] == 30).all()  # the second tab's inputs
+    assert first.button(key="lab.start").disabled  # a tab's own runs in progress: Start waits
+    first.button(key="lab.stop").click().run()
+    for _ in range(240):
+        if store.runs(group=groups[0])["status"].eq("stopped").all():
+            break
+        time.sleep(0.25)
+    assert store.runs(group=groups[0])["status"].eq("stopped").all()
+
+
 @pytest.mark.parametrize("key, value, reason", [
     ("lab.magnitude.adam.lr", -1.0, "lr"),
     ("lab.direction.sgd.momentum", 1.5, "momentum"),

@@ -13,6 +13,7 @@ On the Grid page it then clicks through a tiny tuned comparison and waits for it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,14 +77,13 @@ def _experiments(root: Path) -> dict[str, str]:
     return groups
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """``./tasks app`` on a free port; yields (url, experiment groups, server log); stops it
-    after."""
-    runs = tmp_path_factory.mktemp("browser_runs")
-    groups = _experiments(runs)
+@contextlib.contextmanager
+def serve(runs: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """``./tasks app`` on a free port over the store at ``runs``; yields (url, server, server
+    log) once it answers, and stops it after (if the test has not)."""
     port = _free_port()
-    log = open(runs / "server.log", "w")  # closed below, after the server
+    log_path = runs / "server.log"
+    log = open(log_path, "w")  # closed below, after the server
     server = subprocess.Popen(
         ["./tasks", "app", "--server.port", str(port), "--server.headless", "true"],
         cwd=ROOT, env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)}, stdout=log,
@@ -98,17 +99,27 @@ def app(tmp_path_factory):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the app did not start: {(runs / 'server.log').read_text()}")
+                pytest.fail(f"the app did not start: {log_path.read_text()}")
             time.sleep(0.5)
-        yield url, groups, runs / "server.log"
+        yield url, server, log_path
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """``./tasks app`` with stored experiments; yields (url, experiment groups, server log)."""
+    runs = tmp_path_factory.mktemp("browser_runs")
+    groups = _experiments(runs)
+    with serve(runs) as (url, _, log):
+        yield url, groups, log
 
 
 @pytest.fixture(scope="module")

@@ -117,28 +117,6 @@ def test_killing_the_parent_ends_its_worker_and_interrupts_the_run(store):
     _resume_a_little(store, run_id)
 
 
-def test_killing_the_app_process_ends_its_workers_and_leaves_every_run_resumable(store):
-    app = subprocess.Popen([sys.executable, "-m", "tests.reliability_app", str(store.root)],
-                           stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        run_ids = app.stdout.readline().split()
-        assert len(run_ids) >= 3  # M, D, M#D (and D#M) queued on usable_cores() workers
-        _until(lambda: any(_training(store, r) for r in run_ids), "a run to train")
-    finally:
-        app.kill()  # SIGKILL, as a crashed or killed server
-        app.wait()
-    workers = {int(p) for p in store.runs()["pid"].dropna()} - {app.pid}
-    assert workers
-    for pid in workers:
-        _until(lambda pid=pid: not _pid_alive(pid), f"worker {pid} to exit")
-    RunStore(store.root).close()  # a new opener marks runs whose writer died
-    statuses = store.runs().set_index("run_id")["status"]
-    assert set(statuses) <= {"interrupted"}, statuses
-    for run_id in run_ids:
-        _resume_a_little(store, run_id)
-
-
-# ---------------------------------------------------------------- 3. a dead worker
 def test_a_killed_worker_costs_only_its_own_run_and_the_pool_recovers(store):
     victim, sibling = (create_run(store, LONG.replace(seed=s)) for s in (0, 1))
     queued = create_run(store, RunConfig(**TINY, magnitude="sgd"))

@@ -227,14 +227,24 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
 
 def watched_group(prefix: str, kind: str) -> str:
     """The URL's ``?group=`` when it is a ``kind`` group, else the session's, else the newest
-    ``kind`` group still running ("" when none)."""
+    ``kind`` group still running ("" when none), which the tab then only looks at: see
+    ``busy``."""
     group = st.query_params.get("group", "")
     if not group.startswith(f"{kind}-"):
         group = st.session_state[f"{prefix}.group"]
+    st.session_state[f"{prefix}.adopted"] = not group
     if not group:
         running = get_store().runs(kind=kind, status="running", flatten_config=False)
         group = running["group"].iloc[0] if not running.empty else ""
     return group or ""
+
+
+def busy(prefix: str, active: bool) -> bool:
+    """Whether Start waits for the page's ``active`` group: only for a group this tab started
+    or was linked to. A tab that merely shows another tab's runs keeps Start: two tabs that
+    press Start within a second each start their own runs (the second would otherwise find
+    the first's runs in progress and drop its click without a word)."""
+    return active and not st.session_state.get(f"{prefix}.adopted", False)
 
 
 def watch(prefix: str, group: str) -> None:

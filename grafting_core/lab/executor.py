@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -143,8 +144,9 @@ class LocalExecutor:
         self._idle = list(range(self.max_workers))
         self._queue: collections.deque[tuple[Future, Callable[..., Any], tuple]] = (
             collections.deque())
-        self._running: dict[int, Future] = {}  # worker index -> the future of its task
+        self._running: dict[int, tuple[Future, Callable[..., Any], tuple]] = {}  # by worker
         self._closed = False
+        _LIVE.add(self)
 
     def _new_worker(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
@@ -176,7 +178,7 @@ class LocalExecutor:
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while queued
             worker = self._idle.pop()
-            self._running[worker] = future
+            self._running[worker] = (future, fn, args)
             task = self._start(worker, fn, args)
             task.add_done_callback(functools.partial(self._task_done, worker, future, fn, args))
 
@@ -223,7 +225,7 @@ class LocalExecutor:
         already training go on in their workers)."""
         self._closed = True
         if wait:
-            while pending := [f for f, _, _ in list(self._queue)] + list(self._running.values()):
+            while pending := [f for f, _, _ in [*self._queue, *self._running.values()]]:
                 concurrent.futures.wait(pending)
         else:
             while self._queue:
@@ -231,3 +233,39 @@ class LocalExecutor:
         for worker in self._workers:
             worker.shutdown(wait=wait, cancel_futures=not wait)
         self._spawner.shutdown(wait=wait)
+
+    def _stop_at_exit(self) -> None:
+        """Stop the running runs at their next flush (checkpointed, resumable) and mark the
+        queued ones interrupted (never started, resumable)."""
+        if self._closed:
+            return
+        from .runner import request_stop
+        from .store import RunStore
+
+        queued = [args[1] for _, fn, args in list(self._queue) if fn is _train_stored_run]
+        self.shutdown(wait=False)
+        with contextlib.suppress(Exception), contextlib.closing(RunStore(self.store_root)) as store:
+            for _, fn, args in list(self._running.values()):
+                if fn is _train_stored_run:
+                    request_stop(store, args[1])
+            for run_id in queued:
+                store.set_status(run_id, "interrupted", error="its process ended before a "
+                                 "worker took it")
+
+
+_LIVE: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()
+
+
+def _stop_live_executors() -> None:
+    """At interpreter exit (a server stopped by SIGTERM or Ctrl-C, a script that returns),
+    stop every executor's runs: Python's exit then waits for the worker pools
+    (``concurrent.futures``), and a long run would keep the process alive until it ended."""
+    for executor in list(_LIVE):
+        executor._stop_at_exit()
+
+
+# ``threading``'s exit hooks run before the pools are joined, in reverse order of
+# registration: this runs before concurrent.futures' own (registered when it was imported
+# above). ``atexit`` would be too late: it runs after the join. (A private hook, the one
+# concurrent.futures itself uses, kept since Python 3.9.)
+threading._register_atexit(_stop_live_executors)
