@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import fused as fused_kernels
-from . import partial, sharded
+from . import partial, sharded, state_format
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
 from .partial import Grafted
@@ -491,45 +491,32 @@ class Graft(torch.optim.Optimizer):
                                       torch.full_like(norms, math.nan))
 
     # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> state_format.GraftState:
+        """Per parameter: the children's state under ``magnitude.``/``direction.`` keys and
+        Graft's own ``graft.`` entries, a live view (:mod:`grafting_core.state_format`)."""
+        return state_format.GraftState(self)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        state_format.assign(self, value)
+
     def state_dict(self) -> dict[str, Any]:
-        """Graft's groups plus both children's states under fixed names."""
-        state = super().state_dict()
-        state["graft"] = {"step": self.graft_step, "eps": self.eps,
-                          "nonfinite_skips": self.nonfinite_skips.clone(),
-                          "layer_names": list(self.layers.names),
-                          "grafted_layers": list(self.grafted_layers)}
-        for role in ("magnitude", "direction"):
-            child = getattr(self, role)
-            state[role] = child.state_dict() if isinstance(child, torch.optim.Optimizer) else None
-        return state
+        """The standard ``{state, param_groups}``: the children's per-parameter state under
+        prefixed keys, keyed by Graft's parameter indices (what DCP and FSDP2 keep)."""
+        return state_format.standard(self, super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore Graft and both children; layer names and grafted layers must match."""
-        state_dict = dict(state_dict)
-        missing = [k for k in ("graft", "magnitude", "direction") if k not in state_dict]
-        if missing:
-            raise ValueError(f"Not a Graft state_dict: missing {missing}")
-        extras = state_dict.pop("graft")
-        children = {role: state_dict.pop(role) for role in ("magnitude", "direction")}
-        if list(extras["layer_names"]) != list(self.layers.names):
-            raise ValueError("Saved Graft layers differ from this optimizer's: "
-                             f"saved {len(extras['layer_names'])}, here {len(self.layers)}")
-        saved = tuple(extras.get("grafted_layers", [True] * len(self.layers)))
-        if saved != self.grafted_layers:
-            differ = [n for n, a, b in zip(self.layers.names, saved, self.grafted_layers) if a != b]
-            raise ValueError(f"Saved Graft grafted other layers than this optimizer's grafted=: "
-                             f"{differ} differ (saved grafted: {list(saved)})")
-        super().load_state_dict(state_dict)
+        """Restore Graft and both children (today's format or the nested one saved before)."""
+        own, children, extras = state_format.split(self, state_dict)
+        super().load_state_dict(own)
         for role, child_state in children.items():
-            child = getattr(self, role)
-            if isinstance(child, torch.optim.Optimizer):
-                child.load_state_dict(child_state)
-        self.graft_step = int(extras["step"])
-        self.eps = float(extras["eps"])
-        self.nonfinite_skips.copy_(extras["nonfinite_skips"])
+            getattr(self, role).load_state_dict(child_state)
+        state_format.restore_own(self, extras)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.pop("state", None)  # a copy of the view: the property reads the children
         self.__dict__.setdefault("skip_nonfinite", True)
         self.__dict__.setdefault("fused", False)
         self.__dict__.setdefault("_sharding", None)
