@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from grafting_core import Graft
+from grafting_core import Graft, StaticRatios
 
 # Full batch: one step an epoch. Lightning resumes an epoch by restarting a plain DataLoader
 # from its first batch, so with several batches an epoch a resumed run would see other data
@@ -58,6 +58,20 @@ class GraftedRegression(pl.LightningModule):
         graft = Graft(self.net.named_parameters(), self.magnitude, self.direction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(graft, decay)  # M's schedule, see above
         return {"optimizer": graft, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class StaticRatioRegression(GraftedRegression):
+    """The same model trained by plain SGD with per-layer learning rates ``base_lr · c`` from
+    static ratios exported by the lab (``grafting runs ratios`` / the Static ratios page),
+    recorded on this ``net``: no second optimizer state at all."""
+
+    def __init__(self, ratios: str | Path, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.ratios = str(ratios)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = StaticRatios.load(self.ratios).param_groups(self.net.named_parameters())
+        return torch.optim.SGD(groups, momentum=0.9)
 
 
 def data() -> DataLoader:

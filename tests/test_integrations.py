@@ -195,3 +195,72 @@ def test_importing_the_library_pulls_in_no_stack():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------- static ratios into big runs
+def _exported_ratios(tmp_path, model: torch.nn.Module, base_lr: float):
+    """A static-ratios JSON with a distinct multiplier per parameter, as the lab exports it."""
+    from grafting_core import StaticRatios
+
+    named = list(model.named_parameters())
+    ratios = StaticRatios({n: 0.5 + i for i, (n, _) in enumerate(named)},
+                          {n: list(p.shape) for n, p in named}, base_lr=base_lr)
+    path = ratios.save(tmp_path / "ratios.json")
+    return path, StaticRatios.load(path)
+
+
+def test_static_ratios_json_gives_sgd_each_layer_base_lr_times_c(tmp_path):
+    from grafting_core import StaticRatios
+
+    fg = _example("factory_graft")
+    model = fg.make_model(dtype=torch.float64)
+    path, ratios = _exported_ratios(tmp_path, model, 0.05)
+    sgd = torch.optim.SGD(StaticRatios.load(path).param_groups(model.named_parameters()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randn(16, 6, dtype=torch.float64)
+    model(x).square().mean().backward()
+    sgd.step()
+    for name, p in model.named_parameters():
+        expected = before[name] - 0.05 * ratios.ratios[name] * p.grad
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_static_ratios_in_lightning_configure_optimizers(tmp_path):
+    lg = _example("lightning_graft")
+    path, ratios = _exported_ratios(tmp_path, lg.GraftedRegression().net, 0.05)
+    module = lg.StaticRatioRegression(path)
+    start = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    reference = lg.GraftedRegression()  # same weights: the first step by hand
+    x, y = next(iter(lg.data()))
+    (reference.net(x) - y).square().mean().backward()
+    trainer = lg.fit(module, 1, tmp_path)
+    lrs = {g["param_names"][0]: g["lr"] for g in trainer.optimizers[0].param_groups}
+    assert lrs == pytest.approx({n: 0.05 * c for n, c in ratios.ratios.items()}, rel=1e-15)
+    for name, p in module.net.named_parameters():  # momentum's first step is lr · g
+        grad = reference.net.get_parameter(name).grad
+        expected = start[name] - 0.05 * ratios.ratios[name] * grad
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_static_ratios_optimizer_class_as_hf_trainer_calls_it(tmp_path):
+    """Trainer's decay groups and ``cls(groups, lr=...)``: each parameter gets lr · c and
+    its group's weight decay; one SGD step moves it by -lr · c · (g + wd · w)."""
+    pytest.importorskip("transformers")
+    hf = _example("hf_trainer_graft")
+    model = hf.tiny_gpt2(dtype=torch.float64)
+    _, ratios = _exported_ratios(tmp_path, model, 0.05)
+    cls = ratios.optimizer_class(torch.optim.SGD, names=model)
+    opt = cls(hf.decay_groups(model, 0.1), lr=0.02)
+    decay = {n for g in hf.decay_groups(model, 0.1) if g["weight_decay"]
+             for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.stack([r["input_ids"] for r in hf.token_dataset()[:4]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        wd = 0.1 if name in decay else 0.0
+        expected = before[name] - 0.02 * ratios.ratios[name] * (p.grad + wd * before[name])
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-15)
+    assert len(opt.param_groups) == len(before)
+    with pytest.raises(ValueError, match="Invalid params: parameter 0 of group 0"):
+        cls([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
