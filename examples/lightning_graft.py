@@ -6,9 +6,10 @@ Run (a small MLP on a synthetic regression, CPU, seconds):
 
 Lightning accepts only schedulers over the optimizer ``configure_optimizers`` returns, so the
 scheduler goes on ``graft`` itself (``interval="step"``): it scales Graft's own lr, the
-multiplier of the grafted step (1.0 times the schedule). For an M whose step is linear in its
-lr (SGD, Adam, AdamW, and every native rule) that is exactly M's schedule, the lr that
-matters (D's cancels); ``graft.magnitude``'s own lr stays the base lr. Lightning checkpoints
+multiplier of the grafted step (1.0 times the schedule). For an M whose step is its lr times
+something that does not depend on it (SGD, Adam, AdamW, AdaGrad, RMSprop, Lion; not LARS,
+whose momentum accumulates lr) that is exactly M's schedule, the lr that matters (D's
+cancels); ``graft.magnitude``'s own lr stays the base lr. Lightning checkpoints
 ``graft.state_dict()``, which holds both children's state, and a resumed fit continues the
 run exactly.
 """
