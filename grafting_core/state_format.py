@@ -257,8 +257,9 @@ def _child_state_dict(graft: Any, role: str, child: torch.optim.Optimizer,
 
 
 def restore_own(graft: Any, extras: dict[int, dict[str, Any]]) -> None:
-    """Graft's step count and skip counts from its per-parameter entries."""
-    if extras:
-        graft.graft_step = int(next(iter(extras.values()))["step"])
+    """Graft's step count and skip counts from its per-parameter entries (none: a Graft
+    saved before its first step)."""
+    graft.graft_step = int(next(iter(extras.values()))["step"]) if extras else 0
+    graft.nonfinite_skips.zero_()
     for i, entry in extras.items():
         graft.nonfinite_skips[graft.layers.index[i]] = entry["nonfinite_skips"]

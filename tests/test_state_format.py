@@ -145,3 +145,12 @@ def test_direction_over_other_parameters_is_refused():
     other = Graft(make_model().named_parameters(), ADAM, SGD)
     with pytest.raises(ValueError, match=r"grafted other parameters.*'fc1.bias'"):
         other.load_state_dict(saved)
+
+
+def test_a_checkpoint_from_before_the_first_step_resets_a_trained_graft():
+    model = make_model()
+    fresh = Graft(model.named_parameters(), ADAM, SGD).state_dict()
+    opt = Graft(model.named_parameters(), ADAM, SGD)
+    train(model, opt, 3)
+    opt.load_state_dict(fresh)
+    assert opt.graft_step == 0 and not opt.state and not opt.magnitude.state
