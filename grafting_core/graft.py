@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import fused as fused_kernels
-from . import partial, sharded
+from . import partial, routing, sharded, state_format
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
 from .partial import Grafted
@@ -69,7 +69,10 @@ class Graft(torch.optim.Optimizer):
             children, whose own learning rates shape their proposals. So a per-layer learning
             rate for D belongs in D's groups, not Graft's: groups from
             :meth:`StaticRatios.param_groups <grafting_core.StaticRatios.param_groups>` are
-            refused here (they would apply the learning rate twice).
+            refused here (they would apply the learning rate twice). A group's other keys
+            go to the children Graft builds from specs: ``weight_decay``, ``betas``, ... to
+            each child that takes it, ``magnitude.lr`` or ``direction.momentum`` to one; a key
+            no one takes is an error (:mod:`grafting_core.routing`).
         magnitude: spec (``"adam"``, ``("adam", {"lr": 1e-3})``), a ready optimizer over the
             same parameters, or a :class:`MagnitudeSchedule` to replay a recorded schedule.
         direction: spec or ready optimizer over the same parameters, or ``None``: then
@@ -97,6 +100,9 @@ class Graft(torch.optim.Optimizer):
         fused: on CPU, take the fused kernels of :mod:`grafting_core.fused` (same result,
             a few passes over memory instead of ~20) wherever they support the step, and the
             reference foreach path elsewhere (default: False).
+        names: a model whose ``named_parameters()`` name plain tensors by identity, for
+            groups built from tensors (HF ``Trainer``, factories): readable layers,
+            ``granularity="module"`` and layer kinds then work.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -155,6 +161,7 @@ class Graft(torch.optim.Optimizer):
         path: str = "auto",
         skip_nonfinite: bool = True,
         fused: bool = False,
+        names: torch.nn.Module | None = None,
     ) -> None:
         if not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
@@ -165,6 +172,11 @@ class Graft(torch.optim.Optimizer):
         if isinstance(direction, MagnitudeSchedule):
             raise TypeError("A MagnitudeSchedule can only be the magnitude, not the direction")
         self._ready = False
+        self._routes: list[dict[str, dict[str, Any]]] = []  # per group: keys for each child
+        self._child_keys = {"magnitude": routing.accepted_keys(magnitude),
+                            "direction": routing.accepted_keys(direction)}
+        if names is not None:
+            params = routing.named(params, names)
         super().__init__(params, {"lr": lr})
         self.eps = float(eps)
         self.path = path
@@ -182,8 +194,9 @@ class Graft(torch.optim.Optimizer):
             raise ValueError("Invalid grafted: a replayed MagnitudeSchedule has no step of M "
                              "for the layers that are not grafted; graft every layer "
                              "(grafted=None) or record a run of M and replay it whole")
-        self.magnitude = self._child(magnitude)
-        self.direction = None if direction is None else self._child(direction, grafted=True)
+        self.magnitude = self._child(magnitude, "magnitude")
+        self.direction = (None if direction is None
+                          else self._child(direction, "direction", grafted=True))
         self.native = self._is_native(self.magnitude) and (
             direction is None or self._is_native(self.direction))
         if path == "native" and not self.native:
@@ -192,6 +205,26 @@ class Graft(torch.optim.Optimizer):
         self._ready = True
         self._check_children()
         self.graft_step = 0
+
+    @classmethod
+    def factory(cls, magnitude: Any, direction: Any, **options: Any) -> type[Graft]:
+        """A Graft class to hand to code that builds optimizers itself, calling
+        ``cls(params, lr=..., weight_decay=..., betas=..., **hparams)`` (HF ``Trainer``'s
+        ``optimizer_cls_and_kwargs``, timm-style factories, training scripts).
+
+        ``lr`` (the keyword or a group's) becomes M's learning rate, so a scheduler belongs
+        on ``graft.magnitude``; every other keyword reaches each child that takes it (as a
+        group key would, :mod:`grafting_core.routing`). ``options`` are Graft's own
+        (``names=model``, ``granularity=``, ``grafted=``, ...).
+
+        Example:
+            >>> model = torch.nn.Linear(4, 2)
+            >>> AdamWSGD = Graft.factory("adamw", ("sgd", {"momentum": 0.9}), names=model)
+            >>> opt = AdamWSGD(model.parameters(), lr=3e-4, weight_decay=0.1)
+            >>> opt.magnitude.param_groups[0]["lr"], opt.direction.param_groups[0]["weight_decay"]
+            (0.0003, 0.1)
+        """
+        return routing.factory_class(cls, magnitude, direction, options)
 
     # ----------------------------------------------------------------- set-up
     def named_params(self) -> list[tuple[str, Tensor]]:
@@ -209,14 +242,15 @@ class Graft(torch.optim.Optimizer):
         """Whether some layer is not grafted (takes M's own step)."""
         return not all(self.grafted_layers)
 
-    def _child(self, child: Any, grafted: bool = False) -> Any:
+    def _child(self, child: Any, role: str, grafted: bool = False) -> Any:
         """The child optimizer; ``grafted``: over the grafted parameters only (D from a spec)."""
         if isinstance(child, MagnitudeSchedule):
             return child
         if isinstance(child, torch.optim.Optimizer):
             self._check_coverage(child, grafted)
             return child
-        return build_optimizer(child, [self._child_group(g, grafted) for g in self.param_groups])
+        return build_optimizer(child, [self._child_group(i, role, grafted)
+                                       for i in range(len(self.param_groups))])
 
     def _check_coverage(self, child: torch.optim.Optimizer, grafted: bool) -> None:
         """A ready child must cover Graft's parameters (D: all of them or the grafted ones)."""
@@ -232,12 +266,15 @@ class Graft(torch.optim.Optimizer):
     def _is_grafted(self, param: Tensor) -> bool:
         return self._param_grafted[self._position[id(param)]]
 
-    def _child_group(self, group: dict[str, Any], grafted: bool = False) -> dict[str, Any]:
-        """A child's group over ``group``'s parameters (``grafted``: only the grafted ones)."""
+    def _child_group(self, index: int, role: str, grafted: bool = False) -> dict[str, Any]:
+        """``role``'s group over group ``index``'s parameters (``grafted``: only the grafted
+        ones), with the hyperparameters that group routed to it (:mod:`.routing`)."""
+        group = self.param_groups[index]
         names = group.get("param_names") or [None] * len(group["params"])
         kept = [(n, p) for n, p in zip(names, group["params"])
                 if not grafted or self._is_grafted(p)]
-        return {"params": [p if n is None else (n, p) for n, p in kept]}
+        return {"params": [p if n is None else (n, p) for n, p in kept],
+                **self._routes[index][role]}
 
     def _is_native(self, child: Any) -> bool:
         return self.path != "blackbox" and isinstance(child, NativeOptimizer | MagnitudeSchedule)
@@ -281,8 +318,11 @@ class Graft(torch.optim.Optimizer):
                 "that optimizer already took with it (lr² · c). Build the optimizer over them "
                 "(e.g. torch.optim.SGD(groups) or build_optimizer(spec, groups)) and pass it "
                 "to Graft as the magnitude, over model.named_parameters()")
+        param_group = dict(param_group)
+        routed = routing.route(param_group, self.defaults, self._child_keys)
         if not self._ready:
             self._add_unique_group(param_group)
+            self._routes.append(routed)
             return
         before = self._param_grafted
         direction_all = isinstance(self.direction, torch.optim.Optimizer) and sum(
@@ -294,10 +334,13 @@ class Graft(torch.optim.Optimizer):
             self._reset_layers()
             raise ValueError("Invalid grafted: adding this group changes which existing "
                              "parameters are grafted; pass grafted= as a predicate on names")
-        for child in (self.magnitude, self.direction):
+        self._routes.append(routed)
+        for role in ("magnitude", "direction"):
+            child = getattr(self, role)
             if isinstance(child, torch.optim.Optimizer):
                 grafted = child is self.direction and not direction_all
-                child.add_param_group(self._child_group(self.param_groups[-1], grafted))
+                child.add_param_group(self._child_group(len(self.param_groups) - 1, role,
+                                                        grafted))
         self._check_children()
 
     def _add_unique_group(self, param_group: dict[str, Any]) -> None:
@@ -491,45 +534,32 @@ class Graft(torch.optim.Optimizer):
                                       torch.full_like(norms, math.nan))
 
     # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> state_format.GraftState:
+        """Per parameter: the children's state under ``magnitude.``/``direction.`` keys and
+        Graft's own ``graft.`` entries, a live view (:mod:`grafting_core.state_format`)."""
+        return state_format.GraftState(self)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        state_format.assign(self, value)
+
     def state_dict(self) -> dict[str, Any]:
-        """Graft's groups plus both children's states under fixed names."""
-        state = super().state_dict()
-        state["graft"] = {"step": self.graft_step, "eps": self.eps,
-                          "nonfinite_skips": self.nonfinite_skips.clone(),
-                          "layer_names": list(self.layers.names),
-                          "grafted_layers": list(self.grafted_layers)}
-        for role in ("magnitude", "direction"):
-            child = getattr(self, role)
-            state[role] = child.state_dict() if isinstance(child, torch.optim.Optimizer) else None
-        return state
+        """The standard ``{state, param_groups}``: the children's per-parameter state under
+        prefixed keys, keyed by Graft's parameter indices (what DCP and FSDP2 keep)."""
+        return state_format.standard(self, super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore Graft and both children; layer names and grafted layers must match."""
-        state_dict = dict(state_dict)
-        missing = [k for k in ("graft", "magnitude", "direction") if k not in state_dict]
-        if missing:
-            raise ValueError(f"Not a Graft state_dict: missing {missing}")
-        extras = state_dict.pop("graft")
-        children = {role: state_dict.pop(role) for role in ("magnitude", "direction")}
-        if list(extras["layer_names"]) != list(self.layers.names):
-            raise ValueError("Saved Graft layers differ from this optimizer's: "
-                             f"saved {len(extras['layer_names'])}, here {len(self.layers)}")
-        saved = tuple(extras.get("grafted_layers", [True] * len(self.layers)))
-        if saved != self.grafted_layers:
-            differ = [n for n, a, b in zip(self.layers.names, saved, self.grafted_layers) if a != b]
-            raise ValueError(f"Saved Graft grafted other layers than this optimizer's grafted=: "
-                             f"{differ} differ (saved grafted: {list(saved)})")
-        super().load_state_dict(state_dict)
+        """Restore Graft and both children (today's format or the nested one saved before)."""
+        own, children, extras = state_format.split(self, state_dict)
+        super().load_state_dict(own)
         for role, child_state in children.items():
-            child = getattr(self, role)
-            if isinstance(child, torch.optim.Optimizer):
-                child.load_state_dict(child_state)
-        self.graft_step = int(extras["step"])
-        self.eps = float(extras["eps"])
-        self.nonfinite_skips.copy_(extras["nonfinite_skips"])
+            getattr(self, role).load_state_dict(child_state)
+        state_format.restore_own(self, extras)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.pop("state", None)  # a copy of the view: the property reads the children
         self.__dict__.setdefault("skip_nonfinite", True)
         self.__dict__.setdefault("fused", False)
         self.__dict__.setdefault("_sharding", None)

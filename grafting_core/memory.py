@@ -25,8 +25,10 @@ def state_bytes(optimizer: Any) -> int:
     """Bytes of tensor state an optimizer holds (a Graft: both children and its scratch)."""
     seen: set[int] = set()
     total = 0
-    for opt in (optimizer, getattr(optimizer, "magnitude", None),
-                getattr(optimizer, "direction", None)):
+    # A Graft's own ``state`` is a view over its children's (state_format): count those.
+    owners = ((optimizer.magnitude, optimizer.direction) if hasattr(optimizer, "magnitude")
+              else (optimizer,))
+    for opt in owners:
         if isinstance(opt, torch.optim.Optimizer):
             total += _tensor_bytes(dict(opt.state), seen)
     total += _tensor_bytes(list(getattr(optimizer, "_scratch", {}).values()), seen)

@@ -120,17 +120,71 @@ class StaticRatios:
 
             sgd = torch.optim.SGD(ratios.param_groups(model.named_parameters()), momentum=0.9)
 
+        The same line builds the optimizer of a Hugging Face ``Trainer``
+        (``optimizers=(sgd, scheduler)``) or of a LightningModule's ``configure_optimizers``
+        (over the named parameters of the module the ratios were recorded on, e.g.
+        ``self.net``); where the stack builds the optimizer itself, use
+        :meth:`optimizer_class`.
+
         and, to record norms, hand that ready optimizer to ``Graft(named, sgd, None)``. They
         are *not* groups for ``Graft`` itself: a Graft group's ``lr`` multiplies the step D
         already took with its own lr, which would apply the learning rate twice (lr²·c).
         Each group carries its multiplier as ``static_ratio``, and ``Graft`` refuses groups
         that do.
         """
+        lr = self._base(lr)
+        return [self._group(n, p, lr) for n, p in self.check(named_params)]
+
+    def _base(self, lr: float | None) -> float:
         lr = self.base_lr if lr is None else lr
         if lr is None:
             raise ValueError("No lr given and the ratios carry no base_lr")
-        return [{"params": [p], "param_names": [n], "lr": lr * self.ratios[n],
-                 "static_ratio": self.ratios[n]} for n, p in self.check(named_params)]
+        return lr
+
+    def _group(self, name: str, param: Tensor, lr: float, **keys: Any) -> dict[str, Any]:
+        """One parameter's group: its lr ``lr · c`` and its multiplier as ``static_ratio``."""
+        return {**keys, "params": [param], "param_names": [name], "lr": lr * self.ratios[name],
+                "static_ratio": self.ratios[name]}
+
+    def split_groups(self, params: Iterable[Any], model: torch.nn.Module,
+                     lr: float | None = None) -> list[dict[str, Any]]:
+        """``params`` as training stacks build them (plain tensors, or groups with their own
+        keys such as ``weight_decay``) split into one group per parameter with lr ``lr · c``:
+        ``lr`` is a group's own, else the argument, else ``base_lr``. Names come from
+        ``model`` by identity (its parameters must fit these ratios, :meth:`check`)."""
+        names = {id(p): n for n, p in self.check(model.named_parameters())}
+        items = list(params)
+        groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+        out = []
+        for g, group in enumerate(groups):
+            base = group["lr"] if "lr" in group else self._base(lr)
+            keys = {k: v for k, v in group.items() if k not in ("params", "param_names", "lr")}
+            for i, p in enumerate(group["params"]):
+                if id(p) not in names:
+                    raise ValueError(f"Invalid params: parameter {i} of group {g} (shape "
+                                     f"{tuple(p.shape)}) is not a parameter of the model given")
+                out.append(self._group(names[id(p)], p, base, **keys))
+        return out
+
+    def optimizer_class(self, optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, *,
+                        names: torch.nn.Module) -> type[torch.optim.Optimizer]:
+        """``optimizer`` with these per-layer learning rates, for code that builds the
+        optimizer itself as ``cls(params, lr=..., **kwargs)`` (Hugging Face ``Trainer``'s
+        ``optimizer_cls_and_kwargs``, factories): each parameter gets ``lr · c`` and keeps its
+        group's other keys (see :meth:`split_groups`); a scheduler on it scales every layer's
+        lr alike. A class, not a function: ``Trainer`` calls other callables as factories of
+        the whole model.
+        """
+        ratios = self
+
+        class StaticRatioOptimizer(optimizer):
+            def __init__(self, params: Iterable[Any], lr: float | None = None,
+                         **kwargs: Any) -> None:
+                super().__init__(ratios.split_groups(params, names, lr), **kwargs)
+
+        StaticRatioOptimizer.__name__ = StaticRatioOptimizer.__qualname__ = (
+            f"{optimizer.__name__}[static ratios]")
+        return StaticRatioOptimizer
 
 
 def _model_norms(per_layer: Tensor) -> Tensor:

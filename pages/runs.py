@@ -1,11 +1,14 @@
-"""Runs: every saved run of the store; filter, overlay curves, read a config, re-run, export,
-delete (after a confirmation)."""
+"""Runs: every saved run of the store; filter, overlay curves, read a config, re-run, export
+(CSV, or TensorBoard event files), delete (after a confirmation)."""
+
+from pathlib import Path
 
 import streamlit as st
 
 from grafting_core.lab import figures
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics
+from grafting_core.lab.tensorboard_export import export_runs
 from ui import catalog, charts, forms, live
 from ui.resources import get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
@@ -45,6 +48,18 @@ def _rerun_config(run_id: str) -> None:
     st.session_state["lab.group"] = group
     st.session_state["runs.flash"] = (f"success:Started run `{new_id}` with the same config "
                                       f"(group `{group}`); the Graft lab page shows it live.")
+
+
+def _export_tensorboard(run_ids: list[str]) -> None:
+    store = get_store()
+    out = Path(store.root) / "tensorboard"
+    try:
+        export_runs(store, run_ids, out)
+    except ImportError as error:
+        st.session_state["runs.flash"] = f"error:{error}"
+        return
+    st.session_state["runs.flash"] = (f"success:Exported {len(run_ids)} run(s) to `{out}`; "
+                                      f"view them with `tensorboard --logdir {out}`.")
 
 
 def _ask_delete(run_id: str) -> None:
@@ -108,13 +123,16 @@ def compare(runs, labels: dict[str, str]) -> None:
                                 labels={r: legend[r] for r in chosen["run_id"]},
                                 title=figures.METRIC_TITLES[metric], y_title=y_title)
     charts.show(fig, key="runs.chart")
-    col_csv, col_html, col_note = st.columns([1, 1, 3], vertical_alignment="center")
+    col_csv, col_html, col_tb, col_note = st.columns([1, 1, 1, 2], vertical_alignment="center")
     col_csv.download_button("Metrics (CSV)", catalog.metrics_csv(store, selected),
                             file_name="metrics.csv", mime="text/csv", key="runs.csv",
                             on_click="ignore")
     col_html.download_button("Chart (HTML)", lambda: figures.figure_html(fig),
                              file_name=f"{metric}.html", mime="text/html", key="runs.html",
                              on_click="ignore")
+    col_tb.button("TensorBoard", key="runs.tensorboard", on_click=_export_tensorboard,
+                  args=(selected,), help="Write these runs' metrics, per-layer norms and "
+                  "configs as TensorBoard event files next to the run store")
     col_note.caption("PNG: the camera icon at the chart's top right. The CSV has every "
                      "recorded step, the chart at most 2000 points per run.")
 

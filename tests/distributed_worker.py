@@ -239,6 +239,47 @@ def _resumed_run(rows: slice) -> dict[str, Any]:
             "state_type": type(opt.magnitude.state[next(model.parameters())]["exp_avg"]).__name__}
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal values; DTensors compared as whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(a, torch.Tensor):
+        a, b = (t.full_tensor() if isinstance(t, DTensor) else t for t in (a, b))
+        return torch.equal(a, b)
+    return a == b
+
+
+def _dcp_resumed_run(rows: slice, folder: Path) -> dict[str, Any]:
+    """Adam#SGD under FSDP2: half the steps, ``dcp.save`` to a folder, a fresh sharded model
+    and Graft ``dcp.load`` it, then the rest; also whether taking the state touched M."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    half = STEPS // 2
+    model = _shard(make_model())
+    opt = build("native", model, {})
+    first = train(model, opt, rows, steps=half)
+    opt.zero_grad(set_to_none=True)  # no gradients: DCP would step an optimizer it thinks new
+    before = _clone(opt.magnitude.state_dict())
+    model_state, optim_state = get_state_dict(model, opt)
+    after = opt.magnitude.state_dict()
+    untouched = all(_same(before["state"][i][k], after["state"][i][k])
+                    for i in before["state"] for k in ("step", "exp_avg", "exp_avg_sq"))
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
+    saved_keys = sorted(optim_state["state"]["fc1.weight"])
+
+    model = _shard(make_model())
+    opt = build("native", model, {})
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
+    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state)
+    step_after_load = opt.graft_step
+    second = train(model, opt, rows, steps=STEPS - half, start=half)
+    return {"weights": _full_weights(model),
+            "norms": torch.cat([first.read()[1], second.read()[1]]),
+            "untouched": untouched, "saved_keys": saved_keys, "step_after_load": step_after_load}
+
+
 def _mixed_placements_run(world: int) -> dict[str, Any]:
     """Hand-made DTensors: rows, columns and replicated biases on one mesh (not FSDP's layout).
 
@@ -303,6 +344,7 @@ def worker(rank: int, world: int, port: int, out_dir: str, extras: dict[str, Any
                 "sharded": getattr(opt, "_sharding", None) is not None}
         results["dtensor_mixed"] = _mixed_placements_run(world)
         results["fsdp_resume"] = _resumed_run(rows)
+        results["fsdp_dcp"] = _dcp_resumed_run(rows, Path(out_dir) / "dcp")
         results["checks"] = _fsdp_checks(rank, rows)
         dist.barrier()
     finally:

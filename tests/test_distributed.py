@@ -106,6 +106,22 @@ def test_fsdp2_state_dict_round_trip_resumes(runs):
     torch.testing.assert_close(resumed["norms"], single["native"]["norms"], rtol=RTOL, atol=1e-7)
 
 
+def test_fsdp2_dcp_save_load_resumes_exactly(runs):
+    """dcp.save / dcp.load to a folder on 2 ranks: the resumed run is the uninterrupted one,
+    and taking the state left M's moments and step counts as they were."""
+    single, ranks = runs
+    for rank in ranks:
+        resumed = rank["fsdp_dcp"]
+        assert resumed["untouched"]
+        assert resumed["step_after_load"] == dw.STEPS // 2
+        assert resumed["saved_keys"] == [
+            "direction.momentum_buffer", "direction.step", "graft.nonfinite_skips",
+            "graft.step", "magnitude.exp_avg", "magnitude.exp_avg_sq", "magnitude.step"]
+        assert _relative(resumed["weights"], single["native"]["weights"]) < RTOL
+        torch.testing.assert_close(resumed["norms"], single["native"]["norms"], rtol=RTOL,
+                                   atol=1e-7)
+
+
 def test_static_ratio_sgd_groups_under_fsdp2(runs):
     single, ranks = runs
     assert _relative(ranks[0]["fsdp_static"]["weights"], single["static"]["weights"]) < RTOL

@@ -141,7 +141,7 @@ def test_state_dict_round_trip_resumes_exactly(path):
     train(first, opt, 10)
     saved_weights = copy.deepcopy(first.state_dict())
     saved = copy.deepcopy(opt.state_dict())
-    assert set(saved) >= {"state", "param_groups", "graft", "magnitude", "direction"}
+    assert set(saved) == {"state", "param_groups"}  # the standard shape (DCP keeps only it)
 
     resumed = make_model(seed=123)
     resumed.load_state_dict(saved_weights)

@@ -195,7 +195,8 @@ def test_state_dict_round_trip_mid_run(path):
     opt = Graft(first.named_parameters(), ADAM, SGD, grafted="hidden", path=path)
     train(first, opt, 8)
     saved = copy.deepcopy(opt.state_dict())
-    assert saved["graft"]["grafted_layers"] == [True, False, True, False, False, False]
+    # D holds the grafted parameters only: fc1.weight, fc2.weight (Graft's indices 0 and 2)
+    assert [g["params"] for g in saved["param_groups"][0]["direction.param_groups"]] == [[0, 2]]
 
     resumed = make_model(seed=99)
     resumed.load_state_dict(first.state_dict())

@@ -290,6 +290,16 @@ def _runs_action(args, store: RunStore) -> int:
         run = store.run(args.run_id)
         print(json.dumps({k: str(v) if k != "config" else v for k, v in run.items()}, indent=2))
         print("artifacts:", ", ".join(store.artifact_names(args.run_id)) or "none")
+    elif args.action == "export" and args.tensorboard is not None:
+        if args.output is not None:
+            raise ValueError("--tensorboard DIR writes event files into DIR; -o is for CSV/JSON")
+        try:
+            from .tensorboard_export import export_run
+
+            folder = export_run(store, args.run_id, args.tensorboard)
+        except ImportError as error:
+            raise ValueError(str(error)) from error
+        print(f"wrote {folder} (view: tensorboard --logdir {args.tensorboard})")
     elif args.action == "export":
         frame = store.metrics_wide(args.run_id)
         text = frame.to_csv() if args.format == "csv" else frame.reset_index().to_json(
@@ -410,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--group", help="only this experiment group")
     listing.add_argument("--status", choices=STATUSES, help="only this status")
     for action, text in (("show", "a run's config, status and artifacts"),
-                         ("export", "a run's metrics as CSV or JSON"),
+                         ("export", "a run's metrics as CSV or JSON, or for TensorBoard"),
                          ("delete", "delete a run and all it recorded"),
                          ("schedule", "a run's implicit schedule as a replayable JSON file"),
                          ("ratios", "static per-layer ratios of an M#D run as JSON")):
@@ -420,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
         if action == "export":
             p.add_argument("--format", choices=("csv", "json"), default="csv", help="[csv]")
+            p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                           help="write TensorBoard event files instead, into DIR/<name>-<run id>: "
+                                "metrics, per-layer ‖Δ_M‖, ‖Δ_D‖ and ratio, the config as text")
         if action == "delete":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         if action == "ratios":

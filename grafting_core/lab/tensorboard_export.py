@@ -1,0 +1,88 @@
+"""Saved runs as TensorBoard event files, written by ``tensorboardX`` (no TensorFlow).
+
+Each run becomes one TensorBoard run, a folder ``<name>-<run id>`` under the chosen
+directory, holding:
+
+- every metric the store has, under its own name (``train_loss``, ``val_loss``,
+  ``val_accuracy``, ``lr``, ...), at its step;
+- per layer: ``magnitude_norm/<layer>`` (‖Δ_M‖), ``direction_norm/<layer>`` (‖Δ_D‖) and
+  ``ratio/<layer>`` (‖Δ_M‖ / ‖Δ_D‖) at every recorded step where the layer stepped;
+- the run's config, status and name as text (``config``).
+
+``tensorboard --logdir DIR`` shows them (and W&B imports such a folder). ``tensorboardX``
+is imported only here, when an export is asked for (``pip install tensorboardX``, in the
+``integrations`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .store import RunStore
+
+NORM_TAGS = ("magnitude_norm", "direction_norm")  # recorded fields written per layer
+TENSORBOARDX = "tensorboardX==2.6.5"
+
+
+def run_folder(run: dict[str, Any]) -> str:
+    """``<name>-<run id>``, the name reduced to characters safe in a folder name."""
+    name = re.sub(r"[^A-Za-z0-9._#=+-]+", "_", str(run["name"])).strip("_") or "run"
+    return f"{name}-{run['run_id']}"
+
+
+def _writer(folder: Path) -> Any:
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as error:
+        raise ImportError(f"Exporting to TensorBoard needs {TENSORBOARDX}: pip install "
+                          f"torch==2.13.0 {TENSORBOARDX}") from error
+    return SummaryWriter(logdir=str(folder), flush_secs=3600)
+
+
+def export_run(store: RunStore, run_id: str, out_dir: str | Path) -> Path:
+    """Write one run's event files into ``out_dir/<name>-<run id>`` (replacing an earlier
+    export of it there); returns that folder."""
+    run = store.run(run_id)
+    folder = Path(out_dir) / run_folder(run)
+    if folder.exists():
+        shutil.rmtree(folder)
+    metrics = store.metrics(run_id)
+    fields = [f for f in NORM_TAGS if f in store.layer_norm_names(run_id)[1]]
+    norms = store.layer_norms(run_id, fields=fields) if fields else None
+    writer = _writer(folder)
+    try:
+        text = {"name": run["name"], "status": run["status"], "config": run["config"]}
+        writer.add_text("config", "```json\n" + json.dumps(text, indent=2) + "\n```", 0)
+        for step, name, value in metrics[["step", "name", "value"]].itertuples(index=False):
+            writer.add_scalar(str(name), float(value), int(step))
+        if norms is not None and not norms.empty:
+            _write_norms(writer, norms)
+    finally:
+        writer.close()
+    return folder
+
+
+def _write_norms(writer: Any, norms: Any) -> None:
+    """Per layer and step: ‖Δ_M‖, ‖Δ_D‖ and their ratio, where the layer stepped."""
+    wide = norms.pivot_table(index=["layer", "step"], columns="field", values="value",
+                             observed=True, dropna=False)
+    for (layer, step), row in wide.iterrows():
+        values = {field: float(row.get(field, math.nan)) for field in NORM_TAGS}
+        for field, value in values.items():
+            if not math.isnan(value):  # NaN: the layer did not step
+                writer.add_scalar(f"{field}/{layer}", value, int(step))
+        magnitude, direction = values["magnitude_norm"], values["direction_norm"]
+        if direction > 0 and not math.isnan(magnitude):
+            writer.add_scalar(f"ratio/{layer}", magnitude / direction, int(step))
+
+
+def export_runs(store: RunStore, run_ids: Iterable[str], out_dir: str | Path) -> list[Path]:
+    """:func:`export_run` for each of ``run_ids``; one TensorBoard run each."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return [export_run(store, run_id, out_dir) for run_id in run_ids]
