@@ -105,7 +105,7 @@ def test_hf_groups_and_factory_call_train_like_torch_adamw():
     transformers' linear schedule on M: AdamW#AdamW is torch's AdamW on the same groups.
     In float64: the attention's key bias has a zero gradient up to rounding, which Adam
     normalises, so float32 runs part by rounding noise there (2e-4 after 8 steps)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     hf = _example("hf_trainer_graft")
     model, reference = hf.tiny_gpt2(dtype=torch.float64), hf.tiny_gpt2(dtype=torch.float64)
     cls = Graft.factory("adamw", ("adamw", {"lr": 0.5}), names=model)
@@ -133,8 +133,7 @@ def test_hf_groups_and_factory_call_train_like_torch_adamw():
 
 def test_hf_trainer_with_a_ready_graft_and_with_optimizer_cls_and_kwargs(tmp_path):
     """The two Trainer recipes against Trainer's own AdamW under the same arguments
-    (float64, as above). Not run where accelerate is missing (this machine so far)."""
-    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    (float64, as above)."""
     from transformers import Trainer, get_linear_schedule_with_warmup
 
     hf = _example("hf_trainer_graft")
@@ -245,7 +244,6 @@ def test_static_ratios_in_lightning_configure_optimizers(tmp_path):
 def test_static_ratios_optimizer_class_as_hf_trainer_calls_it(tmp_path):
     """Trainer's decay groups and ``cls(groups, lr=...)``: each parameter gets lr · c and
     its group's weight decay; one SGD step moves it by -lr · c · (g + wd · w)."""
-    pytest.importorskip("transformers")
     hf = _example("hf_trainer_graft")
     model = hf.tiny_gpt2(dtype=torch.float64)
     _, ratios = _exported_ratios(tmp_path, model, 0.05)

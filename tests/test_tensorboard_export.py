@@ -7,14 +7,12 @@ import json
 import math
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from grafting_core.lab.cli import main
 from grafting_core.lab.tensorboard_export import export_runs, run_folder
 
 from .test_app import page, train_inline
-
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-pytest.importorskip("tensorboardX")
 
 
 def read_back(folder) -> event_accumulator.EventAccumulator:
