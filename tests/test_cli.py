@@ -108,6 +108,8 @@ def two_runs(tmp_path_factory):
     (["grid", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
     (["train", "--width", "10000000"], "Invalid width/depth"),
     (["train", "--dataset", "mnist1d", "--model", "transformer"], "does not fit dataset"),
+    (["train", "--custom", "no_such_module:build"], "Custom task module not found"),
+    (["train", "--custom", "missing/task.py:build"], "Custom task file not found"),
     (["train", "--resume", "{plain}", "--steps", "90"], "drop --steps"),
 ])
 def test_user_errors_are_one_line_with_status_2_and_write_nothing(two_runs, argv, message,

@@ -60,8 +60,12 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
 
 def check_fits(config: RunConfig, device: torch.device | None = None) -> None:
     """Raise ValueError naming the size when ``config`` cannot fit in ``device``'s free memory
-    (custom tasks are not estimated: their model is built by the user's code)."""
+    (custom tasks are not estimated, their model is built by the user's code: only checked to
+    exist)."""
     if config.custom:
+        from .custom import locate_custom
+
+        locate_custom(config.custom)
         return
     from .trainer import pick_device  # the trainer imports the optimizer stack: load lazily
 

@@ -84,6 +84,25 @@ def _import_module(target: str) -> ModuleType:
         raise
 
 
+def locate_custom(spec: str) -> None:
+    """Check, without running the task's code, that a spec names a .py file or a module that
+    exists (ValueError naming it otherwise): a run refused before it is created leaves no
+    failed row behind."""
+    target, _ = parse_spec(spec)
+    if _is_path(target):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file() or path.suffix != ".py":
+            raise ValueError(f"Custom task file not found: {target!r} (looked at {path}; "
+                             f"expected {SPEC_FORMAT})")
+        return
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError) as err:  # a parent package that is not there
+        raise ValueError(f"Custom task module not found: {target!r} ({err})") from err
+    if found is None:
+        raise ValueError(f"Custom task module not found: {target!r}")
+
+
 def load_custom(spec: str, **kwargs: Any) -> tuple[nn.Module, Dataset]:
     """Call the function a spec names with `kwargs` and check it returns (model, dataset)."""
     target, func_name = parse_spec(spec)
