@@ -220,7 +220,8 @@ def test_ratio_study_figure_sets_static_arms_against_tuned_bands():
     table = pd.DataFrame({"arm": ["adam", "sgd", "sgd+ratios[late,global]",
                                   "sgd+ratios[early,global]"],
                           "role": ["tuned", "tuned", "static_ratios", "static_ratios"],
-                          "variant": ["", "", "late,global", "early,global"],
+                          "window": ["", "", "late", "early"],
+                          "scope": ["", "", "global", "global"],
                           "mean": [1.4, 1.7, 1.45, 1.5], "std": [0.01, 0.02, 0.03, 0.04],
                           "seeds": [3, 3, 3, 3]})
     fig = experiment_figures.ratio_study_figure(table)

@@ -357,15 +357,14 @@ def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation 
     D as shaded bands (mean ± std) across the figure, so each static-ratio arm reads against
     both.
 
-    ``table``: ``ratio_study.static_ratio_table`` (arm, role, variant, mean, std, seeds).
+    ``table``: ``ratio_study.static_ratio_table`` (arm, role, window, scope, mean, std, seeds).
     """
-    static = table[table["role"] == "static_ratios"]
-    order = {name: i for i, name in enumerate(WINDOWS)}  # windows in time order, then scope
-    static = static.iloc[sorted(range(len(static)), key=lambda i: (
-        order.get(static["variant"].iloc[i].split(",")[0], len(order)),
-        static["variant"].iloc[i]))]
     if table.empty:
         return empty_figure("no finished runs yet", x_title="arm", y_title=y_title)
+    static = table[table["role"] == "static_ratios"]
+    order = {name: i for i, name in enumerate(WINDOWS)}  # windows in time order, then scope
+    static = static.assign(_order=static["window"].map(order).fillna(len(order))) \
+        .sort_values(["_order", "scope"])
     fig = go.Figure()
     tuned = table[table["role"] == "tuned"].reset_index(drop=True)
     for i, row in tuned.iterrows():
@@ -377,7 +376,7 @@ def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation 
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{row['arm']} (tuned),"
                                  " mean ± std", line={"color": color, "dash": "dash"}))
     fig.add_trace(go.Scatter(
-        x=static["variant"].str.replace(",", "<br>", regex=False), y=static["mean"],
+        x=static["window"] + "<br>" + static["scope"], y=static["mean"],
         mode="markers", name="static ratios, mean ± std", marker={"size": 11,
                                                                    "color": PALETTE[0]},
         error_y={"type": "data", "array": static["std"].fillna(0.0), "visible": True,

@@ -82,7 +82,7 @@ def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
                 ratios = static_ratios_from_run(store, source, window=span, statistic=statistic,
                                                 per_layer=scope == "per_layer")
                 store.put_artifact(source, artifact, ratios.to_dict(), kind="static_ratios")
-                arm = Arm("static_ratios", direction, variant=f"{window},{scope}")
+                arm = Arm("static_ratios", direction, variant=ratio_variant(window, scope))
                 planned.append(PlannedRun(config.replace(
                     magnitude=config.direction,
                     magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
@@ -92,10 +92,23 @@ def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
     return static_ratio_table(store, group, magnitude=magnitude, direction=direction)
 
 
+def ratio_variant(window: str, scope: str) -> str:
+    """The arm variant of static ratios from ``window`` and ``scope``: ``"early,per_layer"``."""
+    return f"{window},{scope}"
+
+
+def _window_and_scope(variant: str) -> tuple[str, str]:
+    """The inverse of ``ratio_variant`` ("" and "" for a tuned arm)."""
+    window, _, scope = variant.partition(",")
+    return window, scope
+
+
 def static_ratio_table(store: RunStore, group: str, *, magnitude: str = "adam",
                        direction: str = "sgd", metric: str = "val_loss") -> pd.DataFrame:
     """Tuned M, tuned D and every static-ratio arm of ``group``: mean ± std of ``metric`` over
-    seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M)."""
+    seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M).
+    A static-ratio arm names its ``window`` and ``scope`` (its ratios are the source run's
+    artifact ``static_ratios.{window}.{scope}``)."""
     runs = store.runs(group=group)
     chosen = runs[((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
                   | ((runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction))]
@@ -106,8 +119,10 @@ def static_ratio_table(store: RunStore, group: str, *, magnitude: str = "adam",
     table = table[table["status"] == "finished"]
     rows = []
     for (role, arm, variant), cell in table.groupby(["role", "magnitude_arm", "variant"]):
+        window, scope = _window_and_scope(variant)
         rows.append({"arm": Arm("plain" if role == "tuned" else role, arm,
                                 variant=variant).label, "role": role, "variant": variant,
+                     "window": window, "scope": scope,
                      "mean": cell[metric].mean(), "std": cell[metric].std(),
                      "seeds": len(cell), "state_bytes": cell["optimizer_state_bytes"].mean()})
     out = pd.DataFrame(rows)
