@@ -58,6 +58,18 @@ def test_experiment_subcommands(runs_dir, argv, capsys):
     assert "group" in out and "finished" in out
 
 
+def test_an_optimizer_with_overrides_is_labelled_by_what_it_changes(runs_dir):
+    argv = ["--runs-dir", str(runs_dir), "grid", "--optimizers", "sgd",
+            'adam={"lr": 0.003, "betas": [0.9, 0.95]}', "--steps", "3", "--eval-every", "3",
+            "--width", "8", "--workers", "1"]
+    assert main(argv) == 0
+    runs = RunStore(runs_dir).runs().set_index("name")
+    adam = "adam(lr=0.003, betas=[0.9, 0.95])"
+    assert set(runs.index) == {f"{m}#{d}" for m in ("sgd", adam) for d in ("sgd", adam)}
+    config = RunStore(runs_dir).run(runs.loc[f"{adam}#sgd", "run_id"])["config"]
+    assert config["magnitude_hparams"] == {"lr": 0.003, "betas": [0.9, 0.95]}
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--steps", "x"], "steps"),
     (["train", "--magnitude", "adamm"], "Unknown optimizer"),
@@ -65,6 +77,7 @@ def test_experiment_subcommands(runs_dir, argv, capsys):
     (["train", "--bogus"], "unrecognized"),
     (["grid", "--optimizers", "sgd", "nadam"], "Unknown optimizer"),
     (["grid", "--optimizers", "sgd", 'adam={"lr": -1}'], "lr"),
+    (["grid", "--optimizers", "sgd", "adam=[1]"], "overrides must be a JSON object"),
     (["static-ratios", "--window", "10", "900", "--steps", "100"], "window"),
     (["runs", "show", "no-such-run"], "unknown run id"),
 ])

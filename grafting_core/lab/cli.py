@@ -101,11 +101,16 @@ def _optimizer_choice(parser, text: str) -> tuple[str, tuple[str, dict]]:
     label, _, overrides = text.partition("=")
     name, hparams = LAB_OPTIMIZERS.get(label, (label, {}))
     try:
-        hparams = {**hparams, **(json.loads(overrides) if overrides else {})}
+        changed = json.loads(overrides) if overrides else {}
+        if not isinstance(changed, dict):
+            raise ValueError(f"overrides must be a JSON object, got {overrides}")
+        hparams = {**hparams, **changed}
         OptimizerSpec(name, hparams)
     except (ValueError, TypeError) as error:
         parser.error(f"optimizer {text!r}: {error}")
-    return (f"{label}({overrides})" if overrides else label), (name, hparams)
+    shown = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in changed.items())
+    return (f"{label}({shown})" if changed else label), (name, hparams)
 
 
 def _progress(total_label: str):
