@@ -114,6 +114,7 @@ def two_runs(tmp_path_factory):
     (["grid", "--optimizers", "sgd"], "--optimizers sgd: a grid pairs at least two"),
     (["grid", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
     (["compare", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
+    (["compare", "--group", "compare-nope"], "--group compare-nope: no runs in this group"),
     (["grid", "--workers", "-3"], "argument --workers: '-3' is not a number of workers"),
     (["static-ratios", "--sgd-lrs", "0.1", "-1"], "argument --sgd-lrs: '-1' is not a learning"),
     (["static-ratios", "--sgd-lrs", "inf"], "argument --sgd-lrs: 'inf' is not a learning"),

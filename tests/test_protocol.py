@@ -8,7 +8,7 @@ import pytest
 
 from grafting_core.lab.cli import main
 from grafting_core.lab.config import RunConfig
-from grafting_core.lab.protocol import SweepPlan, compare, read_comparison
+from grafting_core.lab.protocol import SweepPlan, _mark_tuned, compare, read_comparison
 from grafting_core.lab.store import RunStore
 from grafting_core.lab.verdict import closer_to
 
@@ -109,6 +109,59 @@ def test_compare_creates_no_runs_and_tunes_nothing_once_stop_says_so(store):
     runs = store.runs(group=result.group)
     assert len(runs) == 4 and set(runs["role"]) == {"sweep_point"}  # no grafts, none tuned
     assert len(asked) >= 2 and result.verdicts.empty
+
+
+def _finals(store: RunStore, group: str) -> dict[tuple, float]:
+    """(role, M, D, M's lr, seed) -> final val_loss of every run of ``group``."""
+    runs = store.runs(group=group)
+    return {(role, m, d, lr, seed): store.metrics(run_id, names=["val_loss"])["value"].iloc[-1]
+            for run_id, role, m, d, lr, seed in zip(
+                runs["run_id"], runs["role"], runs["magnitude_arm"], runs["direction_arm"],
+                runs["config.magnitude_hparams.lr"], runs["config.seed"])}
+
+
+def test_a_continued_comparison_keeps_its_runs_resumes_stopped_ones_and_adds_seeds(store):
+    optimizers = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
+    plan = SweepPlan(points=2, factor=10, extensions=0)
+    first = compare(store, RunConfig(**TINY), optimizers, seeds=(0,), plan=plan)
+    runs = store.runs(group=first.group)
+    kept = runs[runs["role"] == "sweep_point"]["run_id"].iloc[0]
+    rows_before = store.metrics(kept)
+    stopped = runs[runs["role"] == "graft"]["run_id"].iloc[0]
+    store.set_status(stopped, "interrupted", error="killed (simulated)")
+
+    again = compare(store, RunConfig(**TINY), optimizers, seeds=(0, 1), plan=plan,
+                    group=first.group)
+    runs = store.runs(group=first.group)
+    assert kept in set(runs["run_id"])
+    assert store.metrics(kept).equals(rows_before)  # kept as it was, not trained again
+    assert store.run(stopped)["status"] == "finished"  # resumed under its own id
+    assert runs["status"].eq("finished").all()
+    assert len(runs[runs["role"].isin(["sweep_point", "tuned"])]) == 2 * 2 * 2  # arms×lrs×seeds
+    assert len(runs[runs["role"] == "graft"]) == 2 * 2  # pairs × seeds, at the tuned lrs
+    # The same numbers as a comparison of seeds 0 and 1 made in one go.
+    fresh = compare(store, RunConfig(**TINY), optimizers, seeds=(0, 1), plan=plan)
+    current = {k: v for k, v in _finals(store, first.group).items() if k[0] != "superseded"}
+    assert current == pytest.approx(_finals(store, fresh.group))
+    assert again.verdicts.drop(columns="reason").equals(
+        read_comparison(store, fresh.group).verdicts.drop(columns="reason"))
+
+
+def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
+    optimizers = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
+    result = compare(store, RunConfig(**TINY), optimizers, seeds=(0,),
+                     plan=SweepPlan(points=2, factor=10, extensions=0))
+    tuned = {row.arm: row.lr for row in result.sweep[result.sweep["best"]].itertuples()}
+    other = result.sweep[(result.sweep["arm"] == "sgd") & ~result.sweep["best"]]["lr"].iloc[0]
+    _mark_tuned(store, result.group, {**tuned, "sgd": other})  # as if more seeds chose it
+    runs = store.runs(group=result.group).set_index("name")
+    assert (runs.loc[["adam#sgd", "sgd#adam"], "role"] == "superseded").all()  # sgd in each
+    chosen = runs[runs["role"] == "tuned"]
+    assert dict(zip(chosen["magnitude_arm"], chosen["config.magnitude_hparams.lr"])) == {
+        **tuned, "sgd": other}
+    assert read_comparison(store, result.group).verdicts.empty
+    _mark_tuned(store, result.group, tuned)  # the first choice again: the grafts count again
+    assert read_comparison(store, result.group).verdicts.equals(result.verdicts)
 
 
 def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):

@@ -16,7 +16,9 @@ Roles (``ROLES``):
 - ``replay``         M's recorded per-layer step sizes replayed onto D;
 - ``static_ratios``  plain D with per-layer learning rates lr·c measured on an M#D run;
 - ``sweep_point``    a plain optimizer at one learning rate of a sweep;
-- ``tuned``          the sweep point chosen as that optimizer's tuned learning rate.
+- ``tuned``          the sweep point chosen as that optimizer's tuned learning rate;
+- ``superseded``     a graft at a learning rate that is no longer M's or D's tuned one (a
+                     comparison continued with more seeds chose another): kept, not judged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import NamedTuple
 
 from .config import RunConfig
 
-ROLES = ("plain", "graft", "partial_graft", "replay", "static_ratios", "sweep_point", "tuned")
+ROLES = ("plain", "graft", "partial_graft", "replay", "static_ratios", "sweep_point", "tuned",
+         "superseded")
 
 
 @dataclass(frozen=True)

@@ -201,12 +201,16 @@ def cmd_compare(parser, args, store: RunStore) -> int:
         warmup = config.warmup_steps if args.warmup_steps is not None else config.steps // 10
         config = config.replace(schedule="warmup_cosine", warmup_steps=max(1, warmup))
     optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
+    if args.group and store.runs(group=args.group).empty:
+        parser.error(f"--group {args.group}: no runs in this group (leave --group out to "
+                     "start a new comparison)")
     try:
         plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
         with _executor(args, store) as executor:
             result = compare(store, config, optimizers, seeds=args.seeds, plan=plan,
                              partial=[kinds.split(",") for kinds in args.partial],
-                             executor=executor, progress=_progress("compare"))
+                             executor=executor, progress=_progress("compare"),
+                             group=args.group)
     except ValueError as error:
         parser.error(str(error))
     print_comparison(result)
@@ -369,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "centred on its lr [sgd adam]")
     compare_p.add_argument("--seeds", type=seeds["type"], nargs="+", default=[0, 1, 2],
                            help="seeds of every arm [0 1 2]")
+    compare_p.add_argument("--group", help="continue the comparison stored in this group, "
+                                          "with the same settings (more seeds, or after an "
+                                          "interruption): its finished runs are kept, its "
+                                          "stopped ones resumed, only the missing ones trained")
     compare_p.add_argument("--points", type=int, default=5, help="lrs per first sweep [5]")
     compare_p.add_argument("--factor", type=float, default=SweepPlan().factor,
                            help="ratio of neighbouring lrs [10**0.5: half a decade]")

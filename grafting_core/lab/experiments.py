@@ -14,6 +14,7 @@ queues a transfer whose replays wait for their schedule's source run (``submit_a
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -73,29 +74,64 @@ def graft_run(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
     return PlannedRun(config, Arm(role or "plain", magnitude[0]))
 
 
+#: What a run of a continued experiment is worth: an outcome is kept, a stop is resumed.
+KEPT, RESUMED = ("finished", "diverged", "failed"), ("stopped", "interrupted")
+
+
 def run_all(store: RunStore, planned: Sequence[PlannedRun], *, group: str, kind: str,
-            executor: Executor | None = None, progress: Progress | None = None) -> list[str]:
-    """Create one run per planned run in ``group`` and train them all; returns the run ids."""
-    run_ids = [create_run(store, config, kind=kind, group=group, arm=arm)
-               for config, arm in planned]
-    done = 0
+            executor: Executor | None = None, progress: Progress | None = None,
+            reuse: bool = False) -> list[str]:
+    """Create one run per planned run in ``group`` and train them all; returns the run ids.
+
+    ``reuse``: a planned run whose config a run of ``group`` already has is not created
+    again; that run is kept as it ended (finished, diverged, failed) or resumed (stopped,
+    interrupted). An experiment run again on its group continues where it stopped, and more
+    seeds train only their own runs.
+    """
+    existing = _runs_by_config(store, group) if reuse else {}
+    run_ids, todo = [], []  # todo: (run id, resume)
+    for config, arm in planned:
+        run_id, status = existing.get(_config_key(config), (None, None))
+        if run_id is None:
+            run_id = create_run(store, config, kind=kind, group=group, arm=arm)
+        if status not in KEPT:
+            todo.append((run_id, status in RESUMED))
+        run_ids.append(run_id)
+    done = len(run_ids) - len(todo)
     if progress:
-        progress(0, len(run_ids))
+        progress(done, len(run_ids))
     if executor is None:
-        for run_id in run_ids:
+        for run_id, resume in todo:
             try:
-                execute_run(store, run_id)
+                execute_run(store, run_id, resume=resume)
             except Exception:
                 pass  # recorded as failed in the store; the experiment carries on
             done += 1
             if progress:
                 progress(done, len(run_ids))
         return run_ids
-    for _ in as_completed([executor.submit(r) for r in run_ids]):
+    for _ in as_completed([executor.submit(r, resume=resume) for r, resume in todo]):
         done += 1
         if progress:
             progress(done, len(run_ids))
     return run_ids
+
+
+def _config_key(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def _runs_by_config(store: RunStore, group: str) -> dict[str, tuple[str, str]]:
+    """The runs of ``group`` by config: (run id, status); a run whose writer died counts as
+    interrupted, one live in another process is refused (it would be trained twice)."""
+    store.mark_interrupted()
+    runs = store.runs(group=group, flatten_config=False)
+    live = runs[runs["status"] == "running"]
+    if not live.empty:
+        raise ValueError(f"Group {group!r} has {len(live)} runs training in another process "
+                         f"(e.g. {live['run_id'].iloc[0]}); wait for them or stop them first")
+    return {_config_key(RunConfig.from_dict(config)): (run_id, status)
+            for run_id, status, config in zip(runs["run_id"], runs["status"], runs["config"])}
 
 
 def final_metrics(store: RunStore, run_ids: Sequence[str],

@@ -162,7 +162,7 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
             return []
         report = (lambda n, _: progress(done + n, total)) if progress else None
         ids = run_all(store, planned, group=group, kind="compare", executor=executor,
-                      progress=report)
+                      progress=report, reuse=True)
         done += len(planned)
         return ids
 
@@ -179,11 +179,7 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
         return read_comparison(store, group, metric=metric)
     sweep = _sweep_table(store, group, metric)
     tuned = {row.arm: row.lr for row in sweep[sweep["best"]].itertuples()}
-    runs = store.runs(group=group)
-    lrs = runs[LR_COLUMN].to_numpy(float)
-    for run_id in runs.loc[[tuned.get(a) == lr for a, lr in zip(runs["magnitude_arm"], lrs)],
-                           "run_id"]:
-        store.set_role(run_id, "tuned")
+    _mark_tuned(store, group, tuned)
     pairs = [(m, d) for m in optimizers for d in optimizers if m != d and {m, d} <= set(tuned)]
     variants = [[]] + [list(kinds) for kinds in partial]
     total += len(pairs) * len(variants) * len(seeds)
@@ -197,6 +193,27 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
                         for seed in seeds]
     train(planned)
     return read_comparison(store, group, metric=metric)
+
+
+def _mark_tuned(store: RunStore, group: str, tuned: Mapping[str, float]) -> None:
+    """Give the sweep points at each arm's ``tuned`` lr the role ``tuned`` (and the others
+    ``sweep_point``); a graft whose M or D lr is no longer tuned becomes ``superseded`` (a
+    continued comparison may tune another lr once it has more seeds)."""
+    runs = store.runs(group=group)
+    d_lrs = (runs["config.direction_hparams.lr"].to_numpy(float)
+             if "config.direction_hparams.lr" in runs else np.full(len(runs), np.nan))
+    for run_id, role, m, d, variant, lr, d_lr in zip(
+            runs["run_id"], runs["role"], runs["magnitude_arm"], runs["direction_arm"],
+            runs["arm_variant"].fillna(""), runs[LR_COLUMN].to_numpy(float), d_lrs):
+        if role in ("sweep_point", "tuned"):
+            want = "tuned" if tuned.get(m) == lr else "sweep_point"
+        elif role in ("graft", "partial_graft", "superseded"):
+            current = tuned.get(m) == lr and tuned.get(d) == d_lr
+            want = ("partial_graft" if variant else "graft") if current else "superseded"
+        else:
+            continue
+        if want != role:
+            store.set_role(run_id, want)
 
 
 def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") -> Comparison:
