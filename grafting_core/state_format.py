@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-ROLES = ("magnitude", "direction")
+from .routing import ROLES  # the children: "magnitude", "direction"
+
 OWN = "graft"  # prefix of Graft's own per-parameter entries
 OLD_KEYS = (OWN, *ROLES)  # top-level keys of the nested format saved before
 
