@@ -1,18 +1,21 @@
-"""Fused CPU kernels for ``Graft.step``: the reference semantics in fewer passes over memory.
+"""Fused CPU kernels, a backend of ``Graft.step``: the reference semantics in fewer passes.
 
-``Graft(..., fused=True)`` routes a step here when :func:`supports` says so, and through
-the reference foreach code in ``graft.py`` otherwise; both give the same result to float
-rounding (``tests/test_fused.py``). The kernels are the C file beside this one, compiled
-with the system C compiler on first use (about 2 s) and cached in ``~/.cache/grafting_core``
-(or ``$GRAFTING_FUSED_CACHE``); without a compiler every step takes the reference path.
+``Graft`` takes this backend by default (``fused=None``) for every step :func:`unsupported`
+has no objection to, and the reference foreach backend (:mod:`grafting_core.reference`)
+otherwise; both give the same result to float rounding (``tests/test_fused.py``). Like every
+backend it only runs the children and returns a :class:`~grafting_core.core.Proposal`: the
+grafting formula itself is :func:`grafting_core.core.graft_scales`. The kernels are the C
+file beside this one, compiled with the system C compiler on first use (about 2 s) and
+cached in ``~/.cache/grafting_core`` (or ``$GRAFTING_FUSED_CACHE``); without a compiler every
+step takes the reference path.
 
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
 CPU tensor of one dtype, ``direction`` is not ``None``, every layer is grafted (partial
 grafting, ``grafted=``, takes the reference path), and either both children are native
-SGD/Adam/AdamW (``path`` native) or the step is black-box (any optimizers, a replayed
-schedule as magnitude included). A native replayed schedule and the other native rules
-(AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path, and so do DTensor
-(FSDP2) shards, through ``grafting_core.sharded``.
+rules with kernels (:data:`KERNEL_RULES`: SGD/Adam/AdamW) or the step is black-box (any
+optimizers, a replayed schedule as magnitude included). A native replayed schedule and the
+other native rules (AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path,
+and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
 
 Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite layers' gradients
 are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
@@ -37,11 +40,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
 SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF = range(8)
 PLAIN, MOMENTUM, ADAM = range(3)  # rule kinds the kernels know (fused_kernels.c)
+KERNEL_RULES = ("sgd", "adam", "adamw")  # native rules with kernels (the rest: reference path)
 NCOEF = 10  # coefficients per tensor and rule, see _row
 CHUNK = 16384  # elements per work item (64 KiB of float32)
 _SOURCE = Path(__file__).with_name("fused_kernels.c")
@@ -131,7 +136,7 @@ def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
 
 def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
     """The kernel kind of a native child over ``params``, or None if it has no kernel."""
-    if not isinstance(child, NativeOptimizer) or child.rule.name not in ("sgd", "adam", "adamw"):
+    if not isinstance(child, NativeOptimizer) or child.rule.name not in KERNEL_RULES:
         return None
     if child.rule.name != "sgd":
         return ADAM
@@ -141,30 +146,41 @@ def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def supports(graft: Any, params: list[Tensor]) -> bool:
-    """Whether a fused step can do this step of ``graft`` over ``params`` (see module doc)."""
-    if graft.direction is None or not params or getattr(graft, "_sharding", None) is not None:
-        return False  # sharded parameters: the reference path of grafting_core.sharded
+def unsupported(graft: Any, params: list[Tensor]) -> str | None:
+    """Why the kernels cannot take this step of ``graft`` over ``params``; None if they can."""
+    if graft.direction is None:
+        return "direction=None"
     if graft.partial:
-        return False  # partial grafting: the reference path (grafting_core.partial)
+        return "partial grafting (grafted=)"
     if _build() is None:
-        return False
+        return f"the kernels could not be built: {unavailable_reason}"
     dtype = params[0].dtype
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
-        return False
+        return "gradients not all dense contiguous float32/float64 CPU tensors of one dtype"
     children = (graft.magnitude, graft.direction)
     # Parameters and states change only with the plan, a dtype or a loaded state_dict.
     key = (tuple(map(id, params)), dtype, *(id(getattr(c, "state", None)) for c in children))
     if getattr(graft, "_fused_checked", None) == key:
-        return True
-    ok = _dense(params, dtype)
-    if ok and graft.native:
-        ok = children[0] is not children[1] and all(_rule_kind(c, params) is not None
-                                                     for c in children)
-        ok = ok and _dense([v for c in children for p in params
-                            for v in c.state.get(p, {}).values() if torch.is_tensor(v)], dtype)
-    graft._fused_checked = key if ok else None
-    return ok
+        return None
+    why_not = None if _dense(params, dtype) else "parameters not like their gradients"
+    if why_not is None and graft.native:
+        why_not = _native_unsupported(children, params, dtype)
+    graft._fused_checked = key if why_not is None else None
+    return why_not
+
+
+def _native_unsupported(children: tuple[Any, Any], params: list[Tensor],
+                        dtype: torch.dtype) -> str | None:
+    if children[0] is children[1]:
+        return "one optimizer as both magnitude and direction"
+    for role, child in zip(("magnitude", "direction"), children):
+        if _rule_kind(child, params) is None:
+            name = child.rule.name if isinstance(child, NativeOptimizer) else type(child).__name__
+            return (f"no kernel for the {role} {name!r} (kernels: {', '.join(KERNEL_RULES)}; "
+                    "SGD with one momentum setting per step)")
+    states = [v for c in children for p in params for v in c.state.get(p, {}).values()
+              if torch.is_tensor(v)]
+    return None if _dense(states, dtype) else "optimizer states not like the parameters"
 
 
 class _Layout:
@@ -252,24 +268,24 @@ def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
     return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]) -> tuple:
-    """‖g‖ per layer and its finiteness; zero the gradients of non-finite layers in place."""
+def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]) -> Tensor:
+    """‖g‖ per layer; the gradients of non-finite layers are zeroed in place."""
     dtype = grads[0].dtype
     grad_norm = graft._reduce(_norms(_run(SUMSQ, layout, dtype, [grads])[:, 0], dtype), plan)
     finite = torch.isfinite(grad_norm)
     if graft.skip_nonfinite:  # the kernel reads the flags itself: no host sync, no pass if clean
         bad = (~finite)[plan.index].to(torch.float64)
         _run(ZERO_IF, layout, dtype, [grads], scale=bad, threads=1)
-    return grad_norm, finite
+    return grad_norm
 
 
-def step(graft: Any, plan: Any) -> None:
-    """One fused step of ``graft`` over ``plan.params`` (checked by :func:`supports`)."""
+def propose(graft: Any, plan: Any) -> Proposal:
+    """Run both children over ``plan.params`` in kernel passes (checked by :func:`unsupported`)."""
     params = plan.params
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    grad_norm, finite = _nonfinite_guard(graft, plan, layout, grads)
+    grad_norm = _nonfinite_guard(graft, plan, layout, grads)
     if graft.native:
         magnitude, direction = graft.magnitude, graft.direction
         kinds = (_rule_kind(magnitude, params), _rule_kind(direction, params))
@@ -283,10 +299,18 @@ def step(graft: Any, plan: Any) -> None:
         sums = _run(PROPOSE, layout, dtype, [grads, params if use_w else None, *states],
                     kinds=kinds, coefs=coefs, use_w=use_w)
         magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
-        direction_per_tensor = _norms(sums[:, 1], dtype)
+        per_tensor = _norms(sums[:, 1], dtype)
+        needs_g = kinds[1] == PLAIN or any(g.get("nesterov") for g in direction.param_groups)
+
+        def apply(scales: Tensor) -> Tensor:  # w += scale · Δ_D, Δ_D from D's new state
+            sums = _run(APPLY, layout, dtype,
+                        [grads if needs_g else None, params, None, None, *states[2:]],
+                        kinds=kinds, coefs=coefs, scale=scales)
+            return graft._reduce(_norms(sums[:, 0], dtype), plan)
     else:
         scratch = graft._scratch_for(params)
-        weight_sums = _run(COPY_SUMSQ, layout, dtype, [params, scratch])
+        weight_norm = graft._reduce(_norms(_run(COPY_SUMSQ, layout, dtype, [params, scratch])
+                                           [:, 0], dtype), plan)
         if isinstance(graft.magnitude, MagnitudeSchedule):
             magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
         else:
@@ -294,17 +318,9 @@ def step(graft: Any, plan: Any) -> None:
             sums = _run(DIFF_SUMSQ_RESTORE, layout, dtype, [params, scratch])
             magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
         graft.direction.step()
-        direction_per_tensor = _norms(_run(DIFF_SUMSQ, layout, dtype, [params, scratch])[:, 0],
-                                      dtype)
-    direction_norm = graft._reduce(direction_per_tensor, plan)
-    finite, scales = graft._combine(plan, finite, magnitude_norm, direction_norm)
-    if graft.native:
-        needs_g = kinds[1] == PLAIN or any(g.get("nesterov") for g in graft.direction.param_groups)
-        weight_sums = _run(APPLY, layout, dtype,
-                           [grads if needs_g else None, params, None, None, *states[2:]],
-                           kinds=kinds, coefs=coefs, scale=scales)
-    else:
-        _run(BLEND, layout, dtype, [params, scratch], scale=scales)
-    weight_norm = graft._reduce(_norms(weight_sums[:, 0], dtype), plan)
-    graft._record(plan, finite, scales, direction_per_tensor,
-                  (magnitude_norm, direction_norm, grad_norm, weight_norm))
+        per_tensor = _norms(_run(DIFF_SUMSQ, layout, dtype, [params, scratch])[:, 0], dtype)
+
+        def apply(scales: Tensor) -> Tensor:  # w = scratch + scale · (w_after_D − scratch)
+            _run(BLEND, layout, dtype, [params, scratch], scale=scales)
+            return weight_norm
+    return Proposal(grad_norm, magnitude_norm, graft._reduce(per_tensor, plan), per_tensor, apply)

@@ -6,8 +6,8 @@ would take it. D never sees those parameters: built from a spec it is built over
 ones only (so it keeps no state for the others), and a ready D that covers every parameter
 is stepped with the ungrafted gradients hidden. This module resolves the choice to one flag
 per parameter and per layer, and computes the per-parameter steps of a partial step for the
-reference path in ``graft.py`` (native children, or black boxes driven through ``step()``);
-``grafting_core.sharded`` does the same on DTensor shards.
+reference backend, ``grafting_core.reference`` (native children, or black boxes driven
+through ``step()``); ``grafting_core.sharded`` does the same on DTensor shards.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ then sums squares across the shards with a single collective for all layers toge
     v \leftarrow \textstyle\sum_{\text{shards}} v \quad (\text{one all\_reduce})
 
 after which every rank holds the norms of the whole tensors, takes the same per-layer ratios
-a single process would, and applies them to its shards. Under DDP the parameters are plain
+a single process would (:func:`grafting_core.core.graft_scales`), and applies them to its
+shards. Under DDP the parameters are plain
 replicated tensors with averaged gradients: Graft needs nothing from this module there.
 
 Everything here is decided once, when ``Graft`` is built (:func:`detect`): which mesh
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .core import Proposal
 from .partial import hidden_grads, pick
 from .rules import tensor_norms
 from .schedule import MagnitudeSchedule
@@ -166,8 +168,8 @@ def _check_child(role: str, child: Any) -> None:
                                           known=known))
 
 
-def step(graft: Any, plan: Any) -> None:
-    """One grafted step on DTensor shards: the reference step with its norms summed once."""
+def propose(graft: Any, plan: Any) -> Proposal:
+    """Both children on the local shards; whole-layer norms from one all_reduce."""
     params = plan.params
     grads = [p.grad.to_local() for p in params]
     grad_local = tensor_norms(grads)
@@ -179,18 +181,17 @@ def step(graft: Any, plan: Any) -> None:
     scratch = None if graft.native else _snapshot(graft, params)
     replay = isinstance(graft.magnitude, MagnitudeSchedule)
     if graft.direction is None:
-        direction = _steps(graft, graft.magnitude, plan, scratch)
+        steps = _steps(graft, graft.magnitude, plan, scratch)
     elif plan.partial:
-        magnitude_local, direction = _partial_steps(graft, plan, scratch)
+        magnitude_local, steps = _partial_steps(graft, plan, scratch)
         pieces.append(magnitude_local)
     else:
         if not replay:
             pieces.append(_magnitude_norms(graft, plan, scratch))
-        direction = _steps(graft, graft.direction, plan, scratch)
-    pieces.insert(2, tensor_norms(direction))
+        steps = _steps(graft, graft.direction, plan, scratch)
+    pieces.insert(2, tensor_norms(steps))
 
     grad_t, weight_t, direction_t, *magnitude_t = graft._sharding.whole_norms(pieces, plan.key)
-    grad_norm = graft._reduce(grad_t, plan)
     direction_norm = graft._reduce(direction_t, plan)
     if graft.direction is None:
         magnitude_norm = direction_norm
@@ -198,15 +199,17 @@ def step(graft: Any, plan: Any) -> None:
         magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
     else:
         magnitude_norm = graft._reduce(magnitude_t[0], plan)
-    finite, scales = graft._combine(plan, torch.isfinite(grad_norm), magnitude_norm,
-                                    direction_norm)
-    if graft.native:
-        torch._foreach_addcmul_([p.to_local() for p in params], direction, list(scales.unbind()))
-    else:  # the shards hold Δ_D: w = w_before + scale · Δ_D
-        torch._foreach_mul_(direction, list(scales.unbind()))
-        torch._foreach_add_(direction, scratch)
-    graft._record(plan, finite, scales, direction_t,
-                  (magnitude_norm, direction_norm, grad_norm, graft._reduce(weight_t, plan)))
+
+    def apply(scales: Tensor) -> Tensor:
+        if graft.native:
+            torch._foreach_addcmul_([p.to_local() for p in params], steps, list(scales.unbind()))
+        else:  # the shards hold Δ: w = w_before + scale · Δ
+            torch._foreach_mul_(steps, list(scales.unbind()))
+            torch._foreach_add_(steps, scratch)
+        return graft._reduce(weight_t, plan)
+
+    return Proposal(graft._reduce(grad_t, plan), magnitude_norm, direction_norm, direction_t,
+                    apply)
 
 
 def _snapshot(graft: Any, params: list[Tensor]) -> list[Tensor]:

@@ -1,11 +1,12 @@
 """The fused CPU kernels against the reference foreach path: same weights, norms and states."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
-from grafting_core import Graft, fused
+from grafting_core import Graft, fused, reference
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
 from .test_graft import CountLocalScalarDense
@@ -35,7 +36,7 @@ def _pair(specs, dtype, granularity="tensor", path="native", steps=3, **kwargs):
         train(model, opt, steps)
         models.append(model)
         opts.append(opt)
-    assert fused.supports(opts[1], list(models[1].parameters()))
+    assert fused.unsupported(opts[1], list(models[1].parameters())) is None
     return models, opts
 
 
@@ -134,7 +135,7 @@ def test_fused_step_makes_no_host_sync(path):
     opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=True)
     for step in range(3):
         compute_grads(model, step)
-        assert fused.supports(opt, list(model.parameters()))
+        assert fused.unsupported(opt, list(model.parameters())) is None
         with CountLocalScalarDense() as counter:
             opt.step()
         assert counter.count == 0
@@ -150,27 +151,67 @@ def test_fused_threads_do_not_change_results():
     torch.testing.assert_close(one[:, 0], expected, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("case", ["bfloat16", "lion", "plain-m"])
-def test_unsupported_steps_fall_back_to_reference(case):
-    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
-    magnitude = "lion" if case == "lion" else "adam"
-    direction = None if case == "plain-m" else "sgd"
+def _count_calls(monkeypatch, module):
+    """How many steps ``module``'s backend has proposed since (a list that grows)."""
+    calls, propose = [], module.propose
+    monkeypatch.setattr(module, "propose", lambda *a: calls.append(1) or propose(*a))
+    return calls
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_default_graft_takes_the_fused_kernels_with_the_reference_result(monkeypatch, path):
+    """No flag: the kernels take every step, and the weights are the reference path's."""
+    fast_calls = _count_calls(monkeypatch, fused)
+    reference_calls = _count_calls(monkeypatch, reference)
+    default, ref = make_model(torch.float64), make_model(torch.float64)
+    train(default, Graft(default.named_parameters(), *PAIRS[0], path=path), 10)
+    assert (len(fast_calls), len(reference_calls)) == (10, 0)
+    train(ref, Graft(ref.named_parameters(), *PAIRS[0], path=path, fused=False), 10)
+    assert (len(fast_calls), len(reference_calls)) == (10, 10)
+    assert max_relative_difference(default, ref) < 1e-12
+
+
+UNSUPPORTED = {  # case -> (dtype, magnitude, direction, grafted, words of the warning)
+    "bfloat16": (torch.bfloat16, "adam", "sgd", None, "float32/float64"),
+    "lion": (torch.float32, "lion", "sgd", None, "'lion'"),
+    "plain-m": (torch.float32, "adam", None, None, "direction=None"),
+    "partial": (torch.float32, "adam", "sgd", "hidden", "partial grafting"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED)
+@pytest.mark.parametrize("flag", [None, True])
+def test_unsupported_steps_take_the_reference_path(monkeypatch, case, flag):
+    """Default: silently the reference path. fused=True: the same, with ONE warning naming why."""
+    dtype, magnitude, direction, grafted, reason = UNSUPPORTED[case]
+    reference_calls = _count_calls(monkeypatch, reference)
     model = make_model(dtype)
-    opt = Graft(model.named_parameters(), magnitude, direction, fused=True)
-    compute_grads(model, 0)
-    assert not fused.supports(opt, list(model.parameters()))
-    opt.step()
+    opt = Graft(model.named_parameters(), magnitude, direction, grafted=grafted, fused=flag)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, opt, 3)
+    assert len(reference_calls) == 3
     assert torch.isfinite(opt.last_norms[:, 0]).all()
+    if flag is None:
+        assert not caught
+    else:
+        assert len(caught) == 1 and caught[0].category is RuntimeWarning
+        assert reason in str(caught[0].message) and "reference path" in str(caught[0].message)
+        assert caught[0].filename == __import__("tests.helpers").helpers.__file__  # train()
 
 
-def test_without_compiler_the_reference_path_runs(monkeypatch):
+@pytest.mark.parametrize("flag", [None, True])
+def test_without_compiler_the_reference_path_runs(monkeypatch, flag):
     monkeypatch.setattr(fused, "_library", None)
     monkeypatch.setattr(fused, "unavailable_reason", "no C compiler (test)")
     model = make_model()
-    opt = Graft(model.named_parameters(), *PAIRS[0], fused=True)
+    opt = Graft(model.named_parameters(), *PAIRS[0], fused=flag)
     compute_grads(model, 0)
-    assert not fused.supports(opt, list(model.parameters()))
-    opt.step()
+    assert "no C compiler (test)" in fused.unsupported(opt, list(model.parameters()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    assert len(caught) == (1 if flag else 0)
     assert opt.graft_step == 1 and torch.isfinite(opt.last_norms).all()
 
 

@@ -384,3 +384,33 @@ def test_a_tensor_listed_twice_is_refused_not_stepped_twice():
         Graft([weight, model.fc1.bias, weight], "adam", "sgd")
     with pytest.raises(ValueError, match="fc1.weight"):
         Graft([("fc1.weight", weight), ("fc1.weight", weight)], "adam", None)
+
+
+@pytest.mark.parametrize("fused", [None, False], ids=["default", "reference"])
+def test_compiled_training_step_compiles_once_and_matches_eager(fused):
+    """torch.compile of forward + backward + Graft.step(): no recompilation as the step
+    counts grow (Graft.step runs eagerly inside it), and the eager run's weights."""
+    import torch._dynamo
+
+    specs = (("adam", {"lr": 1e-2}), ("sgd", {"lr": 0.1, "momentum": 0.9}))
+    compiled_model, eager_model = make_model(), make_model()
+    opts = [Graft(m.named_parameters(), *specs, fused=fused)
+            for m in (compiled_model, eager_model)]
+
+    def train_step(model, opt, x, y):
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    torch._dynamo.reset()
+    compiled = torch.compile(train_step, backend="eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(8):
+            x, y = __import__("tests.helpers").helpers.batch(step)
+            compiled(compiled_model, opts[0], x, y)
+            train_step(eager_model, opts[1], x, y)
+    torch._dynamo.reset()
+    assert opts[0].graft_step == 8
+    assert max_relative_difference(compiled_model, eager_model) < 1e-6

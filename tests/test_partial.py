@@ -107,7 +107,7 @@ def test_hidden_only_equals_float64_reference(path, fused_kernels):
                 fused=fused_kernels)
     train(model, opt, 8)
     _reference(expected, 8, HIDDEN)
-    assert not fused.supports(opt, list(model.parameters()))  # documented fallback
+    assert fused.unsupported(opt, list(model.parameters()))  # documented fallback
     _assert_close(model, expected)
 
 
