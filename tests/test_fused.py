@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from grafting_core import Graft, fused, reference
+from grafting_core import RULES, Graft, fused, reference
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
 from .test_graft import CountLocalScalarDense
@@ -228,3 +228,32 @@ def test_without_openmp_the_kernels_build_single_threaded(monkeypatch, tmp_path)
     assert len(list(tmp_path.glob("fused_*.so"))) == 1  # the failed build left nothing
     serial = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=2)
     assert torch.equal(serial, parallel)
+
+
+#: For each hyperparameter a kernel rule has (rules.RULES[...].defaults), options that move
+#: it off its default. A new hyperparameter in rules.py fails the test below until the
+#: kernels encode it and it is listed here.
+VARIED = {"lr": {"lr": 0.02}, "momentum": {"momentum": 0.8},
+          "dampening": {"momentum": 0.8, "dampening": 0.3},
+          "nesterov": {"momentum": 0.8, "nesterov": True}, "weight_decay": {"weight_decay": 0.05},
+          "betas": {"betas": (0.7, 0.95)}, "eps": {"eps": 1e-3}}
+KERNEL_CASES = [(name, key) for name in fused.KERNEL_RULES for key in RULES[name].defaults]
+
+
+@pytest.mark.parametrize("role", ["magnitude", "direction"])
+@pytest.mark.parametrize("name,key", KERNEL_CASES, ids=[f"{n}-{k}" for n, k in KERNEL_CASES])
+def test_kernels_encode_every_hyperparameter_of_their_rules(name, key, role):
+    """Each rule with a kernel, each of its hyperparameters off its default, as M and as D:
+    the kernels' weights and states equal the rule's own (rules.py) to 1e-12 in float64."""
+    assert key in VARIED, f"{name}'s hyperparameter {key!r} is not checked against the kernels"
+    spec = (name, {"lr": 0.01, **VARIED[key]})
+    other = ("sgd", {"lr": 0.05, "momentum": 0.5}) if name != "sgd" else ("adam", {"lr": 0.01})
+    specs = (spec, other) if role == "magnitude" else (other, spec)
+    (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float64, steps=10)
+    assert max_relative_difference(fast_model, ref_model) < 1e-12
+    child_ref, child_fast = getattr(ref, role), getattr(fast, role)
+    for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters()):
+        for buffer, value in child_ref.state[p_ref].items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(child_fast.state[p_fast][buffer], value,
+                                           rtol=1e-12, atol=1e-15)
