@@ -1,4 +1,10 @@
-"""``Graft``: learning-rate grafting M#D as a drop-in ``torch.optim.Optimizer``."""
+"""``Graft``: learning-rate grafting M#D as a drop-in ``torch.optim.Optimizer``.
+
+Read top to bottom: the per-layer norm fields, the class with its set-up (groups, layers,
+children), then ``step``: pick a backend, let it run the children (a
+:class:`~grafting_core.core.Proposal`), apply :func:`~grafting_core.core.graft_scales`,
+record the norms; then the state dict.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +68,13 @@ class Graft(torch.optim.Optimizer):
     Native children (registry specs) are computed without touching the weights; any other
     ``torch.optim.Optimizer`` is driven as a black box: snapshot, step, difference, restore,
     with a single weights-sized scratch buffer.
+
+    Each step is computed by a backend that runs both children and hands the per-layer norms
+    to :func:`~grafting_core.core.graft_scales`, the formula above: by default the fused CPU
+    kernels (:mod:`grafting_core.fused`) wherever they support the step, FSDP2 shards
+    (:mod:`grafting_core.sharded`), else the reference foreach path
+    (:mod:`grafting_core.reference`; GPUs, other rules and dtypes). All give the same result
+    to rounding.
 
     Args:
         params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``, which gives
