@@ -12,16 +12,20 @@ step takes the reference path.
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
 CPU tensor of one dtype, ``direction`` is not ``None``, every layer is grafted (partial
 grafting, ``grafted=``, takes the reference path), and either both children are native
-rules with kernels (:data:`KERNEL_RULES`: SGD/Adam/AdamW) or the step is black-box (any
-optimizers, a replayed schedule as magnitude included). A native replayed schedule and the
-other native rules (AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path,
-and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
+rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop not
+centred, signSGD/Signum, Lion) or the step is black-box (any optimizers, a replayed schedule
+as magnitude included). A native replayed schedule, LARS, LAMB and a centred RMSprop take
+the reference path, and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
+Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
+one of its hyperparameters (``tests/test_fused.py``).
 
 Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite layers' gradients
 are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
-storing either step; (3) w += scale · Δ_D, recomputing Δ_D from D's updated state, and
-‖w‖ (the weights before the step) on the way. Black-box step: ‖g‖; copy w to the scratch
-with ‖w‖; M.step(); ‖w − scratch‖ while restoring w; D.step(); ‖w − scratch‖; blend.
+storing either step (one pass for SGD/Adam pairs, one pass per child for the other rules);
+(3) w += scale · Δ_D, recomputing Δ_D from D's updated state (Lion as D: from its old
+state, which advances here), and ‖w‖ (the weights before the step) on the way.
+Black-box step: ‖g‖; copy w to the scratch with ‖w‖; M.step(); ‖w − scratch‖ while
+restoring w; D.step(); ‖w − scratch‖; blend.
 """
 
 from __future__ import annotations
@@ -44,9 +48,19 @@ from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
-SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF = range(8)
-PLAIN, MOMENTUM, ADAM = range(3)  # rule kinds the kernels know (fused_kernels.c)
-KERNEL_RULES = ("sgd", "adam", "adamw")  # native rules with kernels (the rest: reference path)
+(SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
+ PROPOSE_M, PROPOSE_D) = range(10)
+# Rule kinds the kernels know (fused_kernels.c), and the state buffers in their two slots.
+(PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM,
+ LION) = range(9)
+SLOTS = {PLAIN: (None, None), MOMENTUM: ("momentum_buffer", None),
+         ADAM: ("exp_avg", "exp_avg_sq"), ADAGRAD: ("sum", None), RMSPROP: ("square_avg", None),
+         RMSPROP_MOMENTUM: ("square_avg", "momentum_buffer"), SIGN: (None, None),
+         SIGN_MOMENTUM: ("momentum_buffer", None), LION: ("exp_avg", None)}
+PAIR_KINDS = (PLAIN, MOMENTUM, ADAM)  # both children in one pass; other pairs: one each
+APPLY_READS_G = (PLAIN, ADAGRAD, RMSPROP, SIGN, LION)  # D's step needs g again (and Nesterov)
+#: Native rules with kernels (the rest, LARS and LAMB, take the reference path).
+KERNEL_RULES = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "sign_sgd", "lion")
 NCOEF = 10  # coefficients per tensor and rule, see _row
 CHUNK = 16384  # elements per work item (64 KiB of float32)
 _SOURCE = Path(__file__).with_name("fused_kernels.c")
@@ -134,14 +148,24 @@ def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
                and not t.is_sparse for t in tensors)
 
 
+def _kind(name: str, hp: dict[str, Any]) -> int | None:
+    """The kernel kind of rule ``name`` with hyperparameters ``hp`` (None: no kernel)."""
+    if name == "sgd":
+        return MOMENTUM if hp["momentum"] != 0 else PLAIN
+    if name == "rmsprop":
+        return None if hp["centered"] else RMSPROP_MOMENTUM if hp["momentum"] > 0 else RMSPROP
+    if name == "sign_sgd":
+        return SIGN_MOMENTUM if hp["momentum"] != 0 else SIGN
+    return {"adam": ADAM, "adamw": ADAM, "adagrad": ADAGRAD, "lion": LION}.get(name)
+
+
 def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
-    """The kernel kind of a native child over ``params``, or None if it has no kernel."""
+    """The kernel kind of a native child over ``params``, or None if it has no kernel (or its
+    groups over ``params`` need different kinds)."""
     if not isinstance(child, NativeOptimizer) or child.rule.name not in KERNEL_RULES:
         return None
-    if child.rule.name != "sgd":
-        return ADAM
     wanted = {id(p) for p in params}
-    kinds = {MOMENTUM if g["momentum"] != 0 else PLAIN
+    kinds = {_kind(child.rule.name, g)
              for g in child.param_groups if any(id(p) in wanted for p in g["params"])}
     return kinds.pop() if len(kinds) == 1 else None
 
@@ -177,7 +201,7 @@ def _native_unsupported(children: tuple[Any, Any], params: list[Tensor],
         if _rule_kind(child, params) is None:
             name = child.rule.name if isinstance(child, NativeOptimizer) else type(child).__name__
             return (f"no kernel for the {role} {name!r} (kernels: {', '.join(KERNEL_RULES)}; "
-                    "SGD with one momentum setting per step)")
+                    "RMSprop not centred; one momentum setting per child)")
     states = [v for c in children for p in params for v in c.state.get(p, {}).values()
               if torch.is_tensor(v)]
     return None if _dense(states, dtype) else "optimizer states not like the parameters"
@@ -251,15 +275,25 @@ def _coefficients(child: NativeOptimizer, params: list[Tensor]) -> Tensor:
 
 def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
     """Kernel coefficients of one rule at one step (field meanings: ``Coef`` in the C file)."""
-    decay = hp["weight_decay"]
+    decay, lr = hp["weight_decay"], hp["lr"]
     if name == "sgd":
         momentum, first, nesterov = hp["momentum"], step == 1, hp["nesterov"]
         keep_buf, take_g = (0.0, 1.0) if first else (1.0, 1 - hp["dampening"])
         nes_g, nes_buf = (1.0, momentum) if nesterov else (0.0, 1.0)
-        return [hp["lr"], decay, 0.0, momentum, keep_buf, take_g, nes_g, nes_buf, 0.0, 0.0]
+        return [lr, decay, 0.0, momentum, keep_buf, take_g, nes_g, nes_buf, 0.0, 0.0]
+    if name == "adagrad":
+        decayed_lr = lr / (1 + (step - 1) * hp["lr_decay"])
+        return [decayed_lr, decay, 0.0, 0.0, 0.0, 0.0, hp["eps"], 0.0, 0.0, 0.0]
+    if name == "rmsprop":
+        alpha = hp["alpha"]
+        return [lr, decay, 0.0, hp["momentum"], alpha, 1 - alpha, hp["eps"], 0.0, 0.0, 0.0]
+    if name == "sign_sgd":
+        return [lr, decay, 0.0, 1 - hp["momentum"], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     beta1, beta2 = hp["betas"]
+    if name == "lion":
+        return [lr, 0.0, decay, 1 - beta1, 1 - beta2, 0.0, 0.0, 0.0, 0.0, 0.0]
     coupled, decoupled = (0.0, decay) if name == "adamw" else (decay, 0.0)
-    return [hp["lr"], coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
+    return [lr, coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
             1 / (1 - beta1**step), 1 / math.sqrt(1 - beta2**step), 0.0]
 
 
@@ -290,17 +324,24 @@ def propose(graft: Any, plan: Any) -> Proposal:
         magnitude, direction = graft.magnitude, graft.direction
         kinds = (_rule_kind(magnitude, params), _rule_kind(direction, params))
         coefs = (_coefficients(magnitude, params), _coefficients(direction, params))
-        states = [[c.state[p].get(name) for p in params]
-                  for c in (magnitude, direction)
-                  for name in (("momentum_buffer", None) if c.rule.name == "sgd"
-                               else ("exp_avg", "exp_avg_sq"))]
+        states = [[None if name is None else c.state[p][name] for p in params]
+                  for c, kind in zip((magnitude, direction), kinds) for name in SLOTS[kind]]
         use_w = any(g["weight_decay"] != 0 for c in (magnitude, direction)
                     for g in c.param_groups)
-        sums = _run(PROPOSE, layout, dtype, [grads, params if use_w else None, *states],
-                    kinds=kinds, coefs=coefs, use_w=use_w)
+        read = [grads, params if use_w else None]
+        if kinds[0] in PAIR_KINDS and kinds[1] in PAIR_KINDS:  # one pass for both children
+            sums = _run(PROPOSE, layout, dtype, [*read, *states], kinds=kinds, coefs=coefs,
+                        use_w=use_w)
+        else:  # one pass each (only the pair kinds are specialised together)
+            sums = torch.stack([
+                _run(op, layout, dtype, [*read, *slots], kinds=(kind, 0), coefs=(coef, None),
+                     use_w=use_w)[:, 0]
+                for op, kind, coef, slots in zip((PROPOSE_M, PROPOSE_D), kinds, coefs,
+                                                 (states[:2], states[2:]))], dim=1)
         magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
         per_tensor = _norms(sums[:, 1], dtype)
-        needs_g = kinds[1] == PLAIN or any(g.get("nesterov") for g in direction.param_groups)
+        needs_g = kinds[1] in APPLY_READS_G or any(g.get("nesterov")
+                                                   for g in direction.param_groups)
 
         def apply(scales: Tensor) -> Tensor:  # w += scale · Δ_D, Δ_D from D's new state
             sums = _run(APPLY, layout, dtype,

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from grafting_core import RULES, Graft, fused, reference
+from grafting_core import RULES, Graft, NormLog, fused, reference
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
 from .test_graft import CountLocalScalarDense
@@ -22,8 +22,16 @@ PAIRS = [
      ("adam", {"lr": 1e-3, "betas": (0.8, 0.99)})),
     (("adam", {"lr": 1e-2, "weight_decay": 0.01}), ("adamw", {"lr": 0.3})),
     (("sgd", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3}), SGD_M),
+    (("adagrad", {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01}),
+     ("rmsprop", {"lr": 1e-3, "momentum": 0.5})),
+    (("rmsprop", {"lr": 1e-3, "weight_decay": 0.01}), ("sign_sgd", {"lr": 1e-3})),
+    (("lion", {"lr": 1e-3, "betas": (0.2, 0.4), "weight_decay": 0.1}),  # lerp weights >= 1/2
+     ("sign_sgd", {"lr": 1e-3, "momentum": 0.3, "weight_decay": 0.01})),
+    (("sign_sgd", {"lr": 1e-3, "momentum": 0.9}), ("lion", {"lr": 1e-3, "weight_decay": 0.1})),
+    (("adam", {"lr": 1e-2}), ("adagrad", {"lr": 0.05, "initial_accumulator_value": 0.1})),
 ]
-PAIR_IDS = ["adam#sgdm", "adamw#sgd", "nesterov#adam", "adam-wd#adamw", "dampened#sgdm"]
+PAIR_IDS = ["adam#sgdm", "adamw#sgd", "nesterov#adam", "adam-wd#adamw", "dampened#sgdm",
+            "adagrad#rmsprop-m", "rmsprop#sign", "lion#signum", "signum#lion", "adam#adagrad"]
 
 
 def _pair(specs, dtype, granularity="tensor", path="native", steps=3, **kwargs):
@@ -71,6 +79,28 @@ def test_fused_matches_reference_float32(specs, path):
     _assert_same_norms(ref, fast, 1e-5)
 
 
+@pytest.mark.parametrize("direction", [SGD_M, ("lion", {"lr": 1e-3})], ids=["sgdm", "lion"])
+def test_replayed_schedule_fused_matches_reference(direction):
+    """A recorded Adam schedule replayed onto D (black box: the kernels; native: the reference
+    path, by design) gives the reference path's weights and norms in float64."""
+    source = make_model(torch.float64)
+    log = NormLog(Graft(source.named_parameters(), PAIRS[0][0], None))
+    train(source, log.graft, 12)
+    schedule = log.magnitude_schedule()
+    runs = []
+    for path, use_fused in (("blackbox", False), ("blackbox", True), ("native", None)):
+        model = make_model(torch.float64)
+        opt = Graft(model.named_parameters(), schedule, direction, path=path, fused=use_fused)
+        compute_grads(model, 0)
+        assert (fused.unsupported(opt, list(model.parameters())) is None) == (path == "blackbox")
+        train(model, opt, 12)
+        runs.append((model, opt))
+    (ref_model, ref), *others = runs
+    for model, opt in others:
+        assert max_relative_difference(model, ref_model) < 1e-12
+        _assert_same_norms(ref, opt, 1e-12)
+
+
 def test_fused_black_box_with_torch_fused_children():
     models, opts = [], []
     for use_fused in (False, True):
@@ -86,13 +116,14 @@ def test_fused_black_box_with_torch_fused_children():
     assert scratch == sum(p.numel() for p in models[1].parameters())
 
 
+@pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
-def test_fused_skips_params_without_grad(path):
+def test_fused_skips_params_without_grad(path, specs):
     runs = []
     for use_fused in (False, True):
         model = make_model(torch.float64)
         model.fc2.bias.requires_grad_(False)
-        opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=use_fused)
+        opt = Graft(model.named_parameters(), *specs, path=path, fused=use_fused)
         for step in range(3):
             compute_grads(model, step)
             model.out.bias.grad = None
@@ -107,12 +138,13 @@ def test_fused_skips_params_without_grad(path):
         assert len(fast.direction.state[fast_model.out.bias]) == 0
 
 
+@pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
-def test_fused_non_finite_gradient_skips_only_that_layer(path):
+def test_fused_non_finite_gradient_skips_only_that_layer(path, specs):
     runs = []
     for use_fused in (False, True):
         model = make_model(torch.float64)
-        opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=use_fused)
+        opt = Graft(model.named_parameters(), *specs, path=path, fused=use_fused)
         train(model, opt, 2)
         compute_grads(model, 2)
         model.fc2.weight.grad[0, 0] = float("nan")
@@ -129,10 +161,11 @@ def test_fused_non_finite_gradient_skips_only_that_layer(path):
     assert max_relative_difference(fast_model, ref_model) < 1e-12
 
 
+@pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
-def test_fused_step_makes_no_host_sync(path):
+def test_fused_step_makes_no_host_sync(path, specs):
     model = make_model()
-    opt = Graft(model.named_parameters(), *PAIRS[0], path=path, fused=True)
+    opt = Graft(model.named_parameters(), *specs, path=path, fused=True)
     for step in range(3):
         compute_grads(model, step)
         assert fused.unsupported(opt, list(model.parameters())) is None
@@ -173,7 +206,8 @@ def test_default_graft_takes_the_fused_kernels_with_the_reference_result(monkeyp
 
 UNSUPPORTED = {  # case -> (dtype, magnitude, direction, grafted, words of the warning)
     "bfloat16": (torch.bfloat16, "adam", "sgd", None, "float32/float64"),
-    "lion": (torch.float32, "lion", "sgd", None, "'lion'"),
+    "lars": (torch.float32, "lars", "sgd", None, "'lars'"),
+    "centred": (torch.float32, "adam", ("rmsprop", {"centered": True}), None, "'rmsprop'"),
     "plain-m": (torch.float32, "adam", None, None, "direction=None"),
     "partial": (torch.float32, "adam", "sgd", "hidden", "partial grafting"),
 }
@@ -236,7 +270,10 @@ def test_without_openmp_the_kernels_build_single_threaded(monkeypatch, tmp_path)
 VARIED = {"lr": {"lr": 0.02}, "momentum": {"momentum": 0.8},
           "dampening": {"momentum": 0.8, "dampening": 0.3},
           "nesterov": {"momentum": 0.8, "nesterov": True}, "weight_decay": {"weight_decay": 0.05},
-          "betas": {"betas": (0.7, 0.95)}, "eps": {"eps": 1e-3}}
+          "betas": {"betas": (0.7, 0.95)}, "eps": {"eps": 1e-3}, "lr_decay": {"lr_decay": 0.05},
+          "initial_accumulator_value": {"initial_accumulator_value": 0.1},
+          "alpha": {"alpha": 0.9}}
+NO_KERNEL = {("rmsprop", "centered"): {"centered": True}}  # refused: the reference path
 KERNEL_CASES = [(name, key) for name in fused.KERNEL_RULES for key in RULES[name].defaults]
 
 
@@ -245,9 +282,18 @@ KERNEL_CASES = [(name, key) for name in fused.KERNEL_RULES for key in RULES[name
 def test_kernels_encode_every_hyperparameter_of_their_rules(name, key, role):
     """Each rule with a kernel, each of its hyperparameters off its default, as M and as D:
     the kernels' weights and states equal the rule's own (rules.py) to 1e-12 in float64."""
+    other = ("sgd", {"lr": 0.05, "momentum": 0.5}) if name != "sgd" else ("adam", {"lr": 0.01})
+    if (name, key) in NO_KERNEL:
+        spec = (name, {"lr": 0.01, **NO_KERNEL[name, key]})
+        model = make_model(torch.float64)
+        opt = Graft(model.named_parameters(), *((spec, other) if role == "magnitude"
+                                                 else (other, spec)))
+        compute_grads(model, 0)
+        assert f"no kernel for the {role} {name!r}" in fused.unsupported(opt, list(
+            model.parameters()))
+        return
     assert key in VARIED, f"{name}'s hyperparameter {key!r} is not checked against the kernels"
     spec = (name, {"lr": 0.01, **VARIED[key]})
-    other = ("sgd", {"lr": 0.05, "momentum": 0.5}) if name != "sgd" else ("adam", {"lr": 0.01})
     specs = (spec, other) if role == "magnitude" else (other, spec)
     (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float64, steps=10)
     assert max_relative_difference(fast_model, ref_model) < 1e-12
