@@ -72,6 +72,50 @@ def optimizers(model: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
     }
 
 
+#: Other rule pairs: magnitude spec, direction spec, torch's equivalents of the two children.
+OTHER_PAIRS = {
+    "adagrad#rmsprop-m": (
+        ("adagrad", {"lr": 1e-2}), ("rmsprop", {"lr": 1e-4, "momentum": 0.9}),
+        lambda p: {"torch Adagrad fused": torch.optim.Adagrad(p, lr=1e-2, fused=True),
+                   "torch RMSprop foreach": torch.optim.RMSprop(p, lr=1e-4, momentum=0.9,
+                                                                foreach=True)}),
+    "adamw#nesterov": (
+        ("adamw", {"lr": ADAM_LR}),
+        ("sgd", {"lr": SGD_LR, "momentum": MOMENTUM, "nesterov": True}),
+        lambda p: {"torch AdamW fused": torch.optim.AdamW(p, lr=ADAM_LR, fused=True),
+                   "torch SGD-nesterov fused": torch.optim.SGD(
+                       p, lr=SGD_LR, momentum=MOMENTUM, nesterov=True, fused=True)}),
+    "lion#signum": (("lion", {"lr": 1e-5}), ("sign_sgd", {"lr": 1e-5, "momentum": 0.9}),
+                    lambda p: {}),  # torch has neither
+}
+
+
+def backend(opt: Graft) -> str:
+    """The backend ``opt`` takes for a step of all its parameters (they all have gradients)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return opt._backend(opt._plan_for(params)).__name__.rpartition(".")[2]
+
+
+def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
+    """Per pair: Graft's default vs its reference path and vs torch's two children."""
+    lines = []
+    for label, (magnitude, direction, torch_children) in OTHER_PAIRS.items():
+        opts = {"default": Graft(model.named_parameters(), magnitude, direction),
+                "reference": Graft(model.named_parameters(), magnitude, direction, fused=False),
+                **torch_children(list(model.parameters()))}
+        times = time_steps(opts, rounds, PER_ROUND)
+        med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        line = (f"{label}: default ({backend(opts['default'])}) {med['default']:.2f} ms, "
+                f"reference {med['reference']:.2f} ms: {med['default'] / med['reference']:.2f}")
+        theirs = {name: ms for name, ms in med.items() if name.startswith("torch")}
+        if theirs:
+            total = sum(theirs.values())
+            line += (f"; {' + '.join(theirs)} {total:.2f} ms: default / torch "
+                     f"{med['default'] / total:.2f}")
+        lines.append(line)
+    return lines
+
+
 def time_steps(opts: dict[str, torch.optim.Optimizer], rounds: int,
                per_round: int) -> dict[str, list[float]]:
     """Seconds per step of each optimizer, measured in interleaved rounds after a warm-up."""
@@ -202,9 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model: {n_params:,} parameters in {len(list(model.parameters()))} tensors; "
           f"fused kernels: {'available' if fused.available() else fused.unavailable_reason}")
     opts = optimizers(model)
-    for name, opt in opts.items():
-        if isinstance(opt, Graft):
-            print(f"{name}: {opt._backend(opt._plan_for(list(model.parameters()))).__name__}")
+    print("backends: " + ", ".join(f"{name}: {backend(opt)}" for name, opt in opts.items()
+                                   if isinstance(opt, Graft)))
     times = time_steps(opts, rounds, 1 if args.quick else PER_ROUND)
     med = {name: statistics.median(t) for name, t in times.items()}
     low = {name: min(t) for name, t in times.items()}
@@ -221,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{(low[adam] + low[sgd]) * 1e3:8.2f}")
     print(f"(weights: {weights / 2**20:.1f} MB; temp = allocator peak inside step())\n")
     for line in ratio_lines(med, low):
+        print(line)
+    print("\nother rule pairs (median ms; the torch children where torch has them):")
+    for line in other_pairs(model, max(1, rounds // 3)):
         print(line)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.compile == "yes" or (args.compile == "auto" and not args.quick):
