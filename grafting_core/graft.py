@@ -404,6 +404,7 @@ class Graft(torch.optim.Optimizer):
         else:
             why_not = fused_kernels.unsupported(self, plan.params)
             backend = reference if why_not else fused_kernels
+        # getattr: a Graft pickled before this flag existed has none (__setstate__ untouched)
         if self.fused and why_not and not getattr(self, "_fused_warned", False):
             self._fused_warned = True  # stacklevel 6: step()'s caller, past torch's wrappers
             warnings.warn(f"Graft(fused=True): the fused CPU kernels cannot take this step "
