@@ -414,3 +414,29 @@ def test_compiled_training_step_compiles_once_and_matches_eager(fused):
     torch._dynamo.reset()
     assert opts[0].graft_step == 8
     assert max_relative_difference(compiled_model, eager_model) < 1e-6
+
+
+def test_graft_scales_is_the_papers_formula_with_its_edge_cases():
+    """graft_scales on hand-picked layers: the ratio, M's own step, a zero direction, NaN/inf."""
+    from grafting_core.core import graft_scales
+
+    inf, nan = math.inf, math.nan
+    magnitude = torch.tensor([3.0, 2.0, 5.0, 1.0, inf, 4.0], dtype=torch.float64)
+    direction = torch.tensor([4.0, 8.0, 0.0, 2.0, 1.0, nan], dtype=torch.float64)
+    grad_finite = torch.tensor([True, True, True, False, True, True])
+    grafted = torch.tensor([True, False, True, True, True, True])
+    layer_of = torch.tensor([0, 0, 1, 2, 3, 4, 5])  # layer 0 holds two parameters
+    lr = torch.tensor([0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    for skip in (True, False):
+        finite, scales = graft_scales(magnitude, direction, grad_finite, layer_of=layer_of, lr=lr,
+                                      grafted=grafted, eps=1e-16, skip_nonfinite=skip)
+        expected = [0.5 * 3 / (4 + 1e-16)] * 2 + [1.0, 0.0]  # ratio; M's step; ‖Δ_D‖ = 0
+        if skip:
+            expected += [0.0, 0.0, 0.0]  # non-finite gradient, ‖Δ_M‖ and ‖Δ_D‖: no step
+            assert finite.tolist() == [True, True, True, False, False, False]
+        else:
+            assert finite.tolist() == grad_finite.tolist()
+            torch.testing.assert_close(scales[5:6], torch.tensor([inf], dtype=torch.float64))
+            expected += [0.5]
+        torch.testing.assert_close(scales[:len(expected)], torch.tensor(expected,
+                                                                        dtype=torch.float64))
