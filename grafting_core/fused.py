@@ -1,13 +1,14 @@
 """Fused CPU kernels, a backend of ``Graft.step``: the reference semantics in fewer passes.
 
 ``Graft`` takes this backend by default (``fused=None``) for every step :func:`unsupported`
-has no objection to, and the reference foreach backend (:mod:`grafting_core.reference`)
-otherwise; both give the same result to float rounding (``tests/test_fused.py``). Like every
-backend it only runs the children and returns a :class:`~grafting_core.core.Proposal`: the
-grafting formula itself is :func:`grafting_core.core.graft_scales`. The kernels are the C
-file beside this one, compiled with the system C compiler on first use (about 2 s) and
-cached in ``~/.cache/grafting_core`` (or ``$GRAFTING_FUSED_CACHE``); without a compiler every
-step takes the reference path.
+has no objection to and that is big enough for it to pay (:func:`pays`), and the reference
+foreach backend (:mod:`grafting_core.reference`) otherwise; both give the same result to
+float rounding (``tests/test_fused.py``). Like every backend it only runs the children and
+returns a :class:`~grafting_core.core.Proposal`: the grafting formula itself is
+:func:`grafting_core.core.graft_scales`. The kernels are the C file beside this one,
+compiled with the system C compiler on first use (about 5 s of CPU) and cached in
+``~/.cache/grafting_core`` (or ``$GRAFTING_FUSED_CACHE``); without a compiler every step
+takes the reference path.
 
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
 CPU tensor of one dtype, ``direction`` is not ``None``, every layer is grafted (partial
@@ -59,6 +60,10 @@ SLOTS = {PLAIN: (None, None), MOMENTUM: ("momentum_buffer", None),
          SIGN_MOMENTUM: ("momentum_buffer", None), LION: ("exp_avg", None)}
 PAIR_KINDS = (PLAIN, MOMENTUM, ADAM)  # both children in one pass; other pairs: one each
 APPLY_READS_G = (PLAIN, ADAGRAD, RMSPROP, SIGN, LION)  # D's step needs g again (and Nesterov)
+#: Elements a step needs before the kernels beat the reference path when Graft chooses by
+#: itself (below, a kernel pass's fixed cost outweighs the foreach ops it replaces; measured
+#: on a 2-core Xeon, 1 thread, BENCHMARKS.md): native children, black-box children.
+MIN_ELEMENTS_NATIVE, MIN_ELEMENTS_BLACK_BOX = 1 << 16, 1 << 19
 #: Native rules with kernels (the rest, LARS and LAMB, take the reference path).
 KERNEL_RULES = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "sign_sgd", "lion")
 NCOEF = 10  # coefficients per tensor and rule, see _row
@@ -168,6 +173,11 @@ def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
     kinds = {_kind(child.rule.name, g)
              for g in child.param_groups if any(id(p) in wanted for p in g["params"])}
     return kinds.pop() if len(kinds) == 1 else None
+
+
+def pays(graft: Any, elements: int) -> bool:
+    """Whether a step over ``elements`` numbers is big enough for the kernels to be faster."""
+    return elements >= (MIN_ELEMENTS_NATIVE if graft.native else MIN_ELEMENTS_BLACK_BOX)
 
 
 def unsupported(graft: Any, params: list[Tensor]) -> str | None:

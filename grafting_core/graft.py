@@ -50,6 +50,7 @@ class _Plan:
     active_layers: Tensor  # bool per layer: has at least one active parameter
     grafted: tuple[bool, ...]  # per active parameter: its layer is grafted (else M's step)
     partial: bool  # some active parameter is not grafted
+    elements: int  # numbers in the active parameters
 
 
 class Graft(torch.optim.Optimizer):
@@ -110,11 +111,12 @@ class Graft(torch.optim.Optimizer):
             ``nonfinite_skips`` and ``last_norms`` (default: True).
         fused: ``None`` (default): the fastest correct backend for each step, the fused
             CPU kernels of :mod:`grafting_core.fused` (same result to rounding, a few passes
-            over memory instead of ~20) wherever they support it, else the reference
-            foreach path (:mod:`grafting_core.reference`; CUDA, bf16, other rules...).
-            ``True``: the same, with one ``RuntimeWarning`` the first time the kernels
-            cannot take a step (no C compiler, an unsupported rule or dtype). ``False``:
-            always the reference path.
+            over memory instead of ~20) wherever they support it and the step is big enough
+            for them to pay (64K numbers with native children, 512K with black-box ones),
+            else the reference foreach path (:mod:`grafting_core.reference`; CUDA, bf16,
+            LARS/LAMB, small models...). ``True``: the kernels at every size where they can,
+            with one ``RuntimeWarning`` the first time they cannot take a step (no C
+            compiler, an unsupported rule or dtype). ``False``: always the reference path.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -347,7 +349,8 @@ class Graft(torch.optim.Optimizer):
             identity = layer_of == list(range(len(self.layers)))
             grafted = tuple(self._param_grafted[i] for i in key)
             self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
-                               active.to(device), grafted, not all(grafted))
+                               active.to(device), grafted, not all(grafted),
+                               sum(p.numel() for p in params))
         return self._plan
 
     def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
@@ -396,10 +399,11 @@ class Graft(torch.optim.Optimizer):
 
     def _backend(self, plan: _Plan) -> Any:
         """The backend for this step: FSDP2 shards, else the fused CPU kernels where they can
-        take it (``fused`` not False), else the reference foreach step."""
+        take it (``fused`` not False; by default only where they pay), else the reference."""
         if self._sharding is not None:
             backend, why_not = sharded, "the parameters are DTensor (FSDP2) shards"
-        elif self.fused is False:
+        elif self.fused is False or (self.fused is None
+                                     and not fused_kernels.pays(self, plan.elements)):
             return reference
         else:
             why_not = fused_kernels.unsupported(self, plan.params)

@@ -191,17 +191,52 @@ def _count_calls(monkeypatch, module):
     return calls
 
 
+def _kernels_pay_at_any_size(monkeypatch):
+    """The default then chooses by support alone (the test models are small)."""
+    monkeypatch.setattr(fused, "MIN_ELEMENTS_NATIVE", 0)
+    monkeypatch.setattr(fused, "MIN_ELEMENTS_BLACK_BOX", 0)
+
+
+def _train_big(dtype, steps, **kwargs):
+    """``steps`` Adam#SGD-m steps of a Linear(800, 700), 561,400 numbers (over both
+    MIN_ELEMENTS), on seeded random gradients; returns (layer, Graft)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(800, 700).to(dtype)
+    opt = Graft(layer.named_parameters(), *PAIRS[0], **kwargs)
+    for step in range(steps):
+        generator = torch.Generator().manual_seed(step)
+        for p in layer.parameters():
+            p.grad = torch.randn(p.shape, generator=generator, dtype=dtype)
+        opt.step()
+    return layer, opt
+
+
 @pytest.mark.parametrize("path", ["native", "blackbox"])
 def test_default_graft_takes_the_fused_kernels_with_the_reference_result(monkeypatch, path):
-    """No flag: the kernels take every step, and the weights are the reference path's."""
+    """No flag, a big enough model: the kernels take every step, with the reference weights."""
+    assert sum(p.numel() for p in torch.nn.Linear(800, 700).parameters()) >= max(
+        fused.MIN_ELEMENTS_NATIVE, fused.MIN_ELEMENTS_BLACK_BOX)
     fast_calls = _count_calls(monkeypatch, fused)
     reference_calls = _count_calls(monkeypatch, reference)
-    default, ref = make_model(torch.float64), make_model(torch.float64)
-    train(default, Graft(default.named_parameters(), *PAIRS[0], path=path), 10)
-    assert (len(fast_calls), len(reference_calls)) == (10, 0)
-    train(ref, Graft(ref.named_parameters(), *PAIRS[0], path=path, fused=False), 10)
-    assert (len(fast_calls), len(reference_calls)) == (10, 10)
+    default, _ = _train_big(torch.float64, 4, path=path)
+    assert (len(fast_calls), len(reference_calls)) == (4, 0)
+    ref, _ = _train_big(torch.float64, 4, path=path, fused=False)
+    assert (len(fast_calls), len(reference_calls)) == (4, 4)
     assert max_relative_difference(default, ref) < 1e-12
+
+
+@pytest.mark.parametrize("path", ["native", "blackbox"])
+def test_default_graft_on_a_small_model_takes_the_reference_path(monkeypatch, path):
+    """Below MIN_ELEMENTS the reference path is faster: the default takes it; fused=True
+    still takes the kernels."""
+    fast_calls = _count_calls(monkeypatch, fused)
+    reference_calls = _count_calls(monkeypatch, reference)
+    model = make_model()
+    assert sum(p.numel() for p in model.parameters()) < fused.MIN_ELEMENTS_NATIVE
+    train(model, Graft(model.named_parameters(), *PAIRS[0], path=path), 3)
+    assert (len(fast_calls), len(reference_calls)) == (0, 3)
+    train(model, Graft(model.named_parameters(), *PAIRS[0], path=path, fused=True), 3)
+    assert (len(fast_calls), len(reference_calls)) == (3, 3)
 
 
 UNSUPPORTED = {  # case -> (dtype, magnitude, direction, grafted, words of the warning)
@@ -218,6 +253,7 @@ UNSUPPORTED = {  # case -> (dtype, magnitude, direction, grafted, words of the w
 def test_unsupported_steps_take_the_reference_path(monkeypatch, case, flag):
     """Default: silently the reference path. fused=True: the same, with ONE warning naming why."""
     dtype, magnitude, direction, grafted, reason = UNSUPPORTED[case]
+    _kernels_pay_at_any_size(monkeypatch)
     reference_calls = _count_calls(monkeypatch, reference)
     model = make_model(dtype)
     opt = Graft(model.named_parameters(), magnitude, direction, grafted=grafted, fused=flag)
@@ -236,6 +272,7 @@ def test_unsupported_steps_take_the_reference_path(monkeypatch, case, flag):
 
 @pytest.mark.parametrize("flag", [None, True])
 def test_without_compiler_the_reference_path_runs(monkeypatch, flag):
+    _kernels_pay_at_any_size(monkeypatch)
     monkeypatch.setattr(fused, "_library", None)
     monkeypatch.setattr(fused, "unavailable_reason", "no C compiler (test)")
     model = make_model()

@@ -386,7 +386,7 @@ def test_a_tensor_listed_twice_is_refused_not_stepped_twice():
         Graft([("fc1.weight", weight), ("fc1.weight", weight)], "adam", None)
 
 
-@pytest.mark.parametrize("fused", [None, False], ids=["default", "reference"])
+@pytest.mark.parametrize("fused", [True, False], ids=["kernels", "reference"])
 def test_compiled_training_step_compiles_once_and_matches_eager(fused):
     """torch.compile of forward + backward + Graft.step(): no recompilation as the step
     counts grow (Graft.step runs eagerly inside it), and the eager run's weights."""
