@@ -339,84 +339,6 @@ class Graft(torch.optim.Optimizer):
             seen.add(id(p))
 
     # ------------------------------------------------------------------- step
-    def _plan_for(self, params: list[Tensor]) -> _Plan:
-        key = tuple(self._position[id(p)] for p in params)
-        if self._plan is None or self._plan.key != key:
-            layer_of = [self.layers.index[i] for i in key]
-            device = params[0].device
-            active = torch.zeros(len(self.layers), dtype=torch.bool)
-            active[layer_of] = True
-            identity = layer_of == list(range(len(self.layers)))
-            grafted = tuple(self._param_grafted[i] for i in key)
-            self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
-                               active.to(device), grafted, not all(grafted),
-                               sum(p.numel() for p in params))
-        return self._plan
-
-    def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
-        """Per-layer norms from per-tensor norms."""
-        if plan.is_identity:
-            return per_tensor
-        sums = torch.zeros(len(self.layers), dtype=per_tensor.dtype, device=per_tensor.device)
-        sums.index_add_(0, plan.index, per_tensor.square())
-        return sums.sqrt()
-
-    @staticmethod
-    def _tensor_norms(tensors: list[Tensor]) -> Tensor:
-        return torch.stack(tensor_norms(tensors))
-
-    @staticmethod
-    def _mark_stepped(child: Any) -> None:
-        # LR schedulers warn unless the optimizer they wrap was stepped; Graft steps it.
-        if isinstance(child, torch.optim.Optimizer):
-            child._opt_called = True
-
-    def _scratch_for(self, params: list[Tensor]) -> list[Tensor]:
-        """The black-box path's one weights-sized scratch buffer per parameter."""
-        scratch = []
-        for p in params:
-            buf = self._scratch.get(id(p))
-            if buf is None:
-                buf = self._scratch[id(p)] = torch.empty_like(p)
-            scratch.append(buf)
-        return scratch
-
-    def _child_steps(self, child: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
-        """A native child's steps for ``params``, in that order."""
-        stepped, steps = child.compute_steps(params)
-        if len(stepped) == len(params) and all(a is b for a, b in zip(stepped, params)):
-            return steps
-        by_id = {id(p): s for p, s in zip(stepped, steps)}
-        return [by_id[id(p)] for p in params]
-
-    def _lr_of(self, plan: _Plan) -> float | Tensor:
-        """Graft's group lr: one number, or one per stepped parameter when groups differ."""
-        lrs = [g["lr"] for g in self.param_groups]
-        if all(lr == lrs[0] for lr in lrs):
-            return lrs[0]
-        lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
-        return torch.tensor([lr_of[i] for i in plan.key], device=plan.index.device)
-
-    def _backend(self, plan: _Plan) -> Any:
-        """The backend for this step: FSDP2 shards, else the fused CPU kernels where they can
-        take it (``fused`` not False; by default only where they pay), else the reference."""
-        if self._sharding is not None:
-            backend, why_not = sharded, "the parameters are DTensor (FSDP2) shards"
-        elif self.fused is False or (self.fused is None
-                                     and not fused_kernels.pays(self, plan.elements)):
-            return reference
-        else:
-            why_not = fused_kernels.unsupported(self, plan.params)
-            backend = reference if why_not else fused_kernels
-        # getattr: a Graft pickled before this flag existed has none (__setstate__ untouched)
-        if self.fused and why_not and not getattr(self, "_fused_warned", False):
-            self._fused_warned = True  # stacklevel 6: step()'s caller, past torch's wrappers
-            warnings.warn(f"Graft(fused=True): the fused CPU kernels cannot take this step "
-                          f"({why_not}); it takes the {backend.__name__.rpartition('.')[2]} "
-                          "path instead (same result, slower). This warning is shown once.",
-                          RuntimeWarning, stacklevel=6)
-        return backend
-
     # torch.compile of a training step runs this eagerly (a graph break): the children's
     # Python-int step counts would otherwise recompile it on every step (BENCHMARKS.md).
     @torch.compiler.disable
@@ -450,6 +372,48 @@ class Graft(torch.optim.Optimizer):
         self._mark_stepped(self.direction)
         return loss
 
+    def _plan_for(self, params: list[Tensor]) -> _Plan:
+        key = tuple(self._position[id(p)] for p in params)
+        if self._plan is None or self._plan.key != key:
+            layer_of = [self.layers.index[i] for i in key]
+            device = params[0].device
+            active = torch.zeros(len(self.layers), dtype=torch.bool)
+            active[layer_of] = True
+            identity = layer_of == list(range(len(self.layers)))
+            grafted = tuple(self._param_grafted[i] for i in key)
+            self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
+                               active.to(device), grafted, not all(grafted),
+                               sum(p.numel() for p in params))
+        return self._plan
+
+    def _backend(self, plan: _Plan) -> Any:
+        """The backend for this step: FSDP2 shards, else the fused CPU kernels where they can
+        take it (``fused`` not False; by default only where they pay), else the reference."""
+        if self._sharding is not None:
+            backend, why_not = sharded, "the parameters are DTensor (FSDP2) shards"
+        elif self.fused is False or (self.fused is None
+                                     and not fused_kernels.pays(self, plan.elements)):
+            return reference
+        else:
+            why_not = fused_kernels.unsupported(self, plan.params)
+            backend = reference if why_not else fused_kernels
+        # getattr: a Graft pickled before this flag existed has none (__setstate__ untouched)
+        if self.fused and why_not and not getattr(self, "_fused_warned", False):
+            self._fused_warned = True  # stacklevel 6: step()'s caller, past torch's wrappers
+            warnings.warn(f"Graft(fused=True): the fused CPU kernels cannot take this step "
+                          f"({why_not}); it takes the {backend.__name__.rpartition('.')[2]} "
+                          "path instead (same result, slower). This warning is shown once.",
+                          RuntimeWarning, stacklevel=6)
+        return backend
+
+    def _lr_of(self, plan: _Plan) -> float | Tensor:
+        """Graft's group lr: one number, or one per stepped parameter when groups differ."""
+        lrs = [g["lr"] for g in self.param_groups]
+        if all(lr == lrs[0] for lr in lrs):
+            return lrs[0]
+        lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
+        return torch.tensor([lr_of[i] for i in plan.key], device=plan.index.device)
+
     def _record(self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal,
                 weight_norm: Tensor) -> None:
         """Leave ``last_norms`` and ``nonfinite_skips`` for recorders (see NORM_FIELDS)."""
@@ -460,6 +424,43 @@ class Graft(torch.optim.Optimizer):
                              proposal.grad_norm, weight_norm, skipped], dim=1)
         self.last_norms = torch.where(plan.active_layers[:, None], norms,
                                       torch.full_like(norms, math.nan))
+
+    @staticmethod
+    def _mark_stepped(child: Any) -> None:
+        # LR schedulers warn unless the optimizer they wrap was stepped; Graft steps it.
+        if isinstance(child, torch.optim.Optimizer):
+            child._opt_called = True
+
+    # ------------------------------------------- shared by the backends (reference.py, ...)
+    def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
+        """Per-layer norms from per-tensor norms."""
+        if plan.is_identity:
+            return per_tensor
+        sums = torch.zeros(len(self.layers), dtype=per_tensor.dtype, device=per_tensor.device)
+        sums.index_add_(0, plan.index, per_tensor.square())
+        return sums.sqrt()
+
+    @staticmethod
+    def _tensor_norms(tensors: list[Tensor]) -> Tensor:
+        return torch.stack(tensor_norms(tensors))
+
+    def _child_steps(self, child: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
+        """A native child's steps for ``params``, in that order."""
+        stepped, steps = child.compute_steps(params)
+        if len(stepped) == len(params) and all(a is b for a, b in zip(stepped, params)):
+            return steps
+        by_id = {id(p): s for p, s in zip(stepped, steps)}
+        return [by_id[id(p)] for p in params]
+
+    def _scratch_for(self, params: list[Tensor]) -> list[Tensor]:
+        """The black-box path's one weights-sized scratch buffer per parameter."""
+        scratch = []
+        for p in params:
+            buf = self._scratch.get(id(p))
+            if buf is None:
+                buf = self._scratch[id(p)] = torch.empty_like(p)
+            scratch.append(buf)
+        return scratch
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
