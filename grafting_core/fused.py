@@ -186,8 +186,6 @@ def unsupported(graft: Any, params: list[Tensor]) -> str | None:
         return "direction=None"
     if graft.partial:
         return "partial grafting (grafted=)"
-    if _build() is None:
-        return f"the kernels could not be built: {unavailable_reason}"
     dtype = params[0].dtype
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
         return "gradients not all dense contiguous float32/float64 CPU tensors of one dtype"
@@ -199,6 +197,8 @@ def unsupported(graft: Any, params: list[Tensor]) -> str | None:
     why_not = None if _dense(params, dtype) else "parameters not like their gradients"
     if why_not is None and graft.native:
         why_not = _native_unsupported(children, params, dtype)
+    if why_not is None and _build() is None:  # built only for a step the kernels could take
+        why_not = f"the kernels could not be built: {unavailable_reason}"
     graft._fused_checked = key if why_not is None else None
     return why_not
 

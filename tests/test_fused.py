@@ -340,3 +340,14 @@ def test_kernels_encode_every_hyperparameter_of_their_rules(name, key, role):
             if torch.is_tensor(value):
                 torch.testing.assert_close(child_fast.state[p_fast][buffer], value,
                                            rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernels_are_built_only_for_a_step_they_could_take(monkeypatch, dtype):
+    """A step the kernels cannot take (bf16 here, as CUDA tensors) never compiles them."""
+    builds = []
+    monkeypatch.setattr(fused, "_build", lambda: builds.append(1))  # None: "could not build"
+    _kernels_pay_at_any_size(monkeypatch)
+    model = make_model(dtype)
+    train(model, Graft(model.named_parameters(), *PAIRS[0]), 2)
+    assert len(builds) == (0 if dtype == torch.bfloat16 else 2)
