@@ -11,12 +11,13 @@ compiled with the system C compiler on first use (about 5 s of CPU) and cached i
 takes the reference path.
 
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
-CPU tensor of one dtype, ``direction`` is not ``None``, every layer is grafted (partial
-grafting, ``grafted=``, takes the reference path), and either both children are native
-rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop not
-centred, signSGD/Signum, Lion) or the step is black-box (any optimizers, a replayed schedule
-as magnitude included). A native replayed schedule, LARS, LAMB and a centred RMSprop take
-the reference path, and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
+CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are
+native rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop
+not centred, signSGD/Signum, Lion; partial grafting too, unless Lion is the magnitude) or
+every layer is grafted and the step is black-box (any optimizers, a replayed schedule as
+magnitude included). A native replayed schedule, LARS, LAMB, a centred RMSprop and partial
+grafting with black-box children take the reference path, and so do DTensor (FSDP2)
+shards, through ``grafting_core.sharded``.
 Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
 one of its hyperparameters (``tests/test_fused.py``).
 
@@ -24,7 +25,9 @@ Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite lay
 are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
 storing either step (one pass for SGD/Adam pairs, one pass per child for the other rules);
 (3) w += scale · Δ_D, recomputing Δ_D from D's updated state (Lion as D: from its old
-state, which advances here), and ‖w‖ (the weights before the step) on the way.
+state, which advances here), and ‖w‖ (the weights before the step) on the way. Partial
+grafting: M's pass over every tensor, D's over the grafted ones, and two apply passes
+(D's step on the grafted tensors, M's own on the others).
 Black-box step: ‖g‖; copy w to the scratch with ‖w‖; M.step(); ‖w − scratch‖ while
 restoring w; D.step(); ‖w − scratch‖; blend.
 """
@@ -60,6 +63,7 @@ SLOTS = {PLAIN: (None, None), MOMENTUM: ("momentum_buffer", None),
          SIGN_MOMENTUM: ("momentum_buffer", None), LION: ("exp_avg", None)}
 PAIR_KINDS = (PLAIN, MOMENTUM, ADAM)  # both children in one pass; other pairs: one each
 APPLY_READS_G = (PLAIN, ADAGRAD, RMSPROP, SIGN, LION)  # D's step needs g again (and Nesterov)
+IN_APPLY_KINDS = (LION,)  # the apply pass advances the state (IN_APPLY in the C file)
 #: Elements a step needs before the kernels beat the reference path when Graft chooses by
 #: itself (below, a kernel pass's fixed cost outweighs the foreach ops it replaces; measured
 #: on a 2-core Xeon, 1 thread, BENCHMARKS.md): native children, black-box children.
@@ -184,8 +188,8 @@ def unsupported(graft: Any, params: list[Tensor]) -> str | None:
     """Why the kernels cannot take this step of ``graft`` over ``params``; None if they can."""
     if graft.direction is None:
         return "direction=None"
-    if graft.partial:
-        return "partial grafting (grafted=)"
+    if graft.partial and not graft.native:
+        return "partial grafting (grafted=) with black-box children"
     dtype = params[0].dtype
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
         return "gradients not all dense contiguous float32/float64 CPU tensors of one dtype"
@@ -196,24 +200,27 @@ def unsupported(graft: Any, params: list[Tensor]) -> str | None:
         return None
     why_not = None if _dense(params, dtype) else "parameters not like their gradients"
     if why_not is None and graft.native:
-        why_not = _native_unsupported(children, params, dtype)
+        why_not = _native_unsupported(graft, params, dtype)
     if why_not is None and _build() is None:  # built only for a step the kernels could take
         why_not = f"the kernels could not be built: {unavailable_reason}"
     graft._fused_checked = key if why_not is None else None
     return why_not
 
 
-def _native_unsupported(children: tuple[Any, Any], params: list[Tensor],
-                        dtype: torch.dtype) -> str | None:
-    if children[0] is children[1]:
+def _native_unsupported(graft: Any, params: list[Tensor], dtype: torch.dtype) -> str | None:
+    magnitude, direction = graft.magnitude, graft.direction
+    if magnitude is direction:
         return "one optimizer as both magnitude and direction"
-    for role, child in zip(("magnitude", "direction"), children):
-        if _rule_kind(child, params) is None:
+    chosen = [p for p in params if graft._is_grafted(p)]
+    for role, child, mine in (("magnitude", magnitude, params), ("direction", direction, chosen)):
+        if mine and _rule_kind(child, mine) is None:
             name = child.rule.name if isinstance(child, NativeOptimizer) else type(child).__name__
             return (f"no kernel for the {role} {name!r} (kernels: {', '.join(KERNEL_RULES)}; "
                     "RMSprop not centred; one momentum setting per child)")
-    states = [v for c in children for p in params for v in c.state.get(p, {}).values()
-              if torch.is_tensor(v)]
+    if len(chosen) < len(params) and _rule_kind(magnitude, params) in IN_APPLY_KINDS:
+        return "partial grafting with Lion as magnitude (its step reads its old moment)"
+    states = [v for c in (magnitude, direction) for p in params
+              for v in c.state.get(p, {}).values() if torch.is_tensor(v)]
     return None if _dense(states, dtype) else "optimizer states not like the parameters"
 
 
@@ -331,33 +338,7 @@ def propose(graft: Any, plan: Any) -> Proposal:
     layout = _layout(params)
     grad_norm = _nonfinite_guard(graft, plan, layout, grads)
     if graft.native:
-        magnitude, direction = graft.magnitude, graft.direction
-        kinds = (_rule_kind(magnitude, params), _rule_kind(direction, params))
-        coefs = (_coefficients(magnitude, params), _coefficients(direction, params))
-        states = [[None if name is None else c.state[p][name] for p in params]
-                  for c, kind in zip((magnitude, direction), kinds) for name in SLOTS[kind]]
-        use_w = any(g["weight_decay"] != 0 for c in (magnitude, direction)
-                    for g in c.param_groups)
-        read = [grads, params if use_w else None]
-        if kinds[0] in PAIR_KINDS and kinds[1] in PAIR_KINDS:  # one pass for both children
-            sums = _run(PROPOSE, layout, dtype, [*read, *states], kinds=kinds, coefs=coefs,
-                        use_w=use_w)
-        else:  # one pass each (only the pair kinds are specialised together)
-            sums = torch.stack([
-                _run(op, layout, dtype, [*read, *slots], kinds=(kind, 0), coefs=(coef, None),
-                     use_w=use_w)[:, 0]
-                for op, kind, coef, slots in zip((PROPOSE_M, PROPOSE_D), kinds, coefs,
-                                                 (states[:2], states[2:]))], dim=1)
-        magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
-        per_tensor = _norms(sums[:, 1], dtype)
-        needs_g = kinds[1] in APPLY_READS_G or any(g.get("nesterov")
-                                                   for g in direction.param_groups)
-
-        def apply(scales: Tensor) -> Tensor:  # w += scale · Δ_D, Δ_D from D's new state
-            sums = _run(APPLY, layout, dtype,
-                        [grads if needs_g else None, params, None, None, *states[2:]],
-                        kinds=kinds, coefs=coefs, scale=scales)
-            return graft._reduce(_norms(sums[:, 0], dtype), plan)
+        magnitude_norm, per_tensor, apply = _native(graft, plan, grads)
     else:
         scratch = graft._scratch_for(params)
         weight_norm = graft._reduce(_norms(_run(COPY_SUMSQ, layout, dtype, [params, scratch])
@@ -375,3 +356,81 @@ def propose(graft: Any, plan: Any) -> Proposal:
             _run(BLEND, layout, dtype, [params, scratch], scale=scales)
             return weight_norm
     return Proposal(grad_norm, magnitude_norm, graft._reduce(per_tensor, plan), per_tensor, apply)
+
+
+class _Child:
+    """A native child's kernel inputs over some of the step's tensors (``index``)."""
+
+    def __init__(self, child: NativeOptimizer, params: list[Tensor], index: list[int]) -> None:
+        mine = [params[i] for i in index]
+        self.index = index
+        self.kind = _rule_kind(child, mine)
+        self.coefs = _coefficients(child, mine)  # advances the step counts
+        self.states = [[None if name is None else child.state[p][name] for p in mine]
+                       for name in SLOTS[self.kind]]
+        self.reads_g = self.kind in APPLY_READS_G or any(g.get("nesterov")
+                                                         for g in child.param_groups)
+
+    def pick(self, tensors: list[Any]) -> list[Any]:
+        return [tensors[i] for i in self.index]
+
+
+def _native(graft: Any, plan: Any, grads: list[Tensor]) -> tuple[Tensor, Tensor, Any]:
+    """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), and the apply
+    pass(es): w += scale · step, the step recomputed from the child's new state."""
+    params, dtype = plan.params, plan.params[0].dtype
+    everything = list(range(len(params)))
+    chosen = [i for i in everything if plan.grafted[i]]  # D's tensors (all unless partial)
+    others = [i for i in everything if not plan.grafted[i]]  # M's own step
+    magnitude = _Child(graft.magnitude, params, everything)
+    direction = _Child(graft.direction, params, chosen) if chosen else None
+    use_w = any(g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction)
+                for g in c.param_groups)
+    read = [grads, params if use_w else None]
+    layout = _layout(params)
+    if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
+        sums = _run(PROPOSE, layout, dtype, [*read, *magnitude.states, *direction.states],
+                    kinds=(magnitude.kind, direction.kind),
+                    coefs=(magnitude.coefs, direction.coefs), use_w=use_w)
+        magnitude_sums, step_sums = sums[:, 0], sums[:, 1]
+    else:  # one pass each (only the pair kinds are specialised together)
+        magnitude_sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w)
+        step_sums = magnitude_sums.clone()  # Δ_M where not grafted
+        if chosen:
+            step_sums[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)
+    per_tensor = _norms(step_sums, dtype)
+
+    def apply(scales: Tensor) -> Tensor:
+        weight_sums = torch.zeros(len(params), dtype=torch.float64)
+        for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
+            if index:
+                weight_sums[index] = _apply(child, index, params, grads, scales, dtype)
+        return graft._reduce(_norms(weight_sums, dtype), plan)
+
+    return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, apply
+
+
+def _apply(child: _Child, index: list[int], params: list[Tensor], grads: list[Tensor],
+           scales: Tensor, dtype: torch.dtype) -> Tensor:
+    """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
+    the child's new state; ‖w‖² per tensor before the move."""
+    position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
+    within = None if index == child.index else [position[i] for i in index]
+
+    def part(tensors: list[Any]) -> list[Any]:
+        return tensors if within is None else [tensors[i] for i in within]
+
+    mine = [params[i] for i in index]
+    return _run(APPLY, _layout(mine), dtype,
+                [[grads[i] for i in index] if child.reads_g else None, mine, None, None,
+                 *map(part, child.states)], kinds=(0, child.kind),
+                coefs=(None, child.coefs if within is None else child.coefs[within]),
+                scale=scales[index])[:, 0]
+
+
+def _propose_one(op: int, child: _Child, read: list[Any], dtype: torch.dtype,
+                 use_w: bool) -> Tensor:
+    """One child's propose pass over its tensors: ‖Δ‖² per tensor."""
+    tables = [None if t is None else child.pick(t) for t in read] + child.states
+    return _run(op, _layout(child.pick(read[0])), dtype, tables, kinds=(child.kind, 0),
+                coefs=(child.coefs, None), use_w=use_w)[:, 0]

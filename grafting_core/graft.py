@@ -100,7 +100,7 @@ class Graft(torch.optim.Optimizer):
             never sees them: built from a spec, D is built over the grafted parameters only;
             a ready D may cover all parameters or exactly the grafted ones. Selecting no
             layer is plain M. Not with ``direction=None`` or a replayed schedule (it has no
-            step of M to take); the fused kernels do not take it (reference path).
+            step of M to take). The fused kernels take it with native children.
         lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
         eps: added to ‖Δ_D‖ in the ratio (default: 1e-16).
         path: ``"auto"`` (native when both children are native), ``"native"`` (error if not

@@ -244,7 +244,7 @@ UNSUPPORTED = {  # case -> (dtype, magnitude, direction, grafted, words of the w
     "lars": (torch.float32, "lars", "sgd", None, "'lars'"),
     "centred": (torch.float32, "adam", ("rmsprop", {"centered": True}), None, "'rmsprop'"),
     "plain-m": (torch.float32, "adam", None, None, "direction=None"),
-    "partial": (torch.float32, "adam", "sgd", "hidden", "partial grafting"),
+    "partial-lion": (torch.float32, "lion", "sgd", "hidden", "Lion as magnitude"),
 }
 
 
@@ -351,3 +351,51 @@ def test_kernels_are_built_only_for_a_step_they_could_take(monkeypatch, dtype):
     model = make_model(dtype)
     train(model, Graft(model.named_parameters(), *PAIRS[0]), 2)
     assert len(builds) == (0 if dtype == torch.bfloat16 else 2)
+
+
+PARTIAL_PAIRS = [(specs, i) for specs, i in zip(PAIRS, PAIR_IDS) if specs[0][0] != "lion"]
+PARTIAL_CASES = {"hidden": ("tensor", "hidden"), "none": ("tensor", ()),
+                 "modules": ("module", lambda name: not name.startswith("out."))}
+
+
+@pytest.mark.parametrize("case", PARTIAL_CASES)
+@pytest.mark.parametrize("specs", [s for s, _ in PARTIAL_PAIRS], ids=[i for _, i in PARTIAL_PAIRS])
+def test_fused_partial_grafting_matches_reference(specs, case):
+    """grafted=: D's step on the chosen layers, M's own elsewhere, in the kernels: the
+    reference path's weights, norms and both children's states (float64 to 1e-12)."""
+    granularity, grafted = PARTIAL_CASES[case]
+    (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float64, granularity, "native",
+                                                 10, grafted=grafted)
+    assert fast.partial
+    assert max_relative_difference(fast_model, ref_model) < 1e-12
+    _assert_same_norms(ref, fast, 1e-12)
+    for role in ("magnitude", "direction"):
+        child_ref, child_fast = getattr(ref, role), getattr(fast, role)
+        assert len(child_fast.state) == len(child_ref.state)  # D: the grafted tensors only
+        for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters()):
+            for buffer, value in child_ref.state.get(p_ref, {}).items():
+                if torch.is_tensor(value):
+                    torch.testing.assert_close(child_fast.state[p_fast][buffer], value,
+                                               rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("specs", [PAIRS[0], PAIRS[5]], ids=[PAIR_IDS[0], PAIR_IDS[5]])
+def test_fused_partial_grafting_float32_skips_and_non_finite(specs):
+    """float32, a parameter without gradient and NaN/inf in a grafted and an ungrafted layer."""
+    runs = []
+    for use_fused in (False, True):
+        model = make_model()
+        opt = Graft(model.named_parameters(), *specs, grafted="hidden", fused=use_fused)
+        train(model, opt, 2)
+        compute_grads(model, 2)
+        model.fc2.weight.grad[0, 0] = float("nan")  # grafted
+        model.out.weight.grad[1, 1] = float("inf")  # not grafted (the head)
+        model.fc1.bias.grad = None
+        opt.step()
+        train(model, opt, 2, start=3)
+        runs.append((model, opt))
+    (ref_model, ref), (fast_model, fast) = runs
+    assert fused.unsupported(fast, list(fast_model.parameters())) is None
+    assert int(fast.nonfinite_skips.sum()) == int(ref.nonfinite_skips.sum()) == 2
+    assert max_relative_difference(fast_model, ref_model) < 1e-6
+    _assert_same_norms(ref, fast, 1e-5)
