@@ -452,13 +452,15 @@ class Graft(torch.optim.Optimizer):
         by_id = {id(p): s for p, s in zip(stepped, steps)}
         return [by_id[id(p)] for p in params]
 
-    def _scratch_for(self, params: list[Tensor]) -> list[Tensor]:
-        """The black-box path's one weights-sized scratch buffer per parameter."""
+    def _scratch_for(self, params: list[Tensor],
+                     like: list[Tensor] | None = None) -> list[Tensor]:
+        """The black-box path's one weights-sized scratch buffer per parameter, shaped like
+        ``like`` (default: the parameters; FSDP2: their local shards)."""
         scratch = []
-        for p in params:
+        for p, shape in zip(params, params if like is None else like):
             buf = self._scratch.get(id(p))
             if buf is None:
-                buf = self._scratch[id(p)] = torch.empty_like(p)
+                buf = self._scratch[id(p)] = torch.empty_like(shape)
             scratch.append(buf)
         return scratch
 
