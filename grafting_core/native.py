@@ -116,8 +116,9 @@ class NativeOptimizer(torch.optim.Optimizer):
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         out = []
         for p in params:
-            group = group_of[id(p)]
-            state = self._state_for(p, {k: group[k] for k in self.rule.defaults})
+            group, state = group_of[id(p)], self.state[p]
+            if not state:  # the group's hyperparameters only matter for a new state
+                state.update(init_state(self.rule, p, {k: group[k] for k in self.rule.defaults}))
             state["step"] += 1
             out.append((state, group))
         return out
