@@ -28,8 +28,8 @@ storing either step (one pass for SGD/Adam pairs, one pass per child for the oth
 state, which advances here), and ‖w‖ (the weights before the step) on the way. Partial
 grafting: M's pass over every tensor, D's over the grafted ones, and two apply passes
 (D's step on the grafted tensors, M's own on the others).
-Black-box step: ‖g‖; copy w to the scratch with ‖w‖; M.step(); ‖w − scratch‖ while
-restoring w; D.step(); ‖w − scratch‖; blend.
+Black-box step: ‖g‖ while copying w to the scratch with ‖w‖; M.step(); ‖w − scratch‖
+while restoring w; D.step(); ‖w − scratch‖; blend.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
-(SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
+(SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
  PROPOSE_M, PROPOSE_D) = range(10)
 # Rule kinds the kernels know (fused_kernels.c), and the state buffers in their two slots.
 (PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM,
@@ -319,10 +319,11 @@ def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
     return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]) -> Tensor:
-    """‖g‖ per layer; the gradients of non-finite layers are zeroed in place."""
+def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
+                     grad_sums: Tensor) -> Tensor:
+    """‖g‖ per layer from ‖g‖² per tensor; the gradients of non-finite layers are zeroed."""
     dtype = grads[0].dtype
-    grad_norm = graft._reduce(_norms(_run(SUMSQ, layout, dtype, [grads])[:, 0], dtype), plan)
+    grad_norm = graft._reduce(_norms(grad_sums, dtype), plan)
     finite = torch.isfinite(grad_norm)
     if graft.skip_nonfinite:  # the kernel reads the flags itself: no host sync, no pass if clean
         bad = (~finite)[plan.index].to(torch.float64)
@@ -336,13 +337,15 @@ def propose(graft: Any, plan: Any) -> Proposal:
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    grad_norm = _nonfinite_guard(graft, plan, layout, grads)
     if graft.native:
+        grad_norm = _nonfinite_guard(graft, plan, layout, grads,
+                                     _run(SUMSQ, layout, dtype, [grads])[:, 0])
         magnitude_norm, per_tensor, apply = _native(graft, plan, grads)
-    else:
+    else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
-        weight_norm = graft._reduce(_norms(_run(COPY_SUMSQ, layout, dtype, [params, scratch])
-                                           [:, 0], dtype), plan)
+        sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
+        grad_norm = _nonfinite_guard(graft, plan, layout, grads, sums[:, 0])
+        weight_norm = graft._reduce(_norms(sums[:, 1], dtype), plan)
         if isinstance(graft.magnitude, MagnitudeSchedule):
             magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
         else:

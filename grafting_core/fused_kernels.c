@@ -12,7 +12,7 @@
 
 #ifndef FUSED_COMMON
 #define FUSED_COMMON
-enum { SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
+enum { SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
        PROPOSE_M, PROPOSE_D };
 /* Rule kinds (fused.py maps rules and their flags to them): SGD without buffer, SGD with
  * momentum, Adam/AdamW, AdaGrad, RMSprop without and with momentum (not centred), signSGD
@@ -166,9 +166,14 @@ static void F(chunk)(const Task *t, int64_t i, int64_t lo, int64_t hi, double *o
         _Pragma("omp simd simdlen(16) reduction(+:s0)")
         for (int64_t j = lo; j < hi; j++) s0 += (double)g[j] * g[j];
         break;
-    case COPY_SUMSQ:  /* g: the weights, w: the scratch */
-        _Pragma("omp simd simdlen(16) reduction(+:s0)")
-        for (int64_t j = lo; j < hi; j++) { w[j] = g[j]; s0 += (double)g[j] * g[j]; }
+    case SUMSQ_COPY:  /* ‖g‖², and the weights w copied to the scratch (slot 2) with ‖w‖² */
+        _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")
+        for (int64_t j = lo; j < hi; j++) {
+            const REAL wj = w[j];
+            s0 += (double)g[j] * g[j];
+            m0[j] = wj;
+            s1 += (double)wj * wj;
+        }
         break;
     case DIFF_SUMSQ_RESTORE:  /* g: the weights after a child's step, w: the scratch */
         _Pragma("omp simd simdlen(16) reduction(+:s0)")
