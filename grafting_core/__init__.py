@@ -4,6 +4,7 @@ Imports torch and the standard library only. The experiment engine lives in
 ``grafting_core.lab`` (it needs the ``lab`` extras).
 """
 
+from .core import graft_scales
 from .graft import NORM_FIELDS, Graft
 from .layer_kinds import LAYER_KINDS, layer_kind, layer_kinds, select_kinds
 from .layers import GRANULARITIES, Layers, layer_key
@@ -33,6 +34,7 @@ __all__ = [
     "GRANULARITIES", "LAYER_KINDS", "NORM_FIELDS", "RULES", "STATISTICS", "Graft", "Layers",
     "MagnitudeSchedule", "NativeOptimizer", "NormLog", "OptimizerSpec", "Rule", "StaticRatios",
     "as_spec", "build_optimizer", "default_hparams", "describe", "estimate_static_ratios",
+    "graft_scales",
     "is_native", "layer_key", "layer_kind", "layer_kinds", "optimizer_names", "select_kinds",
     "state_bytes", "static_ratios_from_log", "validate_hparams",
 ]

@@ -1,24 +1,35 @@
-"""Fused CPU kernels for ``Graft.step``: the reference semantics in fewer passes over memory.
+"""Fused CPU kernels, a backend of ``Graft.step``: the reference semantics in fewer passes.
 
-``Graft(..., fused=True)`` routes a step here when :func:`supports` says so, and through
-the reference foreach code in ``graft.py`` otherwise; both give the same result to float
-rounding (``tests/test_fused.py``). The kernels are the C file beside this one, compiled
-with the system C compiler on first use (about 2 s) and cached in ``~/.cache/grafting_core``
-(or ``$GRAFTING_FUSED_CACHE``); without a compiler every step takes the reference path.
+``Graft`` takes this backend by default (``fused=None``) for every step :func:`unsupported`
+has no objection to and that is big enough for it to pay (:func:`pays`), and the reference
+foreach backend (:mod:`grafting_core.reference`) otherwise; both give the same result to
+float rounding (``tests/test_fused.py``). Like every backend it only runs the children and
+returns a :class:`~grafting_core.core.Proposal`: the grafting formula itself is
+:func:`grafting_core.core.graft_scales`. The kernels are the C file beside this one,
+compiled with the system C compiler on first use (about 5 s of CPU) and cached in
+``~/.cache/grafting_core`` (or ``$GRAFTING_FUSED_CACHE``); without a compiler every step
+takes the reference path.
 
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
-CPU tensor of one dtype, ``direction`` is not ``None``, every layer is grafted (partial
-grafting, ``grafted=``, takes the reference path), and either both children are native
-SGD/Adam/AdamW (``path`` native) or the step is black-box (any optimizers, a replayed
-schedule as magnitude included). A native replayed schedule and the other native rules
-(AdaGrad, RMSprop, Lion, LARS, LAMB, signSGD) take the reference path, and so do DTensor
-(FSDP2) shards, through ``grafting_core.sharded``.
+CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are
+native rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop
+not centred, signSGD/Signum, Lion; partial grafting too, unless Lion is the magnitude) or
+every layer is grafted and the step is black-box (any optimizers, a replayed schedule as
+magnitude included). A native replayed schedule, LARS, LAMB, a centred RMSprop and partial
+grafting with black-box children take the reference path, and so do DTensor (FSDP2)
+shards, through ``grafting_core.sharded``.
+Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
+one of its hyperparameters (``tests/test_fused.py``).
 
 Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite layers' gradients
 are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
-storing either step; (3) w += scale · Δ_D, recomputing Δ_D from D's updated state, and
-‖w‖ (the weights before the step) on the way. Black-box step: ‖g‖; copy w to the scratch
-with ‖w‖; M.step(); ‖w − scratch‖ while restoring w; D.step(); ‖w − scratch‖; blend.
+storing either step (one pass for SGD/Adam pairs, one pass per child for the other rules);
+(3) w += scale · Δ_D, recomputing Δ_D from D's updated state (Lion as D: from its old
+state, which advances here), and ‖w‖ (the weights before the step) on the way. Partial
+grafting: M's pass over every tensor, D's over the grafted ones, and two apply passes
+(D's step on the grafted tensors, M's own on the others).
+Black-box step: ‖g‖ while copying w to the scratch with ‖w‖; M.step(); ‖w − scratch‖
+while restoring w; D.step(); ‖w − scratch‖; blend.
 """
 
 from __future__ import annotations
@@ -37,11 +48,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
-SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF = range(8)
-PLAIN, MOMENTUM, ADAM = range(3)  # rule kinds the kernels know (fused_kernels.c)
+(SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
+ PROPOSE_M, PROPOSE_D) = range(10)
+# Rule kinds the kernels know (fused_kernels.c), and the state buffers in their two slots.
+(PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM,
+ LION) = range(9)
+SLOTS = {PLAIN: (None, None), MOMENTUM: ("momentum_buffer", None),
+         ADAM: ("exp_avg", "exp_avg_sq"), ADAGRAD: ("sum", None), RMSPROP: ("square_avg", None),
+         RMSPROP_MOMENTUM: ("square_avg", "momentum_buffer"), SIGN: (None, None),
+         SIGN_MOMENTUM: ("momentum_buffer", None), LION: ("exp_avg", None)}
+PAIR_KINDS = (PLAIN, MOMENTUM, ADAM)  # both children in one pass; other pairs: one each
+APPLY_READS_G = (PLAIN, ADAGRAD, RMSPROP, SIGN, LION)  # D's step needs g again (and Nesterov)
+IN_APPLY_KINDS = (LION,)  # the apply pass advances the state (IN_APPLY in the C file)
+#: Elements a step needs before the kernels beat the reference path when Graft chooses by
+#: itself (below, a kernel pass's fixed cost outweighs the foreach ops it replaces; measured
+#: on a 2-core Xeon, 1 thread, BENCHMARKS.md): native children, black-box children.
+MIN_ELEMENTS_NATIVE, MIN_ELEMENTS_BLACK_BOX = 1 << 16, 1 << 19
+#: Native rules with kernels (the rest, LARS and LAMB, take the reference path).
+KERNEL_RULES = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "sign_sgd", "lion")
 NCOEF = 10  # coefficients per tensor and rule, see _row
 CHUNK = 16384  # elements per work item (64 KiB of float32)
 _SOURCE = Path(__file__).with_name("fused_kernels.c")
@@ -129,42 +157,71 @@ def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
                and not t.is_sparse for t in tensors)
 
 
+def _kind(name: str, hp: dict[str, Any]) -> int | None:
+    """The kernel kind of rule ``name`` with hyperparameters ``hp`` (None: no kernel)."""
+    if name == "sgd":
+        return MOMENTUM if hp["momentum"] != 0 else PLAIN
+    if name == "rmsprop":
+        return None if hp["centered"] else RMSPROP_MOMENTUM if hp["momentum"] > 0 else RMSPROP
+    if name == "sign_sgd":
+        return SIGN_MOMENTUM if hp["momentum"] != 0 else SIGN
+    return {"adam": ADAM, "adamw": ADAM, "adagrad": ADAGRAD, "lion": LION}.get(name)
+
+
 def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
-    """The kernel kind of a native child over ``params``, or None if it has no kernel."""
-    if not isinstance(child, NativeOptimizer) or child.rule.name not in ("sgd", "adam", "adamw"):
+    """The kernel kind of a native child over ``params``, or None if it has no kernel (or its
+    groups over ``params`` need different kinds)."""
+    if not isinstance(child, NativeOptimizer) or child.rule.name not in KERNEL_RULES:
         return None
-    if child.rule.name != "sgd":
-        return ADAM
     wanted = {id(p) for p in params}
-    kinds = {MOMENTUM if g["momentum"] != 0 else PLAIN
+    kinds = {_kind(child.rule.name, g)
              for g in child.param_groups if any(id(p) in wanted for p in g["params"])}
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def supports(graft: Any, params: list[Tensor]) -> bool:
-    """Whether a fused step can do this step of ``graft`` over ``params`` (see module doc)."""
-    if graft.direction is None or not params or getattr(graft, "_sharding", None) is not None:
-        return False  # sharded parameters: the reference path of grafting_core.sharded
-    if graft.partial:
-        return False  # partial grafting: the reference path (grafting_core.partial)
-    if _build() is None:
-        return False
+def pays(graft: Any, elements: int) -> bool:
+    """Whether a step over ``elements`` numbers is big enough for the kernels to be faster."""
+    return elements >= (MIN_ELEMENTS_NATIVE if graft.native else MIN_ELEMENTS_BLACK_BOX)
+
+
+def unsupported(graft: Any, params: list[Tensor]) -> str | None:
+    """Why the kernels cannot take this step of ``graft`` over ``params``; None if they can."""
+    if graft.direction is None:
+        return "direction=None"
+    if graft.partial and not graft.native:
+        return "partial grafting (grafted=) with black-box children"
     dtype = params[0].dtype
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
-        return False
+        return "gradients not all dense contiguous float32/float64 CPU tensors of one dtype"
     children = (graft.magnitude, graft.direction)
     # Parameters and states change only with the plan, a dtype or a loaded state_dict.
     key = (tuple(map(id, params)), dtype, *(id(getattr(c, "state", None)) for c in children))
     if getattr(graft, "_fused_checked", None) == key:
-        return True
-    ok = _dense(params, dtype)
-    if ok and graft.native:
-        ok = children[0] is not children[1] and all(_rule_kind(c, params) is not None
-                                                     for c in children)
-        ok = ok and _dense([v for c in children for p in params
-                            for v in c.state.get(p, {}).values() if torch.is_tensor(v)], dtype)
-    graft._fused_checked = key if ok else None
-    return ok
+        return None
+    why_not = None if _dense(params, dtype) else "parameters not like their gradients"
+    if why_not is None and graft.native:
+        why_not = _native_unsupported(graft, params, dtype)
+    if why_not is None and _build() is None:  # built only for a step the kernels could take
+        why_not = f"the kernels could not be built: {unavailable_reason}"
+    graft._fused_checked = key if why_not is None else None
+    return why_not
+
+
+def _native_unsupported(graft: Any, params: list[Tensor], dtype: torch.dtype) -> str | None:
+    magnitude, direction = graft.magnitude, graft.direction
+    if magnitude is direction:
+        return "one optimizer as both magnitude and direction"
+    chosen = [p for p in params if graft._is_grafted(p)]
+    for role, child, mine in (("magnitude", magnitude, params), ("direction", direction, chosen)):
+        if mine and _rule_kind(child, mine) is None:
+            name = child.rule.name if isinstance(child, NativeOptimizer) else type(child).__name__
+            return (f"no kernel for the {role} {name!r} (kernels: {', '.join(KERNEL_RULES)}; "
+                    "RMSprop not centred; one momentum setting per child)")
+    if len(chosen) < len(params) and _rule_kind(magnitude, params) in IN_APPLY_KINDS:
+        return "partial grafting with Lion as magnitude (its step reads its old moment)"
+    states = [v for c in (magnitude, direction) for p in params
+              for v in c.state.get(p, {}).values() if torch.is_tensor(v)]
+    return None if _dense(states, dtype) else "optimizer states not like the parameters"
 
 
 class _Layout:
@@ -235,15 +292,25 @@ def _coefficients(child: NativeOptimizer, params: list[Tensor]) -> Tensor:
 
 def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
     """Kernel coefficients of one rule at one step (field meanings: ``Coef`` in the C file)."""
-    decay = hp["weight_decay"]
+    decay, lr = hp["weight_decay"], hp["lr"]
     if name == "sgd":
         momentum, first, nesterov = hp["momentum"], step == 1, hp["nesterov"]
         keep_buf, take_g = (0.0, 1.0) if first else (1.0, 1 - hp["dampening"])
         nes_g, nes_buf = (1.0, momentum) if nesterov else (0.0, 1.0)
-        return [hp["lr"], decay, 0.0, momentum, keep_buf, take_g, nes_g, nes_buf, 0.0, 0.0]
+        return [lr, decay, 0.0, momentum, keep_buf, take_g, nes_g, nes_buf, 0.0, 0.0]
+    if name == "adagrad":
+        decayed_lr = lr / (1 + (step - 1) * hp["lr_decay"])
+        return [decayed_lr, decay, 0.0, 0.0, 0.0, 0.0, hp["eps"], 0.0, 0.0, 0.0]
+    if name == "rmsprop":
+        alpha = hp["alpha"]
+        return [lr, decay, 0.0, hp["momentum"], alpha, 1 - alpha, hp["eps"], 0.0, 0.0, 0.0]
+    if name == "sign_sgd":
+        return [lr, decay, 0.0, 1 - hp["momentum"], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     beta1, beta2 = hp["betas"]
+    if name == "lion":
+        return [lr, 0.0, decay, 1 - beta1, 1 - beta2, 0.0, 0.0, 0.0, 0.0, 0.0]
     coupled, decoupled = (0.0, decay) if name == "adamw" else (decay, 0.0)
-    return [hp["lr"], coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
+    return [lr, coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
             1 / (1 - beta1**step), 1 / math.sqrt(1 - beta2**step), 0.0]
 
 
@@ -252,41 +319,33 @@ def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
     return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]) -> tuple:
-    """‖g‖ per layer and its finiteness; zero the gradients of non-finite layers in place."""
+def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
+                     grad_sums: Tensor) -> Tensor:
+    """‖g‖ per layer from ‖g‖² per tensor; the gradients of non-finite layers are zeroed."""
     dtype = grads[0].dtype
-    grad_norm = graft._reduce(_norms(_run(SUMSQ, layout, dtype, [grads])[:, 0], dtype), plan)
+    grad_norm = graft._reduce(_norms(grad_sums, dtype), plan)
     finite = torch.isfinite(grad_norm)
     if graft.skip_nonfinite:  # the kernel reads the flags itself: no host sync, no pass if clean
         bad = (~finite)[plan.index].to(torch.float64)
         _run(ZERO_IF, layout, dtype, [grads], scale=bad, threads=1)
-    return grad_norm, finite
+    return grad_norm
 
 
-def step(graft: Any, plan: Any) -> None:
-    """One fused step of ``graft`` over ``plan.params`` (checked by :func:`supports`)."""
+def propose(graft: Any, plan: Any) -> Proposal:
+    """Run both children over ``plan.params`` in kernel passes (checked by :func:`unsupported`)."""
     params = plan.params
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    grad_norm, finite = _nonfinite_guard(graft, plan, layout, grads)
     if graft.native:
-        magnitude, direction = graft.magnitude, graft.direction
-        kinds = (_rule_kind(magnitude, params), _rule_kind(direction, params))
-        coefs = (_coefficients(magnitude, params), _coefficients(direction, params))
-        states = [[c.state[p].get(name) for p in params]
-                  for c in (magnitude, direction)
-                  for name in (("momentum_buffer", None) if c.rule.name == "sgd"
-                               else ("exp_avg", "exp_avg_sq"))]
-        use_w = any(g["weight_decay"] != 0 for c in (magnitude, direction)
-                    for g in c.param_groups)
-        sums = _run(PROPOSE, layout, dtype, [grads, params if use_w else None, *states],
-                    kinds=kinds, coefs=coefs, use_w=use_w)
-        magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
-        direction_per_tensor = _norms(sums[:, 1], dtype)
-    else:
+        grad_norm = _nonfinite_guard(graft, plan, layout, grads,
+                                     _run(SUMSQ, layout, dtype, [grads])[:, 0])
+        magnitude_norm, per_tensor, apply = _native(graft, plan, grads)
+    else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
-        weight_sums = _run(COPY_SUMSQ, layout, dtype, [params, scratch])
+        sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
+        grad_norm = _nonfinite_guard(graft, plan, layout, grads, sums[:, 0])
+        weight_norm = graft._reduce(_norms(sums[:, 1], dtype), plan)
         if isinstance(graft.magnitude, MagnitudeSchedule):
             magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
         else:
@@ -294,17 +353,87 @@ def step(graft: Any, plan: Any) -> None:
             sums = _run(DIFF_SUMSQ_RESTORE, layout, dtype, [params, scratch])
             magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
         graft.direction.step()
-        direction_per_tensor = _norms(_run(DIFF_SUMSQ, layout, dtype, [params, scratch])[:, 0],
-                                      dtype)
-    direction_norm = graft._reduce(direction_per_tensor, plan)
-    finite, scales = graft._combine(plan, finite, magnitude_norm, direction_norm)
-    if graft.native:
-        needs_g = kinds[1] == PLAIN or any(g.get("nesterov") for g in graft.direction.param_groups)
-        weight_sums = _run(APPLY, layout, dtype,
-                           [grads if needs_g else None, params, None, None, *states[2:]],
-                           kinds=kinds, coefs=coefs, scale=scales)
-    else:
-        _run(BLEND, layout, dtype, [params, scratch], scale=scales)
-    weight_norm = graft._reduce(_norms(weight_sums[:, 0], dtype), plan)
-    graft._record(plan, finite, scales, direction_per_tensor,
-                  (magnitude_norm, direction_norm, grad_norm, weight_norm))
+        per_tensor = _norms(_run(DIFF_SUMSQ, layout, dtype, [params, scratch])[:, 0], dtype)
+
+        def apply(scales: Tensor) -> Tensor:  # w = scratch + scale · (w_after_D − scratch)
+            _run(BLEND, layout, dtype, [params, scratch], scale=scales)
+            return weight_norm
+    return Proposal(grad_norm, magnitude_norm, graft._reduce(per_tensor, plan), per_tensor, apply)
+
+
+class _Child:
+    """A native child's kernel inputs over some of the step's tensors (``index``)."""
+
+    def __init__(self, child: NativeOptimizer, params: list[Tensor], index: list[int]) -> None:
+        mine = [params[i] for i in index]
+        self.index = index
+        self.kind = _rule_kind(child, mine)
+        self.coefs = _coefficients(child, mine)  # advances the step counts
+        self.states = [[None if name is None else child.state[p][name] for p in mine]
+                       for name in SLOTS[self.kind]]
+        self.reads_g = self.kind in APPLY_READS_G or any(g.get("nesterov")
+                                                         for g in child.param_groups)
+
+    def pick(self, tensors: list[Any]) -> list[Any]:
+        return [tensors[i] for i in self.index]
+
+
+def _native(graft: Any, plan: Any, grads: list[Tensor]) -> tuple[Tensor, Tensor, Any]:
+    """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), and the apply
+    pass(es): w += scale · step, the step recomputed from the child's new state."""
+    params, dtype = plan.params, plan.params[0].dtype
+    everything = list(range(len(params)))
+    chosen = [i for i in everything if plan.grafted[i]]  # D's tensors (all unless partial)
+    others = [i for i in everything if not plan.grafted[i]]  # M's own step
+    magnitude = _Child(graft.magnitude, params, everything)
+    direction = _Child(graft.direction, params, chosen) if chosen else None
+    use_w = any(g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction)
+                for g in c.param_groups)
+    read = [grads, params if use_w else None]
+    layout = _layout(params)
+    if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
+        sums = _run(PROPOSE, layout, dtype, [*read, *magnitude.states, *direction.states],
+                    kinds=(magnitude.kind, direction.kind),
+                    coefs=(magnitude.coefs, direction.coefs), use_w=use_w)
+        magnitude_sums, step_sums = sums[:, 0], sums[:, 1]
+    else:  # one pass each (only the pair kinds are specialised together)
+        magnitude_sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w)
+        step_sums = magnitude_sums.clone()  # Δ_M where not grafted
+        if chosen:
+            step_sums[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)
+    per_tensor = _norms(step_sums, dtype)
+
+    def apply(scales: Tensor) -> Tensor:
+        weight_sums = torch.zeros(len(params), dtype=torch.float64)
+        for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
+            if index:
+                weight_sums[index] = _apply(child, index, params, grads, scales, dtype)
+        return graft._reduce(_norms(weight_sums, dtype), plan)
+
+    return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, apply
+
+
+def _apply(child: _Child, index: list[int], params: list[Tensor], grads: list[Tensor],
+           scales: Tensor, dtype: torch.dtype) -> Tensor:
+    """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
+    the child's new state; ‖w‖² per tensor before the move."""
+    position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
+    within = None if index == child.index else [position[i] for i in index]
+
+    def part(tensors: list[Any]) -> list[Any]:
+        return tensors if within is None else [tensors[i] for i in within]
+
+    mine = [params[i] for i in index]
+    return _run(APPLY, _layout(mine), dtype,
+                [[grads[i] for i in index] if child.reads_g else None, mine, None, None,
+                 *map(part, child.states)], kinds=(0, child.kind),
+                coefs=(None, child.coefs if within is None else child.coefs[within]),
+                scale=scales[index])[:, 0]
+
+
+def _propose_one(op: int, child: _Child, read: list[Any], dtype: torch.dtype,
+                 use_w: bool) -> Tensor:
+    """One child's propose pass over its tensors: ‖Δ‖² per tensor."""
+    tables = [None if t is None else child.pick(t) for t in read] + child.states
+    return _run(op, _layout(child.pick(read[0])), dtype, tables, kinds=(child.kind, 0),
+                coefs=(child.coefs, None), use_w=use_w)[:, 0]

@@ -12,9 +12,15 @@
 
 #ifndef FUSED_COMMON
 #define FUSED_COMMON
-enum { SUMSQ, COPY_SUMSQ, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF };
-enum { PLAIN, MOMENTUM, ADAM };  /* SGD without buffer, SGD with momentum, Adam/AdamW */
+enum { SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
+       PROPOSE_M, PROPOSE_D };
+/* Rule kinds (fused.py maps rules and their flags to them): SGD without buffer, SGD with
+ * momentum, Adam/AdamW, AdaGrad, RMSprop without and with momentum (not centred), signSGD
+ * without and with momentum (Signum), Lion. */
+enum { PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM, LION };
 enum { NCOEF = 10 };             /* per tensor and rule; the meaning of each is in Coef */
+/* Lion's step reads its moment before the update: as D its state advances in APPLY. */
+#define IN_APPLY(K) ((K) == LION)
 
 typedef struct {
     int op, kind_m, kind_d, use_w;
@@ -36,9 +42,13 @@ typedef struct {
  * first step has keep_buf = 0, take_g = 1 (the buffer starts at g); without Nesterov
  * the step is 0·g + 1·buf. */
 typedef struct {
-    REAL lr, wd, wd_after;        /* all: lr, coupled decay (g += wd·w), decoupled (AdamW) */
+    REAL lr, wd, wd_after;        /* all: lr, coupled decay (g += wd·w), decoupled (AdamW,
+                                   * Lion); AdaGrad's lr is its decayed lr at this step */
     REAL a, b, c, d, e, f, unused; /* SGD: momentum, keep_buf, take_g, nes_g, nes_buf;
-                                    * Adam: 1-beta1, beta2, 1-beta2, eps, 1/bc1, 1/sqrt(bc2) */
+                                    * Adam: 1-beta1, beta2, 1-beta2, eps, 1/bc1, 1/sqrt(bc2);
+                                    * AdaGrad: -, -, -, eps; RMSprop: momentum, alpha,
+                                    * 1-alpha, eps; signSGD: 1-momentum; Lion: 1-beta1,
+                                    * 1-beta2 */
 } F(Coef);
 
 static F(Coef) F(coef)(const double *k) {
@@ -47,7 +57,18 @@ static F(Coef) F(coef)(const double *k) {
     return c;
 }
 
-/* One rule's proposed step for one element; with `update` it first advances the state. */
+static inline __attribute__((always_inline)) REAL F(sign)(const REAL x) {
+    return (REAL)((x > 0) - (x < 0));
+}
+
+/* torch's lerp (ATen/native/Lerp.h): s + w·(e − s), or e − (e − s)·(1 − w) for w >= 1/2. */
+static inline __attribute__((always_inline)) REAL F(lerp)(const REAL s, const REAL e,
+                                                          const REAL w) {
+    return w < (REAL)0.5 ? s + w * (e - s) : e - (e - s) * (1 - w);
+}
+
+/* One rule's proposed step for one element; with `update` it also advances the state (the
+ * step reads the new state, except Lion's, which reads the old one). */
 static inline __attribute__((always_inline)) REAL F(rule)(
         const int kind, const F(Coef) k, REAL g, REAL w, REAL *s0, REAL *s1, const int update) {
     g = g + k.wd * w;
@@ -56,6 +77,34 @@ static inline __attribute__((always_inline)) REAL F(rule)(
         REAL buf = *s0;
         if (update) *s0 = buf = buf * (k.a * k.b) + k.c * g;
         return (k.d * g + k.e * buf) * -k.lr;
+    }
+    if (kind == ADAGRAD) {
+        REAL sum = *s0;
+        if (update) *s0 = sum = sum + g * g;
+        return g / (SQRT(sum) + k.d) * -k.lr;
+    }
+    if (kind == RMSPROP || kind == RMSPROP_MOMENTUM) {
+        REAL v = *s0;
+        if (update) {
+            v = v * k.b;
+            *s0 = v = v + k.c * g * g;
+        }
+        if (kind == RMSPROP) return g / (SQRT(v) + k.d) * -k.lr;
+        REAL buf = *s1;
+        if (update) *s1 = buf = buf * k.a + g / (SQRT(v) + k.d);
+        return buf * -k.lr;
+    }
+    if (kind == SIGN) return F(sign)(g) * -k.lr;
+    if (kind == SIGN_MOMENTUM) {
+        REAL buf = *s0;
+        if (update) *s0 = buf = F(lerp)(buf, g, k.a);
+        return F(sign)(buf) * -k.lr;
+    }
+    if (kind == LION) {
+        const REAL m = *s0;
+        const REAL step = (F(sign)(F(lerp)(m, g, k.a)) + k.wd_after * w) * -k.lr;
+        if (update) *s0 = F(lerp)(m, g, k.b);
+        return step;
     }
     REAL m = *s0, v = *s1;
     if (update) {
@@ -79,15 +128,26 @@ static inline __attribute__((always_inline)) REAL F(rule)(
     }
 #define PROPOSE_W(KM, KD) \
     if (t->use_w) { PROPOSE_LOOP(KM, KD, 1) } else { PROPOSE_LOOP(KM, KD, 0) }
-#define PROPOSE_M(KD) \
+#define PROPOSE_PAIR(KD) \
     if (t->kind_m == PLAIN) { PROPOSE_W(PLAIN, KD) } \
     else if (t->kind_m == MOMENTUM) { PROPOSE_W(MOMENTUM, KD) } \
     else { PROPOSE_W(ADAM, KD) }
+/* One child alone (a pair with a kind PROPOSE is not specialised on): its state, ‖Δ‖². */
+#define ONE_LOOP(K, UPDATE, USE_W)                                                 \
+    _Pragma("omp simd simdlen(16) reduction(+:s0)")                                \
+    for (int64_t j = lo; j < hi; j++) {                                            \
+        REAL d = F(rule)(K, km, g[j], USE_W ? w[j] : 0, m0 + j, m1 + j, UPDATE);   \
+        s0 += (double)d * d;                                                       \
+    }
+#define ONE_W(K, UPDATE) \
+    if (t->use_w) { ONE_LOOP(K, UPDATE, 1) } else { ONE_LOOP(K, UPDATE, 0) }
+#define ONE(K) \
+    if (IN_APPLY(K) && t->op == PROPOSE_D) { ONE_W(K, 0) } else { ONE_W(K, 1) } break;
 #define APPLY_LOOP(KD, USE_G)                                                      \
     _Pragma("omp simd simdlen(16) reduction(+:s0)")                                            \
     for (int64_t j = lo; j < hi; j++) {                                            \
         REAL wj = w[j];                                                            \
-        REAL dd = F(rule)(KD, kd, USE_G ? g[j] : 0, wj, d0 + j, d1 + j, 0);        \
+        REAL dd = F(rule)(KD, kd, USE_G ? g[j] : 0, wj, d0 + j, d1 + j, IN_APPLY(KD)); \
         s0 += (double)wj * wj;                                                     \
         w[j] = wj + dd * s;                                                        \
     }
@@ -106,9 +166,14 @@ static void F(chunk)(const Task *t, int64_t i, int64_t lo, int64_t hi, double *o
         _Pragma("omp simd simdlen(16) reduction(+:s0)")
         for (int64_t j = lo; j < hi; j++) s0 += (double)g[j] * g[j];
         break;
-    case COPY_SUMSQ:  /* g: the weights, w: the scratch */
-        _Pragma("omp simd simdlen(16) reduction(+:s0)")
-        for (int64_t j = lo; j < hi; j++) { w[j] = g[j]; s0 += (double)g[j] * g[j]; }
+    case SUMSQ_COPY:  /* ‖g‖², and the weights w copied to the scratch (slot 2) with ‖w‖² */
+        _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")
+        for (int64_t j = lo; j < hi; j++) {
+            const REAL wj = w[j];
+            s0 += (double)g[j] * g[j];
+            m0[j] = wj;
+            s1 += (double)wj * wj;
+        }
         break;
     case DIFF_SUMSQ_RESTORE:  /* g: the weights after a child's step, w: the scratch */
         _Pragma("omp simd simdlen(16) reduction(+:s0)")
@@ -127,15 +192,37 @@ static void F(chunk)(const Task *t, int64_t i, int64_t lo, int64_t hi, double *o
         for (int64_t j = lo; j < hi; j++) g[j] = (g[j] - w[j]) * s + w[j];
         break;
     case PROPOSE:
-        if (t->kind_d == PLAIN) { PROPOSE_M(PLAIN) }
-        else if (t->kind_d == MOMENTUM) { PROPOSE_M(MOMENTUM) }
-        else { PROPOSE_M(ADAM) }
+        if (t->kind_d == PLAIN) { PROPOSE_PAIR(PLAIN) }
+        else if (t->kind_d == MOMENTUM) { PROPOSE_PAIR(MOMENTUM) }
+        else { PROPOSE_PAIR(ADAM) }
         break;
-    case APPLY:  /* w += scale · Δ_D, Δ_D recomputed from D's updated state */
-        if (t->kind_d == ADAM) { APPLY_LOOP(ADAM, 0) }
-        else if (t->kind_d == PLAIN) { APPLY_LOOP(PLAIN, 1) }
-        else if (g) { APPLY_LOOP(MOMENTUM, 1) }  /* Nesterov: the step reads g again */
-        else { APPLY_LOOP(MOMENTUM, 0) }
+    case PROPOSE_M:  /* slots 2, 3 and coef_m hold the child's, kind_m its kind */
+    case PROPOSE_D:
+        switch (t->kind_m) {
+        case PLAIN: ONE(PLAIN)
+        case MOMENTUM: ONE(MOMENTUM)
+        case ADAM: ONE(ADAM)
+        case ADAGRAD: ONE(ADAGRAD)
+        case RMSPROP: ONE(RMSPROP)
+        case RMSPROP_MOMENTUM: ONE(RMSPROP_MOMENTUM)
+        case SIGN: ONE(SIGN)
+        case SIGN_MOMENTUM: ONE(SIGN_MOMENTUM)
+        case LION: ONE(LION)
+        }
+        break;
+    case APPLY:  /* w += scale · Δ_D, Δ_D recomputed from D's updated state (g if needed) */
+        switch (t->kind_d) {
+        case PLAIN: APPLY_LOOP(PLAIN, 1) break;
+        case MOMENTUM:  /* Nesterov: the step reads g again */
+            if (g) { APPLY_LOOP(MOMENTUM, 1) } else { APPLY_LOOP(MOMENTUM, 0) } break;
+        case ADAM: APPLY_LOOP(ADAM, 0) break;
+        case ADAGRAD: APPLY_LOOP(ADAGRAD, 1) break;
+        case RMSPROP: APPLY_LOOP(RMSPROP, 1) break;
+        case RMSPROP_MOMENTUM: APPLY_LOOP(RMSPROP_MOMENTUM, 0) break;
+        case SIGN: APPLY_LOOP(SIGN, 1) break;
+        case SIGN_MOMENTUM: APPLY_LOOP(SIGN_MOMENTUM, 0) break;
+        case LION: APPLY_LOOP(LION, 1) break;
+        }
         break;
     case ZERO_IF:  /* the gradients of skipped layers: a flag per tensor, no pass if clean */
         if (s != 0)

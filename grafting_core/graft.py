@@ -1,4 +1,10 @@
-"""``Graft``: learning-rate grafting M#D as a drop-in ``torch.optim.Optimizer``."""
+"""``Graft``: learning-rate grafting M#D as a drop-in ``torch.optim.Optimizer``.
+
+Read top to bottom: the per-layer norm fields, the class with its set-up (groups, layers,
+children), then ``step``: pick a backend, let it run the children (a
+:class:`~grafting_core.core.Proposal`), apply :func:`~grafting_core.core.graft_scales`,
+record the norms; then the state dict.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import torch
 from torch import Tensor
 
 from . import fused as fused_kernels
-from . import partial, routing, sharded, state_format
+from . import partial, reference, routing, sharded, state_format
+from .core import Proposal, graft_scales
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
 from .partial import Grafted
@@ -43,6 +50,7 @@ class _Plan:
     active_layers: Tensor  # bool per layer: has at least one active parameter
     grafted: tuple[bool, ...]  # per active parameter: its layer is grafted (else M's step)
     partial: bool  # some active parameter is not grafted
+    elements: int  # numbers in the active parameters
 
 
 class Graft(torch.optim.Optimizer):
@@ -61,6 +69,13 @@ class Graft(torch.optim.Optimizer):
     Native children (registry specs) are computed without touching the weights; any other
     ``torch.optim.Optimizer`` is driven as a black box: snapshot, step, difference, restore,
     with a single weights-sized scratch buffer.
+
+    Each step is computed by a backend that runs both children and hands the per-layer norms
+    to :func:`~grafting_core.core.graft_scales`, the formula above: by default the fused CPU
+    kernels (:mod:`grafting_core.fused`) wherever they support the step, FSDP2 shards
+    (:mod:`grafting_core.sharded`), else the reference foreach path
+    (:mod:`grafting_core.reference`; GPUs, other rules and dtypes). All give the same result
+    to rounding.
 
     Args:
         params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``, which gives
@@ -88,7 +103,7 @@ class Graft(torch.optim.Optimizer):
             never sees them: built from a spec, D is built over the grafted parameters only;
             a ready D may cover all parameters or exactly the grafted ones. Selecting no
             layer is plain M. Not with ``direction=None`` or a replayed schedule (it has no
-            step of M to take); ``fused=True`` takes the reference path.
+            step of M to take). The fused kernels take it with native children.
         lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
         eps: added to ‖Δ_D‖ in the ratio (default: 1e-16).
         path: ``"auto"`` (native when both children are native), ``"native"`` (error if not
@@ -97,9 +112,14 @@ class Graft(torch.optim.Optimizer):
             see a zero gradient for it instead (their moments decay, they are never
             poisoned), the gradient is zeroed in place and the skip is counted in
             ``nonfinite_skips`` and ``last_norms`` (default: True).
-        fused: on CPU, take the fused kernels of :mod:`grafting_core.fused` (same result,
-            a few passes over memory instead of ~20) wherever they support the step, and the
-            reference foreach path elsewhere (default: False).
+        fused: ``None`` (default): the fastest correct backend for each step, the fused
+            CPU kernels of :mod:`grafting_core.fused` (same result to rounding, a few passes
+            over memory instead of ~20) wherever they support it and the step is big enough
+            for them to pay (64K numbers with native children, 512K with black-box ones),
+            else the reference foreach path (:mod:`grafting_core.reference`; CUDA, bf16,
+            LARS/LAMB, small models...). ``True``: the kernels at every size where they can,
+            with one ``RuntimeWarning`` the first time they cannot take a step (no C
+            compiler, an unsupported rule or dtype). ``False``: always the reference path.
         names: a model whose ``named_parameters()`` name plain tensors by identity, for
             groups built from tensors (HF ``Trainer``, factories): readable layers,
             ``granularity="module"`` and layer kinds then work.
@@ -141,7 +161,7 @@ class Graft(torch.optim.Optimizer):
       Replayed schedules, every granularity and partial grafting work. Refused at
       construction, with the reason: native LARS/LAMB (their trust ratios would be shard
       norms), Muon, Adafactor, Rprop and unknown optimizers without ``supports_dtensor``,
-      plain tensors mixed with DTensors. ``fused=True`` takes the reference path. A NaN/inf
+      plain tensors mixed with DTensors. The fused CPU kernels are not used. A NaN/inf
       gradient on any shard skips that layer on every rank (see the warning in
       :mod:`grafting_core.sharded`).
     - Recording: after the reduction ``last_norms`` holds whole-layer norms, identical on
@@ -160,7 +180,7 @@ class Graft(torch.optim.Optimizer):
         eps: float = 1e-16,
         path: str = "auto",
         skip_nonfinite: bool = True,
-        fused: bool = False,
+        fused: bool | None = None,
         names: torch.nn.Module | None = None,
     ) -> None:
         if not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
@@ -169,6 +189,8 @@ class Graft(torch.optim.Optimizer):
             raise ValueError(f"Invalid eps: {eps!r} (must be a finite number >= 0)")
         if path not in PATHS:
             raise ValueError(f"Invalid path: {path!r} (valid: {PATHS})")
+        if fused not in (None, True, False):
+            raise ValueError(f"Invalid fused: {fused!r} (valid: None, True, False)")
         if isinstance(direction, MagnitudeSchedule):
             raise TypeError("A MagnitudeSchedule can only be the magnitude, not the direction")
         self._ready = False
@@ -182,6 +204,7 @@ class Graft(torch.optim.Optimizer):
         self.path = path
         self.skip_nonfinite = skip_nonfinite
         self.fused = fused
+        self._fused_warned = False  # fused=True that cannot be honoured warns once
         self.granularity = granularity
         self.grafted = grafted
         if direction is None and isinstance(magnitude, MagnitudeSchedule):
@@ -294,8 +317,8 @@ class Graft(torch.optim.Optimizer):
         self._plan: _Plan | None = None
         self._scratch: dict[int, Tensor] = {}
         device = named[0][1].device if named else torch.device("cpu")
-        self._ungrafted = (torch.tensor([not g for g in self.grafted_layers], device=device)
-                           if self.partial else None)
+        self._layer_grafted = torch.tensor(self.grafted_layers, dtype=torch.bool, device=device)
+        self._nothing_grafted = torch.zeros_like(self._layer_grafted)  # plain M: M's own step
         self.last_norms = torch.full((len(self.layers), len(NORM_FIELDS)), math.nan, device=device)
         self.nonfinite_skips = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
 
@@ -359,89 +382,9 @@ class Graft(torch.optim.Optimizer):
             seen.add(id(p))
 
     # ------------------------------------------------------------------- step
-    def _plan_for(self, params: list[Tensor]) -> _Plan:
-        key = tuple(self._position[id(p)] for p in params)
-        if self._plan is None or self._plan.key != key:
-            layer_of = [self.layers.index[i] for i in key]
-            device = params[0].device
-            active = torch.zeros(len(self.layers), dtype=torch.bool)
-            active[layer_of] = True
-            identity = layer_of == list(range(len(self.layers)))
-            grafted = tuple(self._param_grafted[i] for i in key)
-            self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
-                               active.to(device), grafted, not all(grafted))
-        return self._plan
-
-    def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
-        """Per-layer norms from per-tensor norms."""
-        if plan.is_identity:
-            return per_tensor
-        sums = torch.zeros(len(self.layers), dtype=per_tensor.dtype, device=per_tensor.device)
-        sums.index_add_(0, plan.index, per_tensor.square())
-        return sums.sqrt()
-
-    @staticmethod
-    def _tensor_norms(tensors: list[Tensor]) -> Tensor:
-        return torch.stack(tensor_norms(tensors))
-
-    @staticmethod
-    def _mark_stepped(child: Any) -> None:
-        # LR schedulers warn unless the optimizer they wrap was stepped; Graft steps it.
-        if isinstance(child, torch.optim.Optimizer):
-            child._opt_called = True
-
-    def _scratch_for(self, params: list[Tensor]) -> list[Tensor]:
-        """The black-box path's one weights-sized scratch buffer per parameter."""
-        scratch = []
-        for p in params:
-            buf = self._scratch.get(id(p))
-            if buf is None:
-                buf = self._scratch[id(p)] = torch.empty_like(p)
-            scratch.append(buf)
-        return scratch
-
-    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
-        scratch = self._scratch_for(params)
-        torch._foreach_copy_(scratch, params)
-        return scratch
-
-    def _child_steps(self, child: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
-        """A native child's steps for ``params``, in that order."""
-        stepped, steps = child.compute_steps(params)
-        if len(stepped) == len(params) and all(a is b for a, b in zip(stepped, params)):
-            return steps
-        by_id = {id(p): s for p, s in zip(stepped, steps)}
-        return [by_id[id(p)] for p in params]
-
-    def _magnitude_norms(self, plan: _Plan, scratch: list[Tensor] | None) -> Tensor:
-        if isinstance(self.magnitude, MagnitudeSchedule):
-            return self.magnitude.norms_at(self.graft_step, plan.index.device)
-        if self.native:
-            steps = self._child_steps(self.magnitude, plan.params)
-            return self._reduce(self._tensor_norms(steps), plan)
-        self.magnitude.step()
-        torch._foreach_sub_(plan.params, scratch)  # the weights now hold Δ_M
-        norms = self._reduce(self._tensor_norms(plan.params), plan)
-        torch._foreach_copy_(plan.params, scratch)
-        return norms
-
-    def _direction_steps(self, child: torch.optim.Optimizer, plan: _Plan,
-                         scratch: list[Tensor] | None) -> list[Tensor]:
-        if self.native:
-            return self._child_steps(child, plan.params)
-        child.step()
-        torch._foreach_sub_(plan.params, scratch)  # the weights now hold Δ_D
-        return plan.params
-
-    def _scales(self, plan: _Plan, ratio: Tensor) -> Tensor:
-        """Per-parameter multiplier lr_group · ratio_layer."""
-        per_param = ratio[plan.index]
-        lrs = [g["lr"] for g in self.param_groups]
-        if all(lr == lrs[0] for lr in lrs):
-            return per_param * lrs[0]
-        lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
-        return per_param * torch.tensor([lr_of[i] for i in plan.key], device=ratio.device)
-
+    # torch.compile of a training step runs this eagerly (a graph break): the children's
+    # Python-int step counts would otherwise recompile it on every step (BENCHMARKS.md).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         """One grafted step on the current gradients; returns the closure's loss if given."""
@@ -459,79 +402,110 @@ class Graft(torch.optim.Optimizer):
                 raise RuntimeError(f"Graft does not support sparse gradients (parameter {name!r}); "
                                    "use a dense embedding (sparse=False)")
         plan = self._plan_for(params)
-        if self._sharding is not None:
-            sharded.step(self, plan)  # local shards, whole-layer norms from one all_reduce
-        elif self.fused and fused_kernels.supports(self, params):
-            fused_kernels.step(self, plan)  # the same step in fewer passes over memory
-        else:
-            self._reference_step(plan)
+        proposal = self._backend(plan).propose(self, plan)  # both children, norms per layer
+        grafted = self._layer_grafted if self.direction is not None else self._nothing_grafted
+        finite, scales = graft_scales(
+            proposal.magnitude_norm, proposal.direction_norm,
+            torch.isfinite(proposal.grad_norm), layer_of=plan.index, lr=self._lr_of(plan),
+            grafted=grafted, eps=self.eps, skip_nonfinite=self.skip_nonfinite)
+        weight_norm = proposal.apply(scales)
+        self._record(plan, finite, scales, proposal, weight_norm)
         self.graft_step += 1
         self._mark_stepped(self.magnitude)
         self._mark_stepped(self.direction)
         return loss
 
-    def _reference_step(self, plan: _Plan) -> None:
-        """The reference step: foreach ops, no host sync; any children, dtypes, devices."""
-        params = plan.params
-        grads = [p.grad for p in params]
-        grad_norm = self._reduce(self._tensor_norms(grads), plan)
-        finite = torch.isfinite(grad_norm)
-        if self.skip_nonfinite:
-            for grad, bad in zip(grads, (~finite)[plan.index].unbind()):
-                grad.masked_fill_(bad, 0.0)
-        weight_norm = self._reduce(self._tensor_norms(params), plan)
-        scratch = None if self.native else self._snapshot(params)
+    def _plan_for(self, params: list[Tensor]) -> _Plan:
+        key = tuple(self._position[id(p)] for p in params)
+        if self._plan is None or self._plan.key != key:
+            layer_of = [self.layers.index[i] for i in key]
+            device = params[0].device
+            active = torch.zeros(len(self.layers), dtype=torch.bool)
+            active[layer_of] = True
+            identity = layer_of == list(range(len(self.layers)))
+            grafted = tuple(self._param_grafted[i] for i in key)
+            self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
+                               active.to(device), grafted, not all(grafted),
+                               sum(p.numel() for p in params))
+        return self._plan
 
-        if self.direction is None:  # plain M: its own step, ratio exactly one
-            direction = self._direction_steps(self.magnitude, plan, scratch)
-            direction_per_tensor = self._tensor_norms(direction)
-            direction_norm = magnitude_norm = self._reduce(direction_per_tensor, plan)
+    def _backend(self, plan: _Plan) -> Any:
+        """The backend for this step: FSDP2 shards, else the fused CPU kernels where they can
+        take it (``fused`` not False; by default only where they pay), else the reference."""
+        if self._sharding is not None:
+            backend, why_not = sharded, "the parameters are DTensor (FSDP2) shards"
+        elif self.fused is False or (self.fused is None
+                                     and not fused_kernels.pays(self, plan.elements)):
+            return reference
         else:
-            if plan.partial:  # Δ_D on grafted parameters, Δ_M on the others
-                magnitude_norm, direction = partial.steps(self, plan, scratch)
-            else:
-                magnitude_norm = self._magnitude_norms(plan, scratch)
-                direction = self._direction_steps(self.direction, plan, scratch)
-            direction_per_tensor = self._tensor_norms(direction)
-            direction_norm = self._reduce(direction_per_tensor, plan)
-        finite, scales = self._combine(plan, finite, magnitude_norm, direction_norm)
-        if self.native:
-            torch._foreach_addcmul_(params, direction, list(scales.unbind()))
-        else:
-            torch._foreach_mul_(params, list(scales.unbind()))
-            torch._foreach_add_(params, scratch)
-        self._record(plan, finite, scales, direction_per_tensor,
-                     (magnitude_norm, direction_norm, grad_norm, weight_norm))
+            why_not = fused_kernels.unsupported(self, plan.params)
+            backend = reference if why_not else fused_kernels
+        # getattr: a Graft pickled before this flag existed has none (__setstate__ untouched)
+        if self.fused and why_not and not getattr(self, "_fused_warned", False):
+            self._fused_warned = True  # stacklevel 6: step()'s caller, past torch's wrappers
+            warnings.warn(f"Graft(fused=True): the fused CPU kernels cannot take this step "
+                          f"({why_not}); it takes the {backend.__name__.rpartition('.')[2]} "
+                          "path instead (same result, slower). This warning is shown once.",
+                          RuntimeWarning, stacklevel=6)
+        return backend
 
-    def _combine(self, plan: _Plan, finite: Tensor, magnitude_norm: Tensor,
-                 direction_norm: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-layer finiteness and per-parameter scales lr · ‖Δ_M‖ / (‖Δ_D‖ + eps).
+    def _lr_of(self, plan: _Plan) -> float | Tensor:
+        """Graft's group lr: one number, or one per stepped parameter when groups differ."""
+        lrs = [g["lr"] for g in self.param_groups]
+        if all(lr == lrs[0] for lr in lrs):
+            return lrs[0]
+        lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
+        return torch.tensor([lr_of[i] for i in plan.key], device=plan.index.device)
 
-        The ratio is exactly one for plain M and for the layers that are not grafted.
-        """
-        if self.direction is None:
-            ratio = torch.ones_like(direction_norm)
-        else:
-            ratio = magnitude_norm / (direction_norm + self.eps)
-        if self._ungrafted is not None:
-            ratio = torch.where(self._ungrafted, torch.ones_like(ratio), ratio)
-        if self.skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
-            finite = finite & torch.isfinite(ratio) & torch.isfinite(direction_norm)
-            ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
-        ratio = torch.where(direction_norm > 0, ratio, torch.zeros_like(ratio))
-        return finite, self._scales(plan, ratio)
-
-    def _record(self, plan: _Plan, finite: Tensor, scales: Tensor, direction_per_tensor: Tensor,
-                norms: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    def _record(self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal,
+                weight_norm: Tensor) -> None:
         """Leave ``last_norms`` and ``nonfinite_skips`` for recorders (see NORM_FIELDS)."""
-        magnitude_norm, direction_norm, grad_norm, weight_norm = norms
-        step_norm = self._reduce(scales.abs() * direction_per_tensor, plan)
+        step_norm = self._reduce(scales.abs() * proposal.direction_per_tensor, plan)
         skipped = (~finite).to(torch.float32)
         self.nonfinite_skips += (~finite & plan.active_layers).to(torch.int64)
-        norms = torch.stack([magnitude_norm, direction_norm, step_norm, grad_norm,
-                             weight_norm, skipped], dim=1)
+        norms = torch.stack([proposal.magnitude_norm, proposal.direction_norm, step_norm,
+                             proposal.grad_norm, weight_norm, skipped], dim=1)
         self.last_norms = torch.where(plan.active_layers[:, None], norms,
                                       torch.full_like(norms, math.nan))
+
+    @staticmethod
+    def _mark_stepped(child: Any) -> None:
+        # LR schedulers warn unless the optimizer they wrap was stepped; Graft steps it.
+        if isinstance(child, torch.optim.Optimizer):
+            child._opt_called = True
+
+    # ------------------------------------------- shared by the backends (reference.py, ...)
+    def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
+        """Per-layer norms from per-tensor norms."""
+        if plan.is_identity:
+            return per_tensor
+        sums = torch.zeros(len(self.layers), dtype=per_tensor.dtype, device=per_tensor.device)
+        sums.index_add_(0, plan.index, per_tensor.square())
+        return sums.sqrt()
+
+    @staticmethod
+    def _tensor_norms(tensors: list[Tensor]) -> Tensor:
+        return torch.stack(tensor_norms(tensors))
+
+    def _child_steps(self, child: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
+        """A native child's steps for ``params``, in that order."""
+        stepped, steps = child.compute_steps(params)
+        if len(stepped) == len(params) and all(a is b for a, b in zip(stepped, params)):
+            return steps
+        by_id = {id(p): s for p, s in zip(stepped, steps)}
+        return [by_id[id(p)] for p in params]
+
+    def _scratch_for(self, params: list[Tensor],
+                     like: list[Tensor] | None = None) -> list[Tensor]:
+        """The black-box path's one weights-sized scratch buffer per parameter, shaped like
+        ``like`` (default: the parameters; FSDP2: their local shards)."""
+        scratch = []
+        for p, shape in zip(params, params if like is None else like):
+            buf = self._scratch.get(id(p))
+            if buf is None:
+                buf = self._scratch[id(p)] = torch.empty_like(shape)
+            scratch.append(buf)
+        return scratch
 
     # ------------------------------------------------------------------ state
     @property

@@ -17,30 +17,41 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .rules import RULES, Rule, init_state, needed_buffers
+from .rules import RULES, Rule, init_state, needed_buffers, resolve_hparams
 from .sharded import NOT_ELEMENTWISE, has_dtensor, local_tensors
+
+#: Group keys that are not hyperparameters: the parameters, their names, and the multiplier
+#: that :meth:`StaticRatios.param_groups <grafting_core.StaticRatios.param_groups>` records.
+GROUP_KEYS = ("params", "param_names", "static_ratio")
 
 
 class NativeOptimizer(torch.optim.Optimizer):
     """A torch optimizer driven by a :class:`~grafting_core.rules.Rule`.
 
     Args:
-        params: tensors, ``(name, tensor)`` pairs or param-group dicts.
+        params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group's own
+            options must be the rule's hyperparameters, checked as ``hparams`` are.
         rule: the update rule (see ``grafting_core.rules.RULES``).
-        **hparams: the rule's hyperparameters, already validated by the registry.
+        **hparams: the rule's hyperparameters (defaults: ``rule.defaults``). An unknown
+            name or a bad value (a negative lr, ``betas=(2, 5)``...) is a ``ValueError``
+            that names it, as in :func:`~grafting_core.rules.resolve_hparams`.
     """
 
     def __init__(self, params: Iterable[Any], rule: Rule, **hparams: Any) -> None:
         self.rule = rule
         self._sharded = False  # DTensor parameters: the rule runs on the local shards
-        super().__init__(params, {**rule.defaults, **hparams})
+        super().__init__(params, resolve_hparams(rule, hparams))
 
     def __repr__(self) -> str:
         hp = {k: v for k, v in self.defaults.items()}
         return f"NativeOptimizer({self.rule.name}, {hp})"
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; DTensor parameters need an element-wise rule (checked once, here)."""
+        """Add a group: its options are checked like the rule's hyperparameters, and DTensor
+        parameters need an element-wise rule (both checked once, here)."""
+        if isinstance(param_group, dict):  # torch's own checks refuse anything else
+            options = {k: v for k, v in param_group.items() if k not in GROUP_KEYS}
+            resolve_hparams(self.rule, {**self.defaults, **options})
         super().add_param_group(param_group)
         if has_dtensor(self.param_groups[-1]["params"]):
             if not self.rule.elementwise:
@@ -105,8 +116,9 @@ class NativeOptimizer(torch.optim.Optimizer):
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         out = []
         for p in params:
-            group = group_of[id(p)]
-            state = self._state_for(p, {k: group[k] for k in self.rule.defaults})
+            group, state = group_of[id(p)], self.state[p]
+            if not state:  # the group's hyperparameters only matter for a new state
+                state.update(init_state(self.rule, p, {k: group[k] for k in self.rule.defaults}))
             state["step"] += 1
             out.append((state, group))
         return out

@@ -5,9 +5,8 @@ exactly M's, :math:`w_{t+1,l} = w_{t,l} + \mathrm{lr}\,\Delta_{M,l}` (ratio one)
 would take it. D never sees those parameters: built from a spec it is built over the grafted
 ones only (so it keeps no state for the others), and a ready D that covers every parameter
 is stepped with the ungrafted gradients hidden. This module resolves the choice to one flag
-per parameter and per layer, and computes the per-parameter steps of a partial step for the
-reference path in ``graft.py`` (native children, or black boxes driven through ``step()``);
-``grafting_core.sharded`` does the same on DTensor shards.
+per parameter and per layer; the backends take the step (the reference one in
+``grafting_core.reference``, which also serves DTensor shards, and the fused kernels).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .layer_kinds import check_kinds, layer_kinds
@@ -87,29 +85,3 @@ def hidden_grads(params: list[Tensor]) -> Iterator[None]:
     finally:
         for p, grad in zip(params, grads):
             p.grad = grad
-
-
-def steps(graft: Any, plan: Any, scratch: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
-    """``(‖Δ_M‖ per layer, per-parameter step)``: Δ_D on grafted parameters, Δ_M elsewhere.
-
-    Native children return steps without touching the weights and D computes only the
-    grafted ones. Black boxes: M steps every parameter and the weights then hold Δ_M; the
-    grafted ones are restored from ``scratch`` before D steps them and then hold Δ_D.
-    """
-    params, grafted = plan.params, plan.grafted
-    if graft.native:
-        magnitude = graft._child_steps(graft.magnitude, params)
-        magnitude_norm = graft._reduce(graft._tensor_norms(magnitude), plan)
-        chosen = pick(params, grafted)
-        direction = iter(graft._child_steps(graft.direction, chosen) if chosen else [])
-        return magnitude_norm, [next(direction) if g else m for m, g in zip(magnitude, grafted)]
-    graft.magnitude.step()
-    torch._foreach_sub_(params, scratch)  # every weight holds Δ_M
-    magnitude_norm = graft._reduce(graft._tensor_norms(params), plan)
-    chosen, saved = pick(params, grafted), pick(scratch, grafted)
-    if chosen:
-        torch._foreach_copy_(chosen, saved)  # grafted weights back to w; the others keep Δ_M
-        with hidden_grads(pick(params, grafted, keep=False)):
-            graft.direction.step()
-        torch._foreach_sub_(chosen, saved)  # grafted weights hold Δ_D
-    return magnitude_norm, params

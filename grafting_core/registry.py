@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .native import NativeOptimizer
-from .rules import RULES
+from .rules import RULES, resolve_hparams
 
 
 class BlackBoxEntry(NamedTuple):
@@ -155,59 +154,11 @@ def _unknown_name(name: str) -> ValueError:
     )
 
 
-def _nonnegative(key: str, value: Any) -> str | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return None if ok and math.isfinite(value) and value >= 0 else "a finite number >= 0"
-
-
-def _fraction(key: str, value: Any) -> str | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return None if ok and 0 <= value < 1 else "a number in [0, 1)"
-
-
-def _betas(key: str, value: Any) -> str | None:
-    ok = isinstance(value, tuple | list) and len(value) == 2
-    ok = ok and all(_fraction(key, b) is None for b in value)
-    return None if ok else "a pair of numbers in [0, 1)"
-
-
-def _boolean(key: str, value: Any) -> str | None:
-    return None if isinstance(value, bool) else "True or False"
-
-
-_CHECKS = {
-    "betas": _betas,
-    "momentum": _fraction,
-    "alpha": _fraction,
-    "dampening": _fraction,
-    "nesterov": _boolean,
-    "centered": _boolean,
-}
-
-
 def validate_hparams(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults merged with ``hparams``; a ``ValueError`` names any bad key or value."""
-    defaults = default_hparams(name)
-    if name not in RULES:
-        return {**defaults, **hparams}  # the optimizer class validates its own arguments
-    unknown = sorted(set(hparams) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"Unknown hyperparameter(s) {unknown} for optimizer {name!r}. "
-            f"Valid: {sorted(defaults)}"
-        )
-    resolved = {**defaults, **hparams}
-    for key, value in resolved.items():
-        problem = _CHECKS.get(key, _nonnegative)(key, value)
-        if problem:
-            raise ValueError(
-                f"Invalid {name} hyperparameter {key!r}: {value!r} (must be {problem})")
-    if resolved.get("nesterov") and (resolved["momentum"] <= 0 or resolved["dampening"] != 0):
-        raise ValueError(
-            f"Invalid {name} hyperparameters: nesterov needs momentum > 0 and dampening 0")
-    if "betas" in resolved:
-        resolved["betas"] = tuple(resolved["betas"])
-    return resolved
+    if name in RULES:
+        return resolve_hparams(RULES[name], hparams)
+    return {**default_hparams(name), **hparams}  # the optimizer class validates its own arguments
 
 
 @dataclass(frozen=True)

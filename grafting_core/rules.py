@@ -13,7 +13,7 @@ foreach implementation so that stepping with the rule reproduces torch's traject
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -234,6 +234,56 @@ RULES: dict[str, Rule] = {
              "LAMB: Adam's step rescaled per tensor by ‖w‖/‖step‖.", elementwise=False),
     ]
 }
+
+
+def _nonnegative(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok and math.isfinite(value) and value >= 0 else "a finite number >= 0"
+
+
+def _fraction(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok and 0 <= value < 1 else "a number in [0, 1)"
+
+
+def _betas(value: Any) -> str | None:
+    ok = isinstance(value, tuple | list) and len(value) == 2
+    ok = ok and all(_fraction(b) is None for b in value)
+    return None if ok else "a pair of numbers in [0, 1)"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
+#: What each hyperparameter must be (any other: a finite number >= 0), for every rule.
+_CHECKS = {"betas": _betas, "momentum": _fraction, "alpha": _fraction, "dampening": _fraction,
+           "nesterov": _boolean, "centered": _boolean}
+
+
+def resolve_hparams(rule: Rule, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule's defaults merged with ``hparams``; a ``ValueError`` names a bad key or value.
+
+    Every entry point checks here: specs (the registry), ``NativeOptimizer(...)`` and its
+    ``add_param_group`` (a group's own options).
+    """
+    unknown = sorted(set(hparams) - set(rule.defaults))
+    if unknown:
+        raise ValueError(f"Unknown hyperparameter(s) {unknown} for optimizer {rule.name!r}. "
+                         f"Valid: {sorted(rule.defaults)}")
+    resolved = {**rule.defaults, **hparams}
+    for key, value in resolved.items():
+        problem = _CHECKS.get(key, _nonnegative)(value)
+        if problem:
+            raise ValueError(
+                f"Invalid {rule.name} hyperparameter {key!r}: {value!r} (must be {problem})")
+    if resolved.get("nesterov") and (resolved["momentum"] <= 0 or resolved["dampening"] != 0):
+        raise ValueError(f"Invalid {rule.name} hyperparameters: nesterov needs momentum > 0 "
+                         f"and dampening 0 (got momentum {resolved['momentum']!r}, "
+                         f"dampening {resolved['dampening']!r})")
+    if "betas" in resolved:
+        resolved["betas"] = tuple(resolved["betas"])
+    return resolved
 
 
 def needed_buffers(rule: Rule, hp: dict[str, Any]) -> tuple[str, ...]:

@@ -12,8 +12,10 @@ then sums squares across the shards with a single collective for all layers toge
     v \leftarrow \textstyle\sum_{\text{shards}} v \quad (\text{one all\_reduce})
 
 after which every rank holds the norms of the whole tensors, takes the same per-layer ratios
-a single process would, and applies them to its shards. Under DDP the parameters are plain
-replicated tensors with averaged gradients: Graft needs nothing from this module there.
+a single process would (:func:`grafting_core.core.graft_scales`), and applies them to its
+shards. The step itself is the reference backend's (:mod:`grafting_core.reference`), handed
+the shards and this reduction. Under DDP the parameters are plain replicated tensors with
+averaged gradients: Graft needs nothing from this module there.
 
 Everything here is decided once, when ``Graft`` is built (:func:`detect`): which mesh
 dimensions are summed over and whether each child can step DTensor parameters. The
@@ -35,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .partial import hidden_grads, pick
-from .rules import tensor_norms
+from . import reference
+from .core import Proposal
 from .schedule import MagnitudeSchedule
 
 #: torch optimizers with element-wise steps that run on DTensor shards as they are (each
@@ -95,10 +97,10 @@ class Sharding:
     weights: tuple[float, ...] | None  # per parameter: 0 where a replicated copy must not count
     comm_device: torch.device | None  # where the vector travels when not the shards' (offload)
 
-    def whole_norms(self, pieces: list[list[Tensor]], key: tuple[int, ...]) -> list[Tensor]:
-        """Whole-tensor norms from lists of shard norms: one all_reduce of all their squares."""
-        stacked = [torch.stack(piece) for piece in pieces]
-        squares = torch.stack([s.to(torch.float64) for s in stacked]).square()
+    def whole_norms(self, pieces: list[Tensor], key: tuple[int, ...]) -> list[Tensor]:
+        """Whole-tensor norms from per-tensor shard norms (one 1-D tensor per quantity): one
+        all_reduce of all their squares."""
+        squares = torch.stack([s.to(torch.float64) for s in pieces]).square()
         if self.weights is not None:
             squares.mul_(torch.tensor([self.weights[i] for i in key], dtype=torch.float64,
                                       device=squares.device))
@@ -106,7 +108,7 @@ class Sharding:
         for group in self.groups:  # one group for FSDP2 and HSDP
             torch.distributed.all_reduce(vector, group=group)
         norms = vector.to(squares.device).sqrt()
-        return [row.to(s.dtype) for row, s in zip(norms.unbind(), stacked)]
+        return [row.to(s.dtype) for row, s in zip(norms.unbind(), pieces)]
 
 
 def detect(graft: Any) -> Sharding | None:
@@ -166,104 +168,7 @@ def _check_child(role: str, child: Any) -> None:
                                           known=known))
 
 
-def step(graft: Any, plan: Any) -> None:
-    """One grafted step on DTensor shards: the reference step with its norms summed once."""
-    params = plan.params
-    grads = [p.grad.to_local() for p in params]
-    grad_local = tensor_norms(grads)
-    if graft.skip_nonfinite:  # this rank's children see zeros where its shards hold NaN/inf
-        bad = ~torch.isfinite(graft._reduce(torch.stack(grad_local), plan))
-        for grad, skip in zip(grads, bad[plan.index].unbind()):
-            grad.masked_fill_(skip, 0.0)
-    pieces = [grad_local, tensor_norms([p.to_local() for p in params])]
-    scratch = None if graft.native else _snapshot(graft, params)
-    replay = isinstance(graft.magnitude, MagnitudeSchedule)
-    if graft.direction is None:
-        direction = _steps(graft, graft.magnitude, plan, scratch)
-    elif plan.partial:
-        magnitude_local, direction = _partial_steps(graft, plan, scratch)
-        pieces.append(magnitude_local)
-    else:
-        if not replay:
-            pieces.append(_magnitude_norms(graft, plan, scratch))
-        direction = _steps(graft, graft.direction, plan, scratch)
-    pieces.insert(2, tensor_norms(direction))
-
-    grad_t, weight_t, direction_t, *magnitude_t = graft._sharding.whole_norms(pieces, plan.key)
-    grad_norm = graft._reduce(grad_t, plan)
-    direction_norm = graft._reduce(direction_t, plan)
-    if graft.direction is None:
-        magnitude_norm = direction_norm
-    elif replay:
-        magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
-    else:
-        magnitude_norm = graft._reduce(magnitude_t[0], plan)
-    finite, scales = graft._combine(plan, torch.isfinite(grad_norm), magnitude_norm,
-                                    direction_norm)
-    if graft.native:
-        torch._foreach_addcmul_([p.to_local() for p in params], direction, list(scales.unbind()))
-    else:  # the shards hold Δ_D: w = w_before + scale · Δ_D
-        torch._foreach_mul_(direction, list(scales.unbind()))
-        torch._foreach_add_(direction, scratch)
-    graft._record(plan, finite, scales, direction_t,
-                  (magnitude_norm, direction_norm, grad_norm, graft._reduce(weight_t, plan)))
-
-
-def _snapshot(graft: Any, params: list[Tensor]) -> list[Tensor]:
-    """Copy the shards into the black-box path's one shard-sized scratch per parameter."""
-    shards = [p.to_local() for p in params]
-    scratch = []
-    for p, shard in zip(params, shards):
-        buf = graft._scratch.get(id(p))
-        if buf is None:
-            buf = graft._scratch[id(p)] = torch.empty_like(shard)
-        scratch.append(buf)
-    torch._foreach_copy_(scratch, shards)
-    return scratch
-
-
-def _stepped_difference(child: torch.optim.Optimizer, params: list[Tensor],
-                        scratch: list[Tensor]) -> list[Tensor]:
-    """Step a black-box child on the DTensors; the shards then hold its step Δ."""
-    child.step()
-    shards = [p.to_local() for p in params]  # read after the step: a child may rebind them
-    torch._foreach_sub_(shards, scratch)
-    return shards
-
-
-def _magnitude_norms(graft: Any, plan: Any, scratch: list[Tensor] | None) -> list[Tensor]:
-    """‖Δ_M‖ of each shard; a black-box M's step is undone before D steps."""
-    if graft.native:
-        return tensor_norms(graft._child_steps(graft.magnitude, plan.params))
-    shards = _stepped_difference(graft.magnitude, plan.params, scratch)
-    norms = tensor_norms(shards)
-    torch._foreach_copy_(shards, scratch)
-    return norms
-
-
-def _partial_steps(graft: Any, plan: Any,
-                   scratch: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor]]:
-    """Shard norms of Δ_M and each shard's step: Δ_D where grafted, Δ_M elsewhere
-    (the same as ``grafting_core.partial.steps``, on local shards)."""
-    params, grafted = plan.params, plan.grafted
-    magnitude = _steps(graft, graft.magnitude, plan, scratch)  # black box: shards hold Δ_M
-    norms = tensor_norms(magnitude)
-    chosen = pick(params, grafted)
-    if not chosen:
-        return norms, magnitude
-    if graft.native:
-        direction = iter(graft._child_steps(graft.direction, chosen))
-        return norms, [next(direction) if g else m for m, g in zip(magnitude, grafted)]
-    saved = pick(scratch, grafted)
-    torch._foreach_copy_(pick(magnitude, grafted), saved)  # grafted shards back to w
-    with hidden_grads(pick(params, grafted, keep=False)):
-        graft.direction.step()
-    torch._foreach_sub_([p.to_local() for p in chosen], saved)  # grafted shards hold Δ_D
-    return norms, [p.to_local() for p in params]
-
-
-def _steps(graft: Any, child: Any, plan: Any, scratch: list[Tensor] | None) -> list[Tensor]:
-    """``child``'s proposed step on each shard (black box: left in the shards themselves)."""
-    if graft.native:
-        return graft._child_steps(child, plan.params)
-    return _stepped_difference(child, plan.params, scratch)
+def propose(graft: Any, plan: Any) -> Proposal:
+    """The reference step on the local shards, its norms made whole by one all_reduce."""
+    return reference.propose(graft, plan, local=local_tensors,
+                             whole=lambda norms: graft._sharding.whole_norms(norms, plan.key))

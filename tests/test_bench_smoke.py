@@ -15,15 +15,19 @@ def test_step_benchmark_quick_run_prints_ratios():
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for path in ("torch Adam fused", "torch SGD-m foreach", "Graft native fused",
-                 "Graft black-box (reference)"):
+    for path in ("torch Adam fused", "torch SGD-m foreach", "Graft native, default",
+                 "Graft black-box, reference"):
         assert path in out
+    assert "backends: Graft native, default: reference" in out  # a small model: no kernels
     ratios = [line for line in out.splitlines() if line.startswith("ratio ")]
     assert len(ratios) == 8  # four Graft paths over two sums of torch steps
-    assert any("Graft native fused / (Adam + SGD-m fused)" in r and "target <= 1.5" in r
+    assert any("Graft native, default / (Adam + SGD-m fused)" in r and "target <= 1.0" in r
                for r in ratios)
-    assert any("Graft black-box fused / (Adam + SGD-m fused)" in r and "target <= 2.5" in r
+    assert any("Graft black-box, default / (Adam + SGD-m fused)" in r and "target <= 2.0" in r
                for r in ratios)
+    pairs = [line for line in out.splitlines() if "#" in line and "default (" in line]
+    assert [line.split(":")[0] for line in pairs] == ["adagrad#rmsprop-m", "adamw#nesterov",
+                                                      "lion#signum"]
 
 
 def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():

@@ -384,3 +384,59 @@ def test_a_tensor_listed_twice_is_refused_not_stepped_twice():
         Graft([weight, model.fc1.bias, weight], "adam", "sgd")
     with pytest.raises(ValueError, match="fc1.weight"):
         Graft([("fc1.weight", weight), ("fc1.weight", weight)], "adam", None)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["kernels", "reference"])
+def test_compiled_training_step_compiles_once_and_matches_eager(fused):
+    """torch.compile of forward + backward + Graft.step(): no recompilation as the step
+    counts grow (Graft.step runs eagerly inside it), and the eager run's weights."""
+    import torch._dynamo
+
+    specs = (("adam", {"lr": 1e-2}), ("sgd", {"lr": 0.1, "momentum": 0.9}))
+    compiled_model, eager_model = make_model(), make_model()
+    opts = [Graft(m.named_parameters(), *specs, fused=fused)
+            for m in (compiled_model, eager_model)]
+
+    def train_step(model, opt, x, y):
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    torch._dynamo.reset()
+    compiled = torch.compile(train_step, backend="eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(8):
+            x, y = __import__("tests.helpers").helpers.batch(step)
+            compiled(compiled_model, opts[0], x, y)
+            train_step(eager_model, opts[1], x, y)
+    torch._dynamo.reset()
+    assert opts[0].graft_step == 8
+    assert max_relative_difference(compiled_model, eager_model) < 1e-6
+
+
+def test_graft_scales_is_the_papers_formula_with_its_edge_cases():
+    """graft_scales on hand-picked layers: the ratio, M's own step, a zero direction, NaN/inf."""
+    from grafting_core.core import graft_scales
+
+    inf, nan = math.inf, math.nan
+    magnitude = torch.tensor([3.0, 2.0, 5.0, 1.0, inf, 4.0], dtype=torch.float64)
+    direction = torch.tensor([4.0, 8.0, 0.0, 2.0, 1.0, nan], dtype=torch.float64)
+    grad_finite = torch.tensor([True, True, True, False, True, True])
+    grafted = torch.tensor([True, False, True, True, True, True])
+    layer_of = torch.tensor([0, 0, 1, 2, 3, 4, 5])  # layer 0 holds two parameters
+    lr = torch.tensor([0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    for skip in (True, False):
+        finite, scales = graft_scales(magnitude, direction, grad_finite, layer_of=layer_of, lr=lr,
+                                      grafted=grafted, eps=1e-16, skip_nonfinite=skip)
+        expected = [0.5 * 3 / (4 + 1e-16)] * 2 + [1.0, 0.0]  # ratio; M's step; ‖Δ_D‖ = 0
+        if skip:
+            expected += [0.0, 0.0, 0.0]  # non-finite gradient, ‖Δ_M‖ and ‖Δ_D‖: no step
+            assert finite.tolist() == [True, True, True, False, False, False]
+        else:
+            assert finite.tolist() == grad_finite.tolist()
+            torch.testing.assert_close(scales[5:6], torch.tensor([inf], dtype=torch.float64))
+            expected += [0.5]
+        torch.testing.assert_close(scales[:len(expected)], torch.tensor(expected,
+                                                                        dtype=torch.float64))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from grafting_core import build_optimizer, optimizer_names, validate_hparams
+from grafting_core import RULES, NativeOptimizer, build_optimizer, optimizer_names, validate_hparams
 from grafting_core.registry import is_native
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
@@ -146,3 +146,50 @@ def test_bad_hyperparameters_name_the_field(name, hp, field):
 def test_unknown_optimizer_lists_valid_names():
     with pytest.raises(ValueError, match="adam.*sgd|sgd.*adam"):
         build_optimizer("adamm", make_model().parameters())
+
+
+BAD_NATIVE = [  # (rule, options, words the message must hold: the name and the value)
+    ("adam", {"betas": (2, 5)}, r"'betas': \(2, 5\)"),
+    ("adam", {"lr": -0.1}, r"'lr': -0\.1"),
+    ("adam", {"eps": -1e-8}, r"'eps': -1e-08"),
+    ("sgd", {"momentum": 1.0}, r"'momentum': 1\.0"),
+    ("sgd", {"nesterov": True}, r"nesterov.*momentum 0\.0"),
+    ("adam", {"momentum": 0.9}, r"Unknown hyperparameter.*'momentum'.*Valid"),
+    ("lion", {"foo": 1}, r"Unknown hyperparameter.*'foo'"),
+]
+
+
+@pytest.mark.parametrize("name,options,message", BAD_NATIVE,
+                         ids=[f"{n}-{next(iter(o))}" for n, o, _ in BAD_NATIVE])
+@pytest.mark.parametrize("where", ["kwargs", "group", "add_param_group"])
+def test_native_optimizer_built_directly_validates_like_torch(name, options, message, where):
+    """NativeOptimizer(...), its constructor's groups and add_param_group all refuse bad
+    options with the name and the value; a refused group leaves the optimizer as it was."""
+    model = make_model()
+    rule = RULES[name]
+    opt = NativeOptimizer(model.fc1.parameters(), rule)
+    with pytest.raises(ValueError, match=message):
+        if where == "kwargs":
+            NativeOptimizer(model.parameters(), rule, **options)
+        elif where == "group":
+            NativeOptimizer([{"params": list(model.parameters()), **options}], rule)
+        else:
+            opt.add_param_group({"params": list(model.out.parameters()), **options})
+    assert len(opt.param_groups) == 1
+
+
+def test_native_optimizer_groups_keep_their_own_options():
+    """Groups with their own lr and betas step as torch.optim.Adam with the same groups."""
+    ours, ref = make_model(torch.float64), make_model(torch.float64)
+
+    def groups(model):
+        return [{"params": list(model.fc1.parameters()), "lr": 0.05, "betas": (0.8, 0.95)},
+                {"params": list(model.fc2.parameters())}]
+
+    opt = NativeOptimizer(groups(ours), RULES["adam"], lr=1e-2)
+    opt.add_param_group({"params": list(ours.out.parameters()), "weight_decay": 0.1})
+    torch_opt = torch.optim.Adam(groups(ref), lr=1e-2)
+    torch_opt.add_param_group({"params": list(ref.out.parameters()), "weight_decay": 0.1})
+    train(ours, opt, 20)
+    train(ref, torch_opt, 20)
+    assert max_relative_difference(ours, ref) < 1e-12
