@@ -154,13 +154,10 @@ class DaskExecutor:
                     n_workers=n_workers, threads_per_worker=1, processes=True,
                     dashboard_address=None, silence_logs=logging.ERROR)
             self.threads = max(1, cores // n_workers)
-        try:
-            self.client = Client(self._cluster or scheduler, timeout=connect_timeout,
-                                 set_as_default=False)
-        except Exception as error:  # OSError, TimeoutError, ValueError of a bad address
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ConnectionError(f"Cannot reach the Dask scheduler at {scheduler}: "
-                                  f"{reason}") from None
+        else:
+            _check_reachable(scheduler, connect_timeout)
+        self.client = Client(self._cluster or scheduler, timeout=connect_timeout,
+                             set_as_default=False)
         self.scheduler = self.client.scheduler.address
         self.max_workers = max(1, sum(w["nthreads"] for w in
                                       self.client.scheduler_info()["workers"].values()))
@@ -334,6 +331,29 @@ class DaskExecutor:
         if self._cluster is not None:
             self._cluster.close()
         self.store.close()
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Raise one line naming ``address`` when no Dask scheduler answers there. (Checked with
+    Dask's comm layer before a Client is made: a Client that failed to connect spends 10 s
+    closing itself when collected.)"""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address, timeout=timeout)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, ValueError) as error:  # ValueError: a malformed address
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except Exception:  # a handshake that made no sense (MemoryError on a bogus frame length)
+        reason = "what answers there does not speak Dask's protocol"
+    else:
+        return
+    raise ConnectionError(f"Cannot reach a Dask scheduler at {address}: {reason}")
 
 
 def _clear_event(client: Any, name: str) -> None:
