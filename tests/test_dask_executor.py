@@ -13,7 +13,9 @@ import sys
 
 import pandas as pd
 import pytest
+import streamlit as st
 import torch
+from streamlit.testing.v1 import AppTest
 
 from grafting_core.lab import executor as executor_module
 from grafting_core.lab.cli import main
@@ -204,10 +206,43 @@ def test_a_killed_driver_leaves_no_worker_training_and_every_run_resumable(tmp_p
         _resume_a_little(store, run_id)
 
 
-def test_an_unreachable_scheduler_is_one_line_and_nothing_is_started(tmp_path, capsys):
-    with socket.socket() as probe:  # a free port, with nothing listening on it
+def test_the_apps_sidebar_sends_runs_to_a_dask_scheduler(runs_dir, cluster):
+    store = RunStore(runs_dir)
+    at = AppTest.from_file(str(ROOT / "pages" / "graft_lab.py"), default_timeout=60).run()
+    at.radio(key="shared.executor").set_value("dask").run()
+    assert "enter its address" in at.sidebar.error[0].value and not at.button
+    at.text_input(key="shared.scheduler").set_value(_unreachable()).run()
+    assert at.sidebar.error[0].value.startswith("Cannot reach a Dask scheduler at tcp://")
+    assert not at.button and store.runs().empty  # nothing can start
+    at.text_input(key="shared.scheduler").set_value(cluster.scheduler_address).run()
+    try:
+        assert not at.exception and not at.error
+        assert any(cluster.scheduler_address in c.value for c in at.sidebar.caption)
+        at.number_input(key="lab.width.mlp").set_value(16)
+        at.number_input(key="lab.steps").set_value(60)
+        at.checkbox(key="lab.reverse").uncheck()
+        at.button(key="lab.start").click().run()
+        group = at.query_params["group"]
+        _until(lambda: (store.runs(group=group)["status"] == "finished").all(),
+               "the page's runs to finish on the cluster")
+        at.run()
+        assert not at.exception
+        runs = store.runs(group=group)
+        assert len(runs) == 3 and set(runs["pid"]) == {os.getpid()}  # this server wrote them
+        assert all(len(store.metrics(r, names=["train_loss"])) == 60 for r in runs["run_id"])
+    finally:
+        st.cache_resource.clear()  # the server's Dask executor lets go of the cluster
+
+
+def _unreachable() -> str:
+    """The address of a free local port, with nothing listening on it."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_an_unreachable_scheduler_is_one_line_and_nothing_is_started(tmp_path, capsys):
+    address = _unreachable()
     with pytest.raises(SystemExit) as exit_:
         main(["--runs-dir", str(tmp_path), "grid", "--executor", "dask", "--scheduler",
               address, "--steps", "10"])

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .executor import _warm_worker, _without_main_script, usable_cores
+from .executor import _warm_worker, usable_cores
 from .runner import RunTicket, StoreSink, prepare_run, stop_requested, train
 from .store import RunStore
 
@@ -134,6 +134,11 @@ class DaskExecutor:
     ``LocalCluster`` of ``n_workers`` processes (default: one per usable core) on this
     machine, with torch threads shared out as the local executor does. Each worker trains
     one run at a time per thread (start cluster workers with ``--nthreads 1``).
+
+    A LocalCluster spawns its workers, and replaces one that died, as any multiprocessing
+    spawn does: re-running the parent's ``__main__`` file unless it is guarded by
+    ``if __name__ == "__main__"``. Streamlit pages are not, so the app takes a scheduler
+    address only (its own machine trains with ``LocalExecutor``).
     """
 
     def __init__(self, store_root: str | Path, scheduler: str | None = None, *,
@@ -149,10 +154,9 @@ class DaskExecutor:
         if scheduler is None:
             cores = usable_cores()
             n_workers = n_workers or cores
-            with _without_main_script():  # spawned workers must not re-run a page's script
-                self._cluster = LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR)
+            self._cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                         processes=True, dashboard_address=None,
+                                         silence_logs=logging.ERROR)
             self.threads = max(1, cores // n_workers)
         else:
             _check_reachable(scheduler, connect_timeout)
