@@ -21,6 +21,7 @@ from grafting_core.lab import executor as executor_module
 from grafting_core.lab.cli import main
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.dask_executor import DaskExecutor
+from grafting_core.lab.experiments import final_metrics
 from grafting_core.lab.runner import create_run, request_stop
 from grafting_core.lab.store import RunStore, _pid_alive
 from grafting_core.lab.trainer import read_checkpoint
@@ -112,6 +113,28 @@ def test_a_grid_on_dask_workers_equals_the_local_executors_and_never_opens_the_s
                    for store, run_id in ((local, local_id), (remote, remote_id))]
         assert weights[0].keys() == weights[1].keys()
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_comparison_on_dask_workers_equals_the_local_executors(tmp_path, cluster,
+                                                                 monkeypatch, capsys):
+    monkeypatch.setattr(executor_module, "usable_cores", lambda: 2)
+    flags = ["--optimizers", "sgd", "adam", "--seeds", "0", "--points", "2", "--extensions", "0",
+             "--dataset", "digits", "--width", "16", "--steps", "30", "--eval-every", "30",
+             "--eval-examples", "64", "--flush-seconds", "0"]
+    finals = []
+    for name, executor in (("local", ["--workers", "2"]),
+                           ("dask", ["--executor", "dask", "--scheduler",
+                                     cluster.scheduler_address])):
+        store = RunStore(tmp_path / name)
+        assert main(["--runs-dir", str(store.root), "compare", *executor, *flags]) == 0
+        runs = store.runs()
+        table = final_metrics(store, runs["run_id"], runs=runs).assign(
+            lr=runs["config.magnitude_hparams.lr"].values, seed=runs["config.seed"].values)
+        finals.append(table.drop(columns="run_id").sort_values(["name", "role", "lr"])
+                      .reset_index(drop=True))
+    capsys.readouterr()
+    assert len(finals[0]) == 6 and (finals[0]["status"] == "finished").all()  # 2 × 2 lrs, 2 grafts
+    pd.testing.assert_frame_equal(finals[0], finals[1], check_exact=True)
 
 
 def test_a_remote_run_streams_while_it_trains_stops_from_the_store_and_resumes(tmp_path,

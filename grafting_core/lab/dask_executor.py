@@ -281,36 +281,41 @@ class DaskExecutor:
                 remote.stop_sent = True
 
     def _settle(self, token: str) -> None:
-        """A task ended: once the store holds all it sent, resolve the run's future. A task
-        whose worker died leaves its run interrupted, with what had arrived."""
+        """A task ended: once the store holds all it sent, resolve the run's future. A run
+        that could not say how it ended (its worker died, its task was cancelled or could not
+        run) is marked here, keeping every row and checkpoint that had arrived."""
         from distributed import KilledWorker
 
         remote = self._runs[token]
-        task, error = remote.task, None
-        if task.cancelled():
-            status, sent = "cancelled", 0
+        task, sent = remote.task, 0
+        died = ("interrupted", "its Dask worker died (killed, or out of memory)")
+        if task.cancelled():  # by its own future's cancel, or with the scheduler's connection
+            ended = ("stopped", None) if remote.done.cancelled() else (
+                "interrupted", f"its Dask task was cancelled (connection to the scheduler "
+                               f"{self.scheduler} lost?)")
         elif (error := task.exception()) is not None:
-            status, sent = (LOST if isinstance(error, KilledWorker) else "failed"), 0
+            ended = died if isinstance(error, KilledWorker) else (
+                "failed", f"the Dask worker could not run it: {type(error).__name__}: {error}")
         else:
             status, sent = task.result()
+            ended = died if status == LOST else None
         if remote.applied < sent:  # its last messages are still on their way
             self._finished.append(token)
             return
-        if self.store.run(remote.run_id)["status"] == "running":  # it could not say how it ended
-            if status == LOST:
-                self.store.set_status(remote.run_id, "interrupted", error="its Dask worker "
-                                      "died (killed, or out of memory)")
-            elif status == "cancelled":
-                self.store.set_status(remote.run_id, "stopped", step=0)
-            elif error is not None:
-                self.store.set_status(remote.run_id, "failed", error=f"the Dask worker could "
-                                      f"not run it: {type(error).__name__}: {error}")
-        for name in (f"{token}-claim", f"{token}-stop"):
-            _clear_event(self.client, name)
         with self._lock:
             del self._runs[token]
+        for name in (f"{token}-claim", f"{token}-stop"):
+            _clear_event(self.client, name)
+        try:
+            if ended and self.store.run(remote.run_id)["status"] == "running":
+                self.store.set_status(remote.run_id, ended[0], error=ended[1])
+            final = self.store.run(remote.run_id)["status"]
+        except KeyError as error:  # the run was deleted meanwhile
+            if not remote.done.cancelled():
+                remote.done.set_exception(error)
+            return
         if not remote.done.cancelled():
-            remote.done.set_result(self.store.run(remote.run_id)["status"])
+            remote.done.set_result(final)
 
     # ---------------------------------------------------------------- shutdown
     def shutdown(self, *, wait: bool = True, grace_s: float = 30.0) -> None:
