@@ -54,7 +54,7 @@ def timed_grid(executor, root: str, base: RunConfig) -> float:
 
 
 class TimedQueue:
-    """A Dask queue that counts what is put in it, and for how long ``put`` blocks."""
+    """A Dask queue that counts the bytes put in it, and how long ``put`` blocks."""
 
     def __init__(self, queue) -> None:
         self.queue, self.seconds, self.bytes = queue, 0.0, 0
@@ -95,7 +95,7 @@ def streaming_cost(root: str, base: RunConfig, workers: int) -> dict[str, float]
                                         "bench-stream", pure=False)
         sink, write_s, received = StoreSink(store, run_id), 0.0, 0
         while not future.done() or received < future.result()["messages"]:
-            for _, _, method, args, kwargs in queue.get(batch=True):
+            for _, _, method, args, kwargs in (m for put in queue.get(batch=True) for m in put):
                 began = time.perf_counter()
                 getattr(sink, method)(*args, **kwargs)
                 write_s += time.perf_counter() - began

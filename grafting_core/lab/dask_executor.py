@@ -8,10 +8,10 @@ The process that builds the executor (the driver) owns the run store. It prepare
 (``runner.prepare_run``: the config, the checkpoint a resume starts from, the artifacts the
 config refers to) and a Dask worker trains it (``runner.train``) with a ``StreamSink``: every
 record (metrics, per-layer norms, checkpoints, status) goes through one Dask ``Queue`` back to
-the driver, whose thread writes it into the store as a local run would. Workers never open
-the store; live pages and ``runs show`` see a remote run's rows as they arrive. A stop asked
-through the store (``request_stop``, the app's Stop) is relayed to the worker by a Dask
-``Event`` that the run polls at each flush.
+the driver (one put per flush), whose thread writes it into the store as a local run would.
+Workers never open the store; live pages and ``runs show`` see a remote run's rows as they
+arrive. A stop asked through the store (``request_stop``, the app's Stop) is relayed to the
+worker by a Dask ``Event`` that the run polls at each flush.
 
 Faults:
 - a worker that dies (kill -9, out of memory): Dask reschedules its task; the rerun finds the
@@ -46,7 +46,7 @@ from .runner import RunTicket, StoreSink, prepare_run, stop_requested, train
 from .store import RunStore
 
 INSTALL_HINT = "pip install 'grafting-core[dask]' (or distributed==2026.8.0)"
-POLL_S = 0.1  # the driver's pause when no message was waiting
+POLL_S = 0.25  # the driver's pause when no message was waiting (a run flushes every 0.25 s)
 STOP_RELAY_S = 0.5  # how often the driver reads the store for stop requests of its runs
 LOST = "lost"  # what the rerun of a task whose first worker died returns
 
@@ -62,17 +62,26 @@ def _forward(method: str) -> Callable[..., None]:
 
 class StreamSink:
     """A ``RunSink`` on a Dask worker: each call becomes a message ``(token, seq, method,
-    args, kwargs)`` in the driver's queue; nothing is sent once the driver has let go of the
-    task (it died, or cancelled it)."""
+    args, kwargs)`` for the driver. The messages of one flush go in one ``put`` when the
+    trainer next asks whether to stop (once per flush), the last ones with the final status;
+    nothing is sent once the driver has let go of the task (it died, or cancelled it)."""
 
     def __init__(self, queue: Any, token: str, stop: Any, released: Callable[[], bool]) -> None:
         self.queue, self.token, self.stop, self.released = queue, token, stop, released
         self.sent = 0
+        self.pending: list[tuple] = []
 
     def _send(self, method: str, args: tuple, kwargs: dict) -> None:
-        if not self.released():
-            self.queue.put((self.token, self.sent, method, args, kwargs))
-            self.sent += 1
+        self.pending.append((self.token, self.sent + len(self.pending), method, args, kwargs))
+        if method in ("status", "log"):  # the run ends (a failure adds its traceback)
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the pending messages in one put."""
+        if self.pending and not self.released():
+            self.queue.put(self.pending)
+            self.sent += len(self.pending)
+        self.pending = []
 
     start = _forward("start")
     metrics = _forward("metrics")
@@ -82,7 +91,9 @@ class StreamSink:
     log = _forward("log")
 
     def stop_requested(self) -> bool:
-        """A stop relayed by the driver, or a driver that is gone."""
+        """After a flush: send its records; a stop relayed by the driver, or a driver that
+        is gone."""
+        self.flush()
         return self.released() or self.stop.is_set()
 
 
@@ -252,8 +263,8 @@ class DaskExecutor:
         """Every message in the queue now, after a pause of POLL_S when there was none (a
         blocking get that times out is logged as an error by the scheduler)."""
         try:
-            if messages := self._queue.get(batch=True):
-                return messages
+            if puts := self._queue.get(batch=True):
+                return [message for put in puts for message in put]
         except Exception:  # the connection is gone (shutdown, scheduler lost): nothing more
             pass
         time.sleep(POLL_S)
