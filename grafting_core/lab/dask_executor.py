@@ -115,6 +115,8 @@ def _train_on_worker(ticket: RunTicket, token: str, queue_name: str,
     worker, key = get_worker(), thread_state.key
 
     def released() -> bool:
+        # Dask's own record of this task on the worker (WorkerState: internal, no public
+        # API says it): the scheduler releases it when its client is gone or cancelled it.
         task = worker.state.tasks.get(key)
         return task is None or task.state not in ("executing", "long-running")
 
