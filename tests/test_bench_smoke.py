@@ -1,8 +1,10 @@
 """Benchmarks stay runnable: bench/step.py end to end on a small model; bench/chart_cost.py
-builds the live figures it redraws; bench/compare_wall.py times a tiny comparison."""
+builds the live figures it redraws; bench/compare_wall.py times a tiny comparison;
+bench/dask_grid.py times a tiny grid on both executors and one streamed run."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +62,13 @@ def test_compare_wall_benchmark_quick_run_times_each_worker_count():
     lines = [line for line in done.stdout.splitlines() if line.startswith("workers ")]
     assert [line.split(":")[0] for line in lines] == ["workers 1", "workers 2"]
     assert all("for 6 runs" in line for line in lines)  # 2 × 2 lrs × 1 seed + 2 grafts
+
+
+def test_dask_grid_benchmark_quick_run_times_both_executors_and_the_stream():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "dask_grid.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "round 1 local:" in out and "round 1 dask:" in out and "dask/local" in out
+    assert "streaming one run (20 steps):" in out and "driver writing" in out

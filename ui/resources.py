@@ -1,8 +1,11 @@
-"""One run store and one executor per server process, shared by every session and page.
+"""One run store per server process, and one executor per choice of where runs train,
+shared by every session and page.
 
 Training never runs in the script thread: runs go to ``LocalExecutor`` worker processes
-that write to the SQLite store; pages only read the store. The executor outlives browser
-tabs, so a run keeps going when its tab is reloaded or closed and a page can re-attach.
+that write to the SQLite store, or to the workers of a Dask scheduler chosen in the sidebar,
+which stream to this server, the store's only writer; pages only read the store. The
+executor outlives browser tabs, so a run keeps going when its tab is reloaded or closed and
+a page can re-attach.
 A tuned comparison (``protocol.compare``) decides its next runs from the last ones: it
 orchestrates in a thread of the server (its runs train in the workers), listed in a
 process-wide registry so that a page knows more runs are coming between its phases.
@@ -31,10 +34,17 @@ FIRST_RUNS_WAIT = 10.0  # seconds start_comparison waits for a comparison's firs
 
 
 class Jobs:
-    """This server's executor plus the futures of the runs it was handed (an ``Executor``)."""
+    """This server's executor plus the futures of the runs it was handed (an ``Executor``):
+    local worker processes, or the workers of a Dask scheduler (``scheduler``: its address;
+    this server still writes the store)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.executor = LocalExecutor(root)
+    def __init__(self, root: str | Path, scheduler: str | None = None) -> None:
+        if scheduler:
+            from grafting_core.lab.dask_executor import DaskExecutor  # imports dask
+
+            self.executor: LocalExecutor | DaskExecutor = DaskExecutor(root, scheduler)
+        else:
+            self.executor = LocalExecutor(root)
         self.executor.warm_up()  # workers load torch and the default data while you choose
         self.max_workers = self.executor.max_workers
         self._futures: dict[str, Future] = {}
@@ -64,8 +74,8 @@ def _store(root: str) -> RunStore:
 
 
 @st.cache_resource(show_spinner=False, on_release=lambda jobs: jobs.shutdown(wait=False))
-def _jobs(root: str) -> Jobs:
-    return Jobs(root)
+def _jobs(root: str, scheduler: str | None) -> Jobs:
+    return Jobs(root, scheduler)
 
 
 def get_store() -> RunStore:
@@ -74,8 +84,12 @@ def get_store() -> RunStore:
 
 
 def get_jobs() -> Jobs:
-    """The executor that trains runs of this store, created once per process."""
-    return _jobs(str(get_store().root))
+    """The executor that trains new runs of this store, created once per process and choice:
+    this machine's worker processes, or the Dask scheduler chosen in the sidebar (raises
+    ConnectionError, one line, when it cannot be reached)."""
+    scheduler = (st.session_state.get("shared.scheduler", "").strip()
+                 if st.session_state.get("shared.executor") == "dask" else "")
+    return _jobs(str(get_store().root), scheduler or None)
 
 
 def start_group(planned: list[RunConfig | PlannedRun], *,

@@ -19,7 +19,10 @@ from .resources import get_jobs, get_store
 
 SHARED_DEFAULTS: dict[str, Any] = {
     "shared.device": "auto",  # where new runs train: auto (CUDA when present) | cpu | cuda
+    "shared.executor": "local",  # local worker processes | dask (the scheduler below)
+    "shared.scheduler": "",  # a Dask scheduler's address, tcp://HOST:8786
 }
+EXECUTORS = {"local": "this machine", "dask": "a Dask cluster"}
 _DECLARED: dict[str, None] = {}  # every key any page declared, in this server process
 
 
@@ -64,10 +67,30 @@ def sidebar() -> None:
         if st.session_state["shared.device"] == "auto":
             st.caption("auto → " + ("CUDA GPU" if torch.cuda.is_available() else
                                     "CPU (no CUDA GPU found)"))
+        st.radio("New runs train on", list(EXECUTORS), format_func=EXECUTORS.get,
+                 key="shared.executor", horizontal=True,
+                 help="A Dask cluster's workers train the runs and stream what they record "
+                      "to this server, which alone writes the run store (README: point the "
+                      "lab at a cluster).")
+        if st.session_state["shared.executor"] == "dask":
+            st.text_input("Dask scheduler", key="shared.scheduler",
+                          placeholder="tcp://HOST:8786",
+                          help="Start one with `dask scheduler`, and workers with "
+                               "`dask worker tcp://HOST:8786 --nthreads 1`.")
+            if not st.session_state["shared.scheduler"].strip():
+                st.error("Dask scheduler: enter its address (tcp://HOST:8786) to train there.")
+                st.stop()
+        try:
+            jobs = get_jobs()
+        except ConnectionError as error:  # nothing is started while it cannot be reached
+            st.error(str(error))
+            st.stop()
         runs = store.runs(flatten_config=False)
         running = int((runs["status"] == "running").sum())
+        on = f", on {jobs.executor.scheduler}" if st.session_state["shared.executor"] == (
+            "dask") else ""
         st.caption(f"Run store: `{store.root}`  \n{len(runs)} runs saved, {running} running "
-                   f"({get_jobs().max_workers} at a time)")
+                   f"({jobs.max_workers} at a time{on})")
 
 
 def page_setup(defaults: Mapping[str, Any] | None = None) -> None:

@@ -34,7 +34,7 @@ from ..static_ratios import STATISTICS
 from .analysis import schedule_from_run, static_ratios_from_run
 from .capacity import check_fits
 from .config import RunConfig, field_help, field_names, parse_value
-from .executor import LocalExecutor
+from .executor import Executor, LocalExecutor
 from .experiments import (
     LAB_OPTIMIZERS,
     grid,
@@ -170,9 +170,26 @@ def cmd_train(parser, args, store: RunStore) -> int:
 
 
 @contextlib.contextmanager
-def _executor(args, store: RunStore) -> Iterator[LocalExecutor | None]:
-    """Worker processes for an experiment (none with --workers 1), shut down afterwards."""
-    executor = LocalExecutor(store.root, args.workers) if args.workers != 1 else None
+def _executor(args, store: RunStore) -> Iterator[Executor | None]:
+    """Where an experiment's runs train, shut down afterwards: local worker processes (none
+    with --workers 1), or Dask workers (``--executor dask``: ``--scheduler`` or a
+    LocalCluster of --workers processes). An unreachable scheduler exits 2 before any run."""
+    if getattr(args, "executor", "local") == "dask":
+        from .dask_executor import DaskExecutor  # dask is imported only when asked for
+
+        parser = args.command_parser
+        if args.scheduler and args.workers:
+            parser.error(f"--workers {args.workers}: a cluster's workers are started there "
+                         "(dask worker); --workers sizes the LocalCluster used without "
+                         "--scheduler")
+        try:
+            executor = DaskExecutor(store.root, args.scheduler, n_workers=args.workers or None)
+        except (ConnectionError, ImportError) as error:
+            parser.error(f"--executor dask: {error}")
+    elif getattr(args, "scheduler", None):
+        args.command_parser.error(f"--scheduler {args.scheduler}: needs --executor dask")
+    else:
+        executor = LocalExecutor(store.root, args.workers) if args.workers != 1 else None
     try:
         yield executor
     finally:
@@ -355,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(LAB_OPTIMIZERS) + "; or any registry name; NAME={json} overrides"
     workers = {"type": _number(int, "a number of workers >= 0", lambda n: n >= 0), "default": 0,
                "help": "worker processes (0 = one per core, 1 = run inline) [0]"}
+    executors = {"executor": {"choices": ("local", "dask"), "default": "local",
+                              "help": "where runs train: local worker processes, or Dask "
+                                      "workers (the run store is written here only) [local]"},
+                 "scheduler": {"metavar": "ADDRESS", "help": "Dask scheduler to send runs to "
+                                                             "(tcp://HOST:8786); without it, "
+                                                             "a LocalCluster of --workers "
+                                                             "processes"}}
     seeds = {"type": _number(int, "a seed >= 0", lambda n: n >= 0), "nargs": "+",
              "default": [0], "help": "seeds [0]"}
     grid_p = sub.add_parser("grid", help="every M#D pair of a set of optimizers, several seeds")
@@ -362,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"lab optimizers to pair ({names}) [sgd adam]")
     grid_p.add_argument("--seeds", **seeds)
     grid_p.add_argument("--workers", **workers)
+    for flag, options in executors.items():
+        grid_p.add_argument(f"--{flag}", **options)
     _add_config_flags(grid_p, skip=EXPERIMENT_FIELDS)
     grid_p.set_defaults(handler=cmd_grid, command_parser=grid_p)
 
@@ -387,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "kinds, comma-separated (embedding, head, norm, bias, hidden); "
                                 "repeat for several")
     compare_p.add_argument("--workers", **workers)
+    for flag, options in executors.items():
+        compare_p.add_argument(f"--{flag}", **options)
     _add_config_flags(compare_p, skip=EXPERIMENT_FIELDS)
     compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)
 

@@ -1,9 +1,10 @@
 """Where runs execute: an executor takes stored run ids and trains them somewhere else.
 
 Experiments and the app only call ``submit(run_id)`` and read results from the store, so a
-cluster backend can replace ``LocalExecutor`` without touching them. The local one trains
-in spawned worker processes (a real stop, no GIL fight with a web server, the same code
-path as the command line), at most one per core by default, with torch threads shared out.
+cluster backend (``dask_executor.DaskExecutor``) replaces ``LocalExecutor`` without touching
+them. The local one trains in spawned worker processes (a real stop, no GIL fight with a web
+server, the same code path as the command line), at most one per core by default, with
+torch threads shared out.
 """
 
 from __future__ import annotations

@@ -1,23 +1,29 @@
-"""Run a stored config in this process, writing everything the trainer reports to the store.
+"""Run a stored config, handing everything the trainer reports to a sink.
 
 The one path every run takes, whoever started it (command line, grid worker, app):
-``create_run`` records the config, ``execute_run`` trains it (here, or in a worker process
-through ``grafting_core.lab.executor``) and keeps the store's row, metrics, norms and
-checkpoint current. Stopping goes through the store, so any process can stop any run.
+``create_run`` records the config; ``prepare_run`` marks it running and reads what training
+needs (a ``RunTicket``); ``train`` trains it and hands its records to a ``RunSink``.
+``execute_run`` does both here with a ``StoreSink``, which writes the store directly (the
+command line, local worker processes); a Dask worker trains the same ticket with a sink that
+streams to the driver, which owns the store (``dask_executor``). Stopping goes through the
+store, so any process can stop any run.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
 
 from . import lifeline
 from .analysis import schedule_from_run
 from .arms import Arm
 from .config import RunConfig
 from .store import RunStore
-from .trainer import Trainer
+from .trainer import Trainer, stored_references
 
 STOP_ARTIFACT = "stop_requested"
 
@@ -55,11 +61,68 @@ def load_artifact(store: RunStore, run_id: str, name: str) -> Any:
                    f"(it has {store.artifact_names(run_id)})")
 
 
-class StoreWriter:
-    """Trainer callbacks that persist a run: metrics, norms, checkpoints, status."""
+class RunSink(Protocol):
+    """Where one run's records go. The store's owner writes them (``StoreSink``); a worker
+    that cannot reach the store sends each call to it instead (``dask_executor``)."""
+
+    def start(self, layers: dict[str, Any], step: int) -> None: ...
+
+    def metrics(self, rows: list[tuple[int, str, float]], step: int) -> None: ...
+
+    def norms(self, steps: list[int], layers: list[str], fields: list[str],
+              data: bytes) -> None: ...
+
+    def checkpoint(self, blob: bytes) -> None: ...
+
+    def status(self, status: str, *, error: str | None = None,
+               step: int | None = None) -> None: ...
+
+    def log(self, name: str, text: str) -> None: ...
+
+    def stop_requested(self) -> bool: ...
+
+
+class StoreSink:
+    """A run's records written into the store (a ``RunSink``)."""
 
     def __init__(self, store: RunStore, run_id: str) -> None:
         self.store, self.run_id = store, run_id
+
+    def start(self, layers: dict[str, Any], step: int) -> None:
+        """The run's layers; a resume from ``step`` records later steps anew."""
+        self.store.put_artifact(self.run_id, "layers", layers)
+        self.store.drop_steps(self.run_id, step)
+        self.store.heartbeat(self.run_id, step=step)
+
+    def metrics(self, rows: list[tuple[int, str, float]], step: int) -> None:
+        if rows:
+            self.store.log_metrics_many(self.run_id, rows)
+        self.store.heartbeat(self.run_id, step=step)
+
+    def norms(self, steps: list[int], layers: list[str], fields: list[str],
+              data: bytes) -> None:
+        """Per-layer norms: ``data`` is float64 (little-endian) of shape (steps, layers, fields)."""
+        values = np.frombuffer(data, dtype="<f8").reshape(len(steps), len(layers), len(fields))
+        self.store.log_layer_norms(self.run_id, steps, layers, fields, values)
+
+    def checkpoint(self, blob: bytes) -> None:
+        self.store.put_artifact(self.run_id, "checkpoint", blob, kind="checkpoint")
+
+    def status(self, status: str, *, error: str | None = None, step: int | None = None) -> None:
+        self.store.set_status(self.run_id, status, error=error, step=step)
+
+    def log(self, name: str, text: str) -> None:
+        self.store.put_artifact(self.run_id, name, text, kind="log")
+
+    def stop_requested(self) -> bool:
+        return stop_requested(self.store, self.run_id)
+
+
+class SinkWriter:
+    """Trainer callbacks that hand a run's records to a ``RunSink``."""
+
+    def __init__(self, sink: RunSink) -> None:
+        self.sink = sink
 
     def attach(self, trainer: Trainer) -> None:
         """Register on every trainer event."""
@@ -69,60 +132,75 @@ class StoreWriter:
     def on_start(self, trainer: Trainer) -> None:
         opt = trainer.optimizer
         shapes = {n: list(p.shape) for n, p in opt.named_params()}
-        self.store.put_artifact(self.run_id, "layers", {
+        self.sink.start({
             "layer_names": list(opt.layers.names), "param_names": list(opt.layers.param_names),
             "param_layer": list(opt.layers.index), "shapes": shapes,
             "device": str(trainer.device), "parameters": sum(p.numel() for _, p in
-                                                             opt.named_params())})
-        self.store.drop_steps(self.run_id, trainer.step)  # a resume redoes later steps
-        self.store.heartbeat(self.run_id, step=trainer.step)
+                                                             opt.named_params())},
+            trainer.step)
 
     def on_metrics(self, trainer: Trainer, rows: list[tuple[int, str, float]]) -> None:
-        if rows:
-            self.store.log_metrics_many(self.run_id, rows)
-        self.store.heartbeat(self.run_id, step=trainer.step)
+        self.sink.metrics(rows, trainer.step)
 
     def on_norms(self, trainer: Trainer, steps: list[int], values: Any) -> None:
         log = trainer.norm_log
-        self.store.log_layer_norms(self.run_id, steps, log.layer_names, log.fields,
-                                   values.numpy())
+        self.sink.norms(list(steps), list(log.layer_names), list(log.fields),
+                        values.numpy().astype("<f8").tobytes())
 
     def on_checkpoint(self, trainer: Trainer, blob: bytes) -> None:
-        self.store.put_artifact(self.run_id, "checkpoint", blob, kind="checkpoint")
+        self.sink.checkpoint(blob)
 
     def on_end(self, trainer: Trainer, status: str, step: int) -> None:
-        self.store.set_status(self.run_id, status, step=step)
+        self.sink.status(status, step=step)
 
 
-def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
-                should_stop: Callable[[], bool] | None = None,
-                callbacks: dict[str, Callable] | None = None) -> str:
-    """Train the stored config of ``run_id`` here; returns the final status.
+@dataclass(frozen=True)
+class RunTicket:
+    """What training a stored run needs, read from the store by the process that owns it,
+    so that a worker anywhere can train the run without opening the store."""
 
-    Errors mark the run ``failed`` with the message and are re-raised. Ctrl-C and SIGTERM
-    stop the run at the end of its step: it flushes, checkpoints, is marked ``stopped`` and
-    KeyboardInterrupt is raised, so ``resume=True`` continues it exactly. A dead parent
-    (in a worker, ``lifeline.exit_with_parent``) stops it the same way as ``interrupted``.
-    A resume starts from the run's last checkpoint, or from step 0 when it has none; a run
-    live in another process is refused (ValueError) and its row is left as it was.
+    run_id: str
+    config: dict[str, Any]
+    checkpoint: bytes | None  # where a resume starts (None: step 0)
+    artifacts: dict[tuple[str, str], Any]  # (run id, name) -> artifact the config refers to
+
+    def artifact(self, run_id: str, name: str) -> Any:
+        """An artifact of another run that the config names (``run:<id>``)."""
+        return self.artifacts[run_id, name]
+
+
+def prepare_run(store: RunStore, run_id: str, *, resume: bool = False) -> RunTicket:
+    """Mark ``run_id`` running (owned by this process) and read what training it needs.
+
+    A config that cannot be read, or a run it refers to that lacks the artifact, marks the
+    run ``failed`` and raises; a resume of a run live elsewhere is refused (ValueError) and
+    leaves its row as it was.
     """
     record = store.run(run_id)
     blob = _resume_point(store, record) if resume else None
     store.set_status(run_id, "running")
     try:
         config = RunConfig.from_dict(record["config"])
+        artifacts = {ref: load_artifact(store, *ref) for ref in stored_references(config)}
     except Exception as error:
-        _fail(store, run_id, error)
+        _fail(StoreSink(store, run_id), error)
         raise
     if resume:
         store.put_artifact(run_id, STOP_ARTIFACT, "0", kind="control")
+    return RunTicket(run_id, record["config"], blob, artifacts)
+
+
+def train(ticket: RunTicket, sink: RunSink, *, should_stop: Callable[[], bool] | None = None,
+          callbacks: dict[str, Callable] | None = None) -> str:
+    """Train a prepared run here, handing everything it records to ``sink``; returns the
+    final status (see ``execute_run``)."""
 
     def stop() -> bool:
-        return bool(should_stop and should_stop()) or stop_requested(store, run_id)
+        return bool(should_stop and should_stop()) or sink.stop_requested()
 
-    trainer = Trainer(config, should_stop=stop, resume=blob,
-                      artifact_loader=lambda rid, name: load_artifact(store, rid, name))
-    StoreWriter(store, run_id).attach(trainer)
+    trainer = Trainer(RunConfig.from_dict(ticket.config), should_stop=stop,
+                      resume=ticket.checkpoint, artifact_loader=ticket.artifact)
+    SinkWriter(sink).attach(trainer)
     for event, callback in (callbacks or {}).items():
         trainer.add_callback(event, callback)
     outside: list[tuple[str, str]] = []  # (status, reason) of a signal or a dead parent
@@ -135,18 +213,35 @@ def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
         try:
             status = trainer.run()
         except KeyboardInterrupt:  # a second Ctrl-C: the last periodic checkpoint stays
-            store.set_status(run_id, "stopped", step=trainer.step)
+            sink.status("stopped", step=trainer.step)
             raise
         except Exception as error:
-            _fail(store, run_id, error)
+            _fail(sink, error)
             raise
         if status == "stopped" and outside:
             final, reason = outside[0]
             if final == "interrupted":
-                store.set_status(run_id, final, error=reason, step=trainer.step)
+                sink.status(final, error=reason, step=trainer.step)
                 return final
-            raise KeyboardInterrupt(f"run {run_id} {reason}")
+            raise KeyboardInterrupt(f"run {ticket.run_id} {reason}")
         return status
+
+
+def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
+                should_stop: Callable[[], bool] | None = None,
+                callbacks: dict[str, Callable] | None = None) -> str:
+    """Train the stored config of ``run_id`` here, writing to the store; returns the final
+    status.
+
+    Errors mark the run ``failed`` with the message and are re-raised. Ctrl-C and SIGTERM
+    stop the run at the end of its step: it flushes, checkpoints, is marked ``stopped`` and
+    KeyboardInterrupt is raised, so ``resume=True`` continues it exactly. A dead parent
+    (in a worker, ``lifeline.exit_with_parent``) stops it the same way as ``interrupted``.
+    A resume starts from the run's last checkpoint, or from step 0 when it has none; a run
+    live in another process is refused (ValueError) and its row is left as it was.
+    """
+    ticket = prepare_run(store, run_id, resume=resume)
+    return train(ticket, StoreSink(store, run_id), should_stop=should_stop, callbacks=callbacks)
 
 
 def _resume_point(store: RunStore, record: dict[str, Any]) -> bytes | None:
@@ -173,6 +268,6 @@ def _artifact_or(store: RunStore, run_id: str, name: str, default: Any) -> Any:
         return default
 
 
-def _fail(store: RunStore, run_id: str, error: Exception) -> None:
-    store.set_status(run_id, "failed", error=f"{type(error).__name__}: {error}")
-    store.put_artifact(run_id, "traceback", traceback.format_exc(), kind="log")
+def _fail(sink: RunSink, error: Exception) -> None:
+    sink.status("failed", error=f"{type(error).__name__}: {error}")
+    sink.log("traceback", traceback.format_exc())

@@ -41,6 +41,8 @@ from .data import load_dataset
 from .models import build_model, default_model, loss_fn
 
 EVENTS = ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end")
+#: config fields that name another file or run, and the artifact each loads by default
+REFERENCES = {"replay": "magnitude_schedule", "static_ratios": "static_ratios"}
 NORM_RING = 2048  # norm records kept between flushes; a flush is forced before it fills
 
 
@@ -77,6 +79,21 @@ def read_checkpoint(blob: bytes, device: torch.device | str = "cpu") -> dict[str
         raise ValueError(f"Refused to load the checkpoint: it holds more than tensors and plain "
                          f"values, and loading it could run code ({reason.strip()}). Start the "
                          f"run afresh instead of resuming it.") from None
+
+
+def run_reference(ref: str, artifact: str) -> tuple[str, str] | None:
+    """(run id, artifact name) of a ``run:<id>`` or ``run:<id>:<name>`` reference (``artifact``
+    by default); None for a file path."""
+    if not ref.startswith("run:"):
+        return None
+    run_id, _, name = ref[4:].partition(":")
+    return run_id, name or artifact
+
+
+def stored_references(config: RunConfig) -> list[tuple[str, str]]:
+    """The (run id, artifact name) pairs that ``config`` loads from the run store."""
+    refs = ((getattr(config, field), artifact) for field, artifact in REFERENCES.items())
+    return [pair for ref, artifact in refs if ref and (pair := run_reference(ref, artifact))]
 
 
 def check_replay_source(schedule: MagnitudeSchedule, config: RunConfig) -> None:
@@ -117,11 +134,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _reference(self, ref: str, artifact: str) -> Any:
-        if ref.startswith("run:"):
+        if (stored := run_reference(ref, artifact)) is not None:
             if self.artifact_loader is None:
                 raise ValueError(f"{ref!r} needs a run store to load {artifact!r} from")
-            run_id, _, name = ref[4:].partition(":")  # run:<id> or run:<id>:<artifact name>
-            return self.artifact_loader(run_id, name or artifact)
+            return self.artifact_loader(*stored)
         with open(ref) as handle:
             return json.load(handle)
 
@@ -143,10 +159,11 @@ class Trainer:
         magnitude: Any = cfg.magnitude_spec()
         if cfg.replay:
             magnitude = MagnitudeSchedule.from_dict(
-                self._reference(cfg.replay, "magnitude_schedule"))
+                self._reference(cfg.replay, REFERENCES["replay"]))
             check_replay_source(magnitude, cfg)
         if cfg.static_ratios:  # plain M with per-layer lr = M's lr · c: M's groups carry it
-            ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios, "static_ratios"))
+            ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios,
+                                                            REFERENCES["static_ratios"]))
             spec = cfg.magnitude_spec()
             magnitude = build_optimizer(spec, ratios.param_groups(named, lr=spec.resolved["lr"]))
         grafted = select_kinds(self.model, cfg.grafted) if cfg.grafted else None

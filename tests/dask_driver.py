@@ -1,0 +1,39 @@
+"""A process that drives long runs on Dask workers, for tests that kill it.
+
+    python -m tests.dask_driver STORE_DIR SCHEDULER N_RUNS   (from the repository root)
+
+SCHEDULER is an address, or ``local`` for a LocalCluster of this process's own. Creates
+``N_RUNS`` long runs, hands them to the Dask executor, prints one line
+``<run ids> | <worker pids>`` and sleeps until it is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.dask_executor import DaskExecutor
+from grafting_core.lab.runner import create_run
+from grafting_core.lab.store import RunStore
+
+LONG = RunConfig(dataset="mnist1d", width=32, steps=10**6, batch_size=32, eval_every=10**6,
+                 eval_examples=200, log_every=10, flush_seconds=0.0)
+
+
+def main(root: str, scheduler: str, runs: int) -> None:
+    """Start the runs, report their ids and the workers' pids, and wait to be killed."""
+    store = RunStore(root)
+    run_ids = [create_run(store, LONG.replace(seed=seed)) for seed in range(runs)]
+    executor = DaskExecutor(root, None if scheduler == "local" else scheduler, n_workers=2
+                            if scheduler == "local" else None)
+    for run_id in run_ids:
+        executor.submit(run_id)
+    pids = executor.client.run(os.getpid).values()
+    print(" ".join(run_ids), "|", " ".join(map(str, pids)), flush=True)
+    time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
