@@ -174,14 +174,17 @@ def test_fused_step_makes_no_host_sync(path, specs):
         assert counter.count == 0
 
 
-def test_fused_threads_do_not_change_results():
-    grads = [torch.randn(40_000) for _ in range(3)]
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_fused_threads_do_not_change_results(dtype, rtol):
+    """Bit-equal sums at any thread count; a float32 tensor's blocks are summed in float
+    (float32 rounding), a float64 tensor's in double."""
+    grads = [torch.randn(40_000, dtype=dtype) for _ in range(3)]
     layout = fused._layout(grads)
-    one = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=1)
-    three = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=3)
+    one = fused._run(fused.SUMSQ, layout, dtype, [grads], threads=1)
+    three = fused._run(fused.SUMSQ, layout, dtype, [grads], threads=3)
     assert torch.equal(one, three)
     expected = torch.stack([g.double().square().sum() for g in grads])
-    torch.testing.assert_close(one[:, 0], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(one[:, 0], expected, rtol=rtol, atol=0)
 
 
 def _count_calls(monkeypatch, module):
