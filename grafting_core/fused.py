@@ -176,9 +176,11 @@ def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
     groups over ``params`` need different kinds)."""
     if not isinstance(child, NativeOptimizer) or child.rule.name not in KERNEL_RULES:
         return None
-    wanted = {id(p) for p in params}
-    kinds = {_kind(child.rule.name, g)
-             for g in child.param_groups if any(id(p) in wanted for p in g["params"])}
+    groups = child.param_groups
+    if len(groups) > 1:  # the groups over ``params``
+        wanted = {id(p) for p in params}
+        groups = [g for g in groups if any(id(p) in wanted for p in g["params"])]
+    kinds = {_kind(child.rule.name, g) for g in groups}
     return kinds.pop() if len(kinds) == 1 else None
 
 
@@ -299,10 +301,11 @@ class _Coefficients:
         return array("d", [x for row in rows for x in row])
 
 
-def _coefficients(child: NativeOptimizer, params: list[Tensor]) -> _Coefficients:
-    """Advance ``child``'s step counts and return its kernel coefficients."""
+def _coefficients(child: NativeOptimizer,
+                  advanced: list[tuple[dict[str, Any], dict[str, Any]]]) -> _Coefficients:
+    """The kernel coefficients of ``child``'s tensors from their advanced ``(state, group)``."""
     rows, cache = [], {}
-    for state, group in child.advance(params):
+    for state, group in advanced:
         key = (id(group), state["step"])
         if key not in cache:
             cache[key] = _row(child.rule.name, group, state["step"])
@@ -360,7 +363,7 @@ def propose(graft: Any, plan: Any) -> Proposal:
     if graft.native:  # the propose pass zeroes the skipped gradients before it reads them
         grad_sums = _run(SUMSQ, layout, dtype, [grads])[:, 0]
         grad_norm, skip = _nonfinite_guard(graft, plan, grad_sums, dtype)
-        magnitude_norm, per_tensor, apply = _native(graft, plan, grads, skip)
+        magnitude_norm, per_tensor, apply = _native(graft, plan, layout, grads, skip)
     else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
         sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
@@ -387,11 +390,12 @@ class _Child:
     """A native child's kernel inputs over some of the step's tensors (``index``)."""
 
     def __init__(self, child: NativeOptimizer, params: list[Tensor], index: list[int]) -> None:
-        mine = [params[i] for i in index]
+        mine = params if len(index) == len(params) else [params[i] for i in index]
         self.index = index
         self.kind = _rule_kind(child, mine)
-        self.coefs = _coefficients(child, mine)  # advances the step counts
-        self.states = [[None if name is None else child.state[p][name] for p in mine]
+        advanced = child.advance(mine)  # the step counts
+        self.coefs = _coefficients(child, advanced)
+        self.states = [[None if name is None else state[name] for state, _ in advanced]
                        for name in SLOTS[self.kind]]
         self.reads_g = self.kind in APPLY_READS_G or any(g.get("nesterov")
                                                          for g in child.param_groups)
@@ -400,7 +404,7 @@ class _Child:
         return [tensors[i] for i in self.index]
 
 
-def _native(graft: Any, plan: Any, grads: list[Tensor],
+def _native(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
             skip: Tensor | None) -> tuple[Tensor, Tensor, Any]:
     """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), and the apply
     pass(es): w += scale · step, the step recomputed from the child's new state. The first
@@ -414,7 +418,6 @@ def _native(graft: Any, plan: Any, grads: list[Tensor],
     use_w = any(g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction)
                 for g in c.param_groups)
     read = [grads, params if use_w else None]
-    layout = _layout(params)
     if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
         sums = _run(PROPOSE, layout, dtype, [*read, *magnitude.states, *direction.states],
                     kinds=(magnitude.kind, direction.kind),
@@ -429,30 +432,38 @@ def _native(graft: Any, plan: Any, grads: list[Tensor],
     per_tensor = _norms(step_sums, dtype)
 
     def apply(scales: Tensor) -> Tensor:
-        weight_sums = torch.zeros(len(params), dtype=torch.float64)
-        for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
-            if index:
-                weight_sums[index] = _apply(child, index, params, grads, scales, dtype)
+        if not others:  # every tensor takes D's step
+            weight_sums = _apply(direction, chosen, params, grads, scales, layout)
+        else:
+            weight_sums = torch.zeros(len(params), dtype=torch.float64)
+            for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
+                if index:
+                    weight_sums[index] = _apply(child, index, params, grads, scales)
         return graft._reduce(_norms(weight_sums, dtype), plan)
 
     return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, apply
 
 
 def _apply(child: _Child, index: list[int], params: list[Tensor], grads: list[Tensor],
-           scales: Tensor, dtype: torch.dtype) -> Tensor:
+           scales: Tensor, layout: _Layout | None = None) -> Tensor:
     """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
-    the child's new state; ‖w‖² per tensor before the move."""
-    position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
-    within = None if index == child.index else [position[i] for i in index]
+    the child's new state; ‖w‖² per tensor before the move. ``layout``: given when ``index``
+    is every tensor of the step."""
+    within = None
+    if index != child.index:
+        position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
+        within = [position[i] for i in index]
 
     def part(tensors: list[Any]) -> list[Any]:
         return tensors if within is None else [tensors[i] for i in within]
 
-    mine = [params[i] for i in index]
-    return _run(APPLY, _layout(mine), dtype,
-                [[grads[i] for i in index] if child.reads_g else None, mine, None, None,
-                 *map(part, child.states)], kinds=(0, child.kind),
-                coefs=(None, child.coefs.pick(within)), scale=scales[index])[:, 0]
+    if layout is None:
+        params, grads = ([x[i] for i in index] for x in (params, grads))
+        layout, scales = _layout(params), scales[index]
+    return _run(APPLY, layout, params[0].dtype,
+                [grads if child.reads_g else None, params, None, None, *map(part, child.states)],
+                kinds=(0, child.kind), coefs=(None, child.coefs.pick(within)),
+                scale=scales)[:, 0]
 
 
 def _propose_one(op: int, child: _Child, read: list[Any], dtype: torch.dtype,
