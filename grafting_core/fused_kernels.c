@@ -170,14 +170,31 @@ static void F(chunk)(const Task *t, int64_t i, int64_t start, int64_t end, doubl
     if ((t->op == ZERO_IF || t->op == PROPOSE || t->op == PROPOSE_M) && s != 0)
         for (int64_t j = start; j < end; j++) g[j] = 0;  /* a skipped layer's gradient */
     double sum0 = 0, sum1 = 0;
+    if (t->op == SUMSQ) {  /* ‖g‖²: the chunk's halves as two streams (one alone leaves the
+                            * memory system idle: ~15 % slower from memory, one thread) */
+        const int64_t half = (end - start) / 2;
+        const REAL *h = g + half;
+        for (int64_t lo = start; lo < start + half; lo += BLOCK) {
+            const int64_t hi = lo + BLOCK < start + half ? lo + BLOCK : start + half;
+            REAL s0 = 0, s1 = 0;
+            _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")
+            for (int64_t j = lo; j < hi; j++) {
+                s0 += g[j] * g[j];
+                s1 += h[j] * h[j];
+            }
+            sum0 += s0;
+            sum1 += s1;
+        }
+        if ((end - start) % 2)
+            sum0 += (double)g[end - 1] * g[end - 1];
+        out[0] = sum0 + sum1;
+        out[1] = 0;
+        return;
+    }
     for (int64_t lo = start; lo < end; lo += BLOCK) {
         const int64_t hi = lo + BLOCK < end ? lo + BLOCK : end;
         REAL s0 = 0, s1 = 0;  /* a block's sums in REAL, the chunk's in double */
         switch (t->op) {
-        case SUMSQ:
-            _Pragma("omp simd simdlen(16) reduction(+:s0)")
-            for (int64_t j = lo; j < hi; j++) s0 += g[j] * g[j];
-            break;
         case SUMSQ_COPY:  /* ‖g‖², and the weights w copied to the scratch (slot 2) with ‖w‖² */
             _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")
             for (int64_t j = lo; j < hi; j++) {
