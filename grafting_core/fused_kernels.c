@@ -1,14 +1,15 @@
 /* Fused CPU passes for Graft.step; grafting_core/fused.py compiles this file and calls it.
  *
  * Each pass walks a list of contiguous tensors cut into fixed chunks that threads share;
- * every chunk writes its sums of squares (in double) to its own slot and the slots are added
- * per tensor in a fixed order after the pass, so no result depends on the thread count. Within a
- * chunk, blocks of BLOCK elements are summed in the tensor's precision (a float chain per
- * SIMD lane: at most ~1e-5 relative in float32, ~1e-7 typically) and added in double: summing
- * every element in double made the float passes 10-40 % slower (the conversions and one
- * long dependency chain), at no accuracy a float32 norm needs. The update
- * arithmetic is grafting_core/rules.py's in the tensor's own precision, up to rounding (Adam
- * multiplies by its bias corrections' reciprocals: one division per element, not three).
+ * every chunk writes its sums of squares (in double) to its own slot and the slots are
+ * added per tensor in a fixed order after the pass, so no result depends on the thread
+ * count. Within a chunk, blocks of BLOCK elements are summed in the tensor's precision (a
+ * float chain per SIMD lane: at most ~1e-5 relative in float32, ~1e-7 typically) and added
+ * in double: summing every element in double made the float passes 10-25 % slower (the
+ * conversions and one long dependency chain), at no accuracy a float32 norm needs. The
+ * update arithmetic is grafting_core/rules.py's in the tensor's own precision, up to
+ * rounding (Adam multiplies by its bias corrections' reciprocals: one division per
+ * element, not three).
  * The file is compiled twice: REAL = float (suffix f32) and double (f64).
  */
 #include <math.h>
@@ -22,7 +23,8 @@ enum { SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY,
  * momentum, Adam/AdamW, AdaGrad, RMSprop without and with momentum (not centred), signSGD
  * without and with momentum (Signum), Lion. */
 enum { PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM, LION };
-enum { NCOEF = 10, BLOCK = 1024 };             /* per tensor and rule; the meaning of each is in Coef */
+enum { NCOEF = 10 };             /* per tensor and rule; the meaning of each is in Coef */
+enum { BLOCK = 1024 };           /* elements summed in REAL before the sum goes to double */
 /* Lion's step reads its moment before the update: as D its state advances in APPLY. */
 #define IN_APPLY(K) ((K) == LION)
 
@@ -130,8 +132,8 @@ static inline __attribute__((always_inline)) REAL F(rule)(
         REAL wj = USE_W ? w[j] : 0;                                                \
         REAL dm = F(rule)(KM, km, g[j], wj, m0 + j, m1 + j, 1);                    \
         REAL dd = F(rule)(KD, kd, g[j], wj, d0 + j, d1 + j, 1);                    \
-        s0 += dm * dm;                                                     \
-        s1 += dd * dd;                                                     \
+        s0 += dm * dm;                                                             \
+        s1 += dd * dd;                                                             \
     }
 #define PROPOSE_W(KM, KD) \
     if (t->use_w) { PROPOSE_LOOP(KM, KD, 1) } else { PROPOSE_LOOP(KM, KD, 0) }
@@ -144,7 +146,7 @@ static inline __attribute__((always_inline)) REAL F(rule)(
     _Pragma("omp simd simdlen(16) reduction(+:s0)")                                \
     for (int64_t j = lo; j < hi; j++) {                                            \
         REAL d = F(rule)(K, km, g[j], USE_W ? w[j] : 0, m0 + j, m1 + j, UPDATE);   \
-        s0 += d * d;                                                       \
+        s0 += d * d;                                                               \
     }
 #define ONE_W(K, UPDATE) \
     if (t->use_w) { ONE_LOOP(K, UPDATE, 1) } else { ONE_LOOP(K, UPDATE, 0) }
@@ -155,7 +157,7 @@ static inline __attribute__((always_inline)) REAL F(rule)(
     for (int64_t j = lo; j < hi; j++) {                                            \
         REAL wj = w[j];                                                            \
         REAL dd = F(rule)(KD, kd, USE_G ? g[j] : 0, wj, d0 + j, d1 + j, IN_APPLY(KD)); \
-        s0 += wj * wj;                                                     \
+        s0 += wj * wj;                                                             \
         w[j] = wj + dd * s;                                                        \
     }
 
