@@ -73,7 +73,7 @@ def test_fused_matches_reference_float64(specs, granularity, path):
 @pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
 def test_fused_matches_reference_float32(specs, path):
-    """In float32 a few steps agree within 1e-6 relative (norms are summed in double)."""
+    """In float32 a few steps agree within 1e-6 relative (norms: float blocks summed in double)."""
     (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float32, "module", path, 3)
     assert max_relative_difference(fast_model, ref_model) < 1e-6
     _assert_same_norms(ref, fast, 1e-5)
