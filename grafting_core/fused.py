@@ -21,9 +21,10 @@ shards, through ``grafting_core.sharded``.
 Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
 one of its hyperparameters (``tests/test_fused.py``).
 
-Native step, three passes instead of ~20: (1) ‖g‖ per tensor; non-finite layers' gradients
-are zeroed in place; (2) both rules advance their states and sum ‖Δ_M‖², ‖Δ_D‖² without
-storing either step (one pass for SGD/Adam pairs, one pass per child for the other rules);
+Native step, three passes instead of ~20: (1) ‖g‖ per tensor; (2) the gradients of
+non-finite layers are zeroed in place, then both rules advance their states and sum
+‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for SGD/Adam pairs, one pass per child
+for the other rules);
 (3) w += scale · Δ_D, recomputing Δ_D from D's updated state (Lion as D: from its old
 state, which advances here), and ‖w‖ (the weights before the step) on the way. Partial
 grafting: M's pass over every tensor, D's over the grafted ones, and two apply passes
@@ -42,6 +43,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +91,8 @@ class _Task(ctypes.Structure):
                 ("use_w", ctypes.c_int), ("n", ctypes.c_int64), ("numel", ctypes.c_void_p),
                 ("first", ctypes.c_void_p), ("ptr", ctypes.c_void_p * 6),
                 ("coef_m", ctypes.c_void_p), ("coef_d", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("partial", ctypes.c_void_p)]
+                ("scale", ctypes.c_void_p), ("partial", ctypes.c_void_p),
+                ("sums", ctypes.c_void_p)]
 
 
 _library: ctypes.CDLL | None = None
@@ -153,8 +156,8 @@ def available() -> bool:
 
 
 def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
-    return all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
-               and not t.is_sparse for t in tensors)
+    return all(t.dtype is dtype and t.is_cpu and t.layout is torch.strided
+               and t.is_contiguous() for t in tensors)
 
 
 def _kind(name: str, hp: dict[str, Any]) -> int | None:
@@ -173,9 +176,11 @@ def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
     groups over ``params`` need different kinds)."""
     if not isinstance(child, NativeOptimizer) or child.rule.name not in KERNEL_RULES:
         return None
-    wanted = {id(p) for p in params}
-    kinds = {_kind(child.rule.name, g)
-             for g in child.param_groups if any(id(p) in wanted for p in g["params"])}
+    groups = child.param_groups
+    if len(groups) > 1:  # the groups over ``params``
+        wanted = {id(p) for p in params}
+        groups = [g for g in groups if any(id(p) in wanted for p in g["params"])]
+    kinds = {_kind(child.rule.name, g) for g in groups}
     return kinds.pop() if len(kinds) == 1 else None
 
 
@@ -234,7 +239,6 @@ class _Layout:
         self.total = sum(numels)
         self.numel = torch.tensor(numels, dtype=torch.int64)
         self.first = torch.tensor([0, *chunks], dtype=torch.int64).cumsum(0)
-        self.owner = torch.repeat_interleave(torch.arange(len(numels)), torch.tensor(chunks))
 
 
 _layouts: dict[tuple[int, ...], _Layout] = {}
@@ -249,45 +253,64 @@ def _layout(tensors: list[Tensor]) -> _Layout:
     return _layouts[key]
 
 
-def _table(tensors: list[Tensor | None] | None) -> Tensor | None:
+def _table(tensors: list[Tensor | None] | None) -> array | None:
+    """The data pointers of ``tensors`` (0 for None), as the C array a pass reads."""
     if tensors is None:
         return None
-    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+    return array("q", [0 if t is None else t.data_ptr() for t in tensors])
+
+
+def _address(values: array | None) -> int:
+    return 0 if values is None else values.buffer_info()[0]
 
 
 def _run(op: int, layout: _Layout, dtype: torch.dtype, tables: list[list | None], *,
-         kinds: tuple[int, int] = (0, 0), coefs: tuple[Tensor | None, Tensor | None] = (None, None),
+         kinds: tuple[int, int] = (0, 0), coefs: tuple[array | None, array | None] = (None, None),
          scale: Tensor | None = None, use_w: bool = False, threads: int | None = None) -> Tensor:
     """One kernel pass; returns the per-tensor sums of squares, shape ``(n, 2)``, float64."""
     n = len(layout.numels)
-    partial = torch.empty(layout.chunks, 2, dtype=torch.float64)
-    keep = [_table(t) for t in tables] + [c for c in coefs if c is not None]
+    out = torch.empty(layout.chunks + n, 2, dtype=torch.float64)  # per chunk, then per tensor
     if scale is not None:
-        keep.append(scale := scale.to(torch.float64).contiguous())
+        scale = scale.to(torch.float64).contiguous()
     task = _Task(op, kinds[0], kinds[1], int(use_w), n, layout.numel.data_ptr(),
                  layout.first.data_ptr())
-    for i, table in enumerate(keep[:len(tables)]):
-        task.ptr[i] = 0 if table is None else table.data_ptr()
-    task.coef_m, task.coef_d = (0 if c is None else c.data_ptr() for c in coefs)
+    tables = [_table(t) for t in tables]  # alive until the kernel has read them
+    for i, table in enumerate(tables):
+        task.ptr[i] = _address(table)
+    task.coef_m, task.coef_d = map(_address, coefs)
     task.scale = 0 if scale is None else scale.data_ptr()
-    task.partial = partial.data_ptr()
+    task.partial = out.data_ptr()
+    task.sums = out[layout.chunks:].data_ptr()
     if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
         threads = min(torch.get_num_threads(), max(1, layout.total >> 16))
     getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads)
-    del keep  # the tables lived until here: the kernel read them
-    sums = torch.zeros(n, 2, dtype=torch.float64)
-    return sums.index_add_(0, layout.owner, partial)
+    return out[layout.chunks:]
 
 
-def _coefficients(child: NativeOptimizer, params: list[Tensor]) -> Tensor:
-    """Advance ``child``'s step counts and return its kernel coefficients, one row a tensor."""
+class _Coefficients:
+    """A native child's kernel coefficients, one row of NCOEF numbers per tensor."""
+
+    def __init__(self, rows: list[list[float]]) -> None:
+        self.rows = rows
+
+    def pick(self, index: list[int] | None) -> array:
+        """The rows of the tensors ``index`` (None: all) as the C array a pass reads."""
+        rows = self.rows if index is None else [self.rows[i] for i in index]
+        if all(row is rows[0] for row in rows):  # one group at one step: one row repeated
+            return array("d", rows[0]) * len(rows)
+        return array("d", [x for row in rows for x in row])
+
+
+def _coefficients(child: NativeOptimizer,
+                  advanced: list[tuple[dict[str, Any], dict[str, Any]]]) -> _Coefficients:
+    """The kernel coefficients of ``child``'s tensors from their advanced ``(state, group)``."""
     rows, cache = [], {}
-    for state, group in child.advance(params):
+    for state, group in advanced:
         key = (id(group), state["step"])
         if key not in cache:
             cache[key] = _row(child.rule.name, group, state["step"])
         rows.append(cache[key])
-    return torch.tensor(rows, dtype=torch.float64)
+    return _Coefficients(rows)
 
 
 def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
@@ -319,16 +342,16 @@ def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
     return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def _nonfinite_guard(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
-                     grad_sums: Tensor) -> Tensor:
-    """‖g‖ per layer from ‖g‖² per tensor; the gradients of non-finite layers are zeroed."""
-    dtype = grads[0].dtype
+def _nonfinite_guard(graft: Any, plan: Any, grad_sums: Tensor,
+                     dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """‖g‖ per layer from ‖g‖² per tensor, and per tensor 1 where its layer's gradient is not
+    finite (None without ``skip_nonfinite``): the first pass that reads the gradients again
+    zeroes those in place (the kernel reads the flags itself: no host sync, nothing to do if
+    every layer is finite)."""
     grad_norm = graft._reduce(_norms(grad_sums, dtype), plan)
-    finite = torch.isfinite(grad_norm)
-    if graft.skip_nonfinite:  # the kernel reads the flags itself: no host sync, no pass if clean
-        bad = (~finite)[plan.index].to(torch.float64)
-        _run(ZERO_IF, layout, dtype, [grads], scale=bad, threads=1)
-    return grad_norm
+    if not graft.skip_nonfinite:
+        return grad_norm, None
+    return grad_norm, (~torch.isfinite(grad_norm))[plan.index].to(torch.float64)
 
 
 def propose(graft: Any, plan: Any) -> Proposal:
@@ -337,14 +360,16 @@ def propose(graft: Any, plan: Any) -> Proposal:
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    if graft.native:
-        grad_norm = _nonfinite_guard(graft, plan, layout, grads,
-                                     _run(SUMSQ, layout, dtype, [grads])[:, 0])
-        magnitude_norm, per_tensor, apply = _native(graft, plan, grads)
+    if graft.native:  # the propose pass zeroes the skipped gradients before it reads them
+        grad_sums = _run(SUMSQ, layout, dtype, [grads])[:, 0]
+        grad_norm, skip = _nonfinite_guard(graft, plan, grad_sums, dtype)
+        magnitude_norm, per_tensor, apply = _native(graft, plan, layout, grads, skip)
     else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
         sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
-        grad_norm = _nonfinite_guard(graft, plan, layout, grads, sums[:, 0])
+        grad_norm, skip = _nonfinite_guard(graft, plan, sums[:, 0], dtype)
+        if skip is not None:
+            _run(ZERO_IF, layout, dtype, [grads], scale=skip, threads=1)
         weight_norm = graft._reduce(_norms(sums[:, 1], dtype), plan)
         if isinstance(graft.magnitude, MagnitudeSchedule):
             magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
@@ -365,11 +390,12 @@ class _Child:
     """A native child's kernel inputs over some of the step's tensors (``index``)."""
 
     def __init__(self, child: NativeOptimizer, params: list[Tensor], index: list[int]) -> None:
-        mine = [params[i] for i in index]
+        mine = params if len(index) == len(params) else [params[i] for i in index]
         self.index = index
         self.kind = _rule_kind(child, mine)
-        self.coefs = _coefficients(child, mine)  # advances the step counts
-        self.states = [[None if name is None else child.state[p][name] for p in mine]
+        advanced = child.advance(mine)  # the step counts
+        self.coefs = _coefficients(child, advanced)
+        self.states = [[None if name is None else state[name] for state, _ in advanced]
                        for name in SLOTS[self.kind]]
         self.reads_g = self.kind in APPLY_READS_G or any(g.get("nesterov")
                                                          for g in child.param_groups)
@@ -378,9 +404,11 @@ class _Child:
         return [tensors[i] for i in self.index]
 
 
-def _native(graft: Any, plan: Any, grads: list[Tensor]) -> tuple[Tensor, Tensor, Any]:
+def _native(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
+            skip: Tensor | None) -> tuple[Tensor, Tensor, Any]:
     """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), and the apply
-    pass(es): w += scale · step, the step recomputed from the child's new state."""
+    pass(es): w += scale · step, the step recomputed from the child's new state. The first
+    pass zeroes the gradients of the tensors flagged in ``skip``."""
     params, dtype = plan.params, plan.params[0].dtype
     everything = list(range(len(params)))
     chosen = [i for i in everything if plan.grafted[i]]  # D's tensors (all unless partial)
@@ -390,50 +418,58 @@ def _native(graft: Any, plan: Any, grads: list[Tensor]) -> tuple[Tensor, Tensor,
     use_w = any(g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction)
                 for g in c.param_groups)
     read = [grads, params if use_w else None]
-    layout = _layout(params)
     if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
         sums = _run(PROPOSE, layout, dtype, [*read, *magnitude.states, *direction.states],
                     kinds=(magnitude.kind, direction.kind),
-                    coefs=(magnitude.coefs, direction.coefs), use_w=use_w)
+                    coefs=(magnitude.coefs.pick(None), direction.coefs.pick(None)),
+                    scale=skip, use_w=use_w)
         magnitude_sums, step_sums = sums[:, 0], sums[:, 1]
     else:  # one pass each (only the pair kinds are specialised together)
-        magnitude_sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w)
+        magnitude_sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w, skip)
         step_sums = magnitude_sums.clone()  # Δ_M where not grafted
         if chosen:
             step_sums[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)
     per_tensor = _norms(step_sums, dtype)
 
     def apply(scales: Tensor) -> Tensor:
-        weight_sums = torch.zeros(len(params), dtype=torch.float64)
-        for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
-            if index:
-                weight_sums[index] = _apply(child, index, params, grads, scales, dtype)
+        if not others:  # every tensor takes D's step
+            weight_sums = _apply(direction, chosen, params, grads, scales, layout)
+        else:
+            weight_sums = torch.zeros(len(params), dtype=torch.float64)
+            for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
+                if index:
+                    weight_sums[index] = _apply(child, index, params, grads, scales)
         return graft._reduce(_norms(weight_sums, dtype), plan)
 
     return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, apply
 
 
 def _apply(child: _Child, index: list[int], params: list[Tensor], grads: list[Tensor],
-           scales: Tensor, dtype: torch.dtype) -> Tensor:
+           scales: Tensor, layout: _Layout | None = None) -> Tensor:
     """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
-    the child's new state; ‖w‖² per tensor before the move."""
-    position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
-    within = None if index == child.index else [position[i] for i in index]
+    the child's new state; ‖w‖² per tensor before the move. ``layout``: given when ``index``
+    is every tensor of the step."""
+    within = None
+    if index != child.index:
+        position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
+        within = [position[i] for i in index]
 
     def part(tensors: list[Any]) -> list[Any]:
         return tensors if within is None else [tensors[i] for i in within]
 
-    mine = [params[i] for i in index]
-    return _run(APPLY, _layout(mine), dtype,
-                [[grads[i] for i in index] if child.reads_g else None, mine, None, None,
-                 *map(part, child.states)], kinds=(0, child.kind),
-                coefs=(None, child.coefs if within is None else child.coefs[within]),
-                scale=scales[index])[:, 0]
+    if layout is None:
+        params, grads = ([x[i] for i in index] for x in (params, grads))
+        layout, scales = _layout(params), scales[index]
+    return _run(APPLY, layout, params[0].dtype,
+                [grads if child.reads_g else None, params, None, None, *map(part, child.states)],
+                kinds=(0, child.kind), coefs=(None, child.coefs.pick(within)),
+                scale=scales)[:, 0]
 
 
 def _propose_one(op: int, child: _Child, read: list[Any], dtype: torch.dtype,
-                 use_w: bool) -> Tensor:
-    """One child's propose pass over its tensors: ‖Δ‖² per tensor."""
+                 use_w: bool, skip: Tensor | None = None) -> Tensor:
+    """One child's propose pass over its tensors: ‖Δ‖² per tensor (first zeroing the
+    gradients flagged in ``skip``, one flag per tensor of the child)."""
     tables = [None if t is None else child.pick(t) for t in read] + child.states
     return _run(op, _layout(child.pick(read[0])), dtype, tables, kinds=(child.kind, 0),
-                coefs=(child.coefs, None), use_w=use_w)[:, 0]
+                coefs=(child.coefs.pick(None), None), scale=skip, use_w=use_w)[:, 0]
