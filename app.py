@@ -18,17 +18,28 @@ st.set_page_config(page_title="Grafting Lab", page_icon=":material/science:", la
 
 PAGES = {
     "Train": [
-        st.Page("pages/graft_lab.py", title="Graft lab", icon=":material/science:",
-                default=True),
+        st.Page("pages/graft_lab.py", title="Graft lab", icon=":material/science:", default=True),
         st.Page("pages/grid.py", title="Grid", icon=":material/grid_on:", url_path="md-grid"),
-        st.Page("pages/schedule_transfer.py", title="Schedule transfer",
-                icon=":material/swap_horiz:", url_path="transfer"),
-        st.Page("pages/static_ratios.py", title="Static ratios", icon=":material/tune:",
-                url_path="ratios"),
+        st.Page(
+            "pages/schedule_transfer.py",
+            title="Schedule transfer",
+            icon=":material/swap_horiz:",
+            url_path="transfer",
+        ),
+        st.Page(
+            "pages/static_ratios.py",
+            title="Static ratios",
+            icon=":material/tune:",
+            url_path="ratios",
+        ),
     ],
     "Learn": [
-        st.Page("pages/grafting_2d.py", title="Grafting in 2-D", icon=":material/timeline:",
-                url_path="two-d"),
+        st.Page(
+            "pages/grafting_2d.py",
+            title="Grafting in 2-D",
+            icon=":material/timeline:",
+            url_path="two-d",
+        ),
     ],
     "Results": [
         st.Page("pages/runs.py", title="Runs", icon=":material/table_view:", url_path="saved-runs"),

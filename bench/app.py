@@ -87,8 +87,12 @@ class App:
         self.log = open(runs / f"server-{self.port}.log", "w")  # closed in stop()
         self.proc = subprocess.Popen(
             ["./tasks", "app", "--server.port", str(self.port), "--server.headless", "true"],
-            cwd=ROOT, env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)}, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT,
+            env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -113,8 +117,11 @@ def ready(page) -> None:
 
 
 def launch(p):
-    return p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+    return p.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+    )
 
 
 def set_number(page, label: str, value: int) -> None:
@@ -160,11 +167,11 @@ def latency(repeats: int, steps: int) -> list[tuple[str, float]]:
             old = page.evaluate("() => new URLSearchParams(location.search).get('group')")
             clicked = time.perf_counter()
             start.click()
-            page.wait_for_function(FIRST_POINT, arg=[old or "", steps], timeout=300_000,
-                                   polling=50)
+            page.wait_for_function(FIRST_POINT, arg=[old or "", steps], timeout=300_000, polling=50)
             out.append(("cold" if i == 0 else "warm", time.perf_counter() - clicked))
-            print(f"  {out[-1][0]}: {out[-1][1]:.2f} s  (load {os.getloadavg()[0]:.1f})",
-                  flush=True)
+            print(
+                f"  {out[-1][0]}: {out[-1][1]:.2f} s  (load {os.getloadavg()[0]:.1f})", flush=True
+            )
     return out
 
 
@@ -172,12 +179,31 @@ def cli_run(root: Path, steps: int) -> str:
     """One Adam#SGD run from the command line with one torch thread; returns its id."""
     store = RunStore(root)
     before = set(store.runs()["run_id"])
-    subprocess.run([sys.executable, "-m", "grafting_core", "--runs-dir", str(root), "train",
-                    "--magnitude", "adam", "--direction", "sgd",
-                    "--direction-hparams", '{"lr": 0.1, "momentum": 0.9}',
-                    "--steps", str(steps), "--name", "bench"],
-                   cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grafting_core",
+            "--runs-dir",
+            str(root),
+            "train",
+            "--magnitude",
+            "adam",
+            "--direction",
+            "sgd",
+            "--direction-hparams",
+            '{"lr": 0.1, "momentum": 0.9}',
+            "--steps",
+            str(steps),
+            "--name",
+            "bench",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (run_id,) = set(store.runs()["run_id"]) - before
     store.close()
     return run_id
@@ -225,9 +251,12 @@ def median_speed(store: RunStore, run_id: str, after: float = 0.0) -> float:
 
 
 def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
-    speeds: dict[str, list[float]] = {"cli": [], "app, page open": [],
-                                      "app, page open, after 30 s": [],
-                                      "app, page closed": []}
+    speeds: dict[str, list[float]] = {
+        "cli": [],
+        "app, page open": [],
+        "app, page open, after 30 s": [],
+        "app, page closed": [],
+    }
     with app_in_browser() as (root, app, page, store):
         source = cli_run(root, 50)  # the config the app re-runs
         time.sleep(20)  # let the workers finish warming up (not part of any figure)
@@ -241,11 +270,13 @@ def throughput(rounds: int, steps: int) -> dict[str, list[float]]:
                 wait_done(store, run_id)
                 speeds[key].append(median_speed(store, run_id))
                 if watch:  # also without the page's first load
-                    speeds[f"{key}, after 30 s"].append(
-                        median_speed(store, run_id, after=30.0))
-            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in
-                                                 speeds.items())
-                  + f" steps/s (load {os.getloadavg()[0]:.1f})", flush=True)
+                    speeds[f"{key}, after 30 s"].append(median_speed(store, run_id, after=30.0))
+            print(
+                f"  round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items())
+                + f" steps/s (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     return speeds
 
 
@@ -307,12 +338,17 @@ def all_cores_busy(seconds: float = 20.0) -> None:
         page.goto("about:blank")
         before, start = steps(), time.perf_counter()
         time.sleep(seconds)
-        closed_speeds = [(n - before[r]) / (time.perf_counter() - start)
-                         for r, n in steps().items() if r in before]
-        print(f"  page open: loss chart redrawn {changes / seconds:.2f} times a second, runs "
-              f"{', '.join(f'{v:.0f}' for v in open_speeds)} steps/s; page closed: runs "
-              f"{', '.join(f'{v:.0f}' for v in closed_speeds)} steps/s "
-              f"(load {os.getloadavg()[0]:.1f})")
+        closed_speeds = [
+            (n - before[r]) / (time.perf_counter() - start)
+            for r, n in steps().items()
+            if r in before
+        ]
+        print(
+            f"  page open: loss chart redrawn {changes / seconds:.2f} times a second, runs "
+            f"{', '.join(f'{v:.0f}' for v in open_speeds)} steps/s; page closed: runs "
+            f"{', '.join(f'{v:.0f}' for v in closed_speeds)} steps/s "
+            f"(load {os.getloadavg()[0]:.1f})"
+        )
         print("  the page said:", *[c for c in captions if c.startswith("Live")])
         for run_id in store.runs(status="running")["run_id"]:
             request_stop(store, run_id)
@@ -323,8 +359,13 @@ def page_cpu(windows: int, steps: int, js_profile: bool = False) -> None:
     Adam#SGD run live (re-run from the Runs page), and the renderer's main-thread time."""
     with app_in_browser() as (_, app, page, store):
         time.sleep(15)  # the workers warm up
-        config = RunConfig(magnitude="adam", direction="sgd", steps=steps, name="bench",
-                           direction_hparams={"lr": 0.1, "momentum": 0.9})
+        config = RunConfig(
+            magnitude="adam",
+            direction="sgd",
+            steps=steps,
+            name="bench",
+            direction_hparams={"lr": 0.1, "momentum": 0.9},
+        )
         store.set_status(create_run(store, config, kind="train"), "finished", step=0)
         run_id = app_rerun(app, page, store, "bench", watch=True)
         cdp = page.context.new_cdp_session(page)
@@ -341,11 +382,14 @@ def page_cpu(windows: int, steps: int, js_profile: bool = False) -> None:
             main = {m["name"]: m["value"] for m in metrics_after["metrics"]}
             main0 = {m["name"]: m["value"] for m in metrics["metrics"]}
             busy = (main["TaskDuration"] - main0["TaskDuration"]) / seconds
-            print(f"  seconds {10 * window:3d}-{10 * window + 10:3d}, step "
-                  f"{store.run(run_id)['last_step']}: "
-                  + ", ".join(f"{k} {v / seconds:.2f}" for k, v in sorted(used.items()))
-                  + f" cores; renderer main thread busy {busy:.0%} "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"  seconds {10 * window:3d}-{10 * window + 10:3d}, step "
+                f"{store.run(run_id)['last_step']}: "
+                + ", ".join(f"{k} {v / seconds:.2f}" for k, v in sorted(used.items()))
+                + f" cores; renderer main thread busy {busy:.0%} "
+                f"(load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
         if js_profile:
             js_hotspots(cdp)
         request_stop(store, run_id)
@@ -366,8 +410,9 @@ def js_hotspots(cdp, seconds: float = 8.0, top: int = 25) -> None:
         seen, node = set(), sample
         while node is not None:
             frame = nodes[node]["callFrame"]
-            name = (f"{frame['functionName'] or '(anonymous)'} "
-                    f"{frame['url'].rsplit('/', 1)[-1][:32]}").strip()
+            name = (
+                f"{frame['functionName'] or '(anonymous)'} {frame['url'].rsplit('/', 1)[-1][:32]}"
+            ).strip()
             if name not in seen:
                 seen.add(name)
                 share[name] = share.get(name, 0.0) + delta
@@ -382,15 +427,28 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the app server on kill
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run")
-    parser.add_argument("--cpu-windows", type=int, default=0, metavar="N",
-                        help="only measure what each process uses while the page is live, "
-                             "in N windows of 10 s")
-    parser.add_argument("--all-cores", action="store_true",
-                        help="only: how often the page redraws while every core trains")
-    parser.add_argument("--only", choices=["latency", "throughput"],
-                        help="measure only 1. (latency) or only 2. (throughput)")
-    parser.add_argument("--js-profile", action="store_true",
-                        help="with --cpu-windows: then sample the renderer's JavaScript")
+    parser.add_argument(
+        "--cpu-windows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure what each process uses while the page is live, in N windows of 10 s",
+    )
+    parser.add_argument(
+        "--all-cores",
+        action="store_true",
+        help="only: how often the page redraws while every core trains",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["latency", "throughput"],
+        help="measure only 1. (latency) or only 2. (throughput)",
+    )
+    parser.add_argument(
+        "--js-profile",
+        action="store_true",
+        help="with --cpu-windows: then sample the renderer's JavaScript",
+    )
     args = parser.parse_args()
     if args.cpu_windows or args.all_cores:
         print(f"machine: {usable_cores()} cores, load average {os.getloadavg()}")
@@ -405,8 +463,10 @@ def main() -> None:
         print("1. Start click -> first point on the Graft lab's loss chart (800 steps per run)")
         times = latency(repeats, 800)
         warm = [t for kind, t in times if kind == "warm"]
-        print(f"   cold {times[0][1]:.2f} s; warm median {statistics.median(warm):.2f} s "
-              f"(min {min(warm):.2f}, max {max(warm):.2f})")
+        print(
+            f"   cold {times[0][1]:.2f} s; warm median {statistics.median(warm):.2f} s "
+            f"(min {min(warm):.2f}, max {max(warm):.2f})"
+        )
     if args.only == "latency":
         return
     print(f"2. Throughput of one Adam#SGD run, {steps} steps, median steps/s per run")
@@ -414,8 +474,10 @@ def main() -> None:
     cli = statistics.median(speeds["cli"])
     for key, values in speeds.items():
         med = statistics.median(values)
-        print(f"   {key:27s} {med:7.1f} steps/s  ({', '.join(f'{v:.0f}' for v in values)})"
-              f"  {100 * (med / cli - 1):+.1f}% vs cli")
+        print(
+            f"   {key:27s} {med:7.1f} steps/s  ({', '.join(f'{v:.0f}' for v in values)})"
+            f"  {100 * (med / cli - 1):+.1f}% vs cli"
+        )
     print(f"load average at the end {os.getloadavg()}")
 
 

@@ -81,26 +81,52 @@ def frames(count: int = 25) -> list[list[dict]]:
     for k in range(count):
         steps = np.arange(3000 + 800 * k)
         metrics = pd.concat(
-            [pd.DataFrame({"run_id": r, "step": steps, "name": "train_loss",
-                           "value": 2 * np.exp(-steps / 5000) + 0.1 * rng.random(len(steps))})
-             for r in RUNS]
-            + [pd.DataFrame({"run_id": r, "step": steps[::200], "name": "val_accuracy",
-                             "value": 0.5}) for r in RUNS])
-        norms = pd.concat([pd.DataFrame({
-            "run_id": r, "step": np.repeat(steps, len(LAYERS)),
-            "layer": np.tile(LAYERS, len(steps)), "field": field,
-            "value": rng.random(len(steps) * len(LAYERS)) + 0.1})
-            for r in RUNS for field in ("magnitude_norm", "direction_norm")], ignore_index=True)
+            [
+                pd.DataFrame(
+                    {
+                        "run_id": r,
+                        "step": steps,
+                        "name": "train_loss",
+                        "value": 2 * np.exp(-steps / 5000) + 0.1 * rng.random(len(steps)),
+                    }
+                )
+                for r in RUNS
+            ]
+            + [
+                pd.DataFrame(
+                    {"run_id": r, "step": steps[::200], "name": "val_accuracy", "value": 0.5}
+                )
+                for r in RUNS
+            ]
+        )
+        norms = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "run_id": r,
+                        "step": np.repeat(steps, len(LAYERS)),
+                        "layer": np.tile(LAYERS, len(steps)),
+                        "field": field,
+                        "value": rng.random(len(steps) * len(LAYERS)) + 0.1,
+                    }
+                )
+                for r in RUNS
+                for field in ("magnitude_norm", "direction_norm")
+            ],
+            ignore_index=True,
+        )
         layer = norms[norms["layer"] == LAYERS[0]]
         figs = [
-            figures.metric_curves(metrics, metric="train_loss", labels=RUNS, colors=colors,
-                                  smoothing=0.6, x_max=30000),
-            figures.metric_curves(metrics, metric="val_accuracy", labels=RUNS, colors=colors,
-                                  x_max=30000),
-            figures.norm_trajectories(layer, layer=LAYERS[0], labels=RUNS, colors=colors,
-                                      plain=["a", "b"], x_max=30000),
-            figures.norm_heatmap(norms[norms["run_id"] == "c"].drop(columns="run_id"),
-                                 x_max=30000),
+            figures.metric_curves(
+                metrics, metric="train_loss", labels=RUNS, colors=colors, smoothing=0.6, x_max=30000
+            ),
+            figures.metric_curves(
+                metrics, metric="val_accuracy", labels=RUNS, colors=colors, x_max=30000
+            ),
+            figures.norm_trajectories(
+                layer, layer=LAYERS[0], labels=RUNS, colors=colors, plain=["a", "b"], x_max=30000
+            ),
+            figures.norm_heatmap(norms[norms["run_id"] == "c"].drop(columns="run_id"), x_max=30000),
         ]
         out.append([json.loads(f.to_json()) for f in figs])
     return out
@@ -144,37 +170,59 @@ def main() -> None:
         (folder / "frames.json").write_text(json.dumps(frames()))
         (folder / "index.html").write_text(PAGE)
         shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", folder)
-        (folder / "app.py").write_text(APP.format(root=str(ROOT),
-                                                  frames=str(folder / "frames.json")))
+        (folder / "app.py").write_text(
+            APP.format(root=str(ROOT), frames=str(folder / "frames.json"))
+        )
         handler = functools.partial(QuietHandler, directory=tmp)
         static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=static.serve_forever, daemon=True).start()
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(folder / "app.py"),
-             "--server.port", str(port), "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(folder / "app.py"),
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             time.sleep(8)
             with sync_playwright() as p:
                 browser = p.chromium.launch(
-                    executable_path="/usr/bin/chromium", headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+                    executable_path="/usr/bin/chromium",
+                    headless=True,
+                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+                )
                 for name, url in (
-                        ("plotly.js alone", f"http://127.0.0.1:{static.server_port}/"),
-                        ("st.plotly_chart", f"http://127.0.0.1:{port}/?live=0"),
-                        ("charts.show(live=True)", f"http://127.0.0.1:{port}/?live=1")):
+                    ("plotly.js alone", f"http://127.0.0.1:{static.server_port}/"),
+                    ("st.plotly_chart", f"http://127.0.0.1:{port}/?live=0"),
+                    ("charts.show(live=True)", f"http://127.0.0.1:{port}/?live=1"),
+                ):
                     page = browser.new_page(viewport={"width": 1400, "height": 2000})
                     page.goto(url)
                     time.sleep(10)
                     before, start = cpu_seconds(), time.perf_counter()
                     time.sleep(15)
                     after, seconds = cpu_seconds(), time.perf_counter() - start
-                    print(f"  {name:24s} " + ", ".join(
-                        f"{kind} {(after[kind] - before.get(kind, 0.0)) / seconds:.2f}"
-                        for kind in sorted(after))
-                        + f" cores (load {os.getloadavg()[0]:.1f})", flush=True)
+                    print(
+                        f"  {name:24s} "
+                        + ", ".join(
+                            f"{kind} {(after[kind] - before.get(kind, 0.0)) / seconds:.2f}"
+                            for kind in sorted(after)
+                        )
+                        + f" cores (load {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
                     page.close()
                 browser.close()
         finally:

@@ -32,14 +32,24 @@ CADENCES = (100, 200, 500, 1000)
 
 def measure(dataset: str, batch: int, steps: int, repeats: int) -> tuple[float, float, int]:
     """(seconds per step, seconds per checkpoint written to a store, checkpoint bytes)."""
-    config = RunConfig(dataset=dataset, batch_size=batch, steps=steps, magnitude="adam",
-                       direction="sgd", eval_every=10**6, log_every=10, checkpoint_every=0)
+    config = RunConfig(
+        dataset=dataset,
+        batch_size=batch,
+        steps=steps,
+        magnitude="adam",
+        direction="sgd",
+        eval_every=10**6,
+        log_every=10,
+        checkpoint_every=0,
+    )
     rates: list[float] = []
     trainer = Trainer(config)
-    trainer.add_callback("on_metrics", lambda t, rows: rates.extend(
-        v for _, name, v in rows if name == "steps_per_second"))
+    trainer.add_callback(
+        "on_metrics",
+        lambda t, rows: rates.extend(v for _, name, v in rows if name == "steps_per_second"),
+    )
     trainer.run()
-    step_s = 1.0 / statistics.median(rates[len(rates) // 4:])  # after the warm-up
+    step_s = 1.0 / statistics.median(rates[len(rates) // 4 :])  # after the warm-up
     with tempfile.TemporaryDirectory() as root:
         store = RunStore(root)
         run_id = create_run(store, config)
@@ -57,18 +67,25 @@ def main() -> None:
     """Print per-task step and checkpoint times and the overhead of each cadence."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (a worker of a 2-core machine running 2 runs: 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (a worker of a 2-core machine running 2 runs: 1)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps, repeats = (40, 3) if args.quick else (400, 21)
     print(f"torch threads: {args.threads}")
-    print(f"{'task':20} {'step ms':>8} {'ckpt ms':>8} {'ckpt KB':>8}  "
-          + "  ".join(f"every {n:>4}: cost, lost" for n in CADENCES))
+    print(
+        f"{'task':20} {'step ms':>8} {'ckpt ms':>8} {'ckpt KB':>8}  "
+        + "  ".join(f"every {n:>4}: cost, lost" for n in CADENCES)
+    )
     for task, (dataset, batch) in TASKS.items():
         step_s, ckpt_s, size = measure(dataset, batch, steps, repeats)
-        cells = "  ".join(f"{100 * ckpt_s / (n * step_s):>11.2f}%, {n * step_s:>5.1f}s"
-                          for n in CADENCES)
+        cells = "  ".join(
+            f"{100 * ckpt_s / (n * step_s):>11.2f}%, {n * step_s:>5.1f}s" for n in CADENCES
+        )
         print(f"{task:20} {1e3 * step_s:8.2f} {1e3 * ckpt_s:8.2f} {size / 1024:8.0f}  {cells}")
 
 

@@ -32,9 +32,14 @@ def timed_compare(base: RunConfig, workers: int, seeds: tuple[int, ...], points:
             for future in executor.warm_up([base.dataset]):
                 future.result()
         started = time.perf_counter()
-        result = compare(store, base, {k: LAB_OPTIMIZERS[k] for k in ("sgd", "adam")},
-                         seeds=seeds, plan=SweepPlan(points=points, extensions=0),
-                         executor=executor)
+        result = compare(
+            store,
+            base,
+            {k: LAB_OPTIMIZERS[k] for k in ("sgd", "adam")},
+            seeds=seeds,
+            plan=SweepPlan(points=points, extensions=0),
+            executor=executor,
+        )
         wall = time.perf_counter() - started
         runs = len(store.runs(group=result.group))
         if executor:
@@ -52,17 +57,27 @@ def main() -> None:
     args = parser.parse_args()
     steps = 10 if args.quick else args.steps
     seeds, points = ((0,), 2) if args.quick else ((0, 1, 2), 5)
-    base = RunConfig(dataset=args.dataset, steps=steps, eval_every=steps,
-                     eval_examples=64 if args.quick else 500, schedule="warmup_cosine",
-                     warmup_steps=max(1, steps // 10), width=16 if args.quick else 0)
-    print(f"{args.dataset}, {steps} steps, 2 optimizers × {points} lrs × {len(seeds)} seeds "
-          "+ 2 grafts")
+    base = RunConfig(
+        dataset=args.dataset,
+        steps=steps,
+        eval_every=steps,
+        eval_examples=64 if args.quick else 500,
+        schedule="warmup_cosine",
+        warmup_steps=max(1, steps // 10),
+        width=16 if args.quick else 0,
+    )
+    print(
+        f"{args.dataset}, {steps} steps, 2 optimizers × {points} lrs × {len(seeds)} seeds "
+        "+ 2 grafts"
+    )
     first = None
     for workers in args.workers:
         wall, runs = timed_compare(base, workers, seeds, points)
         first = first or wall
-        print(f"workers {workers}: {wall:7.1f} s for {runs} runs ({wall / runs:.2f} s/run), "
-              f"speed-up {first / wall:.2f}×")
+        print(
+            f"workers {workers}: {wall:7.1f} s for {runs} runs ({wall / runs:.2f} s/run), "
+            f"speed-up {first / wall:.2f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ OPTIMIZERS = {name: LAB_OPTIMIZERS[name] for name in ("sgd", "adam", "adagrad", 
 def started(kind: str, root: str, workers: int, dataset: str) -> tuple[object, float]:
     """An executor of ``kind`` with its workers warm, and the seconds that took."""
     began = time.perf_counter()
-    executor = (LocalExecutor(root, workers) if kind == "local"
-                else DaskExecutor(root, n_workers=workers))
+    executor = (
+        LocalExecutor(root, workers) if kind == "local" else DaskExecutor(root, n_workers=workers)
+    )
     for future in executor.warm_up([dataset]):
         future.result()
     return executor, time.perf_counter() - began
@@ -75,8 +76,13 @@ def streamed_run(ticket: RunTicket, queue_name: str) -> dict[str, float]:
     sink = StreamSink(queue, "bench", Event("bench-stop"), lambda: False)
     began = time.perf_counter()
     status = train(ticket, sink)
-    return {"status": status, "train_s": time.perf_counter() - began, "put_s": queue.seconds,
-            "messages": sink.sent, "bytes": queue.bytes}
+    return {
+        "status": status,
+        "train_s": time.perf_counter() - began,
+        "put_s": queue.seconds,
+        "messages": sink.sent,
+        "bytes": queue.bytes,
+    }
 
 
 def streaming_cost(root: str, base: RunConfig, workers: int) -> dict[str, float]:
@@ -92,8 +98,9 @@ def streaming_cost(root: str, base: RunConfig, workers: int) -> dict[str, float]
         for future in executor.warm_up([base.dataset]):
             future.result()
         queue = Queue("bench-stream", client=executor.client)
-        future = executor.client.submit(streamed_run, prepare_run(store, run_id),
-                                        "bench-stream", pure=False)
+        future = executor.client.submit(
+            streamed_run, prepare_run(store, run_id), "bench-stream", pure=False
+        )
         sink, write_s, received = StoreSink(store, run_id), 0.0, 0
         while not future.done() or received < future.result()["messages"]:
             for _, _, method, args, kwargs in (m for put in queue.get(batch=True) for m in put):
@@ -119,10 +126,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny runs: a smoke test")
     args = parser.parse_args()
     steps, repeats = (20, 1) if args.quick else (args.steps, args.repeats)
-    base = RunConfig(dataset=args.dataset, steps=steps, eval_every=max(1, steps // 2),
-                     width=16 if args.quick else 0)
-    print(f"{args.dataset}, {steps} steps, 16 runs (4 optimizers, every M#D), "
-          f"{args.workers} workers; load before: {os.getloadavg()[0]:.2f}")
+    base = RunConfig(
+        dataset=args.dataset,
+        steps=steps,
+        eval_every=max(1, steps // 2),
+        width=16 if args.quick else 0,
+    )
+    print(
+        f"{args.dataset}, {steps} steps, 16 runs (4 optimizers, every M#D), "
+        f"{args.workers} workers; load before: {os.getloadavg()[0]:.2f}"
+    )
     walls: dict[str, list[float]] = {"local": [], "dask": []}
     with tempfile.TemporaryDirectory() as tmp:
         executors = {}
@@ -139,14 +152,18 @@ def main() -> None:
                 executor.shutdown()
         for name, pick in (("median", statistics.median), ("best", min)):
             local, dask = (pick(walls[kind]) for kind in ("local", "dask"))
-            print(f"grid wall, {name} of {repeats}: local {local:.2f} s, dask {dask:.2f} s; "
-                  f"dask/local {dask / local:.3f} (overhead {100 * (dask / local - 1):+.1f}%, "
-                  f"target <= +10%)")
+            print(
+                f"grid wall, {name} of {repeats}: local {local:.2f} s, dask {dask:.2f} s; "
+                f"dask/local {dask / local:.3f} (overhead {100 * (dask / local - 1):+.1f}%, "
+                f"target <= +10%)"
+            )
         cost = streaming_cost(tmp, base, args.workers)
-    print(f"streaming one run ({steps} steps): {cost['messages']} messages, "
-          f"{cost['bytes'] / 1e6:.2f} MB; worker blocked in put {cost['put_s'] * 1e3:.0f} ms "
-          f"of {cost['train_s']:.2f} s training ({100 * cost['put_s'] / cost['train_s']:.1f}%); "
-          f"driver writing {cost['write_s'] * 1e3:.0f} ms")
+    print(
+        f"streaming one run ({steps} steps): {cost['messages']} messages, "
+        f"{cost['bytes'] / 1e6:.2f} MB; worker blocked in put {cost['put_s'] * 1e3:.0f} ms "
+        f"of {cost['train_s']:.2f} s training ({100 * cost['put_s'] / cost['train_s']:.1f}%); "
+        f"driver writing {cost['write_s'] * 1e3:.0f} ms"
+    )
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

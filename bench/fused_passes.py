@@ -20,19 +20,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grafting_core import Graft, fused
 
-PASSES = {fused.SUMSQ: "‖g‖", fused.ZERO_IF: "zero skipped", fused.PROPOSE: "propose",
-          fused.APPLY: "apply"}
+PASSES = {
+    fused.SUMSQ: "‖g‖",
+    fused.ZERO_IF: "zero skipped",
+    fused.PROPOSE: "propose",
+    fused.APPLY: "apply",
+}
 
 
 def measure(threads: int, steps: int = 30) -> str:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    params = ([torch.nn.Parameter(torch.randn(448, 448)) for _ in range(50)]
-              + [torch.nn.Parameter(torch.randn(448)) for _ in range(50)])
+    params = [torch.nn.Parameter(torch.randn(448, 448)) for _ in range(50)] + [
+        torch.nn.Parameter(torch.randn(448)) for _ in range(50)
+    ]
     for p in params:
         p.grad = torch.randn_like(p)
-    opt = Graft([(f"p{i}", p) for i, p in enumerate(params)], ("adam", {"lr": 1e-4}),
-                ("sgd", {"lr": 1e-3, "momentum": 0.9}), fused=True)
+    opt = Graft(
+        [(f"p{i}", p) for i, p in enumerate(params)],
+        ("adam", {"lr": 1e-4}),
+        ("sgd", {"lr": 1e-3, "momentum": 0.9}),
+        fused=True,
+    )
     for _ in range(3):
         opt.step()
     spent: collections.Counter = collections.Counter()
@@ -62,8 +71,10 @@ def measure(threads: int, steps: int = 30) -> str:
         alone.append(time.perf_counter() - start)
     inside = ", ".join(f"{PASSES.get(op, op)} {1000 * t / steps:.2f}" for op, t in spent.items())
     rest = 1000 * (step - sum(spent.values()) / steps)
-    return (f"{threads} thread(s): step {1000 * step:.2f} ms = {inside}, Python and small "
-            f"tensors {rest:.2f} ms; the ‖g‖ pass alone {1000 * statistics.median(alone):.2f} ms")
+    return (
+        f"{threads} thread(s): step {1000 * step:.2f} ms = {inside}, Python and small "
+        f"tensors {rest:.2f} ms; the ‖g‖ pass alone {1000 * statistics.median(alone):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -41,15 +41,23 @@ def fill(store: RunStore, steps: int) -> str:
     group = new_group("lab")
     step = np.arange(steps)
     for name, direction in (("adam", ""), ("sgd", ""), ("adam#sgd", "sgd"), ("sgd#adam", "adam")):
-        config = RunConfig(steps=steps, magnitude=name.split("#")[0], direction=direction,
-                           name=name)
+        config = RunConfig(
+            steps=steps, magnitude=name.split("#")[0], direction=direction, name=name
+        )
         run_id = create_run(store, config, kind="lab", group=group)
         loss = 2 * np.exp(-step / 5000) + 0.1 * rng.random(steps)
-        store.log_metrics_many(run_id, [(int(s), "train_loss", float(v))
-                                        for s, v in zip(step, loss)]
-                               + [(int(s), "val_accuracy", 0.5) for s in step[::200]])
-        store.log_layer_norms(run_id, step.tolist(), LAYERS, FIELDS,
-                              rng.random((steps, len(LAYERS), len(FIELDS))) + 0.1)
+        store.log_metrics_many(
+            run_id,
+            [(int(s), "train_loss", float(v)) for s, v in zip(step, loss)]
+            + [(int(s), "val_accuracy", 0.5) for s in step[::200]],
+        )
+        store.log_layer_norms(
+            run_id,
+            step.tolist(),
+            LAYERS,
+            FIELDS,
+            rng.random((steps, len(LAYERS), len(FIELDS))) + 0.1,
+        )
         store.set_status(run_id, "running", step=steps // 2)
     return group
 
@@ -97,8 +105,10 @@ def main() -> None:
             page.run()
             took.append(time.perf_counter() - start)
         assert not page.exception, page.exception
-        print(f"4 runs x {args.steps} steps: a rerun of the Graft lab takes "
-              f"{statistics.median(took):.2f} s (median of {args.reruns})")
+        print(
+            f"4 runs x {args.steps} steps: a rerun of the Graft lab takes "
+            f"{statistics.median(took):.2f} s (median of {args.reruns})"
+        )
         for name, seconds in totals.most_common():
             print(f"  {name:28s} {1000 * seconds / args.reruns:7.1f} ms per rerun")
         store.close()

@@ -54,8 +54,9 @@ def optimizer(model: torch.nn.Module, magnitude: str, direction: str | None):
 def time_arms(dataset: str, rounds: int, per_round: int) -> dict[str, float]:
     """Median seconds per step of every arm, from interleaved rounds after a warm-up."""
     data = load_dataset(dataset, seed=0)
-    arms = {label: optimizer(model_with_grads(dataset, data), *spec)
-            for label, spec in ARMS.items()}
+    arms = {
+        label: optimizer(model_with_grads(dataset, data), *spec) for label, spec in ARMS.items()
+    }
     for opt in arms.values():
         for _ in range(WARMUP):
             opt.step()
@@ -75,14 +76,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    datasets, rounds, per_round = (["mnist1d"], 1, 1) if args.quick else (
-        ["mnist1d", "chars"], 10, 3)
+    datasets, rounds, per_round = (
+        (["mnist1d"], 1, 1) if args.quick else (["mnist1d", "chars"], 10, 3)
+    )
     print(f"torch {torch.__version__}, {args.threads} thread(s), {rounds * per_round} steps/arm")
     for dataset in datasets:
         medians = time_arms(dataset, rounds, per_round)
         for label, seconds in medians.items():
-            print(f"{dataset:8s} {label:14s} {seconds * 1e3:8.2f} ms/step  "
-                  f"{seconds / medians['adam']:6.1f}x adam")
+            print(
+                f"{dataset:8s} {label:14s} {seconds * 1e3:8.2f} ms/step  "
+                f"{seconds / medians['adam']:6.1f}x adam"
+            )
 
 
 if __name__ == "__main__":

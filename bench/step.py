@@ -67,26 +67,37 @@ def optimizers(model: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
         "Graft native, default": Graft(named(), *native),
         "Graft native, reference": Graft(named(), *native, fused=False),
         "Graft black-box, default": Graft(named(), adam(fused=True), sgd(fused=True)),
-        "Graft black-box, reference": Graft(named(), adam(fused=True), sgd(fused=True),
-                                            fused=False),
+        "Graft black-box, reference": Graft(
+            named(), adam(fused=True), sgd(fused=True), fused=False
+        ),
     }
 
 
 #: Other rule pairs: magnitude spec, direction spec, torch's equivalents of the two children.
 OTHER_PAIRS = {
     "adagrad#rmsprop-m": (
-        ("adagrad", {"lr": 1e-2}), ("rmsprop", {"lr": 1e-4, "momentum": 0.9}),
-        lambda p: {"torch Adagrad fused": torch.optim.Adagrad(p, lr=1e-2, fused=True),
-                   "torch RMSprop foreach": torch.optim.RMSprop(p, lr=1e-4, momentum=0.9,
-                                                                foreach=True)}),
+        ("adagrad", {"lr": 1e-2}),
+        ("rmsprop", {"lr": 1e-4, "momentum": 0.9}),
+        lambda p: {
+            "torch Adagrad fused": torch.optim.Adagrad(p, lr=1e-2, fused=True),
+            "torch RMSprop foreach": torch.optim.RMSprop(p, lr=1e-4, momentum=0.9, foreach=True),
+        },
+    ),
     "adamw#nesterov": (
         ("adamw", {"lr": ADAM_LR}),
         ("sgd", {"lr": SGD_LR, "momentum": MOMENTUM, "nesterov": True}),
-        lambda p: {"torch AdamW fused": torch.optim.AdamW(p, lr=ADAM_LR, fused=True),
-                   "torch SGD-nesterov fused": torch.optim.SGD(
-                       p, lr=SGD_LR, momentum=MOMENTUM, nesterov=True, fused=True)}),
-    "lion#signum": (("lion", {"lr": 1e-5}), ("sign_sgd", {"lr": 1e-5, "momentum": 0.9}),
-                    lambda p: {}),  # torch has neither
+        lambda p: {
+            "torch AdamW fused": torch.optim.AdamW(p, lr=ADAM_LR, fused=True),
+            "torch SGD-nesterov fused": torch.optim.SGD(
+                p, lr=SGD_LR, momentum=MOMENTUM, nesterov=True, fused=True
+            ),
+        },
+    ),
+    "lion#signum": (
+        ("lion", {"lr": 1e-5}),
+        ("sign_sgd", {"lr": 1e-5, "momentum": 0.9}),
+        lambda p: {},
+    ),  # torch has neither
 }
 
 
@@ -100,24 +111,31 @@ def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
     """Per pair: Graft's default vs its reference path and vs torch's two children."""
     lines = []
     for label, (magnitude, direction, torch_children) in OTHER_PAIRS.items():
-        opts = {"default": Graft(model.named_parameters(), magnitude, direction),
-                "reference": Graft(model.named_parameters(), magnitude, direction, fused=False),
-                **torch_children(list(model.parameters()))}
+        opts = {
+            "default": Graft(model.named_parameters(), magnitude, direction),
+            "reference": Graft(model.named_parameters(), magnitude, direction, fused=False),
+            **torch_children(list(model.parameters())),
+        }
         times = time_steps(opts, rounds, PER_ROUND)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-        line = (f"{label}: default ({backend(opts['default'])}) {med['default']:.2f} ms, "
-                f"reference {med['reference']:.2f} ms: {med['default'] / med['reference']:.2f}")
+        line = (
+            f"{label}: default ({backend(opts['default'])}) {med['default']:.2f} ms, "
+            f"reference {med['reference']:.2f} ms: {med['default'] / med['reference']:.2f}"
+        )
         theirs = {name: ms for name, ms in med.items() if name.startswith("torch")}
         if theirs:
             total = sum(theirs.values())
-            line += (f"; {' + '.join(theirs)} {total:.2f} ms: default / torch "
-                     f"{med['default'] / total:.2f}")
+            line += (
+                f"; {' + '.join(theirs)} {total:.2f} ms: default / torch "
+                f"{med['default'] / total:.2f}"
+            )
         lines.append(line)
     return lines
 
 
-def time_steps(opts: dict[str, torch.optim.Optimizer], rounds: int,
-               per_round: int) -> dict[str, list[float]]:
+def time_steps(
+    opts: dict[str, torch.optim.Optimizer], rounds: int, per_round: int
+) -> dict[str, list[float]]:
     """Seconds per step of each optimizer, measured in interleaved rounds after a warm-up."""
     for opt in opts.values():
         for _ in range(WARMUP):
@@ -147,8 +165,11 @@ def step_memory(opt: torch.optim.Optimizer) -> tuple[int, int]:
 def compile_check(layers: int, width: int, steps: int = 12) -> str:
     """torch.compile of forward + backward + Graft.step(); the times or the error, as text."""
     model = build_model(layers, width)
-    opt = Graft(model.named_parameters(), ("adam", {"lr": ADAM_LR}),
-                ("sgd", {"lr": SGD_LR, "momentum": MOMENTUM}))
+    opt = Graft(
+        model.named_parameters(),
+        ("adam", {"lr": ADAM_LR}),
+        ("sgd", {"lr": SGD_LR, "momentum": MOMENTUM}),
+    )
     x = torch.randn(16, width)
 
     def train_step(x: torch.Tensor) -> torch.Tensor:
@@ -178,21 +199,31 @@ def compile_check(layers: int, width: int, steps: int = 12) -> str:
     except Exception as error:  # report whatever torch.compile raises, do not hide it
         return f"torch.compile failed: {type(error).__name__}: {str(error)[:400]}"
     breaks = sum(counters["graph_break"].values())
-    return (f"torch.compile works: first call {times[0]:.1f} s; later calls median "
-            f"{statistics.median(times[1:]) * 1e3:.1f} ms, last 3 median "
-            f"{statistics.median(times[-3:]) * 1e3:.1f} ms "
-            f"(eager {statistics.median(eager) * 1e3:.1f} ms); frames compiled: {frames[0]} in "
-            f"the first call, {frames[-1] - frames[0]} in the {steps - 1} later ones; "
-            f"{breaks} graph breaks")
+    return (
+        f"torch.compile works: first call {times[0]:.1f} s; later calls median "
+        f"{statistics.median(times[1:]) * 1e3:.1f} ms, last 3 median "
+        f"{statistics.median(times[-3:]) * 1e3:.1f} ms "
+        f"(eager {statistics.median(eager) * 1e3:.1f} ms); frames compiled: {frames[0]} in "
+        f"the first call, {frames[-1] - frames[0]} in the {steps - 1} later ones; "
+        f"{breaks} graph breaks"
+    )
 
 
 def run_compile_check(args: argparse.Namespace) -> str:
     """The compile check in a fresh process with a time limit (it can take minutes)."""
-    command = [sys.executable, __file__, "--compile-only", "--threads", str(args.threads),
-               "--layers", str(args.layers), "--width", str(args.width)]
+    command = [
+        sys.executable,
+        __file__,
+        "--compile-only",
+        "--threads",
+        str(args.threads),
+        "--layers",
+        str(args.layers),
+        "--width",
+        str(args.width),
+    ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=args.compile_timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.compile_timeout)
     except subprocess.TimeoutExpired:
         return f"torch.compile did not finish within {args.compile_timeout} s"
     lines = [line for line in done.stdout.splitlines() if line.startswith("torch.compile")]
@@ -205,18 +236,21 @@ def ratio_lines(med: dict[str, float], low: dict[str, float]) -> list[str]:
         "fused": ("torch Adam fused", "torch SGD-m fused"),
         "foreach": ("torch Adam foreach", "torch SGD-m foreach"),
     }
-    targets = {("Graft native, default", "fused"): 1.0,
-               ("Graft black-box, default", "fused"): 2.0}
+    targets = {("Graft native, default", "fused"): 1.0, ("Graft black-box, default", "fused"): 2.0}
     lines = []
     for name in [n for n in med if n.startswith("Graft")]:
         for base, (adam, sgd) in sums.items():
             by_med = med[name] / (med[adam] + med[sgd])
             by_min = low[name] / (low[adam] + low[sgd])
             target = targets.get((name, base))
-            note = f"  (target <= {target}: {'met' if by_med <= target else 'NOT met'})" \
-                if target else ""
-            lines.append(f"ratio {name} / (Adam + SGD-m {base}): {by_med:.2f} median, "
-                         f"{by_min:.2f} min{note}")
+            note = (
+                f"  (target <= {target}: {'met' if by_med <= target else 'NOT met'})"
+                if target
+                else ""
+            )
+            lines.append(
+                f"ratio {name} / (Adam + SGD-m {base}): {by_med:.2f} median, {by_min:.2f} min{note}"
+            )
     return lines
 
 
@@ -227,8 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
-                        help="run the torch.compile check (auto: not with --quick)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="run the torch.compile check (auto: not with --quick)",
+    )
     parser.add_argument("--compile-timeout", type=int, default=900)
     parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -242,27 +280,40 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args.layers, args.width)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"torch {torch.__version__}, {args.threads} threads, {_cpu_model()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"model: {n_params:,} parameters in {len(list(model.parameters()))} tensors; "
-          f"fused kernels: {'available' if fused.available() else fused.unavailable_reason}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {_cpu_model()}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"model: {n_params:,} parameters in {len(list(model.parameters()))} tensors; "
+        f"fused kernels: {'available' if fused.available() else fused.unavailable_reason}"
+    )
     opts = optimizers(model)
-    print("backends: " + ", ".join(f"{name}: {backend(opt)}" for name, opt in opts.items()
-                                   if isinstance(opt, Graft)))
+    print(
+        "backends: "
+        + ", ".join(
+            f"{name}: {backend(opt)}" for name, opt in opts.items() if isinstance(opt, Graft)
+        )
+    )
     times = time_steps(opts, rounds, 1 if args.quick else PER_ROUND)
     med = {name: statistics.median(t) for name, t in times.items()}
     low = {name: min(t) for name, t in times.items()}
     weights = n_params * 4
-    print(f"\n{'path':34s} {'median ms':>10s} {'min ms':>8s} {'peak temp MB':>13s} "
-          f"{'state MB':>9s}")
+    print(
+        f"\n{'path':34s} {'median ms':>10s} {'min ms':>8s} {'peak temp MB':>13s} {'state MB':>9s}"
+    )
     for name, opt in opts.items():
         peak, _ = step_memory(opt)
-        print(f"{name:34s} {med[name] * 1e3:10.2f} {low[name] * 1e3:8.2f} "
-              f"{peak / 2**20:13.2f} {state_bytes(opt) / 2**20:9.1f}")
+        print(
+            f"{name:34s} {med[name] * 1e3:10.2f} {low[name] * 1e3:8.2f} "
+            f"{peak / 2**20:13.2f} {state_bytes(opt) / 2**20:9.1f}"
+        )
     for kind in ("fused", "foreach"):
         adam, sgd = f"torch Adam {kind}", f"torch SGD-m {kind}"
-        print(f"{'sum Adam + SGD-m ' + kind:34s} {(med[adam] + med[sgd]) * 1e3:10.2f} "
-              f"{(low[adam] + low[sgd]) * 1e3:8.2f}")
+        print(
+            f"{'sum Adam + SGD-m ' + kind:34s} {(med[adam] + med[sgd]) * 1e3:10.2f} "
+            f"{(low[adam] + low[sgd]) * 1e3:8.2f}"
+        )
     print(f"(weights: {weights / 2**20:.1f} MB; temp = allocator peak inside step())\n")
     for line in ratio_lines(med, low):
         print(line)

@@ -37,8 +37,9 @@ def bare_loop(dataset_name: str, steps: int, batch: int, make_optimizer) -> floa
     loss_of = loss_fn(dataset.task)
     opt = make_optimizer(model)
     warmup = max(steps // 10, 2)
-    for i, (x, y) in enumerate(dataset.batch("train", batch, step=s, seed=0)
-                               for s in range(warmup + steps)):
+    for i, (x, y) in enumerate(
+        dataset.batch("train", batch, step=s, seed=0) for s in range(warmup + steps)
+    ):
         if i == warmup:
             start = time.perf_counter()
         loss = loss_of(model(x), y)
@@ -62,13 +63,25 @@ def trainer_loop(dataset_name: str, steps: int, batch: int) -> float:
 
     with tempfile.TemporaryDirectory() as root:
         store = RunStore(root)
-        config = RunConfig(dataset=dataset_name, magnitude="adam", direction="sgd",
-                           direction_hparams={"momentum": 0.9}, steps=warmup + steps,
-                           batch_size=batch, eval_every=10**9, eval_examples=32)
+        config = RunConfig(
+            dataset=dataset_name,
+            magnitude="adam",
+            direction="sgd",
+            direction_hparams={"momentum": 0.9},
+            steps=warmup + steps,
+            batch_size=batch,
+            eval_every=10**9,
+            eval_examples=32,
+        )
         run_id = create_run(store, config)
-        execute_run(store, run_id, callbacks={
-            "on_metrics": flushed,
-            "on_end": lambda t, **_: ended.setdefault("time", time.perf_counter())})
+        execute_run(
+            store,
+            run_id,
+            callbacks={
+                "on_metrics": flushed,
+                "on_end": lambda t, **_: ended.setdefault("time", time.perf_counter()),
+            },
+        )
         store.close()
     began, done = next((t, n) for t, n in flushes if n >= warmup)
     return (warmup + steps - done) / (ended["time"] - began)
@@ -81,23 +94,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    adam = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3)  # noqa: E731
-    graft = lambda m: Graft(m.named_parameters(), ("adam", {"lr": 1e-3}),  # noqa: E731
-                            ("sgd", {"lr": 0.1, "momentum": 0.9}))
-    plain = lambda m: Graft(m.named_parameters(), ("adam", {"lr": 1e-3}), None)  # noqa: E731
+
+    def adam(m):
+        return torch.optim.Adam(m.parameters(), lr=1e-3)
+
+    def graft(m):
+        return Graft(
+            m.named_parameters(), ("adam", {"lr": 1e-3}), ("sgd", {"lr": 0.1, "momentum": 0.9})
+        )
+
+    def plain(m):
+        return Graft(m.named_parameters(), ("adam", {"lr": 1e-3}), None)
+
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}")
-    print(f"{'task':20s} {'adam':>9s} {'graft':>9s} {'plain+log':>9s} {'trainer':>9s}"
-          f" {'graft/adam':>10s} {'stream cost':>11s}")
+    print(
+        f"{'task':20s} {'adam':>9s} {'graft':>9s} {'plain+log':>9s} {'trainer':>9s}"
+        f" {'graft/adam':>10s} {'stream cost':>11s}"
+    )
     for task, (dataset, steps, batch) in TASKS.items():
         steps = 20 if args.quick else steps
-        rate = {name: statistics.median(bare_loop(dataset, steps, batch, make)
-                                        for _ in range(args.repeats))
-                for name, make in (("adam", adam), ("graft", graft), ("plain", plain))}
-        rate["trainer"] = statistics.median(trainer_loop(dataset, steps, batch)
-                                            for _ in range(args.repeats))
-        print(f"{task:20s} {rate['adam']:9.1f} {rate['graft']:9.1f} {rate['plain']:9.1f} "
-              f"{rate['trainer']:9.1f} {rate['graft'] / rate['adam']:10.2f} "
-              f"{1 - rate['trainer'] / rate['graft']:11.1%}")
+        rate = {
+            name: statistics.median(
+                bare_loop(dataset, steps, batch, make) for _ in range(args.repeats)
+            )
+            for name, make in (("adam", adam), ("graft", graft), ("plain", plain))
+        }
+        rate["trainer"] = statistics.median(
+            trainer_loop(dataset, steps, batch) for _ in range(args.repeats)
+        )
+        print(
+            f"{task:20s} {rate['adam']:9.1f} {rate['graft']:9.1f} {rate['plain']:9.1f} "
+            f"{rate['trainer']:9.1f} {rate['graft'] / rate['adam']:10.2f} "
+            f"{1 - rate['trainer'] / rate['graft']:11.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -49,9 +49,15 @@ LOG_EVERY = 50  # steps between loss lines (each costs one all_reduce of the los
 def make_model(width: int) -> nn.Module:
     """A 32-width-width-1 tanh MLP with named layers (the names label the norm records)."""
     torch.manual_seed(0)  # every rank starts from the same weights
-    return nn.Sequential(OrderedDict(
-        hidden1=nn.Linear(32, width), act1=nn.Tanh(), hidden2=nn.Linear(width, width),
-        act2=nn.Tanh(), out=nn.Linear(width, 1)))
+    return nn.Sequential(
+        OrderedDict(
+            hidden1=nn.Linear(32, width),
+            act1=nn.Tanh(),
+            hidden2=nn.Linear(width, width),
+            act2=nn.Tanh(),
+            out=nn.Linear(width, 1),
+        )
+    )
 
 
 def global_batch(step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +126,10 @@ def main() -> None:
         print(f"\n{args.mode}, {world} ranks: whole-layer norms at the last step")
         print(f"{'layer':16s} {'|dM|':>10s} {'|dD|':>10s} {'|g|':>10s} {'|w|':>10s}")
         for name, row in zip(log.layer_names, values[-1]):
-            cols = [row[fields.index(f)] for f in ("magnitude_norm", "direction_norm",
-                                                    "grad_norm", "weight_norm")]
+            cols = [
+                row[fields.index(f)]
+                for f in ("magnitude_norm", "direction_norm", "grad_norm", "weight_norm")
+            ]
             print(f"{name:16s} " + " ".join(f"{float(v):10.4g}" for v in cols))
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)

@@ -29,20 +29,26 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
 
 
-def create_optimizer(model: nn.Module, optimizer_class: type, lr: float, weight_decay: float,
-                     **kwargs: Any) -> torch.optim.Optimizer:
+def create_optimizer(
+    model: nn.Module, optimizer_class: type, lr: float, weight_decay: float, **kwargs: Any
+) -> torch.optim.Optimizer:
     """What an optimizer factory does: groups, then ``cls(groups, lr=..., **kwargs)``."""
     return optimizer_class(decay_groups(model, weight_decay), lr=lr, **kwargs)
 
 
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(fc1=nn.Linear(6, 32), norm=nn.LayerNorm(32), act=nn.Tanh(),
-                                     out=nn.Linear(32, 1))).to(dtype)
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(6, 32), norm=nn.LayerNorm(32), act=nn.Tanh(), out=nn.Linear(32, 1)
+        )
+    ).to(dtype)
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> float:
@@ -67,8 +73,10 @@ def main() -> None:
     AdamWSGD = Graft.factory("adamw", ("sgd", {"lr": 0.1, "momentum": 0.9}), names=model)
     opt = create_optimizer(model, AdamWSGD, lr=3e-3, weight_decay=0.05, betas=(0.9, 0.95))
     print(f"{type(opt).__name__}: layers {list(opt.layers.names)}")
-    print(f"M's groups: lr {[g['lr'] for g in opt.magnitude.param_groups]}, weight_decay "
-          f"{[g['weight_decay'] for g in opt.magnitude.param_groups]}")
+    print(
+        f"M's groups: lr {[g['lr'] for g in opt.magnitude.param_groups]}, weight_decay "
+        f"{[g['weight_decay'] for g in opt.magnitude.param_groups]}"
+    )
     print(f"final loss after 200 steps: {train(model, opt, 200):.4f}")
 
 

@@ -41,9 +41,18 @@ SGD = ("sgd", {"lr": 0.1, "momentum": 0.9})
 def tiny_gpt2(seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT2LMHeadModel:
     """A one-layer GPT-2 from a config (weights from the seed, nothing downloaded)."""
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=CONTEXT,
-                        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0)  # no dropout: runs comparable step by step
+    config = GPT2Config(
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=CONTEXT,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )  # no dropout: runs comparable step by step
     return GPT2LMHeadModel(config).to(dtype)
 
 
@@ -63,42 +72,75 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     weights, 0.0 for biases and norms (Trainer's own rule decides which is which)."""
     decay = set(Trainer.get_decay_parameter_names(None, model))  # its `self` is unused
     named = list(model.named_parameters())
-    return [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    return [
+        {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
 
 
 def arguments(out_dir: str, steps: int = 8, **overrides: Any) -> TrainingArguments:
     """CPU, a fixed seed, linear warm-up (2 steps) and decay, a log line every step."""
-    settings = dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=4,
-                    learning_rate=3e-3, weight_decay=0.1, warmup_steps=2,
-                    lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
-                    report_to="none", seed=0, use_cpu=True, disable_tqdm=True)
+    settings = dict(
+        output_dir=out_dir,
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        weight_decay=0.1,
+        warmup_steps=2,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     return TrainingArguments(**{**settings, **overrides})
 
 
-def train_ready(out_dir: str, magnitude: Any = ADAMW, direction: Any = SGD,
-                steps: int = 8, dtype: torch.dtype = torch.float32) -> Trainer:
+def train_ready(
+    out_dir: str,
+    magnitude: Any = ADAMW,
+    direction: Any = SGD,
+    steps: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> Trainer:
     """``optimizers=(graft, scheduler)``: the scheduler on ``graft.magnitude``."""
     model = tiny_gpt2(dtype=dtype)
     graft = Graft(model.named_parameters(), magnitude, direction)
     scheduler = get_linear_schedule_with_warmup(graft.magnitude, 2, steps)
-    trainer = Trainer(model=model, args=arguments(out_dir, steps), train_dataset=token_dataset(),
-                      optimizers=(graft, scheduler))
+    trainer = Trainer(
+        model=model,
+        args=arguments(out_dir, steps),
+        train_dataset=token_dataset(),
+        optimizers=(graft, scheduler),
+    )
     trainer.train()
     return trainer
 
 
-def train_factory(out_dir: str, magnitude: Any = "adamw", direction: Any = SGD,
-                  steps: int = 8, dtype: torch.dtype = torch.float32) -> Trainer:
+def train_factory(
+    out_dir: str,
+    magnitude: Any = "adamw",
+    direction: Any = SGD,
+    steps: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> Trainer:
     """``optimizer_cls_and_kwargs``: Trainer builds the groups (as :func:`decay_groups`) and
     the scheduler, and calls ``Graft.factory(...)(groups, **kwargs)``."""
     model = tiny_gpt2(dtype=dtype)
     args = arguments(out_dir, steps)
-    kwargs = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
-              "eps": args.adam_epsilon}
-    trainer = Trainer(model=model, args=args, train_dataset=token_dataset(),
-                      optimizer_cls_and_kwargs=(Graft.factory(magnitude, direction, names=model),
-                                                kwargs))
+    kwargs = {
+        "lr": args.learning_rate,
+        "betas": (args.adam_beta1, args.adam_beta2),
+        "eps": args.adam_epsilon,
+    }
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=token_dataset(),
+        optimizer_cls_and_kwargs=(Graft.factory(magnitude, direction, names=model), kwargs),
+    )
     trainer.train()
     return trainer
 
@@ -108,8 +150,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     steps = parser.parse_args().steps
     with tempfile.TemporaryDirectory() as out:
-        for label, run in (("optimizers=(graft, scheduler)", train_ready),
-                           ("optimizer_cls_and_kwargs", train_factory)):
+        for label, run in (
+            ("optimizers=(graft, scheduler)", train_ready),
+            ("optimizer_cls_and_kwargs", train_factory),
+        ):
             losses = [e["loss"] for e in run(out, steps=steps).state.log_history if "loss" in e]
             print(f"{label}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")
 

@@ -43,12 +43,17 @@ def decay(step: int) -> float:
 class GraftedRegression(pl.LightningModule):
     """A tanh MLP trained with ``magnitude#direction`` grafting."""
 
-    def __init__(self, magnitude: Any = ("adam", {"lr": 1e-2}),
-                 direction: Any = ("sgd", {"lr": 0.1, "momentum": 0.9}), seed: int = 0) -> None:
+    def __init__(
+        self,
+        magnitude: Any = ("adam", {"lr": 1e-2}),
+        direction: Any = ("sgd", {"lr": 0.1, "momentum": 0.9}),
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.net = nn.Sequential(OrderedDict(fc1=nn.Linear(6, 16), act=nn.Tanh(),
-                                             out=nn.Linear(16, 1)))
+        self.net = nn.Sequential(
+            OrderedDict(fc1=nn.Linear(6, 16), act=nn.Tanh(), out=nn.Linear(16, 1))
+        )
         self.magnitude, self.direction = magnitude, direction
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
@@ -82,15 +87,35 @@ def data() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
 
 
-def fit(module: pl.LightningModule, steps: int, root: str | Path,
-        ckpt_path: str | Path | None = None, checkpoint: bool = False) -> pl.Trainer:
+def fit(
+    module: pl.LightningModule,
+    steps: int,
+    root: str | Path,
+    ckpt_path: str | Path | None = None,
+    checkpoint: bool = False,
+) -> pl.Trainer:
     """``steps`` optimizer steps in total (a resumed fit counts those already taken); with
     ``checkpoint``, Lightning saves ``step=<n>.ckpt`` in ``root`` after every epoch."""
-    callbacks = [pl.callbacks.ModelCheckpoint(dirpath=root, filename="{step}", save_top_k=-1,
-                                              save_on_train_epoch_end=True)] if checkpoint else []
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, default_root_dir=root,
-                         logger=False, enable_checkpointing=checkpoint, callbacks=callbacks,
-                         enable_progress_bar=False, enable_model_summary=False)
+    callbacks = (
+        [
+            pl.callbacks.ModelCheckpoint(
+                dirpath=root, filename="{step}", save_top_k=-1, save_on_train_epoch_end=True
+            )
+        ]
+        if checkpoint
+        else []
+    )
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=checkpoint,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, data(), ckpt_path=ckpt_path)
     return trainer
 
@@ -106,10 +131,14 @@ def main() -> None:
         fit(straight, steps, root, checkpoint=True)
         resumed = GraftedRegression(seed=1)  # other initial weights: the checkpoint restores them
         fit(resumed, steps, root, ckpt_path=Path(root) / f"step={resume_at}.ckpt")
-        gap = max(float((a.detach() - b.detach()).abs().max())
-                  for a, b in zip(resumed.parameters(), straight.parameters()))
-        print(f"{steps} steps, resumed from Lightning's checkpoint at step {resume_at}: "
-              f"largest weight difference from the uninterrupted run {gap:.3g}")
+        gap = max(
+            float((a.detach() - b.detach()).abs().max())
+            for a, b in zip(resumed.parameters(), straight.parameters())
+        )
+        print(
+            f"{steps} steps, resumed from Lightning's checkpoint at step {resume_at}: "
+            f"largest weight difference from the uninterrupted run {gap:.3g}"
+        )
 
 
 if __name__ == "__main__":

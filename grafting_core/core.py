@@ -18,9 +18,17 @@ import torch
 from torch import Tensor
 
 
-def graft_scales(magnitude_norm: Tensor, direction_norm: Tensor, grad_finite: Tensor, *,
-                 layer_of: Tensor, lr: float | Tensor, grafted: Tensor, eps: float,
-                 skip_nonfinite: bool) -> tuple[Tensor, Tensor]:
+def graft_scales(
+    magnitude_norm: Tensor,
+    direction_norm: Tensor,
+    grad_finite: Tensor,
+    *,
+    layer_of: Tensor,
+    lr: float | Tensor,
+    grafted: Tensor,
+    eps: float,
+    skip_nonfinite: bool,
+) -> tuple[Tensor, Tensor]:
     r"""Per-parameter multipliers of D's step: grafting M#D (Agarwal et al. 2020, eq. 1).
 
     .. math::

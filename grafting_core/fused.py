@@ -54,15 +54,31 @@ from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
-(SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
- PROPOSE_M, PROPOSE_D) = range(10)
+(
+    SUMSQ,
+    SUMSQ_COPY,
+    DIFF_SUMSQ_RESTORE,
+    DIFF_SUMSQ,
+    BLEND,
+    PROPOSE,
+    APPLY,
+    ZERO_IF,
+    PROPOSE_M,
+    PROPOSE_D,
+) = range(10)
 # Rule kinds the kernels know (fused_kernels.c), and the state buffers in their two slots.
-(PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM,
- LION) = range(9)
-SLOTS = {PLAIN: (None, None), MOMENTUM: ("momentum_buffer", None),
-         ADAM: ("exp_avg", "exp_avg_sq"), ADAGRAD: ("sum", None), RMSPROP: ("square_avg", None),
-         RMSPROP_MOMENTUM: ("square_avg", "momentum_buffer"), SIGN: (None, None),
-         SIGN_MOMENTUM: ("momentum_buffer", None), LION: ("exp_avg", None)}
+(PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM, LION) = range(9)
+SLOTS = {
+    PLAIN: (None, None),
+    MOMENTUM: ("momentum_buffer", None),
+    ADAM: ("exp_avg", "exp_avg_sq"),
+    ADAGRAD: ("sum", None),
+    RMSPROP: ("square_avg", None),
+    RMSPROP_MOMENTUM: ("square_avg", "momentum_buffer"),
+    SIGN: (None, None),
+    SIGN_MOMENTUM: ("momentum_buffer", None),
+    LION: ("exp_avg", None),
+}
 PAIR_KINDS = (PLAIN, MOMENTUM, ADAM)  # both children in one pass; other pairs: one each
 APPLY_READS_G = (PLAIN, ADAGRAD, RMSPROP, SIGN, LION)  # D's step needs g again (and Nesterov)
 IN_APPLY_KINDS = (LION,)  # the apply pass advances the state (IN_APPLY in the C file)
@@ -75,8 +91,15 @@ KERNEL_RULES = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "sign_sgd", "lion"
 NCOEF = 10  # coefficients per tensor and rule, see _row
 CHUNK = 16384  # elements per work item (64 KiB of float32)
 _SOURCE = Path(__file__).with_name("fused_kernels.c")
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-          "-shared", "-fPIC", f"-DCHUNK={CHUNK}"]
+_FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-shared",
+    "-fPIC",
+    f"-DCHUNK={CHUNK}",
+]
 _THREADING = ["-fopenmp", "-fopenmp-simd"]  # the first that builds and loads is used
 _WRAPPER = "".join(
     f'#define REAL {real}\n#define SUFFIX _{tag}\n#define SQRT {sqrt}\n#include "{_SOURCE}"\n'
@@ -87,12 +110,21 @@ _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 class _Task(ctypes.Structure):
-    _fields_ = [("op", ctypes.c_int), ("kind_m", ctypes.c_int), ("kind_d", ctypes.c_int),
-                ("use_w", ctypes.c_int), ("n", ctypes.c_int64), ("numel", ctypes.c_void_p),
-                ("first", ctypes.c_void_p), ("ptr", ctypes.c_void_p * 6),
-                ("coef_m", ctypes.c_void_p), ("coef_d", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("partial", ctypes.c_void_p),
-                ("sums", ctypes.c_void_p)]
+    _fields_ = [
+        ("op", ctypes.c_int),
+        ("kind_m", ctypes.c_int),
+        ("kind_d", ctypes.c_int),
+        ("use_w", ctypes.c_int),
+        ("n", ctypes.c_int64),
+        ("numel", ctypes.c_void_p),
+        ("first", ctypes.c_void_p),
+        ("ptr", ctypes.c_void_p * 6),
+        ("coef_m", ctypes.c_void_p),
+        ("coef_d", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("partial", ctypes.c_void_p),
+        ("sums", ctypes.c_void_p),
+    ]
 
 
 _library: ctypes.CDLL | None = None
@@ -103,8 +135,9 @@ def _cpu() -> str:
     """This CPU's model and features (a cache shared by machines keeps one build per CPU)."""
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(next((x for x in info if x.startswith(k)), "")
-                         for k in ("model name", "flags"))
+        return "\n".join(
+            next((x for x in info if x.startswith(k)), "") for k in ("model name", "flags")
+        )
     except OSError:
         return f"{platform.machine()} {platform.processor()}"
 
@@ -144,8 +177,13 @@ def _compiled(compiler: str | None, flags: list[str]) -> Path:
             wrapper = Path(tmp) / "fused.c"
             wrapper.write_text(_WRAPPER)
             built = Path(tmp) / target.name
-            subprocess.run([compiler, *flags, "-o", str(built), str(wrapper)],
-                           check=True, capture_output=True, text=True, timeout=120)
+            subprocess.run(
+                [compiler, *flags, "-o", str(built), str(wrapper)],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             os.replace(built, target)  # atomic: concurrent builders never see half a file
     return target
 
@@ -156,8 +194,10 @@ def available() -> bool:
 
 
 def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
-    return all(t.dtype is dtype and t.is_cpu and t.layout is torch.strided
-               and t.is_contiguous() for t in tensors)
+    return all(
+        t.dtype is dtype and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
+        for t in tensors
+    )
 
 
 def _kind(name: str, hp: dict[str, Any]) -> int | None:
@@ -220,12 +260,19 @@ def _native_unsupported(graft: Any, params: list[Tensor], dtype: torch.dtype) ->
     for role, child, mine in (("magnitude", magnitude, params), ("direction", direction, chosen)):
         if mine and _rule_kind(child, mine) is None:
             name = child.rule.name if isinstance(child, NativeOptimizer) else type(child).__name__
-            return (f"no kernel for the {role} {name!r} (kernels: {', '.join(KERNEL_RULES)}; "
-                    "RMSprop not centred; one momentum setting per child)")
+            return (
+                f"no kernel for the {role} {name!r} (kernels: {', '.join(KERNEL_RULES)}; "
+                "RMSprop not centred; one momentum setting per child)"
+            )
     if len(chosen) < len(params) and _rule_kind(magnitude, params) in IN_APPLY_KINDS:
         return "partial grafting with Lion as magnitude (its step reads its old moment)"
-    states = [v for c in (magnitude, direction) for p in params
-              for v in c.state.get(p, {}).values() if torch.is_tensor(v)]
+    states = [
+        v
+        for c in (magnitude, direction)
+        for p in params
+        for v in c.state.get(p, {}).values()
+        if torch.is_tensor(v)
+    ]
     return None if _dense(states, dtype) else "optimizer states not like the parameters"
 
 
@@ -264,27 +311,37 @@ def _address(values: array | None) -> int:
     return 0 if values is None else values.buffer_info()[0]
 
 
-def _run(op: int, layout: _Layout, dtype: torch.dtype, tables: list[list | None], *,
-         kinds: tuple[int, int] = (0, 0), coefs: tuple[array | None, array | None] = (None, None),
-         scale: Tensor | None = None, use_w: bool = False, threads: int | None = None) -> Tensor:
+def _run(
+    op: int,
+    layout: _Layout,
+    dtype: torch.dtype,
+    tables: list[list | None],
+    *,
+    kinds: tuple[int, int] = (0, 0),
+    coefs: tuple[array | None, array | None] = (None, None),
+    scale: Tensor | None = None,
+    use_w: bool = False,
+    threads: int | None = None,
+) -> Tensor:
     """One kernel pass; returns the per-tensor sums of squares, shape ``(n, 2)``, float64."""
     n = len(layout.numels)
     out = torch.empty(layout.chunks + n, 2, dtype=torch.float64)  # per chunk, then per tensor
     if scale is not None:
         scale = scale.to(torch.float64).contiguous()
-    task = _Task(op, kinds[0], kinds[1], int(use_w), n, layout.numel.data_ptr(),
-                 layout.first.data_ptr())
+    task = _Task(
+        op, kinds[0], kinds[1], int(use_w), n, layout.numel.data_ptr(), layout.first.data_ptr()
+    )
     tables = [_table(t) for t in tables]  # alive until the kernel has read them
     for i, table in enumerate(tables):
         task.ptr[i] = _address(table)
     task.coef_m, task.coef_d = map(_address, coefs)
     task.scale = 0 if scale is None else scale.data_ptr()
     task.partial = out.data_ptr()
-    task.sums = out[layout.chunks:].data_ptr()
+    task.sums = out[layout.chunks :].data_ptr()
     if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
         threads = min(torch.get_num_threads(), max(1, layout.total >> 16))
     getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads)
-    return out[layout.chunks:]
+    return out[layout.chunks :]
 
 
 class _Coefficients:
@@ -301,8 +358,9 @@ class _Coefficients:
         return array("d", [x for row in rows for x in row])
 
 
-def _coefficients(child: NativeOptimizer,
-                  advanced: list[tuple[dict[str, Any], dict[str, Any]]]) -> _Coefficients:
+def _coefficients(
+    child: NativeOptimizer, advanced: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> _Coefficients:
     """The kernel coefficients of ``child``'s tensors from their advanced ``(state, group)``."""
     rows, cache = [], {}
     for state, group in advanced:
@@ -333,8 +391,18 @@ def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
     if name == "lion":
         return [lr, 0.0, decay, 1 - beta1, 1 - beta2, 0.0, 0.0, 0.0, 0.0, 0.0]
     coupled, decoupled = (0.0, decay) if name == "adamw" else (decay, 0.0)
-    return [lr, coupled, decoupled, 1 - beta1, beta2, 1 - beta2, hp["eps"],
-            1 / (1 - beta1**step), 1 / math.sqrt(1 - beta2**step), 0.0]
+    return [
+        lr,
+        coupled,
+        decoupled,
+        1 - beta1,
+        beta2,
+        1 - beta2,
+        hp["eps"],
+        1 / (1 - beta1**step),
+        1 / math.sqrt(1 - beta2**step),
+        0.0,
+    ]
 
 
 def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
@@ -342,8 +410,9 @@ def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
     return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def _nonfinite_guard(graft: Any, plan: Any, grad_sums: Tensor,
-                     dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+def _nonfinite_guard(
+    graft: Any, plan: Any, grad_sums: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor | None]:
     """‖g‖ per layer from ‖g‖² per tensor, and per tensor 1 where its layer's gradient is not
     finite (None without ``skip_nonfinite``): the first pass that reads the gradients again
     zeroes those in place (the kernel reads the flags itself: no host sync, nothing to do if
@@ -383,6 +452,7 @@ def propose(graft: Any, plan: Any) -> Proposal:
         def apply(scales: Tensor) -> Tensor:  # w = scratch + scale · (w_after_D − scratch)
             _run(BLEND, layout, dtype, [params, scratch], scale=scales)
             return weight_norm
+
     return Proposal(grad_norm, magnitude_norm, graft._reduce(per_tensor, plan), per_tensor, apply)
 
 
@@ -395,17 +465,21 @@ class _Child:
         self.kind = _rule_kind(child, mine)
         advanced = child.advance(mine)  # the step counts
         self.coefs = _coefficients(child, advanced)
-        self.states = [[None if name is None else state[name] for state, _ in advanced]
-                       for name in SLOTS[self.kind]]
-        self.reads_g = self.kind in APPLY_READS_G or any(g.get("nesterov")
-                                                         for g in child.param_groups)
+        self.states = [
+            [None if name is None else state[name] for state, _ in advanced]
+            for name in SLOTS[self.kind]
+        ]
+        self.reads_g = self.kind in APPLY_READS_G or any(
+            g.get("nesterov") for g in child.param_groups
+        )
 
     def pick(self, tensors: list[Any]) -> list[Any]:
         return [tensors[i] for i in self.index]
 
 
-def _native(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
-            skip: Tensor | None) -> tuple[Tensor, Tensor, Any]:
+def _native(
+    graft: Any, plan: Any, layout: _Layout, grads: list[Tensor], skip: Tensor | None
+) -> tuple[Tensor, Tensor, Any]:
     """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), and the apply
     pass(es): w += scale · step, the step recomputed from the child's new state. The first
     pass zeroes the gradients of the tensors flagged in ``skip``."""
@@ -415,14 +489,21 @@ def _native(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
     others = [i for i in everything if not plan.grafted[i]]  # M's own step
     magnitude = _Child(graft.magnitude, params, everything)
     direction = _Child(graft.direction, params, chosen) if chosen else None
-    use_w = any(g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction)
-                for g in c.param_groups)
+    use_w = any(
+        g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction) for g in c.param_groups
+    )
     read = [grads, params if use_w else None]
     if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
-        sums = _run(PROPOSE, layout, dtype, [*read, *magnitude.states, *direction.states],
-                    kinds=(magnitude.kind, direction.kind),
-                    coefs=(magnitude.coefs.pick(None), direction.coefs.pick(None)),
-                    scale=skip, use_w=use_w)
+        sums = _run(
+            PROPOSE,
+            layout,
+            dtype,
+            [*read, *magnitude.states, *direction.states],
+            kinds=(magnitude.kind, direction.kind),
+            coefs=(magnitude.coefs.pick(None), direction.coefs.pick(None)),
+            scale=skip,
+            use_w=use_w,
+        )
         magnitude_sums, step_sums = sums[:, 0], sums[:, 1]
     else:  # one pass each (only the pair kinds are specialised together)
         magnitude_sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w, skip)
@@ -444,8 +525,14 @@ def _native(graft: Any, plan: Any, layout: _Layout, grads: list[Tensor],
     return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, apply
 
 
-def _apply(child: _Child, index: list[int], params: list[Tensor], grads: list[Tensor],
-           scales: Tensor, layout: _Layout | None = None) -> Tensor:
+def _apply(
+    child: _Child,
+    index: list[int],
+    params: list[Tensor],
+    grads: list[Tensor],
+    scales: Tensor,
+    layout: _Layout | None = None,
+) -> Tensor:
     """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
     the child's new state; ‖w‖² per tensor before the move. ``layout``: given when ``index``
     is every tensor of the step."""
@@ -460,16 +547,35 @@ def _apply(child: _Child, index: list[int], params: list[Tensor], grads: list[Te
     if layout is None:
         params, grads = ([x[i] for i in index] for x in (params, grads))
         layout, scales = _layout(params), scales[index]
-    return _run(APPLY, layout, params[0].dtype,
-                [grads if child.reads_g else None, params, None, None, *map(part, child.states)],
-                kinds=(0, child.kind), coefs=(None, child.coefs.pick(within)),
-                scale=scales)[:, 0]
+    return _run(
+        APPLY,
+        layout,
+        params[0].dtype,
+        [grads if child.reads_g else None, params, None, None, *map(part, child.states)],
+        kinds=(0, child.kind),
+        coefs=(None, child.coefs.pick(within)),
+        scale=scales,
+    )[:, 0]
 
 
-def _propose_one(op: int, child: _Child, read: list[Any], dtype: torch.dtype,
-                 use_w: bool, skip: Tensor | None = None) -> Tensor:
+def _propose_one(
+    op: int,
+    child: _Child,
+    read: list[Any],
+    dtype: torch.dtype,
+    use_w: bool,
+    skip: Tensor | None = None,
+) -> Tensor:
     """One child's propose pass over its tensors: ‖Δ‖² per tensor (first zeroing the
     gradients flagged in ``skip``, one flag per tensor of the child)."""
     tables = [None if t is None else child.pick(t) for t in read] + child.states
-    return _run(op, _layout(child.pick(read[0])), dtype, tables, kinds=(child.kind, 0),
-                coefs=(child.coefs.pick(None), None), scale=skip, use_w=use_w)[:, 0]
+    return _run(
+        op,
+        _layout(child.pick(read[0])),
+        dtype,
+        tables,
+        kinds=(child.kind, 0),
+        coefs=(child.coefs.pick(None), None),
+        scale=skip,
+        use_w=use_w,
+    )[:, 0]

@@ -195,8 +195,10 @@ class Graft(torch.optim.Optimizer):
             raise TypeError("A MagnitudeSchedule can only be the magnitude, not the direction")
         self._ready = False
         self._routes: list[dict[str, dict[str, Any]]] = []  # per group: keys for each child
-        self._child_keys = {"magnitude": routing.accepted_keys(magnitude),
-                            "direction": routing.accepted_keys(direction)}
+        self._child_keys = {
+            "magnitude": routing.accepted_keys(magnitude),
+            "direction": routing.accepted_keys(direction),
+        }
         if names is not None:
             params = routing.named(params, names)
         super().__init__(params, {"lr": lr})
@@ -210,21 +212,29 @@ class Graft(torch.optim.Optimizer):
         if direction is None and isinstance(magnitude, MagnitudeSchedule):
             raise ValueError("A replayed schedule needs a direction optimizer (direction=None)")
         if direction is None and grafted is not None:
-            raise ValueError(f"Invalid grafted: {grafted!r} with direction=None (plain M has "
-                             "nothing to graft); give a direction or leave grafted=None")
+            raise ValueError(
+                f"Invalid grafted: {grafted!r} with direction=None (plain M has "
+                "nothing to graft); give a direction or leave grafted=None"
+            )
         self._reset_layers()
         if isinstance(magnitude, MagnitudeSchedule) and self.partial:
-            raise ValueError("Invalid grafted: a replayed MagnitudeSchedule has no step of M "
-                             "for the layers that are not grafted; graft every layer "
-                             "(grafted=None) or record a run of M and replay it whole")
+            raise ValueError(
+                "Invalid grafted: a replayed MagnitudeSchedule has no step of M "
+                "for the layers that are not grafted; graft every layer "
+                "(grafted=None) or record a run of M and replay it whole"
+            )
         self.magnitude = self._child(magnitude, "magnitude")
-        self.direction = (None if direction is None
-                          else self._child(direction, "direction", grafted=True))
+        self.direction = (
+            None if direction is None else self._child(direction, "direction", grafted=True)
+        )
         self.native = self._is_native(self.magnitude) and (
-            direction is None or self._is_native(self.direction))
+            direction is None or self._is_native(self.direction)
+        )
         if path == "native" and not self.native:
-            raise ValueError("path='native' needs native children (registry specs); got "
-                             f"{type(self.magnitude).__name__}, {type(self.direction).__name__}")
+            raise ValueError(
+                "path='native' needs native children (registry specs); got "
+                f"{type(self.magnitude).__name__}, {type(self.direction).__name__}"
+            )
         self._ready = True
         self._check_children()
         self.graft_step = 0
@@ -272,8 +282,9 @@ class Graft(torch.optim.Optimizer):
         if isinstance(child, torch.optim.Optimizer):
             self._check_coverage(child, grafted)
             return child
-        return build_optimizer(child, [self._child_group(i, role, grafted)
-                                       for i in range(len(self.param_groups))])
+        return build_optimizer(
+            child, [self._child_group(i, role, grafted) for i in range(len(self.param_groups))]
+        )
 
     def _check_coverage(self, child: torch.optim.Optimizer, grafted: bool) -> None:
         """A ready child must cover Graft's parameters (D: all of them or the grafted ones)."""
@@ -283,8 +294,10 @@ class Graft(torch.optim.Optimizer):
         if theirs == ours or (grafted and theirs == chosen):
             return
         wanted = "Graft's or its grafted ones" if grafted and self.partial else "Graft's"
-        raise ValueError(f"{type(child).__name__} was built over other parameters than "
-                         f"{wanted}: {len(theirs - ours)} extra, {len(ours - theirs)} missing")
+        raise ValueError(
+            f"{type(child).__name__} was built over other parameters than "
+            f"{wanted}: {len(theirs - ours)} extra, {len(ours - theirs)} missing"
+        )
 
     def _is_grafted(self, param: Tensor) -> bool:
         return self._param_grafted[self._position[id(param)]]
@@ -294,10 +307,13 @@ class Graft(torch.optim.Optimizer):
         ones), with the hyperparameters that group routed to it (:mod:`.routing`)."""
         group = self.param_groups[index]
         names = group.get("param_names") or [None] * len(group["params"])
-        kept = [(n, p) for n, p in zip(names, group["params"])
-                if not grafted or self._is_grafted(p)]
-        return {"params": [p if n is None else (n, p) for n, p in kept],
-                **self._routes[index][role]}
+        kept = [
+            (n, p) for n, p in zip(names, group["params"]) if not grafted or self._is_grafted(p)
+        ]
+        return {
+            "params": [p if n is None else (n, p) for n, p in kept],
+            **self._routes[index][role],
+        }
 
     def _is_native(self, child: Any) -> bool:
         return self.path != "blackbox" and isinstance(child, NativeOptimizer | MagnitudeSchedule)
@@ -307,8 +323,10 @@ class Graft(torch.optim.Optimizer):
         named = self.named_params()
         has_names = all(g.get("param_names") is not None for g in self.param_groups)
         if self.granularity == "module" and not has_names:
-            raise ValueError("granularity='module' needs parameter names: pass "
-                             "model.named_parameters() instead of model.parameters()")
+            raise ValueError(
+                "granularity='module' needs parameter names: pass "
+                "model.named_parameters() instead of model.parameters()"
+            )
         self.layers = Layers.build([n for n, _ in named], self.granularity)
         self._position = {id(p): i for i, (_, p) in enumerate(named)}
         self._param_grafted = partial.grafted_params(self.grafted, named, has_names=has_names)
@@ -327,7 +345,8 @@ class Graft(torch.optim.Optimizer):
         self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
         if isinstance(self.magnitude, MagnitudeSchedule):
             self.magnitude.check_layers(
-                self.layers.names, {n: list(p.shape) for n, p in self.named_params()})
+                self.layers.names, {n: list(p.shape) for n, p in self.named_params()}
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to Graft and to both children (built from specs or not).
@@ -340,7 +359,8 @@ class Graft(torch.optim.Optimizer):
                 "optimizer's own learning rate, and a Graft group's lr would multiply the step "
                 "that optimizer already took with it (lr² · c). Build the optimizer over them "
                 "(e.g. torch.optim.SGD(groups) or build_optimizer(spec, groups)) and pass it "
-                "to Graft as the magnitude, over model.named_parameters()")
+                "to Graft as the magnitude, over model.named_parameters()"
+            )
         param_group = dict(param_group)
         routed = routing.route(param_group, self.defaults, self._child_keys)
         if not self._ready:
@@ -349,21 +369,23 @@ class Graft(torch.optim.Optimizer):
             return
         before = self._param_grafted
         direction_all = isinstance(self.direction, torch.optim.Optimizer) and sum(
-            len(g["params"]) for g in self.direction.param_groups) > sum(before)
+            len(g["params"]) for g in self.direction.param_groups
+        ) > sum(before)
         self._add_unique_group(param_group)
         self._reset_layers()
-        if self._param_grafted[:len(before)] != before:  # e.g. a new last matrix: a new head
+        if self._param_grafted[: len(before)] != before:  # e.g. a new last matrix: a new head
             self.param_groups.pop()
             self._reset_layers()
-            raise ValueError("Invalid grafted: adding this group changes which existing "
-                             "parameters are grafted; pass grafted= as a predicate on names")
+            raise ValueError(
+                "Invalid grafted: adding this group changes which existing "
+                "parameters are grafted; pass grafted= as a predicate on names"
+            )
         self._routes.append(routed)
         for role in ("magnitude", "direction"):
             child = getattr(self, role)
             if isinstance(child, torch.optim.Optimizer):
                 grafted = child is self.direction and not direction_all
-                child.add_param_group(self._child_group(len(self.param_groups) - 1, role,
-                                                        grafted))
+                child.add_param_group(self._child_group(len(self.param_groups) - 1, role, grafted))
         self._check_children()
 
     def _add_unique_group(self, param_group: dict[str, Any]) -> None:
@@ -377,8 +399,10 @@ class Graft(torch.optim.Optimizer):
             if id(p) in seen:
                 self.param_groups.pop()
                 name = group["param_names"][i] if group.get("param_names") else f"#{i}"
-                raise ValueError(f"Invalid params: parameter {name} of a group appears in it "
-                                 "more than once (it would be stepped twice)")
+                raise ValueError(
+                    f"Invalid params: parameter {name} of a group appears in it "
+                    "more than once (it would be stepped twice)"
+                )
             seen.add(id(p))
 
     # ------------------------------------------------------------------- step
@@ -392,22 +416,34 @@ class Graft(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = [p for g in self.param_groups for p in g["params"]
-                  if p.grad is not None and p.requires_grad]
+        params = [
+            p
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None and p.requires_grad
+        ]
         if not params:
             return loss
         for p in params:
             if p.grad.is_sparse:
                 name = self.layers.param_names[self._position[id(p)]]
-                raise RuntimeError(f"Graft does not support sparse gradients (parameter {name!r}); "
-                                   "use a dense embedding (sparse=False)")
+                raise RuntimeError(
+                    f"Graft does not support sparse gradients (parameter {name!r}); "
+                    "use a dense embedding (sparse=False)"
+                )
         plan = self._plan_for(params)
         proposal = self._backend(plan).propose(self, plan)  # both children, norms per layer
         grafted = self._layer_grafted if self.direction is not None else self._nothing_grafted
         finite, scales = graft_scales(
-            proposal.magnitude_norm, proposal.direction_norm,
-            torch.isfinite(proposal.grad_norm), layer_of=plan.index, lr=self._lr_of(plan),
-            grafted=grafted, eps=self.eps, skip_nonfinite=self.skip_nonfinite)
+            proposal.magnitude_norm,
+            proposal.direction_norm,
+            torch.isfinite(proposal.grad_norm),
+            layer_of=plan.index,
+            lr=self._lr_of(plan),
+            grafted=grafted,
+            eps=self.eps,
+            skip_nonfinite=self.skip_nonfinite,
+        )
         weight_norm = proposal.apply(scales)
         self._record(plan, finite, scales, proposal, weight_norm)
         self.graft_step += 1
@@ -424,9 +460,16 @@ class Graft(torch.optim.Optimizer):
             active[layer_of] = True
             identity = layer_of == list(range(len(self.layers)))
             grafted = tuple(self._param_grafted[i] for i in key)
-            self._plan = _Plan(key, params, torch.tensor(layer_of, device=device), identity,
-                               active.to(device), grafted, not all(grafted),
-                               sum(p.numel() for p in params))
+            self._plan = _Plan(
+                key,
+                params,
+                torch.tensor(layer_of, device=device),
+                identity,
+                active.to(device),
+                grafted,
+                not all(grafted),
+                sum(p.numel() for p in params),
+            )
         return self._plan
 
     def _backend(self, plan: _Plan) -> Any:
@@ -434,8 +477,9 @@ class Graft(torch.optim.Optimizer):
         take it (``fused`` not False; by default only where they pay), else the reference."""
         if self._sharding is not None:
             backend, why_not = sharded, "the parameters are DTensor (FSDP2) shards"
-        elif self.fused is False or (self.fused is None
-                                     and not fused_kernels.pays(self, plan.elements)):
+        elif self.fused is False or (
+            self.fused is None and not fused_kernels.pays(self, plan.elements)
+        ):
             return reference
         else:
             why_not = fused_kernels.unsupported(self, plan.params)
@@ -443,10 +487,13 @@ class Graft(torch.optim.Optimizer):
         # getattr: a Graft pickled before this flag existed has none (__setstate__ untouched)
         if self.fused and why_not and not getattr(self, "_fused_warned", False):
             self._fused_warned = True  # stacklevel 6: step()'s caller, past torch's wrappers
-            warnings.warn(f"Graft(fused=True): the fused CPU kernels cannot take this step "
-                          f"({why_not}); it takes the {backend.__name__.rpartition('.')[2]} "
-                          "path instead (same result, slower). This warning is shown once.",
-                          RuntimeWarning, stacklevel=6)
+            warnings.warn(
+                f"Graft(fused=True): the fused CPU kernels cannot take this step "
+                f"({why_not}); it takes the {backend.__name__.rpartition('.')[2]} "
+                "path instead (same result, slower). This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=6,
+            )
         return backend
 
     def _lr_of(self, plan: _Plan) -> float | Tensor:
@@ -457,16 +504,27 @@ class Graft(torch.optim.Optimizer):
         lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
         return torch.tensor([lr_of[i] for i in plan.key], device=plan.index.device)
 
-    def _record(self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal,
-                weight_norm: Tensor) -> None:
+    def _record(
+        self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal, weight_norm: Tensor
+    ) -> None:
         """Leave ``last_norms`` and ``nonfinite_skips`` for recorders (see NORM_FIELDS)."""
         step_norm = self._reduce(scales.abs() * proposal.direction_per_tensor, plan)
         skipped = (~finite).to(torch.float32)
         self.nonfinite_skips += (~finite & plan.active_layers).to(torch.int64)
-        norms = torch.stack([proposal.magnitude_norm, proposal.direction_norm, step_norm,
-                             proposal.grad_norm, weight_norm, skipped], dim=1)
-        self.last_norms = torch.where(plan.active_layers[:, None], norms,
-                                      torch.full_like(norms, math.nan))
+        norms = torch.stack(
+            [
+                proposal.magnitude_norm,
+                proposal.direction_norm,
+                step_norm,
+                proposal.grad_norm,
+                weight_norm,
+                skipped,
+            ],
+            dim=1,
+        )
+        self.last_norms = torch.where(
+            plan.active_layers[:, None], norms, torch.full_like(norms, math.nan)
+        )
 
     @staticmethod
     def _mark_stepped(child: Any) -> None:
@@ -495,8 +553,7 @@ class Graft(torch.optim.Optimizer):
         by_id = {id(p): s for p, s in zip(stepped, steps)}
         return [by_id[id(p)] for p in params]
 
-    def _scratch_for(self, params: list[Tensor],
-                     like: list[Tensor] | None = None) -> list[Tensor]:
+    def _scratch_for(self, params: list[Tensor], like: list[Tensor] | None = None) -> list[Tensor]:
         """The black-box path's one weights-sized scratch buffer per parameter, shaped like
         ``like`` (default: the parameters; FSDP2: their local shards)."""
         scratch = []

@@ -37,8 +37,13 @@ from torch import Tensor, nn
 LAYER_KINDS = ("embedding", "head", "norm", "bias", "hidden")
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm,
-          nn.modules.batchnorm._NormBase)
+_NORMS = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._NormBase,
+)
 _OUTPUTS = (nn.Linear, nn.modules.conv._ConvNd)
 
 
@@ -69,8 +74,9 @@ def _by_name(name: str, param: Tensor) -> str | None:
     return None
 
 
-def layer_kind(name: str, param: Tensor, module: nn.Module | None = None, *,
-               head: bool = False) -> str:
+def layer_kind(
+    name: str, param: Tensor, module: nn.Module | None = None, *, head: bool = False
+) -> str:
     """The kind of one tensor (see the module docstring for the rule).
 
     Args:
@@ -79,8 +85,9 @@ def layer_kind(name: str, param: Tensor, module: nn.Module | None = None, *,
         module: the module that owns it, when known.
         head: whether ``module`` (or, without one, the tensor's owner) is the output layer.
     """
-    if module is not None and (isinstance(module, _EMBEDDINGS + _NORMS + _OUTPUTS)
-                               or "Norm" in type(module).__name__):
+    if module is not None and (
+        isinstance(module, _EMBEDDINGS + _NORMS + _OUTPUTS) or "Norm" in type(module).__name__
+    ):
         kind = _by_type(module, head)
     else:
         kind = _by_name(name, param) or ("head" if head else None)
@@ -133,8 +140,10 @@ def check_kinds(kinds: Any) -> frozenset[str]:
     chosen = frozenset([kinds] if isinstance(kinds, str) else kinds)
     unknown = sorted(chosen - set(LAYER_KINDS))
     if unknown:
-        raise ValueError(f"Invalid grafted: unknown layer kinds {unknown} "
-                         f"(valid: {LAYER_KINDS}, or a callable name -> bool)")
+        raise ValueError(
+            f"Invalid grafted: unknown layer kinds {unknown} "
+            f"(valid: {LAYER_KINDS}, or a callable name -> bool)"
+        )
     return chosen
 
 

@@ -53,4 +53,3 @@ class Layers:
 
     def __len__(self) -> int:
         return len(self.names)
-

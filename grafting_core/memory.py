@@ -26,8 +26,11 @@ def state_bytes(optimizer: Any) -> int:
     seen: set[int] = set()
     total = 0
     # A Graft's own ``state`` is a view over its children's (state_format): count those.
-    owners = ((optimizer.magnitude, optimizer.direction) if hasattr(optimizer, "magnitude")
-              else (optimizer,))
+    owners = (
+        (optimizer.magnitude, optimizer.direction)
+        if hasattr(optimizer, "magnitude")
+        else (optimizer,)
+    )
     for opt in owners:
         if isinstance(opt, torch.optim.Optimizer):
             total += _tensor_bytes(dict(opt.state), seen)

@@ -57,8 +57,9 @@ class NativeOptimizer(torch.optim.Optimizer):
             if not self.rule.elementwise:
                 self.param_groups.pop()
                 elementwise = ", ".join(n for n, r in RULES.items() if r.elementwise)
-                raise RuntimeError(NOT_ELEMENTWISE.format(name=self.rule.name,
-                                                          elementwise=elementwise))
+                raise RuntimeError(
+                    NOT_ELEMENTWISE.format(name=self.rule.name, elementwise=elementwise)
+                )
             self._sharded = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:

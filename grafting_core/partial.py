@@ -23,8 +23,9 @@ from .layers import Layers
 Grafted = Callable[[str], bool] | str | Collection[str] | None
 
 
-def grafted_params(grafted: Grafted, named: list[tuple[str, Tensor]], *,
-                   has_names: bool) -> tuple[bool, ...]:
+def grafted_params(
+    grafted: Grafted, named: list[tuple[str, Tensor]], *, has_names: bool
+) -> tuple[bool, ...]:
     """Whether each parameter of ``named`` is grafted under the ``grafted=`` choice.
 
     Args:
@@ -41,16 +42,20 @@ def grafted_params(grafted: Grafted, named: list[tuple[str, Tensor]], *,
         flags = tuple(grafted(n) for n in names)
         bad = [(n, f) for n, f in zip(names, flags) if not isinstance(f, bool)]
         if bad:
-            raise TypeError(f"grafted callable must return a bool, got {bad[0][1]!r} "
-                            f"for {bad[0][0]!r}")
+            raise TypeError(
+                f"grafted callable must return a bool, got {bad[0][1]!r} for {bad[0][0]!r}"
+            )
         return flags
     if not isinstance(grafted, Collection):
-        raise TypeError(f"Invalid grafted: {grafted!r} (expected None, a callable name -> bool, "
-                        "or layer kinds)")
+        raise TypeError(
+            f"Invalid grafted: {grafted!r} (expected None, a callable name -> bool, or layer kinds)"
+        )
     kinds = check_kinds(grafted)
     if not has_names:
-        raise ValueError("grafted= by layer kind needs parameter names: pass "
-                         "model.named_parameters() instead of model.parameters()")
+        raise ValueError(
+            "grafted= by layer kind needs parameter names: pass "
+            "model.named_parameters() instead of model.parameters()"
+        )
     by_name = layer_kinds(named)
     return tuple(by_name[n] in kinds for n in names)
 
@@ -65,7 +70,8 @@ def grafted_layers(flags: tuple[bool, ...], layers: Layers) -> tuple[bool, ...]:
             raise ValueError(
                 f"Invalid grafted: layer {layers.names[layer]!r} mixes grafted parameters "
                 f"{split[True]} with ungrafted ones {split[False]}; a layer is grafted as a "
-                "whole: choose all of its parameters or none, or use granularity='tensor'")
+                "whole: choose all of its parameters or none, or use granularity='tensor'"
+            )
     return tuple(True in members[i] for i in range(len(layers)))
 
 

@@ -35,8 +35,11 @@ class NormLog:
         self.every = every
         self.fields = NORM_FIELDS
         self.layer_names = graft.layers.names
-        self.buffer = torch.full((capacity, len(self.layer_names), len(NORM_FIELDS)),
-                                 float("nan"), device=graft.last_norms.device)
+        self.buffer = torch.full(
+            (capacity, len(self.layer_names), len(NORM_FIELDS)),
+            float("nan"),
+            device=graft.last_norms.device,
+        )
         self._steps = [-1] * capacity  # host-side step ids of each row
         self.count = 0  # records written so far (rows beyond capacity were overwritten)
         self._handle = graft.register_step_post_hook(self._on_step)
@@ -71,8 +74,9 @@ class NormLog:
         steps, values = self.read()
         if not steps:
             raise ValueError("Nothing recorded yet: step the optimizer first")
-        return MagnitudeSchedule.from_records(list(self.layer_names), steps, values, self.fields,
-                                              source={"every": self.every})
+        return MagnitudeSchedule.from_records(
+            list(self.layer_names), steps, values, self.fields, source={"every": self.every}
+        )
 
     def close(self) -> None:
         """Stop recording (remove the hook)."""

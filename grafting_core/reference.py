@@ -31,8 +31,13 @@ def _same(tensors: Any) -> Any:
     return tensors
 
 
-def propose(graft: Any, plan: Any, *, local: Callable[[Tensors], Tensors] = _same,
-            whole: Callable[[Tensors], Tensors] = _same) -> Proposal:
+def propose(
+    graft: Any,
+    plan: Any,
+    *,
+    local: Callable[[Tensors], Tensors] = _same,
+    whole: Callable[[Tensors], Tensors] = _same,
+) -> Proposal:
     """Run both children on the gradients of ``plan.params`` (see :class:`Proposal`).
 
     ``local`` maps tensors to the ones the children's steps live in (FSDP2: each rank's
@@ -88,8 +93,9 @@ def _snapshot(graft: Any, params: Tensors, local: Callable[[Tensors], Tensors]) 
     return scratch
 
 
-def _steps(graft: Any, child: Any, plan: Any, scratch: Tensors | None,
-           local: Callable[[Tensors], Tensors]) -> Tensors:
+def _steps(
+    graft: Any, child: Any, plan: Any, scratch: Tensors | None, local: Callable[[Tensors], Tensors]
+) -> Tensors:
     """``child``'s proposed steps (black box: left in the weights themselves)."""
     if graft.native:
         return graft._child_steps(child, plan.params)
@@ -99,8 +105,9 @@ def _steps(graft: Any, child: Any, plan: Any, scratch: Tensors | None,
     return weights
 
 
-def _magnitude_norms(graft: Any, plan: Any, scratch: Tensors | None,
-                     local: Callable[[Tensors], Tensors]) -> Tensor:
+def _magnitude_norms(
+    graft: Any, plan: Any, scratch: Tensors | None, local: Callable[[Tensors], Tensors]
+) -> Tensor:
     """‖Δ_M‖ per tensor; a black-box M's step is undone before D steps."""
     steps = _steps(graft, graft.magnitude, plan, scratch, local)
     norms = torch.stack(tensor_norms(steps))
@@ -109,8 +116,9 @@ def _magnitude_norms(graft: Any, plan: Any, scratch: Tensors | None,
     return norms
 
 
-def _partial_steps(graft: Any, plan: Any, scratch: Tensors | None,
-                   local: Callable[[Tensors], Tensors]) -> tuple[Tensor, Tensors]:
+def _partial_steps(
+    graft: Any, plan: Any, scratch: Tensors | None, local: Callable[[Tensors], Tensors]
+) -> tuple[Tensor, Tensors]:
     """``(‖Δ_M‖ per tensor, per-tensor step)``: Δ_D on grafted parameters, Δ_M elsewhere.
 
     Native children return steps without touching the weights and D computes only the

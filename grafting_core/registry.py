@@ -100,8 +100,13 @@ BLACK_BOX: dict[str, BlackBoxEntry] = {
     # (plain Shampoo, 200 steps; BENCHMARKS.md): best on chars, 3% off the best on MNIST-1D.
     "shampoo": BlackBoxEntry(
         _pytorch_optimizer("Shampoo"),
-        {"lr": 0.3, "momentum": 0.0, "weight_decay": 0.0, "preconditioning_compute_steps": 1,
-         "matrix_eps": 1e-6},
+        {
+            "lr": 0.3,
+            "momentum": 0.0,
+            "weight_decay": 0.0,
+            "preconditioning_compute_steps": 1,
+            "matrix_eps": 1e-6,
+        },
         "Shampoo (pytorch-optimizer): Kronecker-factored full-matrix AdaGrad per tensor.",
     ),
     # Vyas et al. 2024 ("SOAP: Improving and Stabilizing Shampoo using Adam"): the reference
@@ -110,8 +115,13 @@ BLACK_BOX: dict[str, BlackBoxEntry] = {
     # best of the same sweep on both tasks (BENCHMARKS.md).
     "soap": BlackBoxEntry(
         _pytorch_optimizer("SOAP"),
-        {"lr": 1e-2, "betas": (0.95, 0.95), "eps": 1e-8, "weight_decay": 0.0,
-         "precondition_frequency": 10},
+        {
+            "lr": 1e-2,
+            "betas": (0.95, 0.95),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "precondition_frequency": 10,
+        },
         "SOAP (pytorch-optimizer): Adam in the eigenbasis of Shampoo's preconditioner.",
     ),
 }

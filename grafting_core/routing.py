@@ -39,9 +39,11 @@ def accepted_keys(child: Any) -> tuple[str, frozenset[str]] | None:
     if spec.name in RULES or spec.name in BLACK_BOX:
         return spec.name, frozenset(default_hparams(spec.name))
     signature = inspect.signature(_import_class(spec.name).__init__)
-    return spec.name, frozenset(n for n, p in signature.parameters.items()
-                                if n not in ("self", "params")
-                                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return spec.name, frozenset(
+        n
+        for n, p in signature.parameters.items()
+        if n not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
 
 
 def _is_spec(child: Any) -> bool:
@@ -52,8 +54,11 @@ def _is_spec(child: Any) -> bool:
     return True
 
 
-def route(group: dict[str, Any], own: Iterable[str],
-          children: Mapping[str, tuple[str, frozenset[str]] | None]) -> dict[str, dict[str, Any]]:
+def route(
+    group: dict[str, Any],
+    own: Iterable[str],
+    children: Mapping[str, tuple[str, frozenset[str]] | None],
+) -> dict[str, dict[str, Any]]:
     """Take the children's keys out of ``group`` (left with Graft's own); per role, the
     hyperparameters for that child's matching group. Unknown keys: one line naming them."""
     own = set(own) | set(GROUP_KEYS)
@@ -82,10 +87,15 @@ def _refusal(key: str, own: set[str], children: Mapping[str, Any]) -> str:
     takes = [f"Graft: {sorted(own - set(GROUP_KEYS))}"]
     for role in ROLES:
         child = children[role]
-        takes.append(f"{role}: {sorted(child[1])}" if child else
-                     f"{role}: none (a ready optimizer keeps its own groups)")
-    return (f"Invalid param group key {key!r}: neither Graft nor its children take it "
-            f"({'; '.join(takes)}); prefix magnitude. or direction. to address one child")
+        takes.append(
+            f"{role}: {sorted(child[1])}"
+            if child
+            else f"{role}: none (a ready optimizer keeps its own groups)"
+        )
+    return (
+        f"Invalid param group key {key!r}: neither Graft nor its children take it "
+        f"({'; '.join(takes)}); prefix magnitude. or direction. to address one child"
+    )
 
 
 def named(params: Iterable[Any], model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -102,16 +112,19 @@ def named(params: Iterable[Any], model: torch.nn.Module) -> list[dict[str, Any]]
         for i, p in enumerate(tensors):
             if isinstance(p, Tensor):
                 if id(p) not in names:
-                    raise ValueError(f"Invalid names: parameter {i} of group {g} (shape "
-                                     f"{tuple(p.shape)}) is not a parameter of the model given")
+                    raise ValueError(
+                        f"Invalid names: parameter {i} of group {g} (shape "
+                        f"{tuple(p.shape)}) is not a parameter of the model given"
+                    )
                 p = (names[id(p)], p)
             pairs.append(p)
         out.append({**group, "params": pairs})
     return out
 
 
-def factory_groups(params: Iterable[Any], lr: float | None,
-                   hparams: Mapping[str, Any]) -> list[dict[str, Any]]:
+def factory_groups(
+    params: Iterable[Any], lr: float | None, hparams: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """Groups for ``cls(params, lr=..., **hparams)`` as optimizer factories call it: the
     keywords become every group's defaults, and ``lr`` (keyword or a group's) is M's."""
     items = list(params)
@@ -128,19 +141,19 @@ def factory_groups(params: Iterable[Any], lr: float | None,
     return out
 
 
-def factory_class(graft_cls: type, magnitude: Any, direction: Any,
-                  options: Mapping[str, Any]) -> type:
+def factory_class(
+    graft_cls: type, magnitude: Any, direction: Any, options: Mapping[str, Any]
+) -> type:
     """A subclass of ``graft_cls`` that factories can call as ``cls(params, lr=..., **hparams)``
     (see ``Graft.factory``). A class, not a function: Hugging Face ``Trainer`` calls any
     callable that is not an optimizer class as a factory of the whole model."""
 
     class GraftFactory(graft_cls):
-        def __init__(self, params: Iterable[Any], lr: float | None = None,
-                     **hparams: Any) -> None:
-            super().__init__(factory_groups(params, lr, hparams), magnitude, direction,
-                             **options)
+        def __init__(self, params: Iterable[Any], lr: float | None = None, **hparams: Any) -> None:
+            super().__init__(factory_groups(params, lr, hparams), magnitude, direction, **options)
 
-    label = "#".join(str(as_spec(c).name) if _is_spec(c) else type(c).__name__
-                     for c in (magnitude, direction))
+    label = "#".join(
+        str(as_spec(c).name) if _is_spec(c) else type(c).__name__ for c in (magnitude, direction)
+    )
     GraftFactory.__name__ = GraftFactory.__qualname__ = f"Graft[{label}]"
     return GraftFactory

@@ -196,42 +196,97 @@ def lamb_update(params, grads, states, steps, hp):
     return direction
 
 
-_SGD_DEFAULTS = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
-                 "weight_decay": 0.0}
+_SGD_DEFAULTS = {
+    "lr": 0.1,
+    "momentum": 0.0,
+    "dampening": 0.0,
+    "nesterov": False,
+    "weight_decay": 0.0,
+}
 _ADAM_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in [
-        Rule("sgd", _SGD_DEFAULTS, ("momentum_buffer",), sgd_update,
-             "Stochastic gradient descent; momentum/Nesterov optional (torch.optim.SGD)."),
-        Rule("adam", _ADAM_DEFAULTS, ("exp_avg", "exp_avg_sq"), adam_update,
-             "Adam: per-coordinate steps from first and second moment estimates."),
-        Rule("adamw", {**_ADAM_DEFAULTS, "weight_decay": 1e-2}, ("exp_avg", "exp_avg_sq"),
-             adamw_update, "Adam with decoupled weight decay."),
-        Rule("adagrad",
-             {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0,
-              "initial_accumulator_value": 0.0, "eps": 1e-10},
-             ("sum",), adagrad_update,
-             "AdaGrad: steps shrink with the accumulated squared gradients."),
-        Rule("rmsprop",
-             {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0,
-              "momentum": 0.0, "centered": False},
-             ("square_avg", "grad_avg", "momentum_buffer"), rmsprop_update,
-             "RMSprop: gradients divided by a running RMS."),
-        Rule("lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}, ("exp_avg",),
-             lion_update, "Lion: the sign of an interpolated momentum (Chen et al. 2023)."),
-        Rule("sign_sgd", {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0},
-             ("momentum_buffer",), sign_sgd_update,
-             "signSGD / Signum: every coordinate moves by lr in the sign of its (momentum) "
-             "gradient."),
-        Rule("lars",
-             {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3},
-             ("momentum_buffer",), lars_update,
-             "LARS: momentum SGD with a per-tensor trust ratio ‖w‖/‖g‖.", elementwise=False),
-        Rule("lamb", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
-             ("exp_avg", "exp_avg_sq"), lamb_update,
-             "LAMB: Adam's step rescaled per tensor by ‖w‖/‖step‖.", elementwise=False),
+        Rule(
+            "sgd",
+            _SGD_DEFAULTS,
+            ("momentum_buffer",),
+            sgd_update,
+            "Stochastic gradient descent; momentum/Nesterov optional (torch.optim.SGD).",
+        ),
+        Rule(
+            "adam",
+            _ADAM_DEFAULTS,
+            ("exp_avg", "exp_avg_sq"),
+            adam_update,
+            "Adam: per-coordinate steps from first and second moment estimates.",
+        ),
+        Rule(
+            "adamw",
+            {**_ADAM_DEFAULTS, "weight_decay": 1e-2},
+            ("exp_avg", "exp_avg_sq"),
+            adamw_update,
+            "Adam with decoupled weight decay.",
+        ),
+        Rule(
+            "adagrad",
+            {
+                "lr": 1e-2,
+                "lr_decay": 0.0,
+                "weight_decay": 0.0,
+                "initial_accumulator_value": 0.0,
+                "eps": 1e-10,
+            },
+            ("sum",),
+            adagrad_update,
+            "AdaGrad: steps shrink with the accumulated squared gradients.",
+        ),
+        Rule(
+            "rmsprop",
+            {
+                "lr": 1e-2,
+                "alpha": 0.99,
+                "eps": 1e-8,
+                "weight_decay": 0.0,
+                "momentum": 0.0,
+                "centered": False,
+            },
+            ("square_avg", "grad_avg", "momentum_buffer"),
+            rmsprop_update,
+            "RMSprop: gradients divided by a running RMS.",
+        ),
+        Rule(
+            "lion",
+            {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
+            ("exp_avg",),
+            lion_update,
+            "Lion: the sign of an interpolated momentum (Chen et al. 2023).",
+        ),
+        Rule(
+            "sign_sgd",
+            {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0},
+            ("momentum_buffer",),
+            sign_sgd_update,
+            "signSGD / Signum: every coordinate moves by lr in the sign of its (momentum) "
+            "gradient.",
+        ),
+        Rule(
+            "lars",
+            {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3},
+            ("momentum_buffer",),
+            lars_update,
+            "LARS: momentum SGD with a per-tensor trust ratio ‖w‖/‖g‖.",
+            elementwise=False,
+        ),
+        Rule(
+            "lamb",
+            {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
+            ("exp_avg", "exp_avg_sq"),
+            lamb_update,
+            "LAMB: Adam's step rescaled per tensor by ‖w‖/‖step‖.",
+            elementwise=False,
+        ),
     ]
 }
 
@@ -257,8 +312,14 @@ def _boolean(value: Any) -> str | None:
 
 
 #: What each hyperparameter must be (any other: a finite number >= 0), for every rule.
-_CHECKS = {"betas": _betas, "momentum": _fraction, "alpha": _fraction, "dampening": _fraction,
-           "nesterov": _boolean, "centered": _boolean}
+_CHECKS = {
+    "betas": _betas,
+    "momentum": _fraction,
+    "alpha": _fraction,
+    "dampening": _fraction,
+    "nesterov": _boolean,
+    "centered": _boolean,
+}
 
 
 def resolve_hparams(rule: Rule, hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -269,18 +330,23 @@ def resolve_hparams(rule: Rule, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """
     unknown = sorted(set(hparams) - set(rule.defaults))
     if unknown:
-        raise ValueError(f"Unknown hyperparameter(s) {unknown} for optimizer {rule.name!r}. "
-                         f"Valid: {sorted(rule.defaults)}")
+        raise ValueError(
+            f"Unknown hyperparameter(s) {unknown} for optimizer {rule.name!r}. "
+            f"Valid: {sorted(rule.defaults)}"
+        )
     resolved = {**rule.defaults, **hparams}
     for key, value in resolved.items():
         problem = _CHECKS.get(key, _nonnegative)(value)
         if problem:
             raise ValueError(
-                f"Invalid {rule.name} hyperparameter {key!r}: {value!r} (must be {problem})")
+                f"Invalid {rule.name} hyperparameter {key!r}: {value!r} (must be {problem})"
+            )
     if resolved.get("nesterov") and (resolved["momentum"] <= 0 or resolved["dampening"] != 0):
-        raise ValueError(f"Invalid {rule.name} hyperparameters: nesterov needs momentum > 0 "
-                         f"and dampening 0 (got momentum {resolved['momentum']!r}, "
-                         f"dampening {resolved['dampening']!r})")
+        raise ValueError(
+            f"Invalid {rule.name} hyperparameters: nesterov needs momentum > 0 "
+            f"and dampening 0 (got momentum {resolved['momentum']!r}, "
+            f"dampening {resolved['dampening']!r})"
+        )
     if "betas" in resolved:
         resolved["betas"] = tuple(resolved["betas"])
     return resolved
@@ -291,8 +357,10 @@ def needed_buffers(rule: Rule, hp: dict[str, Any]) -> tuple[str, ...]:
     if rule.name in ("sgd", "sign_sgd") and hp["momentum"] == 0:
         return ()
     if rule.name == "rmsprop":
-        return ("square_avg",) + (("grad_avg",) if hp["centered"] else ()) + (
-            ("momentum_buffer",) if hp["momentum"] > 0 else ()
+        return (
+            ("square_avg",)
+            + (("grad_avg",) if hp["centered"] else ())
+            + (("momentum_buffer",) if hp["momentum"] > 0 else ())
         )
     return rule.buffers
 

@@ -35,13 +35,22 @@ class MagnitudeSchedule:
             shapes (another width, say) is refused at replay.
     """
 
-    def __init__(self, layer_names: list[str], steps: list[int], norms: Tensor | list, *,
-                 after_end: str = "hold", source: dict[str, Any] | None = None,
-                 shapes: dict[str, list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        layer_names: list[str],
+        steps: list[int],
+        norms: Tensor | list,
+        *,
+        after_end: str = "hold",
+        source: dict[str, Any] | None = None,
+        shapes: dict[str, list[int]] | None = None,
+    ) -> None:
         norms = torch.as_tensor(norms, dtype=torch.float32)
         if norms.ndim != 2 or norms.shape != (len(steps), len(layer_names)):
-            raise ValueError(f"norms must have shape (steps={len(steps)}, layers="
-                             f"{len(layer_names)}), got {tuple(norms.shape)}")
+            raise ValueError(
+                f"norms must have shape (steps={len(steps)}, layers="
+                f"{len(layer_names)}), got {tuple(norms.shape)}"
+            )
         if not steps:
             raise ValueError("A schedule needs at least one step")
         if any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0:
@@ -61,20 +70,28 @@ class MagnitudeSchedule:
     def __len__(self) -> int:
         return self.steps[-1] + 1
 
-    def check_layers(self, names: tuple[str, ...],
-                     shapes: dict[str, list[int]] | None = None) -> None:
+    def check_layers(
+        self, names: tuple[str, ...], shapes: dict[str, list[int]] | None = None
+    ) -> None:
         """Align columns to a Graft's layers; a different set of layers, or parameters of
         other ``shapes`` (name -> shape) than the recorded model's, is an error."""
         missing = sorted(set(names) - set(self.layer_names))
         extra = sorted(set(self.layer_names) - set(names))
         if missing or extra:
-            raise ValueError(f"Schedule layers do not match the optimizer's: missing {missing}, "
-                             f"not in the model {extra}")
-        differ = {n: (self.shapes[n], list(shape)) for n, shape in (shapes or {}).items()
-                  if n in self.shapes and self.shapes[n] != list(shape)}
+            raise ValueError(
+                f"Schedule layers do not match the optimizer's: missing {missing}, "
+                f"not in the model {extra}"
+            )
+        differ = {
+            n: (self.shapes[n], list(shape))
+            for n, shape in (shapes or {}).items()
+            if n in self.shapes and self.shapes[n] != list(shape)
+        }
         if differ:
-            raise ValueError(f"The schedule was recorded on another model: parameter shapes "
-                             f"(recorded, here) differ for {differ}")
+            raise ValueError(
+                f"The schedule was recorded on another model: parameter shapes "
+                f"(recorded, here) differ for {differ}"
+            )
         order = [self.layer_names.index(n) for n in names]
         self._columns = self.norms[:, order]
 
@@ -91,10 +108,16 @@ class MagnitudeSchedule:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (NaN-free)."""
-        return {"format": "grafting-lab/magnitude-schedule", "version": FORMAT_VERSION,
-                "layer_names": self.layer_names, "steps": self.steps,
-                "norms": self.norms.tolist(), "after_end": self.after_end, "source": self.source,
-                "shapes": self.shapes}
+        return {
+            "format": "grafting-lab/magnitude-schedule",
+            "version": FORMAT_VERSION,
+            "layer_names": self.layer_names,
+            "steps": self.steps,
+            "norms": self.norms.tolist(),
+            "after_end": self.after_end,
+            "source": self.source,
+            "shapes": self.shapes,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MagnitudeSchedule:
@@ -103,9 +126,14 @@ class MagnitudeSchedule:
             raise ValueError("Not a magnitude schedule file (format field missing or different)")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"Unsupported schedule version {data.get('version')!r}")
-        return cls(data["layer_names"], data["steps"], data["norms"],
-                   after_end=data.get("after_end", "hold"), source=data.get("source"),
-                   shapes=data.get("shapes"))
+        return cls(
+            data["layer_names"],
+            data["steps"],
+            data["norms"],
+            after_end=data.get("after_end", "hold"),
+            source=data.get("source"),
+            shapes=data.get("shapes"),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the schedule as JSON."""
@@ -118,16 +146,28 @@ class MagnitudeSchedule:
         """Read a schedule written by :meth:`save`."""
         schedule = cls.from_dict(json.loads(Path(path).read_text()))
         if overrides:
-            schedule = cls(schedule.layer_names, schedule.steps, schedule.norms,
-                           source=schedule.source, shapes=schedule.shapes,
-                           **{"after_end": schedule.after_end, **overrides})
+            schedule = cls(
+                schedule.layer_names,
+                schedule.steps,
+                schedule.norms,
+                source=schedule.source,
+                shapes=schedule.shapes,
+                **{"after_end": schedule.after_end, **overrides},
+            )
         return schedule
 
     @classmethod
-    def from_records(cls, layer_names: list[str], steps: list[int], records: Tensor,
-                     fields: tuple[str, ...], *, field: str = "magnitude_norm",
-                     source: dict[str, Any] | None = None,
-                     shapes: dict[str, list[int]] | None = None) -> MagnitudeSchedule:
+    def from_records(
+        cls,
+        layer_names: list[str],
+        steps: list[int],
+        records: Tensor,
+        fields: tuple[str, ...],
+        *,
+        field: str = "magnitude_norm",
+        source: dict[str, Any] | None = None,
+        shapes: dict[str, list[int]] | None = None,
+    ) -> MagnitudeSchedule:
         """From a norm recording ``(steps, layers, fields)``, e.g. ``NormLog.read()``."""
         if field not in fields:
             raise ValueError(f"Unknown field {field!r} (valid: {fields})")

@@ -43,32 +43,55 @@ from .schedule import MagnitudeSchedule
 
 #: torch optimizers with element-wise steps that run on DTensor shards as they are (each
 #: checked against one process in torch 2.13). Others must declare ``supports_dtensor = True``.
-ELEMENTWISE_TORCH = frozenset(getattr(torch.optim, name) for name in (
-    "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD"))
+ELEMENTWISE_TORCH = frozenset(
+    getattr(torch.optim, name)
+    for name in (
+        "SGD",
+        "Adam",
+        "AdamW",
+        "Adagrad",
+        "RMSprop",
+        "NAdam",
+        "RAdam",
+        "Adamax",
+        "Adadelta",
+        "ASGD",
+    )
+)
 
 #: torch optimizers known not to step FSDP2 shards correctly, with the reason (torch 2.13).
 NOT_ON_DTENSOR = {
-    getattr(torch.optim, name): reason for name, reason in (
+    getattr(torch.optim, name): reason
+    for name, reason in (
         ("Muon", "it orthogonalises whole matrices and fails on uneven DTensor shards"),
         ("Adafactor", "its factored statistics fail on DTensor (in-place op on a partial norm)"),
         ("Rprop", "its in-place index_put_ is not supported on DTensor shards"),
         ("LBFGS", "it needs a closure and whole-model line searches"),
         ("SparseAdam", "it needs sparse gradients"),
-    ) if hasattr(torch.optim, name)
+    )
+    if hasattr(torch.optim, name)
 }
 
-CHILD_ERROR = ("Graft cannot use {name} as {role} on DTensor (FSDP2-sharded) parameters: "
-               "{reason}. Use one of torch's element-wise optimizers ({known}) or a native "
-               "spec, or run it under DDP / in one process.")
-UNKNOWN_CHILD = ("it is not known to step DTensor shards correctly; if its update is "
-                 "element-wise (or written in DTensor-aware ops) set `supports_dtensor = True` "
-                 "on the class or instance first")
-NOT_ELEMENTWISE = ("Native rule {name!r} computes per-tensor trust ratios from whole-tensor "
-                   "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
-                   "use its shard's norms. Use it under DDP or in one process, or pick an "
-                   "element-wise rule ({elementwise}).")
-MIXED = ("Graft needs all its parameters to be DTensors on one device mesh when any is "
-         "(fully_shard the root module too); {problem}")
+CHILD_ERROR = (
+    "Graft cannot use {name} as {role} on DTensor (FSDP2-sharded) parameters: "
+    "{reason}. Use one of torch's element-wise optimizers ({known}) or a native "
+    "spec, or run it under DDP / in one process."
+)
+UNKNOWN_CHILD = (
+    "it is not known to step DTensor shards correctly; if its update is "
+    "element-wise (or written in DTensor-aware ops) set `supports_dtensor = True` "
+    "on the class or instance first"
+)
+NOT_ELEMENTWISE = (
+    "Native rule {name!r} computes per-tensor trust ratios from whole-tensor "
+    "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
+    "use its shard's norms. Use it under DDP or in one process, or pick an "
+    "element-wise rule ({elementwise})."
+)
+MIXED = (
+    "Graft needs all its parameters to be DTensors on one device mesh when any is "
+    "(fully_shard the root module too); {problem}"
+)
 
 
 def dtensor_type() -> type | None:
@@ -102,8 +125,11 @@ class Sharding:
         all_reduce of all their squares."""
         squares = torch.stack([s.to(torch.float64) for s in pieces]).square()
         if self.weights is not None:
-            squares.mul_(torch.tensor([self.weights[i] for i in key], dtype=torch.float64,
-                                      device=squares.device))
+            squares.mul_(
+                torch.tensor(
+                    [self.weights[i] for i in key], dtype=torch.float64, device=squares.device
+                )
+            )
         vector = squares if self.comm_device is None else squares.to(self.comm_device)
         for group in self.groups:  # one group for FSDP2 and HSDP
             torch.distributed.all_reduce(vector, group=group)
@@ -135,20 +161,27 @@ def detect(graft: Any) -> Sharding | None:
             if placement.is_shard():
                 summed.add(dim)
             elif not placement.is_replicate():
-                raise RuntimeError(f"Graft supports Shard and Replicate placements only; "
-                                   f"parameter {name!r} has {placement}")
+                raise RuntimeError(
+                    f"Graft supports Shard and Replicate placements only; "
+                    f"parameter {name!r} has {placement}"
+                )
     coordinate = mesh.get_coordinate()
     if coordinate is None:
         raise RuntimeError("This rank is not in the parameters' device mesh")
     # A tensor replicated along a summed dim has whole copies there: count one (coordinate 0).
-    weights = tuple(float(all(coordinate[d] == 0 for d in summed if p.placements[d].is_replicate()))
-                    for _, p in named)
+    weights = tuple(
+        float(all(coordinate[d] == 0 for d in summed if p.placements[d].is_replicate()))
+        for _, p in named
+    )
     for role in ("magnitude", "direction"):
         _check_child(role, getattr(graft, role))
     shard_device = named[0][1].to_local().device
     comm_device = None if shard_device.type == mesh.device_type else torch.device(mesh.device_type)
-    return Sharding(tuple(mesh.get_group(d) for d in sorted(summed)),
-                    None if all(w == 1.0 for w in weights) else weights, comm_device)
+    return Sharding(
+        tuple(mesh.get_group(d) for d in sorted(summed)),
+        None if all(w == 1.0 for w in weights) else weights,
+        comm_device,
+    )
 
 
 def _check_child(role: str, child: Any) -> None:
@@ -164,11 +197,16 @@ def _check_child(role: str, child: Any) -> None:
     reason = NOT_ON_DTENSOR.get(type(child), UNKNOWN_CHILD)
     if declared is False:
         reason = "it declares supports_dtensor = False"
-    raise RuntimeError(CHILD_ERROR.format(name=type(child).__name__, role=role, reason=reason,
-                                          known=known))
+    raise RuntimeError(
+        CHILD_ERROR.format(name=type(child).__name__, role=role, reason=reason, known=known)
+    )
 
 
 def propose(graft: Any, plan: Any) -> Proposal:
     """The reference step on the local shards, its norms made whole by one all_reduce."""
-    return reference.propose(graft, plan, local=local_tensors,
-                             whole=lambda norms: graft._sharding.whole_norms(norms, plan.key))
+    return reference.propose(
+        graft,
+        plan,
+        local=local_tensors,
+        whole=lambda norms: graft._sharding.whole_norms(norms, plan.key),
+    )

@@ -33,8 +33,11 @@ OLD_KEYS = (OWN, *ROLES)  # top-level keys of the nested format saved before
 
 def _children(graft: Any) -> dict[str, torch.optim.Optimizer]:
     """The children that are optimizers (a replayed schedule or ``None`` holds no state)."""
-    return {role: child for role in ROLES
-            if isinstance(child := getattr(graft, role, None), torch.optim.Optimizer)}
+    return {
+        role: child
+        for role in ROLES
+        if isinstance(child := getattr(graft, role, None), torch.optim.Optimizer)
+    }
 
 
 def _params(graft: Any) -> list[Tensor]:
@@ -67,8 +70,10 @@ def _write(graft: Any, param: Tensor, key: str, value: Any) -> None:
         layer = graft.layers.index[graft._position[id(param)]]
         graft.nonfinite_skips[layer] = value
     else:
-        raise KeyError(f"Invalid Graft state key {key!r}: expected magnitude.<key>, "
-                       f"direction.<key> or {OWN}.step / {OWN}.nonfinite_skips")
+        raise KeyError(
+            f"Invalid Graft state key {key!r}: expected magnitude.<key>, "
+            f"direction.<key> or {OWN}.step / {OWN}.nonfinite_skips"
+        )
 
 
 class GraftState(MutableMapping):
@@ -86,7 +91,8 @@ class GraftState(MutableMapping):
         if not getattr(self._graft, "_ready", False):
             return False
         return self._graft.graft_step > 0 or any(
-            child.state.get(param) for child in _children(self._graft).values())
+            child.state.get(param) for child in _children(self._graft).values()
+        )
 
     def __getitem__(self, param: Tensor) -> _Entry:
         if not isinstance(param, Tensor) or not self._has_entry(param):
@@ -95,8 +101,10 @@ class GraftState(MutableMapping):
         position = graft._position[id(param)]
         items: dict[str, Any] = {
             f"{OWN}.step": torch.tensor(graft.graft_step, dtype=torch.int64),
-            f"{OWN}.nonfinite_skips":
-                graft.nonfinite_skips[graft.layers.index[position]].detach().cpu().clone(),
+            f"{OWN}.nonfinite_skips": graft.nonfinite_skips[graft.layers.index[position]]
+            .detach()
+            .cpu()
+            .clone(),
         }
         for role, child in _children(graft).items():
             for name, value in child.state.get(param, {}).items():
@@ -137,11 +145,16 @@ def assign(graft: Any, value: Mapping[Any, Any]) -> None:
 def child_groups(graft: Any) -> dict[str, list[dict[str, Any]]]:
     """``{"magnitude.param_groups": [...], ...}``: each child's groups, Graft's indices."""
     position = {id(p): i for i, p in enumerate(_params(graft))}
-    return {f"{role}.param_groups": [
-        {**{k: v for k, v in g.items() if k != "params"},
-         "params": [position[id(p)] for p in live["params"]]}
-        for g, live in zip(child.state_dict()["param_groups"], child.param_groups)]
-        for role, child in _children(graft).items()}
+    return {
+        f"{role}.param_groups": [
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [position[id(p)] for p in live["params"]],
+            }
+            for g, live in zip(child.state_dict()["param_groups"], child.param_groups)
+        ]
+        for role, child in _children(graft).items()
+    }
 
 
 def standard(graft: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -156,15 +169,19 @@ def _upgrade(graft: Any, old: Mapping[str, Any]) -> dict[str, Any]:
     """The nested format saved before (top-level graft/magnitude/direction) in today's."""
     extras = old[OWN]
     if list(extras["layer_names"]) != list(graft.layers.names):
-        raise ValueError("Saved Graft layers differ from this optimizer's: "
-                         f"saved {len(extras['layer_names'])}, here {len(graft.layers)}")
+        raise ValueError(
+            "Saved Graft layers differ from this optimizer's: "
+            f"saved {len(extras['layer_names'])}, here {len(graft.layers)}"
+        )
     params = _params(graft)
     position = {id(p): i for i, p in enumerate(params)}
     state: dict[int, dict[str, Any]] = {}
     for i in range(len(params)):
         layer = graft.layers.index[i]
-        state[i] = {f"{OWN}.step": torch.tensor(int(extras["step"])),
-                    f"{OWN}.nonfinite_skips": extras["nonfinite_skips"][layer].clone()}
+        state[i] = {
+            f"{OWN}.step": torch.tensor(int(extras["step"])),
+            f"{OWN}.nonfinite_skips": extras["nonfinite_skips"][layer].clone(),
+        }
     groups = [dict(g) for g in old["param_groups"]]
     for role, child in _children(graft).items():
         child_state = old[role]
@@ -174,15 +191,16 @@ def _upgrade(graft: Any, old: Mapping[str, Any]) -> dict[str, Any]:
             for name, value in child_state["state"].get(saved_id, {}).items():
                 state[position[id(p)]][f"{role}.{name}"] = value
         at = dict(zip(saved_ids, (position[id(p)] for p in child_params)))
-        groups[0][f"{role}.param_groups"] = [dict(g, params=[at[i] for i in g["params"]])
-                                             for g in child_state["param_groups"]]
+        groups[0][f"{role}.param_groups"] = [
+            dict(g, params=[at[i] for i in g["params"]]) for g in child_state["param_groups"]
+        ]
     graft.eps = float(extras["eps"])
     return {"state": state, "param_groups": groups}
 
 
-def split(graft: Any, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any],
-                                                              dict[str, dict[str, Any]],
-                                                              dict[int, dict[str, Any]]]:
+def split(
+    graft: Any, state_dict: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
     """``(own, children, extras)`` from a Graft state_dict (either format).
 
     ``own`` is Graft's groups for torch's ``load_state_dict``; ``children`` each child's own
@@ -199,15 +217,18 @@ def split(graft: Any, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any],
     saved_sizes = [len(g["params"]) for g in groups]
     sizes = [len(g["params"]) for g in graft.param_groups]
     if saved_sizes != sizes:
-        raise ValueError(f"Saved Graft param groups hold {saved_sizes} parameters, this "
-                         f"optimizer's {sizes}")
+        raise ValueError(
+            f"Saved Graft param groups hold {saved_sizes} parameters, this optimizer's {sizes}"
+        )
     children = _children(graft)
     child_hparams = {role: groups[0].pop(f"{role}.param_groups", None) for role in ROLES}
     for role in ROLES:
         if (child_hparams[role] is None) != (role not in children):
-            raise ValueError(f"Saved Graft state and this Graft differ in their {role}: saved "
-                             f"{'no' if child_hparams[role] is None else 'an'} optimizer, "
-                             f"here {type(getattr(graft, role, None)).__name__}")
+            raise ValueError(
+                f"Saved Graft state and this Graft differ in their {role}: saved "
+                f"{'no' if child_hparams[role] is None else 'an'} optimizer, "
+                f"here {type(getattr(graft, role, None)).__name__}"
+            )
     params = _params(graft)
     extras: dict[int, dict[str, Any]] = {}
     per_role: dict[str, dict[Tensor, dict[str, Any]]] = {role: {} for role in children}
@@ -215,8 +236,9 @@ def split(graft: Any, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any],
     position = {key: i for i, key in enumerate(k for g in groups for k in g["params"])}
     for saved_key, entry in state_dict["state"].items():
         if saved_key not in position:
-            raise ValueError(f"Invalid Graft state key {saved_key!r}: not in the saved "
-                             "param_groups' params")
+            raise ValueError(
+                f"Invalid Graft state key {saved_key!r}: not in the saved param_groups' params"
+            )
         index = position[saved_key]
         for key, value in entry.items():
             role, _, name = key.partition(".")
@@ -225,16 +247,28 @@ def split(graft: Any, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any],
             elif role in per_role:
                 per_role[role].setdefault(params[index], {})[name] = value
             else:
-                raise ValueError(f"Invalid Graft state key {key!r} (parameter {index}): "
-                                 f"expected {OWN}.*, " + " or ".join(f"{r}.*" for r in children))
+                raise ValueError(
+                    f"Invalid Graft state key {key!r} (parameter {index}): "
+                    f"expected {OWN}.*, " + " or ".join(f"{r}.*" for r in children)
+                )
     own = {"state": {}, "param_groups": groups}
-    return own, {role: _child_state_dict(graft, role, child, per_role[role], child_hparams[role])
-                 for role, child in children.items()}, extras
+    return (
+        own,
+        {
+            role: _child_state_dict(graft, role, child, per_role[role], child_hparams[role])
+            for role, child in children.items()
+        },
+        extras,
+    )
 
 
-def _child_state_dict(graft: Any, role: str, child: torch.optim.Optimizer,
-                      state: dict[Tensor, dict[str, Any]],
-                      saved_groups: list[dict[str, Any]]) -> dict[str, Any]:
+def _child_state_dict(
+    graft: Any,
+    role: str,
+    child: torch.optim.Optimizer,
+    state: dict[Tensor, dict[str, Any]],
+    saved_groups: list[dict[str, Any]],
+) -> dict[str, Any]:
     """``child``'s own state_dict from its entries by parameter and its saved groups, whose
     parameters (Graft's indices) must be the ones the child optimizes here."""
     position = {id(p): i for i, p in enumerate(_params(graft))}
@@ -243,17 +277,26 @@ def _child_state_dict(graft: Any, role: str, child: torch.optim.Optimizer,
     if saved != here:
         names = graft.layers.param_names
         differ = sorted(set(sum(saved, [])) ^ set(sum(here, [])))
-        what = ("grafted other parameters than this optimizer's grafted=" if role == "direction"
-                else "had other magnitude param groups than this optimizer's")
-        raise ValueError(f"Saved Graft {what}: {[names[i] for i in differ]} differ (saved "
-                         f"groups {saved}, here {here})")
+        what = (
+            "grafted other parameters than this optimizer's grafted="
+            if role == "direction"
+            else "had other magnitude param groups than this optimizer's"
+        )
+        raise ValueError(
+            f"Saved Graft {what}: {[names[i] for i in differ]} differ (saved "
+            f"groups {saved}, here {here})"
+        )
     index = {id(p): i for i, p in enumerate(p for g in child.param_groups for p in g["params"])}
     outside = [graft.layers.param_names[position[id(p)]] for p in state if id(p) not in index]
     if outside:
-        raise ValueError(f"Saved Graft state has {role} entries for {outside}, which this "
-                         f"{role} does not optimize")
-    groups = [dict(saved_group, params=[index[id(p)] for p in g["params"]])
-              for saved_group, g in zip(saved_groups, child.param_groups)]
+        raise ValueError(
+            f"Saved Graft state has {role} entries for {outside}, which this "
+            f"{role} does not optimize"
+        )
+    groups = [
+        dict(saved_group, params=[index[id(p)] for p in g["params"]])
+        for saved_group, g in zip(saved_groups, child.param_groups)
+    ]
     return {"state": {index[id(p)]: entry for p, entry in state.items()}, "param_groups": groups}
 
 

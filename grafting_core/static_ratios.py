@@ -37,7 +37,7 @@ def reduce_ratios(ratios: Tensor, statistic: str = "median", *, trim: float = 0.
             continue
         if statistic == "trimmed_mean":
             cut = int(len(values) * trim)
-            values = values[cut:len(values) - cut]
+            values = values[cut : len(values) - cut]
         out.append(values.mean() if len(values) else torch.tensor(float("nan")))
     return torch.stack(out).float() if out else torch.empty(0)
 
@@ -61,8 +61,10 @@ class StaticRatios:
     def __post_init__(self) -> None:
         bad = {n: c for n, c in self.ratios.items() if not (math.isfinite(c) and c >= 0)}
         if bad:
-            raise ValueError(f"Invalid static ratios {bad}: each ratio must be a finite "
-                             "number >= 0 (a negative one would step uphill)")
+            raise ValueError(
+                f"Invalid static ratios {bad}: each ratio must be a finite "
+                "number >= 0 (a negative one would step uphill)"
+            )
         if self.base_lr is not None and not (math.isfinite(self.base_lr) and self.base_lr > 0):
             raise ValueError(f"Invalid base_lr: {self.base_lr!r} (must be a finite number > 0)")
         if missing := sorted(set(self.ratios) - set(self.shapes)):
@@ -70,9 +72,15 @@ class StaticRatios:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form."""
-        return {"format": FORMAT, "version": 1, "base_lr": self.base_lr, "info": self.info,
-                "parameters": {n: {"ratio": c, "shape": self.shapes[n]}
-                               for n, c in self.ratios.items()}}
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "base_lr": self.base_lr,
+            "info": self.info,
+            "parameters": {
+                n: {"ratio": c, "shape": self.shapes[n]} for n, c in self.ratios.items()
+            },
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StaticRatios:
@@ -80,9 +88,12 @@ class StaticRatios:
         if data.get("format") != FORMAT:
             raise ValueError("Not a static-ratios file (format field missing or different)")
         params = data["parameters"]
-        return cls({n: float(v["ratio"]) for n, v in params.items()},
-                   {n: list(v["shape"]) for n, v in params.items()},
-                   data.get("base_lr"), data.get("info", {}))
+        return cls(
+            {n: float(v["ratio"]) for n, v in params.items()},
+            {n: list(v["shape"]) for n, v in params.items()},
+            data.get("base_lr"),
+            data.get("info", {}),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write JSON keyed by parameter name."""
@@ -101,8 +112,9 @@ class StaticRatios:
         names = {n for n, _ in named}
         missing = sorted(names - set(self.ratios))
         extra = sorted(set(self.ratios) - names)
-        wrong = sorted(n for n, p in named
-                       if n in self.shapes and list(p.shape) != list(self.shapes[n]))
+        wrong = sorted(
+            n for n, p in named if n in self.shapes and list(p.shape) != list(self.shapes[n])
+        )
         if missing or extra or wrong:
             raise ValueError(
                 "Static ratios do not fit this model: "
@@ -111,8 +123,9 @@ class StaticRatios:
             )
         return named
 
-    def param_groups(self, named_params: Iterable[tuple[str, Tensor]],
-                     lr: float | None = None) -> list[dict[str, Any]]:
+    def param_groups(
+        self, named_params: Iterable[tuple[str, Tensor]], lr: float | None = None
+    ) -> list[dict[str, Any]]:
         """Groups for the plain optimizer D (e.g. ``torch.optim.SGD``): one per parameter,
         with D's learning rate ``lr · c`` (``lr`` defaults to ``base_lr``).
 
@@ -143,11 +156,17 @@ class StaticRatios:
 
     def _group(self, name: str, param: Tensor, lr: float, **keys: Any) -> dict[str, Any]:
         """One parameter's group: its lr ``lr · c`` and its multiplier as ``static_ratio``."""
-        return {**keys, "params": [param], "param_names": [name], "lr": lr * self.ratios[name],
-                "static_ratio": self.ratios[name]}
+        return {
+            **keys,
+            "params": [param],
+            "param_names": [name],
+            "lr": lr * self.ratios[name],
+            "static_ratio": self.ratios[name],
+        }
 
-    def split_groups(self, params: Iterable[Any], model: torch.nn.Module,
-                     lr: float | None = None) -> list[dict[str, Any]]:
+    def split_groups(
+        self, params: Iterable[Any], model: torch.nn.Module, lr: float | None = None
+    ) -> list[dict[str, Any]]:
         """``params`` as training stacks build them (plain tensors, or groups with their own
         keys such as ``weight_decay``) split into one group per parameter with lr ``lr · c``:
         ``lr`` is a group's own, else the argument, else ``base_lr``. Names come from
@@ -161,13 +180,16 @@ class StaticRatios:
             keys = {k: v for k, v in group.items() if k not in ("params", "param_names", "lr")}
             for i, p in enumerate(group["params"]):
                 if id(p) not in names:
-                    raise ValueError(f"Invalid params: parameter {i} of group {g} (shape "
-                                     f"{tuple(p.shape)}) is not a parameter of the model given")
+                    raise ValueError(
+                        f"Invalid params: parameter {i} of group {g} (shape "
+                        f"{tuple(p.shape)}) is not a parameter of the model given"
+                    )
                 out.append(self._group(names[id(p)], p, base, **keys))
         return out
 
-    def optimizer_class(self, optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, *,
-                        names: torch.nn.Module) -> type[torch.optim.Optimizer]:
+    def optimizer_class(
+        self, optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, *, names: torch.nn.Module
+    ) -> type[torch.optim.Optimizer]:
         """``optimizer`` with these per-layer learning rates, for code that builds the
         optimizer itself as ``cls(params, lr=..., **kwargs)`` (Hugging Face ``Trainer``'s
         ``optimizer_cls_and_kwargs``, factories): each parameter gets ``lr · c`` and keeps its
@@ -178,12 +200,14 @@ class StaticRatios:
         ratios = self
 
         class StaticRatioOptimizer(optimizer):
-            def __init__(self, params: Iterable[Any], lr: float | None = None,
-                         **kwargs: Any) -> None:
+            def __init__(
+                self, params: Iterable[Any], lr: float | None = None, **kwargs: Any
+            ) -> None:
                 super().__init__(ratios.split_groups(params, names, lr), **kwargs)
 
         StaticRatioOptimizer.__name__ = StaticRatioOptimizer.__qualname__ = (
-            f"{optimizer.__name__}[static ratios]")
+            f"{optimizer.__name__}[static ratios]"
+        )
         return StaticRatioOptimizer
 
 
@@ -192,13 +216,22 @@ def _model_norms(per_layer: Tensor) -> Tensor:
     return per_layer.nan_to_num().square().sum(1, keepdim=True).sqrt()
 
 
-def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list[int], *,
-                           layer_names: tuple[str, ...], param_names: tuple[str, ...],
-                           param_layer: tuple[int, ...], shapes: dict[str, list[int]],
-                           window: tuple[int, int] | None = None, statistic: str = "median",
-                           trim: float = 0.1, base_lr: float | None = None,
-                           lr_factor: Callable[[int], float] | None = None,
-                           per_layer: bool = True) -> StaticRatios:
+def estimate_static_ratios(
+    records: Tensor,
+    fields: tuple[str, ...],
+    steps: list[int],
+    *,
+    layer_names: tuple[str, ...],
+    param_names: tuple[str, ...],
+    param_layer: tuple[int, ...],
+    shapes: dict[str, list[int]],
+    window: tuple[int, int] | None = None,
+    statistic: str = "median",
+    trim: float = 0.1,
+    base_lr: float | None = None,
+    lr_factor: Callable[[int], float] | None = None,
+    per_layer: bool = True,
+) -> StaticRatios:
     """c_l = statistic over steps in ``window`` (``[start, stop)``) of ‖Δ_M,l‖/‖Δ_D,l‖.
 
     ``records`` is a norm recording ``(steps, layers, fields)``; each parameter gets the
@@ -213,8 +246,10 @@ def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list
     start, stop = window if window is not None else (0, max(steps, default=-1) + 1)
     rows = [i for i, s in enumerate(steps) if start <= s < stop]
     if not rows:
-        raise ValueError(f"No recorded steps in window [{start}, {stop}) "
-                         f"(recorded: {steps[0] if steps else '-'}..{steps[-1] if steps else '-'})")
+        raise ValueError(
+            f"No recorded steps in window [{start}, {stop}) "
+            f"(recorded: {steps[0] if steps else '-'}..{steps[-1] if steps else '-'})"
+        )
     sel = records[rows]
     magnitude = sel[:, :, fields.index("magnitude_norm")].double()
     direction = sel[:, :, fields.index("direction_norm")].double()
@@ -230,19 +265,31 @@ def estimate_static_ratios(records: Tensor, fields: tuple[str, ...], steps: list
     reduced = reduce_ratios(ratios, statistic, trim=trim)
     empty = [layer_names[i] for i in range(len(reduced)) if torch.isnan(reduced[i])]
     if empty:
-        raise ValueError(f"No usable steps in the window for layers "
-                         f"{empty if per_layer else 'of the whole model'}")
-    info = {"statistic": statistic, "window": [start, stop], "steps_used": len(rows),
-            "per_layer": per_layer, "schedule_divided_out": lr_factor is not None}
+        raise ValueError(
+            f"No usable steps in the window for layers "
+            f"{empty if per_layer else 'of the whole model'}"
+        )
+    info = {
+        "statistic": statistic,
+        "window": [start, stop],
+        "steps_used": len(rows),
+        "per_layer": per_layer,
+        "schedule_divided_out": lr_factor is not None,
+    }
     if statistic == "trimmed_mean":
         info["trim"] = trim
     layer_of = param_layer if per_layer else [0] * len(param_names)
-    return StaticRatios({n: float(reduced[layer_of[i]]) for i, n in enumerate(param_names)},
-                        {n: shapes[n] for n in param_names}, base_lr, info)
+    return StaticRatios(
+        {n: float(reduced[layer_of[i]]) for i, n in enumerate(param_names)},
+        {n: shapes[n] for n in param_names},
+        base_lr,
+        info,
+    )
 
 
-def static_ratios_from_log(log: Any, *, window: tuple[int, int] | None = None,
-                           statistic: str = "median", trim: float = 0.1) -> StaticRatios:
+def static_ratios_from_log(
+    log: Any, *, window: tuple[int, int] | None = None, statistic: str = "median", trim: float = 0.1
+) -> StaticRatios:
     """Estimate from a ``NormLog`` of a grafted run (base_lr: D's lr times Graft's lr)."""
     graft = log.graft
     steps, records = log.read()
@@ -250,6 +297,15 @@ def static_ratios_from_log(log: Any, *, window: tuple[int, int] | None = None,
     # The grafted step is graft.lr · ‖Δ_M‖, and Δ_D carries D's own lr: SGD needs both.
     base_lr = graft.direction.param_groups[0]["lr"] * graft.param_groups[0]["lr"]
     return estimate_static_ratios(
-        records, log.fields, steps, layer_names=graft.layers.names,
-        param_names=graft.layers.param_names, param_layer=graft.layers.index, shapes=shapes,
-        window=window, statistic=statistic, trim=trim, base_lr=base_lr)
+        records,
+        log.fields,
+        steps,
+        layer_names=graft.layers.names,
+        param_names=graft.layers.param_names,
+        param_layer=graft.layers.index,
+        shapes=shapes,
+        window=window,
+        statistic=statistic,
+        trim=trim,
+        base_lr=base_lr,
+    )

@@ -58,21 +58,31 @@ def form() -> tuple[list[RunConfig] | None, str]:
         left, right = st.columns(2)
         with left:
             steps = st.number_input("Steps", step=100, key="lab.steps")
-            seed = st.number_input("Seed", step=1, key="lab.seed",
-                                   help="model initialisation and batch order")
+            seed = st.number_input(
+                "Seed", step=1, key="lab.seed", help="model initialisation and batch order"
+            )
         with right:
             batch = st.number_input("Batch size", step=16, key="lab.batch_size")
             granularity = st.selectbox(
-                "Grafting layer", GRANULARITIES, key="lab.granularity",
+                "Grafting layer",
+                GRANULARITIES,
+                key="lab.granularity",
                 help="tensor: each parameter tensor is a layer (the paper's layer-wise "
-                     "grafting); module: weight and bias together; global: one norm for all")
+                "grafting); module: weight and bias together; global: one norm for all",
+            )
     try:  # no min_value on the inputs: a browser keeps out-of-range values from the server
         forms.check_sizes(data)
-        base = RunConfig(**data, granularity=granularity, steps=int(steps),
-                         batch_size=int(batch), seed=int(seed),
-                         device=st.session_state["shared.device"])
-        configs = forms.lab_configs(base, magnitude, direction,
-                                    reverse=st.session_state["lab.reverse"])
+        base = RunConfig(
+            **data,
+            granularity=granularity,
+            steps=int(steps),
+            batch_size=int(batch),
+            seed=int(seed),
+            device=st.session_state["shared.device"],
+        )
+        configs = forms.lab_configs(
+            base, magnitude, direction, reverse=st.session_state["lab.reverse"]
+        )
         check_fits(base)
         return configs, ""
     except (ValueError, TypeError) as error:
@@ -82,15 +92,19 @@ def form() -> tuple[list[RunConfig] | None, str]:
 def norms_section(runs, task: str) -> None:
     """‖Δ_M‖, ‖Δ_D‖ and their ratio for one layer, then every layer as a heatmap."""
     st.subheader("Per-layer step sizes: the schedule each optimizer implies")
-    st.caption("‖Δ_M‖ is the step M proposes for a layer, ‖Δ_D‖ the step D proposes, at the "
-               "same weights and gradient. M#D moves each layer by ‖Δ_M‖ in D's direction, "
-               "so the ratio ‖Δ_M‖/‖Δ_D‖ is the per-layer learning-rate correction grafting "
-               "applies to D. Runs without D show their own step ‖Δ‖.")
+    st.caption(
+        "‖Δ_M‖ is the step M proposes for a layer, ‖Δ_D‖ the step D proposes, at the "
+        "same weights and gradient. M#D moves each layer by ‖Δ_M‖ in D's direction, "
+        "so the ratio ‖Δ_M‖/‖Δ_D‖ is the per-layer learning-rate correction grafting "
+        "applies to D. Runs without D show their own step ‖Δ‖."
+    )
     labels = dict(zip(runs["run_id"], runs["label"]))
     colors = figures.run_colors(runs["run_id"].tolist())
     plain = runs.loc[runs["config.direction"] == "", "run_id"].tolist()
-    layers = next((names for names in (get_store().layer_norm_names(r)[0]
-                                       for r in runs["run_id"]) if names), [])
+    layers = next(
+        (names for names in (get_store().layer_norm_names(r)[0] for r in runs["run_id"]) if names),
+        [],
+    )
     if not layers:
         st.info("Per-layer norms appear after the first few steps.")
         return
@@ -103,26 +117,38 @@ def norms_section(runs, task: str) -> None:
     with right:
         shown = st.multiselect("Runs", ids, key="lab.norm_runs", format_func=labels.get)
     norms = live.poll_norms(shown, "lab.norm_cache", layer=layer)
-    fig = figures.norm_trajectories(norms, layer=layer, labels={r: labels[r] for r in shown},
-                                    colors=colors, plain=plain, title=f"Layer {layer}",
-                                    x_max=live.steps_of(runs))
+    fig = figures.norm_trajectories(
+        norms,
+        layer=layer,
+        labels={r: labels[r] for r in shown},
+        colors=colors,
+        plain=plain,
+        title=f"Layer {layer}",
+        x_max=live.steps_of(runs),
+    )
     charts.show(fig, key="lab.norm_chart", live=True)
 
     grafted = [r for r in ids if r not in plain] or ids
     keep_valid("lab.heatmap_run", ids, grafted[0])
     left, right = st.columns([1, 2])
     with left:
-        heat_run = st.selectbox("Heatmap of run", ids, key="lab.heatmap_run",
-                                format_func=labels.get)
+        heat_run = st.selectbox(
+            "Heatmap of run", ids, key="lab.heatmap_run", format_func=labels.get
+        )
     with right:
-        quantity = st.selectbox("Quantity", ["ratio", "magnitude_norm", "direction_norm"],
-                                key="lab.heatmap_quantity",
-                                format_func=lambda q: figures.QUANTITIES[q][1])
+        quantity = st.selectbox(
+            "Quantity",
+            ["ratio", "magnitude_norm", "direction_norm"],
+            key="lab.heatmap_quantity",
+            format_func=lambda q: figures.QUANTITIES[q][1],
+        )
     heat = live.poll_norms([heat_run], "lab.norm_cache")
-    fig = figures.norm_heatmap(heat.drop(columns="run_id"), quantity=quantity,
-                               title=f"All layers of {labels[heat_run]}: "
-                                     f"{figures.QUANTITIES[quantity][1]} per step",
-                               x_max=live.steps_of(runs))
+    fig = figures.norm_heatmap(
+        heat.drop(columns="run_id"),
+        quantity=quantity,
+        title=f"All layers of {labels[heat_run]}: {figures.QUANTITIES[quantity][1]} per step",
+        x_max=live.steps_of(runs),
+    )
     charts.show(fig, key="lab.heatmap_chart", live=True)
     live.drop_cache(list(dict.fromkeys([*shown, heat_run])), "lab.norm_cache")
 
@@ -133,9 +159,13 @@ def live_section(group: str, active: bool) -> None:
     def draw(runs) -> None:
         task = forms.task_of(str(runs["config.dataset"].iloc[0]))
         live.progress_panel(runs)
-        st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="lab.smoothing",
-                                help="exponential moving average of the training loss "
-                                     "(0 = raw)")
+        st.columns(3)[0].slider(
+            "Loss smoothing",
+            0.0,
+            0.99,
+            key="lab.smoothing",
+            help="exponential moving average of the training loss (0 = raw)",
+        )
         live.loss_panel(runs, task, prefix="lab", smoothing=st.session_state["lab.smoothing"])
         norms_section(runs, task)
 
@@ -150,8 +180,9 @@ group = live.watched_group("lab", "lab")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-start, stop, col_reverse = live.start_stop("lab", disabled=live.busy("lab", active), active=active,
-                                           why="Stop the runs in progress first")
+start, stop, col_reverse = live.start_stop(
+    "lab", disabled=live.busy("lab", active), active=active, why="Stop the runs in progress first"
+)
 col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
 
 if start:
@@ -166,5 +197,7 @@ if stop and runs is not None:
 if live.attach("lab", group, runs, started=start):
     live_section(group, active)
 elif not group:
-    st.info("Nothing trained yet: choose M and D above and press **Start**. The runs train in "
-            "the background and appear here; saved runs are listed on the **Runs** page.")
+    st.info(
+        "Nothing trained yet: choose M and D above and press **Start**. The runs train in "
+        "the background and appear here; saved runs are listed on the **Runs** page."
+    )

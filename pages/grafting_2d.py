@@ -16,8 +16,11 @@ from ui.state import page_setup
 NATIVE = list(RULES)  # 2-D problems have 1-element tensors: black-box Muon (2-D only) won't fit
 DEFAULTS = {
     **forms.optimizer_defaults("toy", {"magnitude": "adam", "direction": "sgd"}),
-    **{f"toy.{role}.{name}.lr": lr for role in ("magnitude", "direction")
-       for name, lr in PRESETS["quadratic"]["suggested_lr"].items()},
+    **{
+        f"toy.{role}.{name}.lr": lr
+        for role in ("magnitude", "direction")
+        for name, lr in PRESETS["quadratic"]["suggested_lr"].items()
+    },
     "toy.problem": "quadratic",
     "toy.condition": 20.0,
     "toy.noise": 1.0,
@@ -29,8 +32,10 @@ DEFAULTS = {
     "toy.step": 0,
     "toy.start_click": None,
 }
-LAYOUT_TEXT = {"joint": "both parameters form one layer",
-               "per_coordinate": "each parameter is its own layer"}
+LAYOUT_TEXT = {
+    "joint": "both parameters form one layer",
+    "per_coordinate": "each parameter is its own layer",
+}
 INTRO = r"""
 An optimizer step is an arrow in parameter space: it has a **length** and a **direction**.
 *Grafting* M#D takes the direction from optimizer D and the length from optimizer M:
@@ -53,12 +58,24 @@ def _apply_preset() -> None:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def compute(problem: str, options: tuple, magnitude: tuple, direction: tuple,
-            start: tuple, steps: int, layout: str):
+def compute(
+    problem: str,
+    options: tuple,
+    magnitude: tuple,
+    direction: tuple,
+    start: tuple,
+    steps: int,
+    layout: str,
+):
     """The four paths (cached: scrubbing the step slider recomputes nothing)."""
-    return grafted_paths(make_problem(problem, **dict(options)),
-                         (magnitude[0], dict(magnitude[1])), (direction[0], dict(direction[1])),
-                         start=start, steps=steps, layout=layout)
+    return grafted_paths(
+        make_problem(problem, **dict(options)),
+        (magnitude[0], dict(magnitude[1])),
+        (direction[0], dict(direction[1])),
+        start=start,
+        steps=steps,
+        layout=layout,
+    )
 
 
 def _frozen(hparams: dict) -> tuple:
@@ -70,32 +87,53 @@ def controls() -> tuple:
     left, mid, right = st.columns(3, gap="large")
     with left:
         st.markdown("**Problem**")
-        st.selectbox("problem", list(PRESETS), key="toy.problem", on_change=_apply_preset,
-                     label_visibility="collapsed")
+        st.selectbox(
+            "problem",
+            list(PRESETS),
+            key="toy.problem",
+            on_change=_apply_preset,
+            label_visibility="collapsed",
+        )
         problem = st.session_state["toy.problem"]
         options = {}
         if "condition" in PRESETS[problem]["defaults"]:
-            options["condition"] = st.slider("condition number κ (how narrow the valley)",
-                                             1.0, 100.0, key="toy.condition")
+            options["condition"] = st.slider(
+                "condition number κ (how narrow the valley)", 1.0, 100.0, key="toy.condition"
+            )
         if "noise" in PRESETS[problem]["defaults"]:
             options["noise"] = st.slider("gradient noise (std)", 0.0, 5.0, key="toy.noise")
-            options["seed"] = st.number_input("noise seed", min_value=0, step=1,
-                                              key="toy.noise_seed")
+            options["seed"] = st.number_input(
+                "noise seed", min_value=0, step=1, key="toy.noise_seed"
+            )
         a, b = st.columns(2)
         x = a.number_input("start x", key="toy.x", step=0.1, format="%g")
         y = b.number_input("start y", key="toy.y", step=0.1, format="%g")
         steps = st.slider("steps", 10, 300, key="toy.steps")
-        layout = st.radio("grafting layers", LAYOUTS, key="toy.layout",
-                          format_func=LAYOUT_TEXT.get, horizontal=True)
+        layout = st.radio(
+            "grafting layers",
+            LAYOUTS,
+            key="toy.layout",
+            format_func=LAYOUT_TEXT.get,
+            horizontal=True,
+        )
         if layout == "per_coordinate":
-            st.caption("With one parameter per layer, M#D moves each coordinate by |Δ_M| in "
-                       "the sign of Δ_D: only the sign of D's step matters.")
+            st.caption(
+                "With one parameter per layer, M#D moves each coordinate by |Δ_M| in "
+                "the sign of Δ_D: only the sign of D's step matters."
+            )
     with mid:
         magnitude = forms.optimizer_picker("toy", "magnitude", NATIVE)
     with right:
         direction = forms.optimizer_picker("toy", "direction", NATIVE)
-    return (problem, tuple(sorted(options.items())), (magnitude[0], _frozen(magnitude[1])),
-            (direction[0], _frozen(direction[1])), (x, y), int(steps), layout)
+    return (
+        problem,
+        tuple(sorted(options.items())),
+        (magnitude[0], _frozen(magnitude[1])),
+        (direction[0], _frozen(direction[1])),
+        (x, y),
+        int(steps),
+        layout,
+    )
 
 
 def _start_from_click() -> None:
@@ -115,9 +153,11 @@ def reading(paths) -> str:
     """One sentence on this picture, computed from the paths' final losses."""
     final = {k: float(p.losses[-1]) for k, p in paths.items()}
     closer = "M" if abs(final["M#D"] - final["M"]) <= abs(final["M#D"] - final["D"]) else "D"
-    return (f"Final loss: M {final['M']:.3g}, D {final['D']:.3g}, M#D {final['M#D']:.3g}, "
-            f"D#M {final['D#M']:.3g}. Here M#D ended closer to **{closer}**"
-            + (" (magnitude decided)." if closer == "M" else " (direction decided)."))
+    return (
+        f"Final loss: M {final['M']:.3g}, D {final['D']:.3g}, M#D {final['M#D']:.3g}, "
+        f"D#M {final['D#M']:.3g}. Here M#D ended closer to **{closer}**"
+        + (" (magnitude decided)." if closer == "M" else " (direction decided).")
+    )
 
 
 def main() -> None:
@@ -140,8 +180,12 @@ def main() -> None:
     steps = args[5]
     st.session_state["toy.step"] = min(st.session_state["toy.step"], steps - 1)
     step = st.slider("step (arrows drawn at this step of M#D)", 0, steps - 1, key="toy.step")
-    charts.show(figures_2d.paths_figure(problem, paths, step, clickable=True),
-                key="toy.paths", on_select="rerun", selection_mode="points")
+    charts.show(
+        figures_2d.paths_figure(problem, paths, step, clickable=True),
+        key="toy.paths",
+        on_select="rerun",
+        selection_mode="points",
+    )
     st.caption("Click anywhere on the contour plot to start the paths from there.")
     st.markdown(reading(paths))
     charts.show(figures_2d.curves_figure(paths), key="toy.curves")
@@ -149,9 +193,13 @@ def main() -> None:
         with st.spinner("Building one frame per step…"):
             st.session_state["toy.html"] = figures_2d.export_html(problem, paths)
     if st.session_state.get("toy.html"):
-        st.download_button("Download HTML (works offline)", st.session_state["toy.html"],
-                           file_name=f"grafting_{problem.name}.html", mime="text/html",
-                           key="toy.download")
+        st.download_button(
+            "Download HTML (works offline)",
+            st.session_state["toy.html"],
+            file_name=f"grafting_{problem.name}.html",
+            mime="text/html",
+            key="toy.download",
+        )
 
 
 main()

@@ -40,8 +40,12 @@ from ui.state import keep_valid, page_setup
 MAX_RUNS = 100  # a bigger grid belongs on the command line (python -m grafting_core grid)
 MODES = {"grid": "Fixed learning rates (grid)", "tuned": "Tuned comparison (each lr swept)"}
 FACTORS = {math.sqrt(10): "half a decade (× 3.16)", 10.0: "a decade (× 10)", 2.0: "× 2"}
-SCHEDULE_NAMES = {"constant": "constant", "cosine": "cosine decay", "linear": "linear decay",
-                  "warmup_cosine": "warm-up + cosine"}
+SCHEDULE_NAMES = {
+    "constant": "constant",
+    "cosine": "cosine decay",
+    "linear": "linear decay",
+    "warmup_cosine": "warm-up + cosine",
+}
 DEFAULTS = {
     **forms.data_model_defaults("grid"),
     "grid.mode": "grid",  # the URL's group decides on a session's first run (mode_of_url)
@@ -91,24 +95,32 @@ def mode_of_url() -> str:
 
 def optimizer_inputs() -> dict[str, tuple[str, dict]]:
     """The chosen lab optimizers, each with its edited learning rate."""
-    labels = st.multiselect("Optimizers (each is tried as M and as D)", list(LAB_OPTIMIZERS),
-                            key="grid.optimizers",
-                            help="The lab's presets; momentum, betas etc. keep their defaults.")
+    labels = st.multiselect(
+        "Optimizers (each is tried as M and as D)",
+        list(LAB_OPTIMIZERS),
+        key="grid.optimizers",
+        help="The lab's presets; momentum, betas etc. keep their defaults.",
+    )
     chosen = {}
     columns = st.columns(3)
     for i, label in enumerate(labels):
         name, hparams = LAB_OPTIMIZERS[label]
         with columns[i % 3]:
-            lr = st.number_input(f"{label} lr", key=f"grid.lr.{label}", format="%g",
-                                 step=forms.increment(float(hparams["lr"])),
-                                 help=f"{label}'s learning rate, used when it is M and when "
-                                      "it is D (in a tuned comparison: its sweep's centre)")
+            lr = st.number_input(
+                f"{label} lr",
+                key=f"grid.lr.{label}",
+                format="%g",
+                step=forms.increment(float(hparams["lr"])),
+                help=f"{label}'s learning rate, used when it is M and when "
+                "it is D (in a tuned comparison: its sweep's centre)",
+            )
         chosen[label] = (name, {**hparams, "lr": float(lr)})
     return chosen
 
 
-def common_form(seeds_key: str) -> tuple[dict, dict, int, int, str,
-                                          st.delta_generator.DeltaGenerator]:
+def common_form(
+    seeds_key: str,
+) -> tuple[dict, dict, int, int, str, st.delta_generator.DeltaGenerator]:
     """The widgets both modes share; returns (optimizers, data and model settings, steps,
     batch size, seeds as typed, the column where the run count goes)."""
     col_opt, col_data, col_run = st.columns(3, gap="large")
@@ -122,9 +134,12 @@ def common_form(seeds_key: str) -> tuple[dict, dict, int, int, str,
         st.markdown("**Training loop**")
         steps = st.number_input("Steps", step=100, key="grid.steps")  # no min_value: see
         batch = st.number_input("Batch size", step=16, key="grid.batch_size")  # check_sizes
-        seeds = st.text_input("Seeds", key=seeds_key,
-                              help="whole numbers separated by commas, e.g. 0, 1, 2: every "
-                                   "run is trained once per seed")
+        seeds = st.text_input(
+            "Seeds",
+            key=seeds_key,
+            help="whole numbers separated by commas, e.g. 0, 1, 2: every "
+            "run is trained once per seed",
+        )
     return optimizers, data, int(steps), int(batch), seeds, col_run
 
 
@@ -134,18 +149,23 @@ def form() -> tuple[list[RunConfig] | None, str]:
     try:
         seeds = forms.parse_numbers(seeds_text, field="seeds", integer=True)
         forms.check_sizes(data)
-        base = RunConfig(**data, steps=steps, batch_size=batch,
-                         device=st.session_state["shared.device"])
+        base = RunConfig(
+            **data, steps=steps, batch_size=batch, device=st.session_state["shared.device"]
+        )
         check_fits(base)
         configs = grid_configs(base, optimizers, seeds)
     except (ValueError, TypeError) as error:
         return None, str(error)
     if len(configs) > MAX_RUNS:
-        return None, (f"{len(configs)} runs ({len(optimizers)}² pairs × {len(seeds)} seeds) is "
-                      f"more than this page trains ({MAX_RUNS}); choose fewer, or use "
-                      "`python -m grafting_core grid`.")
-    col_run.caption(f"{len(configs)} runs: {len(optimizers)}² pairs × {len(seeds)} "
-                    f"seed{'s' if len(seeds) > 1 else ''}, {get_jobs().max_workers} at a time.")
+        return None, (
+            f"{len(configs)} runs ({len(optimizers)}² pairs × {len(seeds)} seeds) is "
+            f"more than this page trains ({MAX_RUNS}); choose fewer, or use "
+            "`python -m grafting_core grid`."
+        )
+    col_run.caption(
+        f"{len(configs)} runs: {len(optimizers)}² pairs × {len(seeds)} "
+        f"seed{'s' if len(seeds) > 1 else ''}, {get_jobs().max_workers} at a time."
+    )
     return configs, ""
 
 
@@ -154,20 +174,39 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
     percent, schedule)."""
     st.markdown("**Learning-rate sweep and schedule** (every run of the comparison)")
     cols = st.columns(5)
-    points = cols[0].number_input("Sweep points", min_value=2, max_value=15, key="grid.points",
-                                  help="lrs in each optimizer's first sweep, centred on its lr")
-    factor = cols[1].selectbox("Step between lrs", list(FACTORS), key="grid.factor",
-                               format_func=FACTORS.get)
+    points = cols[0].number_input(
+        "Sweep points",
+        min_value=2,
+        max_value=15,
+        key="grid.points",
+        help="lrs in each optimizer's first sweep, centred on its lr",
+    )
+    factor = cols[1].selectbox(
+        "Step between lrs", list(FACTORS), key="grid.factor", format_func=FACTORS.get
+    )
     extensions = cols[2].number_input(
-        "Extensions", min_value=0, max_value=5, key="grid.extensions",
+        "Extensions",
+        min_value=0,
+        max_value=5,
+        key="grid.extensions",
         help="while an optimizer's best lr sits at its grid's edge, one more lr beyond that "
-             "edge (all seeds), at most this many times")
-    schedule = cols[3].selectbox("Schedule", SCHEDULES, key="grid.schedule",
-                                 format_func=SCHEDULE_NAMES.get,
-                                 help="of every run's lr (a graft's: M's lr)")
-    warmup = cols[4].number_input("Warm-up (% of steps)", min_value=0, max_value=100, step=5,
-                                  key="grid.warmup_percent",
-                                  disabled=schedule != "warmup_cosine")
+        "edge (all seeds), at most this many times",
+    )
+    schedule = cols[3].selectbox(
+        "Schedule",
+        SCHEDULES,
+        key="grid.schedule",
+        format_func=SCHEDULE_NAMES.get,
+        help="of every run's lr (a graft's: M's lr)",
+    )
+    warmup = cols[4].number_input(
+        "Warm-up (% of steps)",
+        min_value=0,
+        max_value=100,
+        step=5,
+        key="grid.warmup_percent",
+        disabled=schedule != "warmup_cosine",
+    )
     try:
         plan = SweepPlan(points=int(points), factor=float(factor), extensions=int(extensions))
     except ValueError as error:
@@ -188,8 +227,14 @@ def tuned_form() -> tuple[dict | None, str]:
             raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
         warmup_steps = steps * warmup // 100 if schedule == "warmup_cosine" else 0
         forms.check_sizes(data)
-        base = RunConfig(**data, steps=steps, batch_size=batch, schedule=schedule,
-                         warmup_steps=warmup_steps, device=st.session_state["shared.device"])
+        base = RunConfig(
+            **data,
+            steps=steps,
+            batch_size=batch,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            device=st.session_state["shared.device"],
+        )
         check_fits(base)
         grid_configs(base, optimizers, seeds)  # every optimizer's settings, alone and grafted
         for label, (_, hparams) in optimizers.items():
@@ -201,8 +246,10 @@ def tuned_form() -> tuple[dict | None, str]:
         return None, str(error)
     low, high = run_count(len(optimizers), len(seeds), plan)
     if high > MAX_RUNS:
-        return None, (f"Up to {high} runs is more than this page trains ({MAX_RUNS}); choose "
-                      "fewer, or use `python -m grafting_core compare`.")
+        return None, (
+            f"Up to {high} runs is more than this page trains ({MAX_RUNS}); choose "
+            "fewer, or use `python -m grafting_core compare`."
+        )
     col_run.caption(count_text(len(optimizers), len(seeds), plan))
     return {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}, ""
 
@@ -217,12 +264,15 @@ def count_text(arms: int, seeds: int, plan: SweepPlan) -> str:
     """``2 optimizers × 5 lrs × 3 seeds = 30 sweep runs, ...``: what Start will train."""
     low, high = run_count(arms, seeds, plan)
     s = "s" if seeds > 1 else ""
-    more = f", up to {high - low} more while a best lr sits at its grid's edge" \
-        if high > low else ""
+    more = (
+        f", up to {high - low} more while a best lr sits at its grid's edge" if high > low else ""
+    )
     total = f"{low}–{high}" if high > low else f"{low}"
-    return (f"{arms} optimizers × {plan.points} lrs × {seeds} seed{s} = "
-            f"{arms * plan.points * seeds} sweep runs{more}, then {arms * (arms - 1)} grafts × "
-            f"{seeds} seed{s}: {total} runs, {get_jobs().max_workers} at a time.")
+    return (
+        f"{arms} optimizers × {plan.points} lrs × {seeds} seed{s} = "
+        f"{arms * plan.points * seeds} sweep runs{more}, then {arms * (arms - 1)} grafts × "
+        f"{seeds} seed{s}: {total} runs, {get_jobs().max_workers} at a time."
+    )
 
 
 def cell_notes(table: pd.DataFrame, runs: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
@@ -246,39 +296,57 @@ def results(group: str, runs: pd.DataFrame) -> None:
     task = forms.task_of(str(runs["config.dataset"].iloc[0]))
     metrics = ["val_loss"] + (["val_accuracy"] if task != "regression" else [])
     keep_valid("grid.metric", metrics, "val_loss")
-    metric = st.columns(3)[0].selectbox("Colour the cells by", metrics, key="grid.metric",
-                                        format_func=METRICS.get)
+    metric = st.columns(3)[0].selectbox(
+        "Colour the cells by", metrics, key="grid.metric", format_func=METRICS.get
+    )
     seeds = sorted(set(runs["config.seed"].astype(int)))
-    st.caption(f"Grid `{group}`: {live.settings_text(runs.iloc[0])}, "
-               f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.")
+    st.caption(
+        f"Grid `{group}`: {live.settings_text(runs.iloc[0])}, "
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}."
+    )
     table = grid_table(get_store(), group)
     finished = table[table["status"] == "finished"]
     order = list(dict.fromkeys(table["magnitude"]))
-    matrix = grid_matrix(finished, metric).reindex(index=order, columns=order) \
-        if not finished.empty else pd.DataFrame(index=order, columns=order, dtype=float)
+    matrix = (
+        grid_matrix(finished, metric).reindex(index=order, columns=order)
+        if not finished.empty
+        else pd.DataFrame(index=order, columns=order, dtype=float)
+    )
     if metric == "val_loss":
         z_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
     else:
         z_title = "final validation<br>accuracy (fraction)"
-    fig = experiment_figures.grid_heatmap(matrix, z_title=z_title,
-                                          notes=cell_notes(table, runs, matrix),
-                                          lower_is_better=metric == "val_loss",
-                                          title=f"{METRICS[metric].capitalize()} of M#D "
-                                                "(mean over seeds; diagonal = plain optimizer)")
+    fig = experiment_figures.grid_heatmap(
+        matrix,
+        z_title=z_title,
+        notes=cell_notes(table, runs, matrix),
+        lower_is_better=metric == "val_loss",
+        title=f"{METRICS[metric].capitalize()} of M#D "
+        "(mean over seeds; diagonal = plain optimizer)",
+    )
     charts.show(fig, key="grid.heatmap", live=True)
     what = "the final validation loss" if metric == "val_loss" else "the final accuracy"
     st.markdown(f"**Reading:** {grid_reading(table, metric, what=what)}")
-    st.caption("Spread = max − min of the finished cells, averaged over rows (or columns); "
-               "rows are judged more alike when their spread is at most 2/3 of the columns'.")
+    st.caption(
+        "Spread = max − min of the finished cells, averaged over rows (or columns); "
+        "rows are judged more alike when their spread is at most 2/3 of the columns'."
+    )
     with st.expander("Every run of the grid"):
         columns = ["magnitude", "direction", "seed", "status", *metrics, "run_id"]
-        st.dataframe(table[columns], hide_index=True, key="grid.table",
-                     column_config={m: st.column_config.NumberColumn(format="%.4f")
-                                    for m in metrics})
-        st.slider("Loss smoothing", 0.0, 0.99, key="grid.smoothing",
-                  help="exponential moving average of the training loss (0 = raw)")
-        live.loss_panel(runs, task, prefix="grid",
-                        smoothing=st.session_state["grid.smoothing"])
+        st.dataframe(
+            table[columns],
+            hide_index=True,
+            key="grid.table",
+            column_config={m: st.column_config.NumberColumn(format="%.4f") for m in metrics},
+        )
+        st.slider(
+            "Loss smoothing",
+            0.0,
+            0.99,
+            key="grid.smoothing",
+            help="exponential moving average of the training loss (0 = raw)",
+        )
+        live.loss_panel(runs, task, prefix="grid", smoothing=st.session_state["grid.smoothing"])
 
 
 def live_section(group: str, active: bool) -> None:
@@ -297,17 +365,23 @@ def phase_text(runs: pd.DataFrame, group: str) -> str:
     done = runs["status"].isin(live.TERMINAL)
     text = f"Sweeps: {int((done & ~grafts).sum())} of {int((~grafts).sum())} runs done"
     if grafts.any():
-        return text + f"; grafts at M's tuned lr: {int((done & grafts).sum())} of " \
-                      f"{int(grafts.sum())} done"
-    return text + ("; the grafts start when every sweep has settled" if orchestrating(group)
-                   else "; no grafts were started")
+        return (
+            text + f"; grafts at M's tuned lr: {int((done & grafts).sum())} of "
+            f"{int(grafts.sum())} done"
+        )
+    return text + (
+        "; the grafts start when every sweep has settled"
+        if orchestrating(group)
+        else "; no grafts were started"
+    )
 
 
 def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
     """What became of each lr of ``arm``'s sweep that has an unfinished run: "training…"
     while one is queued or training, else its runs' ends ("stopped", "diverged" ...)."""
-    sweep = runs[(runs["magnitude_arm"] == arm) & (runs["role"] != "graft")
-                 & (runs["status"] != "finished")]
+    sweep = runs[
+        (runs["magnitude_arm"] == arm) & (runs["role"] != "graft") & (runs["status"] != "finished")
+    ]
     notes = {}
     for lr, cell in sweep.groupby(LR_COLUMN):
         ends = set(cell["status"])
@@ -317,15 +391,26 @@ def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
 
 def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     """One row per pair: the three arms' means and stds, the position, the verdict and why."""
-    return pd.DataFrame({
-        "pair": verdicts["magnitude"] + "#" + verdicts["direction"],
-        "M#D mean": verdicts["graft_mean"], "M#D std": verdicts["graft_std"],
-        "M mean": verdicts["magnitude_mean"], "M std": verdicts["magnitude_std"],
-        "D mean": verdicts["direction_mean"], "D std": verdicts["direction_std"],
-        "seeds": verdicts["graft_seeds"], "position": verdicts["position"],
-        "verdict": [closer_to_words(v, m, d) for v, m, d in
-                    zip(verdicts["verdict"], verdicts["magnitude"], verdicts["direction"])],
-        "reason": verdicts["reason"]})
+    return pd.DataFrame(
+        {
+            "pair": verdicts["magnitude"] + "#" + verdicts["direction"],
+            "M#D mean": verdicts["graft_mean"],
+            "M#D std": verdicts["graft_std"],
+            "M mean": verdicts["magnitude_mean"],
+            "M std": verdicts["magnitude_std"],
+            "D mean": verdicts["direction_mean"],
+            "D std": verdicts["direction_std"],
+            "seeds": verdicts["graft_seeds"],
+            "position": verdicts["position"],
+            "verdict": [
+                closer_to_words(v, m, d)
+                for v, m, d in zip(
+                    verdicts["verdict"], verdicts["magnitude"], verdicts["direction"]
+                )
+            ],
+            "reason": verdicts["reason"],
+        }
+    )
 
 
 def tuned_text(runs: pd.DataFrame, sweep: pd.DataFrame, running: bool) -> str:
@@ -333,13 +418,22 @@ def tuned_text(runs: pd.DataFrame, sweep: pd.DataFrame, running: bool) -> str:
     comparison marked tuned (none while the sweeps train, nor when they were stopped)."""
     tuned = runs[runs["role"] == "tuned"].drop_duplicates("magnitude_arm")
     edge = sweep[sweep["best"] & sweep["at_edge"]]
-    parts = [f"**{arm}** {lr:.3g}" + (" (best at the grid's edge: the true best may lie "
-                                      "beyond it)" if arm in set(edge["arm"]) else "")
-             for arm, lr in zip(tuned["magnitude_arm"], tuned[LR_COLUMN].astype(float))]
+    parts = [
+        f"**{arm}** {lr:.3g}"
+        + (
+            " (best at the grid's edge: the true best may lie beyond it)"
+            if arm in set(edge["arm"])
+            else ""
+        )
+        for arm, lr in zip(tuned["magnitude_arm"], tuned[LR_COLUMN].astype(float))
+    ]
     if parts:
         return "Tuned lrs: " + ", ".join(parts) + "."
-    return ("No tuned lr yet: each is chosen when its sweep has settled." if running
-            else "No tuned lr: the comparison ended before its sweeps did.")
+    return (
+        "No tuned lr yet: each is chosen when its sweep has settled."
+        if running
+        else "No tuned lr: the comparison ended before its sweeps did."
+    )
 
 
 def comparison_results(group: str, runs: pd.DataFrame) -> None:
@@ -349,9 +443,11 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
     result = read_comparison(get_store(), group)
     seeds = sorted(set(runs["config.seed"].astype(int)))
     first = runs.iloc[0]
-    st.caption(f"Comparison `{group}`: {live.settings_text(first)}, "
-               f"{SCHEDULE_NAMES[first['config.schedule']]} schedule, seeds "
-               f"{', '.join(map(str, seeds))}.")
+    st.caption(
+        f"Comparison `{group}`: {live.settings_text(first)}, "
+        f"{SCHEDULE_NAMES[first['config.schedule']]} schedule, seeds "
+        f"{', '.join(map(str, seeds))}."
+    )
     y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
     st.subheader("Learning-rate sweeps")
     arms = list(dict.fromkeys(runs.loc[runs["role"] != "graft", "magnitude_arm"]))
@@ -360,32 +456,49 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
     for i, arm in enumerate(arms):
         with columns[i % len(columns)]:
             fig = experiment_figures.lr_sweep(
-                result.sweep[result.sweep["arm"] == arm], y_title=y_title,
-                notes=lr_notes(runs, arm), settled=arm in tuned, title=f"{arm}'s sweep")
+                result.sweep[result.sweep["arm"] == arm],
+                y_title=y_title,
+                notes=lr_notes(runs, arm),
+                settled=arm in tuned,
+                title=f"{arm}'s sweep",
+            )
             charts.show(fig, key=f"grid.tuned.sweep.{arm}", live=True)
     running = orchestrating(group)
     st.markdown(tuned_text(runs, result.sweep, running))
-    st.caption("Each M#D trains with **M's tuned lr**: M sets every layer's step size. "
-               "**D's lr cancels** in ‖Δ_M‖/‖Δ_D‖ · Δ_D; D keeps its other tuned settings.")
+    st.caption(
+        "Each M#D trains with **M's tuned lr**: M sets every layer's step size. "
+        "**D's lr cancels** in ‖Δ_M‖/‖Δ_D‖ · Δ_D; D keeps its other tuned settings."
+    )
     st.subheader("Verdicts: is M#D closer to M or to D?")
     if result.verdicts.empty:
-        st.info("The verdicts come when the grafts M#D have trained, after the sweeps."
-                if running else "No verdicts: the comparison ended before its grafts trained.")
+        st.info(
+            "The verdicts come when the grafts M#D have trained, after the sweeps."
+            if running
+            else "No verdicts: the comparison ended before its grafts trained."
+        )
     else:
-        fig = experiment_figures.verdict_points(result.verdicts, y_title=y_title,
-                                                title="Tuned M, M#D and tuned D: mean over "
-                                                      "seeds, ± std")
+        fig = experiment_figures.verdict_points(
+            result.verdicts,
+            y_title=y_title,
+            title="Tuned M, M#D and tuned D: mean over seeds, ± std",
+        )
         charts.show(fig, key="grid.tuned.verdicts", live=True)
         numbers = ["M#D mean", "M#D std", "M mean", "M std", "D mean", "D std", "position"]
-        st.table(verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers)
-                 .hide(axis="index"))  # a static table: the reasons wrap instead of clipping
-        st.caption("position = (M#D − M) / (D − M): 0 on M, 1 on D. A verdict needs M and D "
-                   "apart, and M#D off their midpoint, by more than twice the standard error "
-                   "of the seeds; otherwise it says *cannot tell*.")
+        st.table(
+            verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers).hide(axis="index")
+        )  # a static table: the reasons wrap instead of clipping
+        st.caption(
+            "position = (M#D − M) / (D − M): 0 on M, 1 on D. A verdict needs M and D "
+            "apart, and M#D off their midpoint, by more than twice the standard error "
+            "of the seeds; otherwise it says *cannot tell*."
+        )
     with st.expander("Every run of the comparison"):
         table = runs[["label", "role", LR_COLUMN, "config.seed", "status", "run_id"]]
-        st.dataframe(table.rename(columns={LR_COLUMN: "lr (M's)", "config.seed": "seed"}),
-                     hide_index=True, key="grid.tuned.runs")
+        st.dataframe(
+            table.rename(columns={LR_COLUMN: "lr (M's)", "config.seed": "seed"}),
+            hide_index=True,
+            key="grid.tuned.runs",
+        )
 
 
 def comparison_section(group: str, active: bool) -> None:
@@ -395,13 +508,17 @@ def comparison_section(group: str, active: bool) -> None:
         state = comparison_state(group)
         if state is not None and state.error:
             st.error(f"The comparison ended early: {state.error}")
-        st.progress(float(runs["status"].isin(live.TERMINAL).mean()),
-                    text=phase_text(runs, group))
+        st.progress(float(runs["status"].isin(live.TERMINAL).mean()), text=phase_text(runs, group))
         live.progress_panel(runs[runs["status"].isin(["failed", "interrupted"])])
         comparison_results(group, runs)
 
-    live.redraw_while_live("grid.tuned", lambda: live.group_runs(group), active, draw,
-                           is_live=lambda runs: live.is_active(runs) or orchestrating(group))
+    live.redraw_while_live(
+        "grid.tuned",
+        lambda: live.group_runs(group),
+        active,
+        draw,
+        is_live=lambda runs: live.is_active(runs) or orchestrating(group),
+    )
 
 
 def grid_mode() -> None:
@@ -410,8 +527,12 @@ def grid_mode() -> None:
     group = live.watched_group("grid", "grid")
     runs = live.group_runs(group) if group else None
     active = runs is not None and live.is_active(runs)
-    start, stop, _ = live.start_stop("grid", disabled=live.busy("grid", active), active=active,
-                                     why="Stop the grid in progress first")
+    start, stop, _ = live.start_stop(
+        "grid",
+        disabled=live.busy("grid", active),
+        active=active,
+        why="Stop the grid in progress first",
+    )
     if start:
         if configs is None:
             st.error(f"Not started: {problem}")
@@ -424,8 +545,10 @@ def grid_mode() -> None:
     if live.attach("grid", group, runs, started=start, what="grid"):
         live_section(group, active)
     elif not group:
-        st.info("No grid yet: choose the optimizers above and press **Start**. Every M#D "
-                "pair trains in the background and its cell fills in when it finishes.")
+        st.info(
+            "No grid yet: choose the optimizers above and press **Start**. Every M#D "
+            "pair trains in the background and its cell fills in when it finishes."
+        )
 
 
 def tuned_mode() -> None:
@@ -435,10 +558,16 @@ def tuned_mode() -> None:
     group = live.watched_group("grid.tuned", "compare")
     runs = live.group_runs(group) if group else None
     active = bool(group) and (orchestrating(group) or live.is_active(runs))
-    start, stop, rest = live.start_stop("grid.tuned", disabled=live.busy("grid.tuned", active),
-                                        active=active, why="Stop the comparison in progress first")
-    rest.caption("A comparison in progress is run by this app's server: it ends if the server "
-                 "stops (runs already trained are kept).")
+    start, stop, rest = live.start_stop(
+        "grid.tuned",
+        disabled=live.busy("grid.tuned", active),
+        active=active,
+        why="Stop the comparison in progress first",
+    )
+    rest.caption(
+        "A comparison in progress is run by this app's server: it ends if the server "
+        "stops (runs already trained are kept)."
+    )
     if start:
         if request is None:
             st.error(f"Not started: {problem}")
@@ -447,23 +576,34 @@ def tuned_mode() -> None:
             st.rerun()
     if stop and group:
         stop_comparison(group)
-        st.toast("Stopping: no further phase starts; queued runs never start, running ones "
-                 "end within 10 steps.")
-    if live.attach("grid.tuned", group, runs, started=start or orchestrating(group),
-                   what="comparison"):
+        st.toast(
+            "Stopping: no further phase starts; queued runs never start, running ones "
+            "end within 10 steps."
+        )
+    if live.attach(
+        "grid.tuned", group, runs, started=start or orchestrating(group), what="comparison"
+    ):
         comparison_section(group, active)
     elif not group:
-        st.info("No comparison yet: choose the optimizers and the sweep above and press "
-                "**Start**. The sweeps train first, then the grafts; the figures fill in as "
-                "runs finish.")
+        st.info(
+            "No comparison yet: choose the optimizers and the sweep above and press "
+            "**Start**. The sweeps train first, then the grafts; the figures fill in as "
+            "runs finish."
+        )
 
 
 page_setup({**DEFAULTS, "grid.mode": mode_of_url()})
 st.title("Grid")
 st.markdown(INTRO)
-mode = st.radio("What to train", list(MODES), format_func=MODES.get, key="grid.mode",
-                horizontal=True, help="A grid trains every M#D at the lrs you type; a tuned "
-                                      "comparison first tunes each optimizer's lr.")
+mode = st.radio(
+    "What to train",
+    list(MODES),
+    format_func=MODES.get,
+    key="grid.mode",
+    horizontal=True,
+    help="A grid trains every M#D at the lrs you type; a tuned "
+    "comparison first tunes each optimizer's lr.",
+)
 if mode == "tuned":
     tuned_mode()
 else:

@@ -46,8 +46,10 @@ def _rerun_config(run_id: str) -> None:
         return
     group, (new_id,) = start_group([config])
     st.session_state["lab.group"] = group
-    st.session_state["runs.flash"] = (f"success:Started run `{new_id}` with the same config "
-                                      f"(group `{group}`); the Graft lab page shows it live.")
+    st.session_state["runs.flash"] = (
+        f"success:Started run `{new_id}` with the same config "
+        f"(group `{group}`); the Graft lab page shows it live."
+    )
 
 
 def _export_tensorboard(run_ids: list[str]) -> None:
@@ -58,8 +60,10 @@ def _export_tensorboard(run_ids: list[str]) -> None:
     except ImportError as error:
         st.session_state["runs.flash"] = f"error:{error}"
         return
-    st.session_state["runs.flash"] = (f"success:Exported {len(run_ids)} run(s) to `{out}`; "
-                                      f"view them with `tensorboard --logdir {out}`.")
+    st.session_state["runs.flash"] = (
+        f"success:Exported {len(run_ids)} run(s) to `{out}`; "
+        f"view them with `tensorboard --logdir {out}`."
+    )
 
 
 def _ask_delete(run_id: str) -> None:
@@ -94,8 +98,7 @@ def compare(runs, labels: dict[str, str]) -> None:
         newest = runs["group"].iloc[0]
         chosen = runs.loc[runs["group"] == newest, "run_id"].tolist()[:6] if newest else ids[:1]
     st.session_state["runs.compare"] = [r for r in chosen if r in ids]
-    selected = st.multiselect("Runs to overlay", ids, key="runs.compare",
-                              format_func=labels.get)
+    selected = st.multiselect("Runs to overlay", ids, key="runs.compare", format_func=labels.get)
     if not selected:
         st.caption("Pick one or more runs above to draw their curves.")
         return
@@ -108,8 +111,9 @@ def compare(runs, labels: dict[str, str]) -> None:
     if st.session_state["runs.metric"] not in names:
         st.session_state["runs.metric"] = names[0]
     left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
-    metric = left.selectbox("Metric", names, key="runs.metric",
-                            format_func=figures.METRIC_TITLES.get)
+    metric = left.selectbox(
+        "Metric", names, key="runs.metric", format_func=figures.METRIC_TITLES.get
+    )
     smoothing = middle.slider("Smoothing", 0.0, 0.99, key="runs.smoothing")
     log_y = right.checkbox("Log scale", key="runs.log_y")
     chosen = runs[runs["run_id"].isin(selected)].iloc[::-1]  # oldest first, as on Graft lab
@@ -117,24 +121,48 @@ def compare(runs, labels: dict[str, str]) -> None:
     tasks = {forms.task_of(str(d)) for d in chosen["config.dataset"]}
     y_title = figures.METRIC_TITLES[metric]
     if metric in ("train_loss", "val_loss") and len(tasks) == 1:
-        y_title = live.loss_title(tasks.pop(), "training" if metric == "train_loss"
-                                  else "validation")
-    fig = figures.metric_curves(metrics, metric=metric, smoothing=smoothing, log_y=log_y,
-                                labels={r: legend[r] for r in chosen["run_id"]},
-                                title=figures.METRIC_TITLES[metric], y_title=y_title)
+        y_title = live.loss_title(
+            tasks.pop(), "training" if metric == "train_loss" else "validation"
+        )
+    fig = figures.metric_curves(
+        metrics,
+        metric=metric,
+        smoothing=smoothing,
+        log_y=log_y,
+        labels={r: legend[r] for r in chosen["run_id"]},
+        title=figures.METRIC_TITLES[metric],
+        y_title=y_title,
+    )
     charts.show(fig, key="runs.chart")
     col_csv, col_html, col_tb, col_note = st.columns([1, 1, 1, 2], vertical_alignment="center")
-    col_csv.download_button("Metrics (CSV)", catalog.metrics_csv(store, selected),
-                            file_name="metrics.csv", mime="text/csv", key="runs.csv",
-                            on_click="ignore")
-    col_html.download_button("Chart (HTML)", lambda: figures.figure_html(fig),
-                             file_name=f"{metric}.html", mime="text/html", key="runs.html",
-                             on_click="ignore")
-    col_tb.button("TensorBoard", key="runs.tensorboard", on_click=_export_tensorboard,
-                  args=(selected,), help="Write these runs' metrics, per-layer norms and "
-                  "configs as TensorBoard event files next to the run store")
-    col_note.caption("PNG: the camera icon at the chart's top right. The CSV has every "
-                     "recorded step, the chart at most 2000 points per run.")
+    col_csv.download_button(
+        "Metrics (CSV)",
+        catalog.metrics_csv(store, selected),
+        file_name="metrics.csv",
+        mime="text/csv",
+        key="runs.csv",
+        on_click="ignore",
+    )
+    col_html.download_button(
+        "Chart (HTML)",
+        lambda: figures.figure_html(fig),
+        file_name=f"{metric}.html",
+        mime="text/html",
+        key="runs.html",
+        on_click="ignore",
+    )
+    col_tb.button(
+        "TensorBoard",
+        key="runs.tensorboard",
+        on_click=_export_tensorboard,
+        args=(selected,),
+        help="Write these runs' metrics, per-layer norms and "
+        "configs as TensorBoard event files next to the run store",
+    )
+    col_note.caption(
+        "PNG: the camera icon at the chart's top right. The CSV has every "
+        "recorded step, the chart at most 2000 points per run."
+    )
 
 
 def details(runs, labels: dict[str, str]) -> None:
@@ -151,18 +179,30 @@ def details(runs, labels: dict[str, str]) -> None:
         st.error(record["error"])
     running = record["status"] == "running"
     col_rerun, col_stop, col_delete, _ = st.columns([1, 1, 1, 3])
-    col_rerun.button("Re-run this config", key="runs.rerun", on_click=_rerun_config,
-                     args=(run_id,))
+    col_rerun.button("Re-run this config", key="runs.rerun", on_click=_rerun_config, args=(run_id,))
     if running:
         col_stop.button("Stop", key="runs.stop", on_click=stop_runs, args=([run_id],))
-    col_delete.button("Delete…", key="runs.delete", on_click=_ask_delete, args=(run_id,),
-                      disabled=running, help="Stop the run first" if running else None)
+    col_delete.button(
+        "Delete…",
+        key="runs.delete",
+        on_click=_ask_delete,
+        args=(run_id,),
+        disabled=running,
+        help="Stop the run first" if running else None,
+    )
     if st.session_state["runs.pending_delete"] == run_id:
-        st.warning(f"Delete run `{run_id}` ({record['name']}) with all its metrics, norms and "
-                   "checkpoints? This cannot be undone.")
+        st.warning(
+            f"Delete run `{run_id}` ({record['name']}) with all its metrics, norms and "
+            "checkpoints? This cannot be undone."
+        )
         yes, no, _ = st.columns([1, 1, 4])
-        yes.button("Yes, delete", type="primary", key="runs.confirm_delete",
-                   on_click=_delete, args=(run_id,))
+        yes.button(
+            "Yes, delete",
+            type="primary",
+            key="runs.confirm_delete",
+            on_click=_delete,
+            args=(run_id,),
+        )
         no.button("Cancel", key="runs.cancel_delete", on_click=_cancel_delete)
     st.markdown("**Configuration**")
     st.json(record["config"], expanded=True)
@@ -180,8 +220,9 @@ if all_runs.empty:
 col_search, col_status, col_kind = st.columns([2, 2, 1])
 keep_valid("runs.status", sorted(set(all_runs["status"])), [])
 keep_valid("runs.kind", sorted(set(all_runs["kind"])), [])
-search = col_search.text_input("Search", key="runs.search",
-                               placeholder="name, optimizer, run or group id")
+search = col_search.text_input(
+    "Search", key="runs.search", placeholder="name, optimizer, run or group id"
+)
 statuses = col_status.multiselect("Status", sorted(set(all_runs["status"])), key="runs.status")
 kinds = col_kind.multiselect("Kind", sorted(set(all_runs["kind"])), key="runs.kind")
 shown = catalog.filter_runs(all_runs, search=search, statuses=statuses, kinds=kinds)
@@ -189,11 +230,16 @@ st.caption(f"{len(shown)} of {len(all_runs)} runs")
 if shown.empty:
     st.info("No run matches these filters.")
     st.stop()
-finals = final_metrics(get_store(), shown["run_id"].tolist(), metrics=("val_loss",
-                                                                       "val_accuracy"))
-st.dataframe(catalog.run_table(shown, finals), hide_index=True, key="runs.table",
-             column_config={"val_accuracy": st.column_config.NumberColumn(format="%.3f"),
-                            "val_loss": st.column_config.NumberColumn(format="%.3f")})
+finals = final_metrics(get_store(), shown["run_id"].tolist(), metrics=("val_loss", "val_accuracy"))
+st.dataframe(
+    catalog.run_table(shown, finals),
+    hide_index=True,
+    key="runs.table",
+    column_config={
+        "val_accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "val_loss": st.column_config.NumberColumn(format="%.3f"),
+    },
+)
 labels = catalog.run_labels(shown)
 compare(shown, labels)
 details(shown, labels)

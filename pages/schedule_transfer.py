@@ -55,25 +55,34 @@ def saved_sources() -> pd.DataFrame:
     runs = get_store().runs()
     if runs.empty:
         return runs
-    own = (runs["status"] == "finished") & runs["config.replay"].eq("") \
+    own = (
+        (runs["status"] == "finished")
+        & runs["config.replay"].eq("")
         & runs["config.static_ratios"].eq("")
+    )
     return runs[own]
 
 
 def run_label(run: pd.Series) -> str:
     """``adam · mnist1d/mlp · 500 steps · <id>`` for pickers."""
-    return (f"{run['name']} · {run['config.dataset']}/{run['config.model'] or 'default'} · "
-            f"{run['config.steps']} steps · {run['run_id']}")
+    return (
+        f"{run['name']} · {run['config.dataset']}/{run['config.model'] or 'default'} · "
+        f"{run['config.steps']} steps · {run['run_id']}"
+    )
 
 
 def form() -> tuple[dict | None, str, str]:
     """The settings; returns (arguments of start_schedule_transfer, "", source run id) or
     (None, why they are invalid, source run id)."""
-    mode = st.radio("Whose schedule?", [NEW, SAVED], key="transfer.source_mode",
-                    horizontal=True,
-                    help="Train M alone as part of the experiment, or take the schedule a "
-                         "finished run already recorded (its data, model, steps and seed "
-                         "are reused so the curves compare like with like).")
+    mode = st.radio(
+        "Whose schedule?",
+        [NEW, SAVED],
+        key="transfer.source_mode",
+        horizontal=True,
+        help="Train M alone as part of the experiment, or take the schedule a "
+        "finished run already recorded (its data, model, steps and seed "
+        "are reused so the curves compare like with like).",
+    )
     col_m, col_d, col_run = st.columns(3, gap="large")
     source = ""
     try:
@@ -88,11 +97,17 @@ def form() -> tuple[dict | None, str, str]:
                 left, right = st.columns(2)
                 steps = left.number_input("Steps", step=100, key="transfer.steps")
                 batch = right.number_input("Batch size", step=16, key="transfer.batch_size")
-                seed = left.number_input("Seed", step=1, key="transfer.seed",
-                                         help="model initialisation and batch order")
+                seed = left.number_input(
+                    "Seed", step=1, key="transfer.seed", help="model initialisation and batch order"
+                )
             forms.check_sizes(data)
-            base = RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
-                             device=st.session_state["shared.device"])
+            base = RunConfig(
+                **data,
+                steps=int(steps),
+                batch_size=int(batch),
+                seed=int(seed),
+                device=st.session_state["shared.device"],
+            )
             check_fits(base)
             m_name, m_hp = magnitude
             args = {"base": base, "magnitude": (m_name, (m_name, m_hp)), "seeds": [base.seed]}
@@ -101,30 +116,45 @@ def form() -> tuple[dict | None, str, str]:
                 st.markdown("**Saved run: its recorded step sizes are the schedule**")
                 runs = saved_sources()
                 if runs.empty:
-                    st.info("No finished run is saved yet: train one on the **Graft lab** "
-                            "page, or choose *Train M alone now*.")
+                    st.info(
+                        "No finished run is saved yet: train one on the **Graft lab** "
+                        "page, or choose *Train M alone now*."
+                    )
                     return None, "there is no finished run to take the schedule from", ""
                 labels = {r["run_id"]: run_label(r) for _, r in runs.iterrows()}
                 keep_valid("transfer.saved_run", list(labels), next(iter(labels)))
-                source = st.selectbox("Run", list(labels), key="transfer.saved_run",
-                                      format_func=labels.get)
+                source = st.selectbox(
+                    "Run", list(labels), key="transfer.saved_run", format_func=labels.get
+                )
             config = RunConfig.from_dict(get_store().run(source)["config"])
             with col_run:
                 st.markdown("**Data, model and training loop**")
-                st.caption(f"From the saved run: {config.dataset}, "
-                           f"{config.model or 'default model'} (width {config.width or 'default'},"
-                           f" depth {config.depth or 'default'}), {config.steps} steps, batch "
-                           f"{config.batch_size}, seed {config.seed}.")
-            base = config.replace(name="", direction="", direction_hparams={}, replay="",
-                                  static_ratios="", device=st.session_state["shared.device"])
-            args = {"base": base, "magnitude": (config.magnitude, (config.magnitude,
-                                                                   config.magnitude_hparams)),
-                    "seeds": [config.seed], "source_runs": [source]}
+                st.caption(
+                    f"From the saved run: {config.dataset}, "
+                    f"{config.model or 'default model'} (width {config.width or 'default'},"
+                    f" depth {config.depth or 'default'}), {config.steps} steps, batch "
+                    f"{config.batch_size}, seed {config.seed}."
+                )
+            base = config.replace(
+                name="",
+                direction="",
+                direction_hparams={},
+                replay="",
+                static_ratios="",
+                device=st.session_state["shared.device"],
+            )
+            args = {
+                "base": base,
+                "magnitude": (config.magnitude, (config.magnitude, config.magnitude_hparams)),
+                "seeds": [config.seed],
+                "source_runs": [source],
+            }
         d_name, d_hp = direction
         args["direction"] = (d_name, (d_name, d_hp))
         m_name, m_hp = args["magnitude"][1]  # M#D validates both, naming the role at fault
-        args["base"].replace(magnitude=m_name, magnitude_hparams=m_hp, direction=d_name,
-                             direction_hparams=d_hp)
+        args["base"].replace(
+            magnitude=m_name, magnitude_hparams=m_hp, direction=d_name, direction_hparams=d_hp
+        )
         return args, "", source
     except (ValueError, TypeError, KeyError) as error:
         return None, str(error), source
@@ -152,8 +182,7 @@ def role_labels(runs: pd.DataFrame, source: str, group: str) -> pd.Series:
 def schedule_section(source: str, label: str) -> None:
     """The source run's ‖Δ‖ and ‖Δ‖/‖g‖ per layer over time."""
     st.subheader(f"The implicit schedule of {label}")
-    norms = live.poll_norms([source], "transfer.schedule_cache", fields=("step_norm",
-                                                                         "grad_norm"))
+    norms = live.poll_norms([source], "transfer.schedule_cache", fields=("step_norm", "grad_norm"))
     layers = list(dict.fromkeys(norms["layer"].astype(str)))
     if not layers:
         st.info("The schedule appears after the first few steps.")
@@ -161,19 +190,24 @@ def schedule_section(source: str, label: str) -> None:
     keep_valid("transfer.layers", layers, layers[:8])
     shown = st.multiselect("Layers (parameter tensors)", layers, key="transfer.layers")
     title = f"{label}: step size and effective learning rate per layer"
-    fig = experiment_figures.implicit_schedule(norms.drop(columns="run_id"), layers=shown,
-                                               title=title)
+    fig = experiment_figures.implicit_schedule(
+        norms.drop(columns="run_id"), layers=shown, title=title
+    )
     charts.show(fig, key="transfer.schedule_chart", live=True)
-    st.caption("Top: the step each layer took, ‖Δ‖. Bottom: ‖Δ‖/‖g‖, the learning rate "
-               "plain SGD would need for that step. Lines that differ between layers and "
-               "move over time are a per-layer schedule nobody wrote down.")
+    st.caption(
+        "Top: the step each layer took, ‖Δ‖. Bottom: ‖Δ‖/‖g‖, the learning rate "
+        "plain SGD would need for that step. Lines that differ between layers and "
+        "move over time are a per-layer schedule nobody wrote down."
+    )
 
 
 def replay_section(runs: pd.DataFrame) -> None:
     """One layer's ‖Δ_M‖ (and ‖Δ_D‖) in every run: the replay follows M exactly."""
     st.subheader("Did the replay take M's step sizes?")
-    layers = next((names for names in (get_store().layer_norm_names(r)[0]
-                                       for r in runs["run_id"]) if names), [])
+    layers = next(
+        (names for names in (get_store().layer_norm_names(r)[0] for r in runs["run_id"]) if names),
+        [],
+    )
     if not layers:
         return
     keep_valid("transfer.layer", layers, layers[0])
@@ -181,14 +215,21 @@ def replay_section(runs: pd.DataFrame) -> None:
     ids = runs["run_id"].tolist()
     norms = live.poll_norms(ids, "transfer.norm_cache")
     plain = runs.loc[runs["config.direction"] == "", "run_id"].tolist()
-    fig = figures.norm_trajectories(norms, layer=layer, labels=dict(zip(ids, runs["label"])),
-                                    colors=figures.run_colors(ids), plain=plain,
-                                    title=f"Layer {layer}: step norms in each run")
+    fig = figures.norm_trajectories(
+        norms,
+        layer=layer,
+        labels=dict(zip(ids, runs["label"])),
+        colors=figures.run_colors(ids),
+        plain=plain,
+        title=f"Layer {layer}: step norms in each run",
+    )
     charts.show(fig, key="transfer.replay_chart", live=True)
-    st.caption("replay(M)#D's ‖Δ_M‖ is the recorded schedule, so it lies on M's own ‖Δ‖; "
-               "the online M#D computes ‖Δ_M‖ at its own weights, so it drifts away as the "
-               "two trajectories part. The ratio below is the per-layer learning-rate "
-               "correction each graft applied to D.")
+    st.caption(
+        "replay(M)#D's ‖Δ_M‖ is the recorded schedule, so it lies on M's own ‖Δ‖; "
+        "the online M#D computes ‖Δ_M‖ at its own weights, so it drifts away as the "
+        "two trajectories part. The ratio below is the per-layer learning-rate "
+        "correction each graft applied to D."
+    )
 
 
 def live_section(group: str, active: bool) -> None:
@@ -199,13 +240,21 @@ def live_section(group: str, active: bool) -> None:
         runs = live.group_runs(group, before=[source]) if source else own
         runs["label"] = role_labels(runs, source, group)
         task = forms.task_of(str(runs["config.dataset"].iloc[0]))
-        st.caption(f"Transfer `{group}`: {live.settings_text(runs.iloc[-1])}, seed "
-                   f"{int(runs['config.seed'].iloc[-1])}.")
+        st.caption(
+            f"Transfer `{group}`: {live.settings_text(runs.iloc[-1])}, seed "
+            f"{int(runs['config.seed'].iloc[-1])}."
+        )
         live.progress_panel(runs)
-        st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="transfer.smoothing",
-                                help="exponential moving average of the training loss")
-        live.loss_panel(runs, task, prefix="transfer",
-                        smoothing=st.session_state["transfer.smoothing"])
+        st.columns(3)[0].slider(
+            "Loss smoothing",
+            0.0,
+            0.99,
+            key="transfer.smoothing",
+            help="exponential moving average of the training loss",
+        )
+        live.loss_panel(
+            runs, task, prefix="transfer", smoothing=st.session_state["transfer.smoothing"]
+        )
         if source in set(runs["run_id"]):  # (a saved source may have been deleted since)
             schedule_section(source, runs.set_index("run_id").loc[source, "label"])
         replay_section(runs)
@@ -222,8 +271,12 @@ group = live.watched_group("transfer", "transfer")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-start, stop, _ = live.start_stop("transfer", disabled=live.busy("transfer", active), active=active,
-                                 why="Stop the runs in progress first")
+start, stop, _ = live.start_stop(
+    "transfer",
+    disabled=live.busy("transfer", active),
+    active=active,
+    why="Stop the runs in progress first",
+)
 if start:
     if args is None:
         st.error(f"Not started: {problem}")
@@ -244,5 +297,7 @@ elif not group and saved:
     schedule_section(saved, f"{record['name']} (saved run)")
     st.info("Press **Start** to replay this schedule onto D, next to D alone and M#D.")
 elif not group:
-    st.info("Nothing trained yet: choose M and D above and press **Start**. M alone, D alone "
-            "and M#D train in the background; replay(M)#D starts when M alone has finished.")
+    st.info(
+        "Nothing trained yet: choose M and D above and press **Start**. M alone, D alone "
+        "and M#D train in the background; replay(M)#D starts when M alone has finished."
+    )

@@ -73,8 +73,12 @@ def graftable(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished (or stopped) grafted runs whose ratios can be measured."""
     if runs.empty:
         return runs
-    ok = runs["status"].isin(["finished", "stopped"]) & runs["config.direction"].ne("") \
-        & runs["config.replay"].eq("") & runs["config.static_ratios"].eq("")
+    ok = (
+        runs["status"].isin(["finished", "stopped"])
+        & runs["config.direction"].ne("")
+        & runs["config.replay"].eq("")
+        & runs["config.static_ratios"].eq("")
+    )
     return runs[ok]
 
 
@@ -89,20 +93,32 @@ def new_source_form() -> tuple[PlannedRun | None, str]:
         st.markdown("**Data, model and training loop**")
         data = forms.data_model_picker("ratios")
         left, right = st.columns(2)
-        steps = left.number_input("Steps", step=100, key="ratios.source_steps",
-                                  help="a short run is enough: the multipliers come from "
-                                       "an early window")
+        steps = left.number_input(
+            "Steps",
+            step=100,
+            key="ratios.source_steps",
+            help="a short run is enough: the multipliers come from an early window",
+        )
         batch = right.number_input("Batch size", step=16, key="ratios.batch_size")
-        seed = left.number_input("Seed", step=1, key="ratios.seed",
-                                 help="model initialisation and batch order")
+        seed = left.number_input(
+            "Seed", step=1, key="ratios.seed", help="model initialisation and batch order"
+        )
     try:
         if not d_name:
             raise ValueError("a direction optimizer D is needed")
         forms.check_sizes(data)
-        config = RunConfig(**data, steps=int(steps), batch_size=int(batch), seed=int(seed),
-                           magnitude=m_name, magnitude_hparams=m_hp, direction=d_name,
-                           direction_hparams=d_hp, name=f"{m_name}#{d_name}",
-                           device=st.session_state["shared.device"])
+        config = RunConfig(
+            **data,
+            steps=int(steps),
+            batch_size=int(batch),
+            seed=int(seed),
+            magnitude=m_name,
+            magnitude_hparams=m_hp,
+            direction=d_name,
+            direction_hparams=d_hp,
+            name=f"{m_name}#{d_name}",
+            device=st.session_state["shared.device"],
+        )
         check_fits(config)
         return PlannedRun(config, Arm("graft", m_name, d_name)), ""
     except (ValueError, TypeError) as error:
@@ -112,29 +128,46 @@ def new_source_form() -> tuple[PlannedRun | None, str]:
 def source_section() -> str:
     """Step 1; returns the source run id ("" while there is none)."""
     st.header("1. A grafted run to measure")
-    mode = st.radio("Source", [NEW, SAVED], key="ratios.source_mode", horizontal=True,
-                    label_visibility="collapsed")
+    mode = st.radio(
+        "Source",
+        [NEW, SAVED],
+        key="ratios.source_mode",
+        horizontal=True,
+        label_visibility="collapsed",
+    )
     store = get_store()
     if mode == SAVED:
         runs = graftable(store.runs())
         if runs.empty:
-            st.info("No finished M#D run is saved yet: train one here (*Train a short M#D run "
-                    "now*) or on the **Graft lab** page.")
+            st.info(
+                "No finished M#D run is saved yet: train one here (*Train a short M#D run "
+                "now*) or on the **Graft lab** page."
+            )
             return ""
-        labels = {r["run_id"]: f"{r['name']} · {r['config.dataset']} · {r['config.steps']} "
-                               f"steps · {r['run_id']}" for _, r in runs.iterrows()}
+        labels = {
+            r["run_id"]: f"{r['name']} · {r['config.dataset']} · {r['config.steps']} "
+            f"steps · {r['run_id']}"
+            for _, r in runs.iterrows()
+        }
         keep_valid("ratios.saved_run", list(labels), next(iter(labels)))
-        return st.selectbox("Saved M#D run", list(labels), key="ratios.saved_run",
-                            format_func=labels.get)
+        return st.selectbox(
+            "Saved M#D run", list(labels), key="ratios.saved_run", format_func=labels.get
+        )
     config, problem = new_source_form()
     source = st.query_params.get("source") or st.session_state["ratios.source"]
     try:
         training = bool(source) and store.run(source)["status"] == "running"
     except KeyError:
         source, training = "", False  # deleted since
-    if st.button("Train M#D", type="primary", key="ratios.start_source", disabled=training,
-                 help="Wait for the run in progress" if training else
-                 "Trains the grafted run the multipliers are measured on."):
+    if st.button(
+        "Train M#D",
+        type="primary",
+        key="ratios.start_source",
+        disabled=training,
+        help="Wait for the run in progress"
+        if training
+        else "Trains the grafted run the multipliers are measured on.",
+    ):
         if config is None:
             st.error(f"Not started: {problem}")
         else:
@@ -152,8 +185,9 @@ def default_window(steps: int) -> tuple[int, int]:
 def layer_values(ratios: StaticRatios, layout: dict) -> dict[str, float]:
     """Each layer's multiplier (every parameter of a layer carries the layer's)."""
     names = layout["layer_names"]
-    return {names[i]: ratios.ratios[p] for p, i in zip(layout["param_names"],
-                                                       layout["param_layer"])}
+    return {
+        names[i]: ratios.ratios[p] for p, i in zip(layout["param_names"], layout["param_layer"])
+    }
 
 
 def estimate(source: str) -> StaticRatios | None:
@@ -169,32 +203,46 @@ def estimate(source: str) -> StaticRatios | None:
     if (start, stop) == (0, 0) or not 0 <= start <= stop <= steps:  # unset, or another run's
         st.session_state["ratios.window"] = default_window(steps)
     left, right = st.columns([3, 1])
-    window = left.slider("Window (steps): the multipliers summarise these steps", 0, steps,
-                         key="ratios.window",
-                         help="[start, stop): early steps are noisy, late ones may no longer "
-                              "represent training from scratch")
-    statistic = right.selectbox("Statistic", STATISTICS, key="ratios.statistic",
-                                help="median and trimmed mean (10% cut at each end) ignore "
-                                     "the occasional spike; mean does not")
+    window = left.slider(
+        "Window (steps): the multipliers summarise these steps",
+        0,
+        steps,
+        key="ratios.window",
+        help="[start, stop): early steps are noisy, late ones may no longer "
+        "represent training from scratch",
+    )
+    statistic = right.selectbox(
+        "Statistic",
+        STATISTICS,
+        key="ratios.statistic",
+        help="median and trimmed mean (10% cut at each end) ignore "
+        "the occasional spike; mean does not",
+    )
     try:
-        ratios = static_ratios_from_run(store, source, window=tuple(window),
-                                        statistic=statistic)
+        ratios = static_ratios_from_run(store, source, window=tuple(window), statistic=statistic)
     except (ValueError, KeyError) as error:
-        charts.show(experiment_figures.ratio_lines(trajectories, window=tuple(window)),
-                    key="ratios.ratio_chart", live=True)
+        charts.show(
+            experiment_figures.ratio_lines(trajectories, window=tuple(window)),
+            key="ratios.ratio_chart",
+            live=True,
+        )
         st.error(f"No multipliers for this window: {error}")
         return None
     layout = store.get_artifact(source, "layers")
     values = layer_values(ratios, layout)
     title = f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}"
-    fig = experiment_figures.ratio_lines(trajectories, window=tuple(window), values=values,
-                                         title=title)
+    fig = experiment_figures.ratio_lines(
+        trajectories, window=tuple(window), values=values, title=title
+    )
     charts.show(fig, key="ratios.ratio_chart", live=True)
     table = pd.DataFrame({"layer": list(values), "multiplier c": list(values.values())})
     table["D's lr for the layer (base lr × c)"] = table["multiplier c"] * ratios.base_lr
-    st.dataframe(table, hide_index=True, key="ratios.table",
-                 column_config={c: st.column_config.NumberColumn(format="%.4g")
-                                for c in table.columns[1:]})
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="ratios.table",
+        column_config={c: st.column_config.NumberColumn(format="%.4g") for c in table.columns[1:]},
+    )
     return ratios
 
 
@@ -203,17 +251,25 @@ def export(ratios: StaticRatios, source: str) -> None:
     config = get_store().run(source)["config"]
     d_hp = OptimizerSpec(config["direction"], config["direction_hparams"]).resolved
     col_button, col_code = st.columns([1, 3])
-    col_button.download_button("Download multipliers (JSON)",
-                               json.dumps(ratios.to_dict(), indent=2), file_name="ratios.json",
-                               mime="application/json", key="ratios.download",
-                               on_click="ignore", icon=":material/download:")
+    col_button.download_button(
+        "Download multipliers (JSON)",
+        json.dumps(ratios.to_dict(), indent=2),
+        file_name="ratios.json",
+        mime="application/json",
+        key="ratios.download",
+        on_click="ignore",
+        icon=":material/download:",
+    )
     col_button.caption(f"{len(ratios.ratios)} parameters, keyed by name, with their shapes.")
     with col_code:
-        st.code(SNIPPET.format(momentum=d_hp.get("momentum", 0.9), base_lr=ratios.base_lr),
-                language="python")
+        st.code(
+            SNIPPET.format(momentum=d_hp.get("momentum", 0.9), base_lr=ratios.base_lr),
+            language="python",
+        )
         if config["direction"] != "sgd":
-            st.caption(f"D was {config['direction']}: use its torch class with the same "
-                       "param_groups.")
+            st.caption(
+                f"D was {config['direction']}: use its torch class with the same param_groups."
+            )
 
 
 # ------------------------------------------------------------------------- 3. comparison
@@ -222,12 +278,19 @@ def comparison_configs(source: str) -> tuple[list[PlannedRun] | None, str]:
     left, right = st.columns(2)
     steps = left.number_input("Steps of each run", step=100, key="ratios.steps")
     lrs_text = right.text_input(
-        "Plain SGD learning rates to compare", key="ratios.lrs",
-        help="numbers > 0 separated by commas; each trains plain D (no multipliers)")
+        "Plain SGD learning rates to compare",
+        key="ratios.lrs",
+        help="numbers > 0 separated by commas; each trains plain D (no multipliers)",
+    )
     try:
         lrs = forms.parse_numbers(lrs_text, field="learning rates")
-        return static_ratio_configs_from(get_store(), source, sgd_lrs=lrs, steps=int(steps),
-                                         device=st.session_state["shared.device"]), ""
+        return static_ratio_configs_from(
+            get_store(),
+            source,
+            sgd_lrs=lrs,
+            steps=int(steps),
+            device=st.session_state["shared.device"],
+        ), ""
     except (ValueError, TypeError, KeyError) as error:
         return None, str(error)
 
@@ -251,13 +314,19 @@ def results(runs: pd.DataFrame) -> None:
     plain = runs["role"].eq("plain")
     runs.loc[plain, "label"] = runs.loc[plain, "magnitude_arm"] + " (M alone)"
     task = forms.task_of(str(runs["config.dataset"].iloc[0]))
-    st.caption(f"Comparison `{runs['group'].iloc[-1]}`: "
-               f"{live.settings_text(runs.iloc[-1])}, seed {int(runs['config.seed'].iloc[-1])}.")
+    st.caption(
+        f"Comparison `{runs['group'].iloc[-1]}`: "
+        f"{live.settings_text(runs.iloc[-1])}, seed {int(runs['config.seed'].iloc[-1])}."
+    )
     live.progress_panel(runs)
-    st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="ratios.smoothing",
-                            help="exponential moving average of the training loss")
-    live.loss_panel(runs, task, prefix="ratios",
-                    smoothing=st.session_state["ratios.smoothing"])
+    st.columns(3)[0].slider(
+        "Loss smoothing",
+        0.0,
+        0.99,
+        key="ratios.smoothing",
+        help="exponential moving average of the training loss",
+    )
+    live.loss_panel(runs, task, prefix="ratios", smoothing=st.session_state["ratios.smoothing"])
     store = get_store()
     finals = final_metrics(store, runs["run_id"].tolist()).set_index("run_id")
     labels = dict(zip(runs["run_id"], runs["label"]))
@@ -270,24 +339,36 @@ def results(runs: pd.DataFrame) -> None:
     left, right = st.columns(2)
     with left:
         fig = experiment_figures.memory_bars(
-                       {labels[r]: finals.loc[r, "optimizer_state_bytes"] for r in runs["run_id"]},
-                       weight_bytes=weights, colors={labels[r]: colors[r] for r in runs["run_id"]},
-                       title="Optimizer state memory (recorded when a run ends)")
+            {labels[r]: finals.loc[r, "optimizer_state_bytes"] for r in runs["run_id"]},
+            weight_bytes=weights,
+            colors={labels[r]: colors[r] for r in runs["run_id"]},
+            title="Optimizer state memory (recorded when a run ends)",
+        )
         charts.show(fig, key="ratios.memory_chart", live=True)
     with right:
         st.markdown("**Final results**")
-        table = pd.DataFrame({
-            "run": [labels[r] for r in runs["run_id"]],
-            "status": finals.loc[runs["run_id"], "status"].to_numpy(),
-            "val_loss": finals.loc[runs["run_id"], "val_loss"].to_numpy(),
-            "val_accuracy": finals.loc[runs["run_id"], "val_accuracy"].to_numpy(),
-            "state (KiB)": finals.loc[runs["run_id"], "optimizer_state_bytes"].to_numpy() / 1024,
-        })
-        st.dataframe(table, hide_index=True, key="ratios.finals",
-                     column_config={c: st.column_config.NumberColumn(format="%.4g")
-                                    for c in table.columns[2:]})
-        st.caption("SGD with momentum keeps one buffer the size of the weights; Adam keeps "
-                   "two (first and second moments); the multipliers cost nothing at run time.")
+        table = pd.DataFrame(
+            {
+                "run": [labels[r] for r in runs["run_id"]],
+                "status": finals.loc[runs["run_id"], "status"].to_numpy(),
+                "val_loss": finals.loc[runs["run_id"], "val_loss"].to_numpy(),
+                "val_accuracy": finals.loc[runs["run_id"], "val_accuracy"].to_numpy(),
+                "state (KiB)": finals.loc[runs["run_id"], "optimizer_state_bytes"].to_numpy()
+                / 1024,
+            }
+        )
+        st.dataframe(
+            table,
+            hide_index=True,
+            key="ratios.finals",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4g") for c in table.columns[2:]
+            },
+        )
+        st.caption(
+            "SGD with momentum keeps one buffer the size of the weights; Adam keeps "
+            "two (first and second moments); the multipliers cost nothing at run time."
+        )
 
 
 def comparison_section(group: str, active: bool) -> None:
@@ -334,42 +415,52 @@ if group_source != source:
     group, runs = "", pd.DataFrame()  # the comparison of another source
 
 if not source:
-    st.info("Train a short M#D run above (press **Train M#D**) or pick a saved one: its "
-            "per-layer ratios appear here, then **Start** trains SGD with them.")
+    st.info(
+        "Train a short M#D run above (press **Train M#D**) or pick a saved one: its "
+        "per-layer ratios appear here, then **Start** trains SGD with them."
+    )
     st.stop()
 
 record = get_store().run(source)
 source_active = record["status"] == "running"
 st.header("2. One multiplier per layer")
-st.caption(f"From **{record['name']}** (`{source}`, {record['status']}). The lines are "
-           "‖Δ_M‖/‖Δ_D‖ at every step; the shaded window is what the statistic summarises, "
-           "and the dashed line across it is the layer's multiplier.")
+st.caption(
+    f"From **{record['name']}** (`{source}`, {record['status']}). The lines are "
+    "‖Δ_M‖/‖Δ_D‖ at every step; the shaded window is what the statistic summarises, "
+    "and the dashed line across it is the layer's multiplier."
+)
 measure_section(source, source_active)
 
 st.header("3. Train SGD with the multipliers")
-st.caption("Three kinds of run on the same data, model and seed as the grafted run: D "
-           "(SGD) with the multipliers, M alone, and plain D at each learning rate below.")
+st.caption(
+    "Three kinds of run on the same data, model and seed as the grafted run: D "
+    "(SGD) with the multipliers, M alone, and plain D at each learning rate below."
+)
 configs, problem = comparison_configs(source)
 active = not runs.empty and live.is_active(runs)
 start, stop, _ = live.start_stop(
-    "ratios", disabled=live.busy("ratios", active) or source_active, active=active,
-    why="Wait for the grafted run to finish" if source_active else None)
+    "ratios",
+    disabled=live.busy("ratios", active) or source_active,
+    active=active,
+    why="Wait for the grafted run to finish" if source_active else None,
+)
 if start:
     ratios = None
     try:
         window = tuple(st.session_state["ratios.window"])
-        ratios = static_ratios_from_run(get_store(), source, window=window,
-                                        statistic=st.session_state["ratios.statistic"])
+        ratios = static_ratios_from_run(
+            get_store(), source, window=window, statistic=st.session_state["ratios.statistic"]
+        )
     except (ValueError, KeyError) as error:
         ratio_problem = f"no multipliers for this window: {error}"
     if configs is None or ratios is None:
         st.error(f"Not started: {problem if configs is None else ratio_problem}")
     else:
-        get_store().put_artifact(source, "static_ratios", ratios.to_dict(),
-                                 kind="static_ratios")
+        get_store().put_artifact(source, "static_ratios", ratios.to_dict(), kind="static_ratios")
         group, run_ids = start_group(configs, kind="ratios")
-        get_store().put_artifact(run_ids[0], "static_ratios", ratios.to_dict(),
-                                 kind="static_ratios")  # the exact multipliers it trained with
+        get_store().put_artifact(
+            run_ids[0], "static_ratios", ratios.to_dict(), kind="static_ratios"
+        )  # the exact multipliers it trained with
         live.watch("ratios", group)
         st.rerun()
 if stop:

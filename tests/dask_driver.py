@@ -18,16 +18,27 @@ from grafting_core.lab.dask_executor import DaskExecutor
 from grafting_core.lab.runner import create_run
 from grafting_core.lab.store import RunStore
 
-LONG = RunConfig(dataset="mnist1d", width=32, steps=10**6, batch_size=32, eval_every=10**6,
-                 eval_examples=200, log_every=10, flush_seconds=0.0)
+LONG = RunConfig(
+    dataset="mnist1d",
+    width=32,
+    steps=10**6,
+    batch_size=32,
+    eval_every=10**6,
+    eval_examples=200,
+    log_every=10,
+    flush_seconds=0.0,
+)
 
 
 def main(root: str, scheduler: str, runs: int) -> None:
     """Start the runs, report their ids and the workers' pids, and wait to be killed."""
     store = RunStore(root)
     run_ids = [create_run(store, LONG.replace(seed=seed)) for seed in range(runs)]
-    executor = DaskExecutor(root, None if scheduler == "local" else scheduler, n_workers=2
-                            if scheduler == "local" else None)
+    executor = DaskExecutor(
+        root,
+        None if scheduler == "local" else scheduler,
+        n_workers=2 if scheduler == "local" else None,
+    )
     for run_id in run_ids:
         executor.submit(run_id)
     pids = executor.client.run(os.getpid).values()

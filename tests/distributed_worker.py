@@ -27,8 +27,19 @@ STEPS = 20
 ROWS = 16  # global batch; each rank takes ROWS // WORLD
 ADAM = ("adam", {"lr": 1e-2})
 SGD = ("sgd", {"lr": 0.1, "momentum": 0.9})
-FSDP_KINDS = ("native", "blackbox", "module", "plain", "fused", "replay", "static", "hsdp",
-              "optin", "partial", "partial_blackbox")
+FSDP_KINDS = (
+    "native",
+    "blackbox",
+    "module",
+    "plain",
+    "fused",
+    "replay",
+    "static",
+    "hsdp",
+    "optin",
+    "partial",
+    "partial_blackbox",
+)
 
 
 class OptInSGD(torch.optim.SGD):
@@ -38,9 +49,15 @@ class OptInSGD(torch.optim.SGD):
 def make_model() -> nn.Module:
     """6-15-5-1 tanh MLP with biases: 15, 5 and 1 rows shard unevenly (rank 1 holds no 'out')."""
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(
-        fc1=nn.Linear(6, 15), act1=nn.Tanh(), fc2=nn.Linear(15, 5), act2=nn.Tanh(),
-        out=nn.Linear(5, 1)))
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(6, 15),
+            act1=nn.Tanh(),
+            fc2=nn.Linear(15, 5),
+            act2=nn.Tanh(),
+            out=nn.Linear(5, 1),
+        )
+    )
 
 
 def batch(step: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +75,17 @@ def build(kind: str, model: nn.Module, extras: dict[str, Any]) -> torch.optim.Op
     if kind in ("native", "hsdp"):
         return Graft(named, ADAM, SGD)
     if kind == "blackbox":
-        return Graft(named, torch.optim.Adam(params, lr=1e-2),
-                     torch.optim.SGD(params, lr=0.1, momentum=0.9))
+        return Graft(
+            named, torch.optim.Adam(params, lr=1e-2), torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        )
     if kind == "module":  # weight and bias share a norm; black-box NAdam#RMSprop
-        return Graft(named, ("torch.optim:NAdam", {"lr": 1e-2}), ("rmsprop", {"lr": 1e-3}),
-                     granularity="module", path="blackbox")
+        return Graft(
+            named,
+            ("torch.optim:NAdam", {"lr": 1e-2}),
+            ("rmsprop", {"lr": 1e-3}),
+            granularity="module",
+            path="blackbox",
+        )
     if kind == "plain":
         return Graft(named, ADAM, None)
     if kind == "fused":
@@ -79,13 +102,22 @@ def build(kind: str, model: nn.Module, extras: dict[str, Any]) -> torch.optim.Op
     if kind == "partial":  # Adam's own step on biases and the head ("out", on rank 0 only)
         return Graft(named, ADAM, SGD, grafted="hidden")
     if kind == "partial_blackbox":  # D over every parameter: it must never step the others
-        return Graft(named, torch.optim.Adam(params, lr=1e-2),
-                     torch.optim.SGD(params, lr=0.1, momentum=0.9), grafted="hidden")
+        return Graft(
+            named,
+            torch.optim.Adam(params, lr=1e-2),
+            torch.optim.SGD(params, lr=0.1, momentum=0.9),
+            grafted="hidden",
+        )
     raise ValueError(f"Unknown scenario {kind!r}")
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, rows: slice = slice(None),
-          steps: int = STEPS, start: int = 0) -> NormLog | None:
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    rows: slice = slice(None),
+    steps: int = STEPS,
+    start: int = 0,
+) -> NormLog | None:
     """``steps`` steps on ``rows`` of each global batch; the NormLog of a Graft."""
     log = NormLog(opt) if isinstance(opt, Graft) else None
     for step in range(start, start + steps):
@@ -100,8 +132,10 @@ def single_run(kind: str, extras: dict[str, Any]) -> dict[str, Any]:
     """The one-process reference of scenario ``kind``."""
     model = make_model()
     log = train(model, build(kind, model, extras))
-    return {"weights": {n: p.detach().clone() for n, p in model.named_parameters()},
-            "norms": None if log is None else log.read()[1]}
+    return {
+        "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "norms": None if log is None else log.read()[1],
+    }
 
 
 # ----------------------------------------------------------------------------- workers
@@ -117,8 +151,10 @@ def _shard(model: nn.Module, mesh=None) -> nn.Module:
 def _full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.tensor import DTensor
 
-    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-            for n, p in model.named_parameters()}
+    return {
+        n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+        for n, p in model.named_parameters()
+    }
 
 
 class _HostSyncs(TorchDispatchMode):
@@ -190,8 +226,9 @@ def _fsdp_checks(rank: int, rows: slice) -> dict[str, Any]:
     out["error_lamb_blackbox"] = _error(lambda: Graft(named, ADAM, "lamb", path="blackbox"))
     out["error_adafactor"] = _error(lambda: Graft(named, ADAM, torch.optim.Adafactor(params)))
     out["error_unknown"] = _error(lambda: Graft(named, ADAM, OptInSGD(params, lr=0.1)))
-    out["error_mixed"] = _error(lambda: Graft(named + [("extra", nn.Parameter(torch.ones(2)))],
-                                              ADAM, SGD))
+    out["error_mixed"] = _error(
+        lambda: Graft(named + [("extra", nn.Parameter(torch.ones(2)))], ADAM, SGD)
+    )
 
     model = _shard(make_model())
     opt = build("native", model, {})
@@ -234,9 +271,11 @@ def _resumed_run(rows: slice) -> dict[str, Any]:
     opt = build("native", model, {})
     opt.load_state_dict(state)
     second = train(model, opt, rows, steps=STEPS - half, start=half)
-    return {"weights": _full_weights(model),
-            "norms": torch.cat([first.read()[1], second.read()[1]]),
-            "state_type": type(opt.magnitude.state[next(model.parameters())]["exp_avg"]).__name__}
+    return {
+        "weights": _full_weights(model),
+        "norms": torch.cat([first.read()[1], second.read()[1]]),
+        "state_type": type(opt.magnitude.state[next(model.parameters())]["exp_avg"]).__name__,
+    }
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -263,8 +302,11 @@ def _dcp_resumed_run(rows: slice, folder: Path) -> dict[str, Any]:
     before = _clone(opt.magnitude.state_dict())
     model_state, optim_state = get_state_dict(model, opt)
     after = opt.magnitude.state_dict()
-    untouched = all(_same(before["state"][i][k], after["state"][i][k])
-                    for i in before["state"] for k in ("step", "exp_avg", "exp_avg_sq"))
+    untouched = all(
+        _same(before["state"][i][k], after["state"][i][k])
+        for i in before["state"]
+        for k in ("step", "exp_avg", "exp_avg_sq")
+    )
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
     saved_keys = sorted(optim_state["state"]["fc1.weight"])
 
@@ -275,9 +317,13 @@ def _dcp_resumed_run(rows: slice, folder: Path) -> dict[str, Any]:
     set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state)
     step_after_load = opt.graft_step
     second = train(model, opt, rows, steps=STEPS - half, start=half)
-    return {"weights": _full_weights(model),
-            "norms": torch.cat([first.read()[1], second.read()[1]]),
-            "untouched": untouched, "saved_keys": saved_keys, "step_after_load": step_after_load}
+    return {
+        "weights": _full_weights(model),
+        "norms": torch.cat([first.read()[1], second.read()[1]]),
+        "untouched": untouched,
+        "saved_keys": saved_keys,
+        "step_after_load": step_after_load,
+    }
 
 
 def _mixed_placements_run(world: int) -> dict[str, Any]:
@@ -292,8 +338,10 @@ def _mixed_placements_run(world: int) -> dict[str, Any]:
     mesh = init_device_mesh("cpu", (world,))
     plain = make_model()
     layout = {"fc1.weight": Shard(0), "fc2.weight": Shard(1), "out.weight": Shard(1)}
-    params = {n: nn.Parameter(distribute_tensor(p.detach(), mesh, [layout.get(n, Replicate())]))
-              for n, p in plain.named_parameters()}
+    params = {
+        n: nn.Parameter(distribute_tensor(p.detach(), mesh, [layout.get(n, Replicate())]))
+        for n, p in plain.named_parameters()
+    }
     opt = Graft(list(params.items()), ADAM, SGD)
     log = NormLog(opt)
     for step in range(STEPS):
@@ -303,9 +351,12 @@ def _mixed_placements_run(world: int) -> dict[str, Any]:
         for p, grad in zip(params.values(), torch.autograd.grad(loss, list(full.values()))):
             p.grad = distribute_tensor(grad, mesh, p.placements)
         opt.step()
-    return {"weights": {n: p.full_tensor().detach().clone() for n, p in params.items()},
-            "norms": log.read()[1], "placements": [str(p.placements) for p in params.values()],
-            "weights_mask": opt._sharding.weights}
+    return {
+        "weights": {n: p.full_tensor().detach().clone() for n, p in params.items()},
+        "norms": log.read()[1],
+        "placements": [str(p.placements) for p in params.values()],
+        "weights_mask": opt._sharding.weights,
+    }
 
 
 def worker(rank: int, world: int, port: int, out_dir: str, extras: dict[str, Any]) -> None:
@@ -315,8 +366,13 @@ def worker(rank: int, world: int, port: int, out_dir: str, extras: dict[str, Any
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     rows = slice(rank * ROWS // world, (rank + 1) * ROWS // world)
     results: dict[str, Any] = {}
     try:
@@ -330,7 +386,9 @@ def worker(rank: int, world: int, port: int, out_dir: str, extras: dict[str, Any
             (ddp(x) - y).square().mean().backward()
             results[f"ddp_{kind}"] = {
                 "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
-                "norms": log.read()[1], "step_comms": _comm_counts(opt.step)}
+                "norms": log.read()[1],
+                "step_comms": _comm_counts(opt.step),
+            }
         for kind in FSDP_KINDS:
             mesh = None  # fully_shard's default: a 1-D mesh over all ranks
             if kind == "hsdp":  # replicate over 1 group, shard over the 2 ranks
@@ -339,9 +397,11 @@ def worker(rank: int, world: int, port: int, out_dir: str, extras: dict[str, Any
             opt = build(kind, model, extras)
             log = train(model, opt, rows)
             results[f"fsdp_{kind}"] = {
-                "weights": _full_weights(model), "norms": None if log is None else log.read()[1],
+                "weights": _full_weights(model),
+                "norms": None if log is None else log.read()[1],
                 "placements": [str(p.placements) for p in model.parameters()],
-                "sharded": getattr(opt, "_sharding", None) is not None}
+                "sharded": getattr(opt, "_sharding", None) is not None,
+            }
         results["dtensor_mixed"] = _mixed_placements_run(world)
         results["fsdp_resume"] = _resumed_run(rows)
         results["fsdp_dcp"] = _dcp_resumed_run(rows, Path(out_dir) / "dcp")

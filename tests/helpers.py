@@ -36,8 +36,9 @@ def compute_grads(model: nn.Module, step: int) -> torch.Tensor:
     return loss.detach()
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, start: int = 0,
-          scheduler=None) -> list[float]:
+def train(
+    model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, start: int = 0, scheduler=None
+) -> list[float]:
     """Run ``steps`` optimizer steps; returns the losses."""
     losses = []
     for step in range(start, start + steps):

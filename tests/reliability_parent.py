@@ -16,8 +16,16 @@ from grafting_core.lab.executor import LocalExecutor
 from grafting_core.lab.runner import create_run
 from grafting_core.lab.store import RunStore
 
-LONG = RunConfig(dataset="mnist1d", width=32, steps=10**6, batch_size=32, eval_every=10**6,
-                 eval_examples=200, log_every=10, flush_seconds=0.0)
+LONG = RunConfig(
+    dataset="mnist1d",
+    width=32,
+    steps=10**6,
+    batch_size=32,
+    eval_every=10**6,
+    eval_examples=200,
+    log_every=10,
+    flush_seconds=0.0,
+)
 
 
 def main(root: str, runs: int) -> None:

@@ -166,16 +166,19 @@ def test_two_tabs_pressing_start_together_each_start_their_own_runs(store):
     assert store.runs(group=groups[0])["status"].eq("stopped").all()
 
 
-@pytest.mark.parametrize("key, value, reason", [
-    ("lab.magnitude.adam.lr", -1.0, "lr"),
-    ("lab.direction.sgd.momentum", 1.5, "momentum"),
-    ("lab.steps", 0, "Invalid steps: 0"),
-    ("lab.batch_size", -64, "Invalid batch_size: -64"),
-    ("lab.width.mlp", -5, "Invalid width: -5"),
-    ("lab.width.mlp", 0, "Invalid width: 0"),
-    ("lab.batch_size", 10**12, "Invalid batch_size: 1000000000000 needs"),
-    ("lab.magnitude.adam.lr", 0.0, "Invalid magnitude lr: 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("lab.magnitude.adam.lr", -1.0, "lr"),
+        ("lab.direction.sgd.momentum", 1.5, "momentum"),
+        ("lab.steps", 0, "Invalid steps: 0"),
+        ("lab.batch_size", -64, "Invalid batch_size: -64"),
+        ("lab.width.mlp", -5, "Invalid width: -5"),
+        ("lab.width.mlp", 0, "Invalid width: 0"),
+        ("lab.batch_size", 10**12, "Invalid batch_size: 1000000000000 needs"),
+        ("lab.magnitude.adam.lr", 0.0, "Invalid magnitude lr: 0"),
+    ],
+)
 def test_invalid_hyperparameters_are_refused_and_start_nothing(store, key, value, reason):
     at = page("pages/graft_lab.py")
     # a min_value would make a browser show the bad value in red but never send it, and Start
@@ -189,8 +192,9 @@ def test_invalid_hyperparameters_are_refused_and_start_nothing(store, key, value
 
 
 def test_graft_lab_shows_diverged_and_failed_runs(store):
-    diverged = train_inline(store, group="lab-test", magnitude="sgd",
-                            magnitude_hparams={"lr": 1e6}, steps=40)
+    diverged = train_inline(
+        store, group="lab-test", magnitude="sgd", magnitude_hparams={"lr": 1e6}, steps=40
+    )
     failed = create_run(store, RunConfig(**TINY), kind="lab", group="lab-test")
     store.set_status(failed, "failed", error="RuntimeError: out of memory (test)")
     at = page("pages/graft_lab.py", group="lab-test")
@@ -243,8 +247,9 @@ def test_metrics_csv_export_has_every_recorded_value(store, runs_dir):
     assert list(csv.columns) == ["run_id", "run_name", "step", "metric", "value"]
     expected = store.metrics(run_ids)
     assert len(csv) == len(expected)
-    merged = csv.merge(expected, left_on=["run_id", "step", "metric"],
-                       right_on=["run_id", "step", "name"])
+    merged = csv.merge(
+        expected, left_on=["run_id", "step", "metric"], right_on=["run_id", "step", "name"]
+    )
     assert len(merged) == len(expected)
     assert (merged["value_x"] - merged["value_y"]).abs().max() < 1e-9
     assert set(csv["run_name"]) == {"r0", "r1"}

@@ -93,8 +93,13 @@ def test_grid_trains_every_pair_and_fills_the_heatmap(store):
     reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
     rows = np.mean([np.ptp(z[0]), np.ptp(z[1])])
     columns = np.mean([np.ptp(z[:, 0]), np.ptp(z[:, 1])])
-    verdict = ("Rows look alike" if rows * 1.5 <= columns else "Columns look alike"
-               if columns * 1.5 <= rows else "Neither")
+    verdict = (
+        "Rows look alike"
+        if rows * 1.5 <= columns
+        else "Columns look alike"
+        if columns * 1.5 <= rows
+        else "Neither"
+    )
     assert verdict in reading and f"{rows:.3g}" in reading and f"{columns:.3g}" in reading
 
     at.selectbox(key="grid.metric").set_value("val_accuracy").run()
@@ -103,15 +108,18 @@ def test_grid_trains_every_pair_and_fills_the_heatmap(store):
     assert not at.button(key="grid.start").disabled
 
 
-@pytest.mark.parametrize("change, reason", [
-    (("text_input", "grid.seeds", "0, x"), "seeds"),
-    (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
-    (("number_input", "grid.lr.sgd", -0.1), "lr"),
-    (("number_input", "grid.lr.sgd", 0.0), "lr: 0"),  # what a browser sends for 1e400
-    (("number_input", "grid.steps", 0), "steps"),  # no min_value: what is shown is refused
-    (("number_input", "grid.batch_size", -64), "batch_size"),
-    (("number_input", "grid.batch_size", 10**9), "needs at least"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (("text_input", "grid.seeds", "0, x"), "seeds"),
+        (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
+        (("number_input", "grid.lr.sgd", -0.1), "lr"),
+        (("number_input", "grid.lr.sgd", 0.0), "lr: 0"),  # what a browser sends for 1e400
+        (("number_input", "grid.steps", 0), "steps"),  # no min_value: what is shown is refused
+        (("number_input", "grid.batch_size", -64), "batch_size"),
+        (("number_input", "grid.batch_size", 10**9), "needs at least"),
+    ],
+)
 def test_grid_refuses_bad_input_and_starts_nothing(store, change, reason):
     kind, key, value = change
     at = page("pages/grid.py")
@@ -143,8 +151,12 @@ def table_with(at, column: str) -> pd.DataFrame:
 
 def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread(store):
     at = tuned_page()
-    assert any(c.value.startswith("2 optimizers × 2 lrs × 2 seeds = 8 sweep runs, then 2 "
-                                  "grafts × 2 seeds: 12 runs") for c in at.caption)
+    assert any(
+        c.value.startswith(
+            "2 optimizers × 2 lrs × 2 seeds = 8 sweep runs, then 2 grafts × 2 seeds: 12 runs"
+        )
+        for c in at.caption
+    )
     at.button(key="grid.tuned.start").click().run()
     assert not at.exception and not at.error
     group = at.query_params["group"]
@@ -154,15 +166,23 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
     assert (runs["status"] == "finished").all()
     assert (runs["config.schedule"] == "warmup_cosine").all()  # the default: 10% warm-up
     assert (runs["config.warmup_steps"] == TINY["steps"] // 10).all()
-    assert sorted(runs["role"].value_counts().items()) == [("graft", 4), ("sweep_point", 4),
-                                                          ("tuned", 4)]
+    assert sorted(runs["role"].value_counts().items()) == [
+        ("graft", 4),
+        ("sweep_point", 4),
+        ("tuned", 4),
+    ]
     result = read_comparison(store, group)
 
     for arm in ("sgd", "adam"):  # each sweep figure draws the sweep table's means and stds
         sweep = result.sweep[result.sweep["arm"] == arm].sort_values("lr")
-        assert sorted(sweep["lr"]) == pytest.approx(sorted(
-            runs.loc[runs["magnitude_arm"].eq(arm) & runs["role"].ne("graft"),
-                     "config.magnitude_hparams.lr"].unique()))
+        assert sorted(sweep["lr"]) == pytest.approx(
+            sorted(
+                runs.loc[
+                    runs["magnitude_arm"].eq(arm) & runs["role"].ne("graft"),
+                    "config.magnitude_hparams.lr",
+                ].unique()
+            )
+        )
         means, best = chart_traces(at, chart_titled(at, f"{arm}'s sweep"))
         assert list(means["x"]) == pytest.approx(sweep["lr"].tolist())
         assert list(means["y"]) == pytest.approx(sweep["mean"].tolist())
@@ -171,12 +191,18 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
 
     table = table_with(at, "verdict").set_index("pair")
     verdicts = result.verdicts.assign(
-        pair=result.verdicts["magnitude"] + "#" + result.verdicts["direction"]).set_index("pair")
+        pair=result.verdicts["magnitude"] + "#" + result.verdicts["direction"]
+    ).set_index("pair")
     assert sorted(table.index) == ["adam#sgd", "sgd#adam"]
-    for column, source in (("M#D mean", "graft_mean"), ("M#D std", "graft_std"),
-                           ("M mean", "magnitude_mean"), ("M std", "magnitude_std"),
-                           ("D mean", "direction_mean"), ("D std", "direction_std"),
-                           ("position", "position")):
+    for column, source in (
+        ("M#D mean", "graft_mean"),
+        ("M#D std", "graft_std"),
+        ("M mean", "magnitude_mean"),
+        ("M std", "magnitude_std"),
+        ("D mean", "direction_mean"),
+        ("D std", "direction_std"),
+        ("position", "position"),
+    ):
         assert table[column].to_dict() == pytest.approx(verdicts[source].to_dict())
     words = {"magnitude": "closer to M", "direction": "closer to D", "cannot tell": "cannot tell"}
     for pair, row in verdicts.iterrows():
@@ -187,7 +213,8 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
     for trace, arm in zip(figure, ("magnitude", "graft", "direction")):
         assert list(trace["y"]) == pytest.approx(result.verdicts[f"{arm}_mean"].tolist())
         assert list(trace["error_y"]["array"]) == pytest.approx(
-            result.verdicts[f"{arm}_std"].tolist())
+            result.verdicts[f"{arm}_std"].tolist()
+        )
     assert any("M's tuned lr" in c.value and "D's lr cancels" in c.value for c in at.caption)
     assert not at.button(key="grid.tuned.start").disabled  # done: the next one may start
 
@@ -219,12 +246,15 @@ def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):
     assert not at.button(key="grid.tuned.start").disabled
 
 
-@pytest.mark.parametrize("change, reason", [
-    (("text_input", "grid.tuned_seeds", "0, 0"), "seeds"),
-    (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
-    (("number_input", "grid.lr.sgd", -0.1), "lr"),
-    (("number_input", "grid.steps", 0), "steps"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (("text_input", "grid.tuned_seeds", "0, 0"), "seeds"),
+        (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
+        (("number_input", "grid.lr.sgd", -0.1), "lr"),
+        (("number_input", "grid.steps", 0), "steps"),
+    ],
+)
 def test_tuned_comparison_refuses_bad_input_and_starts_nothing(store, change, reason):
     kind, key, value = change
     at = tuned_page()
@@ -256,8 +286,12 @@ def test_schedule_transfer_replays_m_after_it_finishes(store):
     assert replayed["value"].to_numpy() == pytest.approx(recorded["value"].to_numpy())
 
     loss = chart_traces(at, chart_titled(at, "Training loss"))
-    assert [t["name"] for t in loss] == ["adam (M alone)", "sgd (D alone)", "adam#sgd",
-                                         "replay(adam)#sgd"]
+    assert [t["name"] for t in loss] == [
+        "adam (M alone)",
+        "sgd (D alone)",
+        "adam#sgd",
+        "replay(adam)#sgd",
+    ]
     assert all(len(t["x"]) == TINY["steps"] for t in loss)
     schedule = chart_traces(at, chart_titled(at, "adam (M alone): step size"))
     layers = store.layer_norm_names(m_alone)[0]
@@ -267,7 +301,8 @@ def test_schedule_transfer_replays_m_after_it_finishes(store):
     first = [t for t in schedule if t["name"] == layers[0]]
     assert np.asarray(first[0]["y"], float) == pytest.approx(wide["step_norm"].to_numpy())
     assert np.asarray(first[1]["y"], float) == pytest.approx(
-        (wide["step_norm"] / wide["grad_norm"]).to_numpy())
+        (wide["step_norm"] / wide["grad_norm"]).to_numpy()
+    )
     check = [t["name"] for t in chart_traces(at, chart_titled(at, f"Layer {layers[0]}"))]
     assert "replay(adam)#sgd ‖Δ_M‖" in check and "adam (M alone) ‖Δ‖" in check
 
@@ -290,9 +325,14 @@ def test_schedule_transfer_from_a_saved_run_starts_the_replay_at_once(store):
     assert names[0] == "saved-adam (saved run)" and len(names) == 4
 
 
-@pytest.mark.parametrize("key, value, reason", [("transfer.direction.sgd.lr", -1.0, "lr"),
-                                               ("transfer.direction.sgd.lr", 0.0, "lr: 0"),
-                                               ("transfer.batch_size", 0, "batch_size")])
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("transfer.direction.sgd.lr", -1.0, "lr"),
+        ("transfer.direction.sgd.lr", 0.0, "lr: 0"),
+        ("transfer.batch_size", 0, "batch_size"),
+    ],
+)
 def test_schedule_transfer_refuses_bad_input_and_starts_nothing(store, key, value, reason):
     at = page("pages/schedule_transfer.py")
     at.number_input(key=key).set_value(value)
@@ -319,8 +359,9 @@ def test_static_ratios_measures_exports_and_compares_memory(store, tmp_path, mon
     assert [t["name"] for t in ratio_chart if not t["name"].endswith("static value")] == layers
     table = at.dataframe[0].value.set_index("layer")
     norms = store.layer_norms(source, fields=["magnitude_norm", "direction_norm"])
-    wide = norms.pivot_table(index=["step", "layer"], columns="field", values="value",
-                             observed=True).reset_index()
+    wide = norms.pivot_table(
+        index=["step", "layer"], columns="field", values="value", observed=True
+    ).reset_index()
     window = wide[(wide["step"] >= 10) & (wide["step"] < 30)]
     for layer in layers:  # each multiplier is the median ratio over steps 10..29
         rows = window[window["layer"] == layer]
@@ -328,8 +369,10 @@ def test_static_ratios_measures_exports_and_compares_memory(store, tmp_path, mon
         assert table.loc[layer, "multiplier c"] == pytest.approx(median, rel=1e-5)
     assert at.get("download_button")[0].proto.label == "Download multipliers (JSON)"
     snippet = at.code[0].value
-    assert ('torch.optim.SGD(\n    StaticRatios.load("ratios.json").param_groups('
-            'model.named_parameters()),\n    momentum=0.9)') in snippet
+    assert (
+        'torch.optim.SGD(\n    StaticRatios.load("ratios.json").param_groups('
+        "model.named_parameters()),\n    momentum=0.9)"
+    ) in snippet
     monkeypatch.chdir(tmp_path)  # the snippet runs as shown, on the file the button gives
     static_ratios_from_run(store, source, window=(10, 30)).save("ratios.json")
     model = build_model("mlp", load_dataset("mnist1d"), width=TINY["width"])
@@ -349,22 +392,33 @@ def test_static_ratios_measures_exports_and_compares_memory(store, tmp_path, mon
     used = runs.loc[runs["name"] == "sgd+ratios(adam)", "run_id"].iloc[0]
     assert store.get_artifact(used, "static_ratios")["info"]["window"] == [10, 30]
 
-    bars = {t["name"]: float(np.asarray(t["y"], float)[0])
-            for t in chart_traces(at, chart_titled(at, "Optimizer state memory"))
-            if t["type"] == "bar"}
+    bars = {
+        t["name"]: float(np.asarray(t["y"], float)[0])
+        for t in chart_traces(at, chart_titled(at, "Optimizer state memory"))
+        if t["type"] == "bar"
+    }
     assert set(bars) == {"sgd+ratios(adam)", "adam (M alone)", "sgd(lr=0.1)"}
     assert bars["adam (M alone)"] == pytest.approx(2 * bars["sgd+ratios(adam)"])  # m, v vs m
     assert bars["sgd(lr=0.1)"] == pytest.approx(bars["sgd+ratios(adam)"])
 
 
-@pytest.mark.parametrize("change, reason", [
-    (("text_input", "ratios.lrs", "0.1, abc"), "learning rates"),
-    (("slider", "ratios.window", (5, 5)), "window"),
-    (("number_input", "ratios.steps", 0), "steps"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (("text_input", "ratios.lrs", "0.1, abc"), "learning rates"),
+        (("slider", "ratios.window", (5, 5)), "window"),
+        (("number_input", "ratios.steps", 0), "steps"),
+    ],
+)
 def test_static_ratios_refuses_bad_input_and_starts_nothing(store, change, reason):
-    saved = train_inline(store, name="adam#sgd", magnitude="adam", direction="sgd",
-                         direction_hparams={"lr": 0.1, "momentum": 0.9}, **TINY)
+    saved = train_inline(
+        store,
+        name="adam#sgd",
+        magnitude="adam",
+        direction="sgd",
+        direction_hparams={"lr": 0.1, "momentum": 0.9},
+        **TINY,
+    )
     at = page("pages/static_ratios.py")
     at.radio(key="ratios.source_mode").set_value("Use a saved M#D run").run()
     assert at.selectbox(key="ratios.saved_run").value == saved

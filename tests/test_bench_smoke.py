@@ -13,23 +13,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_step_benchmark_quick_run_prints_ratios():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "step.py"), "--quick"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for path in ("torch Adam fused", "torch SGD-m foreach", "Graft native, default",
-                 "Graft black-box, reference"):
+    for path in (
+        "torch Adam fused",
+        "torch SGD-m foreach",
+        "Graft native, default",
+        "Graft black-box, reference",
+    ):
         assert path in out
     assert "backends: Graft native, default: reference" in out  # a small model: no kernels
     ratios = [line for line in out.splitlines() if line.startswith("ratio ")]
     assert len(ratios) == 8  # four Graft paths over two sums of torch steps
-    assert any("Graft native, default / (Adam + SGD-m fused)" in r and "target <= 1.0" in r
-               for r in ratios)
-    assert any("Graft black-box, default / (Adam + SGD-m fused)" in r and "target <= 2.0" in r
-               for r in ratios)
+    assert any(
+        "Graft native, default / (Adam + SGD-m fused)" in r and "target <= 1.0" in r for r in ratios
+    )
+    assert any(
+        "Graft black-box, default / (Adam + SGD-m fused)" in r and "target <= 2.0" in r
+        for r in ratios
+    )
     pairs = [line for line in out.splitlines() if "#" in line and "default (" in line]
-    assert [line.split(":")[0] for line in pairs] == ["adagrad#rmsprop-m", "adamw#nesterov",
-                                                      "lion#signum"]
+    assert [line.split(":")[0] for line in pairs] == [
+        "adagrad#rmsprop-m",
+        "adamw#nesterov",
+        "lion#signum",
+    ]
 
 
 def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
@@ -45,8 +60,9 @@ def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
 
 
 def test_checkpoint_cost_measures_a_step_and_a_checkpoint():
-    spec = importlib.util.spec_from_file_location("checkpoint_cost",
-                                                  ROOT / "bench" / "checkpoint_cost.py")
+    spec = importlib.util.spec_from_file_location(
+        "checkpoint_cost", ROOT / "bench" / "checkpoint_cost.py"
+    )
     checkpoint_cost = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(checkpoint_cost)
     step_s, checkpoint_s, size = checkpoint_cost.measure("mnist1d", 32, steps=40, repeats=3)
@@ -55,9 +71,13 @@ def test_checkpoint_cost_measures_a_step_and_a_checkpoint():
 
 
 def test_compare_wall_benchmark_quick_run_times_each_worker_count():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_wall.py"), "--quick",
-                           "--dataset", "digits"], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare_wall.py"), "--quick", "--dataset", "digits"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("workers ")]
     assert [line.split(":")[0] for line in lines] == ["workers 1", "workers 2"]
@@ -65,9 +85,14 @@ def test_compare_wall_benchmark_quick_run_times_each_worker_count():
 
 
 def test_dask_grid_benchmark_quick_run_times_both_executors_and_the_stream():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "dask_grid.py"), "--quick"],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "dask_grid.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "round 1 local:" in out and "round 1 dask:" in out and "dask/local" in out

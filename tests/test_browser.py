@@ -51,9 +51,11 @@ EXPERIMENT = {"width": 32, "steps": 300, "eval_every": 50, "eval_examples": 500}
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="needs Debian's chromium at /usr/bin/chromium "
-                              "(apt-get install chromium; ./tasks test installs it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium "
+        "(apt-get install chromium; ./tasks test installs it)",
+    ),
 ]
 
 
@@ -69,10 +71,12 @@ def _experiments(root: Path) -> dict[str, str]:
     base = RunConfig(**EXPERIMENT)
     choice = {name: LAB_OPTIMIZERS[name] for name in ("sgd", "adam", "adagrad")}
     groups = {"md-grid": grid(store, base, choice)[0]}
-    groups["transfer"] = schedule_transfer(store, base, ("adam", choice["adam"]),
-                                           ("sgd", choice["sgd"]))[0]
-    groups["ratios"] = static_ratio_experiment(store, base, ("adam", choice["adam"]),
-                                               window=(30, 150), sgd_lrs=(0.03, 0.3))[0]
+    groups["transfer"] = schedule_transfer(
+        store, base, ("adam", choice["adam"]), ("sgd", choice["sgd"])
+    )[0]
+    groups["ratios"] = static_ratio_experiment(
+        store, base, ("adam", choice["adam"]), window=(30, 150), sgd_lrs=(0.03, 0.3)
+    )[0]
     store.close()
     return groups
 
@@ -86,8 +90,12 @@ def serve(runs: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     log = open(log_path, "w")  # closed below, after the server
     server = subprocess.Popen(
         ["./tasks", "app", "--server.port", str(port), "--server.headless", "true"],
-        cwd=ROOT, env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)}, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)  # its own group: killed as one
+        cwd=ROOT,
+        env={**os.environ, "GRAFTING_RUNS_DIR": str(runs)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # its own group: killed as one
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # set-up is a no-op when .venv is current
@@ -126,11 +134,19 @@ def app(tmp_path_factory):
 def browser():
     with sync_playwright() as p:
         chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  # this machine's network is closed: no background connections to try
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"])
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                # this machine's network is closed: no background connections to try
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         yield chromium
         chromium.close()
 
@@ -161,8 +177,10 @@ def _shown(page, title: str) -> None:
     _ready(page)
     expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=60_000)
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
-    for loading in ('[data-testid="stSkeleton"]',  # a chart whose code is still loading
-                    '[data-testid="stPlotlyChart"]:not(:has(.main-svg))'):
+    for loading in (
+        '[data-testid="stSkeleton"]',  # a chart whose code is still loading
+        '[data-testid="stPlotlyChart"]:not(:has(.main-svg))',
+    ):
         expect(page.locator(loading)).to_have_count(0, timeout=30_000)
 
 
@@ -175,8 +193,7 @@ def _screenshot(page, name: str, *, below=None) -> Path:
     clip = {"x": 0, "y": 0, "width": VIEWPORT["width"], "height": bottom}
     if below is not None:
         top = int(below.bounding_box()["y"]) - 16
-        clip = {"x": int(main["x"]), "y": top, "width": int(main["width"]),
-                "height": bottom - top}
+        clip = {"x": int(main["x"]), "y": top, "width": int(main["width"]), "height": bottom - top}
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), clip=clip)
     return path
@@ -188,11 +205,23 @@ def _expect_or_explain(page, log: Path, check) -> None:
     try:
         check()
     except AssertionError as error:
-        status = page.locator(", ".join(f'[data-testid="{kind}"]' for kind in (
-            "stProgress", "stAlert", "stException", "stToast"))).all_inner_texts()
-        raise AssertionError("\n".join([
-            "the page's progress bars, messages and errors:", *status,
-            "the server printed (tail):", log.read_text()[-3000:], str(error)])) from None
+        status = page.locator(
+            ", ".join(
+                f'[data-testid="{kind}"]'
+                for kind in ("stProgress", "stAlert", "stException", "stToast")
+            )
+        ).all_inner_texts()
+        raise AssertionError(
+            "\n".join(
+                [
+                    "the page's progress bars, messages and errors:",
+                    *status,
+                    "the server printed (tail):",
+                    log.read_text()[-3000:],
+                    str(error),
+                ]
+            )
+        ) from None
 
 
 def _slug(text: str) -> str:
@@ -214,12 +243,20 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
 
     # Live: while the workers train, the loss chart (a chart redrawn in place) draws lines.
     live = page.frame_locator(LIVE_CHART).first
-    _expect_or_explain(page, log, lambda: expect(
-        live.locator(".scatterlayer .trace path.js-line").first).to_be_attached(
-        timeout=180_000))
-    _expect_or_explain(page, log, lambda: expect(
-        page.get_by_text(re.compile(r"finished at step 400/400"))).to_have_count(
-        4, timeout=180_000))
+    _expect_or_explain(
+        page,
+        log,
+        lambda: expect(live.locator(".scatterlayer .trace path.js-line").first).to_be_attached(
+            timeout=180_000
+        ),
+    )
+    _expect_or_explain(
+        page,
+        log,
+        lambda: expect(page.get_by_text(re.compile(r"finished at step 400/400"))).to_have_count(
+            4, timeout=180_000
+        ),
+    )
     # Ended: the same chart holds the whole runs, one line per run.
     _ready(page)
     loss = page.frame_locator(LIVE_CHART).first
@@ -253,15 +290,20 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
             page.goto(f"{url}/{path}?group={group}")
         _shown(page, title)
         expect(page.frame_locator(LIVE_CHART).first.locator(".main-svg").first).to_be_visible(
-            timeout=30_000)
+            timeout=30_000
+        )
         expect(page.locator(LIVE_CHART)).to_have_count(charts, timeout=30_000)
         start = page.get_by_role("button", name="Start", exact=True)
         _screenshot(page, f"{_slug(title)}-results", below=start)
         if path == "md-grid":  # live charts in a closed expander are drawn when it opens
             page.get_by_text("Every run of the grid").click()
             for i in (1, 2):
-                expect(page.frame_locator(LIVE_CHART).nth(i).locator(
-                    ".scatterlayer path.js-line").first).to_be_visible(timeout=30_000)
+                expect(
+                    page.frame_locator(LIVE_CHART)
+                    .nth(i)
+                    .locator(".scatterlayer path.js-line")
+                    .first
+                ).to_be_visible(timeout=30_000)
     page.close()
 
 
@@ -285,23 +327,31 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     seeds = page.get_by_label("Seeds", exact=True)
     seeds.fill("0, 1")
     seeds.press("Enter")
-    expect(page.get_by_text("= 8 sweep runs, then 2 grafts × 2 seeds: 12 runs",
-                            exact=False)).to_be_visible(timeout=30_000)
+    expect(
+        page.get_by_text("= 8 sweep runs, then 2 grafts × 2 seeds: 12 runs", exact=False)
+    ).to_be_visible(timeout=30_000)
     start = page.get_by_role("button", name="Start", exact=True)
     start.click()
-    _expect_or_explain(page, log, lambda: expect(page.get_by_text(
-        "grafts at M's tuned lr: 4 of 4 done", exact=False)).to_be_visible(timeout=180_000))
+    _expect_or_explain(
+        page,
+        log,
+        lambda: expect(
+            page.get_by_text("grafts at M's tuned lr: 4 of 4 done", exact=False)
+        ).to_be_visible(timeout=180_000),
+    )
     expect(start).to_be_enabled(timeout=30_000)  # the comparison has ended
     _ready(page)
     expect(page.locator(LIVE_CHART)).to_have_count(3, timeout=30_000)  # 2 sweeps, verdicts
     verdicts = page.frame_locator(LIVE_CHART).nth(2).locator(".xtick text")
     _expect_or_explain(page, log, lambda: expect(verdicts).to_have_count(2, timeout=30_000))
     for text in verdicts.all_text_contents():  # SVG text: no inner text
-        assert re.fullmatch(r"(adam#sgd|sgd#adam)\s*(closer to [MD] \(\w+\)|cannot tell)",
-                            text), text
+        assert re.fullmatch(r"(adam#sgd|sgd#adam)\s*(closer to [MD] \(\w+\)|cannot tell)", text), (
+            text
+        )
     for i in (0, 1):  # each sweep draws its two lrs' means
-        expect(page.frame_locator(LIVE_CHART).nth(i).locator(
-            ".scatterlayer .trace .point")).not_to_have_count(0)
+        expect(
+            page.frame_locator(LIVE_CHART).nth(i).locator(".scatterlayer .trace .point")
+        ).not_to_have_count(0)
     _screenshot(page, "grid-tuned-results", below=start)
 
 

@@ -11,8 +11,7 @@ from streamlit.testing.v1 import AppTest
 from ui import charts
 
 
-def test_the_component_folder_holds_its_page_and_the_installed_plotly_js(tmp_path,
-                                                                         monkeypatch):
+def test_the_component_folder_holds_its_page_and_the_installed_plotly_js(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     folder = charts.component_dir()
     assert folder == tmp_path / ".cache" / "grafting_lab" / f"live_chart-{plotly.__version__}"

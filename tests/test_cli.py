@@ -9,8 +9,18 @@ import pytest
 from grafting_core.lab.cli import main
 from grafting_core.lab.store import RunStore
 
-TINY = ["--width", "16", "--steps", "30", "--batch-size", "32", "--eval-every", "15",
-        "--eval-examples", "100"]
+TINY = [
+    "--width",
+    "16",
+    "--steps",
+    "30",
+    "--batch-size",
+    "32",
+    "--eval-every",
+    "15",
+    "--eval-examples",
+    "100",
+]
 
 
 @pytest.fixture
@@ -32,8 +42,9 @@ def test_train_then_runs_subcommands(runs_dir, tmp_path, capsys):
     assert header.startswith("step,") and "train_loss" in header
     assert main(["runs", "schedule", run_id, "-o", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["format"].endswith("schedule")
-    assert main(["runs", "ratios", run_id, "--window", "5", "25",
-                 "-o", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(["runs", "ratios", run_id, "--window", "5", "25", "-o", str(tmp_path / "r.json")]) == 0
+    )
     assert "fc1.weight" in json.loads((tmp_path / "r.json").read_text())["parameters"]
     assert main(["train", *TINY, "--direction", "sgd", "--replay", str(tmp_path / "s.json")]) == 0
     assert main(["runs", "delete", run_id, "--yes"]) == 0
@@ -41,17 +52,22 @@ def test_train_then_runs_subcommands(runs_dir, tmp_path, capsys):
 
 
 def test_config_file_and_flags(runs_dir, tmp_path, capsys):
-    (tmp_path / "cfg.toml").write_text('magnitude = "sgd"\nsteps = 20\n'
-                                       '[magnitude_hparams]\nlr = 0.05\n')
+    (tmp_path / "cfg.toml").write_text(
+        'magnitude = "sgd"\nsteps = 20\n[magnitude_hparams]\nlr = 0.05\n'
+    )
     assert main(["train", "--config", str(tmp_path / "cfg.toml"), "--width", "16"]) == 0
     config = RunStore(runs_dir).runs(flatten_config=False)["config"].iloc[0]
     assert config["magnitude_hparams"] == {"lr": 0.05} and config["steps"] == 20
 
 
-@pytest.mark.parametrize("argv", [["grid", *TINY, "--optimizers", "sgd", "adam", "--workers", "1"],
-                                  ["schedule-transfer", *TINY, "--workers", "1"],
-                                  ["static-ratios", *TINY, "--window", "5", "20",
-                                   "--sgd-lrs", "0.1", "--workers", "1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["grid", *TINY, "--optimizers", "sgd", "adam", "--workers", "1"],
+        ["schedule-transfer", *TINY, "--workers", "1"],
+        ["static-ratios", *TINY, "--window", "5", "20", "--sgd-lrs", "0.1", "--workers", "1"],
+    ],
+)
 def test_experiment_subcommands(runs_dir, argv, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -59,9 +75,22 @@ def test_experiment_subcommands(runs_dir, argv, capsys):
 
 
 def test_an_optimizer_with_overrides_is_labelled_by_what_it_changes(runs_dir):
-    argv = ["--runs-dir", str(runs_dir), "grid", "--optimizers", "sgd",
-            'adam={"lr": 0.003, "betas": [0.9, 0.95]}', "--steps", "3", "--eval-every", "3",
-            "--width", "8", "--workers", "1"]
+    argv = [
+        "--runs-dir",
+        str(runs_dir),
+        "grid",
+        "--optimizers",
+        "sgd",
+        'adam={"lr": 0.003, "betas": [0.9, 0.95]}',
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--width",
+        "8",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     runs = RunStore(runs_dir).runs().set_index("name")
     adam = "adam(lr=0.003, betas=[0.9, 0.95])"
@@ -70,17 +99,20 @@ def test_an_optimizer_with_overrides_is_labelled_by_what_it_changes(runs_dir):
     assert config["magnitude_hparams"] == {"lr": 0.003, "betas": [0.9, 0.95]}
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--steps", "x"], "steps"),
-    (["train", "--magnitude", "adamm"], "Unknown optimizer"),
-    (["train", "--magnitude-hparams", '{"lr": -1}'], "lr"),
-    (["train", "--bogus"], "unrecognized"),
-    (["grid", "--optimizers", "sgd", "nadam"], "Unknown optimizer"),
-    (["grid", "--optimizers", "sgd", 'adam={"lr": -1}'], "lr"),
-    (["grid", "--optimizers", "sgd", "adam=[1]"], "overrides must be a JSON object"),
-    (["static-ratios", "--window", "10", "900", "--steps", "100"], "window"),
-    (["runs", "show", "no-such-run"], "unknown run id"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--steps", "x"], "steps"),
+        (["train", "--magnitude", "adamm"], "Unknown optimizer"),
+        (["train", "--magnitude-hparams", '{"lr": -1}'], "lr"),
+        (["train", "--bogus"], "unrecognized"),
+        (["grid", "--optimizers", "sgd", "nadam"], "Unknown optimizer"),
+        (["grid", "--optimizers", "sgd", 'adam={"lr": -1}'], "lr"),
+        (["grid", "--optimizers", "sgd", "adam=[1]"], "overrides must be a JSON object"),
+        (["static-ratios", "--window", "10", "900", "--steps", "100"], "window"),
+        (["runs", "show", "no-such-run"], "unknown run id"),
+    ],
+)
 def test_bad_flags_exit_2_with_a_clear_message(runs_dir, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -89,8 +121,12 @@ def test_bad_flags_exit_2_with_a_clear_message(runs_dir, argv, message, capsys):
 
 
 def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "grafting_core", "train", "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "grafting_core", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0
     assert "--magnitude-hparams" in result.stdout and "step sizes" in result.stdout
 
@@ -106,28 +142,30 @@ def two_runs(tmp_path_factory):
     return root, dict(zip(runs["config.direction"].replace("", "plain"), runs["run_id"]))
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["runs", "list", "--status", "bogus"], "argument --status: invalid choice: 'bogus'"),
-    (["runs", "ratios", "{plain}"], "is a plain adam run"),
-    (["runs", "ratios", "{sgd}", "--window", "500", "600"], "window"),
-    (["runs", "export", "{sgd}", "-o", "/missing/dir/x.csv"], "-o /missing/dir/x.csv"),
-    (["grid", "--optimizers", "sgd"], "--optimizers sgd: a grid pairs at least two"),
-    (["grid", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
-    (["compare", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
-    (["compare", "--group", "compare-nope"], "--group compare-nope: no runs in this group"),
-    (["grid", "--workers", "-3"], "argument --workers: '-3' is not a number of workers"),
-    (["static-ratios", "--sgd-lrs", "0.1", "-1"], "argument --sgd-lrs: '-1' is not a learning"),
-    (["static-ratios", "--sgd-lrs", "inf"], "argument --sgd-lrs: 'inf' is not a learning"),
-    (["train", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
-    (["grid", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
-    (["train", "--width", "10000000"], "Invalid width/depth"),
-    (["train", "--dataset", "mnist1d", "--model", "transformer"], "does not fit dataset"),
-    (["train", "--custom", "no_such_module:build"], "Custom task module not found"),
-    (["train", "--custom", "missing/task.py:build"], "Custom task file not found"),
-    (["train", "--resume", "{plain}", "--steps", "90"], "drop --steps"),
-])
-def test_user_errors_are_one_line_with_status_2_and_write_nothing(two_runs, argv, message,
-                                                                  capsys):
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["runs", "list", "--status", "bogus"], "argument --status: invalid choice: 'bogus'"),
+        (["runs", "ratios", "{plain}"], "is a plain adam run"),
+        (["runs", "ratios", "{sgd}", "--window", "500", "600"], "window"),
+        (["runs", "export", "{sgd}", "-o", "/missing/dir/x.csv"], "-o /missing/dir/x.csv"),
+        (["grid", "--optimizers", "sgd"], "--optimizers sgd: a grid pairs at least two"),
+        (["grid", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
+        (["compare", "--seeds", "-1"], "argument --seeds: '-1' is not a seed >= 0"),
+        (["compare", "--group", "compare-nope"], "--group compare-nope: no runs in this group"),
+        (["grid", "--workers", "-3"], "argument --workers: '-3' is not a number of workers"),
+        (["static-ratios", "--sgd-lrs", "0.1", "-1"], "argument --sgd-lrs: '-1' is not a learning"),
+        (["static-ratios", "--sgd-lrs", "inf"], "argument --sgd-lrs: 'inf' is not a learning"),
+        (["train", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
+        (["grid", "--batch-size", "1000000000000"], "Invalid batch_size: 1000000000000 needs"),
+        (["train", "--width", "10000000"], "Invalid width/depth"),
+        (["train", "--dataset", "mnist1d", "--model", "transformer"], "does not fit dataset"),
+        (["train", "--custom", "no_such_module:build"], "Custom task module not found"),
+        (["train", "--custom", "missing/task.py:build"], "Custom task file not found"),
+        (["train", "--resume", "{plain}", "--steps", "90"], "drop --steps"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2_and_write_nothing(two_runs, argv, message, capsys):
     root, ids = two_runs
     before = RunStore(root).runs()
     with pytest.raises(SystemExit) as exit_info:
@@ -161,8 +199,9 @@ def test_a_read_only_store_still_lists_and_refuses_writes_in_one_line(tmp_path, 
     run_id = RunStore(root).runs()["run_id"][0]
     capsys.readouterr()
     frozen = [root / "runs.sqlite", root]  # immutable: not even root may write (chattr +i)
-    if any(subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode
-           for p in frozen):
+    if any(
+        subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode for p in frozen
+    ):
         subprocess.run(["chattr", "-i", *map(str, frozen)], capture_output=True)
         pytest.skip("chattr +i is not available here")
     try:

@@ -37,16 +37,42 @@ from tests.test_reliability import (
 
 distributed = pytest.importorskip("distributed")
 
-GRID_FLAGS = ["--optimizers", "sgd", "adam", "--seeds", "0", "1", "--dataset", "mnist1d",
-              "--width", "32", "--steps", "60", "--batch-size", "32", "--eval-every", "30",
-              "--eval-examples", "200", "--flush-seconds", "0", "--checkpoint-every", "25"]
+GRID_FLAGS = [
+    "--optimizers",
+    "sgd",
+    "adam",
+    "--seeds",
+    "0",
+    "1",
+    "--dataset",
+    "mnist1d",
+    "--width",
+    "32",
+    "--steps",
+    "60",
+    "--batch-size",
+    "32",
+    "--eval-every",
+    "30",
+    "--eval-examples",
+    "200",
+    "--flush-seconds",
+    "0",
+    "--checkpoint-every",
+    "25",
+]
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """A scheduler and 2 worker processes (one thread each), closed at the module's end."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster:
         yield cluster
 
 
@@ -75,25 +101,44 @@ def _runs_training() -> int:
 
 def _worker_pid(client, run_id: str) -> int:
     """The pid of the worker process whose task trains ``run_id``."""
-    (address,) = [address for address, keys in client.processing().items()
-                  if any(run_id in str(key) for key in keys)]
+    (address,) = [
+        address
+        for address, keys in client.processing().items()
+        if any(run_id in str(key) for key in keys)
+    ]
     return client.run(os.getpid, workers=[address])[address]
 
 
 def _by_arm(store: RunStore) -> dict[tuple[str, int], str]:
     runs = store.runs()
-    return {(name, int(seed)): run_id
-            for name, seed, run_id in zip(runs["name"], runs["config.seed"], runs["run_id"])}
+    return {
+        (name, int(seed)): run_id
+        for name, seed, run_id in zip(runs["name"], runs["config.seed"], runs["run_id"])
+    }
 
 
 def test_a_grid_on_dask_workers_equals_the_local_executors_and_never_opens_the_store(
-        tmp_path, cluster, client, monkeypatch, capsys):
+    tmp_path, cluster, client, monkeypatch, capsys
+):
     client.run(_refuse_sqlite)
     monkeypatch.setattr(executor_module, "usable_cores", lambda: 2)  # one torch thread each
     local, remote = RunStore(tmp_path / "local"), RunStore(tmp_path / "dask")
     assert main(["--runs-dir", str(local.root), "grid", "--workers", "2", *GRID_FLAGS]) == 0
-    assert main(["--runs-dir", str(remote.root), "grid", "--executor", "dask", "--scheduler",
-                 cluster.scheduler_address, *GRID_FLAGS]) == 0
+    assert (
+        main(
+            [
+                "--runs-dir",
+                str(remote.root),
+                "grid",
+                "--executor",
+                "dask",
+                "--scheduler",
+                cluster.scheduler_address,
+                *GRID_FLAGS,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     local_runs, remote_runs = _by_arm(local), _by_arm(remote)
     assert sorted(local_runs) == sorted(remote_runs) and len(local_runs) == 8
@@ -102,51 +147,81 @@ def test_a_grid_on_dask_workers_equals_the_local_executors_and_never_opens_the_s
         assert local.run(local_id)["status"] == remote.run(remote_id)["status"] == "finished"
         assert remote.run(remote_id)["pid"] == os.getpid()  # written by the driver only
         # every metric at every step, to the bit (wall-clock throughput aside)
-        ours, theirs = (store.metrics_wide(run_id).drop(columns="steps_per_second")
-                        for store, run_id in ((local, local_id), (remote, remote_id)))
+        ours, theirs = (
+            store.metrics_wide(run_id).drop(columns="steps_per_second")
+            for store, run_id in ((local, local_id), (remote, remote_id))
+        )
         pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
         assert len(ours) == 60 and ours["val_loss"].notna().sum() == 2
-        pd.testing.assert_frame_equal(local.layer_norms(local_id), remote.layer_norms(remote_id),
-                                      check_exact=True)
+        pd.testing.assert_frame_equal(
+            local.layer_norms(local_id), remote.layer_norms(remote_id), check_exact=True
+        )
         assert local.get_artifact(local_id, "layers") == remote.get_artifact(remote_id, "layers")
-        weights = [read_checkpoint(store.get_artifact(run_id, "checkpoint"))["model"]
-                   for store, run_id in ((local, local_id), (remote, remote_id))]
+        weights = [
+            read_checkpoint(store.get_artifact(run_id, "checkpoint"))["model"]
+            for store, run_id in ((local, local_id), (remote, remote_id))
+        ]
         assert weights[0].keys() == weights[1].keys()
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_a_comparison_on_dask_workers_equals_the_local_executors(tmp_path, cluster,
-                                                                 monkeypatch, capsys):
+def test_a_comparison_on_dask_workers_equals_the_local_executors(
+    tmp_path, cluster, monkeypatch, capsys
+):
     monkeypatch.setattr(executor_module, "usable_cores", lambda: 2)
-    flags = ["--optimizers", "sgd", "adam", "--seeds", "0", "--points", "2", "--extensions", "0",
-             "--dataset", "digits", "--width", "16", "--steps", "30", "--eval-every", "30",
-             "--eval-examples", "64", "--flush-seconds", "0"]
+    flags = [
+        "--optimizers",
+        "sgd",
+        "adam",
+        "--seeds",
+        "0",
+        "--points",
+        "2",
+        "--extensions",
+        "0",
+        "--dataset",
+        "digits",
+        "--width",
+        "16",
+        "--steps",
+        "30",
+        "--eval-every",
+        "30",
+        "--eval-examples",
+        "64",
+        "--flush-seconds",
+        "0",
+    ]
     finals = []
-    for name, executor in (("local", ["--workers", "2"]),
-                           ("dask", ["--executor", "dask", "--scheduler",
-                                     cluster.scheduler_address])):
+    for name, executor in (
+        ("local", ["--workers", "2"]),
+        ("dask", ["--executor", "dask", "--scheduler", cluster.scheduler_address]),
+    ):
         store = RunStore(tmp_path / name)
         assert main(["--runs-dir", str(store.root), "compare", *executor, *flags]) == 0
         runs = store.runs()
         table = final_metrics(store, runs["run_id"], runs=runs).assign(
-            lr=runs["config.magnitude_hparams.lr"].values, seed=runs["config.seed"].values)
-        finals.append(table.drop(columns="run_id").sort_values(["name", "role", "lr"])
-                      .reset_index(drop=True))
+            lr=runs["config.magnitude_hparams.lr"].values, seed=runs["config.seed"].values
+        )
+        finals.append(
+            table.drop(columns="run_id").sort_values(["name", "role", "lr"]).reset_index(drop=True)
+        )
     capsys.readouterr()
     assert len(finals[0]) == 6 and (finals[0]["status"] == "finished").all()  # 2 × 2 lrs, 2 grafts
     pd.testing.assert_frame_equal(finals[0], finals[1], check_exact=True)
 
 
-def test_a_remote_run_streams_while_it_trains_stops_from_the_store_and_resumes(tmp_path,
-                                                                               cluster):
+def test_a_remote_run_streams_while_it_trains_stops_from_the_store_and_resumes(tmp_path, cluster):
     store = RunStore(tmp_path)
     run_id = create_run(store, LONG)
     executor = DaskExecutor(store.root, cluster.scheduler_address)
     try:
         future = executor.submit(run_id)
         # rows, norms and a checkpoint reach the store while the run trains on a worker
-        _until(lambda: _training(store, run_id, past=LONG.checkpoint_every + 10),
-               "the run to pass its first checkpoint")
+        _until(
+            lambda: _training(store, run_id, past=LONG.checkpoint_every + 10),
+            "the run to pass its first checkpoint",
+        )
         assert not future.done() and len(store.layer_norms(run_id)) > 0
         assert read_checkpoint(store.get_artifact(run_id, "checkpoint"))["step"] >= 200
         request_stop(store, run_id)  # as the app's Stop does, from any process
@@ -176,14 +251,17 @@ def test_a_run_that_fails_on_a_worker_is_failed_with_its_traceback(tmp_path, clu
 
 
 def test_a_killed_worker_leaves_its_run_interrupted_with_its_rows_and_resumable(
-        tmp_path, cluster, client):
+    tmp_path, cluster, client
+):
     store = RunStore(tmp_path)
     victim, sibling = (create_run(store, LONG.replace(seed=seed)) for seed in (0, 1))
     executor = DaskExecutor(store.root, cluster.scheduler_address)
     try:
         futures = [executor.submit(run_id) for run_id in (victim, sibling)]
-        _until(lambda: _training(store, victim, past=LONG.checkpoint_every + 10),
-               "the run to pass its first checkpoint")
+        _until(
+            lambda: _training(store, victim, past=LONG.checkpoint_every + 10),
+            "the run to pass its first checkpoint",
+        )
         _until(lambda: _training(store, sibling), "the second run to train")
         os.kill(_worker_pid(client, victim), signal.SIGKILL)  # as the out-of-memory killer
         assert futures[0].result(timeout=WAIT_S) == "interrupted"
@@ -200,12 +278,17 @@ def test_a_killed_worker_leaves_its_run_interrupted_with_its_rows_and_resumable(
 
 
 @pytest.mark.parametrize("where", ["cluster", "local"])
-def test_a_killed_driver_leaves_no_worker_training_and_every_run_resumable(tmp_path, where,
-                                                                           cluster, client):
+def test_a_killed_driver_leaves_no_worker_training_and_every_run_resumable(
+    tmp_path, where, cluster, client
+):
     store = RunStore(tmp_path / "runs")
     scheduler = cluster.scheduler_address if where == "cluster" else "local"
-    driver = subprocess.Popen([sys.executable, "-m", "tests.dask_driver", str(store.root),
-                               scheduler, "2"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tests.dask_driver", str(store.root), scheduler, "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         ids, _, pids = driver.stdout.readline().partition("|")
         run_ids, workers = ids.split(), [int(pid) for pid in pids.split()]
@@ -219,8 +302,10 @@ def test_a_killed_driver_leaves_no_worker_training_and_every_run_resumable(tmp_p
         for pid in workers:
             _until(lambda pid=pid: not _pid_alive(pid), f"worker {pid} to exit")
     else:  # the cluster's workers stay, and stop training the dead driver's runs
-        _until(lambda: not any(client.run(_runs_training).values()),
-               "the cluster's workers to stop training")
+        _until(
+            lambda: not any(client.run(_runs_training).values()),
+            "the cluster's workers to stop training",
+        )
         assert sorted(client.run(os.getpid).values()) == sorted(workers)
     RunStore(store.root).close()  # a new opener marks runs whose writer (the driver) died
     for run_id in run_ids:
@@ -246,8 +331,10 @@ def test_the_apps_sidebar_sends_runs_to_a_dask_scheduler(runs_dir, cluster):
         at.checkbox(key="lab.reverse").uncheck()
         at.button(key="lab.start").click().run()
         group = at.query_params["group"]
-        _until(lambda: (store.runs(group=group)["status"] == "finished").all(),
-               "the page's runs to finish on the cluster")
+        _until(
+            lambda: (store.runs(group=group)["status"] == "finished").all(),
+            "the page's runs to finish on the cluster",
+        )
         at.run()
         assert not at.exception
         runs = store.runs(group=group)
@@ -267,8 +354,19 @@ def _unreachable() -> str:
 def test_an_unreachable_scheduler_is_one_line_and_nothing_is_started(tmp_path, capsys):
     address = _unreachable()
     with pytest.raises(SystemExit) as exit_:
-        main(["--runs-dir", str(tmp_path), "grid", "--executor", "dask", "--scheduler",
-              address, "--steps", "10"])
+        main(
+            [
+                "--runs-dir",
+                str(tmp_path),
+                "grid",
+                "--executor",
+                "dask",
+                "--scheduler",
+                address,
+                "--steps",
+                "10",
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert f"Cannot reach a Dask scheduler at {address}" in err
@@ -276,8 +374,11 @@ def test_an_unreachable_scheduler_is_one_line_and_nothing_is_started(tmp_path, c
 
 
 def test_importing_the_lab_does_not_import_dask():
-    code = ("import sys, grafting_core, grafting_core.lab.cli, grafting_core.lab.experiments; "
-            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import sys, grafting_core, grafting_core.lab.cli, grafting_core.lab.experiments; "
+        "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

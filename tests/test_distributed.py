@@ -19,8 +19,10 @@ from grafting_core import Graft, NormLog, static_ratios_from_log
 
 from . import distributed_worker as dw
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
 RTOL = 1e-5
 ALL_REDUCE = "c10d.allreduce_"
 
@@ -36,8 +38,10 @@ def _extras() -> dict:
     model = dw.make_model()
     opt = dw.build("native", model, {})
     log = dw.train(model, opt)
-    return {"schedule": log.magnitude_schedule().to_dict(),
-            "ratios": static_ratios_from_log(log, window=(5, 20)).to_dict()}
+    return {
+        "schedule": log.magnitude_schedule().to_dict(),
+        "ratios": static_ratios_from_log(log, window=(5, 20)).to_dict(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,7 @@ def runs(tmp_path_factory):
     """``(single, ranks)``: one-process results per scenario and each rank's saved results."""
     out = tmp_path_factory.mktemp("distributed")
     extras = _extras()
-    mp.spawn(dw.worker, args=(dw.WORLD, _free_port(), str(out), extras), nprocs=dw.WORLD,
-             join=True)
+    mp.spawn(dw.worker, args=(dw.WORLD, _free_port(), str(out), extras), nprocs=dw.WORLD, join=True)
     kinds = {"native", "blackbox", *dw.FSDP_KINDS} - {"hsdp"}
     single = {kind: dw.single_run(kind, extras) for kind in kinds}
     single["hsdp"] = single["native"]
@@ -115,11 +118,18 @@ def test_fsdp2_dcp_save_load_resumes_exactly(runs):
         assert resumed["untouched"]
         assert resumed["step_after_load"] == dw.STEPS // 2
         assert resumed["saved_keys"] == [
-            "direction.momentum_buffer", "direction.step", "graft.nonfinite_skips",
-            "graft.step", "magnitude.exp_avg", "magnitude.exp_avg_sq", "magnitude.step"]
+            "direction.momentum_buffer",
+            "direction.step",
+            "graft.nonfinite_skips",
+            "graft.step",
+            "magnitude.exp_avg",
+            "magnitude.exp_avg_sq",
+            "magnitude.step",
+        ]
         assert _relative(resumed["weights"], single["native"]["weights"]) < RTOL
-        torch.testing.assert_close(resumed["norms"], single["native"]["norms"], rtol=RTOL,
-                                   atol=1e-7)
+        torch.testing.assert_close(
+            resumed["norms"], single["native"]["norms"], rtol=RTOL, atol=1e-7
+        )
 
 
 def test_static_ratio_sgd_groups_under_fsdp2(runs):
@@ -139,13 +149,16 @@ def test_one_all_reduce_per_grafted_step(runs):
     assert adam[ALL_REDUCE] == 0 and adam["c10d._reduce_scatter_base_"] > 0
 
 
-@pytest.mark.parametrize("key,pattern", [
-    ("error_lars", "'lars'.*trust ratios.*DDP"),
-    ("error_lamb_blackbox", "'lamb'.*trust ratios"),
-    ("error_adafactor", "Adafactor as direction.*factored"),
-    ("error_unknown", "OptInSGD as direction.*supports_dtensor = True"),
-    ("error_mixed", "all its parameters to be DTensors.*'extra'"),
-])
+@pytest.mark.parametrize(
+    "key,pattern",
+    [
+        ("error_lars", "'lars'.*trust ratios.*DDP"),
+        ("error_lamb_blackbox", "'lamb'.*trust ratios"),
+        ("error_adafactor", "Adafactor as direction.*factored"),
+        ("error_unknown", "OptInSGD as direction.*supports_dtensor = True"),
+        ("error_mixed", "all its parameters to be DTensors.*'extra'"),
+    ],
+)
 def test_unsupported_combinations_fail_at_construction(runs, key, pattern):
     import re
 
@@ -162,8 +175,9 @@ def test_nonfinite_shard_skips_the_layer_on_every_rank(runs):
         assert set(check["nonfinite_moved"]) == moved
         assert check["nonfinite_norms"][names.index("fc2.weight"), 5] == 1
         assert int(check["nonfinite_skips"].sum()) == 1
-    torch.testing.assert_close(checks[0]["nonfinite_norms"], checks[1]["nonfinite_norms"],
-                               rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        checks[0]["nonfinite_norms"], checks[1]["nonfinite_norms"], rtol=0, atol=0, equal_nan=True
+    )
 
 
 def test_single_process_graft_never_detects_sharding():

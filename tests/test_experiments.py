@@ -23,8 +23,15 @@ from grafting_core.lab.experiments import (
 from grafting_core.lab.runner import create_run, request_stop
 from grafting_core.lab.store import RunStore
 
-BASE = RunConfig(dataset="mnist1d", width=16, steps=40, batch_size=32, eval_every=20,
-                 eval_examples=100, log_every=10)
+BASE = RunConfig(
+    dataset="mnist1d",
+    width=16,
+    steps=40,
+    batch_size=32,
+    eval_every=20,
+    eval_examples=100,
+    log_every=10,
+)
 SGD, ADAM = ("sgd", LAB_OPTIMIZERS["sgd"]), ("adam", LAB_OPTIMIZERS["adam"])
 
 
@@ -37,8 +44,14 @@ def test_grid_runs_every_pair_in_worker_processes(store):
     executor = LocalExecutor(store.path.parent, max_workers=2)
     seen = []
     try:
-        group, table = grid(store, BASE, dict([SGD, ADAM]), seeds=[0, 1], executor=executor,
-                            progress=lambda done, total: seen.append((done, total)))
+        group, table = grid(
+            store,
+            BASE,
+            dict([SGD, ADAM]),
+            seeds=[0, 1],
+            executor=executor,
+            progress=lambda done, total: seen.append((done, total)),
+        )
     finally:
         executor.shutdown()
     assert len(table) == 8 and (table["status"] == "finished").all()
@@ -79,11 +92,21 @@ def test_bad_window_is_refused(store):
 def test_grid_configs_are_every_pair_per_seed_and_refuse_bad_input():
     planned = grid_configs(BASE, dict([SGD, ADAM]), seeds=[0, 3])
     assert [(c.name, c.seed) for c, _ in planned] == [
-        ("sgd#sgd", 0), ("sgd#sgd", 3), ("sgd#adam", 0), ("sgd#adam", 3),
-        ("adam#sgd", 0), ("adam#sgd", 3), ("adam#adam", 0), ("adam#adam", 3)]
+        ("sgd#sgd", 0),
+        ("sgd#sgd", 3),
+        ("sgd#adam", 0),
+        ("sgd#adam", 3),
+        ("adam#sgd", 0),
+        ("adam#sgd", 3),
+        ("adam#adam", 0),
+        ("adam#adam", 3),
+    ]
     assert [(a.role, a.magnitude, a.direction) for _, a in planned[::2]] == [
-        ("plain", "sgd", ""), ("graft", "sgd", "adam"), ("graft", "adam", "sgd"),
-        ("plain", "adam", "")]
+        ("plain", "sgd", ""),
+        ("graft", "sgd", "adam"),
+        ("graft", "adam", "sgd"),
+        ("plain", "adam", ""),
+    ]
     with pytest.raises(ValueError, match="at least two optimizers"):
         grid_configs(BASE, dict([SGD]))
     with pytest.raises(ValueError, match="seed"):
@@ -91,19 +114,28 @@ def test_grid_configs_are_every_pair_per_seed_and_refuse_bad_input():
 
 
 def _table(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
-    rows = [{"magnitude": m, "direction": d, "seed": s, "status": "finished", "val_loss": v}
-            for (m, d), seeds in values.items() for s, v in enumerate(seeds)]
+    rows = [
+        {"magnitude": m, "direction": d, "seed": s, "status": "finished", "val_loss": v}
+        for (m, d), seeds in values.items()
+        for s, v in enumerate(seeds)
+    ]
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("values, verdict", [
-    ({("a", "a"): [1.0], ("a", "b"): [1.1], ("b", "a"): [2.0], ("b", "b"): [2.2]},
-     "Rows look alike"),  # rows spread 0.15, columns 1.05
-    ({("a", "a"): [1.0], ("a", "b"): [2.0], ("b", "a"): [1.1], ("b", "b"): [2.2]},
-     "Columns look alike"),
-    ({("a", "a"): [1.0], ("a", "b"): [2.0], ("b", "a"): [2.0], ("b", "b"): [1.0]},
-     "Neither"),
-])
+@pytest.mark.parametrize(
+    "values, verdict",
+    [
+        (
+            {("a", "a"): [1.0], ("a", "b"): [1.1], ("b", "a"): [2.0], ("b", "b"): [2.2]},
+            "Rows look alike",
+        ),  # rows spread 0.15, columns 1.05
+        (
+            {("a", "a"): [1.0], ("a", "b"): [2.0], ("b", "a"): [1.1], ("b", "b"): [2.2]},
+            "Columns look alike",
+        ),
+        ({("a", "a"): [1.0], ("a", "b"): [2.0], ("b", "a"): [2.0], ("b", "b"): [1.0]}, "Neither"),
+    ],
+)
 def test_grid_reading_compares_spread_within_rows_and_columns(values, verdict):
     reading = grid_reading(_table(values))
     assert reading.startswith(verdict)
@@ -111,8 +143,12 @@ def test_grid_reading_compares_spread_within_rows_and_columns(values, verdict):
 
 
 def test_grid_reading_says_when_seeds_move_cells_as_much():
-    noisy = {("a", "a"): [1.0, 1.6], ("a", "b"): [1.1, 1.7], ("b", "a"): [2.0, 1.4],
-             ("b", "b"): [2.2, 1.6]}
+    noisy = {
+        ("a", "a"): [1.0, 1.6],
+        ("a", "b"): [1.1, 1.7],
+        ("b", "a"): [2.0, 1.4],
+        ("b", "b"): [2.2, 1.6],
+    }
     spreads = grid_spreads(_table(noisy))
     assert spreads["seeds"] == pytest.approx(0.6)  # each cell's two seeds differ by 0.6
     assert "not reliable" in grid_reading(_table(noisy))
@@ -143,10 +179,13 @@ def _wait(future):
         return "cancelled"
 
 
-@pytest.mark.parametrize("source_status, expected", [
-    ("finished", "finished"), ("diverged", "failed"), ("stopped", "stopped")])
-def test_submit_after_starts_the_replay_only_after_its_source_finished(store, source_status,
-                                                                      expected):
+@pytest.mark.parametrize(
+    "source_status, expected",
+    [("finished", "finished"), ("diverged", "failed"), ("stopped", "stopped")],
+)
+def test_submit_after_starts_the_replay_only_after_its_source_finished(
+    store, source_status, expected
+):
     executor = _RecordingExecutor()
     source = create_run(store, BASE, kind="transfer")
     replay = create_run(store, BASE, kind="transfer")

@@ -11,27 +11,44 @@ from grafting_core import RULES, Graft, NormLog, fused, reference
 from .helpers import compute_grads, make_model, max_relative_difference, train
 from .test_graft import CountLocalScalarDense
 
-pytestmark = pytest.mark.skipif(not fused.available(),
-                                reason=f"fused kernels unavailable: {fused.unavailable_reason}")
+pytestmark = pytest.mark.skipif(
+    not fused.available(), reason=f"fused kernels unavailable: {fused.unavailable_reason}"
+)
 
 SGD_M = ("sgd", {"lr": 0.05, "momentum": 0.9})
 PAIRS = [
     (("adam", {"lr": 1e-2}), SGD_M),
     (("adamw", {"lr": 1e-2, "weight_decay": 0.1}), ("sgd", {"lr": 0.1})),
-    (("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01}),
-     ("adam", {"lr": 1e-3, "betas": (0.8, 0.99)})),
+    (
+        ("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01}),
+        ("adam", {"lr": 1e-3, "betas": (0.8, 0.99)}),
+    ),
     (("adam", {"lr": 1e-2, "weight_decay": 0.01}), ("adamw", {"lr": 0.3})),
     (("sgd", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3}), SGD_M),
-    (("adagrad", {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01}),
-     ("rmsprop", {"lr": 1e-3, "momentum": 0.5})),
+    (
+        ("adagrad", {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01}),
+        ("rmsprop", {"lr": 1e-3, "momentum": 0.5}),
+    ),
     (("rmsprop", {"lr": 1e-3, "weight_decay": 0.01}), ("sign_sgd", {"lr": 1e-3})),
-    (("lion", {"lr": 1e-3, "betas": (0.2, 0.4), "weight_decay": 0.1}),  # lerp weights >= 1/2
-     ("sign_sgd", {"lr": 1e-3, "momentum": 0.3, "weight_decay": 0.01})),
+    (
+        ("lion", {"lr": 1e-3, "betas": (0.2, 0.4), "weight_decay": 0.1}),  # lerp weights >= 1/2
+        ("sign_sgd", {"lr": 1e-3, "momentum": 0.3, "weight_decay": 0.01}),
+    ),
     (("sign_sgd", {"lr": 1e-3, "momentum": 0.9}), ("lion", {"lr": 1e-3, "weight_decay": 0.1})),
     (("adam", {"lr": 1e-2}), ("adagrad", {"lr": 0.05, "initial_accumulator_value": 0.1})),
 ]
-PAIR_IDS = ["adam#sgdm", "adamw#sgd", "nesterov#adam", "adam-wd#adamw", "dampened#sgdm",
-            "adagrad#rmsprop-m", "rmsprop#sign", "lion#signum", "signum#lion", "adam#adagrad"]
+PAIR_IDS = [
+    "adam#sgdm",
+    "adamw#sgd",
+    "nesterov#adam",
+    "adam-wd#adamw",
+    "dampened#sgdm",
+    "adagrad#rmsprop-m",
+    "rmsprop#sign",
+    "lion#signum",
+    "signum#lion",
+    "adam#adagrad",
+]
 
 
 def _pair(specs, dtype, granularity="tensor", path="native", steps=3, **kwargs):
@@ -39,8 +56,14 @@ def _pair(specs, dtype, granularity="tensor", path="native", steps=3, **kwargs):
     models, opts = [], []
     for use_fused in (False, True):
         model = make_model(dtype)
-        opt = Graft(model.named_parameters(), *specs, granularity=granularity, path=path,
-                    fused=use_fused, **kwargs)
+        opt = Graft(
+            model.named_parameters(),
+            *specs,
+            granularity=granularity,
+            path=path,
+            fused=use_fused,
+            **kwargs,
+        )
         train(model, opt, steps)
         models.append(model)
         opts.append(opt)
@@ -218,7 +241,8 @@ def _train_big(dtype, steps, **kwargs):
 def test_default_graft_takes_the_fused_kernels_with_the_reference_result(monkeypatch, path):
     """No flag, a big enough model: the kernels take every step, with the reference weights."""
     assert sum(p.numel() for p in torch.nn.Linear(800, 700).parameters()) >= max(
-        fused.MIN_ELEMENTS_NATIVE, fused.MIN_ELEMENTS_BLACK_BOX)
+        fused.MIN_ELEMENTS_NATIVE, fused.MIN_ELEMENTS_BLACK_BOX
+    )
     fast_calls = _count_calls(monkeypatch, fused)
     reference_calls = _count_calls(monkeypatch, reference)
     default, _ = _train_big(torch.float64, 4, path=path)
@@ -307,12 +331,18 @@ def test_without_openmp_the_kernels_build_single_threaded(monkeypatch, tmp_path)
 #: For each hyperparameter a kernel rule has (rules.RULES[...].defaults), options that move
 #: it off its default. A new hyperparameter in rules.py fails the test below until the
 #: kernels encode it and it is listed here.
-VARIED = {"lr": {"lr": 0.02}, "momentum": {"momentum": 0.8},
-          "dampening": {"momentum": 0.8, "dampening": 0.3},
-          "nesterov": {"momentum": 0.8, "nesterov": True}, "weight_decay": {"weight_decay": 0.05},
-          "betas": {"betas": (0.7, 0.95)}, "eps": {"eps": 1e-3}, "lr_decay": {"lr_decay": 0.05},
-          "initial_accumulator_value": {"initial_accumulator_value": 0.1},
-          "alpha": {"alpha": 0.9}}
+VARIED = {
+    "lr": {"lr": 0.02},
+    "momentum": {"momentum": 0.8},
+    "dampening": {"momentum": 0.8, "dampening": 0.3},
+    "nesterov": {"momentum": 0.8, "nesterov": True},
+    "weight_decay": {"weight_decay": 0.05},
+    "betas": {"betas": (0.7, 0.95)},
+    "eps": {"eps": 1e-3},
+    "lr_decay": {"lr_decay": 0.05},
+    "initial_accumulator_value": {"initial_accumulator_value": 0.1},
+    "alpha": {"alpha": 0.9},
+}
 NO_KERNEL = {("rmsprop", "centered"): {"centered": True}}  # refused: the reference path
 KERNEL_CASES = [(name, key) for name in fused.KERNEL_RULES for key in RULES[name].defaults]
 
@@ -326,11 +356,13 @@ def test_kernels_encode_every_hyperparameter_of_their_rules(name, key, role):
     if (name, key) in NO_KERNEL:
         spec = (name, {"lr": 0.01, **NO_KERNEL[name, key]})
         model = make_model(torch.float64)
-        opt = Graft(model.named_parameters(), *((spec, other) if role == "magnitude"
-                                                 else (other, spec)))
+        opt = Graft(
+            model.named_parameters(), *((spec, other) if role == "magnitude" else (other, spec))
+        )
         compute_grads(model, 0)
-        assert f"no kernel for the {role} {name!r}" in fused.unsupported(opt, list(
-            model.parameters()))
+        assert f"no kernel for the {role} {name!r}" in fused.unsupported(
+            opt, list(model.parameters())
+        )
         return
     assert key in VARIED, f"{name}'s hyperparameter {key!r} is not checked against the kernels"
     spec = (name, {"lr": 0.01, **VARIED[key]})
@@ -341,8 +373,9 @@ def test_kernels_encode_every_hyperparameter_of_their_rules(name, key, role):
     for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters()):
         for buffer, value in child_ref.state[p_ref].items():
             if torch.is_tensor(value):
-                torch.testing.assert_close(child_fast.state[p_fast][buffer], value,
-                                           rtol=1e-12, atol=1e-15)
+                torch.testing.assert_close(
+                    child_fast.state[p_fast][buffer], value, rtol=1e-12, atol=1e-15
+                )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -357,8 +390,11 @@ def test_kernels_are_built_only_for_a_step_they_could_take(monkeypatch, dtype):
 
 
 PARTIAL_PAIRS = [(specs, i) for specs, i in zip(PAIRS, PAIR_IDS) if specs[0][0] != "lion"]
-PARTIAL_CASES = {"hidden": ("tensor", "hidden"), "none": ("tensor", ()),
-                 "modules": ("module", lambda name: not name.startswith("out."))}
+PARTIAL_CASES = {
+    "hidden": ("tensor", "hidden"),
+    "none": ("tensor", ()),
+    "modules": ("module", lambda name: not name.startswith("out.")),
+}
 
 
 @pytest.mark.parametrize("case", PARTIAL_CASES)
@@ -367,8 +403,9 @@ def test_fused_partial_grafting_matches_reference(specs, case):
     """grafted=: D's step on the chosen layers, M's own elsewhere, in the kernels: the
     reference path's weights, norms and both children's states (float64 to 1e-12)."""
     granularity, grafted = PARTIAL_CASES[case]
-    (ref_model, fast_model), (ref, fast) = _pair(specs, torch.float64, granularity, "native",
-                                                 10, grafted=grafted)
+    (ref_model, fast_model), (ref, fast) = _pair(
+        specs, torch.float64, granularity, "native", 10, grafted=grafted
+    )
     assert fast.partial
     assert max_relative_difference(fast_model, ref_model) < 1e-12
     _assert_same_norms(ref, fast, 1e-12)
@@ -378,8 +415,9 @@ def test_fused_partial_grafting_matches_reference(specs, case):
         for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters()):
             for buffer, value in child_ref.state.get(p_ref, {}).items():
                 if torch.is_tensor(value):
-                    torch.testing.assert_close(child_fast.state[p_fast][buffer], value,
-                                               rtol=1e-12, atol=1e-15)
+                    torch.testing.assert_close(
+                        child_fast.state[p_fast][buffer], value, rtol=1e-12, atol=1e-15
+                    )
 
 
 @pytest.mark.parametrize("specs", [PAIRS[0], PAIRS[5]], ids=[PAIR_IDS[0], PAIR_IDS[5]])

@@ -47,15 +47,22 @@ def test_graft_a_a_reproduces_a(name, path, dtype):
     assert max_relative_difference(grafted, plain) < (1e-5 if dtype == torch.float32 else 1e-10)
 
 
-@pytest.mark.parametrize("name,cls", [("muon", torch.optim.Muon),
-                                      ("adafactor", torch.optim.Adafactor)])
+@pytest.mark.parametrize(
+    "name,cls", [("muon", torch.optim.Muon), ("adafactor", torch.optim.Adafactor)]
+)
 def test_black_box_registry_entries_graft_onto_themselves(name, cls):
     grafted, plain = make_model(bias=False), make_model(bias=False)
     opt = Graft(grafted.named_parameters(), (name, HPARAMS[name]), scaled_lr(name, 3.0))
     assert not opt.native
     train(grafted, opt, 30)
-    train(plain, cls(plain.parameters(), **build_optimizer((name, HPARAMS[name]),
-                                                          [torch.zeros(2, 2)]).defaults), 30)
+    train(
+        plain,
+        cls(
+            plain.parameters(),
+            **build_optimizer((name, HPARAMS[name]), [torch.zeros(2, 2)]).defaults,
+        ),
+        30,
+    )
     assert max_relative_difference(grafted, plain) < 1e-5
 
 
@@ -93,8 +100,10 @@ def test_native_and_black_box_paths_agree(magnitude, direction):
 def _hand_step(model, granularity, lr):
     """One Adam#SGD-momentum step in float64, from independent torch optimizers."""
     after = {}
-    for role, make in (("m", lambda p: torch.optim.Adam(p, lr=1e-2)),
-                       ("d", lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9))):
+    for role, make in (
+        ("m", lambda p: torch.optim.Adam(p, lr=1e-2)),
+        ("d", lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9)),
+    ):
         clone = copy.deepcopy(model)
         compute_grads(clone, 0)
         make(clone.parameters()).step()
@@ -122,8 +131,14 @@ def test_grafted_update_equals_float64_formula(granularity, path):
     if granularity == "callable":
         granularity = lambda name: "weights" if name.endswith("weight") else "biases"  # noqa: E731
     expected = _hand_step(model, granularity, lr=0.7)
-    opt = Graft(model.named_parameters(), ("adam", {"lr": 1e-2}),
-                ("sgd", {"lr": 0.3, "momentum": 0.9}), granularity=granularity, lr=0.7, path=path)
+    opt = Graft(
+        model.named_parameters(),
+        ("adam", {"lr": 1e-2}),
+        ("sgd", {"lr": 0.3, "momentum": 0.9}),
+        granularity=granularity,
+        lr=0.7,
+        path=path,
+    )
     compute_grads(model, 0)
     opt.step()
     for name, p in model.named_parameters():
@@ -222,9 +237,16 @@ class CountLocalScalarDense(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "module", "global"])
-@pytest.mark.parametrize("magnitude,direction", [("adam", "sgd"), ("lamb", "lars"),
-                                                 ("rmsprop", "lion"), ("adagrad", "sign_sgd"),
-                                                 ("adamw", "sgd")])
+@pytest.mark.parametrize(
+    "magnitude,direction",
+    [
+        ("adam", "sgd"),
+        ("lamb", "lars"),
+        ("rmsprop", "lion"),
+        ("adagrad", "sign_sgd"),
+        ("adamw", "sgd"),
+    ],
+)
 def test_native_step_makes_no_host_sync(magnitude, direction, granularity):
     model = make_model()
     opt = Graft(model.named_parameters(), magnitude, direction, granularity=granularity)
@@ -304,10 +326,17 @@ def test_non_finite_gradient_skips_only_that_layer(path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("kwargs,field", [({"lr": -1.0}, "lr"), ({"lr": math.inf}, "lr"),
-                                          ({"eps": -1e-3}, "eps"), ({"eps": math.nan}, "eps"),
-                                          ({"path": "fast"}, "path"),
-                                          ({"granularity": "row"}, "granularity")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"lr": math.inf}, "lr"),
+        ({"eps": -1e-3}, "eps"),
+        ({"eps": math.nan}, "eps"),
+        ({"path": "fast"}, "path"),
+        ({"granularity": "row"}, "granularity"),
+    ],
+)
 def test_invalid_arguments_name_the_argument(kwargs, field):
     with pytest.raises(ValueError, match=field):
         Graft(make_model().named_parameters(), "adam", "sgd", **kwargs)
@@ -331,8 +360,11 @@ def test_instances_over_other_parameters_are_rejected():
 
 def test_black_box_uses_one_weights_sized_scratch():
     model = make_model()
-    opt = Graft(model.named_parameters(), torch.optim.Adam(model.parameters()),
-                torch.optim.SGD(model.parameters(), lr=0.1))
+    opt = Graft(
+        model.named_parameters(),
+        torch.optim.Adam(model.parameters()),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+    )
     train(model, opt, 3)
     scratch = sum(t.numel() for t in opt._scratch.values())
     assert scratch == sum(p.numel() for p in model.parameters())
@@ -394,8 +426,7 @@ def test_compiled_training_step_compiles_once_and_matches_eager(fused):
 
     specs = (("adam", {"lr": 1e-2}), ("sgd", {"lr": 0.1, "momentum": 0.9}))
     compiled_model, eager_model = make_model(), make_model()
-    opts = [Graft(m.named_parameters(), *specs, fused=fused)
-            for m in (compiled_model, eager_model)]
+    opts = [Graft(m.named_parameters(), *specs, fused=fused) for m in (compiled_model, eager_model)]
 
     def train_step(model, opt, x, y):
         loss = (model(x) - y).square().mean()
@@ -428,8 +459,16 @@ def test_graft_scales_is_the_papers_formula_with_its_edge_cases():
     layer_of = torch.tensor([0, 0, 1, 2, 3, 4, 5])  # layer 0 holds two parameters
     lr = torch.tensor([0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
     for skip in (True, False):
-        finite, scales = graft_scales(magnitude, direction, grad_finite, layer_of=layer_of, lr=lr,
-                                      grafted=grafted, eps=1e-16, skip_nonfinite=skip)
+        finite, scales = graft_scales(
+            magnitude,
+            direction,
+            grad_finite,
+            layer_of=layer_of,
+            lr=lr,
+            grafted=grafted,
+            eps=1e-16,
+            skip_nonfinite=skip,
+        )
         expected = [0.5 * 3 / (4 + 1e-16)] * 2 + [1.0, 0.0]  # ratio; M's step; ‖Δ_D‖ = 0
         if skip:
             expected += [0.0, 0.0, 0.0]  # non-finite gradient, ‖Δ_M‖ and ‖Δ_D‖: no step
@@ -438,5 +477,6 @@ def test_graft_scales_is_the_papers_formula_with_its_edge_cases():
             assert finite.tolist() == grad_finite.tolist()
             torch.testing.assert_close(scales[5:6], torch.tensor([inf], dtype=torch.float64))
             expected += [0.5]
-        torch.testing.assert_close(scales[:len(expected)], torch.tensor(expected,
-                                                                        dtype=torch.float64))
+        torch.testing.assert_close(
+            scales[: len(expected)], torch.tensor(expected, dtype=torch.float64)
+        )

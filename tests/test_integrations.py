@@ -44,8 +44,10 @@ def _largest_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 def _relative_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    return max(float((p.double() - q.double()).norm() / q.double().norm())
-               for p, q in zip(a.parameters(), b.parameters()))
+    return max(
+        float((p.double() - q.double()).norm() / q.double().norm())
+        for p, q in zip(a.parameters(), b.parameters())
+    )
 
 
 # ------------------------------------------------------------------------------ Lightning
@@ -73,8 +75,11 @@ def test_lightning_scheduler_on_graft_is_the_schedule_of_m(tmp_path):
     assert graft.magnitude.param_groups[0]["lr"] == 1e-2
 
     reference = lg.GraftedRegression()
-    opt = Graft(reference.net.named_parameters(), ("adam", {"lr": 1e-2}),
-                ("sgd", {"lr": 0.1, "momentum": 0.9}))
+    opt = Graft(
+        reference.net.named_parameters(),
+        ("adam", {"lr": 1e-2}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9}),
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(opt.magnitude, lg.decay)
     x, y = next(iter(lg.data()))
     for _ in range(12):
@@ -90,12 +95,13 @@ def _hf_losses(model, opt, scheduler, steps: int, lrs: list) -> None:
     hf = _example("hf_trainer_graft")
     rows = hf.token_dataset()
     for step in range(steps):
-        chunk = rows[4 * step % len(rows):][:4]
+        chunk = rows[4 * step % len(rows) :][:4]
         ids = torch.stack([r["input_ids"] for r in chunk])
         opt.zero_grad()
         model(input_ids=ids, labels=ids).loss.backward()
-        lrs.append([g["lr"] for g in (opt.magnitude if isinstance(opt, Graft) else opt)
-                    .param_groups])
+        lrs.append(
+            [g["lr"] for g in (opt.magnitude if isinstance(opt, Graft) else opt).param_groups]
+        )
         opt.step()
         scheduler.step()
 
@@ -106,6 +112,7 @@ def test_hf_groups_and_factory_call_train_like_torch_adamw():
     In float64: the attention's key bias has a zero gradient up to rounding, which Adam
     normalises, so float32 runs part by rounding noise there (2e-4 after 8 steps)."""
     import transformers
+
     hf = _example("hf_trainer_graft")
     model, reference = hf.tiny_gpt2(dtype=torch.float64), hf.tiny_gpt2(dtype=torch.float64)
     cls = Graft.factory("adamw", ("adamw", {"lr": 0.5}), names=model)
@@ -118,15 +125,25 @@ def test_hf_groups_and_factory_call_train_like_torch_adamw():
 
     steps, warmup = 8, 2
     lrs, reference_lrs = [], []
-    _hf_losses(model, graft,
-               transformers.get_linear_schedule_with_warmup(graft.magnitude, warmup, steps),
-               steps, lrs)
+    _hf_losses(
+        model,
+        graft,
+        transformers.get_linear_schedule_with_warmup(graft.magnitude, warmup, steps),
+        steps,
+        lrs,
+    )
     adamw = torch.optim.AdamW(hf.decay_groups(reference, 0.1), lr=3e-3)
-    _hf_losses(reference, adamw, transformers.get_linear_schedule_with_warmup(adamw, warmup, steps),
-               steps, reference_lrs)
+    _hf_losses(
+        reference,
+        adamw,
+        transformers.get_linear_schedule_with_warmup(adamw, warmup, steps),
+        steps,
+        reference_lrs,
+    )
     assert _relative_gap(model, reference) < 1e-10
-    expected = [3e-3 * (t / warmup if t < warmup else (steps - t) / (steps - warmup))
-                for t in range(steps)]
+    expected = [
+        3e-3 * (t / warmup if t < warmup else (steps - t) / (steps - warmup)) for t in range(steps)
+    ]
     for t, group_lrs in enumerate(lrs):  # each group's lr at step t is the closed form
         assert group_lrs == pytest.approx([expected[t]] * 2, rel=1e-12), t
 
@@ -142,20 +159,27 @@ def test_hf_trainer_with_a_ready_graft_and_with_optimizer_cls_and_kwargs(tmp_pat
     ready = hf.train_ready(str(tmp_path / "ready"), hf.ADAMW, ("adamw", {"lr": 0.5}), steps, f64)
     model = hf.tiny_gpt2(dtype=f64)
     adamw = torch.optim.AdamW(model.parameters(), lr=3e-3)  # weight decay 0.01, as native adamw
-    plain = Trainer(model=model, args=hf.arguments(str(tmp_path / "plain"), steps),
-                    train_dataset=hf.token_dataset(),
-                    optimizers=(adamw, get_linear_schedule_with_warmup(adamw, 2, steps)))
+    plain = Trainer(
+        model=model,
+        args=hf.arguments(str(tmp_path / "plain"), steps),
+        train_dataset=hf.token_dataset(),
+        optimizers=(adamw, get_linear_schedule_with_warmup(adamw, 2, steps)),
+    )
     plain.train()
     assert _relative_gap(ready.model, plain.model) < 1e-10
     logged = [e["learning_rate"] for e in ready.state.log_history if "learning_rate" in e]
     assert logged == pytest.approx(
-        [e["learning_rate"] for e in plain.state.log_history if "learning_rate" in e])
+        [e["learning_rate"] for e in plain.state.log_history if "learning_rate" in e]
+    )
 
-    factory = hf.train_factory(str(tmp_path / "factory"), "adamw", ("adamw", {"lr": 0.5}), steps,
-                               f64)
-    builtin = Trainer(model=hf.tiny_gpt2(dtype=f64),
-                      args=hf.arguments(str(tmp_path / "builtin"), steps, optim="adamw_torch"),
-                      train_dataset=hf.token_dataset())
+    factory = hf.train_factory(
+        str(tmp_path / "factory"), "adamw", ("adamw", {"lr": 0.5}), steps, f64
+    )
+    builtin = Trainer(
+        model=hf.tiny_gpt2(dtype=f64),
+        args=hf.arguments(str(tmp_path / "builtin"), steps, optim="adamw_torch"),
+        train_dataset=hf.token_dataset(),
+    )
     builtin.train()
     assert _relative_gap(factory.model, builtin.model) < 1e-10
     graft = factory.optimizer.optimizer  # inside accelerate's wrapper
@@ -175,11 +199,22 @@ def test_factory_recipe_trains_like_the_plain_optimizer_it_stands_in_for():
     cls = Graft.factory("adamw", ("adamw", {"lr": 0.7}), names=grafted)
     opt = fg.create_optimizer(grafted, cls, lr=3e-3, weight_decay=0.05, betas=(0.9, 0.95))
     assert [g["weight_decay"] for g in opt.magnitude.param_groups] == [0.0, 0.05]
-    assert list(opt.layers.names) == ["fc1.bias", "norm.weight", "norm.bias", "out.bias",
-                                      "fc1.weight", "out.weight"]
+    assert list(opt.layers.names) == [
+        "fc1.bias",
+        "norm.weight",
+        "norm.bias",
+        "out.bias",
+        "fc1.weight",
+        "out.weight",
+    ]
     fg.train(grafted, opt, 30)
-    fg.train(plain, fg.create_optimizer(plain, torch.optim.AdamW, lr=3e-3, weight_decay=0.05,
-                                        betas=(0.9, 0.95)), 30)
+    fg.train(
+        plain,
+        fg.create_optimizer(
+            plain, torch.optim.AdamW, lr=3e-3, weight_decay=0.05, betas=(0.9, 0.95)
+        ),
+        30,
+    )
     assert _relative_gap(grafted, plain) < 1e-10
     assert opt.magnitude.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)  # cosine's end
 
@@ -188,11 +223,18 @@ def test_importing_the_library_pulls_in_no_stack():
     """HF, Lightning and TensorBoard are example/test/export dependencies only."""
     import subprocess
 
-    probe = ("import sys, grafting_core; print(sorted({m.split('.')[0] for m in sys.modules} & "
-             "{'transformers', 'pytorch_lightning', 'lightning', 'tensorboardX', 'tensorboard', "
-             "'streamlit', 'pandas', 'plotly'}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    probe = (
+        "import sys, grafting_core; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'transformers', 'pytorch_lightning', 'lightning', 'tensorboardX', 'tensorboard', "
+        "'streamlit', 'pandas', 'plotly'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -202,8 +244,11 @@ def _exported_ratios(tmp_path, model: torch.nn.Module, base_lr: float):
     from grafting_core import StaticRatios
 
     named = list(model.named_parameters())
-    ratios = StaticRatios({n: 0.5 + i for i, (n, _) in enumerate(named)},
-                          {n: list(p.shape) for n, p in named}, base_lr=base_lr)
+    ratios = StaticRatios(
+        {n: 0.5 + i for i, (n, _) in enumerate(named)},
+        {n: list(p.shape) for n, p in named},
+        base_lr=base_lr,
+    )
     path = ratios.save(tmp_path / "ratios.json")
     return path, StaticRatios.load(path)
 
@@ -249,8 +294,13 @@ def test_static_ratios_optimizer_class_as_hf_trainer_calls_it(tmp_path):
     _, ratios = _exported_ratios(tmp_path, model, 0.05)
     cls = ratios.optimizer_class(torch.optim.SGD, names=model)
     opt = cls(hf.decay_groups(model, 0.1), lr=0.02)
-    decay = {n for g in hf.decay_groups(model, 0.1) if g["weight_decay"]
-             for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    decay = {
+        n
+        for g in hf.decay_groups(model, 0.1)
+        if g["weight_decay"]
+        for n, p in model.named_parameters()
+        if any(p is q for q in g["params"])
+    }
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.stack([r["input_ids"] for r in hf.token_dataset()[:4]])
     model(input_ids=ids, labels=ids).loss.backward()

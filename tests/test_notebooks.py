@@ -19,8 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_grafting_grid", "02_implicit_schedules", "03_static_ratios",
-            "04_graft_in_your_training_loop", "05_grafting_in_2d"]
+EXPECTED = [
+    "01_grafting_grid",
+    "02_implicit_schedules",
+    "03_static_ratios",
+    "04_graft_in_your_training_loop",
+    "05_grafting_in_2d",
+]
 CELL_TIMEOUT_S = 600  # one cell at quick settings takes seconds; this only catches a hang
 CLEAR_HINT = "clear them: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb"
 
@@ -32,9 +37,15 @@ def _kernel_manager(tmp_path: Path):
 
     spec_dir = tmp_path / "kernels" / "grafting-test"
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "grafting test kernel", "language": "python"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "grafting test kernel",
+                "language": "python",
+            }
+        )
+    )
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
     return KernelManager(kernel_name="grafting-test", kernel_spec_manager=specs)
 
@@ -47,8 +58,12 @@ def test_every_planned_notebook_exists():
 def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; {CLEAR_HINT}"
 
 
@@ -66,22 +81,26 @@ def test_notebook_runs_top_to_bottom_at_quick_settings(path, tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    env = {**os.environ, "GRAFTING_QUICK": "1",
-           "GRAFTING_NOTEBOOK_RUNS": str(tmp_path / "runs"),
-           "GRAFTING_NOTEBOOK_OUT": str(tmp_path / "out"),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                         if p),
-           "OMP_NUM_THREADS": "1"}  # like conftest: no thread spinning against other jobs
+    env = {
+        **os.environ,
+        "GRAFTING_QUICK": "1",
+        "GRAFTING_NOTEBOOK_RUNS": str(tmp_path / "runs"),
+        "GRAFTING_NOTEBOOK_OUT": str(tmp_path / "out"),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        "OMP_NUM_THREADS": "1",
+    }  # like conftest: no thread spinning against other jobs
     km = _kernel_manager(tmp_path)
-    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S,
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client = NotebookClient(
+        nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
     try:
         client.execute(env=env)  # raises CellExecutionError with the cell and traceback
     finally:  # a kernel manager we pass in is ours to stop: nbclient leaves its kernel running
         if km.has_kernel:
             km.shutdown_kernel(now=True)
-    errors = [o for cell in nb.cells for o in cell.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
     if any("RunStore(RUNS_DIR)" in cell.source for cell in nb.cells):
         assert (tmp_path / "runs" / "runs.sqlite").exists(), "runs must go to the given store"

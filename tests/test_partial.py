@@ -103,8 +103,15 @@ def test_everything_grafted_is_todays_graft(grafted, path):
 def test_hidden_only_equals_float64_reference(path, fused_kernels):
     """Adam#SGD on the hidden matrices, Adam elsewhere: each parameter as by hand, 8 steps."""
     model, expected = make_model(torch.float64), make_model(torch.float64)
-    opt = Graft(model.named_parameters(), ADAM, SGD, grafted="hidden", path=path, lr=0.7,
-                fused=fused_kernels)
+    opt = Graft(
+        model.named_parameters(),
+        ADAM,
+        SGD,
+        grafted="hidden",
+        path=path,
+        lr=0.7,
+        fused=fused_kernels,
+    )
     train(model, opt, 8)
     _reference(expected, 8, HIDDEN)
     # native children: the kernels; black-box ones: the reference path (documented)
@@ -117,13 +124,24 @@ def test_module_granularity_with_predicate_equals_reference(path):
     """granularity='module': fc1 and fc2 (weight with bias) grafted, the head not."""
     model, expected = make_model(torch.float64), make_model(torch.float64)
     grafted = lambda name: not name.startswith("out.")  # noqa: E731
-    opt = Graft(model.named_parameters(), ADAM, SGD, grafted=grafted, granularity="module",
-                path=path, lr=0.7)
+    opt = Graft(
+        model.named_parameters(),
+        ADAM,
+        SGD,
+        grafted=grafted,
+        granularity="module",
+        path=path,
+        lr=0.7,
+    )
     train(model, opt, 6)
     assert opt.layers.names == ("fc1", "fc2", "out")
     assert opt.grafted_layers == (True, True, False)
-    _reference(expected, 6, {n for n, _ in expected.named_parameters() if grafted(n)},
-               layer_of=lambda n: n.rpartition(".")[0])
+    _reference(
+        expected,
+        6,
+        {n for n, _ in expected.named_parameters() if grafted(n)},
+        layer_of=lambda n: n.rpartition(".")[0],
+    )
     _assert_close(model, expected)
 
 
@@ -134,8 +152,9 @@ def test_ready_torch_optimizers_black_box(covers):
     model, expected = make_model(torch.float64), make_model(torch.float64)
     params = dict(model.named_parameters())
     magnitude = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
-    direction = torch.optim.SGD([params[n] for n in params if covers == "all" or n in HIDDEN],
-                                lr=0.3, momentum=0.9)
+    direction = torch.optim.SGD(
+        [params[n] for n in params if covers == "all" or n in HIDDEN], lr=0.3, momentum=0.9
+    )
     opt = Graft(model.named_parameters(), magnitude, direction, grafted="hidden", lr=0.7)
     train(model, opt, 8)
     _reference(expected, 8, HIDDEN)
@@ -190,8 +209,7 @@ def test_native_partial_step_makes_no_host_sync():
 @pytest.mark.parametrize("path", ["native", "blackbox"])
 def test_state_dict_round_trip_mid_run(path):
     straight = make_model()
-    train(straight, Graft(straight.named_parameters(), ADAM, SGD, grafted="hidden", path=path),
-          16)
+    train(straight, Graft(straight.named_parameters(), ADAM, SGD, grafted="hidden", path=path), 16)
     first = make_model()
     opt = Graft(first.named_parameters(), ADAM, SGD, grafted="hidden", path=path)
     train(first, opt, 8)
@@ -215,13 +233,19 @@ def test_load_state_dict_rejects_another_choice():
 
 
 # ----------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs,message", [
-    ({"grafted": ("hidden", "embeddings")}, r"grafted.*unknown layer kinds \['embeddings'\]"),
-    ({"grafted": "hidden", "granularity": "module"},
-     r"grafted.*layer 'fc1' mixes grafted parameters \['fc1.weight'\]"),
-    ({"grafted": "head", "granularity": "global"}, r"grafted.*layer 'global' mixes"),
-    ({"grafted": 3}, r"Invalid grafted: 3"),
-], ids=["unknown-kind", "mixed-module", "mixed-global", "not-a-choice"])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"grafted": ("hidden", "embeddings")}, r"grafted.*unknown layer kinds \['embeddings'\]"),
+        (
+            {"grafted": "hidden", "granularity": "module"},
+            r"grafted.*layer 'fc1' mixes grafted parameters \['fc1.weight'\]",
+        ),
+        ({"grafted": "head", "granularity": "global"}, r"grafted.*layer 'global' mixes"),
+        ({"grafted": 3}, r"Invalid grafted: 3"),
+    ],
+    ids=["unknown-kind", "mixed-module", "mixed-global", "not-a-choice"],
+)
 def test_bad_choices_name_the_argument(kwargs, message):
     error = TypeError if kwargs["grafted"] == 3 else ValueError
     with pytest.raises(error, match=message):
@@ -264,10 +288,8 @@ def test_replayed_schedule_needs_every_layer_grafted():
 
 def test_add_param_group_gives_direction_only_grafted_parameters():
     model, extra = make_model(), nn.Linear(3, 3)
-    opt = Graft(model.named_parameters(), ADAM, SGD,
-                grafted=lambda name: name.endswith("weight"))
-    opt.add_param_group({"params": list(extra.parameters()), "param_names": ["x.weight",
-                                                                            "x.bias"]})
+    opt = Graft(model.named_parameters(), ADAM, SGD, grafted=lambda name: name.endswith("weight"))
+    opt.add_param_group({"params": list(extra.parameters()), "param_names": ["x.weight", "x.bias"]})
     assert opt.grafted_layers[-2:] == (True, False)
     assert opt.direction.param_groups[-1]["params"] == [extra.weight]
     assert opt.magnitude.param_groups[-1]["params"] == [extra.weight, extra.bias]
@@ -292,8 +314,12 @@ def _lab_model(name, dataset, **options):
 def test_kinds_of_the_lab_mlp_and_cnn():
     for name, dataset, hidden in (("mlp", "mnist1d", "fc1"), ("cnn", "digits", "conv1")):
         model = _lab_model(name, dataset)
-        expected = {f"{hidden}.weight": "hidden", f"{hidden}.bias": "bias",
-                    "out.weight": "head", "out.bias": "head"}
+        expected = {
+            f"{hidden}.weight": "hidden",
+            f"{hidden}.bias": "bias",
+            "out.weight": "head",
+            "out.bias": "head",
+        }
         assert layer_kinds(model) == expected
         assert layer_kinds(model.named_parameters()) == expected
 
@@ -302,15 +328,17 @@ def test_kinds_of_the_lab_transformer():
     model = _lab_model("transformer", "chars", n_heads=2)
     kinds = layer_kinds(model)
     assert kinds == layer_kinds(model.named_parameters())
-    assert {n for n, k in kinds.items() if k == "embedding"} == {"tok_emb.weight",
-                                                                 "pos_emb.weight"}
+    assert {n for n, k in kinds.items() if k == "embedding"} == {"tok_emb.weight", "pos_emb.weight"}
     assert {n for n, k in kinds.items() if k == "head"} == {"head.weight"}
     assert {n for n, k in kinds.items() if k == "norm"} == {
-        f"{ln}.{w}" for ln in ("blocks.0.ln1", "blocks.0.ln2", "ln_f") for w in ("weight", "bias")}
+        f"{ln}.{w}" for ln in ("blocks.0.ln1", "blocks.0.ln2", "ln_f") for w in ("weight", "bias")
+    }
     assert {n for n, k in kinds.items() if k == "hidden"} == {
-        f"blocks.0.{m}.weight" for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+        f"blocks.0.{m}.weight" for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    }
     assert {n for n, k in kinds.items() if k == "bias"} == {
-        f"blocks.0.{m}.bias" for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+        f"blocks.0.{m}.bias" for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    }
 
 
 def test_tied_head_is_an_embedding_only_with_the_model():
@@ -338,13 +366,28 @@ class RMSNorm(nn.Module):
 
 def test_kinds_of_a_plain_sequential_by_module_type():
     """Module types decide even where names say nothing ("0", "1", ...)."""
-    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), RMSNorm(4), nn.Linear(4, 4),
-                          nn.BatchNorm1d(4), nn.Linear(4, 10))
+    model = nn.Sequential(
+        nn.Embedding(10, 4),
+        nn.LayerNorm(4),
+        RMSNorm(4),
+        nn.Linear(4, 4),
+        nn.BatchNorm1d(4),
+        nn.Linear(4, 10),
+    )
     model.register_parameter("pos_emb", nn.Parameter(torch.zeros(5, 4)))  # on the container
     assert layer_kinds(model) == {
-        "pos_emb": "embedding", "0.weight": "embedding", "1.weight": "norm", "1.bias": "norm",
-        "2.weight": "norm", "3.weight": "hidden", "3.bias": "bias", "4.weight": "norm",
-        "4.bias": "norm", "5.weight": "head", "5.bias": "head"}
+        "pos_emb": "embedding",
+        "0.weight": "embedding",
+        "1.weight": "norm",
+        "1.bias": "norm",
+        "2.weight": "norm",
+        "3.weight": "hidden",
+        "3.bias": "bias",
+        "4.weight": "norm",
+        "4.bias": "norm",
+        "5.weight": "head",
+        "5.bias": "head",
+    }
     named = layer_kinds(model.named_parameters())  # no types: "0.weight" looks hidden
     assert named["0.weight"] == "hidden" and named["5.weight"] == "head"
 

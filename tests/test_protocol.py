@@ -12,8 +12,17 @@ from grafting_core.lab.protocol import SweepPlan, _mark_tuned, compare, read_com
 from grafting_core.lab.store import RunStore
 from grafting_core.lab.verdict import closer_to
 
-TINY = dict(dataset="digits", model="mlp", width=8, steps=15, batch_size=32, eval_every=15,
-            eval_examples=64, log_every=5, flush_seconds=0.0)
+TINY = dict(
+    dataset="digits",
+    model="mlp",
+    width=8,
+    steps=15,
+    batch_size=32,
+    eval_every=15,
+    eval_examples=64,
+    log_every=5,
+    flush_seconds=0.0,
+)
 
 
 @pytest.fixture
@@ -42,7 +51,8 @@ def test_closer_to_weighs_the_gap_against_the_seed_spread():
     assert noisy["verdict"] == "cannot tell" and "M and D differ" in noisy["reason"]
     assert closer_to([1.0], [1.0], [2.0])["verdict"] == "cannot tell"  # one seed: no spread
     assert closer_to([1.1, 1.12], [1.0, 1.02], [2.0, 2.02])["graft_std"] == pytest.approx(
-        np.std([1.1, 1.12], ddof=1))
+        np.std([1.1, 1.12], ddof=1)
+    )
 
 
 def _per_lr(store, group, arm):
@@ -60,8 +70,14 @@ def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store
     sgd = ("sgd", {"lr": 1e-3, "momentum": 0.9})  # far too small: the best sits at the edge
     adam = ("adam", {"lr": 3e-3})
     plan = SweepPlan(points=3, factor=10, extensions=1)
-    result = compare(store, RunConfig(**TINY), {"sgd": sgd, "adam": adam}, seeds=(0, 1),
-                     plan=plan, partial=[["hidden"]])
+    result = compare(
+        store,
+        RunConfig(**TINY),
+        {"sgd": sgd, "adam": adam},
+        seeds=(0, 1),
+        plan=plan,
+        partial=[["hidden"]],
+    )
     sweep = result.sweep.set_index(["arm", "lr"])
     for arm in ("sgd", "adam"):
         means = _per_lr(store, result.group, arm)
@@ -73,7 +89,8 @@ def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store
     runs = store.runs(group=result.group)
     chosen = runs[runs["role"] == "tuned"]
     assert sorted(zip(chosen["magnitude_arm"], chosen["config.magnitude_hparams.lr"])) == sorted(
-        [(arm, lr) for arm, lr in tuned.items() for _ in (0, 1)])
+        [(arm, lr) for arm, lr in tuned.items() for _ in (0, 1)]
+    )
     grafts = runs[runs["role"] == "graft"]
     partial = runs[runs["role"] == "partial_graft"]
     assert len(grafts) == len(partial) == 4
@@ -83,13 +100,18 @@ def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store
         assert run["config.magnitude_hparams.lr"] == tuned[run["magnitude_arm"]]
         assert run["config.direction_hparams.lr"] == tuned[run["direction_arm"]]
     verdicts = result.verdicts.set_index(["magnitude", "direction", "grafted"])
-    assert set(verdicts.index) == {("sgd", "adam", "all"), ("adam", "sgd", "all"),
-                                   ("sgd", "adam", "hidden"), ("adam", "sgd", "hidden")}
+    assert set(verdicts.index) == {
+        ("sgd", "adam", "all"),
+        ("adam", "sgd", "all"),
+        ("sgd", "adam", "hidden"),
+        ("adam", "sgd", "hidden"),
+    }
     graft = grafts[(grafts["magnitude_arm"] == "adam")]["run_id"]
     values = [store.metrics(r, names=["val_loss"])["value"].iloc[-1] for r in graft]
     assert verdicts.loc[("adam", "sgd", "all"), "graft_mean"] == pytest.approx(np.mean(values))
     assert verdicts.loc[("adam", "sgd", "hidden"), "magnitude_mean"] == pytest.approx(
-        _per_lr(store, result.group, "adam")[tuned["adam"]])
+        _per_lr(store, result.group, "adam")[tuned["adam"]]
+    )
     assert verdicts["verdict"].isin(["magnitude", "direction", "cannot tell"]).all()
     again = read_comparison(store, result.group)  # the tables come back from the store alone
     assert again.verdicts.equals(result.verdicts) and again.arms.equals(result.arms)
@@ -103,9 +125,14 @@ def test_compare_creates_no_runs_and_tunes_nothing_once_stop_says_so(store):
         return len(asked) > 1
 
     plan = SweepPlan(points=2, factor=10, extensions=1)
-    result = compare(store, RunConfig(**TINY), {"sgd": ("sgd", {"lr": 1e-3}),
-                                                "adam": ("adam", {"lr": 3e-3})},
-                     seeds=(0,), plan=plan, stop=stop)
+    result = compare(
+        store,
+        RunConfig(**TINY),
+        {"sgd": ("sgd", {"lr": 1e-3}), "adam": ("adam", {"lr": 3e-3})},
+        seeds=(0,),
+        plan=plan,
+        stop=stop,
+    )
     runs = store.runs(group=result.group)
     assert len(runs) == 4 and set(runs["role"]) == {"sweep_point"}  # no grafts, none tuned
     assert len(asked) >= 2 and result.verdicts.empty
@@ -114,10 +141,17 @@ def test_compare_creates_no_runs_and_tunes_nothing_once_stop_says_so(store):
 def _finals(store: RunStore, group: str) -> dict[tuple, float]:
     """(role, M, D, M's lr, seed) -> final val_loss of every run of ``group``."""
     runs = store.runs(group=group)
-    return {(role, m, d, lr, seed): store.metrics(run_id, names=["val_loss"])["value"].iloc[-1]
-            for run_id, role, m, d, lr, seed in zip(
-                runs["run_id"], runs["role"], runs["magnitude_arm"], runs["direction_arm"],
-                runs["config.magnitude_hparams.lr"], runs["config.seed"])}
+    return {
+        (role, m, d, lr, seed): store.metrics(run_id, names=["val_loss"])["value"].iloc[-1]
+        for run_id, role, m, d, lr, seed in zip(
+            runs["run_id"],
+            runs["role"],
+            runs["magnitude_arm"],
+            runs["direction_arm"],
+            runs["config.magnitude_hparams.lr"],
+            runs["config.seed"],
+        )
+    }
 
 
 def test_a_continued_comparison_keeps_its_runs_resumes_stopped_ones_and_adds_seeds(store):
@@ -130,8 +164,9 @@ def test_a_continued_comparison_keeps_its_runs_resumes_stopped_ones_and_adds_see
     stopped = runs[runs["role"] == "graft"]["run_id"].iloc[0]
     store.set_status(stopped, "interrupted", error="killed (simulated)")
 
-    again = compare(store, RunConfig(**TINY), optimizers, seeds=(0, 1), plan=plan,
-                    group=first.group)
+    again = compare(
+        store, RunConfig(**TINY), optimizers, seeds=(0, 1), plan=plan, group=first.group
+    )
     runs = store.runs(group=first.group)
     assert kept in set(runs["run_id"])
     assert store.metrics(kept).equals(rows_before)  # kept as it was, not trained again
@@ -144,13 +179,19 @@ def test_a_continued_comparison_keeps_its_runs_resumes_stopped_ones_and_adds_see
     current = {k: v for k, v in _finals(store, first.group).items() if k[0] != "superseded"}
     assert current == pytest.approx(_finals(store, fresh.group))
     assert again.verdicts.drop(columns="reason").equals(
-        read_comparison(store, fresh.group).verdicts.drop(columns="reason"))
+        read_comparison(store, fresh.group).verdicts.drop(columns="reason")
+    )
 
 
 def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
     optimizers = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
-    result = compare(store, RunConfig(**TINY), optimizers, seeds=(0,),
-                     plan=SweepPlan(points=2, factor=10, extensions=0))
+    result = compare(
+        store,
+        RunConfig(**TINY),
+        optimizers,
+        seeds=(0,),
+        plan=SweepPlan(points=2, factor=10, extensions=0),
+    )
     tuned = {row.arm: row.lr for row in result.sweep[result.sweep["best"]].itertuples()}
     other = result.sweep[(result.sweep["arm"] == "sgd") & ~result.sweep["best"]]["lr"].iloc[0]
     _mark_tuned(store, result.group, {**tuned, "sgd": other})  # as if more seeds chose it
@@ -158,16 +199,33 @@ def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
     assert (runs.loc[["adam#sgd", "sgd#adam"], "role"] == "superseded").all()  # sgd in each
     chosen = runs[runs["role"] == "tuned"]
     assert dict(zip(chosen["magnitude_arm"], chosen["config.magnitude_hparams.lr"])) == {
-        **tuned, "sgd": other}
+        **tuned,
+        "sgd": other,
+    }
     assert read_comparison(store, result.group).verdicts.empty
     _mark_tuned(store, result.group, tuned)  # the first choice again: the grafts count again
     assert read_comparison(store, result.group).verdicts.equals(result.verdicts)
 
 
 def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
-    args = ["--runs-dir", str(tmp_path), "compare", "--optimizers", "sgd", "adam", "--seeds",
-            "0", "1", "--points", "2", "--extensions", "0", "--workers", "1",
-            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    args = [
+        "--runs-dir",
+        str(tmp_path),
+        "compare",
+        "--optimizers",
+        "sgd",
+        "adam",
+        "--seeds",
+        "0",
+        "1",
+        "--points",
+        "2",
+        "--extensions",
+        "0",
+        "--workers",
+        "1",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "learning-rate sweeps" in out and "verdicts" in out and "adam#sgd" in out
@@ -182,8 +240,9 @@ def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store
     from grafting_core.lab.protocol import _sweep_table
 
     def run(lr, status, loss=None):
-        run_id = store.create_run({"magnitude_hparams": {"lr": lr}}, group="g",
-                                  arm=("sweep_point", "sgd", "", ""))
+        run_id = store.create_run(
+            {"magnitude_hparams": {"lr": lr}}, group="g", arm=("sweep_point", "sgd", "", "")
+        )
         if loss is not None:
             store.log_metrics(run_id, 9, {"val_loss": loss})
         store.set_status(run_id, status)

@@ -11,9 +11,19 @@ from grafting_core.lab.ratio_study import static_ratio_study, window_of
 from grafting_core.lab.store import RunStore
 
 STEPS, WARMUP = 20, 4
-TINY = dict(dataset="digits", model="mlp", width=8, steps=STEPS, batch_size=32, eval_every=STEPS,
-            eval_examples=64, log_every=5, flush_seconds=0.0, schedule="warmup_cosine",
-            warmup_steps=WARMUP)
+TINY = dict(
+    dataset="digits",
+    model="mlp",
+    width=8,
+    steps=STEPS,
+    batch_size=32,
+    eval_every=STEPS,
+    eval_examples=64,
+    log_every=5,
+    flush_seconds=0.0,
+    schedule="warmup_cosine",
+    warmup_steps=WARMUP,
+)
 
 
 def factor(step):
@@ -25,9 +35,13 @@ def factor(step):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     store = RunStore(tmp_path_factory.mktemp("study"))
-    comparison = compare(store, RunConfig(**TINY), {"sgd": ("sgd", {"lr": 0.1, "momentum": 0.9}),
-                                                    "adam": ("adam", {"lr": 3e-3})},
-                         seeds=(0, 1), plan=SweepPlan(points=2, extensions=0))
+    comparison = compare(
+        store,
+        RunConfig(**TINY),
+        {"sgd": ("sgd", {"lr": 0.1, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})},
+        seeds=(0, 1),
+        plan=SweepPlan(points=2, extensions=0),
+    )
     table = static_ratio_study(store, comparison.group, windows=["early", "whole"])
     yield store, comparison.group, table
     store.close()
@@ -47,17 +61,25 @@ def _expected(store, source, window, per_layer):
     """c per layer from the stored norms, computed here: median_t (‖Δ_M‖/f(t)) / ‖Δ_D‖."""
     norms = store.layer_norms(source)
     wide = norms.pivot_table(index=["step", "layer"], columns="field", values="value")
-    wide = wide[(wide.index.get_level_values("step") >= window[0])
-                & (wide.index.get_level_values("step") < window[1])]
+    wide = wide[
+        (wide.index.get_level_values("step") >= window[0])
+        & (wide.index.get_level_values("step") < window[1])
+    ]
     steps = wide.index.get_level_values("step").to_numpy()
     magnitude = wide["magnitude_norm"].to_numpy() / np.array([factor(s) for s in steps])
     frame = wide.assign(m=magnitude)
     if per_layer:
-        return {layer: float(np.median(cell["m"] / cell["direction_norm"]))
-                for layer, cell in frame.groupby(level="layer")}
+        return {
+            layer: float(np.median(cell["m"] / cell["direction_norm"]))
+            for layer, cell in frame.groupby(level="layer")
+        }
     by_step = frame.groupby(level="step")
-    return float(np.median(np.sqrt(by_step["m"].apply(lambda v: (v ** 2).sum()))
-                           / np.sqrt(by_step["direction_norm"].apply(lambda v: (v ** 2).sum()))))
+    return float(
+        np.median(
+            np.sqrt(by_step["m"].apply(lambda v: (v**2).sum()))
+            / np.sqrt(by_step["direction_norm"].apply(lambda v: (v**2).sum()))
+        )
+    )
 
 
 def test_each_static_run_uses_ratios_measured_on_its_window_without_the_schedule(study):
@@ -83,7 +105,8 @@ def test_study_table_sets_each_arm_next_to_tuned_m_and_d_with_memory(study):
     store, group, table = study
     rows = table.set_index("arm")
     assert {"adam", "sgd", "sgd+ratios[early,per_layer]", "sgd+ratios[whole,global]"} <= set(
-        rows.index)
+        rows.index
+    )
     adam, sgd = rows.loc["adam", "mean"], rows.loc["sgd", "mean"]
     for arm, row in rows.iterrows():
         assert row["gap_closed"] == pytest.approx((sgd - row["mean"]) / (sgd - adam))
@@ -96,5 +119,8 @@ def test_running_the_study_again_trains_nothing_twice(study):
     before = len(store.runs(group=group))
     again = static_ratio_study(store, group, windows=["early", "late"], scopes=["global"])
     assert len(store.runs(group=group)) == before + 2  # only "late" is new, once per seed
-    assert (again.set_index("arm").loc["sgd+ratios[early,global]", "seeds"]
-            == table.set_index("arm").loc["sgd+ratios[early,global]", "seeds"] == 2)
+    assert (
+        again.set_index("arm").loc["sgd+ratios[early,global]", "seeds"]
+        == table.set_index("arm").loc["sgd+ratios[early,global]", "seeds"]
+        == 2
+    )

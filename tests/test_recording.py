@@ -72,8 +72,9 @@ def test_schedule_past_its_end_holds_or_raises():
     last = schedule.norms[-1]
     Graft(make_model().named_parameters(), schedule, SGD)  # aligns the columns
     assert torch.equal(schedule.norms_at(10), last)
-    strict = MagnitudeSchedule(schedule.layer_names, schedule.steps, schedule.norms,
-                               after_end="error")
+    strict = MagnitudeSchedule(
+        schedule.layer_names, schedule.steps, schedule.norms, after_end="error"
+    )
     target = make_model()
     replay = Graft(target.named_parameters(), strict, SGD)
     train(target, replay, 3)
@@ -104,8 +105,11 @@ def test_static_ratios_equal_hand_statistic(tmp_path):
         ratios = static_ratios_from_log(log, window=(2, 10), statistic=statistic, trim=0.25)
         for name, values in hand.items():
             window = sorted(values[2:10])
-            expected = {"median": (window[3] + window[4]) / 2, "mean": sum(window) / 8,
-                        "trimmed_mean": sum(window[2:6]) / 4}[statistic]
+            expected = {
+                "median": (window[3] + window[4]) / 2,
+                "mean": sum(window) / 8,
+                "trimmed_mean": sum(window[2:6]) / 4,
+            }[statistic]
             assert ratios.ratios[name] == pytest.approx(expected, rel=1e-5)
     assert ratios.base_lr == 0.1
     path = ratios.save(tmp_path / "ratios.json")
@@ -123,7 +127,8 @@ def test_static_ratio_sgd_groups_take_the_multipliers():
     groups = ratios.param_groups(fresh.named_parameters())
     sgd = torch.optim.SGD(groups, lr=0.1)
     assert {g["param_names"][0]: g["lr"] for g in sgd.param_groups} == pytest.approx(
-        {n: 0.1 * c for n, c in ratios.ratios.items()})
+        {n: 0.1 * c for n, c in ratios.ratios.items()}
+    )
     compute_grads(fresh, 0)
     before = fresh.fc1.weight.detach().clone()
     grad = fresh.fc1.weight.grad.clone()

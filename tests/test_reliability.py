@@ -24,8 +24,16 @@ from grafting_core.lab.store import RunStore, _pid_alive
 from grafting_core.lab.trainer import Trainer, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(dataset="mnist1d", width=32, steps=60, batch_size=32, eval_every=30,
-            eval_examples=200, log_every=10, flush_seconds=0.0)
+TINY = dict(
+    dataset="mnist1d",
+    width=32,
+    steps=60,
+    batch_size=32,
+    eval_every=30,
+    eval_examples=200,
+    log_every=10,
+    flush_seconds=0.0,
+)
 LONG = RunConfig(**{**TINY, "steps": 10**6, "eval_every": 10**6})  # default checkpoint cadence
 WAIT_S = 120  # bound on every wait for another process (import torch, spawn, train)
 
@@ -65,12 +73,22 @@ def _resume_a_little(store: RunStore, run_id: str) -> None:
     """Resume ``run_id`` here for one flush; it must continue from its checkpoint (from
     step 0 without one)."""
     names = store.artifact_names(run_id)
-    checkpoint_step = (read_checkpoint(store.get_artifact(run_id, "checkpoint"))["step"]
-                       if "checkpoint" in names else 0)
+    checkpoint_step = (
+        read_checkpoint(store.get_artifact(run_id, "checkpoint"))["step"]
+        if "checkpoint" in names
+        else 0
+    )
     starts = []
-    assert execute_run(store, run_id, resume=True, should_stop=lambda: True,
-                       callbacks={"on_start": lambda trainer: starts.append(trainer.step)},
-                       ) == "stopped"  # at its first flush
+    assert (
+        execute_run(
+            store,
+            run_id,
+            resume=True,
+            should_stop=lambda: True,
+            callbacks={"on_start": lambda trainer: starts.append(trainer.step)},
+        )
+        == "stopped"
+    )  # at its first flush
     assert starts == [checkpoint_step] and store.run(run_id)["last_step"] > checkpoint_step
     _assert_contiguous(store, run_id)
 
@@ -101,9 +119,12 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(store, tmp_p
 
 # ---------------------------------------------------------------- 2. no orphans
 def test_killing_the_parent_ends_its_worker_and_interrupts_the_run(store):
-    parent = subprocess.Popen([sys.executable, "-m", "tests.reliability_parent",
-                               str(store.root), "1"], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability_parent", str(store.root), "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         (run_id,) = parent.stdout.readline().split()
         worker = _until(lambda: _training(store, run_id), "the run to train in a worker")
@@ -125,8 +146,10 @@ def test_a_killed_worker_costs_only_its_own_run_and_the_pool_recovers(store):
         futures = [executor.submit(run_id) for run_id in (victim, sibling, queued)]
         # past its first periodic checkpoint (the default cadence): SIGKILL loses only the
         # steps after it
-        pid = _until(lambda: _training(store, victim, past=LONG.checkpoint_every + 10),
-                     "the first run to pass its first checkpoint")
+        pid = _until(
+            lambda: _training(store, victim, past=LONG.checkpoint_every + 10),
+            "the first run to pass its first checkpoint",
+        )
         _until(lambda: _training(store, sibling), "the second run to train")
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer does
         assert futures[0].result(timeout=WAIT_S) == "interrupted"
@@ -158,12 +181,31 @@ def test_an_idle_worker_that_died_is_replaced_when_work_comes(store):
 # ---------------------------------------------------------------- 4, 5. signals
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_stops_a_cli_run_resumably_with_every_row(store, sig):
-    command = [sys.executable, "-m", "grafting_core", "--runs-dir", str(store.root), "train",
-               "--width", "32", "--batch-size", "32", "--steps", str(10**6), "--eval-every",
-               str(10**6), "--eval-examples", "200", "--flush-seconds", "0",
-               "--checkpoint-every", "100000"]  # the stop itself must write the checkpoint
-    cli = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "grafting_core",
+        "--runs-dir",
+        str(store.root),
+        "train",
+        "--width",
+        "32",
+        "--batch-size",
+        "32",
+        "--steps",
+        str(10**6),
+        "--eval-every",
+        str(10**6),
+        "--eval-examples",
+        "200",
+        "--flush-seconds",
+        "0",
+        "--checkpoint-every",
+        "100000",
+    ]  # the stop itself must write the checkpoint
+    cli = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         run_id = _until(lambda: next(iter(store.runs()["run_id"]), None), "the run's row")
         _until(lambda: _training(store, run_id, past=120), "the run to train")
@@ -190,23 +232,33 @@ def test_stop_soon_ends_the_run_after_its_step_flushed_and_checkpointed():
     # no flush would come before step 50: the stop must force one
     trainer = StopAt23(RunConfig(**{**TINY, "log_every": 50, "flush_seconds": 10.0}))
     losses, checkpoints = [], []
-    trainer.add_callback("on_metrics", lambda t, rows: losses.extend(
-        step for step, name, _ in rows if name == "train_loss"))
-    trainer.add_callback("on_checkpoint", lambda t, blob: checkpoints.append(
-        read_checkpoint(blob)["step"]))
+    trainer.add_callback(
+        "on_metrics",
+        lambda t, rows: losses.extend(step for step, name, _ in rows if name == "train_loss"),
+    )
+    trainer.add_callback(
+        "on_checkpoint", lambda t, blob: checkpoints.append(read_checkpoint(blob)["step"])
+    )
     assert trainer.run() == "stopped" and trainer.step == 23
     assert losses == list(range(23)) and checkpoints == [23]
 
 
 def test_periodic_checkpoints_come_after_a_flush():
-    trainer = Trainer(RunConfig(**{**TINY, "log_every": 50, "flush_seconds": 10.0},
-                                checkpoint_every=7))
+    trainer = Trainer(
+        RunConfig(**{**TINY, "log_every": 50, "flush_seconds": 10.0}, checkpoint_every=7)
+    )
     flushed = [-1]
-    trainer.add_callback("on_metrics", lambda t, rows: flushed.append(max(
-        [step for step, name, _ in rows if name == "train_loss"], default=flushed[-1])))
+    trainer.add_callback(
+        "on_metrics",
+        lambda t, rows: flushed.append(
+            max([step for step, name, _ in rows if name == "train_loss"], default=flushed[-1])
+        ),
+    )
     at_checkpoint = []
-    trainer.add_callback("on_checkpoint", lambda t, blob: at_checkpoint.append(
-        (read_checkpoint(blob)["step"], flushed[-1])))
+    trainer.add_callback(
+        "on_checkpoint",
+        lambda t, blob: at_checkpoint.append((read_checkpoint(blob)["step"], flushed[-1])),
+    )
     trainer.run()
     # each checkpoint at step s comes with the rows of steps < s (the last is the final one)
     assert at_checkpoint == [(s, s - 1) for s in range(7, 60, 7)] + [(60, 59)]
@@ -236,8 +288,12 @@ def test_resuming_a_run_that_trains_elsewhere_is_refused_and_leaves_it_alone(sto
 # ---------------------------------------------------------------- 7. bad ratio and schedule files
 @pytest.mark.parametrize("ratio", [-0.5, float("nan"), float("inf")])
 def test_a_static_ratio_that_is_negative_or_not_finite_is_refused_at_load(ratio):
-    data = {"format": "grafting-lab/static-ratios", "version": 1, "base_lr": 0.1,
-            "parameters": {"w": {"ratio": 2.0, "shape": [3]}, "b": {"ratio": ratio, "shape": []}}}
+    data = {
+        "format": "grafting-lab/static-ratios",
+        "version": 1,
+        "base_lr": 0.1,
+        "parameters": {"w": {"ratio": 2.0, "shape": [3]}, "b": {"ratio": ratio, "shape": []}},
+    }
     data = json.loads(json.dumps(data))  # as read from a file (JSON NaN/Infinity included)
     with pytest.raises(ValueError, match=r"Invalid static ratios \{'b'"):
         StaticRatios.from_dict(data)
@@ -246,10 +302,13 @@ def test_a_static_ratio_that_is_negative_or_not_finite_is_refused_at_load(ratio)
 def test_a_replayed_schedule_must_come_from_the_same_model_and_data(store):
     graft = create_run(store, RunConfig(**TINY, magnitude="adam", direction="sgd"))
     execute_run(store, graft)
-    for change, message in (({"width": 16}, "recorded on another model"),
-                            ({"dataset": "digits", "width": 32}, "recorded on 'mnist1d'")):
-        replay = create_run(store, RunConfig(**{**TINY, **change}, direction="sgd",
-                                             replay=f"run:{graft}"))
+    for change, message in (
+        ({"width": 16}, "recorded on another model"),
+        ({"dataset": "digits", "width": 32}, "recorded on 'mnist1d'"),
+    ):
+        replay = create_run(
+            store, RunConfig(**{**TINY, **change}, direction="sgd", replay=f"run:{graft}")
+        )
         with pytest.raises(ValueError, match=message):
             execute_run(store, replay)
         assert store.metrics(replay).empty  # refused before any step

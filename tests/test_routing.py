@@ -22,8 +22,10 @@ def hf_groups(model: nn.Module, decay: float = 0.1) -> list[dict]:
     """Plain tensors in two groups, as HF Trainer builds them (no decay: biases and norms)."""
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or n.startswith("1.")]
     ids = {id(p) for p in no_decay}
-    return [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def test_hf_style_groups_keep_their_weight_decay_split():
@@ -44,19 +46,33 @@ def test_hf_style_groups_keep_their_weight_decay_split():
 
 def test_unprefixed_keys_reach_each_child_that_takes_them_prefixed_keys_one():
     model = make_model()
-    opt = Graft([{"params": list(model.parameters()), "momentum": 0.5, "eps": 1e-6,
-                  "direction.weight_decay": 0.2, "magnitude.lr": 3e-3}], "adam", "sgd")
+    opt = Graft(
+        [
+            {
+                "params": list(model.parameters()),
+                "momentum": 0.5,
+                "eps": 1e-6,
+                "direction.weight_decay": 0.2,
+                "magnitude.lr": 3e-3,
+            }
+        ],
+        "adam",
+        "sgd",
+    )
     m, d = opt.magnitude.param_groups[0], opt.direction.param_groups[0]
     assert (m["lr"], m["eps"], m["weight_decay"]) == (3e-3, 1e-6, 0.0)
     assert (d["momentum"], d["weight_decay"], d["lr"]) == (0.5, 0.2, 0.1)
     assert opt.param_groups[0]["lr"] == 1.0  # Graft's own multiplier is untouched
 
 
-@pytest.mark.parametrize("group,pattern", [
-    ({"lr_scale": 2.0}, r"Invalid param group key 'lr_scale'"),
-    ({"magnitude.momentum": 0.9}, r"Invalid param group key 'magnitude.momentum'"),
-    ({"betas": (0.9, 5.0)}, r"'betas': \(0.9, 5.0\)"),
-])
+@pytest.mark.parametrize(
+    "group,pattern",
+    [
+        ({"lr_scale": 2.0}, r"Invalid param group key 'lr_scale'"),
+        ({"magnitude.momentum": 0.9}, r"Invalid param group key 'magnitude.momentum'"),
+        ({"betas": (0.9, 5.0)}, r"'betas': \(0.9, 5.0\)"),
+    ],
+)
 def test_keys_no_child_takes_and_bad_values_are_refused_by_name(group, pattern):
     model = make_model()
     with pytest.raises(ValueError, match=pattern):
@@ -74,8 +90,14 @@ def test_names_from_the_model_give_readable_layers_and_module_granularity():
     model = make_model()
     opt = Graft(hf_groups(model), "adam", "sgd", names=model, granularity="module")
     assert opt.layers.names == ("0", "3", "1")  # decay group first: 0.weight, 3.weight
-    assert opt.layers.param_names == ("0.weight", "3.weight", "0.bias", "1.weight", "1.bias",
-                                      "3.bias")
+    assert opt.layers.param_names == (
+        "0.weight",
+        "3.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "3.bias",
+    )
     compute_grads(model, 0)  # one norm per module: Linear 0's weight and bias together
     expected = torch.cat([model[0].weight.grad.flatten(), model[0].bias.grad]).norm()
     opt.step()
@@ -106,8 +128,9 @@ def test_factory_adamw_adamw_trains_like_torch_adamw_and_a_scheduler_on_magnitud
     AdamW under the same schedule."""
     decay = lambda t: 1.0 / (1 + 0.1 * t)  # noqa: E731
     grafted, plain = make_model(), make_model()
-    opt = Graft.factory("adamw", "adamw")(grafted.parameters(), lr=1e-2, weight_decay=0.05,
-                                          betas=(0.85, 0.99))
+    opt = Graft.factory("adamw", "adamw")(
+        grafted.parameters(), lr=1e-2, weight_decay=0.05, betas=(0.85, 0.99)
+    )
     train(grafted, opt, 20, scheduler=torch.optim.lr_scheduler.LambdaLR(opt.magnitude, decay))
     ref = torch.optim.AdamW(plain.parameters(), lr=1e-2, weight_decay=0.05, betas=(0.85, 0.99))
     train(plain, ref, 20, scheduler=torch.optim.lr_scheduler.LambdaLR(ref, decay))

@@ -15,23 +15,36 @@ TORCH_REFERENCES = [
     ("sgd", {"lr": 0.05}, torch.optim.SGD, "plain"),
     ("sgd", {"lr": 0.05, "momentum": 0.9}, torch.optim.SGD, "momentum"),
     ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, torch.optim.SGD, "nesterov"),
-    ("sgd", {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01},
-     torch.optim.SGD, "dampening+wd"),
+    (
+        "sgd",
+        {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01},
+        torch.optim.SGD,
+        "dampening+wd",
+    ),
     ("adam", {"lr": 1e-2}, torch.optim.Adam, "default"),
     ("adam", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.01}, torch.optim.Adam, "wd"),
     ("adamw", {"lr": 1e-2, "weight_decay": 0.1}, torch.optim.AdamW, "decoupled wd"),
     ("adagrad", {"lr": 0.05}, torch.optim.Adagrad, "default"),
-    ("adagrad", {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.1,
-                 "weight_decay": 0.01}, torch.optim.Adagrad, "decay+init"),
+    (
+        "adagrad",
+        {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.01},
+        torch.optim.Adagrad,
+        "decay+init",
+    ),
     ("rmsprop", {"lr": 1e-3}, torch.optim.RMSprop, "default"),
-    ("rmsprop", {"lr": 1e-3, "centered": True, "momentum": 0.9, "weight_decay": 0.01},
-     torch.optim.RMSprop, "centered+momentum"),
+    (
+        "rmsprop",
+        {"lr": 1e-3, "centered": True, "momentum": 0.9, "weight_decay": 0.01},
+        torch.optim.RMSprop,
+        "centered+momentum",
+    ),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,hp,torch_cls,desc", TORCH_REFERENCES,
-                         ids=[f"{n}-{d}" for n, _, _, d in TORCH_REFERENCES])
+@pytest.mark.parametrize(
+    "name,hp,torch_cls,desc", TORCH_REFERENCES, ids=[f"{n}-{d}" for n, _, _, d in TORCH_REFERENCES]
+)
 def test_native_rule_matches_torch(name, hp, torch_cls, desc, dtype):
     ours, ref = make_model(dtype), make_model(dtype)
     train(ours, build_optimizer((name, hp), ours.parameters()), 50)
@@ -45,8 +58,14 @@ class HandReference:
     def __init__(self, name, hp, params):
         self.name, self.hp = name, validate_hparams(name, hp)
         self.params = list(params)
-        self.state = [{"m": torch.zeros_like(p, dtype=torch.float64),
-                       "v": torch.zeros_like(p, dtype=torch.float64), "t": 0} for p in self.params]
+        self.state = [
+            {
+                "m": torch.zeros_like(p, dtype=torch.float64),
+                "v": torch.zeros_like(p, dtype=torch.float64),
+                "t": 0,
+            }
+            for p in self.params
+        ]
 
     @torch.no_grad()
     def step(self):
@@ -95,8 +114,9 @@ HAND_REFERENCES = [
 ]
 
 
-@pytest.mark.parametrize("name,hp,desc", HAND_REFERENCES,
-                         ids=[f"{n}-{d}" for n, _, d in HAND_REFERENCES])
+@pytest.mark.parametrize(
+    "name,hp,desc", HAND_REFERENCES, ids=[f"{n}-{d}" for n, _, d in HAND_REFERENCES]
+)
 def test_native_rule_matches_hand_formula(name, hp, desc):
     ours = make_model(torch.float64)
     ref = copy.deepcopy(ours)
@@ -159,8 +179,9 @@ BAD_NATIVE = [  # (rule, options, words the message must hold: the name and the 
 ]
 
 
-@pytest.mark.parametrize("name,options,message", BAD_NATIVE,
-                         ids=[f"{n}-{next(iter(o))}" for n, o, _ in BAD_NATIVE])
+@pytest.mark.parametrize(
+    "name,options,message", BAD_NATIVE, ids=[f"{n}-{next(iter(o))}" for n, o, _ in BAD_NATIVE]
+)
 @pytest.mark.parametrize("where", ["kwargs", "group", "add_param_group"])
 def test_native_optimizer_built_directly_validates_like_torch(name, options, message, where):
     """NativeOptimizer(...), its constructor's groups and add_param_group all refuse bad
@@ -183,8 +204,10 @@ def test_native_optimizer_groups_keep_their_own_options():
     ours, ref = make_model(torch.float64), make_model(torch.float64)
 
     def groups(model):
-        return [{"params": list(model.fc1.parameters()), "lr": 0.05, "betas": (0.8, 0.95)},
-                {"params": list(model.fc2.parameters())}]
+        return [
+            {"params": list(model.fc1.parameters()), "lr": 0.05, "betas": (0.8, 0.95)},
+            {"params": list(model.fc2.parameters())},
+        ]
 
     opt = NativeOptimizer(groups(ours), RULES["adam"], lr=1e-2)
     opt.add_param_group({"params": list(ours.out.parameters()), "weight_decay": 0.1})

@@ -21,8 +21,16 @@ from grafting_core.lab.runner import create_run, execute_run
 from grafting_core.lab.store import RunStore
 
 STEPS, WARMUP = 24, 6
-BASE = dict(dataset="digits", width=16, steps=STEPS, batch_size=32, eval_every=STEPS,
-            eval_examples=64, log_every=4, flush_seconds=0.0)
+BASE = dict(
+    dataset="digits",
+    width=16,
+    steps=STEPS,
+    batch_size=32,
+    eval_every=STEPS,
+    eval_examples=64,
+    log_every=4,
+    flush_seconds=0.0,
+)
 SCHEDULES = ("constant", "warmup_cosine")
 
 
@@ -40,12 +48,14 @@ def config(schedule: str, **changes) -> RunConfig:
     return RunConfig(**BASE, schedule=schedule, warmup_steps=warmup, **changes)
 
 
-def reference(make_optimizer, schedule: str, seed: int = 0,
-              model: str = "") -> dict[str, torch.Tensor]:
+def reference(
+    make_optimizer, schedule: str, seed: int = 0, model: str = ""
+) -> dict[str, torch.Tensor]:
     """Final weights of the same run stepped by a torch optimizer: ``make_optimizer(named)``."""
     dataset = load_dataset(BASE["dataset"], seed=seed)
-    model = build_model(model or default_model(BASE["dataset"]), dataset, width=BASE["width"],
-                        seed=seed)
+    model = build_model(
+        model or default_model(BASE["dataset"]), dataset, width=BASE["width"], seed=seed
+    )
     optimizer = make_optimizer(list(model.named_parameters()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factor(s, schedule))
     loss = loss_fn(dataset.task)
@@ -87,8 +97,9 @@ def ratios_file(tmp_path, multiplier) -> str:
     dataset = load_dataset(BASE["dataset"])
     model = build_model(default_model(BASE["dataset"]), dataset, width=BASE["width"])
     named = list(model.named_parameters())
-    ratios = StaticRatios({n: multiplier(n) for n, _ in named},
-                          {n: list(p.shape) for n, p in named}, base_lr=0.05)
+    ratios = StaticRatios(
+        {n: multiplier(n) for n, _ in named}, {n: list(p.shape) for n, p in named}, base_lr=0.05
+    )
     return str(ratios.save(tmp_path / "ratios.json"))
 
 
@@ -98,8 +109,9 @@ SGD = {"lr": 0.05, "momentum": 0.9}
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_static_ratios_of_one_train_exactly_like_plain_sgd(store, tmp_path, schedule):
     path = ratios_file(tmp_path, lambda name: 1.0)
-    ours = trained(store, config(schedule, magnitude="sgd", magnitude_hparams=SGD,
-                                 static_ratios=path))
+    ours = trained(
+        store, config(schedule, magnitude="sgd", magnitude_hparams=SGD, static_ratios=path)
+    )
     theirs = reference(lambda named: torch.optim.SGD([p for _, p in named], **SGD), schedule)
     assert_same_weights(ours, theirs)
 
@@ -113,11 +125,15 @@ def test_static_ratios_give_each_layer_sgd_with_lr_times_its_ratio(store, tmp_pa
         return spread[name]
 
     path = ratios_file(tmp_path, multiplier)
-    ours = trained(store, config(schedule, magnitude="sgd", magnitude_hparams=SGD,
-                                 static_ratios=path))
-    theirs = reference(lambda named: torch.optim.SGD(
-        [{"params": [p], "lr": SGD["lr"] * spread[n]} for n, p in named], momentum=0.9),
-        schedule)
+    ours = trained(
+        store, config(schedule, magnitude="sgd", magnitude_hparams=SGD, static_ratios=path)
+    )
+    theirs = reference(
+        lambda named: torch.optim.SGD(
+            [{"params": [p], "lr": SGD["lr"] * spread[n]} for n, p in named], momentum=0.9
+        ),
+        schedule,
+    )
     assert_same_weights(ours, theirs)
 
 
@@ -129,8 +145,16 @@ def test_plain_and_self_grafted_adam_train_exactly_like_torch_adam(store, schedu
     theirs = reference(lambda named: torch.optim.Adam([p for _, p in named], **ADAM), schedule)
     plain = trained(store, config(schedule, magnitude="adam", magnitude_hparams=ADAM))
     assert_same_weights(plain, theirs)
-    self_grafted = trained(store, config(schedule, magnitude="adam", magnitude_hparams=ADAM,
-                                         direction="adam", direction_hparams={"lr": 0.7}))
+    self_grafted = trained(
+        store,
+        config(
+            schedule,
+            magnitude="adam",
+            magnitude_hparams=ADAM,
+            direction="adam",
+            direction_hparams={"lr": 0.7},
+        ),
+    )
     assert_same_weights(self_grafted, theirs)
 
 
@@ -138,16 +162,28 @@ def test_plain_and_self_grafted_adam_train_exactly_like_torch_adam(store, schedu
 def test_replaying_adams_recorded_schedule_onto_adam_reproduces_adam(store, schedule):
     source = create_run(store, config(schedule, magnitude="adam", magnitude_hparams=ADAM))
     assert execute_run(store, source) == "finished"
-    replay = trained(store, config("constant", direction="adam", direction_hparams={"lr": 5.0},
-                                   replay=f"run:{source}"))
+    replay = trained(
+        store,
+        config("constant", direction="adam", direction_hparams={"lr": 5.0}, replay=f"run:{source}"),
+    )
     theirs = reference(lambda named: torch.optim.Adam([p for _, p in named], **ADAM), schedule)
     assert_same_weights(replay, theirs)
 
 
 def test_directions_learning_rate_cancels_in_a_graft(store):
-    runs = [trained(store, config("warmup_cosine", magnitude="adam", magnitude_hparams=ADAM,
-                                  direction="sgd", direction_hparams={"lr": lr, "momentum": 0.9}))
-            for lr in (0.1, 12.3)]
+    runs = [
+        trained(
+            store,
+            config(
+                "warmup_cosine",
+                magnitude="adam",
+                magnitude_hparams=ADAM,
+                direction="sgd",
+                direction_hparams={"lr": lr, "momentum": 0.9},
+            ),
+        )
+        for lr in (0.1, 12.3)
+    ]
     assert_same_weights(*runs)
 
 
@@ -175,8 +211,18 @@ def test_partial_graft_grafts_hidden_matrices_and_gives_the_rest_adams_own_step(
     """Adam#SGD on the MLP's hidden matrices only, against torch Adam and SGD stepped side by
     side on copies of the weights, the graft written out per tensor."""
     sgd = {"lr": 0.1, "momentum": 0.9}
-    ours = trained(store, config(schedule, model="mlp", magnitude="adam", magnitude_hparams=ADAM,
-                                 direction="sgd", direction_hparams=sgd, grafted=["hidden"]))
+    ours = trained(
+        store,
+        config(
+            schedule,
+            model="mlp",
+            magnitude="adam",
+            magnitude_hparams=ADAM,
+            direction="sgd",
+            direction_hparams=sgd,
+            grafted=["hidden"],
+        ),
+    )
 
     class SideBySide(torch.optim.Optimizer):
         """Steps torch Adam and SGD on shadow copies; applies the partial graft to ``named``."""

@@ -23,14 +23,24 @@ def test_layer_kinds_of_the_lab_transformer():
     model = build_model("transformer", load_dataset("chars"), depth=1)
     kinds = {name: layer_kind(name) for name, _ in model.named_parameters()}
     assert kinds == {
-        "tok_emb.weight": "embedding", "pos_emb.weight": "embedding",
-        "blocks.0.ln1.weight": "norm", "blocks.0.ln1.bias": "norm",
-        "blocks.0.attn.qkv.weight": "attention", "blocks.0.attn.qkv.bias": "attention",
-        "blocks.0.attn.proj.weight": "attention", "blocks.0.attn.proj.bias": "attention",
-        "blocks.0.ln2.weight": "norm", "blocks.0.ln2.bias": "norm",
-        "blocks.0.mlp.fc.weight": "mlp", "blocks.0.mlp.fc.bias": "mlp",
-        "blocks.0.mlp.proj.weight": "mlp", "blocks.0.mlp.proj.bias": "mlp",
-        "ln_f.weight": "norm", "ln_f.bias": "norm", "head.weight": "head"}
+        "tok_emb.weight": "embedding",
+        "pos_emb.weight": "embedding",
+        "blocks.0.ln1.weight": "norm",
+        "blocks.0.ln1.bias": "norm",
+        "blocks.0.attn.qkv.weight": "attention",
+        "blocks.0.attn.qkv.bias": "attention",
+        "blocks.0.attn.proj.weight": "attention",
+        "blocks.0.attn.proj.bias": "attention",
+        "blocks.0.ln2.weight": "norm",
+        "blocks.0.ln2.bias": "norm",
+        "blocks.0.mlp.fc.weight": "mlp",
+        "blocks.0.mlp.fc.bias": "mlp",
+        "blocks.0.mlp.proj.weight": "mlp",
+        "blocks.0.mlp.proj.bias": "mlp",
+        "ln_f.weight": "norm",
+        "ln_f.bias": "norm",
+        "head.weight": "head",
+    }
     assert layer_kind("transformer.h.3.ln_2.weight") == "norm"
     assert layer_kind("model.layers.0.self_attn.q_proj.weight") == "attention"
     assert layer_kind("lm_head.weight") == "head" and layer_kind("conv.weight") == "other"
@@ -44,8 +54,9 @@ def test_norm_log_frame_matches_the_store_layout(tmp_path):
     frame = norm_log_frame(log)
     steps, values = log.read()
     assert len(frame) == values.numel()
-    wide = frame.pivot_table(index=["step", "layer"], columns="field", values="value",
-                             observed=True)
+    wide = frame.pivot_table(
+        index=["step", "layer"], columns="field", values="value", observed=True
+    )
     got = wide.loc[(3, "fc2.weight"), list(log.fields)].to_numpy()
     want = values[3, list(log.layer_names).index("fc2.weight")].double().numpy()
     assert np.allclose(got, want, equal_nan=True)
@@ -56,15 +67,22 @@ def test_norm_log_frame_matches_the_store_layout(tmp_path):
 
 
 def _frame(series: dict[str, np.ndarray], field: str = "step_norm", run_id=None) -> pd.DataFrame:
-    rows = [(s, layer, field, float(v)) for layer, values in series.items()
-            for s, v in enumerate(values)]
+    rows = [
+        (s, layer, field, float(v))
+        for layer, values in series.items()
+        for s, v in enumerate(values)
+    ]
     frame = pd.DataFrame(rows, columns=["step", "layer", "field", "value"])
     return frame.assign(run_id=run_id) if run_id else frame
 
 
 def test_effective_lr_is_step_over_gradient_norm():
-    frame = pd.concat([_frame({"head.weight": np.array([0.2, 0.4])}),
-                       _frame({"head.weight": np.array([2.0, 0.0])}, field="grad_norm")])
+    frame = pd.concat(
+        [
+            _frame({"head.weight": np.array([0.2, 0.4])}),
+            _frame({"head.weight": np.array([2.0, 0.0])}, field="grad_norm"),
+        ]
+    )
     series = layer_series(frame, "effective_lr")
     assert series["value"].iloc[0] == pytest.approx(0.1)
     assert np.isnan(series["value"].iloc[1])  # zero gradient: undefined, not inf
@@ -75,29 +93,50 @@ def test_effective_lr_is_step_over_gradient_norm():
 
 def test_schedule_shapes_name_each_trajectory():
     t = np.arange(200, dtype=float)
-    frame = _frame({
-        "warm": np.where(t < 60, 0.01 + t / 60, 1.0 * np.exp(-(t - 60) / 40)) + 1e-3,
-        "rise": 0.1 + t / 100,
-        "decay": 1.0 / np.sqrt(t + 1),
-        "flat": np.full(200, 0.5),
-    })
+    frame = _frame(
+        {
+            "warm": np.where(t < 60, 0.01 + t / 60, 1.0 * np.exp(-(t - 60) / 40)) + 1e-3,
+            "rise": 0.1 + t / 100,
+            "decay": 1.0 / np.sqrt(t + 1),
+            "flat": np.full(200, 0.5),
+        }
+    )
     shapes = schedule_shapes(frame).set_index("layer")
-    assert shapes["shape"].to_dict() == {"warm": "warm-up, then decay", "rise": "rising",
-                                         "decay": "decaying", "flat": "flat"}
+    assert shapes["shape"].to_dict() == {
+        "warm": "warm-up, then decay",
+        "rise": "rising",
+        "decay": "decaying",
+        "flat": "flat",
+    }
     assert shapes.loc["warm", "peak_at"] == pytest.approx(60 / 199, abs=0.03)
     assert shapes.loc["flat", "change"] == pytest.approx(1.0)
     assert shapes.loc["rise", "early"] == pytest.approx(0.1 + 4.5 / 100, rel=0.05)
 
 
 def test_layer_kind_curves_median_per_kind_and_normalised():
-    a = pd.concat([_frame({"blocks.0.attn.qkv.weight": np.array([1.0, 2.0, 4.0]),
-                           "blocks.0.attn.proj.weight": np.array([3.0, 6.0, 12.0]),
-                           "blocks.0.attn.qkv.bias": np.array([100.0, 100.0, 100.0]),
-                           "tok_emb.weight": np.array([8.0, 4.0, 2.0])}, run_id="a")])
-    b = _frame({"blocks.0.attn.qkv.weight": np.array([5.0, 5.0, 5.0]),
-                "tok_emb.weight": np.array([1.0, 1.0, 1.0])}, run_id="b")
-    fig = experiment_figures.layer_kind_curves(pd.concat([a, b]), labels={"a": "adam", "b": "sgd"},
-                                               normalize=False, smoothing=0.0)
+    a = pd.concat(
+        [
+            _frame(
+                {
+                    "blocks.0.attn.qkv.weight": np.array([1.0, 2.0, 4.0]),
+                    "blocks.0.attn.proj.weight": np.array([3.0, 6.0, 12.0]),
+                    "blocks.0.attn.qkv.bias": np.array([100.0, 100.0, 100.0]),
+                    "tok_emb.weight": np.array([8.0, 4.0, 2.0]),
+                },
+                run_id="a",
+            )
+        ]
+    )
+    b = _frame(
+        {
+            "blocks.0.attn.qkv.weight": np.array([5.0, 5.0, 5.0]),
+            "tok_emb.weight": np.array([1.0, 1.0, 1.0]),
+        },
+        run_id="b",
+    )
+    fig = experiment_figures.layer_kind_curves(
+        pd.concat([a, b]), labels={"a": "adam", "b": "sgd"}, normalize=False, smoothing=0.0
+    )
     titles = [annotation.text for annotation in fig.layout.annotations]
     assert titles == ["embedding", "attention"]
     by_panel = {(t.xaxis, t.name): list(t.y) for t in fig.data}

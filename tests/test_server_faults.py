@@ -32,8 +32,9 @@ def _press_start(url: str, magnitude_lr: str | None = None, **inputs: str) -> st
     """Open the Graft lab, type ``inputs`` (label -> value) and M's lr, press Start; returns
     the page's text once the page has answered."""
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.goto(url)
@@ -62,8 +63,9 @@ def test_a_learning_rate_a_browser_cannot_hold_is_refused_and_starts_nothing(tmp
     assert RunStore(tmp_path).runs().empty
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to the server", "Ctrl-C (SIGINT to the group)",
-                                 "SIGKILL to the server"])
+@pytest.mark.parametrize(
+    "how", ["SIGTERM to the server", "Ctrl-C (SIGINT to the group)", "SIGKILL to the server"]
+)
 def test_a_stopped_server_leaves_no_worker_and_every_run_resumable(tmp_path, how):
     with serve(tmp_path) as (url, server, log):
         _press_start(url, Width="16", Steps="1000000")

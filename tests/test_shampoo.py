@@ -30,7 +30,8 @@ from .helpers import compute_grads, make_model, max_relative_difference, train
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("pytorch_optimizer") is None,
-    reason=f"shampoo and soap need {PYTORCH_OPTIMIZER} (requirements.txt)")
+    reason=f"shampoo and soap need {PYTORCH_OPTIMIZER} (requirements.txt)",
+)
 
 # Hyperparameters that exercise each optimizer's whole step in a few steps: Shampoo's momentum
 # and coupled weight decay change p.grad in place inside the package; SOAP refreshes its
@@ -46,8 +47,11 @@ def package_class(name: str) -> type[torch.optim.Optimizer]:
     """The optimizer class straight from its package (never through the registry)."""
     import pytorch_optimizer
 
-    return {"shampoo": pytorch_optimizer.Shampoo, "soap": pytorch_optimizer.SOAP,
-            "adam": torch.optim.Adam}[name]
+    return {
+        "shampoo": pytorch_optimizer.Shampoo,
+        "soap": pytorch_optimizer.SOAP,
+        "adam": torch.optim.Adam,
+    }[name]
 
 
 class Proposer:
@@ -80,18 +84,23 @@ def reference_graft(magnitude: str, direction: str, steps: int) -> list[torch.Te
         compute_grads(model, step)
         grads = [p.grad for p in model.parameters()]
         delta_m, delta_d = m.propose(weights, grads), d.propose(weights, grads)
-        weights = [w if dd.norm() == 0 else w + dm.norm() / dd.norm() * dd
-                   for w, dm, dd in zip(weights, delta_m, delta_d)]
+        weights = [
+            w if dd.norm() == 0 else w + dm.norm() / dd.norm() * dd
+            for w, dm, dd in zip(weights, delta_m, delta_d)
+        ]
     return weights
 
 
-@pytest.mark.parametrize("magnitude,direction", [
-    ("adam", "shampoo"), ("adam", "soap"), ("shampoo", "adam"), ("soap", "adam")])
+@pytest.mark.parametrize(
+    "magnitude,direction",
+    [("adam", "shampoo"), ("adam", "soap"), ("shampoo", "adam"), ("soap", "adam")],
+)
 def test_graft_equals_the_update_formed_by_hand(magnitude, direction):
     """M#D over 6 steps = w + ‖Δ_M‖/‖Δ_D‖·Δ_D per tensor, children stepped on their own."""
     model = make_model(torch.float64)
-    opt = Graft(model.named_parameters(), (magnitude, HPARAMS[magnitude]),
-                (direction, HPARAMS[direction]))
+    opt = Graft(
+        model.named_parameters(), (magnitude, HPARAMS[magnitude]), (direction, HPARAMS[direction])
+    )
     assert not opt.native
     train(model, opt, 6)
     expected = reference_graft(magnitude, direction, 6)
@@ -149,14 +158,28 @@ def test_missing_package_names_the_pip_command(monkeypatch):
         build_optimizer("shampoo", make_model().parameters())
 
 
-TINY = dict(dataset="mnist1d", width=16, batch_size=32, eval_every=30, eval_examples=200,
-            log_every=10, flush_seconds=0.0, schedule="constant")
+TINY = dict(
+    dataset="mnist1d",
+    width=16,
+    batch_size=32,
+    eval_every=30,
+    eval_examples=200,
+    log_every=10,
+    flush_seconds=0.0,
+    schedule="constant",
+)
 
 
 def test_run_config_first_step_matches_the_reference():
     """RunConfig(direction="shampoo") → Trainer: its first update is Adam#Shampoo by hand."""
-    config = RunConfig(**TINY, steps=1, magnitude="adam", magnitude_hparams=HPARAMS["adam"],
-                       direction="shampoo", direction_hparams=HPARAMS["shampoo"])
+    config = RunConfig(
+        **TINY,
+        steps=1,
+        magnitude="adam",
+        magnitude_hparams=HPARAMS["adam"],
+        direction="shampoo",
+        direction_hparams=HPARAMS["shampoo"],
+    )
     trainer, seen = Trainer(config), {}
 
     def before_training(trainer):
@@ -171,36 +194,63 @@ def test_run_config_first_step_matches_the_reference():
     delta_m = Proposer("adam", weights, HPARAMS["adam"]).propose(weights, grads)
     delta_d = Proposer("shampoo", weights, HPARAMS["shampoo"]).propose(weights, grads)
     for p, w, dm, dd in zip(trainer.model.parameters(), weights, delta_m, delta_d):
-        torch.testing.assert_close(p.detach(), w + dm.norm() / dd.norm() * dd,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p.detach(), w + dm.norm() / dd.norm() * dd, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("magnitude,direction", [("adam", "shampoo"), ("soap", "")])
 def test_lab_runs_learn_and_resume(tmp_path, magnitude, direction):
     """Through the run store: a 60-step run lowers the loss; stopped and resumed it matches."""
     store = RunStore(tmp_path / "runs")
-    config = RunConfig(**TINY, steps=60, magnitude=magnitude,
-                       magnitude_hparams=HPARAMS[magnitude], direction=direction,
-                       direction_hparams=HPARAMS.get(direction, {}))
+    config = RunConfig(
+        **TINY,
+        steps=60,
+        magnitude=magnitude,
+        magnitude_hparams=HPARAMS[magnitude],
+        direction=direction,
+        direction_hparams=HPARAMS.get(direction, {}),
+    )
     straight, stopped = create_run(store, config), create_run(store, config)
     assert execute_run(store, straight) == "finished"
     loss = store.metrics(straight, names=["train_loss"])["value"].tolist()
     assert sum(loss[-10:]) < 0.9 * sum(loss[:10])
     calls = []
-    assert execute_run(store, stopped, should_stop=lambda: calls.append(1) or len(calls) >= 3
-                       ) == "stopped"
+    assert (
+        execute_run(store, stopped, should_stop=lambda: calls.append(1) or len(calls) >= 3)
+        == "stopped"
+    )
     assert execute_run(store, stopped, resume=True) == "finished"
-    a, b = (store.metrics(r, names=["train_loss", "val_loss"]).drop(columns="run_id")
-            for r in (straight, stopped))
+    a, b = (
+        store.metrics(r, names=["train_loss", "val_loss"]).drop(columns="run_id")
+        for r in (straight, stopped)
+    )
     assert a.equals(b)
     store.close()
 
 
 def test_cli_trains_adam_grafted_shampoo(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GRAFTING_RUNS_DIR", str(tmp_path / "runs"))
-    assert main(["train", "--dataset", "mnist1d", "--width", "16", "--steps", "10",
-                 "--batch-size", "32", "--eval-examples", "100",
-                 "--magnitude", "adam", "--direction", "soap"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist1d",
+                "--width",
+                "16",
+                "--steps",
+                "10",
+                "--batch-size",
+                "32",
+                "--eval-examples",
+                "100",
+                "--magnitude",
+                "adam",
+                "--direction",
+                "soap",
+            ]
+        )
+        == 0
+    )
     assert "finished at step 10" in capsys.readouterr().out
 
 
@@ -218,8 +268,13 @@ def test_app_offers_shampoo_and_soap_as_magnitude_and_direction(store):
 
 
 def test_bench_quick_run_prints_every_arm():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "shampoo.py"), "--quick"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shampoo.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("mnist1d")]
     assert [row[1] for row in rows] == ["adam", "shampoo", "soap", "adam#shampoo", "adam#soap"]

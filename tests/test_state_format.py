@@ -24,8 +24,9 @@ HALF = 8
 
 
 def _children_state(opt: Graft) -> dict:
-    return {role: copy.deepcopy(getattr(opt, role).state_dict())
-            for role in ("magnitude", "direction")}
+    return {
+        role: copy.deepcopy(getattr(opt, role).state_dict()) for role in ("magnitude", "direction")
+    }
 
 
 def _assert_same(a, b) -> None:
@@ -64,8 +65,14 @@ def test_state_is_a_prefixed_view_over_the_children():
     assert set(saved) == {"state", "param_groups"}
     assert sorted(saved["state"]) == list(range(6))  # Graft's own indices
     assert set(saved["state"][0]) == {
-        "graft.step", "graft.nonfinite_skips", "magnitude.step", "magnitude.exp_avg",
-        "magnitude.exp_avg_sq", "direction.step", "direction.momentum_buffer"}
+        "graft.step",
+        "graft.nonfinite_skips",
+        "magnitude.step",
+        "magnitude.exp_avg",
+        "magnitude.exp_avg_sq",
+        "direction.step",
+        "direction.momentum_buffer",
+    }
     assert saved["param_groups"][0]["magnitude.param_groups"][0]["lr"] == 1e-2
 
 
@@ -86,14 +93,22 @@ def test_old_nested_format_still_loads_and_resumes_exactly():
     first = make_model()
     opt = Graft(first.named_parameters(), ADAM, SGD)
     train(first, opt, HALF)
-    old = {"state": {}, "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                                         | {"params": list(range(6))}
-                                         for g in opt.param_groups],
-           "graft": {"step": HALF, "eps": 1e-16,
-                     "nonfinite_skips": torch.zeros(6, dtype=torch.int64),
-                     "layer_names": list(opt.layers.names), "grafted_layers": [True] * 6},
-           "magnitude": copy.deepcopy(opt.magnitude.state_dict()),
-           "direction": copy.deepcopy(opt.direction.state_dict())}
+    old = {
+        "state": {},
+        "param_groups": [
+            {k: v for k, v in g.items() if k != "params"} | {"params": list(range(6))}
+            for g in opt.param_groups
+        ],
+        "graft": {
+            "step": HALF,
+            "eps": 1e-16,
+            "nonfinite_skips": torch.zeros(6, dtype=torch.int64),
+            "layer_names": list(opt.layers.names),
+            "grafted_layers": [True] * 6,
+        },
+        "magnitude": copy.deepcopy(opt.magnitude.state_dict()),
+        "direction": copy.deepcopy(opt.direction.state_dict()),
+    }
     resumed = make_model(seed=5)
     resumed.load_state_dict(first.state_dict())
     again = Graft(resumed.named_parameters(), ADAM, SGD)
@@ -114,8 +129,12 @@ def test_get_optimizer_state_dict_keeps_everything_and_touches_nothing():
     assert opt.graft_step == HALF
     names = [n for n, _ in model.named_parameters()]
     assert sorted(state["state"]) == sorted(names)
-    torch.testing.assert_close(state["state"]["fc2.weight"]["magnitude.exp_avg_sq"],
-                               opt.magnitude.state[model.fc2.weight]["exp_avg_sq"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        state["state"]["fc2.weight"]["magnitude.exp_avg_sq"],
+        opt.magnitude.state[model.fc2.weight]["exp_avg_sq"],
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("path", ["native", "blackbox"])
@@ -132,8 +151,7 @@ def test_dcp_save_load_then_more_steps_equals_a_straight_run(tmp_path, path):
         again = Graft(resumed.named_parameters(), ADAM, SGD, path=path)
         model_state, optim_state = get_state_dict(resumed, again)  # the template to load into
         dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=tmp_path)
-        set_state_dict(resumed, again, model_state_dict=model_state,
-                       optim_state_dict=optim_state)
+        set_state_dict(resumed, again, model_state_dict=model_state, optim_state_dict=optim_state)
     assert again.graft_step == HALF
     _assert_same(_children_state(again), _children_state(opt))
     train(resumed, again, HALF, start=HALF)

@@ -113,8 +113,20 @@ def test_runs_frame_filters_order_and_dtypes(store):
 
     frame = store.runs()
     assert frame["run_id"].tolist() == [c, b, a]  # newest first
-    expected = ["run_id", "name", "kind", "group", "role", "magnitude_arm", "direction_arm",
-                "arm_variant", "status", "created", "ended", "last_step"]
+    expected = [
+        "run_id",
+        "name",
+        "kind",
+        "group",
+        "role",
+        "magnitude_arm",
+        "direction_arm",
+        "arm_variant",
+        "status",
+        "created",
+        "ended",
+        "last_step",
+    ]
     assert frame.columns[: len(expected)].tolist() == expected
     assert {"error", "pid", "host", "heartbeat"} <= set(frame.columns)
     assert pd.api.types.is_string_dtype(frame["run_id"])
@@ -537,8 +549,14 @@ def test_opening_a_v1_file_migrates_it_and_keeps_data(tmp_path):
         conn.executemany(
             "INSERT INTO runs (run_id, name, kind, status, config, created) VALUES (?,?,?,?,?,?)",
             [
-                ("old-1", "in a group", "grid", "finished",
-                 '{"group": "sweep", "magnitude": "adam", "direction": "sgd"}', 1e9),
+                (
+                    "old-1",
+                    "in a group",
+                    "grid",
+                    "finished",
+                    '{"group": "sweep", "magnitude": "adam", "direction": "sgd"}',
+                    1e9,
+                ),
                 ("old-2", "no group", "train", "stopped", '{"lr": 0.2}', 1e9 + 1),
             ],
         )

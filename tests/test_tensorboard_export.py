@@ -18,7 +18,8 @@ from .test_app import page, train_inline
 def read_back(folder) -> event_accumulator.EventAccumulator:
     """Every event of a run folder, none sampled away."""
     reader = event_accumulator.EventAccumulator(
-        str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0})
+        str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}
+    )
     return reader.Reload()
 
 
@@ -33,20 +34,26 @@ def assert_matches_store(store, run_id: str, folder) -> None:
     metrics = store.metrics(run_id)
     assert {"train_loss", "val_loss", "lr"} <= set(metrics["name"])
     for name, rows in metrics.groupby("name"):
-        assert scalars(reader, name) == pytest.approx(dict(zip(rows["step"], rows["value"])),
-                                                      rel=1e-6)  # event files hold float32
+        assert scalars(reader, name) == pytest.approx(
+            dict(zip(rows["step"], rows["value"])), rel=1e-6
+        )  # event files hold float32
     norms = store.layer_norms(run_id, fields=["magnitude_norm", "direction_norm"])
-    wide = norms.pivot_table(index=["layer", "step"], columns="field", values="value",
-                             observed=True)
+    wide = norms.pivot_table(
+        index=["layer", "step"], columns="field", values="value", observed=True
+    )
     layers = list(store.layer_norm_names(run_id)[0])
     assert {f"ratio/{layer}" for layer in layers} <= tags
     for layer in layers:
         rows = wide.loc[layer]
         for field in ("magnitude_norm", "direction_norm"):
             assert scalars(reader, f"{field}/{layer}") == pytest.approx(
-                rows[field].to_dict(), rel=1e-6)
-        expected = {s: m / d for s, m, d in zip(rows.index, rows["magnitude_norm"],
-                                                rows["direction_norm"]) if d > 0}
+                rows[field].to_dict(), rel=1e-6
+            )
+        expected = {
+            s: m / d
+            for s, m, d in zip(rows.index, rows["magnitude_norm"], rows["direction_norm"])
+            if d > 0
+        }
         assert scalars(reader, f"ratio/{layer}") == pytest.approx(expected, rel=1e-6)
         assert all(not math.isclose(v, 1.0) for v in expected.values())  # a real graft
     text = reader.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
@@ -71,8 +78,17 @@ def test_cli_runs_export_tensorboard(store, tmp_path, capsys):
     assert "tensorboard --logdir" in capsys.readouterr().out
     assert_matches_store(store, run_id, tmp_path / "tb" / f"cli-{run_id}")
     with pytest.raises(SystemExit):
-        main(["runs", "export", run_id, "--tensorboard", str(tmp_path / "tb"),
-              "-o", str(tmp_path / "x.csv")])
+        main(
+            [
+                "runs",
+                "export",
+                run_id,
+                "--tensorboard",
+                str(tmp_path / "tb"),
+                "-o",
+                str(tmp_path / "x.csv"),
+            ]
+        )
     assert "-o is for CSV/JSON" in capsys.readouterr().err
 
 

@@ -13,8 +13,10 @@ def _hand_graft_path(condition, start, steps, per_coordinate):
     """Adam(0.1)#SGD-momentum(0.05) on 0.5(x² + κy²) with torch's own optimizers, float64."""
     w = torch.tensor(start, dtype=torch.float64)
     shadows = {}
-    for role, make in (("m", lambda p: torch.optim.Adam(p, lr=0.1)),
-                       ("d", lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))):
+    for role, make in (
+        ("m", lambda p: torch.optim.Adam(p, lr=0.1)),
+        ("d", lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    ):
         params = [torch.zeros(1, dtype=torch.float64, requires_grad=True) for _ in range(2)]
         shadows[role] = (params, make(params))
     points = [w.clone()]
@@ -24,8 +26,8 @@ def _hand_graft_path(condition, start, steps, per_coordinate):
         for role, (params, opt) in shadows.items():
             with torch.no_grad():
                 for i, p in enumerate(params):
-                    p.copy_(w[i:i + 1])
-                    p.grad = grad[i:i + 1].clone()
+                    p.copy_(w[i : i + 1])
+                    p.grad = grad[i : i + 1].clone()
             opt.step()
             deltas[role] = torch.cat([p.detach() for p in params]) - w
         if per_coordinate:
@@ -40,8 +42,14 @@ def _hand_graft_path(condition, start, steps, per_coordinate):
 @pytest.mark.parametrize("layout", ["joint", "per_coordinate"])
 def test_grafted_path_equals_hand_computation(layout):
     problem = make_problem("quadratic", condition=5.0)
-    path = optimize(problem, ("adam", {"lr": 0.1}), ("sgd", {"lr": 0.05, "momentum": 0.9}),
-                    steps=3, layout=layout, start=(-3.0, 1.0))
+    path = optimize(
+        problem,
+        ("adam", {"lr": 0.1}),
+        ("sgd", {"lr": 0.05, "momentum": 0.9}),
+        steps=3,
+        layout=layout,
+        start=(-3.0, 1.0),
+    )
     expected = _hand_graft_path(5.0, (-3.0, 1.0), 3, layout == "per_coordinate")
     torch.testing.assert_close(path.points, expected, rtol=1e-12, atol=1e-12)
 
@@ -52,8 +60,9 @@ def test_arrows_are_the_children_proposals():
     for step in range(5):
         v = arrow_vectors(path, step)
         assert float(v["grafted"].norm()) == pytest.approx(float(v["magnitude"].norm()), rel=1e-9)
-        cosine = torch.dot(v["grafted"], v["direction"]) / (v["grafted"].norm()
-                                                             * v["direction"].norm())
+        cosine = torch.dot(v["grafted"], v["direction"]) / (
+            v["grafted"].norm() * v["direction"].norm()
+        )
         assert float(cosine) == pytest.approx(1.0, abs=1e-9)
 
 
@@ -61,8 +70,9 @@ def test_arrows_are_the_children_proposals():
 @pytest.mark.parametrize("layout", ["joint", "per_coordinate"])
 def test_every_preset_and_layout_draws(name, layout):
     problem = make_problem(name)
-    paths = grafted_paths(problem, ("adam", {"lr": 0.05}), ("sgd", {"lr": 1e-3}), steps=20,
-                          layout=layout)
+    paths = grafted_paths(
+        problem, ("adam", {"lr": 0.05}), ("sgd", {"lr": 1e-3}), steps=20, layout=layout
+    )
     assert set(paths) == {"M", "D", "M#D", "D#M"}
     assert all(p.points.shape == (21, 2) for p in paths.values())
     fig = paths_figure(problem, paths, step=3)
@@ -86,8 +96,14 @@ def test_noisy_problem_is_seeded():
     assert torch.equal(a.points, b.points) and not torch.equal(a.points, c.points)
 
 
-@pytest.mark.parametrize("kwargs,field", [({"start": (math.nan, 0.0)}, "start"),
-                                          ({"steps": 0}, "steps"), ({"layout": "rows"}, "layout")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"start": (math.nan, 0.0)}, "start"),
+        ({"steps": 0}, "steps"),
+        ({"layout": "rows"}, "layout"),
+    ],
+)
 def test_invalid_input_is_refused(kwargs, field):
     with pytest.raises(ValueError, match=field):
         optimize(make_problem("quadratic"), "adam", "sgd", **kwargs)
@@ -102,4 +118,4 @@ def test_html_export_is_standalone_with_frames():
     paths = grafted_paths(problem, "adam", "sgd", steps=30)
     html = export_html(problem, paths)
     assert "<html>" in html[:100] and "Plotly.newPlot" in html and "frames" in html
-    assert "<script src=\"https:" not in html  # plotly.js inlined: works offline
+    assert '<script src="https:' not in html  # plotly.js inlined: works offline

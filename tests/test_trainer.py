@@ -9,8 +9,16 @@ from grafting_core.lab.runner import create_run, execute_run, request_stop
 from grafting_core.lab.store import RunStore
 from grafting_core.lab.trainer import Trainer, lr_factor
 
-TINY = dict(dataset="mnist1d", width=32, steps=60, batch_size=32, eval_every=30,
-            eval_examples=200, log_every=10, flush_seconds=0.0)
+TINY = dict(
+    dataset="mnist1d",
+    width=32,
+    steps=60,
+    batch_size=32,
+    eval_every=30,
+    eval_examples=200,
+    log_every=10,
+    flush_seconds=0.0,
+)
 
 
 @pytest.fixture
@@ -19,8 +27,9 @@ def store(tmp_path):
 
 
 def test_short_run_lowers_the_loss(store):
-    run_id = create_run(store, RunConfig(**TINY, magnitude="adam", direction="sgd",
-                                         magnitude_hparams={"lr": 1e-2}))
+    run_id = create_run(
+        store, RunConfig(**TINY, magnitude="adam", direction="sgd", magnitude_hparams={"lr": 1e-2})
+    )
     assert execute_run(store, run_id) == "finished"
     loss = store.metrics(run_id, names=["train_loss"])["value"].tolist()
     assert len(loss) == 60

@@ -19,14 +19,26 @@ from grafting_core.lab.verdict import (
 
 def _table(cells: dict[tuple[str, str], list[float]], failed=()) -> pd.DataFrame:
     """A grid_table-like frame: one row per (M, D, seed)."""
-    rows = [{"magnitude": m, "direction": d, "seed": seed, "val_loss": value,
-             "status": "failed" if (m, d, seed) in failed else "finished"}
-            for (m, d), values in cells.items() for seed, value in enumerate(values)]
+    rows = [
+        {
+            "magnitude": m,
+            "direction": d,
+            "seed": seed,
+            "val_loss": value,
+            "status": "failed" if (m, d, seed) in failed else "finished",
+        }
+        for (m, d), values in cells.items()
+        for seed, value in enumerate(values)
+    ]
     return pd.DataFrame(rows)
 
 
-CELLS = {("a", "a"): [1.0, 1.1, 0.9], ("a", "b"): [1.2, 1.3, 1.1],
-         ("b", "a"): [1.9, 1.0, 1.95], ("b", "b"): [2.0, 2.1, 1.9]}
+CELLS = {
+    ("a", "a"): [1.0, 1.1, 0.9],
+    ("a", "b"): [1.2, 1.3, 1.1],
+    ("b", "a"): [1.9, 1.0, 1.95],
+    ("b", "b"): [2.0, 2.1, 1.9],
+}
 
 
 def test_position_is_zero_at_magnitude_and_one_at_direction():
@@ -75,24 +87,31 @@ def _path(label: str, end: float, stride: float, steps: int = 20) -> Path:
 
 
 def test_path_leaning_on_log_losses():
-    paths = {"M": _path("M", 1e-6, 0.1), "D": _path("D", 1e-2, 0.3),
-             "M#D": _path("M#D", 1e-5, 0.1), "D#M": _path("D#M", 1e-3, 0.3)}
+    paths = {
+        "M": _path("M", 1e-6, 0.1),
+        "D": _path("D", 1e-2, 0.3),
+        "M#D": _path("M#D", 1e-5, 0.1),
+        "D#M": _path("D#M", 1e-3, 0.3),
+    }
     table = path_leaning(paths)
     assert table.loc["M", "end_loss"] == pytest.approx((10 ** (-6 * 19 / 20) + 1e-6) / 2)
     assert table.loc["M#D", "mean_step"] == pytest.approx(0.1)
     assert (table["scale"] == "log10").all()
     ends = {k: math.log10(table.loc[k, "end_loss"]) for k in paths}
     assert table.loc["M#D", "position"] == pytest.approx(
-        (ends["M#D"] - ends["M"]) / (ends["D"] - ends["M"]))
+        (ends["M#D"] - ends["M"]) / (ends["D"] - ends["M"])
+    )
     assert table.loc["D#M", "magnitude_from"] == "D" and table.loc["D#M", "direction_from"] == "M"
     assert table.loc["D#M", "position"] == pytest.approx(
-        (ends["D#M"] - ends["D"]) / (ends["M"] - ends["D"]))
+        (ends["D#M"] - ends["D"]) / (ends["M"] - ends["D"])
+    )
     assert table.loc["M#D", "leans"] == "magnitude" and table.loc["D#M", "leans"] == "magnitude"
 
 
 def test_path_leaning_on_real_paths_with_negative_losses():
-    paths = grafted_paths(make_problem("saddle"), ("adam", {"lr": 0.05}),
-                          ("sgd", {"lr": 0.01}), steps=40)
+    paths = grafted_paths(
+        make_problem("saddle"), ("adam", {"lr": 0.05}), ("sgd", {"lr": 0.01}), steps=40
+    )
     table = path_leaning(paths)
     assert list(table.index) == ["M", "D", "M#D", "D#M"]
     assert (table["scale"] == "linear").all()  # the saddle's losses go below zero
@@ -127,22 +146,40 @@ def test_matrix_leaning_splits_the_variance_by_rows_and_columns():
 
 
 def _verdict_row(m, d, grafted, g, verdict, position_, std=0.01):
-    return {"magnitude": m, "direction": d, "grafted": grafted, "graft_mean": g,
-            "magnitude_mean": 1.4, "direction_mean": 1.6, "position": position_,
-            "verdict": verdict, "reason": "because",
-            **{f"{arm}_std": std for arm in ("graft", "magnitude", "direction")},
-            **{f"{arm}_seeds": 3 for arm in ("graft", "magnitude", "direction")}}
+    return {
+        "magnitude": m,
+        "direction": d,
+        "grafted": grafted,
+        "graft_mean": g,
+        "magnitude_mean": 1.4,
+        "direction_mean": 1.6,
+        "position": position_,
+        "verdict": verdict,
+        "reason": "because",
+        **{f"{arm}_std": std for arm in ("graft", "magnitude", "direction")},
+        **{f"{arm}_seeds": 3 for arm in ("graft", "magnitude", "direction")},
+    }
 
 
 def test_comparison_reading_says_edges_verdicts_and_what_a_partial_graft_removes():
-    sweep = pd.DataFrame({"arm": ["adam", "adam", "sgd", "sgd"], "lr": [1e-3, 1e-2, 0.1, 1.0],
-                          "mean": [1.5, 1.4, 1.6, 1.7], "std": [0.01] * 4, "seeds": 3,
-                          "best": [False, True, True, False],
-                          "at_edge": [False, True, False, False]})
-    verdicts = pd.DataFrame([
-        _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25),
-        _verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5),
-        _verdict_row("sgd", "adam", "all", 1.58, "magnitude", 0.1)])
+    sweep = pd.DataFrame(
+        {
+            "arm": ["adam", "adam", "sgd", "sgd"],
+            "lr": [1e-3, 1e-2, 0.1, 1.0],
+            "mean": [1.5, 1.4, 1.6, 1.7],
+            "std": [0.01] * 4,
+            "seeds": 3,
+            "best": [False, True, True, False],
+            "at_edge": [False, True, False, False],
+        }
+    )
+    verdicts = pd.DataFrame(
+        [
+            _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25),
+            _verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5),
+            _verdict_row("sgd", "adam", "all", 1.58, "magnitude", 0.1),
+        ]
+    )
     lines = comparison_reading(sweep, verdicts)
     adam, sgd = lines[0], lines[1]
     assert "lr 0.01" in adam and "edge" in adam and "lr 0.1" in sgd and "edge" not in sgd
@@ -153,17 +190,33 @@ def test_comparison_reading_says_edges_verdicts_and_what_a_partial_graft_removes
     partial = lines[-1]
     assert "1.4500 against the full graft's 1.5000 (-0.05; beyond 2 standard errors" in partial
     assert "removes 50% of the full graft's distance from adam" in partial  # 1 - 0.25/0.5
-    noisy = pd.DataFrame([_verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5, std=0.3),
-                          _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25,
-                                       std=0.3)])
+    noisy = pd.DataFrame(
+        [
+            _verdict_row("adam", "sgd", "all", 1.5, "cannot tell", 0.5, std=0.3),
+            _verdict_row("adam", "sgd", "hidden", 1.45, "magnitude", 0.25, std=0.3),
+        ]
+    )
     partial = comparison_reading(sweep, noisy)[-1]  # M, D within 2 se: no position, "within"
     assert "within 2 standard errors" in partial and "cannot be told apart" in partial
     assert "removes" not in partial
 
 
 def test_comparison_reading_cannot_judge_when_every_verdict_is_cannot_tell():
-    sweep = pd.DataFrame({"arm": ["a", "b"], "lr": [1.0, 1.0], "mean": [1.0, 1.0],
-                          "std": [0.1, 0.1], "seeds": 2, "best": True, "at_edge": True})
-    verdicts = pd.DataFrame([_verdict_row("a", "b", "all", 1.0, "cannot tell", 0.5),
-                             _verdict_row("b", "a", "all", 1.0, "cannot tell", 0.5)])
+    sweep = pd.DataFrame(
+        {
+            "arm": ["a", "b"],
+            "lr": [1.0, 1.0],
+            "mean": [1.0, 1.0],
+            "std": [0.1, 0.1],
+            "seeds": 2,
+            "best": True,
+            "at_edge": True,
+        }
+    )
+    verdicts = pd.DataFrame(
+        [
+            _verdict_row("a", "b", "all", 1.0, "cannot tell", 0.5),
+            _verdict_row("b", "a", "all", 1.0, "cannot tell", 0.5),
+        ]
+    )
     assert "cannot be judged here" in comparison_reading(sweep, verdicts)[-1]

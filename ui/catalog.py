@@ -20,8 +20,9 @@ TABLE_COLUMNS = {  # column shown -> source column of store.runs()
 }  # fmt: skip
 
 
-def filter_runs(runs: pd.DataFrame, *, search: str = "", statuses: Sequence[str] = (),
-                kinds: Sequence[str] = ()) -> pd.DataFrame:
+def filter_runs(
+    runs: pd.DataFrame, *, search: str = "", statuses: Sequence[str] = (), kinds: Sequence[str] = ()
+) -> pd.DataFrame:
     """Runs whose name, id, group or optimizers contain ``search`` (any case), by status/kind."""
     keep = pd.Series(True, index=runs.index)
     if search.strip():
@@ -53,24 +54,32 @@ def run_table(runs: pd.DataFrame, finals: pd.DataFrame | None = None) -> pd.Data
 
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     """``run_id`` → ``name · status · run_id`` for pickers."""
-    return {r: f"{n} · {s} · {r}" for r, n, s in
-            zip(runs["run_id"], runs["name"].fillna(""), runs["status"])}
+    return {
+        r: f"{n} · {s} · {r}"
+        for r, n, s in zip(runs["run_id"], runs["name"].fillna(""), runs["status"])
+    }
 
 
 def legend_labels(runs: pd.DataFrame) -> dict[str, str]:
     """``run_id`` → its name, with the id's last 4 characters where names repeat."""
     names = runs["name"].fillna(runs["run_id"]).astype(str)
     repeated = names.duplicated(keep=False)
-    return {r: f"{n} · {r[-4:]}" if rep else n
-            for r, n, rep in zip(runs["run_id"], names, repeated)}
+    return {
+        r: f"{n} · {r[-4:]}" if rep else n for r, n, rep in zip(runs["run_id"], names, repeated)
+    }
 
 
 def metrics_csv(store: RunStore, run_ids: Sequence[str]) -> str:
     """Every recorded metric of ``run_ids`` as long CSV: run_id, run_name, step, metric, value."""
     metrics = store.metrics(list(run_ids))
     names = {r: store.run(r)["name"] for r in run_ids}
-    out = pd.DataFrame({
-        "run_id": metrics["run_id"], "run_name": metrics["run_id"].map(names),
-        "step": metrics["step"], "metric": metrics["name"], "value": metrics["value"],
-    })
+    out = pd.DataFrame(
+        {
+            "run_id": metrics["run_id"],
+            "run_name": metrics["run_id"].map(names),
+            "step": metrics["step"],
+            "metric": metrics["name"],
+            "value": metrics["value"],
+        }
+    )
     return out.to_csv(index=False)

@@ -44,8 +44,13 @@ def show(fig: go.Figure, *, key: str, live: bool = False, **kwargs: Any) -> Any:
     if live:
         if kwargs:
             raise TypeError(f"a live chart takes no {', '.join(kwargs)}")
-        return _live_chart()(spec=fig.to_json(), height=fig.layout.height,
-                             config={**CHART_CONFIG, "responsive": True}, key=key, default=None)
+        return _live_chart()(
+            spec=fig.to_json(),
+            height=fig.layout.height,
+            config={**CHART_CONFIG, "responsive": True},
+            key=key,
+            default=None,
+        )
     return st.plotly_chart(fig, key=key, config=CHART_CONFIG, theme=None, **kwargs)
 
 

@@ -85,13 +85,13 @@ def _hparam_widget(base: str, key: str, default: Any) -> Any:
     return _number(key, f"{base}.{key}", default, help_text)
 
 
-def optimizer_picker(prefix: str, role: str,
-                     names: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+def optimizer_picker(
+    prefix: str, role: str, names: list[str] | None = None
+) -> tuple[str, dict[str, Any]]:
     """Optimizer name and its hyperparameters for ``role`` (lr first, the rest folded)."""
     names = names or optimizer_names()
     st.markdown(f"**{ROLE_TITLES.get(role, role)}**")
-    name = st.selectbox("optimizer", names, key=f"{prefix}.{role}",
-                        label_visibility="collapsed")
+    name = st.selectbox("optimizer", names, key=f"{prefix}.{role}", label_visibility="collapsed")
     st.caption(describe(name))
     defaults = lab_hparams(name)
     base = f"{prefix}.{role}.{name}"
@@ -117,8 +117,12 @@ def data_model_defaults(prefix: str) -> dict[str, Any]:
 
 def data_model_picker(prefix: str) -> dict[str, Any]:
     """Dataset, a model that fits it, and the model's width and depth (RunConfig keys)."""
-    dataset = st.selectbox("Dataset", dataset_names(), key=f"{prefix}.dataset",
-                           help="Every dataset is generated or shipped: nothing downloads.")
+    dataset = st.selectbox(
+        "Dataset",
+        dataset_names(),
+        key=f"{prefix}.dataset",
+        help="Every dataset is generated or shipped: nothing downloads.",
+    )
     st.caption(describe_dataset(dataset))
     models = compatible_models(dataset)
     keep_valid(f"{prefix}.model.{dataset}", models, default_model(dataset))
@@ -126,11 +130,19 @@ def data_model_picker(prefix: str) -> dict[str, Any]:
     st.caption(describe_model(model))
     left, right = st.columns(2)
     with left:
-        width = st.number_input("Width", step=1, key=f"{prefix}.width.{model}",
-                                help="hidden units, channels or embedding size")
+        width = st.number_input(
+            "Width",
+            step=1,
+            key=f"{prefix}.width.{model}",
+            help="hidden units, channels or embedding size",
+        )
     with right:
-        depth = st.number_input("Depth", step=1, key=f"{prefix}.depth.{model}",
-                                help="hidden layers, conv layers or transformer blocks")
+        depth = st.number_input(
+            "Depth",
+            step=1,
+            key=f"{prefix}.depth.{model}",
+            help="hidden layers, conv layers or transformer blocks",
+        )
     return {"dataset": dataset, "model": model, "width": int(width), "depth": int(depth)}
 
 
@@ -150,16 +162,21 @@ def task_of(dataset: str) -> str:
     return DATASETS[dataset].task if dataset in DATASETS else "classification"
 
 
-def lab_configs(base: RunConfig, magnitude: OptimizerChoice, direction: OptimizerChoice, *,
-                reverse: bool) -> list[RunConfig]:
+def lab_configs(
+    base: RunConfig, magnitude: OptimizerChoice, direction: OptimizerChoice, *, reverse: bool
+) -> list[RunConfig]:
     """M alone, D alone, M#D (and D#M): same data, order and seed; ValueError if invalid."""
     (m_name, m_hp), (d_name, d_hp) = magnitude, direction
 
     def one(first: OptimizerChoice, second: OptimizerChoice | None) -> RunConfig:
         name = first[0] if second is None else f"{first[0]}#{second[0]}"
-        return base.replace(name=name, magnitude=first[0], magnitude_hparams=dict(first[1]),
-                            direction=second[0] if second else "",
-                            direction_hparams=dict(second[1]) if second else {})
+        return base.replace(
+            name=name,
+            magnitude=first[0],
+            magnitude_hparams=dict(first[1]),
+            direction=second[0] if second else "",
+            direction_hparams=dict(second[1]) if second else {},
+        )
 
     m, d = (m_name, m_hp), (d_name, d_hp)  # RunConfig refuses an lr of 0 (what 1e400 becomes)
     configs = [one(m, None), one(d, None), one(m, d)]
@@ -180,11 +197,14 @@ def parse_numbers(text: str, *, field: str, integer: bool = False) -> list:
             value = int(part) if integer else float(part)
         except ValueError:
             kind = "whole numbers" if integer else "numbers"
-            raise ValueError(f"Invalid {field}: {part!r} is not a number "
-                             f"(type {kind} separated by commas)") from None
+            raise ValueError(
+                f"Invalid {field}: {part!r} is not a number (type {kind} separated by commas)"
+            ) from None
         if (integer and value < 0) or (not integer and not (math.isfinite(value) and value > 0)):
-            raise ValueError(f"Invalid {field}: {part!r} (must be "
-                             f"{'>= 0' if integer else 'a finite number > 0'})")
+            raise ValueError(
+                f"Invalid {field}: {part!r} (must be "
+                f"{'>= 0' if integer else 'a finite number > 0'})"
+            )
         values.append(value)
     if len(set(values)) != len(values):
         raise ValueError(f"Invalid {field}: {text.strip()!r} repeats a value")

@@ -71,8 +71,11 @@ def runs_by_id(run_ids: Sequence[str]) -> pd.DataFrame:
     store = get_store()
     store.mark_interrupted()
     runs = store.runs()
-    runs = runs.set_index("run_id").reindex(
-        [r for r in run_ids if r in set(runs["run_id"])]).reset_index()
+    runs = (
+        runs.set_index("run_id")
+        .reindex([r for r in run_ids if r in set(runs["run_id"])])
+        .reset_index()
+    )
     return _labelled(runs)
 
 
@@ -151,9 +154,12 @@ def poll_metrics(runs: pd.DataFrame, cache_key: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def poll_norms(run_ids: list[str], cache_key: str,
-               fields: Sequence[str] = tuple(NORM_FIELDS_SHOWN),
-               layer: str | None = None) -> pd.DataFrame:
+def poll_norms(
+    run_ids: list[str],
+    cache_key: str,
+    fields: Sequence[str] = tuple(NORM_FIELDS_SHOWN),
+    layer: str | None = None,
+) -> pd.DataFrame:
     """‖Δ_M‖ and ‖Δ_D‖ (or ``fields``) of ``run_ids`` (run_id column added), of every layer
     or of ``layer`` only, read since the last poll.
 
@@ -207,21 +213,36 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
         if metrics.empty or not (metrics["name"] == "train_loss").any():
             fig = figures.empty_figure("waiting for the first steps…", y_title=loss_title(task))
         else:
-            fig = figures.metric_curves(metrics, metric="train_loss", labels=labels,
-                                        colors=colors, smoothing=smoothing,
-                                        title="Training loss (per step)",
-                                        y_title=loss_title(task), x_max=x_max)
+            fig = figures.metric_curves(
+                metrics,
+                metric="train_loss",
+                labels=labels,
+                colors=colors,
+                smoothing=smoothing,
+                title="Training loss (per step)",
+                y_title=loss_title(task),
+                x_max=x_max,
+            )
         charts.show(fig, key=f"{prefix}.loss_chart", live=True)
     with right:
         metric = "val_accuracy" if task != "regression" else "val_loss"
-        y_title = ("validation accuracy (fraction correct)" if metric == "val_accuracy"
-                   else loss_title(task, "validation"))
+        y_title = (
+            "validation accuracy (fraction correct)"
+            if metric == "val_accuracy"
+            else loss_title(task, "validation")
+        )
         if metrics.empty or not (metrics["name"] == metric).any():
             fig = figures.empty_figure("waiting for the first evaluation…", y_title=y_title)
         else:
-            fig = figures.metric_curves(metrics, metric=metric, labels=labels, colors=colors,
-                                        title="Validation (held-out data)", y_title=y_title,
-                                        x_max=x_max)
+            fig = figures.metric_curves(
+                metrics,
+                metric=metric,
+                labels=labels,
+                colors=colors,
+                title="Validation (held-out data)",
+                y_title=y_title,
+                x_max=x_max,
+            )
         charts.show(fig, key=f"{prefix}.val_chart", live=True)
 
 
@@ -262,8 +283,9 @@ def stop_group(runs: pd.DataFrame) -> None:
     st.toast("Stopping: queued runs never start, running ones end within 10 steps.")
 
 
-def attach(prefix: str, group: str, runs: pd.DataFrame | None, *, started: bool,
-           what: str = "group") -> bool:
+def attach(
+    prefix: str, group: str, runs: pd.DataFrame | None, *, started: bool, what: str = "group"
+) -> bool:
     """Re-attach the page to its watched ``group`` (session and URL) and say whether to draw
     it; a group whose runs were all deleted is forgotten, with a note. ``started``: Start was
     just pressed (its runs may not be listed yet). ``what``: the page's word for a group."""
@@ -277,20 +299,25 @@ def attach(prefix: str, group: str, runs: pd.DataFrame | None, *, started: bool,
 def overall_progress(runs: pd.DataFrame) -> None:
     """One bar for a whole group, plus a line for each run that diverged or failed."""
     done = runs["status"].isin(TERMINAL)
-    st.progress(float(runs["progress"].mean()) if len(runs) else 0.0,
-                text=f"{int(done.sum())} of {len(runs)} runs done, "
-                     f"{int((runs['status'] == 'running').sum())} running or queued")
+    st.progress(
+        float(runs["progress"].mean()) if len(runs) else 0.0,
+        text=f"{int(done.sum())} of {len(runs)} runs done, "
+        f"{int((runs['status'] == 'running').sum())} running or queued",
+    )
     progress_panel(runs[runs["status"].isin(["diverged", "failed", "interrupted"])])
 
 
 def settings_text(run: pd.Series) -> str:
     """``mnist1d, mlp (width 32, depth 2), 300 steps, batch 64``: what a group trained on."""
     model = run["config.model"] or "default model"
-    sizes = ", ".join(f"{k} {int(run[f'config.{k}'])}" for k in ("width", "depth")
-                      if run[f"config.{k}"])
+    sizes = ", ".join(
+        f"{k} {int(run[f'config.{k}'])}" for k in ("width", "depth") if run[f"config.{k}"]
+    )
     data = run["config.custom"] or run["config.dataset"]
-    return (f"{data}, {model}{f' ({sizes})' if sizes else ''}, {int(run['config.steps'])} "
-            f"steps, batch {int(run['config.batch_size'])}")
+    return (
+        f"{data}, {model}{f' ({sizes})' if sizes else ''}, {int(run['config.steps'])} "
+        f"steps, batch {int(run['config.batch_size'])}"
+    )
 
 
 def refresh_every(runs: pd.DataFrame, active: bool, prefix: str) -> float | None:
@@ -347,9 +374,13 @@ def yield_to_training() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, REDRAW_NICE)
 
 
-def redraw_while_live(prefix: str, read: Callable[[], pd.DataFrame], active: bool,
-                      draw: Callable[[pd.DataFrame], Any],
-                      is_live: Callable[[pd.DataFrame], bool] = is_active) -> None:
+def redraw_while_live(
+    prefix: str,
+    read: Callable[[], pd.DataFrame],
+    active: bool,
+    draw: Callable[[pd.DataFrame], Any],
+    is_live: Callable[[pd.DataFrame], bool] = is_active,
+) -> None:
     """Draw ``draw(read())`` in a fragment that redraws itself while a run is ``active``:
     every second, less often only if a redraw costs too much (``refresh_every``).
 
@@ -372,36 +403,56 @@ def redraw_while_live(prefix: str, read: Callable[[], pd.DataFrame], active: boo
     panel()
 
 
-def finish_redraw(runs: pd.DataFrame, every: float | None, prefix: str,
-                  is_live: Callable[[pd.DataFrame], bool] = is_active) -> None:
+def finish_redraw(
+    runs: pd.DataFrame,
+    every: float | None,
+    prefix: str,
+    is_live: Callable[[pd.DataFrame], bool] = is_active,
+) -> None:
     """The last call of a live fragment: say how often it redraws, then rerun the whole page
     when that should change: the group ended (``is_live`` says no: polling off, Start back
     on), or redraws got cheaper or dearer."""
     if every is None:
         return
     cost = redraw_cost(prefix)
-    slower = "" if every == INTERVALS[0] else (
-        f" (not every second: redraws would keep the server busy over "
-        f"{REDRAW_SHARE:.0%} of the time, and training shares its CPU)")
+    slower = (
+        ""
+        if every == INTERVALS[0]
+        else (
+            f" (not every second: redraws would keep the server busy over "
+            f"{REDRAW_SHARE:.0%} of the time, and training shares its CPU)"
+        )
+    )
     waited = redraw_wait(prefix)
-    busy = (f" The last redraw waited {waited:.1f} s for a free core: while training uses "
-            "every core it has priority, and the charts update less often."
-            if waited > 0.5 * every else "")
-    st.caption(f"Live: redrawn every {every:g} s{slower}; a redraw takes the server "
-               f"{cost:.2f} s of CPU, at a lower priority than training.{busy}")
+    busy = (
+        f" The last redraw waited {waited:.1f} s for a free core: while training uses "
+        "every core it has priority, and the charts update less often."
+        if waited > 0.5 * every
+        else ""
+    )
+    st.caption(
+        f"Live: redrawn every {every:g} s{slower}; a redraw takes the server "
+        f"{cost:.2f} s of CPU, at a lower priority than training.{busy}"
+    )
     if refresh_every(runs, is_live(runs), prefix) != every:
         st.rerun()
 
 
-def start_stop(prefix: str, *, disabled: bool, active: bool,
-               why: str | None = None) -> tuple[bool, bool, st.delta_generator.DeltaGenerator]:
+def start_stop(
+    prefix: str, *, disabled: bool, active: bool, why: str | None = None
+) -> tuple[bool, bool, st.delta_generator.DeltaGenerator]:
     """The Start and Stop buttons of a page, and the rest of their row for one more widget.
 
     Start is disabled (with ``why`` as its tooltip) while ``disabled``; Stop while nothing
     of the page's is ``active``.
     """
     col_start, col_stop, rest = st.columns([1, 1, 10], vertical_alignment="center")
-    start = col_start.button("Start", type="primary", key=f"{prefix}.start", disabled=disabled,
-                             help=why if disabled else None)
+    start = col_start.button(
+        "Start",
+        type="primary",
+        key=f"{prefix}.start",
+        disabled=disabled,
+        help=why if disabled else None,
+    )
     stop = col_stop.button("Stop", key=f"{prefix}.stop", disabled=not active)
     return start, stop, rest

@@ -87,20 +87,27 @@ def get_jobs() -> Jobs:
     """The executor that trains new runs of this store, created once per process and choice:
     this machine's worker processes, or the Dask scheduler chosen in the sidebar (raises
     ConnectionError, one line, when it cannot be reached)."""
-    scheduler = (st.session_state.get("shared.scheduler", "").strip()
-                 if st.session_state.get("shared.executor") == "dask" else "")
+    scheduler = (
+        st.session_state.get("shared.scheduler", "").strip()
+        if st.session_state.get("shared.executor") == "dask"
+        else ""
+    )
     return _jobs(str(get_store().root), scheduler or None)
 
 
-def start_group(planned: list[RunConfig | PlannedRun], *,
-                kind: str = "lab") -> tuple[str, list[str]]:
+def start_group(
+    planned: list[RunConfig | PlannedRun], *, kind: str = "lab"
+) -> tuple[str, list[str]]:
     """Record configs (or planned runs with their arms) as one new group of runs and queue
     them; returns (group, run ids)."""
     store, jobs = get_store(), get_jobs()
     group = new_group(kind)
-    run_ids = [create_run(store, item.config, kind=kind, group=group, arm=item.arm)
-               if isinstance(item, PlannedRun) else create_run(store, item, kind=kind, group=group)
-               for item in planned]
+    run_ids = [
+        create_run(store, item.config, kind=kind, group=group, arm=item.arm)
+        if isinstance(item, PlannedRun)
+        else create_run(store, item, kind=kind, group=group)
+        for item in planned
+    ]
     for run_id in run_ids:
         jobs.submit(run_id)
     return group, run_ids
@@ -152,8 +159,13 @@ def _orchestrations() -> dict[str, Orchestration]:
     return {}
 
 
-def start_comparison(base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
-                     seeds: Sequence[int], plan: SweepPlan) -> str:
+def start_comparison(
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    *,
+    seeds: Sequence[int],
+    plan: SweepPlan,
+) -> str:
     """Start ``protocol.compare`` in a daemon thread of this server; returns its group once
     the first runs are in the store (a page then has runs to watch).
 
@@ -167,8 +179,16 @@ def start_comparison(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
 
     def orchestrate() -> None:
         try:
-            compare(store, base, optimizers, seeds=seeds, plan=plan, executor=executor,
-                    group=group, stop=stop.is_set)
+            compare(
+                store,
+                base,
+                optimizers,
+                seeds=seeds,
+                plan=plan,
+                executor=executor,
+                group=group,
+                stop=stop.is_set,
+            )
         except Exception as error:  # shown by the page; the runs' own errors are in the store
             orchestration.error = f"{type(error).__name__}: {error}"
 
@@ -177,8 +197,11 @@ def start_comparison(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
     _orchestrations()[group] = orchestration
     thread.start()
     deadline = time.monotonic() + FIRST_RUNS_WAIT
-    while (thread.is_alive() and time.monotonic() < deadline
-           and store.runs(group=group, flatten_config=False).empty):
+    while (
+        thread.is_alive()
+        and time.monotonic() < deadline
+        and store.runs(group=group, flatten_config=False).empty
+    ):
         time.sleep(0.05)
     return group
 

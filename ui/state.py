@@ -62,21 +62,34 @@ def sidebar() -> None:
     store = get_store()
     with st.sidebar:
         keep_valid("shared.device", device_options(), "auto")
-        st.selectbox("Device for new runs", device_options(), key="shared.device",
-                     help="auto = the CUDA GPU when one is present, else the CPU.")
+        st.selectbox(
+            "Device for new runs",
+            device_options(),
+            key="shared.device",
+            help="auto = the CUDA GPU when one is present, else the CPU.",
+        )
         if st.session_state["shared.device"] == "auto":
-            st.caption("auto → " + ("CUDA GPU" if torch.cuda.is_available() else
-                                    "CPU (no CUDA GPU found)"))
-        st.radio("New runs train on", list(EXECUTORS), format_func=EXECUTORS.get,
-                 key="shared.executor", horizontal=True,
-                 help="A Dask cluster's workers train the runs and stream what they record "
-                      "to this server, which alone writes the run store (README: point the "
-                      "lab at a cluster).")
+            st.caption(
+                "auto → " + ("CUDA GPU" if torch.cuda.is_available() else "CPU (no CUDA GPU found)")
+            )
+        st.radio(
+            "New runs train on",
+            list(EXECUTORS),
+            format_func=EXECUTORS.get,
+            key="shared.executor",
+            horizontal=True,
+            help="A Dask cluster's workers train the runs and stream what they record "
+            "to this server, which alone writes the run store (README: point the "
+            "lab at a cluster).",
+        )
         if st.session_state["shared.executor"] == "dask":
-            st.text_input("Dask scheduler", key="shared.scheduler",
-                          placeholder="tcp://HOST:8786",
-                          help="Start one with `dask scheduler`, and workers with "
-                               "`dask worker tcp://HOST:8786 --nthreads 1`.")
+            st.text_input(
+                "Dask scheduler",
+                key="shared.scheduler",
+                placeholder="tcp://HOST:8786",
+                help="Start one with `dask scheduler`, and workers with "
+                "`dask worker tcp://HOST:8786 --nthreads 1`.",
+            )
             if not st.session_state["shared.scheduler"].strip():
                 st.error("Dask scheduler: enter its address (tcp://HOST:8786) to train there.")
                 st.stop()
@@ -87,10 +100,15 @@ def sidebar() -> None:
             st.stop()
         runs = store.runs(flatten_config=False)
         running = int((runs["status"] == "running").sum())
-        on = f", on {jobs.executor.scheduler}" if st.session_state["shared.executor"] == (
-            "dask") else ""
-        st.caption(f"Run store: `{store.root}`  \n{len(runs)} runs saved, {running} running "
-                   f"({jobs.max_workers} at a time{on})")
+        on = (
+            f", on {jobs.executor.scheduler}"
+            if st.session_state["shared.executor"] == ("dask")
+            else ""
+        )
+        st.caption(
+            f"Run store: `{store.root}`  \n{len(runs)} runs saved, {running} running "
+            f"({jobs.max_workers} at a time{on})"
+        )
 
 
 def page_setup(defaults: Mapping[str, Any] | None = None) -> None:

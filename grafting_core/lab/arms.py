@@ -28,8 +28,16 @@ from typing import NamedTuple
 
 from .config import RunConfig
 
-ROLES = ("plain", "graft", "partial_graft", "replay", "static_ratios", "sweep_point", "tuned",
-         "superseded")
+ROLES = (
+    "plain",
+    "graft",
+    "partial_graft",
+    "replay",
+    "static_ratios",
+    "sweep_point",
+    "tuned",
+    "superseded",
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,9 @@ class Arm:
             raise ValueError(f"Invalid role: {self.role!r} (valid: {', '.join(ROLES)})")
         grafted = self.role in ("graft", "partial_graft", "replay")
         if grafted != bool(self.direction):
-            raise ValueError(f"An arm of role {self.role!r} "
-                             f"{'needs' if grafted else 'takes no'} direction label")
+            raise ValueError(
+                f"An arm of role {self.role!r} {'needs' if grafted else 'takes no'} direction label"
+            )
 
     @property
     def label(self) -> str:

@@ -39,8 +39,9 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
     dataset = load_dataset(config.dataset, seed=config.seed)
     sizes = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v}
     with torch.device("meta"):
-        model = build_model(config.model or default_model(config.dataset), dataset,
-                            seed=config.seed, **sizes)
+        model = build_model(
+            config.model or default_model(config.dataset), dataset, seed=config.seed, **sizes
+        )
     state = sum(p.numel() * p.element_size() for p in model.parameters()) * STATE_COPIES
     outputs: list[int] = []
 
@@ -48,8 +49,9 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
         if isinstance(output, torch.Tensor):
             outputs.append(output.numel() * output.element_size())
 
-    hooks = [m.register_forward_hook(record) for m in model.modules()
-             if next(m.children(), None) is None]  # leaves: a container repeats their outputs
+    hooks = [
+        m.register_forward_hook(record) for m in model.modules() if next(m.children(), None) is None
+    ]  # leaves: a container repeats their outputs
     x, _ = dataset.batch("train", 1, step=0, seed=config.seed)
     with torch.no_grad():
         model(x.to("meta"))
@@ -75,10 +77,14 @@ def check_fits(config: RunConfig, device: torch.device | None = None) -> None:
     if device.type == "cuda":
         per_example //= 2  # the trainer's bf16 autocast halves the activations
     if state > free:
-        raise ValueError(f"Invalid width/depth: the model's parameters and optimizer state need "
-                         f"at least {state / GIB:.3g} GiB; {device} has {free / GIB:.3g} GiB free")
+        raise ValueError(
+            f"Invalid width/depth: the model's parameters and optimizer state need "
+            f"at least {state / GIB:.3g} GiB; {device} has {free / GIB:.3g} GiB free"
+        )
     if state + per_example * config.batch_size > free:
         fits = max((free - state) // per_example, 0)
-        raise ValueError(f"Invalid batch_size: {config.batch_size} needs at least "
-                         f"{(state + per_example * config.batch_size) / GIB:.3g} GiB; {device} "
-                         f"has {free / GIB:.3g} GiB free (at most ~{fits} examples fit)")
+        raise ValueError(
+            f"Invalid batch_size: {config.batch_size} needs at least "
+            f"{(state + per_example * config.batch_size) / GIB:.3g} GiB; {device} "
+            f"has {free / GIB:.3g} GiB free (at most ~{fits} examples fit)"
+        )

@@ -79,16 +79,23 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
     defaults = RunConfig()
     for name in field_names():
         if name not in skip:
-            group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
-                               help=f"{field_help(name)} [{getattr(defaults, name)!r}]")
+            group.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                metavar="VALUE",
+                help=f"{field_help(name)} [{getattr(defaults, name)!r}]",
+            )
 
 
 def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunConfig:
     """The run config from --config and flags; any problem exits 2 naming the setting."""
     try:
         base = RunConfig.from_file(args.config) if args.config else RunConfig()
-        changes = {name: parse_value(name, getattr(args, name)) for name in field_names()
-                   if getattr(args, name, None) is not None}
+        changes = {
+            name: parse_value(name, getattr(args, name))
+            for name in field_names()
+            if getattr(args, name, None) is not None
+        }
         config = base.replace(**changes)
         check_fits(config)  # sizes that cannot fit memory: refused before any run is created
         return config
@@ -108,8 +115,10 @@ def _optimizer_choice(parser, text: str) -> tuple[str, tuple[str, dict]]:
         OptimizerSpec(name, hparams)
     except (ValueError, TypeError) as error:
         parser.error(f"optimizer {text!r}: {error}")
-    shown = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-                      for key, value in changed.items())
+    shown = ", ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in changed.items()
+    )
     return (f"{label}({shown})" if changed else label), (name, hparams)
 
 
@@ -136,11 +145,15 @@ def _print_table(table: pd.DataFrame) -> None:
 
 # ------------------------------------------------------------------ commands
 def cmd_train(parser, args, store: RunStore) -> int:
-    given = [f"--{name.replace('_', '-')}" for name in ("config", *field_names())
-             if getattr(args, name, None) is not None]
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("config", *field_names())
+        if getattr(args, name, None) is not None
+    ]
     if args.resume and given:
-        parser.error(f"--resume continues run {args.resume} with its stored settings; "
-                     f"drop {' '.join(given)}")
+        parser.error(
+            f"--resume continues run {args.resume} with its stored settings; drop {' '.join(given)}"
+        )
     config = _config(parser, args)
     run_id = args.resume or create_run(store, config)
     bar = tqdm(total=config.steps, desc=config.label, unit="step")
@@ -153,8 +166,9 @@ def cmd_train(parser, args, store: RunStore) -> int:
         bar.refresh()
 
     try:
-        status = execute_run(store, run_id, resume=bool(args.resume),
-                             callbacks={"on_metrics": on_metrics})
+        status = execute_run(
+            store, run_id, resume=bool(args.resume), callbacks={"on_metrics": on_metrics}
+        )
     except KeyboardInterrupt:
         print(f"\nstopped; resume with: python -m grafting_core train --resume {run_id}")
         return 130
@@ -164,8 +178,10 @@ def cmd_train(parser, args, store: RunStore) -> int:
     finally:
         bar.close()
     final = store.metrics_wide(run_id).ffill().iloc[-1]
-    print(f"run {run_id}: {status} at step {store.run(run_id)['last_step']}; "
-          + ", ".join(f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final))
+    print(
+        f"run {run_id}: {status} at step {store.run(run_id)['last_step']}; "
+        + ", ".join(f"{k}={final[k]:.4g}" for k in ("val_loss", "val_accuracy") if k in final)
+    )
     return 0 if status in ("finished", "stopped") else 1
 
 
@@ -179,9 +195,11 @@ def _executor(args, store: RunStore) -> Iterator[Executor | None]:
 
         parser = args.command_parser
         if args.scheduler and args.workers:
-            parser.error(f"--workers {args.workers}: a cluster's workers are started there "
-                         "(dask worker); --workers sizes the LocalCluster used without "
-                         "--scheduler")
+            parser.error(
+                f"--workers {args.workers}: a cluster's workers are started there "
+                "(dask worker); --workers sizes the LocalCluster used without "
+                "--scheduler"
+            )
         try:
             executor = DaskExecutor(store.root, args.scheduler, n_workers=args.workers or None)
         except (ConnectionError, ImportError) as error:
@@ -200,12 +218,15 @@ def _executor(args, store: RunStore) -> Iterator[Executor | None]:
 def cmd_grid(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     if len(set(args.optimizers)) < 2:
-        parser.error(f"--optimizers {' '.join(args.optimizers)}: a grid pairs at least two "
-                     "different optimizers")
+        parser.error(
+            f"--optimizers {' '.join(args.optimizers)}: a grid pairs at least two "
+            "different optimizers"
+        )
     optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
     with _executor(args, store) as executor:
-        group, table = grid(store, config, optimizers, args.seeds, executor=executor,
-                            progress=_progress("grid"))
+        group, table = grid(
+            store, config, optimizers, args.seeds, executor=executor, progress=_progress("grid")
+        )
     _print_table(table[["name", "seed", "status", "val_loss", "val_accuracy"]])
     print(f"\nmean val_loss over seeds (rows: magnitude M, columns: direction D), group {group}")
     print(grid_matrix(table).round(4).to_string())
@@ -219,15 +240,24 @@ def cmd_compare(parser, args, store: RunStore) -> int:
         config = config.replace(schedule="warmup_cosine", warmup_steps=max(1, warmup))
     optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
     if args.group and store.runs(group=args.group).empty:
-        parser.error(f"--group {args.group}: no runs in this group (leave --group out to "
-                     "start a new comparison)")
+        parser.error(
+            f"--group {args.group}: no runs in this group (leave --group out to "
+            "start a new comparison)"
+        )
     try:
         plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
         with _executor(args, store) as executor:
-            result = compare(store, config, optimizers, seeds=args.seeds, plan=plan,
-                             partial=[kinds.split(",") for kinds in args.partial],
-                             executor=executor, progress=_progress("compare"),
-                             group=args.group)
+            result = compare(
+                store,
+                config,
+                optimizers,
+                seeds=args.seeds,
+                plan=plan,
+                partial=[kinds.split(",") for kinds in args.partial],
+                executor=executor,
+                progress=_progress("compare"),
+                group=args.group,
+            )
     except ValueError as error:
         parser.error(str(error))
     print_comparison(result)
@@ -236,32 +266,57 @@ def cmd_compare(parser, args, store: RunStore) -> int:
 
 def print_comparison(result: Comparison) -> None:
     """The sweep, the tuned and grafted arms and the verdicts, as plain tables."""
-    print(f"\nlearning-rate sweeps (val_loss over seeds; * best, ! best at the grid's edge), "
-          f"group {result.group}")
-    sweep = result.sweep.assign(mark=np.where(result.sweep["best"], np.where(
-        result.sweep["at_edge"], "*!", "*"), ""))
+    print(
+        f"\nlearning-rate sweeps (val_loss over seeds; * best, ! best at the grid's edge), "
+        f"group {result.group}"
+    )
+    sweep = result.sweep.assign(
+        mark=np.where(result.sweep["best"], np.where(result.sweep["at_edge"], "*!", "*"), "")
+    )
     _print_table(sweep[["arm", "lr", "mean", "std", "seeds", "failed", "mark"]])
     print("\narms (tuned plain optimizers; grafts M#D take M's tuned lr, D's lr cancels)")
     _print_table(result.arms[["arm", "role", "lr", "direction_lr", "mean", "std", "seeds"]])
     if not result.verdicts.empty:
         print("\nverdicts: is M#D closer to M or to D, given the seed spread?")
-        _print_table(result.verdicts[["magnitude", "direction", "grafted", "graft_mean",
-                                      "graft_std", "magnitude_mean", "direction_mean",
-                                      "position", "verdict", "reason"]])
+        _print_table(
+            result.verdicts[
+                [
+                    "magnitude",
+                    "direction",
+                    "grafted",
+                    "graft_mean",
+                    "graft_std",
+                    "magnitude_mean",
+                    "direction_mean",
+                    "position",
+                    "verdict",
+                    "reason",
+                ]
+            ]
+        )
 
 
 def cmd_ratio_study(parser, args, store: RunStore) -> int:
     try:
         with _executor(args, store) as executor:
-            table = static_ratio_study(store, args.group, magnitude=args.magnitude,
-                                       direction=args.direction, windows=args.windows,
-                                       scopes=args.scopes, statistic=args.statistic,
-                                       executor=executor, progress=_progress("ratio study"))
+            table = static_ratio_study(
+                store,
+                args.group,
+                magnitude=args.magnitude,
+                direction=args.direction,
+                windows=args.windows,
+                scopes=args.scopes,
+                statistic=args.statistic,
+                executor=executor,
+                progress=_progress("ratio study"),
+            )
     except (ValueError, KeyError) as error:
         parser.error(str(error).strip("'\""))
-    print(f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
-          f"tuned {args.magnitude} and {args.direction} (val_loss over seeds; gap_closed 1 = "
-          f"as good as {args.magnitude}), group {args.group}")
+    print(
+        f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
+        f"tuned {args.magnitude} and {args.direction} (val_loss over seeds; gap_closed 1 = "
+        f"as good as {args.magnitude}), group {args.group}"
+    )
     _print_table(table[["arm", "mean", "std", "seeds", "gap_closed", "state_bytes"]])
     return 0
 
@@ -270,9 +325,14 @@ def cmd_transfer(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     with _executor(args, store) as executor:
         group, table = schedule_transfer(
-            store, config, _optimizer_choice(parser, args.magnitude),
-            _optimizer_choice(parser, args.direction), args.seeds, executor=executor,
-            progress=_progress("schedule transfer"))
+            store,
+            config,
+            _optimizer_choice(parser, args.magnitude),
+            _optimizer_choice(parser, args.direction),
+            args.seeds,
+            executor=executor,
+            progress=_progress("schedule transfer"),
+        )
     _print_table(table[["name", "status", "val_loss", "val_accuracy"]])
     print(f"group {group}")
     return 0
@@ -283,13 +343,20 @@ def cmd_ratios(parser, args, store: RunStore) -> int:
     try:
         with _executor(args, store) as executor:
             group, table = static_ratio_experiment(
-                store, config, _optimizer_choice(parser, args.magnitude),
-                window=tuple(args.window), statistic=args.statistic, sgd_lrs=args.sgd_lrs,
-                executor=executor, progress=_progress("static ratios"))
+                store,
+                config,
+                _optimizer_choice(parser, args.magnitude),
+                window=tuple(args.window),
+                statistic=args.statistic,
+                sgd_lrs=args.sgd_lrs,
+                executor=executor,
+                progress=_progress("static ratios"),
+            )
     except ValueError as error:
         parser.error(str(error))
-    _print_table(table[["name", "status", "val_loss", "val_accuracy", "optimizer_state_bytes",
-                        "best_sgd"]])
+    _print_table(
+        table[["name", "status", "val_loss", "val_accuracy", "optimizer_state_bytes", "best_sgd"]]
+    )
     print(f"group {group}")
     return 0
 
@@ -328,8 +395,11 @@ def _runs_action(args, store: RunStore) -> int:
         print(f"wrote {folder} (view: tensorboard --logdir {args.tensorboard})")
     elif args.action == "export":
         frame = store.metrics_wide(args.run_id)
-        text = frame.to_csv() if args.format == "csv" else frame.reset_index().to_json(
-            orient="records", indent=1)
+        text = (
+            frame.to_csv()
+            if args.format == "csv"
+            else frame.reset_index().to_json(orient="records", indent=1)
+        )
         _write(args.output, text)
     elif args.action == "delete":
         if not args.yes and input(f"delete run {args.run_id}? [y/N] ").lower() != "y":
@@ -340,8 +410,12 @@ def _runs_action(args, store: RunStore) -> int:
     elif args.action == "schedule":
         _write(args.output, json.dumps(schedule_from_run(store, args.run_id).to_dict()))
     elif args.action == "ratios":
-        ratios = static_ratios_from_run(store, args.run_id, window=tuple(args.window)
-                                        if args.window else None, statistic=args.statistic)
+        ratios = static_ratios_from_run(
+            store,
+            args.run_id,
+            window=tuple(args.window) if args.window else None,
+            statistic=args.statistic,
+        )
         _write(args.output, json.dumps(ratios.to_dict(), indent=2))
     return 0
 
@@ -358,10 +432,14 @@ def _write(output: Path | None, text: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render --help in the docs)."""
     parser = _Parser(
-        prog="grafting", description="Grafting Lab: train and compare grafted optimizers M#D.")
-    parser.add_argument("--runs-dir", type=Path, default=None,
-                        help=f"run store directory [$GRAFTING_RUNS_DIR or ./runs: "
-                             f"{default_runs_dir()}]")
+        prog="grafting", description="Grafting Lab: train and compare grafted optimizers M#D."
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help=f"run store directory [$GRAFTING_RUNS_DIR or ./runs: {default_runs_dir()}]",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train one run (plain M, or M#D with --direction)")
@@ -370,20 +448,39 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train, command_parser=train)
 
     names = ", ".join(LAB_OPTIMIZERS) + "; or any registry name; NAME={json} overrides"
-    workers = {"type": _number(int, "a number of workers >= 0", lambda n: n >= 0), "default": 0,
-               "help": "worker processes (0 = one per core, 1 = run inline) [0]"}
-    executors = {"executor": {"choices": ("local", "dask"), "default": "local",
-                              "help": "where runs train: local worker processes, or Dask "
-                                      "workers (the run store is written here only) [local]"},
-                 "scheduler": {"metavar": "ADDRESS", "help": "Dask scheduler to send runs to "
-                                                             "(tcp://HOST:8786); without it, "
-                                                             "a LocalCluster of --workers "
-                                                             "processes"}}
-    seeds = {"type": _number(int, "a seed >= 0", lambda n: n >= 0), "nargs": "+",
-             "default": [0], "help": "seeds [0]"}
+    workers = {
+        "type": _number(int, "a number of workers >= 0", lambda n: n >= 0),
+        "default": 0,
+        "help": "worker processes (0 = one per core, 1 = run inline) [0]",
+    }
+    executors = {
+        "executor": {
+            "choices": ("local", "dask"),
+            "default": "local",
+            "help": "where runs train: local worker processes, or Dask "
+            "workers (the run store is written here only) [local]",
+        },
+        "scheduler": {
+            "metavar": "ADDRESS",
+            "help": "Dask scheduler to send runs to "
+            "(tcp://HOST:8786); without it, "
+            "a LocalCluster of --workers "
+            "processes",
+        },
+    }
+    seeds = {
+        "type": _number(int, "a seed >= 0", lambda n: n >= 0),
+        "nargs": "+",
+        "default": [0],
+        "help": "seeds [0]",
+    }
     grid_p = sub.add_parser("grid", help="every M#D pair of a set of optimizers, several seeds")
-    grid_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
-                        help=f"lab optimizers to pair ({names}) [sgd adam]")
+    grid_p.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=["sgd", "adam"],
+        help=f"lab optimizers to pair ({names}) [sgd adam]",
+    )
     grid_p.add_argument("--seeds", **seeds)
     grid_p.add_argument("--workers", **workers)
     for flag, options in executors.items():
@@ -392,26 +489,52 @@ def build_parser() -> argparse.ArgumentParser:
     grid_p.set_defaults(handler=cmd_grid, command_parser=grid_p)
 
     compare_p = sub.add_parser(
-        "compare", help="the fair comparison: each optimizer's lr tuned by a sweep, every "
-                        "M#D at M's tuned lr, several seeds, a verdict per pair")
-    compare_p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
-                           help=f"optimizers to tune and pair ({names}); each sweep is "
-                                "centred on its lr [sgd adam]")
-    compare_p.add_argument("--seeds", type=seeds["type"], nargs="+", default=[0, 1, 2],
-                           help="seeds of every arm [0 1 2]")
-    compare_p.add_argument("--group", help="continue the comparison stored in this group, "
-                                          "with the same settings (more seeds, or after an "
-                                          "interruption): its finished runs are kept, its "
-                                          "stopped ones resumed, only the missing ones trained")
+        "compare",
+        help="the fair comparison: each optimizer's lr tuned by a sweep, every "
+        "M#D at M's tuned lr, several seeds, a verdict per pair",
+    )
+    compare_p.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=["sgd", "adam"],
+        help=f"optimizers to tune and pair ({names}); each sweep is centred on its lr [sgd adam]",
+    )
+    compare_p.add_argument(
+        "--seeds",
+        type=seeds["type"],
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of every arm [0 1 2]",
+    )
+    compare_p.add_argument(
+        "--group",
+        help="continue the comparison stored in this group, "
+        "with the same settings (more seeds, or after an "
+        "interruption): its finished runs are kept, its "
+        "stopped ones resumed, only the missing ones trained",
+    )
     compare_p.add_argument("--points", type=int, default=5, help="lrs per first sweep [5]")
-    compare_p.add_argument("--factor", type=float, default=SweepPlan().factor,
-                           help="ratio of neighbouring lrs [10**0.5: half a decade]")
-    compare_p.add_argument("--extensions", type=int, default=2,
-                           help="lrs added beyond an edge while the best sits on it [2]")
-    compare_p.add_argument("--partial", action="append", default=[], metavar="KINDS",
-                           help="also a partial graft per pair that grafts only these layer "
-                                "kinds, comma-separated (embedding, head, norm, bias, hidden); "
-                                "repeat for several")
+    compare_p.add_argument(
+        "--factor",
+        type=float,
+        default=SweepPlan().factor,
+        help="ratio of neighbouring lrs [10**0.5: half a decade]",
+    )
+    compare_p.add_argument(
+        "--extensions",
+        type=int,
+        default=2,
+        help="lrs added beyond an edge while the best sits on it [2]",
+    )
+    compare_p.add_argument(
+        "--partial",
+        action="append",
+        default=[],
+        metavar="KINDS",
+        help="also a partial graft per pair that grafts only these layer "
+        "kinds, comma-separated (embedding, head, norm, bias, hidden); "
+        "repeat for several",
+    )
     compare_p.add_argument("--workers", **workers)
     for flag, options in executors.items():
         compare_p.add_argument(f"--{flag}", **options)
@@ -419,21 +542,34 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)
 
     study = sub.add_parser(
-        "ratio-study", help="static ratios from a comparison's M#D runs, per window and per "
-                            "layer vs one scalar, next to tuned M and D")
+        "ratio-study",
+        help="static ratios from a comparison's M#D runs, per window and per "
+        "layer vs one scalar, next to tuned M and D",
+    )
     study.add_argument("group", help="a 'compare' group whose M#D runs are the sources")
     study.add_argument("--magnitude", default="adam", help="M's label in the group [adam]")
     study.add_argument("--direction", default="sgd", help="D's label in the group [sgd]")
-    study.add_argument("--windows", nargs="+", choices=list(WINDOWS), default=list(WINDOWS),
-                       help="windows of the source runs [all]")
-    study.add_argument("--scopes", nargs="+", choices=SCOPES, default=list(SCOPES),
-                       help="per-layer ratios, one global scalar, or both [both]")
+    study.add_argument(
+        "--windows",
+        nargs="+",
+        choices=list(WINDOWS),
+        default=list(WINDOWS),
+        help="windows of the source runs [all]",
+    )
+    study.add_argument(
+        "--scopes",
+        nargs="+",
+        choices=SCOPES,
+        default=list(SCOPES),
+        help="per-layer ratios, one global scalar, or both [both]",
+    )
     study.add_argument("--statistic", choices=STATISTICS, default="median", help="[median]")
     study.add_argument("--workers", **workers)
     study.set_defaults(handler=cmd_ratio_study, command_parser=study)
 
-    transfer = sub.add_parser("schedule-transfer",
-                              help="M, D, M#D and M's recorded schedule replayed onto D")
+    transfer = sub.add_parser(
+        "schedule-transfer", help="M, D, M#D and M's recorded schedule replayed onto D"
+    )
     transfer.add_argument("--magnitude", default="adam", help=f"M ({names}) [adam]")
     transfer.add_argument("--direction", default="sgd", help=f"D ({names}) [sgd]")
     transfer.add_argument("--seeds", **seeds)
@@ -441,16 +577,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(transfer, skip=EXPERIMENT_FIELDS)
     transfer.set_defaults(handler=cmd_transfer, command_parser=transfer)
 
-    ratios = sub.add_parser("static-ratios",
-                            help="per-layer SGD multipliers from a short M#SGD window, compared")
+    ratios = sub.add_parser(
+        "static-ratios", help="per-layer SGD multipliers from a short M#SGD window, compared"
+    )
     ratios.add_argument("--magnitude", default="adam", help=f"M ({names}) [adam]")
-    ratios.add_argument("--window", type=int, nargs=2, default=[50, 200], metavar=("START", "STOP"),
-                        help="steps of the M#SGD run used for the ratios [50 200]")
-    ratios.add_argument("--statistic", choices=STATISTICS, default="median",
-                        help="per-layer statistic of the ratios [median]")
-    ratios.add_argument("--sgd-lrs", type=_number(float, "a learning rate > 0", lambda x: x > 0),
-                        nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0],
-                        help="plain-SGD learning rates to sweep [0.01 0.03 0.1 0.3 1.0]")
+    ratios.add_argument(
+        "--window",
+        type=int,
+        nargs=2,
+        default=[50, 200],
+        metavar=("START", "STOP"),
+        help="steps of the M#SGD run used for the ratios [50 200]",
+    )
+    ratios.add_argument(
+        "--statistic",
+        choices=STATISTICS,
+        default="median",
+        help="per-layer statistic of the ratios [median]",
+    )
+    ratios.add_argument(
+        "--sgd-lrs",
+        type=_number(float, "a learning rate > 0", lambda x: x > 0),
+        nargs="+",
+        default=[0.01, 0.03, 0.1, 0.3, 1.0],
+        help="plain-SGD learning rates to sweep [0.01 0.03 0.1 0.3 1.0]",
+    )
     ratios.add_argument("--workers", **workers)
     _add_config_flags(ratios, skip=EXPERIMENT_FIELDS)
     ratios.set_defaults(handler=cmd_ratios, command_parser=ratios)
@@ -460,25 +611,32 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="saved runs, newest first")
     listing.add_argument("--group", help="only this experiment group")
     listing.add_argument("--status", choices=STATUSES, help="only this status")
-    for action, text in (("show", "a run's config, status and artifacts"),
-                         ("export", "a run's metrics as CSV or JSON, or for TensorBoard"),
-                         ("delete", "delete a run and all it recorded"),
-                         ("schedule", "a run's implicit schedule as a replayable JSON file"),
-                         ("ratios", "static per-layer ratios of an M#D run as JSON")):
+    for action, text in (
+        ("show", "a run's config, status and artifacts"),
+        ("export", "a run's metrics as CSV or JSON, or for TensorBoard"),
+        ("delete", "delete a run and all it recorded"),
+        ("schedule", "a run's implicit schedule as a replayable JSON file"),
+        ("ratios", "static per-layer ratios of an M#D run as JSON"),
+    ):
         p = actions.add_parser(action, help=text)
         p.add_argument("run_id")
         if action in ("export", "schedule", "ratios"):
             p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
         if action == "export":
             p.add_argument("--format", choices=("csv", "json"), default="csv", help="[csv]")
-            p.add_argument("--tensorboard", type=Path, metavar="DIR",
-                           help="write TensorBoard event files instead, into DIR/<name>-<run id>: "
-                                "metrics, per-layer ‖Δ_M‖, ‖Δ_D‖ and ratio, the config as text")
+            p.add_argument(
+                "--tensorboard",
+                type=Path,
+                metavar="DIR",
+                help="write TensorBoard event files instead, into DIR/<name>-<run id>: "
+                "metrics, per-layer ‖Δ_M‖, ‖Δ_D‖ and ratio, the config as text",
+            )
         if action == "delete":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         if action == "ratios":
-            p.add_argument("--window", type=int, nargs=2, metavar=("START", "STOP"),
-                           help="steps to use [all]")
+            p.add_argument(
+                "--window", type=int, nargs=2, metavar=("START", "STOP"), help="steps to use [all]"
+            )
             p.add_argument("--statistic", choices=STATISTICS, default="median", help="[median]")
     runs.set_defaults(handler=cmd_runs, command_parser=runs)
     return parser
@@ -500,11 +658,16 @@ def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ru
     if root.exists() and not root.is_dir():
         parser.error(f"--runs-dir {root}: is a file, not a folder")
     if not root.exists() and not root.parent.is_dir():  # a typo deep in a path: say so
-        parser.error(f"--runs-dir {root}: its parent folder {root.parent} does not exist; "
-                     "create it first (a new store is made only inside an existing folder)")
+        parser.error(
+            f"--runs-dir {root}: its parent folder {root.parent} does not exist; "
+            "create it first (a new store is made only inside an existing folder)"
+        )
     database = root / DB_FILENAME
-    if not reads_only and database.exists() and not (os.access(database, os.W_OK)
-                                                     and os.access(root, os.W_OK)):
+    if (
+        not reads_only
+        and database.exists()
+        and not (os.access(database, os.W_OK) and os.access(root, os.W_OK))
+    ):
         parser.error(f"--runs-dir {root}: the run store is read-only; this command writes to it")
     try:
         return RunStore(root)
@@ -512,5 +675,7 @@ def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ru
         if reads_only:
             with contextlib.suppress(OSError, sqlite3.Error, RuntimeError):
                 return RunStore(root, readonly=True)
-        parser.error(f"--runs-dir {root}: cannot open the run store "
-                     f"({getattr(error, 'strerror', None) or error})")
+        parser.error(
+            f"--runs-dir {root}: cannot open the run store "
+            f"({getattr(error, 'strerror', None) or error})"
+        )

@@ -47,14 +47,18 @@ class RunConfig:
     direction: str = _option("", "D: the optimizer whose directions are used; empty = plain M")
     direction_hparams: dict[str, Any] = _option({}, "D's hyperparameters as JSON")
     granularity: str = _option("tensor", "grafting layers: tensor | module | global")
-    grafted: list = _option([], "layer kinds grafted (embedding, head, norm, bias, hidden); "
-                                "the others take M's own step; empty = every layer")
+    grafted: list = _option(
+        [],
+        "layer kinds grafted (embedding, head, norm, bias, hidden); "
+        "the others take M's own step; empty = every layer",
+    )
     graft_lr: float = _option(1.0, "Graft's global multiplier of the grafted step")
     schedule: str = _option("constant", "schedule of M's lr: constant|cosine|linear|warmup_cosine")
     warmup_steps: int = _option(0, "linear warm-up steps for warmup_cosine")
     replay: str = _option("", "magnitude-schedule JSON file or 'run:<id>' replayed as M")
-    static_ratios: str = _option("", "static-ratios JSON file, 'run:<id>' or "
-                                     "'run:<id>:<artifact>': per-layer lr on M")
+    static_ratios: str = _option(
+        "", "static-ratios JSON file, 'run:<id>' or 'run:<id>:<artifact>': per-layer lr on M"
+    )
     steps: int = _option(500, "optimizer steps")
     batch_size: int = _option(64, "examples (text: windows) per step")
     seed: int = _option(0, "seed of model init and data order")
@@ -64,8 +68,9 @@ class RunConfig:
     log_every: int = _option(10, "steps between metric flushes (one host sync each)")
     flush_seconds: float = _option(0.25, "at least this long between flushes (0 = every log_every)")
     record_every: int = _option(1, "record per-layer norms every this many steps")
-    checkpoint_every: int = _option(200, "steps between checkpoints (a kill -9 loses at most "
-                                         "these); 0 = at stop and end only")
+    checkpoint_every: int = _option(
+        200, "steps between checkpoints (a kill -9 loses at most these); 0 = at stop and end only"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -80,8 +85,14 @@ class RunConfig:
         self._validate()
 
     def _validate(self) -> None:
-        positive = ("steps", "batch_size", "eval_every", "eval_examples", "log_every",
-                    "record_every")
+        positive = (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "eval_examples",
+            "log_every",
+            "record_every",
+        )
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"Invalid {key}: {getattr(self, key)} (must be >= 1)")
@@ -103,19 +114,27 @@ class RunConfig:
         if self.replay and self.static_ratios:
             raise ValueError("Choose replay or static_ratios, not both")
         if self.replay and self.schedule != "constant":
-            raise ValueError(f"Invalid schedule for a replay: {self.schedule!r}. The recorded "
-                             "step sizes already carry the source run's schedule; a replay "
-                             "runs with schedule 'constant' (another would apply it twice)")
+            raise ValueError(
+                f"Invalid schedule for a replay: {self.schedule!r}. The recorded "
+                "step sizes already carry the source run's schedule; a replay "
+                "runs with schedule 'constant' (another would apply it twice)"
+            )
         unknown = [k for k in self.grafted if k not in LAYER_KINDS]
         if unknown or len(set(self.grafted)) != len(self.grafted):
-            raise ValueError(f"Invalid grafted: {self.grafted!r} (distinct layer kinds "
-                             f"among {', '.join(LAYER_KINDS)})")
+            raise ValueError(
+                f"Invalid grafted: {self.grafted!r} (distinct layer kinds "
+                f"among {', '.join(LAYER_KINDS)})"
+            )
         if self.grafted and (not self.direction or self.replay):
-            raise ValueError("grafted chooses the layers of an M#D graft: it needs a direction "
-                             "optimizer and no replay (a replayed schedule has no M step)")
+            raise ValueError(
+                "grafted chooses the layers of an M#D graft: it needs a direction "
+                "optimizer and no replay (a replayed schedule has no M step)"
+            )
         if self.static_ratios and self.direction:
-            raise ValueError("static_ratios trains one plain optimizer (magnitude) with "
-                             "per-layer learning rates; leave direction empty")
+            raise ValueError(
+                "static_ratios trains one plain optimizer (magnitude) with "
+                "per-layer learning rates; leave direction empty"
+            )
         self.magnitude_spec()
         if self.direction:
             self.direction_spec()
@@ -172,8 +191,10 @@ def _spec(role: str, name: str, hparams: dict[str, Any]) -> OptimizerSpec:
     except (ValueError, TypeError) as error:
         raise type(error)(f"{role}: {error}") from error
     if spec.resolved.get("lr") == 0:  # M would take no step; D would give no direction
-        raise ValueError(f"Invalid {role} lr: 0 ({name} would not move; a number too large "
-                         "to represent, like 1e400, also arrives as 0)")
+        raise ValueError(
+            f"Invalid {role} lr: 0 ({name} would not move; a number too large "
+            "to represent, like 1e400, also arrives as 0)"
+        )
     return spec
 
 
@@ -198,8 +219,11 @@ def parse_value(key: str, text: str) -> Any:
             raise ValueError(f"Invalid {key}: expected a JSON object like '{{\"lr\": 0.1}}'")
         return value
     if isinstance(default, list):  # a JSON list, or words separated by commas
-        value = json.loads(text) if text.strip().startswith("[") else [
-            word.strip() for word in text.split(",") if word.strip()]
+        value = (
+            json.loads(text)
+            if text.strip().startswith("[")
+            else [word.strip() for word in text.split(",") if word.strip()]
+        )
         if not isinstance(value, list):
             raise ValueError(f"Invalid {key}: expected a list like 'hidden,norm'")
         return value

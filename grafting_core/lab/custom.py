@@ -92,8 +92,9 @@ def locate_custom(spec: str) -> None:
     if _is_path(target):
         path = Path(target).expanduser().resolve()
         if not path.is_file() or path.suffix != ".py":
-            raise ValueError(f"Custom task file not found: {target!r} (looked at {path}; "
-                             f"expected {SPEC_FORMAT})")
+            raise ValueError(
+                f"Custom task file not found: {target!r} (looked at {path}; expected {SPEC_FORMAT})"
+            )
         return
     try:
         found = importlib.util.find_spec(target)

@@ -97,8 +97,9 @@ class StreamSink:
         return self.released() or self.stop.is_set()
 
 
-def _train_on_worker(ticket: RunTicket, token: str, queue_name: str,
-                     threads: int | None) -> tuple[str, int]:
+def _train_on_worker(
+    ticket: RunTicket, token: str, queue_name: str, threads: int | None
+) -> tuple[str, int]:
     """The Dask task: train ``ticket`` here, streaming to the driver; returns (final status,
     messages sent), or (LOST, 0) when an earlier attempt of this task started on a worker
     that died (Dask reruns a task whose worker died; the run must not train twice)."""
@@ -154,8 +155,14 @@ class DaskExecutor:
     address only (its own machine trains with ``LocalExecutor``).
     """
 
-    def __init__(self, store_root: str | Path, scheduler: str | None = None, *,
-                 n_workers: int | None = None, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        store_root: str | Path,
+        scheduler: str | None = None,
+        *,
+        n_workers: int | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
         try:
             from distributed import Client, LocalCluster, Queue
         except ImportError:
@@ -167,17 +174,23 @@ class DaskExecutor:
         if scheduler is None:
             cores = usable_cores()
             n_workers = n_workers or cores
-            self._cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                                         processes=True, dashboard_address=None,
-                                         silence_logs=logging.ERROR)
+            self._cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
             self.threads = max(1, cores // n_workers)
         else:
             _check_reachable(scheduler, connect_timeout)
-        self.client = Client(self._cluster or scheduler, timeout=connect_timeout,
-                             set_as_default=False)
+        self.client = Client(
+            self._cluster or scheduler, timeout=connect_timeout, set_as_default=False
+        )
         self.scheduler = self.client.scheduler.address
-        self.max_workers = max(1, sum(w["nthreads"] for w in
-                                      self.client.scheduler_info()["workers"].values()))
+        self.max_workers = max(
+            1, sum(w["nthreads"] for w in self.client.scheduler_info()["workers"].values())
+        )
         self.store = RunStore(store_root)
         self._queue_name = f"grafting-{secrets.token_hex(6)}"
         self._queue = Queue(self._queue_name, client=self.client)
@@ -186,8 +199,9 @@ class DaskExecutor:
         self._finished: collections.deque[str] = collections.deque()  # tokens of ended tasks
         self._closed = False
         self._disconnected = threading.Event()  # set once the client is closed
-        self._pump_thread = threading.Thread(target=self._pump, name="grafting-dask-store",
-                                             daemon=True)
+        self._pump_thread = threading.Thread(
+            target=self._pump, name="grafting-dask-store", daemon=True
+        )
         self._pump_thread.start()
 
     # ------------------------------------------------------------------ submit
@@ -209,16 +223,28 @@ class DaskExecutor:
         with self._lock:
             self._runs[token] = remote
         try:
-            remote.task = self.client.submit(_train_on_worker, ticket, token, self._queue_name,
-                                             self.threads, key=token, pure=False)
+            remote.task = self.client.submit(
+                _train_on_worker,
+                ticket,
+                token,
+                self._queue_name,
+                self.threads,
+                key=token,
+                pure=False,
+            )
         except Exception as error:
             with self._lock:
                 del self._runs[token]
-            self.store.set_status(run_id, "interrupted", step=0,
-                                  error=f"not started: the Dask scheduler {self.scheduler} "
-                                        f"could not take it ({error})")
-            raise ConnectionError(f"Cannot submit run {run_id} to the Dask scheduler at "
-                                  f"{self.scheduler}: {error}") from None
+            self.store.set_status(
+                run_id,
+                "interrupted",
+                step=0,
+                error=f"not started: the Dask scheduler {self.scheduler} "
+                f"could not take it ({error})",
+            )
+            raise ConnectionError(
+                f"Cannot submit run {run_id} to the Dask scheduler at {self.scheduler}: {error}"
+            ) from None
         remote.task.add_done_callback(lambda _: self._finished.append(token))
         done.add_done_callback(lambda _: self._cancel_if_cancelled(remote))
         return done
@@ -303,12 +329,24 @@ class DaskExecutor:
         task, sent = remote.task, 0
         died = ("interrupted", "its Dask worker died (killed, or out of memory)")
         if task.cancelled():  # by its own future's cancel, or with the scheduler's connection
-            ended = ("stopped", None) if remote.done.cancelled() else (
-                "interrupted", f"its Dask task was cancelled (connection to the scheduler "
-                               f"{self.scheduler} lost?)")
+            ended = (
+                ("stopped", None)
+                if remote.done.cancelled()
+                else (
+                    "interrupted",
+                    f"its Dask task was cancelled (connection to the scheduler "
+                    f"{self.scheduler} lost?)",
+                )
+            )
         elif (error := task.exception()) is not None:
-            ended = died if isinstance(error, KilledWorker) else (
-                "failed", f"the Dask worker could not run it: {type(error).__name__}: {error}")
+            ended = (
+                died
+                if isinstance(error, KilledWorker)
+                else (
+                    "failed",
+                    f"the Dask worker could not run it: {type(error).__name__}: {error}",
+                )
+            )
         else:
             status, sent = task.result()
             ended = died if status == LOST else None

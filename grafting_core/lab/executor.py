@@ -114,8 +114,11 @@ def _mark_worker_death(store_root: str, run_id: str) -> str:
     store = RunStore(store_root)  # opening marks runs whose writer is gone as interrupted
     try:
         if store.run(run_id)["status"] == "running":  # it died before it took the run
-            store.set_status(run_id, "interrupted", error="its worker process died before "
-                             "it started (killed, or out of memory)")
+            store.set_status(
+                run_id,
+                "interrupted",
+                error="its worker process died before it started (killed, or out of memory)",
+            )
         return store.run(run_id)["status"]
     finally:
         store.close()
@@ -144,15 +147,19 @@ class LocalExecutor:
         self._workers = [self._new_worker() for _ in range(self.max_workers)]
         self._idle = list(range(self.max_workers))
         self._queue: collections.deque[tuple[Future, Callable[..., Any], tuple]] = (
-            collections.deque())
+            collections.deque()
+        )
         self._running: dict[int, tuple[Future, Callable[..., Any], tuple]] = {}  # by worker
         self._closed = False
         _LIVE.add(self)
 
     def _new_worker(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker,
-                                   initargs=(self.threads, os.getpid()))
+        return ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads, os.getpid()),
+        )
 
     def submit(self, run_id: str, *, resume: bool = False) -> Future:
         """Queue ``run_id`` (already in the store); the future yields its final status."""
@@ -193,16 +200,18 @@ class LocalExecutor:
                 self._workers[worker] = self._new_worker()
                 return self._workers[worker].submit(fn, *args)
 
-    def _task_done(self, worker: int, future: Future, fn: Callable[..., Any], args: tuple,
-                   task: Future) -> None:
+    def _task_done(
+        self, worker: int, future: Future, fn: Callable[..., Any], args: tuple, task: Future
+    ) -> None:
         """A worker finished a task or died (in the worker's management thread)."""
         try:
             self._spawner.submit(self._settle, worker, future, fn, args, task)
         except RuntimeError:  # shut down: pass the outcome on
             self._settle(worker, future, fn, args, task)
 
-    def _settle(self, worker: int, future: Future, fn: Callable[..., Any], args: tuple,
-                task: Future) -> None:
+    def _settle(
+        self, worker: int, future: Future, fn: Callable[..., Any], args: tuple, task: Future
+    ) -> None:
         """Pass a task's outcome to its future; replace a dead worker; dispatch more."""
         error = task.exception()
         if isinstance(error, BrokenProcessPool):  # the worker died (killed, out of memory)
@@ -250,8 +259,9 @@ class LocalExecutor:
                 if fn is _train_stored_run:
                     request_stop(store, args[1])
             for run_id in queued:
-                store.set_status(run_id, "interrupted", error="its process ended before a "
-                                 "worker took it")
+                store.set_status(
+                    run_id, "interrupted", error="its process ended before a worker took it"
+                )
 
 
 _LIVE: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()

@@ -37,8 +37,14 @@ from .schedules import LAYER_KINDS, layer_series
 from .verdict import closer_to_words
 
 
-def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | None = None,
-                 title: str = "", lower_is_better: bool = True) -> go.Figure:
+def grid_heatmap(
+    matrix: pd.DataFrame,
+    *,
+    z_title: str,
+    notes: pd.DataFrame | None = None,
+    title: str = "",
+    lower_is_better: bool = True,
+) -> go.Figure:
     """M (rows) × D (columns) of one final metric, the value written in each cell.
 
     ``matrix``: ``experiments.grid_matrix`` (NaN = no finished run yet); ``notes``: the same
@@ -49,11 +55,21 @@ def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | No
     rows, columns = [str(r) for r in matrix.index], [str(c) for c in matrix.columns]
     finite = z[np.isfinite(z)]
     middle = float(finite.min() + finite.max()) / 2 if finite.size else 0.0
-    fig = go.Figure(go.Heatmap(
-        z=z, x=columns, y=rows, colorscale="Viridis", reversescale=lower_is_better,
-        colorbar={"title": {"text": z_title, "side": "right"}}, xgap=2, ygap=2,
-        hovertemplate="M = %{y}<br>D = %{x}<br>" + z_title.replace("<br>", " ")
-                      + " = %{z:.4g}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=columns,
+            y=rows,
+            colorscale="Viridis",
+            reversescale=lower_is_better,
+            colorbar={"title": {"text": z_title, "side": "right"}},
+            xgap=2,
+            ygap=2,
+            hovertemplate="M = %{y}<br>D = %{x}<br>"
+            + z_title.replace("<br>", " ")
+            + " = %{z:.4g}<extra></extra>",
+        )
+    )
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
             value = z[i, j]
@@ -63,19 +79,31 @@ def grid_heatmap(matrix: pd.DataFrame, *, z_title: str, notes: pd.DataFrame | No
             else:
                 note = notes.iat[i, j] if notes is not None else ""
                 text, color = (note if isinstance(note, str) else ""), "#666"
-            fig.add_annotation(x=column, y=row, text=text, showarrow=False,
-                               font={"size": 13, "color": color})
+            fig.add_annotation(
+                x=column, y=row, text=text, showarrow=False, font={"size": 13, "color": color}
+            )
     side = max(300, 90 + 70 * len(rows))
-    style(fig, title=title, x_title="direction optimizer D (gives the step direction)",
-          y_title="magnitude optimizer M<br>(gives the step size)", height=side)
+    style(
+        fig,
+        title=title,
+        x_title="direction optimizer D (gives the step direction)",
+        y_title="magnitude optimizer M<br>(gives the step size)",
+        height=side,
+    )
     fig.update_layout(hovermode="closest", showlegend=False)
     fig.update_xaxes(side="bottom", type="category")
     fig.update_yaxes(autorange="reversed", type="category")
     return fig
 
 
-def lr_sweep(sweep: pd.DataFrame, *, y_title: str, notes: Mapping[float, str] | None = None,
-             settled: bool = True, title: str = "") -> go.Figure:
+def lr_sweep(
+    sweep: pd.DataFrame,
+    *,
+    y_title: str,
+    notes: Mapping[float, str] | None = None,
+    settled: bool = True,
+    title: str = "",
+) -> go.Figure:
     """One optimizer's learning-rate sweep: the final metric's mean over seeds against lr
     (log x), ± one std as error bars, the best lr starred and, when it sits at the grid's
     edge, said so. Lrs without a mean are named along the top by ``notes`` (lr → "training…",
@@ -87,44 +115,94 @@ def lr_sweep(sweep: pd.DataFrame, *, y_title: str, notes: Mapping[float, str] | 
     """
     rows = sweep.sort_values("lr")
     done = rows[np.isfinite(rows["mean"].to_numpy(float))]
-    fig = go.Figure(go.Scatter(
-        x=done["lr"], y=done["mean"], mode="lines+markers", name="mean over seeds, ± std",
-        error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True,
-                 "thickness": 1.5, "width": 6},
-        customdata=np.column_stack([done["std"], done["seeds"]]),
-        hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
-                      "(%{customdata[1]} seeds)<extra></extra>",
-        line={"color": PALETTE[0], "width": 2}, marker={"size": 8}))
+    fig = go.Figure(
+        go.Scatter(
+            x=done["lr"],
+            y=done["mean"],
+            mode="lines+markers",
+            name="mean over seeds, ± std",
+            error_y={
+                "type": "data",
+                "array": done["std"].fillna(0.0),
+                "visible": True,
+                "thickness": 1.5,
+                "width": 6,
+            },
+            customdata=np.column_stack([done["std"], done["seeds"]]),
+            hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
+            "(%{customdata[1]} seeds)<extra></extra>",
+            line={"color": PALETTE[0], "width": 2},
+            marker={"size": 8},
+        )
+    )
     best = done[done["best"].astype(bool)]
     if not best.empty and settled:
         lr, value, edge = best["lr"].iloc[0], best["mean"].iloc[0], bool(best["at_edge"].iloc[0])
-        fig.add_trace(go.Scatter(
-            x=[lr], y=[value], mode="markers", name="best: the tuned lr",
-            hovertemplate=f"best lr {lr:.3g}: %{{y:.4g}}<extra></extra>",
-            marker={"symbol": "star", "size": 18, "color": PALETTE[3],
-                    "line": {"color": "white", "width": 1}}))
-        fig.add_annotation(x=np.log10(lr), y=value, ax=0, ay=-30, showarrow=True, arrowhead=0,
-                           text=f"best {lr:.3g}", font={"size": 12},
-                           bgcolor="rgba(255, 255, 255, 0.8)")
+        fig.add_trace(
+            go.Scatter(
+                x=[lr],
+                y=[value],
+                mode="markers",
+                name="best: the tuned lr",
+                hovertemplate=f"best lr {lr:.3g}: %{{y:.4g}}<extra></extra>",
+                marker={
+                    "symbol": "star",
+                    "size": 18,
+                    "color": PALETTE[3],
+                    "line": {"color": "white", "width": 1},
+                },
+            )
+        )
+        fig.add_annotation(
+            x=np.log10(lr),
+            y=value,
+            ax=0,
+            ay=-30,
+            showarrow=True,
+            arrowhead=0,
+            text=f"best {lr:.3g}",
+            font={"size": 12},
+            bgcolor="rgba(255, 255, 255, 0.8)",
+        )
         if edge:
-            fig.add_annotation(x=1.0, y=1.0, xref="paper", yref="paper", xanchor="right",
-                               yanchor="bottom", showarrow=False,
-                               text="<b>best at the grid's edge</b>",
-                               font={"size": 12, "color": "#b00"})
+            fig.add_annotation(
+                x=1.0,
+                y=1.0,
+                xref="paper",
+                yref="paper",
+                xanchor="right",
+                yanchor="bottom",
+                showarrow=False,
+                text="<b>best at the grid's edge</b>",
+                font={"size": 12, "color": "#b00"},
+            )
     if done.empty:
         fig.update_yaxes(showticklabels=False)  # no value yet: no scale to read
     for lr in rows.loc[~rows.index.isin(done.index), "lr"]:
         note = (notes or {}).get(float(lr), "diverged / failed")
-        fig.add_annotation(x=np.log10(lr), y=1.0, yref="paper", yanchor="top", showarrow=False,
-                           text=note.replace(" / ", " /<br>"),
-                           font={"size": 11, "color": "#b00" if "diverged" in note
-                                 or "failed" in note else "#666"})
+        fig.add_annotation(
+            x=np.log10(lr),
+            y=1.0,
+            yref="paper",
+            yanchor="top",
+            showarrow=False,
+            text=note.replace(" / ", " /<br>"),
+            font={
+                "size": 11,
+                "color": "#b00" if "diverged" in note or "failed" in note else "#666",
+            },
+        )
     style(fig, title=title, x_title="learning rate (log scale)", y_title=y_title, height=340)
     span = np.log10(rows["lr"].to_numpy(float))
-    fig.update_xaxes(type="log", range=[span.min() - 0.3, span.max() + 0.3] if span.size else None,
-                     tickvals=rows["lr"].tolist(), ticktext=[f"{lr:.3g}" for lr in rows["lr"]])
-    fig.update_layout(hovermode="closest", legend={"title": {"text": ""}, "orientation": "h",
-                                                   "y": -0.3, "x": 0})
+    fig.update_xaxes(
+        type="log",
+        range=[span.min() - 0.3, span.max() + 0.3] if span.size else None,
+        tickvals=rows["lr"].tolist(),
+        ticktext=[f"{lr:.3g}" for lr in rows["lr"]],
+    )
+    fig.update_layout(
+        hovermode="closest", legend={"title": {"text": ""}, "orientation": "h", "y": -0.3, "x": 0}
+    )
     return fig
 
 
@@ -144,29 +222,52 @@ def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> 
     <arm>_seeds for arm in graft, magnitude, direction; verdict).
     """
     if verdicts.empty:
-        return empty_figure("the verdicts come when the grafts have trained", x_title="pair",
-                            y_title=y_title)
+        return empty_figure(
+            "the verdicts come when the grafts have trained", x_title="pair", y_title=y_title
+        )
     grafted = verdicts["grafted"] if "grafted" in verdicts else pd.Series("all", verdicts.index)
-    pairs = [f"{m}#{d}{'' if g == 'all' else f' [{g} only]'}<br><i>{closer_to_words(v, m, d)}</i>"
-             for m, d, g, v in zip(verdicts["magnitude"], verdicts["direction"], grafted,
-                                   verdicts["verdict"])]
-    who = {"magnitude": verdicts["magnitude"], "direction": verdicts["direction"],
-           "graft": verdicts["magnitude"] + "#" + verdicts["direction"]}
+    pairs = [
+        f"{m}#{d}{'' if g == 'all' else f' [{g} only]'}<br><i>{closer_to_words(v, m, d)}</i>"
+        for m, d, g, v in zip(
+            verdicts["magnitude"], verdicts["direction"], grafted, verdicts["verdict"]
+        )
+    ]
+    who = {
+        "magnitude": verdicts["magnitude"],
+        "direction": verdicts["direction"],
+        "graft": verdicts["magnitude"] + "#" + verdicts["direction"],
+    }
     fig = go.Figure()
     for arm, name, color in VERDICT_ARMS:
-        fig.add_trace(go.Scatter(
-            x=pairs, y=verdicts[f"{arm}_mean"], mode="markers", name=name,
-            error_y={"type": "data", "array": verdicts[f"{arm}_std"].fillna(0.0),
-                     "visible": True, "thickness": 2, "width": 8},
-            customdata=np.column_stack([who[arm], verdicts[f"{arm}_std"],
-                                        verdicts[f"{arm}_seeds"]]),
-            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
-                          "(%{customdata[2]} seeds)<extra></extra>",
-            marker={"size": 12, "color": color, "symbol": "diamond" if arm == "graft"
-                    else "circle"}))
+        fig.add_trace(
+            go.Scatter(
+                x=pairs,
+                y=verdicts[f"{arm}_mean"],
+                mode="markers",
+                name=name,
+                error_y={
+                    "type": "data",
+                    "array": verdicts[f"{arm}_std"].fillna(0.0),
+                    "visible": True,
+                    "thickness": 2,
+                    "width": 8,
+                },
+                customdata=np.column_stack(
+                    [who[arm], verdicts[f"{arm}_std"], verdicts[f"{arm}_seeds"]]
+                ),
+                hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+                "(%{customdata[2]} seeds)<extra></extra>",
+                marker={
+                    "size": 12,
+                    "color": color,
+                    "symbol": "diamond" if arm == "graft" else "circle",
+                },
+            )
+        )
     style(fig, title=title, x_title="", y_title=y_title, height=400)
-    fig.update_layout(scattermode="group", scattergap=0.5, hovermode="closest",
-                      legend={"title": {"text": ""}})
+    fig.update_layout(
+        scattermode="group", scattergap=0.5, hovermode="closest", legend={"title": {"text": ""}}
+    )
     fig.update_xaxes(type="category")
     fig.update_yaxes(range=_spread_range(verdicts))
     return fig
@@ -175,8 +276,11 @@ def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> 
 def _spread_range(verdicts: pd.DataFrame) -> list[float] | None:
     """A y range around every mean ± std of the verdicts' arms, with a margin: the spread,
     not the distance to zero, is what the reader compares."""
-    ends = [verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
-            for arm, _, _ in VERDICT_ARMS for sign in (-1, 1)]
+    ends = [
+        verdicts[f"{arm}_mean"] + sign * verdicts[f"{arm}_std"].fillna(0.0)
+        for arm, _, _ in VERDICT_ARMS
+        for sign in (-1, 1)
+    ]
     values = pd.concat(ends).to_numpy(float)
     values = values[np.isfinite(values)]
     if not values.size:
@@ -186,8 +290,13 @@ def _spread_range(verdicts: pd.DataFrame) -> list[float] | None:
     return [low - pad, high + pad]
 
 
-def implicit_schedule(norms: pd.DataFrame, *, layers: Sequence[str] | None = None,
-                      title: str = "", max_points: int = MAX_POINTS) -> go.Figure:
+def implicit_schedule(
+    norms: pd.DataFrame,
+    *,
+    layers: Sequence[str] | None = None,
+    title: str = "",
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
     """A run's implicit schedule per layer: step norm ‖Δ‖ (top), ‖Δ‖/‖g‖ (bottom).
 
     ``norms``: one run's layer_norms frame with ``step_norm`` and ``grad_norm``. The applied
@@ -206,27 +315,51 @@ def implicit_schedule(norms: pd.DataFrame, *, layers: Sequence[str] | None = Non
         series = decimate(wide[wide["layer"] == layer], max_points)
         color = PALETTE[i % len(PALETTE)]
         for row, field in ((1, "step_norm"), (2, "effective_lr")):
-            fig.add_trace(go.Scatter(
-                x=series["step"], y=series[field], name=str(layer), mode="lines",
-                legendgroup=str(layer), showlegend=row == 1,
-                line={"color": color, "width": 1.5}), row=row, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=series["step"],
+                    y=series[field],
+                    name=str(layer),
+                    mode="lines",
+                    legendgroup=str(layer),
+                    showlegend=row == 1,
+                    line={"color": color, "width": 1.5},
+                ),
+                row=row,
+                col=1,
+            )
     style(fig, title=title, height=560)
     fig.update_layout(legend={"title": {"text": "layer"}})
     fig.update_xaxes(title_text="", row=1, col=1)
     fig.update_xaxes(title_text=STEP_TITLE, row=2, col=1)
     picked = wide[wide["layer"].isin(shown)]
-    fig.update_yaxes(title_text="step size ‖Δ‖<br>(L2 norm, weight units)", type="log",
-                     tickformat=".2~g", dtick=log_dtick(picked["step_norm"].to_numpy(float)),
-                     row=1, col=1)
-    fig.update_yaxes(title_text="effective lr ‖Δ‖/‖g‖<br>(weight units per gradient unit)",
-                     type="log", tickformat=".2~g",
-                     dtick=log_dtick(picked["effective_lr"].to_numpy(float)), row=2, col=1)
+    fig.update_yaxes(
+        title_text="step size ‖Δ‖<br>(L2 norm, weight units)",
+        type="log",
+        tickformat=".2~g",
+        dtick=log_dtick(picked["step_norm"].to_numpy(float)),
+        row=1,
+        col=1,
+    )
+    fig.update_yaxes(
+        title_text="effective lr ‖Δ‖/‖g‖<br>(weight units per gradient unit)",
+        type="log",
+        tickformat=".2~g",
+        dtick=log_dtick(picked["effective_lr"].to_numpy(float)),
+        row=2,
+        col=1,
+    )
     return fig
 
 
-def ratio_lines(ratios: pd.DataFrame, *, window: tuple[int, int] | None = None,
-                values: Mapping[str, float] | None = None, title: str = "",
-                max_points: int = MAX_POINTS) -> go.Figure:
+def ratio_lines(
+    ratios: pd.DataFrame,
+    *,
+    window: tuple[int, int] | None = None,
+    values: Mapping[str, float] | None = None,
+    title: str = "",
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
     """‖Δ_M‖/‖Δ_D‖ per layer against step, the estimation window shaded.
 
     ``ratios``: step, layer, ratio (``analysis.ratio_trajectories``); ``window``: [start,
@@ -239,19 +372,39 @@ def ratio_lines(ratios: pd.DataFrame, *, window: tuple[int, int] | None = None,
     for i, layer in enumerate(layers):
         series = decimate(ratios[ratios["layer"] == layer], max_points)
         color = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=series["step"], y=series["ratio"], name=str(layer),
-                                 mode="lines", legendgroup=str(layer),
-                                 line={"color": color, "width": 1.5}))
+        fig.add_trace(
+            go.Scatter(
+                x=series["step"],
+                y=series["ratio"],
+                name=str(layer),
+                mode="lines",
+                legendgroup=str(layer),
+                line={"color": color, "width": 1.5},
+            )
+        )
         if window is not None and values and layer in values:
-            fig.add_trace(go.Scatter(
-                x=[window[0], window[1] - 1], y=[values[layer]] * 2, mode="lines",
-                name=f"{layer}: static value", legendgroup=str(layer), showlegend=False,
-                hovertemplate=f"{layer}: static multiplier %{{y:.3g}}<extra></extra>",
-                line={"color": color, "width": 3, "dash": "dash"}))
+            fig.add_trace(
+                go.Scatter(
+                    x=[window[0], window[1] - 1],
+                    y=[values[layer]] * 2,
+                    mode="lines",
+                    name=f"{layer}: static value",
+                    legendgroup=str(layer),
+                    showlegend=False,
+                    hovertemplate=f"{layer}: static multiplier %{{y:.3g}}<extra></extra>",
+                    line={"color": color, "width": 3, "dash": "dash"},
+                )
+            )
     if window is not None:
-        fig.add_vrect(x0=window[0], x1=window[1] - 1, fillcolor="#888", opacity=0.15,
-                      line_width=0, annotation_text="estimation window",
-                      annotation_position="top left")
+        fig.add_vrect(
+            x0=window[0],
+            x1=window[1] - 1,
+            fillcolor="#888",
+            opacity=0.15,
+            line_width=0,
+            annotation_text="estimation window",
+            annotation_position="top left",
+        )
     style(fig, title=title, y_title=RATIO_TITLE, log_y=True, height=460)
     fig.update_layout(legend={"title": {"text": "layer (dashed: its static value)"}})
     fig.update_yaxes(dtick=log_dtick(ratios["ratio"].to_numpy(dtype=float)))
@@ -265,8 +418,13 @@ def _bytes_unit(largest: float) -> tuple[float, str]:
     return 1.0, "bytes"
 
 
-def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None = None,
-                colors: Mapping[str, str] | None = None, title: str = "") -> go.Figure:
+def memory_bars(
+    state_bytes: Mapping[str, float],
+    *,
+    weight_bytes: float | None = None,
+    colors: Mapping[str, str] | None = None,
+    title: str = "",
+) -> go.Figure:
     """Optimizer-state memory per run (one bar each), labelled in copies of the weights
     (``2×``: twice the weights' bytes) when ``weight_bytes`` is given.
 
@@ -274,35 +432,57 @@ def memory_bars(state_bytes: Mapping[str, float], *, weight_bytes: float | None 
     """
     known = {k: float(v) for k, v in state_bytes.items() if np.isfinite(v)}
     if not known:
-        return empty_figure("memory is recorded when a run ends", x_title="run",
-                            y_title="optimizer state")
+        return empty_figure(
+            "memory is recorded when a run ends", x_title="run", y_title="optimizer state"
+        )
     scale, unit = _bytes_unit(max(known.values()))
     fig = go.Figure()
     for i, (label, size) in enumerate(known.items()):  # bar text: copies of the weights
         text = f"{size / weight_bytes:.2g}×" if weight_bytes else f"{size / scale:.3g}"
         copies = f" = {text} the weights" if weight_bytes else ""
-        fig.add_trace(go.Bar(
-            x=[label], y=[size / scale], name=label, text=[text],
-            textposition="outside", textangle=0, cliponaxis=False, textfont={"size": 13},
-            marker_color=(colors or {}).get(label, PALETTE[i % len(PALETTE)]),
-            hovertemplate=f"{label}: %{{y:.4g}} {unit}{copies}<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=[label],
+                y=[size / scale],
+                name=label,
+                text=[text],
+                textposition="outside",
+                textangle=0,
+                cliponaxis=False,
+                textfont={"size": 13},
+                marker_color=(colors or {}).get(label, PALETTE[i % len(PALETTE)]),
+                hovertemplate=f"{label}: %{{y:.4g}} {unit}{copies}<extra></extra>",
+            )
+        )
     style(fig, title=title, x_title="run", y_title=f"optimizer state ({unit})")
     top = max(known.values()) / scale
     fig.update_layout(hovermode="closest", bargap=0.3, margin={"t": 70})
     fig.update_yaxes(range=[0, top * 1.35])  # room for the labels above the bars
     if weight_bytes:
         fig.add_hline(y=weight_bytes / scale, line_dash="dot", line_color="#555")
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="one copy of the "
-                                 "weights<br>(float32); bar labels<br>count copies",
-                                 line={"dash": "dot", "color": "#555"}))  # its legend entry
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name="one copy of the weights<br>(float32); bar labels<br>count copies",
+                line={"dash": "dot", "color": "#555"},
+            )
+        )  # its legend entry
     return fig
 
 
-def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
-                      labels: Mapping[str, str] | None = None,
-                      colors: Mapping[str, str] | None = None, normalize: bool = True,
-                      smoothing: float = 0.9, title: str = "",
-                      max_points: int = MAX_POINTS) -> go.Figure:
+def layer_kind_curves(
+    norms: pd.DataFrame,
+    *,
+    field: str = "step_norm",
+    labels: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
+    normalize: bool = True,
+    smoothing: float = 0.9,
+    title: str = "",
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
     """One panel per layer kind (embedding, attention, mlp, norm, head ...), one line per run:
     the median over that kind's layers of ``field`` against step, log scale.
 
@@ -321,8 +501,9 @@ def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
     run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(series["run_id"]))
     colors = colors or run_colors(run_ids)
     median = series.groupby(["run_id", "kind", "step"], observed=True)["value"].median()
-    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.02,
-                        subplot_titles=kinds)
+    fig = make_subplots(
+        rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=kinds
+    )
     for col, kind in enumerate(kinds, start=1):
         for run_id in run_ids:
             try:
@@ -334,25 +515,44 @@ def layer_kind_curves(norms: pd.DataFrame, *, field: str = "step_norm",
             if normalize:
                 values = values / np.nanmax(values)
             points = decimate(pd.DataFrame({"step": curve.index, "value": values}), max_points)
-            fig.add_trace(go.Scatter(
-                x=points["step"], y=points["value"], mode="lines", legendgroup=run_id,
-                name=(labels or {}).get(run_id, run_id), showlegend=col == 1,
-                line={"color": colors.get(run_id), "width": 2}), row=1, col=col)
-    what = {"effective_lr": "effective lr ‖Δ‖/‖g‖", "ratio": "‖Δ_M‖/‖Δ_D‖",
-            "step_norm": "step norm ‖Δ‖", "magnitude_norm": "‖Δ_M‖",
-            "direction_norm": "‖Δ_D‖", "grad_norm": "‖g‖", "weight_norm": "‖w‖"}.get(field, field)
+            fig.add_trace(
+                go.Scatter(
+                    x=points["step"],
+                    y=points["value"],
+                    mode="lines",
+                    legendgroup=run_id,
+                    name=(labels or {}).get(run_id, run_id),
+                    showlegend=col == 1,
+                    line={"color": colors.get(run_id), "width": 2},
+                ),
+                row=1,
+                col=col,
+            )
+    what = {
+        "effective_lr": "effective lr ‖Δ‖/‖g‖",
+        "ratio": "‖Δ_M‖/‖Δ_D‖",
+        "step_norm": "step norm ‖Δ‖",
+        "magnitude_norm": "‖Δ_M‖",
+        "direction_norm": "‖Δ_D‖",
+        "grad_norm": "‖g‖",
+        "weight_norm": "‖w‖",
+    }.get(field, field)
     y_title = f"{what}<br>(÷ its own maximum)" if normalize else what
     style(fig, title=title, y_title="", log_y=True, height=380)
-    drawn = np.concatenate([np.asarray(t.y, dtype=float) for t in fig.data]) if fig.data \
+    drawn = (
+        np.concatenate([np.asarray(t.y, dtype=float) for t in fig.data])
+        if fig.data
         else np.empty(0)
+    )
     fig.update_yaxes(dtick=log_dtick(drawn))
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_xaxes(title_text="step", nticks=4)
     return fig
 
 
-def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation loss",
-                       title: str = "") -> go.Figure:
+def ratio_study_figure(
+    table: pd.DataFrame, *, y_title: str = "final validation loss", title: str = ""
+) -> go.Figure:
     """A static-ratio study: one point per arm (mean over seeds ± one std), tuned M and tuned
     D as shaded bands (mean ± std) across the figure, so each static-ratio arm reads against
     both.
@@ -363,29 +563,49 @@ def ratio_study_figure(table: pd.DataFrame, *, y_title: str = "final validation 
         return empty_figure("no finished runs yet", x_title="arm", y_title=y_title)
     static = table[table["role"] == "static_ratios"]
     order = {name: i for i, name in enumerate(WINDOWS)}  # windows in time order, then scope
-    static = static.assign(_order=static["window"].map(order).fillna(len(order))) \
-        .sort_values(["_order", "scope"])
+    static = static.assign(_order=static["window"].map(order).fillna(len(order))).sort_values(
+        ["_order", "scope"]
+    )
     fig = go.Figure()
     tuned = table[table["role"] == "tuned"].reset_index(drop=True)
     for i, row in tuned.iterrows():
         color = PALETTE[(i + 1) % len(PALETTE)]
         std = row["std"] if np.isfinite(row["std"]) else 0.0
-        fig.add_hrect(y0=row["mean"] - std, y1=row["mean"] + std, fillcolor=color,
-                      opacity=0.15, line_width=0)
+        fig.add_hrect(
+            y0=row["mean"] - std, y1=row["mean"] + std, fillcolor=color, opacity=0.15, line_width=0
+        )
         fig.add_hline(y=row["mean"], line_color=color, line_dash="dash")
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{row['arm']} (tuned),"
-                                 " mean ± std", line={"color": color, "dash": "dash"}))
-    fig.add_trace(go.Scatter(
-        x=static["window"] + "<br>" + static["scope"], y=static["mean"],
-        mode="markers", name="static ratios, mean ± std", marker={"size": 11,
-                                                                   "color": PALETTE[0]},
-        error_y={"type": "data", "array": static["std"].fillna(0.0), "visible": True,
-                 "thickness": 2, "width": 7},
-        customdata=np.column_stack([static["arm"], static["std"], static["seeds"]]),
-        hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
-                      "(%{customdata[2]} seeds)<extra></extra>"))
-    style(fig, title=title, x_title="window, scope of the static ratios", y_title=y_title,
-          height=420)
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=f"{row['arm']} (tuned), mean ± std",
+                line={"color": color, "dash": "dash"},
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=static["window"] + "<br>" + static["scope"],
+            y=static["mean"],
+            mode="markers",
+            name="static ratios, mean ± std",
+            marker={"size": 11, "color": PALETTE[0]},
+            error_y={
+                "type": "data",
+                "array": static["std"].fillna(0.0),
+                "visible": True,
+                "thickness": 2,
+                "width": 7,
+            },
+            customdata=np.column_stack([static["arm"], static["std"], static["seeds"]]),
+            hovertemplate="%{customdata[0]}: %{y:.4g} ± %{customdata[1]:.2g} "
+            "(%{customdata[2]} seeds)<extra></extra>",
+        )
+    )
+    style(
+        fig, title=title, x_title="window, scope of the static ratios", y_title=y_title, height=420
+    )
     fig.update_layout(hovermode="closest", legend={"title": {"text": ""}})
     fig.update_xaxes(type="category")
     return fig

@@ -53,20 +53,36 @@ def new_group(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def graft_config(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-                 direction: tuple[str, OptimizerChoice] | None, **changes) -> RunConfig:
+def graft_config(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice] | None,
+    **changes,
+) -> RunConfig:
     """``base`` with M (and D) set; ``direction=None`` or D equal to M gives plain M."""
     (m_label, (m_name, m_hp)) = magnitude
     plain = direction is None or direction[1] == magnitude[1]
     d_label, (d_name, d_hp) = (m_label, ("", {})) if plain else (direction[0], direction[1])
-    return base.replace(**{"magnitude": m_name, "magnitude_hparams": dict(m_hp),
-                           "direction": d_name, "direction_hparams": dict(d_hp),
-                           "name": f"{m_label}#{d_label}", **changes})
+    return base.replace(
+        **{
+            "magnitude": m_name,
+            "magnitude_hparams": dict(m_hp),
+            "direction": d_name,
+            "direction_hparams": dict(d_hp),
+            "name": f"{m_label}#{d_label}",
+            **changes,
+        }
+    )
 
 
-def graft_run(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-              direction: tuple[str, OptimizerChoice] | None, *, role: str | None = None,
-              **changes) -> PlannedRun:
+def graft_run(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice] | None,
+    *,
+    role: str | None = None,
+    **changes,
+) -> PlannedRun:
     """``graft_config`` with its arm: plain M (role ``plain`` unless given) or M#D (``graft``)."""
     config = graft_config(base, magnitude, direction, **changes)
     if config.direction:
@@ -78,9 +94,16 @@ def graft_run(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
 KEPT, RESUMED = ("finished", "diverged", "failed"), ("stopped", "interrupted")
 
 
-def run_all(store: RunStore, planned: Sequence[PlannedRun], *, group: str, kind: str,
-            executor: Executor | None = None, progress: Progress | None = None,
-            reuse: bool = False) -> list[str]:
+def run_all(
+    store: RunStore,
+    planned: Sequence[PlannedRun],
+    *,
+    group: str,
+    kind: str,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    reuse: bool = False,
+) -> list[str]:
     """Create one run per planned run in ``group`` and train them all; returns the run ids.
 
     ``reuse``: a planned run whose config a run of ``group`` already has is not created
@@ -128,24 +151,32 @@ def _runs_by_config(store: RunStore, group: str) -> dict[str, tuple[str, str]]:
     runs = store.runs(group=group, flatten_config=False)
     live = runs[runs["status"] == "running"]
     if not live.empty:
-        raise ValueError(f"Group {group!r} has {len(live)} runs training in another process "
-                         f"(e.g. {live['run_id'].iloc[0]}); wait for them or stop them first")
-    return {_config_key(RunConfig.from_dict(config)): (run_id, status)
-            for run_id, status, config in zip(runs["run_id"], runs["status"], runs["config"])}
+        raise ValueError(
+            f"Group {group!r} has {len(live)} runs training in another process "
+            f"(e.g. {live['run_id'].iloc[0]}); wait for them or stop them first"
+        )
+    return {
+        _config_key(RunConfig.from_dict(config)): (run_id, status)
+        for run_id, status, config in zip(runs["run_id"], runs["status"], runs["config"])
+    }
 
 
-def final_metrics(store: RunStore, run_ids: Sequence[str],
-                  metrics: Sequence[str] = ("val_loss", "val_accuracy",
-                                            "optimizer_state_bytes"), *,
-                  runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def final_metrics(
+    store: RunStore,
+    run_ids: Sequence[str],
+    metrics: Sequence[str] = ("val_loss", "val_accuracy", "optimizer_state_bytes"),
+    *,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per run: name, arm (role, M and D labels), status and each metric's last value.
 
     ``runs``: rows of ``store.runs()`` that hold ``run_ids`` (a group's, say), when the caller
     has read them already; otherwise every run of the store is read.
     """
     runs = (store.runs() if runs is None else runs).set_index("run_id").loc[list(run_ids)]
-    table = runs[["name", "role", "magnitude_arm", "direction_arm", "status", "last_step",
-                  "error"]].copy()
+    table = runs[
+        ["name", "role", "magnitude_arm", "direction_arm", "status", "last_step", "error"]
+    ].copy()
     long = store.metrics(list(run_ids), names=list(metrics))
     if not long.empty:
         last = long.sort_values("step").groupby(["run_id", "name"])["value"].last().unstack()
@@ -156,8 +187,9 @@ def final_metrics(store: RunStore, run_ids: Sequence[str],
     return table.reset_index()
 
 
-def grid_configs(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
-                 seeds: Sequence[int] = (0,)) -> list[PlannedRun]:
+def grid_configs(
+    base: RunConfig, optimizers: Mapping[str, OptimizerChoice], seeds: Sequence[int] = (0,)
+) -> list[PlannedRun]:
     """Every M#D pair of ``optimizers`` (label → (name, hparams)) for each seed, M-major."""
     if len(optimizers) < 2:
         raise ValueError(f"A grid needs at least two optimizers (got {len(optimizers)})")
@@ -165,13 +197,23 @@ def grid_configs(base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
         raise ValueError("A grid needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"Invalid seeds {list(seeds)}: each seed may appear once")
-    return [graft_run(base, (m, optimizers[m]), (d, optimizers[d]), seed=seed)
-            for m in optimizers for d in optimizers for seed in seeds]
+    return [
+        graft_run(base, (m, optimizers[m]), (d, optimizers[d]), seed=seed)
+        for m in optimizers
+        for d in optimizers
+        for seed in seeds
+    ]
 
 
-def grid(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice],
-         seeds: Sequence[int] = (0,), *, executor: Executor | None = None,
-         progress: Progress | None = None) -> tuple[str, pd.DataFrame]:
+def grid(
+    store: RunStore,
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    seeds: Sequence[int] = (0,),
+    *,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> tuple[str, pd.DataFrame]:
     """Every M#D pair of ``optimizers`` (label → (name, hparams)) for each seed."""
     configs = grid_configs(base, optimizers, seeds)
     group = new_group("grid")
@@ -194,8 +236,9 @@ def grid_table(store: RunStore, group: str) -> pd.DataFrame:
 def grid_matrix(table: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:
     """Mean of ``metric`` over seeds: magnitude rows × direction columns."""
     order = list(dict.fromkeys(table["magnitude"]))
-    matrix = table.pivot_table(index="magnitude", columns="direction", values=metric,
-                               aggfunc="mean")
+    matrix = table.pivot_table(
+        index="magnitude", columns="direction", values=metric, aggfunc="mean"
+    )
     return matrix.reindex(index=order, columns=order)
 
 
@@ -219,10 +262,14 @@ def grid_spreads(table: pd.DataFrame, metric: str = "val_loss") -> dict[str, flo
         nan = float("nan")
         return {"rows": nan, "columns": nan, "seeds": nan}
     matrix = grid_matrix(finished, metric)
-    cells = finished.pivot_table(index=["magnitude", "direction"], columns="seed",
-                                 values=metric, aggfunc="mean")
-    return {"rows": _mean_range(matrix), "columns": _mean_range(matrix.T),
-            "seeds": _mean_range(cells)}
+    cells = finished.pivot_table(
+        index=["magnitude", "direction"], columns="seed", values=metric, aggfunc="mean"
+    )
+    return {
+        "rows": _mean_range(matrix),
+        "columns": _mean_range(matrix.T),
+        "seeds": _mean_range(cells),
+    }
 
 
 def grid_reading(table: pd.DataFrame, metric: str = "val_loss", *, what: str = "") -> str:
@@ -231,53 +278,79 @@ def grid_reading(table: pd.DataFrame, metric: str = "val_loss", *, what: str = "
     what = what or metric
     rows, columns, seeds = spread["rows"], spread["columns"], spread["seeds"]
     if not (np.isfinite(rows) and np.isfinite(columns)):
-        return ("Not enough finished runs yet to compare rows with columns (a row and a "
-                "column each need two finished cells).")
-    numbers = (f"Within a row (same M, different D) {what} varies by {rows:.3g} on "
-               f"average, within a column (same D, different M) by {columns:.3g}")
+        return (
+            "Not enough finished runs yet to compare rows with columns (a row and a "
+            "column each need two finished cells)."
+        )
+    numbers = (
+        f"Within a row (same M, different D) {what} varies by {rows:.3g} on "
+        f"average, within a column (same D, different M) by {columns:.3g}"
+    )
     if rows * 1.5 <= columns:
         verdict = "Rows look alike: the magnitude optimizer decides, as the paper found"
     elif columns * 1.5 <= rows:
-        verdict = ("Columns look alike: on this grid the direction optimizer decides, "
-                   "unlike the paper's finding")
+        verdict = (
+            "Columns look alike: on this grid the direction optimizer decides, "
+            "unlike the paper's finding"
+        )
     else:
         verdict = "Neither rows nor columns look clearly more alike on this grid"
     if not np.isfinite(seeds):
         noise = "One seed: add seeds to see how much of this is noise."
     elif seeds >= 0.5 * max(rows, columns):
-        noise = (f"But seeds alone move a cell by {seeds:.3g} on average, about as much: "
-                 "this reading is not reliable yet (add seeds or steps).")
+        noise = (
+            f"But seeds alone move a cell by {seeds:.3g} on average, about as much: "
+            "this reading is not reliable yet (add seeds or steps)."
+        )
     else:
-        noise = (f"Seeds alone move a cell by {seeds:.3g} on average, small next to "
-                 f"{max(rows, columns):.3g}.")
+        noise = (
+            f"Seeds alone move a cell by {seeds:.3g} on average, small next to "
+            f"{max(rows, columns):.3g}."
+        )
     return f"{verdict}. {numbers}. {noise}"
 
 
-def transfer_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-                     direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
-                     with_magnitude: bool = True) -> list[PlannedRun]:
+def transfer_configs(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice],
+    seeds: Sequence[int] = (0,),
+    *,
+    with_magnitude: bool = True,
+) -> list[PlannedRun]:
     """M alone (unless ``with_magnitude`` is False), D alone and online M#D for each seed:
     the runs of a schedule transfer that need no recorded schedule."""
-    planned = [graft_run(base, magnitude, None, seed=s) for s in seeds] if with_magnitude \
-        else []
+    planned = [graft_run(base, magnitude, None, seed=s) for s in seeds] if with_magnitude else []
     planned += [graft_run(base, direction, None, seed=s) for s in seeds]
     return planned + [graft_run(base, magnitude, direction, seed=s) for s in seeds]
 
 
-def replay_config(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-                  direction: tuple[str, OptimizerChoice], *, source_run: str,
-                  seed: int | None = None) -> PlannedRun:
+def replay_config(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice],
+    *,
+    source_run: str,
+    seed: int | None = None,
+) -> PlannedRun:
     """D with the step sizes recorded in ``source_run`` (M's ‖Δ_M‖ per layer and step).
 
     The recorded steps already carry M's learning-rate schedule, so the replay itself runs
     with a constant one (a schedule on top would apply it twice).
     """
     (m_name, m_hp), (d_name, d_hp) = magnitude[1], direction[1]
-    config = base.replace(magnitude=m_name, magnitude_hparams=dict(m_hp), direction=d_name,
-                          direction_hparams=dict(d_hp), replay=f"run:{source_run}",
-                          schedule="constant", warmup_steps=0, static_ratios="",
-                          seed=base.seed if seed is None else seed,
-                          name=f"replay({magnitude[0]})#{direction[0]}")
+    config = base.replace(
+        magnitude=m_name,
+        magnitude_hparams=dict(m_hp),
+        direction=d_name,
+        direction_hparams=dict(d_hp),
+        replay=f"run:{source_run}",
+        schedule="constant",
+        warmup_steps=0,
+        static_ratios="",
+        seed=base.seed if seed is None else seed,
+        name=f"replay({magnitude[0]})#{direction[0]}",
+    )
     return PlannedRun(config, Arm("replay", magnitude[0], direction[0]))
 
 
@@ -291,8 +364,9 @@ def _copy(done: Future, into: Future) -> None:
         into.set_result(done.result())
 
 
-def submit_after(store: RunStore, executor: Executor, run_id: str, after: Future,
-                 source_run: str) -> Future:
+def submit_after(
+    store: RunStore, executor: Executor, run_id: str, after: Future, source_run: str
+) -> Future:
     """Queue ``run_id`` once ``after`` (the future of ``source_run``) is done, without waiting.
 
     The run starts only if ``source_run`` finished; otherwise it is marked stopped (the
@@ -311,8 +385,11 @@ def submit_after(store: RunStore, executor: Executor, run_id: str, after: Future
             if stop_requested(store, run_id) or source == "stopped":
                 settle("stopped")
             elif source != "finished":
-                settle("failed", f"its schedule source run {source_run} ended {source}: "
-                                 "there is no complete schedule to replay")
+                settle(
+                    "failed",
+                    f"its schedule source run {source_run} ended {source}: "
+                    "there is no complete schedule to replay",
+                )
             else:
                 executor.submit(run_id).add_done_callback(lambda done: _copy(done, result))
         except Exception as error:  # store closed or executor shut down: say so, never hang
@@ -326,9 +403,14 @@ def submit_after(store: RunStore, executor: Executor, run_id: str, after: Future
 
 
 def start_schedule_transfer(
-    store: RunStore, base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-    direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
-    executor: Executor, source_runs: Sequence[str] = (),
+    store: RunStore,
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice],
+    seeds: Sequence[int] = (0,),
+    *,
+    executor: Executor,
+    source_runs: Sequence[str] = (),
 ) -> tuple[str, dict[str, Future]]:
     """Queue a schedule transfer and return at once: (group, run id → future), in order.
 
@@ -337,21 +419,22 @@ def start_schedule_transfer(
     M alone is not trained again and the replays start at once.
     """
     if source_runs and len(source_runs) != len(seeds):
-        raise ValueError(f"Need one source run per seed: {len(source_runs)} runs, "
-                         f"{len(seeds)} seeds")
+        raise ValueError(
+            f"Need one source run per seed: {len(source_runs)} runs, {len(seeds)} seeds"
+        )
     group = new_group("transfer")
-    planned = transfer_configs(base, magnitude, direction, seeds,
-                               with_magnitude=not source_runs)
+    planned = transfer_configs(base, magnitude, direction, seeds, with_magnitude=not source_runs)
     # Every config is built (and so validated) before any run is created.
     replays = [replay_config(base, magnitude, direction, seed=s, source_run="?") for s in seeds]
     futures = {}
     for config, arm in planned:
         run_id = create_run(store, config, kind="transfer", group=group, arm=arm)
         futures[run_id] = executor.submit(run_id)
-    sources = list(source_runs) or list(futures)[:len(seeds)]
+    sources = list(source_runs) or list(futures)[: len(seeds)]
     for source, (replay, arm) in zip(sources, replays):
-        run_id = create_run(store, replay.replace(replay=f"run:{source}"), kind="transfer",
-                            group=group, arm=arm)
+        run_id = create_run(
+            store, replay.replace(replay=f"run:{source}"), kind="transfer", group=group, arm=arm
+        )
         if source in futures:
             futures[run_id] = submit_after(store, executor, run_id, futures[source], source)
         else:
@@ -359,14 +442,21 @@ def start_schedule_transfer(
     return group, futures
 
 
-def schedule_transfer(store: RunStore, base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-                      direction: tuple[str, OptimizerChoice], seeds: Sequence[int] = (0,), *,
-                      executor: Executor | None = None,
-                      progress: Progress | None = None) -> tuple[str, pd.DataFrame]:
+def schedule_transfer(
+    store: RunStore,
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice],
+    seeds: Sequence[int] = (0,),
+    *,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> tuple[str, pd.DataFrame]:
     """M alone, D alone, online M#D, then M's recorded schedule replayed onto D."""
     if executor is not None:
-        group, futures = start_schedule_transfer(store, base, magnitude, direction, seeds,
-                                                 executor=executor)
+        group, futures = start_schedule_transfer(
+            store, base, magnitude, direction, seeds, executor=executor
+        )
         for done, _ in enumerate(as_completed(futures.values()), 1):
             if progress:
                 progress(done, len(futures))
@@ -376,16 +466,23 @@ def schedule_transfer(store: RunStore, base: RunConfig, magnitude: tuple[str, Op
     total = len(first) + len(seeds)
     report = (lambda done, _: progress(done, total)) if progress else None
     ids = run_all(store, first, group=group, kind="transfer", progress=report)
-    replays = [replay_config(base, magnitude, direction, seed=s, source_run=ids[i])
-               for i, s in enumerate(seeds)]
+    replays = [
+        replay_config(base, magnitude, direction, seed=s, source_run=ids[i])
+        for i, s in enumerate(seeds)
+    ]
     report = (lambda done, _: progress(len(first) + done, total)) if progress else None
     ids += run_all(store, replays, group=group, kind="transfer", progress=report)
     return group, final_metrics(store, ids)
 
 
-def static_ratio_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice],
-                         sgd: OptimizerChoice, *, source_run: str,
-                         sgd_lrs: Sequence[float] = ()) -> list[PlannedRun]:
+def static_ratio_configs(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    sgd: OptimizerChoice,
+    *,
+    source_run: str,
+    sgd_lrs: Sequence[float] = (),
+) -> list[PlannedRun]:
     """SGD with the static ratios stored on ``source_run``, M alone, and plain SGD per lr.
 
     ``sgd`` is the plain optimizer (the grafted run's D, usually SGD) with the lr the ratios
@@ -396,18 +493,33 @@ def static_ratio_configs(base: RunConfig, magnitude: tuple[str, OptimizerChoice]
     if bad:
         raise ValueError(f"Invalid sgd_lrs {bad}: each must be a finite number > 0")
     plain = {"direction": "", "direction_hparams": {}, "replay": "", "static_ratios": ""}
-    ratios = base.replace(**{**plain, "static_ratios": f"run:{source_run}"}, magnitude=name,
-                          magnitude_hparams=dict(hp), name=f"{name}+ratios({magnitude[0]})")
-    planned = [PlannedRun(ratios, Arm("static_ratios", name)),
-               graft_run(base.replace(**plain), magnitude, None)]
-    return planned + [PlannedRun(base.replace(**plain, magnitude=name,
-                                              magnitude_hparams={**hp, "lr": lr},
-                                              name=f"{name}(lr={lr:g})"),
-                                 Arm("sweep_point", name)) for lr in sgd_lrs]
+    ratios = base.replace(
+        **{**plain, "static_ratios": f"run:{source_run}"},
+        magnitude=name,
+        magnitude_hparams=dict(hp),
+        name=f"{name}+ratios({magnitude[0]})",
+    )
+    planned = [
+        PlannedRun(ratios, Arm("static_ratios", name)),
+        graft_run(base.replace(**plain), magnitude, None),
+    ]
+    return planned + [
+        PlannedRun(
+            base.replace(
+                **plain,
+                magnitude=name,
+                magnitude_hparams={**hp, "lr": lr},
+                name=f"{name}(lr={lr:g})",
+            ),
+            Arm("sweep_point", name),
+        )
+        for lr in sgd_lrs
+    ]
 
 
-def static_ratio_configs_from(store: RunStore, source_run: str, *, sgd_lrs: Sequence[float] = (),
-                              **changes) -> list[PlannedRun]:
+def static_ratio_configs_from(
+    store: RunStore, source_run: str, *, sgd_lrs: Sequence[float] = (), **changes
+) -> list[PlannedRun]:
     """``static_ratio_configs`` for a stored M#D run: D (with the lr the multipliers were
     measured against, D's lr × Graft's lr) with its ratios, M alone, D per lr in ``sgd_lrs``;
     ``changes`` (steps, device, ...) apply to all of them."""
@@ -418,15 +530,19 @@ def static_ratio_configs_from(store: RunStore, source_run: str, *, sgd_lrs: Sequ
     d_lr = OptimizerSpec(config.direction, config.direction_hparams).resolved["lr"]
     magnitude = (config.magnitude, (config.magnitude, config.magnitude_hparams))
     direction = (config.direction, {**config.direction_hparams, "lr": d_lr * config.graft_lr})
-    return static_ratio_configs(base, magnitude, direction, source_run=source_run,
-                                sgd_lrs=sgd_lrs)
+    return static_ratio_configs(base, magnitude, direction, source_run=source_run, sgd_lrs=sgd_lrs)
 
 
 def static_ratio_experiment(
-    store: RunStore, base: RunConfig, magnitude: tuple[str, OptimizerChoice], *,
+    store: RunStore,
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    *,
     sgd: OptimizerChoice = ("sgd", {"lr": 0.1, "momentum": 0.9}),
-    window: tuple[int, int] = (50, 200), statistic: str = "median",
-    sgd_lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0), executor: Executor | None = None,
+    window: tuple[int, int] = (50, 200),
+    statistic: str = "median",
+    sgd_lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
+    executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> tuple[str, pd.DataFrame]:
     """M#SGD for the window, per-layer multipliers, then SGD+ratios vs M vs swept plain SGD."""
@@ -444,6 +560,9 @@ def static_ratio_experiment(
     ids = run_all(store, configs, group=group, kind="ratios", executor=executor, progress=report)
     table = final_metrics(store, [graft_id, *ids])
     sweep = table[table["role"] == "sweep_point"]
-    table["best_sgd"] = table["run_id"] == sweep.loc[sweep["val_loss"].idxmin(), "run_id"] \
-        if sweep["val_loss"].notna().any() else False
+    table["best_sgd"] = (
+        table["run_id"] == sweep.loc[sweep["val_loss"].idxmin(), "run_id"]
+        if sweep["val_loss"].notna().any()
+        else False
+    )
     return group, table

@@ -45,11 +45,23 @@ PALETTE = qualitative.Plotly
 #: property by property into every figure (about 7 ms each, at every live redraw); this is not.
 LOOK = {
     "layout": {
-        "colorway": PALETTE, "font": {"color": "#2a3f5f"}, "hoverlabel": {"align": "left"},
-        "paper_bgcolor": "white", "plot_bgcolor": "white",
-        **{axis: {"gridcolor": "#EBF0F8", "linecolor": "#EBF0F8", "zerolinecolor": "#EBF0F8",
-                  "zerolinewidth": 2, "ticks": "", "automargin": True, "title": {"standoff": 15}}
-           for axis in ("xaxis", "yaxis")},
+        "colorway": PALETTE,
+        "font": {"color": "#2a3f5f"},
+        "hoverlabel": {"align": "left"},
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        **{
+            axis: {
+                "gridcolor": "#EBF0F8",
+                "linecolor": "#EBF0F8",
+                "zerolinecolor": "#EBF0F8",
+                "zerolinewidth": 2,
+                "ticks": "",
+                "automargin": True,
+                "title": {"standoff": 15},
+            }
+            for axis in ("xaxis", "yaxis")
+        },
     },
     "data": {"heatmap": [{"colorbar": {"outlinewidth": 0, "ticks": ""}}]},
 }
@@ -108,14 +120,29 @@ def empty_figure(message: str, *, x_title: str = STEP_TITLE, y_title: str = "") 
     look = layout(x_title=x_title, y_title=y_title)
     for axis in ("xaxis", "yaxis"):
         look[axis].update(showticklabels=False, showgrid=False, zeroline=False)
-    look["annotations"] = [{"text": message, "showarrow": False, "xref": "paper",
-                            "yref": "paper", "x": 0.5, "y": 0.5,
-                            "font": {"size": 14, "color": "#666"}}]
+    look["annotations"] = [
+        {
+            "text": message,
+            "showarrow": False,
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0.5,
+            "y": 0.5,
+            "font": {"size": 14, "color": "#666"},
+        }
+    ]
     return go.Figure(layout=look)
 
 
-def layout(*, title: str = "", x_title: str = STEP_TITLE, y_title: str = "",
-           log_y: bool = False, height: int = 380, x_max: int | None = None) -> dict:
+def layout(
+    *,
+    title: str = "",
+    x_title: str = STEP_TITLE,
+    y_title: str = "",
+    log_y: bool = False,
+    height: int = 380,
+    x_max: int | None = None,
+) -> dict:
     """The lab's look as a plotly layout: white background (``LOOK``), title at the left, axis
     titles, a legend titled "run", x-unified hover, and a ``uirevision`` that keeps zoom and
     hidden traces across redraws; with ``x_max`` the x axis spans [0, x_max].
@@ -129,12 +156,16 @@ def layout(*, title: str = "", x_title: str = STEP_TITLE, y_title: str = "",
     if log_y:
         yaxis.update(type="log", tickformat=".2~g")
     return {
-        "title": {"text": title, "x": 0.0, "xanchor": "left"}, "height": height,
+        "title": {"text": title, "x": 0.0, "xanchor": "left"},
+        "height": height,
         "margin": {"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
         "legend": {"title": {"text": "run"}, "tracegroupgap": 4},
-        "hovermode": "x unified", "template": LOOK, "showlegend": True,
+        "hovermode": "x unified",
+        "template": LOOK,
+        "showlegend": True,
         "uirevision": "keep",  # live redraws keep the user's zoom and hidden traces
-        "xaxis": xaxis, "yaxis": yaxis,
+        "xaxis": xaxis,
+        "yaxis": yaxis,
     }
 
 
@@ -149,11 +180,19 @@ def style(fig: go.Figure, **look) -> go.Figure:
     return fig
 
 
-def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
-                  labels: Mapping[str, str] | None = None,
-                  colors: Mapping[str, str] | None = None, smoothing: float = 0.0,
-                  title: str = "", y_title: str | None = None, log_y: bool = False,
-                  max_points: int = MAX_POINTS, x_max: int | None = None) -> go.Figure:
+def metric_curves(
+    metrics: pd.DataFrame,
+    *,
+    metric: str = "train_loss",
+    labels: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
+    smoothing: float = 0.0,
+    title: str = "",
+    y_title: str | None = None,
+    log_y: bool = False,
+    max_points: int = MAX_POINTS,
+    x_max: int | None = None,
+) -> go.Figure:
     """One line per run of ``metric`` against step (``metrics``: run_id, step, name, value).
 
     ``x_max``: the step axis spans [0, x_max] (a live run's length: the lines grow across it).
@@ -167,12 +206,19 @@ def metric_curves(metrics: pd.DataFrame, *, metric: str = "train_loss",
         values = smooth(series["value"].reset_index(drop=True), smoothing)
         series = decimate(series.assign(value=values.to_numpy()), max_points)
         sparse = len(series) <= 30  # evaluation metrics: a few points, show them
-        traces.append(go.Scatter(
-            x=series["step"], y=series["value"], name=(labels or {}).get(run_id, run_id),
-            mode="lines+markers" if sparse else "lines",
-            line={"color": colors.get(run_id), "width": 2}, showlegend=True))
-    look = layout(title=title, y_title=y_title or METRIC_TITLES.get(metric, metric),
-                  log_y=log_y, x_max=x_max)
+        traces.append(
+            go.Scatter(
+                x=series["step"],
+                y=series["value"],
+                name=(labels or {}).get(run_id, run_id),
+                mode="lines+markers" if sparse else "lines",
+                line={"color": colors.get(run_id), "width": 2},
+                showlegend=True,
+            )
+        )
+    look = layout(
+        title=title, y_title=y_title or METRIC_TITLES.get(metric, metric), log_y=log_y, x_max=x_max
+    )
     look["yaxis"].update(steady_axis(rows["value"].to_numpy(dtype=float), log=log_y))
     return go.Figure(traces, look)
 
@@ -208,8 +254,10 @@ def steady_range(values: np.ndarray, *, log: bool = False) -> list[float] | None
     bottom = np.floor(low / step - 0.1) * step
     if low >= 0:  # a loss or an accuracy: the axis never dips below zero
         bottom = max(bottom, 0.0)
-    return [round(float(bottom), 12),  # 1.2, not 1.2000000000000002
-            round(float(np.ceil(high / step + 0.1) * step), 12)]
+    return [
+        round(float(bottom), 12),  # 1.2, not 1.2000000000000002
+        round(float(np.ceil(high / step + 0.1) * step), 12),
+    ]
 
 
 def steady_axis(values: np.ndarray, *, log: bool) -> dict:
@@ -236,8 +284,9 @@ def with_ratio(norms: pd.DataFrame) -> pd.DataFrame:
         wide = norms.pivot(index=keys, columns="field", values="value")
         wide = wide.sort_index().reset_index()
     except ValueError:  # repeated rows (e.g. frames concatenated by hand): their mean
-        wide = norms.pivot_table(index=keys, columns="field", values="value", observed=True,
-                                 sort=True).reset_index()
+        wide = norms.pivot_table(
+            index=keys, columns="field", values="value", observed=True, sort=True
+        ).reset_index()
     wide.columns = [str(c) for c in wide.columns]
     if {"magnitude_norm", "direction_norm"} <= set(wide.columns):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,11 +295,17 @@ def with_ratio(norms: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def norm_trajectories(norms: pd.DataFrame, *, layer: str,
-                      labels: Mapping[str, str] | None = None,
-                      colors: Mapping[str, str] | None = None,
-                      plain: Sequence[str] = (), title: str = "",
-                      max_points: int = MAX_POINTS, x_max: int | None = None) -> go.Figure:
+def norm_trajectories(
+    norms: pd.DataFrame,
+    *,
+    layer: str,
+    labels: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
+    plain: Sequence[str] = (),
+    title: str = "",
+    max_points: int = MAX_POINTS,
+    x_max: int | None = None,
+) -> go.Figure:
     """‖Δ_M‖ (solid) and ‖Δ_D‖ (dotted) of one layer on top, their ratio below, per run.
 
     ``norms``: the store's layer_norms frame with a ``run_id`` column (one run without it).
@@ -268,36 +323,75 @@ def norm_trajectories(norms: pd.DataFrame, *, layer: str,
             continue
         name = (labels or {}).get(run_id, run_id)
         color = colors.get(run_id)
-        lines = (("magnitude_norm", "solid", "‖Δ‖"),) if run_id in plain else (
-            ("magnitude_norm", "solid", "‖Δ_M‖"), ("direction_norm", "dot", "‖Δ_D‖"))
+        lines = (
+            (("magnitude_norm", "solid", "‖Δ‖"),)
+            if run_id in plain
+            else (("magnitude_norm", "solid", "‖Δ_M‖"), ("direction_norm", "dot", "‖Δ_D‖"))
+        )
         for field, dash, symbol in lines:
             if field in series:
-                traces.append(go.Scatter(
-                    x=series["step"], y=series[field], name=f"{name} {symbol}", mode="lines",
-                    legendgroup=run_id, line={"color": color, "dash": dash, "width": 2}))
+                traces.append(
+                    go.Scatter(
+                        x=series["step"],
+                        y=series[field],
+                        name=f"{name} {symbol}",
+                        mode="lines",
+                        legendgroup=run_id,
+                        line={"color": color, "dash": dash, "width": 2},
+                    )
+                )
         if "ratio" in series and run_id not in plain:
-            traces.append(go.Scatter(
-                x=series["step"], y=series["ratio"], name=f"{name} ratio", mode="lines",
-                legendgroup=run_id, line={"color": color, "width": 1.5}, xaxis="x2",
-                yaxis="y2"))
+            traces.append(
+                go.Scatter(
+                    x=series["step"],
+                    y=series["ratio"],
+                    name=f"{name} ratio",
+                    mode="lines",
+                    legendgroup=run_id,
+                    line={"color": color, "width": 1.5},
+                    xaxis="x2",
+                    yaxis="y2",
+                )
+            )
     norm_values = wide[[c for c in ("magnitude_norm", "direction_norm") if c in wide]]
     ratio_values = wide["ratio"] if "ratio" in wide else pd.Series(dtype=float)
     look = layout(title=title, height=520, x_max=x_max, log_y=True)
     x_axis, y_axis = look["xaxis"], look["yaxis"]
     look.update(  # two rows sharing the step axis: norms above (55%), the ratio below
-        xaxis={**x_axis, "anchor": "y", "matches": "x2", "showticklabels": False,
-               "title": {"text": ""}},
+        xaxis={
+            **x_axis,
+            "anchor": "y",
+            "matches": "x2",
+            "showticklabels": False,
+            "title": {"text": ""},
+        },
         xaxis2={**x_axis, "anchor": "y2"},
-        yaxis={**y_axis, "anchor": "x", "domain": [0.494, 1.0], "title": {"text": NORM_TITLE},
-               **steady_axis(norm_values.to_numpy(dtype=float).ravel(), log=True)},
-        yaxis2={**y_axis, "anchor": "x2", "domain": [0.0, 0.414],
-                "title": {"text": RATIO_TITLE},
-                **steady_axis(ratio_values.to_numpy(dtype=float), log=True)})
+        yaxis={
+            **y_axis,
+            "anchor": "x",
+            "domain": [0.494, 1.0],
+            "title": {"text": NORM_TITLE},
+            **steady_axis(norm_values.to_numpy(dtype=float).ravel(), log=True),
+        },
+        yaxis2={
+            **y_axis,
+            "anchor": "x2",
+            "domain": [0.0, 0.414],
+            "title": {"text": RATIO_TITLE},
+            **steady_axis(ratio_values.to_numpy(dtype=float), log=True),
+        },
+    )
     return go.Figure(traces, look)
 
 
-def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "",
-                 max_steps: int = 400, x_max: int | None = None) -> go.Figure:
+def norm_heatmap(
+    norms: pd.DataFrame,
+    *,
+    quantity: str = "ratio",
+    title: str = "",
+    max_steps: int = 400,
+    x_max: int | None = None,
+) -> go.Figure:
     """Layers × steps of one quantity (log10 colour scale) for one run.
 
     ``norms``: one run's layer_norms frame. Steps are averaged (in log space) into at most
@@ -323,22 +417,38 @@ def norm_heatmap(norms: pd.DataFrame, *, quantity: str = "ratio", title: str = "
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(counts > 0, sums / counts, np.nan)  # mean of log10 per bin of steps
     x = steps[starts].astype(int).tolist()
-    scale = steady_range(10.0 ** z, log=True) or [None, None]
-    look = layout(title=title, y_title="layer (parameter tensor)",
-                  height=max(300, 60 + 28 * len(layers)), x_max=x_max)
+    scale = steady_range(10.0**z, log=True) or [None, None]
+    look = layout(
+        title=title,
+        y_title="layer (parameter tensor)",
+        height=max(300, 60 + 28 * len(layers)),
+        x_max=x_max,
+    )
     look.update(hovermode="closest", showlegend=False)
     look["yaxis"]["autorange"] = "reversed"
-    return go.Figure(go.Heatmap(
-        z=z, x=x, y=layers, colorscale="Viridis", customdata=10.0 ** z,
-        zmin=scale[0], zmax=scale[1],
-        colorbar={"title": {"text": colorbar_title, "side": "right"},
-                  **_log_ticks(np.asarray(scale, dtype=float))},
-        hovertemplate=f"step %{{x}}<br>%{{y}}<br>{hover_name} = %{{customdata:.3g}}"
-                      "<extra></extra>"), look)
+    return go.Figure(
+        go.Heatmap(
+            z=z,
+            x=x,
+            y=layers,
+            colorscale="Viridis",
+            customdata=10.0**z,
+            zmin=scale[0],
+            zmax=scale[1],
+            colorbar={
+                "title": {"text": colorbar_title, "side": "right"},
+                **_log_ticks(np.asarray(scale, dtype=float)),
+            },
+            hovertemplate=f"step %{{x}}<br>%{{y}}<br>{hover_name} = %{{customdata:.3g}}"
+            "<extra></extra>",
+        ),
+        look,
+    )
 
 
-def _layer_step_grid(norms: pd.DataFrame,
-                     fields: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _layer_step_grid(
+    norms: pd.DataFrame, fields: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """One run's ``fields`` as an array [field, layer, step] (the mean of repeated rows, NaN
     where none): the layers (the frame's category order, else order of appearance), the
     steps (sorted), the array. Plain numpy: a live heatmap redraws this every second."""
@@ -374,7 +484,7 @@ def _log_ticks(z: np.ndarray) -> dict:
     ticks = [d + np.log10(m) for d in decades for m in (1, 3) if low <= d + np.log10(m) <= high]
     if len(ticks) < 2:  # a narrow range: label its ends
         ticks = sorted({low, high})
-    return {"tickvals": ticks, "ticktext": [f"{10.0 ** t:.2g}" for t in ticks]}
+    return {"tickvals": ticks, "ticktext": [f"{10.0**t:.2g}" for t in ticks]}
 
 
 def figure_html(fig: go.Figure) -> str:

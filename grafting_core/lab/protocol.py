@@ -79,15 +79,24 @@ def _choice(label: str, choice: OptimizerChoice, lr: float) -> tuple[str, Optimi
     return label, (name, {**hparams, "lr": lr})
 
 
-def _sweep_runs(base: RunConfig, label: str, choice: OptimizerChoice, lrs: Sequence[float],
-                seeds: Sequence[int]) -> list[PlannedRun]:
-    return [PlannedRun(graft_config(base, _choice(label, choice, lr), None, seed=seed,
-                                    name=f"{label}(lr={lr:g})"), Arm("sweep_point", label))
-            for lr in lrs for seed in seeds]
+def _sweep_runs(
+    base: RunConfig, label: str, choice: OptimizerChoice, lrs: Sequence[float], seeds: Sequence[int]
+) -> list[PlannedRun]:
+    return [
+        PlannedRun(
+            graft_config(
+                base, _choice(label, choice, lr), None, seed=seed, name=f"{label}(lr={lr:g})"
+            ),
+            Arm("sweep_point", label),
+        )
+        for lr in lrs
+        for seed in seeds
+    ]
 
 
-def _sweep_table(store: RunStore, group: str, metric: str,
-                 runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def _sweep_table(
+    store: RunStore, group: str, metric: str, runs: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Per plain arm and lr: mean and std of ``metric`` over its finished seeds. A run that
     diverged (or failed, or was stopped) makes its lr a failure (mean inf: never the best);
     runs still training are ``pending``. ``best`` (lowest mean, among lrs with nothing pending)
@@ -102,9 +111,17 @@ def _sweep_table(store: RunStore, group: str, metric: str,
         done = cell.loc[cell["status"] == "finished", metric]
         pending = int((cell["status"] == "running").sum())
         failed = len(cell) - len(done) - pending
-        rows.append({"arm": arm, "lr": lr, "seeds": len(done), "failed": failed,
-                     "pending": pending, "mean": np.inf if failed else done.mean(),
-                     "std": np.nan if failed else done.std()})
+        rows.append(
+            {
+                "arm": arm,
+                "lr": lr,
+                "seeds": len(done),
+                "failed": failed,
+                "pending": pending,
+                "mean": np.inf if failed else done.mean(),
+                "std": np.nan if failed else done.std(),
+            }
+        )
     sweep = pd.DataFrame(rows, columns=["arm", "lr", "seeds", "failed", "pending", "mean", "std"])
     sweep["best"] = False
     sweep["at_edge"] = False
@@ -113,8 +130,10 @@ def _sweep_table(store: RunStore, group: str, metric: str,
         if not complete.empty:
             best = complete["mean"].idxmin()
             sweep.loc[best, "best"] = True
-            sweep.loc[best, "at_edge"] = cell.loc[best, "lr"] in (cell["lr"].min(),
-                                                                   cell["lr"].max())
+            sweep.loc[best, "at_edge"] = cell.loc[best, "lr"] in (
+                cell["lr"].min(),
+                cell["lr"].max(),
+            )
     return sweep
 
 
@@ -130,11 +149,20 @@ def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
     return out
 
 
-def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, OptimizerChoice], *,
-            seeds: Sequence[int] = (0, 1, 2), plan: SweepPlan = SweepPlan(),
-            partial: Sequence[Sequence[str]] = (), metric: str = "val_loss",
-            executor: Executor | None = None, progress: Progress | None = None,
-            group: str | None = None, stop: Callable[[], bool] | None = None) -> Comparison:
+def compare(
+    store: RunStore,
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    plan: SweepPlan = SweepPlan(),
+    partial: Sequence[Sequence[str]] = (),
+    metric: str = "val_loss",
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    group: str | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Comparison:
     """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
 
     ``optimizers``: label → (registry name, hparams); each arm's sweep is centred on its own
@@ -161,20 +189,37 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
         if stop is not None and stop():
             return []
         report = (lambda n, _: progress(done + n, total)) if progress else None
-        ids = run_all(store, planned, group=group, kind="compare", executor=executor,
-                      progress=report, reuse=True)
+        ids = run_all(
+            store,
+            planned,
+            group=group,
+            kind="compare",
+            executor=executor,
+            progress=report,
+            reuse=True,
+        )
         done += len(planned)
         return ids
 
-    train([run for label, choice in optimizers.items()
-           for run in _sweep_runs(base, label, choice, plan.grid(choice[1]["lr"]), seeds)])
+    train(
+        [
+            run
+            for label, choice in optimizers.items()
+            for run in _sweep_runs(base, label, choice, plan.grid(choice[1]["lr"]), seeds)
+        ]
+    )
     for _ in range(plan.extensions):
         beyond = _extensions(_sweep_table(store, group, metric), plan)
         if not beyond:
             break
         total += len(beyond) * len(seeds)
-        train([run for label, lr in beyond.items()
-               for run in _sweep_runs(base, label, optimizers[label], [lr], seeds)])
+        train(
+            [
+                run
+                for label, lr in beyond.items()
+                for run in _sweep_runs(base, label, optimizers[label], [lr], seeds)
+            ]
+        )
     if stop is not None and stop():  # a sweep cut short names no tuned lr
         return read_comparison(store, group, metric=metric)
     sweep = _sweep_table(store, group, metric)
@@ -187,10 +232,20 @@ def compare(store: RunStore, base: RunConfig, optimizers: Mapping[str, Optimizer
     for m, d in pairs:
         for kinds in variants:
             arm = Arm("partial_graft" if kinds else "graft", m, d, "+".join(kinds))
-            planned += [PlannedRun(graft_config(base, _choice(m, optimizers[m], tuned[m]),
-                                                _choice(d, optimizers[d], tuned[d]),
-                                                seed=seed, grafted=kinds, name=arm.label), arm)
-                        for seed in seeds]
+            planned += [
+                PlannedRun(
+                    graft_config(
+                        base,
+                        _choice(m, optimizers[m], tuned[m]),
+                        _choice(d, optimizers[d], tuned[d]),
+                        seed=seed,
+                        grafted=kinds,
+                        name=arm.label,
+                    ),
+                    arm,
+                )
+                for seed in seeds
+            ]
     train(planned)
     return read_comparison(store, group, metric=metric)
 
@@ -200,11 +255,20 @@ def _mark_tuned(store: RunStore, group: str, tuned: Mapping[str, float]) -> None
     ``sweep_point``); a graft whose M or D lr is no longer tuned becomes ``superseded`` (a
     continued comparison may tune another lr once it has more seeds)."""
     runs = store.runs(group=group)
-    d_lrs = (runs["config.direction_hparams.lr"].to_numpy(float)
-             if "config.direction_hparams.lr" in runs else np.full(len(runs), np.nan))
+    d_lrs = (
+        runs["config.direction_hparams.lr"].to_numpy(float)
+        if "config.direction_hparams.lr" in runs
+        else np.full(len(runs), np.nan)
+    )
     for run_id, role, m, d, variant, lr, d_lr in zip(
-            runs["run_id"], runs["role"], runs["magnitude_arm"], runs["direction_arm"],
-            runs["arm_variant"].fillna(""), runs[LR_COLUMN].to_numpy(float), d_lrs):
+        runs["run_id"],
+        runs["role"],
+        runs["magnitude_arm"],
+        runs["direction_arm"],
+        runs["arm_variant"].fillna(""),
+        runs[LR_COLUMN].to_numpy(float),
+        d_lrs,
+    ):
         if role in ("sweep_point", "tuned"):
             want = "tuned" if tuned.get(m) == lr else "sweep_point"
         elif role in ("graft", "partial_graft", "superseded"):
@@ -227,31 +291,55 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     config = arms.set_index("run_id").loc[table["run_id"]]
     table["variant"] = config["arm_variant"].fillna("").to_numpy()
     table["lr"] = config[LR_COLUMN].to_numpy(float)
-    table["direction_lr"] = (config["config.direction_hparams.lr"].to_numpy(float)
-                             if "config.direction_hparams.lr" in config else np.nan)
-    table["arm"] = [Arm(role, m, d or "", v).label for role, m, d, v in zip(
-        table["role"].replace("tuned", "plain"), table["magnitude_arm"], table["direction_arm"],
-        table["variant"])]
+    table["direction_lr"] = (
+        config["config.direction_hparams.lr"].to_numpy(float)
+        if "config.direction_hparams.lr" in config
+        else np.nan
+    )
+    table["arm"] = [
+        Arm(role, m, d or "", v).label
+        for role, m, d, v in zip(
+            table["role"].replace("tuned", "plain"),
+            table["magnitude_arm"],
+            table["direction_arm"],
+            table["variant"],
+        )
+    ]
     values = table[table["status"] == "finished"]
-    summary = (values.groupby(["arm", "role", "magnitude_arm", "direction_arm", "variant"],
-                              dropna=False)
-               .agg(lr=("lr", "first"), direction_lr=("direction_lr", "first"),
-                    mean=(metric, "mean"), std=(metric, "std"), seeds=(metric, "size"))
-               .reset_index().rename(columns={"magnitude_arm": "magnitude",
-                                              "direction_arm": "direction"}))
+    summary = (
+        values.groupby(["arm", "role", "magnitude_arm", "direction_arm", "variant"], dropna=False)
+        .agg(
+            lr=("lr", "first"),
+            direction_lr=("direction_lr", "first"),
+            mean=(metric, "mean"),
+            std=(metric, "std"),
+            seeds=(metric, "size"),
+        )
+        .reset_index()
+        .rename(columns={"magnitude_arm": "magnitude", "direction_arm": "direction"})
+    )
     return Comparison(group, sweep, summary, _verdicts(values, metric))
 
 
 def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per graft M#D (full or partial): where it lands between tuned M and tuned D,
     with the spread."""
-    tuned = {m: cell[metric].to_numpy(float)
-             for m, cell in values[values["role"] == "tuned"].groupby("magnitude_arm")}
+    tuned = {
+        m: cell[metric].to_numpy(float)
+        for m, cell in values[values["role"] == "tuned"].groupby("magnitude_arm")
+    }
     rows = []
     grafts = values[values["role"].isin(["graft", "partial_graft"])]
-    for (m, d, variant), cell in grafts.groupby(["magnitude_arm", "direction_arm", "variant"],
-                                                 sort=False):
+    for (m, d, variant), cell in grafts.groupby(
+        ["magnitude_arm", "direction_arm", "variant"], sort=False
+    ):
         if m in tuned and d in tuned:
-            rows.append({"magnitude": m, "direction": d, "grafted": variant or "all",
-                         **closer_to(cell[metric].to_numpy(float), tuned[m], tuned[d])})
+            rows.append(
+                {
+                    "magnitude": m,
+                    "direction": d,
+                    "grafted": variant or "all",
+                    **closer_to(cell[metric].to_numpy(float), tuned[m], tuned[d]),
+                }
+            )
     return pd.DataFrame(rows)

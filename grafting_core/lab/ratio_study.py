@@ -30,8 +30,10 @@ from .store import RunStore
 #: Windows of the source run, as [start, stop) steps of its config.
 WINDOWS: dict[str, Callable[[RunConfig], tuple[int, int]]] = {
     "early": lambda c: (0, max(1, round(0.02 * c.steps))),  # the first 2% of the steps
-    "warmup_end": lambda c: (max(0, c.warmup_steps - max(1, round(0.01 * c.steps))),
-                             min(c.steps, c.warmup_steps + max(1, round(0.01 * c.steps)))),
+    "warmup_end": lambda c: (
+        max(0, c.warmup_steps - max(1, round(0.01 * c.steps))),
+        min(c.steps, c.warmup_steps + max(1, round(0.01 * c.steps))),
+    ),
     "whole": lambda c: (0, c.steps),
     "late": lambda c: (c.steps - max(1, round(0.1 * c.steps)), c.steps),  # the last 10%
 }
@@ -47,19 +49,32 @@ def window_of(name: str, config: RunConfig) -> tuple[int, int]:
 
 def _sources(store: RunStore, group: str, magnitude: str, direction: str) -> pd.DataFrame:
     runs = store.runs(group=group)
-    sources = runs[(runs["role"] == "graft") & (runs["magnitude_arm"] == magnitude)
-                   & (runs["direction_arm"] == direction) & (runs["status"] == "finished")]
+    sources = runs[
+        (runs["role"] == "graft")
+        & (runs["magnitude_arm"] == magnitude)
+        & (runs["direction_arm"] == direction)
+        & (runs["status"] == "finished")
+    ]
     if sources.empty:
-        raise ValueError(f"Group {group!r} has no finished {magnitude}#{direction} graft "
-                         "(run a tuned comparison of both first: protocol.compare)")
+        raise ValueError(
+            f"Group {group!r} has no finished {magnitude}#{direction} graft "
+            "(run a tuned comparison of both first: protocol.compare)"
+        )
     return sources
 
 
-def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
-                       direction: str = "sgd", windows: Sequence[str] = tuple(WINDOWS),
-                       scopes: Sequence[str] = SCOPES, statistic: str = "median",
-                       executor: Executor | None = None,
-                       progress: Progress | None = None) -> pd.DataFrame:
+def static_ratio_study(
+    store: RunStore,
+    group: str,
+    *,
+    magnitude: str = "adam",
+    direction: str = "sgd",
+    windows: Sequence[str] = tuple(WINDOWS),
+    scopes: Sequence[str] = SCOPES,
+    statistic: str = "median",
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """Train D with static ratios from each finished M#D graft of comparison ``group``, per
     window and scope (per layer or one global scalar); returns ``static_ratio_table``.
     Arms the group already has (same source run, window and scope; finished or training) are
@@ -79,15 +94,25 @@ def static_ratio_study(store: RunStore, group: str, *, magnitude: str = "adam",
                 artifact = f"static_ratios.{window}.{scope}"
                 if f"run:{source}:{artifact}" in trained:
                     continue
-                ratios = static_ratios_from_run(store, source, window=span, statistic=statistic,
-                                                per_layer=scope == "per_layer")
+                ratios = static_ratios_from_run(
+                    store, source, window=span, statistic=statistic, per_layer=scope == "per_layer"
+                )
                 store.put_artifact(source, artifact, ratios.to_dict(), kind="static_ratios")
                 arm = Arm("static_ratios", direction, variant=ratio_variant(window, scope))
-                planned.append(PlannedRun(config.replace(
-                    magnitude=config.direction,
-                    magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
-                    direction="", direction_hparams={}, grafted=[],
-                    static_ratios=f"run:{source}:{artifact}", name=arm.label), arm))
+                planned.append(
+                    PlannedRun(
+                        config.replace(
+                            magnitude=config.direction,
+                            magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
+                            direction="",
+                            direction_hparams={},
+                            grafted=[],
+                            static_ratios=f"run:{source}:{artifact}",
+                            name=arm.label,
+                        ),
+                        arm,
+                    )
+                )
     run_all(store, planned, group=group, kind="compare", executor=executor, progress=progress)
     return static_ratio_table(store, group, magnitude=magnitude, direction=direction)
 
@@ -103,28 +128,46 @@ def _window_and_scope(variant: str) -> tuple[str, str]:
     return window, scope
 
 
-def static_ratio_table(store: RunStore, group: str, *, magnitude: str = "adam",
-                       direction: str = "sgd", metric: str = "val_loss") -> pd.DataFrame:
+def static_ratio_table(
+    store: RunStore,
+    group: str,
+    *,
+    magnitude: str = "adam",
+    direction: str = "sgd",
+    metric: str = "val_loss",
+) -> pd.DataFrame:
     """Tuned M, tuned D and every static-ratio arm of ``group``: mean ± std of ``metric`` over
     seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M).
     A static-ratio arm names its ``window`` and ``scope`` (its ratios are the source run's
     artifact ``static_ratios.{window}.{scope}``)."""
     runs = store.runs(group=group)
-    chosen = runs[((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
-                  | ((runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction))]
-    table = final_metrics(store, chosen["run_id"].tolist(),
-                          metrics=(metric, "optimizer_state_bytes"), runs=chosen)
-    table["variant"] = chosen.set_index("run_id").loc[table["run_id"], "arm_variant"] \
-        .fillna("").to_numpy()
+    chosen = runs[
+        ((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
+        | ((runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction))
+    ]
+    table = final_metrics(
+        store, chosen["run_id"].tolist(), metrics=(metric, "optimizer_state_bytes"), runs=chosen
+    )
+    table["variant"] = (
+        chosen.set_index("run_id").loc[table["run_id"], "arm_variant"].fillna("").to_numpy()
+    )
     table = table[table["status"] == "finished"]
     rows = []
     for (role, arm, variant), cell in table.groupby(["role", "magnitude_arm", "variant"]):
         window, scope = _window_and_scope(variant)
-        rows.append({"arm": Arm("plain" if role == "tuned" else role, arm,
-                                variant=variant).label, "role": role, "variant": variant,
-                     "window": window, "scope": scope,
-                     "mean": cell[metric].mean(), "std": cell[metric].std(),
-                     "seeds": len(cell), "state_bytes": cell["optimizer_state_bytes"].mean()})
+        rows.append(
+            {
+                "arm": Arm("plain" if role == "tuned" else role, arm, variant=variant).label,
+                "role": role,
+                "variant": variant,
+                "window": window,
+                "scope": scope,
+                "mean": cell[metric].mean(),
+                "std": cell[metric].std(),
+                "seeds": len(cell),
+                "state_bytes": cell["optimizer_state_bytes"].mean(),
+            }
+        )
     out = pd.DataFrame(rows)
     if out.empty:
         return out

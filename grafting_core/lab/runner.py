@@ -28,14 +28,24 @@ from .trainer import Trainer, stored_references
 STOP_ARTIFACT = "stop_requested"
 
 
-def create_run(store: RunStore, config: RunConfig, *, kind: str = "train",
-               group: str | None = None, arm: Arm | None = None) -> str:
+def create_run(
+    store: RunStore,
+    config: RunConfig,
+    *,
+    kind: str = "train",
+    group: str | None = None,
+    arm: Arm | None = None,
+) -> str:
     """Record ``config`` (as ``arm`` of an experiment) as a new run, status running until a
     worker picks it up; without a name it is called by its arm or its config."""
     name = config.name or (arm.label if arm else config.label)
-    return store.create_run(config.to_dict(), name=name, kind=kind, group=group,
-                            arm=(arm.role, arm.magnitude, arm.direction, arm.variant)
-                            if arm else None)
+    return store.create_run(
+        config.to_dict(),
+        name=name,
+        kind=kind,
+        group=group,
+        arm=(arm.role, arm.magnitude, arm.direction, arm.variant) if arm else None,
+    )
 
 
 def request_stop(store: RunStore, run_id: str) -> None:
@@ -57,8 +67,9 @@ def load_artifact(store: RunStore, run_id: str, name: str) -> Any:
         return store.get_artifact(run_id, name)
     if name == "magnitude_schedule":
         return schedule_from_run(store, run_id).to_dict()
-    raise KeyError(f"Run {run_id!r} has no artifact {name!r} "
-                   f"(it has {store.artifact_names(run_id)})")
+    raise KeyError(
+        f"Run {run_id!r} has no artifact {name!r} (it has {store.artifact_names(run_id)})"
+    )
 
 
 class RunSink(Protocol):
@@ -69,13 +80,13 @@ class RunSink(Protocol):
 
     def metrics(self, rows: list[tuple[int, str, float]], step: int) -> None: ...
 
-    def norms(self, steps: list[int], layers: list[str], fields: list[str],
-              data: bytes) -> None: ...
+    def norms(
+        self, steps: list[int], layers: list[str], fields: list[str], data: bytes
+    ) -> None: ...
 
     def checkpoint(self, blob: bytes) -> None: ...
 
-    def status(self, status: str, *, error: str | None = None,
-               step: int | None = None) -> None: ...
+    def status(self, status: str, *, error: str | None = None, step: int | None = None) -> None: ...
 
     def log(self, name: str, text: str) -> None: ...
 
@@ -99,8 +110,7 @@ class StoreSink:
             self.store.log_metrics_many(self.run_id, rows)
         self.store.heartbeat(self.run_id, step=step)
 
-    def norms(self, steps: list[int], layers: list[str], fields: list[str],
-              data: bytes) -> None:
+    def norms(self, steps: list[int], layers: list[str], fields: list[str], data: bytes) -> None:
         """Per-layer norms: ``data`` is float64 (little-endian) of shape (steps, layers, fields)."""
         values = np.frombuffer(data, dtype="<f8").reshape(len(steps), len(layers), len(fields))
         self.store.log_layer_norms(self.run_id, steps, layers, fields, values)
@@ -132,20 +142,29 @@ class SinkWriter:
     def on_start(self, trainer: Trainer) -> None:
         opt = trainer.optimizer
         shapes = {n: list(p.shape) for n, p in opt.named_params()}
-        self.sink.start({
-            "layer_names": list(opt.layers.names), "param_names": list(opt.layers.param_names),
-            "param_layer": list(opt.layers.index), "shapes": shapes,
-            "device": str(trainer.device), "parameters": sum(p.numel() for _, p in
-                                                             opt.named_params())},
-            trainer.step)
+        self.sink.start(
+            {
+                "layer_names": list(opt.layers.names),
+                "param_names": list(opt.layers.param_names),
+                "param_layer": list(opt.layers.index),
+                "shapes": shapes,
+                "device": str(trainer.device),
+                "parameters": sum(p.numel() for _, p in opt.named_params()),
+            },
+            trainer.step,
+        )
 
     def on_metrics(self, trainer: Trainer, rows: list[tuple[int, str, float]]) -> None:
         self.sink.metrics(rows, trainer.step)
 
     def on_norms(self, trainer: Trainer, steps: list[int], values: Any) -> None:
         log = trainer.norm_log
-        self.sink.norms(list(steps), list(log.layer_names), list(log.fields),
-                        values.numpy().astype("<f8").tobytes())
+        self.sink.norms(
+            list(steps),
+            list(log.layer_names),
+            list(log.fields),
+            values.numpy().astype("<f8").tobytes(),
+        )
 
     def on_checkpoint(self, trainer: Trainer, blob: bytes) -> None:
         self.sink.checkpoint(blob)
@@ -190,16 +209,25 @@ def prepare_run(store: RunStore, run_id: str, *, resume: bool = False) -> RunTic
     return RunTicket(run_id, record["config"], blob, artifacts)
 
 
-def train(ticket: RunTicket, sink: RunSink, *, should_stop: Callable[[], bool] | None = None,
-          callbacks: dict[str, Callable] | None = None) -> str:
+def train(
+    ticket: RunTicket,
+    sink: RunSink,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    callbacks: dict[str, Callable] | None = None,
+) -> str:
     """Train a prepared run here, handing everything it records to ``sink``; returns the
     final status (see ``execute_run``)."""
 
     def stop() -> bool:
         return bool(should_stop and should_stop()) or sink.stop_requested()
 
-    trainer = Trainer(RunConfig.from_dict(ticket.config), should_stop=stop,
-                      resume=ticket.checkpoint, artifact_loader=ticket.artifact)
+    trainer = Trainer(
+        RunConfig.from_dict(ticket.config),
+        should_stop=stop,
+        resume=ticket.checkpoint,
+        artifact_loader=ticket.artifact,
+    )
     SinkWriter(sink).attach(trainer)
     for event, callback in (callbacks or {}).items():
         trainer.add_callback(event, callback)
@@ -227,9 +255,14 @@ def train(ticket: RunTicket, sink: RunSink, *, should_stop: Callable[[], bool] |
         return status
 
 
-def execute_run(store: RunStore, run_id: str, *, resume: bool = False,
-                should_stop: Callable[[], bool] | None = None,
-                callbacks: dict[str, Callable] | None = None) -> str:
+def execute_run(
+    store: RunStore,
+    run_id: str,
+    *,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    callbacks: dict[str, Callable] | None = None,
+) -> str:
     """Train the stored config of ``run_id`` here, writing to the store; returns the final
     status.
 
@@ -251,12 +284,18 @@ def _resume_point(store: RunStore, record: dict[str, Any]) -> bytes | None:
     store.mark_interrupted()  # a writer that died leaves "running": its run is resumable
     record = store.run(run_id)
     if record["status"] == "running" and record["last_step"] is not None:
-        raise ValueError(f"Run {run_id} is training in process {record['pid']} on "
-                         f"{record['host']}; stop it before resuming it")
+        raise ValueError(
+            f"Run {run_id} is training in process {record['pid']} on "
+            f"{record['host']}; stop it before resuming it"
+        )
     if record["error"]:
         history = _artifact_or(store, run_id, "history", "")
-        store.put_artifact(run_id, "history", f"{history}{record['status']} at step "
-                           f"{record['last_step']}: {record['error']}\n", kind="log")
+        store.put_artifact(
+            run_id,
+            "history",
+            f"{history}{record['status']} at step {record['last_step']}: {record['error']}\n",
+            kind="log",
+        )
     return _artifact_or(store, run_id, "checkpoint", None)
 
 

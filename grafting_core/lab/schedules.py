@@ -60,12 +60,14 @@ def norm_log_frame(log) -> pd.DataFrame:
     layers, fields = list(log.layer_names), list(log.fields)
     cube = values.double().numpy().reshape(len(steps), len(layers), len(fields))
     n, nl, nf = cube.shape
-    return pd.DataFrame({
-        "step": np.repeat(np.asarray(steps, dtype="int64"), nl * nf),
-        "layer": pd.Categorical.from_codes(np.tile(np.repeat(np.arange(nl), nf), n), layers),
-        "field": pd.Categorical.from_codes(np.tile(np.arange(nf), n * nl), fields),
-        "value": cube.reshape(-1),
-    })
+    return pd.DataFrame(
+        {
+            "step": np.repeat(np.asarray(steps, dtype="int64"), nl * nf),
+            "layer": pd.Categorical.from_codes(np.tile(np.repeat(np.arange(nl), nf), n), layers),
+            "field": pd.Categorical.from_codes(np.tile(np.arange(nf), n * nl), fields),
+            "value": cube.reshape(-1),
+        }
+    )
 
 
 def layer_series(norms: pd.DataFrame, field: str) -> pd.DataFrame:
@@ -80,8 +82,9 @@ def layer_series(norms: pd.DataFrame, field: str) -> pd.DataFrame:
     if missing := [f for f in needed if f not in known]:
         raise ValueError(f"Field {field!r} needs {list(needed)}; the frame has no {missing}")
     picked = norms[norms["field"].astype(str).isin(needed)]
-    wide = picked.pivot_table(index=keys, columns="field", values="value", observed=True,
-                              sort=True).reset_index()
+    wide = picked.pivot_table(
+        index=keys, columns="field", values="value", observed=True, sort=True
+    ).reset_index()
     wide.columns = [str(c) for c in wide.columns]
     if field in DERIVED:
         top, bottom = DERIVED[field]
@@ -124,18 +127,28 @@ def schedule_shapes(norms: pd.DataFrame, *, field: str = "step_norm") -> pd.Data
         if len(values) < 2:
             continue
         k = max(1, int(round(EDGE * len(values))))
-        smooth = pd.Series(values).rolling(max(3, len(values) // 20), center=True,
-                                           min_periods=1).median().to_numpy()
+        smooth = (
+            pd.Series(values)
+            .rolling(max(3, len(values) // 20), center=True, min_periods=1)
+            .median()
+            .to_numpy()
+        )
         early, late = float(np.median(smooth[:k])), float(np.median(smooth[-k:]))
         top = int(np.argmax(smooth))
         peak = float(smooth[top])
         span = max(int(steps[-1] - steps[0]), 1)
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        row.update(kind=group["kind"].iloc[0], early=early, peak=peak,
-                   peak_at=float(steps[top] - steps[0]) / span, late=late,
-                   rise=peak / early, fall=late / peak, change=late / early)
+        row.update(
+            kind=group["kind"].iloc[0],
+            early=early,
+            peak=peak,
+            peak_at=float(steps[top] - steps[0]) / span,
+            late=late,
+            rise=peak / early,
+            fall=late / peak,
+            change=late / early,
+        )
         row["shape"] = _shape(row["rise"], row["fall"], row["change"])
         rows.append(row)
-    columns = [*keys, "kind", "early", "peak", "peak_at", "late", "rise", "fall", "change",
-               "shape"]
+    columns = [*keys, "kind", "early", "peak", "peak_at", "late", "rise", "fall", "change", "shape"]
     return pd.DataFrame(rows, columns=columns)

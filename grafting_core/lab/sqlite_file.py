@@ -57,8 +57,13 @@ class SQLiteFile:
     """The database at ``path`` brought up to date with ``migrations``; share one per process
     between threads."""
 
-    def __init__(self, path: Path, migrations: Sequence[Callable[[sqlite3.Connection], None]],
-                 *, readonly: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        migrations: Sequence[Callable[[sqlite3.Connection], None]],
+        *,
+        readonly: bool = False,
+    ):
         self.path = path
         self.readonly = readonly  # for a file or folder we may not write: reads only
         self._local = threading.local()
@@ -77,8 +82,10 @@ class SQLiteFile:
         path = Path(self.path)
         if path.exists():
             if path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
-                raise RuntimeError(f"{path} is an empty file (0 bytes), not a store: move it "
-                                   "away to start a new store here, or restore it from a copy")
+                raise RuntimeError(
+                    f"{path} is an empty file (0 bytes), not a store: move it "
+                    "away to start a new store here, or restore it from a copy"
+                )
             return
         aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
         conn = sqlite3.connect(aside, isolation_level=None)
@@ -184,8 +191,10 @@ class SQLiteFile:
 
         version = self._query("PRAGMA user_version")[0][0]
         if version != latest and self.readonly:
-            raise RuntimeError(f"{self.path} has schema version {version}, this code reads "
-                               f"version {latest}: open it once where it can be written")
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, this code reads "
+                f"version {latest}: open it once where it can be written"
+            )
         if version != latest:
             self._write(upgrade)  # re-reads the version under the write lock
 

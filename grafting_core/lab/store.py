@@ -190,8 +190,21 @@ class RunStore(SQLiteFile):
         def insert(conn: sqlite3.Connection) -> str:
             for _ in range(100):  # a random suffix may collide when many runs start at once
                 rid = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-                row = (rid, name, kind, group, role, magnitude_arm, direction_arm, variant,
-                       "running", config_json, now, os.getpid(), self.host)
+                row = (
+                    rid,
+                    name,
+                    kind,
+                    group,
+                    role,
+                    magnitude_arm,
+                    direction_arm,
+                    variant,
+                    "running",
+                    config_json,
+                    now,
+                    os.getpid(),
+                    self.host,
+                )
                 try:
                     conn.execute(
                         "INSERT INTO runs (run_id, name, kind, run_group, role, magnitude_arm,"
@@ -363,8 +376,9 @@ class RunStore(SQLiteFile):
         def delete(conn: sqlite3.Connection) -> None:
             self._require_run(conn, run_id)
             for table in ("metrics", "norm_rows"):
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step >= ?",
-                             (run_id, int(first)))
+                conn.execute(
+                    f"DELETE FROM {table} WHERE run_id = ? AND step >= ?", (run_id, int(first))
+                )
 
         self._write(delete)
 

@@ -55,7 +55,8 @@ def _v3_arms(conn: sqlite3.Connection) -> None:
         "UPDATE runs SET magnitude_arm = json_extract(config, '$.magnitude'),"
         " direction_arm = json_extract(config, '$.direction'),"
         " role = CASE WHEN json_extract(config, '$.direction') = '' THEN 'plain' ELSE 'graft' END"
-        " WHERE kind = 'grid' AND json_valid(config)")
+        " WHERE kind = 'grid' AND json_valid(config)"
+    )
 
 
 def _v4_arm_variant(conn: sqlite3.Connection) -> None:
@@ -64,5 +65,9 @@ def _v4_arm_variant(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_initial, _v2_run_group, _v3_arms, _v4_arm_variant]
+    _v1_initial,
+    _v2_run_group,
+    _v3_arms,
+    _v4_arm_variant,
+]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -40,8 +40,10 @@ def _writer(folder: Path) -> Any:
     try:
         from tensorboardX import SummaryWriter
     except ImportError as error:
-        raise ImportError(f"Exporting to TensorBoard needs {TENSORBOARDX}: pip install "
-                          f"torch==2.13.0 {TENSORBOARDX}") from error
+        raise ImportError(
+            f"Exporting to TensorBoard needs {TENSORBOARDX}: pip install "
+            f"torch==2.13.0 {TENSORBOARDX}"
+        ) from error
     return SummaryWriter(logdir=str(folder), flush_secs=3600)
 
 
@@ -70,8 +72,9 @@ def export_run(store: RunStore, run_id: str, out_dir: str | Path) -> Path:
 
 def _write_norms(writer: Any, norms: Any) -> None:
     """Per layer and step: ‖Δ_M‖, ‖Δ_D‖ and their ratio, where the layer stepped."""
-    wide = norms.pivot_table(index=["layer", "step"], columns="field", values="value",
-                             observed=True, dropna=False)
+    wide = norms.pivot_table(
+        index=["layer", "step"], columns="field", values="value", observed=True, dropna=False
+    )
     for (layer, step), row in wide.iterrows():
         values = {field: float(row.get(field, math.nan)) for field in NORM_TAGS}
         for field, value in values.items():

@@ -48,38 +48,43 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quadratic": {
         "suggested_lr": {"adam": 0.1, "sgd": 0.02},
         "defaults": {"condition": 20.0},
-        "start": (-4.0, 1.5), "box": (-5.0, 5.0, -2.5, 2.5),
+        "start": (-4.0, 1.5),
+        "box": (-5.0, 5.0, -2.5, 2.5),
         "look_for": "In a narrow valley SGD zig-zags across it while Adam's per-coordinate "
-                    "scaling walks straight down; M#D keeps D's zig-zag shape with M's step "
-                    "lengths.",
+        "scaling walks straight down; M#D keeps D's zig-zag shape with M's step "
+        "lengths.",
     },
     "rosenbrock": {
         "suggested_lr": {"adam": 0.05, "sgd": 0.0005},
         "defaults": {},
-        "start": (-1.5, 2.0), "box": (-2.0, 2.0, -1.0, 3.0),
+        "start": (-1.5, 2.0),
+        "box": (-2.0, 2.0, -1.0, 3.0),
         "look_for": "A curved banana valley: step sizes decide who reaches the bend; the "
-                    "grafted path follows D's turns at M's pace.",
+        "grafted path follows D's turns at M's pace.",
     },
     "saddle": {
         "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {},
-        "start": (-2.0, 0.01), "box": (-2.5, 2.5, -2.5, 2.5),
+        "start": (-2.0, 0.01),
+        "box": (-2.5, 2.5, -2.5, 2.5),
         "look_for": "Starting next to a saddle, the escape speed along y is a step-size "
-                    "effect: sign-based or adaptive magnitudes escape quickly, SGD lingers.",
+        "effect: sign-based or adaptive magnitudes escape quickly, SGD lingers.",
     },
     "beale": {
         "suggested_lr": {"adam": 0.05, "sgd": 0.001},
         "defaults": {},
-        "start": (1.0, 1.4), "box": (-1.0, 4.0, -1.5, 2.0),
+        "start": (1.0, 1.4),
+        "box": (-1.0, 4.0, -1.5, 2.0),
         "look_for": "Flat plateaus and steep walls: gradient norms vary by orders of "
-                    "magnitude, so the implied schedules of M and D differ the most.",
+        "magnitude, so the implied schedules of M and D differ the most.",
     },
     "noisy_quadratic": {
         "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {"condition": 10.0, "noise": 1.0, "seed": 0},
-        "start": (-4.0, 1.5), "box": (-5.0, 5.0, -2.5, 2.5),
+        "start": (-4.0, 1.5),
+        "box": (-5.0, 5.0, -2.5, 2.5),
         "look_for": "With noisy gradients, the path's jitter comes from D's direction and "
-                    "its stride from M: compare how far each path wanders near the minimum.",
+        "its stride from M: compare how far each path wanders near the minimum.",
     },
 }
 
@@ -91,8 +96,9 @@ def make_problem(name: str, **options: Any) -> Problem:
     preset = PRESETS[name]
     unknown = sorted(set(options) - set(preset["defaults"]))
     if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} for {name!r} "
-                         f"(valid: {sorted(preset['defaults'])})")
+        raise ValueError(
+            f"Unknown option(s) {unknown} for {name!r} (valid: {sorted(preset['defaults'])})"
+        )
     opts = {**preset["defaults"], **options}
     if opts.get("condition", 1.0) < 1 or not math.isfinite(opts.get("condition", 1.0)):
         raise ValueError(f"Invalid condition: {opts['condition']!r} (must be >= 1)")
@@ -103,12 +109,20 @@ def make_problem(name: str, **options: Any) -> Problem:
         "noisy_quadratic": _quadratic(opts.get("condition", 1.0)),
         "rosenbrock": lambda x, y: (1 - x) ** 2 + 100 * (y - x**2) ** 2,
         "saddle": lambda x, y: x**2 - y**2 + 0.25 * y**4,
-        "beale": lambda x, y: ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2
-                               + (2.625 - x + x * y**3) ** 2),
+        "beale": lambda x, y: (
+            (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+        ),
     }
-    return Problem(name, losses[name], preset["start"], preset["box"], preset["look_for"],
-                   noise=float(opts.get("noise", 0.0)), seed=int(opts.get("seed", 0)),
-                   options=opts)
+    return Problem(
+        name,
+        losses[name],
+        preset["start"],
+        preset["box"],
+        preset["look_for"],
+        noise=float(opts.get("noise", 0.0)),
+        seed=int(opts.get("seed", 0)),
+        options=opts,
+    )
 
 
 @dataclass
@@ -149,8 +163,16 @@ def _set_grads(named: list[tuple[str, Tensor]], grad: Tensor) -> None:
         named[0][1].grad, named[1][1].grad = grad[:1].clone(), grad[1:].clone()
 
 
-def optimize(problem: Problem, magnitude: Any, direction: Any | None, *, start=None,
-             steps: int = 100, layout: str = "joint", label: str = "") -> Path:
+def optimize(
+    problem: Problem,
+    magnitude: Any,
+    direction: Any | None,
+    *,
+    start=None,
+    steps: int = 100,
+    layout: str = "joint",
+    label: str = "",
+) -> Path:
     """The path of M#D (plain M when ``direction`` is None) from ``start`` for ``steps``."""
     if layout not in LAYOUTS:
         raise ValueError(f"Invalid layout: {layout!r} (valid: {LAYOUTS})")
@@ -165,8 +187,10 @@ def optimize(problem: Problem, magnitude: Any, direction: Any | None, *, start=N
     shadows = []
     if direction is not None:  # same gradients at the same points: the children's proposals
         shadow_named, shadow_read = _params(start, layout)
-        shadows = [(build_optimizer(s, shadow_named), shadow_named, shadow_read)
-                   for s in (magnitude, direction)]
+        shadows = [
+            (build_optimizer(s, shadow_named), shadow_named, shadow_read)
+            for s in (magnitude, direction)
+        ]
     points, losses, proposals = [read().clone()], [], ([], [])
     for step in range(steps):
         w = read()
@@ -184,8 +208,11 @@ def optimize(problem: Problem, magnitude: Any, direction: Any | None, *, start=N
         points.append(read().clone())
     w = read()
     losses.append(problem.loss(w[0], w[1]).detach())
-    path = Path(label or (f"{magnitude.name}#{direction.name}" if direction else magnitude.name),
-                torch.stack(points), torch.stack(losses))
+    path = Path(
+        label or (f"{magnitude.name}#{direction.name}" if direction else magnitude.name),
+        torch.stack(points),
+        torch.stack(losses),
+    )
     if shadows:
         path.magnitude_steps, path.direction_steps = (torch.stack(p) for p in proposals)
         path.magnitude_norms = path.magnitude_steps.norm(dim=1)
@@ -193,8 +220,15 @@ def optimize(problem: Problem, magnitude: Any, direction: Any | None, *, start=N
     return path
 
 
-def grafted_paths(problem: Problem, magnitude: Any, direction: Any, *, start=None,
-                  steps: int = 100, layout: str = "joint") -> dict[str, Path]:
+def grafted_paths(
+    problem: Problem,
+    magnitude: Any,
+    direction: Any,
+    *,
+    start=None,
+    steps: int = 100,
+    layout: str = "joint",
+) -> dict[str, Path]:
     """M alone, D alone, M#D and D#M from the same start (keys: "M", "D", "M#D", "D#M")."""
     m, d = as_spec(magnitude), as_spec(direction)
     kwargs = {"start": start, "steps": steps, "layout": layout}

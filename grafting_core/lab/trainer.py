@@ -74,11 +74,15 @@ def read_checkpoint(blob: bytes, device: torch.device | str = "cpu") -> dict[str
     try:
         return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = next((line for line in str(error).splitlines() if "GLOBAL" in line),
-                      str(error).splitlines()[0])
-        raise ValueError(f"Refused to load the checkpoint: it holds more than tensors and plain "
-                         f"values, and loading it could run code ({reason.strip()}). Start the "
-                         f"run afresh instead of resuming it.") from None
+        reason = next(
+            (line for line in str(error).splitlines() if "GLOBAL" in line),
+            str(error).splitlines()[0],
+        )
+        raise ValueError(
+            f"Refused to load the checkpoint: it holds more than tensors and plain "
+            f"values, and loading it could run code ({reason.strip()}). Start the "
+            f"run afresh instead of resuming it."
+        ) from None
 
 
 def run_reference(ref: str, artifact: str) -> tuple[str, str] | None:
@@ -102,16 +106,23 @@ def check_replay_source(schedule: MagnitudeSchedule, config: RunConfig) -> None:
     source = schedule.source
     recorded, here = source.get("custom") or source.get("dataset"), config.custom or config.dataset
     if recorded and recorded != here:
-        raise ValueError(f"replay: the schedule was recorded on {recorded!r}, not on {here!r}; "
-                         "replay it on the data it was recorded on")
+        raise ValueError(
+            f"replay: the schedule was recorded on {recorded!r}, not on {here!r}; "
+            "replay it on the data it was recorded on"
+        )
 
 
 class Trainer:
     """Runs one config. ``should_stop`` is polled at every flush; ``resume`` is a checkpoint."""
 
-    def __init__(self, config: RunConfig, *, should_stop: Callable[[], bool] | None = None,
-                 resume: bytes | None = None,
-                 artifact_loader: Callable[[str, str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        resume: bytes | None = None,
+        artifact_loader: Callable[[str, str], Any] | None = None,
+    ) -> None:
         self.config = config
         self.should_stop = should_stop or (lambda: False)
         self.resume = resume
@@ -149,29 +160,42 @@ class Trainer:
         else:
             self.dataset = load_dataset(cfg.dataset, seed=cfg.seed)
             sizes = {k: v for k, v in (("width", cfg.width), ("depth", cfg.depth)) if v}
-            model = build_model(cfg.model or default_model(cfg.dataset), self.dataset,
-                                seed=cfg.seed, **sizes)
+            model = build_model(
+                cfg.model or default_model(cfg.dataset), self.dataset, seed=cfg.seed, **sizes
+            )
         self.model = model.to(self.device)
-        self._precision = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
-                           if self.device.type == "cuda" else contextlib.nullcontext)
+        self._precision = (
+            functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext
+        )
         self.loss_fn = loss_fn(self.dataset.task)
         named = list(self.model.named_parameters())
         magnitude: Any = cfg.magnitude_spec()
         if cfg.replay:
             magnitude = MagnitudeSchedule.from_dict(
-                self._reference(cfg.replay, REFERENCES["replay"]))
+                self._reference(cfg.replay, REFERENCES["replay"])
+            )
             check_replay_source(magnitude, cfg)
         if cfg.static_ratios:  # plain M with per-layer lr = M's lr · c: M's groups carry it
-            ratios = StaticRatios.from_dict(self._reference(cfg.static_ratios,
-                                                            REFERENCES["static_ratios"]))
+            ratios = StaticRatios.from_dict(
+                self._reference(cfg.static_ratios, REFERENCES["static_ratios"])
+            )
             spec = cfg.magnitude_spec()
             magnitude = build_optimizer(spec, ratios.param_groups(named, lr=spec.resolved["lr"]))
         grafted = select_kinds(self.model, cfg.grafted) if cfg.grafted else None
-        self.optimizer = Graft(named, magnitude, cfg.direction_spec(), grafted=grafted,
-                               granularity=cfg.granularity, lr=cfg.graft_lr)
+        self.optimizer = Graft(
+            named,
+            magnitude,
+            cfg.direction_spec(),
+            grafted=grafted,
+            granularity=cfg.granularity,
+            lr=cfg.graft_lr,
+        )
         scheduled = self.optimizer if cfg.replay else self.optimizer.magnitude
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            scheduled, lambda s: lr_factor(s, cfg.steps, cfg.schedule, cfg.warmup_steps))
+            scheduled, lambda s: lr_factor(s, cfg.steps, cfg.schedule, cfg.warmup_steps)
+        )
         self._scheduled = cfg.schedule != "constant"  # a constant factor needs no stepping
         self.norm_log = NormLog(self.optimizer, capacity=NORM_RING, every=cfg.record_every)
         self._norms_seen = -1
@@ -182,9 +206,16 @@ class Trainer:
     def checkpoint(self) -> bytes:
         """Model, optimizer, scheduler and step, as bytes for the run store."""
         buffer = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "step": self.step,
-                    "config": self.config.to_dict()}, buffer)
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "config": self.config.to_dict(),
+            },
+            buffer,
+        )
         return buffer.getvalue()
 
     def _load_checkpoint(self, blob: bytes) -> None:
@@ -268,17 +299,25 @@ class Trainer:
             last = self.step == cfg.steps
             due = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0 and not last
             # A checkpoint or a stop comes after a flush: a resumed run has every step's rows.
-            flushed = last or due or self.stop_soon or len(losses) >= cfg.log_every and (
-                time.perf_counter() - started >= cfg.flush_seconds
-                or len(losses) >= NORM_RING // 2 * cfg.record_every)
+            flushed = (
+                last
+                or due
+                or self.stop_soon
+                or len(losses) >= cfg.log_every
+                and (
+                    time.perf_counter() - started >= cfg.flush_seconds
+                    or len(losses) >= NORM_RING // 2 * cfg.record_every
+                )
+            )
             if flushed:
                 if not self._flush(losses, started):
                     self.status = "diverged"
                     break
                 losses = []
             if self.step % cfg.eval_every == 0 or last:
-                self._fire("on_metrics", rows=[(self.step - 1, k, v)
-                                               for k, v in self.evaluate().items()])
+                self._fire(
+                    "on_metrics", rows=[(self.step - 1, k, v) for k, v in self.evaluate().items()]
+                )
             if due:
                 self._fire("on_checkpoint", blob=self.checkpoint())
             if flushed:
@@ -288,10 +327,15 @@ class Trainer:
                 started = time.perf_counter()
         if self.status == "running":
             self.status = "finished"
-        self._fire("on_metrics", rows=[(self.step - 1, "optimizer_state_bytes",
-                                        float(state_bytes(self.optimizer)))])
+        self._fire(
+            "on_metrics",
+            rows=[(self.step - 1, "optimizer_state_bytes", float(state_bytes(self.optimizer)))],
+        )
         if self.status != "diverged":
             self._fire("on_checkpoint", blob=self.checkpoint())
-        self._fire("on_end", status=self.status,
-                   step=self.diverged_at if self.diverged_at is not None else self.step)
+        self._fire(
+            "on_end",
+            status=self.status,
+            step=self.diverged_at if self.diverged_at is not None else self.step,
+        )
         return self.status

@@ -62,21 +62,37 @@ def grid_leaning(table: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:
         for d in order:
             if m == d:
                 continue
-            per_seed = pd.DataFrame({"graft": _cell(cells, m, d), "magnitude": _cell(cells, m, m),
-                                     "direction": _cell(cells, d, d)}).dropna()
-            means = {k: _mean(cells, *key) for k, key in
-                     (("graft", (m, d)), ("magnitude", (m, m)), ("direction", (d, d)))}
+            per_seed = pd.DataFrame(
+                {
+                    "graft": _cell(cells, m, d),
+                    "magnitude": _cell(cells, m, m),
+                    "direction": _cell(cells, d, d),
+                }
+            ).dropna()
+            means = {
+                k: _mean(cells, *key)
+                for k, key in (("graft", (m, d)), ("magnitude", (m, m)), ("direction", (d, d)))
+            }
             stds = [_std(cells, *key) for key in ((m, d), (m, m), (d, d))]
             noise = max(stds) if all(np.isfinite(stds)) else float("nan")
             pos = position(means["graft"], means["magnitude"], means["direction"])
-            toward_m = ((per_seed["graft"] - per_seed["magnitude"]).abs()
-                        < (per_seed["graft"] - per_seed["direction"]).abs())
-            rows.append({
-                "magnitude": m, "direction": d, "graft": means["graft"],
-                "magnitude_alone": means["magnitude"], "direction_alone": means["direction"],
-                "position": pos, "seeds_toward_magnitude": int(toward_m.sum()),
-                "seeds": len(per_seed), "noise": noise,
-                "leans": _lean(pos, means["direction"] - means["magnitude"], noise)})
+            toward_m = (per_seed["graft"] - per_seed["magnitude"]).abs() < (
+                per_seed["graft"] - per_seed["direction"]
+            ).abs()
+            rows.append(
+                {
+                    "magnitude": m,
+                    "direction": d,
+                    "graft": means["graft"],
+                    "magnitude_alone": means["magnitude"],
+                    "direction_alone": means["direction"],
+                    "position": pos,
+                    "seeds_toward_magnitude": int(toward_m.sum()),
+                    "seeds": len(per_seed),
+                    "noise": noise,
+                    "leans": _lean(pos, means["direction"] - means["magnitude"], noise),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -100,8 +116,9 @@ def _std(cells: pd.Series, m: str, d: str) -> float:
 SPREAD_Z = 2.0  # a difference counts when it exceeds this many standard errors
 
 
-def closer_to(graft: Sequence[float], magnitude: Sequence[float],
-              direction: Sequence[float]) -> dict[str, float | str]:
+def closer_to(
+    graft: Sequence[float], magnitude: Sequence[float], direction: Sequence[float]
+) -> dict[str, float | str]:
     """Is M#D closer to M or to D, given each arm's per-seed results? ("cannot tell" is valid.)
 
     With means G, M, D and standard errors s_x = std_x/√n_x, G is called closer to M when it
@@ -111,8 +128,11 @@ def closer_to(graft: Sequence[float], magnitude: Sequence[float],
     reason. Returns the means, stds and seed counts, ``position`` (G − M)/(D − M) (0 at M, 1 at
     D), ``verdict`` ("magnitude" | "direction" | "cannot tell") and ``reason``.
     """
-    arms = {"graft": np.asarray(graft, float), "magnitude": np.asarray(magnitude, float),
-            "direction": np.asarray(direction, float)}
+    arms = {
+        "graft": np.asarray(graft, float),
+        "magnitude": np.asarray(magnitude, float),
+        "direction": np.asarray(direction, float),
+    }
     out: dict[str, float | str] = {}
     se = {}
     for key, values in arms.items():
@@ -126,18 +146,24 @@ def closer_to(graft: Sequence[float], magnitude: Sequence[float],
         return out | {"verdict": "cannot tell", "reason": "needs at least 2 seeds per arm"}
     gap_se = np.hypot(se["magnitude"], se["direction"])
     if abs(d - m) <= SPREAD_Z * gap_se:
-        return out | {"verdict": "cannot tell",
-                      "reason": f"M and D differ by {abs(d - m):.3g}, within the seed spread "
-                                f"({SPREAD_Z:g} × {gap_se:.2g})"}
-    offset, offset_se = g - (m + d) / 2, np.sqrt(se["graft"] ** 2 + gap_se ** 2 / 4)
+        return out | {
+            "verdict": "cannot tell",
+            "reason": f"M and D differ by {abs(d - m):.3g}, within the seed spread "
+            f"({SPREAD_Z:g} × {gap_se:.2g})",
+        }
+    offset, offset_se = g - (m + d) / 2, np.sqrt(se["graft"] ** 2 + gap_se**2 / 4)
     if abs(offset) <= SPREAD_Z * offset_se:
-        return out | {"verdict": "cannot tell",
-                      "reason": f"M#D is {abs(offset):.3g} from the midpoint, within the seed "
-                                f"spread ({SPREAD_Z:g} × {offset_se:.2g})"}
+        return out | {
+            "verdict": "cannot tell",
+            "reason": f"M#D is {abs(offset):.3g} from the midpoint, within the seed "
+            f"spread ({SPREAD_Z:g} × {offset_se:.2g})",
+        }
     toward = "magnitude" if np.sign(offset) == np.sign(m - d) else "direction"
-    return out | {"verdict": toward,
-                  "reason": f"{abs(offset):.3g} from the midpoint toward {toward[0].upper()}, "
-                            f"more than {SPREAD_Z:g} × {offset_se:.2g}"}
+    return out | {
+        "verdict": toward,
+        "reason": f"{abs(offset):.3g} from the midpoint toward {toward[0].upper()}, "
+        f"more than {SPREAD_Z:g} × {offset_se:.2g}",
+    }
 
 
 def closer_to_words(verdict: str, magnitude: str, direction: str) -> str:
@@ -160,10 +186,13 @@ def path_leaning(paths: Mapping[str, object]) -> pd.DataFrame:
     stats = {}
     for key, path in paths.items():
         losses = path.losses.double()
-        tail = losses[-max(1, int(round(TAIL * (len(losses) - 1)))):]
+        tail = losses[-max(1, int(round(TAIL * (len(losses) - 1)))) :]
         steps = (path.points[1:] - path.points[:-1]).double().norm(dim=1)
-        stats[key] = {"label": path.label, "end_loss": float(tail.quantile(0.5)),
-                      "mean_step": float(steps.mean())}
+        stats[key] = {
+            "label": path.label,
+            "end_loss": float(tail.quantile(0.5)),
+            "mean_step": float(steps.mean()),
+        }
     table = pd.DataFrame.from_dict(stats, orient="index")
     ends = table["end_loss"].to_numpy(dtype=float)
     log = bool(np.all(np.isfinite(ends)) and np.all(ends > 0))
@@ -202,19 +231,29 @@ def matrix_leaning(matrix: pd.DataFrame) -> dict[str, float | str]:
     """
     values = matrix.to_numpy(dtype=float)
     if not np.isfinite(values).all():
-        return {"magnitude_share": float("nan"), "direction_share": float("nan"),
-                "interaction_share": float("nan"), "leans": "incomplete"}
+        return {
+            "magnitude_share": float("nan"),
+            "direction_share": float("nan"),
+            "interaction_share": float("nan"),
+            "leans": "incomplete",
+        }
     grand = values.mean()
     total = float(((values - grand) ** 2).sum())
     rows = float(values.shape[1] * ((values.mean(axis=1) - grand) ** 2).sum())
     columns = float(values.shape[0] * ((values.mean(axis=0) - grand) ** 2).sum())
     if total == 0:
-        return {"magnitude_share": 0.0, "direction_share": 0.0, "interaction_share": 0.0,
-                "leans": "unclear"}
-    return {"magnitude_share": rows / total, "direction_share": columns / total,
-            "interaction_share": (total - rows - columns) / total,
-            "leans": "magnitude" if rows > columns else "direction" if columns > rows
-            else "unclear"}
+        return {
+            "magnitude_share": 0.0,
+            "direction_share": 0.0,
+            "interaction_share": 0.0,
+            "leans": "unclear",
+        }
+    return {
+        "magnitude_share": rows / total,
+        "direction_share": columns / total,
+        "interaction_share": (total - rows - columns) / total,
+        "leans": "magnitude" if rows > columns else "direction" if columns > rows else "unclear",
+    }
 
 
 def comparison_reading(sweep: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
@@ -228,10 +267,15 @@ def comparison_reading(sweep: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]
     """
     lines = []
     for row in sweep[sweep["best"]].itertuples():
-        edge = (" **at the sweep's edge**: a better lr may lie beyond, so this arm is not "
-                "fully tuned" if row.at_edge else "")
-        lines.append(f"- tuned **{row.arm}**: lr {row.lr:.3g}, {row.mean:.4f} ± {row.std:.2g} "
-                     f"over {row.seeds} seeds{edge}")
+        edge = (
+            " **at the sweep's edge**: a better lr may lie beyond, so this arm is not fully tuned"
+            if row.at_edge
+            else ""
+        )
+        lines.append(
+            f"- tuned **{row.arm}**: lr {row.lr:.3g}, {row.mean:.4f} ± {row.std:.2g} "
+            f"over {row.seeds} seeds{edge}"
+        )
     untuned = sorted(set(sweep["arm"]) - set(sweep.loc[sweep["best"], "arm"]))
     if untuned:
         lines.append(f"- no lr of {', '.join(untuned)} finished on every seed: no tuned arm")
@@ -239,53 +283,69 @@ def comparison_reading(sweep: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]
         return lines + ["- no graft finished: no verdict"]
     verdicts = verdicts.assign(grafted=verdicts["grafted"] if "grafted" in verdicts else "all")
     verdicts = verdicts.assign(_partial=verdicts["grafted"] != "all").sort_values(
-        ["magnitude", "direction", "_partial"], kind="stable")
+        ["magnitude", "direction", "_partial"], kind="stable"
+    )
     words = {"magnitude": "closer to M", "direction": "closer to D"}
     for row in verdicts.itertuples():
-        which = ("" if row.grafted == "all"
-                 else f" ({row.grafted} layers only; M's own step elsewhere)")
+        which = (
+            "" if row.grafted == "all" else f" ({row.grafted} layers only; M's own step elsewhere)"
+        )
         lines.append(
             f"- **{row.magnitude}#{row.direction}**{which}: {row.graft_mean:.4f} ± "
             f"{row.graft_std:.2g} vs {row.magnitude} {row.magnitude_mean:.4f}, {row.direction} "
             f"{row.direction_mean:.4f}; position {row.position:.2f} (0 = M, 1 = D): "
-            f"**{words.get(row.verdict, row.verdict)}** ({row.reason})")
+            f"**{words.get(row.verdict, row.verdict)}** ({row.reason})"
+        )
     full = verdicts[~verdicts["_partial"]]
     counts = full["verdict"].value_counts()
     toward_m, toward_d = counts.get("magnitude", 0), counts.get("direction", 0)
     if toward_m + toward_d == 0:
         finding = "cannot be judged here: no full graft stands out from the seed spread"
     elif toward_d == 0:
-        finding = (f"holds for every graft that can be judged ({toward_m})" if
-                   toward_m < len(full) else "holds for every one")
+        finding = (
+            f"holds for every graft that can be judged ({toward_m})"
+            if toward_m < len(full)
+            else "holds for every one"
+        )
     elif toward_m == 0:
         finding = f"fails here: every graft that can be judged ({toward_d}) follows D"
     else:
         finding = f"holds for {toward_m} grafts and fails for {toward_d}"
-    lines.append(f"- of {len(full)} full grafts, {toward_m} are closer to M, {toward_d} closer "
-                 f"to D, {counts.get('cannot tell', 0)} cannot be told apart from the seed "
-                 f"spread: *magnitude decides* {finding}")
+    lines.append(
+        f"- of {len(full)} full grafts, {toward_m} are closer to M, {toward_d} closer "
+        f"to D, {counts.get('cannot tell', 0)} cannot be told apart from the seed "
+        f"spread: *magnitude decides* {finding}"
+    )
     whole = full.set_index(["magnitude", "direction"])
     for row in verdicts[verdicts["_partial"]].itertuples():
         key = (row.magnitude, row.direction)
         if key not in whole.index:
             continue
         graft = whole.loc[key]
-        spread = np.hypot(graft["graft_std"] / np.sqrt(graft["graft_seeds"]),
-                          row.graft_std / np.sqrt(row.graft_seeds))
+        spread = np.hypot(
+            graft["graft_std"] / np.sqrt(graft["graft_seeds"]),
+            row.graft_std / np.sqrt(row.graft_seeds),
+        )
         change = row.graft_mean - graft["graft_mean"]
-        text = (f"- grafting only the {row.grafted} layers of {row.magnitude}#{row.direction}: "
-                f"{row.graft_mean:.4f} against the full graft's {graft['graft_mean']:.4f} "
-                f"({change:+.3g}; " + ("within" if abs(change) <= SPREAD_Z * spread else
-                                        "beyond") + f" {SPREAD_Z:g} standard errors)")
+        text = (
+            f"- grafting only the {row.grafted} layers of {row.magnitude}#{row.direction}: "
+            f"{row.graft_mean:.4f} against the full graft's {graft['graft_mean']:.4f} "
+            f"({change:+.3g}; "
+            + ("within" if abs(change) <= SPREAD_Z * spread else "beyond")
+            + f" {SPREAD_Z:g} standard errors)"
+        )
         m, d = graft["magnitude_mean"], graft["direction_mean"]
         apart = abs(d - m) > SPREAD_Z * np.hypot(
             graft["magnitude_std"] / np.sqrt(graft["magnitude_seeds"]),
-            graft["direction_std"] / np.sqrt(graft["direction_seeds"]))
+            graft["direction_std"] / np.sqrt(graft["direction_seeds"]),
+        )
         if apart and np.isfinite(graft["position"]) and graft["position"] > 0:
             past = " (past M, on the far side from D)" if row.position < 0 else ""
-            text += (f"; position {graft['position']:.2f} → {row.position:.2f}: it removes "
-                     f"{1 - row.position / graft['position']:.0%} of the full graft's distance "
-                     f"from {row.magnitude}{past}")
+            text += (
+                f"; position {graft['position']:.2f} → {row.position:.2f}: it removes "
+                f"{1 - row.position / graft['position']:.0%} of the full graft's distance "
+                f"from {row.magnitude}{past}"
+            )
         elif not apart:
             text += f"; {row.magnitude} and {row.direction} cannot be told apart, so no position"
         lines.append(text)
