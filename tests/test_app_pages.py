@@ -161,7 +161,8 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
     assert not at.exception and not at.error
     group = at.query_params["group"]
     assert group.startswith("compare-")
-    assert len(page_figures(at)) == 2  # while it trains: both sweeps (verdicts to come)
+    for arm in ("sgd", "adam"):  # drawn from the first rerun on, while the sweeps train
+        chart_titled(at, f"{arm}'s sweep")
     runs = settle(at, store, 12, group)
     assert (runs["status"] == "finished").all()
     assert (runs["config.schedule"] == "warmup_cosine").all()  # the default: 10% warm-up

@@ -15,11 +15,11 @@ import subprocess
 import time
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from grafting_core.lab.store import RunStore, _pid_alive
 from tests.test_browser import CHROMIUM, _enter_number, _ready, serve
-from tests.test_reliability import _resume_a_little, _training, _until
+from tests.test_reliability import WAIT_S, _resume_a_little, _training, _until
 
 pytestmark = [
     pytest.mark.browser,
@@ -28,9 +28,9 @@ pytestmark = [
 EXIT_S = 30  # a stopped server must be gone within this (runs stop at their next flush)
 
 
-def _press_start(url: str, magnitude_lr: str | None = None, **inputs: str) -> str:
+def _press_start(url: str, answer: str, magnitude_lr: str | None = None, **inputs: str) -> str:
     """Open the Graft lab, type ``inputs`` (label -> value) and M's lr, press Start; returns
-    the page's text once the page has answered."""
+    the page's text once it shows ``answer`` (a loaded machine may take seconds to rerun)."""
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
@@ -48,7 +48,7 @@ def _press_start(url: str, magnitude_lr: str | None = None, **inputs: str) -> st
                 page.wait_for_timeout(500)
                 _ready(page)  # the browser shows what it made of it (1e400: 0)
             page.get_by_role("button", name="Start", exact=True).click()
-            page.wait_for_timeout(1000)
+            expect(page.get_by_text(answer).first).to_be_visible(timeout=WAIT_S * 1000)
             _ready(page)
             return page.locator('[data-testid="stMain"]').inner_text()
         finally:
@@ -58,7 +58,7 @@ def _press_start(url: str, magnitude_lr: str | None = None, **inputs: str) -> st
 def test_a_learning_rate_a_browser_cannot_hold_is_refused_and_starts_nothing(tmp_path):
     with serve(tmp_path) as (url, _, _):
         # A browser cannot hold 1e400 in a float field: it shows and sends 0, never trained.
-        text = _press_start(url, magnitude_lr="1e400", Steps="50")
+        text = _press_start(url, "Not started", magnitude_lr="1e400", Steps="50")
     assert "Not started" in text and "lr" in text
     assert RunStore(tmp_path).runs().empty
 
@@ -68,7 +68,7 @@ def test_a_learning_rate_a_browser_cannot_hold_is_refused_and_starts_nothing(tmp
 )
 def test_a_stopped_server_leaves_no_worker_and_every_run_resumable(tmp_path, how):
     with serve(tmp_path) as (url, server, log):
-        _press_start(url, Width="16", Steps="1000000")
+        _press_start(url, "Live: redrawn every", Width="16", Steps="1000000")
         store = RunStore(tmp_path)
         run_ids = store.runs()["run_id"].tolist()
         assert len(run_ids) >= 3
