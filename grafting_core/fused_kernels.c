@@ -310,53 +310,76 @@ static void F(flags)(const Task *t, int64_t a, int64_t b, REAL *acc, double *ski
     for (int64_t i = a; i < b; i++) skip[i] = !isfinite(acc[t->layer[i]]);
 }
 
-/* A guarded PROPOSE/PROPOSE_M: segment by segment (whole layers), every thread scans some
- * of its chunks' gradients for ‖g‖², then, once the segment's layers are known to be finite
- * or not, proposes the very chunks it scanned while they are still in its core's cache (a
- * non-finite layer's gradient is zeroed first). One pass over the gradients from memory,
- * not two. */
+/* A guarded pass's segment [a, b) after its scan: ‖g‖² per tensor and the skip flags. */
+static void F(scanned)(const Task *t, int64_t a, int64_t b, REAL *acc, double *skip) {
+    for (int64_t i = a; i < b; i++) {
+        double sum = 0;
+        for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) sum += t->partial[3 * c + 2];
+        t->sums[3 * i + 2] = sum;
+    }
+    if (t->guard == SKIP_NONFINITE) F(flags)(t, a, b, acc, skip);
+}
+
+/* Chunk c of tensor i in a guarded pass: ‖g‖² (scan) or, after the scan, the zeroing of a
+ * skipped layer's gradient and the proposal. */
+static void F(guarded_chunk)(const Task *t, int64_t c, int64_t i, int scan, const double *skip) {
+    const int64_t start = (c - t->first[i]) * CHUNK;
+    const int64_t end = start + CHUNK < t->numel[i] ? start + CHUNK : t->numel[i];
+    REAL *g = (REAL *)t->ptr[0][i];
+    if (scan) {
+        t->partial[3 * c + 2] = F(sumsq)(g, start, end);
+        return;
+    }
+    if (skip[i])  /* a skipped layer: its children see a zero gradient */
+        for (int64_t j = start; j < end; j++) g[j] = 0;
+    F(chunk)(t, i, start, end, t->partial + 3 * c);
+}
+
+/* A guarded PROPOSE/PROPOSE_M, segment by segment (whole layers): the segment's gradients
+ * are scanned for ‖g‖², its layers flagged finite or not, then its chunks are proposed
+ * while they are still in the core's cache (a non-finite layer's gradient zeroed first):
+ * one pass over the gradients from memory, not two. A segment of up to SOLO chunks is one
+ * thread's (segments go out dynamically: no barrier between them); a larger one is shared,
+ * each thread proposing the chunks it scanned, at the cost of two barriers. */
 static int F(guarded)(const Task *t, int threads) {
+    enum { SOLO = 32 };  /* 2 MiB of float32 gradient: within one core's L2 here */
     const int64_t chunks = t->first[t->n];
     int *owner = malloc(chunks * sizeof(int));
-    REAL *acc = malloc(t->n * sizeof(REAL));
+    REAL *acc = malloc(t->n * sizeof(REAL));  /* per layer; layers never span segments */
     double *skip = calloc(t->n, sizeof(double));
     if (!owner || !acc || !skip) {
         free(owner), free(acc), free(skip);
         return 1;
     }
 #pragma omp parallel num_threads(threads > 1 ? threads : 1)
-    for (int64_t s = 0; s < t->segments; s++) {
-        const int64_t a = t->segment[s], b = t->segment[s + 1];
-        const int64_t lo = t->first[a], hi = t->first[b];
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t c = lo; c < hi; c++) {
-            const int64_t i = F(tensor_of)(t, c, a, b - 1);
-            const int64_t start = (c - t->first[i]) * CHUNK;
-            const int64_t end = start + CHUNK < t->numel[i] ? start + CHUNK : t->numel[i];
-            owner[c] = THREAD();
-            t->partial[3 * c + 2] = F(sumsq)((const REAL *)t->ptr[0][i], start, end);
-        }
-        #pragma omp single
-        {
-            for (int64_t i = a; i < b; i++) {
-                double sum = 0;
-                for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) sum += t->partial[3 * c + 2];
-                t->sums[3 * i + 2] = sum;
+    {
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t s = 0; s < t->segments; s++) {
+            const int64_t a = t->segment[s], b = t->segment[s + 1];
+            if (t->first[b] - t->first[a] > SOLO) continue;
+            for (int scan = 1; scan >= 0; scan--) {
+                for (int64_t i = a; i < b; i++)
+                    for (int64_t c = t->first[i]; c < t->first[i + 1]; c++)
+                        F(guarded_chunk)(t, c, i, scan, skip);
+                if (scan) F(scanned)(t, a, b, acc, skip);
             }
-            if (t->guard == SKIP_NONFINITE) F(flags)(t, a, b, acc, skip);
         }
-        const int me = THREAD();
-        for (int64_t i = a; i < b; i++)
-            for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) {
-                if (owner[c] != me) continue;
-                if (skip[i]) {  /* a skipped layer's gradient: its children see zeros */
-                    const int64_t start = (c - t->first[i]) * CHUNK;
-                    const int64_t end = start + CHUNK < t->numel[i] ? start + CHUNK : t->numel[i];
-                    REAL *g = (REAL *)t->ptr[0][i];
-                    for (int64_t j = start; j < end; j++) g[j] = 0;
-                }
-                F(run_chunk)(t, c, i);
+        for (int64_t s = 0; s < t->segments; s++) {
+            const int64_t a = t->segment[s], b = t->segment[s + 1];
+            const int64_t lo = t->first[a], hi = t->first[b];
+            if (hi - lo <= SOLO) continue;
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t c = lo; c < hi; c++) {
+                owner[c] = THREAD();
+                F(guarded_chunk)(t, c, F(tensor_of)(t, c, a, b - 1), 1, skip);
             }
+            #pragma omp single
+            F(scanned)(t, a, b, acc, skip);
+            const int me = THREAD();
+            for (int64_t i = a; i < b; i++)
+                for (int64_t c = t->first[i]; c < t->first[i + 1]; c++)
+                    if (owner[c] == me) F(guarded_chunk)(t, c, i, 0, skip);
+        }
     }
     free(owner), free(acc), free(skip);
     return 0;

@@ -470,12 +470,13 @@ GUARD_GRANULARITIES = {
 def test_fused_guarded_pass_skips_whole_layers_at_any_thread_count(specs, granularity):
     """Tensors of several chunks each, a NaN in one layer's last chunk: the pass that scans
     each segment of layers before proposing it skips exactly what the reference path skips
-    (float64 to 1e-12), and 1 or 3 threads give bit-equal weights and norms."""
+    (float64 to 1e-12), and 1 or 3 threads give bit-equal weights and norms. A segment of
+    one thread (tensor, module: up to 32 chunks) and shared ones (global, interleaved)."""
     runs = []
     threads = torch.get_num_threads()
     for use_fused, n_threads in ((False, 1), (True, 1), (True, 3)):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.Linear(300, 300))
+        model = torch.nn.Sequential(torch.nn.Linear(1000, 400), torch.nn.Linear(400, 400))
         model = model.double()
         opt = Graft(
             model.named_parameters(),
