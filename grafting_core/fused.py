@@ -464,8 +464,8 @@ def propose(graft: Any, plan: Any) -> Proposal:
     dtype = params[0].dtype
     layout = _layout(params)
     if graft.native:  # ‖g‖ and the skipped layers in the first propose pass
-        magnitude_norm, per_tensor, grad_sums, apply = _native(graft, plan, layout, grads)
-        grad_norm = graft._reduce(_norms(grad_sums, dtype), plan)
+        magnitude_norm, per_tensor, grad_per_tensor, apply = _native(graft, plan, layout, grads)
+        grad_norm = graft._reduce(grad_per_tensor, plan)
     else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
         sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
@@ -514,7 +514,7 @@ class _Child:
 def _native(
     graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor, Any]:
-    """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), ‖g‖² per tensor
+    """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), ‖g‖ per tensor
     and the apply pass(es): w += scale · step, the step recomputed from the child's new
     state. The first pass is guarded: it sums ‖g‖² and (``skip_nonfinite``) zeroes the
     gradients of non-finite layers, layer by layer, before it proposes them."""
@@ -540,14 +540,14 @@ def _native(
             use_w=use_w,
             guard=guard,
         )
-        magnitude_sums, step_sums = sums[:, 0], sums[:, 1]
+        norms = _norms(sums, dtype)  # ‖Δ_M‖, ‖Δ_D‖, ‖g‖ per tensor
+        per_tensor = norms[:, 1]
     else:  # one pass each (only the pair kinds are specialised together)
-        sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w, guard)
-        magnitude_sums = sums[:, 0]
-        step_sums = magnitude_sums.clone()  # Δ_M where not grafted
+        norms = _norms(_propose_one(PROPOSE_M, magnitude, read, dtype, use_w, guard), dtype)
+        per_tensor = norms[:, 0].clone()  # Δ_M where not grafted
         if chosen:
-            step_sums[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[:, 0]
-    per_tensor = _norms(step_sums, dtype)
+            sums = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[:, 0]
+            per_tensor[chosen] = _norms(sums, dtype)
 
     def apply(scales: Tensor) -> Tensor:
         if not others:  # every tensor takes D's step
@@ -559,7 +559,7 @@ def _native(
                     weight_sums[index] = _apply(child, index, params, grads, scales)
         return graft._reduce(_norms(weight_sums, dtype), plan)
 
-    return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, sums[:, 2], apply
+    return graft._reduce(norms[:, 0], plan), per_tensor, norms[:, 2], apply
 
 
 def _apply(
