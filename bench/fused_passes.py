@@ -1,10 +1,10 @@
-"""Where a fused Graft step spends its time: each kernel pass inside a step, and the ‖g‖
-pass called on its own, at 1 and 2 threads.
+"""Where a fused Graft step spends its time: each kernel pass inside a step, and the
+guarded propose pass (‖g‖, then both rules) called on its own, at 1 and 2 threads.
 
     .venv/bin/python bench/fused_passes.py       # the bench/step.py model, ~30 s
 
 A pass that runs much slower inside a step than alone is waiting for something the rest of
-the step leaves behind (BENCHMARKS.md: torch's OpenMP threads).
+the step leaves behind (BENCHMARKS.md: torch's OpenMP threads, caches).
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grafting_core import Graft, fused
 
 PASSES = {
-    fused.SUMSQ: "‖g‖",
-    fused.ZERO_IF: "zero skipped",
-    fused.PROPOSE: "propose",
+    fused.PROPOSE: "‖g‖ + propose",
     fused.APPLY: "apply",
 }
 
@@ -62,18 +60,16 @@ def measure(threads: int, steps: int = 30) -> str:
         step = (time.perf_counter() - start) / steps
     finally:
         fused._run = run
-    grads = [p.grad for p in params]
-    layout = fused._layout(grads)
     alone = []
     for _ in range(steps):
         start = time.perf_counter()
-        fused._run(fused.SUMSQ, layout, torch.float32, [grads])
+        fused.propose(opt, opt._plan_for(params))  # the children advance: timing only
         alone.append(time.perf_counter() - start)
     inside = ", ".join(f"{PASSES.get(op, op)} {1000 * t / steps:.2f}" for op, t in spent.items())
     rest = 1000 * (step - sum(spent.values()) / steps)
     return (
         f"{threads} thread(s): step {1000 * step:.2f} ms = {inside}, Python and small "
-        f"tensors {rest:.2f} ms; the ‖g‖ pass alone {1000 * statistics.median(alone):.2f} ms"
+        f"tensors {rest:.2f} ms; propose() alone {1000 * statistics.median(alone):.2f} ms"
     )
 
 

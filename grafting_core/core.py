@@ -53,12 +53,12 @@ def graft_scales(
         ``(finite, scales)``: per layer whether it stepped finitely, per parameter its scale.
     """
     ratio = magnitude_norm / (direction_norm + eps)
-    ratio = torch.where(grafted, ratio, torch.ones_like(ratio))
+    ratio = torch.where(grafted, ratio, 1.0)
     finite = grad_finite
     if skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
         finite = finite & torch.isfinite(ratio) & torch.isfinite(direction_norm)
-        ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
-    ratio = torch.where(direction_norm > 0, ratio, torch.zeros_like(ratio))
+        ratio = torch.where(finite, ratio, 0.0)
+    ratio = torch.where(direction_norm > 0, ratio, 0.0)
     return finite, ratio[layer_of] * lr
 
 

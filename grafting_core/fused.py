@@ -21,14 +21,15 @@ shards, through ``grafting_core.sharded``.
 Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
 one of its hyperparameters (``tests/test_fused.py``).
 
-Native step, three passes instead of ~20: (1) ‖g‖ per tensor; (2) the gradients of
-non-finite layers are zeroed in place, then both rules advance their states and sum
-‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for SGD/Adam pairs, one pass per child
-for the other rules);
-(3) w += scale · Δ_D, recomputing Δ_D from D's updated state (Lion as D: from its old
-state, which advances here), and ‖w‖ (the weights before the step) on the way. Partial
-grafting: M's pass over every tensor, D's over the grafted ones, and two apply passes
-(D's step on the grafted tensors, M's own on the others).
+Native step, two passes instead of ~20: (1) layer by layer (a segment of whole layers at a
+time), ‖g‖² of the layer's gradients, then, with the gradients still in the core's cache,
+the gradients of a non-finite layer are zeroed and both rules advance their states and sum
+‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for SGD/Adam pairs; for the other
+rules M's pass is the guarded one and D's follows); (2) w += scale · Δ_D, recomputing Δ_D
+from D's updated state (Lion as D: from its old state, which advances here), and ‖w‖ (the
+weights before the step) on the way. Partial grafting: M's pass over every tensor, D's
+over the grafted ones, and two apply passes (D's step on the grafted tensors, M's own on
+the others).
 Black-box step: ‖g‖ while copying w to the scratch with ‖w‖; M.step(); ‖w − scratch‖
 while restoring w; D.step(); ‖w − scratch‖; blend.
 """
@@ -55,7 +56,6 @@ from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
 (
-    SUMSQ,
     SUMSQ_COPY,
     DIFF_SUMSQ_RESTORE,
     DIFF_SUMSQ,
@@ -65,7 +65,8 @@ from .schedule import MagnitudeSchedule
     ZERO_IF,
     PROPOSE_M,
     PROPOSE_D,
-) = range(10)
+) = range(9)
+UNGUARDED, GRAD_SUMS, SKIP_NONFINITE = range(3)  # how PROPOSE(_M) treats g (Task.guard)
 # Rule kinds the kernels know (fused_kernels.c), and the state buffers in their two slots.
 (PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM, LION) = range(9)
 SLOTS = {
@@ -115,6 +116,7 @@ class _Task(ctypes.Structure):
         ("kind_m", ctypes.c_int),
         ("kind_d", ctypes.c_int),
         ("use_w", ctypes.c_int),
+        ("guard", ctypes.c_int),
         ("n", ctypes.c_int64),
         ("numel", ctypes.c_void_p),
         ("first", ctypes.c_void_p),
@@ -122,6 +124,9 @@ class _Task(ctypes.Structure):
         ("coef_m", ctypes.c_void_p),
         ("coef_d", ctypes.c_void_p),
         ("scale", ctypes.c_void_p),
+        ("segments", ctypes.c_int64),
+        ("segment", ctypes.c_void_p),
+        ("layer", ctypes.c_void_p),
         ("partial", ctypes.c_void_p),
         ("sums", ctypes.c_void_p),
     ]
@@ -321,27 +326,69 @@ def _run(
     coefs: tuple[array | None, array | None] = (None, None),
     scale: Tensor | None = None,
     use_w: bool = False,
+    guard: tuple[int, _Guard] | None = None,
     threads: int | None = None,
 ) -> Tensor:
-    """One kernel pass; returns the per-tensor sums of squares, shape ``(n, 2)``, float64."""
+    """One kernel pass; returns the per-tensor sums of squares, shape ``(n, 3)``, float64: a
+    rule's (or two rules') steps; ‖g‖² in a ``guard``-ed PROPOSE or PROPOSE_M, which scans
+    the gradients of each segment of ``guard[1]`` before proposing them (``guard[0]``:
+    GRAD_SUMS, or SKIP_NONFINITE to zero the gradients of non-finite layers first)."""
     n = len(layout.numels)
-    out = torch.empty(layout.chunks + n, 2, dtype=torch.float64)  # per chunk, then per tensor
+    out = torch.empty(layout.chunks + n, 3, dtype=torch.float64)  # per chunk, then per tensor
     if scale is not None:
         scale = scale.to(torch.float64).contiguous()
+    mode, segments = (UNGUARDED, None) if guard is None else guard
     task = _Task(
-        op, kinds[0], kinds[1], int(use_w), n, layout.numel.data_ptr(), layout.first.data_ptr()
+        op,
+        kinds[0],
+        kinds[1],
+        int(use_w),
+        mode,
+        n,
+        layout.numel.data_ptr(),
+        layout.first.data_ptr(),
     )
     tables = [_table(t) for t in tables]  # alive until the kernel has read them
     for i, table in enumerate(tables):
         task.ptr[i] = _address(table)
     task.coef_m, task.coef_d = map(_address, coefs)
     task.scale = 0 if scale is None else scale.data_ptr()
+    if segments is not None:
+        task.segments = len(segments.bounds) - 1
+        task.segment, task.layer = map(_address, (segments.bounds, segments.layers))
     task.partial = out.data_ptr()
     task.sums = out[layout.chunks :].data_ptr()
     if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
         threads = min(torch.get_num_threads(), max(1, layout.total >> 16))
-    getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads)
+    if getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads):
+        raise MemoryError("the fused kernels could not allocate their bookkeeping")
     return out[layout.chunks :]
+
+
+class _Guard:
+    """A plan's tensors cut into segments of whole layers (a layer's gradient is known to
+    be finite or not before any of its states change), for a guarded pass."""
+
+    def __init__(self, plan: Any) -> None:
+        layer_of = plan.index.tolist()
+        last = {layer: i for i, layer in enumerate(layer_of)}
+        bounds, end = [0], 0
+        for i, layer in enumerate(layer_of):
+            end = max(end, last[layer])
+            if end == i:  # every layer seen so far ends here
+                bounds.append(i + 1)
+        self.bounds = array("q", bounds)
+        number = {layer: k for k, layer in enumerate(dict.fromkeys(layer_of))}
+        # One tensor a layer in order: flags per tensor norm, as Graft._reduce leaves them
+        self.layers = None if plan.is_identity else array("q", [number[x] for x in layer_of])
+
+
+def _guard(graft: Any, plan: Any) -> tuple[int, _Guard]:
+    """How the step's first pass guards the gradients, with the plan's segments (cached)."""
+    segments = getattr(plan, "fused_guard", None)
+    if segments is None:
+        segments = plan.fused_guard = _Guard(plan)
+    return (SKIP_NONFINITE if graft.skip_nonfinite else GRAD_SUMS), segments
 
 
 class _Coefficients:
@@ -410,34 +457,21 @@ def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
     return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def _nonfinite_guard(
-    graft: Any, plan: Any, grad_sums: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor | None]:
-    """‖g‖ per layer from ‖g‖² per tensor, and per tensor 1 where its layer's gradient is not
-    finite (None without ``skip_nonfinite``): the first pass that reads the gradients again
-    zeroes those in place (the kernel reads the flags itself: no host sync, nothing to do if
-    every layer is finite)."""
-    grad_norm = graft._reduce(_norms(grad_sums, dtype), plan)
-    if not graft.skip_nonfinite:
-        return grad_norm, None
-    return grad_norm, (~torch.isfinite(grad_norm))[plan.index].to(torch.float64)
-
-
 def propose(graft: Any, plan: Any) -> Proposal:
     """Run both children over ``plan.params`` in kernel passes (checked by :func:`unsupported`)."""
     params = plan.params
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    if graft.native:  # the propose pass zeroes the skipped gradients before it reads them
-        grad_sums = _run(SUMSQ, layout, dtype, [grads])[:, 0]
-        grad_norm, skip = _nonfinite_guard(graft, plan, grad_sums, dtype)
-        magnitude_norm, per_tensor, apply = _native(graft, plan, layout, grads, skip)
+    if graft.native:  # ‖g‖ and the skipped layers in the first propose pass
+        magnitude_norm, per_tensor, grad_per_tensor, apply = _native(graft, plan, layout, grads)
+        grad_norm = graft._reduce(grad_per_tensor, plan)
     else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
         sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
-        grad_norm, skip = _nonfinite_guard(graft, plan, sums[:, 0], dtype)
-        if skip is not None:
+        grad_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
+        if graft.skip_nonfinite:  # zero the gradients of non-finite layers (no host sync)
+            skip = (~torch.isfinite(grad_norm))[plan.index].to(torch.float64)
             _run(ZERO_IF, layout, dtype, [grads], scale=skip, threads=1)
         weight_norm = graft._reduce(_norms(sums[:, 1], dtype), plan)
         if isinstance(graft.magnitude, MagnitudeSchedule):
@@ -478,11 +512,13 @@ class _Child:
 
 
 def _native(
-    graft: Any, plan: Any, layout: _Layout, grads: list[Tensor], skip: Tensor | None
-) -> tuple[Tensor, Tensor, Any]:
-    """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), and the apply
-    pass(es): w += scale · step, the step recomputed from the child's new state. The first
-    pass zeroes the gradients of the tensors flagged in ``skip``."""
+    graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), ‖g‖ per tensor
+    and the apply pass(es): w += scale · step, the step recomputed from the child's new
+    state. The first pass is guarded: it sums ‖g‖² and (``skip_nonfinite``) zeroes the
+    gradients of non-finite layers, layer by layer, before it proposes them."""
+    guard = _guard(graft, plan)
     params, dtype = plan.params, plan.params[0].dtype
     everything = list(range(len(params)))
     chosen = [i for i in everything if plan.grafted[i]]  # D's tensors (all unless partial)
@@ -501,16 +537,17 @@ def _native(
             [*read, *magnitude.states, *direction.states],
             kinds=(magnitude.kind, direction.kind),
             coefs=(magnitude.coefs.pick(None), direction.coefs.pick(None)),
-            scale=skip,
             use_w=use_w,
+            guard=guard,
         )
-        magnitude_sums, step_sums = sums[:, 0], sums[:, 1]
+        norms = _norms(sums, dtype)  # ‖Δ_M‖, ‖Δ_D‖, ‖g‖ per tensor
+        per_tensor = norms[:, 1]
     else:  # one pass each (only the pair kinds are specialised together)
-        magnitude_sums = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w, skip)
-        step_sums = magnitude_sums.clone()  # Δ_M where not grafted
+        norms = _norms(_propose_one(PROPOSE_M, magnitude, read, dtype, use_w, guard), dtype)
+        per_tensor = norms[:, 0].clone()  # Δ_M where not grafted
         if chosen:
-            step_sums[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)
-    per_tensor = _norms(step_sums, dtype)
+            sums = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[:, 0]
+            per_tensor[chosen] = _norms(sums, dtype)
 
     def apply(scales: Tensor) -> Tensor:
         if not others:  # every tensor takes D's step
@@ -522,7 +559,7 @@ def _native(
                     weight_sums[index] = _apply(child, index, params, grads, scales)
         return graft._reduce(_norms(weight_sums, dtype), plan)
 
-    return graft._reduce(_norms(magnitude_sums, dtype), plan), per_tensor, apply
+    return graft._reduce(norms[:, 0], plan), per_tensor, norms[:, 2], apply
 
 
 def _apply(
@@ -564,10 +601,10 @@ def _propose_one(
     read: list[Any],
     dtype: torch.dtype,
     use_w: bool,
-    skip: Tensor | None = None,
+    guard: tuple[int, _Guard] | None = None,
 ) -> Tensor:
-    """One child's propose pass over its tensors: ‖Δ‖² per tensor (first zeroing the
-    gradients flagged in ``skip``, one flag per tensor of the child)."""
+    """One child's propose pass over its tensors: its ``_run`` sums, ‖Δ‖² in column 0
+    (``guard``: M's pass over every tensor, which also guards the gradients)."""
     tables = [None if t is None else child.pick(t) for t in read] + child.states
     return _run(
         op,
@@ -576,6 +613,6 @@ def _propose_one(
         tables,
         kinds=(child.kind, 0),
         coefs=(child.coefs.pick(None), None),
-        scale=skip,
         use_w=use_w,
-    )[:, 0]
+        guard=guard,
+    )

@@ -14,11 +14,23 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifndef FUSED_COMMON
 #define FUSED_COMMON
-enum { SUMSQ, SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF,
-       PROPOSE_M, PROPOSE_D };
+#ifdef _OPENMP
+#define THREAD() omp_get_thread_num()
+#else
+#define THREAD() 0
+#endif
+enum { SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF, PROPOSE_M,
+       PROPOSE_D };
+/* How PROPOSE and PROPOSE_M treat the gradients (Task.guard): as they are; summing ‖g‖²
+ * per tensor first; and also skipping non-finite layers (their gradients zeroed first). */
+enum { UNGUARDED, GRAD_SUMS, SKIP_NONFINITE };
 /* Rule kinds (fused.py maps rules and their flags to them): SGD without buffer, SGD with
  * momentum, Adam/AdamW, AdaGrad, RMSprop without and with momentum (not centred), signSGD
  * without and with momentum (Signum), Lion. */
@@ -29,16 +41,19 @@ enum { BLOCK = 1024 };           /* elements summed in REAL before the sum goes 
 #define IN_APPLY(K) ((K) == LION)
 
 typedef struct {
-    int op, kind_m, kind_d, use_w;
+    int op, kind_m, kind_d, use_w, guard;
     int64_t n;                 /* tensors */
     const int64_t *numel;      /* elements of tensor i */
     const int64_t *first;      /* first chunk of tensor i; first[n] = all chunks */
     void *const *ptr[6];       /* pointer tables: grad, weight, M's 2 buffers, D's 2 */
     const double *coef_m, *coef_d;
-    const double *scale;       /* per tensor: APPLY, BLEND's scale; ZERO_IF, PROPOSE and
-                                * PROPOSE_M: 1 where the gradient is to be zeroed first */
-    double *partial;           /* 2 sums per chunk */
-    double *sums;              /* 2 sums per tensor: its chunks' partial sums, in order */
+    const double *scale;       /* per tensor: APPLY, BLEND's scale; ZERO_IF: 1 where the
+                                * gradient is to be zeroed */
+    int64_t segments;          /* guarded passes: runs of whole layers, scanned then proposed */
+    const int64_t *segment;    /* first tensor of each segment; segment[segments] = n */
+    const int64_t *layer;      /* a layer number (< n) per tensor, NULL: one tensor a layer */
+    double *partial;           /* 3 sums per chunk */
+    double *sums;              /* 3 sums per tensor (a rule's two, ‖g‖²): its chunks', in order */
 } Task;
 #endif
 
@@ -161,6 +176,28 @@ static inline __attribute__((always_inline)) REAL F(rule)(
         w[j] = wj + dd * s;                                                        \
     }
 
+/* ‖g‖² of g[start, end): its halves as two streams (one alone leaves the memory system
+ * idle: ~15 % slower from memory, one thread). */
+static double F(sumsq)(const REAL *g, const int64_t start, const int64_t end) {
+    const int64_t half = (end - start) / 2;
+    const REAL *h = g + half;
+    double sum0 = 0, sum1 = 0;
+    for (int64_t lo = start; lo < start + half; lo += BLOCK) {
+        const int64_t hi = lo + BLOCK < start + half ? lo + BLOCK : start + half;
+        REAL s0 = 0, s1 = 0;
+        _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")
+        for (int64_t j = lo; j < hi; j++) {
+            s0 += g[j] * g[j];
+            s1 += h[j] * h[j];
+        }
+        sum0 += s0;
+        sum1 += s1;
+    }
+    if ((end - start) % 2)
+        sum0 += (double)g[end - 1] * g[end - 1];
+    return sum0 + sum1;
+}
+
 static void F(chunk)(const Task *t, int64_t i, int64_t start, int64_t end, double *out) {
 #define AT(k) (t->ptr[k] ? (REAL *)t->ptr[k][i] : 0)
     REAL *g = AT(0), *w = AT(1), *m0 = AT(2), *m1 = AT(3), *d0 = AT(4), *d1 = AT(5);
@@ -169,30 +206,9 @@ static void F(chunk)(const Task *t, int64_t i, int64_t start, int64_t end, doubl
     const F(Coef) km = F(coef)(t->coef_m ? t->coef_m + i * NCOEF : zeros);
     const F(Coef) kd = F(coef)(t->coef_d ? t->coef_d + i * NCOEF : zeros);
     const REAL s = t->scale ? (REAL)t->scale[i] : 0;
-    if ((t->op == ZERO_IF || t->op == PROPOSE || t->op == PROPOSE_M) && s != 0)
+    if (t->op == ZERO_IF && s != 0)
         for (int64_t j = start; j < end; j++) g[j] = 0;  /* a skipped layer's gradient */
     double sum0 = 0, sum1 = 0;
-    if (t->op == SUMSQ) {  /* ‖g‖²: the chunk's halves as two streams (one alone leaves the
-                            * memory system idle: ~15 % slower from memory, one thread) */
-        const int64_t half = (end - start) / 2;
-        const REAL *h = g + half;
-        for (int64_t lo = start; lo < start + half; lo += BLOCK) {
-            const int64_t hi = lo + BLOCK < start + half ? lo + BLOCK : start + half;
-            REAL s0 = 0, s1 = 0;
-            _Pragma("omp simd simdlen(16) reduction(+:s0, s1)")
-            for (int64_t j = lo; j < hi; j++) {
-                s0 += g[j] * g[j];
-                s1 += h[j] * h[j];
-            }
-            sum0 += s0;
-            sum1 += s1;
-        }
-        if ((end - start) % 2)
-            sum0 += (double)g[end - 1] * g[end - 1];
-        out[0] = sum0 + sum1;
-        out[1] = 0;
-        return;
-    }
     for (int64_t lo = start; lo < end; lo += BLOCK) {
         const int64_t hi = lo + BLOCK < end ? lo + BLOCK : end;
         REAL s0 = 0, s1 = 0;  /* a block's sums in REAL, the chunk's in double */
@@ -263,31 +279,132 @@ static void F(chunk)(const Task *t, int64_t i, int64_t start, int64_t end, doubl
     out[1] = sum1;
 }
 
+/* The tensor of chunk c: the last i in [lo, hi] with first[i] <= c. */
+static int64_t F(tensor_of)(const Task *t, int64_t c, int64_t lo, int64_t hi) {
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (t->first[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+static void F(run_chunk)(const Task *t, int64_t c, int64_t i) {
+    const int64_t lo = (c - t->first[i]) * CHUNK;
+    const int64_t hi = lo + CHUNK < t->numel[i] ? lo + CHUNK : t->numel[i];
+    F(chunk)(t, i, lo, hi, t->partial + 3 * c);
+}
+
+/* Whether the layers of a segment's tensors [a, b) are finite, from their ‖g‖² (as
+ * fused.py's norms would be: per tensor in REAL, per layer summed in REAL); into skip[]. */
+static void F(flags)(const Task *t, int64_t a, int64_t b, REAL *acc, double *skip) {
+    for (int64_t i = a; i < b; i++) {
+        const REAL norm = (REAL)sqrt(t->sums[3 * i + 2]);
+        if (t->layer) acc[t->layer[i]] = 0;
+        else skip[i] = !isfinite(norm);
+    }
+    if (!t->layer) return;
+    for (int64_t i = a; i < b; i++) {
+        const REAL norm = (REAL)sqrt(t->sums[3 * i + 2]);
+        acc[t->layer[i]] += norm * norm;
+    }
+    for (int64_t i = a; i < b; i++) skip[i] = !isfinite(acc[t->layer[i]]);
+}
+
+/* A guarded pass's segment [a, b) after its scan: ‖g‖² per tensor and the skip flags. */
+static void F(scanned)(const Task *t, int64_t a, int64_t b, REAL *acc, double *skip) {
+    for (int64_t i = a; i < b; i++) {
+        double sum = 0;
+        for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) sum += t->partial[3 * c + 2];
+        t->sums[3 * i + 2] = sum;
+    }
+    if (t->guard == SKIP_NONFINITE) F(flags)(t, a, b, acc, skip);
+}
+
+/* Chunk c of tensor i in a guarded pass: ‖g‖² (scan) or, after the scan, the zeroing of a
+ * skipped layer's gradient and the proposal. */
+static void F(guarded_chunk)(const Task *t, int64_t c, int64_t i, int scan, const double *skip) {
+    const int64_t start = (c - t->first[i]) * CHUNK;
+    const int64_t end = start + CHUNK < t->numel[i] ? start + CHUNK : t->numel[i];
+    REAL *g = (REAL *)t->ptr[0][i];
+    if (scan) {
+        t->partial[3 * c + 2] = F(sumsq)(g, start, end);
+        return;
+    }
+    if (skip[i])  /* a skipped layer: its children see a zero gradient */
+        for (int64_t j = start; j < end; j++) g[j] = 0;
+    F(chunk)(t, i, start, end, t->partial + 3 * c);
+}
+
+/* A guarded PROPOSE/PROPOSE_M, segment by segment (whole layers): the segment's gradients
+ * are scanned for ‖g‖², its layers flagged finite or not, then its chunks are proposed
+ * while they are still in the core's cache (a non-finite layer's gradient zeroed first):
+ * one pass over the gradients from memory, not two. A segment of up to SOLO chunks is one
+ * thread's (segments go out dynamically: no barrier between them); a larger one is shared,
+ * each thread proposing the chunks it scanned, at the cost of two barriers. */
+static int F(guarded)(const Task *t, int threads) {
+    enum { SOLO = 32 };  /* 2 MiB of float32 gradient: within one core's L2 here */
+    const int64_t chunks = t->first[t->n];
+    int *owner = malloc(chunks * sizeof(int));
+    REAL *acc = malloc(t->n * sizeof(REAL));  /* per layer; layers never span segments */
+    double *skip = calloc(t->n, sizeof(double));
+    if (!owner || !acc || !skip) {
+        free(owner), free(acc), free(skip);
+        return 1;
+    }
+#pragma omp parallel num_threads(threads > 1 ? threads : 1)
+    {
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t s = 0; s < t->segments; s++) {
+            const int64_t a = t->segment[s], b = t->segment[s + 1];
+            if (t->first[b] - t->first[a] > SOLO) continue;
+            for (int scan = 1; scan >= 0; scan--) {
+                for (int64_t i = a; i < b; i++)
+                    for (int64_t c = t->first[i]; c < t->first[i + 1]; c++)
+                        F(guarded_chunk)(t, c, i, scan, skip);
+                if (scan) F(scanned)(t, a, b, acc, skip);
+            }
+        }
+        for (int64_t s = 0; s < t->segments; s++) {
+            const int64_t a = t->segment[s], b = t->segment[s + 1];
+            const int64_t lo = t->first[a], hi = t->first[b];
+            if (hi - lo <= SOLO) continue;
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t c = lo; c < hi; c++) {
+                owner[c] = THREAD();
+                F(guarded_chunk)(t, c, F(tensor_of)(t, c, a, b - 1), 1, skip);
+            }
+            #pragma omp single
+            F(scanned)(t, a, b, acc, skip);
+            const int me = THREAD();
+            for (int64_t i = a; i < b; i++)
+                for (int64_t c = t->first[i]; c < t->first[i + 1]; c++)
+                    if (owner[c] == me) F(guarded_chunk)(t, c, i, 0, skip);
+        }
+    }
+    free(owner), free(acc), free(skip);
+    return 0;
+}
+
 /* One pass over every chunk, shared out by OpenMP among up to `threads` threads. The kernels
  * link libgomp.so.1, which torch has loaded already: they run on the very thread team of
  * torch's own CPU kernels (two runtimes would have two teams spinning for the same cores).
  * Chunks go out dynamically, so a thread that another process slows down takes fewer. */
 int F(graft_pass)(const Task *t, int threads) {
     const int64_t chunks = t->first[t->n];
+    if (t->guard != UNGUARDED) {
+        if (F(guarded)(t, threads)) return 1;
+    } else {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads > 1 ? threads : 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t i = 0, top = t->n - 1;  /* the tensor of chunk c: last i with first[i] <= c */
-        while (i < top) {
-            const int64_t mid = (i + top + 1) / 2;
-            if (t->first[mid] <= c) i = mid; else top = mid - 1;
-        }
-        const int64_t lo = (c - t->first[i]) * CHUNK;
-        const int64_t hi = lo + CHUNK < t->numel[i] ? lo + CHUNK : t->numel[i];
-        F(chunk)(t, i, lo, hi, t->partial + 2 * c);
+        for (int64_t c = 0; c < chunks; c++) F(run_chunk)(t, c, F(tensor_of)(t, c, 0, t->n - 1));
     }
     for (int64_t i = 0; i < t->n; i++) {
         double s0 = 0, s1 = 0;
         for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) {
-            s0 += t->partial[2 * c];
-            s1 += t->partial[2 * c + 1];
+            s0 += t->partial[3 * c];
+            s1 += t->partial[3 * c + 1];
         }
-        t->sums[2 * i] = s0;
-        t->sums[2 * i + 1] = s1;
+        t->sums[3 * i] = s0;
+        t->sums[3 * i + 1] = s1;
     }
     return 0;
 }

@@ -509,8 +509,8 @@ class Graft(torch.optim.Optimizer):
     ) -> None:
         """Leave ``last_norms`` and ``nonfinite_skips`` for recorders (see NORM_FIELDS)."""
         step_norm = self._reduce(scales.abs() * proposal.direction_per_tensor, plan)
-        skipped = (~finite).to(torch.float32)
-        self.nonfinite_skips += (~finite & plan.active_layers).to(torch.int64)
+        skipped = ~finite
+        self.nonfinite_skips += skipped if plan.is_identity else skipped & plan.active_layers
         norms = torch.stack(
             [
                 proposal.magnitude_norm,
@@ -518,13 +518,13 @@ class Graft(torch.optim.Optimizer):
                 step_norm,
                 proposal.grad_norm,
                 weight_norm,
-                skipped,
+                skipped.to(weight_norm.dtype),
             ],
             dim=1,
         )
-        self.last_norms = torch.where(
-            plan.active_layers[:, None], norms, torch.full_like(norms, math.nan)
-        )
+        if not plan.is_identity:  # every layer is active otherwise
+            norms.masked_fill_(~plan.active_layers[:, None], math.nan)
+        self.last_norms = norms
 
     @staticmethod
     def _mark_stepped(child: Any) -> None:

@@ -1,6 +1,7 @@
 """The fused CPU kernels against the reference foreach path: same weights, norms and states."""
 
 import math
+import types
 import warnings
 
 import pytest
@@ -202,12 +203,27 @@ def test_fused_threads_do_not_change_results(dtype, rtol):
     """Bit-equal sums at any thread count; a float32 tensor's blocks are summed in float
     (float32 rounding), a float64 tensor's in double."""
     grads = [torch.randn(40_000, dtype=dtype) for _ in range(3)]
-    layout = fused._layout(grads)
-    one = fused._run(fused.SUMSQ, layout, dtype, [grads], threads=1)
-    three = fused._run(fused.SUMSQ, layout, dtype, [grads], threads=3)
+    one = _grad_sums(grads, threads=1)
+    three = _grad_sums(grads, threads=3)
     assert torch.equal(one, three)
     expected = torch.stack([g.double().square().sum() for g in grads])
-    torch.testing.assert_close(one[:, 0], expected, rtol=rtol, atol=0)
+    torch.testing.assert_close(one, expected, rtol=rtol, atol=0)
+
+
+def _grad_sums(grads, threads):
+    """‖g‖² per tensor from a guarded pass of a stateless rule with lr 0 (zero steps), the
+    three tensors in two layers (segments [0, 1], [2])."""
+    plan = types.SimpleNamespace(index=torch.tensor([0, 0, 1]), is_identity=False)
+    sums = fused._run(
+        fused.PROPOSE_M,
+        fused._layout(grads),
+        grads[0].dtype,
+        [grads, None, None, None],
+        kinds=(fused.PLAIN, 0),
+        guard=(fused.GRAD_SUMS, fused._Guard(plan)),
+        threads=threads,
+    )
+    return sums[:, 2]
 
 
 def _count_calls(monkeypatch, module):
@@ -315,16 +331,15 @@ def test_without_compiler_the_reference_path_runs(monkeypatch, flag):
 
 def test_without_openmp_the_kernels_build_single_threaded(monkeypatch, tmp_path):
     # A compiler without OpenMP (e.g. clang with no libomp): the next flag set is used.
-    grads = [torch.randn(70_000) for _ in range(2)]
-    layout = fused._layout(grads)
-    parallel = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=2)
+    grads = [torch.randn(70_000) for _ in range(3)]
+    parallel = _grad_sums(grads, threads=2)
     monkeypatch.setenv("GRAFTING_FUSED_CACHE", str(tmp_path))
     monkeypatch.setattr(fused, "_THREADING", ["-fno-such-openmp-flag", "-fopenmp-simd"])
     monkeypatch.setattr(fused, "_library", None)
     monkeypatch.setattr(fused, "unavailable_reason", None)
     assert fused.available()
     assert len(list(tmp_path.glob("fused_*.so"))) == 1  # the failed build left nothing
-    serial = fused._run(fused.SUMSQ, layout, torch.float32, [grads], threads=2)
+    serial = _grad_sums(grads, threads=2)
     assert torch.equal(serial, parallel)
 
 
@@ -440,3 +455,52 @@ def test_fused_partial_grafting_float32_skips_and_non_finite(specs):
     assert int(fast.nonfinite_skips.sum()) == int(ref.nonfinite_skips.sum()) == 2
     assert max_relative_difference(fast_model, ref_model) < 1e-6
     _assert_same_norms(ref, fast, 1e-5)
+
+
+GUARD_GRANULARITIES = {
+    "tensor": "tensor",
+    "module": "module",
+    "global": "global",
+    "interleaved": lambda name: name.rpartition(".")[2],  # all weights, all biases: 2 layers
+}
+
+
+@pytest.mark.parametrize("granularity", GUARD_GRANULARITIES)
+@pytest.mark.parametrize("specs", [PAIRS[0], PAIRS[5]], ids=[PAIR_IDS[0], PAIR_IDS[5]])
+def test_fused_guarded_pass_skips_whole_layers_at_any_thread_count(specs, granularity):
+    """Tensors of several chunks each, a NaN in one layer's last chunk: the pass that scans
+    each segment of layers before proposing it skips exactly what the reference path skips
+    (float64 to 1e-12), and 1 or 3 threads give bit-equal weights and norms. A segment of
+    one thread (tensor, module: up to 32 chunks) and shared ones (global, interleaved)."""
+    runs = []
+    threads = torch.get_num_threads()
+    for use_fused, n_threads in ((False, 1), (True, 1), (True, 3)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(1000, 400), torch.nn.Linear(400, 400))
+        model = model.double()
+        opt = Graft(
+            model.named_parameters(),
+            *specs,
+            granularity=GUARD_GRANULARITIES[granularity],
+            fused=use_fused,
+        )
+        torch.set_num_threads(n_threads)
+        try:
+            for step in range(4):
+                generator = torch.Generator().manual_seed(step)
+                for p in model.parameters():
+                    p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+                if step == 2:
+                    model[0].weight.grad[-1, -1] = float("nan")
+                opt.step()
+        finally:
+            torch.set_num_threads(threads)
+        runs.append((model, opt))
+    (ref_model, ref), (one_model, one), (three_model, three) = runs
+    assert int(ref.nonfinite_skips.sum()) == 1
+    assert torch.equal(one.nonfinite_skips, ref.nonfinite_skips)
+    assert max_relative_difference(one_model, ref_model) < 1e-12
+    _assert_same_norms(ref, one, 1e-12)
+    for a, b in zip(one_model.parameters(), three_model.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(one.last_norms, three.last_norms)
