@@ -13,21 +13,10 @@ import os
 import sys
 import time
 
-from grafting_core.lab.config import RunConfig
 from grafting_core.lab.dask_executor import DaskExecutor
 from grafting_core.lab.runner import create_run
 from grafting_core.lab.store import RunStore
-
-LONG = RunConfig(
-    dataset="mnist1d",
-    width=32,
-    steps=10**6,
-    batch_size=32,
-    eval_every=10**6,
-    eval_examples=200,
-    log_every=10,
-    flush_seconds=0.0,
-)
+from tests.reliability_parent import LONG  # the same long run as the local parent's
 
 
 def main(root: str, scheduler: str, runs: int) -> None:
