@@ -10,7 +10,9 @@ Every optimizer steps the same fixed gradients of an MLP (default 50 Linear(448,
 load from other processes hits them alike; medians and minima are printed with the ratios
 against the sum of torch's Adam and SGD-momentum steps (fused and foreach). Graft rows:
 "default" is Graft as a user writes it, no flag (the backend it picks is printed first: the
-fused CPU kernels here), "reference" is ``fused=False``. Memory is read
+fused CPU kernels here; torch's own Adam and SGD as children are run by the kernels on their
+own states), "via step()" is ``path="blackbox"`` (the kernels drive the children through
+their ``step()``, as for any optimizer), "reference" is ``fused=False``. Memory is read
 from the allocator through the profiler: the peak of bytes allocated and not yet freed
 inside one step() (temporaries), besides the persistent state bytes of each optimizer.
 """
@@ -67,6 +69,9 @@ def optimizers(model: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
         "Graft native, default": Graft(named(), *native),
         "Graft native, reference": Graft(named(), *native, fused=False),
         "Graft black-box, default": Graft(named(), adam(fused=True), sgd(fused=True)),
+        "Graft black-box, via step()": Graft(
+            named(), adam(fused=True), sgd(fused=True), path="blackbox"
+        ),
         "Graft black-box, reference": Graft(
             named(), adam(fused=True), sgd(fused=True), fused=False
         ),
@@ -104,18 +109,28 @@ OTHER_PAIRS = {
 def backend(opt: Graft) -> str:
     """The backend ``opt`` takes for a step of all its parameters (they all have gradients)."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    return opt._backend(opt._plan_for(params)).__name__.rpartition(".")[2]
+    name = opt._backend(opt._plan_for(params)).__name__.rpartition(".")[2]
+    if name == "fused" and not opt.native:  # black-box children: stepped how?
+        how = "on their states" if fused.runs_children(opt, params) else "via step()"
+        name += f" ({how})"
+    return name
+
+
+OVER = "Graft over torch's"
 
 
 def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
     """Per pair: Graft's default vs its reference path and vs torch's two children."""
     lines = []
     for label, (magnitude, direction, torch_children) in OTHER_PAIRS.items():
+        params = list(model.parameters())
         opts = {
             "default": Graft(model.named_parameters(), magnitude, direction),
             "reference": Graft(model.named_parameters(), magnitude, direction, fused=False),
-            **torch_children(list(model.parameters())),
+            **torch_children(params),
         }
+        if torch_children(params):  # Graft over torch's own two optimizers, no flag
+            opts[OVER] = Graft(model.named_parameters(), *torch_children(params).values())
         times = time_steps(opts, rounds, PER_ROUND)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         line = (
@@ -127,7 +142,8 @@ def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
             total = sum(theirs.values())
             line += (
                 f"; {' + '.join(theirs)} {total:.2f} ms: default / torch "
-                f"{med['default'] / total:.2f}"
+                f"{med['default'] / total:.2f}; {OVER} ({backend(opts[OVER])}) "
+                f"{med[OVER]:.2f} ms: / torch {med[OVER] / total:.2f}"
             )
         lines.append(line)
     return lines

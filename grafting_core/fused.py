@@ -15,9 +15,12 @@ CPU tensor of one dtype, ``direction`` is not ``None``, and either both children
 native rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop
 not centred, signSGD/Signum, Lion; partial grafting too, unless Lion is the magnitude) or
 every layer is grafted and the step is black-box (any optimizers, a replayed schedule as
-magnitude included). A native replayed schedule, LARS, LAMB, a centred RMSprop and partial
-grafting with black-box children take the reference path, and so do DTensor (FSDP2)
-shards, through ``grafting_core.sharded``.
+magnitude included). Black-box children that are torch's own SGD, Adam, AdamW, Adagrad or
+RMSprop (each, or one of them with a native rule) are run like native ones, on their own
+state and groups (:mod:`grafting_core.torch_children` says when that is exact);
+:func:`runs_children` tells which way a step goes. A native replayed schedule, LARS, LAMB,
+a centred RMSprop and partial grafting with black-box children take the reference path,
+and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
 Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
 one of its hyperparameters (``tests/test_fused.py``).
 
@@ -51,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import torch_children
 from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
@@ -216,26 +220,57 @@ def _kind(name: str, hp: dict[str, Any]) -> int | None:
     return {"adam": ADAM, "adamw": ADAM, "adagrad": ADAGRAD, "lion": LION}.get(name)
 
 
+def _rule_name(child: Any, group: dict[str, Any]) -> str | None:
+    """The rule a child applies to ``group``: a native rule's, or that of one of torch's
+    optimizers (:mod:`grafting_core.torch_children`); None for any other optimizer."""
+    if isinstance(child, NativeOptimizer):
+        return child.rule.name
+    return torch_children.rule_name(child, group) if type(child) in torch_children.CLASSES else None
+
+
 def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
-    """The kernel kind of a native child over ``params``, or None if it has no kernel (or its
+    """The kernel kind of a child over ``params``, or None if it has no kernel (or its
     groups over ``params`` need different kinds)."""
-    if not isinstance(child, NativeOptimizer) or child.rule.name not in KERNEL_RULES:
+    if not isinstance(child, torch.optim.Optimizer):  # a replayed schedule
         return None
     groups = child.param_groups
     if len(groups) > 1:  # the groups over ``params``
         wanted = {id(p) for p in params}
         groups = [g for g in groups if any(id(p) in wanted for p in g["params"])]
-    kinds = {_kind(child.rule.name, g) for g in groups}
+    names = [_rule_name(child, g) for g in groups]
+    if not all(name in KERNEL_RULES for name in names):
+        return None
+    kinds = {_kind(name, g) for name, g in zip(names, groups)}
     return kinds.pop() if len(kinds) == 1 else None
+
+
+def _steps_children(graft: Any) -> bool:
+    """Whether the kernels may run both children on their own states (native rules, torch's
+    optimizers of :mod:`grafting_core.torch_children`) rather than drive them through
+    ``step()`` (not with path='blackbox')."""
+    if graft.native:
+        return True
+    if graft.path == "blackbox" or graft.direction is None:
+        return False
+    return all(
+        isinstance(c, NativeOptimizer) or torch_children.why_not(c) is None
+        for c in (graft.magnitude, graft.direction)
+    )
 
 
 def pays(graft: Any, elements: int) -> bool:
     """Whether a step over ``elements`` numbers is big enough for the kernels to be faster."""
-    return elements >= (MIN_ELEMENTS_NATIVE if graft.native else MIN_ELEMENTS_BLACK_BOX)
+    native_like = _steps_children(graft)
+    return elements >= (MIN_ELEMENTS_NATIVE if native_like else MIN_ELEMENTS_BLACK_BOX)
 
 
 def unsupported(graft: Any, params: list[Tensor]) -> str | None:
-    """Why the kernels cannot take this step of ``graft`` over ``params``; None if they can."""
+    """Why the kernels cannot take this step of ``graft`` over ``params``; None if they can.
+
+    Where they can, :func:`propose` runs the children in the kernels themselves when they
+    are native rules or torch optimizers the kernels can step
+    (:mod:`grafting_core.torch_children`), else drives them through ``step()``.
+    """
     if graft.direction is None:
         return "direction=None"
     if graft.partial and not graft.native:
@@ -244,17 +279,31 @@ def unsupported(graft: Any, params: list[Tensor]) -> str | None:
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
         return "gradients not all dense contiguous float32/float64 CPU tensors of one dtype"
     children = (graft.magnitude, graft.direction)
+    in_kernels = _steps_children(graft)  # hooks or options of torch children may change
     # Parameters and states change only with the plan, a dtype or a loaded state_dict.
-    key = (tuple(map(id, params)), dtype, *(id(getattr(c, "state", None)) for c in children))
-    if getattr(graft, "_fused_checked", None) == key:
+    key = (
+        tuple(map(id, params)),
+        dtype,
+        in_kernels,
+        *(id(getattr(c, "state", None)) for c in children),
+    )
+    if getattr(graft, "_fused_checked", (None,))[0] == key:
         return None
     why_not = None if _dense(params, dtype) else "parameters not like their gradients"
-    if why_not is None and graft.native:
+    if why_not is None and in_kernels:
         why_not = _native_unsupported(graft, params, dtype)
+        if why_not is not None and not graft.native:  # torch children: step() them instead
+            in_kernels, why_not = False, None
     if why_not is None and _build() is None:  # built only for a step the kernels could take
         why_not = f"the kernels could not be built: {unavailable_reason}"
-    graft._fused_checked = key if why_not is None else None
+    graft._fused_checked = (key, in_kernels) if why_not is None else (None,)
     return why_not
+
+
+def runs_children(graft: Any, params: list[Tensor]) -> bool:
+    """Whether the kernels take this step of ``graft`` running both children on their own
+    states (native rules, :mod:`grafting_core.torch_children`), not through ``step()``."""
+    return unsupported(graft, params) is None and graft._fused_checked[1]
 
 
 def _native_unsupported(graft: Any, params: list[Tensor], dtype: torch.dtype) -> str | None:
@@ -275,8 +324,8 @@ def _native_unsupported(graft: Any, params: list[Tensor], dtype: torch.dtype) ->
         v
         for c in (magnitude, direction)
         for p in params
-        for v in c.state.get(p, {}).values()
-        if torch.is_tensor(v)
+        for k, v in c.state.get(p, {}).items()
+        if torch.is_tensor(v) and k != "step"  # torch's step counts are scalar tensors
     ]
     return None if _dense(states, dtype) else "optimizer states not like the parameters"
 
@@ -405,17 +454,22 @@ class _Coefficients:
         return array("d", [x for row in rows for x in row])
 
 
-def _coefficients(
-    child: NativeOptimizer, advanced: list[tuple[dict[str, Any], dict[str, Any]]]
-) -> _Coefficients:
-    """The kernel coefficients of ``child``'s tensors from their advanced ``(state, group)``."""
+def _coefficients(advanced: list[tuple[str, Any, dict[str, Any], int]]) -> _Coefficients:
+    """The kernel coefficients of a child's tensors from their ``(rule, state, group, step)``."""
     rows, cache = [], {}
-    for state, group in advanced:
-        key = (id(group), state["step"])
+    for name, _, group, step in advanced:
+        key = (id(group), step)
         if key not in cache:
-            cache[key] = _row(child.rule.name, group, state["step"])
+            cache[key] = _row(name, group, step)
         rows.append(cache[key])
     return _Coefficients(rows)
+
+
+def _advance(child: Any, params: list[Tensor]) -> list[tuple[str, Any, dict[str, Any], int]]:
+    """Count a step of ``child`` over ``params``: per tensor ``(rule, state, group, step)``."""
+    if isinstance(child, NativeOptimizer):
+        return [(child.rule.name, s, g, s["step"]) for s, g in child.advance(params)]
+    return torch_children.advance(child, params)
 
 
 def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
@@ -463,7 +517,7 @@ def propose(graft: Any, plan: Any) -> Proposal:
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    if graft.native:  # ‖g‖ and the skipped layers in the first propose pass
+    if graft._fused_checked[1]:  # the children in the kernels: ‖g‖ in the first propose pass
         magnitude_norm, per_tensor, grad_per_tensor, apply = _native(graft, plan, layout, grads)
         grad_norm = graft._reduce(grad_per_tensor, plan)
     else:  # ‖g‖ in the pass that copies w to the scratch
@@ -491,16 +545,17 @@ def propose(graft: Any, plan: Any) -> Proposal:
 
 
 class _Child:
-    """A native child's kernel inputs over some of the step's tensors (``index``)."""
+    """A child's kernel inputs over some of the step's tensors (``index``): a native rule,
+    or a torch optimizer on its own state (:mod:`grafting_core.torch_children`)."""
 
-    def __init__(self, child: NativeOptimizer, params: list[Tensor], index: list[int]) -> None:
+    def __init__(self, child: Any, params: list[Tensor], index: list[int]) -> None:
         mine = params if len(index) == len(params) else [params[i] for i in index]
         self.index = index
         self.kind = _rule_kind(child, mine)
-        advanced = child.advance(mine)  # the step counts
-        self.coefs = _coefficients(child, advanced)
+        advanced = _advance(child, mine)  # the step counts
+        self.coefs = _coefficients(advanced)
         self.states = [
-            [None if name is None else state[name] for state, _ in advanced]
+            [None if name is None else state[name] for _, state, _, _ in advanced]
             for name in SLOTS[self.kind]
         ]
         self.reads_g = self.kind in APPLY_READS_G or any(

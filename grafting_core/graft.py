@@ -68,7 +68,10 @@ class Graft(torch.optim.Optimizer):
     :math:`w_{t+1,l} = w_{t,l} + \mathrm{lr}\,\Delta_{M,l}` (partial grafting).
     Native children (registry specs) are computed without touching the weights; any other
     ``torch.optim.Optimizer`` is driven as a black box: snapshot, step, difference, restore,
-    with a single weights-sized scratch buffer.
+    with a single weights-sized scratch buffer. (On the fused CPU backend torch's own SGD,
+    Adam, AdamW, Adagrad and RMSprop are stepped on their own state instead, as fast as
+    native children and with the state their ``step()`` would leave:
+    :mod:`grafting_core.torch_children`.)
 
     Each step is computed by a backend that runs both children and hands the per-layer norms
     to :func:`~grafting_core.core.graft_scales`, the formula above: by default the fused CPU
@@ -107,7 +110,8 @@ class Graft(torch.optim.Optimizer):
         lr: global multiplier of the grafted step (default: 1.0; the schedule lives in M).
         eps: added to ‖Δ_D‖ in the ratio (default: 1e-16).
         path: ``"auto"`` (native when both children are native), ``"native"`` (error if not
-            possible) or ``"blackbox"`` (drive every child through its ``step()``).
+            possible) or ``"blackbox"`` (drive every child through its ``step()``, torch's
+            SGD/Adam/AdamW/Adagrad/RMSprop too).
         skip_nonfinite: skip the step of a layer whose gradient has a NaN/inf; its children
             see a zero gradient for it instead (their moments decay, they are never
             poisoned), the gradient is zeroed in place and the skip is counted in

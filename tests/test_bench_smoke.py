@@ -31,7 +31,7 @@ def test_step_benchmark_quick_run_prints_ratios():
         assert path in out
     assert "backends: Graft native, default: reference" in out  # a small model: no kernels
     ratios = [line for line in out.splitlines() if line.startswith("ratio ")]
-    assert len(ratios) == 8  # four Graft paths over two sums of torch steps
+    assert len(ratios) == 10  # five Graft paths over two sums of torch steps
     assert any(
         "Graft native, default / (Adam + SGD-m fused)" in r and "target <= 1.0" in r for r in ratios
     )

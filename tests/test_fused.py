@@ -126,12 +126,14 @@ def test_replayed_schedule_fused_matches_reference(direction):
 
 
 def test_fused_black_box_with_torch_fused_children():
+    """Driven through their step() (path="blackbox"; by default the kernels step torch's
+    SGD/Adam on their own states, tests/test_torch_children.py), with one scratch buffer."""
     models, opts = [], []
     for use_fused in (False, True):
         model = make_model()
         adam = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
         sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
-        opt = Graft(model.named_parameters(), adam, sgd, fused=use_fused)
+        opt = Graft(model.named_parameters(), adam, sgd, path="blackbox", fused=use_fused)
         train(model, opt, 3)
         models.append(model)
         opts.append(opt)
