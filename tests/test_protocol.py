@@ -183,6 +183,21 @@ def test_a_continued_comparison_keeps_its_runs_resumes_stopped_ones_and_adds_see
     )
 
 
+def test_a_comparison_continued_under_other_housekeeping_settings_keeps_its_runs(store):
+    """A group made before checkpoint_every's default changed (or with other flush settings)
+    is continued, not trained again: those settings change nothing a run computes."""
+    optimizers = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
+    plan = SweepPlan(points=2, factor=10, extensions=0)
+    first = compare(store, RunConfig(**TINY, checkpoint_every=0), optimizers, seeds=(0,), plan=plan)
+    before = set(store.runs(group=first.group)["run_id"])
+    later = RunConfig(**{**TINY, "checkpoint_every": 5, "flush_seconds": 1.0})
+    compare(store, later, optimizers, seeds=(0,), plan=plan, group=first.group)
+    assert set(store.runs(group=first.group)["run_id"]) == before
+    changed = RunConfig(**{**TINY, "eval_every": TINY["eval_every"] + 1})  # what it records
+    compare(store, changed, optimizers, seeds=(0,), plan=plan, group=first.group)
+    assert len(store.runs(group=first.group)) > len(before)
+
+
 def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
     optimizers = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
     result = compare(

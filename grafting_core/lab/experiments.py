@@ -140,8 +140,15 @@ def run_all(
     return run_ids
 
 
+#: Settings that change how a run is kept (how often it checkpoints, flushes its rows), not
+#: what it computes: a group continued under other values (a newer version's defaults, say)
+#: keeps its runs instead of training them again.
+HOUSEKEEPING = ("checkpoint_every", "flush_seconds")
+
+
 def _config_key(config: RunConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
+    kept = {k: v for k, v in config.to_dict().items() if k not in HOUSEKEEPING}
+    return json.dumps(kept, sort_keys=True)
 
 
 def _runs_by_config(store: RunStore, group: str) -> dict[str, tuple[str, str]]:
