@@ -8,7 +8,13 @@ import pytest
 
 from grafting_core.lab.cli import main
 from grafting_core.lab.config import RunConfig
-from grafting_core.lab.protocol import SweepPlan, _mark_tuned, compare, read_comparison
+from grafting_core.lab.protocol import (
+    SweepPlan,
+    _mark_tuned,
+    compare,
+    comparison_request,
+    read_comparison,
+)
 from grafting_core.lab.store import RunStore
 from grafting_core.lab.verdict import closer_to
 
@@ -164,9 +170,11 @@ def test_a_continued_comparison_keeps_its_runs_resumes_stopped_ones_and_adds_see
     stopped = runs[runs["role"] == "graft"]["run_id"].iloc[0]
     store.set_status(stopped, "interrupted", error="killed (simulated)")
 
-    again = compare(
-        store, RunConfig(**TINY), optimizers, seeds=(0, 1), plan=plan, group=first.group
-    )
+    request = comparison_request(store, first.group)  # what the app's Continue runs again
+    assert request["seeds"] == (0,) and request["plan"] == plan
+    assert request["base"] == RunConfig(**TINY) and request["optimizers"] == optimizers
+    again = compare(store, **{**request, "seeds": (0, 1)}, group=first.group)
+    assert comparison_request(store, first.group)["seeds"] == (0, 1)
     runs = store.runs(group=first.group)
     assert kept in set(runs["run_id"])
     assert store.metrics(kept).equals(rows_before)  # kept as it was, not trained again

@@ -329,6 +329,16 @@ def test_layer_norms_are_stored_compactly(store):
 # --- artifacts and deletion -------------------------------------------------------------------
 
 
+def test_a_group_request_round_trips_and_the_last_one_counts(store):
+    assert store.group_request("compare-1") is None
+    store.set_group_request("compare-1", "compare", {"seeds": [0], "plan": {"points": 5}})
+    store.set_group_request("compare-1", "compare", {"seeds": [0, 1], "plan": {"points": 5}})
+    assert store.group_request("compare-1") == {"seeds": [0, 1], "plan": {"points": 5}}
+    with pytest.raises(TypeError, match="request"):
+        store.set_group_request("compare-2", "compare", {"bad": object()})
+    assert store.group_request("compare-2") is None
+
+
 def test_artifacts_round_trip(store):
     run_id = store.create_run({})
     store.put_artifact(run_id, "ratios", {"fc1.weight": 0.5, "fc2.weight": 2.0}, kind="ratios")
@@ -590,7 +600,7 @@ def test_opening_a_v1_file_migrates_it_and_keeps_data(tmp_path):
         s.set_role(new, "tuned")
         assert s.runs(group="sweep")["role"].tolist() == ["tuned", "graft"]
     with _raw(tmp_path / "runs.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
         assert "runs_group" in indexes
 

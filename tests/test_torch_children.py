@@ -1,5 +1,6 @@
-"""torch's own SGD, Adam, AdamW, Adagrad and RMSprop as Graft's children, run by the fused kernels on their own
-states: the weights, norms and states of driving their ``step()`` (the reference path)."""
+"""torch's own SGD, Adam, AdamW, Adagrad and RMSprop as Graft's children, run by the fused
+kernels on their own states: the weights, norms and states of driving their ``step()``
+(the reference path)."""
 
 import functools
 

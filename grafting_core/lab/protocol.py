@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,9 @@ def compare(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
     group = group or new_group("compare")
+    store.set_group_request(
+        group, "compare", _request(base, optimizers, seeds, plan, partial, metric)
+    )
     total = len(optimizers) * plan.points * len(seeds)
     done = 0
 
@@ -248,6 +252,46 @@ def compare(
             ]
     train(planned)
     return read_comparison(store, group, metric=metric)
+
+
+def _request(
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    seeds: Sequence[int],
+    plan: SweepPlan,
+    partial: Sequence[Sequence[str]],
+    metric: str,
+) -> dict[str, Any]:
+    """``compare``'s settings as JSON, stored with its group (:func:`comparison_request`)."""
+    return {
+        "base": base.to_dict(),
+        "optimizers": {label: [name, dict(hp)] for label, (name, hp) in optimizers.items()},
+        "seeds": [int(seed) for seed in seeds],
+        "plan": asdict(plan),
+        "partial": [list(kinds) for kinds in partial],
+        "metric": metric,
+    }
+
+
+def comparison_request(store: RunStore, group: str) -> dict[str, Any] | None:
+    """The settings the comparison ``group`` was last run with, as :func:`compare`'s keyword
+    arguments (``base``, ``optimizers``, ``seeds``, ``plan``, ``partial``, ``metric``); None
+    for a group made before the lab kept them (continue it with the same settings by hand).
+
+    ``compare(store, **{**comparison_request(store, group), "seeds": more}, group=group)``
+    continues it: its runs are kept and only the new ones train.
+    """
+    stored = store.group_request(group)
+    if stored is None:
+        return None
+    return {
+        "base": RunConfig.from_dict(stored["base"]),
+        "optimizers": {label: (name, hp) for label, (name, hp) in stored["optimizers"].items()},
+        "seeds": tuple(stored["seeds"]),
+        "plan": SweepPlan(**stored["plan"]),
+        "partial": [tuple(kinds) for kinds in stored["partial"]],
+        "metric": stored["metric"],
+    }
 
 
 def _mark_tuned(store: RunStore, group: str, tuned: Mapping[str, float]) -> None:

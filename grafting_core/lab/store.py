@@ -279,6 +279,23 @@ class RunStore(SQLiteFile):
         leaves = pd.DataFrame([_flatten(c) for c in frame["config"]], index=frame.index)
         return pd.concat([frame.drop(columns="config"), leaves], axis=1)
 
+    def set_group_request(self, group: str, kind: str, request: dict) -> None:
+        """Record what made ``group`` (a comparison's settings, JSON), replacing any earlier
+        record: what the group's experiment would be run again with."""
+        row = (group, kind, _to_json(request, "request"), time.time())
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO groups (run_group, kind, request, updated)"
+                " VALUES (?, ?, ?, ?)",
+                row,
+            )
+        )
+
+    def group_request(self, group: str) -> dict | None:
+        """What made ``group`` (:meth:`set_group_request`), or None if nothing was recorded."""
+        rows = self._query("SELECT request FROM groups WHERE run_group = ?", (group,))
+        return json.loads(rows[0][0]) if rows else None
+
     def delete_run(self, run_id: str) -> None:
         """Remove a run with all its metrics, layer norms and artifacts."""
 

@@ -64,10 +64,21 @@ def _v4_arm_variant(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN arm_variant TEXT")
 
 
+def _v5_groups(conn: sqlite3.Connection) -> None:
+    """Version 5: what made a group (a comparison's settings), so that it can be continued."""
+    conn.execute(
+        """CREATE TABLE groups (
+            run_group TEXT PRIMARY KEY, kind TEXT NOT NULL,
+            request TEXT NOT NULL,         -- JSON
+            updated REAL NOT NULL)"""
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
     _v2_run_group,
     _v3_arms,
     _v4_arm_variant,
+    _v5_groups,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
