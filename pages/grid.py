@@ -23,7 +23,12 @@ from grafting_core.lab.experiments import (
     grid_reading,
     grid_table,
 )
-from grafting_core.lab.protocol import LR_COLUMN, SweepPlan, read_comparison
+from grafting_core.lab.protocol import (
+    LR_COLUMN,
+    SweepPlan,
+    comparison_request,
+    read_comparison,
+)
 from grafting_core.lab.verdict import closer_to_words
 from ui import charts, forms, live
 from ui.resources import (
@@ -254,9 +259,10 @@ def tuned_form() -> tuple[dict | None, str]:
     return {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}, ""
 
 
-def run_count(arms: int, seeds: int, plan: SweepPlan) -> tuple[int, int]:
-    """The fewest and the most runs of a comparison (with no extension, with every one)."""
-    fewest = arms * plan.points * seeds + arms * (arms - 1) * seeds
+def run_count(arms: int, seeds: int, plan: SweepPlan, variants: int = 1) -> tuple[int, int]:
+    """The fewest and the most runs of a comparison (with no extension, with every one);
+    ``variants``: grafts per pair (the full one and each partial one)."""
+    fewest = arms * plan.points * seeds + arms * (arms - 1) * variants * seeds
     return fewest, fewest + arms * plan.extensions * seeds
 
 
@@ -501,6 +507,57 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
         )
 
 
+def continue_form(group: str) -> None:
+    """More seeds for the comparison ``group``, with the settings it was made with: its runs
+    are kept and only the new ones train (``protocol.comparison_request``)."""
+    request = comparison_request(get_store(), group)
+    st.subheader("Continue with more seeds")
+    if request is None:
+        st.caption(
+            f"`{group}` was made before the lab kept a comparison's settings: continue it "
+            f"with `python -m grafting_core compare --group {group}` and the options it was "
+            "made with."
+        )
+        return
+    trained = list(request["seeds"])
+    more = [*trained, max(trained) + 1, max(trained) + 2]
+    text = st.text_input(
+        "Seeds after continuing",
+        value=", ".join(map(str, more)),
+        key=f"grid.tuned.more_seeds.{group}.{'-'.join(map(str, trained))}",  # anew when run
+        help="Every arm's seeds. The runs of the seeds already trained are kept; a verdict "
+        "weighs the spread over all of them.",
+    )
+    problem = ""
+    try:
+        seeds = forms.parse_numbers(text, field="seeds", integer=True)
+        new = [seed for seed in seeds if seed not in trained]
+        variants = 1 + len(request["partial"])
+        low, high = run_count(len(request["optimizers"]), len(seeds), request["plan"], variants)
+        if high > MAX_RUNS:
+            problem = (
+                f"Up to {high} runs is more than this page trains ({MAX_RUNS}); use "
+                f"`python -m grafting_core compare --group {group}`."
+            )
+        elif not new:
+            problem = f"Seeds {', '.join(map(str, trained))} are trained already: add a new one."
+    except ValueError as error:
+        problem = str(error)
+    if problem:
+        st.caption(problem)
+    else:
+        fewest, _ = run_count(len(request["optimizers"]), len(new), request["plan"], variants)
+        st.caption(
+            f"Seeds {', '.join(map(str, trained))} are trained. Adding "
+            f"{', '.join(map(str, new))} trains at least {fewest} new runs, with the same "
+            "settings; if the new seeds move a tuned lr, the grafts at the new lr train "
+            "on every seed (those at the old one are kept, marked superseded)."
+        )
+    if st.button("Continue", key="grid.tuned.continue", disabled=bool(problem)):
+        live.watch("grid.tuned", start_comparison(**{**request, "seeds": seeds}, group=group))
+        st.rerun()
+
+
 def comparison_section(group: str, active: bool) -> None:
     """Progress and results of the comparison ``group``; redraws while it is live."""
 
@@ -584,6 +641,8 @@ def tuned_mode() -> None:
         "grid.tuned", group, runs, started=start or orchestrating(group), what="comparison"
     ):
         comparison_section(group, active)
+        if not active:
+            continue_form(group)
     elif not group:
         st.info(
             "No comparison yet: choose the optimizers and the sweep above and press "

@@ -19,7 +19,7 @@ import pytest
 from grafting_core.lab.analysis import static_ratios_from_run
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
-from grafting_core.lab.protocol import read_comparison
+from grafting_core.lab.protocol import compare, comparison_request, read_comparison
 from grafting_core.lab.store import RunStore
 from tests.test_app import chart_traces, page, page_figures, train_inline
 
@@ -222,6 +222,50 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
     again = page("pages/grid.py", group=group)  # a reloaded tab re-attaches, in tuned mode
     assert again.radio(key="grid.mode").value == "tuned"
     assert table_with(again, "verdict").equals(table_with(at, "verdict"))
+
+
+def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
+    """Continue trains only the new seed's runs, in the same group, with the stored
+    settings: the verdicts equal those of the comparison made with both seeds in one go."""
+    at = tuned_page(seeds="0")
+    at.button(key="grid.tuned.start").click().run()
+    group = at.query_params["group"]
+    first = settle(at, store, 6, group)
+    seeds = at.text_input(key=f"grid.tuned.more_seeds.{group}.0")
+    assert seeds.value == "0, 1, 2"  # two more by default
+    seeds.set_value("0").run()
+    assert at.button(key="grid.tuned.continue").disabled  # nothing new to train
+    at.text_input(key=f"grid.tuned.more_seeds.{group}.0").set_value("0, 1").run()
+    assert any("trains at least 6 new runs" in c.value for c in at.caption)
+    at.button(key="grid.tuned.continue").click().run()
+    assert not at.exception and not at.error
+    assert at.query_params["group"] == group
+    runs = settle(at, store, 12, group)
+    assert set(first["run_id"]) < set(runs["run_id"])  # kept, not trained again
+    assert sorted(set(runs["config.seed"])) == [0, 1]
+    request = comparison_request(store, group)
+    assert request["seeds"] == (0, 1)
+    fresh = compare(store, **request)  # both seeds in one go, inline, in a new group
+    shown = table_with(at, "verdict").set_index("pair")
+    for pair, row in (
+        fresh.verdicts.assign(pair=fresh.verdicts["magnitude"] + "#" + fresh.verdicts["direction"])
+        .set_index("pair")
+        .iterrows()
+    ):
+        assert shown.loc[pair, "M#D mean"] == pytest.approx(row["graft_mean"])
+        assert shown.loc[pair, "M#D std"] == pytest.approx(row["graft_std"])
+        assert shown.loc[pair, "seeds"] == row["graft_seeds"] == 2
+
+
+def test_a_comparison_made_before_settings_were_kept_says_how_to_continue(store):
+    at = tuned_page(seeds="0")
+    at.button(key="grid.tuned.start").click().run()
+    group = at.query_params["group"]
+    settle(at, store, 6, group)
+    store._write(lambda conn: conn.execute("DELETE FROM groups"))  # as an older version left it
+    at.run()
+    assert "grid.tuned.continue" not in [button.key for button in at.button]
+    assert any(f"compare --group {group}" in c.value for c in at.caption)
 
 
 def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):

@@ -355,8 +355,34 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     _screenshot(page, "grid-tuned-results", below=start)
 
 
+def continue_tuned_comparison(page, log: Path) -> None:
+    """On the Grid page of a finished comparison: Continue with a third seed, until the
+    grafts of all three have trained; screenshot of the results and the Continue form."""
+    seeds = page.get_by_label("Seeds after continuing", exact=True)
+    expect(seeds).to_have_value("0, 1, 2, 3")
+    seeds.fill("0, 1, 2")
+    seeds.press("Enter")
+    expect(page.get_by_text("Adding 2 trains at least 6 new runs", exact=False)).to_be_visible(
+        timeout=30_000
+    )
+    page.get_by_role("button", name="Continue", exact=True).click()
+    _expect_or_explain(
+        page,
+        log,
+        lambda: expect(
+            page.get_by_text("grafts at M's tuned lr: 6 of 6 done", exact=False)
+        ).to_be_visible(timeout=180_000),
+    )
+    _ready(page)
+    expect(page.get_by_text("seeds 0, 1, 2.", exact=False)).to_be_visible(timeout=30_000)
+    expect(page.get_by_label("Seeds after continuing", exact=True)).to_have_value("0, 1, 2, 3, 4")
+    expect(page.get_by_text("Seeds 0, 1, 2 are trained. Adding 3, 4", exact=False)).to_be_visible()
+    _screenshot(page, "grid-tuned-continued", below=page.get_by_text("Verdicts: is M#D"))
+
+
 def test_grid_page_runs_a_tuned_comparison_and_shows_its_verdicts(app, browser):
     url, _, log = app
     page = browser.new_page(viewport=VIEWPORT)
     run_tuned_comparison(page, url, log)
+    continue_tuned_comparison(page, log)
     page.close()

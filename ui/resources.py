@@ -165,15 +165,21 @@ def start_comparison(
     *,
     seeds: Sequence[int],
     plan: SweepPlan,
+    partial: Sequence[Sequence[str]] = (),
+    metric: str = "val_loss",
+    group: str | None = None,
 ) -> str:
     """Start ``protocol.compare`` in a daemon thread of this server; returns its group once
-    the first runs are in the store (a page then has runs to watch).
+    the first runs are in the store (a page then has runs to watch). ``group``: continue
+    that comparison (``protocol.comparison_request`` has its settings): its runs are kept,
+    only the missing ones train.
 
     The thread only orchestrates (creates runs phase by phase, waits, reads results); the runs
     train in the worker processes. It ends with the server: runs already trained are kept.
     """
     store, jobs = get_store(), get_jobs()
-    group = new_group("compare")
+    group = group or new_group("compare")
+    before = len(store.runs(group=group, flatten_config=False))
     stop = threading.Event()
     executor = _UntilStopped(jobs, store, stop)
 
@@ -185,6 +191,8 @@ def start_comparison(
                 optimizers,
                 seeds=seeds,
                 plan=plan,
+                partial=partial,
+                metric=metric,
                 executor=executor,
                 group=group,
                 stop=stop.is_set,
@@ -200,7 +208,7 @@ def start_comparison(
     while (
         thread.is_alive()
         and time.monotonic() < deadline
-        and store.runs(group=group, flatten_config=False).empty
+        and len(store.runs(group=group, flatten_config=False)) == before
     ):
         time.sleep(0.05)
     return group
