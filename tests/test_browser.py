@@ -224,6 +224,15 @@ def _expect_or_explain(page, log: Path, check) -> None:
         ) from None
 
 
+def _until_shown(page, log: Path, text: str) -> None:
+    """Wait up to 3 minutes for ``text`` on the page (runs training), explaining a timeout."""
+    _expect_or_explain(
+        page,
+        log,
+        lambda: expect(page.get_by_text(text, exact=False)).to_be_visible(timeout=180_000),
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -332,13 +341,7 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     ).to_be_visible(timeout=30_000)
     start = page.get_by_role("button", name="Start", exact=True)
     start.click()
-    _expect_or_explain(
-        page,
-        log,
-        lambda: expect(
-            page.get_by_text("grafts at M's tuned lr: 4 of 4 done", exact=False)
-        ).to_be_visible(timeout=180_000),
-    )
+    _until_shown(page, log, "grafts at M's tuned lr: 4 of 4 done")
     expect(start).to_be_enabled(timeout=30_000)  # the comparison has ended
     _ready(page)
     expect(page.locator(LIVE_CHART)).to_have_count(3, timeout=30_000)  # 2 sweeps, verdicts
@@ -366,13 +369,7 @@ def continue_tuned_comparison(page, log: Path) -> None:
         timeout=30_000
     )
     page.get_by_role("button", name="Continue", exact=True).click()
-    _expect_or_explain(
-        page,
-        log,
-        lambda: expect(
-            page.get_by_text("grafts at M's tuned lr: 6 of 6 done", exact=False)
-        ).to_be_visible(timeout=180_000),
-    )
+    _until_shown(page, log, "grafts at M's tuned lr: 6 of 6 done")
     _ready(page)
     expect(page.get_by_text("seeds 0, 1, 2.", exact=False)).to_be_visible(timeout=30_000)
     expect(page.get_by_label("Seeds after continuing", exact=True)).to_have_value("0, 1, 2, 3, 4")
