@@ -444,18 +444,16 @@ def study_choices(groups: dict[str, str]) -> tuple[str, str, str]:
         "Tuned comparison", list(groups), key="ratios.study.group", format_func=groups.get
     )
     grafts = finished_grafts(group)
+    magnitudes = list(dict.fromkeys(grafts["magnitude_arm"]))
+    directions = list(dict.fromkeys(grafts["direction_arm"]))
+    linked("ratios.study.magnitude", "study_m", magnitudes)
+    linked("ratios.study.direction", "study_d", directions)
     left, right = st.columns(2)
-    linked("ratios.study.magnitude", "study_m", list(dict.fromkeys(grafts["magnitude_arm"])))
     magnitude = left.selectbox(
-        "M: the ratios are measured on M#D",
-        list(dict.fromkeys(grafts["magnitude_arm"])),
-        key="ratios.study.magnitude",
+        "M: the ratios are measured on M#D", magnitudes, key="ratios.study.magnitude"
     )
-    linked("ratios.study.direction", "study_d", list(dict.fromkeys(grafts["direction_arm"])))
     direction = right.selectbox(
-        "D: trained plain, with the static ratios",
-        list(dict.fromkeys(grafts["direction_arm"])),
-        key="ratios.study.direction",
+        "D: trained plain, with the static ratios", directions, key="ratios.study.direction"
     )
     return group, magnitude, direction
 
@@ -468,27 +466,33 @@ def study_runs(group: str, direction: str) -> pd.DataFrame:
 
 def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
     """One line: the static-ratio arm that closed the most of the gap from tuned D to tuned M,
-    by how much and with what share of M's optimizer memory."""
+    by how much and with what share of M's optimizer memory (or why there is no gap)."""
+    m, d = live.plain(magnitude), live.plain(direction)
     static = table[table["role"] == "static_ratios"].dropna(subset=["gap_closed"])
     if static.empty:
         return (
-            f"**Reading:** no gap to read yet: it needs tuned {live.plain(magnitude)}, tuned "
-            f"{live.plain(direction)} and a finished static-ratio run."
+            f"**Reading:** no gap to read yet: it needs tuned {m}, tuned {d} and a finished "
+            "static-ratio run."
+        )
+    tuned = table[table["role"] == "tuned"].set_index("arm")
+    if tuned.loc[magnitude, "mean"] >= tuned.loc[direction, "mean"]:
+        return (
+            f"**Reading:** tuned {d} ({tuned.loc[direction, 'mean']:.4g}) is already as good "
+            f"as tuned {m} ({tuned.loc[magnitude, 'mean']:.4g}): there is no gap for the "
+            "static ratios to close."
         )
     best = static.loc[static["gap_closed"].idxmax()]
-    tuned = table[table["role"] == "tuned"].set_index("arm")["state_bytes"]
+    m_bytes = tuned.loc[magnitude, "state_bytes"]
     memory = (
-        f", with {best['state_bytes'] / tuned[magnitude]:.0%} of "
-        f"{live.plain(magnitude)}'s optimizer memory"
-        if tuned.get(magnitude, 0) > 0
+        f", with {best['state_bytes'] / m_bytes:.0%} of {m}'s optimizer memory"
+        if m_bytes > 0
         else ""
     )
     return (
         f"**Reading:** {live.plain(best['arm'])} (window {live.plain(best['window'])}, "
-        f"{live.plain(best['scope'])}) closed the most of the gap from tuned "
-        f"{live.plain(direction)} to tuned {live.plain(magnitude)}: "
-        f"{best['gap_closed']:.0%} (100% = as good as {live.plain(magnitude)}, 0% = no "
-        f"better than {live.plain(direction)}){memory}."
+        f"{live.plain(best['scope'])}) closed the most of the gap from tuned {d} to tuned "
+        f"{m}: {best['gap_closed']:.0%} (100% = as good as {m}, 0% = no better than {d})"
+        f"{memory}."
     )
 
 
@@ -499,7 +503,9 @@ def study_results(group: str, magnitude: str, direction: str, runs: pd.DataFrame
     table = static_ratio_table(get_store(), group, magnitude=magnitude, direction=direction)
     st.markdown(study_reading(table, magnitude, direction))
     fig = experiment_figures.ratio_study_figure(
-        table, title=f"Static ratios from {magnitude}#{direction} next to tuned M and tuned D"
+        table,
+        title=f"Static ratios from {magnitude}#{direction} next to tuned {magnitude} and tuned "
+        f"{direction}",
     )
     charts.show(fig, key="ratios.study.chart", live=True)
     if not table.empty:
