@@ -1,10 +1,13 @@
 """Static ratios: per-layer learning-rate multipliers from an M#D run, tested on plain SGD.
 
-Three steps, each non-blocking: (1) train a short M#D run (or pick a saved one), (2) reduce
+Four steps, each non-blocking: (1) train a short M#D run (or pick a saved one), (2) reduce
 its ratios ‖Δ_M‖/‖Δ_D‖ over a window to one multiplier per layer (download as JSON),
 (3) train SGD with them next to M alone and plain SGD at a few learning rates, with each
-one's optimizer memory. Runs go to the worker processes (ui.resources); fragments poll the
-store. The URL keeps ``?source=<run>`` and ``?group=<comparison>`` for re-attaching.
+one's optimizer memory, (4) the static-ratio study of a tuned comparison
+(``ratio_study``): D with the ratios of each window and scope, in the comparison's group,
+next to tuned M and tuned D. Runs go to the worker processes (ui.resources); fragments poll
+the store. The URL keeps ``?source=<run>``, ``?group=<comparison>`` and ``?study=<tuned
+comparison>`` (with ``?study_m=``, ``?study_d=``) for re-attaching.
 """
 
 import json
@@ -19,9 +22,16 @@ from grafting_core.lab.arms import Arm, PlannedRun
 from grafting_core.lab.capacity import check_fits
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.experiments import final_metrics, static_ratio_configs_from
+from grafting_core.lab.ratio_study import (
+    SCOPES,
+    STUDY_KIND,
+    WINDOWS,
+    plan_static_ratio_study,
+    static_ratio_table,
+)
 from grafting_core.registry import OptimizerSpec
 from ui import charts, forms, live
-from ui.resources import get_store, start_group
+from ui.resources import get_store, queue_runs, start_group
 from ui.state import keep_valid, page_setup
 
 NEW, SAVED = "Train a short M#D run now", "Use a saved M#D run"
@@ -43,7 +53,15 @@ DEFAULTS = {
     "ratios.redraw_seconds": [],  # (CPU, wall) seconds of the last live redraws
     "ratios.source.redraw_seconds": [],  # the same for the source run's panel
     "ratios.metric_cache": {},  # run id -> (metrics read so far, run ended)
+    "ratios.study.group": "",  # the tuned comparison studied (also the URL's ?study=)
+    "ratios.study.magnitude": "",  # its M and D arms (?study_m=, ?study_d=)
+    "ratios.study.direction": "",
+    "ratios.study.windows": list(WINDOWS),
+    "ratios.study.scopes": list(SCOPES),
+    "ratios.study.redraw_seconds": [],
 }
+#: The study table's columns shown (``static_ratio_table``'s, less role and variant).
+STUDY_COLUMNS = ["arm", "window", "scope", "mean", "std", "seeds", "state_bytes", "gap_closed"]
 INTRO = r"""
 Grafting M#D rescales D's step in every layer by the ratio ‖Δ_M‖/‖Δ_D‖: a per-layer
 learning-rate correction that changes at every step. The revised paper found that much of
@@ -55,7 +73,9 @@ static multipliers trains like Adam, a big run halves its optimizer state.
 
 **1.** Train a short M#D run, or pick a saved one. **2.** Choose the window and statistic
 and look at the multipliers (download them as JSON). **3.** Train SGD with them next to
-M alone and plain SGD at a few learning rates, and compare loss and memory.
+M alone and plain SGD at a few learning rates, and compare loss and memory. **4.** From
+a tuned comparison (Grid page), find which window and scope of the ratios closes the most
+of the gap between tuned D and tuned M.
 """
 SNIPPET = """import torch
 from grafting_core import StaticRatios
@@ -389,6 +409,257 @@ def measure_section(source: str, active: bool) -> None:
     live.redraw_while_live("ratios.source", lambda: live.runs_by_id([source]), active, draw)
 
 
+# ------------------------------------------- 4. from a tuned comparison: window and scope
+def comparison_groups() -> dict[str, str]:
+    """Tuned comparisons with a finished graft, newest first: group -> label."""
+    runs = get_store().runs(kind=STUDY_KIND)
+    grafts = runs[(runs["role"] == "graft") & (runs["status"] == "finished")]
+    newest = grafts.drop_duplicates("group")
+    return {
+        run["group"]: f"{run['group']} · {live.settings_text(run)}" for _, run in newest.iterrows()
+    }
+
+
+def finished_grafts(group: str) -> pd.DataFrame:
+    """The finished M#D graft runs of comparison ``group``, newest first."""
+    runs = get_store().runs(group=group)
+    return runs[(runs["role"] == "graft") & (runs["status"] == "finished")]
+
+
+def linked(key: str, param: str, options: list[str]) -> None:
+    """Give widget ``key`` the URL's ``?param=`` on a tab's first run (a reloaded tab shows
+    what it showed), else keep it among ``options``; then put its value in the URL."""
+    value = st.query_params.get(param, "")
+    if not st.session_state[key] and value in options:
+        st.session_state[key] = value
+    keep_valid(key, options, options[0])
+    st.query_params[param] = st.session_state[key]
+
+
+def study_choices(groups: dict[str, str]) -> tuple[str, str, str]:
+    """The comparison, M and D widgets: (group, M label, D label). M and D are offered among
+    the comparison's finished grafts (its arms' labels), the newest graft's by default."""
+    linked("ratios.study.group", "study", list(groups))
+    group = st.selectbox(
+        "Tuned comparison", list(groups), key="ratios.study.group", format_func=groups.get
+    )
+    grafts = finished_grafts(group)
+    magnitudes = list(dict.fromkeys(grafts["magnitude_arm"]))
+    directions = list(dict.fromkeys(grafts["direction_arm"]))
+    linked("ratios.study.magnitude", "study_m", magnitudes)
+    linked("ratios.study.direction", "study_d", directions)
+    left, right = st.columns(2)
+    magnitude = left.selectbox(
+        "M: the ratios are measured on M#D", magnitudes, key="ratios.study.magnitude"
+    )
+    direction = right.selectbox(
+        "D: trained plain, with the static ratios", directions, key="ratios.study.direction"
+    )
+    return group, magnitude, direction
+
+
+def study_runs(group: str, direction: str) -> pd.DataFrame:
+    """The static-ratio runs of D in ``group`` (those of ``static_ratio_table``), labelled."""
+    runs = live.group_runs(group)
+    return runs[(runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction)]
+
+
+def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
+    """One line: the static-ratio arm that closed the most of the gap from tuned D to tuned M,
+    by how much and with what share of M's optimizer memory (or why there is no gap)."""
+    m, d = live.plain(magnitude), live.plain(direction)
+    static = table[table["role"] == "static_ratios"].dropna(subset=["gap_closed"])
+    if static.empty:
+        return (
+            f"**Reading:** no gap to read yet: it needs tuned {m}, tuned {d} and a finished "
+            "static-ratio run."
+        )
+    tuned = table[table["role"] == "tuned"].set_index("arm")
+    if tuned.loc[magnitude, "mean"] >= tuned.loc[direction, "mean"]:
+        return (
+            f"**Reading:** tuned {d} ({tuned.loc[direction, 'mean']:.4g}) is already as good "
+            f"as tuned {m} ({tuned.loc[magnitude, 'mean']:.4g}): there is no gap for the "
+            "static ratios to close."
+        )
+    best = static.loc[static["gap_closed"].idxmax()]
+    m_bytes = tuned.loc[magnitude, "state_bytes"]
+    memory = (
+        f", with {best['state_bytes'] / m_bytes:.0%} of {m}'s optimizer memory"
+        if m_bytes > 0
+        else ""
+    )
+    return (
+        f"**Reading:** {live.plain(best['arm'])} (window {live.plain(best['window'])}, "
+        f"{live.plain(best['scope'])}) closed the most of the gap from tuned {d} to tuned "
+        f"{m}: {best['gap_closed']:.0%} (100% = as good as {m}, 0% = no better than {d})"
+        f"{memory}."
+    )
+
+
+def study_results(group: str, magnitude: str, direction: str, runs: pd.DataFrame) -> None:
+    """Progress while the study trains, then its table, figure and reading."""
+    if live.is_active(runs):
+        live.overall_progress(runs)
+    table = static_ratio_table(get_store(), group, magnitude=magnitude, direction=direction)
+    st.markdown(study_reading(table, magnitude, direction))
+    fig = experiment_figures.ratio_study_figure(
+        table,
+        title=f"Static ratios from {magnitude}#{direction} next to tuned {magnitude} and tuned "
+        f"{direction}",
+    )
+    charts.show(fig, key="ratios.study.chart", live=True)
+    if not table.empty:
+        shown = table[STUDY_COLUMNS]
+        st.dataframe(
+            shown,
+            hide_index=True,
+            key="ratios.study.table",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4g")
+                for c in ("mean", "std", "state_bytes", "gap_closed")
+            },
+        )
+        st.caption(
+            "mean ± std of the final validation loss over the comparison's seeds; "
+            "gap_closed = (D − arm) / (D − M): 1 trains as well as tuned M, 0 as tuned D; "
+            "state_bytes: optimizer memory."
+        )
+
+
+def start_study(group: str, magnitude: str, direction: str) -> None:
+    """Measure the chosen windows' and scopes' ratios and queue the runs not trained yet in
+    the comparison's group; refuse bad choices with a message."""
+    store = get_store()
+    try:
+        with st.spinner("Measuring the ratios…"):
+            planned = plan_static_ratio_study(
+                store,
+                group,
+                magnitude=magnitude,
+                direction=direction,
+                windows=st.session_state["ratios.study.windows"],
+                scopes=st.session_state["ratios.study.scopes"],
+            )
+    except (ValueError, KeyError) as error:
+        st.error(f"Not started: {error}")
+        return
+    if not planned:
+        st.info(
+            "Nothing new to train: every chosen window and scope is already trained (or "
+            "training) in this comparison."
+        )
+        return
+    queue_runs(planned, group=group, kind=STUDY_KIND)
+    st.rerun()
+
+
+def study_section() -> None:
+    """Step 4: the static-ratio study of a tuned comparison, started and watched here."""
+    st.header("4. From a tuned comparison: which window and scope")
+    st.caption(
+        "Takes the M#D grafts of a tuned comparison (M at its tuned lr), measures static "
+        "ratios over several windows of each, per layer or as one global number, trains D "
+        "with them (in the comparison's group, with its schedule) and sets each next to "
+        "tuned M and tuned D."
+    )
+    groups = comparison_groups()
+    if not groups:
+        st.info(
+            "No tuned comparison with a finished graft yet: run one on the **Grid** page "
+            "(mode *tuned*) first, then choose it here and press **Start**."
+        )
+        return
+    group, magnitude, direction = study_choices(groups)
+    left, right = st.columns(2)
+    left.multiselect(
+        "Windows of the grafted run",
+        list(WINDOWS),
+        key="ratios.study.windows",
+        help="early: the first 2% of the steps; warmup_end: ±1% around the end of the "
+        "warm-up; whole: every step; late: the last 10%",
+    )
+    right.multiselect(
+        "Scopes",
+        list(SCOPES),
+        key="ratios.study.scopes",
+        help="per_layer: one multiplier per layer; global: one number for the whole model",
+    )
+    runs = study_runs(group, direction)
+    active = not runs.empty and live.is_active(runs)
+    start, stop, _ = live.start_stop(
+        "ratios.study", disabled=active, active=active, why="Wait for the study's runs"
+    )
+    if start:
+        start_study(group, magnitude, direction)
+    if stop:
+        live.stop_group(runs)
+    if runs.empty:
+        st.info(
+            f"No static-ratio run of {live.plain(direction)} in this comparison yet: press "
+            "**Start**."
+        )
+        return
+    live.redraw_while_live(
+        "ratios.study",
+        lambda: study_runs(group, direction),
+        active,
+        lambda drawn: study_results(group, magnitude, direction, drawn),
+    )
+
+
+def comparison_sections(source: str, group: str, runs: pd.DataFrame) -> None:
+    """Steps 2 and 3 for ``source``: its multipliers, and the comparison ``group`` (``runs``)
+    that trains SGD with them."""
+    record = get_store().run(source)
+    source_active = record["status"] == "running"
+    st.header("2. One multiplier per layer")
+    st.caption(
+        f"From **{record['name']}** (`{source}`, {record['status']}). The lines are "
+        "‖Δ_M‖/‖Δ_D‖ at every step; the shaded window is what the statistic summarises, "
+        "and the dashed line across it is the layer's multiplier."
+    )
+    measure_section(source, source_active)
+
+    st.header("3. Train SGD with the multipliers")
+    st.caption(
+        "Three kinds of run on the same data, model and seed as the grafted run: D "
+        "(SGD) with the multipliers, M alone, and plain D at each learning rate below."
+    )
+    configs, problem = comparison_configs(source)
+    active = not runs.empty and live.is_active(runs)
+    start, stop, _ = live.start_stop(
+        "ratios",
+        disabled=live.busy("ratios", active) or source_active,
+        active=active,
+        why="Wait for the grafted run to finish" if source_active else None,
+    )
+    if start:
+        ratios = None
+        try:
+            window = tuple(st.session_state["ratios.window"])
+            ratios = static_ratios_from_run(
+                get_store(), source, window=window, statistic=st.session_state["ratios.statistic"]
+            )
+        except (ValueError, KeyError) as error:
+            ratio_problem = f"no multipliers for this window: {error}"
+        if configs is None or ratios is None:
+            st.error(f"Not started: {problem if configs is None else ratio_problem}")
+        else:
+            get_store().put_artifact(
+                source, "static_ratios", ratios.to_dict(), kind="static_ratios"
+            )
+            group, run_ids = start_group(configs, kind="ratios")
+            get_store().put_artifact(
+                run_ids[0], "static_ratios", ratios.to_dict(), kind="static_ratios"
+            )  # the exact multipliers it trained with
+            live.watch("ratios", group)
+            st.rerun()
+    if stop:
+        live.stop_group(runs)
+    if live.attach("ratios", group, runs, started=start, what="comparison"):
+        comparison_section(group, active)
+
+
 page_setup(DEFAULTS)
 st.title("Static ratios")
 st.markdown(INTRO)
@@ -414,56 +685,11 @@ elif "source" in st.query_params:
 if group_source != source:
     group, runs = "", pd.DataFrame()  # the comparison of another source
 
-if not source:
+if source:
+    comparison_sections(source, group, runs)
+else:
     st.info(
         "Train a short M#D run above (press **Train M#D**) or pick a saved one: its "
         "per-layer ratios appear here, then **Start** trains SGD with them."
     )
-    st.stop()
-
-record = get_store().run(source)
-source_active = record["status"] == "running"
-st.header("2. One multiplier per layer")
-st.caption(
-    f"From **{record['name']}** (`{source}`, {record['status']}). The lines are "
-    "‖Δ_M‖/‖Δ_D‖ at every step; the shaded window is what the statistic summarises, "
-    "and the dashed line across it is the layer's multiplier."
-)
-measure_section(source, source_active)
-
-st.header("3. Train SGD with the multipliers")
-st.caption(
-    "Three kinds of run on the same data, model and seed as the grafted run: D "
-    "(SGD) with the multipliers, M alone, and plain D at each learning rate below."
-)
-configs, problem = comparison_configs(source)
-active = not runs.empty and live.is_active(runs)
-start, stop, _ = live.start_stop(
-    "ratios",
-    disabled=live.busy("ratios", active) or source_active,
-    active=active,
-    why="Wait for the grafted run to finish" if source_active else None,
-)
-if start:
-    ratios = None
-    try:
-        window = tuple(st.session_state["ratios.window"])
-        ratios = static_ratios_from_run(
-            get_store(), source, window=window, statistic=st.session_state["ratios.statistic"]
-        )
-    except (ValueError, KeyError) as error:
-        ratio_problem = f"no multipliers for this window: {error}"
-    if configs is None or ratios is None:
-        st.error(f"Not started: {problem if configs is None else ratio_problem}")
-    else:
-        get_store().put_artifact(source, "static_ratios", ratios.to_dict(), kind="static_ratios")
-        group, run_ids = start_group(configs, kind="ratios")
-        get_store().put_artifact(
-            run_ids[0], "static_ratios", ratios.to_dict(), kind="static_ratios"
-        )  # the exact multipliers it trained with
-        live.watch("ratios", group)
-        st.rerun()
-if stop:
-    live.stop_group(runs)
-if live.attach("ratios", group, runs, started=start, what="comparison"):
-    comparison_section(group, active)
+study_section()

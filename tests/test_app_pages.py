@@ -17,11 +17,15 @@ import pandas as pd
 import pytest
 
 from grafting_core.lab.analysis import static_ratios_from_run
+from grafting_core.lab.config import RunConfig
 from grafting_core.lab.data import load_dataset
 from grafting_core.lab.models import build_model
-from grafting_core.lab.protocol import compare, comparison_request, read_comparison
+from grafting_core.lab.protocol import SweepPlan, compare, comparison_request, read_comparison
+from grafting_core.lab.ratio_study import static_ratio_table
 from grafting_core.lab.store import RunStore
 from tests.test_app import chart_traces, page, page_figures, train_inline
+
+STUDY_COLUMNS = ["arm", "window", "scope", "mean", "std", "seeds", "state_bytes", "gap_closed"]
 
 PAGES = ["pages/grid.py", "pages/schedule_transfer.py", "pages/static_ratios.py"]
 TERMINAL = {"finished", "stopped", "diverged", "failed", "interrupted"}
@@ -473,6 +477,140 @@ def test_static_ratios_refuses_bad_input_and_starts_nothing(store, change, reaso
     assert not at.exception
     assert any("Not started" in e.value and reason in e.value for e in at.error)
     assert list(store.runs()["run_id"]) == [saved]
+
+
+STUDY_BASE = dict(  # a comparison small enough to train inline in a few seconds
+    dataset="digits",
+    model="mlp",
+    width=8,
+    steps=20,
+    batch_size=32,
+    eval_every=20,
+    eval_examples=64,
+    log_every=5,
+    flush_seconds=0.0,
+    schedule="warmup_cosine",
+    warmup_steps=4,
+)
+
+
+def tiny_comparison(store: RunStore) -> str:
+    """A tuned sgd/adam comparison (one seed) trained in this process; returns its group."""
+    return compare(
+        store,
+        RunConfig(**STUDY_BASE),
+        {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})},
+        seeds=(0,),
+        plan=SweepPlan(points=2, factor=10, extensions=0),
+    ).group
+
+
+def study_page(group: str, windows: list[str]):
+    """The Static ratios page with the study of ``group``'s adam#sgd set up (not started)."""
+    at = page("pages/static_ratios.py")
+    assert at.selectbox(key="ratios.study.group").value == group  # the newest comparison
+    at.selectbox(key="ratios.study.magnitude").set_value("adam")
+    at.selectbox(key="ratios.study.direction").set_value("sgd")
+    return at.multiselect(key="ratios.study.windows").set_value(windows).run()
+
+
+def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store):
+    from ui import live
+
+    group = tiny_comparison(store)
+    before = store.runs(group=group)
+    (source,) = before.loc[
+        before["role"].eq("graft") & before["magnitude_arm"].eq("adam"), "run_id"
+    ]
+    at = study_page(group, ["whole"])
+    assert at.multiselect(key="ratios.study.scopes").value == ["per_layer", "global"]
+    at.button(key="ratios.study.start").click().run()
+    assert not at.exception and not at.error
+    assert at.query_params["study"] == group
+    runs = settle(at, store, len(before) + 2, group)
+    new = runs[~runs["run_id"].isin(before["run_id"])]
+    assert (new["role"] == "static_ratios").all() and (new["status"] == "finished").all()
+    assert (new["magnitude_arm"] == "sgd").all() and (new["config.direction"] == "").all()
+    assert sorted(new["config.static_ratios"]) == [
+        f"run:{source}:static_ratios.whole.global",
+        f"run:{source}:static_ratios.whole.per_layer",
+    ]
+
+    expected = static_ratio_table(store, group, magnitude="adam", direction="sgd")
+    assert sorted(expected["arm"]) == [
+        "adam",
+        "sgd",
+        "sgd+ratios[whole,global]",
+        "sgd+ratios[whole,per_layer]",
+    ]
+    shown = table_with(at, "gap_closed")
+    assert list(shown.columns) == STUDY_COLUMNS
+    for column in STUDY_COLUMNS:
+        if column in ("arm", "window", "scope"):
+            assert list(shown[column]) == list(expected[column])
+        else:
+            assert list(shown[column]) == pytest.approx(list(expected[column]), nan_ok=True)
+
+    index = chart_titled(at, "Static ratios from adam#sgd")
+    traces = {trace["name"]: trace for trace in chart_traces(at, index)}
+    assert set(traces) == {
+        "adam (tuned), mean ± std",
+        "sgd (tuned), mean ± std",
+        "static ratios, mean ± std",
+    }
+    static = expected[expected["role"] == "static_ratios"]
+    points = dict(
+        zip(traces["static ratios, mean ± std"]["x"], traces["static ratios, mean ± std"]["y"])
+    )
+    assert points == pytest.approx(
+        dict(zip(static["window"] + "<br>" + static["scope"], static["mean"]))
+    )
+    lines = [
+        shape["y0"]
+        for shape in page_figures(at)[index]["layout"]["shapes"]
+        if shape["type"] == "line"
+    ]
+    tuned = expected[expected["role"] == "tuned"]["mean"]
+    assert sorted(lines) == pytest.approx(sorted(tuned))
+
+    reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
+    means = expected.set_index("arm")["mean"]
+    if means["adam"] < means["sgd"]:  # a gap to close: the arm that closed the most of it
+        best = static.loc[static["gap_closed"].idxmax()]
+        assert live.plain(best["arm"]) in reading and f"{best['gap_closed']:.0%}" in reading
+    else:
+        assert "no gap" in reading and f"{means['sgd']:.4g}" in reading
+
+    at.button(key="ratios.study.start").click().run()  # the same choices again
+    assert not at.exception and not at.error
+    assert any("Nothing new to train" in info.value for info in at.info)
+    assert len(store.runs(group=group)) == len(runs)
+
+    again = page("pages/static_ratios.py", study=group, study_m="adam", study_d="sgd")
+    assert table_with(again, "gap_closed").equals(shown)  # a reloaded tab re-attaches
+
+
+def test_static_ratio_study_refuses_bad_input_and_starts_nothing(store):
+    at = page("pages/static_ratios.py")
+    assert any("Grid" in info.value and "tuned" in info.value for info in at.info)
+    group = tiny_comparison(store)
+    count = len(store.runs())
+    at = study_page(group, [])
+    at.button(key="ratios.study.start").click().run()
+    assert any("Not started" in e.value and "window" in e.value for e in at.error)
+    at.multiselect(key="ratios.study.windows").set_value(["early"])
+    at.multiselect(key="ratios.study.scopes").set_value([]).run()
+    at.button(key="ratios.study.start").click().run()
+    assert any("Not started" in e.value and "scope" in e.value for e in at.error)
+    at.multiselect(key="ratios.study.scopes").set_value(["global"])
+    at.selectbox(key="ratios.study.direction").set_value("adam").run()  # no adam#adam graft
+    at.button(key="ratios.study.start").click().run()
+    assert not at.exception
+    assert any("Not started" in e.value and "adam#adam" in e.value for e in at.error)
+    assert len(store.runs()) == count
+    assert not any(
+        "static_ratios" in name for r in store.runs()["run_id"] for name in store.artifact_names(r)
+    )
 
 
 def test_live_pages_poll_every_second_unless_a_redraw_costs_too_much(monkeypatch):

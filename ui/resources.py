@@ -100,8 +100,14 @@ def start_group(
 ) -> tuple[str, list[str]]:
     """Record configs (or planned runs with their arms) as one new group of runs and queue
     them; returns (group, run ids)."""
-    store, jobs = get_store(), get_jobs()
     group = new_group(kind)
+    return group, queue_runs(planned, group=group, kind=kind)
+
+
+def queue_runs(planned: Sequence[RunConfig | PlannedRun], *, group: str, kind: str) -> list[str]:
+    """Record configs (or planned runs with their arms) in ``group``, new or existing, and
+    queue them; returns their run ids."""
+    store, jobs = get_store(), get_jobs()
     run_ids = [
         create_run(store, item.config, kind=kind, group=group, arm=item.arm)
         if isinstance(item, PlannedRun)
@@ -110,7 +116,7 @@ def start_group(
     ]
     for run_id in run_ids:
         jobs.submit(run_id)
-    return group, run_ids
+    return run_ids
 
 
 def stop_runs(run_ids: list[str]) -> None:

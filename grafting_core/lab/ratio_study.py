@@ -10,6 +10,9 @@ and tuned D with its optimizer memory. All runs join the comparison's group.
 
     table = static_ratio_study(store, comparison.group, magnitude="adam", direction="sgd")
 
+``plan_static_ratio_study`` measures and plans the runs without training them (the app
+queues them in its worker processes).
+
     python -m grafting_core ratio-study GROUP --magnitude adam --direction sgd
 """
 
@@ -38,6 +41,8 @@ WINDOWS: dict[str, Callable[[RunConfig], tuple[int, int]]] = {
     "late": lambda c: (c.steps - max(1, round(0.1 * c.steps)), c.steps),  # the last 10%
 }
 SCOPES = ("per_layer", "global")
+#: The kind of a study's runs: those of the comparison whose group they join.
+STUDY_KIND = "compare"
 
 
 def window_of(name: str, config: RunConfig) -> tuple[int, int]:
@@ -63,7 +68,7 @@ def _sources(store: RunStore, group: str, magnitude: str, direction: str) -> pd.
     return sources
 
 
-def static_ratio_study(
+def plan_static_ratio_study(
     store: RunStore,
     group: str,
     *,
@@ -72,21 +77,27 @@ def static_ratio_study(
     windows: Sequence[str] = tuple(WINDOWS),
     scopes: Sequence[str] = SCOPES,
     statistic: str = "median",
-    executor: Executor | None = None,
-    progress: Progress | None = None,
-) -> pd.DataFrame:
-    """Train D with static ratios from each finished M#D graft of comparison ``group``, per
-    window and scope (per layer or one global scalar); returns ``static_ratio_table``.
-    Arms the group already has (same source run, window and scope; finished or training) are
-    not trained again."""
+) -> list[PlannedRun]:
+    """The runs of a static-ratio study of comparison ``group`` not trained yet: D with static
+    ratios from each finished M#D graft, per window and scope. Measures each one's ratios and
+    stores them as the source run's artifact ``static_ratios.{window}.{scope}``; creates no
+    run. Arms the group already has (same source run, window and scope; finished or training)
+    are left out. Raises ValueError, before measuring anything, on no or unknown windows or
+    scopes and on a group without a finished M#D graft."""
+    if not windows or not scopes:
+        raise ValueError("Choose at least one window and one scope")
     bad = [s for s in scopes if s not in SCOPES]
     if bad:
         raise ValueError(f"Invalid scopes {bad} (valid: {', '.join(SCOPES)})")
+    unknown = [w for w in windows if w not in WINDOWS]
+    if unknown:
+        raise ValueError(f"Invalid windows {unknown} (valid: {', '.join(WINDOWS)})")
+    sources = _sources(store, group, magnitude, direction)["run_id"]
     runs = store.runs(group=group)
     kept = (runs["role"] == "static_ratios") & runs["status"].isin(["finished", "running"])
     trained = set(runs.loc[kept, "config.static_ratios"])
     planned = []
-    for source in _sources(store, group, magnitude, direction)["run_id"]:
+    for source in sources:
         config = RunConfig.from_dict(store.run(source)["config"])
         for window in windows:
             span = window_of(window, config)
@@ -113,7 +124,33 @@ def static_ratio_study(
                         arm,
                     )
                 )
-    run_all(store, planned, group=group, kind="compare", executor=executor, progress=progress)
+    return planned
+
+
+def static_ratio_study(
+    store: RunStore,
+    group: str,
+    *,
+    magnitude: str = "adam",
+    direction: str = "sgd",
+    windows: Sequence[str] = tuple(WINDOWS),
+    scopes: Sequence[str] = SCOPES,
+    statistic: str = "median",
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Train the runs of ``plan_static_ratio_study`` in ``group`` (the comparison's) and
+    return ``static_ratio_table``. Arms the group already has are not trained again."""
+    planned = plan_static_ratio_study(
+        store,
+        group,
+        magnitude=magnitude,
+        direction=direction,
+        windows=windows,
+        scopes=scopes,
+        statistic=statistic,
+    )
+    run_all(store, planned, group=group, kind=STUDY_KIND, executor=executor, progress=progress)
     return static_ratio_table(store, group, magnitude=magnitude, direction=direction)
 
 
