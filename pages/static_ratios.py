@@ -428,12 +428,14 @@ def finished_grafts(group: str) -> pd.DataFrame:
 
 def linked(key: str, param: str, options: list[str]) -> None:
     """Give widget ``key`` the URL's ``?param=`` on a tab's first run (a reloaded tab shows
-    what it showed), else keep it among ``options``; then put its value in the URL."""
+    what it showed), else keep it among ``options``; then keep the URL in step with it once
+    a study was started or linked (a tab that only uses steps 1-3 keeps a short URL)."""
     value = st.query_params.get(param, "")
     if not st.session_state[key] and value in options:
         st.session_state[key] = value
     keep_valid(key, options, options[0])
-    st.query_params[param] = st.session_state[key]
+    if "study" in st.query_params:
+        st.query_params[param] = st.session_state[key]
 
 
 def study_choices(groups: dict[str, str]) -> tuple[str, str, str]:
@@ -550,6 +552,9 @@ def start_study(group: str, magnitude: str, direction: str) -> None:
         )
         return
     queue_runs(planned, group=group, kind=STUDY_KIND)
+    st.query_params.update(
+        study=group, study_m=magnitude, study_d=direction
+    )  # a reload re-attaches
     st.rerun()
 
 

@@ -523,6 +523,7 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
         before["role"].eq("graft") & before["magnitude_arm"].eq("adam"), "run_id"
     ]
     at = study_page(group, ["whole"])
+    assert "study" not in at.query_params  # the URL links a study once one is started
     assert at.multiselect(key="ratios.study.scopes").value == ["per_layer", "global"]
     at.button(key="ratios.study.start").click().run()
     assert not at.exception and not at.error
