@@ -470,18 +470,20 @@ def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
     """One line: the static-ratio arm that closed the most of the gap from tuned D to tuned M,
     by how much and with what share of M's optimizer memory (or why there is no gap)."""
     m, d = live.plain(magnitude), live.plain(direction)
+    tuned = table[table["role"] == "tuned"].set_index("arm")
+    if {magnitude, direction} <= set(tuned.index) and (
+        tuned.loc[magnitude, "mean"] >= tuned.loc[direction, "mean"]
+    ):
+        return (
+            f"**Reading:** tuned {d} ({tuned.loc[direction, 'mean']:.4g}) is already as good "
+            f"as tuned {m} ({tuned.loc[magnitude, 'mean']:.4g}): there is no gap for the "
+            "static ratios to close."
+        )
     static = table[table["role"] == "static_ratios"].dropna(subset=["gap_closed"])
     if static.empty:
         return (
             f"**Reading:** no gap to read yet: it needs tuned {m}, tuned {d} and a finished "
             "static-ratio run."
-        )
-    tuned = table[table["role"] == "tuned"].set_index("arm")
-    if tuned.loc[magnitude, "mean"] >= tuned.loc[direction, "mean"]:
-        return (
-            f"**Reading:** tuned {d} ({tuned.loc[direction, 'mean']:.4g}) is already as good "
-            f"as tuned {m} ({tuned.loc[magnitude, 'mean']:.4g}): there is no gap for the "
-            "static ratios to close."
         )
     best = static.loc[static["gap_closed"].idxmax()]
     m_bytes = tuned.loc[magnitude, "state_bytes"]

@@ -174,7 +174,8 @@ def static_ratio_table(
     metric: str = "val_loss",
 ) -> pd.DataFrame:
     """Tuned M, tuned D and every static-ratio arm of ``group``: mean ± std of ``metric`` over
-    seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M).
+    seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M;
+    NaN when tuned D is already as good as tuned M).
     A static-ratio arm names its ``window`` and ``scope`` (its ratios are the source run's
     artifact ``static_ratios.{window}.{scope}``)."""
     runs = store.runs(group=group)
@@ -210,5 +211,6 @@ def static_ratio_table(
         return out
     tuned = out[out["role"] == "tuned"].set_index("arm")["mean"]
     gap = tuned.get(direction, np.nan) - tuned.get(magnitude, np.nan)
-    out["gap_closed"] = (tuned.get(direction, np.nan) - out["mean"]) / gap
+    # No gap when tuned D is already as good as tuned M: nothing to close, no ratio to read
+    out["gap_closed"] = (tuned.get(direction, np.nan) - out["mean"]) / gap if gap > 0 else np.nan
     return out.sort_values(["role", "mean"], ascending=[False, True]).reset_index(drop=True)
