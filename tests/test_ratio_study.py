@@ -137,3 +137,22 @@ def test_gap_closed_is_the_share_of_the_gap_from_tuned_d_to_tuned_m(study):
     for _, row in swapped.iterrows():
         assert row["gap_closed"] == pytest.approx((adam - row["mean"]) / (adam - sgd))
     assert swapped["gap_closed"].to_dict() == pytest.approx({"adam": 0.0, "sgd": 1.0})
+
+
+def test_ratios_measured_on_a_superseded_graft_leave_the_table(study):
+    """A continued comparison that tunes another lr supersedes its grafts: the static-ratio
+    runs measured on one of them no longer count in any arm."""
+    store, group, _ = study
+    table = static_ratio_table(store, group)
+    runs = store.runs(group=group)
+    grafts = runs[(runs["role"] == "graft") & (runs["magnitude_arm"] == "adam")]
+    source = grafts["run_id"].iloc[0]  # an adam#sgd graft: the study's source
+    store.set_role(source, "superseded")
+    try:
+        after = static_ratio_table(store, group).set_index("arm")
+    finally:
+        store.set_role(source, "graft")
+    before = table.set_index("arm")
+    static = before.index[before["role"] == "static_ratios"]
+    assert (after.loc[static, "seeds"] == before.loc[static, "seeds"] - 1).all()
+    assert static_ratio_table(store, group).equals(table)

@@ -29,6 +29,7 @@ from .config import RunConfig
 from .executor import Executor
 from .experiments import Progress, final_metrics, run_all
 from .store import RunStore
+from .trainer import run_reference
 
 #: Windows of the source run, as [start, stop) steps of its config.
 WINDOWS: dict[str, Callable[[RunConfig], tuple[int, int]]] = {
@@ -165,6 +166,18 @@ def _window_and_scope(variant: str) -> tuple[str, str]:
     return window, scope
 
 
+def _source_of(reference: str) -> str | None:
+    """The source run of a static-ratio run's ``config.static_ratios`` reference."""
+    found = run_reference(reference or "", "static_ratios")
+    return found[0] if found else None
+
+
+def _current_sources(runs: pd.DataFrame) -> set[str]:
+    """The group's grafts at the tuned lrs: a static-ratio run measured on a graft that a
+    continued comparison superseded (another tuned lr) belongs to no arm of the table."""
+    return set(runs.loc[runs["role"] == "graft", "run_id"])
+
+
 def static_ratio_table(
     store: RunStore,
     group: str,
@@ -177,11 +190,16 @@ def static_ratio_table(
     seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M;
     NaN when tuned D is already as good as tuned M).
     A static-ratio arm names its ``window`` and ``scope`` (its ratios are the source run's
-    artifact ``static_ratios.{window}.{scope}``)."""
+    artifact ``static_ratios.{window}.{scope}``); only runs measured on the group's current
+    grafts count (not on grafts a continued comparison superseded)."""
     runs = store.runs(group=group)
     chosen = runs[
         ((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
-        | ((runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction))
+        | (
+            (runs["role"] == "static_ratios")
+            & (runs["magnitude_arm"] == direction)
+            & runs["config.static_ratios"].map(_source_of).isin(_current_sources(runs))
+        )
     ]
     table = final_metrics(
         store, chosen["run_id"].tolist(), metrics=(metric, "optimizer_state_bytes"), runs=chosen
