@@ -112,7 +112,11 @@ def test_hidden_only_equals_float64_reference(path, fused_kernels):
         lr=0.7,
         fused=fused_kernels,
     )
-    train(model, opt, 8)
+    if fused_kernels and path == "blackbox":  # fused=True that cannot be honoured says why
+        with pytest.warns(RuntimeWarning, match="partial grafting"):
+            train(model, opt, 8)
+    else:
+        train(model, opt, 8)
     _reference(expected, 8, HIDDEN)
     # native children: the kernels; black-box ones: the reference path (documented)
     assert (fused.unsupported(opt, list(model.parameters())) is None) == (path == "native")
