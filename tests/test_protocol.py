@@ -259,6 +259,57 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
     assert sorted(runs["role"].unique()) == ["graft", "sweep_point", "tuned"]
 
 
+def test_compare_command_continues_a_group_with_its_stored_settings(tmp_path, capsys):
+    """``compare --group G --seeds 0 1`` alone keeps every setting G was made with (run flags
+    and sweep plan); it trains only seed 1's runs, the same ones a fresh 2-seed run has."""
+    made = [
+        "--runs-dir",
+        str(tmp_path),
+        "compare",
+        "--seeds",
+        "0",
+        "--points",
+        "2",
+        "--extensions",
+        "0",
+        "--workers",
+        "1",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
+    ]
+    assert main(made) == 0
+    with RunStore(tmp_path) as store:
+        (group,) = store.runs()["group"].unique()
+        first = store.runs(group=group)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "--runs-dir",
+                str(tmp_path),
+                "compare",
+                "--group",
+                group,
+                "--seeds",
+                "0",
+                "1",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert f"continuing {group} with the settings it was made with" in capsys.readouterr().err
+    with RunStore(tmp_path) as store:
+        runs = store.runs(group=group)
+        request = comparison_request(store, group)
+    assert set(first["run_id"]) < set(runs["run_id"]) and len(runs) == 2 * len(first)
+    assert request["seeds"] == (0, 1) and request["plan"] == SweepPlan(points=2, extensions=0)
+    settings = [c for c in runs if c.startswith("config.") and c != "config.seed"]
+    for column in ("config.steps", "config.width", "config.schedule", "config.warmup_steps"):
+        assert column in settings and runs[column].nunique() == 1  # TINY's, not the defaults
+    assert runs["config.steps"].iloc[0] == TINY["steps"]
+
+
 def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store):
     from grafting_core.lab.protocol import _sweep_table
 

@@ -42,7 +42,7 @@ from .experiments import (
     schedule_transfer,
     static_ratio_experiment,
 )
-from .protocol import Comparison, SweepPlan, compare
+from .protocol import Comparison, SweepPlan, compare, comparison_request
 from .ratio_study import SCOPES, WINDOWS, static_ratio_study
 from .runner import create_run, execute_run
 from .store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
@@ -233,27 +233,73 @@ def cmd_grid(parser, args, store: RunStore) -> int:
     return 0
 
 
-def cmd_compare(parser, args, store: RunStore) -> int:
+#: compare's own options, None when not given (to tell a continuation that retypes none).
+COMPARE_DEFAULTS = {
+    "optimizers": ["sgd", "adam"],
+    "seeds": [0, 1, 2],
+    "points": SweepPlan().points,
+    "factor": SweepPlan().factor,
+    "extensions": SweepPlan().extensions,
+    "partial": [],
+}
+
+
+def _given_settings(args) -> list[str]:
+    """The comparison options and run settings given on the command line (--seeds aside)."""
+    given = [name for name in COMPARE_DEFAULTS if getattr(args, name) is not None]
+    given += [name for name in field_names() if getattr(args, name, None) is not None]
+    return [name for name in given if name != "seeds"] + (["config"] if args.config else [])
+
+
+def _compare_request(parser, args) -> dict[str, Any]:
+    """compare()'s arguments from the command line (the protocol's defaults where not given)."""
+    for name, default in COMPARE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     config = _config(parser, args)
     if args.schedule is None:  # the protocol's default: warm-up (10% of the steps) + cosine
         warmup = config.warmup_steps if args.warmup_steps is not None else config.steps // 10
         config = config.replace(schedule="warmup_cosine", warmup_steps=max(1, warmup))
-    optimizers = dict(_optimizer_choice(parser, label) for label in args.optimizers)
+    try:
+        plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
+    except ValueError as error:
+        parser.error(str(error))
+    return {
+        "base": config,
+        "optimizers": dict(_optimizer_choice(parser, label) for label in args.optimizers),
+        "seeds": args.seeds,
+        "plan": plan,
+        "partial": [kinds.split(",") for kinds in args.partial],
+    }
+
+
+def cmd_compare(parser, args, store: RunStore) -> int:
     if args.group and store.runs(group=args.group).empty:
         parser.error(
             f"--group {args.group}: no runs in this group (leave --group out to "
             "start a new comparison)"
         )
+    stored = comparison_request(store, args.group) if args.group else None
+    if stored is not None and not _given_settings(args):  # --group G [--seeds ...] alone
+        request = {**stored, "seeds": args.seeds or stored["seeds"]}
+        print(
+            f"continuing {args.group} with the settings it was made with, seeds "
+            f"{' '.join(map(str, request['seeds']))}",
+            file=sys.stderr,
+        )
+    else:
+        if args.group and stored is None:
+            print(
+                f"{args.group} was made before comparisons kept their settings: it "
+                "continues with the options given here (defaults where none is given)",
+                file=sys.stderr,
+            )
+        request = _compare_request(parser, args)
     try:
-        plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
         with _executor(args, store) as executor:
             result = compare(
                 store,
-                config,
-                optimizers,
-                seeds=args.seeds,
-                plan=plan,
-                partial=[kinds.split(",") for kinds in args.partial],
+                **request,
                 executor=executor,
                 progress=_progress("compare"),
                 group=args.group,
@@ -496,40 +542,35 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p.add_argument(
         "--optimizers",
         nargs="+",
-        default=["sgd", "adam"],
         help=f"optimizers to tune and pair ({names}); each sweep is centred on its lr [sgd adam]",
     )
     compare_p.add_argument(
         "--seeds",
         type=seeds["type"],
         nargs="+",
-        default=[0, 1, 2],
         help="seeds of every arm [0 1 2]",
     )
     compare_p.add_argument(
         "--group",
-        help="continue the comparison stored in this group, "
-        "with the same settings (more seeds, or after an "
-        "interruption): its finished runs are kept, its "
-        "stopped ones resumed, only the missing ones trained",
+        help="continue the comparison stored in this group (more seeds, or after an "
+        "interruption): its finished runs are kept, its stopped ones resumed, only the "
+        "missing ones trained. With no other option than --seeds it keeps the settings "
+        "the comparison was made with",
     )
-    compare_p.add_argument("--points", type=int, default=5, help="lrs per first sweep [5]")
+    compare_p.add_argument("--points", type=int, help="lrs per first sweep [5]")
     compare_p.add_argument(
         "--factor",
         type=float,
-        default=SweepPlan().factor,
         help="ratio of neighbouring lrs [10**0.5: half a decade]",
     )
     compare_p.add_argument(
         "--extensions",
         type=int,
-        default=2,
         help="lrs added beyond an edge while the best sits on it [2]",
     )
     compare_p.add_argument(
         "--partial",
         action="append",
-        default=[],
         metavar="KINDS",
         help="also a partial graft per pair that grafts only these layer "
         "kinds, comma-separated (embedding, head, norm, bias, hidden); "
