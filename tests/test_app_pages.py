@@ -24,6 +24,7 @@ from grafting_core.lab.protocol import SweepPlan, compare, comparison_request, r
 from grafting_core.lab.ratio_study import static_ratio_table
 from grafting_core.lab.store import RunStore
 from tests.test_app import chart_traces, page, page_figures, train_inline
+from tests.test_protocol import TINY as TINY_COMPARISON
 
 STUDY_COLUMNS = ["arm", "window", "scope", "mean", "std", "seeds", "state_bytes", "gap_closed"]
 
@@ -479,19 +480,13 @@ def test_static_ratios_refuses_bad_input_and_starts_nothing(store, change, reaso
     assert list(store.runs()["run_id"]) == [saved]
 
 
-STUDY_BASE = dict(  # a comparison small enough to train inline in a few seconds
-    dataset="digits",
-    model="mlp",
-    width=8,
-    steps=20,
-    batch_size=32,
-    eval_every=20,
-    eval_examples=64,
-    log_every=5,
-    flush_seconds=0.0,
-    schedule="warmup_cosine",
-    warmup_steps=4,
-)
+STUDY_BASE = {  # a comparison small enough to train inline in a few seconds
+    **TINY_COMPARISON,
+    "steps": 20,
+    "eval_every": 20,
+    "schedule": "warmup_cosine",
+    "warmup_steps": 4,
+}
 
 
 def tiny_comparison(store: RunStore) -> str:

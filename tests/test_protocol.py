@@ -230,17 +230,14 @@ def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
     assert read_comparison(store, result.group).verdicts.equals(result.verdicts)
 
 
-def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
-    args = [
+def _compare_command(tmp_path, *options: str) -> list[str]:
+    """``compare`` over the store at ``tmp_path``: TINY's run settings, 2 lrs a sweep, no
+    extension, inline, and ``options``."""
+    return [
         "--runs-dir",
         str(tmp_path),
         "compare",
-        "--optimizers",
-        "sgd",
-        "adam",
-        "--seeds",
-        "0",
-        "1",
+        *options,
         "--points",
         "2",
         "--extensions",
@@ -249,7 +246,10 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
         "1",
         *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
     ]
-    assert main(args) == 0
+
+
+def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
+    assert main(_compare_command(tmp_path, "--optimizers", "sgd", "adam", "--seeds", "0", "1")) == 0
     out = capsys.readouterr().out
     assert "learning-rate sweeps" in out and "verdicts" in out and "adam#sgd" in out
     with RunStore(tmp_path) as store:
@@ -262,21 +262,7 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
 def test_compare_command_continues_a_group_with_its_stored_settings(tmp_path, capsys):
     """``compare --group G --seeds 0 1`` alone keeps every setting G was made with (run flags
     and sweep plan); it trains only seed 1's runs, the same ones a fresh 2-seed run has."""
-    made = [
-        "--runs-dir",
-        str(tmp_path),
-        "compare",
-        "--seeds",
-        "0",
-        "--points",
-        "2",
-        "--extensions",
-        "0",
-        "--workers",
-        "1",
-        *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
-    ]
-    assert main(made) == 0
+    assert main(_compare_command(tmp_path, "--seeds", "0")) == 0
     with RunStore(tmp_path) as store:
         (group,) = store.runs()["group"].unique()
         first = store.runs(group=group)
