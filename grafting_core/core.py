@@ -54,11 +54,12 @@ def graft_scales(
     """
     ratio = magnitude_norm / (direction_norm + eps)
     ratio = torch.where(grafted, ratio, 1.0)
+    moves = direction_norm > 0  # a zero direction step: the layer stays
     finite = grad_finite
     if skip_nonfinite:  # a non-finite gradient or proposed step never reaches w
         finite = finite & torch.isfinite(ratio) & torch.isfinite(direction_norm)
-        ratio = torch.where(finite, ratio, 0.0)
-    ratio = torch.where(direction_norm > 0, ratio, 0.0)
+        moves = moves & finite
+    ratio = torch.where(moves, ratio, 0.0)
     return finite, ratio[layer_of] * lr
 
 

@@ -131,8 +131,9 @@ class _Task(ctypes.Structure):
         ("segments", ctypes.c_int64),
         ("segment", ctypes.c_void_p),
         ("layer", ctypes.c_void_p),
-        ("partial", ctypes.c_void_p),
-        ("sums", ctypes.c_void_p),
+        ("norms", ctypes.c_void_p),
+        ("partial", ctypes.c_void_p),  # the kernels' own
+        ("grad_sums", ctypes.c_void_p),
     ]
 
 
@@ -378,14 +379,15 @@ def _run(
     guard: tuple[int, _Guard] | None = None,
     threads: int | None = None,
 ) -> Tensor:
-    """One kernel pass; returns the per-tensor sums of squares, shape ``(n, 3)``, float64: a
-    rule's (or two rules') steps; ‖g‖² in a ``guard``-ed PROPOSE or PROPOSE_M, which scans
-    the gradients of each segment of ``guard[1]`` before proposing them (``guard[0]``:
-    GRAD_SUMS, or SKIP_NONFINITE to zero the gradients of non-finite layers first)."""
+    """One kernel pass; returns per-tensor norms, shape ``(3, n)``, in the tensors' dtype (the
+    reference path's norm dtype; summed in double): a rule's (or two rules') steps, then ‖g‖
+    in a ``guard``-ed PROPOSE or PROPOSE_M, which scans the gradients of each segment of
+    ``guard[1]`` before proposing them (``guard[0]``: GRAD_SUMS, or SKIP_NONFINITE to zero
+    the gradients of non-finite layers first), else 0. ``scale``: one number per tensor."""
     n = len(layout.numels)
-    out = torch.empty(layout.chunks + n, 3, dtype=torch.float64)  # per chunk, then per tensor
-    if scale is not None:
-        scale = scale.to(torch.float64).contiguous()
+    norms = torch.empty(3, n, dtype=dtype)
+    if scale is not None and (scale.dtype is not dtype or not scale.is_contiguous()):
+        scale = scale.to(dtype).contiguous()
     mode, segments = (UNGUARDED, None) if guard is None else guard
     task = _Task(
         op,
@@ -405,13 +407,12 @@ def _run(
     if segments is not None:
         task.segments = len(segments.bounds) - 1
         task.segment, task.layer = map(_address, (segments.bounds, segments.layers))
-    task.partial = out.data_ptr()
-    task.sums = out[layout.chunks :].data_ptr()
+    task.norms = norms.data_ptr()
     if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
         threads = min(torch.get_num_threads(), max(1, layout.total >> 16))
     if getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads):
         raise MemoryError("the fused kernels could not allocate their bookkeeping")
-    return out[layout.chunks :]
+    return norms
 
 
 class _Guard:
@@ -506,11 +507,6 @@ def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
     ]
 
 
-def _norms(sums: Tensor, dtype: torch.dtype) -> Tensor:
-    """Per-tensor norms from sums of squares, in the reference path's norm dtype."""
-    return sums.sqrt().to(torch.float64 if dtype == torch.float64 else torch.float32)
-
-
 def propose(graft: Any, plan: Any) -> Proposal:
     """Run both children over ``plan.params`` in kernel passes (checked by :func:`unsupported`)."""
     params = plan.params
@@ -522,20 +518,22 @@ def propose(graft: Any, plan: Any) -> Proposal:
         grad_norm = graft._reduce(grad_per_tensor, plan)
     else:  # ‖g‖ in the pass that copies w to the scratch
         scratch = graft._scratch_for(params)
-        sums = _run(SUMSQ_COPY, layout, dtype, [grads, params, scratch])
-        grad_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
+        grad_per_tensor, weight_per_tensor, _ = _run(
+            SUMSQ_COPY, layout, dtype, [grads, params, scratch]
+        )
+        grad_norm = graft._reduce(grad_per_tensor, plan)
         if graft.skip_nonfinite:  # zero the gradients of non-finite layers (no host sync)
-            skip = (~torch.isfinite(grad_norm))[plan.index].to(torch.float64)
+            skip = (~torch.isfinite(grad_norm))[plan.index].to(dtype)
             _run(ZERO_IF, layout, dtype, [grads], scale=skip, threads=1)
-        weight_norm = graft._reduce(_norms(sums[:, 1], dtype), plan)
+        weight_norm = graft._reduce(weight_per_tensor, plan)
         if isinstance(graft.magnitude, MagnitudeSchedule):
             magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
         else:
             graft.magnitude.step()
-            sums = _run(DIFF_SUMSQ_RESTORE, layout, dtype, [params, scratch])
-            magnitude_norm = graft._reduce(_norms(sums[:, 0], dtype), plan)
+            norms = _run(DIFF_SUMSQ_RESTORE, layout, dtype, [params, scratch])
+            magnitude_norm = graft._reduce(norms[0], plan)
         graft.direction.step()
-        per_tensor = _norms(_run(DIFF_SUMSQ, layout, dtype, [params, scratch])[:, 0], dtype)
+        per_tensor = _run(DIFF_SUMSQ, layout, dtype, [params, scratch])[0]
 
         def apply(scales: Tensor) -> Tensor:  # w = scratch + scale · (w_after_D − scratch)
             _run(BLEND, layout, dtype, [params, scratch], scale=scales)
@@ -554,8 +552,8 @@ class _Child:
         self.kind = _rule_kind(child, mine)
         advanced = _advance(child, mine)  # the step counts
         self.coefs = _coefficients(advanced)
-        self.states = [
-            [None if name is None else state[name] for _, state, _, _ in advanced]
+        self.states = [  # None: a slot the rule has no buffer for
+            None if name is None else [state[name] for _, state, _, _ in advanced]
             for name in SLOTS[self.kind]
         ]
         self.reads_g = self.kind in APPLY_READS_G or any(
@@ -585,7 +583,7 @@ def _native(
     )
     read = [grads, params if use_w else None]
     if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
-        sums = _run(
+        norms = _run(
             PROPOSE,
             layout,
             dtype,
@@ -595,26 +593,26 @@ def _native(
             use_w=use_w,
             guard=guard,
         )
-        norms = _norms(sums, dtype)  # ‖Δ_M‖, ‖Δ_D‖, ‖g‖ per tensor
-        per_tensor = norms[:, 1]
+        magnitude_per_tensor, per_tensor, grad_per_tensor = norms
     else:  # one pass each (only the pair kinds are specialised together)
-        norms = _norms(_propose_one(PROPOSE_M, magnitude, read, dtype, use_w, guard), dtype)
-        per_tensor = norms[:, 0].clone()  # Δ_M where not grafted
+        magnitude_per_tensor, _, grad_per_tensor = _propose_one(
+            PROPOSE_M, magnitude, read, dtype, use_w, guard
+        )
+        per_tensor = magnitude_per_tensor.clone()  # Δ_M where not grafted
         if chosen:
-            sums = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[:, 0]
-            per_tensor[chosen] = _norms(sums, dtype)
+            per_tensor[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[0]
 
     def apply(scales: Tensor) -> Tensor:
         if not others:  # every tensor takes D's step
-            weight_sums = _apply(direction, chosen, params, grads, scales, layout)
+            weight_norms = _apply(direction, chosen, params, grads, scales, layout)
         else:
-            weight_sums = torch.zeros(len(params), dtype=torch.float64)
+            weight_norms = torch.zeros(len(params), dtype=dtype)
             for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
                 if index:
-                    weight_sums[index] = _apply(child, index, params, grads, scales)
-        return graft._reduce(_norms(weight_sums, dtype), plan)
+                    weight_norms[index] = _apply(child, index, params, grads, scales)
+        return graft._reduce(weight_norms, plan)
 
-    return graft._reduce(norms[:, 0], plan), per_tensor, norms[:, 2], apply
+    return graft._reduce(magnitude_per_tensor, plan), per_tensor, grad_per_tensor, apply
 
 
 def _apply(
@@ -626,15 +624,15 @@ def _apply(
     layout: _Layout | None = None,
 ) -> Tensor:
     """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
-    the child's new state; ‖w‖² per tensor before the move. ``layout``: given when ``index``
+    the child's new state; ‖w‖ per tensor before the move. ``layout``: given when ``index``
     is every tensor of the step."""
     within = None
     if index != child.index:
         position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
         within = [position[i] for i in index]
 
-    def part(tensors: list[Any]) -> list[Any]:
-        return tensors if within is None else [tensors[i] for i in within]
+    def part(tensors: list[Any] | None) -> list[Any] | None:
+        return tensors if within is None or tensors is None else [tensors[i] for i in within]
 
     if layout is None:
         params, grads = ([x[i] for i in index] for x in (params, grads))
@@ -647,7 +645,7 @@ def _apply(
         kinds=(0, child.kind),
         coefs=(None, child.coefs.pick(within)),
         scale=scales,
-    )[:, 0]
+    )[0]
 
 
 def _propose_one(
@@ -658,7 +656,7 @@ def _propose_one(
     use_w: bool,
     guard: tuple[int, _Guard] | None = None,
 ) -> Tensor:
-    """One child's propose pass over its tensors: its ``_run`` sums, ‖Δ‖² in column 0
+    """One child's propose pass over its tensors: its ``_run`` norms, ‖Δ‖ in row 0
     (``guard``: M's pass over every tensor, which also guards the gradients)."""
     tables = [None if t is None else child.pick(t) for t in read] + child.states
     return _run(

@@ -3,7 +3,8 @@
  * Each pass walks a list of contiguous tensors cut into fixed chunks that threads share;
  * every chunk writes its sums of squares (in double) to its own slot and the slots are
  * added per tensor in a fixed order after the pass, so no result depends on the thread
- * count. Within a chunk, blocks of BLOCK elements are summed in the tensor's precision (a
+ * count; the pass hands back their roots, the norms, rounded to the tensor's precision
+ * (as the reference path's norms are), so that nothing is left to compute in Python. Within a chunk, blocks of BLOCK elements are summed in the tensor's precision (a
  * float chain per SIMD lane: at most ~1e-5 relative in float32, ~1e-7 typically) and added
  * in double: summing every element in double made the float passes 10-25 % slower (the
  * conversions and one long dependency chain), at no accuracy a float32 norm needs. The
@@ -47,13 +48,14 @@ typedef struct {
     const int64_t *first;      /* first chunk of tensor i; first[n] = all chunks */
     void *const *ptr[6];       /* pointer tables: grad, weight, M's 2 buffers, D's 2 */
     const double *coef_m, *coef_d;
-    const double *scale;       /* per tensor: APPLY, BLEND's scale; ZERO_IF: 1 where the
-                                * gradient is to be zeroed */
+    const void *scale;         /* REAL per tensor: APPLY, BLEND's scale; ZERO_IF: 1 where
+                                * the gradient is to be zeroed */
     int64_t segments;          /* guarded passes: runs of whole layers, scanned then proposed */
     const int64_t *segment;    /* first tensor of each segment; segment[segments] = n */
     const int64_t *layer;      /* a layer number (< n) per tensor, NULL: one tensor a layer */
-    double *partial;           /* 3 sums per chunk */
-    double *sums;              /* 3 sums per tensor (a rule's two, ‖g‖²): its chunks', in order */
+    void *norms;               /* out, REAL: 3 rows of n norms (a rule's two, ‖g‖²'s root) */
+    double *partial;           /* graft_pass's own: 3 sums of squares per chunk */
+    double *grad_sums;         /* and ‖g‖² per tensor, its chunks' in order (guarded) */
 } Task;
 #endif
 
@@ -205,7 +207,7 @@ static void F(chunk)(const Task *t, int64_t i, int64_t start, int64_t end, doubl
     const double zeros[NCOEF] = {0};
     const F(Coef) km = F(coef)(t->coef_m ? t->coef_m + i * NCOEF : zeros);
     const F(Coef) kd = F(coef)(t->coef_d ? t->coef_d + i * NCOEF : zeros);
-    const REAL s = t->scale ? (REAL)t->scale[i] : 0;
+    const REAL s = t->scale ? ((const REAL *)t->scale)[i] : 0;
     if (t->op == ZERO_IF && s != 0)
         for (int64_t j = start; j < end; j++) g[j] = 0;  /* a skipped layer's gradient */
     double sum0 = 0, sum1 = 0;
@@ -298,13 +300,13 @@ static void F(run_chunk)(const Task *t, int64_t c, int64_t i) {
  * fused.py's norms would be: per tensor in REAL, per layer summed in REAL); into skip[]. */
 static void F(flags)(const Task *t, int64_t a, int64_t b, REAL *acc, double *skip) {
     for (int64_t i = a; i < b; i++) {
-        const REAL norm = (REAL)sqrt(t->sums[3 * i + 2]);
+        const REAL norm = (REAL)sqrt(t->grad_sums[i]);
         if (t->layer) acc[t->layer[i]] = 0;
         else skip[i] = !isfinite(norm);
     }
     if (!t->layer) return;
     for (int64_t i = a; i < b; i++) {
-        const REAL norm = (REAL)sqrt(t->sums[3 * i + 2]);
+        const REAL norm = (REAL)sqrt(t->grad_sums[i]);
         acc[t->layer[i]] += norm * norm;
     }
     for (int64_t i = a; i < b; i++) skip[i] = !isfinite(acc[t->layer[i]]);
@@ -315,7 +317,7 @@ static void F(scanned)(const Task *t, int64_t a, int64_t b, REAL *acc, double *s
     for (int64_t i = a; i < b; i++) {
         double sum = 0;
         for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) sum += t->partial[3 * c + 2];
-        t->sums[3 * i + 2] = sum;
+        t->grad_sums[i] = sum;
     }
     if (t->guard == SKIP_NONFINITE) F(flags)(t, a, b, acc, skip);
 }
@@ -389,22 +391,30 @@ static int F(guarded)(const Task *t, int threads) {
  * link libgomp.so.1, which torch has loaded already: they run on the very thread team of
  * torch's own CPU kernels (two runtimes would have two teams spinning for the same cores).
  * Chunks go out dynamically, so a thread that another process slows down takes fewer. */
-int F(graft_pass)(const Task *t, int threads) {
+int F(graft_pass)(const Task *task, int threads) {
+    Task own = *task;
+    const Task *t = &own;
     const int64_t chunks = t->first[t->n];
-    if (t->guard != UNGUARDED) {
-        if (F(guarded)(t, threads)) return 1;
-    } else {
+    own.partial = malloc(3 * chunks * sizeof(double));
+    own.grad_sums = calloc(t->n, sizeof(double));  /* stays 0 unless guarded */
+    int failed = !own.partial || !own.grad_sums;
+    if (!failed && t->guard != UNGUARDED) {
+        failed = F(guarded)(t, threads);
+    } else if (!failed) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads > 1 ? threads : 1)
         for (int64_t c = 0; c < chunks; c++) F(run_chunk)(t, c, F(tensor_of)(t, c, 0, t->n - 1));
     }
-    for (int64_t i = 0; i < t->n; i++) {
+    REAL *norms = t->norms;
+    for (int64_t i = 0; !failed && i < t->n; i++) {
         double s0 = 0, s1 = 0;
         for (int64_t c = t->first[i]; c < t->first[i + 1]; c++) {
             s0 += t->partial[3 * c];
             s1 += t->partial[3 * c + 1];
         }
-        t->sums[3 * i] = s0;
-        t->sums[3 * i + 1] = s1;
+        norms[i] = (REAL)sqrt(s0);  /* as torch rounds a double norm to REAL */
+        norms[t->n + i] = (REAL)sqrt(s1);
+        norms[2 * t->n + i] = (REAL)sqrt(t->grad_sums[i]);
     }
-    return 0;
+    free(own.partial), free(own.grad_sums);
+    return failed;
 }

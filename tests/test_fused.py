@@ -202,21 +202,21 @@ def test_fused_step_makes_no_host_sync(path, specs):
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
 def test_fused_threads_do_not_change_results(dtype, rtol):
-    """Bit-equal sums at any thread count; a float32 tensor's blocks are summed in float
-    (float32 rounding), a float64 tensor's in double."""
+    """Bit-equal norms at any thread count; a float32 tensor's blocks are summed in float
+    (float32 rounding), a float64 tensor's in double; the norm in the tensor's dtype."""
     grads = [torch.randn(40_000, dtype=dtype) for _ in range(3)]
-    one = _grad_sums(grads, threads=1)
-    three = _grad_sums(grads, threads=3)
+    one = _grad_norms(grads, threads=1)
+    three = _grad_norms(grads, threads=3)
     assert torch.equal(one, three)
-    expected = torch.stack([g.double().square().sum() for g in grads])
+    expected = torch.stack([g.double().norm() for g in grads]).to(dtype)
     torch.testing.assert_close(one, expected, rtol=rtol, atol=0)
 
 
-def _grad_sums(grads, threads):
-    """‖g‖² per tensor from a guarded pass of a stateless rule with lr 0 (zero steps), the
+def _grad_norms(grads, threads):
+    """‖g‖ per tensor from a guarded pass of a stateless rule with lr 0 (zero steps), the
     three tensors in two layers (segments [0, 1], [2])."""
     plan = types.SimpleNamespace(index=torch.tensor([0, 0, 1]), is_identity=False)
-    sums = fused._run(
+    norms = fused._run(
         fused.PROPOSE_M,
         fused._layout(grads),
         grads[0].dtype,
@@ -225,7 +225,7 @@ def _grad_sums(grads, threads):
         guard=(fused.GRAD_SUMS, fused._Guard(plan)),
         threads=threads,
     )
-    return sums[:, 2]
+    return norms[2]
 
 
 def _count_calls(monkeypatch, module):
@@ -334,14 +334,14 @@ def test_without_compiler_the_reference_path_runs(monkeypatch, flag):
 def test_without_openmp_the_kernels_build_single_threaded(monkeypatch, tmp_path):
     # A compiler without OpenMP (e.g. clang with no libomp): the next flag set is used.
     grads = [torch.randn(70_000) for _ in range(3)]
-    parallel = _grad_sums(grads, threads=2)
+    parallel = _grad_norms(grads, threads=2)
     monkeypatch.setenv("GRAFTING_FUSED_CACHE", str(tmp_path))
     monkeypatch.setattr(fused, "_THREADING", ["-fno-such-openmp-flag", "-fopenmp-simd"])
     monkeypatch.setattr(fused, "_library", None)
     monkeypatch.setattr(fused, "unavailable_reason", None)
     assert fused.available()
     assert len(list(tmp_path.glob("fused_*.so"))) == 1  # the failed build left nothing
-    serial = _grad_sums(grads, threads=2)
+    serial = _grad_norms(grads, threads=2)
     assert torch.equal(serial, parallel)
 
 
