@@ -13,26 +13,32 @@ takes the reference path.
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
 CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are
 native rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop
-not centred, signSGD/Signum, Lion; partial grafting too, unless Lion is the magnitude) or
-every layer is grafted and the step is black-box (any optimizers, a replayed schedule as
-magnitude included). Black-box children that are torch's own SGD, Adam, AdamW, Adagrad or
-RMSprop (each, or one of them with a native rule) are run like native ones, on their own
-state and groups (:mod:`grafting_core.torch_children` says when that is exact);
-:func:`runs_children` tells which way a step goes. A native replayed schedule, LARS, LAMB,
-a centred RMSprop and partial grafting with black-box children take the reference path,
-and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
+not centred, signSGD/Signum, Lion, LARS, LAMB; partial grafting too, unless Lion is the
+magnitude) or every layer is grafted and the step is black-box (any optimizers, a replayed
+schedule as magnitude included). Black-box children that are torch's own SGD, Adam, AdamW,
+Adagrad or RMSprop (each, or one of them with a native rule) are run like native ones, on
+their own state and groups (:mod:`grafting_core.torch_children` says when that is exact);
+:func:`runs_children` tells which way a step goes. A native replayed schedule, a centred
+RMSprop and partial grafting with black-box children take the reference path, and so do
+DTensor (FSDP2) shards, through ``grafting_core.sharded``.
 Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
 one of its hyperparameters (``tests/test_fused.py``).
 
 Native step, two passes instead of ~20: (1) layer by layer (a segment of whole layers at a
 time), ‖g‖² of the layer's gradients, then, with the gradients still in the core's cache,
 the gradients of a non-finite layer are zeroed and both rules advance their states and sum
-‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for SGD/Adam pairs; for the other
-rules M's pass is the guarded one and D's follows); (2) w += scale · Δ_D, recomputing Δ_D
-from D's updated state (Lion as D: from its old state, which advances here), and ‖w‖ (the
-weights before the step) on the way. Partial grafting: M's pass over every tensor, D's
-over the grafted ones, and two apply passes (D's step on the grafted tensors, M's own on
-the others).
+‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for pairs of SGD, Adam, LARS, LAMB;
+for the other rules M's pass is the guarded one and D's follows); (2) w += scale · Δ_D,
+recomputing Δ_D from D's updated state (Lion as D: from its old state, which advances
+here), and ‖w‖ (the weights before the step) on the way. Partial grafting: M's pass over
+every tensor, D's over the grafted ones, and two apply passes (D's step on the grafted
+tensors, M's own on the others).
+LARS and LAMB are SGD-momentum's and Adam's kernels with a per-tensor trust ratio τ
+(:func:`grafting_core.rules.trust_ratios`) taken between passes, in torch on per-tensor
+norms: a read-only pass first sums ‖w‖² (and, for LARS, ‖g‖²) per tensor; LARS's τ (from
+‖w‖, ‖g‖: 0 in a skipped non-finite layer) joins its coefficients (buf = m·buf + lr·τ·g),
+while LAMB's kernels step its unscaled u = m̂/(√v̂+eps) + wd·w, τ = ‖w‖/‖u‖ comes from the
+propose pass's sums, and lr·τ scales ‖u‖ and the apply pass's per-tensor scale.
 Black-box step: ‖g‖ while copying w to the scratch with ‖w‖; M.step(); ‖w − scratch‖
 while restoring w; D.step(); ‖w − scratch‖; blend.
 """
