@@ -219,6 +219,18 @@ def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
     )
 
 
+#: The kernel kind of each rule whose kind does not depend on its flags (LARS: SGD-momentum's
+#: kind even at momentum 0, its buffer kept as rules.py keeps it; LAMB: Adam's).
+_FIXED_KINDS = {
+    "adam": ADAM,
+    "adamw": ADAM,
+    "adagrad": ADAGRAD,
+    "lion": LION,
+    "lars": MOMENTUM,
+    "lamb": ADAM,
+}
+
+
 def _kind(name: str, hp: dict[str, Any]) -> int | None:
     """The kernel kind of rule ``name`` with hyperparameters ``hp`` (None: no kernel)."""
     if name == "sgd":
@@ -227,8 +239,7 @@ def _kind(name: str, hp: dict[str, Any]) -> int | None:
         return None if hp["centered"] else RMSPROP_MOMENTUM if hp["momentum"] > 0 else RMSPROP
     if name == "sign_sgd":
         return SIGN_MOMENTUM if hp["momentum"] != 0 else SIGN
-    kinds = {"adam": ADAM, "adamw": ADAM, "lamb": ADAM, "lars": MOMENTUM}
-    return {**kinds, "adagrad": ADAGRAD, "lion": LION}.get(name)
+    return _FIXED_KINDS.get(name)
 
 
 def _rule_name(child: Any, group: dict[str, Any]) -> str | None:

@@ -200,6 +200,35 @@ def test_fused_trust_ratio_of_zero_weights_is_one(specs):
     assert max_relative_difference(fast_model, ref_model) < 1e-12
 
 
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("order", ["lars#lamb", "lamb#lars"])
+def test_fused_trust_ratios_take_each_groups_hyperparameters(order, dtype, rtol):
+    """Two groups with their own lr, weight decay and trust coefficient: each tensor's trust
+    ratio and steps as on the reference path."""
+    lars = ("lars", {"lr": 0.5, "trust_coefficient": 0.02})
+    lamb = ("lamb", {"lr": 1e-2})
+    specs = (lars, lamb) if order == "lars#lamb" else (lamb, lars)
+    options = (
+        {"magnitude.weight_decay": 0.05, "direction.lr": 0.3},
+        {"magnitude.lr": 0.02, "direction.weight_decay": 0.1},
+    )
+    lars_role = "magnitude" if order == "lars#lamb" else "direction"
+    runs = []
+    for use_fused in (False, True):
+        model = make_model(dtype)
+        named = list(model.named_parameters())
+        hidden = [p for name, p in named if name.startswith("fc")]
+        head = [p for name, p in named if not name.startswith("fc")]
+        groups = [{"params": ps, **o} for ps, o in zip((hidden, head), options)]
+        groups[1][f"{lars_role}.trust_coefficient"] = 0.005
+        opt = Graft(groups, *specs, fused=use_fused)
+        compute_grads(model, 0)
+        assert fused.unsupported(opt, list(model.parameters())) is None
+        train(model, opt, 6)
+        runs.append(model)
+    assert max_relative_difference(runs[1], runs[0]) < rtol
+
+
 @pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
 def test_fused_non_finite_gradient_skips_only_that_layer(path, specs):
