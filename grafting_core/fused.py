@@ -35,10 +35,11 @@ every tensor, D's over the grafted ones, and two apply passes (D's step on the g
 tensors, M's own on the others).
 LARS and LAMB are SGD-momentum's and Adam's kernels with a per-tensor trust ratio τ
 (:func:`grafting_core.rules.trust_ratios`) taken between passes, in torch on per-tensor
-norms: a read-only pass first sums ‖w‖² (and, for LARS, ‖g‖²) per tensor; LARS's τ (from
-‖w‖, ‖g‖: 0 in a skipped non-finite layer) joins its coefficients (buf = m·buf + lr·τ·g),
-while LAMB's kernels step its unscaled u = m̂/(√v̂+eps) + wd·w, τ = ‖w‖/‖u‖ comes from the
-propose pass's sums, and lr·τ scales ‖u‖ and the apply pass's per-tensor scale.
+norms: a read-only pass first sums ‖w‖² (and, for LARS, ‖g‖²) per tensor. LARS's τ, from
+‖w‖ and ‖g‖ (‖g‖ taken as 0 in a layer skipped as non-finite), joins its coefficients
+(buf = m·buf + lr·τ·g'); LAMB's kernels step its unscaled u = m̂/(√v̂+eps) + wd·w, its
+τ = ‖w‖/‖u‖ comes from the propose pass's sums, and lr·τ scales ‖u‖ and the apply pass's
+per-tensor scale.
 Black-box step: ‖g‖ while copying w to the scratch with ‖w‖; M.step(); ‖w − scratch‖
 while restoring w; D.step(); ‖w − scratch‖; blend.
 """

@@ -178,10 +178,12 @@ def test_fused_skips_params_without_grad(path, specs):
         assert len(fast.direction.state[fast_model.out.bias]) == 0
 
 
-TRUST = [i for i, specs in enumerate(PAIRS) if {name for name, _ in specs} & {"lars", "lamb"}]
+TRUST_PAIRS = [i for i, specs in enumerate(PAIRS) if {name for name, _ in specs} & {"lars", "lamb"}]
 
 
-@pytest.mark.parametrize("specs", [PAIRS[i] for i in TRUST], ids=[PAIR_IDS[i] for i in TRUST])
+@pytest.mark.parametrize(
+    "specs", [PAIRS[i] for i in TRUST_PAIRS], ids=[PAIR_IDS[i] for i in TRUST_PAIRS]
+)
 def test_fused_trust_ratio_of_zero_weights_is_one(specs):
     """A tensor of zero weights (‖w‖ = 0: LARS's and LAMB's τ = 1) moves as on the reference
     path, in float64 to 1e-12."""
@@ -195,7 +197,7 @@ def test_fused_trust_ratio_of_zero_weights_is_one(specs):
         assert fused.unsupported(opt, list(model.parameters())) is None
         train(model, opt, 3)
         runs.append(model)
-    (ref_model, fast_model) = runs
+    ref_model, fast_model = runs
     assert bool(fast_model.fc2.bias.any())
     assert max_relative_difference(fast_model, ref_model) < 1e-12
 
