@@ -103,6 +103,16 @@ OTHER_PAIRS = {
         ("sign_sgd", {"lr": 1e-5, "momentum": 0.9}),
         lambda p: {},
     ),  # torch has neither
+    "lamb#sgd-m": (  # the trust ratios: between kernel passes by default
+        ("lamb", {"lr": ADAM_LR}),
+        ("sgd", {"lr": SGD_LR, "momentum": MOMENTUM}),
+        lambda p: {},
+    ),  # torch has no LAMB
+    "sgd-m#lars": (
+        ("sgd", {"lr": SGD_LR, "momentum": MOMENTUM}),
+        ("lars", {"lr": SGD_LR, "momentum": MOMENTUM}),
+        lambda p: {},
+    ),  # torch has no LARS
 }
 
 

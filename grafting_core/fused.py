@@ -13,26 +13,33 @@ takes the reference path.
 Used when: every stepped parameter and gradient is a dense, contiguous float32 or float64
 CPU tensor of one dtype, ``direction`` is not ``None``, and either both children are
 native rules with kernels (:data:`KERNEL_RULES`: SGD/Nesterov, Adam/AdamW, AdaGrad, RMSprop
-not centred, signSGD/Signum, Lion; partial grafting too, unless Lion is the magnitude) or
-every layer is grafted and the step is black-box (any optimizers, a replayed schedule as
-magnitude included). Black-box children that are torch's own SGD, Adam, AdamW, Adagrad or
-RMSprop (each, or one of them with a native rule) are run like native ones, on their own
-state and groups (:mod:`grafting_core.torch_children` says when that is exact);
-:func:`runs_children` tells which way a step goes. A native replayed schedule, LARS, LAMB,
-a centred RMSprop and partial grafting with black-box children take the reference path,
-and so do DTensor (FSDP2) shards, through ``grafting_core.sharded``.
+not centred, signSGD/Signum, Lion, LARS, LAMB; partial grafting too, unless Lion is the
+magnitude) or every layer is grafted and the step is black-box (any optimizers, a replayed
+schedule as magnitude included). Black-box children that are torch's own SGD, Adam, AdamW,
+Adagrad or RMSprop (each, or one of them with a native rule) are run like native ones, on
+their own state and groups (:mod:`grafting_core.torch_children` says when that is exact);
+:func:`runs_children` tells which way a step goes. A native replayed schedule, a centred
+RMSprop and partial grafting with black-box children take the reference path, and so do
+DTensor (FSDP2) shards, through ``grafting_core.sharded``.
 Each kernel rule is checked against its definition in :mod:`grafting_core.rules` for every
 one of its hyperparameters (``tests/test_fused.py``).
 
 Native step, two passes instead of ~20: (1) layer by layer (a segment of whole layers at a
 time), ‖g‖² of the layer's gradients, then, with the gradients still in the core's cache,
 the gradients of a non-finite layer are zeroed and both rules advance their states and sum
-‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for SGD/Adam pairs; for the other
-rules M's pass is the guarded one and D's follows); (2) w += scale · Δ_D, recomputing Δ_D
-from D's updated state (Lion as D: from its old state, which advances here), and ‖w‖ (the
-weights before the step) on the way. Partial grafting: M's pass over every tensor, D's
-over the grafted ones, and two apply passes (D's step on the grafted tensors, M's own on
-the others).
+‖Δ_M‖², ‖Δ_D‖² without storing either step (one pass for pairs of SGD, Adam, LARS, LAMB;
+for the other rules M's pass is the guarded one and D's follows); (2) w += scale · Δ_D,
+recomputing Δ_D from D's updated state (Lion as D: from its old state, which advances
+here), and ‖w‖ (the weights before the step) on the way. Partial grafting: M's pass over
+every tensor, D's over the grafted ones, and two apply passes (D's step on the grafted
+tensors, M's own on the others).
+LARS and LAMB are SGD-momentum's and Adam's kernels with a per-tensor trust ratio τ
+(:func:`grafting_core.rules.trust_ratios`) taken between passes, in torch on per-tensor
+norms: a read-only pass first sums ‖w‖² (and, for LARS, ‖g‖²) per tensor. LARS's τ, from
+‖w‖ and ‖g‖ (‖g‖ taken as 0 in a layer skipped as non-finite), joins its coefficients
+(buf = m·buf + lr·τ·g'); LAMB's kernels step its unscaled u = m̂/(√v̂+eps) + wd·w, its
+τ = ‖w‖/‖u‖ comes from the propose pass's sums, and lr·τ scales ‖u‖ and the apply pass's
+per-tensor scale.
 Black-box step: ‖g‖ while copying w to the scratch with ‖w‖; M.step(); ‖w − scratch‖
 while restoring w; D.step(); ‖w − scratch‖; blend.
 """
@@ -54,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import torch_children
+from . import rules, torch_children
 from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
@@ -69,7 +76,8 @@ from .schedule import MagnitudeSchedule
     ZERO_IF,
     PROPOSE_M,
     PROPOSE_D,
-) = range(9)
+    SUMSQ,
+) = range(10)
 UNGUARDED, GRAD_SUMS, SKIP_NONFINITE = range(3)  # how PROPOSE(_M) treats g (Task.guard)
 # Rule kinds the kernels know (fused_kernels.c), and the state buffers in their two slots.
 (PLAIN, MOMENTUM, ADAM, ADAGRAD, RMSPROP, RMSPROP_MOMENTUM, SIGN, SIGN_MOMENTUM, LION) = range(9)
@@ -91,9 +99,12 @@ IN_APPLY_KINDS = (LION,)  # the apply pass advances the state (IN_APPLY in the C
 #: itself (below, a kernel pass's fixed cost outweighs the foreach ops it replaces; measured
 #: on a 2-core Xeon, 1 thread, BENCHMARKS.md): native children, black-box children.
 MIN_ELEMENTS_NATIVE, MIN_ELEMENTS_BLACK_BOX = 1 << 16, 1 << 19
-#: Native rules with kernels (the rest, LARS and LAMB, take the reference path).
-KERNEL_RULES = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "sign_sgd", "lion")
+#: Native rules with kernels: all of rules.RULES.
+KERNEL_RULES = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "sign_sgd", "lion", "lars", "lamb")
+#: Rules whose step is rescaled per tensor by a trust ratio (rules.py), computed between passes.
+TRUST_RULES = ("lars", "lamb")
 NCOEF = 10  # coefficients per tensor and rule, see _row
+WD, TAKE_G, TRUST = 1, 5, 9  # columns of a row: decay, SGD's take_g, the trust ratio's input
 CHUNK = 16384  # elements per work item (64 KiB of float32)
 _SOURCE = Path(__file__).with_name("fused_kernels.c")
 _FLAGS = [
@@ -210,6 +221,18 @@ def _dense(tensors: list[Tensor], dtype: torch.dtype) -> bool:
     )
 
 
+#: The kernel kind of each rule whose kind does not depend on its flags (LARS: SGD-momentum's
+#: kind even at momentum 0, its buffer kept as rules.py keeps it; LAMB: Adam's).
+_FIXED_KINDS = {
+    "adam": ADAM,
+    "adamw": ADAM,
+    "adagrad": ADAGRAD,
+    "lion": LION,
+    "lars": MOMENTUM,
+    "lamb": ADAM,
+}
+
+
 def _kind(name: str, hp: dict[str, Any]) -> int | None:
     """The kernel kind of rule ``name`` with hyperparameters ``hp`` (None: no kernel)."""
     if name == "sgd":
@@ -218,7 +241,7 @@ def _kind(name: str, hp: dict[str, Any]) -> int | None:
         return None if hp["centered"] else RMSPROP_MOMENTUM if hp["momentum"] > 0 else RMSPROP
     if name == "sign_sgd":
         return SIGN_MOMENTUM if hp["momentum"] != 0 else SIGN
-    return {"adam": ADAM, "adamw": ADAM, "adagrad": ADAGRAD, "lion": LION}.get(name)
+    return _FIXED_KINDS.get(name)
 
 
 def _rule_name(child: Any, group: dict[str, Any]) -> str | None:
@@ -489,11 +512,13 @@ def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
         return [lr, decay, 0.0, hp["momentum"], alpha, 1 - alpha, hp["eps"], 0.0, 0.0, 0.0]
     if name == "sign_sgd":
         return [lr, decay, 0.0, 1 - hp["momentum"], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    if name == "lars":  # buf = m·buf + lr·τ·(g + wd·w) from zero, Δ = −buf (τ: _Child.trust_lars)
+        return [1.0, decay, 0.0, hp["momentum"], 1.0, lr, 0.0, 1.0, 0.0, hp["trust_coefficient"]]
     beta1, beta2 = hp["betas"]
     if name == "lion":
         return [lr, 0.0, decay, 1 - beta1, 1 - beta2, 0.0, 0.0, 0.0, 0.0, 0.0]
-    coupled, decoupled = (0.0, decay) if name == "adamw" else (decay, 0.0)
-    return [
+    coupled, decoupled = (decay, 0.0) if name == "adam" else (0.0, decay)
+    row = [
         lr,
         coupled,
         decoupled,
@@ -505,6 +530,9 @@ def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
         1 / math.sqrt(1 - beta2**step),
         0.0,
     ]
+    if name == "lamb":  # the kernels' step is −u = −(m̂/(√v̂+eps) + wd·w); Δ = lr·τ·(−u)
+        row[0], row[TRUST] = 1.0, lr  # (_Child.rescale)
+    return row
 
 
 def propose(graft: Any, plan: Any) -> Proposal:
@@ -552,6 +580,9 @@ class _Child:
         self.kind = _rule_kind(child, mine)
         advanced = _advance(child, mine)  # the step counts
         self.coefs = _coefficients(advanced)
+        self.proposing = self.coefs.pick(None)  # the propose pass's (LARS: τ joins them)
+        self.trust = advanced[0][0] if advanced[0][0] in TRUST_RULES else None
+        self.factor: Tensor | None = None  # LAMB: lr·τ per tensor, times the kernels' step
         self.states = [  # None: a slot the rule has no buffer for
             None if name is None else [state[name] for _, state, _, _ in advanced]
             for name in SLOTS[self.kind]
@@ -562,6 +593,30 @@ class _Child:
 
     def pick(self, tensors: list[Any]) -> list[Any]:
         return [tensors[i] for i in self.index]
+
+    def mine(self, per_tensor: Tensor) -> Tensor:
+        """The child's entries of a tensor with one entry per tensor of the step."""
+        return per_tensor if len(self.index) == len(per_tensor) else per_tensor[self.index]
+
+    def _column(self, column: int) -> Tensor:
+        """One coefficient per tensor: a view of the propose pass's rows (no copy)."""
+        return torch.frombuffer(self.proposing, dtype=torch.float64).view(-1, NCOEF)[:, column]
+
+    def trust_lars(self, weight_norms: Tensor, grad_norms: Tensor) -> None:
+        """LARS: τ per tensor from ‖w‖ and ‖g‖ before the step, into the share of the
+        gradient its buffer takes (lr·τ; the apply pass does not read it)."""
+        eta, decay = (self._column(k).to(weight_norms.dtype) for k in (TRUST, WD))
+        self._column(TAKE_G).mul_(rules.lars_trust_ratios(weight_norms, grad_norms, eta, decay))
+
+    def rescale(self, norms: Tensor, weight_norms: Tensor) -> Tensor:
+        """‖Δ‖ per tensor of the child's from the kernels' ‖step‖ (``weight_norms``: ‖w‖
+        per tensor of the step). LAMB: the kernels' step is −u and Δ = −lr·τ·u, τ from ‖w‖
+        and ‖u‖; the factor lr·τ is kept for the apply pass."""
+        if self.trust != "lamb":
+            return norms
+        lr = self._column(TRUST).to(norms.dtype)
+        self.factor = lr * rules.trust_ratios(self.mine(weight_norms), norms)
+        return self.factor * norms
 
 
 def _native(
@@ -578,6 +633,8 @@ def _native(
     others = [i for i in everything if not plan.grafted[i]]  # M's own step
     magnitude = _Child(graft.magnitude, params, everything)
     direction = _Child(graft.direction, params, chosen) if chosen else None
+    trusting = [c for c in (magnitude, direction) if c is not None and c.trust]
+    weight_t = _trust_pass(graft, plan, layout, grads, trusting) if trusting else None
     use_w = any(
         g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction) for g in c.param_groups
     )
@@ -589,18 +646,20 @@ def _native(
             dtype,
             [*read, *magnitude.states, *direction.states],
             kinds=(magnitude.kind, direction.kind),
-            coefs=(magnitude.coefs.pick(None), direction.coefs.pick(None)),
+            coefs=(magnitude.proposing, direction.proposing),
             use_w=use_w,
             guard=guard,
         )
-        magnitude_per_tensor, per_tensor, grad_per_tensor = norms
+        magnitude_t = magnitude.rescale(norms[0], weight_t)  # the kernels' ‖Δ_M‖, ‖Δ_D‖
+        per_tensor = direction.rescale(norms[1], weight_t)
+        grad_t = norms[2]
     else:  # one pass each (only the pair kinds are specialised together)
-        magnitude_per_tensor, _, grad_per_tensor = _propose_one(
-            PROPOSE_M, magnitude, read, dtype, use_w, guard
-        )
-        per_tensor = magnitude_per_tensor.clone()  # Δ_M where not grafted
+        norms = _propose_one(PROPOSE_M, magnitude, read, dtype, use_w, guard)
+        magnitude_t, grad_t = magnitude.rescale(norms[0], weight_t), norms[2]
+        per_tensor = magnitude_t.clone()  # Δ_M where not grafted
         if chosen:
-            per_tensor[chosen] = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[0]
+            proposed = _propose_one(PROPOSE_D, direction, read, dtype, use_w)[0]
+            per_tensor[chosen] = direction.rescale(proposed, weight_t)
 
     def apply(scales: Tensor) -> Tensor:
         if not others:  # every tensor takes D's step
@@ -612,7 +671,24 @@ def _native(
                     weight_norms[index] = _apply(child, index, params, grads, scales)
         return graft._reduce(weight_norms, plan)
 
-    return graft._reduce(magnitude_per_tensor, plan), per_tensor, grad_per_tensor, apply
+    return graft._reduce(magnitude_t, plan), per_tensor, grad_t, apply
+
+
+def _trust_pass(
+    graft: Any, plan: Any, layout: _Layout, grads: list[Tensor], children: list[_Child]
+) -> Tensor:
+    """‖w‖ per tensor of the step, read before it for the trust ratios of its LARS and
+    LAMB ``children``; with ‖g‖ for LARS, whose τ then joins its coefficients (‖g‖ as 0 in
+    a layer skipped as non-finite: its children see a zero gradient, as on the reference
+    path)."""
+    params, dtype = plan.params, plan.params[0].dtype
+    lars = [c for c in children if c.trust == "lars"]
+    grad_t, weight_t, _ = _run(SUMSQ, layout, dtype, [grads if lars else None, params])
+    if lars and graft.skip_nonfinite:
+        grad_t = grad_t.masked_fill(~torch.isfinite(graft._reduce(grad_t, plan))[plan.index], 0)
+    for child in lars:
+        child.trust_lars(child.mine(weight_t), child.mine(grad_t))
+    return weight_t
 
 
 def _apply(
@@ -637,6 +713,8 @@ def _apply(
     if layout is None:
         params, grads = ([x[i] for i in index] for x in (params, grads))
         layout, scales = _layout(params), scales[index]
+    if child.factor is not None:  # LAMB: Δ = lr·τ · the kernels' step
+        scales = scales * (child.factor if within is None else child.factor[within])
     return _run(
         APPLY,
         layout,
@@ -665,7 +743,7 @@ def _propose_one(
         dtype,
         tables,
         kinds=(child.kind, 0),
-        coefs=(child.coefs.pick(None), None),
+        coefs=(child.proposing, None),
         use_w=use_w,
         guard=guard,
     )

@@ -28,7 +28,7 @@
 #define THREAD() 0
 #endif
 enum { SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF, PROPOSE_M,
-       PROPOSE_D };
+       PROPOSE_D, SUMSQ };
 /* How PROPOSE and PROPOSE_M treat the gradients (Task.guard): as they are; summing ‖g‖²
  * per tensor first; and also skipping non-finite layers (their gradients zeroed first). */
 enum { UNGUARDED, GRAD_SUMS, SKIP_NONFINITE };
@@ -70,11 +70,12 @@ typedef struct {
 typedef struct {
     REAL lr, wd, wd_after;        /* all: lr, coupled decay (g += wd·w), decoupled (AdamW,
                                    * Lion); AdaGrad's lr is its decayed lr at this step */
-    REAL a, b, c, d, e, f, unused; /* SGD: momentum, keep_buf, take_g, nes_g, nes_buf;
-                                    * Adam: 1-beta1, beta2, 1-beta2, eps, 1/bc1, 1/sqrt(bc2);
-                                    * AdaGrad: -, -, -, eps; RMSprop: momentum, alpha,
-                                    * 1-alpha, eps; signSGD: 1-momentum; Lion: 1-beta1,
-                                    * 1-beta2 */
+    REAL a, b, c, d, e, f;        /* SGD: momentum, keep_buf, take_g, nes_g, nes_buf;
+                                   * Adam: 1-beta1, beta2, 1-beta2, eps, 1/bc1, 1/sqrt(bc2);
+                                   * AdaGrad: -, -, -, eps; RMSprop: momentum, alpha,
+                                   * 1-alpha, eps; signSGD: 1-momentum; Lion: 1-beta1,
+                                   * 1-beta2. LARS is SGD's, LAMB Adam's (see fused.py) */
+    REAL trust;                   /* not read here: LARS's trust coefficient, LAMB's lr */
 } F(Coef);
 
 static F(Coef) F(coef)(const double *k) {
@@ -208,6 +209,12 @@ static void F(chunk)(const Task *t, int64_t i, int64_t start, int64_t end, doubl
     const F(Coef) km = F(coef)(t->coef_m ? t->coef_m + i * NCOEF : zeros);
     const F(Coef) kd = F(coef)(t->coef_d ? t->coef_d + i * NCOEF : zeros);
     const REAL s = t->scale ? ((const REAL *)t->scale)[i] : 0;
+    if (t->op == SUMSQ) {  /* read only: ‖g‖², ‖w‖² (either may be absent); ‖g‖² as the
+                            * guarded scan's, bit for bit */
+        out[0] = g ? F(sumsq)(g, start, end) : 0;
+        out[1] = w ? F(sumsq)(w, start, end) : 0;
+        return;
+    }
     if (t->op == ZERO_IF && s != 0)
         for (int64_t j = start; j < end; j++) g[j] = 0;  /* a skipped layer's gradient */
     double sum0 = 0, sum1 = 0;

@@ -121,7 +121,7 @@ class Graft(torch.optim.Optimizer):
             over memory instead of ~20) wherever they support it and the step is big enough
             for them to pay (64K numbers with native children, 512K with black-box ones),
             else the reference foreach path (:mod:`grafting_core.reference`; CUDA, bf16,
-            LARS/LAMB, small models...). ``True``: the kernels at every size where they can,
+            a centred RMSprop, small models...). ``True``: the kernels at every size where they can,
             with one ``RuntimeWarning`` the first time they cannot take a step (no C
             compiler, an unsupported rule or dtype). ``False``: always the reference path.
         names: a model whose ``named_parameters()`` name plain tensors by identity, for

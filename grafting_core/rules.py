@@ -42,12 +42,23 @@ def _with_weight_decay(grads: Tensors, params: Tensors, weight_decay: float) -> 
     return torch._foreach_add(grads, params, alpha=weight_decay)
 
 
-def _trust_ratios(numerators: Tensors, denominators: Tensors) -> Tensors:
-    """Per-tensor ‖a‖/‖b‖, defined as 1 where either norm is zero (LARS/LAMB convention)."""
-    num = torch.stack(numerators)
-    den = torch.stack(denominators)
-    ratio = torch.where((num > 0) & (den > 0), num / den.clamp_min(1e-38), torch.ones_like(num))
-    return list(ratio.unbind())
+def trust_ratios(numerators: Tensor, denominators: Tensor) -> Tensor:
+    """Per-tensor ‖a‖/‖b‖ from the norms ‖a‖, ‖b‖ (1-D), defined as 1 where either norm is
+    zero (LARS/LAMB convention)."""
+    positive = (numerators > 0) & (denominators > 0)
+    ratio = numerators / denominators.clamp_min(1e-38)
+    return torch.where(positive, ratio, torch.ones_like(numerators))
+
+
+def lars_trust_ratios(
+    weight_norms: Tensor,
+    grad_norms: Tensor,
+    trust_coefficient: float | Tensor,
+    weight_decay: float | Tensor,
+) -> Tensor:
+    """LARS's per-tensor trust ratio η·‖w‖/(‖g‖ + wd·‖w‖) (1-D norms; the hyperparameters
+    one number, or one per tensor where the tensors come from several groups)."""
+    return trust_ratios(trust_coefficient * weight_norms, grad_norms + weight_decay * weight_norms)
 
 
 def tensor_norms(tensors: Tensors) -> Tensors:
@@ -172,13 +183,10 @@ def sign_sgd_update(params, grads, states, steps, hp):
 def lars_update(params, grads, states, steps, hp):
     """LARS (You et al. 2017): momentum on lr·η·‖w‖/(‖g‖ + wd·‖w‖) · (g + wd·w), per tensor."""
     weight_decay = hp["weight_decay"]
-    weight_norms = tensor_norms(params)
-    grad_norms = tensor_norms(grads)
-    if weight_decay != 0:
-        grad_norms = torch._foreach_add(grad_norms, weight_norms, alpha=weight_decay)
-    trust = _trust_ratios(torch._foreach_mul(weight_norms, hp["trust_coefficient"]), grad_norms)
+    weight_norms, grad_norms = (torch.stack(tensor_norms(x)) for x in (params, grads))
+    trust = lars_trust_ratios(weight_norms, grad_norms, hp["trust_coefficient"], weight_decay)
     scaled = _with_weight_decay(grads, params, weight_decay)
-    scaled = torch._foreach_mul(scaled, trust)
+    scaled = torch._foreach_mul(scaled, list(trust.unbind()))
     buf = states["momentum_buffer"]
     torch._foreach_mul_(buf, hp["momentum"])
     torch._foreach_add_(buf, scaled, alpha=hp["lr"])
@@ -190,8 +198,8 @@ def lamb_update(params, grads, states, steps, hp):
     direction = _adam_direction(grads, states, steps, hp)
     if hp["weight_decay"] != 0:
         torch._foreach_add_(direction, params, alpha=hp["weight_decay"])
-    trust = _trust_ratios(tensor_norms(params), tensor_norms(direction))
-    torch._foreach_mul_(direction, trust)
+    weight_norms, direction_norms = (torch.stack(tensor_norms(x)) for x in (params, direction))
+    torch._foreach_mul_(direction, list(trust_ratios(weight_norms, direction_norms).unbind()))
     torch._foreach_mul_(direction, -hp["lr"])
     return direction
 

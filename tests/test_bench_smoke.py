@@ -44,6 +44,8 @@ def test_step_benchmark_quick_run_prints_ratios():
         "adagrad#rmsprop-m",
         "adamw#nesterov",
         "lion#signum",
+        "lamb#sgd-m",
+        "sgd-m#lars",
     ]
 
 

@@ -37,6 +37,15 @@ PAIRS = [
     ),
     (("sign_sgd", {"lr": 1e-3, "momentum": 0.9}), ("lion", {"lr": 1e-3, "weight_decay": 0.1})),
     (("adam", {"lr": 1e-2}), ("adagrad", {"lr": 0.05, "initial_accumulator_value": 0.1})),
+    # LARS and LAMB: their trust ratios between the kernel passes
+    (("lamb", {"lr": 1e-2}), SGD_M),
+    (SGD_M, ("lars", {"lr": 0.5, "weight_decay": 0.01, "trust_coefficient": 0.02})),
+    (
+        ("lars", {"lr": 0.5, "momentum": 0.8}),
+        ("lamb", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1}),
+    ),
+    (("lamb", {"lr": 1e-2, "weight_decay": 0.05, "eps": 1e-8}), ("rmsprop", {"lr": 1e-3})),
+    (("adagrad", {"lr": 0.05}), ("lars", {"lr": 0.5, "momentum": 0.0, "weight_decay": 0.1})),
 ]
 PAIR_IDS = [
     "adam#sgdm",
@@ -49,6 +58,11 @@ PAIR_IDS = [
     "lion#signum",
     "signum#lion",
     "adam#adagrad",
+    "lamb#sgdm",
+    "sgdm#lars-wd",
+    "lars-m#lamb-wd",
+    "lamb-wd#rmsprop",
+    "adagrad#lars-no-m",
 ]
 
 
@@ -164,6 +178,59 @@ def test_fused_skips_params_without_grad(path, specs):
         assert len(fast.direction.state[fast_model.out.bias]) == 0
 
 
+TRUST_PAIRS = [i for i, specs in enumerate(PAIRS) if {name for name, _ in specs} & {"lars", "lamb"}]
+
+
+@pytest.mark.parametrize(
+    "specs", [PAIRS[i] for i in TRUST_PAIRS], ids=[PAIR_IDS[i] for i in TRUST_PAIRS]
+)
+def test_fused_trust_ratio_of_zero_weights_is_one(specs):
+    """A tensor of zero weights (‖w‖ = 0: LARS's and LAMB's τ = 1) moves as on the reference
+    path, in float64 to 1e-12."""
+    runs = []
+    for use_fused in (False, True):
+        model = make_model(torch.float64)
+        with torch.no_grad():
+            model.fc2.bias.zero_()
+        opt = Graft(model.named_parameters(), *specs, fused=use_fused)
+        compute_grads(model, 0)
+        assert fused.unsupported(opt, list(model.parameters())) is None
+        train(model, opt, 3)
+        runs.append(model)
+    ref_model, fast_model = runs
+    assert bool(fast_model.fc2.bias.any())
+    assert max_relative_difference(fast_model, ref_model) < 1e-12
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("order", ["lars#lamb", "lamb#lars"])
+def test_fused_trust_ratios_take_each_groups_hyperparameters(order, dtype, rtol):
+    """Two groups with their own lr, weight decay and trust coefficient: each tensor's trust
+    ratio and steps as on the reference path."""
+    lars = ("lars", {"lr": 0.5, "trust_coefficient": 0.02})
+    lamb = ("lamb", {"lr": 1e-2})
+    specs = (lars, lamb) if order == "lars#lamb" else (lamb, lars)
+    options = (
+        {"magnitude.weight_decay": 0.05, "direction.lr": 0.3},
+        {"magnitude.lr": 0.02, "direction.weight_decay": 0.1},
+    )
+    lars_role = "magnitude" if order == "lars#lamb" else "direction"
+    runs = []
+    for use_fused in (False, True):
+        model = make_model(dtype)
+        named = list(model.named_parameters())
+        hidden = [p for name, p in named if name.startswith("fc")]
+        head = [p for name, p in named if not name.startswith("fc")]
+        groups = [{"params": ps, **o} for ps, o in zip((hidden, head), options)]
+        groups[1][f"{lars_role}.trust_coefficient"] = 0.005
+        opt = Graft(groups, *specs, fused=use_fused)
+        compute_grads(model, 0)
+        assert fused.unsupported(opt, list(model.parameters())) is None
+        train(model, opt, 6)
+        runs.append(model)
+    assert max_relative_difference(runs[1], runs[0]) < rtol
+
+
 @pytest.mark.parametrize("specs", PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
 def test_fused_non_finite_gradient_skips_only_that_layer(path, specs):
@@ -241,12 +308,12 @@ def _kernels_pay_at_any_size(monkeypatch):
     monkeypatch.setattr(fused, "MIN_ELEMENTS_BLACK_BOX", 0)
 
 
-def _train_big(dtype, steps, **kwargs):
-    """``steps`` Adam#SGD-m steps of a Linear(800, 700), 561,400 numbers (over both
-    MIN_ELEMENTS), on seeded random gradients; returns (layer, Graft)."""
+def _train_big(dtype, steps, specs=PAIRS[0], **kwargs):
+    """``steps`` steps of ``specs`` (default Adam#SGD-m) on a Linear(800, 700), 561,400
+    numbers (over both MIN_ELEMENTS), on seeded random gradients; returns (layer, Graft)."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(800, 700).to(dtype)
-    opt = Graft(layer.named_parameters(), *PAIRS[0], **kwargs)
+    opt = Graft(layer.named_parameters(), *specs, **kwargs)
     for step in range(steps):
         generator = torch.Generator().manual_seed(step)
         for p in layer.parameters():
@@ -255,17 +322,23 @@ def _train_big(dtype, steps, **kwargs):
     return layer, opt
 
 
+BIG_PAIRS = ["adam#sgdm", "lamb#sgdm", "sgdm#lars-wd"]
+
+
+@pytest.mark.parametrize("pair", BIG_PAIRS)
 @pytest.mark.parametrize("path", ["native", "blackbox"])
-def test_default_graft_takes_the_fused_kernels_with_the_reference_result(monkeypatch, path):
-    """No flag, a big enough model: the kernels take every step, with the reference weights."""
+def test_default_graft_takes_the_fused_kernels_with_the_reference_result(monkeypatch, path, pair):
+    """No flag, a big enough model: the kernels take every step, with the reference weights
+    (LARS and LAMB too: their trust ratios between the passes)."""
+    specs = PAIRS[PAIR_IDS.index(pair)]
     assert sum(p.numel() for p in torch.nn.Linear(800, 700).parameters()) >= max(
         fused.MIN_ELEMENTS_NATIVE, fused.MIN_ELEMENTS_BLACK_BOX
     )
     fast_calls = _count_calls(monkeypatch, fused)
     reference_calls = _count_calls(monkeypatch, reference)
-    default, _ = _train_big(torch.float64, 4, path=path)
+    default, _ = _train_big(torch.float64, 4, specs, path=path)
     assert (len(fast_calls), len(reference_calls)) == (4, 0)
-    ref, _ = _train_big(torch.float64, 4, path=path, fused=False)
+    ref, _ = _train_big(torch.float64, 4, specs, path=path, fused=False)
     assert (len(fast_calls), len(reference_calls)) == (4, 4)
     assert max_relative_difference(default, ref) < 1e-12
 
@@ -286,7 +359,7 @@ def test_default_graft_on_a_small_model_takes_the_reference_path(monkeypatch, pa
 
 UNSUPPORTED = {  # case -> (dtype, magnitude, direction, grafted, words of the warning)
     "bfloat16": (torch.bfloat16, "adam", "sgd", None, "float32/float64"),
-    "lars": (torch.float32, "lars", "sgd", None, "'lars'"),
+    "partial-black-box": (torch.float32, "adafactor", "sgd", "hidden", "black-box children"),
     "centred": (torch.float32, "adam", ("rmsprop", {"centered": True}), None, "'rmsprop'"),
     "plain-m": (torch.float32, "adam", None, None, "direction=None"),
     "partial-lion": (torch.float32, "lion", "sgd", "hidden", "Lion as magnitude"),
@@ -359,6 +432,7 @@ VARIED = {
     "lr_decay": {"lr_decay": 0.05},
     "initial_accumulator_value": {"initial_accumulator_value": 0.1},
     "alpha": {"alpha": 0.9},
+    "trust_coefficient": {"trust_coefficient": 0.05},
 }
 NO_KERNEL = {("rmsprop", "centered"): {"centered": True}}  # refused: the reference path
 KERNEL_CASES = [(name, key) for name in fused.KERNEL_RULES for key in RULES[name].defaults]
@@ -406,6 +480,7 @@ def test_kernels_are_built_only_for_a_step_they_could_take(monkeypatch, dtype):
     assert len(builds) == (0 if dtype == torch.bfloat16 else 2)
 
 
+GUARD_PAIRS = [0, 5, PAIR_IDS.index("lars-m#lamb-wd")]  # stateful, one/two passes, trust
 PARTIAL_PAIRS = [(specs, i) for specs, i in zip(PAIRS, PAIR_IDS) if specs[0][0] != "lion"]
 PARTIAL_CASES = {
     "hidden": ("tensor", "hidden"),
@@ -437,7 +512,9 @@ def test_fused_partial_grafting_matches_reference(specs, case):
                     )
 
 
-@pytest.mark.parametrize("specs", [PAIRS[0], PAIRS[5]], ids=[PAIR_IDS[0], PAIR_IDS[5]])
+@pytest.mark.parametrize(
+    "specs", [PAIRS[i] for i in GUARD_PAIRS], ids=[PAIR_IDS[i] for i in GUARD_PAIRS]
+)
 def test_fused_partial_grafting_float32_skips_and_non_finite(specs):
     """float32, a parameter without gradient and NaN/inf in a grafted and an ungrafted layer."""
     runs = []
@@ -468,7 +545,9 @@ GUARD_GRANULARITIES = {
 
 
 @pytest.mark.parametrize("granularity", GUARD_GRANULARITIES)
-@pytest.mark.parametrize("specs", [PAIRS[0], PAIRS[5]], ids=[PAIR_IDS[0], PAIR_IDS[5]])
+@pytest.mark.parametrize(
+    "specs", [PAIRS[i] for i in GUARD_PAIRS], ids=[PAIR_IDS[i] for i in GUARD_PAIRS]
+)
 def test_fused_guarded_pass_skips_whole_layers_at_any_thread_count(specs, granularity):
     """Tensors of several chunks each, a NaN in one layer's last chunk: the pass that scans
     each segment of layers before proposing it skips exactly what the reference path skips
