@@ -3,13 +3,16 @@
 Run (figures for BENCHMARKS.md, about a minute):
     .venv/bin/python bench/step_overhead.py --threads 1
     .venv/bin/python bench/step_overhead.py --threads 2
+Smoke run (the figures mean nothing there): ``--quick``, 50 Linear(64, 64) and few rounds.
 
 On bench/step.py's model (50 Linear(448, 448), fixed gradients), torch's fused Adam, fused
 SGD-momentum and ``Graft(params, "adam", "sgd")`` step in interleaved rounds. For Graft, the
 time inside each C kernel call is taken apart from the rest (Python and small tensor ops).
 Then the same bookkeeping is timed on a model of the same 100 tensors small enough to stay in
 cache, and the latency of one small torch op right after a kernel pass, after torch's fused
-Adam step, and after another small op.
+Adam step, and after another small op. Last, the step's first pass alone, with and without
+the guard that scans each layer's gradients before its states move, and that scan alone
+(the passes run on the children's states: they move them, which changes no timing).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
-def interleaved(width: int, clock: KernelClock) -> None:
+def interleaved(width: int, clock: KernelClock, rounds: int) -> None:
     """torch's two fused steps and Graft's, in rounds; Graft's time in and out of the kernels."""
     model = build_model(50, width)
     params = list(model.parameters())
@@ -69,7 +72,7 @@ def interleaved(width: int, clock: KernelClock) -> None:
             opt.step()
     times = {name: [] for name in opts}
     passes: list[list[float]] = []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, opt in opts.items():
             for _ in range(PER_ROUND):
                 clock.reset()
@@ -96,11 +99,11 @@ def interleaved(width: int, clock: KernelClock) -> None:
     )
 
 
-def first_op_latency() -> None:
+def first_op_latency(width: int) -> None:
     """One 300-number sqrt right after a kernel pass (inside the call that ran it), after a
     torch fused Adam step, and after another such sqrt."""
     x = torch.zeros(300, dtype=torch.float64)
-    model = build_model(50, 448)
+    model = build_model(50, width)
     graft = Graft(model.named_parameters(), *NATIVE, fused=True)
     adam = torch.optim.Adam(list(model.parameters()), lr=ADAM_LR, fused=True)
     library = fused._build()
@@ -132,18 +135,66 @@ def first_op_latency() -> None:
         print(f"  first small op after {label:24s} {median_ms(values) * 1e3:7.1f} µs")
 
 
+def guard_cost(width: int, rounds: int) -> None:
+    """The first pass of a native step with and without its guard (the scan of each layer's
+    gradients for ‖g‖ and non-finite values before any state moves), and the scan alone."""
+    model = build_model(50, width)
+    graft = Graft(model.named_parameters(), *NATIVE, fused=True)
+    for _ in range(WARMUP):
+        graft.step()
+    plan = graft._plan
+    params = plan.params
+    everything = list(range(len(params)))
+    layout = fused._layout(params)
+    grads = [p.grad for p in params]
+    magnitude, direction = (
+        fused._Child(c, params, everything) for c in (graft.magnitude, graft.direction)
+    )
+    tables = [grads, None, *magnitude.states, *direction.states]
+    kinds, coefs = (magnitude.kind, direction.kind), (magnitude.proposing, direction.proposing)
+    passes = {
+        "propose, guarded (default)": lambda: fused._run(
+            fused.PROPOSE,
+            layout,
+            torch.float32,
+            tables,
+            kinds=kinds,
+            coefs=coefs,
+            guard=fused._guard(graft, plan),
+        ),
+        "propose, not guarded": lambda: fused._run(
+            fused.PROPOSE, layout, torch.float32, tables, kinds=kinds, coefs=coefs
+        ),
+        "the scan alone (‖g‖ per tensor)": lambda: fused._run(
+            fused.SUMSQ, layout, torch.float32, [grads, None]
+        ),
+    }
+    times = {label: [] for label in passes}
+    for _ in range(rounds):
+        for label, run in passes.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+    for label, values in times.items():
+        print(f"  {label:34s} {median_ms(values):7.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true", help="smoke run on a small model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not fused.available():
         raise SystemExit(f"fused kernels unavailable: {fused.unavailable_reason}")
     print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
     clock = KernelClock()
-    for width in (448, 16):  # 10M numbers, then the same 100 tensors in cache
-        interleaved(width, clock)
-    first_op_latency()
+    width = 64 if args.quick else 448  # 10M numbers; 208K: above MIN_ELEMENTS_NATIVE
+    rounds = 2 if args.quick else ROUNDS
+    for size in (width, 16):  # then the same 100 tensors in cache
+        interleaved(size, clock, rounds)
+    first_op_latency(width)
+    guard_cost(width, rounds)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -1,4 +1,5 @@
-"""Benchmarks stay runnable: bench/step.py end to end on a small model; bench/chart_cost.py
+"""Benchmarks stay runnable: bench/step.py and bench/step_overhead.py end to end on a small
+model; bench/chart_cost.py
 builds the live figures it redraws; bench/compare_wall.py times a tiny comparison;
 bench/dask_grid.py times a tiny grid on both executors and one streamed run."""
 
@@ -47,6 +48,21 @@ def test_step_benchmark_quick_run_prints_ratios():
         "lamb#sgd-m",
         "sgd-m#lars",
     ]
+
+
+def test_step_overhead_quick_run_takes_every_measure():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_overhead.py"), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert out.count("Graft: kernel passes") == 2  # the model, then the same tensors in cache
+    for measure in ("first small op after a kernel pass", "propose, guarded", "the scan alone"):
+        assert measure in out
 
 
 def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
