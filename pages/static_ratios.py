@@ -553,7 +553,7 @@ def start_study(group: str, magnitude: str, direction: str) -> None:
             "training) in this comparison."
         )
         return
-    queue_runs(planned, group=group, kind=STUDY_KIND)
+    queue_runs(planned, group=group, kind=STUDY_KIND, reuse=True)  # a stopped run resumes
     st.query_params.update(
         study=group, study_m=magnitude, study_d=direction
     )  # a reload re-attaches

@@ -586,6 +586,59 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
     assert table_with(again, "gap_closed").equals(shown)  # a reloaded tab re-attaches
 
 
+class HeldJobs:
+    """Jobs that queue runs and never start them, as on a busy machine: Stop cancels them."""
+
+    max_workers = 2  # the sidebar says how many train at a time
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, bool]] = []
+
+    def submit(self, run_id: str, *, resume: bool = False) -> None:
+        self.queued.append((run_id, resume))
+
+    def cancel(self, run_id: str) -> bool:
+        return True
+
+
+def test_static_ratio_study_shows_progress_stops_and_resumes(store, monkeypatch):
+    import ui.resources
+
+    group = tiny_comparison(store)
+    before = len(store.runs(group=group))
+    held, workers = HeldJobs(), ui.resources.get_jobs
+    monkeypatch.setattr(ui.resources, "get_jobs", lambda: held)
+    at = study_page(group, ["whole"])
+    at.button(key="ratios.study.start").click().run()
+    assert not at.exception and not at.error
+    runs = store.runs(group=group)
+    study = runs.loc[runs["role"] == "static_ratios", "run_id"].tolist()
+    assert len(study) == 2 and sorted(held.queued) == sorted((r, False) for r in study)
+    (bar,) = at.get("progress")  # while they wait: one bar for the study, Start disabled
+    assert bar.proto.text == "0 of 2 runs done, 2 running or queued"
+    assert at.button(key="ratios.study.start").disabled
+    assert not at.button(key="ratios.study.stop").disabled
+
+    at.button(key="ratios.study.stop").click().run()
+    runs = store.runs(group=group)
+    assert (runs.set_index("run_id").loc[study, "status"] == "stopped").all()
+    assert not at.get("progress") and not at.button(key="ratios.study.start").disabled
+    shown = table_with(at, "gap_closed")  # the stopped runs count for nothing
+    assert not shown["arm"].str.contains("ratios").any()
+
+    monkeypatch.setattr(ui.resources, "get_jobs", workers)  # Start resumes the stopped runs
+    at.button(key="ratios.study.start").click().run()
+    for _ in range(240):  # "stopped" until a worker takes them up: settle would not wait
+        if store.runs(group=group).set_index("run_id").loc[study, "status"].eq("finished").all():
+            break
+        time.sleep(0.25)
+    runs = settle(at, store, before + 2, group)
+    assert len(runs) == before + 2
+    assert (runs.set_index("run_id").loc[study, "status"] == "finished").all()
+    shown = table_with(at, "gap_closed")
+    assert sorted(shown.loc[shown["arm"].str.contains("ratios"), "seeds"]) == [1, 1]
+
+
 def test_static_ratio_study_refuses_bad_input_and_starts_nothing(store):
     at = page("pages/static_ratios.py")
     assert any("Grid" in info.value and "tuned" in info.value for info in at.info)

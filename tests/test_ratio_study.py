@@ -127,6 +127,20 @@ def test_running_the_study_again_trains_nothing_twice(study):
     )
 
 
+def test_a_stopped_study_run_resumes_instead_of_training_twice(study):
+    store, group, table = study
+    runs = store.runs(group=group)
+    (run_id, *_) = runs.loc[runs["name"] == "sgd+ratios[whole,per_layer]", "run_id"]
+    final = store.metrics(run_id, names=["val_loss"])["value"].iloc[-1]
+    store.set_status(run_id, "stopped", step=7)  # as Stop leaves it (no checkpoint: step 0)
+    again = static_ratio_study(store, group, windows=["whole"], scopes=["per_layer"])
+    after = store.runs(group=group)
+    assert len(after) == len(runs)
+    assert after.set_index("run_id").loc[run_id, "status"] == "finished"
+    assert store.metrics(run_id, names=["val_loss"])["value"].iloc[-1] == final
+    assert again.set_index("arm").loc["sgd+ratios[whole,per_layer]", "seeds"] == 2
+
+
 def test_gap_closed_is_the_share_of_the_gap_from_tuned_d_to_tuned_m(study):
     """Read with M = SGD and D = Adam (the fixture tunes SGD better, so there is a gap):
     gap_closed = (D − arm) / (D − M), 0 on tuned D and 1 on tuned M."""

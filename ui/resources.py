@@ -25,9 +25,9 @@ import streamlit as st
 from grafting_core.lab.arms import PlannedRun
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.experiments import OptimizerChoice, new_group
+from grafting_core.lab.experiments import OptimizerChoice, new_group, record_runs
 from grafting_core.lab.protocol import SweepPlan, compare
-from grafting_core.lab.runner import create_run, request_stop
+from grafting_core.lab.runner import request_stop
 from grafting_core.lab.store import RunStore, default_runs_dir
 
 FIRST_RUNS_WAIT = 10.0  # seconds start_comparison waits for a comparison's first runs
@@ -104,18 +104,22 @@ def start_group(
     return group, queue_runs(planned, group=group, kind=kind)
 
 
-def queue_runs(planned: Sequence[RunConfig | PlannedRun], *, group: str, kind: str) -> list[str]:
+def queue_runs(
+    planned: Sequence[RunConfig | PlannedRun], *, group: str, kind: str, reuse: bool = False
+) -> list[str]:
     """Record configs (or planned runs with their arms) in ``group``, new or existing, and
-    queue them; returns their run ids."""
-    store, jobs = get_store(), get_jobs()
-    run_ids = [
-        create_run(store, item.config, kind=kind, group=group, arm=item.arm)
-        if isinstance(item, PlannedRun)
-        else create_run(store, item, kind=kind, group=group)
-        for item in planned
-    ]
-    for run_id in run_ids:
-        jobs.submit(run_id)
+    queue them; returns their run ids. ``reuse``: a run of the group with the same config
+    is kept, or resumed if it was stopped (``experiments.record_runs``)."""
+    jobs = get_jobs()
+    run_ids, todo = record_runs(
+        get_store(),
+        [item if isinstance(item, PlannedRun) else PlannedRun(item, None) for item in planned],
+        group=group,
+        kind=kind,
+        reuse=reuse,
+    )
+    for run_id, resume in todo:
+        jobs.submit(run_id, resume=resume)
     return run_ids
 
 

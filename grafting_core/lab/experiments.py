@@ -106,20 +106,10 @@ def run_all(
 ) -> list[str]:
     """Create one run per planned run in ``group`` and train them all; returns the run ids.
 
-    ``reuse``: a planned run whose config a run of ``group`` already has is not created
-    again; that run is kept as it ended (finished, diverged, failed) or resumed (stopped,
-    interrupted). An experiment run again on its group continues where it stopped, and more
-    seeds train only their own runs.
+    ``reuse``: as in :func:`record_runs`. An experiment run again on its group continues
+    where it stopped, and more seeds train only their own runs.
     """
-    existing = _runs_by_config(store, group) if reuse else {}
-    run_ids, todo = [], []  # todo: (run id, resume)
-    for config, arm in planned:
-        run_id, status = existing.get(_config_key(config), (None, None))
-        if run_id is None:
-            run_id = create_run(store, config, kind=kind, group=group, arm=arm)
-        if status not in KEPT:
-            todo.append((run_id, status in RESUMED))
-        run_ids.append(run_id)
+    run_ids, todo = record_runs(store, planned, group=group, kind=kind, reuse=reuse)
     done = len(run_ids) - len(todo)
     if progress:
         progress(done, len(run_ids))
@@ -138,6 +128,33 @@ def run_all(
         if progress:
             progress(done, len(run_ids))
     return run_ids
+
+
+def record_runs(
+    store: RunStore,
+    planned: Sequence[PlannedRun],
+    *,
+    group: str,
+    kind: str,
+    reuse: bool = False,
+) -> tuple[list[str], list[tuple[str, bool]]]:
+    """Record the planned runs in ``group``: every run id, and the runs to train as
+    ``(run id, resume)``.
+
+    ``reuse``: a planned run whose config a run of ``group`` already has is not created
+    again; that run is kept as it ended (finished, diverged, failed) or resumed (stopped,
+    interrupted).
+    """
+    existing = _runs_by_config(store, group) if reuse else {}
+    run_ids, todo = [], []
+    for config, arm in planned:
+        run_id, status = existing.get(_config_key(config), (None, None))
+        if run_id is None:
+            run_id = create_run(store, config, kind=kind, group=group, arm=arm)
+        if status not in KEPT:
+            todo.append((run_id, status in RESUMED))
+        run_ids.append(run_id)
+    return run_ids, todo
 
 
 #: Settings that change how a run is kept (how often it checkpoints, flushes its rows), not

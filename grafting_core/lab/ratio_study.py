@@ -141,7 +141,8 @@ def static_ratio_study(
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Train the runs of ``plan_static_ratio_study`` in ``group`` (the comparison's) and
-    return ``static_ratio_table``. Arms the group already has are not trained again."""
+    return ``static_ratio_table``. Arms the group already has are not trained again; one
+    stopped or interrupted resumes."""
     planned = plan_static_ratio_study(
         store,
         group,
@@ -151,7 +152,15 @@ def static_ratio_study(
         scopes=scopes,
         statistic=statistic,
     )
-    run_all(store, planned, group=group, kind=STUDY_KIND, executor=executor, progress=progress)
+    run_all(
+        store,
+        planned,
+        group=group,
+        kind=STUDY_KIND,
+        executor=executor,
+        progress=progress,
+        reuse=True,
+    )
     return static_ratio_table(store, group, magnitude=magnitude, direction=direction)
 
 
