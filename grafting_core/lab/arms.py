@@ -18,7 +18,9 @@ Roles (``ROLES``):
 - ``sweep_point``    a plain optimizer at one learning rate of a sweep;
 - ``tuned``          the sweep point chosen as that optimizer's tuned learning rate;
 - ``superseded``     a graft at a learning rate that is no longer M's or D's tuned one (a
-                     comparison continued with more seeds chose another): kept, not judged.
+                     comparison continued with more seeds chose another): kept, not judged;
+- ``graft_lr``       a comparison's graft (full or partial) trained again at another lr of
+                     M (``grafting_core.lab.graft_lrs``): how the verdict moves with it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ROLES = (
     "sweep_point",
     "tuned",
     "superseded",
+    "graft_lr",
 )
 
 
@@ -52,7 +55,7 @@ class Arm:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"Invalid role: {self.role!r} (valid: {', '.join(ROLES)})")
-        grafted = self.role in ("graft", "partial_graft", "replay")
+        grafted = self.role in ("graft", "partial_graft", "replay", "graft_lr")
         if grafted != bool(self.direction):
             raise ValueError(
                 f"An arm of role {self.role!r} {'needs' if grafted else 'takes no'} direction label"

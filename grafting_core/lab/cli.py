@@ -42,6 +42,7 @@ from .experiments import (
     schedule_transfer,
     static_ratio_experiment,
 )
+from .graft_lrs import graft_lr_sweep
 from .protocol import Comparison, SweepPlan, compare, comparison_request
 from .ratio_study import SCOPES, WINDOWS, static_ratio_study
 from .runner import create_run, execute_run
@@ -367,6 +368,31 @@ def cmd_ratio_study(parser, args, store: RunStore) -> int:
     return 0
 
 
+def cmd_graft_lrs(parser, args, store: RunStore) -> int:
+    try:
+        with _executor(args, store) as executor:
+            table = graft_lr_sweep(
+                store,
+                args.group,
+                magnitude=args.magnitude,
+                direction=args.direction,
+                lrs=args.lrs,
+                variants=args.variants and ["" if v == "full" else v for v in args.variants],
+                executor=executor,
+                progress=_progress("graft lrs"),
+            )
+    except (ValueError, KeyError) as error:
+        parser.error(str(error).strip("'\""))
+    print(
+        f"\n{args.magnitude}#{args.direction} at each lr of M vs tuned {args.magnitude} and "
+        f"tuned {args.direction} (val_loss over seeds; position 0 = M, 1 = D; tuned_lr: the "
+        f"comparison's own graft), group {args.group}"
+    )
+    shown = table.drop(columns="pending").replace({"variant": {"": "full"}})
+    _print_table(shown.assign(lr=shown["lr"].map("{:g}".format)))
+    return 0
+
+
 def cmd_transfer(parser, args, store: RunStore) -> int:
     config = _config(parser, args)
     with _executor(args, store) as executor:
@@ -607,6 +633,30 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--statistic", choices=STATISTICS, default="median", help="[median]")
     study.add_argument("--workers", **workers)
     study.set_defaults(handler=cmd_ratio_study, command_parser=study)
+
+    graft_lrs = sub.add_parser(
+        "graft-lrs",
+        help="a comparison's M#D grafts again at other lrs of M: does the verdict move?",
+    )
+    graft_lrs.add_argument("group", help="a 'compare' group with M#D grafts")
+    graft_lrs.add_argument("--magnitude", default="sgd", help="M's label in the group [sgd]")
+    graft_lrs.add_argument("--direction", default="adam", help="D's label in the group [adam]")
+    graft_lrs.add_argument(
+        "--lrs",
+        nargs="+",
+        required=True,
+        type=_number(float, "an lr > 0", lambda x: x > 0),
+        help="lrs of M to graft at (M's tuned lr is the comparison's own graft)",
+    )
+    graft_lrs.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="VARIANT",
+        help="'full' for the whole graft, else a partial graft's layer kinds as the group "
+        "has them (e.g. hidden+norm+bias) [all the group has]",
+    )
+    graft_lrs.add_argument("--workers", **workers)
+    graft_lrs.set_defaults(handler=cmd_graft_lrs, command_parser=graft_lrs)
 
     transfer = sub.add_parser(
         "schedule-transfer", help="M, D, M#D and M's recorded schedule replayed onto D"

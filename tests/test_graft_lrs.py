@@ -1,0 +1,168 @@
+"""A comparison's grafts at other lrs of M: the runs planned, the table against the runs'
+own values, nothing trained twice, bad input refused (library and command line)."""
+
+import re
+
+import numpy as np
+import pytest
+
+from grafting_core.lab.cli import main
+from grafting_core.lab.config import RunConfig
+from grafting_core.lab.graft_lrs import graft_lr_sweep, graft_lr_table, plan_graft_lrs
+from grafting_core.lab.protocol import SweepPlan, compare
+from grafting_core.lab.store import RunStore
+
+TINY = dict(
+    dataset="digits",
+    model="mlp",
+    width=8,
+    steps=20,
+    batch_size=32,
+    eval_every=20,
+    eval_examples=64,
+    log_every=5,
+    flush_seconds=0.0,
+)
+SGD_LR, OTHER_LR, DIVERGING_LR = 0.1, 0.03, 1e6
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A tuned sgd/adam comparison (2 seeds, with a partial graft), then sgd#adam at two more
+    lrs of SGD, one of which diverges."""
+    store = RunStore(tmp_path_factory.mktemp("graft_lrs"))
+    group = compare(
+        store,
+        RunConfig(**TINY),
+        {"sgd": ("sgd", {"lr": SGD_LR, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})},
+        seeds=(0, 1),
+        plan=SweepPlan(points=2, extensions=0),
+        partial=[("hidden",)],
+    ).group
+    before = store.runs(group=group)
+    tuned_sgd = before.loc[
+        before["role"].eq("tuned") & before["magnitude_arm"].eq("sgd"),
+        "config.magnitude_hparams.lr",
+    ].iloc[0]
+    lrs = [tuned_sgd, OTHER_LR, DIVERGING_LR]
+    table = graft_lr_sweep(store, group, magnitude="sgd", direction="adam", lrs=lrs)
+    yield store, group, before, table, tuned_sgd
+    store.close()
+
+
+def _final(store, run_id):
+    metrics = store.metrics(run_id, names=["val_loss"])
+    return float(metrics.sort_values("step")["value"].iloc[-1])
+
+
+def test_each_graft_is_trained_again_at_each_other_lr_with_nothing_else_changed(swept):
+    store, group, before, _, tuned_sgd = swept
+    runs = store.runs(group=group)
+    new = runs[~runs["run_id"].isin(before["run_id"])]
+    assert (new["role"] == "graft_lr").all()
+    sources = before[before["role"].isin(["graft", "partial_graft"])]
+    sources = sources[sources["magnitude_arm"].eq("sgd")]
+    assert len(sources) == 4  # full and [hidden], two seeds each
+    assert len(new) == len(sources) * 2  # two lrs besides the tuned one
+    for lr in (OTHER_LR, DIVERGING_LR):
+        at_lr = new[new["config.magnitude_hparams.lr"] == lr]
+        assert len(at_lr) == len(sources)
+        for source in sources["run_id"]:
+            expected = store.run(source)["config"]
+            expected["magnitude_hparams"] = {**expected["magnitude_hparams"], "lr": lr}
+            matches = [
+                store.run(run_id)["config"]
+                for run_id in at_lr["run_id"]
+                if {**store.run(run_id)["config"], "name": expected["name"]} == expected
+            ]
+            assert len(matches) == 1, source
+    assert (new["arm_variant"].fillna("").value_counts() == 4).all()
+    assert tuned_sgd not in set(new["config.magnitude_hparams.lr"])
+
+
+def test_table_sets_each_lr_next_to_tuned_m_and_d(swept):
+    store, group, _, table, tuned_sgd = swept
+    runs = store.runs(group=group)
+    tuned = {
+        arm: np.array(
+            [
+                _final(store, r)
+                for r in runs.loc[
+                    runs["role"].eq("tuned") & runs["magnitude_arm"].eq(arm), "run_id"
+                ]
+            ]
+        )
+        for arm in ("sgd", "adam")
+    }
+    grafts = runs[
+        runs["role"].isin(["graft", "partial_graft", "graft_lr"]) & runs["magnitude_arm"].eq("sgd")
+    ]
+    assert len(table) == 6  # two variants × three lrs
+    for row in table.itertuples():
+        cell = grafts[
+            grafts["arm_variant"].fillna("").eq(row.variant)
+            & grafts["config.magnitude_hparams.lr"].eq(row.lr)
+        ]
+        assert row.tuned_lr == (row.lr == tuned_sgd)
+        own = "partial_graft" if row.variant else "graft"  # the comparison's own graft
+        assert set(cell["role"]) == {own if row.lr == tuned_sgd else "graft_lr"}
+        if row.lr == DIVERGING_LR:
+            assert row.failed >= 1 and row.verdict == "failed" and np.isnan(row.mean)
+            assert not row.best
+            continue
+        values = np.array([_final(store, r) for r in cell["run_id"]])
+        assert (row.seeds, row.failed) == (2, 0)
+        assert row.mean == pytest.approx(values.mean())
+        assert row.std == pytest.approx(values.std(ddof=1))
+        m, d = tuned["sgd"].mean(), tuned["adam"].mean()
+        assert row.position == pytest.approx((values.mean() - m) / (d - m))
+        assert row.verdict in ("magnitude", "direction", "cannot tell")
+    for _, cell in table.groupby("variant"):
+        finite = cell[cell["failed"] == 0]
+        assert cell.loc[cell["best"], "lr"].tolist() == [finite.loc[finite["mean"].idxmin(), "lr"]]
+
+
+def test_sweeping_again_trains_nothing_twice(swept):
+    store, group, _, table, tuned_sgd = swept
+    count = len(store.runs(group=group))
+    again = graft_lr_sweep(
+        store, group, magnitude="sgd", direction="adam", lrs=[OTHER_LR], variants=[""]
+    )
+    assert len(store.runs(group=group)) == count
+    assert again.equals(table)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"magnitude": "lion"}, "No graft lion#adam"),
+        ({"variants": ["hidden+norm"]}, "No variant 'hidden+norm'"),
+        ({"lrs": []}, "Invalid lrs"),
+        ({"lrs": [0.1, -1.0]}, "Invalid lrs"),
+    ],
+)
+def test_bad_input_is_refused_before_any_run(swept, change, words):
+    store, group, *_ = swept
+    count = len(store.runs(group=group))
+    options = {"magnitude": "sgd", "direction": "adam", "lrs": [0.2], **change}
+    with pytest.raises(ValueError, match=re.escape(words)):
+        plan_graft_lrs(store, group, **options)
+    assert len(store.runs(group=group)) == count
+
+
+def test_command_line_prints_the_table(swept, monkeypatch, capsys):
+    store, group, _, table, _ = swept
+    monkeypatch.setenv("GRAFTING_RUNS_DIR", str(store.root))
+    args = ["graft-lrs", group, "--lrs", str(OTHER_LR), "--variants", "full", "--workers", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"group {group}" in out
+    full = table[table["variant"] == ""]
+    for row in full.itertuples():
+        line = next(x for x in out.splitlines() if x.split()[:2] == ["full", f"{row.lr:g}"])
+        assert row.verdict in line
+    with pytest.raises(SystemExit) as exit_info:
+        main(["graft-lrs", group, "--lrs", "0.1", "--magnitude", "lion"])
+    assert exit_info.value.code == 2
+    assert "No graft lion#adam" in capsys.readouterr().err
+    assert graft_lr_table(store, group, magnitude="sgd", direction="adam").equals(table)
