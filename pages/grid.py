@@ -23,6 +23,8 @@ from grafting_core.lab.experiments import (
     grid_reading,
     grid_table,
 )
+from grafting_core.lab.graft_lrs import ROLE as GRAFT_LR_ROLE
+from grafting_core.lab.graft_lrs import graft_lr_table, plan_graft_lrs
 from grafting_core.lab.protocol import (
     LR_COLUMN,
     SweepPlan,
@@ -36,6 +38,7 @@ from ui.resources import (
     get_jobs,
     get_store,
     orchestrating,
+    queue_runs,
     start_comparison,
     start_group,
     stop_comparison,
@@ -498,6 +501,7 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
             "apart, and M#D off their midpoint, by more than twice the standard error "
             "of the seeds; otherwise it says *cannot tell*."
         )
+    graft_lrs_results(group, runs, y_title)
     with st.expander("Every run of the comparison"):
         table = runs[["label", "role", LR_COLUMN, "config.seed", "status", "run_id"]]
         st.dataframe(
@@ -555,6 +559,92 @@ def continue_form(group: str) -> None:
         )
     if st.button("Continue", key="grid.tuned.continue", disabled=bool(problem)):
         live.watch("grid.tuned", start_comparison(**{**request, "seeds": seeds}, group=group))
+        st.rerun()
+
+
+def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The comparison's M#D pairs, as (M label, D label), in the order they were made."""
+    grafts = runs[runs["role"].isin(["graft", "partial_graft"])]
+    return list(dict.fromkeys(zip(grafts["magnitude_arm"], grafts["direction_arm"])))
+
+
+def graft_lrs_results(group: str, runs: pd.DataFrame, y_title: str) -> None:
+    """Per pair trained at other lrs of M (``graft_lrs``): where each lr lands, as a figure
+    and a table."""
+    extra = runs[runs["role"] == GRAFT_LR_ROLE]
+    for m, d in graft_pairs(runs):
+        if not (extra["magnitude_arm"].eq(m) & extra["direction_arm"].eq(d)).any():
+            continue
+        st.subheader(f"{m}#{d} at other lrs of M")
+        table = graft_lr_table(get_store(), group, magnitude=m, direction=d)
+        fig = experiment_figures.graft_lr_figure(
+            table, magnitude=m, direction=d, y_title=y_title, title=f"{m}#{d} at each lr of {m}"
+        )
+        charts.show(fig, key=f"grid.graft_lrs.{m}#{d}", live=True)
+        shown = table.assign(
+            variant=table["variant"].map(lambda v: f"[{v} only]" if v else "whole graft"),
+            verdict=[closer_to_words(v, m, d) for v in table["verdict"]],
+        )
+        columns = ["variant", "lr", "tuned_lr", "seeds", "failed", "mean", "std", "position"]
+        st.dataframe(
+            shown[[*columns, "verdict", "best"]],
+            hide_index=True,
+            key=f"grid.graft_lrs.table.{m}#{d}",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4g")
+                for c in ("lr", "mean", "std", "position")
+            },
+        )
+
+
+def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
+    """Train a pair's grafts (its seeds, its settings) again at other lrs of M."""
+    pairs = graft_pairs(runs)
+    if not pairs:
+        return
+    st.subheader("Train the grafts at other lrs of M")
+    st.caption(
+        "M's tuned lr is M's best *alone*: with D's direction M#D may train best at "
+        "another, and its verdict move with it. These runs join the comparison (same "
+        "seeds and settings, only M's lr changed); the verdicts above stay those at M's "
+        "tuned lr."
+    )
+    left, middle, right = st.columns([1, 1, 1])
+    m, d = left.selectbox(
+        "Graft", pairs, format_func=lambda pair: "#".join(pair), key="grid.graft_lrs.pair"
+    )
+    own = runs[runs["role"].isin(["graft", "partial_graft"]) & runs["magnitude_arm"].eq(m)]
+    own = own[own["direction_arm"].eq(d)]
+    tuned_lr = float(own[LR_COLUMN].iloc[0])
+    text = middle.text_input(
+        f"{m}'s lrs",
+        value=", ".join(f"{tuned_lr * factor:.3g}" for factor in (math.sqrt(10), 10)),
+        key=f"grid.graft_lrs.lrs.{group}.{m}#{d}",
+        help=f"M's tuned lr, {tuned_lr:.3g}, is the comparison's own graft.",
+    )
+    variants = sorted(set(own["arm_variant"].fillna("")))
+    chosen = right.multiselect(
+        "Which grafts",
+        variants,
+        default=[""],
+        format_func=lambda v: f"[{v} only]" if v else "whole graft",
+        key=f"grid.graft_lrs.variants.{group}.{m}#{d}",
+    )
+    if st.button("Train at these lrs", key="grid.graft_lrs.start"):
+        try:
+            if not chosen:
+                raise ValueError("choose at least one graft")
+            lrs = forms.parse_numbers(text, field="lrs")
+            planned = plan_graft_lrs(
+                get_store(), group, magnitude=m, direction=d, lrs=lrs, variants=chosen
+            )
+        except ValueError as error:
+            st.error(f"Not started: {error}")
+            return
+        if not planned:
+            st.info(f"Nothing to train: {tuned_lr:.3g} is M's tuned lr, the comparison's own.")
+            return
+        queue_runs(planned, group=group, kind="compare", reuse=True)  # trained ones are kept
         st.rerun()
 
 
@@ -643,6 +733,7 @@ def tuned_mode() -> None:
         comparison_section(group, active)
         if not active:
             continue_form(group)
+            graft_lrs_form(group, live.group_runs(group))
     elif not group:
         st.info(
             "No comparison yet: choose the optimizers and the sweep above and press "

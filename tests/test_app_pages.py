@@ -19,10 +19,18 @@ import pytest
 from grafting_core.lab.analysis import static_ratios_from_run
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.data import load_dataset
+from grafting_core.lab.graft_lrs import graft_lr_table
 from grafting_core.lab.models import build_model
-from grafting_core.lab.protocol import SweepPlan, compare, comparison_request, read_comparison
+from grafting_core.lab.protocol import (
+    LR_COLUMN,
+    SweepPlan,
+    compare,
+    comparison_request,
+    read_comparison,
+)
 from grafting_core.lab.ratio_study import static_ratio_table
 from grafting_core.lab.store import RunStore
+from grafting_core.lab.verdict import closer_to_words
 from tests.test_app import chart_traces, page, page_figures, train_inline
 from tests.test_protocol import TINY as TINY_COMPARISON
 
@@ -260,6 +268,47 @@ def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
         assert shown.loc[pair, "M#D mean"] == pytest.approx(row["graft_mean"])
         assert shown.loc[pair, "M#D std"] == pytest.approx(row["graft_std"])
         assert shown.loc[pair, "seeds"] == row["graft_seeds"] == 2
+
+
+def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
+    """The form trains sgd#adam again at another lr of SGD in the comparison's group; the
+    page's table and figure show graft_lr_table's values; bad input starts nothing."""
+    at = tuned_page(seeds="0, 1")
+    at.button(key="grid.tuned.start").click().run()
+    group = at.query_params["group"]
+    first = settle(at, store, 12, group)
+    tuned_sgd = first.loc[
+        first["role"].eq("tuned") & first["magnitude_arm"].eq("sgd"), LR_COLUMN
+    ].iloc[0]
+    at.selectbox(key="grid.graft_lrs.pair").set_value(("sgd", "adam")).run()
+    lrs = at.text_input(key=f"grid.graft_lrs.lrs.{group}.sgd#adam")
+    assert lrs.value == f"{tuned_sgd * 10**0.5:.3g}, {tuned_sgd * 10:.3g}"
+    for text, variants, reason in (("-1", [""], "lrs"), ("0.2", [], "choose at least one")):
+        at.text_input(key=f"grid.graft_lrs.lrs.{group}.sgd#adam").set_value(text)
+        at.multiselect(key=f"grid.graft_lrs.variants.{group}.sgd#adam").set_value(variants)
+        at.button(key="grid.graft_lrs.start").click().run()
+        assert any("Not started" in e.value and reason in e.value for e in at.error)
+        assert len(store.runs(group=group)) == len(first)
+    at.text_input(key=f"grid.graft_lrs.lrs.{group}.sgd#adam").set_value(f"{tuned_sgd:g}, 0.2")
+    at.multiselect(key=f"grid.graft_lrs.variants.{group}.sgd#adam").set_value([""])
+    at.button(key="grid.graft_lrs.start").click().run()
+    assert not at.exception and not at.error
+    runs = settle(at, store, len(first) + 2, group)
+    new = runs[~runs["run_id"].isin(first["run_id"])]
+    assert (new["role"] == "graft_lr").all() and sorted(new[LR_COLUMN]) == [0.2, 0.2]
+    expected = graft_lr_table(store, group, magnitude="sgd", direction="adam")
+    assert sorted(expected["lr"]) == sorted([tuned_sgd, 0.2])
+    shown = table_with(at, "tuned_lr")
+    assert list(shown["lr"]) == list(expected["lr"])
+    for column in ("seeds", "mean", "std", "position"):
+        assert list(shown[column]) == pytest.approx(list(expected[column]), nan_ok=True)
+    assert list(shown["verdict"]) == [
+        closer_to_words(v, "sgd", "adam") for v in expected["verdict"]
+    ]
+    line = chart_traces(at, chart_titled(at, "sgd#adam at each lr of sgd"))[0]
+    finished = expected[expected["mean"].notna()]
+    assert list(line["x"]) == pytest.approx(list(finished["lr"]))
+    assert list(line["y"]) == pytest.approx(list(finished["mean"]))
 
 
 def test_a_comparison_made_before_settings_were_kept_says_how_to_continue(store):

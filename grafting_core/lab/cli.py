@@ -384,11 +384,13 @@ def cmd_graft_lrs(parser, args, store: RunStore) -> int:
     except (ValueError, KeyError) as error:
         parser.error(str(error).strip("'\""))
     print(
-        f"\n{args.magnitude}#{args.direction} at each lr of M vs tuned {args.magnitude} and "
-        f"tuned {args.direction} (val_loss over seeds; position 0 = M, 1 = D; tuned_lr: the "
-        f"comparison's own graft), group {args.group}"
+        f"\n{args.magnitude}#{args.direction} at each lr of M vs tuned {args.magnitude} "
+        f"({table['magnitude_mean'].iloc[0]:.4g}) and tuned {args.direction} "
+        f"({table['direction_mean'].iloc[0]:.4g}) (val_loss over seeds; position 0 = M, 1 = D; "
+        f"tuned_lr: the comparison's own graft), group {args.group}"
     )
-    shown = table.drop(columns="pending").replace({"variant": {"": "full"}})
+    shown = table.drop(columns=["pending", "magnitude_mean", "direction_mean"])
+    shown = shown.replace({"variant": {"": "full"}})
     _print_table(shown.assign(lr=shown["lr"].map("{:g}".format)))
     return 0
 

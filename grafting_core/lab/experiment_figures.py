@@ -206,6 +206,90 @@ def lr_sweep(
     return fig
 
 
+def graft_lr_figure(
+    table: pd.DataFrame, *, magnitude: str, direction: str, y_title: str, title: str = ""
+) -> go.Figure:
+    """M#D at each lr of M (log x): the final metric's mean over seeds, ± one std, a line
+    per variant (the whole graft, each partial one); the comparison's own graft (at M's tuned
+    lr) ringed, each variant's best lr starred; tuned M and tuned D as dashed lines across.
+    An lr where a seed did not finish is named along the top.
+
+    ``table``: ``graft_lrs.graft_lr_table``.
+    """
+    fig = go.Figure()
+    for i, (variant, rows) in enumerate(table.sort_values("lr").groupby("variant", sort=True)):
+        done = rows[rows["mean"].notna()]
+        name = f"{magnitude}#{direction}" + (f" [{variant} only]" if variant else "")
+        color = PALETTE[(i + 2) % len(PALETTE)]
+        fig.add_trace(
+            go.Scatter(
+                x=done["lr"],
+                y=done["mean"],
+                mode="lines+markers",
+                name=name,
+                error_y={"type": "data", "array": done["std"].fillna(0.0), "visible": True},
+                customdata=np.column_stack([done["std"], done["seeds"], done["position"]]),
+                hovertemplate=f"{name}<br>M's lr %{{x:.3g}}: %{{y:.4g}} ± %{{customdata[0]:.2g}}"
+                " (%{customdata[1]} seeds), position %{customdata[2]:.2f}<extra></extra>",
+                line={"color": color, "width": 2},
+                marker={"size": 8},
+            )
+        )
+        for marked, symbol, size, legend in (
+            (done[done["tuned_lr"]], "circle-open", 18, "at M's tuned lr (the comparison's)"),
+            (done[done["best"]], "star", 16, "best lr of the line"),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=marked["lr"],
+                    y=marked["mean"],
+                    mode="markers",
+                    name=legend,
+                    legendgroup=legend,
+                    showlegend=i == 0,
+                    hoverinfo="skip",
+                    marker={"symbol": symbol, "size": size, "color": color, "line": {"width": 2}},
+                )
+            )
+        for lr in rows.loc[rows["mean"].isna(), "lr"]:
+            fig.add_annotation(
+                x=np.log10(lr),
+                y=1.0,
+                yref="paper",
+                yanchor="top",
+                showarrow=False,
+                text="diverged /<br>failed"
+                if rows.loc[rows["lr"] == lr, "failed"].any()
+                else "training…",
+                font={"size": 11, "color": "#b00"},
+            )
+    for column, label, color in (
+        ("magnitude_mean", f"{magnitude} alone, tuned", PALETTE[0]),
+        ("direction_mean", f"{direction} alone, tuned", PALETTE[1]),
+    ):
+        if len(table) and np.isfinite(table[column].iloc[0]):
+            fig.add_hline(
+                y=table[column].iloc[0],
+                line_color=color,
+                line_dash="dash",
+                annotation_text=label,
+                annotation_position="top left",
+            )
+    style(
+        fig,
+        title=title,
+        x_title=f"{magnitude}'s learning rate in the graft (log scale)",
+        y_title=y_title,
+        height=380,
+    )
+    lrs = sorted(table["lr"].unique())
+    fig.update_xaxes(type="log", tickvals=lrs, ticktext=[f"{lr:.3g}" for lr in lrs])
+    fig.update_layout(
+        hovermode="closest", legend={"title": {"text": ""}, "orientation": "h", "y": -0.3, "x": 0}
+    )
+    return fig
+
+
 VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name, colour)
     ("magnitude", "M alone, tuned", PALETTE[0]),
     ("graft", "M#D at M's tuned lr", PALETTE[2]),

@@ -26,7 +26,7 @@ from .verdict import closer_to
 ROLE = "graft_lr"
 GRAFT_ROLES = ("graft", "partial_graft")  # the comparison's own grafts, at M's tuned lr
 COLUMNS = ["variant", "lr", "tuned_lr", "seeds", "failed", "pending", "mean", "std"]
-COLUMNS += ["position", "verdict", "reason", "best"]
+COLUMNS += ["position", "verdict", "reason", "magnitude_mean", "direction_mean", "best"]
 
 
 def _grafts(runs: pd.DataFrame, magnitude: str, direction: str, roles) -> pd.DataFrame:
@@ -118,8 +118,9 @@ def graft_lr_table(
     """Per variant of M#D and lr of M: ``metric``'s mean and std over finished seeds, with
     ``closer_to``'s position and verdict against tuned M and tuned D. An lr where a seed
     diverged, failed or stopped has no mean (``failed`` counts them; ``verdict`` "failed");
-    ``tuned_lr``: the comparison's own graft, at M's tuned lr; ``best``: per variant, the
-    lowest mean among the lrs with no failed or pending seed."""
+    ``tuned_lr``: the comparison's own graft, at M's tuned lr; ``magnitude_mean``,
+    ``direction_mean``: tuned M's and tuned D's; ``best``: per variant, the lowest mean
+    among the lrs with no failed or pending seed."""
     runs = store.runs(group=group)
     tuned = {}
     for label in (magnitude, direction):
@@ -155,6 +156,8 @@ def graft_lr_table(
                 "position": np.nan if failed else judged["position"],
                 "verdict": judged["verdict"],
                 "reason": judged["reason"],
+                "magnitude_mean": judged["magnitude_mean"],
+                "direction_mean": judged["direction_mean"],
             }
         )
     out = pd.DataFrame(rows, columns=COLUMNS[:-1])
