@@ -644,7 +644,9 @@ def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
         if not planned:
             st.info(f"Nothing to train: {tuned_lr:.3g} is M's tuned lr, the comparison's own.")
             return
-        queue_runs(planned, group=group, kind="compare", reuse=True)  # trained ones are kept
+        if not queue_runs(planned, group=group, kind="compare", reuse=True):
+            st.info("Nothing new to train: these grafts are trained at these lrs already.")
+            return
         st.rerun()
 
 

@@ -305,6 +305,9 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     assert list(shown["verdict"]) == [
         closer_to_words(v, "sgd", "adam") for v in expected["verdict"]
     ]
+    at.button(key="grid.graft_lrs.start").click().run()  # the same lrs again
+    assert any("Nothing new to train" in info.value for info in at.info)
+    assert len(store.runs(group=group)) == len(runs)
     line = chart_traces(at, chart_titled(at, "sgd#adam at each lr of sgd"))[0]
     finished = expected[expected["mean"].notna()]
     assert list(line["x"]) == pytest.approx(list(finished["lr"]))

@@ -378,9 +378,27 @@ def continue_tuned_comparison(page, log: Path) -> None:
     _screenshot(page, "grid-tuned-continued", below=page.get_by_text("Verdicts: is M#D"))
 
 
+def graft_tuned_comparison_at_other_lrs(page, log: Path) -> None:
+    """On the Grid page of a finished comparison: its first graft trained again at the two
+    lrs of M the form offers, until their figure draws three lrs; screenshot of it."""
+    lrs = page.get_by_label(re.compile(r"^\w+'s lrs$"))
+    expect(lrs).to_have_count(1, timeout=30_000)
+    page.get_by_role("button", name="Train at these lrs", exact=True).click()
+    _until_shown(page, log, "at other lrs of M")
+    _ready(page)
+    expect(page.locator(LIVE_CHART)).to_have_count(4, timeout=30_000)  # + the lrs' figure
+    line = page.frame_locator(LIVE_CHART).nth(3).locator(".scatterlayer .trace").first
+    _expect_or_explain(
+        page, log, lambda: expect(line.locator(".point")).to_have_count(3, timeout=120_000)
+    )
+    _ready(page)
+    _screenshot(page, "grid-graft-lrs", below=page.get_by_text("at other lrs of M").first)
+
+
 def test_grid_page_runs_a_tuned_comparison_and_shows_its_verdicts(app, browser):
     url, _, log = app
     page = browser.new_page(viewport=VIEWPORT)
     run_tuned_comparison(page, url, log)
     continue_tuned_comparison(page, log)
+    graft_tuned_comparison_at_other_lrs(page, log)
     page.close()

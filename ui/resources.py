@@ -108,8 +108,9 @@ def queue_runs(
     planned: Sequence[RunConfig | PlannedRun], *, group: str, kind: str, reuse: bool = False
 ) -> list[str]:
     """Record configs (or planned runs with their arms) in ``group``, new or existing, and
-    queue them; returns their run ids. ``reuse``: a run of the group with the same config
-    is kept, or resumed if it was stopped (``experiments.record_runs``)."""
+    queue them; returns the ids of the runs queued. ``reuse``: a run of the group with the
+    same config is kept (not queued), or resumed if it was stopped
+    (``experiments.record_runs``)."""
     jobs = get_jobs()
     run_ids, todo = record_runs(
         get_store(),
@@ -120,7 +121,7 @@ def queue_runs(
     )
     for run_id, resume in todo:
         jobs.submit(run_id, resume=resume)
-    return run_ids
+    return [run_id for run_id, _ in todo]
 
 
 def stop_runs(run_ids: list[str]) -> None:
