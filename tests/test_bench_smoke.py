@@ -13,16 +13,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_step_benchmark_quick_run_prints_ratios():
+def _bench(script: str, *args: str, timeout: float = 300, **options) -> str:
+    """Run ``bench/<script>`` with ``args`` from the repository root; its stdout."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "step.py"), "--quick"],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         cwd=ROOT,
+        **options,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    return done.stdout
+
+
+def test_step_benchmark_quick_run_prints_ratios():
+    out = _bench("step.py", "--quick")
     for path in (
         "torch Adam fused",
         "torch SGD-m foreach",
@@ -51,15 +57,7 @@ def test_step_benchmark_quick_run_prints_ratios():
 
 
 def test_step_overhead_quick_run_takes_every_measure():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "step_overhead.py"), "--quick", "--threads", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out = _bench("step_overhead.py", "--quick", "--threads", "1")
     assert out.count("Graft: kernel passes") == 2  # the model, then the same tensors in cache
     for measure in ("first small op after a kernel pass", "propose, guarded", "the scan alone"):
         assert measure in out
@@ -89,29 +87,15 @@ def test_checkpoint_cost_measures_a_step_and_a_checkpoint():
 
 
 def test_compare_wall_benchmark_quick_run_times_each_worker_count():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare_wall.py"), "--quick", "--dataset", "digits"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("workers ")]
+    out = _bench("compare_wall.py", "--quick", "--dataset", "digits", timeout=600)
+    lines = [line for line in out.splitlines() if line.startswith("workers ")]
     assert [line.split(":")[0] for line in lines] == ["workers 1", "workers 2"]
     assert all("for 6 runs" in line for line in lines)  # 2 × 2 lrs × 1 seed + 2 grafts
 
 
 def test_dask_grid_benchmark_quick_run_times_both_executors_and_the_stream():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "dask_grid.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    out = _bench(
+        "dask_grid.py", "--quick", timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
     assert "round 1 local:" in out and "round 1 dask:" in out and "dask/local" in out
     assert "streaming one run (20 steps):" in out and "driver writing" in out

@@ -11,18 +11,8 @@ from grafting_core.lab.config import RunConfig
 from grafting_core.lab.graft_lrs import graft_lr_sweep, graft_lr_table, plan_graft_lrs
 from grafting_core.lab.protocol import SweepPlan, compare
 from grafting_core.lab.store import RunStore
+from tests.test_protocol import TINY
 
-TINY = dict(
-    dataset="digits",
-    model="mlp",
-    width=8,
-    steps=20,
-    batch_size=32,
-    eval_every=20,
-    eval_examples=64,
-    log_every=5,
-    flush_seconds=0.0,
-)
 SGD_LR, OTHER_LR, DIVERGING_LR = 0.1, 0.03, 1e6
 
 

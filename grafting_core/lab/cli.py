@@ -343,22 +343,35 @@ def print_comparison(result: Comparison) -> None:
         )
 
 
-def cmd_ratio_study(parser, args, store: RunStore) -> int:
+def _on_pair(parser, args, store: RunStore, experiment, label: str, **options) -> pd.DataFrame:
+    """``experiment`` on the comparison ``args.group``'s pair ``args.magnitude``#
+    ``args.direction``, with a progress bar; a bad group or choice exits 2 naming it."""
     try:
         with _executor(args, store) as executor:
-            table = static_ratio_study(
+            return experiment(
                 store,
                 args.group,
                 magnitude=args.magnitude,
                 direction=args.direction,
-                windows=args.windows,
-                scopes=args.scopes,
-                statistic=args.statistic,
                 executor=executor,
-                progress=_progress("ratio study"),
+                progress=_progress(label),
+                **options,
             )
     except (ValueError, KeyError) as error:
         parser.error(str(error).strip("'\""))
+
+
+def cmd_ratio_study(parser, args, store: RunStore) -> int:
+    table = _on_pair(
+        parser,
+        args,
+        store,
+        static_ratio_study,
+        "ratio study",
+        windows=args.windows,
+        scopes=args.scopes,
+        statistic=args.statistic,
+    )
     print(
         f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
         f"tuned {args.magnitude} and {args.direction} (val_loss over seeds; gap_closed 1 = "
@@ -369,20 +382,15 @@ def cmd_ratio_study(parser, args, store: RunStore) -> int:
 
 
 def cmd_graft_lrs(parser, args, store: RunStore) -> int:
-    try:
-        with _executor(args, store) as executor:
-            table = graft_lr_sweep(
-                store,
-                args.group,
-                magnitude=args.magnitude,
-                direction=args.direction,
-                lrs=args.lrs,
-                variants=args.variants and ["" if v == "full" else v for v in args.variants],
-                executor=executor,
-                progress=_progress("graft lrs"),
-            )
-    except (ValueError, KeyError) as error:
-        parser.error(str(error).strip("'\""))
+    table = _on_pair(
+        parser,
+        args,
+        store,
+        graft_lr_sweep,
+        "graft lrs",
+        lrs=args.lrs,
+        variants=args.variants and ["" if v == "full" else v for v in args.variants],
+    )
     print(
         f"\n{args.magnitude}#{args.direction} at each lr of M vs tuned {args.magnitude} "
         f"({table['magnitude_mean'].iloc[0]:.4g}) and tuned {args.direction} "
