@@ -592,9 +592,24 @@ class Graft(torch.optim.Optimizer):
             getattr(self, role).load_state_dict(child_state)
         state_format.restore_own(self, extras)
 
+    #: What is keyed by tensors' identities (rebuilt when a copy is loaded).
+    _BY_IDENTITY = ("_position", "_plan", "_scratch", "_fused_checked")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """All of Graft for ``pickle`` and ``copy.deepcopy`` (torch's optimizers keep
+        ``defaults``, ``state`` and ``param_groups`` only), less what is keyed by identity."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._BY_IDENTITY}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.pop("state", None)  # a copy of the view: the property reads the children
         self.__dict__.setdefault("skip_nonfinite", True)
         self.__dict__.setdefault("fused", False)
         self.__dict__.setdefault("_sharding", None)
+        if "layers" not in self.__dict__:
+            raise ValueError(
+                "This Graft was pickled by a version that kept only defaults, state and "
+                "param_groups, and cannot be restored; save and load its state_dict() instead"
+            )
+        self._position = {id(p): i for i, (_, p) in enumerate(self.named_params())}
+        self._plan, self._scratch = None, {}

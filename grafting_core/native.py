@@ -42,6 +42,10 @@ class NativeOptimizer(torch.optim.Optimizer):
         self._sharded = False  # DTensor parameters: the rule runs on the local shards
         super().__init__(params, resolve_hparams(rule, hparams))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param_groups) and the rule, for pickle and deepcopy."""
+        return {**super().__getstate__(), "rule": self.rule, "_sharded": self._sharded}
+
     def __repr__(self) -> str:
         hp = {k: v for k, v in self.defaults.items()}
         return f"NativeOptimizer({self.rule.name}, {hp})"

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -480,3 +481,52 @@ def test_graft_scales_is_the_papers_formula_with_its_edge_cases():
         torch.testing.assert_close(
             scales[: len(expected)], torch.tensor(expected, dtype=torch.float64)
         )
+
+
+COPIES = {"deepcopy": copy.deepcopy, "pickle": lambda obj: pickle.loads(pickle.dumps(obj))}
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize(
+    "children",
+    [
+        (("adam", {"lr": 1e-2}), ("sgd", {"lr": 0.1, "momentum": 0.9})),
+        ("torch-adam", "torch-sgd"),
+    ],
+    ids=["native", "torch"],
+)
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_copied_graft_steps_as_the_original(how, children, fused):
+    """A model and its Graft copied together mid-run (deepcopy, pickle) go on exactly as the
+    original: same weights, norms and state after three more steps."""
+    model = make_model(torch.float64)
+    if children[0] == "torch-adam":
+        params = list(model.parameters())
+        children = (
+            torch.optim.Adam(params, lr=1e-2),
+            torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        )
+    opt = Graft(model.named_parameters(), *children, fused=fused)
+    train(model, opt, 3)
+    copy_model, copy_opt = COPIES[how]((model, opt))
+    assert {id(p) for g in copy_opt.param_groups for p in g["params"]} == {
+        id(p) for p in copy_model.parameters()
+    }
+    train(model, opt, 3, start=3)
+    train(copy_model, copy_opt, 3, start=3)
+    assert max_relative_difference(copy_model, model) == 0
+    assert torch.equal(copy_opt.last_norms, opt.last_norms)
+    assert copy_opt.graft_step == opt.graft_step == 6
+    mine, theirs = copy_opt.state_dict(), opt.state_dict()
+    assert mine["param_groups"] == theirs["param_groups"]
+    for key, state in theirs["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(mine["state"][key][name]), torch.as_tensor(value))
+
+
+def test_a_graft_pickled_by_torchs_rule_is_refused_with_the_way_out():
+    model = make_model()
+    opt = Graft(model.named_parameters(), "adam", "sgd")
+    kept_by_torch = torch.optim.Optimizer.__getstate__(opt)
+    with pytest.raises(ValueError, match="state_dict"):
+        Graft.__new__(Graft).__setstate__(dict(kept_by_torch))
