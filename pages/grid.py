@@ -368,28 +368,36 @@ def live_section(group: str, active: bool) -> None:
     live.redraw_while_live("grid", lambda: live.group_runs(group), active, draw)
 
 
+SWEEP_ROLES = ("sweep_point", "tuned")
+GRAFT_ROLES = ("graft", "partial_graft")  # at M's tuned lr
+
+
 def phase_text(runs: pd.DataFrame, group: str) -> str:
-    """Where a comparison stands: its sweeps' runs done, then its grafts'."""
-    grafts = runs["role"] == "graft"
+    """Where a comparison stands: its sweeps' runs done, then its grafts', then those added
+    to it since (grafts at other lrs, static ratios)."""
     done = runs["status"].isin(live.TERMINAL)
-    text = f"Sweeps: {int((done & ~grafts).sum())} of {int((~grafts).sum())} runs done"
-    if grafts.any():
-        return (
-            text + f"; grafts at M's tuned lr: {int((done & grafts).sum())} of "
-            f"{int(grafts.sum())} done"
+    sweeps, grafts = runs["role"].isin(SWEEP_ROLES), runs["role"].isin(GRAFT_ROLES)
+    added = ~(sweeps | grafts | runs["role"].eq("superseded"))
+    text = f"Sweeps: {int((done & sweeps).sum())} of {int(sweeps.sum())} runs done"
+    if not grafts.any():
+        return text + (
+            "; the grafts start when every sweep has settled"
+            if orchestrating(group)
+            else "; no grafts were started"
         )
-    return text + (
-        "; the grafts start when every sweep has settled"
-        if orchestrating(group)
-        else "; no grafts were started"
-    )
+    text += f"; grafts at M's tuned lr: {int((done & grafts).sum())} of {int(grafts.sum())} done"
+    if added.any():
+        text += f"; runs added since: {int((done & added).sum())} of {int(added.sum())} done"
+    return text
 
 
 def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
     """What became of each lr of ``arm``'s sweep that has an unfinished run: "training…"
     while one is queued or training, else its runs' ends ("stopped", "diverged" ...)."""
     sweep = runs[
-        (runs["magnitude_arm"] == arm) & (runs["role"] != "graft") & (runs["status"] != "finished")
+        runs["magnitude_arm"].eq(arm)
+        & runs["role"].isin(SWEEP_ROLES)
+        & runs["status"].ne("finished")
     ]
     notes = {}
     for lr, cell in sweep.groupby(LR_COLUMN):
@@ -459,7 +467,7 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
     )
     y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
     st.subheader("Learning-rate sweeps")
-    arms = list(dict.fromkeys(runs.loc[runs["role"] != "graft", "magnitude_arm"]))
+    arms = list(dict.fromkeys(runs.loc[runs["role"].isin(SWEEP_ROLES), "magnitude_arm"]))
     tuned = set(runs.loc[runs["role"] == "tuned", "magnitude_arm"])
     columns = st.columns(min(len(arms), 3) or 1)
     for i, arm in enumerate(arms):

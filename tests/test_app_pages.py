@@ -308,6 +308,11 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     at.button(key="grid.graft_lrs.start").click().run()  # the same lrs again
     assert any("Nothing new to train" in info.value for info in at.info)
     assert len(store.runs(group=group)) == len(runs)
+    (bar,) = at.get("progress")  # the added runs count apart from the sweeps and grafts
+    assert bar.proto.text == (
+        "Sweeps: 8 of 8 runs done; grafts at M's tuned lr: 4 of 4 done; "
+        "runs added since: 2 of 2 done"
+    )
     line = chart_traces(at, chart_titled(at, "sgd#adam at each lr of sgd"))[0]
     finished = expected[expected["mean"].notna()]
     assert list(line["x"]) == pytest.approx(list(finished["lr"]))
