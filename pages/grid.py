@@ -595,7 +595,7 @@ def graft_lrs_results(group: str, runs: pd.DataFrame, y_title: str) -> None:
         )
         columns = ["variant", "lr", "tuned_lr", "seeds", "failed", "mean", "std", "position"]
         st.dataframe(
-            shown[[*columns, "verdict", "best"]],
+            shown[[*columns, "verdict", "best", "at_edge"]],
             hide_index=True,
             key=f"grid.graft_lrs.table.{m}#{d}",
             column_config={

@@ -109,7 +109,10 @@ def test_table_sets_each_lr_next_to_tuned_m_and_d(swept):
         assert row.verdict in ("magnitude", "direction", "cannot tell")
     for _, cell in table.groupby("variant"):
         finite = cell[cell["failed"] == 0]
-        assert cell.loc[cell["best"], "lr"].tolist() == [finite.loc[finite["mean"].idxmin(), "lr"]]
+        best = finite.loc[finite["mean"].idxmin(), "lr"]
+        assert cell.loc[cell["best"], "lr"].tolist() == [best]
+        edge = best in (cell["lr"].min(), cell["lr"].max())  # of every lr tried, failed too
+        assert cell["at_edge"].tolist() == [edge and lr == best for lr in cell["lr"]]
 
 
 def test_sweeping_again_trains_nothing_twice(swept):

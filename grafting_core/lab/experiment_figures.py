@@ -211,8 +211,9 @@ def graft_lr_figure(
 ) -> go.Figure:
     """M#D at each lr of M (log x): the final metric's mean over seeds, ± one std, a line
     per variant (the whole graft, each partial one); the comparison's own graft (at M's tuned
-    lr) ringed, each variant's best lr starred; tuned M and tuned D as dashed lines across.
-    An lr where a seed did not finish is named along the top.
+    lr) ringed, each variant's best lr starred (and said so when it is the edge of the lrs
+    tried); tuned M and tuned D as dashed lines across. An lr where a seed did not finish is
+    named along the top.
 
     ``table``: ``graft_lrs.graft_lr_table``.
     """
@@ -250,6 +251,16 @@ def graft_lr_figure(
                     hoverinfo="skip",
                     marker={"symbol": symbol, "size": size, "color": color, "line": {"width": 2}},
                 )
+            )
+        for lr in done.loc[done["at_edge"].astype(bool), "lr"]:
+            fig.add_annotation(
+                x=np.log10(lr),
+                y=float(done.loc[done["lr"] == lr, "mean"].iloc[0]),
+                ax=0,
+                ay=-34,
+                text="<b>best at the edge:</b><br>try beyond",
+                font={"size": 11, "color": "#b00"},
+                bgcolor="rgba(255, 255, 255, 0.8)",
             )
         for lr in rows.loc[rows["mean"].isna(), "lr"]:
             fig.add_annotation(

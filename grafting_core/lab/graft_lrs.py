@@ -26,7 +26,7 @@ from .verdict import closer_to
 ROLE = "graft_lr"
 GRAFT_ROLES = ("graft", "partial_graft")  # the comparison's own grafts, at M's tuned lr
 COLUMNS = ["variant", "lr", "tuned_lr", "seeds", "failed", "pending", "mean", "std"]
-COLUMNS += ["position", "verdict", "reason", "magnitude_mean", "direction_mean", "best"]
+COLUMNS += ["position", "verdict", "reason", "magnitude_mean", "direction_mean", "best", "at_edge"]
 
 
 def _grafts(runs: pd.DataFrame, magnitude: str, direction: str, roles) -> pd.DataFrame:
@@ -120,7 +120,8 @@ def graft_lr_table(
     diverged, failed or stopped has no mean (``failed`` counts them; ``verdict`` "failed");
     ``tuned_lr``: the comparison's own graft, at M's tuned lr; ``magnitude_mean``,
     ``direction_mean``: tuned M's and tuned D's; ``best``: per variant, the lowest mean
-    among the lrs with no failed or pending seed."""
+    among the lrs with no failed or pending seed; ``at_edge``: that best is the variant's
+    lowest or highest lr tried (a better one may lie beyond)."""
     runs = store.runs(group=group)
     tuned = {}
     for label in (magnitude, direction):
@@ -160,9 +161,12 @@ def graft_lr_table(
                 "direction_mean": judged["direction_mean"],
             }
         )
-    out = pd.DataFrame(rows, columns=COLUMNS[:-1])
-    out["best"] = False
+    out = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    out["best"] = out["at_edge"] = False
     complete = out[(out["failed"] == 0) & (out["pending"] == 0) & out["mean"].notna()]
-    for _, cell in complete.groupby("variant"):
-        out.loc[cell["mean"].idxmin(), "best"] = True
+    for variant, cell in complete.groupby("variant"):
+        best = cell["mean"].idxmin()
+        tried = out.loc[out["variant"] == variant, "lr"]
+        out.loc[best, "best"] = True
+        out.loc[best, "at_edge"] = out.loc[best, "lr"] in (tried.min(), tried.max())
     return out
