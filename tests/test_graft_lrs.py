@@ -6,10 +6,12 @@ import re
 import numpy as np
 import pytest
 
+from grafting_core.lab.arms import Arm
 from grafting_core.lab.cli import main
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.graft_lrs import graft_lr_sweep, graft_lr_table, plan_graft_lrs
 from grafting_core.lab.protocol import SweepPlan, compare
+from grafting_core.lab.runner import create_run, execute_run
 from grafting_core.lab.store import RunStore
 from tests.test_protocol import TINY
 
@@ -113,6 +115,27 @@ def test_table_sets_each_lr_next_to_tuned_m_and_d(swept):
         assert cell.loc[cell["best"], "lr"].tolist() == [best]
         edge = best in (cell["lr"].min(), cell["lr"].max())  # of every lr tried, failed too
         assert cell["at_edge"].tolist() == [edge and lr == best for lr in cell["lr"]]
+
+
+def test_a_graft_at_an_lr_tried_here_counts_each_seed_once(swept):
+    """A continued comparison whose M lr moved onto one of these lrs grafts it again: the
+    table counts each seed once, from the comparison's own run."""
+    store, group, _, table, _ = swept
+    runs = store.runs(group=group)
+    tried = runs[runs["role"].eq("graft_lr") & runs["config.magnitude_hparams.lr"].eq(OTHER_LR)]
+    tried = tried[tried["arm_variant"].fillna("").eq("")]
+    config = RunConfig.from_dict(store.run(tried["run_id"].iloc[0])["config"])
+    arm = Arm("graft", "sgd", "adam")
+    again = create_run(store, config.replace(name=arm.label), kind="compare", group=group, arm=arm)
+    try:
+        execute_run(store, again)
+        after = graft_lr_table(store, group, magnitude="sgd", direction="adam")
+        row = after[(after["variant"] == "") & (after["lr"] == OTHER_LR)].iloc[0]
+        before = table[(table["variant"] == "") & (table["lr"] == OTHER_LR)].iloc[0]
+        assert row["seeds"] == before["seeds"] == 2 and bool(row["tuned_lr"])
+        assert row["mean"] == pytest.approx(before["mean"])  # the same config: the same loss
+    finally:
+        store.delete_run(again)
 
 
 def test_sweeping_again_trains_nothing_twice(swept):

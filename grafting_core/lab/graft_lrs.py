@@ -134,6 +134,11 @@ def graft_lr_table(
     table["lr"] = config[LR_COLUMN].to_numpy(float)
     table["variant"] = config["arm_variant"].fillna("").to_numpy()
     table["tuned_lr"] = config["role"].isin(GRAFT_ROLES).to_numpy()
+    # A continued comparison whose M lr moved onto an lr tried here grafts it again: each
+    # seed counts once, the comparison's own run first.
+    table["seed"] = config["config.seed"].to_numpy()
+    table = table.sort_values("tuned_lr", ascending=False, kind="stable")
+    table = table.drop_duplicates(["variant", "lr", "seed"])
     rows = []
     for (variant, lr), cell in table.groupby(["variant", "lr"], sort=True):
         done = cell.loc[cell["status"] == "finished", metric].to_numpy(float)
