@@ -4,13 +4,15 @@ own values, nothing trained twice, bad input refused (library and command line).
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from grafting_core.lab.arms import Arm
 from grafting_core.lab.cli import main
 from grafting_core.lab.config import RunConfig
+from grafting_core.lab.experiments import LR_COLUMN, beyond_edge
 from grafting_core.lab.graft_lrs import graft_lr_sweep, graft_lr_table, plan_graft_lrs
-from grafting_core.lab.protocol import SweepPlan, compare
+from grafting_core.lab.protocol import SweepPlan, compare, comparison_request, read_comparison
 from grafting_core.lab.runner import create_run, execute_run
 from grafting_core.lab.store import RunStore
 from tests.test_protocol import TINY
@@ -182,3 +184,42 @@ def test_command_line_prints_the_table(swept, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert "No graft lion#adam" in capsys.readouterr().err
     assert graft_lr_table(store, group, magnitude="sgd", direction="adam").equals(table)
+
+
+def test_a_comparison_tunes_each_grafts_lr_when_asked(tmp_path, capsys, monkeypatch):
+    """compare(tune_grafts=True) through the command line: every graft (full and partial)
+    at the plan's grid around M's tuned lr, one lr more past the edge where the grid's best
+    sits on it, and the tuned grafts' table; the setting is kept with the group."""
+    monkeypatch.setenv("GRAFTING_RUNS_DIR", str(tmp_path))
+    settings = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    options = ["--points", "2", "--extensions", "1", "--seeds", "0", "1", "--partial", "hidden"]
+    assert main(["compare", *options, "--tune-grafts", "--workers", "1", *settings]) == 0
+    out = capsys.readouterr().out
+    store = RunStore(tmp_path)
+    (group,) = store.runs()["group"].unique()
+    assert comparison_request(store, group)["tune_grafts"] is True
+    runs = store.runs(group=group)
+    tuned = dict(
+        runs.loc[runs["role"] == "tuned", ["magnitude_arm", LR_COLUMN]].drop_duplicates().values
+    )
+    plan = SweepPlan(points=2, extensions=1)
+    best_rows = []
+    for m, d in (("sgd", "adam"), ("adam", "sgd")):
+        table = graft_lr_table(store, group, magnitude=m, direction=d)
+        assert set(table["variant"]) == {"", "hidden"}
+        first = sorted(set(plan.grid(tuned[m])) | {tuned[m]})
+        for variant, cell in table.groupby("variant"):
+            assert (cell["seeds"] + cell["failed"] == 2).all()
+            initial = cell[cell["lr"].isin(first) & (cell["failed"] == 0)]
+            best = initial.loc[initial["mean"].idxmin(), "lr"]
+            extension = (
+                {beyond_edge(best, first, plan.factor)} if best in (first[0], first[-1]) else set()
+            )
+            assert set(cell["lr"]) == set(first) | extension, (m, variant)
+        best_rows.append(table[table["best"]].assign(magnitude=m, direction=d))
+    expected = pd.concat(best_rows, ignore_index=True)
+    shown = read_comparison(store, group).tuned_grafts
+    assert len(shown) == len(expected) == 4
+    for column in ("lr", "mean", "position"):
+        assert sorted(shown[column]) == pytest.approx(sorted(expected[column]))
+    assert "tuned grafts: each graft at its own best lr of M" in out

@@ -179,6 +179,7 @@ def start_comparison(
     partial: Sequence[Sequence[str]] = (),
     metric: str = "val_loss",
     group: str | None = None,
+    tune_grafts: bool = False,
 ) -> str:
     """Start ``protocol.compare`` in a daemon thread of this server; returns its group once
     the first runs are in the store (a page then has runs to watch). ``group``: continue
@@ -207,6 +208,7 @@ def start_comparison(
                 executor=executor,
                 group=group,
                 stop=stop.is_set,
+                tune_grafts=tune_grafts,
             )
         except Exception as error:  # shown by the page; the runs' own errors are in the store
             orchestration.error = f"{type(error).__name__}: {error}"

@@ -242,6 +242,7 @@ COMPARE_DEFAULTS = {
     "factor": SweepPlan().factor,
     "extensions": SweepPlan().extensions,
     "partial": [],
+    "tune_grafts": False,
 }
 
 
@@ -271,6 +272,7 @@ def _compare_request(parser, args) -> dict[str, Any]:
         "seeds": args.seeds,
         "plan": plan,
         "partial": [kinds.split(",") for kinds in args.partial],
+        "tune_grafts": args.tune_grafts,
     }
 
 
@@ -341,6 +343,20 @@ def print_comparison(result: Comparison) -> None:
                 ]
             ]
         )
+    if not result.tuned_grafts.empty:
+        print(
+            "\ntuned grafts: each graft at its own best lr of M "
+            "(! best at the edge of the lrs tried)"
+        )
+        tuned = result.tuned_grafts.assign(
+            variant=result.tuned_grafts["variant"].replace("", "full"),
+            lr=[
+                f"{lr:g}{'!' if edge else ''}"
+                for lr, edge in zip(result.tuned_grafts["lr"], result.tuned_grafts["at_edge"])
+            ],
+        )
+        columns = ["magnitude", "direction", "variant", "lr", "mean", "std", "seeds", "position"]
+        _print_table(tuned[[*columns, "verdict", "reason"]])
 
 
 def _on_pair(parser, args, store: RunStore, experiment, label: str, **options) -> pd.DataFrame:
@@ -611,6 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also a partial graft per pair that grafts only these layer "
         "kinds, comma-separated (embedding, head, norm, bias, hidden); "
         "repeat for several",
+    )
+    compare_p.add_argument(
+        "--tune-grafts",
+        action="store_const",
+        const=True,
+        help="then sweep each graft's own lr too (M's lr in the graft, same grid and "
+        "extensions); the verdicts stay those at M's tuned lr, a table gives the tuned "
+        "grafts' [off]",
     )
     compare_p.add_argument("--workers", **workers)
     for flag, options in executors.items():

@@ -33,6 +33,19 @@ from .runner import create_run, execute_run, stop_requested
 from .store import RunStore
 
 Progress = Callable[[int, int], None]  # (runs done, runs total)
+LR_COLUMN = "config.magnitude_hparams.lr"  # a run's lr (M's) in ``RunStore.runs``
+
+
+def round_lr(lr: float) -> float:
+    """An lr of a sweep, to 3 significant digits (as shown, and as stored)."""
+    return float(f"{lr:.3g}")
+
+
+def beyond_edge(best: float, tried: Sequence[float], factor: float) -> float:
+    """The next lr past the edge of ``tried`` that ``best`` sits on, ``factor`` away."""
+    return round_lr(best / factor if best == min(tried) else best * factor)
+
+
 OptimizerChoice = tuple[str, dict]  # (registry name, hyperparameters)
 
 #: Starting points that train every lab task reasonably (tune per task for real studies).

@@ -18,8 +18,7 @@ import pandas as pd
 from .arms import Arm, PlannedRun
 from .config import RunConfig
 from .executor import Executor
-from .experiments import Progress, final_metrics, run_all
-from .protocol import LR_COLUMN
+from .experiments import LR_COLUMN, Progress, beyond_edge, final_metrics, run_all
 from .store import RunStore
 from .verdict import closer_to
 
@@ -175,3 +174,36 @@ def graft_lr_table(
         out.loc[best, "best"] = True
         out.loc[best, "at_edge"] = out.loc[best, "lr"] in (tried.min(), tried.max())
     return out
+
+
+def graft_extensions(
+    store: RunStore, group: str, *, magnitude: str, direction: str, factor: float
+) -> list[PlannedRun]:
+    """For each variant of M#D whose best lr sits at the edge of the lrs tried: its grafts at
+    the next lr beyond that edge, ``factor`` away (as a sweep extends)."""
+    table = graft_lr_table(store, group, magnitude=magnitude, direction=direction)
+    planned = []
+    for row in table[table["at_edge"]].itertuples():
+        tried = table.loc[table["variant"] == row.variant, "lr"].tolist()
+        lr = beyond_edge(row.lr, tried, factor)
+        planned += plan_graft_lrs(
+            store, group, magnitude=magnitude, direction=direction, lrs=[lr], variants=[row.variant]
+        )
+    return planned
+
+
+def tuned_grafts(store: RunStore, group: str, *, metric: str = "val_loss") -> pd.DataFrame:
+    """Per graft of comparison ``group`` trained at other lrs of M (full or partial): the row of
+    :func:`graft_lr_table` at its best lr, with ``magnitude`` and ``direction``."""
+    runs = store.runs(group=group)
+    extra = runs[runs["role"] == ROLE]
+    pairs = dict.fromkeys(zip(extra["magnitude_arm"], extra["direction_arm"]))
+    tables = [
+        table[table["best"]].assign(magnitude=m, direction=d)
+        for m, d in pairs
+        for table in [graft_lr_table(store, group, magnitude=m, direction=d, metric=metric)]
+    ]
+    columns = ["magnitude", "direction", *COLUMNS]
+    return (
+        pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
+    )

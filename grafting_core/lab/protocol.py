@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,11 +30,20 @@ import pandas as pd
 from .arms import Arm, PlannedRun
 from .config import RunConfig
 from .executor import Executor
-from .experiments import OptimizerChoice, Progress, final_metrics, graft_config, new_group, run_all
+from .experiments import (
+    LR_COLUMN,
+    OptimizerChoice,
+    Progress,
+    beyond_edge,
+    final_metrics,
+    graft_config,
+    new_group,
+    round_lr,
+    run_all,
+)
+from .graft_lrs import graft_extensions, plan_graft_lrs, tuned_grafts
 from .store import RunStore
 from .verdict import closer_to
-
-LR_COLUMN = "config.magnitude_hparams.lr"
 
 
 @dataclass(frozen=True)
@@ -58,11 +67,7 @@ class SweepPlan:
         if not (math.isfinite(center) and center > 0):
             raise ValueError(f"Invalid lr to sweep around: {center} (must be > 0)")
         first = -(self.points - 1) / 2
-        return [_round(center * self.factor ** (first + i)) for i in range(self.points)]
-
-
-def _round(lr: float) -> float:
-    return float(f"{lr:.3g}")
+        return [round_lr(center * self.factor ** (first + i)) for i in range(self.points)]
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Comparison:
     sweep: pd.DataFrame  # arm, lr, mean, std, seeds, best, at_edge
     arms: pd.DataFrame  # arm, role, magnitude, direction, lr, direction_lr, mean, std, seeds
     verdicts: pd.DataFrame  # magnitude, direction, graft/M/D mean ± std, position, verdict
+    #: per graft trained at other lrs of M: its best lr's row (``graft_lrs.tuned_grafts``)
+    tuned_grafts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _choice(label: str, choice: OptimizerChoice, lr: float) -> tuple[str, OptimizerChoice]:
@@ -146,7 +153,7 @@ def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
         if best.empty or not bool(best["at_edge"].iloc[0]):
             continue
         lr = float(best["lr"].iloc[0])
-        out[arm] = _round(lr / plan.factor if lr == cell["lr"].min() else lr * plan.factor)
+        out[arm] = beyond_edge(lr, cell["lr"].tolist(), plan.factor)
     return out
 
 
@@ -163,6 +170,7 @@ def compare(
     progress: Progress | None = None,
     group: str | None = None,
     stop: Callable[[], bool] | None = None,
+    tune_grafts: bool = False,
 ) -> Comparison:
     """Tune each plain arm, graft every ordered pair at M's tuned lr, and judge each pair.
 
@@ -175,7 +183,10 @@ def compare(
     layers and gives the others M's own step (``RunConfig.grafted``). ``stop``, asked before
     each phase (sweep, each extension, grafts): once it returns True no more runs are created,
     no lr is marked tuned if the grafts had not begun, and this returns what was trained (the
-    app's Stop; stopping the runs themselves is the caller's).
+    app's Stop; stopping the runs themselves is the caller's). ``tune_grafts``: then each
+    graft's own lr too, as the plain arms' (M's lr in the graft on ``plan``'s grid around M's
+    tuned lr, extended while a graft's best sits at its edge; ``graft_lrs``): the verdicts
+    stay those at M's tuned lr, ``Comparison.tuned_grafts`` has the tuned grafts'.
     """
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
@@ -183,7 +194,7 @@ def compare(
         raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
     group = group or new_group("compare")
     store.set_group_request(
-        group, "compare", _request(base, optimizers, seeds, plan, partial, metric)
+        group, "compare", _request(base, optimizers, seeds, plan, partial, metric, tune_grafts)
     )
     total = len(optimizers) * plan.points * len(seeds)
     done = 0
@@ -251,6 +262,20 @@ def compare(
                 for seed in seeds
             ]
     train(planned)
+    for phase in range(1 + plan.extensions if tune_grafts else 0):
+        grafts = [
+            run
+            for m, d in pairs
+            for run in (
+                plan_graft_lrs(store, group, magnitude=m, direction=d, lrs=plan.grid(tuned[m]))
+                if phase == 0
+                else graft_extensions(store, group, magnitude=m, direction=d, factor=plan.factor)
+            )
+        ]
+        if not grafts:
+            break
+        total += len(grafts)
+        train(grafts)
     return read_comparison(store, group, metric=metric)
 
 
@@ -261,6 +286,7 @@ def _request(
     plan: SweepPlan,
     partial: Sequence[Sequence[str]],
     metric: str,
+    tune_grafts: bool,
 ) -> dict[str, Any]:
     """``compare``'s settings as JSON, stored with its group (:func:`comparison_request`)."""
     return {
@@ -270,12 +296,14 @@ def _request(
         "plan": asdict(plan),
         "partial": [list(kinds) for kinds in partial],
         "metric": metric,
+        "tune_grafts": tune_grafts,
     }
 
 
 def comparison_request(store: RunStore, group: str) -> dict[str, Any] | None:
     """The settings the comparison ``group`` was last run with, as :func:`compare`'s keyword
-    arguments (``base``, ``optimizers``, ``seeds``, ``plan``, ``partial``, ``metric``); None
+    arguments (``base``, ``optimizers``, ``seeds``, ``plan``, ``partial``, ``metric``,
+    ``tune_grafts``); None
     for a group made before the lab kept them (continue it with the same settings by hand).
 
     ``compare(store, **{**comparison_request(store, group), "seeds": more}, group=group)``
@@ -291,6 +319,7 @@ def comparison_request(store: RunStore, group: str) -> dict[str, Any] | None:
         "plan": SweepPlan(**stored["plan"]),
         "partial": [tuple(kinds) for kinds in stored["partial"]],
         "metric": stored["metric"],
+        "tune_grafts": stored.get("tune_grafts", False),  # not kept before they could be
     }
 
 
@@ -362,7 +391,9 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
         .reset_index()
         .rename(columns={"magnitude_arm": "magnitude", "direction_arm": "direction"})
     )
-    return Comparison(group, sweep, summary, _verdicts(values, metric))
+    has_lrs = (runs["role"] == "graft_lr").any()
+    tuned = tuned_grafts(store, group, metric=metric) if has_lrs else pd.DataFrame()
+    return Comparison(group, sweep, summary, _verdicts(values, metric), tuned)
 
 
 def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
