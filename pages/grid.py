@@ -71,6 +71,7 @@ DEFAULTS = {
     "grid.points": 5,
     "grid.factor": math.sqrt(10),
     "grid.extensions": 2,
+    "grid.tune_grafts": False,
     "grid.schedule": "warmup_cosine",
     "grid.warmup_percent": 10,
     "grid.tuned.group": "",  # the comparison this session watches (also the URL's ?group=)
@@ -215,6 +216,14 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
         key="grid.warmup_percent",
         disabled=schedule != "warmup_cosine",
     )
+    st.checkbox(
+        "Tune each graft's lr too",
+        key="grid.tune_grafts",
+        help="M's tuned lr is M's best alone: with D's direction a graft may train best at "
+        "another. Then each graft's M lr is swept like the optimizers' (same grid around "
+        "M's tuned lr, same extensions); the verdicts stay those at M's tuned lr, and each "
+        "graft gets a figure of its lrs.",
+    )
     try:
         plan = SweepPlan(points=int(points), factor=float(factor), extensions=int(extensions))
     except ValueError as error:
@@ -252,35 +261,49 @@ def tuned_form() -> tuple[dict | None, str]:
                 raise ValueError(f"{label}: {error}") from None
     except (ValueError, TypeError) as error:
         return None, str(error)
-    low, high = run_count(len(optimizers), len(seeds), plan)
+    tune = bool(st.session_state["grid.tune_grafts"])
+    low, high = run_count(len(optimizers), len(seeds), plan, tune_grafts=tune)
     if high > MAX_RUNS:
         return None, (
             f"Up to {high} runs is more than this page trains ({MAX_RUNS}); choose "
             "fewer, or use `python -m grafting_core compare`."
         )
-    col_run.caption(count_text(len(optimizers), len(seeds), plan))
-    return {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}, ""
+    col_run.caption(count_text(len(optimizers), len(seeds), plan, tune))
+    request = {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}
+    return {**request, "tune_grafts": tune}, ""
 
 
-def run_count(arms: int, seeds: int, plan: SweepPlan, variants: int = 1) -> tuple[int, int]:
+def run_count(
+    arms: int, seeds: int, plan: SweepPlan, variants: int = 1, *, tune_grafts: bool = False
+) -> tuple[int, int]:
     """The fewest and the most runs of a comparison (with no extension, with every one);
-    ``variants``: grafts per pair (the full one and each partial one)."""
-    fewest = arms * plan.points * seeds + arms * (arms - 1) * variants * seeds
-    return fewest, fewest + arms * plan.extensions * seeds
+    ``variants``: grafts per pair (the full one and each partial one); ``tune_grafts``: each
+    graft's lr swept too (its grid less M's tuned lr, which an odd grid centres on)."""
+    grafts = arms * (arms - 1) * variants
+    fewest = arms * plan.points * seeds + grafts * seeds
+    most = fewest + arms * plan.extensions * seeds
+    if tune_grafts:
+        lrs = plan.points - plan.points % 2
+        fewest, most = (
+            fewest + grafts * lrs * seeds,
+            most + grafts * (lrs + plan.extensions) * seeds,
+        )
+    return fewest, most
 
 
-def count_text(arms: int, seeds: int, plan: SweepPlan) -> str:
+def count_text(arms: int, seeds: int, plan: SweepPlan, tune_grafts: bool = False) -> str:
     """``2 optimizers × 5 lrs × 3 seeds = 30 sweep runs, ...``: what Start will train."""
-    low, high = run_count(arms, seeds, plan)
+    low, high = run_count(arms, seeds, plan, tune_grafts=tune_grafts)
     s = "s" if seeds > 1 else ""
     more = (
-        f", up to {high - low} more while a best lr sits at its grid's edge" if high > low else ""
+        f", up to {high - low} more where a best lr sits at its grid's edge" if high > low else ""
     )
     total = f"{low}–{high}" if high > low else f"{low}"
+    tuned = ", then each graft's lrs" if tune_grafts else ""
     return (
         f"{arms} optimizers × {plan.points} lrs × {seeds} seed{s} = "
         f"{arms * plan.points * seeds} sweep runs{more}, then {arms * (arms - 1)} grafts × "
-        f"{seeds} seed{s}: {total} runs, {get_jobs().max_workers} at a time."
+        f"{seeds} seed{s}{tuned}: {total} runs, {get_jobs().max_workers} at a time."
     )
 
 
@@ -545,7 +568,13 @@ def continue_form(group: str) -> None:
         seeds = forms.parse_numbers(text, field="seeds", integer=True)
         new = [seed for seed in seeds if seed not in trained]
         variants = 1 + len(request["partial"])
-        low, high = run_count(len(request["optimizers"]), len(seeds), request["plan"], variants)
+        low, high = run_count(
+            len(request["optimizers"]),
+            len(seeds),
+            request["plan"],
+            variants,
+            tune_grafts=request["tune_grafts"],
+        )
         if high > MAX_RUNS:
             problem = (
                 f"Up to {high} runs is more than this page trains ({MAX_RUNS}); use "
@@ -558,7 +587,13 @@ def continue_form(group: str) -> None:
     if problem:
         st.caption(problem)
     else:
-        fewest, _ = run_count(len(request["optimizers"]), len(new), request["plan"], variants)
+        fewest, _ = run_count(
+            len(request["optimizers"]),
+            len(new),
+            request["plan"],
+            variants,
+            tune_grafts=request["tune_grafts"],
+        )
         st.caption(
             f"Seeds {', '.join(map(str, trained))} are trained. Adding "
             f"{', '.join(map(str, new))} trains at least {fewest} new runs, with the same "

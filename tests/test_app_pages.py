@@ -270,6 +270,33 @@ def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
         assert shown.loc[pair, "seeds"] == row["graft_seeds"] == 2
 
 
+def test_a_tuned_comparison_can_tune_each_grafts_lr_too(store):
+    at = tuned_page(seeds="0")
+    at.checkbox(key="grid.tune_grafts").check().run()
+    assert any(
+        c.value.startswith(
+            "2 optimizers × 2 lrs × 1 seed = 4 sweep runs, then 2 grafts × 1 seed, then each "
+            "graft's lrs: 10 runs"
+        )
+        for c in at.caption
+    )
+    at.button(key="grid.tuned.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    runs = settle(at, store, 10, group)
+    assert sorted(runs["role"].value_counts().items()) == [
+        ("graft", 2),
+        ("graft_lr", 4),
+        ("sweep_point", 2),
+        ("tuned", 2),
+    ]
+    assert comparison_request(store, group)["tune_grafts"] is True
+    for m, d in (("sgd", "adam"), ("adam", "sgd")):
+        chart_titled(at, f"{m}#{d} at each lr of {m}")
+    tuned = read_comparison(store, group).tuned_grafts
+    assert len(tuned) == 2 and set(tuned["magnitude"]) == {"sgd", "adam"}
+
+
 def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     """The form trains sgd#adam again at another lr of SGD in the comparison's group; the
     page's table and figure show graft_lr_table's values; bad input starts nothing."""
