@@ -567,14 +567,14 @@ def continue_form(group: str) -> None:
     try:
         seeds = forms.parse_numbers(text, field="seeds", integer=True)
         new = [seed for seed in seeds if seed not in trained]
-        variants = 1 + len(request["partial"])
-        low, high = run_count(
-            len(request["optimizers"]),
-            len(seeds),
-            request["plan"],
-            variants,
-            tune_grafts=request["tune_grafts"],
-        )
+
+        def count(seeds: int) -> tuple[int, int]:
+            arms, variants = len(request["optimizers"]), 1 + len(request["partial"])
+            return run_count(
+                arms, seeds, request["plan"], variants, tune_grafts=request["tune_grafts"]
+            )
+
+        low, high = count(len(seeds))
         if high > MAX_RUNS:
             problem = (
                 f"Up to {high} runs is more than this page trains ({MAX_RUNS}); use "
@@ -587,13 +587,7 @@ def continue_form(group: str) -> None:
     if problem:
         st.caption(problem)
     else:
-        fewest, _ = run_count(
-            len(request["optimizers"]),
-            len(new),
-            request["plan"],
-            variants,
-            tune_grafts=request["tune_grafts"],
-        )
+        fewest, _ = count(len(new))
         st.caption(
             f"Seeds {', '.join(map(str, trained))} are trained. Adding "
             f"{', '.join(map(str, new))} trains at least {fewest} new runs, with the same "
