@@ -264,10 +264,12 @@ def tuned_form() -> tuple[dict | None, str]:
     tune = bool(st.session_state["grid.tune_grafts"])
     low, high = run_count(len(optimizers), len(seeds), plan, tune_grafts=tune)
     if high > MAX_RUNS:
-        return None, (
+        problem = (
             f"Up to {high} runs is more than this page trains ({MAX_RUNS}); choose "
             "fewer, or use `python -m grafting_core compare`."
         )
+        col_run.caption(problem)  # said before Start is pressed
+        return None, problem
     col_run.caption(count_text(len(optimizers), len(seeds), plan, tune))
     request = {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}
     return {**request, "tune_grafts": tune}, ""

@@ -271,6 +271,9 @@ def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
 
 
 def test_a_tuned_comparison_can_tune_each_grafts_lr_too(store):
+    at = tuned_page(seeds="0, 1, 2, 3, 4, 5", points=5)
+    at.checkbox(key="grid.tune_grafts").check().run()  # too many for the page: said at once
+    assert any(c.value.startswith("Up to 120 runs is more than this page") for c in at.caption)
     at = tuned_page(seeds="0")
     at.checkbox(key="grid.tune_grafts").check().run()
     assert any(
