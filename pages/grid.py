@@ -23,8 +23,8 @@ from grafting_core.lab.experiments import (
     grid_reading,
     grid_table,
 )
+from grafting_core.lab.graft_lrs import GRAFT_ROLES, graft_lr_table, plan_graft_lrs
 from grafting_core.lab.graft_lrs import ROLE as GRAFT_LR_ROLE
-from grafting_core.lab.graft_lrs import graft_lr_table, plan_graft_lrs
 from grafting_core.lab.protocol import (
     LR_COLUMN,
     SweepPlan,
@@ -394,7 +394,6 @@ def live_section(group: str, active: bool) -> None:
 
 
 SWEEP_ROLES = ("sweep_point", "tuned")
-GRAFT_ROLES = ("graft", "partial_graft")  # at M's tuned lr
 
 
 def phase_text(runs: pd.DataFrame, group: str) -> str:
@@ -603,7 +602,7 @@ def continue_form(group: str) -> None:
 
 def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """The comparison's M#D pairs, as (M label, D label), in the order they were made."""
-    grafts = runs[runs["role"].isin(["graft", "partial_graft"])]
+    grafts = runs[runs["role"].isin(GRAFT_ROLES)]
     return list(dict.fromkeys(zip(grafts["magnitude_arm"], grafts["direction_arm"])))
 
 
@@ -652,7 +651,7 @@ def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
     m, d = left.selectbox(
         "Graft", pairs, format_func=lambda pair: "#".join(pair), key="grid.graft_lrs.pair"
     )
-    own = runs[runs["role"].isin(["graft", "partial_graft"]) & runs["magnitude_arm"].eq(m)]
+    own = runs[runs["role"].isin(GRAFT_ROLES) & runs["magnitude_arm"].eq(m)]
     own = own[own["direction_arm"].eq(d)]
     tuned_lr = float(own[LR_COLUMN].iloc[0])
     text = middle.text_input(
