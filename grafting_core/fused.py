@@ -55,6 +55,7 @@ import shutil
 import subprocess
 import tempfile
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -389,53 +390,77 @@ def _address(values: array | None) -> int:
     return 0 if values is None else values.buffer_info()[0]
 
 
+class _Pass:
+    """One kernel pass with its pointer tables built, run by calling it (with per-tensor
+    ``scale`` where the op reads one): building them touches every tensor, cheaper before a
+    streaming pass, while their objects are in cache, than after it (BENCHMARKS.md)."""
+
+    def __init__(
+        self,
+        op: int,
+        layout: _Layout,
+        dtype: torch.dtype,
+        tables: list[list | None],
+        *,
+        kinds: tuple[int, int] = (0, 0),
+        coefs: tuple[array | None, array | None] = (None, None),
+        use_w: bool = False,
+        guard: tuple[int, _Guard] | None = None,
+    ) -> None:
+        self.layout, self.dtype = layout, dtype
+        self.kernel = getattr(_library, f"graft_pass_{_DTYPES[dtype]}")
+        mode, segments = (UNGUARDED, None) if guard is None else guard
+        task = _Task(
+            op,
+            kinds[0],
+            kinds[1],
+            int(use_w),
+            mode,
+            len(layout.numels),
+            layout.numel.data_ptr(),
+            layout.first.data_ptr(),
+        )
+        self.arrays = [_table(t) for t in tables]  # alive until the kernel has read them
+        for i, table in enumerate(self.arrays):
+            task.ptr[i] = _address(table)
+        task.coef_m, task.coef_d = map(_address, coefs)
+        self.coefs = coefs
+        if segments is not None:
+            task.segments = len(segments.bounds) - 1
+            task.segment, task.layer = map(_address, (segments.bounds, segments.layers))
+        self.task = task
+
+    def __call__(self, scale: Tensor | None = None, threads: int | None = None) -> Tensor:
+        """Run the pass; per-tensor norms, shape ``(3, n)`` (see :func:`_run`)."""
+        norms = torch.empty(3, len(self.layout.numels), dtype=self.dtype)
+        if scale is not None and (scale.dtype is not self.dtype or not scale.is_contiguous()):
+            scale = scale.to(self.dtype).contiguous()
+        self.task.scale = 0 if scale is None else scale.data_ptr()
+        self.task.norms = norms.data_ptr()
+        if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
+            threads = min(torch.get_num_threads(), max(1, self.layout.total >> 16))
+        if self.kernel(ctypes.byref(self.task), threads):
+            raise MemoryError("the fused kernels could not allocate their bookkeeping")
+        return norms
+
+
 def _run(
     op: int,
     layout: _Layout,
     dtype: torch.dtype,
     tables: list[list | None],
     *,
-    kinds: tuple[int, int] = (0, 0),
-    coefs: tuple[array | None, array | None] = (None, None),
     scale: Tensor | None = None,
-    use_w: bool = False,
-    guard: tuple[int, _Guard] | None = None,
     threads: int | None = None,
+    **setup: Any,
 ) -> Tensor:
     """One kernel pass; returns per-tensor norms, shape ``(3, n)``, in the tensors' dtype (the
     reference path's norm dtype; summed in double): a rule's (or two rules') steps, then ‖g‖
     in a ``guard``-ed PROPOSE or PROPOSE_M, which scans the gradients of each segment of
     ``guard[1]`` before proposing them (``guard[0]``: GRAD_SUMS, or SKIP_NONFINITE to zero
-    the gradients of non-finite layers first), else 0. ``scale``: one number per tensor."""
-    n = len(layout.numels)
-    norms = torch.empty(3, n, dtype=dtype)
-    if scale is not None and (scale.dtype is not dtype or not scale.is_contiguous()):
-        scale = scale.to(dtype).contiguous()
-    mode, segments = (UNGUARDED, None) if guard is None else guard
-    task = _Task(
-        op,
-        kinds[0],
-        kinds[1],
-        int(use_w),
-        mode,
-        n,
-        layout.numel.data_ptr(),
-        layout.first.data_ptr(),
-    )
-    tables = [_table(t) for t in tables]  # alive until the kernel has read them
-    for i, table in enumerate(tables):
-        task.ptr[i] = _address(table)
-    task.coef_m, task.coef_d = map(_address, coefs)
-    task.scale = 0 if scale is None else scale.data_ptr()
-    if segments is not None:
-        task.segments = len(segments.bounds) - 1
-        task.segment, task.layer = map(_address, (segments.bounds, segments.layers))
-    task.norms = norms.data_ptr()
-    if threads is None:  # torch's threads, one per 64K elements at most (~5 µs to wake one)
-        threads = min(torch.get_num_threads(), max(1, layout.total >> 16))
-    if getattr(_library, f"graft_pass_{_DTYPES[dtype]}")(ctypes.byref(task), threads):
-        raise MemoryError("the fused kernels could not allocate their bookkeeping")
-    return norms
+    the gradients of non-finite layers first), else 0. ``scale``: one number per tensor;
+    ``setup``: :class:`_Pass`'s ``kinds``, ``coefs``, ``use_w`` and ``guard``."""
+    return _Pass(op, layout, dtype, tables, **setup)(scale, threads)
 
 
 class _Guard:
@@ -635,6 +660,14 @@ def _native(
     direction = _Child(graft.direction, params, chosen) if chosen else None
     trusting = [c for c in (magnitude, direction) if c is not None and c.trust]
     weight_t = _trust_pass(graft, plan, layout, grads, trusting) if trusting else None
+    if not others:
+        appliers = [(chosen, _applier(direction, chosen, params, grads, layout))]
+    else:  # D's step on the grafted tensors, M's own on the others
+        appliers = [
+            (index, _applier(child, index, params, grads))
+            for child, index in ((direction, chosen), (magnitude, others))
+            if index
+        ]
     use_w = any(
         g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction) for g in c.param_groups
     )
@@ -663,12 +696,11 @@ def _native(
 
     def apply(scales: Tensor) -> Tensor:
         if not others:  # every tensor takes D's step
-            weight_norms = _apply(direction, chosen, params, grads, scales, layout)
+            weight_norms = appliers[0][1](scales)
         else:
             weight_norms = torch.zeros(len(params), dtype=dtype)
-            for child, index in ((direction, chosen), (magnitude, others)):  # D's step, M's
-                if index:
-                    weight_norms[index] = _apply(child, index, params, grads, scales)
+            for index, applier in appliers:
+                weight_norms[index] = applier(scales)
         return graft._reduce(weight_norms, plan)
 
     return graft._reduce(magnitude_t, plan), per_tensor, grad_t, apply
@@ -691,17 +723,17 @@ def _trust_pass(
     return weight_t
 
 
-def _apply(
+def _applier(
     child: _Child,
     index: list[int],
     params: list[Tensor],
     grads: list[Tensor],
-    scales: Tensor,
     layout: _Layout | None = None,
-) -> Tensor:
-    """w += scale · Δ on the step's tensors ``index`` (some of ``child``'s), Δ recomputed from
-    the child's new state; ‖w‖ per tensor before the move. ``layout``: given when ``index``
-    is every tensor of the step."""
+) -> Callable[[Tensor], Tensor]:
+    """The apply pass on the step's tensors ``index`` (some of ``child``'s), set up before
+    the propose pass: a function of the step's scales that moves w by scale · Δ, Δ
+    recomputed from the child's new state, and returns ‖w‖ per tensor before the move.
+    ``layout``: given when ``index`` is every tensor of the step."""
     within = None
     if index != child.index:
         position = {i: k for k, i in enumerate(child.index)}  # in the child's lists
@@ -710,20 +742,27 @@ def _apply(
     def part(tensors: list[Any] | None) -> list[Any] | None:
         return tensors if within is None or tensors is None else [tensors[i] for i in within]
 
-    if layout is None:
+    some = layout is None  # of the step's tensors
+    if some:
         params, grads = ([x[i] for i in index] for x in (params, grads))
-        layout, scales = _layout(params), scales[index]
-    if child.factor is not None:  # LAMB: Δ = lr·τ · the kernels' step
-        scales = scales * (child.factor if within is None else child.factor[within])
-    return _run(
+        layout = _layout(params)
+    run = _Pass(
         APPLY,
         layout,
         params[0].dtype,
         [grads if child.reads_g else None, params, None, None, *map(part, child.states)],
         kinds=(0, child.kind),
         coefs=(None, child.coefs.pick(within)),
-        scale=scales,
-    )[0]
+    )
+
+    def apply(scales: Tensor) -> Tensor:
+        if some:
+            scales = scales[index]
+        if child.factor is not None:  # LAMB: Δ = lr·τ · the kernels' step (after proposing)
+            scales = scales * (child.factor if within is None else child.factor[within])
+        return run(scales)[0]
+
+    return apply
 
 
 def _propose_one(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ NORM_FIELDS = (
     "weight_norm",  # ‖w‖ before the step
     "skipped",  # 1 where the gradient or a proposed step was non-finite: no step taken
 )
+_WEIGHT_COLUMN = NORM_FIELDS.index("weight_norm")
 PATHS = ("auto", "native", "blackbox")
 
 
@@ -448,8 +449,8 @@ class Graft(torch.optim.Optimizer):
             eps=self.eps,
             skip_nonfinite=self.skip_nonfinite,
         )
-        weight_norm = proposal.apply(scales)
-        self._record(plan, finite, scales, proposal, weight_norm)
+        record = self._record(plan, finite, scales, proposal)
+        record(proposal.apply(scales))
         self.graft_step += 1
         self._mark_stepped(self.magnitude)
         self._mark_stepped(self.direction)
@@ -509,26 +510,37 @@ class Graft(torch.optim.Optimizer):
         return torch.tensor([lr_of[i] for i in plan.key], device=plan.index.device)
 
     def _record(
-        self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal, weight_norm: Tensor
-    ) -> None:
-        """Leave ``last_norms`` and ``nonfinite_skips`` for recorders (see NORM_FIELDS)."""
+        self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal
+    ) -> Callable[[Tensor], None]:
+        """Count ``nonfinite_skips`` and put together ``last_norms`` (see NORM_FIELDS) but for
+        ‖w‖, which the returned function fills in from the apply pass. The small ops run
+        before that pass: after a pass over every weight each one costs several times more
+        (cold caches, BENCHMARKS.md)."""
         step_norm = self._reduce(scales.abs() * proposal.direction_per_tensor, plan)
         skipped = ~finite
         self.nonfinite_skips += skipped if plan.is_identity else skipped & plan.active_layers
+        skipped = skipped.to(step_norm.dtype)
         norms = torch.stack(
             [
                 proposal.magnitude_norm,
                 proposal.direction_norm,
                 step_norm,
                 proposal.grad_norm,
-                weight_norm,
-                skipped.to(weight_norm.dtype),
+                skipped,  # ‖w‖'s column, filled in by finish()
+                skipped,
             ],
             dim=1,
         )
         if not plan.is_identity:  # every layer is active otherwise
             norms.masked_fill_(~plan.active_layers[:, None], math.nan)
-        self.last_norms = norms
+
+        def finish(weight_norm: Tensor) -> None:
+            if not plan.is_identity:
+                weight_norm = weight_norm.masked_fill(~plan.active_layers, math.nan)
+            norms[:, _WEIGHT_COLUMN] = weight_norm
+            self.last_norms = norms
+
+        return finish
 
     @staticmethod
     def _mark_stepped(child: Any) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from grafting_core import Graft, NormLog, build_optimizer, optimizer_names
+from grafting_core.graft import NORM_FIELDS
 from grafting_core.registry import is_native
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
@@ -286,14 +287,18 @@ def test_parameters_without_grad_are_skipped_and_states_untouched():
     compute_grads(model, 0)
     model.out.bias.grad = None
     frozen = [model.fc2.bias.detach().clone(), model.out.bias.detach().clone()]
+    weight_before = model.fc1.weight.detach().norm()
     opt.step()
     assert torch.equal(model.fc2.bias, frozen[0]) and torch.equal(model.out.bias, frozen[1])
     for child in (opt.magnitude, opt.direction):
         assert len(child.state[model.out.bias]) == 0 and len(child.state[model.fc2.bias]) == 0
         assert len(child.state[model.fc1.weight]) > 0
     names = list(opt.layers.names)
-    assert math.isnan(opt.last_norms[names.index("out.bias"), 0])
-    assert not math.isnan(opt.last_norms[names.index("fc1.weight"), 0])
+    for name in ("out.bias", "fc2.bias"):  # a layer that did not step: no norm at all
+        assert opt.last_norms[names.index(name)].isnan().all()
+    assert not opt.last_norms[names.index("fc1.weight")].isnan().any()
+    weight_column = NORM_FIELDS.index("weight_norm")
+    assert torch.allclose(opt.last_norms[names.index("fc1.weight"), weight_column], weight_before)
 
 
 def test_sparse_gradients_are_a_clear_error():
