@@ -397,21 +397,29 @@ SWEEP_ROLES = ("sweep_point", "tuned")
 
 
 def phase_text(runs: pd.DataFrame, group: str) -> str:
-    """Where a comparison stands: its sweeps' runs done, then its grafts', then those added
-    to it since (grafts at other lrs, static ratios)."""
+    """Where a comparison stands: its sweeps' runs done, then its grafts', then the grafts
+    at other lrs of M (``--tune-grafts``, or the form below), then any other runs added
+    since (static ratios)."""
     done = runs["status"].isin(live.TERMINAL)
     sweeps, grafts = runs["role"].isin(SWEEP_ROLES), runs["role"].isin(GRAFT_ROLES)
-    added = ~(sweeps | grafts | runs["role"].eq("superseded"))
-    text = f"Sweeps: {int((done & sweeps).sum())} of {int(sweeps.sum())} runs done"
+    graft_lrs = runs["role"].eq(GRAFT_LR_ROLE)
+    added = ~(sweeps | grafts | graft_lrs | runs["role"].eq("superseded"))
+
+    def count(part: pd.Series) -> str:
+        return f"{int((done & part).sum())} of {int(part.sum())}"
+
+    text = f"Sweeps: {count(sweeps)} runs done"
     if not grafts.any():
         return text + (
             "; the grafts start when every sweep has settled"
             if orchestrating(group)
             else "; no grafts were started"
         )
-    text += f"; grafts at M's tuned lr: {int((done & grafts).sum())} of {int(grafts.sum())} done"
+    text += f"; grafts at M's tuned lr: {count(grafts)} done"
+    if graft_lrs.any():
+        text += f"; grafts at other lrs of M: {count(graft_lrs)} done"
     if added.any():
-        text += f"; runs added since: {int((done & added).sum())} of {int(added.sum())} done"
+        text += f"; other runs added since: {count(added)} done"
     return text
 
 

@@ -294,6 +294,11 @@ def test_a_tuned_comparison_can_tune_each_grafts_lr_too(store):
         ("tuned", 2),
     ]
     assert comparison_request(store, group)["tune_grafts"] is True
+    (bar,) = at.get("progress")
+    assert bar.proto.text == (
+        "Sweeps: 4 of 4 runs done; grafts at M's tuned lr: 2 of 2 done; "
+        "grafts at other lrs of M: 4 of 4 done"
+    )
     for m, d in (("sgd", "adam"), ("adam", "sgd")):
         chart_titled(at, f"{m}#{d} at each lr of {m}")
     tuned = read_comparison(store, group).tuned_grafts
@@ -341,7 +346,7 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     (bar,) = at.get("progress")  # the added runs count apart from the sweeps and grafts
     assert bar.proto.text == (
         "Sweeps: 8 of 8 runs done; grafts at M's tuned lr: 4 of 4 done; "
-        "runs added since: 2 of 2 done"
+        "grafts at other lrs of M: 2 of 2 done"
     )
     line = chart_traces(at, chart_titled(at, "sgd#adam at each lr of sgd"))[0]
     finished = expected[expected["mean"].notna()]
