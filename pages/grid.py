@@ -438,11 +438,21 @@ def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
     return notes
 
 
+def variant_name(layers: str) -> str:
+    """A graft variant as the page names it: ``whole graft`` or ``[hidden only]``."""
+    return f"[{layers} only]" if layers else "whole graft"
+
+
 def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """One row per pair: the three arms' means and stds, the position, the verdict and why."""
+    """One row per graft (a pair, or a partial graft of it): the three arms' means and stds,
+    the position, the verdict and why."""
+    grafted = verdicts["grafted"] if "grafted" in verdicts else ["all"] * len(verdicts)
     return pd.DataFrame(
         {
-            "pair": verdicts["magnitude"] + "#" + verdicts["direction"],
+            "pair": [
+                experiment_figures.graft_name(m, d, g)
+                for m, d, g in zip(verdicts["magnitude"], verdicts["direction"], grafted)
+            ],
             "M#D mean": verdicts["graft_mean"],
             "M#D std": verdicts["graft_std"],
             "M mean": verdicts["magnitude_mean"],
@@ -628,7 +638,7 @@ def graft_lrs_results(group: str, runs: pd.DataFrame, y_title: str) -> None:
         )
         charts.show(fig, key=f"grid.graft_lrs.{m}#{d}", live=True)
         shown = table.assign(
-            variant=table["variant"].map(lambda v: f"[{v} only]" if v else "whole graft"),
+            variant=table["variant"].map(variant_name),
             verdict=[closer_to_words(v, m, d) for v in table["verdict"]],
         )
         columns = ["variant", "lr", "tuned_lr", "seeds", "failed", "mean", "std", "position"]
@@ -673,7 +683,7 @@ def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
         "Which grafts",
         variants,
         default=[""],
-        format_func=lambda v: f"[{v} only]" if v else "whole graft",
+        format_func=variant_name,
         key=f"grid.graft_lrs.variants.{group}.{m}#{d}",
     )
     if st.button("Train at these lrs", key="grid.graft_lrs.start"):

@@ -354,6 +354,34 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     assert list(line["y"]) == pytest.approx(list(finished["mean"]))
 
 
+def test_a_comparisons_partial_grafts_are_named_apart_in_its_verdicts(store):
+    """A comparison made with --partial (the CLI's): each graft's row and point on the page
+    carries its layer kinds, and its numbers are the verdicts' own."""
+    result = compare(
+        store,
+        RunConfig(**STUDY_BASE),
+        {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})},
+        seeds=(0,),
+        plan=SweepPlan(points=2, factor=10, extensions=0),
+        partial=[["hidden"]],
+    )
+    at = page("pages/grid.py", group=result.group)
+    assert not at.exception
+    shown = table_with(at, "verdict").set_index("pair")
+    assert sorted(shown.index) == [
+        "adam#sgd",
+        "adam#sgd [hidden only]",
+        "sgd#adam",
+        "sgd#adam [hidden only]",
+    ]
+    for _, row in result.verdicts.iterrows():
+        name = row["magnitude"] + "#" + row["direction"]
+        name += "" if row["grafted"] == "all" else f" [{row['grafted']} only]"
+        assert shown.loc[name, "M#D mean"] == pytest.approx(row["graft_mean"])
+    points = chart_traces(at, chart_titled(at, "Tuned M, M#D and tuned D"))[1]["x"]
+    assert sorted(x.split("<br>")[0] for x in points) == sorted(shown.index)
+
+
 def test_a_comparison_made_before_settings_were_kept_says_how_to_continue(store):
     at = tuned_page(seeds="0")
     at.button(key="grid.tuned.start").click().run()

@@ -206,6 +206,12 @@ def lr_sweep(
     return fig
 
 
+def graft_name(magnitude: str, direction: str, layers: str = "") -> str:
+    """``sgd#adam``, or ``sgd#adam [hidden only]`` for a partial graft of those layer kinds
+    (``""`` or ``"all"``: the whole graft)."""
+    return f"{magnitude}#{direction}" + ("" if layers in ("", "all") else f" [{layers} only]")
+
+
 def graft_lr_figure(
     table: pd.DataFrame, *, magnitude: str, direction: str, y_title: str, title: str = ""
 ) -> go.Figure:
@@ -220,7 +226,7 @@ def graft_lr_figure(
     fig = go.Figure()
     for i, (variant, rows) in enumerate(table.sort_values("lr").groupby("variant", sort=True)):
         done = rows[rows["mean"].notna()]
-        name = f"{magnitude}#{direction}" + (f" [{variant} only]" if variant else "")
+        name = graft_name(magnitude, direction, variant)
         color = PALETTE[(i + 2) % len(PALETTE)]
         fig.add_trace(
             go.Scatter(
@@ -322,7 +328,7 @@ def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> 
         )
     grafted = verdicts["grafted"] if "grafted" in verdicts else pd.Series("all", verdicts.index)
     pairs = [
-        f"{m}#{d}{'' if g == 'all' else f' [{g} only]'}<br><i>{closer_to_words(v, m, d)}</i>"
+        f"{graft_name(m, d, g)}<br><i>{closer_to_words(v, m, d)}</i>"
         for m, d, g, v in zip(
             verdicts["magnitude"], verdicts["direction"], grafted, verdicts["verdict"]
         )
