@@ -597,7 +597,8 @@ def continue_form(group: str) -> None:
         if high > MAX_RUNS:
             problem = (
                 f"Up to {high} runs is more than this page trains ({MAX_RUNS}); use "
-                f"`python -m grafting_core compare --group {group}`."
+                f"`python -m grafting_core compare --group {group} "
+                f"--seeds {' '.join(map(str, seeds))}`."
             )
         elif not new:
             problem = f"Seeds {', '.join(map(str, trained))} are trained already: add a new one."

@@ -248,6 +248,13 @@ def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
     assert seeds.value == "0, 1, 2"  # two more by default
     seeds.set_value("0").run()
     assert at.button(key="grid.tuned.continue").disabled  # nothing new to train
+    many = ", ".join(map(str, range(40)))
+    at.text_input(key=f"grid.tuned.more_seeds.{group}.0").set_value(many).run()
+    assert at.button(key="grid.tuned.continue").disabled  # too many: the CLI command to use
+    command = f"python -m grafting_core compare --group {group} --seeds " + " ".join(
+        map(str, range(40))
+    )
+    assert any(command in c.value for c in at.caption)
     at.text_input(key=f"grid.tuned.more_seeds.{group}.0").set_value("0, 1").run()
     assert any("trains at least 6 new runs" in c.value for c in at.caption)
     at.button(key="grid.tuned.continue").click().run()
