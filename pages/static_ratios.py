@@ -26,6 +26,7 @@ from grafting_core.lab.ratio_study import (
     SCOPES,
     STUDY_KIND,
     WINDOWS,
+    best_static_arm,
     plan_static_ratio_study,
     static_ratio_table,
 )
@@ -61,7 +62,17 @@ DEFAULTS = {
     "ratios.study.redraw_seconds": [],
 }
 #: The study table's columns shown (``static_ratio_table``'s, less role and variant).
-STUDY_COLUMNS = ["arm", "window", "scope", "mean", "std", "seeds", "state_bytes", "gap_closed"]
+STUDY_COLUMNS = [
+    "arm",
+    "window",
+    "scope",
+    "mean",
+    "std",
+    "seeds",
+    "failed",
+    "state_bytes",
+    "gap_closed",
+]
 INTRO = r"""
 Grafting M#D rescales D's step in every layer by the ratio ‖Δ_M‖/‖Δ_D‖: a per-layer
 learning-rate correction that changes at every step. The revised paper found that much of
@@ -479,13 +490,17 @@ def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
             f"as tuned {m} ({tuned.loc[magnitude, 'mean']:.4g}): there is no gap for the "
             "static ratios to close."
         )
-    static = table[table["role"] == "static_ratios"].dropna(subset=["gap_closed"])
-    if static.empty:
+    best, unsteady = best_static_arm(table)
+    caveat = "".join(
+        f" {live.plain(row['arm'])} closed {row['gap_closed']:.0%} on its finished seeds, "
+        f"but diverged or failed on {row['failed']} of {row['failed'] + row['seeds']}."
+        for _, row in unsteady.iterrows()
+    )
+    if best is None:
         return (
-            f"**Reading:** no gap to read yet: it needs tuned {m}, tuned {d} and a finished "
-            "static-ratio run."
+            f"**Reading:** no gap to read yet: it needs tuned {m}, tuned {d} and a "
+            f"static-ratio arm that finished on every seed.{caveat}"
         )
-    best = static.loc[static["gap_closed"].idxmax()]
     m_bytes = tuned.loc[magnitude, "state_bytes"]
     memory = (
         f", with {best['state_bytes'] / m_bytes:.0%} of {m}'s optimizer memory"
@@ -495,8 +510,8 @@ def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
     return (
         f"**Reading:** {live.plain(best['arm'])} (window {live.plain(best['window'])}, "
         f"{live.plain(best['scope'])}) closed the most of the gap from tuned {d} to tuned "
-        f"{m}: {best['gap_closed']:.0%} (100% = as good as {m}, 0% = no better than {d})"
-        f"{memory}."
+        f"{m} of the arms that finished on every seed: {best['gap_closed']:.0%} (100% = as "
+        f"good as {m}, 0% = no better than {d}){memory}.{caveat}"
     )
 
 

@@ -34,7 +34,17 @@ from grafting_core.lab.verdict import closer_to_words
 from tests.test_app import chart_traces, page, page_figures, train_inline
 from tests.test_protocol import TINY as TINY_COMPARISON
 
-STUDY_COLUMNS = ["arm", "window", "scope", "mean", "std", "seeds", "state_bytes", "gap_closed"]
+STUDY_COLUMNS = [
+    "arm",
+    "window",
+    "scope",
+    "mean",
+    "std",
+    "seeds",
+    "failed",
+    "state_bytes",
+    "gap_closed",
+]
 
 PAGES = ["pages/grid.py", "pages/schedule_transfer.py", "pages/static_ratios.py"]
 TERMINAL = {"finished", "stopped", "diverged", "failed", "interrupted"}

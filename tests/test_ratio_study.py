@@ -3,11 +3,18 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from grafting_core.lab.cli import main
 from grafting_core.lab.config import RunConfig
 from grafting_core.lab.protocol import SweepPlan, compare
-from grafting_core.lab.ratio_study import static_ratio_study, static_ratio_table, window_of
+from grafting_core.lab.ratio_study import (
+    best_static_arm,
+    static_ratio_study,
+    static_ratio_table,
+    window_of,
+)
 from grafting_core.lab.store import RunStore
 
 STEPS, WARMUP = 20, 4
@@ -170,3 +177,58 @@ def test_ratios_measured_on_a_superseded_graft_leave_the_table(study):
     static = before.index[before["role"] == "static_ratios"]
     assert (after.loc[static, "seeds"] == before.loc[static, "seeds"] - 1).all()
     assert static_ratio_table(store, group).equals(table)
+
+
+def test_a_seed_that_diverged_counts_as_failed_and_leaves_the_mean(study):
+    store, group, table = study
+    runs = store.runs(group=group)
+    arm = runs[runs["name"] == "sgd+ratios[whole,per_layer]"]
+    victim, kept = arm["run_id"].iloc[0], arm["run_id"].iloc[1:]
+    store.set_status(victim, "diverged")
+    try:
+        after = static_ratio_table(store, group).set_index("arm")
+    finally:
+        store.set_status(victim, "finished")
+    row = after.loc["sgd+ratios[whole,per_layer]"]
+    finals = [store.metrics(r, names=["val_loss"])["value"].iloc[-1] for r in kept]
+    assert (row["seeds"], row["failed"]) == (len(finals), 1)
+    assert row["mean"] == pytest.approx(np.mean(finals))
+    assert (after.drop("sgd+ratios[whole,per_layer]")["failed"] == 0).all()
+    assert (table["failed"] == 0).all()
+
+
+def test_the_best_static_arm_is_one_that_failed_on_no_seed():
+    table = pd.DataFrame(
+        {
+            "arm": ["adam", "sgd", "a", "b", "c"],
+            "role": ["tuned", "tuned", "static_ratios", "static_ratios", "static_ratios"],
+            "gap_closed": [1.0, 0.0, 0.4, 0.3, 0.1],
+            "failed": [0, 0, 1, 0, 0],
+        }
+    )
+    best, unsteady = best_static_arm(table)
+    assert best["arm"] == "b" and list(unsteady["arm"]) == ["a"]
+    best, unsteady = best_static_arm(table.assign(failed=[0, 0, 1, 2, 1]))
+    assert best is None and list(unsteady["arm"]) == ["a", "b", "c"]
+
+
+def test_command_line_prints_the_study_table(study, monkeypatch, capsys):
+    """ratio-study through the command line: the runs exist already (nothing trains), the
+    printed rows are static_ratio_table's, and the best arm is named."""
+    store, group, table = study
+    count = len(store.runs(group=group))
+    monkeypatch.setenv("GRAFTING_RUNS_DIR", str(store.root))
+    args = ["ratio-study", group, "--windows", "early", "whole", "--workers", "1"]
+    assert main(args) == 0
+    assert len(store.runs(group=group)) == count
+    out = capsys.readouterr().out
+    assert f"group {group}" in out
+    rows = out.split("state_bytes", 1)[1].splitlines()  # below the table's header
+    for row in table.itertuples():
+        line = next(x for x in rows if x.split()[:1] == [row.arm])
+        assert line.split()[1:5] == [f"{row.mean:.6f}", f"{row.std:.6f}", str(row.seeds), "0"]
+    best, _ = best_static_arm(table)
+    if best is None:  # this fixture tunes SGD better: no gap, no best arm
+        assert "closed the most" not in out
+    else:
+        assert f"closed the most of the gap, on every seed: {best['arm']}" in out

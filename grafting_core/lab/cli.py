@@ -44,7 +44,7 @@ from .experiments import (
 )
 from .graft_lrs import graft_lr_sweep
 from .protocol import Comparison, SweepPlan, compare, comparison_request
-from .ratio_study import SCOPES, WINDOWS, static_ratio_study
+from .ratio_study import SCOPES, WINDOWS, best_static_arm, static_ratio_study
 from .runner import create_run, execute_run
 from .store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
 
@@ -390,10 +390,16 @@ def cmd_ratio_study(parser, args, store: RunStore) -> int:
     )
     print(
         f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
-        f"tuned {args.magnitude} and {args.direction} (val_loss over seeds; gap_closed 1 = "
-        f"as good as {args.magnitude}), group {args.group}"
+        f"tuned {args.magnitude} and {args.direction} (val_loss over finished seeds; failed: "
+        f"seeds that diverged or failed; gap_closed 1 = as good as {args.magnitude}), "
+        f"group {args.group}"
     )
-    _print_table(table[["arm", "mean", "std", "seeds", "gap_closed", "state_bytes"]])
+    _print_table(table[["arm", "mean", "std", "seeds", "failed", "gap_closed", "state_bytes"]])
+    best, unsteady = best_static_arm(table)
+    if best is not None:
+        print(f"closed the most of the gap, on every seed: {best['arm']}")
+    for row in unsteady.itertuples():
+        print(f"closed more on its finished seeds, but failed on {row.failed}: {row.arm}")
     return 0
 
 

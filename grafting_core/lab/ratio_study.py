@@ -42,6 +42,7 @@ WINDOWS: dict[str, Callable[[RunConfig], tuple[int, int]]] = {
     "late": lambda c: (c.steps - max(1, round(0.1 * c.steps)), c.steps),  # the last 10%
 }
 SCOPES = ("per_layer", "global")
+FAILED = ("diverged", "failed")  # how a seed of an arm ends without a result
 #: The kind of a study's runs: those of the comparison whose group they join.
 STUDY_KIND = "compare"
 
@@ -196,8 +197,9 @@ def static_ratio_table(
     metric: str = "val_loss",
 ) -> pd.DataFrame:
     """Tuned M, tuned D and every static-ratio arm of ``group``: mean ± std of ``metric`` over
-    seeds, optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as good as M;
-    NaN when tuned D is already as good as tuned M).
+    its finished seeds (``seeds``), ``failed``: its seeds that diverged or failed (the mean
+    leaves them out), optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as
+    good as M; NaN when tuned D is already as good as tuned M).
     A static-ratio arm names its ``window`` and ``scope`` (its ratios are the source run's
     artifact ``static_ratios.{window}.{scope}``); only runs measured on the group's current
     grafts count (not on grafts a continued comparison superseded)."""
@@ -216,10 +218,11 @@ def static_ratio_table(
     table["variant"] = (
         chosen.set_index("run_id").loc[table["run_id"], "arm_variant"].fillna("").to_numpy()
     )
-    table = table[table["status"] == "finished"]
+    table = table[table["status"].isin(("finished", *FAILED))]  # not those yet to end
     rows = []
     for (role, arm, variant), cell in table.groupby(["role", "magnitude_arm", "variant"]):
         window, scope = _window_and_scope(variant)
+        finished = cell[cell["status"] == "finished"]
         rows.append(
             {
                 "arm": Arm("plain" if role == "tuned" else role, arm, variant=variant).label,
@@ -227,10 +230,11 @@ def static_ratio_table(
                 "variant": variant,
                 "window": window,
                 "scope": scope,
-                "mean": cell[metric].mean(),
-                "std": cell[metric].std(),
-                "seeds": len(cell),
-                "state_bytes": cell["optimizer_state_bytes"].mean(),
+                "mean": finished[metric].mean(),
+                "std": finished[metric].std(),
+                "seeds": len(finished),
+                "failed": int(cell["status"].isin(FAILED).sum()),
+                "state_bytes": finished["optimizer_state_bytes"].mean(),
             }
         )
     out = pd.DataFrame(rows)
@@ -241,3 +245,16 @@ def static_ratio_table(
     # No gap when tuned D is already as good as tuned M: nothing to close, no ratio to read
     out["gap_closed"] = (tuned.get(direction, np.nan) - out["mean"]) / gap if gap > 0 else np.nan
     return out.sort_values(["role", "mean"], ascending=[False, True]).reset_index(drop=True)
+
+
+def best_static_arm(table: pd.DataFrame) -> tuple[pd.Series | None, pd.DataFrame]:
+    """The static-ratio arm of ``static_ratio_table`` that closed the most of the gap among
+    those with no seed that diverged or failed (None if there is none), and the arms that
+    closed more on their finished seeds but diverged or failed on some (best first)."""
+    static = table[table["role"] == "static_ratios"].dropna(subset=["gap_closed"])
+    steady = static[static["failed"] == 0]
+    if steady.empty:
+        return None, static[static["failed"] > 0].sort_values("gap_closed", ascending=False)
+    best = steady.loc[steady["gap_closed"].idxmax()]
+    better = static[static["gap_closed"] > best["gap_closed"]]
+    return best, better.sort_values("gap_closed", ascending=False)
