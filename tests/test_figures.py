@@ -299,6 +299,7 @@ def test_ratio_study_figure_sets_static_arms_against_tuned_bands():
             "mean": [1.4, 1.7, 1.45, 1.5],
             "std": [0.01, 0.02, 0.03, 0.04],
             "seeds": [3, 3, 3, 3],
+            "failed": [0, 0, 0, 0],
         }
     )
     fig = experiment_figures.ratio_study_figure(table)
@@ -307,3 +308,6 @@ def test_ratio_study_figure_sets_static_arms_against_tuned_bands():
     (points,) = [t for t in fig.data if t.mode == "markers"]
     assert list(points.x) == ["early<br>global", "late<br>global"]  # windows in time order
     assert list(points.y) == [1.5, 1.45] and list(points.error_y.array) == [0.04, 0.03]
+    fig = experiment_figures.ratio_study_figure(table.assign(failed=[0, 0, 1, 0]))
+    (points,) = [t for t in fig.data if t.mode == "markers"]
+    assert list(points.x) == ["early<br>global", "late<br>global<br><i>1 of 4 failed</i>"]

@@ -658,7 +658,8 @@ def ratio_study_figure(
     D as shaded bands (mean ± std) across the figure, so each static-ratio arm reads against
     both.
 
-    ``table``: ``ratio_study.static_ratio_table`` (arm, role, window, scope, mean, std, seeds).
+    ``table``: ``ratio_study.static_ratio_table`` (arm, role, window, scope, mean, std, seeds,
+    failed; an arm with failed seeds says so under its name: its mean is the finished seeds').
     """
     if table.empty:
         return empty_figure("no finished runs yet", x_title="arm", y_title=y_title)
@@ -685,9 +686,13 @@ def ratio_study_figure(
                 line={"color": color, "dash": "dash"},
             )
         )
+    names = [
+        f"{w}<br>{s}" + (f"<br><i>{k} of {k + n} failed</i>" if k else "")
+        for w, s, k, n in zip(static["window"], static["scope"], static["failed"], static["seeds"])
+    ]
     fig.add_trace(
         go.Scatter(
-            x=static["window"] + "<br>" + static["scope"],
+            x=names,
             y=static["mean"],
             mode="markers",
             name="static ratios, mean ± std",
