@@ -256,6 +256,27 @@ def test_metrics_csv_export_has_every_recorded_value(store, runs_dir):
     assert (csv.query("metric == 'train_loss'").groupby("run_id").size() == TINY["steps"]).all()
 
 
+def test_run_labels_tell_runs_of_one_name_apart_by_seed():
+    from ui.catalog import legend_labels, run_labels
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["20261130-1-aaaa", "20261130-1-bbbb", "20261130-1-cccc", "x-dddd"],
+            "name": ["sgd#adam", "sgd#adam", "sgd#adam", "adam"],
+            "status": ["finished", "finished", "diverged", "finished"],
+            "config.seed": [0, 1, 1, 0],
+        }
+    )
+    assert run_labels(runs)["20261130-1-aaaa"] == "sgd#adam · seed 0 · finished · 20261130-1-aaaa"
+    assert legend_labels(runs) == {
+        "20261130-1-aaaa": "sgd#adam · seed 0",
+        "20261130-1-bbbb": "sgd#adam · seed 1 · bbbb",  # name and seed repeat: the id too
+        "20261130-1-cccc": "sgd#adam · seed 1 · cccc",
+        "x-dddd": "adam",
+    }
+    assert run_labels(runs.drop(columns="config.seed"))["x-dddd"] == "adam · finished · x-dddd"
+
+
 def test_a_run_name_is_shown_as_typed_never_as_markdown(store):
     name = "[click](http://evil.example) **loud**"
     train_inline(store, name=name)

@@ -52,20 +52,30 @@ def run_table(runs: pd.DataFrame, finals: pd.DataFrame | None = None) -> pd.Data
     return table.reset_index(drop=True)
 
 
+def _seeds(runs: pd.DataFrame) -> list[str]:
+    """`` · seed 3`` per run (empty where a run's config has no seed)."""
+    seeds = runs["config.seed"] if "config.seed" in runs else pd.Series(None, index=runs.index)
+    return [f" · seed {int(s)}" if pd.notna(s) else "" for s in seeds]
+
+
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """``run_id`` → ``name · status · run_id`` for pickers."""
+    """``run_id`` → ``name · seed 3 · status · run_id`` for pickers."""
     return {
-        r: f"{n} · {s} · {r}"
-        for r, n, s in zip(runs["run_id"], runs["name"].fillna(""), runs["status"])
+        r: f"{n}{seed} · {s} · {r}"
+        for r, n, seed, s in zip(
+            runs["run_id"], runs["name"].fillna(""), _seeds(runs), runs["status"]
+        )
     }
 
 
 def legend_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """``run_id`` → its name, with the id's last 4 characters where names repeat."""
+    """``run_id`` → its name; where names repeat, with its seed, and the id's last 4
+    characters where name and seed repeat too."""
     names = runs["name"].fillna(runs["run_id"]).astype(str)
-    repeated = names.duplicated(keep=False)
+    named = names.where(~names.duplicated(keep=False), names + _seeds(runs))
+    repeated = named.duplicated(keep=False)
     return {
-        r: f"{n} · {r[-4:]}" if rep else n for r, n, rep in zip(runs["run_id"], names, repeated)
+        r: f"{n} · {r[-4:]}" if rep else n for r, n, rep in zip(runs["run_id"], named, repeated)
     }
 
 
