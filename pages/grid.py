@@ -596,7 +596,8 @@ def continue_form(group: str) -> None:
         low, high = count(len(seeds))
         if high > MAX_RUNS:
             problem = (
-                f"Up to {high} runs is more than this page trains ({MAX_RUNS}); use "
+                f"With these seeds the comparison comes to up to {high} runs, those trained "
+                f"included: more than this page trains ({MAX_RUNS}); use "
                 f"`python -m grafting_core compare --group {group} "
                 f"--seeds {' '.join(map(str, seeds))}`."
             )

@@ -264,7 +264,8 @@ def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
     command = f"python -m grafting_core compare --group {group} --seeds " + " ".join(
         map(str, range(40))
     )
-    assert any(command in c.value for c in at.caption)
+    (caption,) = [c.value for c in at.caption if command in c.value]
+    assert caption.startswith("With these seeds the comparison comes to up to ")
     at.text_input(key=f"grid.tuned.more_seeds.{group}.0").set_value("0, 1").run()
     assert any("trains at least 6 new runs" in c.value for c in at.caption)
     at.button(key="grid.tuned.continue").click().run()
