@@ -13,6 +13,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+from grafting_core import LAYER_KINDS
 from grafting_core.lab import experiment_figures
 from grafting_core.lab.capacity import check_fits
 from grafting_core.lab.config import SCHEDULES, RunConfig
@@ -72,6 +73,7 @@ DEFAULTS = {
     "grid.factor": math.sqrt(10),
     "grid.extensions": 2,
     "grid.tune_grafts": False,
+    "grid.partial": [],  # layer kinds of one partial graft per pair (none: whole grafts only)
     "grid.schedule": "warmup_cosine",
     "grid.warmup_percent": 10,
     "grid.tuned.group": "",  # the comparison this session watches (also the URL's ?group=)
@@ -216,7 +218,18 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
         key="grid.warmup_percent",
         disabled=schedule != "warmup_cosine",
     )
-    st.checkbox(
+    left, right = st.columns(2, vertical_alignment="center")
+    right.multiselect(
+        "Also a partial graft per pair, grafting only",
+        LAYER_KINDS,
+        key="grid.partial",
+        placeholder="none: whole grafts only",
+        help="Layer kinds that take D's direction in one more graft per pair; the other "
+        "layers take M's own step. Which layers carry D's advantage? (Zhao et al. 2024 found "
+        "SGD-like steps fail mainly on embeddings, the head and norms.) None: whole grafts "
+        "only.",
+    )
+    left.checkbox(
         "Tune each graft's lr too",
         key="grid.tune_grafts",
         help="M's tuned lr is M's best alone: with D's direction a graft may train best at "
@@ -262,7 +275,10 @@ def tuned_form() -> tuple[dict | None, str]:
     except (ValueError, TypeError) as error:
         return None, str(error)
     tune = bool(st.session_state["grid.tune_grafts"])
-    low, high = run_count(len(optimizers), len(seeds), plan, tune_grafts=tune)
+    kinds = list(st.session_state["grid.partial"])
+    partial = [kinds] if kinds else []
+    variants = 1 + len(partial)
+    low, high = run_count(len(optimizers), len(seeds), plan, variants, tune_grafts=tune)
     if high > MAX_RUNS:
         problem = (
             f"Up to {high} runs is more than this page trains ({MAX_RUNS}); choose "
@@ -270,9 +286,9 @@ def tuned_form() -> tuple[dict | None, str]:
         )
         col_run.caption(problem)  # said before Start is pressed
         return None, problem
-    col_run.caption(count_text(len(optimizers), len(seeds), plan, tune))
+    col_run.caption(count_text(len(optimizers), len(seeds), plan, variants, tune))
     request = {"base": base, "optimizers": optimizers, "seeds": seeds, "plan": plan}
-    return {**request, "tune_grafts": tune}, ""
+    return {**request, "partial": partial, "tune_grafts": tune}, ""
 
 
 def run_count(
@@ -293,9 +309,11 @@ def run_count(
     return fewest, most
 
 
-def count_text(arms: int, seeds: int, plan: SweepPlan, tune_grafts: bool = False) -> str:
+def count_text(
+    arms: int, seeds: int, plan: SweepPlan, variants: int = 1, tune_grafts: bool = False
+) -> str:
     """``2 optimizers × 5 lrs × 3 seeds = 30 sweep runs, ...``: what Start will train."""
-    low, high = run_count(arms, seeds, plan, tune_grafts=tune_grafts)
+    low, high = run_count(arms, seeds, plan, variants, tune_grafts=tune_grafts)
     s = "s" if seeds > 1 else ""
     more = (
         f", up to {high - low} more where a best lr sits at its grid's edge" if high > low else ""
@@ -304,7 +322,8 @@ def count_text(arms: int, seeds: int, plan: SweepPlan, tune_grafts: bool = False
     tuned = ", then each graft's lrs" if tune_grafts else ""
     return (
         f"{arms} optimizers × {plan.points} lrs × {seeds} seed{s} = "
-        f"{arms * plan.points * seeds} sweep runs{more}, then {arms * (arms - 1)} grafts × "
+        f"{arms * plan.points * seeds} sweep runs{more}, then {arms * (arms - 1) * variants} "
+        f"grafts{' (whole and partial)' if variants > 1 else ''} × "
         f"{seeds} seed{s}{tuned}: {total} runs, {get_jobs().max_workers} at a time."
     )
 

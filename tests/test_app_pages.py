@@ -323,6 +323,36 @@ def test_a_tuned_comparison_can_tune_each_grafts_lr_too(store):
     assert len(tuned) == 2 and set(tuned["magnitude"]) == {"sgd", "adam"}
 
 
+def test_a_tuned_comparison_from_the_page_adds_a_partial_graft_per_pair(store):
+    at = tuned_page(seeds="0")
+    at.multiselect(key="grid.partial").set_value(["hidden"]).run()
+    assert any(
+        c.value.startswith(
+            "2 optimizers × 2 lrs × 1 seed = 4 sweep runs, then 4 grafts (whole and partial) "
+            "× 1 seed: 8 runs"
+        )
+        for c in at.caption
+    )
+    at.button(key="grid.tuned.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    runs = settle(at, store, 8, group)
+    partial = runs[runs["role"] == "partial_graft"]
+    assert sorted(zip(partial["magnitude_arm"], partial["arm_variant"])) == [
+        ("adam", "hidden"),
+        ("sgd", "hidden"),
+    ]
+    assert (partial["config.grafted"] == '["hidden"]').all()  # stored as JSON
+    assert comparison_request(store, group)["partial"] == [("hidden",)]
+    shown = table_with(at, "verdict")
+    assert sorted(shown["pair"]) == [
+        "adam#sgd",
+        "adam#sgd [hidden only]",
+        "sgd#adam",
+        "sgd#adam [hidden only]",
+    ]
+
+
 def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     """The form trains sgd#adam again at another lr of SGD in the comparison's group; the
     page's table and figure show graft_lr_table's values; bad input starts nothing."""
