@@ -29,6 +29,7 @@ from grafting_core.lab.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.protocol import (
     LR_COLUMN,
     SweepPlan,
+    check_partial,
     comparison_request,
     read_comparison,
 )
@@ -267,6 +268,9 @@ def tuned_form() -> tuple[dict | None, str]:
         )
         check_fits(base)
         grid_configs(base, optimizers, seeds)  # every optimizer's settings, alone and grafted
+        kinds = list(st.session_state["grid.partial"])
+        partial = [kinds] if kinds else []
+        check_partial(base, partial)
         for label, (_, hparams) in optimizers.items():
             try:
                 plan.grid(hparams["lr"])
@@ -275,8 +279,6 @@ def tuned_form() -> tuple[dict | None, str]:
     except (ValueError, TypeError) as error:
         return None, str(error)
     tune = bool(st.session_state["grid.tune_grafts"])
-    kinds = list(st.session_state["grid.partial"])
-    partial = [kinds] if kinds else []
     variants = 1 + len(partial)
     low, high = run_count(len(optimizers), len(seeds), plan, variants, tune_grafts=tune)
     if high > MAX_RUNS:

@@ -471,6 +471,7 @@ def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):
         (("multiselect", "grid.optimizers", ["adam"]), "at least two optimizers"),
         (("number_input", "grid.lr.sgd", -0.1), "lr"),
         (("number_input", "grid.steps", 0), "steps"),
+        (("multiselect", "grid.partial", ["embedding"]), "the model has no such layers"),
     ],
 )
 def test_tuned_comparison_refuses_bad_input_and_starts_nothing(store, change, reason):

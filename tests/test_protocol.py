@@ -1,6 +1,7 @@
 """The fair-comparison protocol: sweeps, tuned arms, grafts at M's tuned lr, verdicts."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,20 @@ def _per_lr(store, group, arm):
         values = [store.metrics(r, names=["val_loss"])["value"].iloc[-1] for r in cell["run_id"]]
         out[lr] = float(np.mean(values))
     return out
+
+
+@pytest.mark.parametrize(
+    "kinds, words",
+    [
+        (["embedding"], "Partial graft [embedding]: the model has no such layers"),
+        (["hidden", "head", "bias"], "takes every layer of the model"),
+    ],
+)
+def test_a_partial_graft_of_no_layer_or_of_every_layer_is_refused(store, kinds, words):
+    optimizers = {"sgd": ("sgd", {"lr": 0.1}), "adam": ("adam", {"lr": 3e-3})}
+    with pytest.raises(ValueError, match=re.escape(words)):
+        compare(store, RunConfig(**TINY), optimizers, seeds=(0,), partial=[kinds])
+    assert store.runs().empty
 
 
 def test_compare_tunes_each_arm_grafts_at_ms_tuned_lr_and_judges_each_pair(store):

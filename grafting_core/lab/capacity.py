@@ -15,7 +15,7 @@ import os
 import torch
 
 from .config import RunConfig
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .models import build_model, default_model
 
 STATE_COPIES = 6  # weights, gradient, and up to four optimizer-state tensors (M and D)
@@ -34,14 +34,20 @@ def available_bytes(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def estimate_bytes(config: RunConfig) -> tuple[int, int]:
-    """(bytes of parameters and optimizer state, bytes of activations per example, fp32)."""
+def meta_model(config: RunConfig) -> tuple[torch.nn.Module, Dataset]:
+    """``config``'s model on the ``meta`` device (shapes, no storage), and its dataset."""
     dataset = load_dataset(config.dataset, seed=config.seed)
     sizes = {k: v for k, v in (("width", config.width), ("depth", config.depth)) if v}
     with torch.device("meta"):
         model = build_model(
             config.model or default_model(config.dataset), dataset, seed=config.seed, **sizes
         )
+    return model, dataset
+
+
+def estimate_bytes(config: RunConfig) -> tuple[int, int]:
+    """(bytes of parameters and optimizer state, bytes of activations per example, fp32)."""
+    model, dataset = meta_model(config)
     state = sum(p.numel() * p.element_size() for p in model.parameters()) * STATE_COPIES
     outputs: list[int] = []
 

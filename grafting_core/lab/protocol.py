@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..layer_kinds import layer_kinds
 from .arms import Arm, PlannedRun
+from .capacity import meta_model
 from .config import RunConfig
 from .executor import Executor
 from .experiments import (
@@ -192,6 +194,7 @@ def compare(
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
+    check_partial(base, partial)
     group = group or new_group("compare")
     store.set_group_request(
         group, "compare", _request(base, optimizers, seeds, plan, partial, metric, tune_grafts)
@@ -277,6 +280,27 @@ def compare(
         total += len(grafts)
         train(grafts)
     return read_comparison(store, group, metric=metric)
+
+
+def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
+    """Refuse a partial graft whose layer kinds select no layer of ``base``'s model (it would
+    be M alone) or every layer (the whole graft again). A custom task's model is the user's
+    code: not built here."""
+    if not partial or base.custom:
+        return
+    present = set(layer_kinds(meta_model(base)[0]).values())
+    for kinds in partial:
+        name = f"[{'+'.join(kinds)}]"
+        if not set(kinds) & present:
+            raise ValueError(
+                f"Partial graft {name}: the model has no such layers (its kinds: "
+                f"{', '.join(sorted(present))}); it would be M alone"
+            )
+        if present <= set(kinds):
+            raise ValueError(
+                f"Partial graft {name} takes every layer of the model (its kinds: "
+                f"{', '.join(sorted(present))}): it is the whole graft again"
+            )
 
 
 def _request(
