@@ -43,6 +43,7 @@ from .experiments import (
     round_lr,
     run_all,
 )
+from .graft_lrs import ROLE as GRAFT_LR_ROLE
 from .graft_lrs import graft_extensions, plan_graft_lrs, tuned_grafts
 from .store import RunStore
 from .verdict import closer_to
@@ -415,7 +416,7 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
         .reset_index()
         .rename(columns={"magnitude_arm": "magnitude", "direction_arm": "direction"})
     )
-    has_lrs = (runs["role"] == "graft_lr").any()
+    has_lrs = (runs["role"] == GRAFT_LR_ROLE).any()  # else no need to read the store again
     tuned = tuned_grafts(store, group, metric=metric) if has_lrs else pd.DataFrame()
     return Comparison(group, sweep, summary, _verdicts(values, metric), tuned)
 
