@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -160,9 +161,13 @@ def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
 
 
 def time_steps(
-    opts: dict[str, torch.optim.Optimizer], rounds: int, per_round: int
+    opts: dict[str, torch.optim.Optimizer],
+    rounds: int,
+    per_round: int,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, list[float]]:
-    """Seconds per step of each optimizer, measured in interleaved rounds after a warm-up."""
+    """Seconds per step of each optimizer, measured in interleaved rounds after a warm-up;
+    ``sync`` waits for the device before and after each timed step (CUDA)."""
     for opt in opts.values():
         for _ in range(WARMUP):
             opt.step()
@@ -170,8 +175,10 @@ def time_steps(
     for _ in range(rounds):
         for name, opt in opts.items():
             for _ in range(per_round):
+                sync()
                 start = time.perf_counter()
                 opt.step()
+                sync()
                 times[name].append(time.perf_counter() - start)
     return times
 

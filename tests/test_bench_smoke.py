@@ -1,5 +1,6 @@
 """Benchmarks stay runnable: bench/step.py and bench/step_overhead.py end to end on a small
-model; bench/chart_cost.py
+model; bench/device_check.py on the CPU, and its parity check fails when Graft is wrong;
+bench/chart_cost.py
 builds the live figures it redraws; bench/compare_wall.py times a tiny comparison;
 bench/dask_grid.py times a tiny grid on both executors and one streamed run."""
 
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +59,43 @@ def test_step_benchmark_quick_run_prints_ratios():
     ]
 
 
+def _load(script: str):
+    spec = importlib.util.spec_from_file_location(script, ROOT / "bench" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_check_on_the_cpu_passes_every_case_and_times_the_paths():
+    out = _bench("device_check.py", "--device", "cpu", "--quick")
+    device_check = _load("device_check")
+    cases = [*device_check.CASES, "adam#adam vs torch Adam"]
+    for dtype in ("float64", "float32"):
+        for case in cases:
+            assert f"parity {case} [{dtype}]: weights" in out and "FAILED" not in out
+    assert "all checks ok" in out
+    assert "ratio Graft native, default / (Adam + SGD-m fused)" in out
+
+
+def test_device_check_fails_a_graft_that_steps_wrong(monkeypatch):
+    """The device side (Graft as a user writes it, no ``fused=``) taking 1.5× its step must
+    fail every case against the reference; A#A against torch's Adam is untouched."""
+    device_check = _load("device_check")
+    build = device_check.build
+
+    def wrong(case, model, **options):
+        opt = build(case, model, **options)
+        if not options:
+            opt.param_groups[0]["lr"] *= 1.5
+        return opt
+
+    monkeypatch.setattr(device_check, "build", wrong)
+    failed = device_check.check_parity(torch.device("cpu"), [torch.float64])
+    assert [line.split(" [")[0].removeprefix("parity ") for line in failed] == list(
+        device_check.CASES
+    )
+
+
 def test_step_overhead_quick_run_takes_every_measure():
     out = _bench("step_overhead.py", "--quick", "--threads", "1")
     assert out.count("Graft: kernel passes") == 2  # the model, then the same tensors in cache
@@ -64,9 +104,7 @@ def test_step_overhead_quick_run_takes_every_measure():
 
 
 def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
-    spec = importlib.util.spec_from_file_location("chart_cost", ROOT / "bench" / "chart_cost.py")
-    chart_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(chart_cost)
+    chart_cost = _load("chart_cost")
     frames = chart_cost.frames(count=2)
     assert len(frames) == 2 and all(len(frame) == 4 for frame in frames)
     loss, _, norms, heat = frames[1]
@@ -76,11 +114,7 @@ def test_chart_cost_builds_the_four_live_figures_of_a_growing_group():
 
 
 def test_checkpoint_cost_measures_a_step_and_a_checkpoint():
-    spec = importlib.util.spec_from_file_location(
-        "checkpoint_cost", ROOT / "bench" / "checkpoint_cost.py"
-    )
-    checkpoint_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(checkpoint_cost)
+    checkpoint_cost = _load("checkpoint_cost")
     step_s, checkpoint_s, size = checkpoint_cost.measure("mnist1d", 32, steps=40, repeats=3)
     assert step_s > 0 and checkpoint_s > 0
     assert size > 4 * 15_000  # the MLP's weights and Adam's two moments, as float32
