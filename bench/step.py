@@ -8,7 +8,12 @@ Smoke run on a small model (the figures mean nothing there):
 Every optimizer steps the same fixed gradients of an MLP (default 50 Linear(448, 448) layers:
 10.06M parameters in 100 tensors) on the CPU. Paths are timed in interleaved rounds, so that
 load from other processes hits them alike; medians and minima are printed with the ratios
-against the sum of torch's Adam and SGD-momentum steps (fused and foreach). Graft rows:
+against the sum of torch's Adam and SGD-momentum steps (fused and foreach). Two regimes,
+each in its own rounds: "back to back", each step right after the previous one (part of an
+optimizer's data is still in the last-level cache from its previous step: this machine's is
+480 MB, larger than the model's optimizers' data), and "from memory", each step after a read
+of ``--flush-mb`` (1 GB) that evicts it, as for a model whose weights and states do not fit
+in the cache, or a training step's forward and backward passes between two steps. Graft rows:
 "default" is Graft as a user writes it, no flag (the backend it picks is printed first: the
 fused CPU kernels here; torch's own Adam and SGD as children are run by the kernels on their
 own states), "via step()" is ``path="blackbox"`` (the kernels drive the children through
@@ -38,6 +43,8 @@ LAYERS, WIDTH = 50, 448  # 50 × (448² + 448) = 10,057,600 parameters in 100 te
 QUICK_LAYERS, QUICK_WIDTH = 4, 64
 ROUNDS, PER_ROUND = 15, 2  # timed steps per path = ROUNDS · PER_ROUND, after WARMUP
 WARMUP = 3
+BACK_TO_BACK, FROM_MEMORY = "back to back", "from memory"
+FLUSH_MB, QUICK_FLUSH_MB = 1024, 16
 ADAM_LR, SGD_LR, MOMENTUM = 1e-4, 1e-3, 0.9  # small: the weights barely move over a run
 
 
@@ -130,8 +137,11 @@ def backend(opt: Graft) -> str:
 OVER = "Graft over torch's"
 
 
-def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
-    """Per pair: Graft's default vs its reference path and vs torch's two children."""
+def other_pairs(
+    model: torch.nn.Module, rounds: int, prepare: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Per pair: Graft's default vs its reference path and vs torch's two children
+    (``prepare``: as for :func:`time_steps`)."""
     lines = []
     for label, (magnitude, direction, torch_children) in OTHER_PAIRS.items():
         params = list(model.parameters())
@@ -142,7 +152,7 @@ def other_pairs(model: torch.nn.Module, rounds: int) -> list[str]:
         }
         if torch_children(params):  # Graft over torch's own two optimizers, no flag
             opts[OVER] = Graft(model.named_parameters(), *torch_children(params).values())
-        times = time_steps(opts, rounds, PER_ROUND)
+        times = time_steps(opts, rounds, PER_ROUND, prepare=prepare)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         line = (
             f"{label}: default ({backend(opts['default'])}) {med['default']:.2f} ms, "
@@ -165,9 +175,11 @@ def time_steps(
     rounds: int,
     per_round: int,
     sync: Callable[[], None] = lambda: None,
+    prepare: Callable[[], None] = lambda: None,
 ) -> dict[str, list[float]]:
     """Seconds per step of each optimizer, measured in interleaved rounds after a warm-up;
-    ``sync`` waits for the device before and after each timed step (CUDA)."""
+    ``prepare`` runs before each timed step (untimed), ``sync`` waits for the device before
+    and after it (CUDA)."""
     for opt in opts.values():
         for _ in range(WARMUP):
             opt.step()
@@ -175,12 +187,21 @@ def time_steps(
     for _ in range(rounds):
         for name, opt in opts.items():
             for _ in range(per_round):
+                prepare()
                 sync()
                 start = time.perf_counter()
                 opt.step()
                 sync()
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def regimes(flush_mb: int) -> dict[str, Callable[[], None]]:
+    """The timing regimes: name -> what runs before each timed step (module docstring)."""
+    if flush_mb <= 0:
+        return {BACK_TO_BACK: lambda: None}
+    other = torch.ones(flush_mb * 2**20 // 4)  # read, not written: no write-backs to time
+    return {BACK_TO_BACK: lambda: None, FROM_MEMORY: lambda: other.sum()}
 
 
 def step_memory(opt: torch.optim.Optimizer) -> tuple[int, int]:
@@ -263,8 +284,9 @@ def run_compile_check(args: argparse.Namespace) -> str:
     return lines[-1] if lines else f"torch.compile crashed: {done.stderr.strip()[-400:]}"
 
 
-def ratio_lines(med: dict[str, float], low: dict[str, float]) -> list[str]:
+def ratio_lines(med: dict[str, float], low: dict[str, float], regime: str = "") -> list[str]:
     """Ratios of the Graft paths over the sums of torch's steps (medians, minima)."""
+    prefix = f"ratio [{regime}]" if regime else "ratio"
     sums = {
         "fused": ("torch Adam fused", "torch SGD-m fused"),
         "foreach": ("torch Adam foreach", "torch SGD-m foreach"),
@@ -282,7 +304,8 @@ def ratio_lines(med: dict[str, float], low: dict[str, float]) -> list[str]:
                 else ""
             )
             lines.append(
-                f"ratio {name} / (Adam + SGD-m {base}): {by_med:.2f} median, {by_min:.2f} min{note}"
+                f"{prefix} {name} / (Adam + SGD-m {base}): {by_med:.2f} median, "
+                f"{by_min:.2f} min{note}"
             )
     return lines
 
@@ -295,6 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
+        "--flush-mb",
+        type=int,
+        default=None,
+        help=f"MB read before each step of the 'from memory' regime (default {FLUSH_MB}, "
+        f"--quick {QUICK_FLUSH_MB}; 0: back to back only)",
+    )
+    parser.add_argument(
         "--compile",
         choices=("auto", "yes", "no"),
         default="auto",
@@ -306,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     args.layers = args.layers or (QUICK_LAYERS if args.quick else LAYERS)
     args.width = args.width or (QUICK_WIDTH if args.quick else WIDTH)
     rounds = args.rounds or (2 if args.quick else ROUNDS)
+    if args.flush_mb is None:
+        args.flush_mb = QUICK_FLUSH_MB if args.quick else FLUSH_MB
     torch.set_num_threads(args.threads)
     if args.compile_only:
         print(compile_check(args.layers, args.width), flush=True)
@@ -328,31 +360,38 @@ def main(argv: list[str] | None = None) -> None:
             f"{name}: {backend(opt)}" for name, opt in opts.items() if isinstance(opt, Graft)
         )
     )
-    times = time_steps(opts, rounds, 1 if args.quick else PER_ROUND)
-    med = {name: statistics.median(t) for name, t in times.items()}
-    low = {name: min(t) for name, t in times.items()}
+    before_step = regimes(args.flush_mb)
+    timed = {
+        regime: time_steps(opts, rounds, 1 if args.quick else PER_ROUND, prepare=prepare)
+        for regime, prepare in before_step.items()
+    }
+    memory = {name: step_memory(opt)[0] for name, opt in opts.items()}
     weights = n_params * 4
-    print(
-        f"\n{'path':34s} {'median ms':>10s} {'min ms':>8s} {'peak temp MB':>13s} {'state MB':>9s}"
-    )
-    for name, opt in opts.items():
-        peak, _ = step_memory(opt)
+    for regime, times in timed.items():
+        med = {name: statistics.median(t) for name, t in times.items()}
+        low = {name: min(t) for name, t in times.items()}
+        print(f"\n{regime}:")
         print(
-            f"{name:34s} {med[name] * 1e3:10.2f} {low[name] * 1e3:8.2f} "
-            f"{peak / 2**20:13.2f} {state_bytes(opt) / 2**20:9.1f}"
+            f"{'path':34s} {'median ms':>10s} {'min ms':>8s} {'peak temp MB':>13s} {'state MB':>9s}"
         )
-    for kind in ("fused", "foreach"):
-        adam, sgd = f"torch Adam {kind}", f"torch SGD-m {kind}"
-        print(
-            f"{'sum Adam + SGD-m ' + kind:34s} {(med[adam] + med[sgd]) * 1e3:10.2f} "
-            f"{(low[adam] + low[sgd]) * 1e3:8.2f}"
-        )
-    print(f"(weights: {weights / 2**20:.1f} MB; temp = allocator peak inside step())\n")
-    for line in ratio_lines(med, low):
-        print(line)
-    print("\nother rule pairs (median ms; the torch children where torch has them):")
-    for line in other_pairs(model, max(1, rounds // 3)):
-        print(line)
+        for name, opt in opts.items():
+            print(
+                f"{name:34s} {med[name] * 1e3:10.2f} {low[name] * 1e3:8.2f} "
+                f"{memory[name] / 2**20:13.2f} {state_bytes(opt) / 2**20:9.1f}"
+            )
+        for kind in ("fused", "foreach"):
+            adam, sgd = f"torch Adam {kind}", f"torch SGD-m {kind}"
+            print(
+                f"{'sum Adam + SGD-m ' + kind:34s} {(med[adam] + med[sgd]) * 1e3:10.2f} "
+                f"{(low[adam] + low[sgd]) * 1e3:8.2f}"
+            )
+        print(f"(weights: {weights / 2**20:.1f} MB; temp = allocator peak inside step())\n")
+        for line in ratio_lines(med, low, regime):
+            print(line)
+    for regime, prepare in before_step.items():
+        print(f"\nother rule pairs, {regime} (median ms; torch's children where it has them):")
+        for line in other_pairs(model, max(1, rounds // 3), prepare):
+            print(line)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.compile == "yes" or (args.compile == "auto" and not args.quick):
         print(run_compile_check(args))

@@ -40,23 +40,37 @@ def test_step_benchmark_quick_run_prints_ratios():
     ):
         assert path in out
     assert "backends: Graft native, default: reference" in out  # a small model: no kernels
-    ratios = [line for line in out.splitlines() if line.startswith("ratio ")]
-    assert len(ratios) == 10  # five Graft paths over two sums of torch steps
-    assert any(
-        "Graft native, default / (Adam + SGD-m fused)" in r and "target <= 1.0" in r for r in ratios
-    )
-    assert any(
-        "Graft black-box, default / (Adam + SGD-m fused)" in r and "target <= 2.0" in r
-        for r in ratios
-    )
-    pairs = [line for line in out.splitlines() if "#" in line and "default (" in line]
-    assert [line.split(":")[0] for line in pairs] == [
-        "adagrad#rmsprop-m",
-        "adamw#nesterov",
-        "lion#signum",
-        "lamb#sgd-m",
-        "sgd-m#lars",
-    ]
+    for regime in ("back to back", "from memory"):
+        ratios = [line for line in out.splitlines() if line.startswith(f"ratio [{regime}] ")]
+        assert len(ratios) == 10  # five Graft paths over two sums of torch steps
+        assert any(
+            "Graft native, default / (Adam + SGD-m fused)" in r and "target <= 1.0" in r
+            for r in ratios
+        )
+        assert any(
+            "Graft black-box, default / (Adam + SGD-m fused)" in r and "target <= 2.0" in r
+            for r in ratios
+        )
+        pairs = out.split(f"other rule pairs, {regime}")[1].splitlines()[1:6]
+        assert [line.split(":")[0] for line in pairs] == [
+            "adagrad#rmsprop-m",
+            "adamw#nesterov",
+            "lion#signum",
+            "lamb#sgd-m",
+            "sgd-m#lars",
+        ]
+
+
+def test_from_memory_regime_reads_the_flush_buffer_before_every_timed_step():
+    step = _load("step")
+    reads = []
+    before = step.regimes(1)
+    assert list(before) == ["back to back", "from memory"] and step.regimes(0).keys() == {
+        "back to back"
+    }
+    opts = {"a": torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1)}
+    times = step.time_steps(opts, rounds=3, per_round=2, prepare=lambda: reads.append(1))
+    assert len(times["a"]) == len(reads) == 6  # once per timed step, not in the warm-up
 
 
 def _load(script: str):
