@@ -10,10 +10,11 @@ Smoke run on the CPU (what the test suite runs; the figures mean nothing there):
    reference backend (``fused=False``), on the same gradients (taken from the float64 model
    at each step). The weights and ``last_norms`` must agree to 1e-12 in float64 and 1e-5 in
    float32 (relative). Cases: rule pairs, a granularity, partial grafting, a non-finite
-   layer, a replayed schedule, and torch's own optimizers as black-box children; and A#A
+   layer, two param groups at different lrs, a replayed schedule, and torch's own
+   optimizers as black-box children; and A#A
    against torch's Adam on the device, an independent computation.
-2. No host sync: on CUDA every ``step()`` runs under ``torch.cuda.set_sync_debug_mode
-   ("error")``, which raises on any device-to-host wait.
+2. No host sync: on CUDA every ``step()`` but the first (which builds the step's plan)
+   runs under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any wait.
 3. Time: bench/step.py's paths on bench/step.py's model (on a GPU also a 210M-parameter
    one, ``--widths``) on the device (CUDA: synchronised around each step), with its ratios
    over torch's fused Adam + fused SGD-momentum.
@@ -93,6 +94,7 @@ CASES: dict[str, Any] = {
     "adam#sgd-m, global": {"magnitude": ADAM, "direction": SGD_M, "granularity": "global"},
     "adam#sgd-m, hidden grafted": {"magnitude": ADAM, "direction": SGD_M, "grafted": "hidden"},
     "adam#sgd-m, an inf gradient": {"magnitude": ADAM, "direction": SGD_M, "inf": True},
+    "adam#sgd-m, two groups' lrs": {"magnitude": ADAM, "direction": SGD_M, "groups": True},
     "replayed schedule#sgd-m": {"magnitude": "schedule", "direction": SGD_M},
     "torch Adam#SGD-m (black-box)": torch_children(torch.optim.Adam, torch.optim.SGD),
 }
@@ -100,11 +102,21 @@ CASES: dict[str, Any] = {
 
 def build(case: str, model: nn.Module, **options: Any) -> Graft:
     spec = CASES[case]
-    params = list(model.parameters())
-    args = spec(params) if callable(spec) else {k: v for k, v in spec.items() if k != "inf"}
+    params: Any = model.named_parameters()
+    if isinstance(spec, dict) and spec.get("groups"):  # the head at 0.3 × the group lr
+        head = {id(p) for p in model[-1].parameters()}
+        params = [
+            {"params": [p for p in model.parameters() if id(p) not in head]},
+            {"params": list(model[-1].parameters()), "lr": 0.3},
+        ]
+    args = (
+        spec(list(model.parameters()))
+        if callable(spec)
+        else {k: v for k, v in spec.items() if k not in ("inf", "groups")}
+    )
     if args["magnitude"] == "schedule":
         args["magnitude"] = constant_schedule(model)
-    return Graft(model.named_parameters(), **args, **options)
+    return Graft(params, **args, **options)
 
 
 def gradients(model: nn.Module, step: int, inf: bool) -> list[torch.Tensor]:
@@ -130,9 +142,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a[keep] - b[keep]).norm() / scale) if scale > 0 else float(a[keep].norm())
 
 
-def no_sync(device: torch.device):
-    """Raise on any device-to-host wait inside the block (CUDA only)."""
-    if device.type != "cuda":
+def no_sync(device: torch.device, step: int):
+    """Raise on any wait on the device inside the block: on CUDA, from the second step on
+    (the first builds the step's plan, a few small copies from the host)."""
+    if device.type != "cuda" or step == 0:
         return nullcontext()
 
     class _Guard:
@@ -160,7 +173,7 @@ def parity(case: str, device: torch.device, dtype: torch.dtype) -> tuple[float, 
             p.grad = g
             q.grad = g.to(device=device, dtype=dtype, copy=True)  # never the same tensor
         ref_opt.step()
-        with no_sync(device):
+        with no_sync(device, step):
             opt.step()
         for p, q in zip(reference.parameters(), theirs.parameters()):
             weights = max(weights, relative(q, p))
@@ -181,7 +194,7 @@ def a_a_against_torch(device: torch.device, dtype: torch.dtype) -> tuple[float, 
         for p, q, g in zip(ours.parameters(), theirs.parameters(), gradients(mlp(), step, False)):
             p.grad, q.grad = (g.to(device=device, dtype=dtype, copy=True) for _ in range(2))
         before = [q.detach().clone() for q in theirs.parameters()]
-        with no_sync(device):
+        with no_sync(device, step):
             graft.step()
         adam.step()
         pairs = list(zip(ours.parameters(), theirs.parameters()))

@@ -8,6 +8,7 @@ record the norms; then the state dict.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -502,12 +503,22 @@ class Graft(torch.optim.Optimizer):
         return backend
 
     def _lr_of(self, plan: _Plan) -> float | Tensor:
-        """Graft's group lr: one number, or one per stepped parameter when groups differ."""
+        """Graft's group lr: one number, or one per stepped parameter when groups differ,
+        filled in on the parameters' device group by group (no copy from the host, which
+        waits on a GPU), at least in float32 and in float64 for float64 parameters."""
         lrs = [g["lr"] for g in self.param_groups]
         if all(lr == lrs[0] for lr in lrs):
             return lrs[0]
-        lr_of = [g["lr"] for g in self.param_groups for p in g["params"]]
-        return torch.tensor([lr_of[i] for i in plan.key], device=plan.index.device)
+        group_of = [k for k, g in enumerate(self.param_groups) for _ in g["params"]]
+        like = plan.params[0]
+        dtype = torch.promote_types(like.dtype, torch.float32)
+        runs = itertools.groupby(group_of[i] for i in plan.key)  # stepped params, in order
+        return torch.cat(
+            [
+                torch.full((len(list(run)),), float(lrs[k]), dtype=dtype, device=like.device)
+                for k, run in runs
+            ]
+        )
 
     def _record(
         self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal

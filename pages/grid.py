@@ -56,6 +56,7 @@ SCHEDULE_NAMES = {
     "linear": "linear decay",
     "warmup_cosine": "warm-up + cosine",
 }
+PARTIAL_KEYS = ("grid.partial", "grid.partial.2", "grid.partial.3")  # partial grafts per pair
 DEFAULTS = {
     **forms.data_model_defaults("grid"),
     "grid.mode": "grid",  # the URL's group decides on a session's first run (mode_of_url)
@@ -74,7 +75,8 @@ DEFAULTS = {
     "grid.factor": math.sqrt(10),
     "grid.extensions": 2,
     "grid.tune_grafts": False,
-    "grid.partial": [],  # layer kinds of one partial graft per pair (none: whole grafts only)
+    # layer kinds of each partial graft per pair (the first empty one ends the list)
+    **{key: [] for key in PARTIAL_KEYS},
     "grid.schedule": "warmup_cosine",
     "grid.warmup_percent": 10,
     "grid.tuned.group": "",  # the comparison this session watches (also the URL's ?group=)
@@ -220,16 +222,20 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
         disabled=schedule != "warmup_cosine",
     )
     left, right = st.columns(2, vertical_alignment="center")
-    right.multiselect(
-        "Also a partial graft per pair, grafting only",
-        LAYER_KINDS,
-        key="grid.partial",
-        placeholder="none: whole grafts only",
-        help="Layer kinds that take D's direction in one more graft per pair; the other "
-        "layers take M's own step. Which layers carry D's advantage? (Zhao et al. 2024 found "
-        "SGD-like steps fail mainly on embeddings, the head and norms.) None: whole grafts "
-        "only.",
-    )
+    first, more = "Also a partial graft per pair", "And another partial graft"
+    for number, key in enumerate(PARTIAL_KEYS):
+        if number and not st.session_state[PARTIAL_KEYS[number - 1]]:
+            break  # one more appears once this one has kinds
+        right.multiselect(
+            f"{more if number else first}, grafting only",
+            LAYER_KINDS,
+            key=key,
+            placeholder="none" if number else "none: whole grafts only",
+            help="Layer kinds that take D's direction in one more graft per pair; the other "
+            "layers take M's own step. Which layers carry D's advantage? (Zhao et al. 2024 "
+            "found SGD-like steps fail mainly on embeddings, the head and norms.) None: whole "
+            f"grafts only. Up to {len(PARTIAL_KEYS)} partial grafts per pair.",
+        )
     left.checkbox(
         "Tune each graft's lr too",
         key="grid.tune_grafts",
@@ -243,6 +249,17 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
     except ValueError as error:
         return None, str(error), int(warmup), schedule
     return plan, "", int(warmup), schedule
+
+
+def chosen_partials() -> list[list[str]]:
+    """The layer kinds of each partial graft chosen, up to the first empty choice."""
+    partial = []
+    for key in PARTIAL_KEYS:
+        kinds = list(st.session_state.get(key, []))
+        if not kinds:
+            break
+        partial.append(kinds)
+    return partial
 
 
 def tuned_form() -> tuple[dict | None, str]:
@@ -268,8 +285,7 @@ def tuned_form() -> tuple[dict | None, str]:
         )
         check_fits(base)
         grid_configs(base, optimizers, seeds)  # every optimizer's settings, alone and grafted
-        kinds = list(st.session_state["grid.partial"])
-        partial = [kinds] if kinds else []
+        partial = chosen_partials()
         check_partial(base, partial)
         for label, (_, hparams) in optimizers.items():
             try:

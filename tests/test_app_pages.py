@@ -323,32 +323,44 @@ def test_a_tuned_comparison_can_tune_each_grafts_lr_too(store):
     assert len(tuned) == 2 and set(tuned["magnitude"]) == {"sgd", "adam"}
 
 
-def test_a_tuned_comparison_from_the_page_adds_a_partial_graft_per_pair(store):
+def test_a_tuned_comparison_from_the_page_adds_partial_grafts_per_pair(store):
+    """Two partial grafts per pair: the second choice appears once the first has kinds (a
+    third once the second has), and each one trains per pair, stored with the group."""
     at = tuned_page(seeds="0")
+    assert [m.key for m in at.multiselect if m.key.startswith("grid.partial")] == ["grid.partial"]
     at.multiselect(key="grid.partial").set_value(["hidden"]).run()
+    at.multiselect(key="grid.partial.2").set_value(["bias", "hidden"]).run()
+    assert [m.key for m in at.multiselect if m.key.startswith("grid.partial")] == [
+        "grid.partial",
+        "grid.partial.2",
+        "grid.partial.3",
+    ]
     assert any(
         c.value.startswith(
-            "2 optimizers × 2 lrs × 1 seed = 4 sweep runs, then 4 grafts (whole and partial) "
-            "× 1 seed: 8 runs"
+            "2 optimizers × 2 lrs × 1 seed = 4 sweep runs, then 6 grafts (whole and partial) "
+            "× 1 seed: 10 runs"
         )
         for c in at.caption
     )
     at.button(key="grid.tuned.start").click().run()
     assert not at.exception and not at.error
     group = at.query_params["group"]
-    runs = settle(at, store, 8, group)
+    runs = settle(at, store, 10, group)
     partial = runs[runs["role"] == "partial_graft"]
-    assert sorted(zip(partial["magnitude_arm"], partial["arm_variant"])) == [
-        ("adam", "hidden"),
-        ("sgd", "hidden"),
+    assert sorted(zip(partial["magnitude_arm"], partial["config.grafted"])) == [
+        ("adam", '["bias", "hidden"]'),  # stored as JSON
+        ("adam", '["hidden"]'),
+        ("sgd", '["bias", "hidden"]'),
+        ("sgd", '["hidden"]'),
     ]
-    assert (partial["config.grafted"] == '["hidden"]').all()  # stored as JSON
-    assert comparison_request(store, group)["partial"] == [("hidden",)]
+    assert comparison_request(store, group)["partial"] == [("hidden",), ("bias", "hidden")]
     shown = table_with(at, "verdict")
     assert sorted(shown["pair"]) == [
         "adam#sgd",
+        "adam#sgd [bias+hidden only]",
         "adam#sgd [hidden only]",
         "sgd#adam",
+        "sgd#adam [bias+hidden only]",
         "sgd#adam [hidden only]",
     ]
 
@@ -472,11 +484,14 @@ def test_stopping_a_tuned_comparison_stops_its_runs_and_starts_no_grafts(store):
         (("number_input", "grid.lr.sgd", -0.1), "lr"),
         (("number_input", "grid.steps", 0), "steps"),
         (("multiselect", "grid.partial", ["embedding"]), "the model has no such layers"),
+        (("multiselect", "grid.partial.2", ["bias"]), "asked for twice"),
     ],
 )
 def test_tuned_comparison_refuses_bad_input_and_starts_nothing(store, change, reason):
     kind, key, value = change
     at = tuned_page()
+    if key == "grid.partial.2":  # shown once the first partial graft has kinds
+        at.multiselect(key="grid.partial").set_value(["bias"]).run()
     getattr(at, kind)(key=key).set_value(value)
     at.button(key="grid.tuned.start").click().run()
     assert not at.exception

@@ -389,6 +389,25 @@ def test_add_param_group_reaches_both_children():
     assert not torch.equal(extra.weight, before)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["reference", "kernels"])
+def test_group_lrs_that_differ_scale_each_groups_step(fused):
+    """Graft groups at lr 1.0 and 0.3 (float64): Adam#Adam equals torch's Adam with the
+    second group's lr 0.3 times the first's, as closely as A#A equals A (0.3 is not rounded
+    to float32 on the way: that alone would differ by 4e-8)."""
+    grafted, plain = make_model(torch.float64), make_model(torch.float64)
+
+    def groups(model, first, second):
+        head = list(model.out.parameters())
+        rest = [p for p in model.parameters() if all(p is not q for q in head)]
+        return [{"params": rest, "lr": first}, {"params": head, "lr": second}]
+
+    adam = ("adam", {"lr": 1e-2})
+    opt = Graft(groups(grafted, 1.0, 0.3), adam, ("adam", {"lr": 0.5}), fused=fused)
+    train(grafted, opt, 15)
+    train(plain, torch.optim.Adam(groups(plain, 1e-2, 1e-2 * 0.3)), 15)
+    assert max_relative_difference(grafted, plain) < 1e-10
+
+
 @pytest.mark.parametrize("path", ["native", "blackbox"])
 def test_direction_none_is_plain_magnitude_with_recording(path):
     grafted, plain = make_model(), make_model()

@@ -74,16 +74,17 @@ def _per_lr(store, group, arm):
 
 
 @pytest.mark.parametrize(
-    "kinds, words",
+    "partial, words",
     [
-        (["embedding"], "Partial graft [embedding]: the model has no such layers"),
-        (["hidden", "head", "bias"], "takes every layer of the model"),
+        ([["embedding"]], "Partial graft [embedding]: the model has no such layers"),
+        ([["hidden", "head", "bias"]], "takes every layer of the model"),
+        ([["hidden", "bias"], ["bias", "hidden"]], "[bias+hidden] is asked for twice"),
     ],
 )
-def test_a_partial_graft_of_no_layer_or_of_every_layer_is_refused(store, kinds, words):
+def test_a_partial_graft_of_no_layer_of_every_layer_or_twice_is_refused(store, partial, words):
     optimizers = {"sgd": ("sgd", {"lr": 0.1}), "adam": ("adam", {"lr": 3e-3})}
     with pytest.raises(ValueError, match=re.escape(words)):
-        compare(store, RunConfig(**TINY), optimizers, seeds=(0,), partial=[kinds])
+        compare(store, RunConfig(**TINY), optimizers, seeds=(0,), partial=partial)
     assert store.runs().empty
 
 

@@ -284,9 +284,14 @@ def compare(
 
 
 def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
-    """Refuse a partial graft whose layer kinds select no layer of ``base``'s model (it would
-    be M alone) or every layer (the whole graft again). A custom task's model is the user's
-    code: not built here."""
+    """Refuse a partial graft asked for twice (the same kinds in any order), or whose layer
+    kinds select no layer of ``base``'s model (it would be M alone) or every layer (the whole
+    graft again). A custom task's model is the user's code: not built here."""
+    seen: set[frozenset[str]] = set()
+    for kinds in partial:
+        if frozenset(kinds) in seen:
+            raise ValueError(f"Partial graft [{'+'.join(kinds)}] is asked for twice")
+        seen.add(frozenset(kinds))
     if not partial or base.custom:
         return
     present = set(layer_kinds(meta_model(base)[0]).values())
