@@ -55,6 +55,13 @@ class _Plan:
     elements: int  # numbers in the active parameters
 
 
+def _check_nonnegative(name: str, value: Any, where: str = "") -> None:
+    """Refuse anything but a finite number >= 0, naming it (as torch.optim's checks do)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise ValueError(f"Invalid {name}{where}: {value!r} (must be a finite number >= 0)")
+
+
 class Graft(torch.optim.Optimizer):
     r"""Layer-wise grafting: the step *direction* of ``direction`` with the *size* of ``magnitude``.
 
@@ -189,10 +196,8 @@ class Graft(torch.optim.Optimizer):
         fused: bool | None = None,
         names: torch.nn.Module | None = None,
     ) -> None:
-        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
-        if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"Invalid eps: {eps!r} (must be a finite number >= 0)")
+        _check_nonnegative("lr", lr)
+        _check_nonnegative("eps", eps)
         if path not in PATHS:
             raise ValueError(f"Invalid path: {path!r} (valid: {PATHS})")
         if fused not in (None, True, False):
@@ -367,6 +372,8 @@ class Graft(torch.optim.Optimizer):
                 "(e.g. torch.optim.SGD(groups) or build_optimizer(spec, groups)) and pass it "
                 "to Graft as the magnitude, over model.named_parameters()"
             )
+        if "lr" in param_group:  # Graft's own multiplier; the children check their keys
+            _check_nonnegative("lr", param_group["lr"], where=" of a param group")
         param_group = dict(param_group)
         routed = routing.route(param_group, self.defaults, self._child_keys)
         if not self._ready:

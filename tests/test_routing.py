@@ -3,6 +3,8 @@ model, and the factory convention ``cls(params, lr=..., weight_decay=..., **kwar
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -71,12 +73,20 @@ def test_unprefixed_keys_reach_each_child_that_takes_them_prefixed_keys_one():
         ({"lr_scale": 2.0}, r"Invalid param group key 'lr_scale'"),
         ({"magnitude.momentum": 0.9}, r"Invalid param group key 'magnitude.momentum'"),
         ({"betas": (0.9, 5.0)}, r"'betas': \(0.9, 5.0\)"),
+        ({"lr": -1.0}, r"Invalid lr of a param group: -1.0"),  # Graft's own multiplier
+        ({"lr": math.nan}, r"Invalid lr of a param group: nan"),
+        ({"lr": "0.1"}, r"Invalid lr of a param group: '0.1'"),
     ],
 )
 def test_keys_no_child_takes_and_bad_values_are_refused_by_name(group, pattern):
     model = make_model()
     with pytest.raises(ValueError, match=pattern):
         Graft([{"params": list(model.parameters()), **group}], "adam", "sgd")
+    opt = Graft(model.parameters(), "adam", "sgd")  # add_param_group checks them too
+    extra = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=pattern):
+        opt.add_param_group({"params": list(extra.parameters()), **group})
+    assert len(opt.param_groups) == len(opt.magnitude.param_groups) == 1  # nothing added
 
 
 def test_a_ready_child_takes_no_routed_keys():
