@@ -630,11 +630,14 @@ def continue_form(group: str) -> None:
                 arms, seeds, request["plan"], variants, tune_grafts=request["tune_grafts"]
             )
 
-        low, high = count(len(seeds))
-        if high > MAX_RUNS:
+        # At most every run of the seeds but the sweeps of those trained, which are kept
+        # (their grafts train again where a tuned lr moves)
+        _, high = count(len(seeds))
+        most_new = high - len(request["optimizers"]) * request["plan"].points * len(trained)
+        if most_new > MAX_RUNS:
             problem = (
-                f"With these seeds the comparison comes to up to {high} runs, those trained "
-                f"included: more than this page trains ({MAX_RUNS}); use "
+                f"With these seeds the comparison trains up to {most_new} new runs: more "
+                f"than this page trains ({MAX_RUNS}); use "
                 f"`python -m grafting_core compare --group {group} "
                 f"--seeds {' '.join(map(str, seeds))}`."
             )
