@@ -17,7 +17,8 @@ Smoke run on the CPU (what the test suite runs; the figures mean nothing there):
    runs under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any wait.
 3. Time: bench/step.py's paths on bench/step.py's model (on a GPU also a 210M-parameter
    one, ``--widths``) on the device (CUDA: synchronised around each step), with its ratios
-   over torch's fused Adam + fused SGD-momentum.
+   over torch's fused Adam + fused SGD-momentum, and what one step of each launches (the
+   profiler's count of kernels; on the CPU, of top-level aten ops).
 Exit status 1 when any parity or sync check fails.
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import step as step_bench
@@ -230,6 +232,23 @@ def check_parity(device: torch.device, dtypes: list[torch.dtype]) -> list[str]:
     return failed
 
 
+def launches(opt: torch.optim.Optimizer, device: torch.device) -> int:
+    """What one step launches: on a GPU its kernels and copies; on the CPU the aten ops it
+    calls at top level (each a kernel launch, or several, on a GPU)."""
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+    if cuda:
+        return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
+    return sum(
+        e.name.startswith("aten::")
+        and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        for e in prof.events()
+    )
+
+
 def time_paths(device: torch.device, layers: int, width: int, rounds: int) -> None:
     """bench/step.py's paths on ``layers`` Linear(width, width) on ``device``, its ratios."""
     model = step_bench.build_model(layers, width).to(device)  # the gradients move with it
@@ -239,11 +258,15 @@ def time_paths(device: torch.device, layers: int, width: int, rounds: int) -> No
     med = {name: statistics.median(t) for name, t in times.items()}
     low = {name: min(t) for name, t in times.items()}
     numbers = sum(p.numel() for p in model.parameters())
+    unit = "kernels" if device.type == "cuda" else "ops"
     print(f"\n{layers} Linear({width}, {width}): {numbers:,} parameters on {device}")
-    print(f"{'path':34s} {'median ms':>10s} {'min ms':>8s}  backend")
+    print(f"{'path':34s} {'median ms':>10s} {'min ms':>8s} {unit + '/step':>12s}  backend")
     for name, opt in opts.items():
         where = step_bench.backend(opt) if isinstance(opt, Graft) else ""
-        print(f"{name:34s} {med[name] * 1e3:10.3f} {low[name] * 1e3:8.3f}  {where}")
+        print(
+            f"{name:34s} {med[name] * 1e3:10.3f} {low[name] * 1e3:8.3f} "
+            f"{launches(opt, device):12d}  {where}"
+        )
     for line in step_bench.ratio_lines(med, low):
         print(line)
     del opts, model
