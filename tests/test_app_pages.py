@@ -64,6 +64,14 @@ def settle(at, store: RunStore, count: int, group: str | None = None, tries: int
     return store.runs(group=group)
 
 
+def start_tuned(at, store: RunStore, count: int) -> tuple[str, pd.DataFrame]:
+    """Press the tuned form's Start: the comparison's group and, once settled, its runs."""
+    at.button(key="grid.tuned.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    return group, settle(at, store, count, group)
+
+
 def chart_titled(at, start: str) -> int:
     """Index of the page's plotly chart whose title starts with ``start``."""
     titles = [figure["layout"].get("title", {}).get("text", "") for figure in page_figures(at)]
@@ -251,9 +259,7 @@ def test_a_finished_comparison_continues_with_more_seeds_from_the_page(store):
     """Continue trains only the new seed's runs, in the same group, with the stored
     settings: the verdicts equal those of the comparison made with both seeds in one go."""
     at = tuned_page(seeds="0")
-    at.button(key="grid.tuned.start").click().run()
-    group = at.query_params["group"]
-    first = settle(at, store, 6, group)
+    group, first = start_tuned(at, store, 6)
     seeds = at.text_input(key=f"grid.tuned.more_seeds.{group}.0")
     assert seeds.value == "0, 1, 2"  # two more by default
     seeds.set_value("0").run()
@@ -302,10 +308,7 @@ def test_a_tuned_comparison_can_tune_each_grafts_lr_too(store):
         )
         for c in at.caption
     )
-    at.button(key="grid.tuned.start").click().run()
-    assert not at.exception and not at.error
-    group = at.query_params["group"]
-    runs = settle(at, store, 10, group)
+    group, runs = start_tuned(at, store, 10)
     assert sorted(runs["role"].value_counts().items()) == [
         ("graft", 2),
         ("graft_lr", 4),
@@ -343,10 +346,7 @@ def test_a_tuned_comparison_from_the_page_adds_partial_grafts_per_pair(store):
         )
         for c in at.caption
     )
-    at.button(key="grid.tuned.start").click().run()
-    assert not at.exception and not at.error
-    group = at.query_params["group"]
-    runs = settle(at, store, 10, group)
+    group, runs = start_tuned(at, store, 10)
     partial = runs[runs["role"] == "partial_graft"]
     assert sorted(zip(partial["magnitude_arm"], partial["config.grafted"])) == [
         ("adam", '["bias", "hidden"]'),  # stored as JSON
@@ -370,9 +370,7 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     """The form trains sgd#adam again at another lr of SGD in the comparison's group; the
     page's table and figure show graft_lr_table's values; bad input starts nothing."""
     at = tuned_page(seeds="0, 1")
-    at.button(key="grid.tuned.start").click().run()
-    group = at.query_params["group"]
-    first = settle(at, store, 12, group)
+    group, first = start_tuned(at, store, 12)
     tuned_sgd = first.loc[
         first["role"].eq("tuned") & first["magnitude_arm"].eq("sgd"), LR_COLUMN
     ].iloc[0]
@@ -445,9 +443,7 @@ def test_a_comparisons_partial_grafts_are_named_apart_in_its_verdicts(store):
 
 def test_a_comparison_made_before_settings_were_kept_says_how_to_continue(store):
     at = tuned_page(seeds="0")
-    at.button(key="grid.tuned.start").click().run()
-    group = at.query_params["group"]
-    settle(at, store, 6, group)
+    group, _ = start_tuned(at, store, 6)
     store._write(lambda conn: conn.execute("DELETE FROM groups"))  # as an older version left it
     at.run()
     assert "grid.tuned.continue" not in [button.key for button in at.button]
