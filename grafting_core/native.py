@@ -17,12 +17,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .dtensor import has_dtensor, local_tensors
 from .rules import RULES, Rule, init_state, needed_buffers, resolve_hparams
-from .sharded import NOT_ELEMENTWISE, has_dtensor, local_tensors
 
 #: Group keys that are not hyperparameters: the parameters, their names, and the multiplier
 #: that :meth:`StaticRatios.param_groups <grafting_core.StaticRatios.param_groups>` records.
 GROUP_KEYS = ("params", "param_names", "static_ratio")
+#: Why a rule that is not element-wise cannot run on DTensor (FSDP2) shards.
+NOT_ELEMENTWISE = (
+    "Native rule {name!r} computes per-tensor trust ratios from whole-tensor "
+    "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
+    "use its shard's norms. Use it under DDP or in one process, or pick an "
+    "element-wise rule ({elementwise})."
+)
 
 
 class NativeOptimizer(torch.optim.Optimizer):

@@ -19,7 +19,9 @@ averaged gradients: Graft needs nothing from this module there.
 
 Everything here is decided once, when ``Graft`` is built (:func:`detect`): which mesh
 dimensions are summed over and whether each child can step DTensor parameters. The
-single-process step never looks at any of it.
+single-process step never looks at any of it. The DTensor helpers this backend shares with
+:mod:`grafting_core.native` (local shards, :class:`~grafting_core.dtensor.Sharding`) are in
+the leaf module :mod:`grafting_core.dtensor`.
 
 .. warning:: A non-finite gradient is found per shard before the children step and only
     everywhere after the reduction. A layer whose gradient is NaN/inf on any shard is skipped
@@ -30,15 +32,14 @@ single-process step never looks at any of it.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from . import reference
 from .core import Proposal
+from .dtensor import Sharding, dtensor_type, local_tensors
+from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
 #: torch optimizers with element-wise steps that run on DTensor shards as they are (each
@@ -82,59 +83,10 @@ UNKNOWN_CHILD = (
     "element-wise (or written in DTensor-aware ops) set `supports_dtensor = True` "
     "on the class or instance first"
 )
-NOT_ELEMENTWISE = (
-    "Native rule {name!r} computes per-tensor trust ratios from whole-tensor "
-    "norms, which are not reduced across DTensor (FSDP2) shards: each rank would "
-    "use its shard's norms. Use it under DDP or in one process, or pick an "
-    "element-wise rule ({elementwise})."
-)
 MIXED = (
     "Graft needs all its parameters to be DTensors on one device mesh when any is "
     "(fully_shard the root module too); {problem}"
 )
-
-
-def dtensor_type() -> type | None:
-    """``DTensor``, or None when ``torch.distributed.tensor`` was never imported (then no
-    parameter can be one, and checking costs nothing)."""
-    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-
-
-def has_dtensor(tensors: list[Tensor]) -> bool:
-    """Whether any of ``tensors`` is a ``DTensor``."""
-    cls = dtensor_type()
-    return cls is not None and any(isinstance(t, cls) for t in tensors)
-
-
-def local_tensors(tensors: list[Tensor]) -> list[Tensor]:
-    """Each DTensor's local shard (sharing its storage), other tensors as they are."""
-    cls = dtensor_type()
-    return [t.to_local() if cls is not None and isinstance(t, cls) else t for t in tensors]
-
-
-@dataclass(frozen=True)
-class Sharding:
-    """How Graft's parameters are sharded, and the one reduction that makes their norms whole."""
-
-    groups: tuple[Any, ...]  # process groups summed over: mesh dims some parameter is sharded on
-    weights: tuple[float, ...] | None  # per parameter: 0 where a replicated copy must not count
-    comm_device: torch.device | None  # where the vector travels when not the shards' (offload)
-
-    def whole_norms(self, pieces: list[Tensor], key: tuple[int, ...]) -> list[Tensor]:
-        """Whole-tensor norms from per-tensor shard norms (one 1-D tensor per quantity): one
-        all_reduce of all their squares."""
-        squares = torch.stack([s.to(torch.float64) for s in pieces]).square()
-        if self.weights is not None:
-            squares.mul_(
-                torch.tensor(
-                    [self.weights[i] for i in key], dtype=torch.float64, device=squares.device
-                )
-            )
-        vector = squares if self.comm_device is None else squares.to(self.comm_device)
-        for group in self.groups:  # one group for FSDP2 and HSDP
-            torch.distributed.all_reduce(vector, group=group)
-        norms = vector.to(squares.device).sqrt()
-        return [row.to(s.dtype) for row, s in zip(norms.unbind(), pieces)]
 
 
 def detect(graft: Any) -> Sharding | None:
@@ -186,8 +138,6 @@ def detect(graft: Any) -> Sharding | None:
 
 def _check_child(role: str, child: Any) -> None:
     """A clear error now for a child that cannot step DTensor shards."""
-    from .native import NativeOptimizer  # native.py imports this module
-
     if child is None or isinstance(child, MagnitudeSchedule | NativeOptimizer):
         return  # a native child checked its rule when it was built over the DTensors
     declared = getattr(child, "supports_dtensor", None)
