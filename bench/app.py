@@ -50,10 +50,10 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from grafting_core.lab.config import RunConfig  # noqa: E402
-from grafting_core.lab.executor import usable_cores  # noqa: E402
-from grafting_core.lab.runner import create_run, request_stop  # noqa: E402
-from grafting_core.lab.store import RunStore  # noqa: E402
+from grafting_core.lab.runs.config import RunConfig  # noqa: E402
+from grafting_core.lab.runs.executor import usable_cores  # noqa: E402
+from grafting_core.lab.runs.runner import create_run, request_stop  # noqa: E402
+from grafting_core.lab.store.run_store import RunStore  # noqa: E402
 from ui.charts import LIVE_CHART_FRAME as LIVE_CHART  # noqa: E402
 
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'

@@ -40,7 +40,7 @@ from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from grafting_core.lab import figures  # noqa: E402
+from grafting_core.lab.figures import runs as run_figures  # noqa: E402
 
 LAYERS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
 RUNS = {"a": "adam", "b": "sgd", "c": "adam#sgd", "d": "sgd#adam"}
@@ -76,7 +76,7 @@ panel()
 def frames(count: int = 25) -> list[list[dict]]:
     """The four live figures of a Graft lab at ``count`` moments of four growing runs."""
     rng = np.random.default_rng(0)
-    colors = figures.run_colors(list(RUNS))
+    colors = run_figures.run_colors(list(RUNS))
     out = []
     for k in range(count):
         steps = np.arange(3000 + 800 * k)
@@ -117,16 +117,18 @@ def frames(count: int = 25) -> list[list[dict]]:
         )
         layer = norms[norms["layer"] == LAYERS[0]]
         figs = [
-            figures.metric_curves(
+            run_figures.metric_curves(
                 metrics, metric="train_loss", labels=RUNS, colors=colors, smoothing=0.6, x_max=30000
             ),
-            figures.metric_curves(
+            run_figures.metric_curves(
                 metrics, metric="val_accuracy", labels=RUNS, colors=colors, x_max=30000
             ),
-            figures.norm_trajectories(
+            run_figures.norm_trajectories(
                 layer, layer=LAYERS[0], labels=RUNS, colors=colors, plain=["a", "b"], x_max=30000
             ),
-            figures.norm_heatmap(norms[norms["run_id"] == "c"].drop(columns="run_id"), x_max=30000),
+            run_figures.norm_heatmap(
+                norms[norms["run_id"] == "c"].drop(columns="run_id"), x_max=30000
+            ),
         ]
         out.append([json.loads(f.to_json()) for f in figs])
     return out

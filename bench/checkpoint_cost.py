@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.runner import create_run
-from grafting_core.lab.store import RunStore
-from grafting_core.lab.trainer import Trainer
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.runner import create_run
+from grafting_core.lab.runs.trainer import Trainer
+from grafting_core.lab.store.run_store import RunStore
 
 TASKS = {"mlp/mnist1d": ("mnist1d", 64), "transformer/chars": ("chars", 32)}
 CADENCES = (100, 200, 500, 1000)

@@ -16,11 +16,11 @@ import argparse
 import tempfile
 import time
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.experiments import LAB_OPTIMIZERS
-from grafting_core.lab.protocol import SweepPlan, compare
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.compare import SweepPlan, compare
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import LocalExecutor
+from grafting_core.lab.store.run_store import RunStore
 
 
 def timed_compare(base: RunConfig, workers: int, seeds: tuple[int, ...], points: int) -> tuple:

@@ -23,12 +23,13 @@ import time
 
 import msgpack
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.dask_executor import DaskExecutor, StreamSink
-from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.experiments import LAB_OPTIMIZERS, grid
-from grafting_core.lab.runner import RunTicket, StoreSink, create_run, prepare_run, train
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.grid import grid
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.dask_executor import DaskExecutor, StreamSink
+from grafting_core.lab.runs.executor import LocalExecutor
+from grafting_core.lab.runs.runner import RunTicket, StoreSink, create_run, prepare_run, train
+from grafting_core.lab.store.run_store import RunStore
 
 OPTIMIZERS = {name: LAB_OPTIMIZERS[name] for name in ("sgd", "adam", "adagrad", "rmsprop")}
 

@@ -25,11 +25,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from grafting_core.lab import figures  # noqa: E402
-from grafting_core.lab.config import RunConfig  # noqa: E402
-from grafting_core.lab.experiments import new_group  # noqa: E402
-from grafting_core.lab.runner import create_run  # noqa: E402
-from grafting_core.lab.store import RunStore  # noqa: E402
+from grafting_core.lab.experiments.common import new_group  # noqa: E402
+from grafting_core.lab.figures import runs as run_figures  # noqa: E402
+from grafting_core.lab.runs.config import RunConfig  # noqa: E402
+from grafting_core.lab.runs.runner import create_run  # noqa: E402
+from grafting_core.lab.store.run_store import RunStore  # noqa: E402
 
 LAYERS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
 FIELDS = ["magnitude_norm", "direction_norm", "step_norm", "grad_norm", "weight_norm"]
@@ -92,7 +92,7 @@ def main() -> None:
 
         totals: collections.Counter = collections.Counter()
         for name in ("metric_curves", "norm_trajectories", "norm_heatmap"):
-            timed(totals, figures, name)
+            timed(totals, run_figures, name)
         for name in ("group_runs", "poll_metrics", "poll_norms"):
             timed(totals, live, name)
         page = AppTest.from_file(str(ROOT / "pages" / "graft_lab.py"), default_timeout=300)

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grafting_core import Graft, build_optimizer
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.models import build_model, default_model
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model, default_model
 
 ARMS = {  # label -> (magnitude, direction); direction None: plain magnitude
     "adam": ("adam", None),

@@ -21,11 +21,11 @@ import time
 import torch
 
 from grafting_core import Graft
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.models import build_model, default_model, loss_fn
-from grafting_core.lab.runner import create_run, execute_run
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.store.run_store import RunStore
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model, default_model, loss_fn
 
 TASKS = {"mlp/mnist1d": ("mnist1d", 2000, 64), "transformer/chars": ("chars", 200, 32)}
 

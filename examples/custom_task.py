@@ -2,12 +2,12 @@
 
 A custom task is any function that returns `(model, dataset)`:
 - `model` is a `torch.nn.Module` mapping a batch of inputs to outputs;
-- `dataset` is a `grafting_core.lab.data.Dataset` holding train/val tensors in memory.
+- `dataset` is a `grafting_core.lab.tasks.data.Dataset` holding train/val tensors in memory.
 
 The engine then trains it like a built-in task. Load it by spec, "file.py:function" or
 "package.module:function"; keyword arguments reach the function:
 
-    from grafting_core.lab.custom import load_custom
+    from grafting_core.lab.tasks.custom import load_custom
     model, dataset = load_custom("examples/custom_task.py:sine_task", width=32)
 
 Tips:
@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from grafting_core.lab.data import Dataset
+from grafting_core.lab.tasks.data import Dataset
 
 
 def sine_task(

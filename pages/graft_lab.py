@@ -1,16 +1,16 @@
 """Graft lab (landing page): train M alone, D alone and M#D side by side and watch them live.
 
 Runs train in worker processes (ui.resources); this page only writes configs to the store,
-reads it back once a second in a fragment, and draws the engine's figures. The watched
+reads it back once a second in a fragment, and draws the engine's run_figures. The watched
 group is in the URL (``?group=<id>``), so a reloaded or reopened tab re-attaches.
 """
 
 import streamlit as st
 
 from grafting_core import GRANULARITIES
-from grafting_core.lab import figures
-from grafting_core.lab.capacity import check_fits
-from grafting_core.lab.config import RunConfig
+from grafting_core.lab.figures import runs as run_figures
+from grafting_core.lab.runs.capacity import check_fits
+from grafting_core.lab.runs.config import RunConfig
 from ui import charts, forms, live
 from ui.resources import get_store, start_group
 from ui.state import keep_valid, page_setup
@@ -99,7 +99,7 @@ def norms_section(runs, task: str) -> None:
         "applies to D. Runs without D show their own step ‖Δ‖."
     )
     labels = dict(zip(runs["run_id"], runs["label"]))
-    colors = figures.run_colors(runs["run_id"].tolist())
+    colors = run_figures.run_colors(runs["run_id"].tolist())
     plain = runs.loc[runs["config.direction"] == "", "run_id"].tolist()
     layers = next(
         (names for names in (get_store().layer_norm_names(r)[0] for r in runs["run_id"]) if names),
@@ -117,7 +117,7 @@ def norms_section(runs, task: str) -> None:
     with right:
         shown = st.multiselect("Runs", ids, key="lab.norm_runs", format_func=labels.get)
     norms = live.poll_norms(shown, "lab.norm_cache", layer=layer)
-    fig = figures.norm_trajectories(
+    fig = run_figures.norm_trajectories(
         norms,
         layer=layer,
         labels={r: labels[r] for r in shown},
@@ -140,13 +140,13 @@ def norms_section(runs, task: str) -> None:
             "Quantity",
             ["ratio", "magnitude_norm", "direction_norm"],
             key="lab.heatmap_quantity",
-            format_func=lambda q: figures.QUANTITIES[q][1],
+            format_func=lambda q: run_figures.QUANTITIES[q][1],
         )
     heat = live.poll_norms([heat_run], "lab.norm_cache")
-    fig = figures.norm_heatmap(
+    fig = run_figures.norm_heatmap(
         heat.drop(columns="run_id"),
         quantity=quantity,
-        title=f"All layers of {labels[heat_run]}: {figures.QUANTITIES[quantity][1]} per step",
+        title=f"All layers of {labels[heat_run]}: {run_figures.QUANTITIES[quantity][1]} per step",
         x_max=live.steps_of(runs),
     )
     charts.show(fig, key="lab.heatmap_chart", live=True)

@@ -8,8 +8,8 @@ draws M's and D's proposed steps and the grafted step at that point.
 import streamlit as st
 
 from grafting_core import RULES
-from grafting_core.lab import figures_2d
-from grafting_core.lab.toy2d import LAYOUTS, PRESETS, grafted_paths, make_problem
+from grafting_core.lab.figures import toy2d as toy2d_figures
+from grafting_core.lab.tasks.toy2d import LAYOUTS, PRESETS, grafted_paths, make_problem
 from ui import charts, forms
 from ui.state import page_setup
 
@@ -181,17 +181,17 @@ def main() -> None:
     st.session_state["toy.step"] = min(st.session_state["toy.step"], steps - 1)
     step = st.slider("step (arrows drawn at this step of M#D)", 0, steps - 1, key="toy.step")
     charts.show(
-        figures_2d.paths_figure(problem, paths, step, clickable=True),
+        toy2d_figures.paths_figure(problem, paths, step, clickable=True),
         key="toy.paths",
         on_select="rerun",
         selection_mode="points",
     )
     st.caption("Click anywhere on the contour plot to start the paths from there.")
     st.markdown(reading(paths))
-    charts.show(figures_2d.curves_figure(paths), key="toy.curves")
+    charts.show(toy2d_figures.curves_figure(paths), key="toy.curves")
     if st.button("Prepare animated HTML for slides", key="toy.prepare"):
         with st.spinner("Building one frame per step…"):
-            st.session_state["toy.html"] = figures_2d.export_html(problem, paths)
+            st.session_state["toy.html"] = toy2d_figures.export_html(problem, paths)
     if st.session_state.get("toy.html"):
         st.download_button(
             "Download HTML (works offline)",

@@ -14,26 +14,21 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core import LAYER_KINDS
-from grafting_core.lab import experiment_figures
-from grafting_core.lab.capacity import check_fits
-from grafting_core.lab.config import SCHEDULES, RunConfig
-from grafting_core.lab.experiments import (
-    LAB_OPTIMIZERS,
-    grid_configs,
-    grid_matrix,
-    grid_reading,
-    grid_table,
-)
-from grafting_core.lab.graft_lrs import GRAFT_ROLES, graft_lr_table, plan_graft_lrs
-from grafting_core.lab.graft_lrs import ROLE as GRAFT_LR_ROLE
-from grafting_core.lab.protocol import (
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.compare import (
     LR_COLUMN,
     SweepPlan,
     check_partial,
     comparison_request,
     read_comparison,
 )
-from grafting_core.lab.verdict import closer_to_words
+from grafting_core.lab.experiments.graft_lrs import GRAFT_ROLES, graft_lr_table, plan_graft_lrs
+from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
+from grafting_core.lab.experiments.grid import grid_configs, grid_matrix, grid_reading, grid_table
+from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.runs.capacity import check_fits
+from grafting_core.lab.runs.config import SCHEDULES, RunConfig
 from ui import charts, forms, live
 from ui.resources import (
     comparison_state,

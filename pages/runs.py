@@ -5,10 +5,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from grafting_core.lab import figures
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.experiments import final_metrics
-from grafting_core.lab.tensorboard_export import export_runs
+from grafting_core.lab.experiments.common import final_metrics
+from grafting_core.lab.figures import runs as run_figures
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.store.tensorboard import export_runs
 from ui import catalog, charts, forms, live
 from ui.resources import get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
@@ -104,7 +104,7 @@ def compare(runs, labels: dict[str, str]) -> None:
         return
     store = get_store()
     metrics = store.metrics(selected)
-    names = [n for n in figures.METRIC_TITLES if n in set(metrics["name"])]
+    names = [n for n in run_figures.METRIC_TITLES if n in set(metrics["name"])]
     if not names:
         st.info("These runs have no metrics yet.")
         return
@@ -112,25 +112,25 @@ def compare(runs, labels: dict[str, str]) -> None:
         st.session_state["runs.metric"] = names[0]
     left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
     metric = left.selectbox(
-        "Metric", names, key="runs.metric", format_func=figures.METRIC_TITLES.get
+        "Metric", names, key="runs.metric", format_func=run_figures.METRIC_TITLES.get
     )
     smoothing = middle.slider("Smoothing", 0.0, 0.99, key="runs.smoothing")
     log_y = right.checkbox("Log scale", key="runs.log_y")
     chosen = runs[runs["run_id"].isin(selected)].iloc[::-1]  # oldest first, as on Graft lab
     legend = catalog.legend_labels(chosen)
     tasks = {forms.task_of(str(d)) for d in chosen["config.dataset"]}
-    y_title = figures.METRIC_TITLES[metric]
+    y_title = run_figures.METRIC_TITLES[metric]
     if metric in ("train_loss", "val_loss") and len(tasks) == 1:
         y_title = live.loss_title(
             tasks.pop(), "training" if metric == "train_loss" else "validation"
         )
-    fig = figures.metric_curves(
+    fig = run_figures.metric_curves(
         metrics,
         metric=metric,
         smoothing=smoothing,
         log_y=log_y,
         labels={r: legend[r] for r in chosen["run_id"]},
-        title=figures.METRIC_TITLES[metric],
+        title=run_figures.METRIC_TITLES[metric],
         y_title=y_title,
     )
     charts.show(fig, key="runs.chart")
@@ -145,7 +145,7 @@ def compare(runs, labels: dict[str, str]) -> None:
     )
     col_html.download_button(
         "Chart (HTML)",
-        lambda: figures.figure_html(fig),
+        lambda: run_figures.figure_html(fig),
         file_name=f"{metric}.html",
         mime="text/html",
         key="runs.html",

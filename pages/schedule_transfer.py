@@ -9,10 +9,11 @@ saved run). A fragment reads the store once a second. The group is in the URL
 import pandas as pd
 import streamlit as st
 
-from grafting_core.lab import experiment_figures, figures
-from grafting_core.lab.capacity import check_fits
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.experiments import start_schedule_transfer
+from grafting_core.lab.experiments.transfer import start_schedule_transfer
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.figures import runs as run_figures
+from grafting_core.lab.runs.capacity import check_fits
+from grafting_core.lab.runs.config import RunConfig
 from ui import charts, forms, live
 from ui.resources import get_jobs, get_store
 from ui.state import keep_valid, page_setup
@@ -215,11 +216,11 @@ def replay_section(runs: pd.DataFrame) -> None:
     ids = runs["run_id"].tolist()
     norms = live.poll_norms(ids, "transfer.norm_cache")
     plain = runs.loc[runs["config.direction"] == "", "run_id"].tolist()
-    fig = figures.norm_trajectories(
+    fig = run_figures.norm_trajectories(
         norms,
         layer=layer,
         labels=dict(zip(ids, runs["label"])),
-        colors=figures.run_colors(ids),
+        colors=run_figures.run_colors(ids),
         plain=plain,
         title=f"Layer {layer}: step norms in each run",
     )

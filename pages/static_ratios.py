@@ -16,13 +16,9 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core import STATISTICS, StaticRatios
-from grafting_core.lab import experiment_figures, figures
-from grafting_core.lab.analysis import ratio_trajectories, static_ratios_from_run
-from grafting_core.lab.arms import Arm, PlannedRun
-from grafting_core.lab.capacity import check_fits
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.experiments import final_metrics, static_ratio_configs_from
-from grafting_core.lab.ratio_study import (
+from grafting_core.lab.experiments.analysis import static_ratios_from_run
+from grafting_core.lab.experiments.common import final_metrics
+from grafting_core.lab.experiments.ratio_study import (
     SCOPES,
     STUDY_KIND,
     WINDOWS,
@@ -30,6 +26,13 @@ from grafting_core.lab.ratio_study import (
     plan_static_ratio_study,
     static_ratio_table,
 )
+from grafting_core.lab.experiments.static_ratios import static_ratio_configs_from
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.figures import runs as run_figures
+from grafting_core.lab.runs.arms import Arm, PlannedRun
+from grafting_core.lab.runs.capacity import check_fits
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.store.norms import ratio_trajectories
 from grafting_core.registry import OptimizerSpec
 from ui import charts, forms, live
 from ui.resources import get_store, queue_runs, start_group
@@ -361,7 +364,7 @@ def results(runs: pd.DataFrame) -> None:
     store = get_store()
     finals = final_metrics(store, runs["run_id"].tolist()).set_index("run_id")
     labels = dict(zip(runs["run_id"], runs["label"]))
-    colors = figures.run_colors(runs["run_id"].tolist())
+    colors = run_figures.run_colors(runs["run_id"].tolist())
     weights = None
     for run_id in runs["run_id"]:
         if "layers" in store.artifact_names(run_id):

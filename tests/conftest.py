@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 import torch
 
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

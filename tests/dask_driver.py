@@ -13,9 +13,9 @@ import os
 import sys
 import time
 
-from grafting_core.lab.dask_executor import DaskExecutor
-from grafting_core.lab.runner import create_run
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.runs.dask_executor import DaskExecutor
+from grafting_core.lab.runs.runner import create_run
+from grafting_core.lab.store.run_store import RunStore
 from tests.reliability_parent import LONG  # the same long run as the local parent's
 
 

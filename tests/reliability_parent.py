@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 import time
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.runner import create_run
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import LocalExecutor
+from grafting_core.lab.runs.runner import create_run
+from grafting_core.lab.store.run_store import RunStore
 
 LONG = RunConfig(
     dataset="mnist1d",

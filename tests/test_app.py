@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.runner import create_run, execute_run
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", "pages/graft_lab.py", "pages/runs.py"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from grafting_core.lab.toy2d import PRESETS
+from grafting_core.lab.tasks.toy2d import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,21 +16,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grafting_core.lab.analysis import static_ratios_from_run
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.graft_lrs import graft_lr_table
-from grafting_core.lab.models import build_model
-from grafting_core.lab.protocol import (
+from grafting_core.lab.experiments.analysis import static_ratios_from_run
+from grafting_core.lab.experiments.compare import (
     LR_COLUMN,
     SweepPlan,
     compare,
     comparison_request,
     read_comparison,
 )
-from grafting_core.lab.ratio_study import static_ratio_table
-from grafting_core.lab.store import RunStore
-from grafting_core.lab.verdict import closer_to_words
+from grafting_core.lab.experiments.graft_lrs import graft_lr_table
+from grafting_core.lab.experiments.ratio_study import static_ratio_table
+from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.store.run_store import RunStore
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model
 from tests.test_app import chart_traces, page, page_figures, train_inline
 from tests.test_protocol import TINY as TINY_COMPARISON
 

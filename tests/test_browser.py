@@ -27,14 +27,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.experiments import (
-    LAB_OPTIMIZERS,
-    grid,
-    schedule_transfer,
-    static_ratio_experiment,
-)
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.grid import grid
+from grafting_core.lab.experiments.static_ratios import static_ratio_experiment
+from grafting_core.lab.experiments.transfer import schedule_transfer
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.store.run_store import RunStore
 from ui.charts import LIVE_CHART_FRAME as LIVE_CHART
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from grafting_core.lab.cli import main
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.store.run_store import RunStore
 
 TINY = [
     "--width",

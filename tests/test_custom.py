@@ -1,4 +1,4 @@
-"""Tests for grafting_core.lab.custom: the example loads, and each bad spec is a clear error."""
+"""Tests for grafting_core.lab.tasks.custom: the example loads; each bad spec is a clear error."""
 
 import sys
 import textwrap
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grafting_core.lab.custom import load_custom, parse_spec
-from grafting_core.lab.data import Dataset
-from grafting_core.lab.models import loss_fn
+from grafting_core.lab.tasks.custom import load_custom, parse_spec
+from grafting_core.lab.tasks.data import Dataset
+from grafting_core.lab.tasks.models import loss_fn
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_task.py"
 
@@ -26,7 +26,7 @@ def _one_thread():
 GOOD_TASK = """
     import torch
     from torch import nn
-    from grafting_core.lab.data import Dataset
+    from grafting_core.lab.tasks.data import Dataset
 
     def build(n=16, classes=3):
         x = torch.randn(n, 4)

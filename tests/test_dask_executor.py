@@ -17,14 +17,14 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from grafting_core.lab import executor as executor_module
 from grafting_core.lab.cli import main
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.dask_executor import DaskExecutor
-from grafting_core.lab.experiments import final_metrics
-from grafting_core.lab.runner import create_run, request_stop
-from grafting_core.lab.store import RunStore, _pid_alive
-from grafting_core.lab.trainer import read_checkpoint
+from grafting_core.lab.experiments.common import final_metrics
+from grafting_core.lab.runs import executor as executor_module
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.dask_executor import DaskExecutor
+from grafting_core.lab.runs.runner import create_run, request_stop
+from grafting_core.lab.runs.trainer import read_checkpoint
+from grafting_core.lab.store.run_store import RunStore, _pid_alive
 from tests.dask_driver import LONG
 from tests.test_reliability import (
     ROOT,
@@ -94,7 +94,7 @@ def _refuse_sqlite() -> None:
 
 def _runs_training() -> int:
     """In a worker: how many runs train in this process now."""
-    from grafting_core.lab import lifeline
+    from grafting_core.lab.runs import lifeline
 
     return len(lifeline._ACTIVE)
 

@@ -1,4 +1,4 @@
-"""Tests for grafting_core.lab.data: shapes, determinism, pure batches, offline, no files."""
+"""Tests for grafting_core.lab.tasks.data: shapes, determinism, pure batches, offline, no files."""
 
 import math
 import random
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from grafting_core.lab.data import (
+from grafting_core.lab.tasks.data import (
     DATASETS,
     Dataset,
     dataset_names,
@@ -259,7 +259,7 @@ def test_dataset_record_validates_user_input():
 
 def _teacher_train_loss(condition, optimizer, lr):
     """Final train MSE of a small MLP after 300 steps on a small teacher dataset."""
-    from grafting_core.lab.models import build_model, loss_fn
+    from grafting_core.lab.tasks.models import build_model, loss_fn
 
     ds = load_dataset("teacher", n_train=1024, n_val=64, condition=condition)
     model = build_model("mlp", ds, width=64)

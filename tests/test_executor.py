@@ -7,8 +7,8 @@ import os
 import sys
 import types
 
-from grafting_core.lab import executor as executor_module
-from grafting_core.lab.executor import LocalExecutor, usable_cores
+from grafting_core.lab.runs import executor as executor_module
+from grafting_core.lab.runs.executor import LocalExecutor, usable_cores
 
 
 def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):

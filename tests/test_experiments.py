@@ -6,22 +6,23 @@ from concurrent.futures import CancelledError, Future
 import pandas as pd
 import pytest
 
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.experiments import (
-    LAB_OPTIMIZERS,
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.grid import (
     grid,
     grid_configs,
     grid_matrix,
     grid_reading,
     grid_spreads,
-    schedule_transfer,
+)
+from grafting_core.lab.experiments.static_ratios import (
     static_ratio_configs,
     static_ratio_experiment,
-    submit_after,
 )
-from grafting_core.lab.runner import create_run, request_stop
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.experiments.transfer import schedule_transfer, submit_after
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import LocalExecutor
+from grafting_core.lab.runs.runner import create_run, request_stop
+from grafting_core.lab.store.run_store import RunStore
 
 BASE = RunConfig(
     dataset="mnist1d",

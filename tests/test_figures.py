@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grafting_core.lab import experiment_figures, figures
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.figures import runs as run_figures
 
 
 def _metrics(runs: dict[str, np.ndarray], name: str = "train_loss") -> pd.DataFrame:
@@ -33,24 +34,24 @@ def _norms(run_id: str, steps: int, layers: list[str], m: float, d: float) -> pd
 
 def test_metric_curves_one_trace_per_run_in_label_order_and_capped():
     data = _metrics({"a": np.linspace(2, 1, 5000), "b": np.linspace(3, 2, 100)})
-    fig = figures.metric_curves(data, labels={"b": "run b", "a": "run a"}, max_points=2000)
+    fig = run_figures.metric_curves(data, labels={"b": "run b", "a": "run a"}, max_points=2000)
     assert [t.name for t in fig.data] == ["run b", "run a"]
     assert len(fig.data[0].x) == 100 and len(fig.data[1].x) == 2000
     assert fig.data[1].x[0] == 0 and fig.data[1].x[-1] == 4999  # ends kept
-    assert fig.layout.xaxis.title.text == figures.STEP_TITLE
+    assert fig.layout.xaxis.title.text == run_figures.STEP_TITLE
     assert fig.layout.yaxis.title.text and fig.layout.showlegend
 
 
 def test_smoothing_is_a_debiased_moving_average():
     values = pd.Series([1.0, 3.0])
-    smoothed = figures.smooth(values, 0.5)
+    smoothed = run_figures.smooth(values, 0.5)
     assert smoothed.iloc[0] == 1.0
     assert smoothed.iloc[1] == pytest.approx((0.5 * 1.0 + 1.0 * 3.0) / 1.5)
 
 
 def test_a_diverging_run_does_not_flatten_the_others():
     blown = np.r_[np.linspace(2, 1, 200), 1e12]
-    fig = figures.metric_curves(_metrics({"ok": np.linspace(2, 1, 200), "bad": blown}))
+    fig = run_figures.metric_curves(_metrics({"ok": np.linspace(2, 1, 200), "bad": blown}))
     low, high = fig.layout.yaxis.range
     assert low < 1.0 and 2.0 < high < 10.0
 
@@ -59,7 +60,7 @@ def test_norm_trajectories_ratio_and_plain_runs():
     norms = pd.concat(
         [_norms("g", 5, ["w", "b"], m=0.2, d=0.05), _norms("p", 5, ["w", "b"], m=0.1, d=0.1)]
     )
-    fig = figures.norm_trajectories(
+    fig = run_figures.norm_trajectories(
         norms, layer="w", labels={"p": "adam", "g": "adam#sgd"}, plain=["p"]
     )
     names = [t.name for t in fig.data]
@@ -76,11 +77,11 @@ def test_long_norm_trajectories_keep_evenly_spaced_steps_with_their_values():
         ignore_index=True,
     )
     norms["value"] = rng.uniform(0.1, 1.0, len(norms))
-    fig = figures.norm_trajectories(norms, layer="b", max_points=500)
+    fig = run_figures.norm_trajectories(norms, layer="b", max_points=500)
     for run_id, steps in (("a", 3000), ("c", 700)):
         want = norms[(norms["run_id"] == run_id) & (norms["layer"] == "b")]
         want = want.pivot(index="step", columns="field", values="value")
-        want = figures.decimate(want, 500)  # the first and last step, evenly spaced between
+        want = run_figures.decimate(want, 500)  # the first and last step, evenly spaced between
         m, d, ratio = (t for t in fig.data if t.name.startswith(run_id))
         assert len(m.x) == 500 and m.x[0] == 0 and m.x[-1] == steps - 1
         assert np.array_equal(m.x, want.index) and np.allclose(m.y, want["magnitude_norm"])
@@ -90,13 +91,13 @@ def test_long_norm_trajectories_keep_evenly_spaced_steps_with_their_values():
 
 def test_heatmap_is_layers_by_binned_steps_in_log10():
     norms = _norms("g", 1000, ["w", "b", "out"], m=0.3, d=0.03).drop(columns="run_id")
-    fig = figures.norm_heatmap(norms, quantity="ratio", max_steps=100)
+    fig = run_figures.norm_heatmap(norms, quantity="ratio", max_steps=100)
     heat = fig.data[0]
     assert list(heat.y) == ["w", "b", "out"]
     assert np.asarray(heat.z).shape == (3, 100)
     assert np.allclose(heat.z, 1.0)  # log10(0.3 / 0.03)
     with pytest.raises(ValueError, match="quantity"):
-        figures.norm_heatmap(norms, quantity="nope")
+        run_figures.norm_heatmap(norms, quantity="nope")
 
 
 def test_grid_heatmap_writes_values_and_notes_in_cells():
@@ -257,19 +258,19 @@ def test_memory_bars_in_kib_with_copies_of_the_weights():
 
 
 def test_steady_ranges_move_in_coarse_steps_so_live_redraws_keep_their_axes():
-    assert figures.steady_range(np.array([0.02, 0.3]), log=True) == [-2.0, -0.5]
-    assert figures.steady_range(np.array([0.03, 0.2, np.nan]), log=True) == [-2.0, -0.5]
-    assert figures.steady_range(np.array([0.0, -1.0]), log=True) is None
-    low, high = figures.steady_range(np.array([2.31, 1.62]))
+    assert run_figures.steady_range(np.array([0.02, 0.3]), log=True) == [-2.0, -0.5]
+    assert run_figures.steady_range(np.array([0.03, 0.2, np.nan]), log=True) == [-2.0, -0.5]
+    assert run_figures.steady_range(np.array([0.0, -1.0]), log=True) is None
+    low, high = run_figures.steady_range(np.array([2.31, 1.62]))
     assert low < 1.62 and high > 2.31 and high - low < 2 * (2.31 - 1.62)
-    assert figures.steady_range(np.array([0.01, 2.4]))[0] == 0.0  # a loss: not below zero
-    assert figures.steady_range(np.array([-0.01, 2.4]))[0] < -0.01
+    assert run_figures.steady_range(np.array([0.01, 2.4]))[0] == 0.0  # a loss: not below zero
+    assert run_figures.steady_range(np.array([-0.01, 2.4]))[0] < -0.01
     loss = 2.3 * np.exp(-np.arange(3000) / 1500)  # a falling loss, a second of steps at a time
-    ranges = [tuple(figures.steady_range(loss[:n])) for n in range(100, 3001, 100)]
+    ranges = [tuple(run_figures.steady_range(loss[:n])) for n in range(100, 3001, 100)]
     assert len(set(ranges)) <= 10 and len(set(ranges[15:])) <= 3  # 30 redraws: axes settle
-    fig = figures.metric_curves(_metrics({"a": loss}), x_max=5000)
+    fig = run_figures.metric_curves(_metrics({"a": loss}), x_max=5000)
     assert list(fig.layout.xaxis.range) == [0, 5000]
-    assert list(fig.layout.yaxis.range) == figures.steady_range(loss)
+    assert list(fig.layout.yaxis.range) == run_figures.steady_range(loss)
 
 
 def test_verdict_points_name_a_partial_graft_by_the_layers_it_grafts():

@@ -7,14 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grafting_core.lab.arms import Arm
 from grafting_core.lab.cli import main
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.experiments import LR_COLUMN, beyond_edge
-from grafting_core.lab.graft_lrs import graft_lr_sweep, graft_lr_table, plan_graft_lrs
-from grafting_core.lab.protocol import SweepPlan, compare, comparison_request, read_comparison
-from grafting_core.lab.runner import create_run, execute_run
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.experiments.common import LR_COLUMN, beyond_edge
+from grafting_core.lab.experiments.compare import (
+    SweepPlan,
+    compare,
+    comparison_request,
+    read_comparison,
+)
+from grafting_core.lab.experiments.graft_lrs import graft_lr_sweep, graft_lr_table, plan_graft_lrs
+from grafting_core.lab.runs.arms import Arm
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.store.run_store import RunStore
 from tests.test_protocol import TINY
 
 SGD_LR, OTHER_LR, DIVERGING_LR = 0.1, 0.03, 1e6

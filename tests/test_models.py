@@ -1,4 +1,4 @@
-"""Tests for grafting_core.lab.models: shapes, names, sizing knobs, seeding, errors, learning."""
+"""Tests for grafting_core.lab.tasks.models: shapes, names, sizing, seeding, errors, learning."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.models import (
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import (
     MODELS,
     build_model,
     compatible_models,

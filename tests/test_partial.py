@@ -22,8 +22,8 @@ from grafting_core import (
     select_kinds,
     state_bytes,
 )
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.models import build_model
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model
 
 from .helpers import compute_grads, make_model, max_relative_difference, train
 from .test_graft import CountLocalScalarDense

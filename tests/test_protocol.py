@@ -8,16 +8,16 @@ import pandas as pd
 import pytest
 
 from grafting_core.lab.cli import main
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.protocol import (
+from grafting_core.lab.experiments.compare import (
     SweepPlan,
     _mark_tuned,
     compare,
     comparison_request,
     read_comparison,
 )
-from grafting_core.lab.store import RunStore
-from grafting_core.lab.verdict import closer_to
+from grafting_core.lab.experiments.verdict import closer_to
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.store.run_store import RunStore
 
 TINY = dict(
     dataset="digits",
@@ -313,7 +313,7 @@ def test_compare_command_continues_a_group_with_its_stored_settings(tmp_path, ca
 
 
 def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store):
-    from grafting_core.lab.protocol import _sweep_table
+    from grafting_core.lab.experiments.compare import _sweep_table
 
     def run(lr, status, loss=None):
         run_id = store.create_run(

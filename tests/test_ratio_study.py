@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 
 from grafting_core.lab.cli import main
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.protocol import SweepPlan, compare
-from grafting_core.lab.ratio_study import (
+from grafting_core.lab.experiments.compare import SweepPlan, compare
+from grafting_core.lab.experiments.ratio_study import (
     best_static_arm,
     static_ratio_study,
     static_ratio_table,
     window_of,
 )
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.store.run_store import RunStore
 
 STEPS, WARMUP = 20, 4
 TINY = dict(

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from grafting_core import StaticRatios
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.executor import LocalExecutor
-from grafting_core.lab.runner import create_run, execute_run, request_stop
-from grafting_core.lab.store import RunStore, _pid_alive
-from grafting_core.lab.trainer import Trainer, read_checkpoint
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import LocalExecutor
+from grafting_core.lab.runs.runner import create_run, execute_run, request_stop
+from grafting_core.lab.runs.trainer import Trainer, read_checkpoint
+from grafting_core.lab.store.run_store import RunStore, _pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from grafting_core import Graft, StaticRatios
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.models import build_model, default_model, loss_fn
-from grafting_core.lab.runner import create_run, execute_run
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.store.run_store import RunStore
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model, default_model, loss_fn
 
 STEPS, WARMUP = 24, 6
 BASE = dict(

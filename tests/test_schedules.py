@@ -5,16 +5,16 @@ import pandas as pd
 import pytest
 
 from grafting_core import Graft, NormLog
-from grafting_core.lab import experiment_figures
-from grafting_core.lab.data import load_dataset
-from grafting_core.lab.models import build_model
-from grafting_core.lab.schedules import (
+from grafting_core.lab.experiments.implicit_schedules import (
     layer_kind,
     layer_series,
     norm_log_frame,
     schedule_shapes,
 )
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.store.run_store import RunStore
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model
 
 from .helpers import make_model, train
 

@@ -17,7 +17,7 @@ import time
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from grafting_core.lab.store import RunStore, _pid_alive
+from grafting_core.lab.store.run_store import RunStore, _pid_alive
 from tests.test_browser import CHROMIUM, _enter_number, _ready, serve
 from tests.test_reliability import WAIT_S, _resume_a_little, _training, _until
 

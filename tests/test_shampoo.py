@@ -19,10 +19,10 @@ from streamlit.testing.v1 import AppTest
 
 from grafting_core import Graft, describe
 from grafting_core.lab.cli import main
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.runner import create_run, execute_run
-from grafting_core.lab.store import RunStore
-from grafting_core.lab.trainer import Trainer
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.runs.trainer import Trainer
+from grafting_core.lab.store.run_store import RunStore
 from grafting_core.registry import PYTORCH_OPTIMIZER, build_optimizer
 
 from .helpers import compute_grads, make_model, max_relative_difference, train

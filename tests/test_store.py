@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grafting_core.lab import sqlite_file
-from grafting_core.lab.store import STATUSES, RunStore, default_runs_dir
-from grafting_core.lab.store_schema import SCHEMA_VERSION
+from grafting_core.lab.store import sqlite_file
+from grafting_core.lab.store.run_store import STATUSES, RunStore, default_runs_dir
+from grafting_core.lab.store.schema import SCHEMA_VERSION
 
 SPAWN = mp.get_context("spawn")
 

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from grafting_core.lab.cli import main
-from grafting_core.lab.tensorboard_export import export_runs, run_folder
+from grafting_core.lab.store.tensorboard import export_runs, run_folder
 
 from .test_app import page, train_inline
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from grafting_core.lab.figures_2d import arrow_vectors, curves_figure, export_html, paths_figure
-from grafting_core.lab.toy2d import PRESETS, grafted_paths, make_problem, optimize
+from grafting_core.lab.figures.toy2d import arrow_vectors, curves_figure, export_html, paths_figure
+from grafting_core.lab.tasks.toy2d import PRESETS, grafted_paths, make_problem, optimize
 
 
 def _hand_graft_path(condition, start, steps, per_coordinate):

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from grafting_core.lab.analysis import schedule_from_run, static_ratios_from_run
-from grafting_core.lab.config import RunConfig, parse_value
-from grafting_core.lab.runner import create_run, execute_run, request_stop
-from grafting_core.lab.store import RunStore
-from grafting_core.lab.trainer import Trainer, lr_factor
+from grafting_core.lab.experiments.analysis import static_ratios_from_run
+from grafting_core.lab.runs.config import RunConfig, parse_value
+from grafting_core.lab.runs.runner import create_run, execute_run, request_stop
+from grafting_core.lab.runs.trainer import Trainer, lr_factor
+from grafting_core.lab.store.norms import schedule_from_run
+from grafting_core.lab.store.run_store import RunStore
 
 TINY = dict(
     dataset="mnist1d",

@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from grafting_core.lab.toy2d import Path, grafted_paths, make_problem
-from grafting_core.lab.verdict import (
+from grafting_core.lab.experiments.verdict import (
     comparison_reading,
     grid_leaning,
     in_words,
@@ -15,6 +14,7 @@ from grafting_core.lab.verdict import (
     path_leaning,
     position,
 )
+from grafting_core.lab.tasks.toy2d import Path, grafted_paths, make_problem
 
 
 def _table(cells: dict[tuple[str, str], list[float]], failed=()) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from grafting_core.lab.store import RunStore
+from grafting_core.lab.store.run_store import RunStore
 
 TABLE_COLUMNS = {  # column shown -> source column of store.runs()
     "run": "run_id", "name": "name", "status": "status", "step": "last_step",

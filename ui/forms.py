@@ -14,10 +14,10 @@ from typing import Any
 import streamlit as st
 
 from grafting_core import describe, optimizer_names
-from grafting_core.lab.config import RunConfig
-from grafting_core.lab.data import DATASETS, dataset_names, describe_dataset
-from grafting_core.lab.experiments import LAB_OPTIMIZERS, OptimizerChoice
-from grafting_core.lab.models import MODELS, compatible_models, default_model, describe_model
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS, OptimizerChoice
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.tasks.data import DATASETS, dataset_names, describe_dataset
+from grafting_core.lab.tasks.models import MODELS, compatible_models, default_model, describe_model
 from grafting_core.registry import default_hparams
 
 from .state import keep_valid

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from grafting_core.lab import figures
+from grafting_core.lab.figures import runs as run_figures
 
 from . import charts
 from .resources import get_store, stop_runs
@@ -206,14 +206,14 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
     """
     metrics = poll_metrics(runs, f"{prefix}.metric_cache")
     labels = dict(zip(runs["run_id"], runs["label"]))
-    colors = figures.run_colors(runs["run_id"].tolist())
+    colors = run_figures.run_colors(runs["run_id"].tolist())
     x_max = steps_of(runs)
     left, right = st.columns(2)
     with left:
         if metrics.empty or not (metrics["name"] == "train_loss").any():
-            fig = figures.empty_figure("waiting for the first steps…", y_title=loss_title(task))
+            fig = run_figures.empty_figure("waiting for the first steps…", y_title=loss_title(task))
         else:
-            fig = figures.metric_curves(
+            fig = run_figures.metric_curves(
                 metrics,
                 metric="train_loss",
                 labels=labels,
@@ -232,9 +232,9 @@ def loss_panel(runs: pd.DataFrame, task: str, *, prefix: str, smoothing: float) 
             else loss_title(task, "validation")
         )
         if metrics.empty or not (metrics["name"] == metric).any():
-            fig = figures.empty_figure("waiting for the first evaluation…", y_title=y_title)
+            fig = run_figures.empty_figure("waiting for the first evaluation…", y_title=y_title)
         else:
-            fig = figures.metric_curves(
+            fig = run_figures.metric_curves(
                 metrics,
                 metric=metric,
                 labels=labels,

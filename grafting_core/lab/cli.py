@@ -29,24 +29,27 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..registry import OptimizerSpec
-from ..static_ratios import STATISTICS
-from .analysis import schedule_from_run, static_ratios_from_run
-from .capacity import check_fits
-from .config import RunConfig, field_help, field_names, parse_value
-from .executor import Executor, LocalExecutor
-from .experiments import (
-    LAB_OPTIMIZERS,
-    grid,
-    grid_matrix,
-    schedule_transfer,
-    static_ratio_experiment,
+from grafting_core.lab.experiments.analysis import static_ratios_from_run
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.compare import Comparison, SweepPlan, compare, comparison_request
+from grafting_core.lab.experiments.graft_lrs import graft_lr_sweep
+from grafting_core.lab.experiments.grid import grid, grid_matrix
+from grafting_core.lab.experiments.ratio_study import (
+    SCOPES,
+    WINDOWS,
+    best_static_arm,
+    static_ratio_study,
 )
-from .graft_lrs import graft_lr_sweep
-from .protocol import Comparison, SweepPlan, compare, comparison_request
-from .ratio_study import SCOPES, WINDOWS, best_static_arm, static_ratio_study
-from .runner import create_run, execute_run
-from .store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
+from grafting_core.lab.experiments.static_ratios import static_ratio_experiment
+from grafting_core.lab.experiments.transfer import schedule_transfer
+from grafting_core.lab.runs.capacity import check_fits
+from grafting_core.lab.runs.config import RunConfig, field_help, field_names, parse_value
+from grafting_core.lab.runs.executor import Executor, LocalExecutor
+from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.store.norms import schedule_from_run
+from grafting_core.lab.store.run_store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
+from grafting_core.registry import OptimizerSpec
+from grafting_core.static_ratios import STATISTICS
 
 READ_ONLY_ACTIONS = ("list", "show", "export", "schedule", "ratios")  # of ``runs``
 EXPERIMENT_FIELDS = ("magnitude", "magnitude_hparams", "direction", "direction_hparams")
@@ -192,7 +195,9 @@ def _executor(args, store: RunStore) -> Iterator[Executor | None]:
     with --workers 1), or Dask workers (``--executor dask``: ``--scheduler`` or a
     LocalCluster of --workers processes). An unreachable scheduler exits 2 before any run."""
     if getattr(args, "executor", "local") == "dask":
-        from .dask_executor import DaskExecutor  # dask is imported only when asked for
+        from grafting_core.lab.runs.dask_executor import (
+            DaskExecutor,  # dask is imported only when asked for
+        )
 
         parser = args.command_parser
         if args.scheduler and args.workers:
@@ -491,7 +496,7 @@ def _runs_action(args, store: RunStore) -> int:
         if args.output is not None:
             raise ValueError("--tensorboard DIR writes event files into DIR; -o is for CSV/JSON")
         try:
-            from .tensorboard_export import export_run
+            from grafting_core.lab.store.tensorboard import export_run
 
             folder = export_run(store, args.run_id, args.tensorboard)
         except ImportError as error:

@@ -14,9 +14,9 @@ import os
 
 import torch
 
-from .config import RunConfig
-from .data import Dataset, load_dataset
-from .models import build_model, default_model
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.tasks.data import Dataset, load_dataset
+from grafting_core.lab.tasks.models import build_model, default_model
 
 STATE_COPIES = 6  # weights, gradient, and up to four optimizer-state tensors (M and D)
 GIB = 2**30
@@ -71,11 +71,13 @@ def check_fits(config: RunConfig, device: torch.device | None = None) -> None:
     (custom tasks are not estimated, their model is built by the user's code: only checked to
     exist)."""
     if config.custom:
-        from .custom import locate_custom
+        from grafting_core.lab.tasks.custom import locate_custom
 
         locate_custom(config.custom)
         return
-    from .trainer import pick_device  # the trainer imports the optimizer stack: load lazily
+    from grafting_core.lab.runs.trainer import (
+        pick_device,  # the trainer imports the optimizer stack: load lazily
+    )
 
     device = device or pick_device(config.device)
     free = available_bytes(device)

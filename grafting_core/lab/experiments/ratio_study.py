@@ -23,13 +23,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import static_ratios_from_run
-from .arms import Arm, PlannedRun
-from .config import RunConfig
-from .executor import Executor
-from .experiments import Progress, final_metrics, run_all
-from .store import RunStore
-from .trainer import run_reference
+from grafting_core.lab.experiments.analysis import static_ratios_from_run
+from grafting_core.lab.experiments.common import Progress, final_metrics, run_all
+from grafting_core.lab.runs.arms import Arm, PlannedRun
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.runs.trainer import run_reference
+from grafting_core.lab.store.run_store import RunStore
 
 #: Windows of the source run, as [start, stop) steps of its config.
 WINDOWS: dict[str, Callable[[RunConfig], tuple[int, int]]] = {

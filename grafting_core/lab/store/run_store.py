@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np  # comes with pandas
 import pandas as pd
 
-from .sqlite_file import SQLiteFile
-from .store_schema import MIGRATIONS
+from grafting_core.lab.store.schema import MIGRATIONS
+from grafting_core.lab.store.sqlite_file import SQLiteFile
 
 STATUSES = ("running", "finished", "stopped", "diverged", "failed", "interrupted")
 RUNS_DIR_ENV = "GRAFTING_RUNS_DIR"  # overrides the default ./runs
@@ -180,7 +180,7 @@ class RunStore(SQLiteFile):
         """Add a "running" run owned by this process; return its id (e.g. 20261124-221502-3fa9).
 
         ``arm`` is the run's (role, magnitude label, direction label, variant) in its
-        experiment (``grafting_core.lab.arms``).
+        experiment (``grafting_core.lab.runs.arms``).
         """
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")

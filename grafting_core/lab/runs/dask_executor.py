@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .executor import _warm_worker, usable_cores
-from .runner import RunTicket, StoreSink, prepare_run, stop_requested, train
-from .store import RunStore
+from grafting_core.lab.runs.executor import _warm_worker, usable_cores
+from grafting_core.lab.runs.runner import RunTicket, StoreSink, prepare_run, stop_requested, train
+from grafting_core.lab.store.run_store import RunStore
 
 INSTALL_HINT = "pip install 'grafting-core[dask]' (or distributed==2026.8.0)"
 POLL_S = 0.25  # the driver's pause when no message was waiting (a run flushes every 0.25 s)

@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from .. import Graft, MagnitudeSchedule, NormLog, StaticRatios, build_optimizer
-from ..layer_kinds import select_kinds
-from ..memory import state_bytes
-from .config import RunConfig
-from .custom import load_custom
-from .data import load_dataset
-from .models import build_model, default_model, loss_fn
+from grafting_core import Graft, MagnitudeSchedule, NormLog, StaticRatios, build_optimizer
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.tasks.custom import load_custom
+from grafting_core.lab.tasks.data import load_dataset
+from grafting_core.lab.tasks.models import build_model, default_model, loss_fn
+from grafting_core.layer_kinds import select_kinds
+from grafting_core.memory import state_bytes
 
 EVENTS = ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end")
 #: config fields that name another file or run, and the artifact each loads by default

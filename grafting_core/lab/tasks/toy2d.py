@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import Graft, as_spec, build_optimizer
+from grafting_core import Graft, as_spec, build_optimizer
 
 LAYOUTS = ("joint", "per_coordinate")  # both coordinates one layer, or each its own
 

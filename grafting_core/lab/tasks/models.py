@@ -3,8 +3,8 @@
 Parameter names are the layer names users see in every per-layer plot, so each model names
 its layers ("fc1", "conv2", "blocks.0.attn.qkv", ...) rather than numbering them.
 
-    from grafting_core.lab.data import load_dataset
-    from grafting_core.lab.models import build_model, loss_fn
+    from grafting_core.lab.tasks.data import load_dataset
+    from grafting_core.lab.tasks.models import build_model, loss_fn
     ds = load_dataset("chars")
     model = build_model("transformer", ds, width=64, depth=2, seed=0)
     x, y = ds.batch("train", 32, step=0, seed=0)
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grafting_core.lab.data import DATASETS, Dataset, check_options
+from grafting_core.lab.tasks.data import DATASETS, Dataset, check_options
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

@@ -5,7 +5,7 @@ lr is M's best *alone*; with D's direction the graft may train best at another, 
 lands between tuned M and tuned D may move with it. :func:`graft_lr_sweep` trains M#D (and
 its partial variants) at other M lrs, in the comparison's group (role ``graft_lr``, on the
 seeds and settings of the comparison's own grafts), and :func:`graft_lr_table` sets each lr
-next to tuned M and tuned D with :func:`~grafting_core.lab.verdict.closer_to`'s verdict.
+next to tuned M and tuned D with :func:`~grafting_core.lab.experiments.verdict.closer_to`'s verdict.
 """
 
 from __future__ import annotations
@@ -15,12 +15,18 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .arms import Arm, PlannedRun
-from .config import RunConfig
-from .executor import Executor
-from .experiments import LR_COLUMN, Progress, beyond_edge, final_metrics, run_all
-from .store import RunStore
-from .verdict import closer_to
+from grafting_core.lab.experiments.common import (
+    LR_COLUMN,
+    Progress,
+    beyond_edge,
+    final_metrics,
+    run_all,
+)
+from grafting_core.lab.experiments.verdict import closer_to
+from grafting_core.lab.runs.arms import Arm, PlannedRun
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.store.run_store import RunStore
 
 ROLE = "graft_lr"
 GRAFT_ROLES = ("graft", "partial_graft")  # the comparison's own grafts, at M's tuned lr

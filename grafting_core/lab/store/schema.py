@@ -48,7 +48,7 @@ def _v2_run_group(conn: sqlite3.Connection) -> None:
 
 
 def _v3_arms(conn: sqlite3.Connection) -> None:
-    """Version 3: each run's arm in its experiment (``grafting_core.lab.arms``) as columns."""
+    """Version 3: each run's arm in its experiment (``grafting_core.lab.runs.arms``) as columns."""
     for column in ("role", "magnitude_arm", "direction_arm"):
         conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
     conn.execute(  # older grids: the arms are their configs' optimizers

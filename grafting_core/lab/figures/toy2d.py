@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .toy2d import Path, Problem
+from grafting_core.lab.tasks.toy2d import Path, Problem
 
 COLORS = {"M": "#1f77b4", "D": "#ff7f0e", "M#D": "#2ca02c", "D#M": "#d62728"}
 ARROWS = (

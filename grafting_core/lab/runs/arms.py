@@ -20,7 +20,7 @@ Roles (``ROLES``):
 - ``superseded``     a graft at a learning rate that is no longer M's or D's tuned one (a
                      comparison continued with more seeds chose another): kept, not judged;
 - ``graft_lr``       a comparison's graft (full or partial) trained again at another lr of
-                     M (``grafting_core.lab.graft_lrs``): how the verdict moves with it.
+                     M (``grafting_core.lab.experiments.graft_lrs``): how the verdict moves with it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .config import RunConfig
+from grafting_core.lab.runs.config import RunConfig
 
 ROLES = (
     "plain",

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .store import RunStore
+from grafting_core.lab.store.run_store import RunStore
 
 NORM_TAGS = ("magnitude_norm", "direction_norm")  # recorded fields written per layer
 TENSORBOARDX = "tensorboardX==2.6.5"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..layer_kinds import LAYER_KINDS
-from ..layers import GRANULARITIES
-from ..registry import OptimizerSpec
+from grafting_core.layer_kinds import LAYER_KINDS
+from grafting_core.layers import GRANULARITIES
+from grafting_core.registry import OptimizerSpec
 
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
 

@@ -27,12 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..layer_kinds import layer_kinds
-from .arms import Arm, PlannedRun
-from .capacity import meta_model
-from .config import RunConfig
-from .executor import Executor
-from .experiments import (
+from grafting_core.lab.experiments.common import (
     LR_COLUMN,
     OptimizerChoice,
     Progress,
@@ -43,10 +38,15 @@ from .experiments import (
     round_lr,
     run_all,
 )
-from .graft_lrs import ROLE as GRAFT_LR_ROLE
-from .graft_lrs import graft_extensions, plan_graft_lrs, tuned_grafts
-from .store import RunStore
-from .verdict import closer_to
+from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
+from grafting_core.lab.experiments.graft_lrs import graft_extensions, plan_graft_lrs, tuned_grafts
+from grafting_core.lab.experiments.verdict import closer_to
+from grafting_core.lab.runs.arms import Arm, PlannedRun
+from grafting_core.lab.runs.capacity import meta_model
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.store.run_store import RunStore
+from grafting_core.layer_kinds import layer_kinds
 
 
 @dataclass(frozen=True)

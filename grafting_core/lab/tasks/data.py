@@ -3,7 +3,7 @@
 Every dataset is generated or read from installed packages (nothing downloads, nothing is
 written to disk), is deterministic given its seed, and comes with train/val splits.
 
-    from grafting_core.lab.data import load_dataset
+    from grafting_core.lab.tasks.data import load_dataset
     ds = load_dataset("mnist1d", seed=0)
     x, y = ds.batch("train", 64, step=0, seed=0)   # same (step, seed) -> same batch
 

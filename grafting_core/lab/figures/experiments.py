@@ -18,7 +18,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import (
+from grafting_core.lab.experiments.implicit_schedules import LAYER_KINDS, layer_series
+from grafting_core.lab.experiments.ratio_study import WINDOWS
+from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.figures.runs import (
     MAX_POINTS,
     NORM_TITLE,
     PALETTE,
@@ -32,9 +35,6 @@ from .figures import (
     style,
     with_ratio,
 )
-from .ratio_study import WINDOWS
-from .schedules import LAYER_KINDS, layer_series
-from .verdict import closer_to_words
 
 
 def grid_heatmap(
@@ -589,8 +589,8 @@ def layer_kind_curves(
 
     ``norms``: layer_norms frames of several runs with a ``run_id`` column; ``field`` a
     recorded field or a derived one (``effective_lr`` = ‖Δ‖/‖g‖, ``ratio``), see
-    :func:`grafting_core.lab.schedules.layer_series`. With ``normalize`` each curve is
-    divided by its own maximum (after smoothing), so optimizers whose steps differ by
+    :func:`grafting_core.lab.experiments.implicit_schedules.layer_series`. With ``normalize``
+    each curve is divided by its own maximum (after smoothing), so optimizers whose steps differ by
     orders of magnitude compare by *shape*: warm-up, decay or flat.
     """
     frame = norms if "run_id" in norms else norms.assign(run_id="run")

@@ -1,10 +1,10 @@
 """User-supplied tasks: load a (model, dataset) pair from a "module:function" spec.
 
 A spec names a function that returns `(model, dataset)`, where `model` is a `torch.nn.Module`
-and `dataset` is a `grafting_core.lab.data.Dataset`. It may name an importable module or a
+and `dataset` is a `grafting_core.lab.tasks.data.Dataset`. It may name an importable module or a
 Python file:
 
-    from grafting_core.lab.custom import load_custom
+    from grafting_core.lab.tasks.custom import load_custom
     model, ds = load_custom("examples/custom_task.py:sine_task", n_train=512)
     model, ds = load_custom("mypackage.tasks:build")
 
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from grafting_core.lab.data import Dataset
-from grafting_core.lab.models import loss_fn
+from grafting_core.lab.tasks.data import Dataset
+from grafting_core.lab.tasks.models import loss_fn
 
 SPEC_FORMAT = "'package.module:function' or 'path/to/file.py:function'"
 
@@ -134,7 +134,7 @@ def load_custom(spec: str, **kwargs: Any) -> tuple[nn.Module, Dataset]:
     if not isinstance(dataset, Dataset):
         raise TypeError(
             f"{spec!r} returned a {type(dataset).__name__} as dataset; "
-            "expected grafting_core.lab.data.Dataset"
+            "expected grafting_core.lab.tasks.data.Dataset"
         )
     _check_forward(spec, model, dataset)
     return model, dataset

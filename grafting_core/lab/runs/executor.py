@@ -75,7 +75,7 @@ def _without_main_script() -> Iterator[None]:
 
 
 def _init_worker(threads: int, parent_pid: int) -> None:
-    from .lifeline import exit_with_parent
+    from grafting_core.lab.runs.lifeline import exit_with_parent
 
     torch.set_num_threads(threads)
     exit_with_parent(parent_pid)  # no orphans: a worker ends soon after its parent
@@ -85,8 +85,8 @@ def _warm_worker(datasets: Sequence[str]) -> int:
     """Import what training needs and build ``datasets`` (cached per process); returns pid."""
     import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: ~2 s)
 
-    from .data import load_dataset
-    from .trainer import Trainer  # noqa: F401
+    from grafting_core.lab.runs.trainer import Trainer  # noqa: F401
+    from grafting_core.lab.tasks.data import load_dataset
 
     for name in datasets:
         load_dataset(name)
@@ -94,8 +94,8 @@ def _warm_worker(datasets: Sequence[str]) -> int:
 
 
 def _train_stored_run(store_root: str, run_id: str, resume: bool) -> str:
-    from .runner import execute_run  # imported in the worker, after spawn
-    from .store import RunStore
+    from grafting_core.lab.runs.runner import execute_run  # imported in the worker, after spawn
+    from grafting_core.lab.store.run_store import RunStore
 
     store = RunStore(store_root)
     try:
@@ -109,7 +109,7 @@ def _train_stored_run(store_root: str, run_id: str, resume: bool) -> str:
 def _mark_worker_death(store_root: str, run_id: str) -> str:
     """The status of a run whose worker process died (SIGKILL, out of memory): interrupted,
     resumable from its last checkpoint."""
-    from .store import RunStore
+    from grafting_core.lab.store.run_store import RunStore
 
     store = RunStore(store_root)  # opening marks runs whose writer is gone as interrupted
     try:
@@ -249,8 +249,8 @@ class LocalExecutor:
         queued ones interrupted (never started, resumable)."""
         if self._closed:
             return
-        from .runner import request_stop
-        from .store import RunStore
+        from grafting_core.lab.runs.runner import request_stop
+        from grafting_core.lab.store.run_store import RunStore
 
         queued = [args[1] for _, fn, args in list(self._queue) if fn is _train_stored_run]
         self.shutdown(wait=False)

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import lifeline
-from .analysis import schedule_from_run
-from .arms import Arm
-from .config import RunConfig
-from .store import RunStore
-from .trainer import Trainer, stored_references
+from grafting_core.lab.runs import lifeline
+from grafting_core.lab.runs.arms import Arm
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.trainer import Trainer, stored_references
+from grafting_core.lab.store.norms import schedule_from_run
+from grafting_core.lab.store.run_store import RunStore
 
 STOP_ARTIFACT = "stop_requested"
 

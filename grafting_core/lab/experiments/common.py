@@ -1,0 +1,150 @@
+"""What every experiment shares: arms of M#D runs, recording a group's runs once, training
+them on an executor (or inline), and reading their final metrics."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import as_completed
+
+import pandas as pd
+
+from grafting_core.lab.runs.arms import Arm, PlannedRun
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.runs.groups import record_runs
+from grafting_core.lab.runs.runner import execute_run
+from grafting_core.lab.store.run_store import RunStore
+
+Progress = Callable[[int, int], None]  # (runs done, runs total)
+LR_COLUMN = "config.magnitude_hparams.lr"  # a run's lr (M's) in ``RunStore.runs``
+
+
+def round_lr(lr: float) -> float:
+    """An lr of a sweep, to 3 significant digits (as shown, and as stored)."""
+    return float(f"{lr:.3g}")
+
+
+def beyond_edge(best: float, tried: Sequence[float], factor: float) -> float:
+    """The next lr past the edge of ``tried`` that ``best`` sits on, ``factor`` away."""
+    return round_lr(best / factor if best == min(tried) else best * factor)
+
+
+OptimizerChoice = tuple[str, dict]  # (registry name, hyperparameters)
+
+#: Starting points that train every lab task reasonably (tune per task for real studies).
+LAB_OPTIMIZERS: dict[str, OptimizerChoice] = {
+    "sgd": ("sgd", {"lr": 0.1, "momentum": 0.9}),
+    "adam": ("adam", {"lr": 1e-3}),
+    "adagrad": ("adagrad", {"lr": 0.05}),
+    "rmsprop": ("rmsprop", {"lr": 1e-3}),
+    "lion": ("lion", {"lr": 1e-4}),
+    "lamb": ("lamb", {"lr": 1e-2}),
+    "shampoo": ("shampoo", {"lr": 0.3}),  # pytorch-optimizer's; see registry.py
+    "soap": ("soap", {"lr": 1e-2}),
+}
+
+
+def new_group(kind: str) -> str:
+    """A readable, unique group id for one experiment's runs."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def graft_config(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice] | None,
+    **changes,
+) -> RunConfig:
+    """``base`` with M (and D) set; ``direction=None`` or D equal to M gives plain M."""
+    (m_label, (m_name, m_hp)) = magnitude
+    plain = direction is None or direction[1] == magnitude[1]
+    d_label, (d_name, d_hp) = (m_label, ("", {})) if plain else (direction[0], direction[1])
+    return base.replace(
+        **{
+            "magnitude": m_name,
+            "magnitude_hparams": dict(m_hp),
+            "direction": d_name,
+            "direction_hparams": dict(d_hp),
+            "name": f"{m_label}#{d_label}",
+            **changes,
+        }
+    )
+
+
+def graft_run(
+    base: RunConfig,
+    magnitude: tuple[str, OptimizerChoice],
+    direction: tuple[str, OptimizerChoice] | None,
+    *,
+    role: str | None = None,
+    **changes,
+) -> PlannedRun:
+    """``graft_config`` with its arm: plain M (role ``plain`` unless given) or M#D (``graft``)."""
+    config = graft_config(base, magnitude, direction, **changes)
+    if config.direction:
+        return PlannedRun(config, Arm(role or "graft", magnitude[0], direction[0]))
+    return PlannedRun(config, Arm(role or "plain", magnitude[0]))
+
+
+def run_all(
+    store: RunStore,
+    planned: Sequence[PlannedRun],
+    *,
+    group: str,
+    kind: str,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    reuse: bool = False,
+) -> list[str]:
+    """Create one run per planned run in ``group`` and train them all; returns the run ids.
+
+    ``reuse``: as in :func:`record_runs`. An experiment run again on its group continues
+    where it stopped, and more seeds train only their own runs.
+    """
+    run_ids, todo = record_runs(store, planned, group=group, kind=kind, reuse=reuse)
+    done = len(run_ids) - len(todo)
+    if progress:
+        progress(done, len(run_ids))
+    if executor is None:
+        for run_id, resume in todo:
+            try:
+                execute_run(store, run_id, resume=resume)
+            except Exception:
+                pass  # recorded as failed in the store; the experiment carries on
+            done += 1
+            if progress:
+                progress(done, len(run_ids))
+        return run_ids
+    for _ in as_completed([executor.submit(r, resume=resume) for r, resume in todo]):
+        done += 1
+        if progress:
+            progress(done, len(run_ids))
+    return run_ids
+
+
+def final_metrics(
+    store: RunStore,
+    run_ids: Sequence[str],
+    metrics: Sequence[str] = ("val_loss", "val_accuracy", "optimizer_state_bytes"),
+    *,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per run: name, arm (role, M and D labels), status and each metric's last value.
+
+    ``runs``: rows of ``store.runs()`` that hold ``run_ids`` (a group's, say), when the caller
+    has read them already; otherwise every run of the store is read.
+    """
+    runs = (store.runs() if runs is None else runs).set_index("run_id").loc[list(run_ids)]
+    table = runs[
+        ["name", "role", "magnitude_arm", "direction_arm", "status", "last_step", "error"]
+    ].copy()
+    long = store.metrics(list(run_ids), names=list(metrics))
+    if not long.empty:
+        last = long.sort_values("step").groupby(["run_id", "name"])["value"].last().unstack()
+        table = table.join(last)
+    for metric in metrics:
+        if metric not in table:
+            table[metric] = float("nan")
+    return table.reset_index()
