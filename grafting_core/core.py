@@ -2,11 +2,12 @@ r"""The grafting formula, as one function, and what a backend hands it.
 
 Every backend (the reference foreach step in :mod:`grafting_core.reference`, the fused CPU
 kernels of :mod:`grafting_core.fused`, FSDP2 shards in :mod:`grafting_core.sharded`) works
-the same way: it runs both children on the gradients, returns a :class:`Proposal` (per-layer
-‖Δ_M‖, ‖Δ_D‖, ‖g‖ and a way to apply scaled directions), ``Graft`` turns the norms into
-per-parameter scales with :func:`graft_scales`, and the proposal applies them. Only the
-arithmetic of the children and where the memory passes go differ between backends; the
-formula is here once.
+the same way: handed a :class:`~grafting_core.backend.StepContext` (the step's plan, the
+children and what else ``Graft`` lends it), it runs both children on the gradients and
+returns a :class:`Proposal` (per-layer ‖Δ_M‖, ‖Δ_D‖, ‖g‖ and a way to apply scaled
+directions), ``Graft`` turns the norms into per-parameter scales with :func:`graft_scales`,
+and the proposal applies them. Only the arithmetic of the children and where the memory
+passes go differ between backends; the formula is here once.
 """
 
 from __future__ import annotations

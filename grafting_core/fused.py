@@ -1,6 +1,6 @@
 """Fused CPU kernels, a backend of ``Graft.step``: the reference semantics in fewer passes.
 
-``Graft`` takes this backend by default (``fused=None``) for every step :func:`unsupported`
+``Graft`` takes this backend by default (``fused=None``) for every step :func:`refusal`
 has no objection to and that is big enough for it to pay (:func:`pays`), and the reference
 foreach backend (:mod:`grafting_core.reference`) otherwise; both give the same result to
 float rounding (``tests/test_fused.py``). Like every backend it only runs the children and
@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from . import rules, torch_children
+from .backend import Plan, StepContext
 from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
@@ -269,42 +270,63 @@ def _rule_kind(child: Any, params: list[Tensor]) -> int | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _steps_children(graft: Any) -> bool:
+def _steps_children(context: StepContext) -> bool:
     """Whether the kernels may run both children on their own states (native rules, torch's
     optimizers of :mod:`grafting_core.torch_children`) rather than drive them through
     ``step()`` (not with path='blackbox')."""
-    if graft.native:
+    if context.native:
         return True
-    if graft.path == "blackbox" or graft.direction is None:
+    if context.path == "blackbox" or context.direction is None:
         return False
     return all(
         isinstance(c, NativeOptimizer) or torch_children.why_not(c) is None
-        for c in (graft.magnitude, graft.direction)
+        for c in (context.magnitude, context.direction)
     )
 
 
-def pays(graft: Any, elements: int) -> bool:
-    """Whether a step over ``elements`` numbers is big enough for the kernels to be faster."""
-    native_like = _steps_children(graft)
-    return elements >= (MIN_ELEMENTS_NATIVE if native_like else MIN_ELEMENTS_BLACK_BOX)
+def pays(context: StepContext) -> bool:
+    """Whether the step is over enough numbers for the kernels to be faster."""
+    native_like = _steps_children(context)
+    return context.plan.elements >= (MIN_ELEMENTS_NATIVE if native_like else MIN_ELEMENTS_BLACK_BOX)
 
 
 def unsupported(graft: Any, params: list[Tensor]) -> str | None:
-    """Why the kernels cannot take this step of ``graft`` over ``params``; None if they can.
+    """Why the kernels cannot take a step of the ``Graft`` ``graft`` over ``params`` (which
+    have gradients); None if they can (:func:`refusal` of its
+    :meth:`~grafting_core.Graft.step_context`)."""
+    return refusal(graft.step_context(params))
+
+
+def runs_children(graft: Any, params: list[Tensor]) -> bool:
+    """Whether the kernels take a step of the ``Graft`` ``graft`` over ``params`` running
+    both children on their own states (native rules, :mod:`grafting_core.torch_children`),
+    not through ``step()``."""
+    context = graft.step_context(params)
+    return refusal(context) is None and context.memo[_CHECKED][1]
+
+
+#: The key of :func:`refusal`'s verdict in ``StepContext.memo``: ``(key, in_kernels)`` for
+#: the step it last found the kernels could take, ``(None,)`` after a refusal.
+_CHECKED = "fused_checked"
+
+
+def refusal(context: StepContext) -> str | None:
+    """Why the kernels cannot take this step; None if they can.
 
     Where they can, :func:`propose` runs the children in the kernels themselves when they
     are native rules or torch optimizers the kernels can step
     (:mod:`grafting_core.torch_children`), else drives them through ``step()``.
     """
-    if graft.direction is None:
+    if context.direction is None:
         return "direction=None"
-    if graft.partial and not graft.native:
+    if context.partial and not context.native:
         return "partial grafting (grafted=) with black-box children"
+    params = context.plan.params
     dtype = params[0].dtype
     if dtype not in _DTYPES or not _dense([p.grad for p in params], dtype):
         return "gradients not all dense contiguous float32/float64 CPU tensors of one dtype"
-    children = (graft.magnitude, graft.direction)
-    in_kernels = _steps_children(graft)  # hooks or options of torch children may change
+    children = (context.magnitude, context.direction)
+    in_kernels = _steps_children(context)  # hooks or options of torch children may change
     # Parameters and states change only with the plan, a dtype or a loaded state_dict.
     key = (
         tuple(map(id, params)),
@@ -312,30 +334,25 @@ def unsupported(graft: Any, params: list[Tensor]) -> str | None:
         in_kernels,
         *(id(getattr(c, "state", None)) for c in children),
     )
-    if getattr(graft, "_fused_checked", (None,))[0] == key:
+    if context.memo.get(_CHECKED, (None,))[0] == key:
         return None
     why_not = None if _dense(params, dtype) else "parameters not like their gradients"
     if why_not is None and in_kernels:
-        why_not = _native_unsupported(graft, params, dtype)
-        if why_not is not None and not graft.native:  # torch children: step() them instead
+        why_not = _native_unsupported(context, dtype)
+        if why_not is not None and not context.native:  # torch children: step() them instead
             in_kernels, why_not = False, None
     if why_not is None and _build() is None:  # built only for a step the kernels could take
         why_not = f"the kernels could not be built: {unavailable_reason}"
-    graft._fused_checked = (key, in_kernels) if why_not is None else (None,)
+    context.memo[_CHECKED] = (key, in_kernels) if why_not is None else (None,)
     return why_not
 
 
-def runs_children(graft: Any, params: list[Tensor]) -> bool:
-    """Whether the kernels take this step of ``graft`` running both children on their own
-    states (native rules, :mod:`grafting_core.torch_children`), not through ``step()``."""
-    return unsupported(graft, params) is None and graft._fused_checked[1]
-
-
-def _native_unsupported(graft: Any, params: list[Tensor], dtype: torch.dtype) -> str | None:
-    magnitude, direction = graft.magnitude, graft.direction
+def _native_unsupported(context: StepContext, dtype: torch.dtype) -> str | None:
+    magnitude, direction = context.magnitude, context.direction
     if magnitude is direction:
         return "one optimizer as both magnitude and direction"
-    chosen = [p for p in params if graft._is_grafted(p)]
+    params = context.plan.params
+    chosen = [p for p, grafted in zip(params, context.plan.grafted) if grafted]
     for role, child, mine in (("magnitude", magnitude, params), ("direction", direction, chosen)):
         if mine and _rule_kind(child, mine) is None:
             name = child.rule.name if isinstance(child, NativeOptimizer) else type(child).__name__
@@ -467,7 +484,7 @@ class _Guard:
     """A plan's tensors cut into segments of whole layers (a layer's gradient is known to
     be finite or not before any of its states change), for a guarded pass."""
 
-    def __init__(self, plan: Any) -> None:
+    def __init__(self, plan: Plan) -> None:
         layer_of = plan.index.tolist()
         last = {layer: i for i, layer in enumerate(layer_of)}
         bounds, end = [0], 0
@@ -477,16 +494,16 @@ class _Guard:
                 bounds.append(i + 1)
         self.bounds = array("q", bounds)
         number = {layer: k for k, layer in enumerate(dict.fromkeys(layer_of))}
-        # One tensor a layer in order: flags per tensor norm, as Graft._reduce leaves them
+        # One tensor a layer in order: flags per tensor norm, as Plan.reduce leaves them
         self.layers = None if plan.is_identity else array("q", [number[x] for x in layer_of])
 
 
-def _guard(graft: Any, plan: Any) -> tuple[int, _Guard]:
+def _guard(context: StepContext, plan: Plan) -> tuple[int, _Guard]:
     """How the step's first pass guards the gradients, with the plan's segments (cached)."""
-    segments = getattr(plan, "fused_guard", None)
+    segments = plan.fused_guard
     if segments is None:
         segments = plan.fused_guard = _Guard(plan)
-    return (SKIP_NONFINITE if graft.skip_nonfinite else GRAD_SUMS), segments
+    return (SKIP_NONFINITE if context.skip_nonfinite else GRAD_SUMS), segments
 
 
 class _Coefficients:
@@ -560,39 +577,41 @@ def _row(name: str, hp: dict[str, Any], step: int) -> list[float]:
     return row
 
 
-def propose(graft: Any, plan: Any) -> Proposal:
-    """Run both children over ``plan.params`` in kernel passes (checked by :func:`unsupported`)."""
+def propose(context: StepContext) -> Proposal:
+    """Run both children over ``context.plan.params`` in kernel passes (checked by
+    :func:`refusal`)."""
+    plan = context.plan
     params = plan.params
     grads = [p.grad for p in params]
     dtype = params[0].dtype
     layout = _layout(params)
-    if graft._fused_checked[1]:  # the children in the kernels: ‖g‖ in the first propose pass
-        magnitude_norm, per_tensor, grad_per_tensor, apply = _native(graft, plan, layout, grads)
-        grad_norm = graft._reduce(grad_per_tensor, plan)
+    if context.memo[_CHECKED][1]:  # the children in the kernels: ‖g‖ in the first propose pass
+        magnitude_norm, per_tensor, grad_per_tensor, apply = _native(context, layout, grads)
+        grad_norm = plan.reduce(grad_per_tensor)
     else:  # ‖g‖ in the pass that copies w to the scratch
-        scratch = graft._scratch_for(params)
+        scratch = context.scratch_for(params, None)
         grad_per_tensor, weight_per_tensor, _ = _run(
             SUMSQ_COPY, layout, dtype, [grads, params, scratch]
         )
-        grad_norm = graft._reduce(grad_per_tensor, plan)
-        if graft.skip_nonfinite:  # zero the gradients of non-finite layers (no host sync)
+        grad_norm = plan.reduce(grad_per_tensor)
+        if context.skip_nonfinite:  # zero the gradients of non-finite layers (no host sync)
             skip = (~torch.isfinite(grad_norm))[plan.index].to(dtype)
             _run(ZERO_IF, layout, dtype, [grads], scale=skip, threads=1)
-        weight_norm = graft._reduce(weight_per_tensor, plan)
-        if isinstance(graft.magnitude, MagnitudeSchedule):
-            magnitude_norm = graft.magnitude.norms_at(graft.graft_step, plan.index.device)
+        weight_norm = plan.reduce(weight_per_tensor)
+        if isinstance(context.magnitude, MagnitudeSchedule):
+            magnitude_norm = context.magnitude.norms_at(context.graft_step, plan.index.device)
         else:
-            graft.magnitude.step()
+            context.magnitude.step()
             norms = _run(DIFF_SUMSQ_RESTORE, layout, dtype, [params, scratch])
-            magnitude_norm = graft._reduce(norms[0], plan)
-        graft.direction.step()
+            magnitude_norm = plan.reduce(norms[0])
+        context.direction.step()
         per_tensor = _run(DIFF_SUMSQ, layout, dtype, [params, scratch])[0]
 
         def apply(scales: Tensor) -> Tensor:  # w = scratch + scale · (w_after_D − scratch)
             _run(BLEND, layout, dtype, [params, scratch], scale=scales)
             return weight_norm
 
-    return Proposal(grad_norm, magnitude_norm, graft._reduce(per_tensor, plan), per_tensor, apply)
+    return Proposal(grad_norm, magnitude_norm, plan.reduce(per_tensor), per_tensor, apply)
 
 
 class _Child:
@@ -645,21 +664,22 @@ class _Child:
 
 
 def _native(
-    graft: Any, plan: Any, layout: _Layout, grads: list[Tensor]
+    context: StepContext, layout: _Layout, grads: list[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor, Any]:
     """‖Δ_M‖ per layer, ‖step‖ per tensor (Δ_D, or Δ_M where not grafted), ‖g‖ per tensor
     and the apply pass(es): w += scale · step, the step recomputed from the child's new
     state. The first pass is guarded: it sums ‖g‖² and (``skip_nonfinite``) zeroes the
     gradients of non-finite layers, layer by layer, before it proposes them."""
-    guard = _guard(graft, plan)
+    plan = context.plan
+    guard = _guard(context, plan)
     params, dtype = plan.params, plan.params[0].dtype
     everything = list(range(len(params)))
     chosen = [i for i in everything if plan.grafted[i]]  # D's tensors (all unless partial)
     others = [i for i in everything if not plan.grafted[i]]  # M's own step
-    magnitude = _Child(graft.magnitude, params, everything)
-    direction = _Child(graft.direction, params, chosen) if chosen else None
+    magnitude = _Child(context.magnitude, params, everything)
+    direction = _Child(context.direction, params, chosen) if chosen else None
     trusting = [c for c in (magnitude, direction) if c is not None and c.trust]
-    weight_t = _trust_pass(graft, plan, layout, grads, trusting) if trusting else None
+    weight_t = _trust_pass(context, layout, grads, trusting) if trusting else None
     if not others:
         appliers = [(chosen, _applier(direction, chosen, params, grads, layout))]
     else:  # D's step on the grafted tensors, M's own on the others
@@ -669,7 +689,9 @@ def _native(
             if index
         ]
     use_w = any(
-        g["weight_decay"] != 0 for c in (graft.magnitude, graft.direction) for g in c.param_groups
+        g["weight_decay"] != 0
+        for c in (context.magnitude, context.direction)
+        for g in c.param_groups
     )
     read = [grads, params if use_w else None]
     if not others and magnitude.kind in PAIR_KINDS and direction.kind in PAIR_KINDS:
@@ -701,23 +723,24 @@ def _native(
             weight_norms = torch.zeros(len(params), dtype=dtype)
             for index, applier in appliers:
                 weight_norms[index] = applier(scales)
-        return graft._reduce(weight_norms, plan)
+        return plan.reduce(weight_norms)
 
-    return graft._reduce(magnitude_t, plan), per_tensor, grad_t, apply
+    return plan.reduce(magnitude_t), per_tensor, grad_t, apply
 
 
 def _trust_pass(
-    graft: Any, plan: Any, layout: _Layout, grads: list[Tensor], children: list[_Child]
+    context: StepContext, layout: _Layout, grads: list[Tensor], children: list[_Child]
 ) -> Tensor:
     """‖w‖ per tensor of the step, read before it for the trust ratios of its LARS and
     LAMB ``children``; with ‖g‖ for LARS, whose τ then joins its coefficients (‖g‖ as 0 in
     a layer skipped as non-finite: its children see a zero gradient, as on the reference
     path)."""
+    plan = context.plan
     params, dtype = plan.params, plan.params[0].dtype
     lars = [c for c in children if c.trust == "lars"]
     grad_t, weight_t, _ = _run(SUMSQ, layout, dtype, [grads if lars else None, params])
-    if lars and graft.skip_nonfinite:
-        grad_t = grad_t.masked_fill(~torch.isfinite(graft._reduce(grad_t, plan))[plan.index], 0)
+    if lars and context.skip_nonfinite:
+        grad_t = grad_t.masked_fill(~torch.isfinite(plan.reduce(grad_t))[plan.index], 0)
     for child in lars:
         child.trust_lars(child.mine(weight_t), child.mine(grad_t))
     return weight_t

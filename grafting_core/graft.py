@@ -1,7 +1,8 @@
 """``Graft``: learning-rate grafting M#D as a drop-in ``torch.optim.Optimizer``.
 
 Read top to bottom: the per-layer norm fields, the class with its set-up (groups, layers,
-children), then ``step``: pick a backend, let it run the children (a
+children), then ``step``: pick a backend, hand it the step's
+:class:`~grafting_core.backend.StepContext` and let it run the children (a
 :class:`~grafting_core.core.Proposal`), apply :func:`~grafting_core.core.graft_scales`,
 record the norms; then the state dict.
 """
@@ -12,7 +13,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,12 +20,12 @@ from torch import Tensor
 
 from . import fused as fused_kernels
 from . import partial, reference, routing, sharded, state_format
+from .backend import Plan, StepContext
 from .core import Proposal, graft_scales
 from .layers import Granularity, Layers
 from .native import NativeOptimizer
 from .partial import Grafted
 from .registry import build_optimizer
-from .rules import tensor_norms
 from .schedule import MagnitudeSchedule
 
 #: Per-layer quantities ``Graft`` leaves in ``last_norms`` after every step (columns, in order).
@@ -39,20 +39,6 @@ NORM_FIELDS = (
 )
 _WEIGHT_COLUMN = NORM_FIELDS.index("weight_norm")
 PATHS = ("auto", "native", "blackbox")
-
-
-@dataclass
-class _Plan:
-    """Index bookkeeping for one set of parameters with gradients (cached between steps)."""
-
-    key: tuple[int, ...]
-    params: list[Tensor]
-    index: Tensor  # layer of each active parameter
-    is_identity: bool  # one layer per parameter, all present, in order
-    active_layers: Tensor  # bool per layer: has at least one active parameter
-    grafted: tuple[bool, ...]  # per active parameter: its layer is grafted (else M's step)
-    partial: bool  # some active parameter is not grafted
-    elements: int  # numbers in the active parameters
 
 
 def _check_nonnegative(name: str, value: Any, where: str = "") -> None:
@@ -218,6 +204,7 @@ class Graft(torch.optim.Optimizer):
         self.skip_nonfinite = skip_nonfinite
         self.fused = fused
         self._fused_warned = False  # fused=True that cannot be honoured warns once
+        self._backend_memo: dict[str, Any] = {}  # the backends' cache (StepContext.memo)
         self.granularity = granularity
         self.grafted = grafted
         if direction is None and isinstance(magnitude, MagnitudeSchedule):
@@ -343,7 +330,7 @@ class Graft(torch.optim.Optimizer):
         self._param_grafted = partial.grafted_params(self.grafted, named, has_names=has_names)
         #: Per layer of ``layers.names``: grafted (M#D) or not (M's own step).
         self.grafted_layers = partial.grafted_layers(self._param_grafted, self.layers)
-        self._plan: _Plan | None = None
+        self._plan: Plan | None = None
         self._scratch: dict[int, Tensor] = {}
         device = named[0][1].device if named else torch.device("cpu")
         self._layer_grafted = torch.tensor(self.grafted_layers, dtype=torch.bool, device=device)
@@ -353,7 +340,8 @@ class Graft(torch.optim.Optimizer):
 
     def _check_children(self) -> None:
         """Checks that need the children: schedule layers, DTensor support."""
-        self._sharding = sharded.detect(self)  # None unless the parameters are DTensors
+        # None unless the parameters are DTensors
+        self._sharding = sharded.detect(self.named_params(), self.magnitude, self.direction)
         if isinstance(self.magnitude, MagnitudeSchedule):
             self.magnitude.check_layers(
                 self.layers.names, {n: list(p.shape) for n, p in self.named_params()}
@@ -429,12 +417,7 @@ class Graft(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = [
-            p
-            for g in self.param_groups
-            for p in g["params"]
-            if p.grad is not None and p.requires_grad
-        ]
+        params = self._with_grads()
         if not params:
             return loss
         for p in params:
@@ -445,7 +428,8 @@ class Graft(torch.optim.Optimizer):
                     "use a dense embedding (sparse=False)"
                 )
         plan = self._plan_for(params)
-        proposal = self._backend(plan).propose(self, plan)  # both children, norms per layer
+        context = self._context(plan)
+        proposal = self._backend(plan, context).propose(context)  # both children, layer norms
         grafted = self._layer_grafted if self.direction is not None else self._nothing_grafted
         finite, scales = graft_scales(
             proposal.magnitude_norm,
@@ -464,7 +448,41 @@ class Graft(torch.optim.Optimizer):
         self._mark_stepped(self.direction)
         return loss
 
-    def _plan_for(self, params: list[Tensor]) -> _Plan:
+    def _with_grads(self) -> list[Tensor]:
+        """The parameters a step moves: those with a gradient, in group order."""
+        return [
+            p
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None and p.requires_grad
+        ]
+
+    def step_context(self, params: list[Tensor] | None = None) -> StepContext:
+        """What a backend is handed for a step over ``params`` (default: the parameters
+        that have a gradient now), for asking a backend about a step as tests and benchmarks
+        do (:func:`grafting_core.fused.unsupported`); nothing is stepped."""
+        params = self._with_grads() if params is None else list(params)
+        if not params:
+            raise ValueError("No parameter to step: none has a gradient")
+        return self._context(self._plan_for(params))
+
+    def _context(self, plan: Plan) -> StepContext:
+        """The backends' view of this step (:mod:`grafting_core.backend`)."""
+        return StepContext(
+            plan=plan,
+            magnitude=self.magnitude,
+            direction=self.direction,
+            native=self.native,
+            path=self.path,
+            partial=self.partial,
+            skip_nonfinite=self.skip_nonfinite,
+            graft_step=self.graft_step,
+            sharding=self._sharding,
+            scratch_for=self._scratch_for,
+            memo=self._backend_memo,
+        )
+
+    def _plan_for(self, params: list[Tensor]) -> Plan:
         key = tuple(self._position[id(p)] for p in params)
         if self._plan is None or self._plan.key != key:
             layer_of = [self.layers.index[i] for i in key]
@@ -473,7 +491,7 @@ class Graft(torch.optim.Optimizer):
             active[layer_of] = True
             identity = layer_of == list(range(len(self.layers)))
             grafted = tuple(self._param_grafted[i] for i in key)
-            self._plan = _Plan(
+            self._plan = Plan(
                 key,
                 params,
                 torch.tensor(layer_of, device=device),
@@ -485,17 +503,18 @@ class Graft(torch.optim.Optimizer):
             )
         return self._plan
 
-    def _backend(self, plan: _Plan) -> Any:
-        """The backend for this step: FSDP2 shards, else the fused CPU kernels where they can
-        take it (``fused`` not False; by default only where they pay), else the reference."""
-        if self._sharding is not None:
+    def _backend(self, plan: Plan, context: StepContext | None = None) -> Any:
+        """The backend for this step (a module with ``propose(context)``): FSDP2 shards,
+        else the fused CPU kernels where they can take it (``fused`` not False; by default
+        only where they pay), else the reference. ``context``: the step's (built if not
+        given, for callers that ask with a plan alone)."""
+        context = self._context(plan) if context is None else context
+        if context.sharding is not None:
             backend, why_not = sharded, "the parameters are DTensor (FSDP2) shards"
-        elif self.fused is False or (
-            self.fused is None and not fused_kernels.pays(self, plan.elements)
-        ):
+        elif self.fused is False or (self.fused is None and not fused_kernels.pays(context)):
             return reference
         else:
-            why_not = fused_kernels.unsupported(self, plan.params)
+            why_not = fused_kernels.refusal(context)
             backend = reference if why_not else fused_kernels
         # getattr: a Graft pickled before this flag existed has none (__setstate__ untouched)
         if self.fused and why_not and not getattr(self, "_fused_warned", False):
@@ -509,7 +528,7 @@ class Graft(torch.optim.Optimizer):
             )
         return backend
 
-    def _lr_of(self, plan: _Plan) -> float | Tensor:
+    def _lr_of(self, plan: Plan) -> float | Tensor:
         """Graft's group lr: one number, or one per stepped parameter when groups differ,
         filled in on the parameters' device group by group (no copy from the host, which
         waits on a GPU), at least in float32 and in float64 for float64 parameters."""
@@ -528,13 +547,13 @@ class Graft(torch.optim.Optimizer):
         )
 
     def _record(
-        self, plan: _Plan, finite: Tensor, scales: Tensor, proposal: Proposal
+        self, plan: Plan, finite: Tensor, scales: Tensor, proposal: Proposal
     ) -> Callable[[Tensor], None]:
         """Count ``nonfinite_skips`` and put together ``last_norms`` (see NORM_FIELDS) but for
         ‖w‖, which the returned function fills in from the apply pass. The small ops run
         before that pass: after a pass over every weight each one costs several times more
         (cold caches, BENCHMARKS.md)."""
-        step_norm = self._reduce(scales.abs() * proposal.direction_per_tensor, plan)
+        step_norm = plan.reduce(scales.abs() * proposal.direction_per_tensor)
         skipped = ~finite
         self.nonfinite_skips += skipped if plan.is_identity else skipped & plan.active_layers
         skipped = skipped.to(step_norm.dtype)
@@ -566,27 +585,7 @@ class Graft(torch.optim.Optimizer):
         if isinstance(child, torch.optim.Optimizer):
             child._opt_called = True
 
-    # ------------------------------------------- shared by the backends (reference.py, ...)
-    def _reduce(self, per_tensor: Tensor, plan: _Plan) -> Tensor:
-        """Per-layer norms from per-tensor norms."""
-        if plan.is_identity:
-            return per_tensor
-        sums = torch.zeros(len(self.layers), dtype=per_tensor.dtype, device=per_tensor.device)
-        sums.index_add_(0, plan.index, per_tensor.square())
-        return sums.sqrt()
-
-    @staticmethod
-    def _tensor_norms(tensors: list[Tensor]) -> Tensor:
-        return torch.stack(tensor_norms(tensors))
-
-    def _child_steps(self, child: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
-        """A native child's steps for ``params``, in that order."""
-        stepped, steps = child.compute_steps(params)
-        if len(stepped) == len(params) and all(a is b for a, b in zip(stepped, params)):
-            return steps
-        by_id = {id(p): s for p, s in zip(stepped, steps)}
-        return [by_id[id(p)] for p in params]
-
+    # ------------------------------------------ kept for the backends (StepContext)
     def _scratch_for(self, params: list[Tensor], like: list[Tensor] | None = None) -> list[Tensor]:
         """The black-box path's one weights-sized scratch buffer per parameter, shaped like
         ``like`` (default: the parameters; FSDP2: their local shards)."""
@@ -623,7 +622,7 @@ class Graft(torch.optim.Optimizer):
         state_format.restore_own(self, extras)
 
     #: What is keyed by tensors' identities (rebuilt when a copy is loaded).
-    _BY_IDENTITY = ("_position", "_plan", "_scratch", "_fused_checked")
+    _BY_IDENTITY = ("_position", "_plan", "_scratch", "_backend_memo")
 
     def __getstate__(self) -> dict[str, Any]:
         """All of Graft for ``pickle`` and ``copy.deepcopy`` (torch's optimizers keep
@@ -642,4 +641,4 @@ class Graft(torch.optim.Optimizer):
                 "param_groups, and cannot be restored; save and load its state_dict() instead"
             )
         self._position = {id(p): i for i, (_, p) in enumerate(self.named_params())}
-        self._plan, self._scratch = None, {}
+        self._plan, self._scratch, self._backend_memo = None, {}, {}

@@ -35,8 +35,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import reference
+from .backend import StepContext
 from .core import Proposal
 from .dtensor import Sharding, dtensor_type, local_tensors
 from .native import NativeOptimizer
@@ -89,15 +91,15 @@ MIXED = (
 )
 
 
-def detect(graft: Any) -> Sharding | None:
-    """The sharding of ``graft``'s parameters, or None when none is a ``DTensor``.
+def detect(named: list[tuple[str, Tensor]], magnitude: Any, direction: Any) -> Sharding | None:
+    """The sharding of Graft's parameters ``named`` (``(name, tensor)`` pairs), or None when
+    none is a ``DTensor``; ``magnitude`` and ``direction``: its children.
 
     Raises ``RuntimeError`` at construction for what cannot work: plain tensors mixed with
     DTensors, several meshes, placements other than Shard/Replicate, a child that cannot
     step DTensor shards.
     """
     cls = dtensor_type()
-    named = graft.named_params()
     if cls is None or not any(isinstance(p, cls) for _, p in named):
         return None
     plain = [n for n, p in named if not isinstance(p, cls)]
@@ -125,8 +127,8 @@ def detect(graft: Any) -> Sharding | None:
         float(all(coordinate[d] == 0 for d in summed if p.placements[d].is_replicate()))
         for _, p in named
     )
-    for role in ("magnitude", "direction"):
-        _check_child(role, getattr(graft, role))
+    for role, child in (("magnitude", magnitude), ("direction", direction)):
+        _check_child(role, child)
     shard_device = named[0][1].to_local().device
     comm_device = None if shard_device.type == mesh.device_type else torch.device(mesh.device_type)
     return Sharding(
@@ -152,11 +154,9 @@ def _check_child(role: str, child: Any) -> None:
     )
 
 
-def propose(graft: Any, plan: Any) -> Proposal:
+def propose(context: StepContext) -> Proposal:
     """The reference step on the local shards, its norms made whole by one all_reduce."""
+    sharding, key = context.sharding, context.plan.key
     return reference.propose(
-        graft,
-        plan,
-        local=local_tensors,
-        whole=lambda norms: graft._sharding.whole_norms(norms, plan.key),
+        context, local=local_tensors, whole=lambda norms: sharding.whole_norms(norms, key)
     )
