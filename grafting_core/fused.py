@@ -68,6 +68,8 @@ from .core import Proposal
 from .native import NativeOptimizer
 from .schedule import MagnitudeSchedule
 
+# The passes, guard modes and rule kinds, numbered as the enums of fused_kernels.c number
+# them (tests/test_fused_codes.py reads both sources and compares).
 (
     SUMSQ_COPY,
     DIFF_SUMSQ_RESTORE,

@@ -27,6 +27,8 @@
 #else
 #define THREAD() 0
 #endif
+/* The passes (Task.op). These enums and NCOEF are numbered as in fused.py, which writes them
+ * again; tests/test_fused_codes.py reads both files and compares. */
 enum { SUMSQ_COPY, DIFF_SUMSQ_RESTORE, DIFF_SUMSQ, BLEND, PROPOSE, APPLY, ZERO_IF, PROPOSE_M,
        PROPOSE_D, SUMSQ };
 /* How PROPOSE and PROPOSE_M treat the gradients (Task.guard): as they are; summing ‖g‖²
