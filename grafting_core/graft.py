@@ -124,6 +124,8 @@ class Graft(torch.optim.Optimizer):
             ``granularity="module"`` and layer kinds then work.
 
     Example:
+        >>> import torch
+        >>> from grafting_core import Graft
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = Graft(model.named_parameters(), ("adam", {"lr": 1e-3}), ("sgd", {"lr": 0.1}))
         >>> model(torch.randn(8, 4)).square().mean().backward()
@@ -249,6 +251,8 @@ class Graft(torch.optim.Optimizer):
         (``names=model``, ``granularity=``, ``grafted=``, ...).
 
         Example:
+            >>> import torch
+            >>> from grafting_core import Graft
             >>> model = torch.nn.Linear(4, 2)
             >>> AdamWSGD = Graft.factory("adamw", ("sgd", {"momentum": 0.9}), names=model)
             >>> opt = AdamWSGD(model.parameters(), lr=3e-4, weight_decay=0.1)

@@ -124,6 +124,8 @@ def layer_kinds(source: nn.Module | Iterable[tuple[str, Tensor]]) -> dict[str, s
             (names and shapes decide).
 
     Example:
+        >>> import torch
+        >>> from grafting_core import layer_kinds
         >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4),
         ...                             torch.nn.Linear(4, 4), torch.nn.Linear(4, 10))
         >>> layer_kinds(model)
@@ -151,8 +153,14 @@ def select_kinds(model: nn.Module, kinds: str | Collection[str]) -> Callable[[st
     """A ``grafted=`` predicate that selects ``kinds`` of ``model``'s parameters by module type.
 
     Example:
+        >>> import torch
+        >>> from grafting_core import Graft, select_kinds
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4),
+        ...                             torch.nn.Linear(4, 4), torch.nn.Linear(4, 10))
         >>> opt = Graft(model.named_parameters(), "adam", "sgd",
         ...             grafted=select_kinds(model, "hidden"))
+        >>> [name for name, grafted in zip(opt.layers.names, opt.grafted_layers) if grafted]
+        ['2.weight']
     """
     chosen = check_kinds(kinds)
     by_name = layer_kinds(model)
