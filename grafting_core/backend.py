@@ -76,7 +76,7 @@ class StepContext:
     skip_nonfinite: bool
     #: Steps Graft took before this one (a replayed schedule's position).
     graft_step: int
-    #: How the parameters are sharded (FSDP2), or None for plain tensors.
+    #: How the parameters are sharded (FSDP2), or None when none is a DTensor.
     sharding: Sharding | None
     #: ``scratch_for(params, like=None)``: the black-box path's one weights-sized buffer per
     #: parameter, shaped like ``like`` (default: the parameters), kept by Graft between steps.
