@@ -63,7 +63,7 @@ def measure(threads: int, steps: int = 30) -> str:
     alone = []
     for _ in range(steps):
         start = time.perf_counter()
-        fused.propose(opt, opt._plan_for(params))  # the children advance: timing only
+        fused.propose(opt.step_context(params))  # the children advance: timing only
         alone.append(time.perf_counter() - start)
     inside = ", ".join(f"{PASSES.get(op, op)} {1000 * t / steps:.2f}" for op, t in spent.items())
     rest = 1000 * (step - sum(spent.values()) / steps)

@@ -218,8 +218,9 @@ def test_a_comparison_continued_under_other_housekeeping_settings_keeps_its_runs
     compare(store, later, optimizers, seeds=(0,), plan=plan, group=first.group)
     assert set(store.runs(group=first.group)["run_id"]) == before
     changed = RunConfig(**{**TINY, "eval_every": TINY["eval_every"] + 1})  # what it records
-    compare(store, changed, optimizers, seeds=(0,), plan=plan, group=first.group)
-    assert len(store.runs(group=first.group)) > len(before)
+    with pytest.raises(ValueError, match="eval_every 16 \\(it was made with 15\\)"):
+        compare(store, changed, optimizers, seeds=(0,), plan=plan, group=first.group)
+    assert set(store.runs(group=first.group)["run_id"]) == before  # nothing was written
 
 
 def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):

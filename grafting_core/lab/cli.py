@@ -19,6 +19,8 @@ import contextlib
 import json
 import math
 import os
+import shlex
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -30,21 +32,32 @@ import pandas as pd
 from tqdm import tqdm
 
 from grafting_core.lab.experiments.analysis import static_ratios_from_run
-from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
-from grafting_core.lab.experiments.compare import Comparison, SweepPlan, compare, comparison_request
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS, run_all
+from grafting_core.lab.experiments.compare import Comparison, compare
+from grafting_core.lab.experiments.comparison_plan import (
+    SweepPlan,
+    check_continuation,
+    comparison_request,
+    plan_comparison,
+    plan_continuation,
+)
 from grafting_core.lab.experiments.graft_lrs import graft_lr_sweep
-from grafting_core.lab.experiments.grid import grid, grid_matrix
+from grafting_core.lab.experiments.grid import grid, grid_matrix, grid_table
 from grafting_core.lab.experiments.ratio_study import (
     SCOPES,
     WINDOWS,
-    best_static_arm,
-    static_ratio_study,
+    plan_study,
+    start_study,
+    static_ratio_table,
+    study_reading,
 )
 from grafting_core.lab.experiments.static_ratios import static_ratio_experiment
 from grafting_core.lab.experiments.transfer import schedule_transfer
+from grafting_core.lab.runs import lifeline
 from grafting_core.lab.runs.capacity import check_fits
 from grafting_core.lab.runs.config import RunConfig, field_help, field_names, parse_value
 from grafting_core.lab.runs.executor import Executor, LocalExecutor
+from grafting_core.lab.runs.groups import RESUMED, group_plan
 from grafting_core.lab.runs.runner import create_run, execute_run
 from grafting_core.lab.store.norms import schedule_from_run
 from grafting_core.lab.store.run_store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
@@ -174,13 +187,14 @@ def cmd_train(parser, args, store: RunStore) -> int:
             store, run_id, resume=bool(args.resume), callbacks={"on_metrics": on_metrics}
         )
     except KeyboardInterrupt:
-        print(f"\nstopped; resume with: python -m grafting_core train --resume {run_id}")
+        _say(f"\nstopped; resume with: {_command(args)} train --resume {run_id}", sys.stdout)
         return 130
     except Exception as error:  # recorded in the store as failed
-        print(f"run {run_id} failed: {error}", file=sys.stderr)
+        _say(f"run {run_id} failed: {error}")
         return 1
     finally:
-        bar.close()
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
+            bar.close()
     final = store.metrics_wide(run_id).ffill().iloc[-1]
     print(
         f"run {run_id}: {status} at step {store.run(run_id)['last_step']}; "
@@ -214,14 +228,116 @@ def _executor(args, store: RunStore) -> Iterator[Executor | None]:
         args.command_parser.error(f"--scheduler {args.scheduler}: needs --executor dask")
     else:
         executor = LocalExecutor(store.root, args.workers) if args.workers != 1 else None
+    before = set(store.runs(flatten_config=False)["run_id"])
     try:
-        yield executor
+        with _stop_signals(executor):
+            try:
+                yield executor
+            except KeyboardInterrupt as interrupt:
+                raise Stopped(_stop_experiment(args, store, executor, before, interrupt)) from None
     finally:
         if executor:
             executor.shutdown()
 
 
+class Stopped(Exception):
+    """An experiment stopped by Ctrl-C, SIGTERM or SIGHUP; the message says how to go on."""
+
+
+@contextlib.contextmanager
+def _stop_signals(executor: Executor | None) -> Iterator[None]:
+    """While an experiment runs, Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt here,
+    after telling the executor to hand no queued run to a worker any more: a worker that
+    stops its run at the same Ctrl-C (it reaches the whole process group) must not take the
+    next one. (A run training inline takes the signals itself: lifeline.stoppable.)"""
+
+    def handler(signum: int, frame: object) -> None:
+        if executor is not None:
+            executor.stopping = True
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in lifeline.SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop_experiment(
+    args, store: RunStore, executor: Executor | None, before: set[str], interrupt: BaseException
+) -> str:
+    """Stop an experiment's runs: training ones end their step and checkpoint, queued ones
+    never start (both ``stopped``, resumable); a second signal ends the workers at once.
+    Returns what to tell the user: what stopped and how to continue."""
+    cause = str(interrupt).split(" by ")[-1] if str(interrupt) else "SIGINT"
+    _say(
+        f"\n{cause}: stopping; training runs finish their step and checkpoint, queued runs "
+        "do not start (again: stop at once)"
+    )
+    if executor is not None:
+        try:
+            executor.stop()
+        except KeyboardInterrupt:
+            executor.kill()  # their runs: interrupted, from their last periodic checkpoint
+    _settle_own_runs(store)
+    return _how_to_continue(args, store, before, cause)
+
+
+def _settle_own_runs(store: RunStore) -> None:
+    """Runs still ``running`` under this process after a stop: those never started are
+    ``stopped`` at step 0, any other ``interrupted`` (from its last checkpoint)."""
+    store.mark_interrupted()
+    runs = store.runs(status="running", flatten_config=False)
+    own = runs[(runs["pid"] == os.getpid()) & (runs["host"] == store.host)]
+    for run_id, step in zip(own["run_id"], own["last_step"]):
+        if pd.isna(step):
+            store.set_status(run_id, "stopped", step=0)
+        else:
+            store.set_status(run_id, "interrupted", error="its experiment was stopped at once")
+
+
+def _command(args) -> str:
+    """``python -m grafting_core`` with this command's ``--runs-dir``."""
+    runs_dir = getattr(args, "runs_dir", None)
+    return "python -m grafting_core" + (
+        f" --runs-dir {shlex.quote(str(runs_dir))}" if runs_dir else ""
+    )
+
+
+def _how_to_continue(args, store: RunStore, before: set[str], cause: str) -> str:
+    """What an experiment stopped with, and the command that continues it."""
+    runs = store.runs(flatten_config=False)
+    groups = set(runs.loc[~runs["run_id"].isin(before), "group"].dropna())
+    groups |= {args.group} if getattr(args, "group", None) else set()
+    mine = runs[runs["group"].isin(groups)]
+    counts = mine["status"].value_counts()
+    said = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if args.command in ("grid", "compare"):
+        commands = [f"{_command(args)} {args.command} --group {g}" for g in sorted(groups)]
+    elif args.command in ("ratio-study", "graft-lrs"):  # they continue their group when rerun
+        commands = ["python -m grafting_core " + shlex.join(args.argv)]
+    else:
+        todo = mine.loc[mine["status"].isin(RESUMED), "run_id"]
+        commands = [f"{_command(args)} train --resume {run_id}" for run_id in todo]
+    where = f" in {', '.join(sorted(groups))}" if groups else ""
+    text = f"stopped by {cause}{where}: {said or 'no runs'}"
+    if commands and counts.reindex(list(RESUMED)).fillna(0).sum():
+        text += "; continue with:\n  " + "\n  ".join(commands)
+    return text
+
+
+def _say(text: str, file=None) -> None:
+    """Print a line to stderr (or ``file``); a terminal already closed (SIGHUP) is no error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=file or sys.stderr, flush=True)
+
+
 def cmd_grid(parser, args, store: RunStore) -> int:
+    if args.group:
+        return _continue_grid(parser, args, store)
+    args.optimizers = args.optimizers or ["sgd", "adam"]
+    args.seeds = args.seeds or [0]
     config = _config(parser, args)
     if len(set(args.optimizers)) < 2:
         parser.error(
@@ -233,9 +349,58 @@ def cmd_grid(parser, args, store: RunStore) -> int:
         group, table = grid(
             store, config, optimizers, args.seeds, executor=executor, progress=_progress("grid")
         )
+    return _print_grid(args, table, group)
+
+
+def _continue_grid(parser, args, store: RunStore) -> int:
+    """``grid --group G``: G's stopped and interrupted runs resumed, the rest kept; any
+    setting given is refused (a continuation is the same grid)."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("config", "optimizers", "seeds", *field_names())
+        if getattr(args, name, None) is not None
+    ]
+    if given:
+        parser.error(
+            f"--group {args.group} continues that grid with the settings it was made with; "
+            f"drop {' '.join(given)} (or leave --group out to start a new grid)"
+        )
+    kinds = set(store.runs(group=args.group, flatten_config=False)["kind"])
+    if not kinds:
+        parser.error(f"--group {args.group}: no runs in this group")
+    if kinds != {"grid"}:
+        parser.error(
+            f"--group {args.group}: a {'/'.join(sorted(kinds))} group, not a grid"
+            + (f"; continue it with: compare --group {args.group}" if "compare" in kinds else "")
+        )
+    try:
+        with _executor(args, store) as executor:
+            run_all(
+                store,
+                group_plan(store, args.group),
+                group=args.group,
+                kind="grid",
+                executor=executor,
+                progress=_progress("grid"),
+                reuse=True,
+            )
+    except ValueError as error:  # runs of the group training elsewhere
+        parser.error(f"--group {args.group}: {error}")
+    return _print_grid(args, grid_table(store, args.group), args.group)
+
+
+def _print_grid(args, table: pd.DataFrame, group: str) -> int:
+    """A grid's runs and matrix; exit status 1 while some run is stopped or interrupted."""
     _print_table(table[["name", "seed", "status", "val_loss", "val_accuracy"]])
     print(f"\nmean val_loss over seeds (rows: magnitude M, columns: direction D), group {group}")
     print(grid_matrix(table).round(4).to_string())
+    open_runs = int(table["status"].isin(RESUMED).sum())
+    if open_runs:
+        _say(
+            f"{open_runs} of {len(table)} runs did not finish (stopped or interrupted); "
+            f"continue with: {_command(args)} grid --group {group}"
+        )
+        return 1
     return 0
 
 
@@ -281,6 +446,25 @@ def _compare_request(parser, args) -> dict[str, Any]:
     }
 
 
+def _continued_request(parser, args, stored: dict[str, Any]) -> dict[str, Any]:
+    """``--group G``: the stored comparison with the settings given on the command line put
+    in (``check_continuation`` then refuses any that differ), seeds as given or as stored."""
+    given = _given_settings(args)
+    request = {**stored, "seeds": args.seeds or stored["seeds"]}
+    if not given:
+        return request
+    fresh = _compare_request(parser, args)
+    fields = [name for name in given if name in field_names()]
+    base = fresh["base"] if "config" in given else stored["base"]
+    request["base"] = base.replace(**{name: getattr(fresh["base"], name) for name in fields})
+    if {"points", "factor", "extensions"} & set(given):
+        request["plan"] = fresh["plan"]
+    for name in ("optimizers", "partial", "tune_grafts"):
+        if name in given:
+            request[name] = fresh[name]
+    return request
+
+
 def cmd_compare(parser, args, store: RunStore) -> int:
     if args.group and store.runs(group=args.group).empty:
         parser.error(
@@ -288,26 +472,31 @@ def cmd_compare(parser, args, store: RunStore) -> int:
             "start a new comparison)"
         )
     stored = comparison_request(store, args.group) if args.group else None
-    if stored is not None and not _given_settings(args):  # --group G [--seeds ...] alone
-        request = {**stored, "seeds": args.seeds or stored["seeds"]}
-        print(
-            f"continuing {args.group} with the settings it was made with, seeds "
-            f"{' '.join(map(str, request['seeds']))}",
-            file=sys.stderr,
-        )
-    else:
-        if args.group and stored is None:
-            print(
-                f"{args.group} was made before comparisons kept their settings: it "
-                "continues with the options given here (defaults where none is given)",
-                file=sys.stderr,
-            )
-        request = _compare_request(parser, args)
+    try:
+        if stored is not None:
+            request = _continued_request(parser, args, stored)
+            check_continuation(store, args.group, request)
+            planned = plan_continuation(store, args.group, request["seeds"])
+            print(f"continuing {args.group} with the settings it was made with", file=sys.stderr)
+        else:
+            if args.group:
+                print(
+                    f"{args.group} was made before comparisons kept their settings: it "
+                    "continues with the options given here (defaults where none is given)",
+                    file=sys.stderr,
+                )
+            planned = plan_comparison(**_compare_request(parser, args))
+            if args.group:
+                check_continuation(store, args.group, planned.request)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         with _executor(args, store) as executor:
+            workers = executor.max_workers if executor is not None else 1
+            print(f"plan: {planned.text(workers)}", file=sys.stderr)
             result = compare(
                 store,
-                **request,
+                **planned.request,
                 executor=executor,
                 progress=_progress("compare"),
                 group=args.group,
@@ -320,6 +509,11 @@ def cmd_compare(parser, args, store: RunStore) -> int:
 
 def print_comparison(result: Comparison) -> None:
     """The sweep, the tuned and grafted arms and the verdicts, as plain tables."""
+    if result.excluded:
+        print(
+            f"\n{result.excluded} runs of group {result.group} were made with other settings "
+            "than the comparison's: left out of every table below"
+        )
     print(
         f"\nlearning-rate sweeps (val_loss over seeds; * best, ! best at the grid's edge), "
         f"group {result.group}"
@@ -383,16 +577,24 @@ def _on_pair(parser, args, store: RunStore, experiment, label: str, **options) -
 
 
 def cmd_ratio_study(parser, args, store: RunStore) -> int:
-    table = _on_pair(
-        parser,
-        args,
-        store,
-        static_ratio_study,
-        "ratio study",
-        windows=args.windows,
-        scopes=args.scopes,
-        statistic=args.statistic,
-    )
+    try:
+        plan = plan_study(
+            store,
+            args.group,
+            magnitude=args.magnitude,
+            direction=args.direction,
+            windows=args.windows,
+            scopes=args.scopes,
+            statistic=args.statistic,
+        )
+        print(f"plan: {plan.describe()}")
+        with _executor(args, store) as executor:
+            start_study(store, plan, executor, wait=True, progress=_progress("ratio study"))
+        table = static_ratio_table(
+            store, args.group, magnitude=args.magnitude, direction=args.direction
+        )
+    except (ValueError, KeyError) as error:
+        parser.error(str(error).strip("'\""))
     print(
         f"\n{args.direction} with static ratios from {args.magnitude}#{args.direction} vs "
         f"tuned {args.magnitude} and {args.direction} (val_loss over finished seeds; failed: "
@@ -400,11 +602,7 @@ def cmd_ratio_study(parser, args, store: RunStore) -> int:
         f"group {args.group}"
     )
     _print_table(table[["arm", "mean", "std", "seeds", "failed", "gap_closed", "state_bytes"]])
-    best, unsteady = best_static_arm(table)
-    if best is not None:
-        print(f"closed the most of the gap, on every seed: {best['arm']}")
-    for row in unsteady.itertuples():
-        print(f"closed more on its finished seeds, but failed on {row.failed}: {row.arm}")
+    print(f"reading: {study_reading(table, args.magnitude, args.direction)}")
     return 0
 
 
@@ -587,10 +785,14 @@ def build_parser() -> argparse.ArgumentParser:
     grid_p.add_argument(
         "--optimizers",
         nargs="+",
-        default=["sgd", "adam"],
         help=f"lab optimizers to pair ({names}) [sgd adam]",
     )
-    grid_p.add_argument("--seeds", **seeds)
+    grid_p.add_argument("--seeds", **{**seeds, "default": None})
+    grid_p.add_argument(
+        "--group",
+        help="continue the grid stored in this group (after a stop or an interruption): its "
+        "stopped and interrupted runs resume, the rest are kept; takes no other setting",
+    )
     grid_p.add_argument("--workers", **workers)
     for flag, options in executors.items():
         grid_p.add_argument(f"--{flag}", **options)
@@ -782,8 +984,34 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m grafting_core`` and the ``grafting`` script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    store = _open_store(parser, args)
-    return args.handler(args.command_parser, args, store)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    with _interrupting_signals():
+        try:
+            store = _open_store(parser, args)
+            return args.handler(args.command_parser, args, store)
+        except Stopped as stop:
+            _say(str(stop))
+            return 130
+        except KeyboardInterrupt as interrupt:
+            _say(f"\nstopped by {interrupt or 'SIGINT'}")
+            return 130
+
+
+@contextlib.contextmanager
+def _interrupting_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) stop a command as Ctrl-C does (a
+    KeyboardInterrupt, so every stop path is one), instead of killing it mid-write."""
+    others = [sig for sig in lifeline.SIGNALS if sig != signal.SIGINT]
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in others}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunStore:

@@ -19,10 +19,8 @@ the tables from the store alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,42 +33,23 @@ from grafting_core.lab.experiments.common import (
     final_metrics,
     graft_config,
     new_group,
-    round_lr,
     run_all,
+)
+from grafting_core.lab.experiments.comparison_plan import (
+    SweepPlan,
+    base_settings,
+    check_continuation,
+    comparison_request,
+    plan_comparison,
+    request_json,
 )
 from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.experiments.graft_lrs import graft_extensions, plan_graft_lrs, tuned_grafts
 from grafting_core.lab.experiments.verdict import closer_to
 from grafting_core.lab.runs.arms import Arm, PlannedRun
-from grafting_core.lab.runs.capacity import meta_model
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.executor import Executor
 from grafting_core.lab.store.run_store import RunStore
-from grafting_core.layer_kinds import layer_kinds
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A log grid of learning rates around each arm's starting lr."""
-
-    points: int = 5  # lrs in the first grid, centred on the arm's own lr
-    factor: float = math.sqrt(10)  # ratio of neighbouring lrs: half a decade
-    extensions: int = 2  # points added beyond an edge while the best sits on it
-
-    def __post_init__(self) -> None:
-        if self.points < 2:
-            raise ValueError(f"Invalid points: {self.points} (a sweep needs at least 2)")
-        if not (math.isfinite(self.factor) and self.factor > 1):
-            raise ValueError(f"Invalid factor: {self.factor} (must be a finite number > 1)")
-        if self.extensions < 0:
-            raise ValueError(f"Invalid extensions: {self.extensions} (must be >= 0)")
-
-    def grid(self, center: float) -> list[float]:
-        """``points`` lrs spaced by ``factor`` around ``center`` (3 significant digits)."""
-        if not (math.isfinite(center) and center > 0):
-            raise ValueError(f"Invalid lr to sweep around: {center} (must be > 0)")
-        first = -(self.points - 1) / 2
-        return [round_lr(center * self.factor ** (first + i)) for i in range(self.points)]
 
 
 @dataclass
@@ -83,6 +62,9 @@ class Comparison:
     verdicts: pd.DataFrame  # magnitude, direction, graft/M/D mean ± std, position, verdict
     #: per graft trained at other lrs of M: its best lr's row (``graft_lrs.tuned_grafts``)
     tuned_grafts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: runs of the group made with other settings than the comparison's (left out of every
+    #: table: a group continued with a changed setting before the lab refused it)
+    excluded: int = 0
 
 
 def _choice(label: str, choice: OptimizerChoice, lr: float) -> tuple[str, OptimizerChoice]:
@@ -191,15 +173,19 @@ def compare(
     tuned lr, extended while a graft's best sits at its edge; ``graft_lrs``): the verdicts
     stay those at M's tuned lr, ``Comparison.tuned_grafts`` has the tuned grafts'.
     """
-    if len(optimizers) < 2:
-        raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
-    check_partial(base, partial)
+    planned_comparison = plan_comparison(
+        base,
+        optimizers,
+        seeds=seeds,
+        plan=plan,
+        partial=partial,
+        metric=metric,
+        tune_grafts=tune_grafts,
+    )  # every setting checked before anything is written
+    if group is not None:
+        check_continuation(store, group, planned_comparison.request)
     group = group or new_group("compare")
-    store.set_group_request(
-        group, "compare", _request(base, optimizers, seeds, plan, partial, metric, tune_grafts)
-    )
+    store.set_group_request(group, "compare", request_json(planned_comparison.request))
     total = len(optimizers) * plan.points * len(seeds)
     done = 0
 
@@ -283,76 +269,6 @@ def compare(
     return read_comparison(store, group, metric=metric)
 
 
-def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
-    """Refuse a partial graft asked for twice (the same kinds in any order), or whose layer
-    kinds select no layer of ``base``'s model (it would be M alone) or every layer (the whole
-    graft again). A custom task's model is the user's code: not built here."""
-    seen: set[frozenset[str]] = set()
-    for kinds in partial:
-        if frozenset(kinds) in seen:
-            raise ValueError(f"Partial graft [{'+'.join(kinds)}] is asked for twice")
-        seen.add(frozenset(kinds))
-    if not partial or base.custom:
-        return
-    present = set(layer_kinds(meta_model(base)[0]).values())
-    for kinds in partial:
-        name = f"[{'+'.join(kinds)}]"
-        if not set(kinds) & present:
-            raise ValueError(
-                f"Partial graft {name}: the model has no such layers (its kinds: "
-                f"{', '.join(sorted(present))}); it would be M alone"
-            )
-        if present <= set(kinds):
-            raise ValueError(
-                f"Partial graft {name} takes every layer of the model (its kinds: "
-                f"{', '.join(sorted(present))}): it is the whole graft again"
-            )
-
-
-def _request(
-    base: RunConfig,
-    optimizers: Mapping[str, OptimizerChoice],
-    seeds: Sequence[int],
-    plan: SweepPlan,
-    partial: Sequence[Sequence[str]],
-    metric: str,
-    tune_grafts: bool,
-) -> dict[str, Any]:
-    """``compare``'s settings as JSON, stored with its group (:func:`comparison_request`)."""
-    return {
-        "base": base.to_dict(),
-        "optimizers": {label: [name, dict(hp)] for label, (name, hp) in optimizers.items()},
-        "seeds": [int(seed) for seed in seeds],
-        "plan": asdict(plan),
-        "partial": [list(kinds) for kinds in partial],
-        "metric": metric,
-        "tune_grafts": tune_grafts,
-    }
-
-
-def comparison_request(store: RunStore, group: str) -> dict[str, Any] | None:
-    """The settings the comparison ``group`` was last run with, as :func:`compare`'s keyword
-    arguments (``base``, ``optimizers``, ``seeds``, ``plan``, ``partial``, ``metric``,
-    ``tune_grafts``); None
-    for a group made before the lab kept them (continue it with the same settings by hand).
-
-    ``compare(store, **{**comparison_request(store, group), "seeds": more}, group=group)``
-    continues it: its runs are kept and only the new ones train.
-    """
-    stored = store.group_request(group)
-    if stored is None:
-        return None
-    return {
-        "base": RunConfig.from_dict(stored["base"]),
-        "optimizers": {label: (name, hp) for label, (name, hp) in stored["optimizers"].items()},
-        "seeds": tuple(stored["seeds"]),
-        "plan": SweepPlan(**stored["plan"]),
-        "partial": [tuple(kinds) for kinds in stored["partial"]],
-        "metric": stored["metric"],
-        "tune_grafts": stored.get("tune_grafts", False),  # not kept before they could be
-    }
-
-
 def _mark_tuned(store: RunStore, group: str, tuned: Mapping[str, float]) -> None:
     """Give the sweep points at each arm's ``tuned`` lr the role ``tuned`` (and the others
     ``sweep_point``); a graft whose M or D lr is no longer tuned becomes ``superseded`` (a
@@ -388,6 +304,7 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     runs = store.runs(group=group)
     if runs.empty:
         raise KeyError(f"No runs in group {group!r}")
+    runs, excluded = _runs_made_as_requested(store, group, runs)
     sweep = _sweep_table(store, group, metric, runs)
     arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft"])]
     table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,), runs=arms)
@@ -423,7 +340,27 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     )
     has_lrs = (runs["role"] == GRAFT_LR_ROLE).any()  # else no need to read the store again
     tuned = tuned_grafts(store, group, metric=metric) if has_lrs else pd.DataFrame()
-    return Comparison(group, sweep, summary, _verdicts(values, metric), tuned)
+    return Comparison(group, sweep, summary, _verdicts(values, metric), tuned, excluded)
+
+
+def _runs_made_as_requested(
+    store: RunStore, group: str, runs: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
+    """The rows of ``runs`` made with the comparison's stored settings (all of them for a
+    group that kept none), and how many were left out: runs of other settings never pool."""
+    request = comparison_request(store, group)
+    if request is None:
+        return runs, 0
+    want = base_settings(request["base"])
+    configs = store.runs(group=group, flatten_config=False).set_index("run_id")["config"]
+    keep = [
+        base_settings(configs[run_id]) == want
+        and configs[run_id]["magnitude"] == request["optimizers"][arm][0]
+        if arm in request["optimizers"]
+        else False
+        for run_id, arm in zip(runs["run_id"], runs["magnitude_arm"])
+    ]
+    return runs[keep], int(len(runs) - sum(keep))
 
 
 def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from grafting_core.lab.experiments.verdict import closer_to
 from grafting_core.lab.runs.arms import Arm, PlannedRun
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.runs.groups import record_runs
 from grafting_core.lab.store.run_store import RunStore
 
 ROLE = "graft_lr"
@@ -87,6 +88,28 @@ def plan_graft_lrs(
                     PlannedRun(config.replace(magnitude_hparams=hparams, name=name), arm)
                 )
     return planned
+
+
+def queue_graft_lrs(
+    store: RunStore,
+    executor: Executor,
+    group: str,
+    *,
+    magnitude: str,
+    direction: str,
+    lrs: Sequence[float],
+    variants: Sequence[str] | None = None,
+) -> list[str]:
+    """:func:`plan_graft_lrs`'s runs recorded in ``group`` and handed to ``executor`` without
+    waiting (the app's action); returns the ids queued: none when every one is trained
+    already (those the group has are kept, a stopped one resumes)."""
+    planned = plan_graft_lrs(
+        store, group, magnitude=magnitude, direction=direction, lrs=lrs, variants=variants
+    )
+    _, todo = record_runs(store, planned, group=group, kind="compare", reuse=True)
+    for run_id, resume in todo:
+        executor.submit(run_id, resume=resume)
+    return [run_id for run_id, _ in todo]
 
 
 def graft_lr_sweep(

@@ -142,3 +142,19 @@ def grid_reading(table: pd.DataFrame, metric: str = "val_loss", *, what: str = "
             f"{max(rows, columns):.3g}."
         )
     return f"{verdict}. {numbers}. {noise}"
+
+
+def cell_notes(table: pd.DataFrame, runs: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
+    """Text for each cell without a finished value: queued, running 40%, diverged, ..."""
+    progress = runs.set_index("run_id")["progress"]
+    notes = pd.DataFrame("", index=matrix.index, columns=matrix.columns)
+    for (m, d), cell in table.groupby(["magnitude", "direction"]):
+        if m not in notes.index or d not in notes.columns:
+            continue
+        statuses = set(cell["status"])
+        if "running" in statuses:
+            done = progress.reindex(cell["run_id"]).fillna(0).mean()
+            notes.loc[m, d] = f"running {done:.0%}" if done > 0 else "queued"
+        elif statuses - {"finished"}:
+            notes.loc[m, d] = " / ".join(sorted(statuses - {"finished"}))
+    return notes

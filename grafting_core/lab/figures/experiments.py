@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from grafting_core.lab.experiments.comparison_reading import graft_name
 from grafting_core.lab.experiments.implicit_schedules import LAYER_KINDS, layer_series
 from grafting_core.lab.experiments.ratio_study import WINDOWS
 from grafting_core.lab.experiments.verdict import closer_to_words
@@ -204,12 +205,6 @@ def lr_sweep(
         hovermode="closest", legend={"title": {"text": ""}, "orientation": "h", "y": -0.3, "x": 0}
     )
     return fig
-
-
-def graft_name(magnitude: str, direction: str, layers: str = "") -> str:
-    """``sgd#adam``, or ``sgd#adam [hidden only]`` for a partial graft of those layer kinds
-    (``""`` or ``"all"``: the whole graft)."""
-    return f"{magnitude}#{direction}" + ("" if layers in ("", "all") else f" [{layers} only]")
 
 
 def graft_lr_figure(

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from grafting_core.lab.runs.arms import PlannedRun
+from grafting_core.lab.runs.arms import Arm, PlannedRun
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.runner import create_run
 from grafting_core.lab.store.run_store import RunStore
 
 #: What a run of a continued experiment is worth: an outcome is kept, a stop is resumed.
 KEPT, RESUMED = ("finished", "diverged", "failed"), ("stopped", "interrupted")
+TERMINAL = KEPT + RESUMED  # a run with one of these statuses trains no more
 
 
 def record_runs(
@@ -68,3 +69,23 @@ def _runs_by_config(store: RunStore, group: str) -> dict[str, tuple[str, str]]:
         _config_key(RunConfig.from_dict(config)): (run_id, status)
         for run_id, status, config in zip(runs["run_id"], runs["status"], runs["config"])
     }
+
+
+def group_plan(store: RunStore, group: str) -> list[PlannedRun]:
+    """The runs of ``group`` as planned runs, each with the config and arm it was made with
+    (creation order): recorded again with ``reuse``, they resume the group's stopped and
+    interrupted runs and keep the rest, so a continuation is the same experiment."""
+    runs = store.runs(group=group, flatten_config=False).iloc[::-1]
+    return [
+        PlannedRun(
+            RunConfig.from_dict(config),
+            Arm(role, magnitude, direction or "", variant or "") if role else None,
+        )
+        for config, role, magnitude, direction, variant in zip(
+            runs["config"],
+            runs["role"].where(runs["role"].notna(), None),
+            runs["magnitude_arm"],
+            runs["direction_arm"].where(runs["direction_arm"].notna(), None),
+            runs["arm_variant"].where(runs["arm_variant"].notna(), None),
+        )
+    ]

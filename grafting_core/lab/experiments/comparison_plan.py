@@ -1,0 +1,294 @@
+"""What a tuned comparison will train, decided before anything is written: its settings
+(validated once), how many runs they make, and whether a continuation is the same experiment.
+
+The Grid page, the CLI (``compare`` prints the plan before training) and the notebooks call
+``plan_comparison`` and ``plan_continuation``, so a count can never differ between them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from grafting_core.lab.experiments.common import OptimizerChoice, round_lr
+from grafting_core.lab.experiments.grid import grid_configs
+from grafting_core.lab.runs.capacity import check_fits, meta_model
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.groups import HOUSEKEEPING
+from grafting_core.lab.store.run_store import RunStore
+from grafting_core.layer_kinds import layer_kinds
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A log grid of learning rates around each arm's starting lr."""
+
+    points: int = 5  # lrs in the first grid, centred on the arm's own lr
+    factor: float = math.sqrt(10)  # ratio of neighbouring lrs: half a decade
+    extensions: int = 2  # points added beyond an edge while the best sits on it
+
+    def __post_init__(self) -> None:
+        if self.points < 2:
+            raise ValueError(f"Invalid points: {self.points} (a sweep needs at least 2)")
+        if not (math.isfinite(self.factor) and self.factor > 1):
+            raise ValueError(f"Invalid factor: {self.factor} (must be a finite number > 1)")
+        if self.extensions < 0:
+            raise ValueError(f"Invalid extensions: {self.extensions} (must be >= 0)")
+
+    def grid(self, center: float) -> list[float]:
+        """``points`` lrs spaced by ``factor`` around ``center`` (3 significant digits)."""
+        if not (math.isfinite(center) and center > 0):
+            raise ValueError(f"Invalid lr to sweep around: {center} (must be > 0)")
+        first = -(self.points - 1) / 2
+        return [round_lr(center * self.factor ** (first + i)) for i in range(self.points)]
+
+
+def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
+    """Refuse a partial graft asked for twice (the same kinds in any order), or whose layer
+    kinds select no layer of ``base``'s model (it would be M alone) or every layer (the whole
+    graft again). A custom task's model is the user's code: not built here."""
+    seen: set[frozenset[str]] = set()
+    for kinds in partial:
+        if frozenset(kinds) in seen:
+            raise ValueError(f"Partial graft [{'+'.join(kinds)}] is asked for twice")
+        seen.add(frozenset(kinds))
+    if not partial or base.custom:
+        return
+    present = set(layer_kinds(meta_model(base)[0]).values())
+    for kinds in partial:
+        name = f"[{'+'.join(kinds)}]"
+        if not set(kinds) & present:
+            raise ValueError(
+                f"Partial graft {name}: the model has no such layers (its kinds: "
+                f"{', '.join(sorted(present))}); it would be M alone"
+            )
+        if present <= set(kinds):
+            raise ValueError(
+                f"Partial graft {name} takes every layer of the model (its kinds: "
+                f"{', '.join(sorted(present))}): it is the whole graft again"
+            )
+
+
+def run_count(
+    arms: int, seeds: int, plan: SweepPlan, variants: int = 1, *, tune_grafts: bool = False
+) -> tuple[int, int]:
+    """The fewest and the most runs of a comparison (with no extension, with every one);
+    ``variants``: grafts per pair (the full one and each partial one); ``tune_grafts``: each
+    graft's lr swept too (its grid less M's tuned lr, which an odd grid centres on)."""
+    grafts = arms * (arms - 1) * variants
+    fewest = arms * plan.points * seeds + grafts * seeds
+    most = fewest + arms * plan.extensions * seeds
+    if tune_grafts:
+        lrs = plan.points - plan.points % 2
+        fewest, most = (
+            fewest + grafts * lrs * seeds,
+            most + grafts * (lrs + plan.extensions) * seeds,
+        )
+    return fewest, most
+
+
+@dataclass(frozen=True)
+class ComparisonPlan:
+    """What Start (or ``compare``) will train: ``request`` holds ``compare``'s keyword
+    arguments; ``fewest``/``most`` bound the new runs (no extension / every extension)."""
+
+    request: dict[str, Any]
+    fewest: int
+    most: int
+    trained_seeds: tuple[int, ...] = ()  # a continuation's seeds already trained
+
+    @property
+    def new_seeds(self) -> list[int]:
+        """The seeds this plan adds (every seed for a new comparison)."""
+        return [s for s in self.request["seeds"] if s not in self.trained_seeds]
+
+    def text(self, workers: int | None = None) -> str:
+        """``2 optimizers × 5 lrs × 3 seeds = 30 sweep runs, ...``: what will train."""
+        if self.trained_seeds:
+            return (
+                f"Seeds {', '.join(map(str, self.trained_seeds))} are trained. Adding "
+                f"{', '.join(map(str, self.new_seeds))} trains at least {self.fewest} new "
+                "runs, with the same settings; if the new seeds move a tuned lr, the grafts at "
+                "the new lr train on every seed (those at the old one are kept, marked "
+                "superseded)."
+            )
+        arms, seeds = len(self.request["optimizers"]), len(self.request["seeds"])
+        points, variants = self.request["plan"].points, 1 + len(self.request["partial"])
+        s = "s" if seeds > 1 else ""
+        more = (
+            f", up to {self.most - self.fewest} more where a best lr sits at its grid's edge"
+            if self.most > self.fewest
+            else ""
+        )
+        total = f"{self.fewest}–{self.most}" if self.most > self.fewest else f"{self.fewest}"
+        tuned = ", then each graft's lrs" if self.request["tune_grafts"] else ""
+        pace = f", {workers} at a time" if workers else ""
+        return (
+            f"{arms} optimizers × {points} lrs × {seeds} seed{s} = "
+            f"{arms * points * seeds} sweep runs{more}, then {arms * (arms - 1) * variants} "
+            f"grafts{' (whole and partial)' if variants > 1 else ''} × "
+            f"{seeds} seed{s}{tuned}: {total} runs{pace}."
+        )
+
+
+def plan_comparison(
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    plan: SweepPlan = SweepPlan(),
+    partial: Sequence[Sequence[str]] = (),
+    metric: str = "val_loss",
+    tune_grafts: bool = False,
+) -> ComparisonPlan:
+    """Validate a comparison's settings (every check ``compare`` needs, before any write) and
+    count its runs. Raises ValueError naming the first bad setting."""
+    if len(optimizers) < 2:
+        raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"Invalid seeds {list(seeds)}: at least one, each once")
+    check_fits(base)
+    grid_configs(base, optimizers, seeds)  # every optimizer's settings, alone and grafted
+    check_partial(base, partial)
+    for label, (_, hparams) in optimizers.items():
+        try:
+            plan.grid(hparams["lr"])
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{label}: {error}") from None
+    request = {
+        "base": base,
+        "optimizers": dict(optimizers),
+        "seeds": tuple(int(seed) for seed in seeds),
+        "plan": plan,
+        "partial": [tuple(kinds) for kinds in partial],
+        "metric": metric,
+        "tune_grafts": bool(tune_grafts),
+    }
+    fewest, most = run_count(
+        len(optimizers), len(seeds), plan, 1 + len(partial), tune_grafts=tune_grafts
+    )
+    return ComparisonPlan(request, fewest, most)
+
+
+def request_json(request: Mapping[str, Any]) -> dict[str, Any]:
+    """``compare``'s settings as JSON, stored with its group (:func:`comparison_request`)."""
+    return {
+        "base": request["base"].to_dict(),
+        "optimizers": {
+            label: [name, dict(hp)] for label, (name, hp) in request["optimizers"].items()
+        },
+        "seeds": [int(seed) for seed in request["seeds"]],
+        "plan": asdict(request["plan"]),
+        "partial": [list(kinds) for kinds in request["partial"]],
+        "metric": request["metric"],
+        "tune_grafts": request["tune_grafts"],
+    }
+
+
+def comparison_request(store: RunStore, group: str) -> dict[str, Any] | None:
+    """The settings the comparison ``group`` was made with, as :func:`compare`'s keyword
+    arguments (``base``, ``optimizers``, ``seeds``, ``plan``, ``partial``, ``metric``,
+    ``tune_grafts``); None for a group made before the lab kept them.
+
+    ``compare(store, **{**comparison_request(store, group), "seeds": more}, group=group)``
+    continues it: its runs are kept and only the new ones train.
+    """
+    stored = store.group_request(group)
+    if stored is None:
+        return None
+    return {
+        "base": RunConfig.from_dict(stored["base"]),
+        "optimizers": {label: (name, hp) for label, (name, hp) in stored["optimizers"].items()},
+        "seeds": tuple(stored["seeds"]),
+        "plan": SweepPlan(**stored["plan"]),
+        "partial": [tuple(kinds) for kinds in stored["partial"]],
+        "metric": stored["metric"],
+        "tune_grafts": stored.get("tune_grafts", False),  # not kept before they could be
+    }
+
+
+#: RunConfig fields a comparison sets per arm (not part of what it holds fixed).
+ARM_FIELDS = ("name", "magnitude", "magnitude_hparams", "direction", "direction_hparams")
+ARM_FIELDS += ("grafted", "seed")
+
+
+def base_settings(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A run config's settings that every run of one comparison shares (its base): all but
+    the arm's own (optimizers, name, seed, grafted layers) and housekeeping."""
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    return {k: v for k, v in values.items() if k not in ARM_FIELDS + HOUSEKEEPING}
+
+
+def request_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What ``new`` would change of the comparison ``stored`` (both ``compare``'s keyword
+    arguments), seeds aside: ``"steps 50 (it was made with 400)"`` per setting."""
+
+    def said(value: Any) -> str:
+        return str(value) if not isinstance(value, SweepPlan) else str(asdict(value))
+
+    changes = []
+    old_base, new_base = base_settings(stored["base"]), base_settings(new["base"])
+    for name in old_base:
+        if old_base[name] != new_base.get(name):
+            changes.append(f"{name} {new_base.get(name)!r} (it was made with {old_base[name]!r})")
+    for name in ("optimizers", "plan", "partial", "metric", "tune_grafts"):
+        old, value = stored[name], new[name]
+        if name == "optimizers":
+            old = {k: (n, dict(h)) for k, (n, h) in old.items()}
+            value = {k: (n, dict(h)) for k, (n, h) in value.items()}
+        if name == "partial":
+            old, value = [list(k) for k in old], [list(k) for k in value]
+        if old != value:
+            changes.append(f"{name} {said(value)} (it was made with {said(old)})")
+    return changes
+
+
+def check_continuation(store: RunStore, group: str, request: Mapping[str, Any]) -> None:
+    """Refuse to train ``request`` into ``group`` unless it is the same comparison (more
+    seeds, or a resume): a group of another kind, or any changed setting, is a ValueError
+    naming it. A new group (no runs, no settings) passes."""
+    kinds = set(store.runs(group=group, flatten_config=False)["kind"])
+    if kinds - {"compare"}:
+        raise ValueError(
+            f"Group {group!r} holds {'/'.join(sorted(kinds))} runs, not a comparison: a "
+            "comparison is never trained into it (leave the group out to start one)"
+        )
+    stored = comparison_request(store, group)
+    if stored is None:
+        return
+    changes = request_changes(stored, request)
+    if changes:
+        raise ValueError(
+            f"Group {group!r} is a comparison with other settings: {'; '.join(changes)}. "
+            "A continuation trains the same experiment (more seeds, or a resume); start a "
+            "new comparison (no group) to change a setting"
+        )
+
+
+def plan_continuation(
+    store: RunStore, group: str, seeds: Iterable[int] | None = None
+) -> ComparisonPlan:
+    """The comparison ``group`` continued with ``seeds`` (all seeds wanted; default: the
+    ones it has, i.e. a resume), with the settings it was made with; ``fewest``/``most``
+    bound its new runs. Raises ValueError for a group without stored settings."""
+    stored = comparison_request(store, group)
+    if stored is None:
+        raise ValueError(
+            f"{group} was made before the lab kept a comparison's settings: continue it "
+            f"with `python -m grafting_core compare --group {group}` and the options it "
+            "was made with"
+        )
+    trained = tuple(stored["seeds"])
+    wanted = list(trained if seeds is None else seeds)
+    request = {key: stored[key] for key in stored if key != "seeds"}
+    planned = plan_comparison(**request, seeds=wanted)
+    new = [seed for seed in wanted if seed not in trained]
+    arms, variants = len(stored["optimizers"]), 1 + len(stored["partial"])
+    tune = stored["tune_grafts"]
+    fewest, _ = run_count(arms, len(new), stored["plan"], variants, tune_grafts=tune)
+    # At most every run of the seeds but the sweeps of those trained, which are kept (their
+    # grafts train again where a tuned lr moves)
+    most = planned.most - arms * stored["plan"].points * len(trained)
+    return ComparisonPlan(planned.request, fewest if new else 0, most, trained)

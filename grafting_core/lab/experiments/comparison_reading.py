@@ -1,0 +1,125 @@
+"""Readings of a comparison's runs as the Grid page and the CLI show them: where it stands,
+what became of each sweep's lrs, the tuned lrs, the verdict table, the pairs it grafted."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from grafting_core.lab.experiments.common import LR_COLUMN
+from grafting_core.lab.experiments.graft_lrs import GRAFT_ROLES
+from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
+from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.runs.groups import TERMINAL
+
+SWEEP_ROLES = ("sweep_point", "tuned")
+
+
+def phase_text(runs: pd.DataFrame, *, orchestrating: bool) -> str:
+    """Where a comparison stands: its sweeps' runs done, then its grafts', then the grafts
+    at other lrs of M (``--tune-grafts``, or the form below), then any other runs added
+    since (static ratios)."""
+    done = runs["status"].isin(TERMINAL)
+    sweeps, grafts = runs["role"].isin(SWEEP_ROLES), runs["role"].isin(GRAFT_ROLES)
+    graft_lrs = runs["role"].eq(GRAFT_LR_ROLE)
+    added = ~(sweeps | grafts | graft_lrs | runs["role"].eq("superseded"))
+
+    def count(part: pd.Series) -> str:
+        return f"{int((done & part).sum())} of {int(part.sum())}"
+
+    text = f"Sweeps: {count(sweeps)} runs done"
+    if not grafts.any():
+        return text + (
+            "; the grafts start when every sweep has settled"
+            if orchestrating
+            else "; no grafts were started"
+        )
+    text += f"; grafts at M's tuned lr: {count(grafts)} done"
+    if graft_lrs.any():
+        text += f"; grafts at other lrs of M: {count(graft_lrs)} done"
+    if added.any():
+        text += f"; other runs added since: {count(added)} done"
+    return text
+
+
+def lr_notes(runs: pd.DataFrame, arm: str) -> dict[float, str]:
+    """What became of each lr of ``arm``'s sweep that has an unfinished run: "training…"
+    while one is queued or training, else its runs' ends ("stopped", "diverged" ...)."""
+    sweep = runs[
+        runs["magnitude_arm"].eq(arm)
+        & runs["role"].isin(SWEEP_ROLES)
+        & runs["status"].ne("finished")
+    ]
+    notes = {}
+    for lr, cell in sweep.groupby(LR_COLUMN):
+        ends = set(cell["status"])
+        notes[float(lr)] = "training…" if ends - set(TERMINAL) else " / ".join(sorted(ends))
+    return notes
+
+
+def graft_name(magnitude: str, direction: str, layers: str = "") -> str:
+    """``sgd#adam``, or ``sgd#adam [hidden only]`` for a partial graft of those layer kinds
+    (``""`` or ``"all"``: the whole graft)."""
+    return f"{magnitude}#{direction}" + ("" if layers in ("", "all") else f" [{layers} only]")
+
+
+def variant_name(layers: str) -> str:
+    """A graft variant as the page names it: ``whole graft`` or ``[hidden only]``."""
+    return f"[{layers} only]" if layers else "whole graft"
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """One row per graft (a pair, or a partial graft of it): the three arms' means and stds,
+    the position, the verdict and why."""
+    grafted = verdicts["grafted"] if "grafted" in verdicts else ["all"] * len(verdicts)
+    return pd.DataFrame(
+        {
+            "pair": [
+                graft_name(m, d, g)
+                for m, d, g in zip(verdicts["magnitude"], verdicts["direction"], grafted)
+            ],
+            "M#D mean": verdicts["graft_mean"],
+            "M#D std": verdicts["graft_std"],
+            "M mean": verdicts["magnitude_mean"],
+            "M std": verdicts["magnitude_std"],
+            "D mean": verdicts["direction_mean"],
+            "D std": verdicts["direction_std"],
+            "seeds": verdicts["graft_seeds"],
+            "position": verdicts["position"],
+            "verdict": [
+                closer_to_words(v, m, d)
+                for v, m, d in zip(
+                    verdicts["verdict"], verdicts["magnitude"], verdicts["direction"]
+                )
+            ],
+            "reason": verdicts["reason"],
+        }
+    )
+
+
+def tuned_text(runs: pd.DataFrame, sweep: pd.DataFrame, running: bool) -> str:
+    """``Tuned lrs: sgd 0.316 (best at the grid's edge ...), adam 0.00316.``: the lrs the
+    comparison marked tuned (none while the sweeps train, nor when they were stopped)."""
+    tuned = runs[runs["role"] == "tuned"].drop_duplicates("magnitude_arm")
+    edge = sweep[sweep["best"] & sweep["at_edge"]]
+    parts = [
+        f"**{arm}** {lr:.3g}"
+        + (
+            " (best at the grid's edge: the true best may lie beyond it)"
+            if arm in set(edge["arm"])
+            else ""
+        )
+        for arm, lr in zip(tuned["magnitude_arm"], tuned[LR_COLUMN].astype(float))
+    ]
+    if parts:
+        return "Tuned lrs: " + ", ".join(parts) + "."
+    return (
+        "No tuned lr yet: each is chosen when its sweep has settled."
+        if running
+        else "No tuned lr: the comparison ended before its sweeps did."
+    )
+
+
+def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The comparison's M#D pairs, as (M label, D label), in the order they were made."""
+    grafts = runs[runs["role"].isin(GRAFT_ROLES)]
+    return list(dict.fromkeys(zip(grafts["magnitude_arm"], grafts["direction_arm"])))

@@ -1,0 +1,425 @@
+"""The Grid page's tuned comparison: the sweep's inputs, Start/Stop, the sweeps, verdicts and
+grafts at other lrs as they come in, and Continue; every count, plan and reading is the
+engine's (``experiments.comparison_plan``, ``comparison_reading``, ``compare``)."""
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from grafting_core import LAYER_KINDS
+from grafting_core.lab.experiments.common import LR_COLUMN
+from grafting_core.lab.experiments.compare import read_comparison
+from grafting_core.lab.experiments.comparison_plan import (
+    SweepPlan,
+    comparison_request,
+    plan_comparison,
+    plan_continuation,
+)
+from grafting_core.lab.experiments.comparison_reading import (
+    SWEEP_ROLES,
+    graft_pairs,
+    lr_notes,
+    phase_text,
+    tuned_text,
+    variant_name,
+    verdict_table,
+)
+from grafting_core.lab.experiments.graft_lrs import GRAFT_ROLES, graft_lr_table, queue_graft_lrs
+from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
+from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.runs.config import SCHEDULES, RunConfig
+from ui import charts, forms, live
+from ui.grid_forms import MAX_RUNS, SCHEDULE_NAMES, common_form
+from ui.resources import (
+    comparison_state,
+    get_jobs,
+    get_store,
+    orchestrating,
+    start_comparison,
+    stop_comparison,
+)
+
+FACTORS = {math.sqrt(10): "half a decade (× 3.16)", 10.0: "a decade (× 10)", 2.0: "× 2"}
+PARTIAL_KEYS = ("grid.partial", "grid.partial.2", "grid.partial.3")  # partial grafts per pair
+TUNED_INTRO = r"""
+A fair comparison tunes each optimizer first. Each one's learning rate is **swept** on a
+log grid centred on its lr below, with every seed; the lr with the best mean final
+validation loss is its **tuned** lr (the grid grows while the best sits at its edge). Then
+every M#D trains at **M's tuned lr**, and each pair gets a verdict, *closer to M*, *closer
+to D* or *cannot tell*, that weighs the gap against the spread over seeds.
+"""
+
+
+def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
+    """The sweep's and the schedule's widgets; returns (plan or None, why not, warm-up
+    percent, schedule)."""
+    st.markdown("**Learning-rate sweep and schedule** (every run of the comparison)")
+    cols = st.columns(5)
+    points = cols[0].number_input(
+        "Sweep points",
+        min_value=2,
+        max_value=15,
+        key="grid.points",
+        help="lrs in each optimizer's first sweep, centred on its lr",
+    )
+    factor = cols[1].selectbox(
+        "Step between lrs", list(FACTORS), key="grid.factor", format_func=FACTORS.get
+    )
+    extensions = cols[2].number_input(
+        "Extensions",
+        min_value=0,
+        max_value=5,
+        key="grid.extensions",
+        help="while an optimizer's best lr sits at its grid's edge, one more lr beyond that "
+        "edge (all seeds), at most this many times",
+    )
+    schedule = cols[3].selectbox(
+        "Schedule",
+        SCHEDULES,
+        key="grid.schedule",
+        format_func=SCHEDULE_NAMES.get,
+        help="of every run's lr (a graft's: M's lr)",
+    )
+    warmup = cols[4].number_input(
+        "Warm-up (% of steps)",
+        min_value=0,
+        max_value=100,
+        step=5,
+        key="grid.warmup_percent",
+        disabled=schedule != "warmup_cosine",
+    )
+    left, right = st.columns(2, vertical_alignment="center")
+    first, more = "Also a partial graft per pair", "And another partial graft"
+    for number, key in enumerate(PARTIAL_KEYS):
+        if number and not st.session_state[PARTIAL_KEYS[number - 1]]:
+            break  # one more appears once this one has kinds
+        right.multiselect(
+            f"{more if number else first}, grafting only",
+            LAYER_KINDS,
+            key=key,
+            placeholder="none" if number else "none: whole grafts only",
+            help="Layer kinds that take D's direction in one more graft per pair; the other "
+            "layers take M's own step. Which layers carry D's advantage? (Zhao et al. 2024 "
+            "found SGD-like steps fail mainly on embeddings, the head and norms.) None: whole "
+            f"grafts only. Up to {len(PARTIAL_KEYS)} partial grafts per pair.",
+        )
+    left.checkbox(
+        "Tune each graft's lr too",
+        key="grid.tune_grafts",
+        help="M's tuned lr is M's best alone: with D's direction a graft may train best at "
+        "another. Then each graft's M lr is swept like the optimizers' (same grid around "
+        "M's tuned lr, same extensions); the verdicts stay those at M's tuned lr, and each "
+        "graft gets a figure of its lrs.",
+    )
+    try:
+        plan = SweepPlan(points=int(points), factor=float(factor), extensions=int(extensions))
+    except ValueError as error:
+        return None, str(error), int(warmup), schedule
+    return plan, "", int(warmup), schedule
+
+
+def chosen_partials() -> list[list[str]]:
+    """The layer kinds of each partial graft chosen, up to the first empty choice."""
+    partial = []
+    for key in PARTIAL_KEYS:
+        kinds = list(st.session_state.get(key, []))
+        if not kinds:
+            break
+        partial.append(kinds)
+    return partial
+
+
+def tuned_form() -> tuple[dict | None, str]:
+    """The comparison's settings; returns (``start_comparison``'s arguments, "") or (None,
+    why they are invalid)."""
+    optimizers, data, steps, batch, seeds_text, col_run = common_form("grid.tuned_seeds")
+    plan, problem, warmup, schedule = sweep_inputs()
+    try:
+        if plan is None:
+            raise ValueError(problem)
+        forms.check_sizes(data)
+        base = RunConfig(
+            **data,
+            steps=steps,
+            batch_size=batch,
+            schedule=schedule,
+            warmup_steps=steps * warmup // 100 if schedule == "warmup_cosine" else 0,
+            device=st.session_state["shared.device"],
+        )
+        planned = plan_comparison(
+            base,
+            optimizers,
+            seeds=forms.parse_numbers(seeds_text, field="seeds", integer=True),
+            plan=plan,
+            partial=chosen_partials(),
+            tune_grafts=bool(st.session_state["grid.tune_grafts"]),
+        )
+    except (ValueError, TypeError) as error:
+        return None, str(error)
+    if planned.most > MAX_RUNS:
+        problem = (
+            f"Up to {planned.most} runs is more than this page trains ({MAX_RUNS}); choose "
+            "fewer, or use `python -m grafting_core compare`."
+        )
+        col_run.caption(problem)  # said before Start is pressed
+        return None, problem
+    col_run.caption(planned.text(get_jobs().max_workers))
+    return planned.request, ""
+
+
+def comparison_results(group: str, runs: pd.DataFrame) -> None:
+    """The sweeps (one figure per optimizer), the tuned lrs and the verdicts with their
+    spread, all read from the store (``read_comparison``)."""
+    task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+    result = read_comparison(get_store(), group)
+    seeds = sorted(set(runs["config.seed"].astype(int)))
+    first = runs.iloc[0]
+    st.caption(
+        f"Comparison `{group}`: {live.settings_text(first)}, "
+        f"{SCHEDULE_NAMES[first['config.schedule']]} schedule, seeds "
+        f"{', '.join(map(str, seeds))}."
+    )
+    y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
+    st.subheader("Learning-rate sweeps")
+    arms = list(dict.fromkeys(runs.loc[runs["role"].isin(SWEEP_ROLES), "magnitude_arm"]))
+    tuned = set(runs.loc[runs["role"] == "tuned", "magnitude_arm"])
+    columns = st.columns(min(len(arms), 3) or 1)
+    for i, arm in enumerate(arms):
+        with columns[i % len(columns)]:
+            fig = experiment_figures.lr_sweep(
+                result.sweep[result.sweep["arm"] == arm],
+                y_title=y_title,
+                notes=lr_notes(runs, arm),
+                settled=arm in tuned,
+                title=f"{arm}'s sweep",
+            )
+            charts.show(fig, key=f"grid.tuned.sweep.{arm}", live=True)
+    running = orchestrating(group)
+    st.markdown(tuned_text(runs, result.sweep, running))
+    st.caption(
+        "Each M#D trains with **M's tuned lr**: M sets every layer's step size. "
+        "**D's lr cancels** in ‖Δ_M‖/‖Δ_D‖ · Δ_D; D keeps its other tuned settings."
+    )
+    st.subheader("Verdicts: is M#D closer to M or to D?")
+    if result.verdicts.empty:
+        st.info(
+            "The verdicts come when the grafts M#D have trained, after the sweeps."
+            if running
+            else "No verdicts: the comparison ended before its grafts trained."
+        )
+    else:
+        fig = experiment_figures.verdict_points(
+            result.verdicts,
+            y_title=y_title,
+            title="Tuned M, M#D and tuned D: mean over seeds, ± std",
+        )
+        charts.show(fig, key="grid.tuned.verdicts", live=True)
+        numbers = ["M#D mean", "M#D std", "M mean", "M std", "D mean", "D std", "position"]
+        st.table(
+            verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers).hide(axis="index")
+        )  # a static table: the reasons wrap instead of clipping
+        st.caption(
+            "position = (M#D − M) / (D − M): 0 on M, 1 on D. A verdict needs M and D "
+            "apart, and M#D off their midpoint, by more than twice the standard error "
+            "of the seeds; otherwise it says *cannot tell*."
+        )
+    graft_lrs_results(group, runs, y_title)
+    with st.expander("Every run of the comparison"):
+        table = runs[["label", "role", LR_COLUMN, "config.seed", "status", "run_id"]]
+        st.dataframe(
+            table.rename(columns={LR_COLUMN: "lr (M's)", "config.seed": "seed"}),
+            hide_index=True,
+            key="grid.tuned.runs",
+        )
+
+
+def continue_form(group: str) -> None:
+    """More seeds for the comparison ``group``, with the settings it was made with: its runs
+    are kept and only the new ones train (``protocol.comparison_request``)."""
+    request = comparison_request(get_store(), group)
+    st.subheader("Continue with more seeds")
+    if request is None:
+        st.caption(
+            f"`{group}` was made before the lab kept a comparison's settings: continue it "
+            f"with `python -m grafting_core compare --group {group}` and the options it was "
+            "made with."
+        )
+        return
+    trained = list(request["seeds"])
+    more = [*trained, max(trained) + 1, max(trained) + 2]
+    text = st.text_input(
+        "Seeds after continuing",
+        value=", ".join(map(str, more)),
+        key=f"grid.tuned.more_seeds.{group}.{'-'.join(map(str, trained))}",  # anew when run
+        help="Every arm's seeds. The runs of the seeds already trained are kept; a verdict "
+        "weighs the spread over all of them.",
+    )
+    problem, seeds = "", trained
+    try:
+        seeds = forms.parse_numbers(text, field="seeds", integer=True)
+        planned = plan_continuation(get_store(), group, seeds)
+        if planned.most > MAX_RUNS:
+            problem = (
+                f"With these seeds the comparison trains up to {planned.most} new runs: more "
+                f"than this page trains ({MAX_RUNS}); use "
+                f"`python -m grafting_core compare --group {group} "
+                f"--seeds {' '.join(map(str, seeds))}`."
+            )
+        elif not planned.new_seeds:
+            problem = f"Seeds {', '.join(map(str, trained))} are trained already: add a new one."
+    except ValueError as error:
+        problem = str(error)
+    st.caption(problem or planned.text())
+    if st.button("Continue", key="grid.tuned.continue", disabled=bool(problem)):
+        live.watch("grid.tuned", start_comparison(**{**request, "seeds": seeds}, group=group))
+        st.rerun()
+
+
+def graft_lrs_results(group: str, runs: pd.DataFrame, y_title: str) -> None:
+    """Per pair trained at other lrs of M (``graft_lrs``): where each lr lands, as a figure
+    and a table."""
+    extra = runs[runs["role"] == GRAFT_LR_ROLE]
+    for m, d in graft_pairs(runs):
+        if not (extra["magnitude_arm"].eq(m) & extra["direction_arm"].eq(d)).any():
+            continue
+        st.subheader(f"{m}#{d} at other lrs of M")
+        table = graft_lr_table(get_store(), group, magnitude=m, direction=d)
+        fig = experiment_figures.graft_lr_figure(
+            table, magnitude=m, direction=d, y_title=y_title, title=f"{m}#{d} at each lr of {m}"
+        )
+        charts.show(fig, key=f"grid.graft_lrs.{m}#{d}", live=True)
+        shown = table.assign(
+            variant=table["variant"].map(variant_name),
+            verdict=[closer_to_words(v, m, d) for v in table["verdict"]],
+        )
+        columns = ["variant", "lr", "tuned_lr", "seeds", "failed", "mean", "std", "position"]
+        st.dataframe(
+            shown[[*columns, "verdict", "best", "at_edge"]],
+            hide_index=True,
+            key=f"grid.graft_lrs.table.{m}#{d}",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4g")
+                for c in ("lr", "mean", "std", "position")
+            },
+        )
+
+
+def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
+    """Train a pair's grafts (its seeds, its settings) again at other lrs of M."""
+    pairs = graft_pairs(runs)
+    if not pairs:
+        return
+    st.subheader("Train the grafts at other lrs of M")
+    st.caption(
+        "M's tuned lr is M's best *alone*: with D's direction M#D may train best at "
+        "another, and its verdict move with it. These runs join the comparison (same "
+        "seeds and settings, only M's lr changed); the verdicts above stay those at M's "
+        "tuned lr."
+    )
+    left, middle, right = st.columns([1, 1, 1])
+    m, d = left.selectbox(
+        "Graft", pairs, format_func=lambda pair: "#".join(pair), key="grid.graft_lrs.pair"
+    )
+    own = runs[runs["role"].isin(GRAFT_ROLES) & runs["magnitude_arm"].eq(m)]
+    own = own[own["direction_arm"].eq(d)]
+    tuned_lr = float(own[LR_COLUMN].iloc[0])
+    text = middle.text_input(
+        f"{m}'s lrs",
+        value=", ".join(f"{tuned_lr * factor:.3g}" for factor in (math.sqrt(10), 10)),
+        key=f"grid.graft_lrs.lrs.{group}.{m}#{d}",
+        help=f"M's tuned lr, {tuned_lr:.3g}, is the comparison's own graft.",
+    )
+    variants = sorted(set(own["arm_variant"].fillna("")))
+    chosen = right.multiselect(
+        "Which grafts",
+        variants,
+        default=[""],
+        format_func=variant_name,
+        key=f"grid.graft_lrs.variants.{group}.{m}#{d}",
+    )
+    if st.button("Train at these lrs", key="grid.graft_lrs.start"):
+        try:
+            if not chosen:
+                raise ValueError("choose at least one graft")
+            lrs = forms.parse_numbers(text, field="lrs")
+            if all(lr == tuned_lr for lr in lrs):
+                raise ValueError(f"{tuned_lr:.3g} is M's tuned lr, the comparison's own graft")
+            queued = queue_graft_lrs(
+                get_store(), get_jobs(), group, magnitude=m, direction=d, lrs=lrs, variants=chosen
+            )
+        except ValueError as error:
+            st.error(f"Not started: {error}")
+            return
+        if not queued:
+            st.info("Nothing new to train: these grafts are trained at these lrs already.")
+            return
+        st.rerun()
+
+
+def comparison_section(group: str, active: bool) -> None:
+    """Progress and results of the comparison ``group``; redraws while it is live."""
+
+    def draw(runs: pd.DataFrame) -> None:
+        state = comparison_state(group)
+        if state is not None and state.error:
+            st.error(f"The comparison ended early: {state.error}")
+        st.progress(
+            float(runs["status"].isin(live.TERMINAL).mean()),
+            text=phase_text(runs, orchestrating=orchestrating(group)),
+        )
+        live.progress_panel(runs[runs["status"].isin(["failed", "interrupted"])])
+        comparison_results(group, runs)
+
+    live.redraw_while_live(
+        "grid.tuned",
+        lambda: live.group_runs(group),
+        active,
+        draw,
+        is_live=lambda runs: live.is_active(runs) or orchestrating(group),
+    )
+
+
+def tuned_mode() -> None:
+    """Each optimizer's lr swept, every M#D at M's tuned lr, a verdict per pair."""
+    st.markdown(TUNED_INTRO)
+    request, problem = tuned_form()
+    group = live.watched_group("grid.tuned", "compare")
+    runs = live.group_runs(group) if group else None
+    active = bool(group) and (orchestrating(group) or live.is_active(runs))
+    start, stop, rest = live.start_stop(
+        "grid.tuned",
+        disabled=live.busy("grid.tuned", active),
+        active=active,
+        why="Stop the comparison in progress first",
+    )
+    rest.caption(
+        "A comparison in progress is run by this app's server: it ends if the server "
+        "stops (runs already trained are kept)."
+    )
+    if start:
+        if request is None:
+            st.error(f"Not started: {problem}")
+        else:
+            live.watch("grid.tuned", start_comparison(**request))
+            st.rerun()
+    if stop and group:
+        stop_comparison(group)
+        st.toast(
+            "Stopping: no further phase starts; queued runs never start, running ones "
+            "end within 10 steps."
+        )
+    if live.attach(
+        "grid.tuned", group, runs, started=start or orchestrating(group), what="comparison"
+    ):
+        comparison_section(group, active)
+        if not active:
+            continue_form(group)
+            graft_lrs_form(group, live.group_runs(group))
+    elif not group:
+        st.info(
+            "No comparison yet: choose the optimizers and the sweep above and press "
+            "**Start**. The sweeps train first, then the grafts; the figures fill in as "
+            "runs finish."
+        )
