@@ -10,6 +10,8 @@ again, a bounded number of times, while the workers train.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -25,7 +27,7 @@ from grafting_core.lab.experiments.compare import (
     read_comparison,
 )
 from grafting_core.lab.experiments.graft_lrs import graft_lr_table
-from grafting_core.lab.experiments.ratio_study import static_ratio_table
+from grafting_core.lab.experiments.ratio_study import static_ratio_table, window_of
 from grafting_core.lab.experiments.verdict import closer_to_words
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
@@ -78,6 +80,13 @@ def chart_titled(at, start: str) -> int:
     matches = [i for i, title in enumerate(titles) if title.startswith(start)]
     assert matches, f"no chart titled {start!r} in {titles}"
     return matches[0]
+
+
+def content_name(ratios) -> str:
+    """``static_ratios:<sha256[:12]>`` of the measurement's JSON (sorted keys, no spaces)."""
+    data = ratios if isinstance(ratios, dict) else ratios.to_dict()
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return f"static_ratios:{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
 def final_value(store: RunStore, run_id: str, name: str) -> float:
@@ -620,8 +629,12 @@ def test_static_ratios_measures_exports_and_compares_memory(store, tmp_path, mon
     runs = settle(at, store, 3, group)
     assert sorted(runs["name"]) == ["adam#adam", "sgd(lr=0.1)", "sgd+ratios(adam)"]
     assert (runs["status"] == "finished").all()
-    used = runs.loc[runs["name"] == "sgd+ratios(adam)", "run_id"].iloc[0]
-    assert store.get_artifact(used, "static_ratios")["info"]["window"] == [10, 30]
+    used = runs.loc[runs["name"] == "sgd+ratios(adam)", "config.static_ratios"].iloc[0]
+    measured = static_ratios_from_run(store, source, window=(10, 30)).to_dict()
+    name = content_name(measured)
+    assert used == f"run:{source}:{name}"  # the run refers to the measurement by its content
+    assert store.get_artifact(source, name) == measured
+    assert store.get_artifact(source, name)["info"]["window"] == [10, 30]
 
     bars = {
         t["name"]: float(np.asarray(t["y"], float)[0])
@@ -708,10 +721,15 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
     new = runs[~runs["run_id"].isin(before["run_id"])]
     assert (new["role"] == "static_ratios").all() and (new["status"] == "finished").all()
     assert (new["magnitude_arm"] == "sgd").all() and (new["config.direction"] == "").all()
-    assert sorted(new["config.static_ratios"]) == [
-        f"run:{source}:static_ratios.whole.global",
-        f"run:{source}:static_ratios.whole.per_layer",
-    ]
+    whole = window_of("whole", RunConfig.from_dict(store.run(source)["config"]))
+    expected_refs = {  # each run refers to its measurement by content (sha256 of its JSON)
+        f"whole,{scope}": f"run:{source}:{content_name(measured)}"
+        for scope in ("global", "per_layer")
+        for measured in [
+            static_ratios_from_run(store, source, window=whole, per_layer=scope == "per_layer")
+        ]
+    }
+    assert dict(zip(new["arm_variant"], new["config.static_ratios"])) == expected_refs
 
     expected = static_ratio_table(store, group, magnitude="adam", direction="sgd")
     assert sorted(expected["arm"]) == [

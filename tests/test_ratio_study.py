@@ -95,7 +95,8 @@ def test_each_static_run_uses_ratios_measured_on_its_window_without_the_schedule
     static = runs[runs["role"] == "static_ratios"]
     assert len(static) == 2 * 2 * 2  # seeds × windows × scopes
     for _, run in static.iterrows():
-        source, artifact = run["config.static_ratios"][4:].split(":")
+        source, artifact = run["config.static_ratios"][4:].split(":", 1)
+        assert artifact.startswith("static_ratios:")  # content-addressed, never replaced
         ratios = store.get_artifact(source, artifact)["parameters"]
         window_name, scope = run["arm_variant"].split(",")
         window = window_of(window_name, RunConfig.from_dict(store.run(source)["config"]))

@@ -3,15 +3,17 @@
 The revised grafting paper trains plain SGD with static per-layer learning rates lr·c_l read
 off an Adam#SGD run, under a global warm-up + decay schedule, and finds it trains like Adam
 with SGD's optimizer memory. This study takes the grafted runs of a tuned comparison
-(``protocol.compare``: M#D at M's tuned lr, one per seed), measures c over several windows of
+(``compare.compare``: M#D at M's tuned lr, one per seed), measures c over several windows of
 each, per layer and as one global scalar, trains D with them (the comparison's schedule on
 top; the source run's schedule is divided out of the ratios), and sets each next to tuned M
 and tuned D with its optimizer memory. All runs join the comparison's group.
 
     table = static_ratio_study(store, comparison.group, magnitude="adam", direction="sgd")
 
-``plan_static_ratio_study`` measures and plans the runs without training them (the app
-queues them in its worker processes).
+One function per user action, for the page, the command line and the notebooks alike:
+``plan_study`` (what Start trains, measuring nothing), ``start_study`` (measure, store the
+ratios under content-addressed names, queue on the caller's executor), and the readings
+``static_ratio_table`` and ``study_reading``.
 
     python -m grafting_core ratio-study GROUP --magnitude adam --direction sgd
 """
@@ -19,15 +21,24 @@ queues them in its worker processes).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from grafting_core import StaticRatios
 from grafting_core.lab.experiments.analysis import static_ratios_from_run
 from grafting_core.lab.experiments.common import Progress, final_metrics, run_all
+from grafting_core.lab.experiments.static_ratios import (
+    ratios_reference,
+    referenced_ratios,
+    source_of,
+    store_ratios,
+)
 from grafting_core.lab.runs.arms import Arm, PlannedRun
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.runs.jobs import queue_runs
 from grafting_core.lab.runs.trainer import run_reference
 from grafting_core.lab.store.run_store import RunStore
 
@@ -70,7 +81,43 @@ def _sources(store: RunStore, group: str, magnitude: str, direction: str) -> pd.
     return sources
 
 
-def plan_static_ratio_study(
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study's Start trains: one run of D per source graft (one per seed), window and
+    scope in ``todo`` that the group has not trained (or is not training) yet."""
+
+    group: str
+    magnitude: str
+    direction: str
+    windows: tuple[str, ...]
+    scopes: tuple[str, ...]
+    statistic: str
+    sources: tuple[str, ...]  # the comparison's finished M#D grafts
+    todo: tuple[tuple[str, str, str], ...]  # (source run, window, scope)
+
+    @property
+    def count(self) -> int:
+        return len(self.todo)
+
+    def describe(self) -> str:
+        """What Start trains, in one line (or that there is nothing new)."""
+        shape = (
+            f"{len(self.windows)} window{'s' * (len(self.windows) != 1)} × "
+            f"{len(self.scopes)} scope{'s' * (len(self.scopes) != 1)} × "
+            f"{len(self.sources)} seed{'s' * (len(self.sources) != 1)}"
+        )
+        if not self.todo:
+            return f"nothing new to train ({shape}, all trained or training)"
+        trained = len(self.windows) * len(self.scopes) * len(self.sources) - self.count
+        return (
+            f"{self.count} run{'s' * (self.count != 1)} of {self.direction} with static "
+            f"ratios from {self.magnitude}#{self.direction} ({shape}"
+            + (f", {trained} trained already" if trained else "")
+            + f") in comparison {self.group}"
+        )
+
+
+def plan_study(
     store: RunStore,
     group: str,
     *,
@@ -79,13 +126,11 @@ def plan_static_ratio_study(
     windows: Sequence[str] = tuple(WINDOWS),
     scopes: Sequence[str] = SCOPES,
     statistic: str = "median",
-) -> list[PlannedRun]:
-    """The runs of a static-ratio study of comparison ``group`` not trained yet: D with static
-    ratios from each finished M#D graft, per window and scope. Measures each one's ratios and
-    stores them as the source run's artifact ``static_ratios.{window}.{scope}``; creates no
-    run. Arms the group already has (same source run, window and scope; finished or training)
-    are left out. Raises ValueError, before measuring anything, on no or unknown windows or
-    scopes and on a group without a finished M#D graft."""
+) -> StudyPlan:
+    """The runs a static-ratio study of comparison ``group`` would train, without measuring
+    or writing anything. Arms the group already has (same source run, window and scope;
+    finished or training) are left out. Raises ValueError on no or unknown windows or scopes
+    and on a group without a finished M#D graft."""
     if not windows or not scopes:
         raise ValueError("Choose at least one window and one scope")
     bad = [s for s in scopes if s not in SCOPES]
@@ -94,39 +139,76 @@ def plan_static_ratio_study(
     unknown = [w for w in windows if w not in WINDOWS]
     if unknown:
         raise ValueError(f"Invalid windows {unknown} (valid: {', '.join(WINDOWS)})")
-    sources = _sources(store, group, magnitude, direction)["run_id"]
+    sources = tuple(_sources(store, group, magnitude, direction)["run_id"])
     runs = store.runs(group=group)
-    kept = (runs["role"] == "static_ratios") & runs["status"].isin(["finished", "running"])
-    trained = set(runs.loc[kept, "config.static_ratios"])
+    kept = runs[(runs["role"] == "static_ratios") & runs["status"].isin(["finished", "running"])]
+    trained = set(zip(kept["config.static_ratios"].map(_source_of), kept["arm_variant"]))
+    todo = tuple(
+        (source, window, scope)
+        for source in sources
+        for window in windows
+        for scope in scopes
+        if (source, ratio_variant(window, scope)) not in trained
+    )
+    return StudyPlan(
+        group, magnitude, direction, tuple(windows), tuple(scopes), statistic, sources, todo
+    )
+
+
+def _measured(store: RunStore, plan: StudyPlan) -> list[tuple[PlannedRun, StaticRatios]]:
+    """Each planned arm's run, its ratios measured (nothing is written)."""
     planned = []
-    for source in sources:
+    for source, window, scope in plan.todo:
         config = RunConfig.from_dict(store.run(source)["config"])
-        for window in windows:
-            span = window_of(window, config)
-            for scope in scopes:
-                artifact = f"static_ratios.{window}.{scope}"
-                if f"run:{source}:{artifact}" in trained:
-                    continue
-                ratios = static_ratios_from_run(
-                    store, source, window=span, statistic=statistic, per_layer=scope == "per_layer"
-                )
-                store.put_artifact(source, artifact, ratios.to_dict(), kind="static_ratios")
-                arm = Arm("static_ratios", direction, variant=ratio_variant(window, scope))
-                planned.append(
-                    PlannedRun(
-                        config.replace(
-                            magnitude=config.direction,
-                            magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
-                            direction="",
-                            direction_hparams={},
-                            grafted=[],
-                            static_ratios=f"run:{source}:{artifact}",
-                            name=arm.label,
-                        ),
-                        arm,
-                    )
-                )
+        ratios = static_ratios_from_run(
+            store,
+            source,
+            window=window_of(window, config),
+            statistic=plan.statistic,
+            per_layer=scope == "per_layer",
+        )
+        arm = Arm("static_ratios", plan.direction, variant=ratio_variant(window, scope))
+        run = config.replace(
+            magnitude=config.direction,
+            magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
+            direction="",
+            direction_hparams={},
+            grafted=[],
+            static_ratios=ratios_reference(source, ratios),
+            name=arm.label,
+        )
+        planned.append((PlannedRun(run, arm), ratios))
     return planned
+
+
+def start_study(
+    store: RunStore,
+    plan: StudyPlan,
+    executor: Executor | None,
+    *,
+    wait: bool = False,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Measure the plan's ratios, store each on its source under a content-addressed name
+    (never replaced), record the runs in the comparison's group and queue them on
+    ``executor`` (``wait``: train them before returning, inline without an executor). A run
+    the group has with the same config is kept, or resumed if it was stopped. Returns the
+    ids queued (``wait``: every planned run's)."""
+    measured = _measured(store, plan)
+    for (config, _), ratios in measured:
+        store_ratios(store, source_of(config.static_ratios), ratios)
+    planned = [run for run, _ in measured]
+    if wait or executor is None:
+        return run_all(
+            store,
+            planned,
+            group=plan.group,
+            kind=STUDY_KIND,
+            executor=executor,
+            progress=progress,
+            reuse=True,
+        )
+    return queue_runs(store, executor, planned, group=plan.group, kind=STUDY_KIND, reuse=True)
 
 
 def static_ratio_study(
@@ -141,10 +223,10 @@ def static_ratio_study(
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Train the runs of ``plan_static_ratio_study`` in ``group`` (the comparison's) and
-    return ``static_ratio_table``. Arms the group already has are not trained again; one
-    stopped or interrupted resumes."""
-    planned = plan_static_ratio_study(
+    """Train the runs of ``plan_study`` in ``group`` (the comparison's) and return
+    ``static_ratio_table``. Arms the group already has are not trained again; one stopped or
+    interrupted resumes."""
+    plan = plan_study(
         store,
         group,
         magnitude=magnitude,
@@ -153,15 +235,7 @@ def static_ratio_study(
         scopes=scopes,
         statistic=statistic,
     )
-    run_all(
-        store,
-        planned,
-        group=group,
-        kind=STUDY_KIND,
-        executor=executor,
-        progress=progress,
-        reuse=True,
-    )
+    start_study(store, plan, executor, wait=True, progress=progress)
     return static_ratio_table(store, group, magnitude=magnitude, direction=direction)
 
 
@@ -258,3 +332,104 @@ def best_static_arm(table: pd.DataFrame) -> tuple[pd.Series | None, pd.DataFrame
     best = steady.loc[steady["gap_closed"].idxmax()]
     better = static[static["gap_closed"] > best["gap_closed"]]
     return best, better.sort_values("gap_closed", ascending=False)
+
+
+def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
+    """One plain-text line on ``static_ratio_table``: how far the best static-ratio arm (of
+    those that failed on no seed) moved tuned D towards tuned M, with its share of M's
+    optimizer memory; or that there is no gap, nothing to read yet, or that no arm did better
+    than tuned D. Arms that closed more only on their finished seeds are named apart."""
+    tuned = (
+        table[table["role"] == "tuned"].set_index("arm")
+        if not table.empty
+        else pd.DataFrame(columns=["mean", "state_bytes"])
+    )
+    if {magnitude, direction} <= set(tuned.index) and (
+        tuned.loc[magnitude, "mean"] >= tuned.loc[direction, "mean"]
+    ):
+        return (
+            f"tuned {direction} ({tuned.loc[direction, 'mean']:.4g}) is already as good as "
+            f"tuned {magnitude} ({tuned.loc[magnitude, 'mean']:.4g}): there is no gap for the "
+            "static ratios to close."
+        )
+    best, unsteady = best_static_arm(table) if not table.empty else (None, table)
+    caveat = "".join(
+        f" {row['arm']} closed {row['gap_closed']:.0%} on its finished seeds, but diverged "
+        f"or failed on {row['failed']} of {row['failed'] + row['seeds']}."
+        for _, row in unsteady.iterrows()
+    )
+    if best is None:
+        return (
+            f"no gap to read yet: it needs tuned {magnitude}, tuned {direction} and a "
+            f"static-ratio arm that finished on every seed.{caveat}"
+        )
+    d_mean, m_mean = tuned.loc[direction, "mean"], tuned.loc[magnitude, "mean"]
+    where = f"window {best['window']}, {best['scope']}"
+    if best["gap_closed"] <= 0:
+        steady = table[(table["role"] == "static_ratios") & (table["failed"] == 0)]
+        every = "every" if len(steady) > 1 else "the"
+        return (
+            f"no static-ratio arm did better than tuned {direction}: {every} arm that finished "
+            f"on every seed trained {'worse than' if best['gap_closed'] < 0 else 'as'} tuned "
+            f"{direction} ({d_mean:.4g}); the least bad, {best['arm']} ({where}), reached "
+            f"{best['mean']:.4g} ({best['gap_closed']:.0%} of the gap to tuned {magnitude}, "
+            f"{m_mean:.4g}): here the static ratios made {direction} worse, not better."
+            f"{caveat}"
+        )
+    m_bytes = tuned.loc[magnitude, "state_bytes"]
+    memory = (
+        f", with {best['state_bytes'] / m_bytes:.0%} of {magnitude}'s optimizer memory"
+        if m_bytes > 0
+        else ""
+    )
+    beyond = (
+        f"; it trained better than tuned {magnitude} itself ({best['mean']:.4g} vs {m_mean:.4g})"
+        if best["gap_closed"] > 1
+        else ""
+    )
+    return (
+        f"{best['arm']} ({where}) closed the most of the gap from tuned {direction} to tuned "
+        f"{magnitude} of the arms that finished on every seed: {best['gap_closed']:.0%} (100% "
+        f"= as good as {magnitude}, 0% = no better than {direction}){memory}{beyond}.{caveat}"
+    )
+
+
+def study_groups(store: RunStore) -> pd.DataFrame:
+    """Tuned comparisons with a finished graft, newest first: one row (its newest graft's)
+    per group."""
+    runs = store.runs(kind=STUDY_KIND)
+    grafts = runs[(runs["role"] == "graft") & (runs["status"] == "finished")]
+    return grafts.drop_duplicates("group")
+
+
+def study_pairs(store: RunStore, group: str) -> tuple[list[str], list[str]]:
+    """The M and D labels of comparison ``group``'s finished grafts, the newest graft's
+    first."""
+    runs = store.runs(group=group)
+    grafts = runs[(runs["role"] == "graft") & (runs["status"] == "finished")]
+    return list(dict.fromkeys(grafts["magnitude_arm"])), list(
+        dict.fromkeys(grafts["direction_arm"])
+    )
+
+
+def study_runs(runs: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """The static-ratio runs of D among a group's ``runs`` (those ``static_ratio_table``
+    reads)."""
+    if runs.empty:
+        return runs
+    return runs[(runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction)]
+
+
+def study_ratios(store: RunStore, group: str, source: str, window: str, scope: str) -> dict:
+    """The ratios the study of ``group`` trained with from ``source`` over ``window`` and
+    ``scope`` (as stored: ``StaticRatios.from_dict`` reads them); KeyError when none."""
+    runs = store.runs(group=group)
+    chosen = runs[
+        (runs["role"] == "static_ratios")
+        & (runs["arm_variant"] == ratio_variant(window, scope))
+        & (runs["config.static_ratios"].map(_source_of) == source)
+    ]
+    for reference in chosen["config.static_ratios"]:
+        if (found := referenced_ratios(store, reference)) is not None:
+            return found
+    raise KeyError(f"group {group!r} has no static-ratio run from {source} over {window}, {scope}")

@@ -1,0 +1,168 @@
+"""The Static ratios page's panels: data in, widgets and figures out (every number from an
+engine reading: ``experiments.static_ratios`` and ``experiments.ratio_study``)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from grafting_core import STATISTICS
+from grafting_core.lab.experiments import ratio_study as study
+from grafting_core.lab.experiments import static_ratios as engine
+from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.figures import runs as run_figures
+from grafting_core.lab.store.run_store import RunStore
+from ui import charts, forms, live
+
+#: The study table's columns shown (``static_ratio_table``'s, less role and variant).
+STUDY_COLUMNS = [
+    "arm",
+    "window",
+    "scope",
+    "mean",
+    "std",
+    "seeds",
+    "failed",
+    "state_bytes",
+    "gap_closed",
+]
+
+
+SNIPPET = """import torch
+from grafting_core import StaticRatios
+
+# lr of each parameter = base_lr × its multiplier (base_lr = {base_lr:g}, D's lr in the
+# run); param_groups(..., lr=...) rescales them all, and LR schedulers work on top.
+optimizer = torch.optim.SGD(
+    StaticRatios.load("ratios.json").param_groups(model.named_parameters()),
+    momentum={momentum:g})
+"""
+NUMBERS = {"format": "%.4g"}
+
+
+def number_columns(columns) -> dict:
+    return {c: st.column_config.NumberColumn(**NUMBERS) for c in columns}
+
+
+def window_controls(steps: int) -> None:
+    """The window slider and the statistic (``ratios.window``, ``ratios.statistic``)."""
+    left, right = st.columns([3, 1])
+    left.slider(
+        "Window (steps): the multipliers summarise these steps",
+        0,
+        steps,
+        key="ratios.window",
+        help="[start, stop): early steps are noisy, late ones may no longer represent "
+        "training from scratch",
+    )
+    right.selectbox(
+        "Statistic",
+        STATISTICS,
+        key="ratios.statistic",
+        help="median and trimmed mean (10% cut at each end) ignore the occasional spike; "
+        "mean does not",
+    )
+
+
+def multipliers_panel(store: RunStore, source: str, reading: engine.RatioReading) -> None:
+    """The ratio chart with the window, each layer's multiplier, the JSON and its snippet."""
+    title = f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}"
+    fig = experiment_figures.ratio_lines(
+        reading.trajectories,
+        window=reading.window,
+        values=reading.values or None,
+        title=title if reading.ratios else "",
+    )
+    charts.show(fig, key="ratios.ratio_chart", live=True)
+    if reading.ratios is None:
+        st.error(f"No multipliers for this window: {reading.problem}")
+        return
+    st.dataframe(
+        reading.table,
+        hide_index=True,
+        key="ratios.table",
+        column_config=number_columns(reading.table.columns[1:]),
+    )
+    d_name, momentum = engine.direction_momentum(store, source)
+    col_button, col_code = st.columns([1, 3])
+    col_button.download_button(
+        "Download multipliers (JSON)",
+        json.dumps(reading.ratios.to_dict(), indent=2),
+        file_name="ratios.json",
+        mime="application/json",
+        key="ratios.download",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    col_button.caption(f"{len(reading.ratios.ratios)} parameters, keyed by name, with shapes.")
+    col_code.code(SNIPPET.format(momentum=momentum, base_lr=reading.ratios.base_lr), "python")
+    if d_name != "sgd":
+        col_code.caption(f"D was {d_name}: use its torch class with the same param_groups.")
+
+
+def comparison_results(store: RunStore, runs: pd.DataFrame) -> None:
+    """Loss curves, final metrics and optimizer memory of the comparison ``runs``."""
+    plain = runs["role"].eq("plain")
+    runs.loc[plain, "label"] = runs.loc[plain, "magnitude_arm"] + " (M alone)"
+    last = runs.iloc[-1]
+    st.caption(
+        f"Comparison `{last['group']}`: {live.settings_text(last)}, "
+        f"seed {int(last['config.seed'])}."
+    )
+    live.progress_panel(runs)
+    st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="ratios.smoothing")
+    task = forms.task_of(str(runs["config.dataset"].iloc[0]))
+    live.loss_panel(runs, task, prefix="ratios", smoothing=st.session_state["ratios.smoothing"])
+    reading = engine.read_static_ratio_group(store, str(last["group"]))
+    finals = reading.finals.set_index("run_id").loc[runs["run_id"]]
+    labels, colors = runs["label"].tolist(), run_figures.run_colors(runs["run_id"].tolist())
+    left, right = st.columns(2)
+    fig = experiment_figures.memory_bars(
+        dict(zip(labels, finals["optimizer_state_bytes"])),
+        weight_bytes=reading.weight_bytes,
+        colors={label: colors[r] for label, r in zip(labels, runs["run_id"])},
+        title="Optimizer state memory (recorded when a run ends)",
+    )
+    with left:
+        charts.show(fig, key="ratios.memory_chart", live=True)
+    table = finals[["status", "val_loss", "val_accuracy", "state (KiB)"]].reset_index(drop=True)
+    right.markdown("**Final results**")
+    right.dataframe(
+        table.assign(run=labels)[["run", *table.columns]],
+        hide_index=True,
+        key="ratios.finals",
+        column_config=number_columns(table.columns[1:]),
+    )
+    right.caption("SGD with momentum keeps one buffer the size of the weights, Adam two.")
+
+
+def study_results(
+    store: RunStore, group: str, magnitude: str, direction: str, runs: pd.DataFrame
+) -> None:
+    """Progress while the study trains, then its reading, figure and table."""
+    if live.is_active(runs):
+        live.overall_progress(runs)
+    table = study.static_ratio_table(store, group, magnitude=magnitude, direction=direction)
+    st.markdown("**Reading:** " + live.plain(study.study_reading(table, magnitude, direction)))
+    title = (
+        f"Static ratios from {magnitude}#{direction} next to tuned {magnitude} and tuned "
+        f"{direction}"
+    )
+    charts.show(
+        experiment_figures.ratio_study_figure(table, title=title),
+        key="ratios.study.chart",
+        live=True,
+    )
+    if not table.empty:
+        st.dataframe(
+            table[STUDY_COLUMNS],
+            hide_index=True,
+            key="ratios.study.table",
+            column_config=number_columns(("mean", "std", "state_bytes", "gap_closed")),
+        )
+        st.caption(
+            "mean ± std of the final validation loss over the seeds; gap_closed = "
+            "(D − arm) / (D − M): 1 trains as well as tuned M, 0 as tuned D."
+        )
