@@ -93,3 +93,38 @@ def test_the_checker_sees_a_wrong_import(tmp_path):
     assert "grafting_core.lab.experiments.verdict" in modules
     assert "grafting_core.lab.store.x" in modules
     assert lab_folder("grafting_core.lab.experiments.verdict") == "experiments"
+
+
+#: What only the engine writes: a page or ui module that calls one of these writes the store
+#: around the engine's actions.
+STORE_WRITES = ("create_run", "record_runs", "put_artifact", "set_status", "set_group_request")
+STORE_WRITES += ("set_role", "request_stop", "execute_run")
+
+
+def app_files() -> list[Path]:
+    return sorted([*(ROOT / "pages").glob("*.py"), *(ROOT / "ui").glob("*.py"), ROOT / "app.py"])
+
+
+def test_pages_stay_small():
+    long = {
+        p.name: n
+        for p in (ROOT / "pages").glob("*.py")
+        if (n := len(p.read_text().splitlines())) > 350
+    }
+    assert long == {}
+
+
+def test_pages_and_ui_write_the_store_only_through_the_engines_actions():
+    wrong = []
+    for path in app_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = (
+                node.attr
+                if isinstance(node, ast.Attribute)
+                else node.id
+                if isinstance(node, ast.Name)
+                else None
+            )
+            if name in STORE_WRITES:
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert wrong == []
