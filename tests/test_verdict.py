@@ -2,17 +2,28 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from grafting_core.lab.experiments.verdict import (
+    LABELS,
+    arm_summary,
+    betainc,
     comparison_reading,
     grid_leaning,
+    holm,
+    holm_judgments,
     in_words,
+    judge,
+    label_words,
     matrix_leaning,
     path_leaning,
     position,
+    t_cdf,
+    t_ppf,
+    t_sf,
 )
 from grafting_core.lab.tasks.toy2d import Path, grafted_paths, make_problem
 
@@ -220,3 +231,209 @@ def test_comparison_reading_cannot_judge_when_every_verdict_is_cannot_tell():
         ]
     )
     assert "cannot be judged here" in comparison_reading(sweep, verdicts)[-1]
+
+
+# -- judge: the statistics behind a verdict (calibrated by simulation in
+# test_verdict_calibration.py) --
+
+
+@pytest.mark.parametrize(
+    ("df", "quantile"),
+    [(1, 12.7062), (2, 4.3027), (4, 2.7764), (5, 2.5706), (9, 2.2622), (math.inf, 1.9600)],
+)
+def test_t_quantiles_match_the_table(df, quantile):
+    assert t_ppf(0.975, df) == pytest.approx(quantile, abs=1e-4)
+    assert t_sf(t_ppf(0.975, df), df) == pytest.approx(0.025, rel=1e-10)
+    assert t_ppf(0.025, df) == pytest.approx(-quantile, abs=1e-4)
+
+
+def test_t_distribution_against_closed_forms():
+    for t in (-30.0, -2.0, -0.3, 0.0, 0.7, 3.0, 50.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-13)  # Cauchy
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
+        assert t_cdf(t, 5) + t_cdf(-t, 5) == pytest.approx(1.0, abs=1e-14)
+        assert t_cdf(t, math.inf) == pytest.approx(0.5 * math.erfc(-t / math.sqrt(2)), abs=1e-15)
+    assert t_ppf(0.995, 4) == pytest.approx(4.6041, abs=1e-4)  # a table's 99% two-sided
+    assert t_ppf(0.95, 2) == pytest.approx(0.9 / math.sqrt(2 * 0.95 * 0.05), rel=1e-12)
+    # a fractional (Welch) df against the density integrated numerically
+    x = np.linspace(0.0, 2.0, 20001)
+    df = 2.5
+    density = (
+        (1 + x**2 / df) ** (-(df + 1) / 2)
+        * math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2))
+        / math.sqrt(df * math.pi)
+    )
+    integral = float(((density[1:] + density[:-1]) / 2 * np.diff(x)).sum())
+    assert t_cdf(2.0, df) == pytest.approx(0.5 + integral, abs=1e-8)
+    assert t_sf(1e6, 3) > 0 and t_sf(1e6, 3) < 1e-15  # a far tail, not 0 or negative
+
+
+def test_incomplete_beta_by_hand():
+    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
+        assert betainc(1, 1, x) == pytest.approx(x, abs=1e-14)
+        assert betainc(3, 1, x) == pytest.approx(x**3, abs=1e-14)
+        assert betainc(2, 2, x) == pytest.approx(3 * x**2 - 2 * x**3, abs=1e-14)
+    assert betainc(0.5, 0.5, 0.5) == pytest.approx(0.5, abs=1e-14)
+
+
+SEED_EFFECT = [0.3, -0.2, 0.5, 0.0, -0.4]
+M = [1.00 + s + e for s, e in zip(SEED_EFFECT, [0.01, -0.02, 0.0, 0.02, -0.01])]
+D = [1.40 + s + e for s, e in zip(SEED_EFFECT, [-0.01, 0.02, 0.01, -0.02, 0.0])]
+
+
+def _graft(pos, wiggle=(0.01, 0.0, -0.01, 0.02, -0.02)):
+    return [m + pos * (d - m) + w for m, d, w in zip(M, D, wiggle)]
+
+
+def test_judge_reads_a_paired_position_with_a_fieller_interval():
+    g = _graft(0.5)
+    j = judge(M, D, g)
+    a, b = np.subtract(g, M), np.subtract(D, M)
+    assert j.position == pytest.approx(a.mean() / b.mean())
+    assert j.paired and j.seeds == 5 and j.df == 4 and j.margin == 0.25
+    low, high = j.ci
+    crit = t_ppf(0.975, 4)
+    for end in (low, high):  # each end: the per-seed contrast's one-sample t is exactly ±t_crit
+        c = a - end * b
+        assert abs(c.mean() / (c.std(ddof=1) / math.sqrt(5))) == pytest.approx(crit)
+    assert low < j.position < high
+    assert j.label == "between" and 0.25 < low and high < 0.75
+    assert "between" in j.reason and "margin δ = 0.25" in j.reason and "4 df" in j.reason
+    # The seed effect (sd 0.35) cancels in pairs: unpaired, the same numbers say nothing.
+    apart = judge(M, D, g, paired=False)
+    assert not apart.paired and apart.label == "cannot tell" and math.isinf(apart.ci[0])
+    shifted = judge(*[[v + 5 * s for v, s in zip(x, SEED_EFFECT)] for x in (M, D, g)])
+    assert shifted.ci == pytest.approx(j.ci) and shifted.label == j.label
+
+
+@pytest.mark.parametrize(
+    ("pos", "label"),
+    [
+        (0.03, "like M"),
+        (0.97, "like D"),
+        (0.5, "between"),
+        (-0.6, "better than both"),  # past M, and M (1.0) beats D (1.4)
+        (1.7, "worse than both"),
+    ],
+)
+def test_judge_labels_by_hand(pos, label):
+    j = judge(M, D, _graft(pos, wiggle=(0.002, 0.0, -0.002, 0.001, -0.001)))
+    assert j.label == label and j.p <= 0.05 and j.claims[label] == j.p
+    flipped = judge(D, M, _graft(pos, wiggle=(0.002, 0.0, -0.002, 0.001, -0.001)))
+    assert flipped.position == pytest.approx(1 - j.position)  # M and D swap: 1 - position
+    swap = {"like M": "like D", "like D": "like M"}  # better or worse stays what it is
+    assert flipped.label == swap.get(label, label)
+
+
+def test_judge_closer_to_and_cannot_tell_by_hand():
+    # position 0.3 with wiggles that put the CI across δ but below 0.5: a side, not "like M"
+    j = judge(M, D, _graft(0.3, wiggle=(0.03, -0.03, 0.0, 0.02, -0.02)))
+    assert j.ci[0] < 0.25 < j.ci[1] < 0.5 and j.label == "closer to M"
+    assert j.claims["like M"] == 1.0  # its estimate 0.3 lies outside (−δ, δ)
+    j = judge(M, D, _graft(0.5, wiggle=(0.2, -0.2, 0.1, 0.15, -0.25)))
+    assert j.ci[0] < 0.5 < j.ci[1] and j.label == "cannot tell"
+    assert j.p == min(j.claims.values()) > 0.05 and "nearest" in j.reason
+    flat = judge(M, M, _graft(0.0))  # M and D the same: no position can be read
+    assert flat.label == "cannot tell" and flat.ci == (-math.inf, math.inf)
+    noisy_d = [m + 0.01 + w for m, w in zip(M, (0.1, -0.1, 0.05, -0.05, 0.0))]
+    j = judge(M, noisy_d, _graft(0.0))
+    assert j.ci == (-math.inf, math.inf) and "cannot be told apart" in j.reason
+    with pytest.raises(ValueError, match="margin"):
+        judge(M, D, M, margin=0.6)
+
+
+def test_judge_label_is_the_ci_rule():
+    """The label, read from the claims' tests, is the same as reading the CI against each
+    region in order (paired: the CI is the inversion of those tests)."""
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(400):
+        n = int(rng.integers(3, 8))
+        shared = rng.normal(0, 0.3, n)
+        m = 1 + shared + rng.normal(0, 0.05, n)
+        d = 1 + rng.choice([-1, 1]) * rng.uniform(0.05, 0.5) + shared + rng.normal(0, 0.05, n)
+        g = m + rng.uniform(-1, 2) * (d - m).mean() + rng.normal(0, 0.05, n)
+        margin = float(rng.choice([0.1, 0.25, 0.5]))
+        j = judge(m, d, g, margin=margin)
+        low, high = j.ci
+        better_below = (d - m).mean() > 0
+        rule = [
+            ("like M", -margin < low and high < margin),
+            ("like D", 1 - margin < low and high < 1 + margin),
+            ("between", margin < low and high < 1 - margin),
+            ("better than both", high < 0 if better_below else low > 1),
+            ("worse than both", low > 1 if better_below else high < 0),
+            ("closer to M", high < 0.5),
+            ("closer to D", low > 0.5),
+        ]
+        expected = next((name for name, holds in rule if holds), "cannot tell")
+        assert j.label == expected, (j.reason, expected)
+        seen.add(j.label)
+    assert seen == set(LABELS)
+
+
+def test_judge_counts_diverged_seeds_and_falls_back_to_welch_when_seeds_differ():
+    m = [*M[:4], float("nan")]
+    j = judge(m, D, _graft(0.5))
+    assert j.seeds == 4 and j.paired and j.df == 3
+    assert j.arms["magnitude"].diverged == 1 and j.arms["magnitude"].seeds == 4
+    assert j.arms["direction"].diverged == 0 and j.arms["direction"].seeds == 5
+    assert "diverged seeds left out: magnitude 1" in j.reason
+    row = j.as_row()
+    assert row["magnitude_diverged"] == 1 and row["magnitude_median"] == pytest.approx(
+        float(np.median(M[:4]))
+    )
+    assert {
+        f"{a}_{k}" for a in ("graft", "magnitude", "direction") for k in ("mean", "median")
+    } <= set(row)
+    assert row["ci_low"] == j.ci[0] and row["label"] == j.label and row["p_holm"] == j.p
+    # Series pair by index, whatever their order
+    g = _graft(0.5)
+    series = [pd.Series(x, index=[10, 11, 12, 13, 14]) for x in (M, D, g)]
+    shuffled = [s.iloc[[3, 0, 4, 1, 2]] for s in series]
+    assert judge(*shuffled).ci == pytest.approx(judge(M, D, g).ci)
+    # different seeds: unpaired (Welch), said so
+    j = judge(series[0], series[1], series[2].rename(lambda s: s + 100))
+    assert not j.paired and "seeds differ" in j.reason
+    assert judge({0: 1.0}, {0: 2.0}, {0: 1.5}).label == "cannot tell"
+
+
+def test_arm_summary_puts_the_median_and_diverged_beside_the_mean():
+    s = arm_summary([1.0, 2.0, 10.0, float("inf"), None])
+    assert (s.mean, s.median, s.seeds, s.diverged) == (pytest.approx(13 / 3), 2.0, 3, 2)
+    assert s.std == pytest.approx(np.std([1.0, 2.0, 10.0], ddof=1))
+
+
+def test_holm_by_hand():
+    adjusted, reject = holm([0.01, 0.04, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 against α/4, α/3, α/2, α:
+    # adjusted 4·0.01, 3·0.03, max(0.09, 2·0.04), 0.5
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert reject.tolist() == [True, False, False, False]
+    adjusted, reject = holm([0.2, float("nan"), 0.001])
+    assert math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.003) and not reject[1]
+
+
+def test_holm_judgments_rejudge_each_verdict_at_its_holm_level():
+    strong = judge(M, D, _graft(0.02, wiggle=(0.002, 0.0, -0.002, 0.001, -0.001)))
+    weak = judge(M, D, _graft(0.3, wiggle=(0.06, -0.06, 0.0, 0.04, -0.04)))
+    assert strong.label == "like M" and weak.label == "closer to M"
+    assert 0.05 / 3 < weak.p_any <= 0.05
+    alone = holm_judgments([weak])
+    assert alone[0].label == "closer to M" and alone[0].family == 1
+    kept = holm_judgments([weak, strong])  # strong first at 0.025, weak then at 0.05
+    assert kept[0].label == "closer to M" and kept[1].label == "like M"
+    assert kept[0].family == 2 and kept[0].p_holm == pytest.approx(weak.p_any)
+    assert "Holm over 2 verdicts" in kept[1].reason and "97.5% CI" in kept[1].reason
+    null = judge(M, D, _graft(0.5, wiggle=(0.2, -0.2, 0.1, 0.15, -0.25)))
+    three = holm_judgments([weak, null, null])  # weak ranked first, at 0.05/3: not kept
+    assert [x.label for x in three] == ["cannot tell"] * 3
+    assert "not kept after Holm over 3 verdicts" in three[0].reason
+    assert three[0].p_holm == pytest.approx(3 * weak.p_any)
+    assert three[0].ci[0] < weak.ci[0]  # its CI at the level where Holm stopped
+
+
+def test_label_words():
+    assert label_words("like M", "adam", "sgd") == "like M (adam)"
+    assert label_words("closer to D", "adam", "sgd") == "closer to D (sgd)"
+    assert label_words("between", "adam", "sgd") == "between"
