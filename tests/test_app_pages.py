@@ -27,8 +27,12 @@ from grafting_core.lab.experiments.compare import (
     read_comparison,
 )
 from grafting_core.lab.experiments.graft_lrs import graft_lr_table
-from grafting_core.lab.experiments.ratio_study import static_ratio_table, window_of
-from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.experiments.ratio_study import (
+    static_ratio_table,
+    study_reading,
+    window_of,
+)
+from grafting_core.lab.experiments.verdict import closer_to_words, label_words
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
 from grafting_core.lab.tasks.data import load_dataset
@@ -245,10 +249,11 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
         ("position", "position"),
     ):
         assert table[column].to_dict() == pytest.approx(verdicts[source].to_dict())
-    words = {"magnitude": "closer to M", "direction": "closer to D", "cannot tell": "cannot tell"}
-    for pair, row in verdicts.iterrows():
-        assert table.loc[pair, "verdict"].startswith(words[row["verdict"]])
-        assert table.loc[pair, "reason"] == row["reason"]
+    for pair, row in verdicts.iterrows():  # the paired, Holm-corrected judgment
+        m, d = pair.split("#")
+        assert table.loc[pair, "verdict"] == label_words(row["label"], m, d)
+        assert table.loc[pair, "95% CI"] == f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        assert table.loc[pair, "reason"] == row["judgment"]
     # the verdict figure: M, M#D and D per pair, means with their stds as error bars
     figure = chart_traces(at, chart_titled(at, "Tuned M, M#D and tuned D"))
     for trace, arm in zip(figure, ("magnitude", "graft", "direction")):
@@ -769,6 +774,7 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
     assert sorted(lines) == pytest.approx(sorted(tuned))
 
     reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
+    assert reading == "**Reading:** " + live.plain(study_reading(expected, "adam", "sgd"))
     means = expected.set_index("arm")["mean"]
     if means["adam"] < means["sgd"]:  # a gap to close: the arm that closed the most of it
         best = static.loc[static["gap_closed"].idxmax()]

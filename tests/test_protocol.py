@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from grafting_core.lab.cli import main
+from grafting_core.lab.experiments.common import final_metrics
 from grafting_core.lab.experiments.compare import (
     SweepPlan,
     _mark_tuned,
@@ -335,3 +336,32 @@ def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store
     assert sweep.loc[0.01, "pending"] == 1 and sweep.loc[0.01, "mean"] == 0.8
     assert sweep["best"].tolist() == [False, True, False]  # 0.1: the only complete, finite lr
     assert sweep.loc[0.1, "mean"] == pytest.approx(1.1) and not sweep.loc[0.1, "at_edge"]
+
+
+def test_each_graft_is_judged_paired_by_seed_and_holm_corrected(store):
+    """read_comparison's verdict columns are verdict.judge on each arm's per-seed losses
+    (paired by seed), corrected together by holm_judgments: recomputed here from the runs."""
+    from grafting_core.lab.experiments.verdict import holm_judgments, judge
+
+    optimizers = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
+    plan = SweepPlan(points=2, factor=10, extensions=0)
+    result = compare(store, RunConfig(**TINY), optimizers, seeds=(0, 1, 2), plan=plan)
+    runs = store.runs(group=result.group)
+    final = final_metrics(store, runs["run_id"].tolist(), metrics=("val_loss",), runs=runs)
+    final["seed"] = runs.set_index("run_id").loc[final["run_id"], "config.seed"].to_numpy(int)
+
+    def by_seed(role, m, d=None):
+        rows = final[(final["role"] == role) & (final["magnitude_arm"] == m)]
+        if d is not None:
+            rows = rows[rows["direction_arm"] == d]
+        return pd.Series(rows["val_loss"].to_numpy(float), index=rows["seed"].to_numpy(int))
+
+    pairs = list(zip(result.verdicts["magnitude"], result.verdicts["direction"]))
+    expected = holm_judgments(
+        [judge(by_seed("tuned", m), by_seed("tuned", d), by_seed("graft", m, d)) for m, d in pairs]
+    )
+    for (_, row), judgment in zip(result.verdicts.iterrows(), expected):
+        assert row["label"] == judgment.label
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(judgment.ci)
+        assert row["p_holm"] == pytest.approx(judgment.as_row()["p_holm"])
+        assert row["graft_diverged"] == 0

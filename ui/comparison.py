@@ -216,14 +216,19 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
             title="Tuned M, M#D and tuned D: mean over seeds, ± std",
         )
         charts.show(fig, key="grid.tuned.verdicts", live=True)
-        numbers = ["M#D mean", "M#D std", "M mean", "M std", "D mean", "D std", "position"]
+        numbers = ["M#D mean", "M#D median", "M#D std", "M mean", "M std", "D mean", "D std"]
         st.table(
-            verdict_table(result.verdicts).style.format("{:.4f}", subset=numbers).hide(axis="index")
+            verdict_table(result.verdicts)
+            .style.format("{:.4f}", subset=numbers)
+            .format("{:.2f}", subset=["position"])
+            .hide(axis="index")
         )  # a static table: the reasons wrap instead of clipping
         st.caption(
-            "position = (M#D − M) / (D − M): 0 on M, 1 on D. A verdict needs M and D "
-            "apart, and M#D off their midpoint, by more than twice the standard error "
-            "of the seeds; otherwise it says *cannot tell*."
+            "position = (M#D − M) / (D − M): 0 on M, 1 on D, with its 95% confidence interval "
+            "from the seeds, paired (every arm of a seed shares its init and batches). "
+            "*like M* / *like D*: the interval lies within ±0.25 of 0 / 1; *closer to M / D*: "
+            "on one side of 0.5; *between*: inside (0.25, 0.75); *worse / better than both*: "
+            "beyond both arms; else *cannot tell*. Holm-corrected over the table's verdicts."
         )
     graft_lrs_results(group, runs, y_title)
     with st.expander("Every run of the comparison"):

@@ -525,7 +525,10 @@ def print_comparison(result: Comparison) -> None:
     print("\narms (tuned plain optimizers; grafts M#D take M's tuned lr, D's lr cancels)")
     _print_table(result.arms[["arm", "role", "lr", "direction_lr", "mean", "std", "seeds"]])
     if not result.verdicts.empty:
-        print("\nverdicts: is M#D closer to M or to D, given the seed spread?")
+        print(
+            "\nverdicts: where M#D lands between M (0) and D (1), its 95% CI paired by seed; "
+            "like M/D within ±0.25, Holm over the table"
+        )
         _print_table(
             result.verdicts[
                 [
@@ -533,12 +536,16 @@ def print_comparison(result: Comparison) -> None:
                     "direction",
                     "grafted",
                     "graft_mean",
+                    "graft_median",
                     "graft_std",
+                    "graft_diverged",
                     "magnitude_mean",
                     "direction_mean",
                     "position",
-                    "verdict",
-                    "reason",
+                    "ci_low",
+                    "ci_high",
+                    "label",
+                    "judgment",
                 ]
             ]
         )

@@ -45,7 +45,7 @@ from grafting_core.lab.experiments.comparison_plan import (
 )
 from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.experiments.graft_lrs import graft_extensions, plan_graft_lrs, tuned_grafts
-from grafting_core.lab.experiments.verdict import closer_to
+from grafting_core.lab.experiments.verdict import closer_to, holm_judgments, judge
 from grafting_core.lab.runs.arms import Arm, PlannedRun
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.executor import Executor
@@ -311,6 +311,7 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     config = arms.set_index("run_id").loc[table["run_id"]]
     table["variant"] = config["arm_variant"].fillna("").to_numpy()
     table["lr"] = config[LR_COLUMN].to_numpy(float)
+    table["seed"] = config["config.seed"].to_numpy(int)
     table["direction_lr"] = (
         config["config.direction_hparams.lr"].to_numpy(float)
         if "config.direction_hparams.lr" in config
@@ -340,7 +341,13 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     )
     has_lrs = (runs["role"] == GRAFT_LR_ROLE).any()  # else no need to read the store again
     tuned = tuned_grafts(store, group, metric=metric) if has_lrs else pd.DataFrame()
-    return Comparison(group, sweep, summary, _verdicts(values, metric), tuned, excluded)
+    verdicts = _verdicts(values, metric)
+    judged = table[table["status"].isin(["finished", "diverged", "failed"])]
+    if not verdicts.empty:
+        verdicts = verdicts.join(
+            _judgments(judged, metric), on=["magnitude", "direction", "grafted"]
+        )
+    return Comparison(group, sweep, summary, verdicts, tuned, excluded)
 
 
 def _runs_made_as_requested(
@@ -385,3 +392,46 @@ def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _judgments(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each graft judged against its tuned arms seed by seed (``verdict.judge``: paired t,
+    the position's 95% CI, an equivalence margin), Holm-corrected over the comparison's
+    grafts; a diverged or failed seed counts as diverged. Indexed by (magnitude, direction,
+    grafted)."""
+
+    def by_seed(rows: pd.DataFrame) -> pd.Series:
+        values = rows[metric].where(rows["status"] == "finished")
+        return pd.Series(values.to_numpy(float), index=rows["seed"].to_numpy(int))
+
+    tuned = {
+        m: by_seed(rows) for m, rows in table[table["role"] == "tuned"].groupby("magnitude_arm")
+    }
+    keys, judgments = [], []
+    grafts = table[table["role"].isin(["graft", "partial_graft"])]
+    for (m, d, variant), rows in grafts.groupby(
+        ["magnitude_arm", "direction_arm", "variant"], sort=False
+    ):
+        if m in tuned and d in tuned:
+            keys.append((m, d, variant or "all"))
+            judgments.append(judge(tuned[m], tuned[d], by_seed(rows)))
+    rows = []
+    for judgment in holm_judgments(judgments):
+        row = judgment.as_row()
+        rows.append(
+            {
+                "label": row["label"],
+                "ci_low": row["ci_low"],
+                "ci_high": row["ci_high"],
+                "p_holm": row["p_holm"],
+                "margin": row["margin"],
+                "judgment": row["reason"],
+                **{
+                    f"{arm}_{key}": row[f"{arm}_{key}"]
+                    for arm in ("graft", "magnitude", "direction")
+                    for key in ("median", "diverged")
+                },
+            }
+        )
+    index = pd.MultiIndex.from_tuples(keys, names=["magnitude", "direction", "grafted"])
+    return pd.DataFrame(rows, index=index)

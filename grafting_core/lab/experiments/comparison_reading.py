@@ -8,7 +8,7 @@ import pandas as pd
 from grafting_core.lab.experiments.common import LR_COLUMN
 from grafting_core.lab.experiments.graft_lrs import GRAFT_ROLES
 from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
-from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.experiments.verdict import label_words
 from grafting_core.lab.runs.groups import TERMINAL
 
 SWEEP_ROLES = ("sweep_point", "tuned")
@@ -68,8 +68,9 @@ def variant_name(layers: str) -> str:
 
 
 def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """One row per graft (a pair, or a partial graft of it): the three arms' means and stds,
-    the position, the verdict and why."""
+    """One row per graft (a pair, or a partial graft of it): the three arms' means, medians
+    and stds, the position with its 95% CI, the verdict (paired by seed, equivalence margin,
+    Holm over the table: ``verdict.judge``) and why."""
     grafted = verdicts["grafted"] if "grafted" in verdicts else ["all"] * len(verdicts)
     return pd.DataFrame(
         {
@@ -78,20 +79,25 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
                 for m, d, g in zip(verdicts["magnitude"], verdicts["direction"], grafted)
             ],
             "M#D mean": verdicts["graft_mean"],
+            "M#D median": verdicts["graft_median"],
             "M#D std": verdicts["graft_std"],
             "M mean": verdicts["magnitude_mean"],
             "M std": verdicts["magnitude_std"],
             "D mean": verdicts["direction_mean"],
             "D std": verdicts["direction_std"],
             "seeds": verdicts["graft_seeds"],
+            "diverged": verdicts["graft_diverged"],
             "position": verdicts["position"],
+            "95% CI": [
+                f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(verdicts["ci_low"], verdicts["ci_high"])
+            ],
             "verdict": [
-                closer_to_words(v, m, d)
-                for v, m, d in zip(
-                    verdicts["verdict"], verdicts["magnitude"], verdicts["direction"]
+                label_words(label, m, d)
+                for label, m, d in zip(
+                    verdicts["label"], verdicts["magnitude"], verdicts["direction"]
                 )
             ],
-            "reason": verdicts["reason"],
+            "reason": verdicts["judgment"],
         }
     )
 
