@@ -13,7 +13,7 @@ from grafting_core.lab.experiments import ratio_study as study
 from grafting_core.lab.experiments import static_ratios as engine
 from ui import forms, live, resources
 from ui import static_ratio_widgets as widgets
-from ui.state import keep_valid, page_setup
+from ui.state import page_setup
 
 NEW, SAVED = "Train a short M#D run now", "Use a saved M#D run"
 DEFAULTS = {
@@ -59,33 +59,16 @@ which window and scope of the ratios closes the most of the gap between tuned D 
 def source_section(store) -> str:
     """Step 1; returns the source run id ("" while there is none)."""
     st.header("1. A grafted run to measure")
-    mode = st.radio("Source", [NEW, SAVED], key="ratios.source_mode", horizontal=True)
+    mode = st.radio(
+        "Source",
+        [NEW, SAVED],
+        key="ratios.source_mode",
+        horizontal=True,
+        label_visibility="collapsed",
+    )
     if mode == SAVED:
-        runs = engine.graftable_runs(store)
-        if runs.empty:
-            st.info("No finished M#D run is saved yet: train one here or on the **Graft lab**.")
-            return ""
-        labels = {
-            r["run_id"]: f"{r['name']} · {r['config.dataset']} · {r['config.steps']} steps · "
-            f"{r['run_id']}"
-            for _, r in runs.iterrows()
-        }
-        keep_valid("ratios.saved_run", list(labels), next(iter(labels)))
-        return st.selectbox(
-            "Saved M#D run", list(labels), key="ratios.saved_run", format_func=labels.get
-        )
-    col_m, col_d, col_run = st.columns(3, gap="large")
-    with col_m:
-        magnitude = forms.optimizer_picker("ratios", "magnitude")
-    with col_d:
-        direction = forms.optimizer_picker("ratios", "direction")
-    with col_run:
-        st.markdown("**Data, model and training loop**")
-        data = forms.data_model_picker("ratios")
-        left, right = st.columns(2)
-        steps = left.number_input("Steps", step=100, key="ratios.source_steps")
-        batch = right.number_input("Batch size", step=16, key="ratios.batch_size")
-        seed = left.number_input("Seed", step=1, key="ratios.seed")
+        return widgets.saved_source(store)
+    magnitude, direction, data, (steps, batch, seed) = widgets.source_form()
     source = st.query_params.get("source") or st.session_state["ratios.source"]
     try:
         training = bool(source) and store.run(source)["status"] == "running"
@@ -193,17 +176,6 @@ def comparison_sections(store, source: str, group: str, runs: pd.DataFrame) -> N
         )
 
 
-def linked(key: str, param: str, options: list[str]) -> None:
-    """Widget ``key`` takes the URL's ``?param=`` on a tab's first run, else stays among
-    ``options``; the URL follows it once a study was started or linked."""
-    value = st.query_params.get(param, "")
-    if not st.session_state[key] and value in options:
-        st.session_state[key] = value
-    keep_valid(key, options, options[0])
-    if "study" in st.query_params:
-        st.query_params[param] = st.session_state[key]
-
-
 def study_section(store) -> None:
     """Step 4: the static-ratio study of a tuned comparison, planned, started and watched."""
     st.header("4. From a tuned comparison: which window and scope")
@@ -219,36 +191,7 @@ def study_section(store) -> None:
             "(mode *tuned*) first, then choose it here and press **Start**."
         )
         return
-    labels = {
-        row["group"]: f"{row['group']} · {live.settings_text(row)}" for _, row in groups.iterrows()
-    }
-    linked("ratios.study.group", "study", list(labels))
-    group = st.selectbox(
-        "Tuned comparison", list(labels), key="ratios.study.group", format_func=labels.get
-    )
-    magnitudes, directions = study.study_pairs(store, group)
-    linked("ratios.study.magnitude", "study_m", magnitudes)
-    linked("ratios.study.direction", "study_d", directions)
-    left, right = st.columns(2)
-    magnitude = left.selectbox(
-        "M: the ratios are measured on M#D", magnitudes, key="ratios.study.magnitude"
-    )
-    direction = right.selectbox(
-        "D: trained with the static ratios", directions, key="ratios.study.direction"
-    )
-    left.multiselect(
-        "Windows of the grafted run",
-        list(study.WINDOWS),
-        key="ratios.study.windows",
-        help="early: first 2% of the steps; warmup_end: ±1% around the warm-up's "
-        "end; whole: every step; late: the last 10%",
-    )
-    right.multiselect(
-        "Scopes",
-        list(study.SCOPES),
-        key="ratios.study.scopes",
-        help="per_layer: one multiplier per layer; global: one for the model",
-    )
+    group, magnitude, direction = widgets.study_choices(store, groups)
     try:
         plan = study.plan_study(
             store,

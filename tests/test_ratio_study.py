@@ -12,6 +12,7 @@ from grafting_core.lab.experiments.ratio_study import (
     best_static_arm,
     static_ratio_study,
     static_ratio_table,
+    study_reading,
     window_of,
 )
 from grafting_core.lab.runs.config import RunConfig
@@ -232,4 +233,5 @@ def test_command_line_prints_the_study_table(study, monkeypatch, capsys):
     if best is None:  # this fixture tunes SGD better: no gap, no best arm
         assert "closed the most" not in out
     else:
-        assert f"closed the most of the gap, on every seed: {best['arm']}" in out
+        assert f"{best['arm']} (window {best['window']}, {best['scope']}) closed the most" in out
+    assert f"reading: {study_reading(table, 'adam', 'sgd')}\n" in out  # the page's reading

@@ -15,6 +15,7 @@ from grafting_core.lab.figures import experiments as experiment_figures
 from grafting_core.lab.figures import runs as run_figures
 from grafting_core.lab.store.run_store import RunStore
 from ui import charts, forms, live
+from ui.state import keep_valid
 
 #: The study table's columns shown (``static_ratio_table``'s, less role and variant).
 STUDY_COLUMNS = [
@@ -166,3 +167,84 @@ def study_results(
             "mean ± std of the final validation loss over the seeds; gap_closed = "
             "(D − arm) / (D − M): 1 trains as well as tuned M, 0 as tuned D."
         )
+
+
+def saved_source(store: RunStore) -> str:
+    """The saved M#D runs to measure, newest first: the one chosen ("" when there is none)."""
+    runs = engine.graftable_runs(store)
+    if runs.empty:
+        st.info("No finished M#D run is saved yet: train one here or on the **Graft lab**.")
+        return ""
+    labels = {
+        r["run_id"]: f"{r['name']} · {r['config.dataset']} · {r['config.steps']} steps · "
+        f"{r['run_id']}"
+        for _, r in runs.iterrows()
+    }
+    keep_valid("ratios.saved_run", list(labels), next(iter(labels)))
+    return st.selectbox(
+        "Saved M#D run", list(labels), key="ratios.saved_run", format_func=labels.get
+    )
+
+
+def source_form() -> tuple:
+    """M, D, data and a short loop for the run to measure: (M, D, data, (steps, batch, seed))."""
+    col_m, col_d, col_run = st.columns(3, gap="large")
+    with col_m:
+        magnitude = forms.optimizer_picker("ratios", "magnitude")
+    with col_d:
+        direction = forms.optimizer_picker("ratios", "direction")
+    with col_run:
+        st.markdown("**Data, model and training loop**")
+        data = forms.data_model_picker("ratios")
+        left, right = st.columns(2)
+        steps = left.number_input("Steps", step=100, key="ratios.source_steps")
+        batch = right.number_input("Batch size", step=16, key="ratios.batch_size")
+        seed = left.number_input("Seed", step=1, key="ratios.seed")
+    return magnitude, direction, data, (steps, batch, seed)
+
+
+def linked(key: str, param: str, options: list[str]) -> None:
+    """Widget ``key`` takes the URL's ``?param=`` on a tab's first run, else stays among
+    ``options``; the URL follows it once a study was started or linked."""
+    value = st.query_params.get(param, "")
+    if not st.session_state[key] and value in options:
+        st.session_state[key] = value
+    keep_valid(key, options, options[0])
+    if "study" in st.query_params:
+        st.query_params[param] = st.session_state[key]
+
+
+def study_choices(store: RunStore, groups: pd.DataFrame) -> tuple[str, str, str]:
+    """The comparison, its M and D (among its finished grafts, the newest's by default), the
+    windows and scopes: (group, M label, D label)."""
+    labels = {
+        row["group"]: f"{row['group']} · {live.settings_text(row)}" for _, row in groups.iterrows()
+    }
+    linked("ratios.study.group", "study", list(labels))
+    group = st.selectbox(
+        "Tuned comparison", list(labels), key="ratios.study.group", format_func=labels.get
+    )
+    magnitudes, directions = study.study_pairs(store, group)
+    linked("ratios.study.magnitude", "study_m", magnitudes)
+    linked("ratios.study.direction", "study_d", directions)
+    left, right = st.columns(2)
+    magnitude = left.selectbox(
+        "M: the ratios are measured on M#D", magnitudes, key="ratios.study.magnitude"
+    )
+    direction = right.selectbox(
+        "D: trained with the static ratios", directions, key="ratios.study.direction"
+    )
+    left.multiselect(
+        "Windows of the grafted run",
+        list(study.WINDOWS),
+        key="ratios.study.windows",
+        help="early: first 2% of the steps; warmup_end: ±1% around the warm-up's "
+        "end; whole: every step; late: the last 10%",
+    )
+    right.multiselect(
+        "Scopes",
+        list(study.SCOPES),
+        key="ratios.study.scopes",
+        help="per_layer: one multiplier per layer; global: one for the model",
+    )
+    return group, magnitude, direction
