@@ -44,13 +44,42 @@ two parameters (x, y), so you can see every step. Pick a problem, M and D, and s
 through the steps: the blue arrow is what M proposes, the orange one what D proposes, and
 the green one the grafted step that is taken (D's direction, M's length).
 """
+STORY = r"""
+**The paper's claim** (Agarwal et al. 2020): on real networks M#D trains like M — the
+step length each *layer* gets carries much of what makes an optimizer good.
+**What this lab measured** (RESULTS.md, 5 seeds, every optimizer's lr tuned): on a small
+character transformer SGD#Adam reached 1.585 ± 0.003, 59% of the way from SGD (1.862) to
+Adam (1.391), so *closer to its direction*, Adam; with the graft's own lr tuned, 92%.
+On an MNIST-1D MLP tuned SGD and Adam end level, so the claim cannot be tested there.
+
+**Why a picture, a network and the paper's scale can differ.** Grafting takes *one*
+length per layer; how that length is shared among the layer's coordinates comes with D's
+direction. Adam's advantage is mostly *per-coordinate* scaling, so within a layer it
+travels with Adam's direction. With "both parameters form one layer" below, this picture
+is one layer of two coordinates: Adam's per-coordinate scaling is part of its direction.
+With "each parameter is its own layer", M sets each coordinate's step and D gives only
+its sign. A network has a few dozen layers of thousands of coordinates, the paper's a
+few hundred layers of millions, so which side decides can change with the model, its
+scale and the learning rates. The presets *round bowl: magnitude decides* and *curved
+valley: direction decides* show one case of each; the reading under the chart is
+computed from the paths on screen.
+"""
 
 
 def _apply_preset() -> None:
-    """On a new preset: its start point and learning rates that move visibly."""
+    """On a new preset: its start point, learning rates that move visibly, and the M, D and
+    step count of a preset that names them."""
     preset = PRESETS[st.session_state["toy.problem"]]
     st.session_state["toy.x"], st.session_state["toy.y"] = preset["start"]
     st.session_state["toy.step"] = 0
+    for role, name in preset.get("optimizers", {}).items():
+        st.session_state[f"toy.{role}"] = name
+    if "steps" in preset:
+        st.session_state["toy.steps"] = preset["steps"]
+        st.session_state["toy.layout"] = "joint"
+    for option in ("condition", "noise"):
+        if option in preset["defaults"]:
+            st.session_state[f"toy.{option}"] = preset["defaults"][option]
     for role in ("magnitude", "direction"):
         name = st.session_state[f"toy.{role}"]
         if name in preset["suggested_lr"]:
@@ -92,6 +121,7 @@ def controls() -> tuple:
             list(PRESETS),
             key="toy.problem",
             on_change=_apply_preset,
+            format_func=lambda name: PRESETS[name]["title"],
             label_visibility="collapsed",
         )
         problem = st.session_state["toy.problem"]
@@ -149,21 +179,14 @@ def _start_from_click() -> None:
         st.session_state["toy.step"] = 0
 
 
-def reading(paths) -> str:
-    """One sentence on this picture, computed from the paths' final losses."""
-    final = {k: float(p.losses[-1]) for k, p in paths.items()}
-    closer = "M" if abs(final["M#D"] - final["M"]) <= abs(final["M#D"] - final["D"]) else "D"
-    return (
-        f"Final loss: M {final['M']:.3g}, D {final['D']:.3g}, M#D {final['M#D']:.3g}, "
-        f"D#M {final['D#M']:.3g}. Here M#D ended closer to **{closer}**"
-        + (" (magnitude decided)." if closer == "M" else " (direction decided).")
-    )
-
-
 def main() -> None:
     page_setup(DEFAULTS)
     st.title("Grafting in 2-D")
     st.markdown(INTRO)
+    with st.expander(
+        "What the paper claims, what this lab measured, and why a 2-D picture can differ"
+    ):
+        st.markdown(STORY)
     _start_from_click()
     args = controls()
     try:
@@ -176,7 +199,7 @@ def main() -> None:
     except (ValueError, TypeError) as error:
         st.error(f"Cannot draw this: {error}")
         return
-    st.info(f"**What to look for ({problem.name}):** {problem.look_for}")
+    st.caption(f"**{PRESETS[args[0]]['title'].capitalize()}.** {problem.about}")
     steps = args[5]
     st.session_state["toy.step"] = min(st.session_state["toy.step"], steps - 1)
     step = st.slider("step (arrows drawn at this step of M#D)", 0, steps - 1, key="toy.step")
@@ -187,7 +210,10 @@ def main() -> None:
         selection_mode="points",
     )
     st.caption("Click anywhere on the contour plot to start the paths from there.")
-    st.markdown(reading(paths))
+    st.markdown(
+        "**Computed from these paths.** "
+        + "  \n".join(toy2d_figures.reading(paths, noisy=problem.noise > 0))
+    )
     charts.show(toy2d_figures.curves_figure(paths), key="toy.curves")
     if st.button("Prepare animated HTML for slides", key="toy.prepare"):
         with st.spinner("Building one frame per step…"):

@@ -36,9 +36,26 @@ def test_every_preset_and_layout_renders(page):
             page.radio(key="toy.layout").set_value(layout).run()
             assert not page.exception and not page.error, (problem, layout)
             names = traces(page)
-            assert {"M = adam", "D = sgd", "M#D = adam#sgd", "D#M = sgd#adam"} <= set(names)
+            m, d = page.session_state["toy.magnitude"], page.session_state["toy.direction"]
+            assert {f"M = {m}", f"D = {d}", f"M#D = {m}#{d}", f"D#M = {d}#{m}"} <= set(names)
             assert any(n.startswith("grafted step") for n in names)
-            assert any("closer to" in m.value for m in page.markdown)
+            assert any("Computed from these paths" in m.value for m in page.markdown)
+            assert not any("What to look for" in i.value for i in page.info)
+
+
+def test_a_decides_preset_sets_its_optimizers_and_says_what_the_paths_show(page):
+    page.selectbox(key="toy.problem").set_value("direction_decides").run()
+    assert page.session_state["toy.magnitude"] == "sign_sgd"
+    assert page.session_state["toy.direction"] == "adam"
+    assert page.session_state["toy.steps"] == 300
+    text = " ".join(m.value for m in page.markdown)
+    assert "Both grafts follow their direction" in text
+    page.selectbox(key="toy.problem").set_value("magnitude_decides").run()
+    text = " ".join(m.value for m in page.markdown)
+    assert "Both grafts follow their magnitude" in text
+    page.selectbox(key="toy.problem").set_value("quadratic").run()  # the default: level
+    text = " ".join(m.value for m in page.markdown)
+    assert "Cannot tell" in text and "follow their" not in text
 
 
 def test_changes_redraw_the_paths(page):

@@ -119,3 +119,24 @@ def test_html_export_is_standalone_with_frames():
     html = export_html(problem, paths)
     assert "<html>" in html[:100] and "Plotly.newPlot" in html and "frames" in html
     assert '<script src="https:' not in html  # plotly.js inlined: works offline
+
+
+def test_animation_has_one_arrow_scale_a_title_per_frame_and_visible_first_arrows():
+    from grafting_core.lab.figures.toy2d import ARROW_SHARE, animated_figure, arrow_vectors
+
+    problem = make_problem("quadratic")
+    paths = grafted_paths(problem, ("adam", {"lr": 0.1}), ("sgd", {"lr": 0.02}), steps=40)
+    fig = animated_figure(problem, paths)
+    names = {t.name for frame in fig.frames for t in frame.data if t.name and "drawn ×" in t.name}
+    scales = {name.rsplit("×", 1)[1] for name in names}
+    assert len(scales) == 1, scales  # one scale in every frame
+    assert scales.pop() in fig.layout.legend.title.text  # and the legend explains it
+    titles = [frame.layout.title.text for frame in fig.frames]
+    assert titles[0].endswith("step 0") and titles[5].endswith(f"step {fig.frames[5].name}")
+    # the arrows of the first frame span a visible share of the box (independent check)
+    first = next(t for t in fig.frames[0].data if t.name and t.name.startswith("grafted step"))
+    drawn = math.hypot(first.x[1] - first.x[0], first.y[1] - first.y[0])
+    true = float(arrow_vectors(paths["M#D"], 0)["grafted"].norm())
+    longest0 = max(float(v.norm()) for v in arrow_vectors(paths["M#D"], 0).values())
+    box = min(problem.box[1] - problem.box[0], problem.box[3] - problem.box[2])
+    assert drawn / true * longest0 >= 0.5 * ARROW_SHARE * box - 1e-9

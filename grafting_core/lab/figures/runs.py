@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
 MAX_POINTS = 2000  # points drawn per series; the browser slows down well before 10^5
 STEP_TITLE = "step (optimizer updates)"
@@ -40,7 +39,20 @@ METRIC_TITLES = {  # y-axis titles (with units) of the metrics the trainer recor
     "lr": "M's learning rate (base lr × schedule)",
     "steps_per_second": "training speed (steps per second)",
 }
-PALETTE = qualitative.Plotly
+#: Okabe & Ito's colour-blind-safe colours (Color Universal Design), dark enough for a
+#: projector on white. The palette orders them so that the first four runs of a page (M, D,
+#: M#D, D#M on the Graft lab) differ in hue and lightness for every kind of colour vision;
+#: yellow, the one hard to see on white, is left out.
+OKABE_ITO = {
+    "blue": "#0072B2",
+    "orange": "#E69F00",
+    "green": "#009E73",
+    "purple": "#CC79A7",
+    "vermillion": "#D55E00",
+    "sky": "#56B4E9",
+    "black": "#000000",
+}
+PALETTE = list(OKABE_ITO.values())
 #: plotly_white's look, the parts these charts use. Named templates are copied and validated
 #: property by property into every figure (about 7 ms each, at every live redraw); this is not.
 LOOK = {
@@ -59,6 +71,7 @@ LOOK = {
                 "ticks": "",
                 "automargin": True,
                 "title": {"standoff": 15},
+                "exponentformat": "power",  # log axes read 10⁻⁴, not "100μ"
             }
             for axis in ("xaxis", "yaxis")
         },
@@ -490,3 +503,41 @@ def _log_ticks(z: np.ndarray) -> dict:
 def figure_html(fig: go.Figure) -> str:
     """A self-contained HTML page of ``fig`` (plotly.js inlined: opens offline)."""
     return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+#: A reading of one result between its parents uses the comparison protocol's words
+#: (``verdict.LABELS``): "like M" / "like D" within ``POSITION_MARGIN`` of a parent (as
+#: ``verdict.MARGIN``), "between", "better than both" / "worse than both" beyond a parent by
+#: more than it, and "cannot tell" when M and D themselves are level.
+POSITION_MARGIN = 0.25
+SIDE_WORDS = ("like M", "like D", "between", "better than both", "worse than both", "cannot tell")
+
+
+def graft_side(graft: float, magnitude: float, direction: float, *, tie: float) -> dict:
+    """Where one graft's result lands between its parents' (lower is better), computed.
+
+    ``tie``: the smallest difference that means something here (the noise of these numbers,
+    in their units). Returns ``side`` (one of ``SIDE_WORDS``), ``position`` (G − M)/(D − M)
+    (0 at M, 1 at D; NaN when M and D are level) and ``why`` (the numbers behind it).
+    """
+    gap = direction - magnitude
+    if not all(np.isfinite([graft, magnitude, direction])):
+        return {"side": "cannot tell", "position": float("nan"), "why": "a run did not finish"}
+    if abs(gap) <= tie:
+        return {
+            "side": "cannot tell",
+            "position": float("nan"),
+            "why": f"M and D end level: they differ by {abs(gap):.2g}, within {tie:.2g}, "
+            "too little to say which one the graft follows",
+        }
+    pos = (graft - magnitude) / gap
+    margin = POSITION_MARGIN
+    if abs(pos) < margin:
+        side = "like M"
+    elif abs(pos - 1) < margin:
+        side = "like D"
+    elif margin <= pos <= 1 - margin:
+        side = "between"
+    else:  # beyond a parent by more than the margin: better or worse than both
+        side = "better than both" if graft < min(magnitude, direction) else "worse than both"
+    return {"side": side, "position": float(pos), "why": f"position {pos:.2f} (0 = M, 1 = D)"}

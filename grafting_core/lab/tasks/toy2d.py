@@ -32,7 +32,7 @@ class Problem:
     loss: Callable[[Tensor, Tensor], Tensor]  # the clean loss (plotted)
     start: tuple[float, float]
     box: tuple[float, float, float, float]  # x_min, x_max, y_min, y_max
-    look_for: str  # one sentence for students
+    about: str  # what the problem is, for students (no prediction of the outcome)
     noise: float = 0.0  # std of the gradient noise (noisy problems)
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
@@ -42,49 +42,83 @@ def _quadratic(condition: float):
     return lambda x, y: 0.5 * (x**2 + condition * y**2)
 
 
-#: Per preset: options with defaults, start, plotting box, the one-line reading, and learning
-#: rates that make Adam and SGD-momentum move visibly in ~100 steps (the page's defaults).
+#: Per preset: a title, the loss it uses, options with defaults, start, plotting box, what the
+#: problem *is* (``about``: no prediction of what the paths will do; the page computes that
+#: from the paths on screen), and learning rates that make the optimizers move visibly in
+#: ~100 steps. The two "decides" presets also name their M, D and step count: on them the
+#: paths show one side deciding clearly, and ``tests/test_toy2d.py`` checks that they do.
 PRESETS: dict[str, dict[str, Any]] = {
     "quadratic": {
+        "title": "narrow valley (quadratic)",
         "suggested_lr": {"adam": 0.1, "sgd": 0.02},
         "defaults": {"condition": 20.0},
         "start": (-4.0, 1.5),
         "box": (-5.0, 5.0, -2.5, 2.5),
-        "look_for": "In a narrow valley SGD zig-zags across it while Adam's per-coordinate "
-        "scaling walks straight down; M#D keeps D's zig-zag shape with M's step "
-        "lengths.",
+        "about": "A valley κ times steeper across (y) than along (x). The gradient, SGD's "
+        "direction, points mostly across it; Adam divides each coordinate by its own "
+        "running gradient size, so its direction points more along it.",
+    },
+    "magnitude_decides": {
+        "title": "round bowl: magnitude decides",
+        "loss": "quadratic",
+        "suggested_lr": {"adam": 0.03, "sgd": 0.03},
+        "optimizers": {"magnitude": "adam", "direction": "sgd"},
+        "steps": 100,
+        "defaults": {"condition": 5.0},
+        "start": (-4.0, 1.5),
+        "box": (-5.0, 5.0, -2.5, 2.5),
+        "about": "A nearly round bowl (κ = 5): every sensible direction points downhill, so "
+        "how far each step goes is what differs. Adam at lr 0.03 moves about 0.03 a step; "
+        "SGD with momentum takes long steps while the slope is steep.",
+    },
+    "direction_decides": {
+        "title": "curved valley: direction decides",
+        "loss": "rosenbrock",
+        "suggested_lr": {"sign_sgd": 0.03, "adam": 0.1},
+        "optimizers": {"magnitude": "sign_sgd", "direction": "adam"},
+        "steps": 300,
+        "defaults": {},
+        "start": (-1.5, 2.0),
+        "box": (-2.0, 2.0, -1.0, 3.0),
+        "about": "Rosenbrock's curved valley: signSGD can only step diagonally (±1, ±1) and "
+        "bounces between the valley's walls; Adam's direction can turn with the valley.",
     },
     "rosenbrock": {
+        "title": "curved valley (Rosenbrock)",
         "suggested_lr": {"adam": 0.05, "sgd": 0.0005},
         "defaults": {},
         "start": (-1.5, 2.0),
         "box": (-2.0, 2.0, -1.0, 3.0),
-        "look_for": "A curved banana valley: step sizes decide who reaches the bend; the "
-        "grafted path follows D's turns at M's pace.",
+        "about": "A curved banana valley with its minimum at (1, 1): the floor bends, so a "
+        "path must turn to follow it.",
     },
     "saddle": {
+        "title": "saddle",
         "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {},
         "start": (-2.0, 0.01),
         "box": (-2.5, 2.5, -2.5, 2.5),
-        "look_for": "Starting next to a saddle, the escape speed along y is a step-size "
-        "effect: sign-based or adaptive magnitudes escape quickly, SGD lingers.",
+        "about": "Starting next to a saddle point: the gradient along y is tiny at first, so "
+        "how fast a path escapes depends on how an optimizer sizes small gradients.",
     },
     "beale": {
+        "title": "plateaus and walls (Beale)",
         "suggested_lr": {"adam": 0.05, "sgd": 0.001},
         "defaults": {},
         "start": (1.0, 1.4),
         "box": (-1.0, 4.0, -1.5, 2.0),
-        "look_for": "Flat plateaus and steep walls: gradient norms vary by orders of "
-        "magnitude, so the implied schedules of M and D differ the most.",
+        "about": "Flat plateaus and steep walls: gradient sizes vary by orders of magnitude "
+        "along the way, so the step sizes M and D imply differ the most.",
     },
     "noisy_quadratic": {
+        "title": "noisy valley (quadratic + gradient noise)",
+        "loss": "quadratic",
         "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {"condition": 10.0, "noise": 1.0, "seed": 0},
         "start": (-4.0, 1.5),
         "box": (-5.0, 5.0, -2.5, 2.5),
-        "look_for": "With noisy gradients, the path's jitter comes from D's direction and "
-        "its stride from M: compare how far each path wanders near the minimum.",
+        "about": "A valley with noisy gradients, like minibatches: paths jitter near the "
+        "minimum, and the end loss is read over the last 10% of the steps.",
     },
 }
 
@@ -106,7 +140,6 @@ def make_problem(name: str, **options: Any) -> Problem:
         raise ValueError(f"Invalid noise: {opts['noise']!r} (must be >= 0)")
     losses = {
         "quadratic": _quadratic(opts.get("condition", 1.0)),
-        "noisy_quadratic": _quadratic(opts.get("condition", 1.0)),
         "rosenbrock": lambda x, y: (1 - x) ** 2 + 100 * (y - x**2) ** 2,
         "saddle": lambda x, y: x**2 - y**2 + 0.25 * y**4,
         "beale": lambda x, y: (
@@ -115,10 +148,10 @@ def make_problem(name: str, **options: Any) -> Problem:
     }
     return Problem(
         name,
-        losses[name],
+        losses[preset.get("loss", name)],
         preset["start"],
         preset["box"],
-        preset["look_for"],
+        preset["about"],
         noise=float(opts.get("noise", 0.0)),
         seed=int(opts.get("seed", 0)),
         options=opts,
