@@ -9,8 +9,23 @@ store. The URL keeps ``?source=``, ``?group=`` and ``?study=`` (``?study_m=``, `
 import pandas as pd
 import streamlit as st
 
-from grafting_core.lab.experiments import ratio_study as study
-from grafting_core.lab.experiments import static_ratios as engine
+from grafting_core.lab.experiments.ratio_study import (
+    SCOPES,
+    WINDOWS,
+    plan_study,
+    start_study,
+    study_groups,
+    study_runs,
+)
+from grafting_core.lab.experiments.static_ratios import (
+    group_source,
+    plan_source_run,
+    plan_static_ratios,
+    read_ratios,
+    read_static_ratio_group,
+    start_source_run,
+    start_static_ratios,
+)
 from ui import forms, live, resources
 from ui import static_ratio_widgets as widgets
 from ui.state import page_setup
@@ -37,8 +52,8 @@ DEFAULTS = {
     "ratios.study.group": "",  # the tuned comparison studied (also the URL's ?study=)
     "ratios.study.magnitude": "",  # its M and D arms (?study_m=, ?study_d=)
     "ratios.study.direction": "",
-    "ratios.study.windows": list(study.WINDOWS),
-    "ratios.study.scopes": list(study.SCOPES),
+    "ratios.study.windows": list(WINDOWS),
+    "ratios.study.scopes": list(SCOPES),
     "ratios.study.redraw_seconds": [],
 }
 INTRO = r"""
@@ -80,7 +95,7 @@ def source_section(store) -> str:
     ):
         try:
             forms.check_sizes(data)
-            planned = engine.plan_source_run(
+            planned = plan_source_run(
                 data,
                 magnitude=magnitude,
                 direction=direction,
@@ -89,7 +104,7 @@ def source_section(store) -> str:
                 seed=seed,
                 device=st.session_state["shared.device"],
             )
-            source = engine.start_source_run(store, planned, resources.get_jobs())
+            source = start_source_run(store, planned, resources.get_jobs())
         except (ValueError, TypeError) as error:
             st.error(f"Not started: {error}")
     return source
@@ -103,7 +118,7 @@ def measure_section(store, source: str, active: bool) -> None:
         if active:
             live.progress_panel(runs)
         chosen = tuple(st.session_state["ratios.window"])
-        reading = engine.read_ratios(
+        reading = read_ratios(
             store,
             source,
             window=None if chosen == (0, 0) else chosen,
@@ -138,7 +153,7 @@ def comparison_sections(store, source: str, group: str, runs: pd.DataFrame) -> N
         help="numbers > 0 separated by commas",
     )
     try:
-        plan = engine.plan_static_ratios(
+        plan = plan_static_ratios(
             store,
             source,
             window=tuple(st.session_state["ratios.window"]),
@@ -162,7 +177,7 @@ def comparison_sections(store, source: str, group: str, runs: pd.DataFrame) -> N
     if start and plan is None:
         st.error(f"Not started: {problem}")
     elif start:
-        group, _ = engine.start_static_ratios(store, plan, resources.get_jobs())
+        group, _ = start_static_ratios(store, plan, resources.get_jobs())
         live.watch("ratios", group)
         st.rerun()
     if stop:
@@ -184,7 +199,7 @@ def study_section(store) -> None:
         "to 3 are not needed. Measures the graft's ratios over several windows, per layer or as "
         "one number, and trains D with them in the comparison's group, next to tuned M and D."
     )
-    groups = study.study_groups(store)
+    groups = study_groups(store)
     if groups.empty:
         st.info(
             "No tuned comparison with a finished graft yet: run one on the **Grid** page "
@@ -193,7 +208,7 @@ def study_section(store) -> None:
         return
     group, magnitude, direction = widgets.study_choices(store, groups)
     try:
-        plan = study.plan_study(
+        plan = plan_study(
             store,
             group,
             magnitude=magnitude,
@@ -205,7 +220,7 @@ def study_section(store) -> None:
     except (ValueError, KeyError) as error:
         plan, problem = None, str(error).strip("'\"")
         st.caption(f"Not ready to start: {live.plain(problem)}")
-    runs = study.study_runs(live.group_runs(group), direction)
+    runs = study_runs(live.group_runs(group), direction)
     active = not runs.empty and live.is_active(runs)
     col_start, col_stop, _ = st.columns([3, 1, 8], vertical_alignment="center")
     label = f"Start the study ({plan.count} runs)" if plan and plan.count else "Start the study"
@@ -227,7 +242,7 @@ def study_section(store) -> None:
         )
     elif start:
         with st.spinner("Measuring the ratios…"):
-            study.start_study(store, plan, resources.get_jobs())  # a stopped run resumes
+            start_study(store, plan, resources.get_jobs())  # a stopped run resumes
         st.query_params.update(study=group, study_m=magnitude, study_d=direction)
         st.rerun()
     if runs.empty:
@@ -235,7 +250,7 @@ def study_section(store) -> None:
         return
     live.redraw_while_live(
         "ratios.study",
-        lambda: study.study_runs(live.group_runs(group), direction),
+        lambda: study_runs(live.group_runs(group), direction),
         active,
         lambda drawn: widgets.study_results(store, group, magnitude, direction, drawn),
     )
@@ -247,14 +262,14 @@ st.markdown(INTRO)
 store = resources.get_store()
 group = live.watched_group("ratios", "ratios")
 runs = live.group_runs(group) if group else pd.DataFrame()
-group_source = engine.group_source(runs)
+group_source = group_source(runs)
 if not group_source:
     group, runs = "", pd.DataFrame()  # none, or a source run's own group: not a comparison
 else:
     if not st.query_params.get("source"):
         st.session_state["ratios.source"] = group_source  # re-attached by ?group= alone
     if tuple(st.session_state["ratios.window"]) == (0, 0):  # show what the comparison used
-        used = engine.read_static_ratio_group(store, group).ratios
+        used = read_static_ratio_group(store, group).ratios
         if used:
             st.session_state["ratios.window"] = tuple(used["info"]["window"])
             st.session_state["ratios.statistic"] = used["info"]["statistic"]

@@ -4,6 +4,7 @@ run's multipliers never change under it (content-addressed artifacts; old refere
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import sqlite3
@@ -18,7 +19,7 @@ from grafting_core.lab.experiments.analysis import static_ratios_from_run
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.groups import record_runs
 from grafting_core.lab.runs.runner import execute_run
-from tests.test_app import page, train_inline
+from tests.test_app import ROOT, page, train_inline
 
 SOURCE = dict(
     name="adam#sgd",
@@ -219,3 +220,39 @@ def test_the_page_and_the_engine_show_the_same_multipliers(store):
     lrs = [0.03, 0.1, 0.3]  # the page's default plain-SGD lrs: D with ratios, M alone, D per lr
     names = ["sgd+ratios(adam)", "adam#adam", *(f"sgd(lr={lr:g})" for lr in lrs)]
     assert f"{2 + len(lrs)} runs: {', '.join(names)}" in caption.replace("\\", "")
+
+
+def test_the_page_writes_the_store_only_through_the_engines_start_functions():
+    """The page and its widgets import no store-writing function but the engine's actions,
+    call no store method that writes, and the page stays under 300 lines."""
+    writers = {  # functions of the lab that write the run store
+        "put_artifact", "create_run", "record_runs", "queue_runs", "run_all", "execute_run",
+        "store_ratios", "start_group", "request_stop", "static_ratio_study",
+        "static_ratio_experiment", "start_source_run", "start_static_ratios", "start_study",
+    }  # fmt: skip
+    store_writes = {"put_artifact", "create_run", "set_status", "set_role", "delete_run"}
+    actions = {"start_source_run", "start_static_ratios", "start_study"}
+    for path in ("pages/static_ratios.py", "ui/static_ratio_widgets.py"):
+        tree = ast.parse((ROOT / path).read_text())
+        imported = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)  # from the engine, or ui.resources
+            for alias in node.names
+        }
+        from_store = {  # what comes from the store's and the runs' modules: a type only
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and any(part in (node.module or "") for part in (".lab.store", ".lab.runs"))
+            for alias in node.names
+        }
+        assert imported & writers <= actions, path
+        assert from_store <= {"RunStore"}, path
+        called = {
+            node.func.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        }
+        assert not called & store_writes, path
+    assert len((ROOT / "pages/static_ratios.py").read_text().splitlines()) < 300

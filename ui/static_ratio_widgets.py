@@ -9,8 +9,19 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core import STATISTICS
-from grafting_core.lab.experiments import ratio_study as study
-from grafting_core.lab.experiments import static_ratios as engine
+from grafting_core.lab.experiments.ratio_study import (
+    SCOPES,
+    WINDOWS,
+    static_ratio_table,
+    study_pairs,
+    study_reading,
+)
+from grafting_core.lab.experiments.static_ratios import (
+    RatioReading,
+    direction_momentum,
+    graftable_runs,
+    read_static_ratio_group,
+)
 from grafting_core.lab.figures import experiments as experiment_figures
 from grafting_core.lab.figures import runs as run_figures
 from grafting_core.lab.store.run_store import RunStore
@@ -67,7 +78,7 @@ def window_controls(steps: int) -> None:
     )
 
 
-def multipliers_panel(store: RunStore, source: str, reading: engine.RatioReading) -> None:
+def multipliers_panel(store: RunStore, source: str, reading: RatioReading) -> None:
     """The ratio chart with the window, each layer's multiplier, the JSON and its snippet."""
     title = f"‖Δ_M‖/‖Δ_D‖ per layer in {store.run(source)['name']}"
     fig = experiment_figures.ratio_lines(
@@ -86,7 +97,7 @@ def multipliers_panel(store: RunStore, source: str, reading: engine.RatioReading
         key="ratios.table",
         column_config=number_columns(reading.table.columns[1:]),
     )
-    d_name, momentum = engine.direction_momentum(store, source)
+    d_name, momentum = direction_momentum(store, source)
     col_button, col_code = st.columns([1, 3])
     col_button.download_button(
         "Download multipliers (JSON)",
@@ -116,7 +127,7 @@ def comparison_results(store: RunStore, runs: pd.DataFrame) -> None:
     st.columns(3)[0].slider("Loss smoothing", 0.0, 0.99, key="ratios.smoothing")
     task = forms.task_of(str(runs["config.dataset"].iloc[0]))
     live.loss_panel(runs, task, prefix="ratios", smoothing=st.session_state["ratios.smoothing"])
-    reading = engine.read_static_ratio_group(store, str(last["group"]))
+    reading = read_static_ratio_group(store, str(last["group"]))
     finals = reading.finals.set_index("run_id").loc[runs["run_id"]]
     labels, colors = runs["label"].tolist(), run_figures.run_colors(runs["run_id"].tolist())
     left, right = st.columns(2)
@@ -145,8 +156,8 @@ def study_results(
     """Progress while the study trains, then its reading, figure and table."""
     if live.is_active(runs):
         live.overall_progress(runs)
-    table = study.static_ratio_table(store, group, magnitude=magnitude, direction=direction)
-    st.markdown("**Reading:** " + live.plain(study.study_reading(table, magnitude, direction)))
+    table = static_ratio_table(store, group, magnitude=magnitude, direction=direction)
+    st.markdown("**Reading:** " + live.plain(study_reading(table, magnitude, direction)))
     title = (
         f"Static ratios from {magnitude}#{direction} next to tuned {magnitude} and tuned "
         f"{direction}"
@@ -171,7 +182,7 @@ def study_results(
 
 def saved_source(store: RunStore) -> str:
     """The saved M#D runs to measure, newest first: the one chosen ("" when there is none)."""
-    runs = engine.graftable_runs(store)
+    runs = graftable_runs(store)
     if runs.empty:
         st.info("No finished M#D run is saved yet: train one here or on the **Graft lab**.")
         return ""
@@ -224,7 +235,7 @@ def study_choices(store: RunStore, groups: pd.DataFrame) -> tuple[str, str, str]
     group = st.selectbox(
         "Tuned comparison", list(labels), key="ratios.study.group", format_func=labels.get
     )
-    magnitudes, directions = study.study_pairs(store, group)
+    magnitudes, directions = study_pairs(store, group)
     linked("ratios.study.magnitude", "study_m", magnitudes)
     linked("ratios.study.direction", "study_d", directions)
     left, right = st.columns(2)
@@ -236,14 +247,14 @@ def study_choices(store: RunStore, groups: pd.DataFrame) -> tuple[str, str, str]
     )
     left.multiselect(
         "Windows of the grafted run",
-        list(study.WINDOWS),
+        list(WINDOWS),
         key="ratios.study.windows",
         help="early: first 2% of the steps; warmup_end: ±1% around the warm-up's "
         "end; whole: every step; late: the last 10%",
     )
     right.multiselect(
         "Scopes",
-        list(study.SCOPES),
+        list(SCOPES),
         key="ratios.study.scopes",
         help="per_layer: one multiplier per layer; global: one for the model",
     )
