@@ -233,15 +233,16 @@ def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
         seeds=(0,),
         plan=SweepPlan(points=2, factor=10, extensions=0),
     )
-    tuned = {row.arm: row.lr for row in result.sweep[result.sweep["best"]].itertuples()}
+    best = result.sweep[result.sweep["best"]]
+    tuned = {row.arm: (row.lr, row.warmup) for row in best.itertuples()}  # (lr, warm-up)
     other = result.sweep[(result.sweep["arm"] == "sgd") & ~result.sweep["best"]]["lr"].iloc[0]
-    _mark_tuned(store, result.group, {**tuned, "sgd": other})  # as if more seeds chose it
+    moved = {**tuned, "sgd": (other, tuned["sgd"][1])}
+    _mark_tuned(store, result.group, moved)  # as if more seeds chose it
     runs = store.runs(group=result.group).set_index("name")
     assert (runs.loc[["adam#sgd", "sgd#adam"], "role"] == "superseded").all()  # sgd in each
     chosen = runs[runs["role"] == "tuned"]
     assert dict(zip(chosen["magnitude_arm"], chosen["config.magnitude_hparams.lr"])) == {
-        **tuned,
-        "sgd": other,
+        arm: lr for arm, (lr, _) in moved.items()
     }
     assert read_comparison(store, result.group).verdicts.empty
     _mark_tuned(store, result.group, tuned)  # the first choice again: the grafts count again

@@ -14,7 +14,7 @@ from grafting_core.lab.runs.arms import Arm, PlannedRun
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.executor import Executor
 from grafting_core.lab.runs.groups import record_runs
-from grafting_core.lab.runs.runner import execute_run
+from grafting_core.lab.runs.runner import execute_run, pause_run
 from grafting_core.lab.store.run_store import RunStore
 
 Progress = Callable[[int, int], None]  # (runs done, runs total)
@@ -97,13 +97,20 @@ def run_all(
     executor: Executor | None = None,
     progress: Progress | None = None,
     reuse: bool = False,
+    pause_at: int = 0,
 ) -> list[str]:
     """Create one run per planned run in ``group`` and train them all; returns the run ids.
 
     ``reuse``: as in :func:`record_runs`. An experiment run again on its group continues
-    where it stopped, and more seeds train only their own runs.
+    where it stopped, and more seeds train only their own runs. ``pause_at``: train each only
+    to this step, stopped resumably there (a rung of successive halving); 0: to the end.
     """
     run_ids, todo = record_runs(store, planned, group=group, kind=kind, reuse=reuse)
+    if pause_at:  # a run paused at this rung already is not run again
+        steps = store.runs(group=group, flatten_config=False).set_index("run_id")["last_step"]
+        todo = [(r, resume) for r, resume in todo if not (resume and steps[r] == pause_at)]
+    for run_id, _ in todo:
+        pause_run(store, run_id, pause_at)
     done = len(run_ids) - len(todo)
     if progress:
         progress(done, len(run_ids))

@@ -73,53 +73,85 @@ def _choice(label: str, choice: OptimizerChoice, lr: float) -> tuple[str, Optimi
 
 
 def _sweep_runs(
-    base: RunConfig, label: str, choice: OptimizerChoice, lrs: Sequence[float], seeds: Sequence[int]
+    base: RunConfig,
+    label: str,
+    choice: OptimizerChoice,
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    warmups: Sequence[int] | None = None,
 ) -> list[PlannedRun]:
+    """A plain arm at each lr (and each warm-up length in ``warmups``; None: the base's) and
+    seed of the search."""
+    named = warmups is not None  # a warm-up search names each point's warm-up
     return [
         PlannedRun(
             graft_config(
-                base, _choice(label, choice, lr), None, seed=seed, name=f"{label}(lr={lr:g})"
+                base.replace(warmup_steps=warmup),
+                _choice(label, choice, lr),
+                None,
+                seed=seed,
+                name=f"{label}(lr={lr:g}, warm-up {warmup})" if named else f"{label}(lr={lr:g})",
             ),
             Arm("sweep_point", label),
         )
         for lr in lrs
+        for warmup in (warmups if named else [base.warmup_steps])
         for seed in seeds
     ]
 
 
 def _sweep_table(
-    store: RunStore, group: str, metric: str, runs: pd.DataFrame | None = None
+    store: RunStore,
+    group: str,
+    metric: str,
+    runs: pd.DataFrame | None = None,
+    *,
+    rung_step: int = 0,
+    tune_seeds: Sequence[int] = (),
 ) -> pd.DataFrame:
-    """Per plain arm and lr: mean and std of ``metric`` over its finished seeds. A run that
-    diverged (or failed, or was stopped) makes its lr a failure (mean inf: never the best);
-    runs still training are ``pending``. ``best`` (lowest mean, among lrs with nothing pending)
-    and ``at_edge`` (the best is the lowest or highest lr tried) per arm. ``runs``: the
-    group's ``store.runs`` rows, when already read."""
+    """Per plain arm, lr and warm-up: mean and std of ``metric`` over its finished seeds. A
+    run that diverged (or failed, or was stopped) makes its setting a failure (mean inf:
+    never the best); runs still training are ``pending``; runs paused at the rung
+    (``rung_step``) and not continued are ``pruned``. ``best`` (lowest mean, among settings
+    with nothing pending or pruned), ``at_edge`` (the best is the lowest or highest lr tried)
+    and ``warmup_at_edge`` (the shortest or longest warm-up of several) per arm.
+    ``tune_seeds``: only these seeds' runs (the search; empty: every sweep run). ``runs``:
+    the group's ``store.runs`` rows, when already read."""
     runs = store.runs(group=group) if runs is None else runs
     runs = runs[runs["role"].isin(["sweep_point", "tuned"])]
+    if tune_seeds:
+        runs = runs[runs["config.seed"].isin(list(tune_seeds))]
     table = final_metrics(store, runs["run_id"].tolist(), metrics=(metric,), runs=runs)
-    table["lr"] = runs.set_index("run_id").loc[table["run_id"], LR_COLUMN].to_numpy(float)
+    by_id = runs.set_index("run_id").loc[table["run_id"]]
+    table["lr"] = by_id[LR_COLUMN].to_numpy(float)
+    table["warmup"] = _warmups_of(by_id)
+    paused = (table["status"] == "stopped") & (table["last_step"] == rung_step)
     rows = []
-    for (arm, lr), cell in table.groupby(["magnitude_arm", "lr"], sort=True):
+    for (arm, lr, warmup), cell in table.groupby(["magnitude_arm", "lr", "warmup"], sort=True):
         done = cell.loc[cell["status"] == "finished", metric]
         pending = int((cell["status"] == "running").sum())
-        failed = len(cell) - len(done) - pending
+        pruned = int(paused[cell.index].sum()) if rung_step else 0
+        failed = len(cell) - len(done) - pending - pruned
         rows.append(
             {
                 "arm": arm,
                 "lr": lr,
+                "warmup": warmup,
                 "seeds": len(done),
                 "failed": failed,
                 "pending": pending,
-                "mean": np.inf if failed else done.mean(),
+                "pruned": pruned,
+                "mean": np.inf if failed else done.mean() if len(done) else np.nan,
                 "std": np.nan if failed else done.std(),
             }
         )
-    sweep = pd.DataFrame(rows, columns=["arm", "lr", "seeds", "failed", "pending", "mean", "std"])
+    columns = ["arm", "lr", "warmup", "seeds", "failed", "pending", "pruned", "mean", "std"]
+    sweep = pd.DataFrame(rows, columns=columns)
     sweep["best"] = False
     sweep["at_edge"] = False
+    sweep["warmup_at_edge"] = False
     for _, cell in sweep.groupby("arm"):
-        complete = cell[(cell["pending"] == 0) & np.isfinite(cell["mean"])]
+        complete = cell[(cell["pending"] == 0) & (cell["pruned"] == 0) & np.isfinite(cell["mean"])]
         if not complete.empty:
             best = complete["mean"].idxmin()
             sweep.loc[best, "best"] = True
@@ -127,7 +159,45 @@ def _sweep_table(
                 cell["lr"].min(),
                 cell["lr"].max(),
             )
+            warmups = cell["warmup"].unique()
+            sweep.loc[best, "warmup_at_edge"] = len(warmups) > 1 and cell.loc[best, "warmup"] in (
+                warmups.min(),
+                warmups.max(),
+            )
     return sweep
+
+
+def _warmups_of(runs: pd.DataFrame) -> np.ndarray:
+    """Each run's warm-up steps (0 where its stored config has none)."""
+    if "config.warmup_steps" not in runs:
+        return np.zeros(len(runs), dtype=int)
+    return runs["config.warmup_steps"].fillna(0).to_numpy(int)
+
+
+def _rung_leaders(
+    store: RunStore, group: str, metric: str, rung_step: int, keep: int, seeds: Sequence[int]
+) -> set[tuple[str, float, int]]:
+    """The ``keep`` best searched settings (arm, lr, warm-up) of each arm by ``metric`` at the
+    rung (mean over ``seeds``; a diverged or missing seed ranks last): they go on to the end."""
+    runs = store.runs(group=group)
+    runs = runs[runs["role"].isin(["sweep_point", "tuned"]) & runs["config.seed"].isin(seeds)]
+    values = store.metrics(runs["run_id"].tolist(), names=[metric])
+    at_rung = values[values["step"] == rung_step - 1].set_index("run_id")["value"]
+    frame = pd.DataFrame(
+        {
+            "arm": runs["magnitude_arm"].to_numpy(),
+            "lr": runs[LR_COLUMN].to_numpy(float),
+            "warmup": _warmups_of(runs),
+            "value": at_rung.reindex(runs["run_id"]).to_numpy(float),
+        }
+    )
+    frame["value"] = frame["value"].where(np.isfinite(frame["value"]), np.inf)
+    means = frame.groupby(["arm", "lr", "warmup"])["value"].mean().reset_index()
+    leaders = set()
+    for _, cell in means.groupby("arm"):
+        for row in cell.nsmallest(keep, "value").itertuples():
+            leaders.add((row.arm, float(row.lr), int(row.warmup)))
+    return leaders
 
 
 def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
@@ -186,13 +256,17 @@ def compare(
         check_continuation(store, group, planned_comparison.request)
     group = group or new_group("compare")
     store.set_group_request(group, "compare", request_json(planned_comparison.request))
-    total = len(optimizers) * plan.points * len(seeds)
+    total = planned_comparison.fewest
     done = 0
+    tune_seeds = plan.tune_seeds or tuple(seeds)
+    warmups = plan.warmup_steps(base) if plan.warmups else None
+    rung_step = plan.rung_step(base)
 
-    def train(planned: list[PlannedRun]) -> list[str]:
-        nonlocal done
+    def train(planned: list[PlannedRun], pause_at: int = 0) -> list[str]:
+        nonlocal done, total
         if stop is not None and stop():
             return []
+        total = max(total, done + len(planned))  # extensions add runs
         report = (lambda n, _: progress(done + n, total)) if progress else None
         ids = run_all(
             store,
@@ -202,37 +276,66 @@ def compare(
             executor=executor,
             progress=report,
             reuse=True,
+            pause_at=pause_at,
         )
         done += len(planned)
         return ids
 
-    train(
-        [
+    lrs = {label: plan.grid(choice[1]["lr"]) for label, choice in optimizers.items()}
+
+    def search() -> None:
+        """Every setting of the search (to the rung, and the leaders on), trained once."""
+        planned = [
             run
             for label, choice in optimizers.items()
-            for run in _sweep_runs(base, label, choice, plan.grid(choice[1]["lr"]), seeds)
+            for run in _sweep_runs(base, label, choice, lrs[label], tune_seeds, warmups)
         ]
-    )
-    for _ in range(plan.extensions):
-        beyond = _extensions(_sweep_table(store, group, metric), plan)
-        if not beyond:
-            break
-        total += len(beyond) * len(seeds)
+        if not rung_step:
+            train(planned)
+            return
+        train(planned, pause_at=rung_step)
+        leaders = _rung_leaders(store, group, metric, rung_step, plan.keep, tune_seeds)
         train(
             [
                 run
-                for label, lr in beyond.items()
-                for run in _sweep_runs(base, label, optimizers[label], [lr], seeds)
+                for run in planned
+                if (
+                    run.arm.magnitude,
+                    float(run.config.magnitude_hparams["lr"]),
+                    run.config.warmup_steps,
+                )
+                in leaders
             ]
         )
+
+    def sweep_table() -> pd.DataFrame:
+        return _sweep_table(store, group, metric, rung_step=rung_step, tune_seeds=plan.tune_seeds)
+
+    search()
+    for _ in range(plan.extensions):
+        beyond = _extensions(sweep_table(), plan)
+        if not beyond:
+            break
+        for label, lr in beyond.items():
+            lrs[label].append(lr)
+        search()
     if stop is not None and stop():  # a sweep cut short names no tuned lr
         return read_comparison(store, group, metric=metric)
-    sweep = _sweep_table(store, group, metric)
-    tuned = {row.arm: row.lr for row in sweep[sweep["best"]].itertuples()}
-    _mark_tuned(store, group, tuned)
+    sweep = sweep_table()
+    tuned = {row.arm: (row.lr, int(row.warmup)) for row in sweep[sweep["best"]].itertuples()}
+    _mark_tuned(store, group, tuned, plan.tune_seeds)
+    if plan.tune_seeds:  # each arm's best again, on the reporting seeds
+        train(
+            [
+                PlannedRun(run.config, Arm("tuned", label))
+                for label, (lr, warmup) in tuned.items()
+                for run in _sweep_runs(
+                    base, label, optimizers[label], [lr], seeds, [warmup] if warmups else None
+                )
+            ]
+        )
     pairs = [(m, d) for m in optimizers for d in optimizers if m != d and {m, d} <= set(tuned)]
     variants = [[]] + [list(kinds) for kinds in partial]
-    total += len(pairs) * len(variants) * len(seeds)
     planned = []
     for m, d in pairs:
         for kinds in variants:
@@ -240,9 +343,9 @@ def compare(
             planned += [
                 PlannedRun(
                     graft_config(
-                        base,
-                        _choice(m, optimizers[m], tuned[m]),
-                        _choice(d, optimizers[d], tuned[d]),
+                        base.replace(warmup_steps=tuned[m][1]),  # M's schedule
+                        _choice(m, optimizers[m], tuned[m][0]),
+                        _choice(d, optimizers[d], tuned[d][0]),
                         seed=seed,
                         grafted=kinds,
                         name=arm.label,
@@ -257,41 +360,53 @@ def compare(
             run
             for m, d in pairs
             for run in (
-                plan_graft_lrs(store, group, magnitude=m, direction=d, lrs=plan.grid(tuned[m]))
+                plan_graft_lrs(store, group, magnitude=m, direction=d, lrs=plan.grid(tuned[m][0]))
                 if phase == 0
                 else graft_extensions(store, group, magnitude=m, direction=d, factor=plan.factor)
             )
         ]
         if not grafts:
             break
-        total += len(grafts)
         train(grafts)
     return read_comparison(store, group, metric=metric)
 
 
-def _mark_tuned(store: RunStore, group: str, tuned: Mapping[str, float]) -> None:
-    """Give the sweep points at each arm's ``tuned`` lr the role ``tuned`` (and the others
-    ``sweep_point``); a graft whose M or D lr is no longer tuned becomes ``superseded`` (a
-    continued comparison may tune another lr once it has more seeds)."""
+def _mark_tuned(
+    store: RunStore,
+    group: str,
+    tuned: Mapping[str, tuple[float, int]],
+    tune_seeds: Sequence[int] = (),
+) -> None:
+    """Give each arm's runs at its ``tuned`` setting (lr, warm-up steps) the role ``tuned``
+    and the other plain runs ``sweep_point``; with separate ``tune_seeds`` the search's runs
+    stay sweep points and a rerun on the reporting seeds at another setting than the tuned one
+    becomes ``superseded``, as a graft whose M or D setting is no longer tuned does (a
+    continued comparison may tune another setting once it has more seeds)."""
     runs = store.runs(group=group)
     d_lrs = (
         runs["config.direction_hparams.lr"].to_numpy(float)
         if "config.direction_hparams.lr" in runs
         else np.full(len(runs), np.nan)
     )
-    for run_id, role, m, d, variant, lr, d_lr in zip(
+    for run_id, role, m, d, variant, lr, warmup, seed, d_lr in zip(
         runs["run_id"],
         runs["role"],
         runs["magnitude_arm"],
         runs["direction_arm"],
         runs["arm_variant"].fillna(""),
         runs[LR_COLUMN].to_numpy(float),
+        _warmups_of(runs),
+        runs["config.seed"].to_numpy(int),
         d_lrs,
     ):
-        if role in ("sweep_point", "tuned"):
-            want = "tuned" if tuned.get(m) == lr else "sweep_point"
+        at_tuned = tuned.get(m) == (lr, warmup)
+        plain = role in ("sweep_point", "tuned") or (role == "superseded" and not d)
+        if plain and tune_seeds:
+            want = "sweep_point" if seed in tune_seeds else "tuned" if at_tuned else "superseded"
+        elif plain:
+            want = "tuned" if at_tuned else "sweep_point"
         elif role in ("graft", "partial_graft", "superseded"):
-            current = tuned.get(m) == lr and tuned.get(d) == d_lr
+            current = at_tuned and d in tuned and tuned[d][0] == d_lr
             want = ("partial_graft" if variant else "graft") if current else "superseded"
         else:
             continue
@@ -305,7 +420,16 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     if runs.empty:
         raise KeyError(f"No runs in group {group!r}")
     runs, excluded = _runs_made_as_requested(store, group, runs)
-    sweep = _sweep_table(store, group, metric, runs)
+    request = comparison_request(store, group)
+    search = request["plan"] if request else SweepPlan()
+    sweep = _sweep_table(
+        store,
+        group,
+        metric,
+        runs,
+        rung_step=search.rung_step(request["base"]) if request else 0,
+        tune_seeds=search.tune_seeds,
+    )
     arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft"])]
     table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,), runs=arms)
     config = arms.set_index("run_id").loc[table["run_id"]]
@@ -358,10 +482,11 @@ def _runs_made_as_requested(
     request = comparison_request(store, group)
     if request is None:
         return runs, 0
-    want = base_settings(request["base"])
+    searched = ("warmup_steps",) if request["plan"].warmups else ()
+    want = base_settings(request["base"], ignore=searched)
     configs = store.runs(group=group, flatten_config=False).set_index("run_id")["config"]
     keep = [
-        base_settings(configs[run_id]) == want
+        base_settings(configs[run_id], ignore=searched) == want
         and configs[run_id]["magnitude"] == request["optimizers"][arm][0]
         if arm in request["optimizers"]
         else False

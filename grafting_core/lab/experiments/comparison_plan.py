@@ -28,14 +28,44 @@ class SweepPlan:
     points: int = 5  # lrs in the first grid, centred on the arm's own lr
     factor: float = math.sqrt(10)  # ratio of neighbouring lrs: half a decade
     extensions: int = 2  # points added beyond an edge while the best sits on it
+    #: warm-up fractions searched with each lr (warm-up + cosine); empty: the base's warm-up
+    warmups: tuple[float, ...] = ()
+    #: seeds the search runs on; empty: the reporting seeds (else the best is rerun on these)
+    tune_seeds: tuple[int, ...] = ()
+    #: successive halving: every searched setting trains to this fraction of the steps, and
+    #: only the ``keep`` best of each arm there go on to the end (0: every one to the end)
+    rung: float = 0.0
+    keep: int = 2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "warmups", tuple(float(w) for w in self.warmups))
+        object.__setattr__(self, "tune_seeds", tuple(int(s) for s in self.tune_seeds))
+        if any(not (0 <= w < 1) for w in self.warmups) or len(set(self.warmups)) != len(
+            self.warmups
+        ):
+            raise ValueError(f"Invalid warmups: {list(self.warmups)} (fractions in [0, 1), once)")
+        if any(s < 0 for s in self.tune_seeds) or len(set(self.tune_seeds)) != len(self.tune_seeds):
+            raise ValueError(f"Invalid tune_seeds: {list(self.tune_seeds)} (each >= 0, once)")
+        if not (0 <= self.rung < 1):
+            raise ValueError(f"Invalid rung: {self.rung} (a fraction of the steps in [0, 1))")
+        if self.keep < 1:
+            raise ValueError(f"Invalid keep: {self.keep} (at least 1 setting per arm)")
         if self.points < 2:
             raise ValueError(f"Invalid points: {self.points} (a sweep needs at least 2)")
         if not (math.isfinite(self.factor) and self.factor > 1):
             raise ValueError(f"Invalid factor: {self.factor} (must be a finite number > 1)")
         if self.extensions < 0:
             raise ValueError(f"Invalid extensions: {self.extensions} (must be >= 0)")
+
+    def warmup_steps(self, base: RunConfig) -> list[int]:
+        """The warm-up lengths searched on ``base`` (its own when no fraction is given)."""
+        if not self.warmups:
+            return [base.warmup_steps]
+        return [round(fraction * base.steps) for fraction in self.warmups]
+
+    def rung_step(self, base: RunConfig) -> int:
+        """The step every searched setting pauses at (0: no halving)."""
+        return max(1, round(self.rung * base.steps)) if self.rung else 0
 
     def grid(self, center: float) -> list[float]:
         """``points`` lrs spaced by ``factor`` around ``center`` (3 significant digits)."""
@@ -77,9 +107,34 @@ def run_count(
     """The fewest and the most runs of a comparison (with no extension, with every one);
     ``variants``: grafts per pair (the full one and each partial one); ``tune_grafts``: each
     graft's lr swept too (its grid less M's tuned lr, which an odd grid centres on)."""
+    fewest, most = run_equivalents(arms, seeds, plan, variants, tune_grafts=tune_grafts, runs=True)
+    return int(fewest), int(most)
+
+
+def run_equivalents(
+    arms: int,
+    seeds: int,
+    plan: SweepPlan,
+    variants: int = 1,
+    *,
+    tune_grafts: bool = False,
+    runs: bool = False,
+) -> tuple[float, float]:
+    """The fewest and the most steps a comparison trains, in full runs (a run paused at the
+    rung counts its fraction); ``runs``: count runs instead, whatever their length."""
+    warmups = max(1, len(plan.warmups))
+    settings = plan.points * warmups  # searched per arm
+    tuning = len(plan.tune_seeds) or seeds
+    if plan.rung and not runs:  # all to the rung, the leaders on to the end
+        rest = 1 - plan.rung
+        search = settings * tuning * plan.rung + min(plan.keep, settings) * tuning * rest
+        per_extension = warmups * tuning * plan.rung + min(plan.keep, warmups) * tuning * rest
+    else:
+        search, per_extension = settings * tuning, warmups * tuning
+    reruns = seeds if plan.tune_seeds else 0  # the best of each arm on the reporting seeds
     grafts = arms * (arms - 1) * variants
-    fewest = arms * plan.points * seeds + grafts * seeds
-    most = fewest + arms * plan.extensions * seeds
+    fewest = arms * (search + reruns) + grafts * seeds
+    most = fewest + arms * plan.extensions * per_extension
     if tune_grafts:
         lrs = plan.points - plan.points % 2
         fewest, most = (
@@ -98,6 +153,8 @@ class ComparisonPlan:
     fewest: int
     most: int
     trained_seeds: tuple[int, ...] = ()  # a continuation's seeds already trained
+    #: the fewest and the most steps trained, in full runs (a new comparison's)
+    budget: tuple[float, float] = (0.0, 0.0)
 
     @property
     def new_seeds(self) -> list[int]:
@@ -125,11 +182,32 @@ class ComparisonPlan:
         total = f"{self.fewest}–{self.most}" if self.most > self.fewest else f"{self.fewest}"
         tuned = ", then each graft's lrs" if self.request["tune_grafts"] else ""
         pace = f", {workers} at a time" if workers else ""
+        search = self.request["plan"]
+        if not (search.warmups or search.tune_seeds or search.rung):
+            return (
+                f"{arms} optimizers × {points} lrs × {seeds} seed{s} = "
+                f"{arms * points * seeds} sweep runs{more}, then {arms * (arms - 1) * variants} "
+                f"grafts{' (whole and partial)' if variants > 1 else ''} × "
+                f"{seeds} seed{s}{tuned}: {total} runs{pace}."
+            )
+        warmups = len(search.warmups) or 1
+        tuning = len(search.tune_seeds) or seeds
+        low, high = self.budget
+        cost = f"{low:.1f}" if high == low else f"{low:.1f}–{high:.1f}"
         return (
-            f"{arms} optimizers × {points} lrs × {seeds} seed{s} = "
-            f"{arms * points * seeds} sweep runs{more}, then {arms * (arms - 1) * variants} "
-            f"grafts{' (whole and partial)' if variants > 1 else ''} × "
-            f"{seeds} seed{s}{tuned}: {total} runs{pace}."
+            f"{arms} optimizers × {points} lrs"
+            + (f" × {warmups} warm-ups" if search.warmups else "")
+            + f" on {tuning} tuning seed{'s' if tuning > 1 else ''}"
+            + (
+                f", each to {search.rung:.0%} of the steps, the best {search.keep} of each to "
+                "the end"
+                if search.rung
+                else ""
+            )
+            + (f"; each best again on {seeds} seed{s}" if search.tune_seeds else "")
+            + f"; then {arms * (arms - 1) * variants} grafts"
+            + f"{' (whole and partial)' if variants > 1 else ''} × {seeds} seed{s}{tuned}: "
+            f"{total} runs, {cost} run-equivalents{pace}."
         )
 
 
@@ -166,10 +244,19 @@ def plan_comparison(
         "metric": metric,
         "tune_grafts": bool(tune_grafts),
     }
-    fewest, most = run_count(
-        len(optimizers), len(seeds), plan, 1 + len(partial), tune_grafts=tune_grafts
-    )
-    return ComparisonPlan(request, fewest, most)
+    if plan.tune_seeds and set(plan.tune_seeds) & set(request["seeds"]):
+        raise ValueError(
+            f"Tuning seeds {list(plan.tune_seeds)} and reporting seeds {list(seeds)} overlap: "
+            "a setting is chosen on the first and reported on the others"
+        )
+    if plan.warmups and base.schedule != "warmup_cosine":
+        raise ValueError(
+            f"A warm-up search needs the warmup_cosine schedule (the base has {base.schedule})"
+        )
+    counts = (len(optimizers), len(seeds), plan, 1 + len(partial))
+    fewest, most = run_count(*counts, tune_grafts=tune_grafts)
+    budget = run_equivalents(*counts, tune_grafts=tune_grafts)
+    return ComparisonPlan(request, fewest, most, budget=budget)
 
 
 def request_json(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,11 +301,15 @@ ARM_FIELDS = ("name", "magnitude", "magnitude_hparams", "direction", "direction_
 ARM_FIELDS += ("grafted", "seed")
 
 
-def base_settings(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+def base_settings(
+    config: RunConfig | Mapping[str, Any], ignore: Sequence[str] = ()
+) -> dict[str, Any]:
     """A run config's settings that every run of one comparison shares (its base): all but
-    the arm's own (optimizers, name, seed, grafted layers) and housekeeping."""
+    the arm's own (optimizers, name, seed, grafted layers), housekeeping and ``ignore`` (the
+    settings a search varies)."""
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    return {k: v for k, v in values.items() if k not in ARM_FIELDS + HOUSEKEEPING}
+    skip = ARM_FIELDS + HOUSEKEEPING + tuple(ignore)
+    return {k: v for k, v in values.items() if k not in skip}
 
 
 def request_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from grafting_core.lab.store.norms import schedule_from_run
 from grafting_core.lab.store.run_store import RunStore
 
 STOP_ARTIFACT = "stop_requested"
+PAUSE_ARTIFACT = "pause_at"
 
 
 def create_run(
@@ -51,6 +52,13 @@ def create_run(
 def request_stop(store: RunStore, run_id: str) -> None:
     """Ask a run to stop cleanly at its next flush (works from any process)."""
     store.put_artifact(run_id, STOP_ARTIFACT, "1", kind="control")
+
+
+def pause_run(store: RunStore, run_id: str, step: int) -> None:
+    """Have ``run_id`` train only to ``step`` when it next runs (a rung of successive
+    halving), stopped resumably there; 0: to the end (clears an earlier pause)."""
+    if step or PAUSE_ARTIFACT in store.artifact_names(run_id):
+        store.put_artifact(run_id, PAUSE_ARTIFACT, str(int(step)), kind="control")
 
 
 def stop_requested(store: RunStore, run_id: str) -> bool:
@@ -182,6 +190,7 @@ class RunTicket:
     config: dict[str, Any]
     checkpoint: bytes | None  # where a resume starts (None: step 0)
     artifacts: dict[tuple[str, str], Any]  # (run id, name) -> artifact the config refers to
+    pause_at: int = 0  # train only to this step (``pause_run``); 0: to the end
 
     def artifact(self, run_id: str, name: str) -> Any:
         """An artifact of another run that the config names (``run:<id>``)."""
@@ -206,7 +215,8 @@ def prepare_run(store: RunStore, run_id: str, *, resume: bool = False) -> RunTic
         raise
     if resume:
         store.put_artifact(run_id, STOP_ARTIFACT, "0", kind="control")
-    return RunTicket(run_id, record["config"], blob, artifacts)
+    pause_at = int(_artifact_or(store, run_id, PAUSE_ARTIFACT, "0"))
+    return RunTicket(run_id, record["config"], blob, artifacts, pause_at)
 
 
 def train(
@@ -227,6 +237,7 @@ def train(
         should_stop=stop,
         resume=ticket.checkpoint,
         artifact_loader=ticket.artifact,
+        pause_at=ticket.pause_at,
     )
     SinkWriter(sink).attach(trainer)
     for event, callback in (callbacks or {}).items():

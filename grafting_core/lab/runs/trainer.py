@@ -122,8 +122,13 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         resume: bytes | None = None,
         artifact_loader: Callable[[str, str], Any] | None = None,
+        pause_at: int = 0,
     ) -> None:
         self.config = config
+        #: train only to this step (a rung of successive halving), then stop resumably with
+        #: an evaluation; 0 (or ≥ steps): to the end. Steps and schedule are unchanged, so a
+        #: paused run resumed is a prefix of the same run.
+        self.end = pause_at if 0 < pause_at < config.steps else config.steps
         self.should_stop = should_stop or (lambda: False)
         self.resume = resume
         self.artifact_loader = artifact_loader  # ("run:<id>", artifact name) -> object
@@ -288,15 +293,16 @@ class Trainer:
         return True
 
     def run(self) -> str:
-        """Train to ``config.steps`` or until stopped/diverged; returns the final status."""
+        """Train to ``config.steps`` (or the pause step) or until stopped/diverged; returns the
+        final status (``stopped`` at a pause)."""
         cfg = self.config
         self._build()
         self._fire("on_start")
         losses: list[torch.Tensor] = []
         started = time.perf_counter()
-        while self.step < cfg.steps:
+        while self.step < self.end:
             losses.append(self._train_step())
-            last = self.step == cfg.steps
+            last = self.step == self.end
             due = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0 and not last
             # A checkpoint or a stop comes after a flush: a resumed run has every step's rows.
             flushed = (
@@ -326,7 +332,7 @@ class Trainer:
                     break
                 started = time.perf_counter()
         if self.status == "running":
-            self.status = "finished"
+            self.status = "finished" if self.step >= cfg.steps else "stopped"  # paused
         self._fire(
             "on_metrics",
             rows=[(self.step - 1, "optimizer_state_bytes", float(state_bytes(self.optimizer)))],
