@@ -11,7 +11,7 @@ from grafting_core import GRANULARITIES
 from grafting_core.lab.figures import runs as run_figures
 from grafting_core.lab.runs.capacity import check_fits
 from grafting_core.lab.runs.config import RunConfig
-from ui import charts, forms, live
+from ui import charts, forms, live, recent
 from ui.resources import get_store, start_group
 from ui.state import keep_valid, page_setup
 
@@ -34,14 +34,30 @@ DEFAULTS = {
     "lab.metric_cache": {},  # run id -> (metrics read so far, run ended)
 }
 INTRO = r"""
-Every optimizer step Δ has a **size** (its norm ‖Δ‖) and a **direction** (Δ/‖Δ‖).
-*Grafting* M#D builds a new optimizer from two: for every layer, it takes the step size
-from the **magnitude** optimizer M and the direction from the **direction** optimizer D:
-$\Delta = \lVert\Delta_M\rVert \, \Delta_D / \lVert\Delta_D\rVert$.
-Agarwal et al. ([arXiv 2002.11803](https://arxiv.org/abs/2002.11803)) found that M#D
-usually trains like M: much of what makes an optimizer good is the per-layer step-size
-schedule it implies, not its direction. Pick M and D, press **Start**, and M alone,
-D alone and M#D (and D#M) train side by side on the same batches in the same order.
+*Grafting* M#D steps each layer by the **length** of optimizer M's step (magnitude) in the
+**direction** of optimizer D's: $\Delta = \lVert\Delta_M\rVert \, \Delta_D / \lVert\Delta_D\rVert$.
+Press **Start**: M alone, D alone, M#D (and D#M) train side by side on the same batches.
+"""
+STORY = r"""
+**The paper's claim.** Agarwal et al. ([arXiv 2002.11803](https://arxiv.org/abs/2002.11803))
+found that M#D trains like M on their networks: much of what makes an optimizer good is the
+per-layer step-size schedule it implies, not its direction.
+
+**What this lab measured** (RESULTS.md; each optimizer's learning rate tuned, 5 seeds,
+mean ± std of the final validation loss). On a small character transformer, SGD#Adam
+reached 1.585 ± 0.003, 59% of the way from tuned SGD (1.862 ± 0.059) to tuned Adam
+(1.391 ± 0.006): *closer to its direction*, Adam, against the claim; with the graft's own
+learning rate tuned, 1.428 ± 0.011, 92% of the way. Adam#SGD (1.700 ± 0.100) cannot be told
+apart from the midpoint. On an MNIST-1D MLP tuned SGD (1.021) and Adam (1.066) end level,
+so the claim cannot be tested there.
+
+**Why they can differ.** Grafting takes one step length per *layer*; how that length is
+shared among the layer's coordinates comes with D's direction. Adam's advantage is largely
+*per-coordinate* scaling, which therefore travels with Adam's direction. Which side decides
+can change with the model, the number and size of its layers (the paper's networks have
+hundreds of layers of millions of weights), the learning rates and how well each is tuned.
+*Grafting in 2-D* shows one case of each; the reading under the charts below is computed
+from these runs (one seed: small differences mean nothing).
 """
 
 
@@ -153,6 +169,39 @@ def norms_section(runs, task: str) -> None:
     live.drop_cache(list(dict.fromkeys([*shown, heat_run])), "lab.norm_cache")
 
 
+def roles_of(runs) -> dict[str, str]:
+    """ "M", "D", "M#D" (and "D#M") → run id, for a group the form made (else {})."""
+    rows = runs.to_dict("records")
+    if len(rows) < 3:
+        return {}
+    m, d, g = rows[:3]
+    if not (
+        m["config.direction"] == ""
+        and d["config.direction"] == ""
+        and (g["config.magnitude"], g["config.direction"])
+        == (m["config.magnitude"], d["config.magnitude"])
+    ):
+        return {}
+    roles = {"M": m["run_id"], "D": d["run_id"], "M#D": g["run_id"]}
+    if len(rows) > 3:
+        roles["D#M"] = rows[3]["run_id"]
+    return roles
+
+
+def reading_section(runs) -> None:
+    """The computed reading of the group, once every run has ended."""
+    roles = roles_of(runs)
+    if not roles:
+        return
+    if live.is_active(runs):
+        st.caption("The reading of these runs appears when they have all finished.")
+        return
+    metrics = live.poll_metrics(runs, "lab.metric_cache")
+    labels = dict(zip(runs["run_id"], runs["label"]))
+    lines = run_figures.lab_reading(metrics, roles, labels)
+    st.markdown("**Computed from these runs.** " + "  \n".join(lines))
+
+
 def live_section(group: str, active: bool) -> None:
     """Progress, losses and norms of ``group``; redraws while a run is live."""
 
@@ -167,6 +216,7 @@ def live_section(group: str, active: bool) -> None:
             help="exponential moving average of the training loss (0 = raw)",
         )
         live.loss_panel(runs, task, prefix="lab", smoothing=st.session_state["lab.smoothing"])
+        reading_section(runs)
         norms_section(runs, task)
 
     live.redraw_while_live("lab", lambda: live.group_runs(group), active, draw)
@@ -175,6 +225,8 @@ def live_section(group: str, active: bool) -> None:
 page_setup(DEFAULTS)
 st.title("Graft lab")
 st.markdown(INTRO)
+with st.expander("What the paper claims, what this lab measured, and why they can differ"):
+    st.markdown(STORY)
 configs, problem = form()
 group = live.watched_group("lab", "lab")
 runs = live.group_runs(group) if group else None
@@ -198,6 +250,7 @@ if live.attach("lab", group, runs, started=start):
     live_section(group, active)
 elif not group:
     st.info(
-        "Nothing trained yet: choose M and D above and press **Start**. The runs train in "
-        "the background and appear here; saved runs are listed on the **Runs** page."
+        "Nothing open: choose M and D above and press **Start**, or open a recent group "
+        "below. The runs train in the background; every saved run is on the **Runs** page."
     )
+    recent.offer("lab", ("lab",), "Graft lab group")

@@ -9,7 +9,7 @@ from grafting_core.lab.experiments.common import final_metrics
 from grafting_core.lab.figures import runs as run_figures
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.tensorboard import export_runs
-from ui import catalog, charts, forms, live
+from ui import catalog, charts, forms, live, recent
 from ui.resources import get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
 
@@ -231,13 +231,23 @@ if shown.empty:
     st.info("No run matches these filters.")
     st.stop()
 finals = final_metrics(get_store(), shown["run_id"].tolist(), metrics=("val_loss", "val_accuracy"))
+table = catalog.run_table(shown, finals)
+links = [recent.page_link(g) for g in table["group"]]
+table.insert(2, "made on", [recent.page_title(g) for g in table["group"]])
+table.insert(3, "open", [link or None for link in links])
 st.dataframe(
-    catalog.run_table(shown, finals),
+    table,
     hide_index=True,
     key="runs.table",
     column_config={
         "val_accuracy": st.column_config.NumberColumn(format="%.3f"),
         "val_loss": st.column_config.NumberColumn(format="%.3f"),
+        "open": st.column_config.LinkColumn(
+            "open",
+            help="the page that made this run, showing its group",
+            display_text="open ↗",
+            width="small",
+        ),
     },
 )
 labels = catalog.run_labels(shown)

@@ -14,7 +14,7 @@ from grafting_core.lab.figures import experiments as experiment_figures
 from grafting_core.lab.figures import runs as run_figures
 from grafting_core.lab.runs.capacity import check_fits
 from grafting_core.lab.runs.config import RunConfig
-from ui import charts, forms, live
+from ui import charts, forms, live, recent
 from ui.resources import get_jobs, get_store
 from ui.state import keep_valid, page_setup
 
@@ -233,6 +233,25 @@ def replay_section(runs: pd.DataFrame) -> None:
     )
 
 
+def reading_section(runs: pd.DataFrame, source: str) -> None:
+    """One computed line: where replay(M)#D landed between M alone and D alone (and M#D)."""
+    plain = runs[runs["config.direction"] == ""]
+    replay = runs[runs["config.replay"].str.startswith("run:")]
+    online = runs[(runs["config.direction"] != "") & ~runs["config.replay"].str.startswith("run:")]
+    others = plain[plain["run_id"] != source]
+    if source not in set(runs["run_id"]) or replay.empty or others.empty:
+        return
+    if live.is_active(runs):
+        st.caption("The reading of these runs appears when they have all finished.")
+        return
+    roles = {"M": source, "D": others["run_id"].iloc[-1], "replay": replay["run_id"].iloc[-1]}
+    if not online.empty:
+        roles["M#D"] = online["run_id"].iloc[-1]
+    metrics = live.poll_metrics(runs, "transfer.metric_cache")
+    lines = run_figures.lab_reading(metrics, roles, dict(zip(runs["run_id"], runs["label"])))
+    st.markdown("**Computed from these runs.** " + "  \n".join(lines))
+
+
 def live_section(group: str, active: bool) -> None:
     """Progress, losses, the schedule and the replay check; redraws while a run is live."""
 
@@ -256,6 +275,7 @@ def live_section(group: str, active: bool) -> None:
         live.loss_panel(
             runs, task, prefix="transfer", smoothing=st.session_state["transfer.smoothing"]
         )
+        reading_section(runs, source)
         if source in set(runs["run_id"]):  # (a saved source may have been deleted since)
             schedule_section(source, runs.set_index("run_id").loc[source, "label"])
         replay_section(runs)
@@ -299,6 +319,8 @@ elif not group and saved:
     st.info("Press **Start** to replay this schedule onto D, next to D alone and M#D.")
 elif not group:
     st.info(
-        "Nothing trained yet: choose M and D above and press **Start**. M alone, D alone "
-        "and M#D train in the background; replay(M)#D starts when M alone has finished."
+        "Nothing open: choose M and D above and press **Start**, or open a recent transfer "
+        "below. M alone, D alone and M#D train in the background; replay(M)#D starts when "
+        "M alone has finished."
     )
+    recent.offer("transfer", ("transfer",), "transfer")

@@ -285,3 +285,69 @@ def test_a_run_name_is_shown_as_typed_never_as_markdown(store):
     shown = [m.value for m in at.markdown if "click" in m.value]
     assert shown and all("[click](" not in text and "**loud**" not in text for text in shown)
     assert any(r"\[click\](http\://evil.example) \*\*loud\*\*" in text for text in shown)
+
+
+def test_graft_lab_reading_is_computed_from_the_runs_on_screen(store):
+    ids = {
+        "M": train_inline(store, group="lab-read", name="adam", magnitude="adam"),
+        "D": train_inline(store, group="lab-read", name="sgd", magnitude="sgd"),
+        "M#D": train_inline(
+            store, group="lab-read", name="adam#sgd", magnitude="adam", direction="sgd"
+        ),
+    }
+    at = page("pages/graft_lab.py", group="lab-read")
+    assert not at.exception
+    text = next(m.value for m in at.markdown if "Computed from these runs" in m.value)
+    metrics = store.metrics(list(ids.values()))
+    final = {
+        role: float(
+            metrics[(metrics["run_id"] == r) & (metrics["name"] == "val_loss")]
+            .sort_values("step")["value"]
+            .iloc[-1]
+        )
+        for role, r in ids.items()
+    }
+    for value in final.values():
+        assert f"{value:.4g}" in text  # every number it reads is the runs' own
+    m, d, g = final["M"], final["D"], final["M#D"]
+    tie = 0.02 * (m + d) / 2
+    if abs(d - m) <= tie:
+        assert "cannot tell" in text
+    else:
+        pos = (g - m) / (d - m)
+        expected = (
+            "like adam"
+            if abs(pos) < 0.25
+            else "like sgd"
+            if abs(pos - 1) < 0.25
+            else "between"
+            if 0.25 <= pos <= 0.75
+            else "better than both"
+            if g < min(m, d)
+            else "worse than both"
+        )
+        assert expected in text, (final, text)
+    assert "closer to M" not in text and "magnitude decided" not in text
+
+
+def test_a_new_tab_offers_the_pages_recent_groups_newest_first(store):
+    train_inline(store, group="lab-20260101-000000-aaaa", name="older")
+    train_inline(store, group="lab-20260102-000000-bbbb", name="newer")
+    train_inline(store, group="grid-20260103-000000-cccc", name="a grid run")
+    at = page("pages/graft_lab.py")
+    assert not at.exception
+    offered = [b.key for b in at.button if b.key and b.key.startswith("lab.recent.")]
+    assert offered == ["lab.recent.lab-20260102-000000-bbbb", "lab.recent.lab-20260101-000000-aaaa"]
+    at.button(key="lab.recent.lab-20260101-000000-aaaa").click().run()
+    assert not at.exception
+    assert at.query_params["group"] == "lab-20260101-000000-aaaa"
+    assert [t["name"] for t in chart_traces(at, 0)] == ["older"]
+
+
+def test_runs_page_links_each_run_to_the_page_that_made_it(store):
+    train_inline(store, group="lab-20260101-000000-aaaa", name="lab run")
+    train_inline(store, group="transfer-20260101-000000-dddd", name="transfer run")
+    table = page("pages/runs.py").dataframe[0].value.set_index("name")
+    assert table.loc["lab run", "open"] == "./?group=lab-20260101-000000-aaaa"
+    assert table.loc["transfer run", "open"] == "./transfer?group=transfer-20260101-000000-dddd"
+    assert table.loc["transfer run", "made on"] == "Schedule transfer"

@@ -50,6 +50,28 @@ def _kernel_manager(tmp_path: Path):
     return KernelManager(kernel_name="grafting-test", kernel_spec_manager=specs)
 
 
+def assert_handout_keeps_every_figure(nb, path: Path, out: Path) -> None:
+    """``jupyter nbconvert --to html`` of the executed notebook draws every plotly figure it
+    shows, offline: each figure output carries HTML next to plotly's JSON (an output with
+    the JSON alone vanishes from the export), and plotly.js is inlined, not fetched."""
+    from nbconvert import HTMLExporter
+
+    figures = [
+        output
+        for cell in nb.cells
+        for output in cell.get("outputs", [])
+        if "application/vnd.plotly.v1+json" in output.get("data", {})
+    ]
+    assert figures, f"{path.name} shows no plotly figure"
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{path.stem}.html").write_text(html)
+    drawn = html.count('class="plotly-graph-div"')
+    assert drawn == len(figures), f"{path.name}: {drawn} of {len(figures)} figures in the HTML"
+    assert "window.Plotly = Plotly" in html  # plotly.js inlined once: opens offline
+    assert '<script src="https://cdn.plot.ly' not in html
+
+
 def test_every_planned_notebook_exists():
     assert [path.stem for path in NOTEBOOKS] == EXPECTED
 
@@ -102,5 +124,8 @@ def test_notebook_runs_top_to_bottom_at_quick_settings(path, tmp_path):
         o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"
     ]
     assert not errors
+    assert_handout_keeps_every_figure(
+        nb, path, Path(os.environ.get("GRAFTING_HANDOUT_DIR") or tmp_path)
+    )
     if any("RunStore(RUNS_DIR)" in cell.source for cell in nb.cells):
         assert (tmp_path / "runs" / "runs.sqlite").exists(), "runs must go to the given store"

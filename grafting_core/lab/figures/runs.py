@@ -541,3 +541,66 @@ def graft_side(graft: float, magnitude: float, direction: float, *, tie: float) 
     else:  # beyond a parent by more than the margin: better or worse than both
         side = "better than both" if graft < min(magnitude, direction) else "worse than both"
     return {"side": side, "position": float(pos), "why": f"position {pos:.2f} (0 = M, 1 = D)"}
+
+
+SEED_SHARE = 0.02  # one seed: differences under 2% of the loss could be the seed's alone
+
+
+def lab_reading(
+    metrics: pd.DataFrame, roles: Mapping[str, str], labels: Mapping[str, str]
+) -> list[str]:
+    """What M alone, D alone, M#D (and D#M) of one seed show, computed (Markdown lines).
+
+    ``roles``: "M", "D", "M#D", "D#M" (or "replay": replay(M)#D) → run id; ``metrics``:
+    their store frame. Each run's result is its last validation loss when every run has
+    one, else its mean training loss over the last 10% of its steps. One seed cannot measure
+    the seed spread, so differences under ``SEED_SHARE`` of the loss (the lab's five-seed
+    spreads were 0.2–3%, RESULTS.md) or under twice a training-loss tail's standard error
+    count as level.
+    """
+    use_val = all(
+        ((metrics["run_id"] == r) & (metrics["name"] == "val_loss")).any() for r in roles.values()
+    )
+    value, noise = {}, 0.0
+    for role, run_id in roles.items():
+        rows = metrics[(metrics["run_id"] == run_id)]
+        if use_val:
+            series = rows[rows["name"] == "val_loss"].sort_values("step")["value"]
+            value[role] = float(series.iloc[-1]) if len(series) else float("nan")
+        else:
+            series = rows[rows["name"] == "train_loss"].sort_values("step")["value"]
+            tail = series.iloc[-max(1, len(series) // 10) :]
+            value[role] = float(tail.mean()) if len(tail) else float("nan")
+            if len(tail) > 1:
+                noise = max(noise, float(tail.std() / np.sqrt(len(tail))))
+    what = "final validation loss" if use_val else "training loss, mean of the last 10% of steps"
+    lines = [
+        f"{what.capitalize()}: "
+        + ", ".join(f"{role} = {labels[r]} **{value[role]:.4g}**" for role, r in roles.items())
+        + "."
+    ]
+    if not {"M", "D", "M#D"} <= set(value):
+        return lines
+    tie = max(SEED_SHARE * (abs(value["M"]) + abs(value["D"])) / 2, 2 * noise)
+    lines[0] += (
+        f" One seed: a difference under {tie:.2g} counts as level (another seed could move "
+        "it that much; the Grid page's tuned comparison measures the seed spread)."
+    )
+    for graft, own_m, own_d in (("M#D", "M", "D"), ("D#M", "D", "M"), ("replay", "M", "D")):
+        if graft not in value:
+            continue
+        side = graft_side(value[graft], value[own_m], value[own_d], tie=tie)
+        m, d = labels[roles[own_m]], labels[roles[own_d]]
+        words = {
+            "like M": f"like {m}, its magnitude",
+            "like D": f"like {d}, its direction",
+            "between": f"between {m} and {d}",
+        }.get(side["side"], side["side"])
+        where = (
+            f"position {side['position']:.2f}, 0 = {m}, 1 = {d}"
+            if np.isfinite(side["position"])
+            else side["why"]
+        )
+        name = "" if graft == "replay" else f"{graft} = "
+        lines.append(f"{name}{labels[roles[graft]]}: **{words}** ({where}).")
+    return lines
