@@ -277,6 +277,33 @@ class Graft(torch.optim.Optimizer):
         """Whether some layer is not grafted (takes M's own step)."""
         return not all(self.grafted_layers)
 
+    def __repr__(self) -> str:
+        """``Graft(M=adam(lr=0.001, ...), D=sgd(lr=0.1, momentum=0.9, ...), granularity=
+        'tensor', grafted=all 4 layers, lr=1.0)``: what is grafted, not torch's group dump."""
+
+        def child(opt: Any) -> str:
+            if opt is None:
+                return "None (plain M)"
+            if isinstance(opt, MagnitudeSchedule):
+                return f"replayed {type(opt).__name__}"
+            name = getattr(getattr(opt, "rule", None), "name", None) or type(opt).__name__
+            group = opt.param_groups[0] if opt.param_groups else {}
+            hp = ", ".join(
+                f"{k}={v!r}" for k, v in group.items() if k not in ("params", "param_names")
+            )
+            return f"{name}({hp})"
+
+        n, chosen = len(self.grafted_layers), sum(self.grafted_layers)
+        which = f"all {n} layers" if not self.partial else f"{chosen} of {n} layers"
+        if self.grafted is not None and not callable(self.grafted):
+            which += f" ({self.grafted!r})"
+        lrs = sorted({g["lr"] for g in self.param_groups}, key=float)
+        return (
+            f"Graft(M={child(self.magnitude)}, D={child(self.direction)}, "
+            f"granularity={self.granularity!r}, grafted={which}, "
+            f"lr={lrs[0] if len(lrs) == 1 else lrs})"
+        )
+
     def _child(self, child: Any, role: str, grafted: bool = False) -> Any:
         """The child optimizer; ``grafted``: over the grafted parameters only (D from a spec)."""
         if isinstance(child, MagnitudeSchedule):
