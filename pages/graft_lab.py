@@ -227,15 +227,20 @@ st.title("Graft lab")
 st.markdown(INTRO)
 with st.expander("What the paper claims, what this lab measured, and why they can differ"):
     st.markdown(STORY)
+toolbar = st.container()  # Start and Stop above the settings: in view at 1400 × 900
 configs, problem = form()
 group = live.watched_group("lab", "lab")
 runs = live.group_runs(group) if group else None
 active = runs is not None and live.is_active(runs)
 
-start, stop, col_reverse = live.start_stop(
-    "lab", disabled=live.busy("lab", active), active=active, why="Stop the runs in progress first"
-)
-col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
+with toolbar:
+    start, stop, col_reverse = live.start_stop(
+        "lab",
+        disabled=live.busy("lab", active),
+        active=active,
+        why="Stop the runs in progress first",
+    )
+    col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
 
 if start:
     if configs is None:
