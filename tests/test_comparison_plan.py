@@ -85,6 +85,7 @@ def test_a_continuation_is_bounded_by_its_new_runs(store):
 def test_cli_compare_prints_its_plan_before_training(tmp_path, capsys):
     args = ["--runs-dir", str(tmp_path), "compare", "--optimizers", "sgd", "adam"]
     args += ["--seeds", "0", "--points", "2", "--extensions", "0", "--workers", "1", *CLI_TINY]
+    args += ["--warmups", "--tune-seeds", "--rung", "0"]  # the lr alone, as counted below
     assert main(args) == 0
     err = capsys.readouterr().err
     expected = plan_comparison(
@@ -93,6 +94,12 @@ def test_cli_compare_prints_its_plan_before_training(tmp_path, capsys):
         seeds=(0,),
         plan=SweepPlan(points=2, extensions=0),
     ).text(1)
+    protocol = plan_comparison(
+        RunConfig(**TINY, schedule="warmup_cosine", warmup_steps=1),
+        {label: LAB_OPTIMIZERS[label] for label in ("sgd", "adam")},
+        seeds=range(5),
+    )
+    assert "run-equivalents" in protocol.text() and protocol.budget[0] <= 30
     assert f"plan: {expected}" in err
     assert "6 runs, 1 at a time" in err
 

@@ -249,6 +249,11 @@ def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
     assert read_comparison(store, result.group).verdicts.equals(result.verdicts)
 
 
+#: compare's search as it was before the protocol searched warm-ups on tuning seeds: the lr
+#: alone, on the reporting seeds, every setting to the end
+LR_ONLY = ("--warmups", "--tune-seeds", "--rung", "0")
+
+
 def _compare_command(tmp_path, *options: str) -> list[str]:
     """``compare`` over the store at ``tmp_path``: TINY's run settings, 2 lrs a sweep, no
     extension, inline, and ``options``."""
@@ -268,20 +273,29 @@ def _compare_command(tmp_path, *options: str) -> list[str]:
 
 
 def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
+    """The default protocol: warm-up + cosine, lr × warm-up (5%, 30%) searched on the tuning
+    seed 10000, each arm's best trained again on the reporting seeds, then the grafts."""
     assert main(_compare_command(tmp_path, "--optimizers", "sgd", "adam", "--seeds", "0", "1")) == 0
     out = capsys.readouterr().out
     assert "learning-rate sweeps" in out and "verdicts" in out and "adam#sgd" in out
     with RunStore(tmp_path) as store:
         runs = store.runs()
     assert (runs["config.schedule"] == "warmup_cosine").all()
-    assert (runs["config.warmup_steps"] == math.floor(TINY["steps"] / 10)).all()
+    search = runs[runs["role"] == "sweep_point"]
+    assert set(search["config.warmup_steps"]) == {round(0.05 * 15), round(0.3 * 15)}
+    assert set(search["config.seed"]) == {10_000}
+    assert set(runs.loc[runs["role"] != "sweep_point", "config.seed"]) == {0, 1}
     assert sorted(runs["role"].unique()) == ["graft", "sweep_point", "tuned"]
+    assert main(_compare_command(tmp_path / "lr", *LR_ONLY, "--seeds", "0")) == 0
+    with RunStore(tmp_path / "lr") as store:
+        runs = store.runs()
+    assert (runs["config.warmup_steps"] == math.floor(TINY["steps"] / 10)).all()
 
 
 def test_compare_command_continues_a_group_with_its_stored_settings(tmp_path, capsys):
     """``compare --group G --seeds 0 1`` alone keeps every setting G was made with (run flags
     and sweep plan); it trains only seed 1's runs, the same ones a fresh 2-seed run has."""
-    assert main(_compare_command(tmp_path, "--seeds", "0")) == 0
+    assert main(_compare_command(tmp_path, *LR_ONLY, "--seeds", "0")) == 0
     with RunStore(tmp_path) as store:
         (group,) = store.runs()["group"].unique()
         first = store.runs(group=group)

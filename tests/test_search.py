@@ -71,14 +71,16 @@ def test_a_searched_comparison_costs_what_its_plan_says(store):
     result = compare(store, RunConfig(**TINY), PAIR, seeds=seeds, plan=plan)
     runs = store.runs(group=result.group)
     trained = runs["last_step"].sum() / TINY["steps"]
-    # 2 arms × (6 settings × 1/3 + 2 leaders × 2/3) + 2 × 5 reruns + 2 grafts × 5 seeds
-    assert trained == pytest.approx(2 * (6 / 3 + 2 * 2 / 3) + 10 + 10)
+    # 2 arms × (6 settings × 1/3 + 2 lrs × 2 warm-ups × 2/3) + 2 × 5 reruns + 2 × 5 grafts
+    assert trained == pytest.approx(2 * (6 / 3 + 4 * 2 / 3) + 10 + 10)
     assert planned.budget == (pytest.approx(trained),) * 2
     assert len(runs) == planned.fewest
     search = runs[runs["role"] == "sweep_point"]
     assert set(search["config.seed"]) == {100}
     assert set(search["config.warmup_steps"]) == {2, 4}  # 10% and 30% of 15 steps, rounded
-    assert (search["status"] == "finished").sum() == 2 * 2  # the leaders went on
+    assert (search["status"] == "finished").sum() == 2 * 2 * 2  # each warm-up's 2 best
+    leaders = search[search["status"] == "finished"]
+    assert leaders.groupby(["magnitude_arm", "config.warmup_steps"]).size().eq(2).all()
     tuned = runs[runs["role"] == "tuned"]
     assert sorted(tuned["config.seed"]) == sorted(seeds * 2)
     for arm, row in result.sweep[result.sweep["best"]].set_index("arm").iterrows():
@@ -120,3 +122,11 @@ def test_bad_search_settings_are_named(bad, words):
 def test_tuning_and_reporting_seeds_must_differ():
     with pytest.raises(ValueError, match="overlap"):
         plan_comparison(RunConfig(**TINY), PAIR, seeds=(0, 1), plan=SweepPlan(tune_seeds=(1,)))
+
+
+def test_the_protocol_costs_at_most_30_run_equivalents_for_a_5_seed_2x2():
+    from grafting_core.lab.experiments.comparison_plan import PROTOCOL
+
+    planned = plan_comparison(RunConfig(**TINY), PAIR, seeds=range(5), plan=PROTOCOL)
+    assert planned.budget[0] == pytest.approx(2 * (10 / 3 + 2 * 2 / 3) + 10 + 10)
+    assert planned.budget[0] <= 30

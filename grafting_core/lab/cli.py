@@ -35,6 +35,7 @@ from grafting_core.lab.experiments.analysis import static_ratios_from_run
 from grafting_core.lab.experiments.common import LAB_OPTIMIZERS, run_all
 from grafting_core.lab.experiments.compare import Comparison, compare
 from grafting_core.lab.experiments.comparison_plan import (
+    PROTOCOL,
     SweepPlan,
     check_continuation,
     comparison_request,
@@ -408,9 +409,13 @@ def _print_grid(args, table: pd.DataFrame, group: str) -> int:
 COMPARE_DEFAULTS = {
     "optimizers": ["sgd", "adam"],
     "seeds": [0, 1, 2],
-    "points": SweepPlan().points,
-    "factor": SweepPlan().factor,
-    "extensions": SweepPlan().extensions,
+    "points": PROTOCOL.points,
+    "factor": PROTOCOL.factor,
+    "extensions": PROTOCOL.extensions,
+    "warmups": list(PROTOCOL.warmups),
+    "tune_seeds": list(PROTOCOL.tune_seeds),
+    "rung": PROTOCOL.rung,
+    "keep": PROTOCOL.keep,
     "partial": [],
     "tune_grafts": False,
 }
@@ -432,8 +437,18 @@ def _compare_request(parser, args) -> dict[str, Any]:
     if args.schedule is None:  # the protocol's default: warm-up (10% of the steps) + cosine
         warmup = config.warmup_steps if args.warmup_steps is not None else config.steps // 10
         config = config.replace(schedule="warmup_cosine", warmup_steps=max(1, warmup))
+    if config.schedule != "warmup_cosine" and args.warmups == list(PROTOCOL.warmups):
+        args.warmups = []  # another schedule has no warm-up to search
     try:
-        plan = SweepPlan(points=args.points, factor=args.factor, extensions=args.extensions)
+        plan = SweepPlan(
+            points=args.points,
+            factor=args.factor,
+            extensions=args.extensions,
+            warmups=tuple(args.warmups),
+            tune_seeds=tuple(args.tune_seeds),
+            rung=args.rung,
+            keep=args.keep,
+        )
     except ValueError as error:
         parser.error(str(error))
     return {
@@ -457,7 +472,7 @@ def _continued_request(parser, args, stored: dict[str, Any]) -> dict[str, Any]:
     fields = [name for name in given if name in field_names()]
     base = fresh["base"] if "config" in given else stored["base"]
     request["base"] = base.replace(**{name: getattr(fresh["base"], name) for name in fields})
-    if {"points", "factor", "extensions"} & set(given):
+    if {"points", "factor", "extensions", "warmups", "tune_seeds", "rung", "keep"} & set(given):
         request["plan"] = fresh["plan"]
     for name in ("optimizers", "partial", "tune_grafts"):
         if name in given:
@@ -839,6 +854,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--extensions",
         type=int,
         help="lrs added beyond an edge while the best sits on it [2]",
+    )
+    compare_p.add_argument(
+        "--warmups",
+        type=float,
+        nargs="*",
+        metavar="FRACTION",
+        help="warm-up lengths searched with each lr, as fractions of the steps; none given: "
+        "no warm-up search (the --warmup-steps of the base) [0.05 0.3]",
+    )
+    compare_p.add_argument(
+        "--tune-seeds",
+        type=seeds["type"],
+        nargs="*",
+        metavar="SEED",
+        help="seeds the search runs on, apart from the reporting --seeds (each arm's best "
+        "is trained again on those); none given: search on the reporting seeds [10000]",
+    )
+    compare_p.add_argument(
+        "--rung",
+        type=float,
+        help="successive halving: every searched setting trains to this fraction of the "
+        "steps, only the best --keep lrs of each warm-up go on; 0: all to the end [0.333]",
+    )
+    compare_p.add_argument(
+        "--keep", type=int, help="lrs per arm and warm-up that go on past the rung [1]"
     )
     compare_p.add_argument(
         "--partial",

@@ -177,8 +177,10 @@ def _warmups_of(runs: pd.DataFrame) -> np.ndarray:
 def _rung_leaders(
     store: RunStore, group: str, metric: str, rung_step: int, keep: int, seeds: Sequence[int]
 ) -> set[tuple[str, float, int]]:
-    """The ``keep`` best searched settings (arm, lr, warm-up) of each arm by ``metric`` at the
-    rung (mean over ``seeds``; a diverged or missing seed ranks last): they go on to the end."""
+    """The ``keep`` best lrs of each arm and warm-up by ``metric`` at the rung (mean over
+    ``seeds``; a diverged or missing seed ranks last), as (arm, lr, warm-up): they go on to
+    the end. Warm-ups are not ranked against each other at the rung: a longer one is behind
+    there by construction (its lr has only just peaked), so each keeps its own leaders."""
     runs = store.runs(group=group)
     runs = runs[runs["role"].isin(["sweep_point", "tuned"]) & runs["config.seed"].isin(seeds)]
     values = store.metrics(runs["run_id"].tolist(), names=[metric])
@@ -194,7 +196,7 @@ def _rung_leaders(
     frame["value"] = frame["value"].where(np.isfinite(frame["value"]), np.inf)
     means = frame.groupby(["arm", "lr", "warmup"])["value"].mean().reset_index()
     leaders = set()
-    for _, cell in means.groupby("arm"):
+    for _, cell in means.groupby(["arm", "warmup"]):
         for row in cell.nsmallest(keep, "value").itertuples():
             leaders.add((row.arm, float(row.lr), int(row.warmup)))
     return leaders
@@ -218,7 +220,7 @@ def compare(
     optimizers: Mapping[str, OptimizerChoice],
     *,
     seeds: Sequence[int] = (0, 1, 2),
-    plan: SweepPlan = SweepPlan(),
+    plan: SweepPlan | None = None,
     partial: Sequence[Sequence[str]] = (),
     metric: str = "val_loss",
     executor: Executor | None = None,
@@ -252,6 +254,7 @@ def compare(
         metric=metric,
         tune_grafts=tune_grafts,
     )  # every setting checked before anything is written
+    plan = planned_comparison.request["plan"]  # the protocol's when none was given
     if group is not None:
         check_continuation(store, group, planned_comparison.request)
     group = group or new_group("compare")

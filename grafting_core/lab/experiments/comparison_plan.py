@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from grafting_core.lab.experiments.common import OptimizerChoice, round_lr
@@ -33,9 +33,9 @@ class SweepPlan:
     #: seeds the search runs on; empty: the reporting seeds (else the best is rerun on these)
     tune_seeds: tuple[int, ...] = ()
     #: successive halving: every searched setting trains to this fraction of the steps, and
-    #: only the ``keep`` best of each arm there go on to the end (0: every one to the end)
+    #: only the ``keep`` best lrs of each arm and warm-up there go on to the end (0: every one)
     rung: float = 0.0
-    keep: int = 2
+    keep: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warmups", tuple(float(w) for w in self.warmups))
@@ -101,6 +101,12 @@ def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
             )
 
 
+#: The protocol users get: lr × warm-up (5% and 30% of the steps) searched on a tuning seed of
+#: its own, halved at a third of the steps (each warm-up's best lr goes on), the best rerun
+#: on the reporting seeds; a 5-seed 2×2 costs 29.3 run-equivalents.
+PROTOCOL = SweepPlan(warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=1 / 3)
+
+
 def run_count(
     arms: int, seeds: int, plan: SweepPlan, variants: int = 1, *, tune_grafts: bool = False
 ) -> tuple[int, int]:
@@ -125,10 +131,10 @@ def run_equivalents(
     warmups = max(1, len(plan.warmups))
     settings = plan.points * warmups  # searched per arm
     tuning = len(plan.tune_seeds) or seeds
-    if plan.rung and not runs:  # all to the rung, the leaders on to the end
-        rest = 1 - plan.rung
-        search = settings * tuning * plan.rung + min(plan.keep, settings) * tuning * rest
-        per_extension = warmups * tuning * plan.rung + min(plan.keep, warmups) * tuning * rest
+    if plan.rung and not runs:  # all to the rung, each warm-up's leaders on to the end
+        leaders = min(plan.keep, plan.points) * warmups
+        search = settings * tuning * plan.rung + leaders * tuning * (1 - plan.rung)
+        per_extension = warmups * tuning  # at most: the new lr leads at every warm-up
     else:
         search, per_extension = settings * tuning, warmups * tuning
     reruns = seeds if plan.tune_seeds else 0  # the best of each arm on the reporting seeds
@@ -199,8 +205,8 @@ class ComparisonPlan:
             + (f" × {warmups} warm-ups" if search.warmups else "")
             + f" on {tuning} tuning seed{'s' if tuning > 1 else ''}"
             + (
-                f", each to {search.rung:.0%} of the steps, the best {search.keep} of each to "
-                "the end"
+                f", each to {search.rung:.0%} of the steps, the best {search.keep} lr"
+                f"{'s' if search.keep > 1 else ''} of each warm-up on to the end"
                 if search.rung
                 else ""
             )
@@ -216,13 +222,16 @@ def plan_comparison(
     optimizers: Mapping[str, OptimizerChoice],
     *,
     seeds: Sequence[int] = (0, 1, 2),
-    plan: SweepPlan = SweepPlan(),
+    plan: SweepPlan | None = None,
     partial: Sequence[Sequence[str]] = (),
     metric: str = "val_loss",
     tune_grafts: bool = False,
 ) -> ComparisonPlan:
     """Validate a comparison's settings (every check ``compare`` needs, before any write) and
-    count its runs. Raises ValueError naming the first bad setting."""
+    count its runs. Raises ValueError naming the first bad setting. ``plan``: the search
+    (default: the lab's ``PROTOCOL``)."""
+    if plan is None:  # the protocol; a schedule without warm-up searches the lr alone
+        plan = PROTOCOL if base.schedule == "warmup_cosine" else replace(PROTOCOL, warmups=())
     if len(optimizers) < 2:
         raise ValueError(f"A comparison needs at least two optimizers (got {len(optimizers)})")
     if not seeds or len(set(seeds)) != len(seeds):
