@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.comparison_plan import PROTOCOL
 from grafting_core.lab.experiments.grid import (
     cell_notes,
     grid_configs,
@@ -53,6 +54,10 @@ DEFAULTS = {
     "grid.factor": math.sqrt(10),
     "grid.extensions": 2,
     "grid.tune_grafts": False,
+    # the protocol's search: lr × warm-up, on a tuning seed, halved (comparison_plan.PROTOCOL)
+    "grid.warmups": ", ".join(f"{w * 100:g}" for w in PROTOCOL.warmups),
+    "grid.tune_seeds": ", ".join(map(str, PROTOCOL.tune_seeds)),
+    "grid.rung_percent": round(PROTOCOL.rung * 100),
     # layer kinds of each partial graft per pair (the first empty one ends the list)
     **{key: [] for key in PARTIAL_KEYS},
     "grid.schedule": "warmup_cosine",

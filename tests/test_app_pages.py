@@ -26,6 +26,7 @@ from grafting_core.lab.experiments.compare import (
     comparison_request,
     read_comparison,
 )
+from grafting_core.lab.experiments.comparison_plan import plan_comparison
 from grafting_core.lab.experiments.graft_lrs import graft_lr_table
 from grafting_core.lab.experiments.ratio_study import (
     static_ratio_table,
@@ -174,8 +175,12 @@ def test_grid_refuses_bad_input_and_starts_nothing(store, change, reason):
     assert store.runs().empty
 
 
-def tuned_page(optimizers=("sgd", "adam"), seeds="0, 1", points=2, steps=TINY["steps"]):
-    """The Grid page in its tuned mode with a tiny comparison set up (not started)."""
+def tuned_page(
+    optimizers=("sgd", "adam"), seeds="0, 1", points=2, steps=TINY["steps"], protocol=False
+):
+    """The Grid page in its tuned mode with a tiny comparison set up (not started);
+    ``protocol``: the page's default search (lr × warm-up, tuning seed, halving), else the lr
+    alone on the reporting seeds, every setting to the end (what the counts below assume)."""
     at = page("pages/grid.py")
     at.radio(key="grid.mode").set_value("tuned").run()
     at.multiselect(key="grid.optimizers").set_value(list(optimizers))
@@ -183,6 +188,10 @@ def tuned_page(optimizers=("sgd", "adam"), seeds="0, 1", points=2, steps=TINY["s
     at.number_input(key="grid.steps").set_value(steps)
     at.text_input(key="grid.tuned_seeds").set_value(seeds)
     at.number_input(key="grid.points").set_value(points)
+    if not protocol:
+        at.text_input(key="grid.warmups").set_value("")
+        at.text_input(key="grid.tune_seeds").set_value("")
+        at.number_input(key="grid.rung_percent").set_value(0)
     return at.number_input(key="grid.extensions").set_value(0).run()
 
 
@@ -191,6 +200,34 @@ def table_with(at, column: str) -> pd.DataFrame:
     tables = [frame.value for frame in [*at.table, *at.dataframe] if column in frame.value]
     assert tables, f"no table with a {column!r} column"
     return tables[0]
+
+
+def test_tuned_comparison_by_default_searches_lr_and_warm_up_on_a_tuning_seed(store):
+    """The page's default is the lab's protocol: its plan (from the engine) counts the runs
+    and run-equivalents before Start; each sweep figure draws a line per warm-up."""
+    at = tuned_page(seeds="0, 1", points=2, protocol=True)
+    shown = [c.value for c in at.caption]
+    at.button(key="grid.tuned.start").click().run()
+    assert not at.exception and not at.error
+    group = at.query_params["group"]
+    request = comparison_request(store, group)
+    assert request["plan"] == SweepPlan(
+        points=2, extensions=0, warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=0.33
+    )
+    planned = plan_comparison(**request)  # the engine's plan of what the page started
+    assert any(text.startswith(planned.text()[:-1]) for text in shown), shown
+    assert "run-equivalents" in planned.text()
+    runs = settle(at, store, planned.fewest, group)
+    assert set(runs.loc[runs["role"] == "sweep_point", "config.seed"]) == {10_000}
+    assert set(runs.loc[runs["role"] == "tuned", "config.seed"]) == {0, 1}
+    result = read_comparison(store, group)
+    for arm in ("sgd", "adam"):
+        traces = chart_traces(at, chart_titled(at, f"{arm}'s sweep"))
+        lines = [t for t in traces if t["name"].startswith("warm-up")]
+        assert sorted(t["name"] for t in lines) == sorted(
+            f"warm-up {w} steps, ± std"
+            for w in result.sweep.loc[result.sweep["arm"] == arm, "warmup"].unique()
+        )
 
 
 def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread(store):
@@ -414,7 +451,11 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
         closer_to_words(v, "sgd", "adam") for v in expected["verdict"]
     ]
     at.button(key="grid.graft_lrs.start").click().run()  # the same lrs again
-    assert any("Nothing new to train" in info.value for info in at.info)
+    assert any("Nothing new to train" in info.value for info in at.info), (
+        [i.value for i in at.info],
+        [e.value for e in at.error],
+        at.exception,
+    )
     assert len(store.runs(group=group)) == len(runs)
     (bar,) = at.get("progress")  # the added runs count apart from the sweeps and grafts
     assert bar.proto.text == (
@@ -784,7 +825,11 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
 
     at.button(key="ratios.study.start").click().run()  # the same choices again
     assert not at.exception and not at.error
-    assert any("Nothing new to train" in info.value for info in at.info)
+    assert any("Nothing new to train" in info.value for info in at.info), (
+        [i.value for i in at.info],
+        [e.value for e in at.error],
+        at.exception,
+    )
     assert len(store.runs(group=group)) == len(runs)
 
     again = page("pages/static_ratios.py", study=group, study_m="adam", study_d="sgd")

@@ -113,8 +113,48 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
         "M's tuned lr, same extensions); the verdicts stay those at M's tuned lr, and each "
         "graft gets a figure of its lrs.",
     )
+    search = st.columns(3)
+    warmups = search[0].text_input(
+        "Warm-ups searched (% of steps)",
+        key="grid.warmups",
+        disabled=schedule != "warmup_cosine",
+        help="each lr is tried with each of these warm-up lengths (the warm-up above is then "
+        "only the default's); empty: the warm-up above alone",
+    )
+    tune_seeds = search[1].text_input(
+        "Tuning seeds",
+        key="grid.tune_seeds",
+        help="the search trains on these seeds, and each optimizer's best again on the seeds "
+        "above, which report it (a setting chosen on the seeds that report it looks better "
+        "than it is); empty: search on the reporting seeds",
+    )
+    rung = search[2].number_input(
+        "Halve at (% of steps)",
+        min_value=0,
+        max_value=90,
+        step=5,
+        key="grid.rung_percent",
+        help="successive halving: every searched setting trains to here, and only each "
+        "warm-up's best lr goes on to the end (a run paused here and resumed is the same run); "
+        "0: every setting to the end",
+    )
     try:
-        plan = SweepPlan(points=int(points), factor=float(factor), extensions=int(extensions))
+        plan = SweepPlan(
+            points=int(points),
+            factor=float(factor),
+            extensions=int(extensions),
+            warmups=tuple(
+                w / 100
+                for w in forms.parse_numbers(warmups, field="warm-ups")
+                if schedule == "warmup_cosine"
+            )
+            if warmups.strip()
+            else (),
+            tune_seeds=tuple(forms.parse_numbers(tune_seeds, field="tuning seeds", integer=True))
+            if tune_seeds.strip()
+            else (),
+            rung=int(rung) / 100,
+        )
     except ValueError as error:
         return None, str(error), int(warmup), schedule
     return plan, "", int(warmup), schedule

@@ -111,31 +111,38 @@ def lr_sweep(
     "stopped" ...; default "diverged / failed": a run of that lr did not finish).
     ``settled``: False while the sweep trains or when it was cut short: no best is marked.
 
-    ``sweep``: one arm's rows of ``protocol.Comparison.sweep`` (lr, seeds, mean, std, best,
-    at_edge).
+    ``sweep``: one arm's rows of ``compare.Comparison.sweep`` (lr, seeds, mean, std, best,
+    at_edge; with ``warmup``, one line per warm-up searched; settings pruned at the rung have
+    no mean).
     """
     rows = sweep.sort_values("lr")
     done = rows[np.isfinite(rows["mean"].to_numpy(float))]
-    fig = go.Figure(
-        go.Scatter(
-            x=done["lr"],
-            y=done["mean"],
-            mode="lines+markers",
-            name="mean over seeds, ± std",
-            error_y={
-                "type": "data",
-                "array": done["std"].fillna(0.0),
-                "visible": True,
-                "thickness": 1.5,
-                "width": 6,
-            },
-            customdata=np.column_stack([done["std"], done["seeds"]]),
-            hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
-            "(%{customdata[1]} seeds)<extra></extra>",
-            line={"color": PALETTE[0], "width": 2},
-            marker={"size": 8},
+    warmups = sorted(done["warmup"].unique()) if "warmup" in done else [None]
+    fig = go.Figure()
+    for i, warmup in enumerate(warmups):  # a line per warm-up searched
+        line = done if warmup is None else done[done["warmup"] == warmup]
+        fig.add_trace(
+            go.Scatter(
+                x=line["lr"],
+                y=line["mean"],
+                mode="lines+markers",
+                name="mean over seeds, ± std"
+                if len(warmups) == 1
+                else f"warm-up {warmup} steps, ± std",
+                error_y={
+                    "type": "data",
+                    "array": line["std"].fillna(0.0),
+                    "visible": True,
+                    "thickness": 1.5,
+                    "width": 6,
+                },
+                customdata=np.column_stack([line["std"], line["seeds"]]),
+                hovertemplate="lr %{x:.3g}: %{y:.4g} ± %{customdata[0]:.2g} "
+                "(%{customdata[1]} seeds)<extra></extra>",
+                line={"color": PALETTE[i % len(PALETTE)], "width": 2},
+                marker={"size": 8},
+            )
         )
-    )
     best = done[done["best"].astype(bool)]
     if not best.empty and settled:
         lr, value, edge = best["lr"].iloc[0], best["mean"].iloc[0], bool(best["at_edge"].iloc[0])
