@@ -99,7 +99,7 @@ def test_cli_compare_prints_its_plan_before_training(tmp_path, capsys):
         {label: LAB_OPTIMIZERS[label] for label in ("sgd", "adam")},
         seeds=range(5),
     )
-    assert "run-equivalents" in protocol.text() and protocol.budget[0] <= 30
+    assert "run-equivalents" in protocol.text() and protocol.budget[0] <= 40  # control: 10
     assert f"plan: {expected}" in err
     assert "6 runs, 1 at a time" in err
 

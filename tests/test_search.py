@@ -128,5 +128,55 @@ def test_the_protocol_costs_at_most_30_run_equivalents_for_a_5_seed_2x2():
     from grafting_core.lab.experiments.comparison_plan import PROTOCOL
 
     planned = plan_comparison(RunConfig(**TINY), PAIR, seeds=range(5), plan=PROTOCOL)
-    assert planned.budget[0] == pytest.approx(2 * (10 / 3 + 2 * 2 / 3) + 10 + 10)
-    assert planned.budget[0] <= 30
+    control = 2 * 5  # its M and its graft on the 5 seeds
+    assert planned.budget[0] == pytest.approx(2 * (10 / 3 + 2 * 2 / 3) + 10 + 10 + control)
+    assert planned.budget[0] - control <= 30 and planned.budget[0] <= 40
+
+
+def test_the_positive_control_judges_like_m(store):
+    """The first optimizer at a tenth of its tuned lr as M, tuned as D: they differ only in
+    step size, so M#D is M step for step (checked on the losses), and the verdict is "like
+    M"; its runs are counted in the plan."""
+    plan = SweepPlan(points=2, factor=10, extensions=0, control=True)
+    # long enough, on enough seeds, that sgd at a tenth of its lr is told apart from sgd (a
+    # control whose M and D cannot be told apart says "cannot tell": it shows nothing)
+    base = RunConfig(**{**TINY, "steps": 60, "eval_every": 60})
+    pair = {**PAIR, "sgd": ("sgd", {"lr": 0.3, "momentum": 0.9})}
+    planned = plan_comparison(base, pair, seeds=range(5), plan=plan)
+    result = compare(store, base, pair, seeds=range(5), plan=plan)
+    runs = store.runs(group=result.group)
+    assert len(runs) == planned.fewest
+    (control,) = result.controls.itertuples()
+    assert (control.magnitude, control.direction) == ("sgd@lr/10", "sgd")
+    tuned_lr = result.sweep.loc[result.sweep["best"] & (result.sweep["arm"] == "sgd"), "lr"]
+    slow = runs[runs["role"] == "control"]
+    assert set(slow["config.magnitude_hparams.lr"]) == {round(float(tuned_lr.iloc[0]) / 10, 6)}
+    finals = store.runs(group=result.group).set_index("run_id")
+    losses = {}
+    for role in ("control", "control_graft"):
+        ids = finals.index[finals["role"] == role]
+        values = store.metrics(list(ids), names=["val_loss"])
+        last = values.sort_values("step").groupby("run_id")["value"].last()
+        losses[role] = last.groupby(finals.loc[last.index, "config.seed"].to_numpy()).first()
+    assert losses["control_graft"].to_numpy() == pytest.approx(
+        losses["control"].to_numpy(), rel=1e-4
+    )
+    assert control.label == "like M" and control.passed
+    assert result.verdicts["label"].notna().all()  # the grafts' verdicts stay beside it
+
+
+def test_the_control_is_said_first_in_the_cli_report(tmp_path, capsys):
+    from grafting_core.lab.cli import print_comparison
+    from grafting_core.lab.experiments.comparison_reading import control_text
+
+    store = RunStore(tmp_path)
+    plan = SweepPlan(points=2, factor=10, extensions=0, control=True)
+    result = compare(store, RunConfig(**TINY), PAIR, seeds=(0, 1), plan=plan)
+    capsys.readouterr()
+    print_comparison(result)
+    out = capsys.readouterr().out
+    text = control_text(result.controls)
+    assert text.startswith("Positive control sgd@lr/10#sgd") and out.lstrip().startswith(text)
+    if not result.controls["passed"].all():  # 15 steps, 2 seeds: sgd and sgd/10 too close
+        assert "did NOT come out like M" in text
+    store.close()

@@ -18,6 +18,7 @@ from grafting_core.lab.experiments.comparison_plan import (
 )
 from grafting_core.lab.experiments.comparison_reading import (
     SWEEP_ROLES,
+    control_text,
     graft_pairs,
     lr_notes,
     phase_text,
@@ -243,6 +244,9 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
         "**D's lr cancels** in ‖Δ_M‖/‖Δ_D‖ · Δ_D; D keeps its other tuned settings."
     )
     st.subheader("Verdicts: is M#D closer to M or to D?")
+    if not result.controls.empty:  # said first: what the verdicts below can show
+        shown = st.success if result.controls["passed"].all() else st.warning
+        shown(control_text(result.controls))
     if result.verdicts.empty:
         st.info(
             "The verdicts come when the grafts M#D have trained, after the sweeps."

@@ -33,6 +33,7 @@ from grafting_core.lab.experiments.common import (
     final_metrics,
     graft_config,
     new_group,
+    round_lr,
     run_all,
 )
 from grafting_core.lab.experiments.comparison_plan import (
@@ -65,6 +66,9 @@ class Comparison:
     #: runs of the group made with other settings than the comparison's (left out of every
     #: table: a group continued with a changed setting before the lab refused it)
     excluded: int = 0
+    #: the positive control's judgment (magnitude, direction, label, position, CI, ``passed``:
+    #: it came out "like M"); empty when the comparison has none
+    controls: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _choice(label: str, choice: OptimizerChoice, lr: float) -> tuple[str, OptimizerChoice]:
@@ -358,6 +362,8 @@ def compare(
                 for seed in seeds
             ]
     train(planned)
+    if plan.control:
+        train(_control_runs(base, optimizers, tuned, seeds))
     for phase in range(1 + plan.extensions if tune_grafts else 0):
         grafts = [
             run
@@ -372,6 +378,38 @@ def compare(
             break
         train(grafts)
     return read_comparison(store, group, metric=metric)
+
+
+CONTROL = "{label}@lr/10"  # the positive control's M: ``label`` at a tenth of its tuned lr
+
+
+def _control_runs(
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    tuned: Mapping[str, tuple[float, int]],
+    seeds: Sequence[int],
+) -> list[PlannedRun]:
+    """The positive control on the first tuned optimizer X: M = X at a tenth of its tuned lr
+    (same warm-up), D = tuned X. X's step is proportional to its lr, so M and D differ only
+    in step size and M#D is M step for step: the lab must judge it "like M"."""
+    label = next((label for label in optimizers if label in tuned), None)
+    if label is None:
+        return []
+    lr, warmup = tuned[label]
+    slow = CONTROL.format(label=label)
+    name, hparams = optimizers[label]
+    magnitude = (slow, (name, {**hparams, "lr": round_lr(lr / 10)}))
+    on = base.replace(warmup_steps=warmup)
+    return [
+        PlannedRun(graft_config(on, magnitude, None, seed=seed, name=slow), Arm("control", slow))
+        for seed in seeds
+    ] + [
+        PlannedRun(
+            graft_config(on, magnitude, _choice(label, optimizers[label], lr), seed=seed),
+            Arm("control_graft", slow, label),
+        )
+        for seed in seeds
+    ]
 
 
 def _mark_tuned(
@@ -404,6 +442,13 @@ def _mark_tuned(
     ):
         at_tuned = tuned.get(m) == (lr, warmup)
         plain = role in ("sweep_point", "tuned") or (role == "superseded" and not d)
+        if role.startswith("control"):  # at a tenth of the tuned lr of the D it controls
+            x = tuned.get(d or m.split("@")[0])
+            current = x is not None and (round_lr(x[0] / 10), x[1]) == (lr, warmup)
+            want = ("control_graft" if d else "control") if current else "control_superseded"
+            if want != role:
+                store.set_role(run_id, want)
+            continue
         if plain and tune_seeds:
             want = "sweep_point" if seed in tune_seeds else "tuned" if at_tuned else "superseded"
         elif plain:
@@ -433,7 +478,7 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
         rung_step=search.rung_step(request["base"]) if request else 0,
         tune_seeds=search.tune_seeds,
     )
-    arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft"])]
+    arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft", *CONTROL_ROLES])]
     table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,), runs=arms)
     config = arms.set_index("run_id").loc[table["run_id"]]
     table["variant"] = config["arm_variant"].fillna("").to_numpy()
@@ -453,6 +498,8 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
             table["variant"],
         )
     ]
+    judged = table[table["status"].isin(["finished", "diverged", "failed"])]
+    table = table[~table["role"].isin(CONTROL_ROLES)]
     values = table[table["status"] == "finished"]
     summary = (
         values.groupby(["arm", "role", "magnitude_arm", "direction_arm", "variant"], dropna=False)
@@ -469,12 +516,10 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     has_lrs = (runs["role"] == GRAFT_LR_ROLE).any()  # else no need to read the store again
     tuned = tuned_grafts(store, group, metric=metric) if has_lrs else pd.DataFrame()
     verdicts = _verdicts(values, metric)
-    judged = table[table["status"].isin(["finished", "diverged", "failed"])]
+    judgments, controls = _judgments(judged, metric)
     if not verdicts.empty:
-        verdicts = verdicts.join(
-            _judgments(judged, metric), on=["magnitude", "direction", "grafted"]
-        )
-    return Comparison(group, sweep, summary, verdicts, tuned, excluded)
+        verdicts = verdicts.join(judgments, on=["magnitude", "direction", "grafted"])
+    return Comparison(group, sweep, summary, verdicts, tuned, excluded, controls)
 
 
 def _runs_made_as_requested(
@@ -490,8 +535,8 @@ def _runs_made_as_requested(
     configs = store.runs(group=group, flatten_config=False).set_index("run_id")["config"]
     keep = [
         base_settings(configs[run_id], ignore=searched) == want
-        and configs[run_id]["magnitude"] == request["optimizers"][arm][0]
-        if arm in request["optimizers"]
+        and configs[run_id]["magnitude"] == request["optimizers"][arm.split("@")[0]][0]
+        if arm.split("@")[0] in request["optimizers"]
         else False
         for run_id, arm in zip(runs["run_id"], runs["magnitude_arm"])
     ]
@@ -522,11 +567,15 @@ def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _judgments(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+CONTROL_ROLES = ("control", "control_graft")
+
+
+def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each graft judged against its tuned arms seed by seed (``verdict.judge``: paired t,
-    the position's 95% CI, an equivalence margin), Holm-corrected over the comparison's
-    grafts; a diverged or failed seed counts as diverged. Indexed by (magnitude, direction,
-    grafted)."""
+    the position's 95% CI, an equivalence margin), and the positive control against its M
+    and D, Holm-corrected together (the verdicts one report shows); a diverged or failed
+    seed counts as diverged. Returns the grafts' rows indexed by (magnitude, direction,
+    grafted), and the control's rows."""
 
     def by_seed(rows: pd.DataFrame) -> pd.Series:
         values = rows[metric].where(rows["status"] == "finished")
@@ -543,12 +592,23 @@ def _judgments(table: pd.DataFrame, metric: str) -> pd.DataFrame:
         if m in tuned and d in tuned:
             keys.append((m, d, variant or "all"))
             judgments.append(judge(tuned[m], tuned[d], by_seed(rows)))
+    controls = []
+    slow = {
+        m: by_seed(rows) for m, rows in table[table["role"] == "control"].groupby("magnitude_arm")
+    }
+    for (m, d), rows in table[table["role"] == "control_graft"].groupby(
+        ["magnitude_arm", "direction_arm"], sort=False
+    ):
+        if m in slow and d in tuned:
+            controls.append((m, d))
+            judgments.append(judge(slow[m], tuned[d], by_seed(rows)))
     rows = []
     for judgment in holm_judgments(judgments):
         row = judgment.as_row()
         rows.append(
             {
                 "label": row["label"],
+                "position": row["position"],
                 "ci_low": row["ci_low"],
                 "ci_high": row["ci_high"],
                 "p_holm": row["p_holm"],
@@ -557,9 +617,19 @@ def _judgments(table: pd.DataFrame, metric: str) -> pd.DataFrame:
                 **{
                     f"{arm}_{key}": row[f"{arm}_{key}"]
                     for arm in ("graft", "magnitude", "direction")
-                    for key in ("median", "diverged")
+                    for key in ("mean", "median", "diverged")
                 },
             }
         )
     index = pd.MultiIndex.from_tuples(keys, names=["magnitude", "direction", "grafted"])
-    return pd.DataFrame(rows, index=index)
+    graft_rows = pd.DataFrame(rows[: len(keys)], index=index)
+    graft_rows = graft_rows.drop(
+        columns=["position", *(f"{a}_mean" for a in ("graft", "magnitude", "direction"))],
+        errors="ignore",
+    )  # the verdict table has them (same formula) from the summary
+    control_rows = pd.DataFrame(rows[len(keys) :])
+    if controls:
+        control_rows.insert(0, "magnitude", [m for m, _ in controls])
+        control_rows.insert(1, "direction", [d for _, d in controls])
+        control_rows["passed"] = control_rows["label"] == "like M"
+    return graft_rows, control_rows

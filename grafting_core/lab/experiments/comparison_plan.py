@@ -36,6 +36,9 @@ class SweepPlan:
     #: only the ``keep`` best lrs of each arm and warm-up there go on to the end (0: every one)
     rung: float = 0.0
     keep: int = 1
+    #: a positive control: the first optimizer at a tenth of its tuned lr as M, the tuned one
+    #: as D (they differ only in step size, so M#D is M step for step): it must judge "like M"
+    control: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warmups", tuple(float(w) for w in self.warmups))
@@ -103,8 +106,9 @@ def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
 
 #: The protocol users get: lr × warm-up (5% and 30% of the steps) searched on a tuning seed of
 #: its own, halved at a third of the steps (each warm-up's best lr goes on), the best rerun
-#: on the reporting seeds; a 5-seed 2×2 costs 29.3 run-equivalents.
-PROTOCOL = SweepPlan(warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=1 / 3)
+#: on the reporting seeds, with a positive control; a 5-seed 2×2 costs 29.3 run-equivalents
+#: and its control 10 more.
+PROTOCOL = SweepPlan(warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=1 / 3, control=True)
 
 
 def run_count(
@@ -139,7 +143,7 @@ def run_equivalents(
         search, per_extension = settings * tuning, warmups * tuning
     reruns = seeds if plan.tune_seeds else 0  # the best of each arm on the reporting seeds
     grafts = arms * (arms - 1) * variants
-    fewest = arms * (search + reruns) + grafts * seeds
+    fewest = arms * (search + reruns) + grafts * seeds + (2 * seeds if plan.control else 0)
     most = fewest + arms * plan.extensions * per_extension
     if tune_grafts:
         lrs = plan.points - plan.points % 2
@@ -189,7 +193,7 @@ class ComparisonPlan:
         tuned = ", then each graft's lrs" if self.request["tune_grafts"] else ""
         pace = f", {workers} at a time" if workers else ""
         search = self.request["plan"]
-        if not (search.warmups or search.tune_seeds or search.rung):
+        if not (search.warmups or search.tune_seeds or search.rung or search.control):
             return (
                 f"{arms} optimizers × {points} lrs × {seeds} seed{s} = "
                 f"{arms * points * seeds} sweep runs{more}, then {arms * (arms - 1) * variants} "
@@ -211,6 +215,7 @@ class ComparisonPlan:
                 else ""
             )
             + (f"; each best again on {seeds} seed{s}" if search.tune_seeds else "")
+            + (f"; a positive control ({2 * seeds} runs)" if search.control else "")
             + f"; then {arms * (arms - 1) * variants} grafts"
             + f"{' (whole and partial)' if variants > 1 else ''} × {seeds} seed{s}{tuned}: "
             f"{total} runs, {cost} run-equivalents{pace}."

@@ -129,3 +129,25 @@ def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """The comparison's M#D pairs, as (M label, D label), in the order they were made."""
     grafts = runs[runs["role"].isin(GRAFT_ROLES)]
     return list(dict.fromkeys(zip(grafts["magnitude_arm"], grafts["direction_arm"])))
+
+
+def control_text(controls: pd.DataFrame) -> str:
+    """The positive control's reading, said first in every report: ``""`` when there is
+    none, else whether it came out "like M" (the lab can see magnitude decide here) and, when
+    not, that the comparison's "like M" verdicts then mean little."""
+    lines = []
+    for row in controls.itertuples():
+        d = row.direction
+        said = (
+            f"Positive control {row.magnitude}#{d} (M = {d} at a tenth of its tuned lr, D = "
+            f"tuned {d}: they differ only in step size, so M#D is M step for step): "
+            f"{label_words(row.label, row.magnitude, d)}, position {row.position:.2f}, 95% CI "
+            f"[{row.ci_low:.2f}, {row.ci_high:.2f}]."
+        )
+        lines.append(
+            said
+            if row.passed
+            else said + " It did NOT come out like M: at these seeds and steps the lab cannot "
+            "show magnitude deciding even where it must, so no verdict below can either."
+        )
+    return " ".join(lines)

@@ -20,7 +20,11 @@ Roles (``ROLES``):
 - ``superseded``     a graft at a learning rate that is no longer M's or D's tuned one (a
                      comparison continued with more seeds chose another): kept, not judged;
 - ``graft_lr``       a comparison's graft (full or partial) trained again at another lr of
-                     M (``grafting_core.lab.experiments.graft_lrs``): how the verdict moves with it.
+                     M (``grafting_core.lab.experiments.graft_lrs``): how the verdict moves with it;
+- ``control``        a comparison's positive control M: a tuned optimizer at a tenth of its lr
+                     (it differs from the tuned one only in step size);
+- ``control_graft``  that M grafted onto the tuned optimizer's direction: it must train like M;
+- ``control_superseded`` a control at a setting that is no longer tuned: kept, not judged.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ ROLES = (
     "tuned",
     "superseded",
     "graft_lr",
+    "control",
+    "control_graft",
+    "control_superseded",
 )
 
 
@@ -55,8 +62,8 @@ class Arm:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"Invalid role: {self.role!r} (valid: {', '.join(ROLES)})")
-        grafted = self.role in ("graft", "partial_graft", "replay", "graft_lr")
-        if grafted != bool(self.direction):
+        grafted = self.role in ("graft", "partial_graft", "replay", "graft_lr", "control_graft")
+        if grafted != bool(self.direction) and self.role != "control_superseded":
             raise ValueError(
                 f"An arm of role {self.role!r} {'needs' if grafted else 'takes no'} direction label"
             )
