@@ -201,6 +201,14 @@ class Graft(torch.optim.Optimizer):
         if names is not None:
             params = routing.named(params, names)
         super().__init__(params, {"lr": lr})
+        for group in self.param_groups:  # refused here, not at the first step
+            for param in group["params"]:
+                if torch.is_complex(param):
+                    raise ValueError(
+                        f"Graft does not support complex parameters (got {param.dtype} of "
+                        f"shape {tuple(param.shape)}): optimize torch.view_as_real of it, or "
+                        "leave it to a plain optimizer"
+                    )
         self.eps = float(eps)
         self.path = path
         self.skip_nonfinite = skip_nonfinite

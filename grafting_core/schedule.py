@@ -126,6 +126,7 @@ class MagnitudeSchedule:
             raise ValueError("Not a magnitude schedule file (format field missing or different)")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"Unsupported schedule version {data.get('version')!r}")
+        _check_finite(data["norms"], data["layer_names"], data["steps"])
         return cls(
             data["layer_names"],
             data["steps"],
@@ -175,3 +176,18 @@ class MagnitudeSchedule:
         if not math.isfinite(float(torch.nan_to_num(values, nan=0.0).sum())):
             raise ValueError(f"Recorded {field} contains inf: cannot replay it")
         return cls(layer_names, steps, values, source=source, shapes=shapes)
+
+
+def _check_finite(norms: Any, layer_names: list[str], steps: list[int]) -> None:
+    """A schedule file's norms must be finite (JSON admits ``Infinity`` and ``NaN``): one
+    such value would silently skip a layer's step (inf) or freeze it (NaN read as 0)."""
+    values = torch.as_tensor(norms, dtype=torch.float64)
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad) and values.ndim == 2:
+        row, column = bad[0].tolist()
+        layer = layer_names[column] if column < len(layer_names) else column
+        step = steps[row] if row < len(steps) else row
+        raise ValueError(
+            f"norms: {len(bad)} values are not finite, the first {values[row, column].item()} "
+            f"for layer {layer!r} at step {step}; a schedule's norms must be finite numbers >= 0"
+        )

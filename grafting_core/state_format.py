@@ -168,6 +168,9 @@ def standard(graft: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
 def _upgrade(graft: Any, old: Mapping[str, Any]) -> dict[str, Any]:
     """The nested format saved before (top-level graft/magnitude/direction) in today's."""
     extras = old[OWN]
+    missing = [k for k in ("layer_names", "step", "nonfinite_skips", "eps") if k not in extras]
+    if missing:
+        raise ValueError(f"Not a Graft state_dict: its {OWN!r} entry lacks {missing}")
     if list(extras["layer_names"]) != list(graft.layers.names):
         raise ValueError(
             "Saved Graft layers differ from this optimizer's: "
@@ -229,6 +232,15 @@ def split(
                 f"{'no' if child_hparams[role] is None else 'an'} optimizer, "
                 f"here {type(getattr(graft, role, None)).__name__}"
             )
+    for role, child in children.items():  # adam's state into an sgd, say
+        saved_keys = set(child_hparams[role][0]) - {"params"} if child_hparams[role] else set()
+        here_keys = set(child.param_groups[0]) - {"params"}
+        if saved_keys - here_keys and here_keys - saved_keys:
+            raise ValueError(
+                f"Saved Graft state's {role} is another optimizer than this "
+                f"{type(child).__name__}: its hyperparameters {sorted(saved_keys)}, "
+                f"here {sorted(here_keys)}"
+            )
     params = _params(graft)
     extras: dict[int, dict[str, Any]] = {}
     per_role: dict[str, dict[Tensor, dict[str, Any]]] = {role: {} for role in children}
@@ -245,6 +257,7 @@ def split(
             if role == OWN:
                 extras.setdefault(index, {})[name] = value
             elif role in per_role:
+                _check_shape(graft, index, key, value)
                 per_role[role].setdefault(params[index], {})[name] = value
             else:
                 raise ValueError(
@@ -260,6 +273,26 @@ def split(
         },
         extras,
     )
+
+
+#: per-parameter state that has its parameter's shape, in torch's optimizers and ours
+SHAPED_STATE = frozenset(
+    {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "sum", "square_avg",
+     "acc_delta", "grad_avg", "ax", "prev"}
+)  # fmt: skip
+
+
+def _check_shape(graft: Any, index: int, key: str, value: Any) -> None:
+    """A state entry saved for a parameter of another shape (a model of other sizes) is
+    refused at load, naming the parameter, instead of failing at the next step."""
+    name = key.partition(".")[2]
+    param = _params(graft)[index]
+    if name in SHAPED_STATE and isinstance(value, Tensor) and value.shape != param.shape:
+        raise ValueError(
+            f"Saved Graft state does not fit this model: {key} of parameter "
+            f"{graft.layers.param_names[index]!r} has shape {tuple(value.shape)}, "
+            f"the parameter {tuple(param.shape)}"
+        )
 
 
 def _child_state_dict(

@@ -110,7 +110,7 @@ def test_an_optimizer_with_overrides_is_labelled_by_what_it_changes(runs_dir):
         (["grid", "--optimizers", "sgd", 'adam={"lr": -1}'], "lr"),
         (["grid", "--optimizers", "sgd", "adam=[1]"], "overrides must be a JSON object"),
         (["static-ratios", "--window", "10", "900", "--steps", "100"], "window"),
-        (["runs", "show", "no-such-run"], "unknown run id"),
+        (["runs", "show", "no-such-run"], "no run store there (nothing was created)"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(runs_dir, argv, message, capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -59,7 +60,14 @@ from grafting_core.lab.runs.capacity import check_fits
 from grafting_core.lab.runs.config import RunConfig, field_help, field_names, parse_value
 from grafting_core.lab.runs.executor import Executor, LocalExecutor
 from grafting_core.lab.runs.groups import RESUMED, group_plan
-from grafting_core.lab.runs.runner import create_run, execute_run
+from grafting_core.lab.runs.runner import (
+    StoreSink,
+    create_run,
+    load_artifact,
+    prepare_run,
+    train,
+)
+from grafting_core.lab.runs.trainer import check_inputs
 from grafting_core.lab.store.norms import schedule_from_run
 from grafting_core.lab.store.run_store import DB_FILENAME, STATUSES, RunStore, default_runs_dir
 from grafting_core.registry import OptimizerSpec
@@ -105,8 +113,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             )
 
 
-def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunConfig:
-    """The run config from --config and flags; any problem exits 2 naming the setting."""
+def _config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, store: RunStore | None = None
+) -> RunConfig:
+    """The run config from --config and flags; any problem exits 2 naming the setting, before
+    any run is recorded (files it reads, checked against the model: ``check_inputs``)."""
     try:
         base = RunConfig.from_file(args.config) if args.config else RunConfig()
         changes = {
@@ -116,6 +127,9 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RunCon
         }
         config = base.replace(**changes)
         check_fits(config)  # sizes that cannot fit memory: refused before any run is created
+        store = store or getattr(args, "store", None)  # main keeps it there
+        loader = functools.partial(load_artifact, store) if store is not None else None
+        check_inputs(config, loader)
         return config
     except (ValueError, TypeError, OSError) as error:
         parser.error(str(error))
@@ -172,8 +186,22 @@ def cmd_train(parser, args, store: RunStore) -> int:
         parser.error(
             f"--resume continues run {args.resume} with its stored settings; drop {' '.join(given)}"
         )
-    config = _config(parser, args)
-    run_id = args.resume or create_run(store, config)
+    if args.resume:
+        try:
+            config = RunConfig.from_dict(store.run(args.resume)["config"])
+        except KeyError:
+            parser.error(f"--resume {args.resume}: no run with this id in {store.root}")
+        run_id = args.resume
+    else:
+        config = _config(parser, args, store)
+        run_id = create_run(store, config)
+    try:
+        ticket = prepare_run(store, run_id, resume=bool(args.resume))
+    except ValueError as error:  # a resume refused (live elsewhere, damaged checkpoint)
+        if args.resume:
+            parser.error(f"--resume {run_id}: {error}")
+        _say(f"run {run_id} failed: {error}")
+        return 1
     bar = tqdm(total=config.steps, desc=config.label, unit="step")
 
     def on_metrics(trainer, rows):
@@ -184,9 +212,7 @@ def cmd_train(parser, args, store: RunStore) -> int:
         bar.refresh()
 
     try:
-        status = execute_run(
-            store, run_id, resume=bool(args.resume), callbacks={"on_metrics": on_metrics}
-        )
+        status = train(ticket, StoreSink(store, run_id), callbacks={"on_metrics": on_metrics})
     except KeyboardInterrupt:
         _say(f"\nstopped; resume with: {_command(args)} train --resume {run_id}", sys.stdout)
         return 130
@@ -1034,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     with _interrupting_signals():
         try:
-            store = _open_store(parser, args)
+            store = args.store = _open_store(parser, args)
             return args.handler(args.command_parser, args, store)
         except Stopped as stop:
             _say(str(stop))
@@ -1042,6 +1068,15 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as interrupt:
             _say(f"\nstopped by {interrupt or 'SIGINT'}")
             return 130
+        except sqlite3.DatabaseError as error:  # pages damaged after the store was opened
+            if "locked" in str(error) or "busy" in str(error):
+                raise
+            root = args.runs_dir or default_runs_dir()
+            _say(
+                f"{parser.prog}: error: the run store {root / DB_FILENAME} is damaged ({error}): "
+                "restore it from a copy (sqlite3's .recover may save its rows)"
+            )
+            return 1
 
 
 @contextlib.contextmanager
@@ -1074,6 +1109,14 @@ def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ru
             "create it first (a new store is made only inside an existing folder)"
         )
     database = root / DB_FILENAME
+    if reads_only and not database.exists():  # a typo in the path: say so, create nothing
+        if args.action == "list":
+            parser.exit(
+                0, f"no run store at {root}; start one with: python -m grafting_core train\n"
+            )
+        parser.error(f"--runs-dir {root}: no run store there (nothing was created)")
+    if not database.exists():
+        _say(f"new run store at {root}")
     if (
         not reads_only
         and database.exists()

@@ -180,9 +180,21 @@ class RunConfig:
     def from_file(cls, path: str | Path) -> RunConfig:
         """Read a TOML or JSON file of config keys."""
         path = Path(path)
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        return cls.from_dict(data)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"--config {path}: cannot be read ({error})") from None
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        try:
+            data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+        except ValueError as error:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+            raise ValueError(f"--config {path}: not valid {kind} ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {path}: expected a table of settings, got {data!r:.60}")
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"--config {path}: {error}") from None
 
 
 def _spec(role: str, name: str, hparams: dict[str, Any]) -> OptimizerSpec:
@@ -213,6 +225,12 @@ def parse_value(key: str, text: str) -> Any:
     if key not in field_names():
         raise ValueError(f"Unknown config key {key!r}. Valid: {field_names()}")
     default = getattr(RunConfig(), key)
+    flag = f"--{key.replace('_', '-')}"
+    if isinstance(default, (dict, list)) and text.strip().startswith(("{", "[")):
+        try:
+            json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"{flag} {text!r}: not valid JSON ({error})") from None
     if isinstance(default, dict):
         value = json.loads(text) if text.strip() else {}
         if not isinstance(value, dict):

@@ -31,6 +31,7 @@ Dask is imported here only, when an executor is built: ``import grafting_core`` 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import secrets
 import threading
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grafting_core.lab.runs.executor import _warm_worker, usable_cores
+from grafting_core.lab.runs.executor import _terminal_signals_blocked, _warm_worker, usable_cores
 from grafting_core.lab.runs.runner import RunTicket, StoreSink, prepare_run, stop_requested, train
 from grafting_core.lab.store.run_store import RunStore
 
@@ -174,13 +175,18 @@ class DaskExecutor:
         if scheduler is None:
             cores = usable_cores()
             n_workers = n_workers or cores
-            self._cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+            # The cluster's thread, and the worker processes it starts (now, or to replace
+            # one), keep the terminal's Ctrl-C and hang-up blocked: they reach the whole
+            # process group, and a Dask worker dies of them mid-run. The driver stops its
+            # runs instead (``stop``), each at the end of its step.
+            with _terminal_signals_blocked():
+                self._cluster = LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
             self.threads = max(1, cores // n_workers)
         else:
             _check_reachable(scheduler, connect_timeout)
@@ -198,6 +204,8 @@ class DaskExecutor:
         self._lock = threading.Lock()
         self._finished: collections.deque[str] = collections.deque()  # tokens of ended tasks
         self._closed = False
+        #: set by ``stop`` (or by a signal handler about to call it): new runs never start
+        self.stopping = False
         self._disconnected = threading.Event()  # set once the client is closed
         self._pump_thread = threading.Thread(
             target=self._pump, name="grafting-dask-store", daemon=True
@@ -210,9 +218,13 @@ class DaskExecutor:
         future yields its final status once the store holds everything it recorded."""
         from distributed import Event
 
+        done: Future = Future()
+        if self.stopping:  # stopped: the run never starts (resumable from step 0)
+            self.store.set_status(run_id, "stopped", step=0)
+            done.set_result("stopped")
+            return done
         if self._closed:
             raise RuntimeError("cannot submit to a DaskExecutor after shutdown")
-        done: Future = Future()
         try:
             ticket = prepare_run(self.store, run_id, resume=resume)
         except Exception:  # recorded in the store (failed), or a resume refused
@@ -369,10 +381,45 @@ class DaskExecutor:
             remote.done.set_result(final)
 
     # ---------------------------------------------------------------- shutdown
+    def stop(self, *, wait: bool = True) -> list[str]:
+        """Stop every run handed over: queued ones never start (``stopped`` at step 0),
+        training ones stop at their next flush, checkpointed (``stopped``); with ``wait``,
+        until the store holds how they ended. Then the connection closes. Returns the ids of
+        the runs it stopped. A KeyboardInterrupt while waiting is left to the caller
+        (``kill``)."""
+        self.stopping = True
+        with self._lock:
+            run_ids = [remote.run_id for remote in self._runs.values()]
+        self.shutdown(wait=False, grace_s=float("inf") if wait else 0.0)
+        return run_ids
+
+    def kill(self) -> None:
+        """Let go of the runs now: the connection (and a LocalCluster of ours, its worker
+        processes with it) closes; runs still training are marked interrupted by the caller
+        or the next opening of the store."""
+        self.stopping = True
+        with self._lock:
+            self._closed = True
+        self._close()
+
+    def _close(self) -> None:
+        if self._disconnected.is_set():
+            return
+        self._disconnected.set()
+        for close in (self._queue.close, self.client.close):
+            with contextlib.suppress(Exception):
+                close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()
+        self.store.close()
+
     def shutdown(self, *, wait: bool = True, grace_s: float = 30.0) -> None:
         """Stop accepting runs. ``wait``: let every run finish; otherwise queued runs never
         start (marked stopped) and training ones are asked to stop, given ``grace_s`` to
         checkpoint. Then the connection (and a LocalCluster of ours) closes."""
+        if self._disconnected.is_set():  # closed already (stop, kill)
+            return
         with self._lock:
             self._closed = True
             runs = list(self._runs.values())
@@ -385,12 +432,7 @@ class DaskExecutor:
         deadline = None if wait else time.monotonic() + grace_s
         while self._pump_thread.is_alive() and (deadline is None or time.monotonic() < deadline):
             self._pump_thread.join(timeout=POLL_S)
-        self._disconnected.set()
-        self._queue.close()
-        self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-        self.store.close()
+        self._close()
 
 
 def _check_reachable(address: str, timeout: float) -> None:
@@ -405,9 +447,17 @@ def _check_reachable(address: str, timeout: float) -> None:
         comm = await connect(address, timeout=timeout)
         await comm.close()
 
+    # Dask's connect bounds the connection (retried until ``timeout``) but not the handshake
+    # after it: a server that accepts and stays silent would hang it. One second past
+    # ``timeout``, what is left waiting is the handshake.
     try:
-        asyncio.run(probe())
-    except (OSError, TimeoutError, ValueError) as error:  # ValueError: a malformed address
+        asyncio.run(asyncio.wait_for(probe(), timeout + 1.0))
+    except TimeoutError:  # ours (distributed's own connect timeout is an OSError)
+        reason = (
+            f"something accepted the connection but gave no answer to Dask's handshake within "
+            f"{timeout + 1.0:g} s (is it a Dask scheduler?)"
+        )
+    except (OSError, ValueError) as error:  # ValueError: a malformed address
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     except Exception:  # a handshake that made no sense (MemoryError on a bogus frame length)
         reason = "what answers there does not speak Dask's protocol"

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import types
@@ -74,9 +75,43 @@ def _without_main_script() -> Iterator[None]:
                 sys.modules["__main__"] = main
 
 
+#: A terminal's Ctrl-C and hang-up, which reach every process of its foreground group.
+TERMINAL_SIGNALS = {signal.SIGINT} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+
+
+@contextlib.contextmanager
+def _terminal_signals_blocked() -> Iterator[None]:
+    """Processes started in the block inherit the terminal's signals blocked (a signal mask
+    survives fork and exec): neither a worker that is not ready for them (``_init_worker``)
+    nor multiprocessing's resource tracker (it ignores SIGINT, dies of SIGHUP) is ended by
+    a Ctrl-C or a closed terminal meant for the process that owns them. A signal that
+    reaches this thread meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+    try:
+        # Start the tracker now if it is not running: its start unblocks SIGINT on the
+        # thread that starts it (multiprocessing.resource_tracker), so block again after.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _init_worker(threads: int, parent_pid: int) -> None:
     from grafting_core.lab.runs.lifeline import exit_with_parent
 
+    # An idle worker ignores the terminal's signals (the process that owns the executor
+    # decides what stops: ``LocalExecutor.stop``); a run in training takes them
+    # (lifeline.stoppable) and stops at the end of its step.
+    for sig in TERMINAL_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINAL_SIGNALS)
     torch.set_num_threads(threads)
     exit_with_parent(parent_pid)  # no orphans: a worker ends soon after its parent
 
@@ -144,13 +179,17 @@ class LocalExecutor:
         self.threads = max(1, cores // self.max_workers)
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="grafting-spawn")
         self._spawner.submit(int).result()  # its thread starts now, from this thread
-        self._workers = [self._new_worker() for _ in range(self.max_workers)]
+        with _terminal_signals_blocked():  # may start multiprocessing's resource tracker
+            self._workers = [self._new_worker() for _ in range(self.max_workers)]
         self._idle = list(range(self.max_workers))
         self._queue: collections.deque[tuple[Future, Callable[..., Any], tuple]] = (
             collections.deque()
         )
         self._running: dict[int, tuple[Future, Callable[..., Any], tuple]] = {}  # by worker
         self._closed = False
+        #: set by ``stop`` (or, as a plain write, by a signal handler that is about to call it):
+        #: no queued task is handed to a worker any more, and new runs are marked stopped.
+        self.stopping = False
         _LIVE.add(self)
 
     def _new_worker(self) -> ProcessPoolExecutor:
@@ -172,6 +211,8 @@ class LocalExecutor:
 
     def _enqueue(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Queue a task; its future can be cancelled until a worker takes it."""
+        if self.stopping and fn is _train_stored_run:  # stopped: it never starts
+            return _never_started(self.store_root, args[1])
         if self._closed:
             raise RuntimeError("cannot submit to a LocalExecutor after shutdown")
         future: Future = Future()
@@ -181,7 +222,7 @@ class LocalExecutor:
 
     def _dispatch(self) -> None:
         """Hand queued tasks to idle workers (on the spawner thread only)."""
-        while self._idle and self._queue:
+        while self._idle and self._queue and not self.stopping:
             future, fn, args = self._queue.popleft()
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while queued
@@ -193,7 +234,7 @@ class LocalExecutor:
     def _start(self, worker: int, fn: Callable[..., Any], args: tuple) -> Future:
         """Hand a task to a worker; an idle worker that died since (e.g. Ctrl-C reached it
         between runs) is replaced first."""
-        with _without_main_script():
+        with _without_main_script(), _terminal_signals_blocked():
             try:
                 return self._workers[worker].submit(fn, *args)
             except BrokenProcessPool:
@@ -216,7 +257,8 @@ class LocalExecutor:
         error = task.exception()
         if isinstance(error, BrokenProcessPool):  # the worker died (killed, out of memory)
             self._workers[worker].shutdown(wait=False)
-            self._workers[worker] = self._new_worker()
+            with _terminal_signals_blocked():
+                self._workers[worker] = self._new_worker()
             if fn is _train_stored_run:  # a run: it is interrupted, not lost
                 with contextlib.suppress(Exception):
                     error, result = None, _mark_worker_death(self.store_root, args[1])
@@ -244,6 +286,62 @@ class LocalExecutor:
             worker.shutdown(wait=wait, cancel_futures=not wait)
         self._spawner.shutdown(wait=wait)
 
+    def stop(self, *, wait: bool = True) -> list[str]:
+        """Stop every run handed over: queued ones never start (marked ``stopped``, resumable
+        from step 0), training ones stop at their next flush, checkpointed (``stopped``,
+        resumable exactly); with ``wait``, until they have. Then the workers shut down.
+        Returns the ids of the runs that were queued or training.
+
+        A KeyboardInterrupt while waiting (a second Ctrl-C) is left to the caller, who may
+        ``kill`` the workers."""
+        self.stopping = True
+        if self._closed:
+            return []
+        queued, running = self._spawner.submit(self._drop_queue).result()
+        from grafting_core.lab.runs.runner import request_stop
+        from grafting_core.lab.store.run_store import RunStore
+
+        with contextlib.closing(RunStore(self.store_root)) as store:
+            for run_id in queued:
+                with contextlib.suppress(KeyError):  # deleted meanwhile
+                    store.set_status(run_id, "stopped", step=0)
+            for run_id, _ in running:
+                with contextlib.suppress(KeyError):
+                    request_stop(store, run_id)
+        if wait:
+            concurrent.futures.wait([future for _, future in running])
+        self.shutdown(wait=wait)
+        return queued + [run_id for run_id, _ in running]
+
+    def _drop_queue(self) -> tuple[list[str], list[tuple[str, Future]]]:
+        """Cancel every queued task (on the spawner thread); the ids of the queued runs and
+        the (id, future) of the runs in training."""
+        queued = []
+        while self._queue:
+            future, fn, args = self._queue.popleft()
+            if future.cancel() and fn is _train_stored_run:
+                queued.append(args[1])
+        running = [(a[1], f) for f, fn, a in self._running.values() if fn is _train_stored_run]
+        return queued, running
+
+    def kill(self) -> None:
+        """End the worker processes now (a second Ctrl-C while ``stop`` waits): their runs
+        are marked ``interrupted``, resumable from their last periodic checkpoint."""
+        self.stopping = self._closed = True
+        for worker in self._workers:
+            for process in list(getattr(worker, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
+                    process.join(timeout=10)
+        for worker in self._workers:
+            with contextlib.suppress(Exception):
+                worker.shutdown(wait=False, cancel_futures=True)
+        self._spawner.shutdown(wait=False, cancel_futures=True)
+        from grafting_core.lab.store.run_store import RunStore
+
+        with contextlib.suppress(Exception), contextlib.closing(RunStore(self.store_root)) as store:
+            store.mark_interrupted()
+
     def _stop_at_exit(self) -> None:
         """Stop the running runs at their next flush (checkpointed, resumable) and mark the
         queued ones interrupted (never started, resumable)."""
@@ -265,6 +363,18 @@ class LocalExecutor:
 
 
 _LIVE: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()
+
+
+def _never_started(store_root: str, run_id: str) -> Future:
+    """A run handed to a stopped executor: marked ``stopped`` at step 0 (resumable), never
+    trained; its future is already done."""
+    from grafting_core.lab.store.run_store import RunStore
+
+    with contextlib.closing(RunStore(store_root)) as store:
+        store.set_status(run_id, "stopped", step=0)
+    future: Future = Future()
+    future.set_result("stopped")
+    return future
 
 
 def _stop_live_executors() -> None:

@@ -1,4 +1,5 @@
-"""Stops that come from outside a run: Ctrl-C, SIGTERM, and the death of the parent process.
+"""Stops that come from outside a run: Ctrl-C, SIGTERM, SIGHUP (a closed terminal), and the
+death of the parent process.
 
 A signal never cuts a training step in half: the handler asks the trainer to stop at the end
 of the step it is in (``Trainer.stop_soon``); the trainer then flushes what it recorded and
@@ -23,12 +24,13 @@ from collections.abc import Callable, Iterator
 Stop = Callable[[str, str], None]
 _ACTIVE: list[Stop] = []
 _ACTIVE_LOCK = threading.Lock()
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Ctrl-C, ``kill``, and a closed terminal (SIGHUP; not on Windows): each stops a run cleanly.
+SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 @contextlib.contextmanager
 def stoppable(stop: Stop) -> Iterator[None]:
-    """While the block runs, Ctrl-C and SIGTERM call ``stop("stopped", ...)`` (in the main
+    """While the block runs, Ctrl-C, SIGTERM and SIGHUP call ``stop("stopped", ...)`` (in the main
     thread only: Python delivers signals there) and a dead parent calls
     ``stop("interrupted", ...)``."""
     requested: list[int] = []

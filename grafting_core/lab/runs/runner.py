@@ -21,7 +21,7 @@ import numpy as np
 from grafting_core.lab.runs import lifeline
 from grafting_core.lab.runs.arms import Arm
 from grafting_core.lab.runs.config import RunConfig
-from grafting_core.lab.runs.trainer import Trainer, stored_references
+from grafting_core.lab.runs.trainer import Trainer, read_checkpoint, stored_references
 from grafting_core.lab.store.norms import schedule_from_run
 from grafting_core.lab.store.run_store import RunStore
 
@@ -299,6 +299,12 @@ def _resume_point(store: RunStore, record: dict[str, Any]) -> bytes | None:
             f"Run {run_id} is training in process {record['pid']} on "
             f"{record['host']}; stop it before resuming it"
         )
+    blob = _artifact_or(store, run_id, "checkpoint", None)
+    if blob is not None:
+        try:
+            read_checkpoint(blob)  # a damaged one is refused before anything is written
+        except ValueError as error:
+            raise ValueError(f"Run {run_id} cannot resume: {error}") from None
     if record["error"]:
         history = _artifact_or(store, run_id, "history", "")
         store.put_artifact(
@@ -307,7 +313,7 @@ def _resume_point(store: RunStore, record: dict[str, Any]) -> bytes | None:
             f"{history}{record['status']} at step {record['last_step']}: {record['error']}\n",
             kind="log",
         )
-    return _artifact_or(store, run_id, "checkpoint", None)
+    return blob
 
 
 def _artifact_or(store: RunStore, run_id: str, name: str, default: Any) -> Any:

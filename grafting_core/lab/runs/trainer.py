@@ -71,18 +71,53 @@ def lr_factor(step: int, total: int, kind: str, warmup: int = 0) -> float:
 def read_checkpoint(blob: bytes, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint's state, loaded with ``weights_only=True``: a store may come from someone
     else, and a full unpickle would run whatever code a planted blob names."""
-    try:
-        return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = next(
-            (line for line in str(error).splitlines() if "GLOBAL" in line),
-            str(error).splitlines()[0],
+    if not isinstance(blob, bytes) or not blob.startswith(b"PK\x03\x04"):  # torch.save's zip
+        shown = blob[:8] if isinstance(blob, bytes) else type(blob).__name__
+        raise DamagedCheckpoint(
+            f"The checkpoint is damaged: {len(blob) if isinstance(blob, bytes) else '?'} "
+            f"bytes that are not a torch checkpoint (they start {shown!r}). Start the run "
+            "afresh instead of resuming it."
         )
+    try:
+        state = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = next((line for line in str(error).splitlines() if "GLOBAL" in line), None)
+        if reason is None:  # not a forbidden global: the pickle itself is broken
+            raise DamagedCheckpoint(
+                f"The checkpoint is damaged ({str(error).splitlines()[0]}). Start the run "
+                "afresh instead of resuming it."
+            ) from None
         raise ValueError(
             f"Refused to load the checkpoint: it holds more than tensors and plain "
             f"values, and loading it could run code ({reason.strip()}). Start the "
             f"run afresh instead of resuming it."
         ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # a truncated zip, say
+        raise DamagedCheckpoint(
+            f"The checkpoint is damaged ({len(blob)} bytes, truncated or overwritten: "
+            f"{str(error).splitlines()[0][:120]}). Start the run afresh instead of resuming it."
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
+        raise DamagedCheckpoint(
+            "The checkpoint is damaged: it lacks the model, optimizer or step. Start the run "
+            "afresh instead of resuming it."
+        )
+    return state
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that cannot be read back (truncated, overwritten, not a checkpoint)."""
+
+
+def check_inputs(
+    config: RunConfig, artifact_loader: Callable[[str, str], Any] | None = None
+) -> None:
+    """Raise one ValueError naming the setting and the file when a run of ``config`` could
+    not start: a replay schedule or static ratios that cannot be read or do not fit the
+    model. Called before a run is recorded, so that a bad file leaves no failed run behind;
+    a config that reads nothing from elsewhere costs nothing."""
+    if config.replay or config.static_ratios:
+        Trainer(config, artifact_loader=artifact_loader).check()
 
 
 def run_reference(ref: str, artifact: str) -> tuple[str, str] | None:
@@ -157,6 +192,25 @@ class Trainer:
         with open(ref) as handle:
             return json.load(handle)
 
+    def _load_reference(self, field: str, parse: Callable[[Any], Any]) -> Any:
+        """``parse`` of what the config's ``field`` names (a file, or a stored run's
+        artifact); any problem is one ValueError naming the setting and the file."""
+        ref = getattr(self.config, field)
+        flag = f"--{field.replace('_', '-')}"
+        try:
+            return parse(self._reference(ref, REFERENCES[field]))
+        except FileNotFoundError:
+            raise ValueError(f"{flag} {ref}: no such file") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{flag} {ref}: not a JSON file ({error})") from None
+        except KeyError as error:
+            raise ValueError(
+                f"{flag} {ref}: not a {REFERENCES[field].replace('_', ' ')} file "
+                f"(it has no {error} entry)"
+            ) from None
+        except (ValueError, TypeError, OSError, AttributeError) as error:
+            raise ValueError(f"{flag} {ref}: {error}") from None
+
     def _build(self) -> None:
         cfg = self.config
         self.device = pick_device(cfg.device)
@@ -178,16 +232,22 @@ class Trainer:
         named = list(self.model.named_parameters())
         magnitude: Any = cfg.magnitude_spec()
         if cfg.replay:
-            magnitude = MagnitudeSchedule.from_dict(
-                self._reference(cfg.replay, REFERENCES["replay"])
-            )
-            check_replay_source(magnitude, cfg)
+            magnitude = self._load_reference("replay", MagnitudeSchedule.from_dict)
+            try:
+                check_replay_source(magnitude, cfg)
+            except ValueError as error:
+                raise ValueError(f"--replay {cfg.replay}: {error}") from None
         if cfg.static_ratios:  # plain M with per-layer lr = M's lr · c: M's groups carry it
-            ratios = StaticRatios.from_dict(
-                self._reference(cfg.static_ratios, REFERENCES["static_ratios"])
-            )
+            ratios = self._load_reference("static_ratios", StaticRatios.from_dict)
             spec = cfg.magnitude_spec()
-            magnitude = build_optimizer(spec, ratios.param_groups(named, lr=spec.resolved["lr"]))
+            try:
+                groups = ratios.param_groups(named, lr=spec.resolved["lr"])
+            except (KeyError, ValueError) as error:
+                raise ValueError(
+                    f"--static-ratios {cfg.static_ratios}: does not fit this model "
+                    f"({str(error).strip(chr(39))})"
+                ) from None
+            magnitude = build_optimizer(spec, groups)
         grafted = select_kinds(self.model, cfg.grafted) if cfg.grafted else None
         self.optimizer = Graft(
             named,
@@ -206,6 +266,12 @@ class Trainer:
         self._norms_seen = -1
         if self.resume is not None:
             self._load_checkpoint(self.resume)
+
+    def check(self) -> None:
+        """Build the model, data and optimizer without training: what a run of this config
+        reads from elsewhere (replay schedule, static ratios) must load and fit the model.
+        For a check before the run is recorded (``check_inputs``)."""
+        self._build()
 
     # -------------------------------------------------------------- checkpoint
     def checkpoint(self) -> bytes:

@@ -28,6 +28,11 @@ LOCK_RETRIES = 5  # further attempts, with backoff, when a lock outlives that wa
 T = TypeVar("T")
 
 
+class DamagedStore(RuntimeError):
+    """A database file that cannot be read as what it should be (damaged, or changed by
+    something else)."""
+
+
 class _Connection(sqlite3.Connection):
     """A sqlite3 connection that remembers its process and can be weakly referenced."""
 
@@ -70,9 +75,56 @@ class SQLiteFile:
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
+        if Path(path).exists():  # before any connection of ours changes it (WAL mode)
+            self._check_ours(migrations)
         if not readonly:
             self._create_whole(migrations)
         self._migrate(migrations)
+
+    #: the tables every version of ours has (more come with later versions)
+    OWN_TABLES = frozenset({"runs", "metrics", "artifacts"})
+
+    def _check_ours(self, migrations: Sequence[Callable[[sqlite3.Connection], None]]) -> None:
+        """Refuse, without touching it, a file that is not one of ours: not SQLite, damaged,
+        another program's database, or of a newer schema than this code knows.
+
+        Read through a connection of its own, read-only, so that nothing (not even the
+        journal mode) is written into a file that is refused."""
+        path, latest = Path(self.path), len(migrations)
+        if path.stat().st_size == 0:
+            return  # an empty file: _create_whole says what it is
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return  # cannot even be opened read-only (permissions): the open says why
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if 0 < version < latest:  # an upgrade: tried first on a copy in memory
+                self._try_upgrade(conn, migrations, version)
+        except sqlite3.OperationalError as error:
+            if _is_locked(error) or "unable to open" in str(error):
+                return  # busy, or its WAL files cannot be made here: the open decides
+            raise DamagedStore(f"{path} cannot be read as a run store ({error})") from None
+        except sqlite3.DatabaseError as error:  # "file is not a database", "malformed"
+            raise DamagedStore(
+                f"{path} is damaged or not an SQLite file ({error}): restore it from a copy, "
+                "or move it away to start a new store here"
+            ) from None
+        finally:
+            conn.close()
+        if version > latest:
+            raise RuntimeError(
+                f"{path} has schema version {version}, newer than this code "
+                f"supports ({latest}); upgrade grafting_core (the file was left as it is)"
+            )
+        tables = {name for name in tables if not name.startswith("sqlite_")}
+        if tables and not self.OWN_TABLES <= tables:
+            shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
+            raise RuntimeError(
+                f"{path} is another program's SQLite database (tables: {shown}), not a run "
+                "store; choose another folder (the file was left as it is)"
+            )
 
     def _create_whole(self, migrations: Sequence[Callable[[sqlite3.Connection], None]]) -> None:
         """A new file appears whole: built aside with every migration, then linked into place
@@ -106,6 +158,29 @@ class SQLiteFile:
                 os.replace(aside, path)
         finally:
             aside.unlink(missing_ok=True)
+
+    def _try_upgrade(
+        self,
+        conn: sqlite3.Connection,
+        migrations: Sequence[Callable[[sqlite3.Connection], None]],
+        version: int,
+    ) -> None:
+        """Apply the missing migrations to an in-memory copy: a file whose tables do not
+        match its version (a rolled-back ``user_version``) is refused before it is touched."""
+        copy = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            conn.backup(copy)
+            copy.execute("BEGIN")
+            for migration in migrations[version:]:
+                migration(copy)
+        except sqlite3.OperationalError as error:
+            raise DamagedStore(
+                f"{self.path} says it has schema version {version}, but its tables do not "
+                f"match that version ({error}): it was changed by something else; restore it "
+                "from a copy (the file was left as it is)"
+            ) from None
+        finally:
+            copy.close()
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -196,7 +271,16 @@ class SQLiteFile:
                 f"version {latest}: open it once where it can be written"
             )
         if version != latest:
-            self._write(upgrade)  # re-reads the version under the write lock
+            try:
+                self._write(upgrade)  # re-reads the version under the write lock
+            except sqlite3.OperationalError as error:  # rolled back: the file is as it was
+                if _is_locked(error):
+                    raise
+                raise DamagedStore(
+                    f"{self.path} says it has schema version {version}, but its tables do "
+                    f"not match that version ({error}): it was changed by something else; "
+                    "restore it from a copy (the file was left as it is)"
+                ) from None
 
     def close(self) -> None:
         """Close every connection this store opened in this process; later calls raise."""
