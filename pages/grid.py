@@ -58,6 +58,7 @@ DEFAULTS = {
     "grid.warmups": ", ".join(f"{w * 100:g}" for w in PROTOCOL.warmups),
     "grid.tune_seeds": ", ".join(map(str, PROTOCOL.tune_seeds)),
     "grid.rung_percent": round(PROTOCOL.rung * 100),
+    "grid.control": PROTOCOL.control,
     # layer kinds of each partial graft per pair (the first empty one ends the list)
     **{key: [] for key in PARTIAL_KEYS},
     "grid.schedule": "warmup_cosine",

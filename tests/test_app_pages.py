@@ -192,6 +192,7 @@ def tuned_page(
         at.text_input(key="grid.warmups").set_value("")
         at.text_input(key="grid.tune_seeds").set_value("")
         at.number_input(key="grid.rung_percent").set_value(0)
+        at.checkbox(key="grid.control").uncheck()
     return at.number_input(key="grid.extensions").set_value(0).run()
 
 
@@ -212,7 +213,7 @@ def test_tuned_comparison_by_default_searches_lr_and_warm_up_on_a_tuning_seed(st
     group = at.query_params["group"]
     request = comparison_request(store, group)
     assert request["plan"] == SweepPlan(
-        points=2, extensions=0, warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=0.33
+        points=2, extensions=0, warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=0.33, control=True
     )
     planned = plan_comparison(**request)  # the engine's plan of what the page started
     assert any(text.startswith(planned.text()[:-1]) for text in shown), shown

@@ -85,7 +85,7 @@ def test_a_continuation_is_bounded_by_its_new_runs(store):
 def test_cli_compare_prints_its_plan_before_training(tmp_path, capsys):
     args = ["--runs-dir", str(tmp_path), "compare", "--optimizers", "sgd", "adam"]
     args += ["--seeds", "0", "--points", "2", "--extensions", "0", "--workers", "1", *CLI_TINY]
-    args += ["--warmups", "--tune-seeds", "--rung", "0"]  # the lr alone, as counted below
+    args += ["--warmups", "--tune-seeds", "--rung", "0", "--no-control"]  # the lr alone
     assert main(args) == 0
     err = capsys.readouterr().err
     expected = plan_comparison(

@@ -251,7 +251,7 @@ def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
 
 #: compare's search as it was before the protocol searched warm-ups on tuning seeds: the lr
 #: alone, on the reporting seeds, every setting to the end
-LR_ONLY = ("--warmups", "--tune-seeds", "--rung", "0")
+LR_ONLY = ("--warmups", "--tune-seeds", "--rung", "0", "--no-control")
 
 
 def _compare_command(tmp_path, *options: str) -> list[str]:
@@ -285,7 +285,14 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
     assert set(search["config.warmup_steps"]) == {round(0.05 * 15), round(0.3 * 15)}
     assert set(search["config.seed"]) == {10_000}
     assert set(runs.loc[runs["role"] != "sweep_point", "config.seed"]) == {0, 1}
-    assert sorted(runs["role"].unique()) == ["graft", "sweep_point", "tuned"]
+    assert sorted(runs["role"].unique()) == [
+        "control",  # the positive control: sgd at a tenth of its tuned lr, and grafted
+        "control_graft",
+        "graft",
+        "sweep_point",
+        "tuned",
+    ]
+    assert "Positive control sgd@lr/10#sgd" in out
     assert main(_compare_command(tmp_path / "lr", *LR_ONLY, "--seeds", "0")) == 0
     with RunStore(tmp_path / "lr") as store:
         runs = store.runs()

@@ -107,6 +107,13 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
             f"grafts only. Up to {len(PARTIAL_KEYS)} partial grafts per pair.",
         )
     left.checkbox(
+        "Positive control",
+        key="grid.control",
+        help="the first optimizer at a tenth of its tuned lr as M, tuned as D: they differ "
+        "only in step size, so M#D is M step for step and must come out 'like M'. If it does "
+        "not, the seeds cannot show magnitude deciding here, and the verdicts say little.",
+    )
+    left.checkbox(
         "Tune each graft's lr too",
         key="grid.tune_grafts",
         help="M's tuned lr is M's best alone: with D's direction a graft may train best at "
@@ -155,6 +162,7 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
             if tune_seeds.strip()
             else (),
             rung=int(rung) / 100,
+            control=bool(st.session_state["grid.control"]),
         )
     except ValueError as error:
         return None, str(error), int(warmup), schedule

@@ -43,6 +43,7 @@ from grafting_core.lab.experiments.comparison_plan import (
     plan_comparison,
     plan_continuation,
 )
+from grafting_core.lab.experiments.comparison_reading import control_text
 from grafting_core.lab.experiments.graft_lrs import graft_lr_sweep
 from grafting_core.lab.experiments.grid import grid, grid_matrix, grid_table
 from grafting_core.lab.experiments.ratio_study import (
@@ -53,6 +54,7 @@ from grafting_core.lab.experiments.ratio_study import (
     static_ratio_table,
     study_reading,
 )
+from grafting_core.lab.experiments.report import comparison_report
 from grafting_core.lab.experiments.static_ratios import static_ratio_experiment
 from grafting_core.lab.experiments.transfer import schedule_transfer
 from grafting_core.lab.runs import lifeline
@@ -442,6 +444,7 @@ COMPARE_DEFAULTS = {
     "tune_seeds": list(PROTOCOL.tune_seeds),
     "rung": PROTOCOL.rung,
     "keep": PROTOCOL.keep,
+    "control": PROTOCOL.control,
     "partial": [],
     "tune_grafts": False,
 }
@@ -474,6 +477,7 @@ def _compare_request(parser, args) -> dict[str, Any]:
             tune_seeds=tuple(args.tune_seeds),
             rung=args.rung,
             keep=args.keep,
+            control=args.control,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -498,7 +502,9 @@ def _continued_request(parser, args, stored: dict[str, Any]) -> dict[str, Any]:
     fields = [name for name in given if name in field_names()]
     base = fresh["base"] if "config" in given else stored["base"]
     request["base"] = base.replace(**{name: getattr(fresh["base"], name) for name in fields})
-    if {"points", "factor", "extensions", "warmups", "tune_seeds", "rung", "keep"} & set(given):
+    if {"points", "factor", "extensions", "warmups", "tune_seeds", "rung", "keep", "control"} & set(
+        given
+    ):
         request["plan"] = fresh["plan"]
     for name in ("optimizers", "partial", "tune_grafts"):
         if name in given:
@@ -549,7 +555,10 @@ def cmd_compare(parser, args, store: RunStore) -> int:
 
 
 def print_comparison(result: Comparison) -> None:
-    """The sweep, the tuned and grafted arms and the verdicts, as plain tables."""
+    """The positive control, the sweep, the tuned and grafted arms and the verdicts, as plain
+    tables."""
+    if not result.controls.empty:
+        print(f"\n{control_text(result.controls)}")
     if result.excluded:
         print(
             f"\n{result.excluded} runs of group {result.group} were made with other settings "
@@ -562,7 +571,7 @@ def print_comparison(result: Comparison) -> None:
     sweep = result.sweep.assign(
         mark=np.where(result.sweep["best"], np.where(result.sweep["at_edge"], "*!", "*"), "")
     )
-    _print_table(sweep[["arm", "lr", "mean", "std", "seeds", "failed", "mark"]])
+    _print_table(sweep[["arm", "lr", "warmup", "mean", "std", "seeds", "failed", "pruned", "mark"]])
     print("\narms (tuned plain optimizers; grafts M#D take M's tuned lr, D's lr cancels)")
     _print_table(result.arms[["arm", "role", "lr", "direction_lr", "mean", "std", "seeds"]])
     if not result.verdicts.empty:
@@ -713,6 +722,16 @@ def cmd_ratios(parser, args, store: RunStore) -> int:
         table[["name", "status", "val_loss", "val_accuracy", "optimizer_state_bytes", "best_sgd"]]
     )
     print(f"group {group}")
+    return 0
+
+
+def cmd_report(parser, args, store: RunStore) -> int:
+    if comparison_request(store, args.group) is None and store.runs(group=args.group).empty:
+        parser.error(f"{args.group}: no such comparison in {store.root}")
+    try:
+        print(comparison_report(store, args.group))
+    except (KeyError, ValueError) as error:
+        parser.error(f"{args.group}: {error}")
     return 0
 
 
@@ -907,6 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", type=int, help="lrs per arm and warm-up that go on past the rung [1]"
     )
     compare_p.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        help="a positive control: the first optimizer at a tenth of its tuned lr as M, tuned "
+        "as D (M#D is M step for step): it must come out 'like M' [on]",
+    )
+    compare_p.add_argument(
         "--partial",
         action="append",
         metavar="KINDS",
@@ -927,6 +952,14 @@ def build_parser() -> argparse.ArgumentParser:
         compare_p.add_argument(f"--{flag}", **options)
     _add_config_flags(compare_p, skip=EXPERIMENT_FIELDS)
     compare_p.set_defaults(handler=cmd_compare, command_parser=compare_p)
+
+    report = sub.add_parser(
+        "report",
+        help="a stored comparison as Markdown: its protocol, control, tuned arms, verdicts "
+        "with position and 95%% CI, and search (what RESULTS.md quotes)",
+    )
+    report.add_argument("group", help="a 'compare' group")
+    report.set_defaults(handler=cmd_report, command_parser=report)
 
     study = sub.add_parser(
         "ratio-study",

@@ -209,8 +209,9 @@ class ComparisonPlan:
             + (f" × {warmups} warm-ups" if search.warmups else "")
             + f" on {tuning} tuning seed{'s' if tuning > 1 else ''}"
             + (
-                f", each to {search.rung:.0%} of the steps, the best {search.keep} lr"
-                f"{'s' if search.keep > 1 else ''} of each warm-up on to the end"
+                f", each to {search.rung:.0%} of the steps, "
+                + (f"the best {search.keep} lrs" if search.keep > 1 else "the best lr")
+                + " of each warm-up on to the end"
                 if search.rung
                 else ""
             )

@@ -1,0 +1,135 @@
+"""A stored comparison as a Markdown report: the protocol it ran (search space, tuning and
+reporting seeds), its positive control, the tuned arms and each graft's verdict with its
+position and 95% CI. Every number comes from the store (``read_comparison``), so RESULTS
+quotes this output rather than numbers typed by hand.
+
+    python -m grafting_core report compare-20261207-... > report.md
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from grafting_core.lab.experiments.compare import read_comparison
+from grafting_core.lab.experiments.comparison_plan import comparison_request
+from grafting_core.lab.experiments.comparison_reading import control_text, graft_name
+from grafting_core.lab.experiments.verdict import label_words
+from grafting_core.lab.store.run_store import RunStore
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """``frame`` as a GitHub Markdown table; floats to ``digits`` significant digits."""
+
+    def cell(value) -> str:
+        if isinstance(value, float | np.floating):
+            return "" if np.isnan(value) else f"{value:.{digits}g}"
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") -> str:
+    """The comparison ``group`` as Markdown (see the module's docstring)."""
+    request = comparison_request(store, group)
+    result = read_comparison(store, group, metric=metric)
+    parts = [f"## Comparison `{group}`", ""]
+    if request is not None:
+        base, plan = request["base"], request["plan"]
+        parts += [
+            f"- task: {base.custom or base.dataset}, model {base.model or 'default'}, "
+            f"{base.steps} steps, batch {base.batch_size}, {base.schedule} schedule",
+            "- optimizers (each sweep centred on its lr): "
+            + "; ".join(
+                f"{label} = {name} {hp}" for label, (name, hp) in request["optimizers"].items()
+            ),
+            f"- search: {plan.points} lrs × {plan.factor:.3g} apart (up to {plan.extensions} "
+            "more past an edge)"
+            + (
+                f" × warm-ups {', '.join(f'{w:.0%}' for w in plan.warmups)} of the steps"
+                if plan.warmups
+                else f", warm-up {base.warmup_steps} steps"
+            )
+            + (
+                f", halved at {plan.rung:.0%} of the steps (each warm-up's best {plan.keep} go on)"
+                if plan.rung
+                else ""
+            ),
+            "- tuning seeds: "
+            + (_seeds(plan.tune_seeds) if plan.tune_seeds else "the reporting seeds")
+            + f"; reporting seeds: {_seeds(request['seeds'])}",
+            f"- metric: final {metric}; verdicts paired by seed, 95% CI, margin ±0.25, Holm",
+            "",
+        ]
+    if not result.controls.empty:
+        parts += [control_text(result.controls), ""]
+    best = result.sweep[result.sweep["best"]].set_index("arm")
+    tuned = result.arms[result.arms["role"] == "tuned"]
+    if not tuned.empty:
+        rows = []
+        for row in tuned.itertuples():
+            edge = []
+            if row.arm in best.index and best.loc[row.arm, "at_edge"]:
+                edge.append("lr")
+            if row.arm in best.index and best.loc[row.arm, "warmup_at_edge"]:
+                edge.append("warm-up")
+            rows.append(
+                {
+                    "arm": row.arm,
+                    "lr": row.lr,
+                    "warm-up": int(best.loc[row.arm, "warmup"]) if row.arm in best.index else "",
+                    "mean": row.mean,
+                    "std": row.std,
+                    "seeds": row.seeds,
+                    "best at the edge of": ", ".join(edge) or "no",
+                }
+            )
+        parts += ["### Tuned arms", "", markdown_table(pd.DataFrame(rows)), ""]
+    if not result.verdicts.empty:
+        v = result.verdicts
+        table = pd.DataFrame(
+            {
+                "graft": [
+                    graft_name(m, d, g)
+                    for m, d, g in zip(v["magnitude"], v["direction"], v["grafted"])
+                ],
+                "M#D mean": v["graft_mean"],
+                "M#D std": v["graft_std"],
+                "M#D median": v["graft_median"],
+                "diverged": v["graft_diverged"],
+                "M mean": v["magnitude_mean"],
+                "D mean": v["direction_mean"],
+                "position": v["position"],
+                "95% CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(v["ci_low"], v["ci_high"])],
+                "verdict": [
+                    label_words(label, m, d)
+                    for label, m, d in zip(v["label"], v["magnitude"], v["direction"])
+                ],
+                "Holm p": v["p_holm"],
+            }
+        )
+        parts += ["### Verdicts (position 0 = M, 1 = D)", "", markdown_table(table), ""]
+    sweep = result.sweep.assign(
+        mark=np.where(
+            result.sweep["best"],
+            "best",
+            np.where(result.sweep["pruned"] > 0, "pruned at the rung", ""),
+        )
+    )
+    columns = ["arm", "lr", "warmup", "seeds", "failed", "mean", "std", "mark"]
+    parts += ["### Search (tuning seeds)", "", markdown_table(sweep[columns]), ""]
+    if result.excluded:
+        parts += [
+            f"{result.excluded} runs made with other settings are left out of every table.",
+            "",
+        ]
+    return "\n".join(parts)
