@@ -216,3 +216,31 @@ def test_a_missing_folder_level_creates_no_store_for_a_read(tmp_path, capsys):
     assert code == 2 and "no run store there" in err
     code, _ = _cli(capsys, "--runs-dir", str(missing), "runs", "list")
     assert code == 0 and not missing.exists()
+
+
+# ------------------------------------------------------- 6, 12. sizes have bounds
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [
+        ("--seed", str(2**70), "Invalid seed"),
+        ("--steps", str(10**12), "Invalid steps"),
+        ("--batch-size", str(2_000_000), "more than the 4000 training examples of mnist1d"),
+    ],
+)
+def test_sizes_out_of_bounds_are_refused_before_a_run(store, capsys, flag, value, reason):
+    code, err = _cli(capsys, "--runs-dir", str(store.root), "train", flag, value)
+    assert code == 2 and reason in err, err
+    assert store.runs().empty
+
+
+def test_the_graft_lab_refuses_steps_out_of_bounds_and_starts_nothing(runs_dir):
+    from streamlit.testing.v1 import AppTest
+
+    store = RunStore(runs_dir)
+    before = len(store.runs())
+    at = AppTest.from_file(str(ROOT / "pages/graft_lab.py"), default_timeout=60).run()
+    at.number_input(key="lab.steps").set_value(10**12)
+    at.button(key="lab.start").click().run()
+    assert any("Invalid steps" in e.value for e in at.error), [e.value for e in at.error]
+    assert len(store.runs()) == before
+    store.close()

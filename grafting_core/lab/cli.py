@@ -1148,8 +1148,8 @@ def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ru
                 0, f"no run store at {root}; start one with: python -m grafting_core train\n"
             )
         parser.error(f"--runs-dir {root}: no run store there (nothing was created)")
-    if not database.exists():
-        _say(f"new run store at {root}")
+    if not root.exists():  # a new folder: a typo in a path would go unseen
+        _say(f"new run store at {root} (a new folder)")
     if (
         not reads_only
         and database.exists()

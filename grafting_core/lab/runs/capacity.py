@@ -66,6 +66,9 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
     return state, sum(outputs) + x.numel() * x.element_size()
 
 
+SMALL_BATCH = 1024  # no lab data set has fewer training examples
+
+
 def check_fits(config: RunConfig, device: torch.device | None = None) -> None:
     """Raise ValueError naming the size when ``config`` cannot fit in ``device``'s free memory
     (custom tasks are not estimated, their model is built by the user's code: only checked to
@@ -79,6 +82,16 @@ def check_fits(config: RunConfig, device: torch.device | None = None) -> None:
         pick_device,  # the trainer imports the optimizer stack: load lazily
     )
 
+    if config.batch_size > SMALL_BATCH:  # only then can a batch outgrow a lab data set
+        from grafting_core.lab.tasks.data import load_dataset
+
+        data = load_dataset(config.dataset, seed=config.seed)
+        examples = len(data.x_train) if data.task != "language" else len(data.x_train) - 1
+        if config.batch_size > examples:
+            raise ValueError(
+                f"Invalid batch_size: {config.batch_size} is more than the {examples} training "
+                f"examples of {config.dataset} (at most {examples}: a full batch)"
+            )
     device = device or pick_device(config.device)
     free = available_bytes(device)
     state, per_example = estimate_bytes(config)

@@ -32,6 +32,12 @@ def _option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+#: torch.manual_seed takes a seed that fits 64 bits; ours must also fit a signed one (SQLite)
+MAX_SEED = 2**63 - 1
+#: a bound on a run's length (10^8 steps: a day at 1 ms a step), so a typo is not a run
+MAX_STEPS = 10**8
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: data, model, optimizers, schedule and loop settings."""
@@ -99,6 +105,9 @@ class RunConfig:
         for key in ("width", "depth", "seed", "warmup_steps", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"Invalid {key}: {getattr(self, key)} (must be >= 0)")
+        for key, most in (("seed", MAX_SEED), ("steps", MAX_STEPS)):
+            if getattr(self, key) > most:
+                raise ValueError(f"Invalid {key}: {getattr(self, key)} (must be <= {most})")
         if not math.isfinite(self.flush_seconds) or self.flush_seconds < 0:
             raise ValueError(f"Invalid flush_seconds: {self.flush_seconds} (must be >= 0)")
         if not math.isfinite(self.graft_lr) or self.graft_lr < 0:
