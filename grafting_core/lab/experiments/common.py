@@ -3,6 +3,7 @@ them on an executor (or inline), and reading their final metrics."""
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -26,9 +27,51 @@ def round_lr(lr: float) -> float:
     return float(f"{lr:.3g}")
 
 
+#: How far apart (natural log) two lrs may be and still be the same point of a sweep: each
+#: was rounded to 3 significant digits (at most 0.5% off), so 1% covers both.
+SAME_POINT = 0.011
+
+
+def _digits(lr: float) -> int:
+    """Significant digits of ``lr`` as stored (0.1: 1, 0.0316: 3)."""
+    return len(f"{lr:.2e}".split("e")[0].replace(".", "").rstrip("0")) or 1
+
+
 def beyond_edge(best: float, tried: Sequence[float], factor: float) -> float:
-    """The next lr past the edge of ``tried`` that ``best`` sits on, ``factor`` away."""
-    return round_lr(best / factor if best == min(tried) else best * factor)
+    """The next lr past the edge of ``tried`` that ``best`` sits on, ``factor`` away.
+
+    Computed in log space from an exact point of the sweep (``anchor`` × ``factor``^k, k an
+    integer), not from ``best``, which is already rounded: so the grid around 0.1 with factor
+    √10 extends to 0.01 and then 0.00316, where a wider grid around 0.1 would have put them
+    (not 0.0316 / 3.162 = 0.00999). The anchor is the point from which the others are
+    reproduced exactly (the centre the grid was made around; an even grid's centre, half a
+    step from its points, is looked for too), then the one with the fewest significant
+    digits. Rounded to 3 significant digits, as the grid is; lrs of ``tried`` that are not on
+    ``best``'s lattice (typed ones) are ignored."""
+    step = -1 if best == min(tried) else 1
+    log_factor = math.log(factor)
+    points = {best: 0.0}  # lr -> k: best ≈ lr × factor^k
+    for lr in tried:
+        exponent = math.log(best / lr) / log_factor
+        if abs(exponent - round(exponent)) * log_factor < SAME_POINT:
+            points[lr] = float(round(exponent))
+    # their mean in log space (rounding errors partly cancel) stands in for an exact point;
+    # half a step from it lies the centre of an even grid, which is not a point of it
+    log_best = sum(math.log(lr) + k * log_factor for lr, k in points.items()) / len(points)
+    anchors = dict(points)
+    for half in range(-2 * len(points) - 1, 2 * len(points) + 2, 2):
+        centre = math.exp(log_best - half / 2 * log_factor)
+        for short in (float(f"{centre:.1g}"), float(f"{centre:.2g}")):  # 0.1, 0.05, 0.15
+            if abs(math.log(short / centre)) < SAME_POINT:
+                anchors.setdefault(short, half / 2)
+
+    def merit(anchor: float) -> tuple[int, int, float]:
+        k = anchors[anchor]
+        reproduced = sum(round_lr(anchor * factor ** (k - j)) == lr for lr, j in points.items())
+        return reproduced, -_digits(anchor), -abs(k)
+
+    anchor = max(anchors, key=merit)
+    return round_lr(anchor * factor ** (anchors[anchor] + step))
 
 
 OptimizerChoice = tuple[str, dict]  # (registry name, hyperparameters)
