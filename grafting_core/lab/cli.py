@@ -44,7 +44,7 @@ from grafting_core.lab.experiments.comparison_plan import (
     plan_continuation,
 )
 from grafting_core.lab.experiments.comparison_reading import control_text
-from grafting_core.lab.experiments.graft_lrs import graft_lr_sweep
+from grafting_core.lab.experiments.graft_lrs import far_from_tuned, graft_lr_sweep
 from grafting_core.lab.experiments.grid import grid, grid_matrix, grid_table
 from grafting_core.lab.experiments.ratio_study import (
     SCOPES,
@@ -664,6 +664,10 @@ def cmd_ratio_study(parser, args, store: RunStore) -> int:
 
 
 def cmd_graft_lrs(parser, args, store: RunStore) -> int:
+    for line in far_from_tuned(
+        store, args.group, magnitude=args.magnitude, direction=args.direction, lrs=args.lrs
+    ):
+        print(line, file=sys.stderr)
     table = _on_pair(
         parser,
         args,

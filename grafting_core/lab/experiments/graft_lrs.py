@@ -44,6 +44,32 @@ def _shown(variant: str) -> str:
     return repr(variant) if variant else "'' (the full graft)"
 
 
+#: An lr more than this many times M's tuned lr away (either side) is most likely a typo.
+FAR_FROM_TUNED = 1000.0
+
+
+def far_from_tuned(
+    store: RunStore, group: str, *, magnitude: str, direction: str, lrs: Sequence[float]
+) -> list[str]:
+    """One warning line for each lr of ``lrs`` more than :data:`FAR_FROM_TUNED` × above or
+    below M's tuned lr in comparison ``group`` (the lr its grafts M#D were made at): such a
+    graft most likely diverges or learns nothing. None when the group has no such graft
+    (:func:`plan_graft_lrs` refuses it)."""
+    grafts = _grafts(store.runs(group=group), magnitude, direction, GRAFT_ROLES)
+    if grafts.empty:
+        return []
+    tuned = float(grafts[LR_COLUMN].iloc[0])
+    return [
+        f"warning: lr {lr:g} is {lr / tuned:.3g}× {magnitude}'s tuned lr {tuned:g} in "
+        f"comparison {group} (more than {FAR_FROM_TUNED:g}× away): {magnitude}#{direction} "
+        "will most likely diverge or learn nothing there"
+        for lr in lrs
+        if np.isfinite(lr)
+        and lr > 0
+        and not (tuned / FAR_FROM_TUNED <= lr <= tuned * FAR_FROM_TUNED)
+    ]
+
+
 def plan_graft_lrs(
     store: RunStore,
     group: str,
