@@ -8,7 +8,7 @@ import streamlit as st
 from grafting_core.lab.experiments.common import final_metrics
 from grafting_core.lab.figures import runs as run_figures
 from grafting_core.lab.runs.config import RunConfig
-from grafting_core.lab.store.tensorboard import export_runs
+from grafting_core.lab.store.tensorboard import export_runs, partial_runs
 from ui import catalog, charts, forms, live, recent
 from ui.resources import get_store, start_group, stop_runs
 from ui.state import keep_valid, page_setup
@@ -60,9 +60,15 @@ def _export_tensorboard(run_ids: list[str]) -> None:
     except ImportError as error:
         st.session_state["runs.flash"] = f"error:{error}"
         return
+    done = (
+        f"Exported {len(run_ids)} run(s) to `{out}`; view them with `tensorboard --logdir {out}`."
+    )
+    partial = partial_runs(store, run_ids)
     st.session_state["runs.flash"] = (
-        f"success:Exported {len(run_ids)} run(s) to `{out}`; "
-        f"view them with `tensorboard --logdir {out}`."
+        f"warning:{done} {len(partial)} of them had not ended, so their logs are partial: "
+        + " ".join(live.plain(notice.removeprefix("notice: ")) for notice in partial.values())
+        if partial
+        else f"success:{done}"
     )
 
 
@@ -85,7 +91,7 @@ def flash() -> None:
     message = st.session_state["runs.flash"]
     if message:
         kind, _, text = message.partition(":")
-        (st.error if kind == "error" else st.success)(text)
+        {"error": st.error, "warning": st.warning}.get(kind, st.success)(text)
         st.session_state["runs.flash"] = ""
 
 

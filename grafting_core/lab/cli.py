@@ -765,11 +765,13 @@ def _runs_action(args, store: RunStore) -> int:
         if args.output is not None:
             raise ValueError("--tensorboard DIR writes event files into DIR; -o is for CSV/JSON")
         try:
-            from grafting_core.lab.store.tensorboard import export_run
+            from grafting_core.lab.store.tensorboard import export_run, partial_runs
 
             folder = export_run(store, args.run_id, args.tensorboard)
         except ImportError as error:
             raise ValueError(str(error)) from error
+        for notice in partial_runs(store, [args.run_id]).values():
+            print(notice, file=sys.stderr)
         print(f"wrote {folder} (view: tensorboard --logdir {args.tensorboard})")
     elif args.action == "export":
         frame = store.metrics_wide(args.run_id)
