@@ -25,7 +25,7 @@ from grafting_core.lab.experiments.grid import (
 from grafting_core.lab.figures import experiments as experiment_figures
 from grafting_core.lab.runs.capacity import check_fits
 from grafting_core.lab.runs.config import RunConfig
-from ui import charts, forms, live
+from ui import charts, forms, live, recent
 from ui.comparison import PARTIAL_KEYS, tuned_mode
 from ui.grid_forms import MAX_RUNS, common_form
 from ui.resources import (
@@ -181,31 +181,28 @@ def live_section(group: str, active: bool) -> None:
 def grid_mode() -> None:
     """Every M#D pair at the lrs typed in."""
     configs, problem = form()
-    group = live.watched_group("grid", "grid")
-    runs = live.group_runs(group) if group else None
-    active = runs is not None and live.is_active(runs)
-    start, stop, _ = live.start_stop(
-        "grid",
-        disabled=live.busy("grid", active),
-        active=active,
-        why="Stop the grid in progress first",
-    )
-    if start:
+
+    def start() -> str:
         if configs is None:
-            st.error(f"Not started: {problem}")
-        else:
-            group, _ = start_group(configs, kind="grid")
-            live.watch("grid", group)
-            st.rerun()
-    if stop and runs is not None:
-        live.stop_group(runs)
-    if live.attach("grid", group, runs, started=start, what="grid"):
-        live_section(group, active)
-    elif not group:
+            raise ValueError(problem)
+        return start_group(configs, kind="grid")[0]
+
+    def empty() -> None:
         st.info(
             "No grid yet: choose the optimizers above and press **Start**. Every M#D "
             "pair trains in the background and its cell fills in when it finishes."
         )
+        recent.offer("grid", ("grid",), "grid")
+
+    live.page_skeleton(
+        "grid",
+        "grid",
+        start=start,
+        draw=live_section,
+        empty=empty,
+        what="grid",
+        why="Stop the grid in progress first",
+    )
 
 
 page_setup({**DEFAULTS, "grid.mode": mode_of_url()})

@@ -288,39 +288,29 @@ page_setup(DEFAULTS)
 st.title("Schedule transfer")
 st.markdown(INTRO)
 args, problem, saved = form()
-group = live.watched_group("transfer", "transfer")
-runs = live.group_runs(group) if group else None
-active = runs is not None and live.is_active(runs)
 
-start, stop, _ = live.start_stop(
-    "transfer",
-    disabled=live.busy("transfer", active),
-    active=active,
-    why="Stop the runs in progress first",
-)
-if start:
+
+def start() -> str:
+    """Start the transfer the form describes; its replays wait for M alone."""
     if args is None:
-        st.error(f"Not started: {problem}")
-    else:
-        try:
-            group, _ = start_schedule_transfer(get_store(), **args, executor=get_jobs())
-        except (ValueError, TypeError) as error:
-            st.error(f"Not started: {error}")
-        else:
-            live.watch("transfer", group)
-            st.rerun()
-if stop and runs is not None:
-    live.stop_group(runs)
-if live.attach("transfer", group, runs, started=start, what="transfer"):
-    live_section(group, active)
-elif not group and saved:
-    record = get_store().run(saved)
-    schedule_section(saved, f"{record['name']} (saved run)")
-    st.info("Press **Start** to replay this schedule onto D, next to D alone and M#D.")
-elif not group:
+        raise ValueError(problem)
+    return start_schedule_transfer(get_store(), **args, executor=get_jobs())[0]
+
+
+def empty() -> None:
+    if saved:
+        record = get_store().run(saved)
+        schedule_section(saved, f"{record['name']} (saved run)")
+        st.info("Press **Start** to replay this schedule onto D, next to D alone and M#D.")
+        return
     st.info(
         "Nothing open: choose M and D above and press **Start**, or open a recent transfer "
         "below. M alone, D alone and M#D train in the background; replay(M)#D starts when "
         "M alone has finished."
     )
     recent.offer("transfer", ("transfer",), "transfer")
+
+
+live.page_skeleton(
+    "transfer", "transfer", start=start, draw=live_section, empty=empty, what="transfer"
+)

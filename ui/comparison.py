@@ -19,6 +19,7 @@ from grafting_core.lab.experiments.comparison_plan import (
 from grafting_core.lab.experiments.comparison_reading import (
     SWEEP_ROLES,
     control_text,
+    cut_short,
     graft_pairs,
     lr_notes,
     phase_text,
@@ -31,7 +32,7 @@ from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.experiments.verdict import closer_to_words
 from grafting_core.lab.figures import experiments as experiment_figures
 from grafting_core.lab.runs.config import SCHEDULES, RunConfig
-from ui import charts, forms, live
+from ui import charts, forms, live, recent
 from ui.grid_forms import MAX_RUNS, SCHEDULE_NAMES, common_form
 from ui.resources import (
     comparison_state,
@@ -305,6 +306,16 @@ def continue_form(group: str) -> None:
         )
         return
     trained = list(request["seeds"])
+    stopped = cut_short(live.group_runs(group), request["plan"].rung_step(request["base"]))
+    if stopped.any():  # a server killed mid-comparison, or a Stop: resume it exactly
+        st.warning(
+            f"{int(stopped.sum())} runs of this comparison were stopped or interrupted before "
+            "their end. **Resume** trains them on from their last checkpoint, then the phases "
+            "that had not begun, with the settings and seeds it was made with."
+        )
+        if st.button("Resume", key="grid.tuned.resume"):
+            live.watch("grid.tuned", start_comparison(**request, group=group))
+            st.rerun()
     more = [*trained, max(trained) + 1, max(trained) + 2]
     text = st.text_input(
         "Seeds after continuing",
@@ -422,9 +433,11 @@ def comparison_section(group: str, active: bool) -> None:
         state = comparison_state(group)
         if state is not None and state.error:
             st.error(f"The comparison ended early: {state.error}")
+        request = comparison_request(get_store(), group)
+        rung = request["plan"].rung_step(request["base"]) if request else 0
         st.progress(
             float(runs["status"].isin(live.TERMINAL).mean()),
-            text=phase_text(runs, orchestrating=orchestrating(group)),
+            text=phase_text(runs, orchestrating=orchestrating(group), rung_step=rung),
         )
         live.progress_panel(runs[runs["status"].isin(["failed", "interrupted"])])
         comparison_results(group, runs)
@@ -442,41 +455,45 @@ def tuned_mode() -> None:
     """Each optimizer's lr swept, every M#D at M's tuned lr, a verdict per pair."""
     st.markdown(TUNED_INTRO)
     request, problem = tuned_form()
-    group = live.watched_group("grid.tuned", "compare")
-    runs = live.group_runs(group) if group else None
-    active = bool(group) and (orchestrating(group) or live.is_active(runs))
-    start, stop, rest = live.start_stop(
-        "grid.tuned",
-        disabled=live.busy("grid.tuned", active),
-        active=active,
-        why="Stop the comparison in progress first",
-    )
-    rest.caption(
-        "A comparison in progress is run by this app's server: it ends if the server "
-        "stops (runs already trained are kept)."
-    )
-    if start:
+
+    def start() -> str:
         if request is None:
-            st.error(f"Not started: {problem}")
-        else:
-            live.watch("grid.tuned", start_comparison(**request))
-            st.rerun()
-    if stop and group:
+            raise ValueError(problem)
+        return start_comparison(**request)
+
+    def stop(group: str, _) -> None:
         stop_comparison(group)
         st.toast(
             "Stopping: no further phase starts; queued runs never start, running ones "
             "end within 10 steps."
         )
-    if live.attach(
-        "grid.tuned", group, runs, started=start or orchestrating(group), what="comparison"
-    ):
+
+    def draw(group: str, active: bool) -> None:
         comparison_section(group, active)
         if not active:
             continue_form(group)
             graft_lrs_form(group, live.group_runs(group))
-    elif not group:
+
+    def empty() -> None:
         st.info(
             "No comparison yet: choose the optimizers and the sweep above and press "
             "**Start**. The sweeps train first, then the grafts; the figures fill in as "
             "runs finish."
         )
+        recent.offer("grid.tuned", ("compare",), "comparison")
+
+    rest = live.page_skeleton(
+        "grid.tuned",
+        "compare",
+        start=start,
+        draw=draw,
+        empty=empty,
+        what="comparison",
+        why="Stop the comparison in progress first",
+        still_coming=orchestrating,
+        stop=stop,
+    )
+    rest.caption(
+        "A comparison in progress is run by this app's server: it ends if the server "
+        "stops (runs already trained are kept)."
+    )

@@ -9,22 +9,38 @@ from grafting_core.lab.experiments.common import LR_COLUMN
 from grafting_core.lab.experiments.graft_lrs import GRAFT_ROLES
 from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.experiments.verdict import label_words
-from grafting_core.lab.runs.groups import TERMINAL
+from grafting_core.lab.runs.groups import RESUMED, TERMINAL
 
 SWEEP_ROLES = ("sweep_point", "tuned")
 
 
-def phase_text(runs: pd.DataFrame, *, orchestrating: bool) -> str:
-    """Where a comparison stands: its sweeps' runs done, then its grafts', then the grafts
-    at other lrs of M (``--tune-grafts``, or the form below), then any other runs added
-    since (static ratios)."""
-    done = runs["status"].isin(TERMINAL)
+def cut_short(runs: pd.DataFrame, rung_step: int = 0) -> pd.Series:
+    """Which runs were stopped or interrupted before their end (a server killed, a Stop),
+    and would resume: not the search's settings paused at the rung on purpose."""
+    pruned = (
+        runs["role"].eq("sweep_point") & runs["last_step"].eq(rung_step) if rung_step else False
+    )
+    return runs["status"].isin(RESUMED) & ~pruned
+
+
+def phase_text(runs: pd.DataFrame, *, orchestrating: bool, rung_step: int = 0) -> str:
+    """Where a comparison stands: its sweeps' runs done, then its grafts', then the positive
+    control's, the grafts at other lrs of M (``--tune-grafts``, or the form below), then any
+    other runs added since (static ratios). A run stopped or interrupted before its end is
+    not done: it is counted apart (a resume trains it on); a search's setting paused at the
+    rung (``rung_step``) is."""
+    cut = cut_short(runs, rung_step)
+    done = runs["status"].isin(TERMINAL) & ~cut
     sweeps, grafts = runs["role"].isin(SWEEP_ROLES), runs["role"].isin(GRAFT_ROLES)
     graft_lrs = runs["role"].eq(GRAFT_LR_ROLE)
-    added = ~(sweeps | grafts | graft_lrs | runs["role"].eq("superseded"))
+    controls = runs["role"].isin(("control", "control_graft"))
+    superseded = runs["role"].isin(("superseded", "control_superseded"))
+    added = ~(sweeps | grafts | graft_lrs | controls | superseded)
 
     def count(part: pd.Series) -> str:
-        return f"{int((done & part).sum())} of {int(part.sum())}"
+        text = f"{int((done & part).sum())} of {int(part.sum())}"
+        stopped = int((cut & part).sum())
+        return text + (f" ({stopped} stopped or interrupted)" if stopped else "")
 
     text = f"Sweeps: {count(sweeps)} runs done"
     if not grafts.any():
@@ -34,6 +50,8 @@ def phase_text(runs: pd.DataFrame, *, orchestrating: bool) -> str:
             else "; no grafts were started"
         )
     text += f"; grafts at M's tuned lr: {count(grafts)} done"
+    if controls.any():
+        text += f"; positive control: {count(controls)} done"
     if graft_lrs.any():
         text += f"; grafts at other lrs of M: {count(graft_lrs)} done"
     if added.any():
