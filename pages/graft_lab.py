@@ -21,7 +21,7 @@ DEFAULTS = {
     "lab.granularity": "tensor",
     "lab.steps": 800,  # ~10-20 s for the four runs of the default MLP on two CPU cores
     "lab.batch_size": 64,
-    "lab.seed": 0,
+    "lab.seed": "0",  # typed as text: every digit reaches the server (see forms.seed_input)
     "lab.reverse": True,  # also train D#M
     "lab.smoothing": 0.6,
     "lab.layer": "",
@@ -74,9 +74,7 @@ def form() -> tuple[list[RunConfig] | None, str]:
         left, right = st.columns(2)
         with left:
             steps = st.number_input("Steps", step=100, key="lab.steps")
-            seed = st.number_input(
-                "Seed", step=1, key="lab.seed", help="model initialisation and batch order"
-            )
+            seed = forms.seed_input("lab.seed")
         with right:
             batch = st.number_input("Batch size", step=16, key="lab.batch_size")
             granularity = st.selectbox(
@@ -88,12 +86,13 @@ def form() -> tuple[list[RunConfig] | None, str]:
             )
     try:  # no min_value on the inputs: a browser keeps out-of-range values from the server
         forms.check_sizes(data)
+        seed = forms.parse_seed(seed)  # the seed shown is the seed trained, or an error
         base = RunConfig(
             **data,
             granularity=granularity,
             steps=int(steps),
             batch_size=int(batch),
-            seed=int(seed),
+            seed=seed,
             device=st.session_state["shared.device"],
         )
         configs = forms.lab_configs(

@@ -182,7 +182,7 @@ def details(runs, labels: dict[str, str]) -> None:
     row = runs.set_index("run_id").loc[run_id]
     st.markdown(f"**{live.plain(record['name'])}** — {live.plain(live.status_text(row))}")
     if record["status"] in ("failed", "interrupted") and record["error"]:
-        st.error(record["error"])
+        st.error(live.plain(record["error"]))
     running = record["status"] == "running"
     col_rerun, col_stop, col_delete, _ = st.columns([1, 1, 1, 3])
     col_rerun.button("Re-run this config", key="runs.rerun", on_click=_rerun_config, args=(run_id,))
@@ -198,7 +198,7 @@ def details(runs, labels: dict[str, str]) -> None:
     )
     if st.session_state["runs.pending_delete"] == run_id:
         st.warning(
-            f"Delete run `{run_id}` ({record['name']}) with all its metrics, norms and "
+            f"Delete run `{run_id}` ({live.plain(record['name'])}) with all its metrics, norms and "
             "checkpoints? This cannot be undone."
         )
         yes, no, _ = st.columns([1, 1, 4])

@@ -157,6 +157,34 @@ def check_sizes(data: dict[str, Any]) -> None:
             raise ValueError(f"Invalid {key}: {data[key]} (must be >= 1)")
 
 
+#: Seeds torch takes: 0 to 2^63 - 1 (RunConfig refuses the rest).
+SEED_MAX = 2**63 - 1
+
+
+def seed_input(key: str, label: str = "Seed") -> str:
+    """A seed typed as text, at most 19 characters (2^63 - 1 has 19 digits; the browser
+    refuses a 20th). Not a number input: its bounds stop at ±(2^53 - 1), past which a
+    browser shows the value in red but never sends it (Start would train the previous seed)
+    and rounds what it does send. :func:`parse_seed` reads it."""
+    return st.text_input(
+        label,
+        key=key,
+        max_chars=len(str(SEED_MAX)),
+        help=f"model initialisation and batch order: a whole number from 0 to {SEED_MAX}",
+    )
+
+
+def parse_seed(text: str) -> int:
+    """The seed ``text`` shows, exactly; ValueError naming it unless it is a whole number in
+    [0, 2^63 - 1]."""
+    shown = str(text).strip()
+    if not shown.isdigit() or not shown.isascii():
+        raise ValueError(f"Invalid seed: {shown!r} (a whole number from 0 to {SEED_MAX})")
+    if int(shown) > SEED_MAX:
+        raise ValueError(f"Invalid seed: {shown} (at most 2^63 - 1 = {SEED_MAX})")
+    return int(shown)
+
+
 def task_of(dataset: str) -> str:
     """The dataset's task (classification | regression | language), for axis titles."""
     return DATASETS[dataset].task if dataset in DATASETS else "classification"

@@ -28,6 +28,8 @@ from .resources import get_store, stop_runs
 #: What makes markdown of plain text: emphasis, code, links and images ("[" starts both),
 #: HTML, tables, strikethrough, LaTeX, and the ":" of an autolinked URL.
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$:])")
+#: Where GFM starts a bare link: "http(s)://" and "www." (any case).
+AUTOLINK_START = re.compile(r"(https?|www)", re.IGNORECASE)
 TERMINAL = ("finished", "stopped", "diverged", "failed", "interrupted")
 #: Live redraws: every second, unless a redraw takes the server (measured) more than
 #: REDRAW_SHARE of that (very many or very long runs): then at the first of INTERVALS that
@@ -109,7 +111,11 @@ def status_text(run: pd.Series) -> str:
 def plain(text: str) -> str:
     """``text`` shown as typed inside Streamlit markdown: a run name or an error message is
     data, never a link, an image or formatting."""
-    return MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    escaped = MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    # Streamlit's markdown links bare URLs and e-mail addresses in the text it has parsed
+    # (escapes already resolved): a word joiner (U+2060, invisible) before "http"/"www" and
+    # after "@" leaves nothing it recognises as one.
+    return AUTOLINK_START.sub("\u2060\\1", escaped).replace("@", "@\u2060")
 
 
 def progress_panel(runs: pd.DataFrame) -> None:
