@@ -228,33 +228,24 @@ with st.expander("What the paper claims, what this lab measured, and why they ca
     st.markdown(STORY)
 toolbar = st.container()  # Start and Stop above the settings: in view at 1400 × 900
 configs, problem = form()
-group = live.watched_group("lab", "lab")
-runs = live.group_runs(group) if group else None
-active = runs is not None and live.is_active(runs)
 
-with toolbar:
-    start, stop, col_reverse = live.start_stop(
-        "lab",
-        disabled=live.busy("lab", active),
-        active=active,
-        why="Stop the runs in progress first",
-    )
-    col_reverse.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")
 
-if start:
+def start() -> str:
+    """Start the form's runs as a new group."""
     if configs is None:
-        st.error(f"Not started: {problem}")
-    else:
-        group, _ = start_group(configs)
-        live.watch("lab", group)
-        st.rerun()  # draw the page again as "running": Start off, Stop on, live panel
-if stop and runs is not None:
-    live.stop_group(runs)
-if live.attach("lab", group, runs, started=start):
-    live_section(group, active)
-elif not group:
+        raise ValueError(problem)
+    return start_group(configs)[0]
+
+
+def empty() -> None:
     st.info(
         "Nothing open: choose M and D above and press **Start**, or open a recent group "
         "below. The runs train in the background; every saved run is on the **Runs** page."
     )
     recent.offer("lab", ("lab",), "Graft lab group")
+
+
+rest = live.page_skeleton(
+    "lab", "lab", start=start, draw=live_section, empty=empty, place=lambda: toolbar
+)
+rest.checkbox("Also train D#M (D's step sizes in M's directions)", key="lab.reverse")

@@ -462,3 +462,50 @@ def start_stop(
     )
     stop = col_stop.button("Stop", key=f"{prefix}.stop", disabled=not active)
     return start, stop, rest
+
+
+def page_skeleton(
+    prefix: str,
+    kind: str,
+    *,
+    start: Callable[[], str],
+    draw: Callable[[str, bool], None],
+    empty: Callable[[], None],
+    what: str = "group",
+    why: str = "Stop the runs in progress first",
+    place: Callable[[], object] | None = None,
+    still_coming: Callable[[str], bool] = lambda group: False,
+    stop: Callable[[str, pd.DataFrame | None], None] | None = None,
+) -> st.delta_generator.DeltaGenerator:
+    """What every page that trains does, once: watch its group (URL, session, else the newest
+    running one), Start and Stop, re-attach, and draw the group while it is live.
+
+    ``start()`` starts the page's runs and returns their group (a ValueError or TypeError is
+    said as "Not started: …"); ``draw(group, active)`` draws a watched group; ``empty()``
+    fills the page when nothing is watched; ``place`` a container for the buttons;
+    ``still_coming(group)``: more runs are on their way (a comparison between phases);
+    ``stop(group, runs)`` replaces the default Stop (the group's runs). Returns the rest of
+    the buttons' row, for one more widget."""
+    group = watched_group(prefix, kind)
+    runs = group_runs(group) if group else None
+    active = bool(group) and (still_coming(group) or (runs is not None and is_active(runs)))
+    with place() if place else st.container():
+        pressed, stopped, rest = start_stop(
+            prefix, disabled=busy(prefix, active), active=active, why=why
+        )
+    if pressed:
+        try:
+            group = start()
+        except (ValueError, TypeError) as error:
+            st.error(f"Not started: {error}")
+        else:
+            watch(prefix, group)
+            st.rerun()  # drawn again as running: Start off, Stop on, live panel
+    if stopped and group:
+        (stop or (lambda _, shown: stop_group(shown)))(group, runs)
+    started = pressed or (bool(group) and still_coming(group))
+    if attach(prefix, group, runs, started=started, what=what):
+        draw(group, active)
+    elif not group:
+        empty()
+    return rest
