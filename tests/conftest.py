@@ -1,16 +1,14 @@
-"""Shared test fixtures."""
+"""The tests' fixtures, shared from here (plain helpers: ``tests/helpers.py``)."""
 
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 import streamlit as st
 import torch
 
 from grafting_core.lab.store.run_store import RunStore
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.fixture
@@ -62,10 +60,15 @@ def runs_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def store(runs_dir):
-    """The module's app store, emptied (modules testing the store itself define their own)."""
-    store = RunStore(runs_dir)
-    for run_id in store.runs()["run_id"]:
-        store.delete_run(run_id)
+def store(request, tmp_path):
+    """An empty run store, closed after the test: a new one under ``tmp_path / "runs"``; in
+    a test marked ``app_store`` (its pages read ``$GRAFTING_RUNS_DIR``), the module's app
+    store (``runs_dir``), emptied."""
+    if request.node.get_closest_marker("app_store"):
+        store = RunStore(request.getfixturevalue("runs_dir"))
+        for run_id in store.runs()["run_id"]:
+            store.delete_run(run_id)
+    else:
+        store = RunStore(tmp_path / "runs")
     yield store
     store.close()

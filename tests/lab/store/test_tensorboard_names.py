@@ -21,13 +21,6 @@ from grafting_core.lab.store.tensorboard import export_runs, partial_runs, run_f
 TINY = {"width": 8, "steps": 10, "log_every": 5, "eval_every": 10, "eval_examples": 64}
 
 
-@pytest.fixture
-def store(tmp_path):
-    store = RunStore(tmp_path / "runs")
-    yield store
-    store.close()
-
-
 def _trained(store: RunStore, name: str) -> str:
     run_id = create_run(store, RunConfig(**TINY, name=name, magnitude="adam", direction="sgd"))
     execute_run(store, run_id)
