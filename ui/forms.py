@@ -15,7 +15,7 @@ import streamlit as st
 
 from grafting_core import describe, optimizer_names
 from grafting_core.lab.experiments.common import LAB_OPTIMIZERS, OptimizerChoice
-from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.config import MAX_SEED, RunConfig
 from grafting_core.lab.tasks.data import DATASETS, dataset_names, describe_dataset
 from grafting_core.lab.tasks.models import MODELS, compatible_models, default_model, describe_model
 from grafting_core.registry import default_hparams
@@ -157,31 +157,27 @@ def check_sizes(data: dict[str, Any]) -> None:
             raise ValueError(f"Invalid {key}: {data[key]} (must be >= 1)")
 
 
-#: Seeds torch takes: 0 to 2^63 - 1 (RunConfig refuses the rest).
-SEED_MAX = 2**63 - 1
-
-
 def seed_input(key: str, label: str = "Seed") -> str:
-    """A seed typed as text, at most 19 characters (2^63 - 1 has 19 digits; the browser
-    refuses a 20th). Not a number input: its bounds stop at ±(2^53 - 1), past which a
+    """A seed typed as text, at most as many characters as the largest seed has digits (the
+    browser refuses one more). Not a number input: its bounds stop at ±(2^53 - 1), past which a
     browser shows the value in red but never sends it (Start would train the previous seed)
     and rounds what it does send. :func:`parse_seed` reads it."""
     return st.text_input(
         label,
         key=key,
-        max_chars=len(str(SEED_MAX)),
-        help=f"model initialisation and batch order: a whole number from 0 to {SEED_MAX}",
+        max_chars=len(str(MAX_SEED)),
+        help=f"model initialisation and batch order: a whole number from 0 to {MAX_SEED}",
     )
 
 
 def parse_seed(text: str) -> int:
     """The seed ``text`` shows, exactly; ValueError naming it unless it is a whole number in
-    [0, 2^63 - 1]."""
+    [0, MAX_SEED]."""
     shown = str(text).strip()
     if not shown.isdigit() or not shown.isascii():
-        raise ValueError(f"Invalid seed: {shown!r} (a whole number from 0 to {SEED_MAX})")
-    if int(shown) > SEED_MAX:
-        raise ValueError(f"Invalid seed: {shown} (at most 2^63 - 1 = {SEED_MAX})")
+        raise ValueError(f"Invalid seed: {shown!r} (a whole number from 0 to {MAX_SEED})")
+    if int(shown) > MAX_SEED:
+        raise ValueError(f"Invalid seed: {shown} (at most {MAX_SEED})")
     return int(shown)
 
 

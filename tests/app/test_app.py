@@ -121,7 +121,7 @@ def test_two_tabs_pressing_start_together_each_start_their_own_runs(store):
         ("lab.batch_size", -64, "Invalid batch_size: -64"),
         ("lab.width.mlp", -5, "Invalid width: -5"),
         ("lab.width.mlp", 0, "Invalid width: 0"),
-        ("lab.batch_size", 10**12, "Invalid batch_size: 1000000000000 needs"),
+        ("lab.batch_size", 10**12, "Invalid batch_size: 1000000000000 is more than the"),
         ("lab.magnitude.adam.lr", 0.0, "Invalid magnitude lr: 0"),
     ],
 )
@@ -230,7 +230,10 @@ def test_a_run_name_is_shown_as_typed_never_as_markdown(store):
     assert not at.exception
     shown = [m.value for m in at.markdown if "click" in m.value]
     assert shown and all("[click](" not in text and "**loud**" not in text for text in shown)
-    assert any(r"\[click\](http\://evil.example) \*\*loud\*\*" in text for text in shown)
+    # escaped, and a word joiner (U+2060) before "http": no autolink either (ui.live.plain)
+    assert any(
+        "\\[click\\](\u2060http\\://evil.example) \\*\\*loud\\*\\*" in text for text in shown
+    )
 
 
 def test_graft_lab_reading_is_computed_from_the_runs_on_screen(store):

@@ -241,7 +241,13 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
     page.close()
 
 
-TUNED = {"Width": "16", "Steps": "40", "Sweep points": "2", "Extensions": "0"}
+TUNED = {
+    "Width": "16",
+    "Steps": "40",
+    "Sweep points": "2",
+    "Extensions": "0",
+    "Halve at (% of steps)": "0",  # with the two text fields and the control below: the lr
+}  # alone on the reporting seeds, 12 runs (the protocol's search is AppTest-checked)
 
 
 def run_tuned_comparison(page, url: str, log: Path) -> None:
@@ -258,6 +264,13 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     ready(page)
     for label, value in TUNED.items():
         enter_number(page, label, value)
+    for label in ("Warm-ups searched (% of steps)", "Tuning seeds"):
+        field = page.get_by_label(label, exact=True)
+        field.fill("")
+        field.press("Enter")
+        ready(page)
+    page.get_by_text("Positive control", exact=True).click()
+    ready(page)
     seeds = page.get_by_label("Seeds", exact=True)
     seeds.fill("0, 1")
     seeds.press("Enter")
