@@ -1,6 +1,7 @@
-"""The README's command lines run as printed from a clean clone (the tracked files only, no
-venv of its own; the clone's ``.venv`` is this checkout's, as ``./tasks setup`` would have
-made it), and ``repr(Graft)`` says what is grafted."""
+"""The command lines of the README and of its reference pages (``docs/*.md``) run as printed
+from a clean clone (the tracked files only, no venv of its own; the clone's ``.venv`` is this
+checkout's, as ``./tasks setup`` would have made it), and ``repr(Graft)`` says what is
+grafted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import torch
 from grafting_core import Graft
 from tests.helpers import ROOT
 
-README = (ROOT / "README.md").read_text()
+#: The README and its reference pages, read as one text.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = "\n".join(page.read_text() for page in PAGES)
 #: What a README command may start with: everything goes through ./tasks (which sets up .venv
 #: first), except the library-only install in a venv of its own and Dask on other machines.
 ALLOWED = ("./tasks ", "GRAFTING_QUICK=1 ./tasks ", "GRAFTING_RUNS_DIR=", "python3 -m venv ",
@@ -25,7 +28,7 @@ ALLOWED = ("./tasks ", "GRAFTING_QUICK=1 ./tasks ", "GRAFTING_RUNS_DIR=", "pytho
 
 
 def commands() -> list[str]:
-    """Every command line of the README's ```bash blocks, comments dropped."""
+    """Every command line of the ```bash blocks of the README and docs/, comments dropped."""
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
         for line in block.splitlines():
@@ -36,7 +39,7 @@ def commands() -> list[str]:
 
 
 def printed(start: str) -> str:
-    """The README's one command line that starts with ``start``, as printed."""
+    """The one command line of the README and docs/ that starts with ``start``, as printed."""
     found = [c for c in commands() if c.startswith(start)]
     assert len(found) == 1, (start, found)
     return found[0]
@@ -111,6 +114,17 @@ def test_the_library_installs_alone_with_the_cpu_torch_in_a_fresh_venv(clone):
     listed = run("graft-env/bin/pip list --format=freeze", clone).stdout.lower()
     assert "torch==2.13.0" in listed
     assert "nvidia" not in listed and "triton" not in listed, listed
+
+
+def test_every_relative_link_of_the_readme_and_docs_names_a_file_that_exists():
+    """Links and pictures between the README, docs/ and the tree (anchors dropped) resolve."""
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#")[0]
+            if path and not re.match(r"^[a-z]+:", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
 
 
 def test_graft_repr_names_both_children_their_hyperparameters_granularity_and_grafting():
