@@ -269,6 +269,11 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
             title="Tuned M, M#D and tuned D: mean over seeds, ± std",
         )
         charts.show(fig, key="grid.tuned.verdicts", live=True)
+        charts.show(
+            experiment_figures.position_intervals(result.verdicts),
+            key="grid.tuned.positions",
+            live=True,
+        )
         numbers = ["M#D mean", "M#D median", "M#D std", "M mean", "M std", "D mean", "D std"]
         st.table(
             verdict_table(result.verdicts)

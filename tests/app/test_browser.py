@@ -282,7 +282,10 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     _until_shown(page, log, "grafts at M's tuned lr: 4 of 4 done")
     expect(start).to_be_enabled(timeout=30_000)  # the comparison has ended
     ready(page)
-    expect(page.locator(LIVE_CHART)).to_have_count(3, timeout=30_000)  # 2 sweeps, verdicts
+    # 2 sweeps, the verdicts and the positions with their CIs
+    expect(page.locator(LIVE_CHART)).to_have_count(4, timeout=30_000)
+    positions = page.frame_locator(LIVE_CHART).nth(3).locator(".ytick text")
+    _expect_or_explain(page, log, lambda: expect(positions).to_have_count(2, timeout=30_000))
     verdicts = page.frame_locator(LIVE_CHART).nth(2).locator(".xtick text")
     _expect_or_explain(page, log, lambda: expect(verdicts).to_have_count(2, timeout=30_000))
     for text in verdicts.all_text_contents():  # SVG text: no inner text

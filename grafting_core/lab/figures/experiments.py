@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 from grafting_core.lab.experiments.comparison_reading import graft_name
 from grafting_core.lab.experiments.implicit_schedules import LAYER_KINDS, layer_series
 from grafting_core.lab.experiments.ratio_study import WINDOWS
-from grafting_core.lab.experiments.verdict import closer_to_words
+from grafting_core.lab.experiments.verdict import closer_to_words, label_words
 from grafting_core.lab.figures.runs import (
     MAX_POINTS,
     NORM_TITLE,
@@ -314,6 +314,73 @@ VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name,
     ("graft", "M#D at M's tuned lr", PALETTE[2]),
     ("direction", "D alone, tuned", PALETTE[1]),
 )
+
+
+def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
+    """Each graft's position on the M–D segment (0 = M, 1 = D) with its 95% CI as a bar, the
+    equivalence margins around M and D shaded, and its verdict in the hover and the tick:
+    what ``verdict.judge`` decided, drawn. An unbounded CI runs off both ends of the axis.
+
+    ``verdicts``: ``compare.Comparison.verdicts`` (magnitude, direction, grafted, position,
+    ci_low, ci_high, label, margin)."""
+    if verdicts.empty:
+        return empty_figure("the verdicts come when the grafts have trained", x_title="position")
+    names = [
+        graft_name(m, d, g)
+        for m, d, g in zip(verdicts["magnitude"], verdicts["direction"], verdicts["grafted"])
+    ]
+    words = [
+        label_words(label, m, d)
+        for label, m, d in zip(verdicts["label"], verdicts["magnitude"], verdicts["direction"])
+    ]
+    margin = float(verdicts["margin"].iloc[0])
+    low, high = -1.0, 2.0  # what the axis shows; an interval beyond it is clipped there
+    lows = np.clip(verdicts["ci_low"].to_numpy(float), low, high)
+    highs = np.clip(verdicts["ci_high"].to_numpy(float), low, high)
+    positions = np.clip(verdicts["position"].to_numpy(float), low, high)
+    ticks = [f"{name}<br>{word}" for name, word in zip(names, words)]
+    fig = go.Figure()
+    for centre, text in ((0.0, "like M"), (1.0, "like D")):
+        fig.add_vrect(
+            x0=centre - margin,
+            x1=centre + margin,
+            fillcolor=PALETTE[0] if centre == 0 else PALETTE[1],
+            opacity=0.12,
+            line_width=0,
+            annotation_text=f"{text} (±{margin:g})",
+            annotation_position="top",
+        )
+    fig.add_vline(x=0.5, line={"dash": "dot", "color": "grey"})
+    fig.add_trace(
+        go.Scatter(
+            x=positions,
+            y=ticks,
+            mode="markers",
+            name="position, 95% CI",
+            marker={"size": 10, "color": PALETTE[2]},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": highs - positions,
+                "arrayminus": positions - lows,
+                "thickness": 2,
+                "width": 6,
+            },
+            customdata=np.column_stack(
+                [verdicts["ci_low"].to_numpy(float), verdicts["ci_high"].to_numpy(float), words]
+            ),
+            hovertemplate="position %{x:.2f}, 95% CI [%{customdata[0]:.2f}, "
+            "%{customdata[1]:.2f}]: %{customdata[2]}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title or "Where each graft lands: 0 = M, 1 = D, with its 95% CI",
+        xaxis={"title": "position (M#D − M) / (D − M)", "range": [low, high]},
+        yaxis={"autorange": "reversed"},
+        height=140 + 60 * len(verdicts),
+        showlegend=False,
+    )
+    return fig
 
 
 def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> go.Figure:

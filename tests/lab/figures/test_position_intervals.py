@@ -1,0 +1,44 @@
+"""The CI figure draws each graft's position, its 95% CI and the equivalence margins."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from grafting_core.lab.experiments.verdict import label_words
+from grafting_core.lab.figures.experiments import position_intervals
+
+
+def test_each_graft_is_its_position_with_its_ci_and_the_margins_are_shaded():
+    verdicts = pd.DataFrame(
+        {
+            "magnitude": ["sgd", "adam", "sgd"],
+            "direction": ["adam", "sgd", "adam"],
+            "grafted": ["all", "all", "hidden"],
+            "position": [0.58, -0.05, 3.0],
+            "ci_low": [0.52, -0.1, -math.inf],
+            "ci_high": [0.64, 0.02, math.inf],
+            "label": ["between", "like M", "cannot tell"],
+            "margin": [0.25] * 3,
+        }
+    )
+    fig = position_intervals(verdicts)
+    (trace,) = fig.data
+    assert list(trace.x) == pytest.approx([0.58, -0.05, 2.0])  # clipped to the axis
+    assert list(trace.error_x.array) == pytest.approx([0.06, 0.07, 0.0])
+    assert list(trace.error_x.arrayminus) == pytest.approx([0.06, 0.05, 3.0])
+    assert list(trace.y) == [
+        f"{name}<br>{label_words(label, m, d)}"
+        for name, label, m, d in [
+            ("sgd#adam", "between", "sgd", "adam"),
+            ("adam#sgd", "like M", "adam", "sgd"),
+            ("sgd#adam [hidden only]", "cannot tell", "sgd", "adam"),
+        ]
+    ]
+    bands = sorted((shape.x0, shape.x1) for shape in fig.layout.shapes if shape.type == "rect")
+    assert bands == [(-0.25, 0.25), (0.75, 1.25)]
+
+
+def test_no_verdicts_yet_is_an_empty_figure_with_a_note():
+    fig = position_intervals(pd.DataFrame())
+    assert not fig.data and "verdicts come" in fig.layout.annotations[0].text
