@@ -326,8 +326,8 @@ def graft_tuned_comparison_at_other_lrs(page, log: Path) -> None:
     page.get_by_role("button", name="Train at these lrs", exact=True).click()
     _until_shown(page, log, "at other lrs of M")
     ready(page)
-    expect(page.locator(LIVE_CHART)).to_have_count(4, timeout=30_000)  # + the lrs' figure
-    line = page.frame_locator(LIVE_CHART).nth(3).locator(".scatterlayer .trace").first
+    expect(page.locator(LIVE_CHART)).to_have_count(5, timeout=30_000)  # + the lrs' figure
+    line = page.frame_locator(LIVE_CHART).nth(4).locator(".scatterlayer .trace").first
     _expect_or_explain(
         page, log, lambda: expect(line.locator(".point")).to_have_count(3, timeout=120_000)
     )
