@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from grafting_core import LAYER_KINDS
-from grafting_core.lab.experiments.common import LR_COLUMN
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS, LR_COLUMN
 from grafting_core.lab.experiments.compare import read_comparison
 from grafting_core.lab.experiments.comparison_plan import (
     SweepPlan,
@@ -32,6 +32,7 @@ from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.experiments.verdict import closer_to_words
 from grafting_core.lab.figures import experiments as experiment_figures
 from grafting_core.lab.runs.config import SCHEDULES, RunConfig
+from grafting_core.lab.tasks.models import default_model
 from ui import charts, forms, live, recent
 from ui.grid_forms import MAX_RUNS, SCHEDULE_NAMES, common_form
 from ui.resources import (
@@ -456,9 +457,54 @@ def comparison_section(group: str, active: bool) -> None:
     )
 
 
+def settings_of(request: dict) -> dict:
+    """The form's widget values that remake ``request`` (a stored comparison's settings), so a
+    reopened comparison shows what it was made with, not the form's defaults."""
+    base, plan = request["base"], request["plan"]
+    values = {
+        "grid.optimizers": [label for label in request["optimizers"] if label in LAB_OPTIMIZERS],
+        **{f"grid.lr.{label}": float(hp["lr"]) for label, (_, hp) in request["optimizers"].items()},
+        "grid.dataset": base.dataset,
+        f"grid.model.{base.dataset}": base.model or default_model(base.dataset),
+        "grid.steps": base.steps,
+        "grid.batch_size": base.batch_size,
+        "grid.tuned_seeds": ", ".join(map(str, request["seeds"])),
+        "grid.points": plan.points,
+        "grid.extensions": plan.extensions,
+        "grid.schedule": base.schedule,
+        "grid.warmup_percent": round(100 * base.warmup_steps / base.steps),
+        "grid.warmups": ", ".join(f"{w * 100:g}" for w in plan.warmups),
+        "grid.tune_seeds": ", ".join(map(str, plan.tune_seeds)),
+        "grid.rung_percent": round(plan.rung * 100),
+        "grid.control": plan.control,
+        "grid.tune_grafts": request["tune_grafts"],
+        **{key: [] for key in PARTIAL_KEYS},
+        **dict(zip(PARTIAL_KEYS, map(list, request["partial"]))),
+    }
+    model = values[f"grid.model.{base.dataset}"]
+    if base.width:
+        values[f"grid.width.{model}"] = base.width
+    if base.depth:
+        values[f"grid.depth.{model}"] = base.depth
+    if plan.factor in FACTORS:
+        values["grid.factor"] = plan.factor
+    return values
+
+
+def show_settings_of(group: str) -> None:
+    """Once per opened comparison: put its stored settings into the form."""
+    if not group or st.session_state.get("grid.tuned.shown") == group:
+        return
+    st.session_state["grid.tuned.shown"] = group
+    request = comparison_request(get_store(), group)
+    if request is not None:
+        st.session_state.update(settings_of(request))
+
+
 def tuned_mode() -> None:
     """Each optimizer's lr swept, every M#D at M's tuned lr, a verdict per pair."""
     st.markdown(TUNED_INTRO)
+    show_settings_of(st.query_params.get("group", "") or st.session_state["grid.tuned.group"])
     request, problem = tuned_form()
 
     def start() -> str:
