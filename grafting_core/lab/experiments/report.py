@@ -60,7 +60,8 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
                 else f", warm-up {base.warmup_steps} steps"
             )
             + (
-                f", halved at {plan.rung:.0%} of the steps (each warm-up's best {plan.keep} go on)"
+                f", halved at {plan.rung:.0%} of the steps (each warm-up's "
+                + ("best lr goes on)" if plan.keep == 1 else f"best {plan.keep} lrs go on)")
                 if plan.rung
                 else ""
             ),
