@@ -13,7 +13,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.config import MAX_SEED, RunConfig
 from grafting_core.lab.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_a_seed_that_is_not_a_whole_number_stops_start_with_a_message(runs_root,
     before = len(store.runs())
     at = _lab()
     seed = at.text_input(key="lab.seed")
-    assert seed.proto.max_chars == 19  # 2^63 - 1 has 19 digits: the browser takes no 20th
+    assert seed.proto.max_chars == len(str(MAX_SEED))  # the browser takes no more digits
     seed.set_value(typed)
     at.button(key="lab.start").click().run()
     assert any("Not started: Invalid seed" in e.value for e in at.error), [
@@ -58,16 +58,16 @@ def test_a_seed_that_is_not_a_whole_number_stops_start_with_a_message(runs_root,
     store.close()
 
 
-def test_seed_2_to_the_70_is_cut_to_19_digits_as_shown_and_refused_or_trained(runs_root):
-    """The browser (and AppTest) keep 19 characters; that is the value Start reads. Past
-    2^32 - 1 the data set's generator refuses it today (numpy): Start says so."""
+def test_seed_2_to_the_70_is_cut_to_the_largest_seeds_digits_and_refused_or_trained(runs_root):
+    """The browser (and AppTest) keep as many characters as the largest seed (2^32 - 1) has
+    digits; that is the value Start reads: trained as shown, or refused with a message."""
     store = RunStore(runs_root)
     before = len(store.runs())
     at = _lab()
     at.text_input(key="lab.seed").set_value(str(2**70))
     at.button(key="lab.start").click().run()
     shown = at.text_input(key="lab.seed").value
-    assert shown == str(2**70)[:19]
+    assert shown == str(2**70)[: len(str(MAX_SEED))]
     assert [e.value for e in at.error] == [
         e.value for e in at.error if e.value.startswith("Not started:")
     ]
