@@ -241,6 +241,11 @@ def test_graft_lab_trains_live_and_every_page_renders(app, browser):
     page.close()
 
 
+#: a graft's tick on the verdict figure: its name and its judged verdict (verdict.LABELS)
+VERDICT_TICK = (
+    r"(adam#sgd|sgd#adam)\s*((like|closer to) [MD] \(\w+\)|between|worse than both"
+    r"|better than both|cannot tell)"
+)
 TUNED = {
     "Width": "16",
     "Steps": "40",
@@ -289,9 +294,7 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     verdicts = page.frame_locator(LIVE_CHART).nth(2).locator(".xtick text")
     _expect_or_explain(page, log, lambda: expect(verdicts).to_have_count(2, timeout=30_000))
     for text in verdicts.all_text_contents():  # SVG text: no inner text
-        assert re.fullmatch(r"(adam#sgd|sgd#adam)\s*(closer to [MD] \(\w+\)|cannot tell)", text), (
-            text
-        )
+        assert re.fullmatch(VERDICT_TICK, text), text
     for i in (0, 1):  # each sweep draws its two lrs' means
         expect(
             page.frame_locator(LIVE_CHART).nth(i).locator(".scatterlayer .trace .point")

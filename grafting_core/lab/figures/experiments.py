@@ -389,17 +389,23 @@ def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> 
     far the seeds spread read at a glance; each graft's verdict is written under its name.
 
     ``verdicts``: ``protocol.Comparison.verdicts`` (magnitude, direction, <arm>_mean, <arm>_std,
-    <arm>_seeds for arm in graft, magnitude, direction; verdict).
+    <arm>_seeds for arm in graft, magnitude, direction; ``label``, the judged verdict, when
+    present, else the older ``verdict``).
     """
     if verdicts.empty:
         return empty_figure(
             "the verdicts come when the grafts have trained", x_title="pair", y_title=y_title
         )
     grafted = verdicts["grafted"] if "grafted" in verdicts else pd.Series("all", verdicts.index)
+    judged = "label" in verdicts  # the paired, calibrated verdict (``verdict.judge``)
+    words = label_words if judged else closer_to_words
     pairs = [
-        f"{graft_name(m, d, g)}<br><i>{closer_to_words(v, m, d)}</i>"
+        f"{graft_name(m, d, g)}<br><i>{words(v, m, d)}</i>"
         for m, d, g, v in zip(
-            verdicts["magnitude"], verdicts["direction"], grafted, verdicts["verdict"]
+            verdicts["magnitude"],
+            verdicts["direction"],
+            grafted,
+            verdicts["label"] if judged else verdicts["verdict"],
         )
     ]
     who = {

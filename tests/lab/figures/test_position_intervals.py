@@ -42,3 +42,22 @@ def test_each_graft_is_its_position_with_its_ci_and_the_margins_are_shaded():
 def test_no_verdicts_yet_is_an_empty_figure_with_a_note():
     fig = position_intervals(pd.DataFrame())
     assert not fig.data and "verdicts come" in fig.layout.annotations[0].text
+
+
+def test_the_verdict_figure_names_each_graft_by_its_judged_verdict():
+    """Where the judged label is present (read_comparison's verdicts), the ticks say it, not
+    the older z = 2 verdict (the page showed 'closer to M' above a table saying 'cannot tell')."""
+    from grafting_core.lab.figures.experiments import verdict_points
+
+    row = {
+        f"{arm}_{key}": 1.0
+        for arm in ("graft", "magnitude", "direction")
+        for key in ("mean", "std")
+    }
+    row |= {f"{arm}_seeds": 3 for arm in ("graft", "magnitude", "direction")}
+    verdicts = pd.DataFrame(
+        [{**row, "magnitude": "adam", "direction": "sgd", "grafted": "all",
+          "verdict": "magnitude", "label": "cannot tell"}]
+    )  # fmt: skip
+    ticks = {x for trace in verdict_points(verdicts, y_title="loss").data for x in trace.x}
+    assert ticks == {"adam#sgd<br><i>cannot tell</i>"}
