@@ -68,6 +68,8 @@ def test_seed_2_to_the_70_is_cut_to_the_largest_seeds_digits_and_refused_or_trai
     at.button(key="lab.start").click().run()
     shown = at.text_input(key="lab.seed").value
     assert shown == str(2**70)[: len(str(MAX_SEED))]
+    store.close()  # read what the page wrote through a fresh connection (no older snapshot)
+    store = RunStore(runs_root)
     assert [e.value for e in at.error] == [
         e.value for e in at.error if e.value.startswith("Not started:")
     ]
@@ -87,6 +89,8 @@ def test_start_trains_the_seed_shown(runs_root, typed):
     at.text_input(key="lab.seed").set_value(typed)
     at.button(key="lab.start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    store.close()  # read what the page wrote through a fresh connection (no older snapshot)
+    store = RunStore(runs_root)
     new = store.runs()
     new = new[~new["run_id"].isin(before)]
     assert len(new) == 4  # M, D, M#D, D#M
