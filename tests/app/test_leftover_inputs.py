@@ -91,9 +91,9 @@ def test_start_trains_the_seed_shown(runs_root, typed):
     assert not at.exception and not at.error, [e.value for e in at.error]
     store.close()  # read what the page wrote through a fresh connection (no older snapshot)
     store = RunStore(runs_root)
-    new = store.runs()
-    new = new[~new["run_id"].isin(before)]
-    assert len(new) == 4  # M, D, M#D, D#M
+    group = at.query_params["group"]  # the group Start made
+    new = store.runs(group=group)
+    assert len(new) == 4 and not set(new["run_id"]) & before  # M, D, M#D, D#M
     assert {store.run(r)["config"]["seed"] for r in new["run_id"]} == {int(typed)}
     for run_id in new["run_id"]:  # not trained here: only what Start recorded matters
         if store.run(run_id)["status"] == "running":
