@@ -118,19 +118,7 @@ COMPARISON_TINY = dict(
 )
 
 #: The search's tests: a warm-up schedule to search, and the sgd/adam pair.
-SEARCH_TINY = dict(
-    dataset="digits",
-    model="mlp",
-    width=8,
-    steps=15,
-    batch_size=32,
-    eval_every=15,
-    eval_examples=64,
-    log_every=5,
-    flush_seconds=0.0,
-    schedule="warmup_cosine",
-    warmup_steps=2,
-)
+SEARCH_TINY = {**COMPARISON_TINY, "schedule": "warmup_cosine", "warmup_steps": 2}
 PAIR = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
 
 STUDY_BASE = {  # a comparison small enough to train inline in a few seconds
@@ -142,12 +130,13 @@ STUDY_BASE = {  # a comparison small enough to train inline in a few seconds
 }
 
 
-def tiny_comparison(store: RunStore) -> str:
-    """A tuned sgd/adam comparison (one seed) trained in this process; returns its group."""
+def tiny_comparison(store: RunStore, settings: dict | None = None) -> str:
+    """A tuned sgd/adam comparison (one seed) trained in this process with ``settings``
+    (``STUDY_BASE`` unless given); returns its group."""
     return compare(
         store,
-        RunConfig(**STUDY_BASE),
-        {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})},
+        RunConfig(**(settings or STUDY_BASE)),
+        PAIR,
         seeds=(0,),
         plan=SweepPlan(points=2, factor=10, extensions=0),
     ).group

@@ -486,11 +486,15 @@ def implicit_schedule(
         effective = wide["step_norm"] / wide["grad_norm"]
     wide["effective_lr"] = effective.where(np.isfinite(effective) & (effective > 0))
     shown = list(layers) if layers is not None else list(dict.fromkeys(wide["layer"]))
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    rows = (  # top to bottom: the column plotted and its axis title
+        ("step_norm", "step size ‖Δ‖<br>(L2 norm, weight units)"),
+        ("effective_lr", "effective lr ‖Δ‖/‖g‖<br>(weight units per gradient unit)"),
+    )
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.08)
     for i, layer in enumerate(shown):
         series = decimate(wide[wide["layer"] == layer], max_points)
         color = PALETTE[i % len(PALETTE)]
-        for row, field in ((1, "step_norm"), (2, "effective_lr")):
+        for row, (field, _) in enumerate(rows, start=1):
             fig.add_trace(
                 go.Scatter(
                     x=series["step"],
@@ -509,22 +513,15 @@ def implicit_schedule(
     fig.update_xaxes(title_text="", row=1, col=1)
     fig.update_xaxes(title_text=STEP_TITLE, row=2, col=1)
     picked = wide[wide["layer"].isin(shown)]
-    fig.update_yaxes(
-        title_text="step size ‖Δ‖<br>(L2 norm, weight units)",
-        type="log",
-        tickformat=".2~g",
-        dtick=log_dtick(picked["step_norm"].to_numpy(float)),
-        row=1,
-        col=1,
-    )
-    fig.update_yaxes(
-        title_text="effective lr ‖Δ‖/‖g‖<br>(weight units per gradient unit)",
-        type="log",
-        tickformat=".2~g",
-        dtick=log_dtick(picked["effective_lr"].to_numpy(float)),
-        row=2,
-        col=1,
-    )
+    for row, (field, axis_title) in enumerate(rows, start=1):
+        fig.update_yaxes(
+            title_text=axis_title,
+            type="log",
+            tickformat=".2~g",
+            dtick=log_dtick(picked[field].to_numpy(float)),
+            row=row,
+            col=1,
+        )
     return fig
 
 

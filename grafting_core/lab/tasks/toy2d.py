@@ -42,6 +42,10 @@ def _quadratic(condition: float):
     return lambda x, y: 0.5 * (x**2 + condition * y**2)
 
 
+# Where a path starts and the box it is drawn in, shared by the presets on the same loss.
+_VALLEY = {"start": (-4.0, 1.5), "box": (-5.0, 5.0, -2.5, 2.5)}  # the quadratics
+_BANANA = {"start": (-1.5, 2.0), "box": (-2.0, 2.0, -1.0, 3.0)}  # Rosenbrock's
+
 #: Per preset: a title, the loss it uses, options with defaults, start, plotting box, what the
 #: problem *is* (``about``: no prediction of what the paths will do; the page computes that
 #: from the paths on screen), and learning rates that make the optimizers move visibly in
@@ -52,8 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "title": "narrow valley (quadratic)",
         "suggested_lr": {"adam": 0.1, "sgd": 0.02},
         "defaults": {"condition": 20.0},
-        "start": (-4.0, 1.5),
-        "box": (-5.0, 5.0, -2.5, 2.5),
+        **_VALLEY,
         "about": "A valley κ times steeper across (y) than along (x). The gradient, SGD's "
         "direction, points mostly across it; Adam divides each coordinate by its own "
         "running gradient size, so its direction points more along it.",
@@ -65,8 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizers": {"magnitude": "adam", "direction": "sgd"},
         "steps": 100,
         "defaults": {"condition": 5.0},
-        "start": (-4.0, 1.5),
-        "box": (-5.0, 5.0, -2.5, 2.5),
+        **_VALLEY,
         "about": "A nearly round bowl (κ = 5): every sensible direction points downhill, so "
         "how far each step goes is what differs. Adam at lr 0.03 moves about 0.03 a step; "
         "SGD with momentum takes long steps while the slope is steep.",
@@ -78,8 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizers": {"magnitude": "sign_sgd", "direction": "adam"},
         "steps": 300,
         "defaults": {},
-        "start": (-1.5, 2.0),
-        "box": (-2.0, 2.0, -1.0, 3.0),
+        **_BANANA,
         "about": "Rosenbrock's curved valley: signSGD can only step diagonally (±1, ±1) and "
         "bounces between the valley's walls; Adam's direction can turn with the valley.",
     },
@@ -87,8 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "title": "curved valley (Rosenbrock)",
         "suggested_lr": {"adam": 0.05, "sgd": 0.0005},
         "defaults": {},
-        "start": (-1.5, 2.0),
-        "box": (-2.0, 2.0, -1.0, 3.0),
+        **_BANANA,
         "about": "A curved banana valley with its minimum at (1, 1): the floor bends, so a "
         "path must turn to follow it.",
     },
@@ -115,8 +115,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss": "quadratic",
         "suggested_lr": {"adam": 0.05, "sgd": 0.01},
         "defaults": {"condition": 10.0, "noise": 1.0, "seed": 0},
-        "start": (-4.0, 1.5),
-        "box": (-5.0, 5.0, -2.5, 2.5),
+        **_VALLEY,
         "about": "A valley with noisy gradients, like minibatches: paths jitter near the "
         "minimum, and the end loss is read over the last 10% of the steps.",
     },

@@ -14,19 +14,9 @@ from grafting_core.lab.experiments.comparison_plan import (
 from grafting_core.lab.experiments.grid import grid
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
+from tests.helpers import COMPARISON_TINY as TINY
+from tests.helpers import PAIR
 
-TINY = dict(
-    dataset="digits",
-    model="mlp",
-    width=8,
-    steps=15,
-    batch_size=32,
-    eval_every=15,
-    eval_examples=64,
-    log_every=5,
-    flush_seconds=0.0,
-)
-PAIR = {"sgd": ("sgd", {"lr": 1e-2, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})}
 CLI_TINY = ["--dataset", "digits", "--model", "mlp", "--width", "8", "--steps", "15"]
 CLI_TINY += ["--batch-size", "32", "--eval-every", "15", "--eval-examples", "64"]
 

@@ -7,36 +7,18 @@ from __future__ import annotations
 import pytest
 
 from grafting_core.lab.cli import main
-from grafting_core.lab.experiments.compare import SweepPlan, compare
 from grafting_core.lab.experiments.graft_lrs import far_from_tuned
-from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
+from tests.helpers import COMPARISON_TINY, tiny_comparison
 
-TINY = dict(
-    dataset="digits",
-    model="mlp",
-    width=8,
-    steps=10,
-    batch_size=32,
-    eval_every=10,
-    eval_examples=64,
-    log_every=5,
-    flush_seconds=0.0,
-)
-SGD_LR = 1e-2
+TINY = {**COMPARISON_TINY, "steps": 10, "eval_every": 10}
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     """A tuned sgd/adam comparison, one seed, lrs not swept (one point each)."""
     store = RunStore(tmp_path_factory.mktemp("far_lrs"))
-    group = compare(
-        store,
-        RunConfig(**TINY),
-        {"sgd": ("sgd", {"lr": SGD_LR, "momentum": 0.9}), "adam": ("adam", {"lr": 3e-3})},
-        seeds=(0,),
-        plan=SweepPlan(points=2, factor=10, extensions=0),
-    ).group
+    group = tiny_comparison(store, TINY)
     runs = store.runs(group=group)
     graft = runs[runs["role"].eq("graft") & runs["magnitude_arm"].eq("sgd")]
     tuned = float(graft["config.magnitude_hparams.lr"].iloc[0])
