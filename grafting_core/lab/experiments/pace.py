@@ -8,7 +8,7 @@ time is the comparison's pace, workers in parallel included. What is left of the
 that pace is the time left, a range as the plan is.
 
     pace = comparison_pace(store, group, active=orchestrating(group))
-    pace.text   # "about 6–9 min left (12.3 of 29.3–33.3 run-equivalents trained)"
+    pace.text   # "About 6–9 min left (12.3 of 29.3–33.3 run-equivalents trained)."
 """
 
 from __future__ import annotations
@@ -112,8 +112,12 @@ def measure_pace(
         state = "stopped" if stopped else "finished"
     left = None
     if state == "training" and budget is not None:
+        # at least what the runs in flight have left (the plan's count is approximate: at
+        # the end its remainder can be less)
+        running = ~runs["status"].isin(TERMINAL).to_numpy()
+        in_flight = np.maximum(planned_steps - trained, 0)[running].sum() / per_run
         since = max(0.0, now - last_seen)  # trained since the last record, at the same pace
-        left = tuple(max(0.0, (b - done) * per_run / rate - since) for b in budget)
+        left = tuple(max(0.0, max(b - done, in_flight) * per_run / rate - since) for b in budget)
     fraction = (
         1.0 if state == "finished" else min(1.0, done / budget[1]) if budget and budget[1] else 0.0
     )
@@ -158,7 +162,7 @@ def _text(
     left: tuple[float, float] | None,
     alive: float,
 ) -> str:
-    """The page's line: ``about 6–9 min left (12.3 of 29.3–33.3 run-equivalents trained)``."""
+    """The page's line: ``About 6–9 min left (12.3 of 29.3–33.3 run-equivalents trained).``"""
     if budget is None:
         of = f"{done:.1f} run-equivalents trained; no plan stored"
     else:
@@ -173,7 +177,8 @@ def _text(
         return f"No pace yet: the first steps are still to be recorded ({of})."
     if left is None:
         return f"Training ({of}); no plan to measure the time left against."
-    return f"{_left(*left)} ({of})."
+    said = _left(*left)
+    return f"{said[0].upper()}{said[1:]} ({of})."
 
 
 def _left(low: float, high: float) -> str:

@@ -70,7 +70,7 @@ def test_the_time_left_is_what_remains_of_the_plan_at_the_groups_own_pace(store,
     assert pace.fraction == pytest.approx(0.8 / 60)
     # (40 - 0.8) run-equivalents × 100 steps / 8 steps per second, and (60 - 0.8) ...
     assert pace.seconds_left == pytest.approx((490.0, 740.0))
-    assert pace.text == "about 8–12 min left (0.8 of 40.0–60.0 run-equivalents trained)."
+    assert pace.text == "About 8–12 min left (0.8 of 40.0–60.0 run-equivalents trained)."
     clock.now += 100  # nothing recorded since: those 100 s trained at the same pace
     later = comparison_pace(store, "g", active=True, budget=(40.0, 60.0), now=clock)
     assert later.seconds_left == pytest.approx((390.0, 640.0))
@@ -87,7 +87,7 @@ def test_time_no_run_was_alive_is_not_counted_in_the_pace(store, clock):
     pace = comparison_pace(store, "g", active=True, budget=(4.0, 4.0), now=clock)
     assert pace.steps_per_second == pytest.approx(160 / 20)  # 20 s alive, not 70
     assert pace.seconds_left == pytest.approx(((4 - 1.6) * STEPS / 8,) * 2)
-    assert pace.text == "under a minute left (1.6 of 4.0 run-equivalents trained)."
+    assert pace.text == "Under a minute left (1.6 of 4.0 run-equivalents trained)."
 
 
 def test_a_diverged_run_counts_its_planned_steps_as_done_but_only_its_own_in_the_pace(store, clock):
@@ -99,6 +99,16 @@ def test_a_diverged_run_counts_its_planned_steps_as_done_but_only_its_own_in_the
     assert pace.done == pytest.approx(1.6)  # a: 100 (its plan), b: 60
     assert pace.steps_per_second == pytest.approx(8.0)  # 20 + 60 trained in 10 s
     assert pace.seconds_left == pytest.approx(((3 - 1.6) * STEPS / 8,) * 2)
+
+
+def test_the_runs_in_flight_have_at_least_their_own_steps_left(store, clock):
+    a, b = new_run(store, "g"), new_run(store, "g")
+    clock.now += 10
+    store.set_status(a, "finished", step=STEPS)
+    store.heartbeat(b, step=60)
+    # the plan's count is about spent (1.6 of 1.7), but b has 40 steps to go at 16 per s
+    pace = comparison_pace(store, "g", active=True, budget=(1.7, 1.7), now=clock)
+    assert pace.seconds_left == pytest.approx((40 / 16, 40 / 16))
 
 
 def test_a_finished_comparison_says_so_with_its_time(store, clock):
