@@ -10,7 +10,7 @@ fate written in it (pruned at the rung, diverged, still training) and the best o
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,7 @@ def search_heatmap(
     z_title: str,
     title: str = "",
     settled: bool | Collection[str] = True,
+    arms: Sequence[str] = (),
 ) -> go.Figure:
     """Per optimizer (a subplot each, one shared colour scale), the search's lr × warm-up.
 
@@ -57,6 +58,7 @@ def search_heatmap(
     pending, pruned, mean, std, best, at_edge, warmup_at_edge); ``steps``: a run's steps
     (the warm-up is shown as a share of them). ``settled``: the optimizers whose search has
     ended (True: all), whose best setting is framed; while one trains, its best is not.
+    ``arms``: the optimizers' order (default: the sweep's); others of the sweep follow.
     Lower values are better: they take the bright end of the colour scale.
     """
     if sweep.empty:
@@ -65,7 +67,7 @@ def search_heatmap(
             x_title=X_TITLE,
             y_title="warm-up (% of steps)",
         )
-    arms = list(dict.fromkeys(sweep["arm"]))
+    arms = [arm for arm in dict.fromkeys([*arms, *sweep["arm"]]) if arm in set(sweep["arm"])]
     columns = min(len(arms), COLUMNS)
     rows = math.ceil(len(arms) / columns)
     values = sweep["mean"].to_numpy(float)
@@ -110,7 +112,8 @@ def search_heatmap(
 
 
 def _arm_title(cells: pd.DataFrame, arm: str, steps: int) -> str:
-    """``sgd: best lr 0.0316, warm-up 5%``, with a warning when it sits at an edge."""
+    """``sgd: best lr 0.0316, warm-up 5%``, with a warning when it sits at the edge of the
+    lrs tried, or of three or more warm-ups."""
     best = cells[cells["best"].astype(bool)]
     if best.empty:
         return f"<b>{arm}</b>"
@@ -118,10 +121,12 @@ def _arm_title(cells: pd.DataFrame, arm: str, steps: int) -> str:
     text = f"<b>{arm}</b>: best lr {row['lr']:.3g}"
     if cells["warmup"].nunique() > 1:
         text += f", warm-up {_percent(row['warmup'], steps)}"
+    # of two warm-ups either is an edge: said only when one lay between them
+    inner = cells["warmup"].nunique() > 2
     edges = [
         what
         for what, flag in (("lr", "at_edge"), ("warm-up", "warmup_at_edge"))
-        if bool(row.get(flag, False))
+        if bool(row.get(flag, False)) and (what == "lr" or inner)
     ]
     if edges:
         text += (

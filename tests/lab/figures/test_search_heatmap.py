@@ -118,7 +118,11 @@ def test_the_best_setting_is_framed_and_an_edge_said_in_the_title():
     titles = [a.text for a in fig.layout.annotations if a.xref == "paper"]
     assert titles[0] == "<b>sgd</b>: best lr 0.1, warm-up 5%"
     assert titles[1].startswith("<b>adam</b>: best lr 0.01, warm-up 5%<br>")
-    assert "at the edge of the lr and warm-up tried" in titles[1]
+    assert titles[1].endswith("at the edge of the lr tried</span>")  # of 2 warm-ups, either
+    three = pd.concat([sweep_frame(), pd.DataFrame([row("adam", 1e-2, 300, 1.2)])])
+    fig = search_heatmap(three, steps=STEPS, z_title="loss")
+    titles = [a.text for a in fig.layout.annotations if a.xref == "paper"]
+    assert titles[1].endswith("at the edge of the lr and warm-up tried</span>")
 
 
 def test_a_search_still_training_frames_no_best():
@@ -150,3 +154,11 @@ def test_more_optimizers_than_fit_a_row_wrap():
     values = [t for t in fig.data if t.name == "mean"]
     assert [t.xaxis for t in values] == ["x", "x2", "x3", "x4"]
     assert fig.layout.yaxis4.domain[1] < fig.layout.yaxis.domain[0]  # a second row
+
+
+def test_the_optimizers_come_in_the_order_asked():
+    fig = search_heatmap(sweep_frame(), steps=STEPS, z_title="loss", arms=["adam", "sgd"])
+    assert list(fig.layout.xaxis.ticktext) == ["0.0001", "0.001", "0.01"]  # adam's lrs first
+    assert [a.text for a in fig.layout.annotations if a.xref == "paper"][0].startswith(
+        "<b>adam</b>"
+    )
