@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -443,6 +444,7 @@ COMPARE_DEFAULTS = {
     "warmups": list(PROTOCOL.warmups),
     "tune_seeds": list(PROTOCOL.tune_seeds),
     "rung": PROTOCOL.rung,
+    "rung_seeds": PROTOCOL.rung_seeds,
     "keep": PROTOCOL.keep,
     "control": PROTOCOL.control,
     "partial": [],
@@ -476,6 +478,7 @@ def _compare_request(parser, args) -> dict[str, Any]:
             warmups=tuple(args.warmups),
             tune_seeds=tuple(args.tune_seeds),
             rung=args.rung,
+            rung_seeds=args.rung_seeds,
             keep=args.keep,
             control=args.control,
         )
@@ -502,9 +505,7 @@ def _continued_request(parser, args, stored: dict[str, Any]) -> dict[str, Any]:
     fields = [name for name in given if name in field_names()]
     base = fresh["base"] if "config" in given else stored["base"]
     request["base"] = base.replace(**{name: getattr(fresh["base"], name) for name in fields})
-    if {"points", "factor", "extensions", "warmups", "tune_seeds", "rung", "keep", "control"} & set(
-        given
-    ):
+    if set(given) & {f.name for f in dataclasses.fields(SweepPlan)}:
         request["plan"] = fresh["plan"]
     for name in ("optimizers", "partial", "tune_grafts"):
         if name in given:
@@ -555,7 +556,7 @@ def cmd_compare(parser, args, store: RunStore) -> int:
 
 
 def print_comparison(result: Comparison) -> None:
-    """The positive control, the sweep, the tuned and grafted arms and the verdicts, as plain
+    """The controls, the sweep, the tuned and grafted arms and the verdicts, as plain
     tables."""
     if not result.controls.empty:
         print(f"\n{control_text(result.controls)}")
@@ -920,7 +921,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="SEED",
         help="seeds the search runs on, apart from the reporting --seeds (each arm's best "
-        "is trained again on those); none given: search on the reporting seeds [10000]",
+        "is trained again on those); none given: search on the reporting seeds "
+        "[10000 10001]",
     )
     compare_p.add_argument(
         "--rung",
@@ -929,13 +931,21 @@ def build_parser() -> argparse.ArgumentParser:
         "steps, only the best --keep lrs of each warm-up go on; 0: all to the end [0.333]",
     )
     compare_p.add_argument(
+        "--rung-seeds",
+        type=int,
+        help="how many tuning seeds (the first) train every setting to the rung; the "
+        "leaders then train to the end on every tuning seed; 0: all of them [1]",
+    )
+    compare_p.add_argument(
         "--keep", type=int, help="lrs per arm and warm-up that go on past the rung [1]"
     )
     compare_p.add_argument(
         "--control",
         action=argparse.BooleanOptionalAction,
-        help="a positive control: the first optimizer at a tenth of its tuned lr as M, tuned "
-        "as D (M#D is M step for step): it must come out 'like M' [on]",
+        help="controls on the first 3 seeds: a positive one (the first optimizer at a tenth "
+        "of its tuned lr as M, tuned as D: M#D is M step for step, it must come out 'like "
+        "M') and a negative one (M = the first graft X#Y, D = tuned X: M#D is D step for "
+        "step, it must come out 'like D') [on]",
     )
     compare_p.add_argument(
         "--partial",

@@ -211,13 +211,18 @@ def test_tuned_comparison_by_default_searches_lr_and_warm_up_on_a_tuning_seed(st
     group = at.query_params["group"]
     request = comparison_request(store, group)
     assert request["plan"] == SweepPlan(
-        points=2, extensions=0, warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=0.33, control=True
+        points=2,
+        extensions=0,
+        warmups=(0.05, 0.3),
+        tune_seeds=(10_000, 10_001),
+        rung=0.33,
+        control=True,
     )
     planned = plan_comparison(**request)  # the engine's plan of what the page started
     assert any(text.startswith(planned.text()[:-1]) for text in shown), shown
     assert "run-equivalents" in planned.text()
     runs = settle(at, store, planned.fewest, group)
-    assert set(runs.loc[runs["role"] == "sweep_point", "config.seed"]) == {10_000}
+    assert set(runs.loc[runs["role"] == "sweep_point", "config.seed"]) == {10_000, 10_001}
     assert set(runs.loc[runs["role"] == "tuned", "config.seed"]) == {0, 1}
     result = read_comparison(store, group)
     for arm in ("sgd", "adam"):

@@ -37,6 +37,7 @@ from grafting_core.lab.experiments.common import (
     run_all,
 )
 from grafting_core.lab.experiments.comparison_plan import (
+    CONTROL_SEEDS,
     SweepPlan,
     base_settings,
     check_continuation,
@@ -66,8 +67,9 @@ class Comparison:
     #: runs of the group made with other settings than the comparison's (left out of every
     #: table: a group continued with a changed setting before the lab refused it)
     excluded: int = 0
-    #: the positive control's judgment (magnitude, direction, label, position, CI, ``passed``:
-    #: it came out "like M"); empty when the comparison has none
+    #: the controls' judgments (control: positive or negative, magnitude, direction, label,
+    #: position, CI, ``passed``: like M for the positive, like D for the negative); empty
+    #: when the comparison has none
     controls: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -266,6 +268,7 @@ def compare(
     total = planned_comparison.fewest
     done = 0
     tune_seeds = plan.tune_seeds or tuple(seeds)
+    ranking_seeds = plan.ranking_seeds(tune_seeds)
     warmups = plan.warmup_steps(base) if plan.warmups else None
     rung_step = plan.rung_step(base)
 
@@ -291,21 +294,25 @@ def compare(
     lrs = {label: plan.grid(choice[1]["lr"]) for label, choice in optimizers.items()}
 
     def search() -> None:
-        """Every setting of the search (to the rung, and the leaders on), trained once."""
-        planned = [
-            run
-            for label, choice in optimizers.items()
-            for run in _sweep_runs(base, label, choice, lrs[label], tune_seeds, warmups)
-        ]
+        """Every setting of the search trained once: with a rung, every setting to the rung
+        on the ranking seeds, then each warm-up's leaders to the end on every tuning seed."""
+
+        def planned(on_seeds: Sequence[int]) -> list[PlannedRun]:
+            return [
+                run
+                for label, choice in optimizers.items()
+                for run in _sweep_runs(base, label, choice, lrs[label], on_seeds, warmups)
+            ]
+
         if not rung_step:
-            train(planned)
+            train(planned(tune_seeds))
             return
-        train(planned, pause_at=rung_step)
-        leaders = _rung_leaders(store, group, metric, rung_step, plan.keep, tune_seeds)
+        train(planned(ranking_seeds), pause_at=rung_step)
+        leaders = _rung_leaders(store, group, metric, rung_step, plan.keep, ranking_seeds)
         train(
             [
                 run
-                for run in planned
+                for run in planned(tune_seeds)
                 if (
                     run.arm.magnitude,
                     float(run.config.magnitude_hparams["lr"]),
@@ -363,7 +370,11 @@ def compare(
             ]
     train(planned)
     if plan.control:
-        train(_control_runs(base, optimizers, tuned, seeds))
+        on = seeds[:CONTROL_SEEDS]
+        train(
+            _control_runs(base, optimizers, tuned, on)
+            + _negative_control_runs(base, optimizers, tuned, on)
+        )
     for phase in range(1 + plan.extensions if tune_grafts else 0):
         grafts = [
             run
@@ -412,6 +423,47 @@ def _control_runs(
     ]
 
 
+#: the negative control's M: the comparison's first graft X#Y, itself the magnitude of a
+#: graft onto tuned X (a Graft is an optimizer: ``build_optimizer`` takes its import path)
+NESTED_GRAFT = "grafting_core.graft:Graft"
+
+
+def _negative_control_runs(
+    base: RunConfig,
+    optimizers: Mapping[str, OptimizerChoice],
+    tuned: Mapping[str, tuple[float, int]],
+    seeds: Sequence[int],
+) -> list[PlannedRun]:
+    """The negative control on the first two tuned optimizers X and Y: M = X#Y (the
+    comparison's graft: X's step sizes, Y's directions), D = tuned X. M and D take the same
+    per-layer step sizes and differ only in direction, so M#D (``(X#Y)#X``: a Graft whose M
+    is a Graft) is D step for step: the lab must judge it "like D". It trains M#D alone; its
+    M and D are the comparison's own runs on the same seeds."""
+    labels = [label for label in optimizers if label in tuned][:2]
+    if len(labels) < 2:
+        return []
+    x, y = labels
+    (x_name, x_hparams), (y_name, y_hparams) = optimizers[x], optimizers[y]
+    nested = {
+        "magnitude": [x_name, {**x_hparams, "lr": tuned[x][0]}],
+        "direction": [y_name, {**y_hparams, "lr": tuned[y][0]}],
+    }
+    arm = Arm("negative_control", x, y)  # labels: the graft X#Y it controls
+    return [
+        PlannedRun(
+            graft_config(
+                base.replace(warmup_steps=tuned[x][1]),  # X#Y's schedule, X's
+                (f"{x}#{y}", (NESTED_GRAFT, nested)),
+                _choice(x, optimizers[x], tuned[x][0]),
+                seed=seed,
+                name=arm.label,
+            ),
+            arm,
+        )
+        for seed in seeds
+    ]
+
+
 def _mark_tuned(
     store: RunStore,
     group: str,
@@ -424,6 +476,12 @@ def _mark_tuned(
     becomes ``superseded``, as a graft whose M or D setting is no longer tuned does (a
     continued comparison may tune another setting once it has more seeds)."""
     runs = store.runs(group=group)
+    configs = store.runs(group=group, flatten_config=False).set_index("run_id")["config"]
+    nested = {  # the negative control's runs: their M is a graft of two tuned arms
+        run_id: config["magnitude_hparams"]
+        for run_id, config in configs.items()
+        if config["magnitude"] == NESTED_GRAFT
+    }
     d_lrs = (
         runs["config.direction_hparams.lr"].to_numpy(float)
         if "config.direction_hparams.lr" in runs
@@ -442,6 +500,19 @@ def _mark_tuned(
     ):
         at_tuned = tuned.get(m) == (lr, warmup)
         plain = role in ("sweep_point", "tuned") or (role == "superseded" and not d)
+        if role == "negative_control" or run_id in nested:  # (M#D)#M at tuned M and D
+            inner = nested[run_id]
+            current = (
+                m in tuned
+                and d in tuned
+                and (inner["magnitude"][1]["lr"], warmup) == tuned[m]
+                and inner["direction"][1]["lr"] == tuned[d][0]
+                and d_lr == tuned[m][0]
+            )
+            want = "negative_control" if current else "control_superseded"
+            if want != role:
+                store.set_role(run_id, want)
+            continue
         if role.startswith("control"):  # at a tenth of the tuned lr of the D it controls
             x = tuned.get(d or m.split("@")[0])
             current = x is not None and (round_lr(x[0] / 10), x[1]) == (lr, warmup)
@@ -533,12 +604,25 @@ def _runs_made_as_requested(
     searched = ("warmup_steps",) if request["plan"].warmups else ()
     want = base_settings(request["base"], ignore=searched)
     configs = store.runs(group=group, flatten_config=False).set_index("run_id")["config"]
+    optimizers = request["optimizers"]
+
+    def made_as_requested(config: Mapping, arm: str, direction: str) -> bool:
+        label = arm.split("@")[0]  # a positive control's M is "X@lr/10"
+        if label not in optimizers or base_settings(config, ignore=searched) != want:
+            return False
+        if config["magnitude"] == NESTED_GRAFT:  # the negative control: M = X#Y
+            inner = config["magnitude_hparams"]
+            return direction in optimizers and [
+                inner["magnitude"][0],
+                inner["direction"][0],
+            ] == [optimizers[label][0], optimizers[direction][0]]
+        return config["magnitude"] == optimizers[label][0]
+
     keep = [
-        base_settings(configs[run_id], ignore=searched) == want
-        and configs[run_id]["magnitude"] == request["optimizers"][arm.split("@")[0]][0]
-        if arm.split("@")[0] in request["optimizers"]
-        else False
-        for run_id, arm in zip(runs["run_id"], runs["magnitude_arm"])
+        made_as_requested(configs[run_id], arm, direction or "")
+        for run_id, arm, direction in zip(
+            runs["run_id"], runs["magnitude_arm"], runs["direction_arm"]
+        )
     ]
     return runs[keep], int(len(runs) - sum(keep))
 
@@ -567,15 +651,16 @@ def _verdicts(values: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-CONTROL_ROLES = ("control", "control_graft")
+CONTROL_ROLES = ("control", "control_graft", "negative_control")
 
 
 def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each graft judged against its tuned arms seed by seed (``verdict.judge``: paired t,
-    the position's 95% CI, an equivalence margin), and the positive control against its M
-    and D, Holm-corrected together (the verdicts one report shows); a diverged or failed
-    seed counts as diverged. Returns the grafts' rows indexed by (magnitude, direction,
-    grafted), and the control's rows."""
+    the position's 95% CI, an equivalence margin), and each control against its M and D on
+    its own seeds, Holm-corrected together (the verdicts one report shows); a diverged or
+    failed seed counts as diverged. Returns the grafts' rows indexed by (magnitude,
+    direction, grafted), and the controls' rows (``control``: positive or negative, its M
+    and D labels, ``passed``: like M for the positive one, like D for the negative)."""
 
     def by_seed(rows: pd.DataFrame) -> pd.Series:
         values = rows[metric].where(rows["status"] == "finished")
@@ -592,6 +677,12 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
         if m in tuned and d in tuned:
             keys.append((m, d, variant or "all"))
             judgments.append(judge(tuned[m], tuned[d], by_seed(rows)))
+
+    def on_its_seeds(m: pd.Series, d: pd.Series, g: pd.Series) -> list[pd.Series]:
+        """A control's arms on the seeds it trained (paired: its M or D has more)."""
+        common = g.index.intersection(m.index).intersection(d.index)
+        return [arm.loc[common] for arm in (m, d, g)]
+
     controls = []
     slow = {
         m: by_seed(rows) for m, rows in table[table["role"] == "control"].groupby("magnitude_arm")
@@ -600,8 +691,20 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
         ["magnitude_arm", "direction_arm"], sort=False
     ):
         if m in slow and d in tuned:
-            controls.append((m, d))
-            judgments.append(judge(slow[m], tuned[d], by_seed(rows)))
+            controls.append(("positive", m, d))
+            judgments.append(judge(*on_its_seeds(slow[m], tuned[d], by_seed(rows))))
+    full = {
+        (m, d): by_seed(rows)
+        for (m, d), rows in grafts[grafts["variant"] == ""].groupby(
+            ["magnitude_arm", "direction_arm"], sort=False
+        )
+    }
+    for (x, y), rows in table[table["role"] == "negative_control"].groupby(
+        ["magnitude_arm", "direction_arm"], sort=False
+    ):  # M = the graft X#Y, D = tuned X
+        if (x, y) in full and x in tuned:
+            controls.append(("negative", f"{x}#{y}", x))
+            judgments.append(judge(*on_its_seeds(full[x, y], tuned[x], by_seed(rows))))
     rows = []
     for judgment in holm_judgments(judgments):
         row = judgment.as_row()
@@ -629,7 +732,8 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
     )  # the verdict table has them (same formula) from the summary
     control_rows = pd.DataFrame(rows[len(keys) :])
     if controls:
-        control_rows.insert(0, "magnitude", [m for m, _ in controls])
-        control_rows.insert(1, "direction", [d for _, d in controls])
-        control_rows["passed"] = control_rows["label"] == "like M"
+        for column, values in enumerate(zip(*controls)):
+            control_rows.insert(column, ("control", "magnitude", "direction")[column], values)
+        must = control_rows["control"].map({"positive": "like M", "negative": "like D"})
+        control_rows["passed"] = control_rows["label"] == must
     return graft_rows, control_rows

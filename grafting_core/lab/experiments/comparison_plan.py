@@ -36,8 +36,15 @@ class SweepPlan:
     #: only the ``keep`` best lrs of each arm and warm-up there go on to the end (0: every one)
     rung: float = 0.0
     keep: int = 1
-    #: a positive control: the first optimizer at a tenth of its tuned lr as M, the tuned one
-    #: as D (they differ only in step size, so M#D is M step for step): it must judge "like M"
+    #: how many tuning seeds (the first ones) train every setting to the rung; the leaders
+    #: then train to the end on every tuning seed and the best mean over them is chosen (0:
+    #: every tuning seed trains every setting to the rung)
+    rung_seeds: int = 1
+    #: controls, on the first ``CONTROL_SEEDS`` reporting seeds: a positive one (the first
+    #: optimizer X at a tenth of its tuned lr as M, tuned X as D: they differ only in step
+    #: size, so M#D is M step for step and must judge "like M") and a negative one (M = X#Y,
+    #: the comparison's first graft, D = tuned X: they share X's step sizes and differ only
+    #: in direction, so M#D is D step for step and must judge "like D")
     control: bool = False
 
     def __post_init__(self) -> None:
@@ -51,6 +58,8 @@ class SweepPlan:
             raise ValueError(f"Invalid tune_seeds: {list(self.tune_seeds)} (each >= 0, once)")
         if not (0 <= self.rung < 1):
             raise ValueError(f"Invalid rung: {self.rung} (a fraction of the steps in [0, 1))")
+        if self.rung_seeds < 0:
+            raise ValueError(f"Invalid rung_seeds: {self.rung_seeds} (must be >= 0)")
         if self.keep < 1:
             raise ValueError(f"Invalid keep: {self.keep} (at least 1 setting per arm)")
         if self.points < 2:
@@ -69,6 +78,12 @@ class SweepPlan:
     def rung_step(self, base: RunConfig) -> int:
         """The step every searched setting pauses at (0: no halving)."""
         return max(1, round(self.rung * base.steps)) if self.rung else 0
+
+    def ranking_seeds(self, tune_seeds: Sequence[int]) -> tuple[int, ...]:
+        """The tuning seeds that train every setting to the rung (all of them with no rung)."""
+        if not self.rung or not self.rung_seeds:
+            return tuple(tune_seeds)
+        return tuple(tune_seeds[: self.rung_seeds])
 
     def grid(self, center: float) -> list[float]:
         """``points`` lrs spaced by ``factor`` around ``center`` (3 significant digits)."""
@@ -105,10 +120,22 @@ def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
 
 
 #: The protocol users get: lr × warm-up (5% and 30% of the steps) searched on a tuning seed of
-#: its own, halved at a third of the steps (each warm-up's best lr goes on), the best rerun
-#: on the reporting seeds, with a positive control; a 5-seed 2×2 costs 29.3 run-equivalents
-#: and its control 10 more.
-PROTOCOL = SweepPlan(warmups=(0.05, 0.3), tune_seeds=(10_000,), rung=1 / 3, control=True)
+#: its own to a third of the steps; each warm-up's best lr there goes on to the end, and
+#: trains on a second tuning seed too (one seed chose an lr that was unstable on others);
+#: the best mean over both is rerun on the reporting seeds; with a positive and a negative
+#: control. A 5-seed 2×2 costs 33.3 run-equivalents and its controls 9 more.
+PROTOCOL = SweepPlan(
+    warmups=(0.05, 0.3), tune_seeds=(10_000, 10_001), rung=1 / 3, rung_seeds=1, control=True
+)
+#: the controls train on this many of the first reporting seeds: each is its M (positive) or
+#: its D (negative) step for step, so a verdict needs no more
+CONTROL_SEEDS = 3
+
+
+def control_runs(arms: int, seeds: int) -> int:
+    """Runs of a comparison's controls: the positive control's M and graft, and the negative
+    control's graft (its M and D are the comparison's first graft and first tuned arm)."""
+    return 3 * min(seeds, CONTROL_SEEDS) if arms >= 2 else 0
 
 
 def run_count(
@@ -135,15 +162,20 @@ def run_equivalents(
     warmups = max(1, len(plan.warmups))
     settings = plan.points * warmups  # searched per arm
     tuning = len(plan.tune_seeds) or seeds
-    if plan.rung and not runs:  # all to the rung, each warm-up's leaders on to the end
-        leaders = min(plan.keep, plan.points) * warmups
-        search = settings * tuning * plan.rung + leaders * tuning * (1 - plan.rung)
-        per_extension = warmups * tuning  # at most: the new lr leads at every warm-up
+    ranking = len(plan.ranking_seeds(range(tuning)))  # seeds that train every setting
+    leaders = min(plan.keep, plan.points) * warmups
+    # at most per extension: the new lr leads at every warm-up (on to the end, every seed)
+    per_extension = warmups * tuning
+    if plan.rung and not runs:  # all to the rung, each warm-up's leaders to the end
+        search = settings * ranking * plan.rung + leaders * (
+            ranking * (1 - plan.rung) + tuning - ranking
+        )
     else:
-        search, per_extension = settings * tuning, warmups * tuning
+        search = settings * ranking + (leaders * (tuning - ranking) if plan.rung else 0)
     reruns = seeds if plan.tune_seeds else 0  # the best of each arm on the reporting seeds
     grafts = arms * (arms - 1) * variants
-    fewest = arms * (search + reruns) + grafts * seeds + (2 * seeds if plan.control else 0)
+    controls = control_runs(arms, seeds) if plan.control else 0
+    fewest = arms * (search + reruns) + grafts * seeds + controls
     most = fewest + arms * plan.extensions * per_extension
     if tune_grafts:
         lrs = plan.points - plan.points % 2
@@ -202,21 +234,30 @@ class ComparisonPlan:
             )
         warmups = len(search.warmups) or 1
         tuning = len(search.tune_seeds) or seeds
+        ranking = len(search.ranking_seeds(range(tuning)))
         low, high = self.budget
+
+        def seeds_text(n: int) -> str:
+            return f"{n} tuning seed{'s' if n > 1 else ''}"
+
         cost = f"{low:.1f}" if high == low else f"{low:.1f}–{high:.1f}"
+        best = f"the best {search.keep} lrs" if search.keep > 1 else "the best lr"
         return (
             f"{arms} optimizers × {points} lrs"
             + (f" × {warmups} warm-ups" if search.warmups else "")
-            + f" on {tuning} tuning seed{'s' if tuning > 1 else ''}"
             + (
-                f", each to {search.rung:.0%} of the steps, "
-                + (f"the best {search.keep} lrs" if search.keep > 1 else "the best lr")
-                + " of each warm-up on to the end"
+                f" on {seeds_text(ranking)}, each to {search.rung:.0%} of the steps, {best} of "
+                + "each warm-up on to the end"
+                + (f" on {seeds_text(tuning)}" if tuning > ranking else "")
                 if search.rung
-                else ""
+                else f" on {seeds_text(tuning)}"
             )
             + (f"; each best again on {seeds} seed{s}" if search.tune_seeds else "")
-            + (f"; a positive control ({2 * seeds} runs)" if search.control else "")
+            + (
+                f"; a positive and a negative control ({control_runs(arms, seeds)} runs)"
+                if search.control
+                else ""
+            )
             + f"; then {arms * (arms - 1) * variants} grafts"
             + f"{' (whole and partial)' if variants > 1 else ''} × {seeds} seed{s}{tuned}: "
             f"{total} runs, {cost} run-equivalents{pace}."
@@ -304,7 +345,8 @@ def comparison_request(store: RunStore, group: str) -> dict[str, Any] | None:
         "base": RunConfig.from_dict(stored["base"]),
         "optimizers": {label: (name, hp) for label, (name, hp) in stored["optimizers"].items()},
         "seeds": tuple(stored["seeds"]),
-        "plan": SweepPlan(**stored["plan"]),
+        # a plan stored before rung_seeds: every tuning seed trained every setting
+        "plan": SweepPlan(**{"rung_seeds": 0, **stored["plan"]}),
         "partial": [tuple(kinds) for kinds in stored["partial"]],
         "metric": stored["metric"],
         "tune_grafts": stored.get("tune_grafts", False),  # not kept before they could be

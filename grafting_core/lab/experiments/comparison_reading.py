@@ -3,6 +3,8 @@ what became of each sweep's lrs, the tuned lrs, the verdict table, the pairs it 
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from grafting_core.lab.experiments.common import LR_COLUMN
@@ -24,8 +26,8 @@ def cut_short(runs: pd.DataFrame, rung_step: int = 0) -> pd.Series:
 
 
 def phase_text(runs: pd.DataFrame, *, orchestrating: bool, rung_step: int = 0) -> str:
-    """Where a comparison stands: its sweeps' runs done, then its grafts', then the positive
-    control's, the grafts at other lrs of M (``--tune-grafts``, or the form below), then any
+    """Where a comparison stands: its sweeps' runs done, then its grafts', then the
+    controls', the grafts at other lrs of M (``--tune-grafts``, or the form below), then any
     other runs added since (static ratios). A run stopped or interrupted before its end is
     not done: it is counted apart (a resume trains it on); a search's setting paused at the
     rung (``rung_step``) is."""
@@ -33,7 +35,7 @@ def phase_text(runs: pd.DataFrame, *, orchestrating: bool, rung_step: int = 0) -
     done = runs["status"].isin(TERMINAL) & ~cut
     sweeps, grafts = runs["role"].isin(SWEEP_ROLES), runs["role"].isin(GRAFT_ROLES)
     graft_lrs = runs["role"].eq(GRAFT_LR_ROLE)
-    controls = runs["role"].isin(("control", "control_graft"))
+    controls = runs["role"].isin(("control", "control_graft", "negative_control"))
     superseded = runs["role"].isin(("superseded", "control_superseded"))
     added = ~(sweeps | grafts | graft_lrs | controls | superseded)
 
@@ -51,7 +53,7 @@ def phase_text(runs: pd.DataFrame, *, orchestrating: bool, rung_step: int = 0) -
         )
     text += f"; grafts at M's tuned lr: {count(grafts)} done"
     if controls.any():
-        text += f"; positive control: {count(controls)} done"
+        text += f"; controls: {count(controls)} done"
     if graft_lrs.any():
         text += f"; grafts at other lrs of M: {count(graft_lrs)} done"
     if added.any():
@@ -150,22 +152,38 @@ def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def control_text(controls: pd.DataFrame) -> str:
-    """The positive control's reading, said first in every report: ``""`` when there is
-    none, else whether it came out "like M" (the lab can see magnitude decide here) and, when
-    not, that the comparison's "like M" verdicts then mean little."""
+    """The controls' readings, said first in every report: ``""`` when there are none, else
+    whether the positive one came out "like M" and the negative one "like D" (the lab can
+    see magnitude, and direction, decide where each must) and, when not, what that means
+    for the verdicts below."""
     lines = []
     for row in controls.itertuples():
-        d = row.direction
-        said = (
-            f"Positive control {row.magnitude}#{d} (M = {d} at a tenth of its tuned lr, D = "
-            f"tuned {d}: they differ only in step size, so M#D is M step for step): "
-            f"{label_words(row.label, row.magnitude, d)}, position {row.position:.2f}, 95% CI "
+        m, d = row.magnitude, row.direction
+        reading = (
+            f"{label_words(row.label, m, d)}, position {row.position:.2f}, 95% CI "
             f"[{row.ci_low:.2f}, {row.ci_high:.2f}]."
         )
-        lines.append(
-            said
-            if row.passed
-            else said + " It did NOT come out like M: at these seeds and steps the lab cannot "
-            "show magnitude deciding even where it must, so no verdict below can either."
-        )
+        if row.control == "positive":
+            said = (
+                f"Positive control {m}#{d} (M = {d} at a tenth of its tuned lr, D = tuned {d}: "
+                f"they differ only in step size, so M#D is M step for step): {reading}"
+            )
+            failed = (
+                " It did NOT come out like M: at these seeds and steps the lab cannot show "
+                "magnitude deciding even where it must, so no verdict below can either."
+            )
+        else:
+            said = (
+                f"Negative control ({m})#{d} (M = the graft {m}, D = tuned {d}: they take the "
+                f"same step sizes and differ only in direction, so M#D is D step for step): "
+                f"{reading}"
+            )
+            failed = " It did NOT come out like D: " + (
+                f"{m} and {d} train too much alike here to tell them apart (their gap is "
+                "not significant, the CI unbounded), so this control shows nothing."
+                if not math.isfinite(row.ci_low)
+                else "the lab cannot show direction deciding even where it must, so no "
+                "verdict below can either."
+            )
+        lines.append(said if row.passed else said + failed)
     return " ".join(lines)

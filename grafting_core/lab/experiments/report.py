@@ -1,5 +1,5 @@
 """A stored comparison as a Markdown report: the protocol it ran (search space, tuning and
-reporting seeds), its positive control, the tuned arms and each graft's verdict with its
+reporting seeds), its controls, the tuned arms and each graft's verdict with its
 position and 95% CI. Every number comes from the store (``read_comparison``), so RESULTS
 quotes this output rather than numbers typed by hand.
 
@@ -45,6 +45,8 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
     parts = [f"## Comparison `{group}`", ""]
     if request is not None:
         base, plan = request["base"], request["plan"]
+        tuning = plan.tune_seeds or request["seeds"]
+        ranking = plan.ranking_seeds(tuning)
         parts += [
             f"- task: {base.custom or base.dataset}, model {base.model or 'default'}, "
             f"{base.steps} steps, batch {base.batch_size}, {base.schedule} schedule",
@@ -61,12 +63,19 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             )
             + (
                 f", halved at {plan.rung:.0%} of the steps (each warm-up's "
-                + ("best lr goes on)" if plan.keep == 1 else f"best {plan.keep} lrs go on)")
+                + ("best lr goes on" if plan.keep == 1 else f"best {plan.keep} lrs go on")
+                + (
+                    f"; every setting to the rung on tuning seed{'s' if len(ranking) > 1 else ''}"
+                    f" {_seeds(ranking)}, the leaders to the end on every tuning seed)"
+                    if len(ranking) < len(tuning)
+                    else ")"
+                )
                 if plan.rung
                 else ""
             ),
             "- tuning seeds: "
             + (_seeds(plan.tune_seeds) if plan.tune_seeds else "the reporting seeds")
+            + " (the best mean over them is chosen)"
             + f"; reporting seeds: {_seeds(request['seeds'])}",
             f"- metric: final {metric}; verdicts paired by seed, 95% CI, margin ±0.25, Holm",
             "",

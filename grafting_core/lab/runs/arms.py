@@ -24,6 +24,9 @@ Roles (``ROLES``):
 - ``control``        a comparison's positive control M: a tuned optimizer at a tenth of its lr
                      (it differs from the tuned one only in step size);
 - ``control_graft``  that M grafted onto the tuned optimizer's direction: it must train like M;
+- ``negative_control`` the comparison's graft X#Y (labels: magnitude X, direction Y) as M,
+                     grafted onto tuned X's direction: the two share X's step sizes and
+                     differ only in direction, so it must train like X;
 - ``control_superseded`` a control at a setting that is no longer tuned: kept, not judged.
 """
 
@@ -46,6 +49,7 @@ ROLES = (
     "graft_lr",
     "control",
     "control_graft",
+    "negative_control",
     "control_superseded",
 )
 
@@ -62,7 +66,14 @@ class Arm:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"Invalid role: {self.role!r} (valid: {', '.join(ROLES)})")
-        grafted = self.role in ("graft", "partial_graft", "replay", "graft_lr", "control_graft")
+        grafted = self.role in (
+            "graft",
+            "partial_graft",
+            "replay",
+            "graft_lr",
+            "control_graft",
+            "negative_control",
+        )
         if grafted != bool(self.direction) and self.role != "control_superseded":
             raise ValueError(
                 f"An arm of role {self.role!r} {'needs' if grafted else 'takes no'} direction label"
@@ -71,9 +82,11 @@ class Arm:
     @property
     def label(self) -> str:
         """Display text: ``adam``, ``adam#sgd``, ``adam#sgd[hidden]``, ``replay(adam)#sgd``,
-        ``sgd+ratios[early]``."""
+        ``sgd+ratios[early]``, ``(sgd#adam)#sgd``."""
         if self.role == "replay":
             text = f"replay({self.magnitude})#{self.direction}"
+        elif self.role == "negative_control":
+            text = f"({self.magnitude}#{self.direction})#{self.magnitude}"
         elif self.role == "static_ratios":
             text = f"{self.magnitude}+ratios"
         else:

@@ -256,7 +256,8 @@ def _compare_command(tmp_path, *options: str) -> list[str]:
 
 def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
     """The default protocol: warm-up + cosine, lr × warm-up (5%, 30%) searched on the tuning
-    seed 10000, each arm's best trained again on the reporting seeds, then the grafts."""
+    seed 10000 (the leaders on 10001 too), each arm's best trained again on the reporting
+    seeds, then the grafts and the controls."""
     assert main(_compare_command(tmp_path, "--optimizers", "sgd", "adam", "--seeds", "0", "1")) == 0
     out = capsys.readouterr().out
     assert "learning-rate sweeps" in out and "verdicts" in out and "adam#sgd" in out
@@ -265,16 +266,17 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
     assert (runs["config.schedule"] == "warmup_cosine").all()
     search = runs[runs["role"] == "sweep_point"]
     assert set(search["config.warmup_steps"]) == {round(0.05 * 15), round(0.3 * 15)}
-    assert set(search["config.seed"]) == {10_000}
+    assert set(search["config.seed"]) == {10_000, 10_001}
     assert set(runs.loc[runs["role"] != "sweep_point", "config.seed"]) == {0, 1}
     assert sorted(runs["role"].unique()) == [
         "control",  # the positive control: sgd at a tenth of its tuned lr, and grafted
         "control_graft",
         "graft",
+        "negative_control",  # (sgd#adam)#sgd
         "sweep_point",
         "tuned",
     ]
-    assert "Positive control sgd@lr/10#sgd" in out
+    assert "Positive control sgd@lr/10#sgd" in out and "Negative control (sgd#adam)#sgd" in out
     assert main(_compare_command(tmp_path / "lr", *LR_ONLY, "--seeds", "0")) == 0
     with RunStore(tmp_path / "lr") as store:
         runs = store.runs()

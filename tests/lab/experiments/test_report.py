@@ -21,7 +21,7 @@ def test_markdown_table_formats_and_escapes():
 def test_the_report_prints_the_protocol_the_control_and_each_verdict(tmp_path):
     store = RunStore(tmp_path)
     plan = SweepPlan(
-        points=2, factor=10, extensions=0, warmups=(0.1, 0.3), tune_seeds=(100,), rung=0.4,
+        points=2, factor=10, extensions=0, warmups=(0.1, 0.3), tune_seeds=(100, 101), rung=0.4,
         control=True,
     )  # fmt: skip
     group = compare(store, RunConfig(**TINY), PAIR, seeds=(0, 1), plan=plan).group
@@ -29,8 +29,12 @@ def test_the_report_prints_the_protocol_the_control_and_each_verdict(tmp_path):
     result = read_comparison(store, group)
     assert f"## Comparison `{group}`" in report
     assert "warm-ups 10%, 30% of the steps" in report and "halved at 40%" in report
-    assert "tuning seeds: 100; reporting seeds: 0, 1" in report
+    assert "every setting to the rung on tuning seed 100, the leaders to the end" in report
+    assert "tuning seeds: 100, 101 (the best mean over them is chosen); reporting seeds: 0, 1" in (
+        report
+    )
     assert report.index("Positive control") < report.index("### Verdicts")
+    assert report.index("Negative control") < report.index("### Verdicts")
     for row in result.verdicts.itertuples():
         line = next(x for x in report.splitlines() if x.startswith(f"| {row.magnitude}#"))
         assert f"{row.graft_mean:.4g}" in line and f"[{row.ci_low:.2f}, {row.ci_high:.2f}]" in line

@@ -104,15 +104,6 @@ def test_tuning_and_reporting_seeds_must_differ():
         plan_comparison(RunConfig(**TINY), PAIR, seeds=(0, 1), plan=SweepPlan(tune_seeds=(1,)))
 
 
-def test_the_protocol_costs_at_most_30_run_equivalents_for_a_5_seed_2x2():
-    from grafting_core.lab.experiments.comparison_plan import PROTOCOL
-
-    planned = plan_comparison(RunConfig(**TINY), PAIR, seeds=range(5), plan=PROTOCOL)
-    control = 2 * 5  # its M and its graft on the 5 seeds
-    assert planned.budget[0] == pytest.approx(2 * (10 / 3 + 2 * 2 / 3) + 10 + 10 + control)
-    assert planned.budget[0] - control <= 30 and planned.budget[0] <= 40
-
-
 def test_the_positive_control_judges_like_m(store):
     """The first optimizer at a tenth of its tuned lr as M, tuned as D: they differ only in
     step size, so M#D is M step for step (checked on the losses), and the verdict is "like
@@ -126,7 +117,7 @@ def test_the_positive_control_judges_like_m(store):
     result = compare(store, base, pair, seeds=range(5), plan=plan)
     runs = store.runs(group=result.group)
     assert len(runs) == planned.fewest
-    (control,) = result.controls.itertuples()
+    control = next(result.controls[result.controls["control"] == "positive"].itertuples())
     assert (control.magnitude, control.direction) == ("sgd@lr/10", "sgd")
     tuned_lr = result.sweep.loc[result.sweep["best"] & (result.sweep["arm"] == "sgd"), "lr"]
     slow = runs[runs["role"] == "control"]
@@ -157,6 +148,7 @@ def test_the_control_is_said_first_in_the_cli_report(tmp_path, capsys):
     out = capsys.readouterr().out
     text = control_text(result.controls)
     assert text.startswith("Positive control sgd@lr/10#sgd") and out.lstrip().startswith(text)
-    if not result.controls["passed"].all():  # 15 steps, 2 seeds: sgd and sgd/10 too close
-        assert "did NOT come out like M" in text
+    for row in result.controls.itertuples():  # 15 steps, 2 seeds: arms may be too close
+        must = "M" if row.control == "positive" else "D"
+        assert (f"did NOT come out like {must}" in text) != row.passed
     store.close()

@@ -1,0 +1,189 @@
+"""The protocol's second tuning seed (each warm-up's leaders at the rung train to the end on
+every tuning seed, the best mean over them is chosen) and its two controls: the positive one
+(M#D is M step for step) and the negative one (M = the graft X#Y, D = tuned X: M#D is D step
+for step), each on the first three reporting seeds."""
+
+import numpy as np
+import pytest
+import torch
+
+from grafting_core.lab.experiments.compare import compare, read_comparison
+from grafting_core.lab.experiments.comparison_plan import (
+    CONTROL_SEEDS,
+    PROTOCOL,
+    SweepPlan,
+    comparison_request,
+    plan_comparison,
+)
+from grafting_core.lab.experiments.comparison_reading import control_text
+from grafting_core.lab.runs.config import RunConfig
+from tests.helpers import PAIR
+from tests.helpers import SEARCH_TINY as TINY
+
+
+def _finals(store, runs):
+    """Each run's last val_loss, by run id, read from the raw metrics."""
+    values = store.metrics(runs["run_id"].tolist(), names=["val_loss"])
+    return values.sort_values("step").groupby("run_id")["value"].last()
+
+
+def test_the_leaders_train_on_every_tuning_seed_and_the_best_mean_is_chosen(store):
+    plan = SweepPlan(
+        points=3, factor=10, extensions=0, warmups=(0.1, 0.3), tune_seeds=(100, 101), rung=1 / 3,
+    )  # fmt: skip
+    seeds = (0, 1)
+    planned = plan_comparison(RunConfig(**TINY), PAIR, seeds=seeds, plan=plan)
+    result = compare(store, RunConfig(**TINY), PAIR, seeds=seeds, plan=plan)
+    runs = store.runs(group=result.group)
+    search = runs[runs["role"] == "sweep_point"]
+    first, second = search[search["config.seed"] == 100], search[search["config.seed"] == 101]
+    assert len(first) == 2 * 3 * 2  # every setting to the rung on the first tuning seed
+    assert (first["status"] == "finished").sum() == 2 * 2  # each warm-up's leader on
+    # the second tuning seed trains only the leaders, from scratch to the end
+    assert len(second) == 2 * 2 and (second["status"] == "finished").all()
+    key = ["magnitude_arm", "config.magnitude_hparams.lr", "config.warmup_steps"]
+    leaders = first[first["status"] == "finished"]
+    assert sorted(map(tuple, second[key].to_numpy())) == sorted(map(tuple, leaders[key].to_numpy()))
+    # the choice: the lowest mean over both tuning seeds, computed here from the metrics
+    done = search[search["status"] == "finished"].set_index("run_id")
+    done["value"] = _finals(store, done.reset_index())
+    means = done.groupby(key)["value"].agg(["mean", "size"]).reset_index()
+    assert (means["size"] == 2).all()
+    for arm, cell in means.groupby("magnitude_arm"):
+        best = cell.loc[cell["mean"].idxmin()]
+        row = result.sweep[result.sweep["best"] & (result.sweep["arm"] == arm)].iloc[0]
+        assert (row["lr"], row["warmup"]) == (best[key[1]], best[key[2]])
+        assert row["mean"] == pytest.approx(best["mean"]) and row["seeds"] == 2
+    trained = runs["last_step"].sum() / TINY["steps"]
+    # 2 arms × (6 settings × 1/3 + 2 leaders × 2/3 + 2 leaders on seed 101) + 2 × 2 reruns
+    # + 2 × 2 grafts
+    assert trained == pytest.approx(2 * (6 / 3 + 2 * 2 / 3 + 2) + 4 + 4)
+    assert planned.budget == (pytest.approx(trained),) * 2 and len(runs) == planned.fewest
+
+
+def test_a_plan_stored_before_rung_seeds_keeps_every_tuning_seed_at_the_rung(store):
+    plan = SweepPlan(points=2, tune_seeds=(100, 101), rung=0.5, rung_seeds=0)
+    assert plan.ranking_seeds((100, 101)) == (100, 101)
+    assert SweepPlan(tune_seeds=(100, 101), rung=0.5).ranking_seeds((100, 101)) == (100,)
+    assert SweepPlan(tune_seeds=(100, 101)).ranking_seeds((100, 101)) == (100, 101)  # no rung
+    stored = {"points": 2, "tune_seeds": [100, 101], "rung": 0.5}  # no rung_seeds key
+    store.set_group_request(
+        "old",
+        "compare",
+        {
+            "base": RunConfig(**TINY).to_dict(),
+            "optimizers": {k: list(v) for k, v in PAIR.items()},
+            "seeds": [0],
+            "plan": stored,
+            "partial": [],
+            "metric": "val_loss",
+        },
+    )
+    assert comparison_request(store, "old")["plan"].rung_seeds == 0
+    with pytest.raises(ValueError, match="Invalid rung_seeds"):
+        SweepPlan(rung_seeds=-1)
+
+
+def test_the_protocol_plans_a_second_tuning_seed_and_both_controls():
+    planned = plan_comparison(RunConfig(**TINY), PAIR, seeds=range(5), plan=PROTOCOL)
+    controls = 3 * CONTROL_SEEDS  # positive: M and graft; negative: the graft alone
+    search = 10 / 3 + 2 * 2 / 3 + 2  # per arm: to the rung, the leaders on, and on seed 2
+    assert planned.budget[0] == pytest.approx(2 * (search + 5) + 10 + controls)
+    assert planned.budget[0] - controls == pytest.approx(33.33, abs=0.01)
+    text = planned.text()
+    assert "on 1 tuning seed, each to 33% of the steps" in text
+    assert "on to the end on 2 tuning seeds" in text
+    assert "a positive and a negative control (9 runs)" in text
+
+
+class FixedDirection(torch.optim.Optimizer):
+    """Steps along one fixed random direction per tensor, whatever the gradient: a direction
+    that cannot train, so that X#Y (X's step sizes, these directions) is told apart from X on
+    a small task where every real direction trains alike (the paper's finding)."""
+
+    def __init__(self, params, lr: float = 0.1):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "direction" not in self.state[p]:
+                    generator = torch.Generator().manual_seed(p.numel())
+                    self.state[p]["direction"] = torch.randn(p.shape, generator=generator)
+                p.add_(self.state[p]["direction"], alpha=-group["lr"])
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    """A comparison with both controls on 5 reporting seeds: long enough that sgd at a tenth
+    of its lr is told apart from sgd, and sgd#fixed (sgd's step sizes along fixed random
+    directions) from sgd."""
+    from grafting_core.lab.store.run_store import RunStore
+
+    store = RunStore(tmp_path_factory.mktemp("controls"))
+    plan = SweepPlan(points=2, factor=10, extensions=0, control=True)
+    base = RunConfig(**{**TINY, "steps": 60, "eval_every": 60})
+    pair = {
+        "sgd": ("sgd", {"lr": 0.3, "momentum": 0.9}),
+        "fixed": (f"{__name__}:FixedDirection", {"lr": 0.01}),
+    }
+    planned = plan_comparison(base, pair, seeds=range(5), plan=plan)
+    result = compare(store, base, pair, seeds=range(5), plan=plan)
+    yield store, planned, result
+    store.close()
+
+
+def test_the_controls_train_on_the_first_three_seeds_and_are_counted(controlled):
+    store, planned, result = controlled
+    runs = store.runs(group=result.group)
+    assert len(runs) == planned.fewest
+    for role in ("control", "control_graft", "negative_control"):
+        assert sorted(runs.loc[runs["role"] == role, "config.seed"]) == [0, 1, 2], role
+    assert list(result.controls["control"]) == ["positive", "negative"]
+    assert result.controls[["magnitude", "direction"]].values.tolist() == [
+        ["sgd@lr/10", "sgd"],
+        ["sgd#fixed", "sgd"],
+    ]
+
+
+def test_the_negative_control_is_d_step_for_step_and_judges_like_d(controlled):
+    store, _, result = controlled
+    runs = store.runs(group=result.group)
+    finals = _finals(store, runs)
+    by_seed = {
+        role: finals[runs.loc[runs["role"] == role, "run_id"]].set_axis(
+            runs.loc[runs["role"] == role, "config.seed"].to_numpy()
+        )
+        for role in ("negative_control", "tuned", "graft")
+    }
+    negative = runs[runs["role"] == "negative_control"].iloc[0]
+    config = store.run(negative["run_id"])["config"]
+    tuned_sgd = runs[(runs["role"] == "tuned") & (runs["magnitude_arm"] == "sgd")]
+    tuned_fixed = runs[(runs["role"] == "tuned") & (runs["magnitude_arm"] == "fixed")]
+    sgd_lr = tuned_sgd["config.magnitude_hparams.lr"].iloc[0]
+    # M is a Graft of tuned sgd's steps and the fixed directions; D is tuned sgd
+    assert config["magnitude"] == "grafting_core.graft:Graft"
+    assert config["magnitude_hparams"]["magnitude"] == ["sgd", {"lr": sgd_lr, "momentum": 0.9}]
+    assert (
+        config["magnitude_hparams"]["direction"][1]["lr"]
+        == (tuned_fixed["config.magnitude_hparams.lr"].iloc[0])
+    )
+    assert (config["direction"], config["direction_hparams"]["lr"]) == ("sgd", sgd_lr)
+    sgd_seeds = tuned_sgd.set_index("config.seed")["run_id"]
+    d = finals[sgd_seeds.loc[[0, 1, 2]]].to_numpy()
+    g = by_seed["negative_control"].sort_index().to_numpy()
+    assert g == pytest.approx(d, rel=1e-4)  # (sgd#fixed)#sgd is sgd, seed by seed
+    graft = runs[(runs["role"] == "graft") & (runs["magnitude_arm"] == "sgd")]
+    m = finals[graft.set_index("config.seed")["run_id"].loc[[0, 1, 2]]].to_numpy()
+    assert np.abs(m - d).min() > 1e-2  # sgd#fixed is not sgd: the control can show something
+    negative_row = result.controls[result.controls["control"] == "negative"].iloc[0]
+    assert negative_row["label"] == "like D" and negative_row["passed"]
+    assert "Negative control (sgd#fixed)#sgd" in control_text(result.controls)
+
+
+def test_the_controls_are_read_back_from_the_store(controlled):
+    store, _, result = controlled
+    again = read_comparison(store, result.group)
+    assert again.controls.equals(result.controls)
+    assert again.excluded == 0  # the nested graft's runs are the comparison's own
