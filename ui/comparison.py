@@ -29,8 +29,10 @@ from grafting_core.lab.experiments.comparison_reading import (
 )
 from grafting_core.lab.experiments.graft_lrs import GRAFT_ROLES, graft_lr_table, queue_graft_lrs
 from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
+from grafting_core.lab.experiments.pace import comparison_pace
 from grafting_core.lab.experiments.verdict import closer_to_words
 from grafting_core.lab.figures import experiments as experiment_figures
+from grafting_core.lab.figures import search as search_figures
 from grafting_core.lab.runs.config import SCHEDULES, RunConfig
 from grafting_core.lab.tasks.models import default_model
 from ui import charts, forms, live, recent
@@ -233,10 +235,49 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
         f"{', '.join(map(str, seeds))}."
     )
     y_title = live.loss_title(task, "final validation").replace(" (", "<br>(")
-    st.subheader("Learning-rate sweeps")
     arms = list(dict.fromkeys(runs.loc[runs["role"].isin(SWEEP_ROLES), "magnitude_arm"]))
     tuned = set(runs.loc[runs["role"] == "tuned", "magnitude_arm"])
-    columns = st.columns(min(len(arms), 3) or 1)
+    # A search of lr × warm-up reads best as a heatmap: every setting's value or fate (pruned
+    # at the rung, diverged, training) in its cell; the curves stay below for the spread.
+    # An lr alone reads best as curves with their spread: no heatmap.
+    searched = result.sweep.groupby("arm")["warmup"].nunique().gt(1).any()
+    if searched:
+        st.subheader("The search: learning rate × warm-up")
+        request = comparison_request(get_store(), group)
+        steps = request["base"].steps if request else int(first["config.steps"])
+        tuning = bool(request and request["plan"].tune_seeds)
+        on = (request["plan"].tune_seeds or request["seeds"]) if request else seeds
+        fig = search_figures.search_heatmap(
+            result.sweep,
+            steps=steps,
+            z_title=y_title,
+            settled=tuned,
+            arms=arms,
+            title=f"Mean final validation loss on {'tuning ' if tuning else ''}seed"
+            f"{'s' if len(on) > 1 else ''} {', '.join(map(str, on))}, per lr × warm-up "
+            "(lower is better)",
+        )
+        charts.show(fig, key="grid.tuned.search", live=True)
+        rung = request["plan"].rung if request else 0
+        st.caption(
+            "Each cell: one setting's mean final validation loss over the search's seeds. "
+            + (
+                f"*pruned*: stopped at {rung:.0%} of the steps, behind its warm-up's best lrs "
+                "there. "
+                if rung
+                else ""
+            )
+            + "*diverged / failed*: a seed did not finish. Framed: the best setting, the "
+            "optimizer's tuned lr and warm-up."
+        )
+    else:
+        st.subheader("Learning-rate sweeps")
+    with (
+        st.expander("Each optimizer's search as curves (mean ± std)")
+        if searched
+        else st.container()
+    ):
+        columns = st.columns(min(len(arms), 3) or 1)
     for i, arm in enumerate(arms):
         with columns[i % len(columns)]:
             fig = experiment_figures.lr_sweep(
@@ -441,10 +482,12 @@ def comparison_section(group: str, active: bool) -> None:
             st.error(f"The comparison ended early: {state.error}")
         request = comparison_request(get_store(), group)
         rung = request["plan"].rung_step(request["base"]) if request else 0
+        still = orchestrating(group)
         st.progress(
             float(runs["status"].isin(live.TERMINAL).mean()),
-            text=phase_text(runs, orchestrating=orchestrating(group), rung_step=rung),
+            text=phase_text(runs, orchestrating=still, rung_step=rung),
         )
+        st.caption(comparison_pace(get_store(), group, active=still, runs=runs).text)
         live.progress_panel(runs[runs["status"].isin(["failed", "interrupted"])])
         comparison_results(group, runs)
 
