@@ -38,6 +38,7 @@ from grafting_core.lab.experiments.common import (
 )
 from grafting_core.lab.experiments.comparison_plan import (
     CONTROL_SEEDS,
+    LONGEST_WARMUP,
     SweepPlan,
     base_settings,
     check_continuation,
@@ -220,6 +221,22 @@ def _extensions(sweep: pd.DataFrame, plan: SweepPlan) -> dict[str, float]:
     return out
 
 
+def _longer_warmups(sweep: pd.DataFrame, base: RunConfig) -> dict[str, int]:
+    """For each arm whose best sits at the longest of several warm-ups searched: twice that
+    warm-up (at most ``LONGEST_WARMUP`` of the steps), searched next at every lr."""
+    out = {}
+    longest = round(LONGEST_WARMUP * base.steps)
+    for arm, cell in sweep.groupby("arm"):
+        best = cell[cell["best"]]
+        tried = cell["warmup"].unique()
+        if best.empty or len(tried) < 2 or best["warmup"].iloc[0] != tried.max():
+            continue
+        longer = min(2 * int(tried.max()), longest)
+        if longer > tried.max():
+            out[arm] = longer
+    return out
+
+
 def compare(
     store: RunStore,
     base: RunConfig,
@@ -269,7 +286,9 @@ def compare(
     done = 0
     tune_seeds = plan.tune_seeds or tuple(seeds)
     ranking_seeds = plan.ranking_seeds(tune_seeds)
-    warmups = plan.warmup_steps(base) if plan.warmups else None
+    warmups = (
+        {label: plan.warmup_steps(base) for label in optimizers} if plan.warmups else None
+    )  # per arm: a warm-up is added where an arm's best sits at the longest
     rung_step = plan.rung_step(base)
 
     def train(planned: list[PlannedRun], pause_at: int = 0) -> list[str]:
@@ -301,7 +320,9 @@ def compare(
             return [
                 run
                 for label, choice in optimizers.items()
-                for run in _sweep_runs(base, label, choice, lrs[label], on_seeds, warmups)
+                for run in _sweep_runs(
+                    base, label, choice, lrs[label], on_seeds, warmups and warmups[label]
+                )
             ]
 
         if not rung_step:
@@ -327,11 +348,15 @@ def compare(
 
     search()
     for _ in range(plan.extensions):
-        beyond = _extensions(sweep_table(), plan)
-        if not beyond:
+        sweep = sweep_table()
+        beyond = _extensions(sweep, plan)
+        longer = _longer_warmups(sweep, base) if warmups else {}
+        if not (beyond or longer):
             break
         for label, lr in beyond.items():
             lrs[label].append(lr)
+        for label, warmup in longer.items():
+            warmups[label].append(warmup)
         search()
     if stop is not None and stop():  # a sweep cut short names no tuned lr
         return read_comparison(store, group, metric=metric)

@@ -20,6 +20,10 @@ from grafting_core.lab.runs.groups import HOUSEKEEPING
 from grafting_core.lab.store.run_store import RunStore
 from grafting_core.layer_kinds import layer_kinds
 
+#: the longest warm-up a search extends to (a fraction of the steps): where an arm's best
+#: sits at the longest warm-up searched, twice it is searched next, up to this
+LONGEST_WARMUP = 0.6
+
 
 @dataclass(frozen=True)
 class SweepPlan:
@@ -74,6 +78,14 @@ class SweepPlan:
         if not self.warmups:
             return [base.warmup_steps]
         return [round(fraction * base.steps) for fraction in self.warmups]
+
+    def longer_warmups(self) -> int:
+        """How many warm-ups a search may add past its longest (each twice the last, up to
+        ``LONGEST_WARMUP``, one per extension round)."""
+        added, longest = 0, max(self.warmups, default=LONGEST_WARMUP)
+        while added < self.extensions and min(2 * longest, LONGEST_WARMUP) > longest:
+            longest, added = min(2 * longest, LONGEST_WARMUP), added + 1
+        return added
 
     def rung_step(self, base: RunConfig) -> int:
         """The step every searched setting pauses at (0: no halving)."""
@@ -165,7 +177,7 @@ def run_equivalents(
     ranking = len(plan.ranking_seeds(range(tuning)))  # seeds that train every setting
     leaders = min(plan.keep, plan.points) * warmups
     # at most per extension: the new lr leads at every warm-up (on to the end, every seed)
-    per_extension = warmups * tuning
+    per_extension = (warmups + plan.longer_warmups()) * tuning
     if plan.rung and not runs:  # all to the rung, each warm-up's leaders to the end
         search = settings * ranking * plan.rung + leaders * (
             ranking * (1 - plan.rung) + tuning - ranking
@@ -176,7 +188,16 @@ def run_equivalents(
     grafts = arms * (arms - 1) * variants
     controls = control_runs(arms, seeds) if plan.control else 0
     fewest = arms * (search + reruns) + grafts * seeds + controls
-    most = fewest + arms * plan.extensions * per_extension
+    lr_count = plan.points + plan.extensions  # at most, at a warm-up added past the longest
+    if plan.rung and not runs:
+        per_warmup = lr_count * ranking * plan.rung + leaders / warmups * (
+            ranking * (1 - plan.rung) + tuning - ranking
+        )
+    else:
+        per_warmup = lr_count * ranking + (
+            leaders / warmups * (tuning - ranking) if plan.rung else 0
+        )
+    most = fewest + arms * (plan.extensions * per_extension + plan.longer_warmups() * per_warmup)
     if tune_grafts:
         lrs = plan.points - plan.points % 2
         fewest, most = (

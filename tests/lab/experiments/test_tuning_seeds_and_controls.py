@@ -4,6 +4,7 @@ every tuning seed, the best mean over them is chosen) and its two controls: the 
 for step), each on the first three reporting seeds."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -187,3 +188,45 @@ def test_the_controls_are_read_back_from_the_store(controlled):
     again = read_comparison(store, result.group)
     assert again.controls.equals(result.controls)
     assert again.excluded == 0  # the nested graft's runs are the comparison's own
+
+
+def test_a_best_at_the_longest_warm_up_searches_twice_it_next():
+    from grafting_core.lab.experiments.compare import _longer_warmups
+
+    base = RunConfig(**{**TINY, "steps": 100})
+    sweep = pd.DataFrame(
+        {
+            "arm": ["a"] * 4 + ["b"] * 4 + ["c"] * 2,
+            "lr": [0.1, 1.0] * 5,
+            "warmup": [5, 5, 30, 30] * 2 + [60, 60],
+            "best": [False, False, True, False, False, True, False, False, True, False],
+        }
+    )
+    # a: best at the longest (30 steps): 60 next; b: best at the shortest; c: one warm-up
+    assert _longer_warmups(sweep, base) == {"a": 60}
+    capped = sweep.assign(warmup=[5, 5, 40, 40] * 2 + [60, 60])
+    assert _longer_warmups(capped, base) == {"a": 60}  # twice 40, at most 60% of the steps
+    at_cap = sweep.assign(warmup=[5, 5, 60, 60] * 2 + [60, 60])
+    assert _longer_warmups(at_cap, base) == {}
+    assert SweepPlan(warmups=(0.05, 0.3)).longer_warmups() == 1  # 60%
+    assert SweepPlan(warmups=(0.05, 0.1)).longer_warmups() == 2  # 20%, 40% (2 rounds)
+    assert SweepPlan(warmups=(0.05, 0.6)).longer_warmups() == 0
+
+
+def test_compare_searches_a_longer_warm_up_where_the_best_sits_at_the_longest(store):
+    plan = SweepPlan(points=2, factor=10, extensions=1, warmups=(0.1, 0.3))
+    base = RunConfig(**TINY)  # 15 steps: warm-ups 2 and 4 steps, then 8 (at most 9)
+    planned = plan_comparison(base, PAIR, seeds=(0,), plan=plan)
+    result = compare(store, base, PAIR, seeds=(0,), plan=plan)
+    runs = store.runs(group=result.group)
+    search = runs[runs["role"].isin(["sweep_point", "tuned"]) & (runs["config.seed"] == 0)]
+    search = search[search["run_id"].isin(runs["run_id"])].set_index("run_id")
+    search["value"] = _finals(store, search.reset_index())
+    for arm, cell in search.groupby("magnitude_arm"):
+        first = cell[cell["config.warmup_steps"].isin([2, 4])]
+        first = first[first["config.magnitude_hparams.lr"].isin(plan.grid(PAIR[arm][1]["lr"]))]
+        means = first.groupby(["config.magnitude_hparams.lr", "config.warmup_steps"])["value"]
+        best_warmup = means.mean().idxmin()[1]
+        tried = set(cell["config.warmup_steps"])
+        assert tried == ({2, 4, 8} if best_warmup == 4 else {2, 4}), (arm, tried)
+    assert planned.fewest <= len(runs) <= planned.most
