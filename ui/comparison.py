@@ -111,11 +111,14 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
             f"grafts only. Up to {len(PARTIAL_KEYS)} partial grafts per pair.",
         )
     left.checkbox(
-        "Positive control",
+        "Controls",
         key="grid.control",
-        help="the first optimizer at a tenth of its tuned lr as M, tuned as D: they differ "
-        "only in step size, so M#D is M step for step and must come out 'like M'. If it does "
-        "not, the seeds cannot show magnitude deciding here, and the verdicts say little.",
+        help="On the first 3 seeds. Positive: the first optimizer X at a tenth of its tuned "
+        "lr as M, tuned X as D: they differ only in step size, so M#D is M step for step and "
+        "must come out 'like M'. Negative: the graft X#Y as M, tuned X as D: they share X's "
+        "step sizes and differ only in direction, so M#D is D step for step and must come "
+        "out 'like D'. If one does not, the seeds cannot show what it controls, and the "
+        "verdicts say little.",
     )
     left.checkbox(
         "Tune each graft's lr too",

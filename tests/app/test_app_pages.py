@@ -28,6 +28,7 @@ from grafting_core.lab.experiments.compare import (
     read_comparison,
 )
 from grafting_core.lab.experiments.comparison_plan import plan_comparison
+from grafting_core.lab.experiments.comparison_reading import control_text
 from grafting_core.lab.experiments.graft_lrs import graft_lr_table
 from grafting_core.lab.experiments.ratio_study import (
     static_ratio_table,
@@ -225,6 +226,9 @@ def test_tuned_comparison_by_default_searches_lr_and_warm_up_on_a_tuning_seed(st
     assert set(runs.loc[runs["role"] == "sweep_point", "config.seed"]) == {10_000, 10_001}
     assert set(runs.loc[runs["role"] == "tuned", "config.seed"]) == {0, 1}
     result = read_comparison(store, group)
+    said = [x.value for x in (*at.success, *at.warning)]
+    assert control_text(result.controls) in said  # both controls, said first
+    assert list(result.controls["control"]) == ["positive", "negative"]
     for arm in ("sgd", "adam"):
         traces = chart_traces(at, chart_titled(at, f"{arm}'s sweep"))
         lines = [t for t in traces if t["name"].startswith("warm-up")]

@@ -274,7 +274,7 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
         field.fill("")
         field.press("Enter")
         ready(page)
-    page.get_by_text("Positive control", exact=True).click()
+    page.get_by_text("Controls", exact=True).click()
     ready(page)
     seeds = page.get_by_label("Seeds", exact=True)
     seeds.fill("0, 1")
