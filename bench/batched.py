@@ -1,0 +1,111 @@
+"""Batched plain runs (``grafting_core.lab.runs.batched``) against the same runs one by one.
+
+Run (figures for BENCHMARKS.md, a few minutes on 2 cores):
+    .venv/bin/python bench/batched.py
+Smoke run (the figures mean nothing there): ``--quick``.
+
+N plain runs of the MNIST-1D MLP (the default RunConfig: width 100, depth 2, batch 64, 200
+steps, evaluations at 100 and 200 on 1000 examples), lrs spread over a decade, warm-up +
+cosine, seeds 0-2 in turn (a search's shape), trained two ways, in interleaved rounds:
+``train_batched`` (one vmapped model) and each config through ``Trainer.run()`` in turn (the
+ordinary path, without a store). Model-steps per second = N · steps / wall seconds, the best
+of the rounds; build, evaluations and the end included on both sides. Data sets are built
+once before timing (both paths read the same per-process cache). Then the character
+transformer (width 64, depth 2, batch 64) at N = 1 and 4, for contrast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grafting_core.lab.runs.batched import train_batched
+from grafting_core.lab.runs.config import RunConfig
+from grafting_core.lab.runs.trainer import Trainer
+from grafting_core.lab.tasks.data import load_dataset
+
+
+def configs(base: RunConfig, n: int, name: str, lr: float) -> list[RunConfig]:
+    """``n`` plain runs: lrs on a log grid over a decade around ``lr``, seeds 0, 1, 2 in turn."""
+    return [
+        base.replace(
+            magnitude=name,
+            magnitude_hparams={"lr": lr * 10 ** ((i % 5) / 4 - 0.5)},
+            seed=i % 3,
+            name=f"{name}-{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def sequential(cfgs: list[RunConfig]) -> float:
+    start = time.perf_counter()
+    for cfg in cfgs:
+        assert Trainer(cfg).run() == "finished"
+    return time.perf_counter() - start
+
+
+def batched(cfgs: list[RunConfig]) -> float:
+    start = time.perf_counter()
+    results = train_batched(cfgs)
+    assert all(r.status == "finished" for r in results)
+    return time.perf_counter() - start
+
+
+def measure(base: RunConfig, sizes: list[int], name: str, lr: float, rounds: int) -> None:
+    print(f"{'N':>3} {'sequential':>11} {'batched':>9} {'ratio':>6}   (model-steps/s)")
+    for n in sizes:
+        cfgs = configs(base, n, name, lr)
+        seq, bat = [], []
+        for _ in range(rounds):  # interleaved: a load spike hits both sides
+            seq.append(sequential(cfgs))
+            bat.append(batched(cfgs))
+        steps = n * base.steps
+        a, b = steps / min(seq), steps / min(bat)
+        print(f"{n:>3} {a:>11.0f} {b:>9.0f} {b / a:>5.2f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 10, 15])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--transformer-steps", type=int, default=30, help="0: skip it")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, N 1 and 2")
+    args = parser.parse_args()
+    if args.quick:
+        args.threads, args.sizes, args.steps, args.rounds = [1], [1, 2], 20, 1
+        args.transformer_steps = min(args.transformer_steps, 5)
+    lr = {"adam": 3e-3, "sgd": 0.1}[args.optimizer]
+    mlp = RunConfig(dataset="mnist1d", steps=args.steps, device="cpu")
+    chars = RunConfig(
+        dataset="chars",
+        steps=args.transformer_steps,
+        eval_every=max(args.transformer_steps, 1),
+        eval_examples=256,
+        device="cpu",
+    )
+    for seed in range(3):
+        load_dataset("mnist1d", seed=seed)  # built once, outside the clock
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    print(f"{args.optimizer}, {args.steps} steps, best of {args.rounds} interleaved rounds")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\nMNIST-1D MLP, {threads} thread(s)")
+        measure(mlp, args.sizes, args.optimizer, lr, args.rounds)
+        if args.transformer_steps:
+            print(f"\nchar transformer, {threads} thread(s), {args.transformer_steps} steps")
+            measure(chars, [1, 4], args.optimizer, lr, 1)
+    print(f"\nload after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
