@@ -197,7 +197,12 @@ class BatchedTrainer:
         self.layer_of = torch.tensor(layers.index, device=self.device)
         self.layer_count = len(layers)
         self.per_tensor = layers.index == tuple(range(len(self.names)))
-        self.repeats = torch.tensor(self.sizes, device=self.device)
+        tensor_of = torch.arange(len(self.sizes)).repeat_interleave(torch.tensor(self.sizes))
+        self.layer_of_weight = torch.tensor(layers.index)[tensor_of].to(self.device)
+        # On the CPU a look at a flag costs nothing (no device to wait for): the usual step,
+        # every layer finite and moving with graft_lr 1, then skips the masks' passes.
+        self.cheap_sync = self.device.type == "cpu"
+        self.unit_graft_lr = all(c.graft_lr == 1.0 for c in self.configs)
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, without weights
         rows = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]
         self.flat = torch.stack(rows).to(self.device)  # (N, P): each member's weights, a row
@@ -320,8 +325,7 @@ class BatchedTrainer:
 
     def _spread(self, per_layer: Tensor) -> Tensor:
         """``(N, layers)`` values onto every weight of the layer: ``(N, P)``."""
-        per_tensor = per_layer if self.per_tensor else per_layer[:, self.layer_of]
-        return per_tensor.repeat_interleave(self.repeats, dim=1)
+        return per_layer[:, self.layer_of_weight]
 
     def _train_step(self, step: int) -> Tensor:
         """One step of every member; returns the members' losses ``(N,)``."""
@@ -338,16 +342,28 @@ class BatchedTrainer:
     def _optimizer_step(self, grads: Tensor, step: int) -> None:
         """``Graft``'s plain-M step on every row: the native rule's Δ, applied as
         ``w += scale · Δ`` with scale ``graft_lr`` where the layer's gradient and step are
-        finite and the step is not zero, else 0 (the reference backend's skip)."""
-        grad_finite = torch.isfinite(self._layer_norms(grads))
-        grads = torch.where(self._spread(grad_finite), grads, 0.0)  # a skipped layer: zero
+        finite and the step is not zero, else 0 (the reference backend's skip).
+
+        On the CPU the usual step takes a shortcut with the same numbers: when the sums of
+        all gradients and of all steps are finite (no element is NaN or inf) and graft_lr
+        is 1, every scale is 1 (a zero step moves nothing either way): ``w += Δ``."""
+        fast = self.cheap_sync and bool(torch.isfinite(grads.sum()))
+        grad_finite = None
+        if not fast:
+            grad_finite = torch.isfinite(self._layer_norms(grads))
+            grads = torch.where(self._spread(grad_finite), grads, 0.0)  # skipped layer: zero
         lr = self.lrs[step][:, None]
         if self.configs[0].magnitude == "sgd":
             delta = self._sgd(grads, step, lr)
         else:
             delta = self._adam(grads, step, lr)
+        if fast and self.unit_graft_lr and bool(torch.isfinite(delta.sum())):
+            self.flat.add_(delta)  # w + 1·Δ: the same numbers as addcmul_ with scale 1
+            return
         step_norm = self._layer_norms(delta)
-        moves = grad_finite & torch.isfinite(step_norm) & (step_norm > 0)
+        moves = torch.isfinite(step_norm) & (step_norm > 0)
+        if grad_finite is not None:
+            moves &= grad_finite
         scales = moves.to(step_norm.dtype) * self.graft_lr[:, None].to(step_norm.dtype)
         self.flat.addcmul_(delta, self._spread(scales))
 

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from grafting_core.lab.runs.batched import check_batchable, train_batched
+from grafting_core.lab.runs.batched import BatchedTrainer, check_batchable, train_batched
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.trainer import Trainer
 
@@ -152,6 +152,27 @@ def test_a_diverging_member_does_not_poison_the_others():
         assert all(math.isfinite(v) for _, _, v in with_wild.rows)
     for config, result in zip(healthy, alone):
         assert_same_run(result, *trainer_run(config))
+
+
+class ExactPathOnly(BatchedTrainer):
+    """Every step through the masks and scales (no CPU shortcut), as on a GPU."""
+
+    def _build(self) -> None:
+        super()._build()
+        self.cheap_sync = False
+
+
+def test_the_cpu_shortcut_changes_no_number():
+    configs = [
+        BASE.replace(magnitude="sgd", magnitude_hparams={"lr": lr, "momentum": 0.9}, seed=seed)
+        for lr, seed in ((0.1, 0), (1e6, 1), (0.05, 2))  # the second diverges
+    ]
+    shortcut, exact = train_batched(configs), ExactPathOnly(configs).run()
+    assert [r.status for r in exact] == [r.status for r in shortcut]
+    assert [r.status for r in exact] == ["finished", "diverged", "finished"]
+    for a, b in zip(shortcut, exact):
+        assert a.rows == b.rows
+        assert all(torch.equal(a.parameters[k], b.parameters[k]) for k in a.parameters)
 
 
 @pytest.mark.parametrize(
