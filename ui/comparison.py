@@ -115,7 +115,8 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
         key="grid.control",
         help="On the first 3 seeds. Positive: the first optimizer X at a tenth of its tuned "
         "lr as M, tuned X as D: they differ only in step size, so M#D is M step for step and "
-        "must come out 'like M'. Negative: the graft X#Y as M, tuned X as D: they share X's "
+        "must come out 'like M'. Negative: the graft X#Y of the two tuned optimizers farthest "
+        "apart (X the worse) as M, tuned X as D: they share X's "
         "step sizes and differ only in direction, so M#D is D step for step and must come "
         "out 'like D'. If one does not, the seeds cannot show what it controls, and the "
         "verdicts say little.",

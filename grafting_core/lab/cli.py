@@ -944,8 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="controls on the first 3 seeds: a positive one (the first optimizer at a tenth "
         "of its tuned lr as M, tuned as D: M#D is M step for step, it must come out 'like "
-        "M') and a negative one (M = the first graft X#Y, D = tuned X: M#D is D step for "
-        "step, it must come out 'like D') [on]",
+        "M') and a negative one (M = the graft X#Y of the two tuned arms farthest apart, X "
+        "the worse; D = tuned X: M#D is D step for step, it must come out 'like D') [on]",
     )
     compare_p.add_argument(
         "--partial",

@@ -47,8 +47,9 @@ class SweepPlan:
     #: controls, on the first ``CONTROL_SEEDS`` reporting seeds: a positive one (the first
     #: optimizer X at a tenth of its tuned lr as M, tuned X as D: they differ only in step
     #: size, so M#D is M step for step and must judge "like M") and a negative one (M = X#Y,
-    #: the comparison's first graft, D = tuned X: they share X's step sizes and differ only
-    #: in direction, so M#D is D step for step and must judge "like D")
+    #: the graft of the two tuned arms farthest apart, X the worse; D = tuned X: they share
+    #: X's step sizes and differ only in direction, so M#D is D step for step and must judge
+    #: "like D")
     control: bool = False
 
     def __post_init__(self) -> None:

@@ -77,7 +77,8 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             + (_seeds(plan.tune_seeds) if plan.tune_seeds else "the reporting seeds")
             + " (the best mean over them is chosen)"
             + f"; reporting seeds: {_seeds(request['seeds'])}",
-            f"- metric: final {metric}; verdicts paired by seed, 95% CI, margin ±0.25, Holm",
+            f"- metric: final {metric}; verdicts paired by seed, 95% CI, margin ±0.25, Holm over "
+            "the grafts (each control at 5% on its own)",
             "",
         ]
     if not result.controls.empty:

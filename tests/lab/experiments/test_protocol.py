@@ -272,11 +272,11 @@ def test_compare_command_prints_the_sweep_arms_and_verdicts(tmp_path, capsys):
         "control",  # the positive control: sgd at a tenth of its tuned lr, and grafted
         "control_graft",
         "graft",
-        "negative_control",  # (sgd#adam)#sgd
+        "negative_control",  # (X#Y)#X, X the worse tuned arm
         "sweep_point",
         "tuned",
     ]
-    assert "Positive control sgd@lr/10#sgd" in out and "Negative control (sgd#adam)#sgd" in out
+    assert "Positive control sgd@lr/10#sgd" in out and "Negative control (" in out
     assert main(_compare_command(tmp_path / "lr", *LR_ONLY, "--seeds", "0")) == 0
     with RunStore(tmp_path / "lr") as store:
         runs = store.runs()

@@ -3,7 +3,6 @@ every tuning seed, the best mean over them is chosen) and its two controls: the 
 (M#D is M step for step) and the negative one (M = the graft X#Y, D = tuned X: M#D is D step
 for step), each on the first three reporting seeds."""
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -135,6 +134,16 @@ def controlled(tmp_path_factory):
     store.close()
 
 
+def _tuned(store, runs):
+    """Each tuned arm's final val_loss per reporting seed, from the raw metrics."""
+    tuned = runs[runs["role"] == "tuned"]
+    finals = _finals(store, tuned)
+    return {
+        arm: finals[cell["run_id"]].set_axis(cell["config.seed"].to_numpy()).sort_index()
+        for arm, cell in tuned.groupby("magnitude_arm")
+    }
+
+
 def test_the_controls_train_on_the_first_three_seeds_and_are_counted(controlled):
     store, planned, result = controlled
     runs = store.runs(group=result.group)
@@ -142,45 +151,44 @@ def test_the_controls_train_on_the_first_three_seeds_and_are_counted(controlled)
     for role in ("control", "control_graft", "negative_control"):
         assert sorted(runs.loc[runs["role"] == role, "config.seed"]) == [0, 1, 2], role
     assert list(result.controls["control"]) == ["positive", "negative"]
+    # the negative control's pair: the tuned arms farthest apart, the worse one as X
+    tuned = _tuned(store, runs)
+    worse, better = sorted(tuned, key=lambda arm: -tuned[arm].mean())
+    assert (worse, better) == ("fixed", "sgd")  # fixed directions cannot train
     assert result.controls[["magnitude", "direction"]].values.tolist() == [
         ["sgd@lr/10", "sgd"],
-        ["sgd#fixed", "sgd"],
+        [f"{worse}#{better}", worse],
     ]
 
 
 def test_the_negative_control_is_d_step_for_step_and_judges_like_d(controlled):
     store, _, result = controlled
     runs = store.runs(group=result.group)
-    finals = _finals(store, runs)
-    by_seed = {
-        role: finals[runs.loc[runs["role"] == role, "run_id"]].set_axis(
-            runs.loc[runs["role"] == role, "config.seed"].to_numpy()
-        )
-        for role in ("negative_control", "tuned", "graft")
-    }
-    negative = runs[runs["role"] == "negative_control"].iloc[0]
-    config = store.run(negative["run_id"])["config"]
-    tuned_sgd = runs[(runs["role"] == "tuned") & (runs["magnitude_arm"] == "sgd")]
-    tuned_fixed = runs[(runs["role"] == "tuned") & (runs["magnitude_arm"] == "fixed")]
-    sgd_lr = tuned_sgd["config.magnitude_hparams.lr"].iloc[0]
-    # M is a Graft of tuned sgd's steps and the fixed directions; D is tuned sgd
+    tuned = _tuned(store, runs)
+    x, y = "fixed", "sgd"
+    negative = runs[runs["role"] == "negative_control"]
+    config = store.run(negative["run_id"].iloc[0])["config"]
+    plain = runs[runs["role"] == "tuned"].drop_duplicates("magnitude_arm")
+    lr = dict(zip(plain["magnitude_arm"], plain["config.magnitude_hparams.lr"]))
+    # M is a Graft of tuned X's step sizes and tuned Y's directions; D is tuned X
     assert config["magnitude"] == "grafting_core.graft:Graft"
-    assert config["magnitude_hparams"]["magnitude"] == ["sgd", {"lr": sgd_lr, "momentum": 0.9}]
-    assert (
-        config["magnitude_hparams"]["direction"][1]["lr"]
-        == (tuned_fixed["config.magnitude_hparams.lr"].iloc[0])
+    assert config["magnitude_hparams"]["magnitude"][1]["lr"] == lr[x]
+    assert config["magnitude_hparams"]["direction"] == ["sgd", {"lr": lr[y], "momentum": 0.9}]
+    assert (config["direction_hparams"]["lr"], config["magnitude_hparams"]["magnitude"][0]) == (
+        lr[x],
+        config["direction"],
     )
-    assert (config["direction"], config["direction_hparams"]["lr"]) == ("sgd", sgd_lr)
-    sgd_seeds = tuned_sgd.set_index("config.seed")["run_id"]
-    d = finals[sgd_seeds.loc[[0, 1, 2]]].to_numpy()
-    g = by_seed["negative_control"].sort_index().to_numpy()
-    assert g == pytest.approx(d, rel=1e-4)  # (sgd#fixed)#sgd is sgd, seed by seed
-    graft = runs[(runs["role"] == "graft") & (runs["magnitude_arm"] == "sgd")]
-    m = finals[graft.set_index("config.seed")["run_id"].loc[[0, 1, 2]]].to_numpy()
-    assert np.abs(m - d).min() > 1e-2  # sgd#fixed is not sgd: the control can show something
+    finals = _finals(store, negative)
+    g = finals[negative["run_id"]].set_axis(negative["config.seed"].to_numpy()).sort_index()
+    d = tuned[x].loc[[0, 1, 2]]
+    assert g.to_numpy() == pytest.approx(d.to_numpy(), rel=1e-4)  # (X#Y)#X is X, seed by seed
+    graft = runs[(runs["role"] == "graft") & (runs["magnitude_arm"] == x)]
+    m = _finals(store, graft)[graft["run_id"]].set_axis(graft["config.seed"].to_numpy())
+    # X#Y is not X: the control can show something
+    assert (m.loc[[0, 1, 2]] - d).abs().min() > 1e-2
     negative_row = result.controls[result.controls["control"] == "negative"].iloc[0]
     assert negative_row["label"] == "like D" and negative_row["passed"]
-    assert "Negative control (sgd#fixed)#sgd" in control_text(result.controls)
+    assert f"Negative control ({x}#{y})#{x}" in control_text(result.controls)
 
 
 def test_the_controls_are_read_back_from_the_store(controlled):
