@@ -168,6 +168,13 @@ def control_text(controls: pd.DataFrame) -> str:
                 f"Positive control {m}#{d} (M = {d} at a tenth of its tuned lr, D = tuned {d}: "
                 f"they differ only in step size, so M#D is M step for step): {reading}"
             )
+            # a tenth of the lr trained better, and the gap is significant (the CI bounded)
+            if math.isfinite(row.ci_low) and row.magnitude_mean < row.direction_mean:
+                said += (
+                    f" Note: {d} at a tenth of its tuned lr beat tuned {d} on these seeds "
+                    f"({row.magnitude_mean:.4g} against {row.direction_mean:.4g}): the search "
+                    f"did not find {d}'s best lr here."
+                )
             failed = (
                 " It did NOT come out like M: at these seeds and steps the lab cannot show "
                 "magnitude deciding even where it must, so no verdict below can either."

@@ -238,3 +238,37 @@ def test_compare_searches_a_longer_warm_up_where_the_best_sits_at_the_longest(st
         tried = set(cell["config.warmup_steps"])
         assert tried == ({2, 4, 8} if best_warmup == 4 else {2, 4}), (arm, tried)
     assert planned.fewest <= len(runs) <= planned.most
+
+
+def test_the_controls_reading_says_what_each_shows_and_a_search_that_missed():
+    def control(kind, m, d, label, ci, m_mean, d_mean):
+        return {
+            "control": kind,
+            "magnitude": m,
+            "direction": d,
+            "label": label,
+            "position": 0.0 if kind == "positive" else 1.0,
+            "ci_low": ci[0],
+            "ci_high": ci[1],
+            "magnitude_mean": m_mean,
+            "direction_mean": d_mean,
+            "passed": label == ("like M" if kind == "positive" else "like D"),
+        }
+
+    inf = float("inf")
+    text = control_text(
+        pd.DataFrame(
+            [
+                control("positive", "sgd@lr/10", "sgd", "like M", (-0.01, 0.01), 1.17, 1.38),
+                control("negative", "adam#sgd", "adam", "cannot tell", (-inf, inf), 1.4, 1.41),
+            ]
+        )
+    )
+    assert text.startswith("Positive control sgd@lr/10#sgd") and "like M (sgd@lr/10)" in text
+    assert "beat tuned sgd on these seeds (1.17 against 1.38)" in text
+    assert "Negative control (adam#sgd)#adam" in text and "shows nothing" in text
+    slower = control("positive", "sgd@lr/10", "sgd", "like M", (-0.01, 0.01), 1.5, 1.38)
+    failed = control("negative", "adam#sgd", "adam", "closer to M", (0.1, 0.4), 1.2, 1.4)
+    text = control_text(pd.DataFrame([slower, failed]))
+    assert "beat" not in text  # a tenth of the lr trained worse: the search is not faulted
+    assert "did NOT come out like D: the lab cannot show direction deciding" in text
