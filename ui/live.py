@@ -259,10 +259,13 @@ def watched_group(prefix: str, kind: str) -> str:
     group = st.query_params.get("group", "")
     if not group.startswith(f"{kind}-"):
         group = st.session_state[f"{prefix}.group"]
-    st.session_state[f"{prefix}.adopted"] = not group
+    # a group this tab only looks at stays looked at when ``watch`` puts it in the URL
+    looked_at = st.session_state.get(f"{prefix}.looked_at", "")
+    st.session_state[f"{prefix}.adopted"] = not group or group == looked_at
     if not group:
         running = get_store().runs(kind=kind, status="running", flatten_config=False)
         group = running["group"].iloc[0] if not running.empty else ""
+        st.session_state[f"{prefix}.looked_at"] = group
     return group or ""
 
 

@@ -115,12 +115,6 @@ def test_start_trains_the_seed_shown(runs_root, typed):
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ui/live.py: the running group a tab only looks at is written into its URL "
-    "(attach -> watch), so on the next rerun watched_group reads it as the tab's own "
-    "(adopted=False) and busy() disables Start: the click is dropped without a word",
-)
 def test_a_tab_opened_while_another_tabs_group_runs_still_starts_its_own(runs_root):
     """Another tab's lab group is running when this tab opens: the page shows it, Start is
     on (``ui.live.busy``), and a click after typing the seed starts this tab's own runs.
