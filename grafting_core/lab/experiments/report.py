@@ -16,6 +16,7 @@ import pandas as pd
 from grafting_core.lab.experiments.compare import read_comparison
 from grafting_core.lab.experiments.comparison_plan import comparison_request
 from grafting_core.lab.experiments.comparison_reading import control_text, graft_name
+from grafting_core.lab.experiments.halving_check import halving_check
 from grafting_core.lab.experiments.verdict import label_words
 from grafting_core.lab.store.run_store import RunStore
 
@@ -138,6 +139,18 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
     )
     columns = ["arm", "lr", "warmup", "seeds", "failed", "mean", "std", "mark"]
     parts += ["### Search (tuning seeds)", "", markdown_table(sweep[columns]), ""]
+    checked = halving_check(store, group, metric=metric)
+    if not checked.empty:
+        parts += [
+            "### Successive halving, checked on this full search",
+            "",
+            "What halving at each evaluated step would have chosen (each warm-up's best lr "
+            "there, ranked on the first tuning seed, then the best final mean over the tuning "
+            "seeds), against this search's choice; regret = the difference of final means.",
+            "",
+            markdown_table(checked),
+            "",
+        ]
     if result.excluded:
         parts += [
             f"{result.excluded} runs made with other settings are left out of every table.",
