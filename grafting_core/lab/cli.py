@@ -928,7 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rung",
         type=float,
         help="successive halving: every searched setting trains to this fraction of the "
-        "steps, only the best --keep lrs of each warm-up go on; 0: all to the end [0.333]",
+        "steps, only the best --keep lrs of each warm-up go on; 0: all to the end [0.5]",
     )
     compare_p.add_argument(
         "--rung-seeds",

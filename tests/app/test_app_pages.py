@@ -216,7 +216,7 @@ def test_tuned_comparison_by_default_searches_lr_and_warm_up_on_a_tuning_seed(st
         extensions=0,
         warmups=(0.05, 0.3),
         tune_seeds=(10_000, 10_001),
-        rung=0.33,
+        rung=0.5,
         control=True,
     )
     planned = plan_comparison(**request)  # the engine's plan of what the page started

@@ -82,8 +82,8 @@ def test_cli_compare_prints_its_plan_before_training(tmp_path, capsys):
         {label: LAB_OPTIMIZERS[label] for label in ("sgd", "adam")},
         seeds=range(5),
     )
-    # the 2×2: 33.3 (its second tuning seed: 4 of them); its controls: 9
-    assert "run-equivalents" in protocol.text() and protocol.budget[0] <= 42.4
+    # the 2×2: 36 (its second tuning seed: 4 of them; the rung at half the steps); controls 9
+    assert "run-equivalents" in protocol.text() and protocol.budget[0] == 45
     assert f"plan: {expected}" in err
     assert "6 runs, 1 at a time" in err
 

@@ -87,11 +87,11 @@ def test_a_plan_stored_before_rung_seeds_keeps_every_tuning_seed_at_the_rung(sto
 def test_the_protocol_plans_a_second_tuning_seed_and_both_controls():
     planned = plan_comparison(RunConfig(**TINY), PAIR, seeds=range(5), plan=PROTOCOL)
     controls = 3 * CONTROL_SEEDS  # positive: M and graft; negative: the graft alone
-    search = 10 / 3 + 2 * 2 / 3 + 2  # per arm: to the rung, the leaders on, and on seed 2
+    search = 10 / 2 + 2 * 1 / 2 + 2  # per arm: to the rung, the leaders on, and on seed 2
     assert planned.budget[0] == pytest.approx(2 * (search + 5) + 10 + controls)
-    assert planned.budget[0] - controls == pytest.approx(33.33, abs=0.01)
+    assert planned.budget[0] - controls == pytest.approx(36)
     text = planned.text()
-    assert "on 1 tuning seed, each to 33% of the steps" in text
+    assert "on 1 tuning seed, each to 50% of the steps" in text
     assert "on to the end on 2 tuning seeds" in text
     assert "a positive and a negative control (9 runs)" in text
 
