@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 
 from grafting_core.lab.experiments.compare import read_comparison
-from grafting_core.lab.experiments.comparison_plan import comparison_request
+from grafting_core.lab.experiments.comparison_plan import (
+    LONGEST_WARMUP,
+    comparison_request,
+    plan_comparison,
+)
 from grafting_core.lab.experiments.comparison_reading import control_text, graft_name
 from grafting_core.lab.experiments.halving_check import halving_check
 from grafting_core.lab.experiments.verdict import label_words
@@ -48,6 +52,8 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
         base, plan = request["base"], request["plan"]
         tuning = plan.tune_seeds or request["seeds"]
         ranking = plan.ranking_seeds(tuning)
+        runs = store.runs(group=group)
+        low, high = plan_comparison(**request).budget
         parts += [
             f"- task: {base.custom or base.dataset}, model {base.model or 'default'}, "
             f"{base.steps} steps, batch {base.batch_size}, {base.schedule} schedule",
@@ -59,6 +65,11 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             "more past an edge)"
             + (
                 f" × warm-ups {', '.join(f'{w:.0%}' for w in plan.warmups)} of the steps"
+                + (
+                    f" (twice the longest, up to {LONGEST_WARMUP:.0%}, where a best sat there)"
+                    if plan.longer_warmups()
+                    else ""
+                )
                 if plan.warmups
                 else f", warm-up {base.warmup_steps} steps"
             )
@@ -80,6 +91,9 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             + f"; reporting seeds: {_seeds(request['seeds'])}",
             f"- metric: final {metric}; verdicts paired by seed, 95% CI, margin ±0.25, Holm over "
             "the grafts (each control at 5% on its own)",
+            f"- cost: {len(runs)} runs, {runs['last_step'].sum() / base.steps:.1f} "
+            f"run-equivalents trained (Σ last step ÷ {base.steps}; the plan said "
+            f"{low:.1f}–{high:.1f})",
             "",
         ]
     if not result.controls.empty:

@@ -35,6 +35,9 @@ def test_the_report_prints_the_protocol_the_control_and_each_verdict(tmp_path):
     )
     assert report.index("Positive control") < report.index("### Verdicts")
     assert report.index("Negative control") < report.index("### Verdicts")
+    runs = store.runs(group=group)
+    trained = runs["last_step"].sum() / TINY["steps"]
+    assert f"- cost: {len(runs)} runs, {trained:.1f} run-equivalents trained" in report
     for row in result.verdicts.itertuples():
         line = next(x for x in report.splitlines() if x.startswith(f"| {row.magnitude}#"))
         assert f"{row.graft_mean:.4g}" in line and f"[{row.ci_low:.2f}, {row.ci_high:.2f}]" in line
