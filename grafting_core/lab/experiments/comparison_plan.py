@@ -210,6 +210,18 @@ def run_equivalents(
     return fewest, most
 
 
+def comparison_budget(request: Mapping[str, Any]) -> tuple[float, float]:
+    """The fewest and the most run-equivalents of the comparison ``request`` (its stored
+    settings, ``comparison_request``): the plan's budget, for every seed it has."""
+    return run_equivalents(
+        len(request["optimizers"]),
+        len(request["seeds"]),
+        request["plan"],
+        1 + len(request["partial"]),
+        tune_grafts=request["tune_grafts"],
+    )
+
+
 @dataclass(frozen=True)
 class ComparisonPlan:
     """What Start (or ``compare``) will train: ``request`` holds ``compare``'s keyword

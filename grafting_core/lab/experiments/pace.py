@@ -17,12 +17,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from grafting_core.lab.experiments.comparison_plan import comparison_request, run_equivalents
+from grafting_core.lab.experiments.comparison_plan import comparison_budget, comparison_request
 from grafting_core.lab.experiments.comparison_reading import cut_short
 from grafting_core.lab.experiments.graft_lrs import ROLE as GRAFT_LR_ROLE
 from grafting_core.lab.runs.groups import TERMINAL
@@ -44,18 +43,6 @@ class Pace:
     steps_per_second: float | None  # the group's pace, every worker together
     state: str  # "training", "no pace yet", "finished" or "stopped"
     text: str  # the line the page shows
-
-
-def comparison_budget(request: dict[str, Any]) -> tuple[float, float]:
-    """The fewest and the most run-equivalents of the comparison ``request`` (its stored
-    settings, ``comparison_request``): the plan's budget, for every seed it has."""
-    return run_equivalents(
-        len(request["optimizers"]),
-        len(request["seeds"]),
-        request["plan"],
-        1 + len(request["partial"]),
-        tune_grafts=request["tune_grafts"],
-    )
 
 
 def comparison_pace(

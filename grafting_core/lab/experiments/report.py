@@ -16,8 +16,8 @@ import pandas as pd
 from grafting_core.lab.experiments.compare import read_comparison
 from grafting_core.lab.experiments.comparison_plan import (
     LONGEST_WARMUP,
+    comparison_budget,
     comparison_request,
-    plan_comparison,
 )
 from grafting_core.lab.experiments.comparison_reading import control_text, graft_name
 from grafting_core.lab.experiments.halving_check import halving_check
@@ -53,7 +53,7 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
         tuning = plan.tune_seeds or request["seeds"]
         ranking = plan.ranking_seeds(tuning)
         runs = store.runs(group=group)
-        low, high = plan_comparison(**request).budget
+        low, high = comparison_budget(request)
         parts += [
             f"- task: {base.custom or base.dataset}, model {base.model or 'default'}, "
             f"{base.steps} steps, batch {base.batch_size}, {base.schedule} schedule",

@@ -12,7 +12,8 @@ from grafting_core.lab.experiments.comparison_plan import (
     plan_comparison,
     request_json,
 )
-from grafting_core.lab.experiments.pace import comparison_budget, comparison_pace
+from grafting_core.lab.experiments.comparison_plan import comparison_budget
+from grafting_core.lab.experiments.pace import comparison_pace
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store import run_store
 from tests.helpers import PAIR, SEARCH_TINY
