@@ -9,10 +9,10 @@ import pytest
 from grafting_core.lab.experiments import pace as pace_module
 from grafting_core.lab.experiments.comparison_plan import (
     SweepPlan,
+    comparison_budget,
     plan_comparison,
     request_json,
 )
-from grafting_core.lab.experiments.comparison_plan import comparison_budget
 from grafting_core.lab.experiments.pace import comparison_pace
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store import run_store
