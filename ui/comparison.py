@@ -49,11 +49,14 @@ from ui.resources import (
 FACTORS = {math.sqrt(10): "half a decade (× 3.16)", 10.0: "a decade (× 10)", 2.0: "× 2"}
 PARTIAL_KEYS = ("grid.partial", "grid.partial.2", "grid.partial.3")  # partial grafts per pair
 TUNED_INTRO = r"""
-A fair comparison tunes each optimizer first. Each one's learning rate is **swept** on a
-log grid centred on its lr below, with every seed; the lr with the best mean final
-validation loss is its **tuned** lr (the grid grows while the best sits at its edge). Then
-every M#D trains at **M's tuned lr**, and each pair gets a verdict, *closer to M*, *closer
-to D* or *cannot tell*, that weighs the gap against the spread over seeds.
+A fair comparison tunes each optimizer first. Its learning rate and warm-up are
+**searched** on a log grid centred on its lr below, on tuning seeds of their own (every
+setting to half the steps, each warm-up's best on to the end on two seeds; the grid grows
+while the best sits at its edge); the best is its **tuned** setting, trained again on the
+reporting seeds. Then every M#D trains at **M's tuned lr**, and each pair gets a verdict
+from where M#D lands between M (0) and D (1), with its 95% CI over the seeds: *like M*,
+*like D*, *closer to M or D*, *between*, *worse or better than both*, or *cannot tell*.
+Two controls check that these seeds can show magnitude, and direction, deciding.
 """
 
 
