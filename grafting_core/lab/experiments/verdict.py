@@ -683,6 +683,22 @@ def _claim_p(contrast: _Contrast, estimate: float, region: tuple[float, float]) 
     return t_two_sided(min(abs(contrast.t(x)) for x in points), contrast.df)
 
 
+BEYOND = ("better than both", "worse than both")
+
+
+def _beyond_both_p(contrast: _Contrast, worse: bool) -> float:
+    """The p-value of "the graft is worse (or better) than both arms", tested directly: an
+    intersection-union test whose parts are the graft against M (t at p0 = 0: ḡ − m̄) and
+    against D (t at p0 = 1: ḡ − d̄), each one-sided at α/2 as the other claims' ends are; 1
+    when either difference has the wrong sign. Unlike the position's CI it needs no gap
+    between M and D: a graft worse than two arms that tie is still worse than both."""
+    to_m, to_d = contrast.t(0.0), contrast.t(1.0)
+    sign = 1.0 if worse else -1.0
+    if not (sign * to_m > 0 and sign * to_d > 0):
+        return 1.0
+    return max(contrast.p(0.0), contrast.p(1.0))
+
+
 def _holds(contrast: _Contrast, estimate: float, region: tuple[float, float], alpha: float) -> bool:
     """Whether the (1 − α) CI lies inside ``region`` (the same as ``_claim_p`` ≤ α, without
     computing a p-value: each point's |t| against the cached critical value)."""
@@ -741,7 +757,9 @@ class Judgment:
         if self.contrast is None or not math.isfinite(self.position):
             return {}
         return {
-            name: _claim_p(self.contrast, self.position, region)
+            name: _beyond_both_p(self.contrast, name == "worse than both")
+            if name in BEYOND
+            else _claim_p(self.contrast, self.position, region)
             for name, region in _regions(self.margin, self.contrast.b).items()
         }
 
@@ -841,17 +859,20 @@ def judge(
     - "like D": CI inside (1 − δ, 1 + δ): TOST of equivalence to D, the same way.
     - "between": CI inside (δ, 1 − δ): both one-sided tests (position > δ and position
       < 1 − δ) reject at α/2, i.e. like neither arm (an intersection-union test, as TOST).
-    - "better than both" / "worse than both": CI beyond an arm (below 0 or above 1): a
-      one-sided test that the graft lies past that arm, at α/2. Which name depends on the
-      sign of the gap: beyond the better arm is better than both.
+    - "better than both" / "worse than both": tested directly, with no need for a gap
+      between M and D: the graft's loss lies below (above) both M's and D's, each paired
+      difference one-sided at α/2 (an intersection-union test). Where the gap is
+      significant this is the position lying beyond the better (worse) arm; where M and D
+      tie, the position is undefined and the verdict still holds.
     - "closer to M" / "closer to D": CI on one side of 0.5: the two-sided midpoint test
       (H0: position = 0.5) rejects, with the side.
     - "cannot tell": none of the above.
 
     The first that holds in this order is the label (an equivalence verdict before
-    "closer to", "between" before "closer to"). Each label is false only when the CI misses
-    the true position, so any false label has probability ≤ α (paired: exactly the CI's
-    miss rate). ``margin`` must lie in (0, 0.5].
+    "closer to", "between" before "closer to"). Each label but the two "than both" is false
+    only when the CI misses the true position, so any false label has probability ≤ α
+    (paired: exactly the CI's miss rate); the "than both" ones are false with probability
+    ≤ α/2 (their tests' level). ``margin`` must lie in (0, 0.5].
     """
     if not 0.0 < margin <= 0.5:
         raise ValueError(f"margin must lie in (0, 0.5], got {margin}")
@@ -887,9 +908,13 @@ def judge(
     if not math.isfinite(estimate):
         return Judgment(label="cannot tell", position=estimate, df=contrast.dof(math.inf), **out)
     regions = _regions(margin, contrast.b)
-    label = next(
-        (c for c in CLAIMS if _holds(contrast, estimate, regions[c], alpha)), "cannot tell"
-    )
+
+    def holds(claim: str) -> bool:
+        if claim in BEYOND:
+            return _beyond_both_p(contrast, claim == "worse than both") <= alpha
+        return _holds(contrast, estimate, regions[claim], alpha)
+
+    label = next((c for c in CLAIMS if holds(c)), "cannot tell")
     return Judgment(label=label, position=estimate, df=contrast.dof(estimate), **out)
 
 

@@ -191,3 +191,21 @@ def test_holm_with_true_effects_in_the_family_keeps_them_and_the_error_bound():
     print(f"3 nulls + 3 clear grafts: family-wise error {adjusted:.2%}; clear ones kept {kept:.0%}")
     assert adjusted <= 0.05 + 0.02  # 800 families: sd 0.77%
     assert kept >= 0.9
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+@pytest.mark.parametrize("gap", [0.0, GAP])
+def test_beyond_both_is_rarely_said_of_a_graft_on_the_worse_arm(n, gap):
+    """ "Worse/better than both" is tested directly (no gap needed); at its null's boundary,
+    the graft exactly on the worse arm (and M and D tied, gap 0), it is said at most α/2 of
+    the time, and with M and D tied a graft worse than both is found."""
+    rng = np.random.default_rng(7 + n)
+    m, d, g = simulate(rng, REPS, n, 1.0, gap=gap, shared=SHARED)
+    labels = [j.label for j in judge_all(m, d, g)]
+    beyond = float(np.mean([label.endswith("than both") for label in labels]))
+    print(f"n={n} gap={gap}: 'than both' on the worse arm {beyond:.3f}")
+    assert beyond <= 0.025 + 0.008  # α/2 plus Monte-Carlo slack (2.5 sd at REPS)
+    if gap == 0.0 and n >= 5:
+        worse = simulate(rng, 200, n, 1.0, gap=0.0, shared=SHARED)
+        worse = (worse[0], worse[1], worse[2] + 0.2)  # 4 noise sds above two tied arms
+        assert np.mean([j.label == "worse than both" for j in judge_all(*worse)]) > 0.9
