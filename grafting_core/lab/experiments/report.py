@@ -134,7 +134,8 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
                 "diverged": v["graft_diverged"],
                 "M mean": v["magnitude_mean"],
                 "D mean": v["direction_mean"],
-                "position": v["position"],
+                # the estimate means nothing where M and D cannot be told apart (CI unbounded)
+                "position": v["position"].where(np.isfinite(v["ci_low"])),
                 "95% CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(v["ci_low"], v["ci_high"])],
                 "verdict": [
                     label_words(label, m, d)
