@@ -43,13 +43,12 @@ STORY = r"""
 found that M#D trains like M on their networks: much of what makes an optimizer good is the
 per-layer step-size schedule it implies, not its direction.
 
-**What this lab measured** (RESULTS.md; each optimizer's learning rate tuned, 5 seeds,
-mean ± std of the final validation loss). On a small character transformer, SGD#Adam
-reached 1.585 ± 0.003, 59% of the way from tuned SGD (1.862 ± 0.059) to tuned Adam
-(1.391 ± 0.006): *closer to its direction*, Adam, against the claim; with the graft's own
-learning rate tuned, 1.428 ± 0.011, 92% of the way. Adam#SGD (1.700 ± 0.100) cannot be told
-apart from the midpoint. On an MNIST-1D MLP tuned SGD (1.021) and Adam (1.066) end level,
-so the claim cannot be tested there.
+**What this lab measured** (RESULTS.md §0; each optimizer's learning rate and warm-up
+tuned, 10 seeds, verdicts with 95% CIs). On an MNIST-1D MLP, SGD, Adam and AdaGrad tuned
+end close (1.056, 1.056, 1.129), and no graft trains like its M: every graft mixing AdaGrad
+with SGD or Adam is *worse than both* its arms but one (Adam#AdaGrad, closer to Adam), and
+the SGD–Adam grafts land between. Two controls show the lab can see magnitude, and
+direction, decide where each must.
 
 **Why they can differ.** Grafting takes one step length per *layer*; how that length is
 shared among the layer's coordinates comes with D's direction. Adam's advantage is largely

@@ -47,10 +47,9 @@ the green one the grafted step that is taken (D's direction, M's length).
 STORY = r"""
 **The paper's claim** (Agarwal et al. 2020): on real networks M#D trains like M — the
 step length each *layer* gets carries much of what makes an optimizer good.
-**What this lab measured** (RESULTS.md, 5 seeds, every optimizer's lr tuned): on a small
-character transformer SGD#Adam reached 1.585 ± 0.003, 59% of the way from SGD (1.862) to
-Adam (1.391), so *closer to its direction*, Adam; with the graft's own lr tuned, 92%.
-On an MNIST-1D MLP tuned SGD and Adam end level, so the claim cannot be tested there.
+**What this lab measured** (RESULTS.md §0, every optimizer's lr and warm-up tuned, 10
+seeds): on an MNIST-1D MLP no graft of SGD, Adam and AdaGrad trains like its M; most grafts
+with AdaGrad are *worse than both* their arms.
 
 **Why a picture, a network and the paper's scale can differ.** Grafting takes *one*
 length per layer; how that length is shared among the layer's coordinates comes with D's
