@@ -297,7 +297,8 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
     for pair, row in verdicts.iterrows():  # the paired, Holm-corrected judgment
         m, d = pair.split("#")
         assert table.loc[pair, "verdict"] == label_words(row["label"], m, d)
-        assert table.loc[pair, "95% CI"] == f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        level = f"{100 * row['ci_level']:.3g}%"
+        assert table.loc[pair, "CI"] == f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}] at {level}"
         assert table.loc[pair, "reason"] == row["judgment"]
     # the verdict figure: M, M#D and D per pair, means with their stds as error bars
     figure = chart_traces(at, chart_titled(at, "Tuned M, M#D and tuned D"))

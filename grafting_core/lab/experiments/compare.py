@@ -760,6 +760,7 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
                 "position": row["position"],
                 "ci_low": row["ci_low"],
                 "ci_high": row["ci_high"],
+                "ci_level": 1.0 - row["alpha"],  # 95%, or Holm's stricter level in a family
                 "p_holm": row["p_holm"],
                 "margin": row["margin"],
                 "judgment": row["reason"],

@@ -108,9 +108,7 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
             "seeds": verdicts["graft_seeds"],
             "diverged": verdicts["graft_diverged"],
             "position": verdicts["position"],
-            "95% CI": [
-                f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(verdicts["ci_low"], verdicts["ci_high"])
-            ],
+            "CI": ci_texts(verdicts),
             "verdict": [
                 label_words(label, m, d)
                 for label, m, d in zip(
@@ -149,6 +147,17 @@ def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """The comparison's M#D pairs, as (M label, D label), in the order they were made."""
     grafts = runs[runs["role"].isin(GRAFT_ROLES)]
     return list(dict.fromkeys(zip(grafts["magnitude_arm"], grafts["direction_arm"])))
+
+
+def ci_texts(verdicts: pd.DataFrame) -> list[str]:
+    """Each verdict's CI with its level: ``[0.33, 1.06] at 97.5%`` (95%, or the stricter level
+    Holm judged it at)."""
+    return [
+        f"[{lo:.2f}, {hi:.2f}] at {level:.3g}%"
+        for lo, hi, level in zip(
+            verdicts["ci_low"], verdicts["ci_high"], 100 * verdicts["ci_level"]
+        )
+    ]
 
 
 def control_text(controls: pd.DataFrame) -> str:

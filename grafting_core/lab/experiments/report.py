@@ -19,7 +19,11 @@ from grafting_core.lab.experiments.comparison_plan import (
     comparison_budget,
     comparison_request,
 )
-from grafting_core.lab.experiments.comparison_reading import control_text, graft_name
+from grafting_core.lab.experiments.comparison_reading import (
+    ci_texts,
+    control_text,
+    graft_name,
+)
 from grafting_core.lab.experiments.halving_check import halving_check
 from grafting_core.lab.experiments.verdict import label_words
 from grafting_core.lab.store.run_store import RunStore
@@ -89,8 +93,9 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             + (_seeds(plan.tune_seeds) if plan.tune_seeds else "the reporting seeds")
             + " (the best mean over them is chosen)"
             + f"; reporting seeds: {_seeds(request['seeds'])}",
-            f"- metric: final {metric}; verdicts paired by seed, 95% CI, margin ±0.25, Holm over "
-            "the grafts (each control at 5% on its own)",
+            f"- metric: final {metric}; verdicts paired by seed, 95% CI (Holm over the grafts "
+            "judges each at a stricter level, shown with it; each control at 5% on its own), "
+            "margin ±0.25",
             f"- cost: {len(runs)} runs, {runs['last_step'].sum() / base.steps:.1f} "
             f"run-equivalents trained (Σ last step ÷ {base.steps}; the plan said "
             f"{low:.1f}–{high:.1f})",
@@ -136,7 +141,7 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
                 "D mean": v["direction_mean"],
                 # the estimate means nothing where M and D cannot be told apart (CI unbounded)
                 "position": v["position"].where(np.isfinite(v["ci_low"])),
-                "95% CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(v["ci_low"], v["ci_high"])],
+                "CI (its level)": ci_texts(v),
                 "verdict": [
                     label_words(label, m, d)
                     for label, m, d in zip(v["label"], v["magnitude"], v["direction"])

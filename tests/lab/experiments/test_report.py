@@ -40,7 +40,8 @@ def test_the_report_prints_the_protocol_the_control_and_each_verdict(tmp_path):
     assert f"- cost: {len(runs)} runs, {trained:.1f} run-equivalents trained" in report
     for row in result.verdicts.itertuples():
         line = next(x for x in report.splitlines() if x.startswith(f"| {row.magnitude}#"))
-        assert f"{row.graft_mean:.4g}" in line and f"[{row.ci_low:.2f}, {row.ci_high:.2f}]" in line
+        ci = f"[{row.ci_low:.2f}, {row.ci_high:.2f}] at {100 * row.ci_level:.3g}%"
+        assert f"{row.graft_mean:.4g}" in line and ci in line
     tuned = result.arms[result.arms["role"] == "tuned"]
     for row in tuned.itertuples():
         assert re.search(rf"\| {row.arm} \| {row.lr:.4g} \| \d+ \| {row.mean:.4g} \|", report)
