@@ -54,7 +54,7 @@ A fair comparison tunes each optimizer first. Its learning rate and warm-up are
 setting to half the steps, each warm-up's best on to the end on two seeds; the grid grows
 while the best sits at its edge); the best is its **tuned** setting, trained again on the
 reporting seeds. Then every M#D trains at **M's tuned lr**, and each pair gets a verdict
-from where M#D lands between M (0) and D (1), with its 95% CI over the seeds: *like M*,
+from where M#D lands between M (0) and D (1), with its CI over the seeds: *like M*,
 *like D*, *closer to M or D*, *between*, *worse or better than both*, or *cannot tell*.
 Two controls check that these seeds can show magnitude, and direction, deciding.
 """
@@ -327,15 +327,18 @@ def comparison_results(group: str, runs: pd.DataFrame) -> None:
         st.table(
             verdict_table(result.verdicts)
             .style.format("{:.4f}", subset=numbers)
-            .format("{:.2f}", subset=["position"])
+            .format("{:.2f}", subset=["position"], na_rep="—")
             .hide(axis="index")
         )  # a static table: the reasons wrap instead of clipping
         st.caption(
-            "position = (M#D − M) / (D − M): 0 on M, 1 on D, with its 95% confidence interval "
-            "from the seeds, paired (every arm of a seed shares its init and batches). "
+            "position = (M#D − M) / (D − M): 0 on M, 1 on D, with its confidence interval "
+            "from the seeds, paired (every arm of a seed shares its init and batches), at the "
+            "level its verdict is judged at: 95%, or stricter where Holm's correction over the "
+            "table's verdicts asks for it (97.5%, 98.3%, …). No position where the interval is "
+            "unbounded: M and D cannot be told apart there. "
             "*like M* / *like D*: the interval lies within ±0.25 of 0 / 1; *closer to M / D*: "
             "on one side of 0.5; *between*: inside (0.25, 0.75); *worse / better than both*: "
-            "beyond both arms; else *cannot tell*. Holm-corrected over the table's verdicts."
+            "beyond both arms; else *cannot tell*."
         )
     graft_lrs_results(group, runs, y_title)
     with st.expander("Every run of the comparison"):

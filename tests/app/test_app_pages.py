@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from types import SimpleNamespace
 
@@ -291,9 +292,16 @@ def test_tuned_comparison_sweeps_grafts_and_shows_the_verdicts_with_their_spread
         ("M std", "magnitude_std"),
         ("D mean", "direction_mean"),
         ("D std", "direction_std"),
-        ("position", "position"),
     ):
         assert table[column].to_dict() == pytest.approx(verdicts[source].to_dict())
+    bounded = verdicts["ci_low"] > -math.inf  # no position where M and D cannot be told apart
+    assert table["position"].to_dict() == pytest.approx(
+        verdicts["position"].where(bounded).to_dict(), nan_ok=True
+    )
+    levels = {f"{100 * level:.3g}%" for level in verdicts["ci_level"]}
+    positions = chart_titled(at, "Where each graft lands")
+    title = page_figures(at)[positions]["layout"]["title"]["text"]
+    assert title.endswith(f"{levels.pop()} CI" if len(levels) == 1 else "(in the hover)")
     for pair, row in verdicts.iterrows():  # the paired, Holm-corrected judgment
         m, d = pair.split("#")
         assert table.loc[pair, "verdict"] == label_words(row["label"], m, d)
@@ -450,6 +458,8 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     runs = settle(at, store, len(first) + 2, group)
     new = runs[~runs["run_id"].isin(first["run_id"])]
     assert (new["role"] == "graft_lr").all() and sorted(new[LR_COLUMN]) == [0.2, 0.2]
+    ended = new[["status", "error", "last_step"]].to_dict("records")
+    assert new["status"].isin(["finished", "diverged"]).all(), ended  # none left to resume
     expected = graft_lr_table(store, group, magnitude="sgd", direction="adam")
     assert sorted(expected["lr"]) == sorted([tuned_sgd, 0.2])
     shown = table_with(at, "tuned_lr")
@@ -464,6 +474,7 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
         [i.value for i in at.info],
         [e.value for e in at.error],
         at.exception,
+        store.runs(group=group)[["role", "status", "error"]].to_dict("records"),
     )
     assert len(store.runs(group=group)) == len(runs)
     (bar,) = at.get("progress")  # the added runs count apart from the sweeps and grafts
@@ -818,6 +829,7 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
         [i.value for i in at.info],
         [e.value for e in at.error],
         at.exception,
+        store.runs(group=group)[["role", "status", "error"]].to_dict("records"),
     )
     assert len(store.runs(group=group)) == len(runs)
 

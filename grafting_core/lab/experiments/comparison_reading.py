@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from grafting_core.lab.experiments.common import LR_COLUMN
@@ -89,8 +90,8 @@ def variant_name(layers: str) -> str:
 
 def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     """One row per graft (a pair, or a partial graft of it): the three arms' means, medians
-    and stds, the position with its 95% CI, the verdict (paired by seed, equivalence margin,
-    Holm over the table: ``verdict.judge``) and why."""
+    and stds, the position (none where M and D cannot be told apart) with its CI, the verdict
+    (paired by seed, equivalence margin, Holm over the table: ``verdict.judge``) and why."""
     grafted = verdicts["grafted"] if "grafted" in verdicts else ["all"] * len(verdicts)
     return pd.DataFrame(
         {
@@ -107,7 +108,7 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
             "D std": verdicts["direction_std"],
             "seeds": verdicts["graft_seeds"],
             "diverged": verdicts["graft_diverged"],
-            "position": verdicts["position"],
+            "position": positions_shown(verdicts),
             "CI": ci_texts(verdicts),
             "verdict": [
                 label_words(label, m, d)
@@ -147,6 +148,12 @@ def graft_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """The comparison's M#D pairs, as (M label, D label), in the order they were made."""
     grafts = runs[runs["role"].isin(GRAFT_ROLES)]
     return list(dict.fromkeys(zip(grafts["magnitude_arm"], grafts["direction_arm"])))
+
+
+def positions_shown(verdicts: pd.DataFrame) -> pd.Series:
+    """Each verdict's position, or NaN where its CI is unbounded: M and D cannot be told
+    apart there, so (M#D − M) / (D − M) divides by noise and its estimate means nothing."""
+    return verdicts["position"].where(np.isfinite(verdicts["ci_low"].astype(float)))
 
 
 def ci_texts(verdicts: pd.DataFrame) -> list[str]:

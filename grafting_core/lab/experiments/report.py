@@ -23,6 +23,7 @@ from grafting_core.lab.experiments.comparison_reading import (
     ci_texts,
     control_text,
     graft_name,
+    positions_shown,
 )
 from grafting_core.lab.experiments.halving_check import halving_check
 from grafting_core.lab.experiments.verdict import label_words
@@ -139,8 +140,7 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
                 "diverged": v["graft_diverged"],
                 "M mean": v["magnitude_mean"],
                 "D mean": v["direction_mean"],
-                # the estimate means nothing where M and D cannot be told apart (CI unbounded)
-                "position": v["position"].where(np.isfinite(v["ci_low"])),
+                "position": positions_shown(v),
                 "CI (its level)": ci_texts(v),
                 "verdict": [
                     label_words(label, m, d)

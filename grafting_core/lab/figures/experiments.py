@@ -317,12 +317,13 @@ VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name,
 
 
 def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
-    """Each graft's position on the M–D segment (0 = M, 1 = D) with its 95% CI as a bar, the
+    """Each graft's position on the M–D segment (0 = M, 1 = D) with its CI as a bar, the
     equivalence margins around M and D shaded, and its verdict in the hover and the tick:
     what ``verdict.judge`` decided, drawn. An unbounded CI runs off both ends of the axis.
 
     ``verdicts``: ``compare.Comparison.verdicts`` (magnitude, direction, grafted, position,
-    ci_low, ci_high, label, margin)."""
+    ci_low, ci_high, label, margin; ``ci_level``: each CI's level, 95% or the stricter one
+    Holm judged it at, said in the title and the hover; 95% where absent)."""
     if verdicts.empty:
         return empty_figure("the verdicts come when the grafts have trained", x_title="position")
     names = [
@@ -339,6 +340,13 @@ def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
     highs = np.clip(verdicts["ci_high"].to_numpy(float), low, high)
     positions = np.clip(verdicts["position"].to_numpy(float), low, high)
     ticks = [f"{name}<br>{word}" for name, word in zip(names, words)]
+    levels = verdicts["ci_level"] if "ci_level" in verdicts else [0.95] * len(verdicts)
+    level_text = [f"{100 * level:.3g}%" for level in levels]
+    ci_name = (
+        f"{level_text[0]} CI"
+        if len(set(level_text)) == 1
+        else "CI at the level Holm judged it (in the hover)"
+    )
     fig = go.Figure()
     for centre, text in ((0.0, "like M"), (1.0, "like D")):
         fig.add_vrect(
@@ -356,7 +364,7 @@ def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
             x=positions,
             y=ticks,
             mode="markers",
-            name="position, 95% CI",
+            name=f"position, {ci_name}",
             marker={"size": 10, "color": PALETTE[2]},
             error_x={
                 "type": "data",
@@ -367,14 +375,19 @@ def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
                 "width": 6,
             },
             customdata=np.column_stack(
-                [verdicts["ci_low"].to_numpy(float), verdicts["ci_high"].to_numpy(float), words]
+                [
+                    verdicts["ci_low"].to_numpy(float),
+                    verdicts["ci_high"].to_numpy(float),
+                    words,
+                    level_text,
+                ]
             ),
-            hovertemplate="position %{x:.2f}, 95% CI [%{customdata[0]:.2f}, "
+            hovertemplate="position %{x:.2f}, %{customdata[3]} CI [%{customdata[0]:.2f}, "
             "%{customdata[1]:.2f}]: %{customdata[2]}<extra></extra>",
         )
     )
     fig.update_layout(
-        title=title or "Where each graft lands: 0 = M, 1 = D, with its 95% CI",
+        title=title or f"Where each graft lands: 0 = M, 1 = D, with its {ci_name}",
         xaxis={"title": "position (M#D − M) / (D − M)", "range": [low, high]},
         yaxis={"autorange": "reversed"},
         height=140 + 60 * len(verdicts),

@@ -1,4 +1,4 @@
-"""The CI figure draws each graft's position, its 95% CI and the equivalence margins."""
+"""The CI figure draws each graft's position, its CI (at its level) and the equivalence margins."""
 
 import math
 
@@ -61,3 +61,17 @@ def test_the_verdict_figure_names_each_graft_by_its_judged_verdict():
     )  # fmt: skip
     ticks = {x for trace in verdict_points(verdicts, y_title="loss").data for x in trace.x}
     assert ticks == {"adam#sgd<br><i>cannot tell</i>"}
+
+
+def test_the_figure_says_the_level_each_ci_is_at():
+    """Holm judges a family's grafts at stricter levels than 95%: the title says the level
+    when all share one, the hover says each; no level given means 95%."""
+    row = {"magnitude": "sgd", "direction": "adam", "grafted": "all", "position": 0.5}
+    row |= {"ci_low": 0.4, "ci_high": 0.6, "label": "between", "margin": 0.25}
+    same = pd.DataFrame([row | {"ci_level": 0.975}, row | {"ci_level": 0.975}])
+    assert position_intervals(same).layout.title.text.endswith("97.5% CI")
+    mixed = pd.DataFrame([row | {"ci_level": 0.975}, row | {"ci_level": 0.95}])
+    fig = position_intervals(mixed)
+    assert fig.layout.title.text.endswith("(in the hover)")
+    assert [c[3] for c in fig.data[0].customdata] == ["97.5%", "95%"]
+    assert position_intervals(pd.DataFrame([row])).layout.title.text.endswith("95% CI")
