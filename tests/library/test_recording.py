@@ -156,3 +156,17 @@ def test_empty_window_is_a_clear_error():
     train(model, opt, 3)
     with pytest.raises(ValueError, match="window"):
         static_ratios_from_log(log, window=(10, 20))
+
+
+def test_a_schedule_refuses_infinite_norms_naming_the_first_and_reads_nan_as_not_stepped():
+    """An infinite step norm replayed would skip its layer's step without a word: refused,
+    whether the schedule is built in memory or from a recording; NaN means 'not stepped'."""
+    inf, nan = float("inf"), float("nan")
+    first = "2 values are infinite, the first for layer 'b' at step 0"
+    with pytest.raises(ValueError, match=first):
+        MagnitudeSchedule(["a", "b"], [0, 10], [[1.0, inf], [inf, 2.0]])
+    records = torch.tensor([[[1.0], [2.0]], [[3.0], [inf]]])
+    with pytest.raises(ValueError, match="the first for layer 'b' at step 5"):
+        MagnitudeSchedule.from_records(["a", "b"], [0, 5], records, ("magnitude_norm",))
+    schedule = MagnitudeSchedule(["a", "b"], [0], [[nan, 2.0]])
+    assert schedule.norms.tolist() == [[0.0, 2.0]]
