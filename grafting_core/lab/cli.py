@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import sys
@@ -1107,10 +1108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    root = args.runs_dir or default_runs_dir()
+    new = not root.exists()
     with _interrupting_signals():
         try:
             store = args.store = _open_store(parser, args)
             return args.handler(args.command_parser, args, store)
+        except SystemExit as refused:  # a setting refused after the store was opened
+            if new and refused.code == 2 and root.exists():
+                _forget_new_store(getattr(args, "store", None), root)
+            raise
         except Stopped as stop:
             _say(str(stop))
             return 130
@@ -1126,6 +1133,20 @@ def main(argv: list[str] | None = None) -> int:
                 "restore it from a copy (sqlite3's .recover may save its rows)"
             )
             return 1
+
+
+def _forget_new_store(store: RunStore | None, root: Path) -> None:
+    """Remove the folder a refused command made for its new store, if it holds nothing
+    but the store's empty database: a refused command leaves nothing behind."""
+    if store is None or not store.runs().empty:
+        return
+    store.close()
+    database = {p.name for p in root.iterdir()} <= {
+        DB_FILENAME + suffix for suffix in ("", "-wal", "-shm", "-journal")
+    }
+    if database:
+        shutil.rmtree(root, ignore_errors=True)
+        _say(f"(the new folder {root} was removed: the command was refused)")
 
 
 @contextlib.contextmanager

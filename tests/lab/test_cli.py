@@ -214,3 +214,25 @@ def test_a_read_only_store_still_lists_and_refuses_writes_in_one_line(tmp_path, 
         assert err.count("\n") == 1 and "the run store is read-only" in err
     finally:
         subprocess.run(["chattr", "-i", *map(str, frozen)], check=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--magnitude-hparams", '{"lr": -1}'],
+        ["static-ratios", "--window", "10", "900", "--steps", "100"],
+    ],
+)
+def test_a_refused_command_leaves_no_new_store_folder_behind(tmp_path, argv, capsys):
+    """A setting refused once the store was opened: the folder made for it is removed; an
+    existing store is kept as it was."""
+    new = tmp_path / "new-store"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs-dir", str(new), *argv])
+    assert exit_info.value.code == 2 and not new.exists()
+    assert f"the new folder {new} was removed" in capsys.readouterr().err
+    kept = tmp_path / "kept"
+    RunStore(kept).close()
+    with pytest.raises(SystemExit):
+        main(["--runs-dir", str(kept), *argv])
+    assert (kept / "runs.sqlite").exists()
