@@ -11,6 +11,7 @@ from grafting_core import LAYER_KINDS
 from grafting_core.lab.experiments.common import LAB_OPTIMIZERS, LR_COLUMN
 from grafting_core.lab.experiments.compare import read_comparison
 from grafting_core.lab.experiments.comparison_plan import (
+    PROTOCOL,
     SweepPlan,
     comparison_request,
     plan_comparison,
@@ -53,7 +54,8 @@ A fair comparison tunes each optimizer first. Its learning rate and warm-up are
 **searched** on a log grid centred on its lr below, on tuning seeds of their own (every
 setting to half the steps, each warm-up's best on to the end on two seeds; the grid grows
 while the best sits at its edge); the best is its **tuned** setting, trained again on the
-reporting seeds. Then every M#D trains at **M's tuned lr**, and each pair gets a verdict
+reporting seeds (an lr whose next lr up diverged is passed over: it sits at the edge of
+stability). Then every M#D trains at **M's tuned lr**, and each pair gets a verdict
 from where M#D lands between M (0) and D (1), with its CI over the seeds: *like M*,
 *like D*, *closer to M or D*, *between*, *worse or better than both*, or *cannot tell*.
 Two controls check that these seeds can show magnitude, and direction, deciding.
@@ -174,6 +176,7 @@ def sweep_inputs() -> tuple[SweepPlan | None, str, int, str]:
             else (),
             rung=int(rung) / 100,
             control=bool(st.session_state["grid.control"]),
+            back_off=PROTOCOL.back_off,
         )
     except ValueError as error:
         return None, str(error), int(warmup), schedule

@@ -448,6 +448,7 @@ COMPARE_DEFAULTS = {
     "rung_seeds": PROTOCOL.rung_seeds,
     "keep": PROTOCOL.keep,
     "control": PROTOCOL.control,
+    "back_off": PROTOCOL.back_off,
     "partial": [],
     "tune_grafts": False,
 }
@@ -482,6 +483,7 @@ def _compare_request(parser, args) -> dict[str, Any]:
             rung_seeds=args.rung_seeds,
             keep=args.keep,
             control=args.control,
+            back_off=args.back_off,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -947,6 +949,13 @@ def build_parser() -> argparse.ArgumentParser:
         "of its tuned lr as M, tuned as D: M#D is M step for step, it must come out 'like "
         "M') and a negative one (M = the graft X#Y of the two tuned arms farthest apart, X "
         "the worse; D = tuned X: M#D is D step for step, it must come out 'like D') [on]",
+    )
+    compare_p.add_argument(
+        "--back-off",
+        action=argparse.BooleanOptionalAction,
+        help="an lr whose next lr up diverged at the same warm-up sits at the edge of "
+        "stability: it is neither a rung's leader nor the tuned lr while an lr below the "
+        "edge is there [on]",
     )
     compare_p.add_argument(
         "--partial",

@@ -219,6 +219,7 @@ def test_tuned_comparison_by_default_searches_lr_and_warm_up_on_a_tuning_seed(st
         tune_seeds=(10_000, 10_001),
         rung=0.5,
         control=True,
+        back_off=True,
     )
     planned = plan_comparison(**request)  # the engine's plan of what the page started
     assert any(text.startswith(planned.text()[:-1]) for text in shown), shown
@@ -474,7 +475,9 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
         [i.value for i in at.info],
         [e.value for e in at.error],
         at.exception,
-        store.runs(group=group)[["role", "status", "error"]].to_dict("records"),
+        store.runs(group=group)[["role", LR_COLUMN, "config.seed", "status", "name"]]
+        .to_string()
+        .splitlines(),
     )
     assert len(store.runs(group=group)) == len(runs)
     (bar,) = at.get("progress")  # the added runs count apart from the sweeps and grafts
@@ -829,7 +832,9 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
         [i.value for i in at.info],
         [e.value for e in at.error],
         at.exception,
-        store.runs(group=group)[["role", "status", "error"]].to_dict("records"),
+        store.runs(group=group)[["role", LR_COLUMN, "config.seed", "status", "name"]]
+        .to_string()
+        .splitlines(),
     )
     assert len(store.runs(group=group)) == len(runs)
 

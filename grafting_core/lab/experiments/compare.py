@@ -107,6 +107,17 @@ def _sweep_runs(
     ]
 
 
+def at_stability_edge(cells: pd.DataFrame) -> pd.Series:
+    """Per setting of ``cells`` (columns arm, warmup, lr and a boolean ``diverged``):
+    whether the next lr up of its arm and warm-up diverged, i.e. its lr sits at the edge of
+    stability (``SweepPlan.back_off``)."""
+    edge = pd.Series(False, index=cells.index)
+    for _, cell in cells.groupby(["arm", "warmup"]):
+        ordered = cell.sort_values("lr")
+        edge[ordered.index] = ordered["diverged"].shift(-1, fill_value=False).to_numpy(bool)
+    return edge
+
+
 def _sweep_table(
     store: RunStore,
     group: str,
@@ -115,6 +126,7 @@ def _sweep_table(
     *,
     rung_step: int = 0,
     tune_seeds: Sequence[int] = (),
+    back_off: bool = False,
 ) -> pd.DataFrame:
     """Per plain arm, lr and warm-up: mean and std of ``metric`` over its finished seeds. A
     run that diverged (or failed, or was stopped) makes its setting a failure (mean inf:
@@ -122,6 +134,8 @@ def _sweep_table(
     (``rung_step``) and not continued are ``pruned``. ``best`` (lowest mean, among settings
     with nothing pending or pruned), ``at_edge`` (the best is the lowest or highest lr tried)
     and ``warmup_at_edge`` (the shortest or longest warm-up of several) per arm.
+    ``stability_edge``: the next lr up at the same warm-up diverged on a seed; with
+    ``back_off`` such a setting is the best only where no other complete one is.
     ``tune_seeds``: only these seeds' runs (the search; empty: every sweep run). ``runs``:
     the group's ``store.runs`` rows, when already read."""
     runs = store.runs(group=group) if runs is None else runs
@@ -150,15 +164,20 @@ def _sweep_table(
                 "pruned": pruned,
                 "mean": np.inf if failed else done.mean() if len(done) else np.nan,
                 "std": np.nan if failed else done.std(),
+                "diverged": bool((cell["status"] == "diverged").any()),
             }
         )
     columns = ["arm", "lr", "warmup", "seeds", "failed", "pending", "pruned", "mean", "std"]
-    sweep = pd.DataFrame(rows, columns=columns)
+    sweep = pd.DataFrame(rows, columns=[*columns, "diverged"])
+    sweep["stability_edge"] = at_stability_edge(sweep) if len(sweep) else False
+    sweep = sweep.drop(columns="diverged")
     sweep["best"] = False
     sweep["at_edge"] = False
     sweep["warmup_at_edge"] = False
     for _, cell in sweep.groupby("arm"):
         complete = cell[(cell["pending"] == 0) & (cell["pruned"] == 0) & np.isfinite(cell["mean"])]
+        if back_off and not complete["stability_edge"].all():
+            complete = complete[~complete["stability_edge"]]
         if not complete.empty:
             best = complete["mean"].idxmin()
             sweep.loc[best, "best"] = True
@@ -182,12 +201,20 @@ def _warmups_of(runs: pd.DataFrame) -> np.ndarray:
 
 
 def _rung_leaders(
-    store: RunStore, group: str, metric: str, rung_step: int, keep: int, seeds: Sequence[int]
+    store: RunStore,
+    group: str,
+    metric: str,
+    rung_step: int,
+    keep: int,
+    seeds: Sequence[int],
+    back_off: bool = False,
 ) -> set[tuple[str, float, int]]:
     """The ``keep`` best lrs of each arm and warm-up by ``metric`` at the rung (mean over
     ``seeds``; a diverged or missing seed ranks last), as (arm, lr, warm-up): they go on to
     the end. Warm-ups are not ranked against each other at the rung: a longer one is behind
-    there by construction (its lr has only just peaked), so each keeps its own leaders."""
+    there by construction (its lr has only just peaked), so each keeps its own leaders.
+    ``back_off``: an lr whose next lr up diverged there (``at_stability_edge``) leads only
+    where every lr below it did too."""
     runs = store.runs(group=group)
     runs = runs[runs["role"].isin(["sweep_point", "tuned"]) & runs["config.seed"].isin(seeds)]
     values = store.metrics(runs["run_id"].tolist(), names=[metric])
@@ -202,9 +229,12 @@ def _rung_leaders(
     )
     frame["value"] = frame["value"].where(np.isfinite(frame["value"]), np.inf)
     means = frame.groupby(["arm", "lr", "warmup"])["value"].mean().reset_index()
+    means["diverged"] = ~np.isfinite(means["value"])
+    means["edge"] = at_stability_edge(means) & back_off
     leaders = set()
     for _, cell in means.groupby(["arm", "warmup"]):
-        for row in cell.nsmallest(keep, "value").itertuples():
+        safe = cell[~cell["edge"] & ~cell["diverged"]]
+        for row in (safe if not safe.empty else cell).nsmallest(keep, "value").itertuples():
             leaders.add((row.arm, float(row.lr), int(row.warmup)))
     return leaders
 
@@ -329,7 +359,9 @@ def compare(
             train(planned(tune_seeds))
             return
         train(planned(ranking_seeds), pause_at=rung_step)
-        leaders = _rung_leaders(store, group, metric, rung_step, plan.keep, ranking_seeds)
+        leaders = _rung_leaders(
+            store, group, metric, rung_step, plan.keep, ranking_seeds, plan.back_off
+        )
         train(
             [
                 run
@@ -344,7 +376,14 @@ def compare(
         )
 
     def sweep_table() -> pd.DataFrame:
-        return _sweep_table(store, group, metric, rung_step=rung_step, tune_seeds=plan.tune_seeds)
+        return _sweep_table(
+            store,
+            group,
+            metric,
+            rung_step=rung_step,
+            tune_seeds=plan.tune_seeds,
+            back_off=plan.back_off,
+        )
 
     search()
     for _ in range(plan.extensions):
@@ -591,6 +630,7 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
         runs,
         rung_step=search.rung_step(request["base"]) if request else 0,
         tune_seeds=search.tune_seeds,
+        back_off=search.back_off,
     )
     arms = runs[runs["role"].isin(["tuned", "graft", "partial_graft", *CONTROL_ROLES])]
     table = final_metrics(store, arms["run_id"].tolist(), metrics=(metric,), runs=arms)

@@ -51,6 +51,11 @@ class SweepPlan:
     #: X's step sizes and differ only in direction, so M#D is D step for step and must judge
     #: "like D")
     control: bool = False
+    #: back off from divergence: an lr whose next lr up on the grid diverged (at the same
+    #: warm-up, on a search seed) sits at the edge of stability, where other seeds spike or
+    #: diverge (the character transformer's SGD at lr 1.0: 1 of 5 reporting seeds), so it is
+    #: neither a rung's leader nor the tuned setting while a setting below the edge is there
+    back_off: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warmups", tuple(float(w) for w in self.warmups))
@@ -140,7 +145,12 @@ def check_partial(base: RunConfig, partial: Sequence[Sequence[str]]) -> None:
 #: of the steps, the choice ended 0.35–0.39 nats worse than a full search's for SGD and Adam
 #: on MNIST-1D, whose curves cross late; at half, 0.02–0.04: ``halving_check``.)
 PROTOCOL = SweepPlan(
-    warmups=(0.05, 0.3), tune_seeds=(10_000, 10_001), rung=0.5, rung_seeds=1, control=True
+    warmups=(0.05, 0.3),
+    tune_seeds=(10_000, 10_001),
+    rung=0.5,
+    rung_seeds=1,
+    control=True,
+    back_off=True,
 )
 #: the controls train on this many of the first reporting seeds: each is its M (positive) or
 #: its D (negative) step for step, so a verdict needs no more

@@ -92,8 +92,13 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             ),
             "- tuning seeds: "
             + (_seeds(plan.tune_seeds) if plan.tune_seeds else "the reporting seeds")
-            + " (the best mean over them is chosen)"
-            + f"; reporting seeds: {_seeds(request['seeds'])}",
+            + " (the best mean over them is chosen"
+            + (
+                "; an lr whose next lr up diverged at that warm-up is backed off from"
+                if plan.back_off
+                else ""
+            )
+            + f"); reporting seeds: {_seeds(request['seeds'])}",
             f"- metric: final {metric}; verdicts paired by seed, 95% CI (Holm over the grafts "
             "judges each at a stricter level, shown with it; each control at 5% on its own), "
             "margin ±0.25",
@@ -154,7 +159,11 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
         mark=np.where(
             result.sweep["best"],
             "best",
-            np.where(result.sweep["pruned"] > 0, "pruned at the rung", ""),
+            np.where(
+                result.sweep["pruned"] > 0,
+                "pruned at the rung",
+                np.where(result.sweep["stability_edge"], "next lr up diverged", ""),
+            ),
         )
     )
     columns = ["arm", "lr", "warmup", "seeds", "failed", "mean", "std", "mark"]

@@ -233,7 +233,7 @@ def test_grafts_at_an_lr_no_longer_tuned_are_superseded_and_never_judged(store):
 
 #: compare's search as it was before the protocol searched warm-ups on tuning seeds: the lr
 #: alone, on the reporting seeds, every setting to the end
-LR_ONLY = ("--warmups", "--tune-seeds", "--rung", "0", "--no-control")
+LR_ONLY = ("--warmups", "--tune-seeds", "--rung", "0", "--no-control", "--no-back-off")
 
 
 def _compare_command(tmp_path, *options: str) -> list[str]:
