@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from grafting_core.lab.experiments.common import LR_COLUMN
+from grafting_core.lab.experiments.compare import at_stability_edge
 from grafting_core.lab.experiments.comparison_plan import comparison_request
 from grafting_core.lab.store.run_store import RunStore
 
@@ -62,17 +63,22 @@ def halving_check(
     means = setting.groupby(["arm", "lr", "warmup"])["final"].mean()
     rows = []
     for arm, arm_means in means.groupby(level="arm"):
-        best = arm_means.idxmin()
+        choosable = _backed_off(arm_means, plan.back_off)
+        best = choosable.idxmin()
         ranked_on = setting[(setting["arm"] == arm) & setting["seed"].isin(tuning[:ranking])]
         for rung in [s for s in curve.columns if s < last]:
             at = curve[rung].reindex(ranked_on.index).fillna(np.inf)
             at_rung = ranked_on.assign(value=at).groupby(["lr", "warmup"])["value"].mean()
+            at_rung = at_rung.set_axis(
+                pd.MultiIndex.from_tuples([(arm, *key) for key in at_rung.index])
+            )
             leaders = [
-                (arm, lr, warmup)
-                for warmup, cell in at_rung.groupby(level="warmup")
-                for lr, _ in cell.nsmallest(keep).index
+                key
+                for _, cell in at_rung.groupby(level=2)  # per warm-up
+                for key in _backed_off(cell, plan.back_off).nsmallest(keep).index
             ]
-            chosen = arm_means.loc[leaders].idxmin()
+            choices = choosable[choosable.index.isin(leaders)]
+            chosen = (choices if np.isfinite(choices).any() else arm_means.loc[leaders]).idxmin()
             rows.append(
                 {
                     "arm": arm,
@@ -87,3 +93,16 @@ def halving_check(
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _backed_off(values: pd.Series, back_off: bool) -> pd.Series:
+    """``values`` by (arm, lr, warm-up), less the settings whose next lr up at that warm-up
+    diverged (an infinite value) when ``back_off``, as the search leaves them
+    (``compare.at_stability_edge``); all of them where that leaves none finite."""
+    if not back_off:
+        return values
+    cells = values.rename("value").reset_index()
+    cells.columns = ["arm", "lr", "warmup", "value"]
+    cells["diverged"] = ~np.isfinite(cells["value"])
+    safe = values[~at_stability_edge(cells).to_numpy()]
+    return safe if np.isfinite(safe).any() else values

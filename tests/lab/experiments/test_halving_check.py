@@ -19,8 +19,10 @@ CURVES = {
 }
 
 
-def _full_search(store, group="compare-full"):
-    plan = SweepPlan(points=2, factor=10, warmups=(0.1, 0.3), tune_seeds=(100, 101), rung=0)
+def _full_search(store, group="compare-full", curves=CURVES, back_off=False):
+    plan = SweepPlan(
+        points=2, factor=10, warmups=(0.1, 0.3), tune_seeds=(100, 101), rung=0, back_off=back_off
+    )
     request = {
         "base": RunConfig(**TINY),
         "optimizers": {"sgd": PAIR["sgd"]},
@@ -31,7 +33,7 @@ def _full_search(store, group="compare-full"):
         "tune_grafts": False,
     }
     store.set_group_request(group, "compare", request_json(request))
-    for (lr, warmup), seeds in CURVES.items():
+    for (lr, warmup), seeds in curves.items():
         for seed, values in seeds.items():
             config = {"magnitude_hparams": {"lr": lr}, "warmup_steps": warmup, "seed": seed}
             run_id = store.create_run(
@@ -39,7 +41,8 @@ def _full_search(store, group="compare-full"):
             )
             for step, value in zip((4, 9, 14), values):
                 store.log_metrics(run_id, step, {"val_loss": value})
-            store.set_status(run_id, "finished", step=15)
+            status = "diverged" if not values else "finished"
+            store.set_status(run_id, status, step=1 if not values else 15)
     return group
 
 
@@ -81,3 +84,22 @@ def test_the_report_shows_the_check_of_a_full_search(store):
     report = comparison_report(store, _full_search(store))
     assert "### Successive halving, checked on this full search" in report
     assert "| sgd | 5 | 1 | 4 | 1.45 | 0.1 | 4 | 1.05 | 0.4 |" in report
+
+
+def test_with_back_off_the_check_chooses_as_the_search_does(store):
+    """lr 10 diverges at both warm-ups, so lr 1.0 (which leads early and ends best) sits at
+    the edge of stability: a search that backs off chooses lr 0.1, and so does halving."""
+    curves = {
+        **CURVES,
+        (1.0, 4): {100: [1.5, 1.6, 0.90], 101: [1.6, 1.7, 0.95]},
+        (10.0, 2): {100: [], 101: []},
+        (10.0, 4): {100: [], 101: []},
+    }
+    plain = halving_check(store, _full_search(store, "compare-plain", curves)).set_index("rung")
+    assert (plain["best_lr"].iloc[0], plain["best_warmup"].iloc[0]) == (1.0, 4)
+    group = _full_search(store, "compare-backed-off", curves, back_off=True)
+    table = halving_check(store, group).set_index("rung")
+    assert (table["best_lr"].iloc[0], table["best_warmup"].iloc[0]) == (0.1, 4)
+    assert table["best_mean"].iloc[0] == pytest.approx(1.05)
+    # at step 5 lr 1.0 leads at both warm-ups, but it is at the edge: halving keeps 0.1
+    assert (table.loc[5, "lr"], table.loc[5, "warmup"], table.loc[5, "regret"]) == (0.1, 4, 0)
