@@ -434,8 +434,10 @@ def graft_lrs_results(group: str, runs: pd.DataFrame, y_title: str) -> None:
         )
 
 
-def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
-    """Train a pair's grafts (its seeds, its settings) again at other lrs of M."""
+def graft_lrs_form(group: str, runs: pd.DataFrame, *, busy: bool = False) -> None:
+    """Train a pair's grafts (its seeds, its settings) again at other lrs of M. ``busy``: the
+    comparison is training; the form stays, with its button off, so that what was typed
+    survives (a widget not drawn in a run loses its value)."""
     pairs = graft_pairs(runs)
     if not pairs:
         return
@@ -467,7 +469,12 @@ def graft_lrs_form(group: str, runs: pd.DataFrame) -> None:
         format_func=variant_name,
         key=f"grid.graft_lrs.variants.{group}.{m}#{d}",
     )
-    if st.button("Train at these lrs", key="grid.graft_lrs.start"):
+    if st.button(
+        "Train at these lrs",
+        key="grid.graft_lrs.start",
+        disabled=busy,
+        help="Once the comparison's runs have ended" if busy else None,
+    ):
         try:
             if not chosen:
                 raise ValueError("choose at least one graft")
@@ -579,7 +586,7 @@ def tuned_mode() -> None:
         comparison_section(group, active)
         if not active:
             continue_form(group)
-            graft_lrs_form(group, live.group_runs(group))
+        graft_lrs_form(group, live.group_runs(group), busy=active)
 
     def empty() -> None:
         st.info(

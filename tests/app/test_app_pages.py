@@ -456,7 +456,21 @@ def test_a_comparisons_grafts_train_at_other_lrs_of_m_from_the_page(store):
     at.multiselect(key=f"grid.graft_lrs.variants.{group}.sgd#adam").set_value([""])
     at.button(key="grid.graft_lrs.start").click().run()
     assert not at.exception and not at.error
+    typed = f"grid.graft_lrs.lrs.{group}.sgd#adam"  # kept while the runs train (a form
+    assert at.text_input(key=typed).value == f"{tuned_sgd:g}, 0.2"  # hidden lost it)
     runs = settle(at, store, len(first) + 2, group)
+    assert at.text_input(key=typed).value == f"{tuned_sgd:g}, 0.2"
+    # a run of the comparison live (owned by this process): the form stays, its button off
+    config = store.run(first["run_id"].iloc[0])["config"]
+    live_run = store.create_run(
+        config, group=group, kind="compare", arm=("graft_lr", "sgd", "", "")
+    )
+    at.run()
+    assert at.button(key="grid.graft_lrs.start").disabled
+    assert at.text_input(key=typed).value == f"{tuned_sgd:g}, 0.2"
+    store.delete_run(live_run)
+    at.run()
+    assert not at.button(key="grid.graft_lrs.start").disabled
     new = runs[~runs["run_id"].isin(first["run_id"])]
     assert (new["role"] == "graft_lr").all() and sorted(new[LR_COLUMN]) == [0.2, 0.2]
     ended = new[["status", "error", "last_step"]].to_dict("records")
