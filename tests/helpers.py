@@ -322,3 +322,15 @@ def enter_number(page, label: str, value: str) -> None:
         if field.input_value() == value:
             return
     expect(field).to_have_value(value)
+
+
+def sweep_run(store, lr: float, status: str, loss: float | None = None, group: str = "g") -> str:
+    """A hand-made sweep point of arm ``sgd`` at ``lr`` in ``group``, ended with ``status``
+    and (when given) a final ``val_loss``: the search's tables read from such runs."""
+    run_id = store.create_run(
+        {"magnitude_hparams": {"lr": lr}}, group=group, arm=("sweep_point", "sgd", "", "")
+    )
+    if loss is not None:
+        store.log_metrics(run_id, 9, {"val_loss": loss})
+    store.set_status(run_id, status)
+    return run_id

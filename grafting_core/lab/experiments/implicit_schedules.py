@@ -17,7 +17,9 @@ import re
 import numpy as np
 import pandas as pd
 
-LAYER_KINDS = ("embedding", "attention", "mlp", "norm", "head", "other")
+#: the groups the implicit-schedule figures colour layers by (by role in the model: not the
+#: library's grafting kinds, ``grafting_core.LAYER_KINDS``)
+LAYER_GROUPS = ("embedding", "attention", "mlp", "norm", "head", "other")
 DERIVED = {  # field name -> (numerator, denominator) of a quantity computed from two fields
     "ratio": ("magnitude_norm", "direction_norm"),  # ‖Δ_M‖/‖Δ_D‖
     "effective_lr": ("step_norm", "grad_norm"),  # ‖Δ‖/‖g‖

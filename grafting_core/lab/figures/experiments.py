@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from grafting_core.lab.experiments.comparison_reading import graft_name
-from grafting_core.lab.experiments.implicit_schedules import LAYER_KINDS, layer_series
+from grafting_core.lab.experiments.implicit_schedules import LAYER_GROUPS, layer_series
 from grafting_core.lab.experiments.ratio_study import WINDOWS
 from grafting_core.lab.experiments.verdict import closer_to_words, label_words
 from grafting_core.lab.figures.runs import (
@@ -683,7 +683,7 @@ def layer_kind_curves(
     series = series[series["value"] > 0]
     if series.empty:
         return empty_figure(f"no {field} recorded yet")
-    kinds = [k for k in LAYER_KINDS if k in set(series["kind"])]
+    kinds = [k for k in LAYER_GROUPS if k in set(series["kind"])]
     run_ids = list(dict.fromkeys(labels or {})) or list(dict.fromkeys(series["run_id"]))
     colors = colors or run_colors(run_ids)
     median = series.groupby(["run_id", "kind", "step"], observed=True)["value"].median()

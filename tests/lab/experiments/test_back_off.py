@@ -4,6 +4,7 @@ transformer's SGD at lr 1.0 spiked on 1 of 5 reporting seeds next to a diverged 
 neither leads at the rung nor becomes the tuned lr while an lr below the edge is there."""
 
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from grafting_core.lab.experiments.comparison_plan import PROTOCOL, SweepPlan
 from grafting_core.lab.experiments.report import comparison_report
 from grafting_core.lab.runs.config import RunConfig
 from tests.helpers import SEARCH_TINY as TINY
+from tests.helpers import sweep_run
 
 LIMIT = 1.5
 
@@ -94,13 +96,7 @@ def test_back_off_chooses_at_the_edge_only_where_nothing_below_it_is_complete(st
     """Back-off never leaves an arm without a tuned setting: where every complete setting
     sits below a diverged lr, the best of them is still chosen."""
 
-    def run(lr, status, loss=None):
-        run_id = store.create_run(
-            {"magnitude_hparams": {"lr": lr}}, group="g", arm=("sweep_point", "sgd", "", "")
-        )
-        if loss is not None:
-            store.log_metrics(run_id, 9, {"val_loss": loss})
-        store.set_status(run_id, status)
+    run = functools.partial(sweep_run, store)
 
     run(0.1, "finished", 1.0)
     run(1.0, "finished", 0.5)

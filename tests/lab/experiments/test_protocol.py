@@ -1,5 +1,6 @@
 """The fair-comparison protocol: sweeps, tuned arms, grafts at M's tuned lr, verdicts."""
 
+import functools
 import math
 import re
 
@@ -20,6 +21,7 @@ from grafting_core.lab.experiments.verdict import closer_to
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
 from tests.helpers import COMPARISON_TINY as TINY
+from tests.helpers import sweep_run
 
 
 def test_sweep_plan_is_a_log_grid_around_the_lr():
@@ -323,13 +325,7 @@ def test_compare_command_continues_a_group_with_its_stored_settings(tmp_path, ca
 def test_sweep_table_never_picks_a_diverged_lr_and_waits_for_pending_seeds(store):
     from grafting_core.lab.experiments.compare import _sweep_table
 
-    def run(lr, status, loss=None):
-        run_id = store.create_run(
-            {"magnitude_hparams": {"lr": lr}}, group="g", arm=("sweep_point", "sgd", "", "")
-        )
-        if loss is not None:
-            store.log_metrics(run_id, 9, {"val_loss": loss})
-        store.set_status(run_id, status)
+    run = functools.partial(sweep_run, store)
 
     run(0.1, "finished", 1.0)
     run(0.1, "finished", 1.2)
