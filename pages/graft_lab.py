@@ -48,7 +48,9 @@ tuned, 10 seeds, verdicts with 95% CIs). On an MNIST-1D MLP, SGD, Adam and AdaGr
 end close (1.056, 1.056, 1.129), and no graft trains like its M: every graft mixing AdaGrad
 with SGD or Adam is *worse than both* its arms but one (Adam#AdaGrad, closer to Adam), and
 the SGD–Adam grafts land between. Two controls show the lab can see magnitude, and
-direction, decide where each must.
+direction, decide where each must. On a small character transformer (5 seeds) Adam#SGD on
+the hidden matrices trains *like* Adam, its M, while SGD#Adam lands *closer to* Adam, its
+D: there magnitude decides for Adam's step sizes, not for SGD's.
 
 **Why they can differ.** Grafting takes one step length per *layer*; how that length is
 shared among the layer's coordinates comes with D's direction. Adam's advantage is largely

@@ -4,6 +4,7 @@ them on an executor (or inline), and reading their final metrics."""
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -12,10 +13,11 @@ from concurrent.futures import as_completed
 import pandas as pd
 
 from grafting_core.lab.runs.arms import Arm, PlannedRun
+from grafting_core.lab.runs.batched import MAX_MEMBERS, batch_key
 from grafting_core.lab.runs.config import RunConfig
-from grafting_core.lab.runs.executor import Executor
+from grafting_core.lab.runs.executor import Executor, submit_runs
 from grafting_core.lab.runs.groups import record_runs
-from grafting_core.lab.runs.runner import execute_run, pause_run
+from grafting_core.lab.runs.runner import execute_batch, execute_run, pause_run
 from grafting_core.lab.store.run_store import RunStore
 
 Progress = Callable[[int, int], None]  # (runs done, runs total)
@@ -131,6 +133,47 @@ def graft_run(
     return PlannedRun(config, Arm(role or "plain", magnitude[0]))
 
 
+#: Whether ``run_all`` trains compatible plain runs as batches by default (the environment
+#: variable ``GRAFTING_BATCH=0`` turns it off, to measure or to rule batching out).
+BATCH = os.environ.get("GRAFTING_BATCH", "1") != "0"
+#: the fewest members worth a batch of their own when the runs are shared out to workers
+#: (a batch of 1 or 2 is slower than ``Trainer``, BENCHMARKS.md)
+MIN_MEMBERS = 3
+
+
+def plan_batches(
+    store: RunStore, todo: Sequence[tuple[str, bool]], workers: int = 1
+) -> tuple[list[tuple[list[str], bool]], list[tuple[str, bool]]]:
+    """``todo`` (run id, resume) split into batches of runs that can train as one model
+    (same task and loop settings, same resume point; at most ``MAX_MEMBERS``, and, where
+    there are enough, at least one batch per worker) and the runs that train alone."""
+    groups: dict[tuple, list[str]] = {}
+    alone: list[tuple[str, bool]] = []
+    for run_id, resume in todo:
+        record = store.run(run_id)
+        key = batch_key(RunConfig.from_dict(record["config"]))
+        if key is None:
+            alone.append((run_id, resume))
+            continue
+        start = (record["last_step"] or 0) if resume else 0
+        groups.setdefault((key, resume, start), []).append(run_id)
+    batches = []
+    for (_, resume, _), ids in groups.items():
+        count = max(math.ceil(len(ids) / MAX_MEMBERS), min(workers, len(ids) // MIN_MEMBERS), 1)
+        size, extra = divmod(len(ids), count)
+        at = 0
+        for k in range(count):
+            chunk = ids[at : at + size + (k < extra)]
+            at += len(chunk)
+            if len(chunk) > 1:
+                batches.append((chunk, resume))
+            else:
+                alone += [(r, resume) for r in chunk]
+    batches.sort(key=lambda b: -len(b[0]))  # the longest first
+    order = {run_id: i for i, (run_id, _) in enumerate(todo)}
+    return batches, sorted(alone, key=lambda run: order[run[0]])  # as planned
+
+
 def run_all(
     store: RunStore,
     planned: Sequence[PlannedRun],
@@ -141,12 +184,16 @@ def run_all(
     progress: Progress | None = None,
     reuse: bool = False,
     pause_at: int = 0,
+    batch: bool | None = None,
 ) -> list[str]:
     """Create one run per planned run in ``group`` and train them all; returns the run ids.
 
     ``reuse``: as in :func:`record_runs`. An experiment run again on its group continues
     where it stopped, and more seeds train only their own runs. ``pause_at``: train each only
     to this step, stopped resumably there (a rung of successive halving); 0: to the end.
+    ``batch`` (default ``BATCH``): plain runs of one task train as batched models
+    (``plan_batches``, ``runner.execute_batch``), each member writing what its own run
+    would; the others, and every run where it is False, one by one.
     """
     run_ids, todo = record_runs(store, planned, group=group, kind=kind, reuse=reuse)
     if pause_at:  # a run paused at this rung already is not run again
@@ -157,8 +204,19 @@ def run_all(
     done = len(run_ids) - len(todo)
     if progress:
         progress(done, len(run_ids))
+    batch = BATCH if batch is None else batch
+    workers = getattr(executor, "max_workers", 1) if executor is not None else 1
+    batches, alone = plan_batches(store, todo, workers) if batch else ([], list(todo))
     if executor is None:
-        for run_id, resume in todo:
+        for ids, resume in batches:
+            try:
+                execute_batch(store, ids, resume=resume)
+            except Exception:
+                pass  # recorded as failed in the store; the experiment carries on
+            done += len(ids)
+            if progress:
+                progress(done, len(run_ids))
+        for run_id, resume in alone:
             try:
                 execute_run(store, run_id, resume=resume)
             except Exception:
@@ -167,8 +225,14 @@ def run_all(
             if progress:
                 progress(done, len(run_ids))
         return run_ids
-    for _ in as_completed([executor.submit(r, resume=resume) for r, resume in todo]):
-        done += 1
+    futures = {}
+    for ids, resume in batches:
+        submitted = submit_runs(executor, ids, resume=resume)
+        futures.update({future: len(ids) // len(submitted) for future in submitted})
+    for run_id, resume in alone:
+        futures[executor.submit(run_id, resume=resume)] = 1
+    for future in as_completed(futures):
+        done += futures[future]
         if progress:
             progress(done, len(run_ids))
     return run_ids

@@ -18,8 +18,16 @@ evaluations. Batched matmuls may round differently from one model's, so members 
 A member whose loss or weights turn non-finite is marked ``diverged`` at the step ``Trainer``
 would report and dropped from the batch; the others go on unchanged.
 
+Stored runs (``runner.execute_batch``): each member is built by its own ``Trainer`` (a
+shell that never trains: its model gives the init, its ``resume`` loads a checkpoint), and
+hands what it records to callbacks as ``Trainer`` does (``on_start``, ``on_metrics``,
+``on_norms``, ``on_checkpoint``, ``on_end``, each with the member's index first): its
+per-layer norms (``record_norms``), checkpoints in ``Trainer``'s format (the shell's
+weights and optimizer state set from the batch's rows, then ``Trainer.checkpoint``), a
+pause at ``pause_at`` shared by the batch, and stop requests member by member.
+
 Not in this slice: grafted runs (``direction``), replays and static ratios, custom tasks,
-other optimizers than SGD and Adam, checkpoints, stop/pause/resume, per-layer norm records.
+other optimizers than SGD and Adam.
 
     results = train_batched([config.replace(seed=s) for s in (0, 1, 2)])
     results[0].final["val_loss"]
@@ -31,6 +39,9 @@ import contextlib
 import copy
 import functools
 import math
+import time
+import warnings
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,17 +51,25 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from grafting_core.lab.runs.config import RunConfig, field_names
-from grafting_core.lab.runs.trainer import lr_factor, pick_device
+from grafting_core.lab.runs.trainer import NORM_RING, Trainer, lr_factor, pick_device
 from grafting_core.lab.tasks.data import Dataset, load_dataset
-from grafting_core.lab.tasks.models import build_model, default_model, loss_fn
+from grafting_core.lab.tasks.models import default_model, loss_fn
 from grafting_core.layers import Layers
+from grafting_core.rules import init_state
 
 #: the plain optimizers a batch can train (native rules whose arithmetic is mirrored here)
 OPTIMIZERS = ("sgd", "adam")
+#: the models a batch gains on: vmap has no batching rule for CPU flash attention and loops
+#: over a transformer's members (BENCHMARKS.md, "Batched plain runs")
+MODELS = ("mlp", "cnn1d", "cnn")
+#: the most members of one batch (the gain flattens out beyond, BENCHMARKS.md)
+MAX_MEMBERS = 15
+EVENTS = ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end")
 #: settings that may differ between the members of a batch
 PER_MEMBER = ("name", "seed", "magnitude_hparams", "schedule", "warmup_steps", "graft_lr")
-#: settings that change nothing computed or recorded here (no norms are recorded, and the
-#: flushes are taken as with ``flush_seconds=0``)
+#: settings that change nothing computed: the pace of flushes (a batch flushes at its
+#: fewest ``flush_seconds``) and of norm records (taken from the first member: ``batch_key``
+#: groups stored runs by it)
 IGNORED = ("flush_seconds", "record_every")
 #: the settings every member must share
 SHARED = tuple(k for k in field_names() if k not in PER_MEMBER + IGNORED)
@@ -147,6 +166,22 @@ def check_batchable(configs: Sequence[RunConfig]) -> None:
             )
 
 
+def batch_key(config: RunConfig) -> tuple | None:
+    """What runs that may train in one batch share (equal keys: ``check_batchable`` accepts
+    them together, on a model where batching gains); None for a run that trains alone."""
+    try:
+        check_batchable([config])
+    except (ValueError, TypeError):
+        return None
+    model = config.model or default_model(config.dataset)
+    if model not in MODELS:
+        return None
+    shared = tuple((key, repr(model if key == "model" else getattr(config, key))) for key in SHARED)
+    resolved = config.magnitude_spec().resolved
+    structural = tuple(of(resolved) for of in STRUCTURAL[config.magnitude].values())
+    return shared, structural, config.record_every
+
+
 def train_batched(configs: Sequence[RunConfig]) -> list[MemberResult]:
     """Train plain runs of one task as one vmapped model; one result per config, in order."""
     return BatchedTrainer(configs).run()
@@ -163,10 +198,32 @@ def _per_member(values: Sequence[float], like: Tensor) -> float | Tensor:
 class BatchedTrainer:
     """N plain runs that share data set, model and loop settings, stepped together."""
 
-    def __init__(self, configs: Sequence[RunConfig]) -> None:
+    def __init__(
+        self,
+        configs: Sequence[RunConfig],
+        *,
+        resume: Sequence[bytes | None] | None = None,
+        pause_at: int = 0,
+        should_stop: Callable[[list[int]], list[bool]] | None = None,
+        record_norms: bool = False,
+    ) -> None:
+        """``resume``: per member, a ``Trainer`` checkpoint to start from (all at one step)
+        or None; ``pause_at``: train to this step only (0 or >= steps: to the end), every
+        member then ``stopped`` resumably; ``should_stop(members)``: asked at each flush
+        with the members still training (indices into ``configs``), True for each to stop
+        now; ``record_norms``: per-layer norms every ``record_every`` steps, as ``Trainer``."""
         check_batchable(configs)
         self.configs = list(configs)
         cfg = self.configs[0]
+        self.resume = list(resume) if resume is not None else [None] * len(self.configs)
+        if len(self.resume) != len(self.configs):
+            raise ValueError(f"resume has {len(self.resume)} entries for {len(configs)} configs")
+        self.end = pause_at if 0 < pause_at < cfg.steps else cfg.steps
+        self.should_stop = should_stop
+        self.record_norms = record_norms
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self.stop_soon = False  # set (a signal handler, any thread): every member stops soon
+        self.start = 0  # the step the members start from (a resume's)
         self.device = pick_device(cfg.device)
         self._precision: Callable[[], Any] = (
             functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
@@ -175,16 +232,34 @@ class BatchedTrainer:
         )
         self.hparams = [c.magnitude_spec().resolved for c in self.configs]
 
+    def add_callback(self, event: str, callback: Callable) -> None:
+        """Call ``callback(trainer, member, **payload)`` on ``event`` (as ``Trainer``'s, with
+        the member's index into ``configs``)."""
+        if event not in EVENTS:
+            raise ValueError(f"Unknown event {event!r} (valid: {EVENTS})")
+        self.callbacks[event].append(callback)
+
+    def _fire(self, event: str, member: int, **payload: Any) -> None:
+        for callback in self.callbacks[event]:
+            callback(self, member, **payload)
+
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
         cfg = self.configs[0]
         seeds = sorted({c.seed for c in self.configs})
         self.datasets: dict[int, Dataset] = {s: load_dataset(cfg.dataset, seed=s) for s in seeds}
-        sizes = {k: v for k, v in (("width", cfg.width), ("depth", cfg.depth)) if v}
-        name = cfg.model or default_model(cfg.dataset)
-        models = [
-            build_model(name, self.datasets[c.seed], seed=c.seed, **sizes) for c in self.configs
-        ]
+        # each member's own Trainer, never trained: its init, its resume, its checkpoints
+        self.shells = [Trainer(c, resume=blob) for c, blob in zip(self.configs, self.resume)]
+        for shell in self.shells:
+            shell._build()
+            shell.norm_log.close()
+        starts = {shell.step for shell in self.shells}
+        if len(starts) > 1:
+            raise ValueError(
+                f"Cannot batch these runs: their checkpoints are at different steps ({starts})"
+            )
+        self.start = starts.pop()
+        models = [shell.model for shell in self.shells]
         task = self.datasets[seeds[0]].task
         self.task = task
         self.loss_fn = loss_fn(task)
@@ -206,7 +281,7 @@ class BatchedTrainer:
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, without weights
         rows = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]
         self.flat = torch.stack(rows).to(self.device)  # (N, P): each member's weights, a row
-        buffers = [dict(m.named_buffers()) for m in models]
+        buffers = [{k: b.detach() for k, b in m.named_buffers()} for m in models]
         self.buffers = {k: torch.stack([b[k] for b in buffers]).to(self.device) for k in buffers[0]}
         self.members = list(range(len(self.configs)))  # rows of flat -> index in configs
         self._build_optimizer()
@@ -234,6 +309,14 @@ class BatchedTrainer:
             self.state["exp_avg_sq"] = torch.zeros_like(flat)
         self.graft_lr = torch.tensor([c.graft_lr for c in self.configs], device=self.device)
         self.state_bytes = float(sum(s[0].numel() * s.element_size() for s in self.state.values()))
+        if self.start:  # resumed: each member's optimizer state from its checkpoint
+            for name, rows in self.state.items():
+                for row, shell in enumerate(self.shells):
+                    child = shell.optimizer.magnitude
+                    parts = [child.state[p].get(name) for p in shell.model.parameters()]
+                    if any(part is None for part in parts):
+                        continue  # never stepped: zeros, as a fresh state
+                    rows[row] = torch.cat([part.detach().reshape(-1) for part in parts])
 
     def _build_eval(self) -> None:
         """Each member's fixed validation batches, stacked member by member."""
@@ -269,7 +352,7 @@ class BatchedTrainer:
 
     def _keep(self, rows: list[int]) -> None:
         """Go on with these rows of the batch only (the others diverged)."""
-        index = torch.tensor(rows, device=self.device)
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.members = [self.members[r] for r in rows]
         self.flat = self.flat[index]
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
@@ -336,8 +419,35 @@ class BatchedTrainer:
         (grads,) = torch.autograd.grad(losses.sum(), flat)
         flat.requires_grad_(False)
         with torch.no_grad():
-            self._optimizer_step(grads, step)
+            if self.record_norms and step % self.configs[0].record_every == 0:
+                self._recorded_step(grads, step)
+            else:
+                self._optimizer_step(grads, step)
         return losses.detach()
+
+    def _recorded_step(self, grads: Tensor, step: int) -> None:
+        """``_optimizer_step`` through the masks, keeping what ``Graft`` leaves in
+        ``last_norms`` for a plain run (``NORM_FIELDS``): ‖Δ‖ (as M's and as D's), the
+        applied step's norm, ‖g‖, ‖w‖ before the step and whether the layer was skipped."""
+        grad_norm = self._layer_norms(grads)
+        weight_norm = self._layer_norms(self.flat)
+        grad_finite = torch.isfinite(grad_norm)
+        grads = torch.where(self._spread(grad_finite), grads, 0.0)
+        lr = self.lrs[step][:, None]
+        if self.configs[0].magnitude == "sgd":
+            delta = self._sgd(grads, step, lr)
+        else:
+            delta = self._adam(grads, step, lr)
+        proposed = self._layer_norms(delta)
+        finite = grad_finite & torch.isfinite(proposed)
+        moves = finite & (proposed > 0)
+        scales = moves.to(proposed.dtype) * self.graft_lr[:, None].to(proposed.dtype)
+        self.flat.addcmul_(delta, self._spread(scales))
+        skipped = (~finite).to(proposed.dtype)
+        record = torch.stack(
+            [proposed, proposed, scales.abs() * proposed, grad_norm, weight_norm, skipped], dim=2
+        )
+        self.norm_records.append((step, record))
 
     def _optimizer_step(self, grads: Tensor, step: int) -> None:
         """``Graft``'s plain-M step on every row: the native rule's Δ, applied as
@@ -452,55 +562,149 @@ class BatchedTrainer:
         return torch.isfinite(norms.sum(0)).tolist()
 
     def run(self) -> list[MemberResult]:
-        """Train every member to ``steps`` (or until it diverges); flushes, divergence
-        checks and evaluations come where ``Trainer`` (``flush_seconds=0``) has them."""
+        """Train every member to ``steps`` or the pause (or until it diverges or is asked to
+        stop); flushes, divergence checks, evaluations, checkpoints and stops come where
+        ``Trainer`` has them (a flush every ``log_every`` steps, at most every
+        ``flush_seconds``: the batch's fewest)."""
         cfg = self.configs[0]
         self._build()
-        results = [MemberResult(c, "running", 0) for c in self.configs]
+        self.results = results = [MemberResult(c, "running", self.start) for c in self.configs]
+        for m in self.members:
+            self._fire("on_start", m, shell=self.shells[m])
+        self.norm_records: list[tuple[int, Tensor]] = []
         pending: list[Tensor] = []
-        step = 0
-        while step < cfg.steps and self.members:
+        step = self.start
+        self.flush_seconds = min(c.flush_seconds for c in self.configs)
+        self.flush_started = time.perf_counter()
+        while step < self.end and self.members:
             pending.append(self._train_step(step))
             step += 1
-            last = step == cfg.steps
+            last = step == self.end
             due = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and not last
-            if last or due or len(pending) >= cfg.log_every:
+            flushed = (
+                last
+                or due
+                or self.stop_soon
+                or len(pending) >= cfg.log_every
+                and (
+                    time.perf_counter() - self.flush_started >= self.flush_seconds
+                    or len(pending) >= NORM_RING // 2 * cfg.record_every
+                )
+            )
+            if flushed:
                 self._flush(pending, step, results)
                 pending = []
             if self.members and (step % cfg.eval_every == 0 or last):
                 for m, metrics in zip(self.members, self.evaluate()):
-                    results[m].rows += [(step - 1, k, v) for k, v in metrics.items()]
-        for m in self.members:
-            results[m].status, results[m].step = "finished", step
-            self._finish(results[m], self.members.index(m), step)
+                    self._rows(m, [(step - 1, k, v) for k, v in metrics.items()], step)
+            if due:
+                for row, m in enumerate(self.members):
+                    self._fire("on_checkpoint", m, blob=self.checkpoint(row, step))
+            if flushed and self.members and not last:
+                self._stop_asked(step)
+            if flushed:
+                self.flush_started = time.perf_counter()
+        status = "finished" if step >= cfg.steps else "stopped"  # stopped: paused
+        for row, m in list(enumerate(self.members)):
+            self._close(m, row, status, step)
         return results
 
+    def _stop_asked(self, step: int) -> None:
+        """Close the members asked to stop (every one after ``stop_soon``): ``stopped`` at
+        ``step`` with a checkpoint, as ``Trainer`` stops; the others go on."""
+        if self.stop_soon:
+            stops = [True] * len(self.members)
+        elif self.should_stop is not None:
+            stops = list(self.should_stop(list(self.members)))
+        else:
+            return
+        if not any(stops):
+            return
+        for row, (m, stop) in enumerate(zip(self.members, stops)):
+            if stop:
+                self._close(m, row, "stopped", step)
+        self._keep([row for row, stop in enumerate(stops) if not stop])
+
+    def _rows(self, m: int, rows: list[Row], step: int) -> None:
+        """Metric rows of member ``m``: kept in its result and handed to ``on_metrics``."""
+        self.results[m].rows += [r for r in rows if r[1] != "steps_per_second"]
+        self._fire("on_metrics", m, rows=rows, step=step)
+
+    def _close(self, m: int, row: int, status: str, step: int, at: int | None = None) -> None:
+        """Member ``m`` (row ``row``) ends: ``Trainer``'s last rows, its final checkpoint
+        (but for a diverged run) and ``on_end`` with ``at`` (default ``step``)."""
+        result = self.results[m]
+        result.status, result.step = status, step if at is None else at
+        self._rows(m, [(step - 1, "optimizer_state_bytes", self.state_bytes)], step)
+        weights = self.flat[row].detach().cpu()
+        result.parameters = {k: v.clone() for k, v in self._params(weights).items()}
+        if status != "diverged":
+            self._fire("on_checkpoint", m, blob=self.checkpoint(row, step))
+        self._fire("on_end", m, status=status, step=result.step)
+
+    # -------------------------------------------------------------- checkpoint
+    def checkpoint(self, row: int, step: int) -> bytes:
+        """Row ``row``'s member after ``step`` steps as ``Trainer.checkpoint`` bytes: its
+        shell's model and optimizer state set from the batch, its scheduler advanced."""
+        m = self.members[row]
+        shell = self.shells[m]
+        with torch.no_grad():
+            for p, w in zip(shell.model.parameters(), self._params(self.flat[row]).values()):
+                p.copy_(w)
+            for name, b in shell.model.named_buffers():
+                b.copy_(self.buffers[name][row])
+            child = shell.optimizer.magnitude
+            group = child.param_groups[0]
+            hp = {k: group[k] for k in child.rule.defaults}
+            for name, rows in self.state.items():
+                parts = rows[row].split(self.sizes)
+                for p, part in zip(shell.model.parameters(), parts):
+                    state = child.state[p]
+                    if not state:
+                        state.update(init_state(child.rule, p, hp))
+                    state[name].copy_(part.view_as(p))
+            for p in shell.model.parameters():
+                state = child.state[p]
+                if not state:
+                    state.update(init_state(child.rule, p, hp))
+                state["step"] = step
+        shell.optimizer.graft_step = step
+        shell.step = step
+        if shell._scheduled:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                while shell.scheduler.last_epoch < step:
+                    shell.scheduler.step()
+        return shell.checkpoint()
+
     def _flush(self, pending: list[Tensor], step: int, results: list[MemberResult]) -> None:
-        """``Trainer._flush`` for every member: its losses since the last flush, its lr, and
-        whether it diverged (a non-finite loss, or non-finite weights now); a member that
-        diverged is finished here and leaves the batch."""
+        """``Trainer._flush`` for every member: its losses since the last flush, its lr, its
+        norms, and whether it diverged (a non-finite loss, or non-finite weights now); a
+        member that diverged is finished here and leaves the batch."""
         values = torch.stack(pending).float().cpu().T.tolist()  # (members, steps)
         first = step - len(pending)
         finite = self._weights_finite()
+        elapsed = max(time.perf_counter() - self.flush_started, 1e-9)
+        norm_steps = [s for s, _ in self.norm_records]
+        norms = torch.stack([r for _, r in self.norm_records], 1).cpu() if norm_steps else None
+        self.norm_records = []
         keep = []
         for row, (m, losses) in enumerate(zip(self.members, values)):
-            result = results[m]
             bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
-            result.rows += [(first + i, "train_loss", v) for i, v in enumerate(losses[:bad])]
+            rows = [(first + i, "train_loss", v) for i, v in enumerate(losses[:bad])]
             if bad is None:
                 cfg, hp = self.configs[m], self.hparams[m]
                 lr = hp["lr"] * lr_factor(step, cfg.steps, cfg.schedule, cfg.warmup_steps)
-                result.rows.append((step - 1, "lr", lr))
+                rows.append((step - 1, "steps_per_second", len(losses) / elapsed))
+                rows.append((step - 1, "lr", lr))
+            self._rows(m, rows, step)
+            if norms is not None:
+                self._fire("on_norms", m, steps=norm_steps, values=norms[row])
             if bad is not None or not finite[row]:
-                result.status = "diverged"
-                result.step = first + bad if bad is not None else step - 1
-                self._finish(result, row, step)
+                self._close(
+                    m, row, "diverged", step, at=first + bad if bad is not None else step - 1
+                )
             else:
                 keep.append(row)
         if len(keep) < len(self.members):
             self._keep(keep)
-
-    def _finish(self, result: MemberResult, row: int, step: int) -> None:
-        result.rows.append((step - 1, "optimizer_state_bytes", self.state_bytes))
-        weights = self.flat[row].detach().cpu()
-        result.parameters = {k: v.clone() for k, v in self._params(weights).items()}

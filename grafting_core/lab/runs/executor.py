@@ -30,11 +30,26 @@ import torch
 
 
 class Executor(Protocol):
-    """Anything that can train stored runs: ``submit`` returns a future of the final status."""
+    """Anything that can train stored runs: ``submit`` returns a future of the final status.
+
+    An executor may also offer ``submit_batch(run_ids, *, resume)``: the runs trained
+    together (``runner.execute_batch``), the future yielding their statuses in order;
+    ``submit_runs`` falls back to one ``submit`` per run where it does not."""
 
     def submit(self, run_id: str, *, resume: bool = False) -> Future: ...
 
     def shutdown(self, *, wait: bool = True) -> None: ...
+
+
+def submit_runs(
+    executor: Executor, run_ids: Sequence[str], *, resume: bool = False
+) -> list[Future]:
+    """Hand ``run_ids`` to ``executor`` as one batch where it takes batches (one future),
+    else one by one (a future each)."""
+    submit_batch = getattr(executor, "submit_batch", None)
+    if submit_batch is not None and len(run_ids) > 1:
+        return [submit_batch(list(run_ids), resume=resume)]
+    return [executor.submit(run_id, resume=resume) for run_id in run_ids]
 
 
 _SPAWN_LOCK = threading.Lock()
@@ -141,6 +156,28 @@ def _train_stored_run(store_root: str, run_id: str, resume: bool) -> str:
         store.close()
 
 
+def _train_stored_batch(store_root: str, run_ids: tuple[str, ...], resume: bool) -> list[str]:
+    from grafting_core.lab.runs.runner import execute_batch
+    from grafting_core.lab.store.run_store import RunStore
+
+    store = RunStore(store_root)
+    try:
+        return execute_batch(store, run_ids, resume=resume)
+    except (Exception, KeyboardInterrupt):  # the store holds each outcome
+        return [store.run(run_id)["status"] for run_id in run_ids]
+    finally:
+        store.close()
+
+
+def _task_runs(fn: Callable[..., Any], args: tuple) -> list[str]:
+    """The run ids a queued task trains (none for a warm-up)."""
+    if fn is _train_stored_run:
+        return [args[1]]
+    if fn is _train_stored_batch:
+        return list(args[1])
+    return []
+
+
 def _mark_worker_death(store_root: str, run_id: str) -> str:
     """The status of a run whose worker process died (SIGKILL, out of memory): interrupted,
     resumable from its last checkpoint."""
@@ -204,6 +241,12 @@ class LocalExecutor:
         """Queue ``run_id`` (already in the store); the future yields its final status."""
         return self._enqueue(_train_stored_run, self.store_root, run_id, resume)
 
+    def submit_batch(self, run_ids: Sequence[str], *, resume: bool = False) -> Future:
+        """Queue ``run_ids`` (already in the store) to train in one worker, those that can
+        as one batched model (``runner.execute_batch``); the future yields their final
+        statuses, in order."""
+        return self._enqueue(_train_stored_batch, self.store_root, tuple(run_ids), resume)
+
     def warm_up(self, datasets: Sequence[str] = ("mnist1d",)) -> list[Future]:
         """Start the workers now and load torch, the trainer and ``datasets`` (seed 0) in
         them, so that the first run does not wait ~5-10 s for it (an app calls this early)."""
@@ -211,11 +254,14 @@ class LocalExecutor:
 
     def _enqueue(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Queue a task; its future can be cancelled until a worker takes it."""
-        if self.stopping and fn is _train_stored_run:  # stopped: it never starts
-            return _never_started(self.store_root, args[1])
+        if self.stopping and _task_runs(fn, args):  # stopped: it never starts
+            statuses = [_never_started(self.store_root, r).result() for r in _task_runs(fn, args)]
+            future: Future = Future()
+            future.set_result(statuses[0] if fn is _train_stored_run else statuses)
+            return future
         if self._closed:
             raise RuntimeError("cannot submit to a LocalExecutor after shutdown")
-        future: Future = Future()
+        future = Future()
         self._queue.append((future, fn, args))
         self._spawner.submit(self._dispatch)
         return future
@@ -259,9 +305,12 @@ class LocalExecutor:
             self._workers[worker].shutdown(wait=False)
             with _terminal_signals_blocked():
                 self._workers[worker] = self._new_worker()
-            if fn is _train_stored_run:  # a run: it is interrupted, not lost
+            if _task_runs(fn, args):  # runs: they are interrupted, not lost
                 with contextlib.suppress(Exception):
-                    error, result = None, _mark_worker_death(self.store_root, args[1])
+                    statuses = [
+                        _mark_worker_death(self.store_root, r) for r in _task_runs(fn, args)
+                    ]
+                    error, result = None, statuses[0] if fn is _train_stored_run else statuses
         elif error is None:
             result = task.result()
         if error is not None:
@@ -309,7 +358,7 @@ class LocalExecutor:
                 with contextlib.suppress(KeyError):
                     request_stop(store, run_id)
         if wait:
-            concurrent.futures.wait([future for _, future in running])
+            concurrent.futures.wait({future for _, future in running})
         self.shutdown(wait=wait)
         return queued + [run_id for run_id, _ in running]
 
@@ -319,9 +368,9 @@ class LocalExecutor:
         queued = []
         while self._queue:
             future, fn, args = self._queue.popleft()
-            if future.cancel() and fn is _train_stored_run:
-                queued.append(args[1])
-        running = [(a[1], f) for f, fn, a in self._running.values() if fn is _train_stored_run]
+            if future.cancel():
+                queued += _task_runs(fn, args)
+        running = [(r, f) for f, fn, a in self._running.values() for r in _task_runs(fn, a)]
         return queued, running
 
     def kill(self) -> None:
@@ -350,12 +399,12 @@ class LocalExecutor:
         from grafting_core.lab.runs.runner import request_stop
         from grafting_core.lab.store.run_store import RunStore
 
-        queued = [args[1] for _, fn, args in list(self._queue) if fn is _train_stored_run]
+        queued = [r for _, fn, args in list(self._queue) for r in _task_runs(fn, args)]
         self.shutdown(wait=False)
         with contextlib.suppress(Exception), contextlib.closing(RunStore(self.store_root)) as store:
             for _, fn, args in list(self._running.values()):
-                if fn is _train_stored_run:
-                    request_stop(store, args[1])
+                for run_id in _task_runs(fn, args):
+                    request_stop(store, run_id)
             for run_id in queued:
                 store.set_status(
                     run_id, "interrupted", error="its process ended before a worker took it"

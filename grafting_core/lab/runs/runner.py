@@ -12,12 +12,13 @@ store, so any process can stop any run.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from grafting_core import NORM_FIELDS
 from grafting_core.lab.runs import lifeline
 from grafting_core.lab.runs.arms import Arm
 from grafting_core.lab.runs.config import RunConfig
@@ -148,19 +149,7 @@ class SinkWriter:
             trainer.add_callback(event, getattr(self, event))
 
     def on_start(self, trainer: Trainer) -> None:
-        opt = trainer.optimizer
-        shapes = {n: list(p.shape) for n, p in opt.named_params()}
-        self.sink.start(
-            {
-                "layer_names": list(opt.layers.names),
-                "param_names": list(opt.layers.param_names),
-                "param_layer": list(opt.layers.index),
-                "shapes": shapes,
-                "device": str(trainer.device),
-                "parameters": sum(p.numel() for _, p in opt.named_params()),
-            },
-            trainer.step,
-        )
+        self.sink.start(layers_record(trainer), trainer.step)
 
     def on_metrics(self, trainer: Trainer, rows: list[tuple[int, str, float]]) -> None:
         self.sink.metrics(rows, trainer.step)
@@ -179,6 +168,19 @@ class SinkWriter:
 
     def on_end(self, trainer: Trainer, status: str, step: int) -> None:
         self.sink.status(status, step=step)
+
+
+def layers_record(trainer: Trainer) -> dict[str, Any]:
+    """The ``layers`` artifact of a run: its optimizer's layers, shapes, device and size."""
+    opt = trainer.optimizer
+    return {
+        "layer_names": list(opt.layers.names),
+        "param_names": list(opt.layers.param_names),
+        "param_layer": list(opt.layers.index),
+        "shapes": {n: list(p.shape) for n, p in opt.named_params()},
+        "device": str(trainer.device),
+        "parameters": sum(p.numel() for _, p in opt.named_params()),
+    }
 
 
 @dataclass(frozen=True)
@@ -327,3 +329,141 @@ def _artifact_or(store: RunStore, run_id: str, name: str, default: Any) -> Any:
 def _fail(sink: RunSink, error: Exception) -> None:
     sink.status("failed", error=f"{type(error).__name__}: {error}")
     sink.log("traceback", traceback.format_exc())
+
+
+def execute_batch(store: RunStore, run_ids: Sequence[str], *, resume: bool = False) -> list[str]:
+    """``execute_run`` of several runs at once: the plain runs of one task that can train as
+    one batch do (``train_batch``), the others one by one; returns each run's final status,
+    in order. Each run writes to the store what ``execute_run`` would have written.
+
+    A run that cannot be prepared (a refused resume, an unreadable config) is left out with
+    its row as ``prepare_run`` left it; an error in a batch marks its unfinished members
+    ``failed`` and is re-raised after the other runs trained."""
+    tickets = []
+    for run_id in run_ids:
+        try:
+            tickets.append(prepare_run(store, run_id, resume=resume))
+        except Exception:
+            pass  # recorded (failed) or refused (live elsewhere): its row says which
+    sinks = {t.run_id: StoreSink(store, t.run_id) for t in tickets}
+    train_batch(tickets, sinks)
+    return [store.run(run_id)["status"] for run_id in run_ids]
+
+
+def train_batch(tickets: Sequence[RunTicket], sinks: dict[str, RunSink]) -> dict[str, str]:
+    """Train prepared runs here, those that share a start step, a pause and everything
+    ``check_batchable`` asks as one ``BatchedTrainer``, the rest through ``train``; every
+    record goes to the run's sink. Returns the final status by run id. An error is raised
+    once every group has had its turn."""
+    from grafting_core.lab.runs.batched import batch_key, check_batchable
+
+    groups: dict[Any, list[RunTicket]] = {}
+    alone: list[RunTicket] = []
+    for ticket in tickets:
+        config = RunConfig.from_dict(ticket.config)
+        key = batch_key(config)
+        if key is None:
+            alone.append(ticket)
+            continue
+        start = read_checkpoint(ticket.checkpoint)["step"] if ticket.checkpoint else 0
+        groups.setdefault((key, start, ticket.pause_at), []).append(ticket)
+    batches = []
+    for members in groups.values():
+        configs = [RunConfig.from_dict(t.config) for t in members]
+        try:
+            check_batchable(configs)
+        except ValueError:
+            alone += members
+            continue
+        (batches if len(members) > 1 else alone).append(members)
+    statuses: dict[str, str] = {}
+    errors: list[BaseException] = []
+    for members in batches:
+        try:
+            statuses.update(_train_members(members, sinks))
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:
+            errors.append(error)
+    for ticket in alone:
+        try:
+            statuses[ticket.run_id] = train(ticket, sinks[ticket.run_id])
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+    return statuses
+
+
+def _train_members(members: Sequence[RunTicket], sinks: dict[str, RunSink]) -> dict[str, str]:
+    """One ``BatchedTrainer`` over ``members`` (they can batch), each member's records to
+    its sink; stops as ``train`` has them (a stop request per member, a signal or a dead
+    parent for all)."""
+    from grafting_core.lab.runs.batched import BatchedTrainer
+
+    ids = [t.run_id for t in members]
+    member_sinks = [sinks[run_id] for run_id in ids]
+    ended: dict[int, str] = {}
+
+    def should_stop(training: list[int]) -> list[bool]:
+        return [member_sinks[m].stop_requested() for m in training]
+
+    trainer = BatchedTrainer(
+        [RunConfig.from_dict(t.config) for t in members],
+        resume=[t.checkpoint for t in members],
+        pause_at=members[0].pause_at,
+        should_stop=should_stop,
+        record_norms=True,
+    )
+    trainer.add_callback(
+        "on_start", lambda _, m, shell: member_sinks[m].start(layers_record(shell), shell.step)
+    )
+    trainer.add_callback("on_metrics", lambda _, m, rows, step: member_sinks[m].metrics(rows, step))
+    trainer.add_callback(
+        "on_norms",
+        lambda t, m, steps, values: member_sinks[m].norms(
+            list(steps),
+            list(t.shells[m].optimizer.layers.names),
+            list(NORM_FIELDS),
+            values.numpy().astype("<f8").tobytes(),
+        ),
+    )
+    trainer.add_callback("on_checkpoint", lambda _, m, blob: member_sinks[m].checkpoint(blob))
+
+    def on_end(_: Any, m: int, status: str, step: int) -> None:
+        ended[m] = status
+        member_sinks[m].status(status, step=step)
+
+    trainer.add_callback("on_end", on_end)
+    outside: list[tuple[str, str]] = []
+
+    def stop_from_outside(status: str, reason: str) -> None:
+        outside.append((status, reason))
+        trainer.stop_soon = True
+
+    def unfinished() -> list[int]:
+        return [m for m in range(len(members)) if m not in ended]
+
+    with lifeline.stoppable(stop_from_outside):
+        try:
+            trainer.run()
+        except KeyboardInterrupt:  # a second Ctrl-C: the last periodic checkpoints stay
+            for m in unfinished():
+                member_sinks[m].status("stopped", step=trainer.results[m].step)
+            raise
+        except Exception as error:
+            for m in unfinished():
+                _fail(member_sinks[m], error)
+            raise
+    if outside:
+        final, reason = outside[0]
+        stopped = [m for m, status in ended.items() if status == "stopped"]
+        if final == "interrupted":
+            for m in stopped:
+                member_sinks[m].status(final, error=reason, step=trainer.results[m].step)
+                ended[m] = final
+        else:
+            raise KeyboardInterrupt(f"runs {', '.join(ids)} {reason}")
+    return {ids[m]: status for m, status in ended.items()}

@@ -18,6 +18,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from grafting_core.lab.cli import main
+from grafting_core.lab.experiments import common
 from grafting_core.lab.experiments.common import final_metrics
 from grafting_core.lab.runs import executor as executor_module
 from grafting_core.lab.runs.config import RunConfig
@@ -115,6 +116,9 @@ def test_a_grid_on_dask_workers_equals_the_local_executors_and_never_opens_the_s
 ):
     client.run(_refuse_sqlite)
     monkeypatch.setattr(executor_module, "usable_cores", lambda: 2)  # one torch thread each
+    # run by run on both sides, to compare to the bit: the local executor would batch the
+    # plain runs (equal to a float32 ulp, test_batched_store.py); Dask trains runs one by one
+    monkeypatch.setattr(common, "BATCH", False)
     local, remote = RunStore(tmp_path / "local"), RunStore(tmp_path / "dask")
     assert main(["--runs-dir", str(local.root), "grid", "--workers", "2", *GRID_FLAGS]) == 0
     assert (
@@ -162,6 +166,7 @@ def test_a_comparison_on_dask_workers_equals_the_local_executors(
     tmp_path, cluster, monkeypatch, capsys
 ):
     monkeypatch.setattr(executor_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(common, "BATCH", False)  # to the bit: run by run on both sides
     flags = [
         "--optimizers",
         "sgd",
