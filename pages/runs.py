@@ -66,7 +66,7 @@ def _export_tensorboard(run_ids: list[str]) -> None:
     partial = partial_runs(store, run_ids)
     st.session_state["runs.flash"] = (
         f"warning:{done} {len(partial)} of them had not ended, so their logs are partial: "
-        + " ".join(live.plain(notice.removeprefix("notice: ")) for notice in partial.values())
+        + " ".join(live.literal(notice.removeprefix("notice: ")) for notice in partial.values())
         if partial
         else f"success:{done}"
     )
@@ -180,9 +180,9 @@ def details(runs, labels: dict[str, str]) -> None:
     run_id = st.selectbox("Run", ids, key="runs.detail", format_func=labels.get)
     record = get_store().run(run_id)
     row = runs.set_index("run_id").loc[run_id]
-    st.markdown(f"**{live.plain(record['name'])}** — {live.plain(live.status_text(row))}")
+    st.markdown(f"**{live.literal(record['name'])}** — {live.literal(live.status_text(row))}")
     if record["status"] in ("failed", "interrupted") and record["error"]:
-        st.error(live.plain(record["error"]))
+        st.error(live.literal(record["error"]))
     running = record["status"] == "running"
     col_rerun, col_stop, col_delete, _ = st.columns([1, 1, 1, 3])
     col_rerun.button("Re-run this config", key="runs.rerun", on_click=_rerun_config, args=(run_id,))
@@ -198,8 +198,8 @@ def details(runs, labels: dict[str, str]) -> None:
     )
     if st.session_state["runs.pending_delete"] == run_id:
         st.warning(
-            f"Delete run `{run_id}` ({live.plain(record['name'])}) with all its metrics, norms and "
-            "checkpoints? This cannot be undone."
+            f"Delete run `{run_id}` ({live.literal(record['name'])}) with all its metrics, "
+            "norms and checkpoints? This cannot be undone."
         )
         yes, no, _ = st.columns([1, 1, 4])
         yes.button(

@@ -140,7 +140,7 @@ def comparison_sections(store, source: str, group: str, runs: pd.DataFrame) -> N
     source_active = record["status"] == "running"
     st.header("2. One multiplier per layer")
     st.caption(
-        f"From **{live.plain(record['name'])}** (`{source}`, {record['status']}). Lines: "
+        f"From **{live.literal(record['name'])}** (`{source}`, {record['status']}). Lines: "
         "‖Δ_M‖/‖Δ_D‖ at every step; shaded: the window; dashed: the layer's multiplier."
     )
     measure_section(store, source, source_active)
@@ -163,7 +163,8 @@ def comparison_sections(store, source: str, group: str, runs: pd.DataFrame) -> N
             device=st.session_state["shared.device"],
         )
         st.caption(
-            f"Start trains {live.plain(plan.describe())}, on the source run's data, model and seed."
+            f"Start trains {live.literal(plan.describe())}, on the source run's data, model "
+            "and seed."
         )
     except (ValueError, TypeError, KeyError) as error:
         plan, problem = None, str(error).strip("'\"")
@@ -216,10 +217,10 @@ def study_section(store) -> None:
             windows=st.session_state["ratios.study.windows"],
             scopes=st.session_state["ratios.study.scopes"],
         )
-        st.caption(f"**Start the study** trains {live.plain(plan.describe())}.")
+        st.caption(f"**Start the study** trains {live.literal(plan.describe())}.")
     except (ValueError, KeyError) as error:
         plan, problem = None, str(error).strip("'\"")
-        st.caption(f"Not ready to start: {live.plain(problem)}")
+        st.caption(f"Not ready to start: {live.literal(problem)}")
     runs = study_runs(live.group_runs(group), direction)
     active = not runs.empty and live.is_active(runs)
     col_start, col_stop, _ = st.columns([3, 1, 8], vertical_alignment="center")
@@ -246,7 +247,7 @@ def study_section(store) -> None:
         st.query_params.update(study=group, study_m=magnitude, study_d=direction)
         st.rerun()
     if runs.empty:
-        st.info(f"No static-ratio run of {live.plain(direction)} in this comparison yet.")
+        st.info(f"No static-ratio run of {live.literal(direction)} in this comparison yet.")
         return
     live.redraw_while_live(
         "ratios.study",

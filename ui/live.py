@@ -108,7 +108,7 @@ def status_text(run: pd.Series) -> str:
     return f"{status} at step {step}/{steps}"
 
 
-def plain(text: str) -> str:
+def literal(text: str) -> str:
     """``text`` shown as typed inside Streamlit markdown: a run name or an error message is
     data, never a link, an image or formatting."""
     escaped = MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
@@ -121,7 +121,7 @@ def plain(text: str) -> str:
 def progress_panel(runs: pd.DataFrame) -> None:
     """One progress bar per run; diverged and failed runs say so in colour."""
     for _, run in runs.iterrows():
-        text = f"**{plain(run['label'])}**: {plain(status_text(run))}"
+        text = f"**{literal(run['label'])}**: {literal(status_text(run))}"
         if run["status"] == "diverged":
             st.warning(text, icon="⚠️")
         elif run["status"] in ("failed", "interrupted"):

@@ -157,7 +157,7 @@ def study_results(
     if live.is_active(runs):
         live.overall_progress(runs)
     table = static_ratio_table(store, group, magnitude=magnitude, direction=direction)
-    st.markdown("**Reading:** " + live.plain(study_reading(table, magnitude, direction)))
+    st.markdown("**Reading:** " + live.literal(study_reading(table, magnitude, direction)))
     title = (
         f"Static ratios from {magnitude}#{direction} next to tuned {magnitude} and tuned "
         f"{direction}"

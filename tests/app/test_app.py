@@ -230,7 +230,7 @@ def test_a_run_name_is_shown_as_typed_never_as_markdown(store):
     assert not at.exception
     shown = [m.value for m in at.markdown if "click" in m.value]
     assert shown and all("[click](" not in text and "**loud**" not in text for text in shown)
-    # escaped, and a word joiner (U+2060) before "http": no autolink either (ui.live.plain)
+    # escaped, and a word joiner (U+2060) before "http": no autolink either (ui.live.literal)
     assert any(
         "\\[click\\](\u2060http\\://evil.example) \\*\\*loud\\*\\*" in text for text in shown
     )

@@ -832,11 +832,11 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
     assert sorted(lines) == pytest.approx(sorted(tuned))
 
     reading = next(m.value for m in at.markdown if m.value.startswith("**Reading:**"))
-    assert reading == "**Reading:** " + live.plain(study_reading(expected, "adam", "sgd"))
+    assert reading == "**Reading:** " + live.literal(study_reading(expected, "adam", "sgd"))
     means = expected.set_index("arm")["mean"]
     if means["adam"] < means["sgd"]:  # a gap to close: the arm that closed the most of it
         best = static.loc[static["gap_closed"].idxmax()]
-        assert live.plain(best["arm"]) in reading and f"{best['gap_closed']:.0%}" in reading
+        assert live.literal(best["arm"]) in reading and f"{best['gap_closed']:.0%}" in reading
     else:
         assert "no gap" in reading and f"{means['sgd']:.4g}" in reading
 
