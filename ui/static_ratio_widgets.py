@@ -11,10 +11,12 @@ import streamlit as st
 from grafting_core import STATISTICS
 from grafting_core.lab.experiments.ratio_study import (
     SCOPES,
+    STUDY_VERDICT_COLUMNS,
     WINDOWS,
     static_ratio_table,
     study_pairs,
     study_reading,
+    study_verdicts_text,
 )
 from grafting_core.lab.experiments.static_ratios import (
     RatioReading,
@@ -35,6 +37,7 @@ STUDY_COLUMNS = [
     "scope",
     "mean",
     "std",
+    "median",
     "seeds",
     "failed",
     "state_bytes",
@@ -158,6 +161,7 @@ def study_results(
         live.overall_progress(runs)
     table = static_ratio_table(store, group, magnitude=magnitude, direction=direction)
     st.markdown("**Reading:** " + live.literal(study_reading(table, magnitude, direction)))
+    st.markdown("**Verdicts:** " + live.literal(study_verdicts_text(table, magnitude, direction)))
     title = (
         f"Static ratios from {magnitude}#{direction} next to tuned {magnitude} and tuned "
         f"{direction}"
@@ -177,6 +181,27 @@ def study_results(
         st.caption(
             "mean ± std of the final validation loss over the seeds; gap_closed = "
             "(D − arm) / (D − M): 1 trains as well as tuned M, 0 as tuned D."
+        )
+    static = table[table["role"] == "static_ratios"] if not table.empty else table
+    if not static.empty:
+        charts.show(
+            experiment_figures.study_intervals(table, magnitude, direction),
+            key="ratios.study.verdicts_chart",
+            live=True,
+        )
+        st.dataframe(
+            static[list(STUDY_VERDICT_COLUMNS)],
+            hide_index=True,
+            key="ratios.study.verdicts",
+            column_config=number_columns(("position", "ci_low", "ci_high", "p_holm")),
+        )
+        st.caption(
+            f"Each arm judged like a graft between tuned {direction} (position 0) and tuned "
+            f"{magnitude} (1), paired by seed: position with its CI at the level Holm's "
+            "correction over the arms judged it (ci_level); *like* when the CI lies within "
+            "the margin (shaded) of an end, *closer to* when on one side of 0.5, *between* "
+            "when inside both margins, *better* / *worse than both*, else *cannot tell*; "
+            "alone: the verdict on its own at 95%."
         )
 
 

@@ -50,11 +50,13 @@ from grafting_core.lab.experiments.graft_lrs import far_from_tuned, graft_lr_swe
 from grafting_core.lab.experiments.grid import grid, grid_matrix, grid_table
 from grafting_core.lab.experiments.ratio_study import (
     SCOPES,
+    STUDY_VERDICT_COLUMNS,
     WINDOWS,
     plan_study,
     start_study,
     static_ratio_table,
     study_reading,
+    study_verdicts_text,
 )
 from grafting_core.lab.experiments.report import comparison_report
 from grafting_core.lab.experiments.static_ratios import static_ratio_experiment
@@ -662,8 +664,19 @@ def cmd_ratio_study(parser, args, store: RunStore) -> int:
         f"seeds that diverged or failed; gap_closed 1 = as good as {args.magnitude}), "
         f"group {args.group}"
     )
-    _print_table(table[["arm", "mean", "std", "seeds", "failed", "gap_closed", "state_bytes"]])
+    _print_table(
+        table[["arm", "mean", "std", "median", "seeds", "failed", "gap_closed", "state_bytes"]]
+    )
     print(f"reading: {study_reading(table, args.magnitude, args.direction)}")
+    static = table[table["role"] == "static_ratios"] if not table.empty else table
+    if not static.empty:
+        print(
+            f"\nverdicts: each arm between tuned {args.direction} (position 0) and tuned "
+            f"{args.magnitude} (1), paired by seed, CI at Holm's level (ci_level), margin "
+            f"±{static['margin'].iloc[0]:g}; alone: judged by itself at 95%"
+        )
+        _print_table(static[list(STUDY_VERDICT_COLUMNS)])
+    print(f"verdicts: {study_verdicts_text(table, args.magnitude, args.direction)}")
     return 0
 
 

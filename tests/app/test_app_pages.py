@@ -34,6 +34,7 @@ from grafting_core.lab.experiments.graft_lrs import graft_lr_table
 from grafting_core.lab.experiments.ratio_study import (
     static_ratio_table,
     study_reading,
+    study_verdicts_text,
     window_of,
 )
 from grafting_core.lab.experiments.verdict import closer_to_words, label_words
@@ -839,6 +840,17 @@ def test_static_ratio_study_trains_into_the_comparison_and_shows_its_table(store
         assert live.literal(best["arm"]) in reading and f"{best['gap_closed']:.0%}" in reading
     else:
         assert "no gap" in reading and f"{means['sgd']:.4g}" in reading
+
+    # the verdicts: each arm judged between tuned sgd and tuned adam, drawn and tabled
+    verdicts = next(m.value for m in at.markdown if m.value.startswith("**Verdicts:**"))
+    assert verdicts == "**Verdicts:** " + live.literal(study_verdicts_text(expected, "adam", "sgd"))
+    judged = table_with(at, "ci_level")
+    assert list(judged["arm"]) == list(static["arm"])
+    assert list(judged["verdict"]) == list(static["verdict"])
+    assert list(judged["position"]) == pytest.approx(list(static["position"]), nan_ok=True)
+    index = chart_titled(at, "Each arm between tuned sgd (0) and tuned adam (1)")
+    (trace,) = [t for t in chart_traces(at, index) if t.get("mode") == "markers"]
+    assert [y.split("<br>")[0] for y in trace["y"]] == list(static["arm"])
 
     at.button(key="ratios.study.start").click().run()  # the same choices again
     assert not at.exception and not at.error

@@ -620,6 +620,9 @@ def read_comparison(store: RunStore, group: str, *, metric: str = "val_loss") ->
     runs = store.runs(group=group)
     if runs.empty:
         raise KeyError(f"No runs in group {group!r}")
+    # A static-ratio study's runs join the group but are no arm of the comparison (nor runs
+    # of other settings): ratio_study reads them
+    runs = runs[runs["role"] != "static_ratios"]
     runs, excluded = _runs_made_as_requested(store, group, runs)
     request = comparison_request(store, group)
     search = request["plan"] if request else SweepPlan()

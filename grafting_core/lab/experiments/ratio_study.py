@@ -13,7 +13,8 @@ and tuned D with its optimizer memory. All runs join the comparison's group.
 One function per user action, for the page, the command line and the notebooks alike:
 ``plan_study`` (what Start trains, measuring nothing), ``start_study`` (measure, store the
 ratios under content-addressed names, queue on the caller's executor), and the readings
-``static_ratio_table`` and ``study_reading``.
+``static_ratio_table`` (means and each arm's verdict), ``study_reading`` (on the means) and
+``study_verdicts_text`` (the verdicts).
 
     python -m grafting_core ratio-study GROUP --magnitude adam --direction sgd
 """
@@ -35,6 +36,7 @@ from grafting_core.lab.experiments.static_ratios import (
     source_of,
     store_ratios,
 )
+from grafting_core.lab.experiments.verdict import ALPHA, MARGIN, holm_judgments, judge
 from grafting_core.lab.runs.arms import Arm, PlannedRun
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.executor import Executor
@@ -56,6 +58,36 @@ SCOPES = ("per_layer", "global")
 FAILED = ("diverged", "failed")  # how a seed of an arm ends without a result
 #: The kind of a study's runs: those of the comparison whose group they join.
 STUDY_KIND = "compare"
+#: The role of a study's runs in the group.
+STUDY_ROLE = "static_ratios"
+#: What a study's verdicts show, per static-ratio arm (the command line, the page, a report).
+STUDY_VERDICT_COLUMNS = (
+    "arm",
+    "position",
+    "ci_low",
+    "ci_high",
+    "ci_level",
+    "p_holm",
+    "verdict",
+    "alone",
+)
+#: The verdict columns ``static_ratio_table`` adds (``judge_study``'s, less ``variant``).
+JUDGED = (
+    "position",
+    "ci_low",
+    "ci_high",
+    "ci_level",
+    "p_holm",
+    "label",
+    "verdict",
+    "alone",
+    "alone_p",
+    "alone_low",
+    "alone_high",
+    "paired",
+    "margin",
+    "reason",
+)
 
 
 def window_of(name: str, config: RunConfig) -> tuple[int, int]:
@@ -141,7 +173,7 @@ def plan_study(
         raise ValueError(f"Invalid windows {unknown} (valid: {', '.join(WINDOWS)})")
     sources = tuple(_sources(store, group, magnitude, direction)["run_id"])
     runs = store.runs(group=group)
-    kept = runs[(runs["role"] == "static_ratios") & runs["status"].isin(["finished", "running"])]
+    kept = runs[(runs["role"] == STUDY_ROLE) & runs["status"].isin(["finished", "running"])]
     trained = set(zip(kept["config.static_ratios"].map(_source_of), kept["arm_variant"]))
     todo = tuple(
         (source, window, scope)
@@ -167,7 +199,7 @@ def _measured(store: RunStore, plan: StudyPlan) -> list[tuple[PlannedRun, Static
             statistic=plan.statistic,
             per_layer=scope == "per_layer",
         )
-        arm = Arm("static_ratios", plan.direction, variant=ratio_variant(window, scope))
+        arm = Arm(STUDY_ROLE, plan.direction, variant=ratio_variant(window, scope))
         run = config.replace(
             magnitude=config.direction,
             magnitude_hparams={**config.direction_hparams, "lr": ratios.base_lr},
@@ -256,10 +288,124 @@ def _source_of(reference: str) -> str | None:
     return found[0] if found else None
 
 
-def _current_sources(runs: pd.DataFrame) -> set[str]:
-    """The group's grafts at the tuned lrs: a static-ratio run measured on a graft that a
-    continued comparison superseded (another tuned lr) belongs to no arm of the table."""
-    return set(runs.loc[runs["role"] == "graft", "run_id"])
+def _current_sources(runs: pd.DataFrame, magnitude: str, direction: str) -> set[str]:
+    """The group's M#D grafts at the tuned lrs: a static-ratio run measured on a graft that a
+    continued comparison superseded (another tuned lr), or on another pair's graft (a 3×3's
+    adagrad#sgd beside adam#sgd), belongs to no arm of this pair's table."""
+    grafts = runs[
+        (runs["role"] == "graft")
+        & (runs["magnitude_arm"] == magnitude)
+        & (runs["direction_arm"] == direction)
+    ]
+    return set(grafts["run_id"])
+
+
+def study_finals(
+    store: RunStore,
+    group: str,
+    *,
+    magnitude: str = "adam",
+    direction: str = "sgd",
+    metric: str = "val_loss",
+) -> pd.DataFrame:
+    """One row per run the study of ``group`` reads, ended (finished, diverged or failed):
+    tuned M, tuned D and each static-ratio run of D measured on the group's current M#D
+    grafts; its ``role``, ``magnitude_arm``, ``variant`` ("" for a tuned arm), ``seed``,
+    ``status``, final ``metric`` and ``optimizer_state_bytes``."""
+    runs = store.runs(group=group)
+    chosen = runs[
+        ((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
+        | (
+            (runs["role"] == STUDY_ROLE)
+            & (runs["magnitude_arm"] == direction)
+            & runs["config.static_ratios"]
+            .map(_source_of)
+            .isin(_current_sources(runs, magnitude, direction))
+        )
+    ]
+    table = final_metrics(
+        store, chosen["run_id"].tolist(), metrics=(metric, "optimizer_state_bytes"), runs=chosen
+    )
+    by_id = chosen.set_index("run_id").loc[table["run_id"]]
+    table["variant"] = by_id["arm_variant"].fillna("").to_numpy()
+    table["seed"] = by_id["config.seed"].to_numpy(int)
+    return table[table["status"].isin(("finished", *FAILED))].reset_index(drop=True)
+
+
+def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """An arm's final ``metric`` per seed; NaN for a seed that diverged or failed (``judge``
+    counts it as diverged and leaves it out)."""
+    values = rows[metric].where(rows["status"] == "finished")
+    return pd.Series(values.to_numpy(float), index=rows["seed"].to_numpy(int))
+
+
+def verdict_words(label: str, magnitude: str, direction: str) -> str:
+    """A static-ratio arm's ``judge`` label in the study's words: it is judged between tuned
+    D (the judge's M, position 0) and tuned M (the judge's D, position 1), so "like M" reads
+    "like tuned sgd" for an Adam#SGD study."""
+    if label.endswith(" M"):
+        return f"{label[:-1]}tuned {direction}"
+    if label.endswith(" D"):
+        return f"{label[:-1]}tuned {magnitude}"
+    return label
+
+
+def judge_study(
+    finals: pd.DataFrame,
+    magnitude: str,
+    direction: str,
+    *,
+    metric: str = "val_loss",
+    margin: float = MARGIN,
+    alpha: float = ALPHA,
+) -> pd.DataFrame:
+    """Each static-ratio arm of ``study_finals`` judged like a graft between tuned D (position
+    0) and tuned M (position 1) with ``verdict.judge``: paired by seed (every arm of a seed
+    shares its init and batches), Holm over the study's arms. One row per arm (``variant``):
+    ``position`` (on the means, the share of the gap it closed), ``ci_low``/``ci_high`` at
+    ``ci_level`` (Holm's: the j-th most significant of k arms at α/(k − j + 1)), ``p_holm``,
+    ``label`` (a ``verdict.LABELS`` string), ``verdict`` (in the study's words), ``reason``;
+    and the arm judged alone at α: ``alone`` (its words), ``alone_p``, ``alone_low``,
+    ``alone_high``."""
+    tuned = finals[finals["role"] == "tuned"]
+    static = finals[finals["role"] == STUDY_ROLE]
+    variants = list(dict.fromkeys(static["variant"]))
+    if not variants:
+        return pd.DataFrame()
+    d_seeds = _by_seed(tuned[tuned["magnitude_arm"] == direction], metric)
+    m_seeds = _by_seed(tuned[tuned["magnitude_arm"] == magnitude], metric)
+    alone = [
+        judge(
+            d_seeds,
+            m_seeds,
+            _by_seed(static[static["variant"] == v], metric),
+            margin=margin,
+            alpha=alpha,
+        )
+        for v in variants
+    ]
+    rows = []
+    for variant, held, own in zip(variants, holm_judgments(alone, alpha), alone):
+        rows.append(
+            {
+                "variant": variant,
+                "position": held.position,
+                "ci_low": held.ci[0],
+                "ci_high": held.ci[1],
+                "ci_level": 1 - held.alpha,
+                "p_holm": held.as_row()["p_holm"],
+                "label": held.label,
+                "verdict": verdict_words(held.label, magnitude, direction),
+                "alone": verdict_words(own.label, magnitude, direction),
+                "alone_p": own.p,
+                "alone_low": own.ci[0],
+                "alone_high": own.ci[1],
+                "paired": held.paired,
+                "margin": margin,
+                "reason": held.reason,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def static_ratio_table(
@@ -269,32 +415,21 @@ def static_ratio_table(
     magnitude: str = "adam",
     direction: str = "sgd",
     metric: str = "val_loss",
+    margin: float = MARGIN,
+    alpha: float = ALPHA,
 ) -> pd.DataFrame:
-    """Tuned M, tuned D and every static-ratio arm of ``group``: mean ± std of ``metric`` over
-    its finished seeds (``seeds``), ``failed``: its seeds that diverged or failed (the mean
-    leaves them out), optimizer state bytes, and ``gap_closed`` = (D − arm) / (D − M) (1 = as
-    good as M; NaN when tuned D is already as good as tuned M).
+    """Tuned M, tuned D and every static-ratio arm of ``group``: mean, median and std of
+    ``metric`` over its finished seeds (``seeds``), ``failed``: its seeds that diverged or
+    failed (the mean leaves them out), optimizer state bytes, ``gap_closed`` = (D − arm) /
+    (D − M) (1 = as good as M; NaN when tuned D is already as good as tuned M), and each
+    static-ratio arm's verdict (``judge_study``'s columns: position with its CI, Holm over
+    the arms; NaN and "" on the tuned rows).
     A static-ratio arm names its ``window`` and ``scope`` (its ratios are the source run's
     artifact ``static_ratios.{window}.{scope}``); only runs measured on the group's current
-    grafts count (not on grafts a continued comparison superseded)."""
-    runs = store.runs(group=group)
-    chosen = runs[
-        ((runs["role"] == "tuned") & runs["magnitude_arm"].isin([magnitude, direction]))
-        | (
-            (runs["role"] == "static_ratios")
-            & (runs["magnitude_arm"] == direction)
-            & runs["config.static_ratios"].map(_source_of).isin(_current_sources(runs))
-        )
-    ]
-    table = final_metrics(
-        store, chosen["run_id"].tolist(), metrics=(metric, "optimizer_state_bytes"), runs=chosen
-    )
-    table["variant"] = (
-        chosen.set_index("run_id").loc[table["run_id"], "arm_variant"].fillna("").to_numpy()
-    )
-    table = table[table["status"].isin(("finished", *FAILED))]  # not those yet to end
+    M#D grafts count (not on grafts a continued comparison superseded, nor another pair's)."""
+    finals = study_finals(store, group, magnitude=magnitude, direction=direction, metric=metric)
     rows = []
-    for (role, arm, variant), cell in table.groupby(["role", "magnitude_arm", "variant"]):
+    for (role, arm, variant), cell in finals.groupby(["role", "magnitude_arm", "variant"]):
         window, scope = _window_and_scope(variant)
         finished = cell[cell["status"] == "finished"]
         rows.append(
@@ -305,6 +440,7 @@ def static_ratio_table(
                 "window": window,
                 "scope": scope,
                 "mean": finished[metric].mean(),
+                "median": finished[metric].median(),
                 "std": finished[metric].std(),
                 "seeds": len(finished),
                 "failed": int(cell["status"].isin(FAILED).sum()),
@@ -318,6 +454,12 @@ def static_ratio_table(
     gap = tuned.get(direction, np.nan) - tuned.get(magnitude, np.nan)
     # No gap when tuned D is already as good as tuned M: nothing to close, no ratio to read
     out["gap_closed"] = (tuned.get(direction, np.nan) - out["mean"]) / gap if gap > 0 else np.nan
+    judged = judge_study(finals, magnitude, direction, metric=metric, margin=margin, alpha=alpha)
+    if judged.empty:
+        judged = pd.DataFrame(columns=["variant", *JUDGED])
+    out = out.merge(judged, on="variant", how="left")
+    tuned_rows = out["role"] == "tuned"
+    out.loc[tuned_rows, ["label", "verdict", "alone", "reason"]] = ""
     return out.sort_values(["role", "mean"], ascending=[False, True]).reset_index(drop=True)
 
 
@@ -325,7 +467,7 @@ def best_static_arm(table: pd.DataFrame) -> tuple[pd.Series | None, pd.DataFrame
     """The static-ratio arm of ``static_ratio_table`` that closed the most of the gap among
     those with no seed that diverged or failed (None if there is none), and the arms that
     closed more on their finished seeds but diverged or failed on some (best first)."""
-    static = table[table["role"] == "static_ratios"].dropna(subset=["gap_closed"])
+    static = table[table["role"] == STUDY_ROLE].dropna(subset=["gap_closed"])
     steady = static[static["failed"] == 0]
     if steady.empty:
         return None, static[static["failed"] > 0].sort_values("gap_closed", ascending=False)
@@ -366,7 +508,7 @@ def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
     d_mean, m_mean = tuned.loc[direction, "mean"], tuned.loc[magnitude, "mean"]
     where = f"window {best['window']}, {best['scope']}"
     if best["gap_closed"] <= 0:
-        steady = table[(table["role"] == "static_ratios") & (table["failed"] == 0)]
+        steady = table[(table["role"] == STUDY_ROLE) & (table["failed"] == 0)]
         every = "every" if len(steady) > 1 else "the"
         return (
             f"no static-ratio arm did better than tuned {direction}: {every} arm that finished "
@@ -394,6 +536,31 @@ def study_reading(table: pd.DataFrame, magnitude: str, direction: str) -> str:
     )
 
 
+def study_verdicts_text(table: pd.DataFrame, magnitude: str, direction: str) -> str:
+    """One plain-text line on ``static_ratio_table``'s verdicts: how the arms were judged and
+    each arm's verdict with its position and CI (those that "cannot tell" counted), or that
+    there is nothing to judge yet."""
+    static = table[table["role"] == STUDY_ROLE] if not table.empty else table
+    if static.empty or "label" not in static:
+        return "no static-ratio arm to judge yet."
+    k = len(static)
+    how = (
+        f"each arm judged between tuned {direction} (position 0) and tuned {magnitude} (1) on "
+        f"its seeds, paired by seed, margin ±{static['margin'].iloc[0]:g}"
+        + (f", Holm over the {k} arms" if k > 1 else "")
+    )
+    told = static[static["label"] != "cannot tell"].sort_values("position")
+    said = [
+        f"{row['arm']} {row['verdict']} (position {row['position']:.2f}, "
+        f"{100 * row['ci_level']:.3g}% CI [{row['ci_low']:.2f}, {row['ci_high']:.2f}])"
+        for _, row in told.iterrows()
+    ]
+    untold = k - len(told)
+    if untold:
+        said.append(f"{untold} of {k} cannot tell" if said else f"every arm cannot tell ({k})")
+    return f"{how}: " + "; ".join(said) + "."
+
+
 def study_groups(store: RunStore) -> pd.DataFrame:
     """Tuned comparisons with a finished graft, newest first: one row (its newest graft's)
     per group."""
@@ -417,7 +584,7 @@ def study_runs(runs: pd.DataFrame, direction: str) -> pd.DataFrame:
     reads)."""
     if runs.empty:
         return runs
-    return runs[(runs["role"] == "static_ratios") & (runs["magnitude_arm"] == direction)]
+    return runs[(runs["role"] == STUDY_ROLE) & (runs["magnitude_arm"] == direction)]
 
 
 def study_ratios(store: RunStore, group: str, source: str, window: str, scope: str) -> dict:
@@ -425,7 +592,7 @@ def study_ratios(store: RunStore, group: str, source: str, window: str, scope: s
     ``scope`` (as stored: ``StaticRatios.from_dict`` reads them); KeyError when none."""
     runs = store.runs(group=group)
     chosen = runs[
-        (runs["role"] == "static_ratios")
+        (runs["role"] == STUDY_ROLE)
         & (runs["arm_variant"] == ratio_variant(window, scope))
         & (runs["config.static_ratios"].map(_source_of) == source)
     ]

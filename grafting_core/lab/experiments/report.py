@@ -26,6 +26,12 @@ from grafting_core.lab.experiments.comparison_reading import (
     positions_shown,
 )
 from grafting_core.lab.experiments.halving_check import halving_check
+from grafting_core.lab.experiments.ratio_study import (
+    STUDY_ROLE,
+    static_ratio_table,
+    study_reading,
+    study_verdicts_text,
+)
 from grafting_core.lab.experiments.verdict import label_words
 from grafting_core.lab.store.run_store import RunStore
 
@@ -58,6 +64,7 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
         tuning = plan.tune_seeds or request["seeds"]
         ranking = plan.ranking_seeds(tuning)
         runs = store.runs(group=group)
+        own = runs[runs["role"] != STUDY_ROLE]  # the comparison's runs, not a study's
         low, high = comparison_budget(request)
         parts += [
             f"- task: {base.custom or base.dataset}, model {base.model or 'default'}, "
@@ -102,9 +109,14 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             f"- metric: final {metric}; verdicts paired by seed, 95% CI (Holm over the grafts "
             "judges each at a stricter level, shown with it; each control at 5% on its own), "
             "margin ±0.25",
-            f"- cost: {len(runs)} runs, {runs['last_step'].sum() / base.steps:.1f} "
+            f"- cost: {len(own)} runs, {own['last_step'].sum() / base.steps:.1f} "
             f"run-equivalents trained (Σ last step ÷ {base.steps}; the plan said "
-            f"{low:.1f}–{high:.1f})",
+            f"{low:.1f}–{high:.1f})"
+            + (
+                f"; a static-ratio study added {len(runs) - len(own)} runs (below)"
+                if len(own) < len(runs)
+                else ""
+            ),
             "",
         ]
     if not result.controls.empty:
@@ -180,9 +192,59 @@ def comparison_report(store: RunStore, group: str, *, metric: str = "val_loss") 
             markdown_table(checked),
             "",
         ]
+    parts += study_report(store, group, metric=metric)
     if result.excluded:
         parts += [
             f"{result.excluded} runs made with other settings are left out of every table.",
             "",
         ]
     return "\n".join(parts)
+
+
+def study_report(store: RunStore, group: str, *, metric: str = "val_loss") -> list[str]:
+    """The static-ratio studies of comparison ``group`` as Markdown lines (none if it has
+    none): per M#D pair studied, ``static_ratio_table``'s means, its reading, each arm's
+    verdict between tuned D (0) and tuned M (1) with its CI, and the verdicts in a line."""
+    runs = store.runs(group=group)
+    if not (runs["role"] == STUDY_ROLE).any():
+        return []
+    grafts = runs[(runs["role"] == "graft") & (runs["status"] == "finished")]
+    parts = []
+    for magnitude, direction in dict.fromkeys(
+        zip(grafts["magnitude_arm"], grafts["direction_arm"])
+    ):
+        table = static_ratio_table(
+            store, group, magnitude=magnitude, direction=direction, metric=metric
+        )
+        static = table[table["role"] == STUDY_ROLE] if not table.empty else table
+        if static.empty:
+            continue
+        means = ["arm", "mean", "std", "median", "seeds", "failed", "gap_closed", "state_bytes"]
+        verdicts = pd.DataFrame(
+            {
+                "arm": static["arm"],
+                "position": positions_shown(static),
+                "CI (its level)": ci_texts(static),
+                "verdict": static["verdict"],
+                "alone (95%)": static["alone"],
+                "Holm p": static["p_holm"],
+            }
+        )
+        parts += [
+            f"### Static ratios from {graft_name(magnitude, direction)}: {direction} with "
+            f"per-layer lrs, between tuned {direction} (0) and tuned {magnitude} (1)",
+            "",
+            f"Final {metric} over the reporting seeds (failed: seeds that diverged or failed, "
+            "left out of the mean; gap_closed: the share of the gap from tuned "
+            f"{direction} to tuned {magnitude} closed, on the means).",
+            "",
+            markdown_table(table[means]),
+            "",
+            f"Reading (means): {study_reading(table, magnitude, direction)}",
+            "",
+            markdown_table(verdicts),
+            "",
+            f"Verdicts: {study_verdicts_text(table, magnitude, direction)}",
+            "",
+        ]
+    return parts

@@ -316,24 +316,37 @@ VERDICT_ARMS = (  # (column prefix of protocol.Comparison.verdicts, legend name,
 )
 
 
-def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
+def position_intervals(
+    verdicts: pd.DataFrame,
+    *,
+    title: str = "",
+    names: Sequence[str] | None = None,
+    words: Sequence[str] | None = None,
+    ends: tuple[str, str] = ("M", "D"),
+    x_title: str = "position (M#D − M) / (D − M)",
+) -> go.Figure:
     """Each graft's position on the M–D segment (0 = M, 1 = D) with its CI as a bar, the
     equivalence margins around M and D shaded, and its verdict in the hover and the tick:
     what ``verdict.judge`` decided, drawn. An unbounded CI runs off both ends of the axis.
 
     ``verdicts``: ``compare.Comparison.verdicts`` (magnitude, direction, grafted, position,
     ci_low, ci_high, label, margin; ``ci_level``: each CI's level, 95% or the stricter one
-    Holm judged it at, said in the title and the hover; 95% where absent)."""
+    Holm judged it at, said in the title and the hover; 95% where absent). ``names``: each
+    row's name on the axis (else its graft's, from magnitude, direction and grafted); ``words``:
+    each row's verdict as written under it (else its label with M's and D's names); ``ends``:
+    what the margins at 0 and 1 are called ("like M", "like D")."""
     if verdicts.empty:
         return empty_figure("the verdicts come when the grafts have trained", x_title="position")
-    names = [
-        graft_name(m, d, g)
-        for m, d, g in zip(verdicts["magnitude"], verdicts["direction"], verdicts["grafted"])
-    ]
-    words = [
-        label_words(label, m, d)
-        for label, m, d in zip(verdicts["label"], verdicts["magnitude"], verdicts["direction"])
-    ]
+    if names is None:
+        names = [
+            graft_name(m, d, g)
+            for m, d, g in zip(verdicts["magnitude"], verdicts["direction"], verdicts["grafted"])
+        ]
+    if words is None:
+        words = [
+            label_words(label, m, d)
+            for label, m, d in zip(verdicts["label"], verdicts["magnitude"], verdicts["direction"])
+        ]
     margin = float(verdicts["margin"].iloc[0])
     low, high = -1.0, 2.0  # what the axis shows; an interval beyond it is clipped there
     lows = np.clip(verdicts["ci_low"].to_numpy(float), low, high)
@@ -348,7 +361,7 @@ def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
         else "CI at the level Holm judged it (in the hover)"
     )
     fig = go.Figure()
-    for centre, text in ((0.0, "like M"), (1.0, "like D")):
+    for centre, text in ((0.0, f"like {ends[0]}"), (1.0, f"like {ends[1]}")):
         fig.add_vrect(
             x0=centre - margin,
             x1=centre + margin,
@@ -388,12 +401,35 @@ def position_intervals(verdicts: pd.DataFrame, *, title: str = "") -> go.Figure:
     )
     fig.update_layout(
         title=title or f"Where each graft lands: 0 = M, 1 = D, with its {ci_name}",
-        xaxis={"title": "position (M#D − M) / (D − M)", "range": [low, high]},
+        xaxis={"title": x_title, "range": [low, high]},
         yaxis={"autorange": "reversed"},
         height=140 + 60 * len(verdicts),
         showlegend=False,
     )
     return fig
+
+
+def study_intervals(
+    table: pd.DataFrame, magnitude: str, direction: str, *, title: str = ""
+) -> go.Figure:
+    """Each static-ratio arm of ``ratio_study.static_ratio_table`` between tuned D (0) and tuned
+    M (1), its CI at the level Holm judged it, the margins shaded, its verdict under its name:
+    the study's verdicts drawn as ``position_intervals`` draws a comparison's."""
+    static = table[table["role"] == "static_ratios"] if not table.empty else table
+    if static.empty or "label" not in static:
+        return empty_figure(
+            "the verdicts come when the static-ratio runs have trained", x_title="position"
+        )
+    return position_intervals(
+        static,
+        names=list(static["arm"]),
+        words=list(static["verdict"]),
+        ends=(f"tuned {direction}", f"tuned {magnitude}"),
+        x_title=f"position (arm − tuned {direction}) / (tuned {magnitude} − tuned {direction})",
+        title=title
+        or f"Each arm between tuned {direction} (0) and tuned {magnitude} (1), with its CI at "
+        "the level Holm judged it (in the hover)",
+    )
 
 
 def verdict_points(verdicts: pd.DataFrame, *, y_title: str, title: str = "") -> go.Figure:

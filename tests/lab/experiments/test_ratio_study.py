@@ -10,11 +10,15 @@ from grafting_core.lab.cli import main
 from grafting_core.lab.experiments.compare import SweepPlan, compare
 from grafting_core.lab.experiments.ratio_study import (
     best_static_arm,
+    judge_study,
     static_ratio_study,
     static_ratio_table,
     study_reading,
+    study_verdicts_text,
     window_of,
 )
+from grafting_core.lab.experiments.report import comparison_report
+from grafting_core.lab.experiments.verdict import holm_judgments, judge
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
 
@@ -217,7 +221,8 @@ def test_the_best_static_arm_is_one_that_failed_on_no_seed():
 def test_command_line_prints_the_study_table(study, monkeypatch, capsys):
     """ratio-study through the command line: the runs exist already (nothing trains), the
     printed rows are static_ratio_table's, and the best arm is named."""
-    store, group, table = study
+    store, group, _ = study
+    table = static_ratio_table(store, group)  # as the tests above left the group
     count = len(store.runs(group=group))
     monkeypatch.setenv("GRAFTING_RUNS_DIR", str(store.root))
     args = ["ratio-study", group, "--windows", "early", "whole", "--workers", "1"]
@@ -228,10 +233,113 @@ def test_command_line_prints_the_study_table(study, monkeypatch, capsys):
     rows = out.split("state_bytes", 1)[1].splitlines()  # below the table's header
     for row in table.itertuples():
         line = next(x for x in rows if x.split()[:1] == [row.arm])
-        assert line.split()[1:5] == [f"{row.mean:.6f}", f"{row.std:.6f}", str(row.seeds), "0"]
+        assert line.split()[1:6] == [
+            f"{row.mean:.6f}",
+            f"{row.std:.6f}",
+            f"{row.median:.6f}",
+            str(row.seeds),
+            "0",
+        ]
     best, _ = best_static_arm(table)
     if best is None:  # this fixture tunes SGD better: no gap, no best arm
         assert "closed the most" not in out
     else:
         assert f"{best['arm']} (window {best['window']}, {best['scope']}) closed the most" in out
     assert f"reading: {study_reading(table, 'adam', 'sgd')}\n" in out  # the page's reading
+    assert f"verdicts: {study_verdicts_text(table, 'adam', 'sgd')}\n" in out
+    verdicts = out.split("alone\n", 1)[1].splitlines()  # the verdict table's rows
+    for row in table[table["role"] == "static_ratios"].itertuples():
+        line = next(x for x in verdicts if x.split()[:1] == [row.arm])
+        assert line.split()[1] == f"{row.position:.6f}"
+        assert line.endswith(row.alone)
+
+
+def _finals(values: dict[tuple[str, str, str], list[float]]) -> pd.DataFrame:
+    """``study_finals`` rows by hand: (role, optimizer, variant) → a final loss per seed,
+    NaN for a seed that diverged."""
+    rows = [
+        {
+            "role": role,
+            "magnitude_arm": arm,
+            "variant": variant,
+            "seed": seed,
+            "status": "finished" if np.isfinite(v) else "diverged",
+            "val_loss": v,
+        }
+        for (role, arm, variant), seeds in values.items()
+        for seed, v in enumerate(seeds)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_static_ratio_arms_are_judged_between_tuned_d_and_tuned_m_paired_by_seed():
+    """Seed effects shared by every arm (as init and batches are): paired, an arm halfway is
+    "between", one on tuned Adam "like tuned adam", one on tuned SGD "like tuned sgd", one
+    past SGD "worse than both"; a diverged seed is left out of its arm only."""
+    rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.3, 8)  # large: unpaired, nothing could be told
+
+    def arm(offset, noise=0.005):
+        return list(1.5 + seed_effect + offset + rng.normal(0, noise, 8))
+
+    values = {
+        ("tuned", "sgd", ""): arm(0.0),
+        ("tuned", "adam", ""): arm(-0.4),
+        ("static_ratios", "sgd", "early,per_layer"): arm(-0.2),
+        ("static_ratios", "sgd", "late,global"): arm(-0.4),
+        ("static_ratios", "sgd", "whole,global"): arm(0.0),
+        ("static_ratios", "sgd", "early,global"): [np.nan] + arm(0.3)[1:],
+    }
+    judged = judge_study(_finals(values), "adam", "sgd").set_index("variant")
+    assert judged["verdict"].to_dict() == {
+        "early,per_layer": "between",
+        "late,global": "like tuned adam",
+        "whole,global": "like tuned sgd",
+        "early,global": "worse than both",
+    }
+    assert judged.loc["early,per_layer", "position"] == pytest.approx(0.5, abs=0.03)
+    # the same numbers through verdict.judge by hand: sgd is the judge's M, adam its D
+    sgd, adam = values[("tuned", "sgd", "")], values[("tuned", "adam", "")]
+    alone = [judge(sgd, adam, values[("static_ratios", "sgd", v)]) for v in judged.index]
+    held = holm_judgments(alone)
+    assert list(judged["position"]) == pytest.approx([j.position for j in alone])
+    assert list(judged["ci_low"]) == pytest.approx([j.ci[0] for j in held])
+    assert list(judged["ci_level"]) == pytest.approx([1 - j.alpha for j in held])
+    assert sorted(judged["ci_level"]) == pytest.approx([1 - 0.05 / k for k in (1, 2, 3, 4)])
+    assert "Holm over 4 verdicts" in judged.loc["early,global", "reason"]
+    assert "diverged seeds left out: graft 1" in judged.loc["early,global", "reason"]
+    unpaired = judge_study(
+        _finals(values).assign(seed=lambda f: f["seed"] + 100 * (f["role"] == "tuned")),
+        "adam",
+        "sgd",
+    )
+    told = unpaired.set_index("variant").loc[["early,per_layer", "late,global", "whole,global"]]
+    assert (told["label"] == "cannot tell").all() and not unpaired["paired"].any()
+
+
+def test_the_study_table_carries_each_arms_verdict_and_the_report_prints_it(study):
+    """Read from the store: a static-ratio arm's position is (arm − sgd)/(adam − sgd) on the
+    means (every seed finished: the mean of paired differences is the difference of means;
+    where adam is the better arm, gap_closed), its CI holds it;
+    the tuned arms carry no verdict; ``report`` prints the study below the comparison and
+    leaves its runs out of the comparison's cost and tables."""
+    store, group, _ = study
+    table = static_ratio_table(store, group)
+    static = table[table["role"] == "static_ratios"]
+    tuned = table[table["role"] == "tuned"].set_index("arm")["mean"]
+    by_means = (static["mean"] - tuned["sgd"]) / (tuned["adam"] - tuned["sgd"])
+    assert list(static["position"]) == pytest.approx(list(by_means))
+    assert (static["ci_low"] <= static["position"]).all()
+    assert (static["position"] <= static["ci_high"]).all()
+    assert (table.loc[table["role"] == "tuned", "verdict"] == "").all()
+    report = comparison_report(store, group)
+    own = store.runs(group=group)
+    own = own[own["role"] != "static_ratios"]
+    assert f"- cost: {len(own)} runs" in report
+    assert f"a static-ratio study added {static['seeds'].sum()} runs (below)" in report
+    assert "### Static ratios from adam#sgd" in report
+    assert f"Verdicts: {study_verdicts_text(table, 'adam', 'sgd')}" in report
+    assert "made with other settings" not in report
+    for row in static.itertuples():
+        shown = f"{row.position:.4g}" if np.isfinite(row.ci_low) else ""  # unbounded: blank
+        assert f"| {row.arm} | {shown} |" in report
