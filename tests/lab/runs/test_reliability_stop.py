@@ -295,7 +295,14 @@ def test_a_scheduler_address_that_is_not_dask_is_refused_in_bounded_time(tmp_pat
     assert elapsed < 60  # the connect timeout (5 s) covers the whole handshake
 
 
-def test_ctrl_c_stops_a_grid_on_a_dask_local_cluster(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "to_group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, True)],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_a_signal_stops_a_grid_on_a_dask_local_cluster(tmp_path, sig, to_group):
+    """Ctrl-C, ``kill PID`` (SIGTERM to the command alone: its local cluster's workers hear
+    nothing) and a closed terminal (SIGHUP) stop a grid on Dask as they do locally."""
     pytest.importorskip("distributed")
     store = RunStore(tmp_path / "runs")
     cli = _start(
@@ -305,13 +312,13 @@ def test_ctrl_c_stops_a_grid_on_a_dask_local_cluster(tmp_path):
     try:
         training = _until(lambda: len(_training(store)) == 2 and _training(store), "two runs")
         processes = _descendants(cli.pid)
-        os.killpg(cli.pid, signal.SIGINT)
+        _send(cli, sig, to_group)
         try:
             out, err = cli.communicate(timeout=WAIT_S)
         except subprocess.TimeoutExpired:
             os.killpg(cli.pid, signal.SIGKILL)
             out, err = cli.communicate()
-            pytest.fail(f"still running {WAIT_S} s after Ctrl-C:\n{err[-4000:]}")
+            pytest.fail(f"still running {WAIT_S} s after {sig!r}:\n{err[-4000:]}")
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
