@@ -1,10 +1,11 @@
 """The command lines of the README and of its reference pages (``docs/*.md``) run as printed
-from a clean clone (the tracked files only, no venv of its own; the clone's ``.venv`` is this
-checkout's, as ``./tasks setup`` would have made it), and ``repr(Graft)`` says what is
-grafted."""
+from a clean clone (the tracked files only; the clone's ``.venv`` sees this checkout's
+packages and the clone's own code, as ``./tasks setup`` would have left it), and
+``repr(Graft)`` says what is grafted."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -58,8 +59,30 @@ def clone(tmp_path_factory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
             target.chmod(source.stat().st_mode)
-    (out / ".venv").symlink_to(Path(sys.prefix))
+    _venv_over(out / ".venv", out)
     return out
+
+
+def _venv_over(venv: Path, root: Path) -> None:
+    """A venv for the clone that sees this interpreter's packages and the clone's own code,
+    its ``./tasks`` stamp current, so ``./tasks`` in the clone installs nothing. (It once
+    shared this checkout's venv: a ``./tasks`` whose stamp was stale then re-pointed that
+    venv's editable install at the clone, which the test then deleted.)"""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = venv.glob("lib/python*/site-packages")
+    packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    # the clone's code first; this venv's packages after, their .pth files left out (this
+    # checkout's editable install among them: it would import this checkout's code)
+    (site / "clone.pth").write_text(f"{root}\n{packages}\n")
+    for script in Path(sys.prefix, "bin").iterdir():  # console scripts: torchrun, streamlit...
+        mine = venv / "bin" / script.name
+        head, _, body = script.read_bytes().partition(b"\n") if script.is_file() else (b"",) * 3
+        if not mine.exists() and head.startswith(b"#!") and b"python" in head:
+            mine.write_bytes(f"#!{venv / 'bin' / 'python'}\n".encode() + body)
+            mine.chmod(0o755)
+    parts = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
+    text = b"".join((root / part).read_bytes() for part in parts)
+    (venv / ".requirements.sha").write_text(hashlib.sha256(text).hexdigest() + "\n")
 
 
 def run(line: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -68,7 +91,14 @@ def run(line: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     while words and re.match(r"^[A-Z_]+=", words[0]):
         key, _, value = words.pop(0).partition("=")
         assigned[key] = value
-    full = {**os.environ, "OMP_NUM_THREADS": "1", **assigned, **env}
+    full = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        # ./tasks registers a Jupyter kernel: in the clone's folder, not the user's
+        "JUPYTER_DATA_DIR": str(cwd / ".jupyter"),
+        **assigned,
+        **env,
+    }
     full.pop("VIRTUAL_ENV", None)
     return subprocess.run(words, cwd=cwd, env=full, capture_output=True, text=True, timeout=600)
 
