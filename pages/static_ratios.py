@@ -67,7 +67,9 @@ trains like Adam, a big run halves its optimizer state.
 **1.** Train a short M#D run, or pick a saved one. **2.** Choose the window and statistic and
 look at the multipliers (download them as JSON). **3.** Train SGD with them next to M alone
 and plain SGD at a few learning rates. **4.** Separately, from a tuned comparison (Grid page):
-which window and scope of the ratios closes the most of the gap between tuned D and tuned M.
+which window and scope of the ratios closes the most of the gap between tuned D and tuned M,
+each arm judged like a graft between the two (on the lab's character transformer the best
+went halfway to Adam, none all the way: RESULTS.md §3.0).
 """
 
 
