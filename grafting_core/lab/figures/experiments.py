@@ -402,7 +402,7 @@ def position_intervals(
     fig.update_layout(
         title=title or f"Where each graft lands: 0 = M, 1 = D, with its {ci_name}",
         xaxis={"title": x_title, "range": [low, high]},
-        yaxis={"autorange": "reversed"},
+        yaxis={"autorange": "reversed", "automargin": True},  # long arm names fit
         height=140 + 60 * len(verdicts),
         showlegend=False,
     )
