@@ -230,8 +230,9 @@ def test_runs_that_differ_in_a_shared_setting_cannot_batch(change, named):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (BASE.replace(magnitude="adam", direction="sgd"), "plain runs only"),
+        (BASE.replace(magnitude="adam", direction="sgd", grafted=["hidden"]), "partial grafts"),
         (BASE.replace(magnitude="lion"), "lion.*no batched rule.*sgd, adam"),
+        (BASE.replace(magnitude="adam", direction="lion"), "direction='lion'.*no batched rule"),
         (BASE.replace(magnitude="adam", static_ratios="ratios.json"), "static_ratios"),
         (BASE.replace(magnitude="adam", custom="tasks:build"), "custom"),
     ],
