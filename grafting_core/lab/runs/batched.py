@@ -676,7 +676,9 @@ class BatchedTrainer:
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
         """Each member's validation loss (and accuracy), summed batch by batch as
-        ``Trainer.evaluate`` does."""
+        ``Trainer.evaluate`` does: the outputs of one vmapped forward, each member's loss
+        reduced on its own (a vmapped loss sums in another order: one ulp off ``Trainer``'s,
+        enough to change a comparison's numbers in their last digit)."""
         self.base.eval()
         count = 0
         totals = [0.0] * len(self.members)
@@ -684,7 +686,7 @@ class BatchedTrainer:
         classify = self.task != "regression"
         for x, y in self.eval_batches:
             out = vmap(self._output)(self.flat, self.buffers, x)
-            losses = vmap(self.loss_fn)(out, y).tolist()
+            losses = [float(self.loss_fn(o, t)) for o, t in zip(out, y)]  # as Trainer sums
             n = y[0].numel() if classify else len(y[0])
             totals = [t + float(v) * n for t, v in zip(totals, losses)]
             count += n
