@@ -1,7 +1,9 @@
-"""Batched plain runs (``grafting_core.lab.runs.batched``) against the same runs one by one.
+"""Batched plain or grafted runs (``grafting_core.lab.runs.batched``) against the same runs
+one by one.
 
 Run (figures for BENCHMARKS.md, a few minutes on 2 cores):
     .venv/bin/python bench/batched.py
+    .venv/bin/python bench/batched.py --optimizer adam --direction sgd   # grafted adam#sgd
 Smoke run (the figures mean nothing there): ``--quick``.
 
 N plain runs of the MNIST-1D MLP (the default RunConfig: width 100, depth 2, batch 64, 200
@@ -14,7 +16,9 @@ process (``time.process_time``: on a machine shared with other jobs, what the wo
 cost; with 2 threads it counts both threads, spinning included); build, evaluations and the
 end are included on both sides. Data sets are built once before timing (both paths read the
 same per-process cache). Then the character transformer (width 64, depth 2, batch 64) at
-N = 1 and 4, for contrast.
+N = 1 and 4, for contrast. ``--direction sgd|adam``: the runs are grafts M#D instead (M the
+``--optimizer`` as above, D at the lab's default hyperparameters, ``LAB_OPTIMIZERS``), each
+one-by-one run a ``Trainer`` with its ``Graft``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
 from grafting_core.lab.runs.batched import train_batched
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.runs.trainer import Trainer
@@ -36,7 +41,8 @@ from grafting_core.lab.tasks.data import load_dataset
 
 
 def configs(base: RunConfig, n: int, name: str, lr: float) -> list[RunConfig]:
-    """``n`` plain runs: lrs on a log grid over a decade around ``lr``, seeds 0, 1, 2 in turn."""
+    """``n`` runs (plain, or grafts onto ``base``'s direction): M's lrs on a log grid over a
+    decade around ``lr``, seeds 0, 1, 2 in turn."""
     return [
         base.replace(
             magnitude=name,
@@ -44,7 +50,7 @@ def configs(base: RunConfig, n: int, name: str, lr: float) -> list[RunConfig]:
             schedule="warmup_cosine",
             warmup_steps=base.steps // 10 * (i % 2),
             seed=i % 3,
-            name=f"{name}-{i}",
+            name=f"{name}#{base.direction}-{i}" if base.direction else f"{name}-{i}",
         )
         for i in range(n)
     ]
@@ -92,6 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument(
+        "--direction", choices=["adam", "sgd"], default="", help="graft M#D onto this D"
+    )
     parser.add_argument("--transformer-steps", type=int, default=30, help="0: skip it")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, N 1 and 2")
     args = parser.parse_args()
@@ -99,13 +108,18 @@ def main() -> None:
         args.threads, args.sizes, args.steps, args.rounds = [1], [1, 2], 20, 1
         args.transformer_steps = min(args.transformer_steps, 5)
     lr = {"adam": 3e-3, "sgd": 0.1}[args.optimizer]
-    mlp = RunConfig(dataset="mnist1d", steps=args.steps, device="cpu")
+    grafted = {}
+    if args.direction:
+        d_name, d_hparams = LAB_OPTIMIZERS[args.direction]
+        grafted = {"direction": d_name, "direction_hparams": dict(d_hparams)}
+    mlp = RunConfig(dataset="mnist1d", steps=args.steps, device="cpu", **grafted)
     chars = RunConfig(
         dataset="chars",
         steps=max(args.transformer_steps, 1),
         eval_every=max(args.transformer_steps, 1),
         eval_examples=256,
         device="cpu",
+        **grafted,
     )
     # vmap has no batching rule for CPU flash attention (it loops): said once here, not per run
     warnings.filterwarnings("ignore", message=".*batching rule for aten::_scaled_dot_product")
@@ -113,7 +127,8 @@ def main() -> None:
     for seed in range(3):
         load_dataset("mnist1d", seed=seed)  # built once, outside the clock
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
-    print(f"{args.optimizer}, {args.steps} steps, best of {args.rounds} interleaved rounds")
+    label = f"{args.optimizer}#{args.direction}" if args.direction else args.optimizer
+    print(f"{label}, {args.steps} steps, best of {args.rounds} interleaved rounds")
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\nMNIST-1D MLP, {threads} thread(s)")

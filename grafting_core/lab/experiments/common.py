@@ -133,8 +133,8 @@ def graft_run(
     return PlannedRun(config, Arm(role or "plain", magnitude[0]))
 
 
-#: Whether ``run_all`` trains compatible plain runs as batches by default (the environment
-#: variable ``GRAFTING_BATCH=0`` turns it off, to measure or to rule batching out).
+#: Whether ``run_all`` trains compatible plain and grafted runs as batches by default (the
+#: environment variable ``GRAFTING_BATCH=0`` turns it off, to measure or to rule batching out).
 BATCH = os.environ.get("GRAFTING_BATCH", "1") != "0"
 #: the fewest members worth a batch of their own when the runs are shared out to workers
 #: (a batch of 1 or 2 is slower than ``Trainer``, BENCHMARKS.md)
@@ -191,9 +191,9 @@ def run_all(
     ``reuse``: as in :func:`record_runs`. An experiment run again on its group continues
     where it stopped, and more seeds train only their own runs. ``pause_at``: train each only
     to this step, stopped resumably there (a rung of successive halving); 0: to the end.
-    ``batch`` (default ``BATCH``): plain runs of one task train as batched models
-    (``plan_batches``, ``runner.execute_batch``), each member writing what its own run
-    would; the others, and every run where it is False, one by one.
+    ``batch`` (default ``BATCH``): plain runs and M#D grafts of one task train as batched
+    models (``plan_batches``, ``runner.execute_batch``), each member writing what its own
+    run would; the others, and every run where it is False, one by one.
     """
     run_ids, todo = record_runs(store, planned, group=group, kind=kind, reuse=reuse)
     if pause_at:  # a run paused at this rung already is not run again

@@ -1,19 +1,30 @@
-"""Batched training: several plain runs of one task trained as one vmapped model.
+"""Batched training: several plain or grafted runs of one task trained as one vmapped model.
 
 A tuned comparison's cost is mostly plain runs (the lr x warm-up search, the tuned arms'
-reruns) that share a model, data set and length and differ in lr, warm-up and seed. Here N
-such runs train together: their weights are the rows of one ``(N, P)`` tensor, the forward
-and backward passes are one ``torch.func.vmap`` of ``functional_call`` over the rows, and the
-optimizer is a functional SGD/Adam over whole rows with one lr per row.
+reruns) that share a model, data set and length and differ in lr, warm-up and seed, then the
+grafts M#D on the reporting seeds and the controls. Here N such runs train together: their
+weights are the rows of one ``(N, P)`` tensor, the forward and backward passes are one
+``torch.func.vmap`` of ``functional_call`` over the rows, and the optimizer is a functional
+SGD/Adam over whole rows with one lr per row (``RowRule``).
+
+Grafted runs M#D with M and D each SGD or Adam (adam#sgd, sgd#adam, the positive control's
+sgd#sgd, ...) batch with the runs of the same pair: both children propose a step per row
+from the same gradient and per member and layer ``w += graft_lr · ‖Δ_M‖ / (‖Δ_D‖ + eps) ·
+Δ_D`` (``core.graft_scales``), M's lr on the schedule, D's constant, as ``Trainer`` builds
+its ``Graft``. A batch shares M's and D's optimizers and whatever in their hyperparameters
+changes the operations (``STRUCTURAL``); seeds, both children's lrs and other
+hyperparameters, schedule, warm-up and ``graft_lr`` may differ per member.
 
 Each member computes what ``Trainer`` computes for its ``RunConfig``: the same init
 (``build_model(..., seed=seed)``), the same batches (``Dataset.batch(step, seed)``, on the
 member's own data set: MNIST-1D is generated from the seed), the same lr schedule
 (``lr_factor``), the same arithmetic as the native rules in ``grafting_core.rules`` behind
-``Graft``'s plain-M step (a layer with a non-finite gradient is skipped, its optimizer seeing
-a zero gradient; ``graft_lr`` multiplies the step), the same flushes, divergence checks and
-evaluations. Batched matmuls may round differently from one model's, so members agree with
-``Trainer`` to float32 rounding (``tests/lab/runs/test_batched.py`` measures how close).
+``Graft``'s plain-M and M#D steps (a layer with a non-finite gradient, or a non-finite
+step or ratio, is skipped and counted in ``nonfinite_skips``, its optimizers seeing a zero
+gradient; a layer whose D step is zero stays; ``graft_lr`` multiplies the step), the same
+flushes, divergence checks and evaluations. Batched matmuls may round differently from one
+model's, so members agree with ``Trainer`` to float32 rounding
+(``tests/lab/runs/test_batched.py`` and ``test_batched_graft.py`` measure how close).
 
 A member whose loss or weights turn non-finite is marked ``diverged`` at the step ``Trainer``
 would report and dropped from the batch; the others go on unchanged.
@@ -22,12 +33,16 @@ Stored runs (``runner.execute_batch``): each member is built by its own ``Traine
 shell that never trains: its model gives the init, its ``resume`` loads a checkpoint), and
 hands what it records to callbacks as ``Trainer`` does (``on_start``, ``on_metrics``,
 ``on_norms``, ``on_checkpoint``, ``on_end``, each with the member's index first): its
-per-layer norms (``record_norms``), checkpoints in ``Trainer``'s format (the shell's
-weights and optimizer state set from the batch's rows, then ``Trainer.checkpoint``), a
-pause at ``pause_at`` shared by the batch, and stop requests member by member.
+per-layer norms (``record_norms``: ‖Δ_M‖, ‖Δ_D‖, the applied step, ‖g‖, ‖w‖, skips),
+checkpoints in ``Trainer``'s format (the shell's weights and both children's state set from
+the batch's rows, then ``Trainer.checkpoint``: a paused batched graft resumes in ``Trainer``
+or as a batch), a pause at ``pause_at`` shared by the batch, and stop requests member by
+member.
 
-Not in this slice: grafted runs (``direction``), replays and static ratios, custom tasks,
-other optimizers than SGD and Adam.
+Not batched (``check_batchable`` says why; such runs train through ``Trainer``): partial
+grafts (``grafted``: D over some layers only), the negative control's nested graft (M is
+itself a ``Graft``), replays and static ratios, custom tasks, other optimizers than SGD and
+Adam as M or D.
 
     results = train_batched([config.replace(seed=s) for s in (0, 1, 2)])
     results[0].final["val_loss"]
@@ -57,7 +72,7 @@ from grafting_core.lab.tasks.models import default_model, loss_fn
 from grafting_core.layers import Layers
 from grafting_core.rules import init_state
 
-#: the plain optimizers a batch can train (native rules whose arithmetic is mirrored here)
+#: the optimizers a batch can train as M or D (native rules whose arithmetic is mirrored here)
 OPTIMIZERS = ("sgd", "adam")
 #: the models a batch gains on: vmap has no batching rule for CPU flash attention and loops
 #: over a transformer's members (BENCHMARKS.md, "Batched plain runs")
@@ -66,7 +81,15 @@ MODELS = ("mlp", "cnn1d", "cnn")
 MAX_MEMBERS = 15
 EVENTS = ("on_start", "on_metrics", "on_norms", "on_checkpoint", "on_end")
 #: settings that may differ between the members of a batch
-PER_MEMBER = ("name", "seed", "magnitude_hparams", "schedule", "warmup_steps", "graft_lr")
+PER_MEMBER = (
+    "name",
+    "seed",
+    "magnitude_hparams",
+    "direction_hparams",
+    "schedule",
+    "warmup_steps",
+    "graft_lr",
+)
 #: settings that change nothing computed: the pace of flushes (a batch flushes at its
 #: fewest ``flush_seconds``) and of norm records (taken from the first member: ``batch_key``
 #: groups stored runs by it)
@@ -74,7 +97,7 @@ IGNORED = ("flush_seconds", "record_every")
 #: the settings every member must share
 SHARED = tuple(k for k in field_names() if k not in PER_MEMBER + IGNORED)
 #: per optimizer, what in its hyperparameters changes the operations a step runs: the same
-#: in every member
+#: in every member (for M, and for D in a grafted batch)
 STRUCTURAL: dict[str, dict[str, Callable[[Any], Any]]] = {
     "sgd": {
         "nesterov": lambda hp: hp["nesterov"],
@@ -84,6 +107,8 @@ STRUCTURAL: dict[str, dict[str, Callable[[Any], Any]]] = {
 }
 
 Row = tuple[int, str, float]
+#: ``Graft``'s default eps, added to ‖Δ_D‖ in the ratio (``Trainer`` leaves it as is)
+GRAFT_EPS = 1e-16
 
 
 @dataclass
@@ -120,30 +145,33 @@ class MemberResult:
 
 def check_batchable(configs: Sequence[RunConfig]) -> None:
     """Raise one ValueError saying why ``configs`` cannot train as one batch (if they cannot):
-    a grafted or replayed run, an optimizer without a batched rule, or a setting that differs
-    between them and must be shared (data set, model, steps, batch size, ...)."""
+    a partial graft or a replayed run, an optimizer without a batched rule (as M or D), or a
+    setting that differs between them and must be shared (data set, model, steps, batch
+    size, M's and D's optimizers, ...)."""
     if not configs:
         raise ValueError("train_batched needs at least one config")
     for i, cfg in enumerate(configs):
         if not isinstance(cfg, RunConfig):
             raise TypeError(f"configs[{i}] is a {type(cfg).__name__}, not a RunConfig")
         where = f"configs[{i}] ({cfg.name or cfg.label})"
-        if cfg.direction:
-            raise ValueError(
-                f"{where}: direction={cfg.direction!r}: batched training takes plain runs only "
-                "(grafted runs train through Trainer)"
-            )
         for key in ("replay", "static_ratios", "custom"):
             if getattr(cfg, key):
                 raise ValueError(
                     f"{where}: {key}={getattr(cfg, key)!r} is not supported by batched "
-                    "training (plain runs on a registered data set only)"
+                    "training (plain runs and whole M#D grafts on a registered data set only)"
                 )
-        if cfg.magnitude not in OPTIMIZERS:
+        if cfg.grafted:
             raise ValueError(
-                f"{where}: magnitude={cfg.magnitude!r} has no batched rule "
-                f"(batched optimizers: {', '.join(OPTIMIZERS)})"
+                f"{where}: grafted={cfg.grafted!r}: partial grafts train through Trainer "
+                "(batched training takes plain runs and grafts of every layer)"
             )
+        for role in ("magnitude", "direction"):
+            name = getattr(cfg, role)
+            if (name or role == "magnitude") and name not in OPTIMIZERS:
+                raise ValueError(
+                    f"{where}: {role}={name!r} has no batched rule "
+                    f"(batched optimizers: {', '.join(OPTIMIZERS)}; others train through Trainer)"
+                )
     first = configs[0]
     for key in SHARED:
         values = [getattr(cfg, key) for cfg in configs]
@@ -156,14 +184,25 @@ def check_batchable(configs: Sequence[RunConfig]) -> None:
                 f"{values[odd]!r} in configs[{odd}]); a batch shares everything but "
                 f"{', '.join(PER_MEMBER)}"
             )
-    resolved = [cfg.magnitude_spec().resolved for cfg in configs]
-    for what, of in STRUCTURAL[first.magnitude].items():
-        values = [of(hp) for hp in resolved]
-        if any(v != values[0] for v in values):
-            raise ValueError(
-                f"Cannot batch these runs: {what} differs between them ({values}); "
-                "it changes the update rule"
-            )
+    for role, specs in _specs(configs).items():
+        name = getattr(first, role)
+        for what, of in STRUCTURAL[name].items():
+            values = [of(spec) for spec in specs]
+            if any(v != values[0] for v in values):
+                shown = what if role == "magnitude" else f"D's {what}"
+                raise ValueError(
+                    f"Cannot batch these runs: {shown} differs between them ({values}); "
+                    "it changes the update rule"
+                )
+
+
+def _specs(configs: Sequence[RunConfig]) -> dict[str, list[dict[str, Any]]]:
+    """Each child's resolved hyperparameters per config: ``magnitude``, and ``direction`` for
+    a graft."""
+    specs = {"magnitude": [c.magnitude_spec().resolved for c in configs]}
+    if configs[0].direction:
+        specs["direction"] = [c.direction_spec().resolved for c in configs]
+    return specs
 
 
 def batch_key(config: RunConfig) -> tuple | None:
@@ -177,13 +216,16 @@ def batch_key(config: RunConfig) -> tuple | None:
     if model not in MODELS:
         return None
     shared = tuple((key, repr(model if key == "model" else getattr(config, key))) for key in SHARED)
-    resolved = config.magnitude_spec().resolved
-    structural = tuple(of(resolved) for of in STRUCTURAL[config.magnitude].values())
+    structural = tuple(
+        tuple(of(specs[0]) for of in STRUCTURAL[getattr(config, role)].values())
+        for role, specs in _specs([config]).items()
+    )
     return shared, structural, config.record_every
 
 
 def train_batched(configs: Sequence[RunConfig]) -> list[MemberResult]:
-    """Train plain runs of one task as one vmapped model; one result per config, in order."""
+    """Train plain or grafted runs of one task as one vmapped model; one result per config,
+    in order."""
     return BatchedTrainer(configs).run()
 
 
@@ -195,8 +237,132 @@ def _per_member(values: Sequence[float], like: Tensor) -> float | Tensor:
     return torch.tensor(list(values), dtype=like.dtype, device=like.device)[:, None]
 
 
+class RowRule:
+    """One child optimizer (SGD or Adam: ``rules.sgd_update``/``rules.adam_update``) over
+    the rows of a batch: its state ``(N, P)`` per buffer, its hyperparameters one Python
+    number when every member has it (the very kernels the native rules run), else one per
+    member. ``delta`` advances the state and returns the proposed step Δ, as a native child
+    of ``Graft`` does; nothing touches the weights."""
+
+    def __init__(self, kind: str, hparams: Sequence[dict[str, Any]], flat: Tensor) -> None:
+        self.kind = kind
+        self.weight_decay = _per_member([h["weight_decay"] for h in hparams], flat)
+        self.state: dict[str, Tensor] = {}
+        if kind == "sgd":
+            self.momentum = _per_member([h["momentum"] for h in hparams], flat)
+            self.dampening = _per_member([h["dampening"] for h in hparams], flat)
+            self.nesterov = hparams[0]["nesterov"]
+            self.uses_momentum = hparams[0]["momentum"] != 0
+            if self.uses_momentum:
+                self.state["momentum_buffer"] = torch.zeros_like(flat)
+        else:
+            self.beta1 = [h["betas"][0] for h in hparams]
+            self.beta2 = [h["betas"][1] for h in hparams]
+            self.eps = _per_member([h["eps"] for h in hparams], flat)
+            self.state["exp_avg"] = torch.zeros_like(flat)
+            self.state["exp_avg_sq"] = torch.zeros_like(flat)
+
+    @property
+    def state_bytes(self) -> int:
+        """One member's state, in bytes."""
+        return sum(s[0].numel() * s.element_size() for s in self.state.values())
+
+    def keep(self, index: Tensor, rows: list[int]) -> None:
+        """Go on with these rows only."""
+        self.state = {k: v[index] for k, v in self.state.items()}
+        for name in ("weight_decay", "momentum", "dampening", "eps"):
+            value = getattr(self, name, None)
+            if isinstance(value, Tensor):
+                setattr(self, name, value[index])
+        for name in ("beta1", "beta2"):
+            if hasattr(self, name):
+                setattr(self, name, [getattr(self, name)[r] for r in rows])
+
+    def load(self, row: int, child: torch.optim.Optimizer, params: list[Tensor]) -> None:
+        """Row ``row``'s state from a ``Trainer``'s child optimizer (a resume)."""
+        for name, rows in self.state.items():
+            parts = [child.state[p].get(name) for p in params]
+            if any(part is None for part in parts):
+                continue  # never stepped: zeros, as a fresh state
+            rows[row] = torch.cat([part.detach().reshape(-1) for part in parts])
+
+    def write(
+        self, row: int, child: Any, params: list[Tensor], sizes: list[int], step: int
+    ) -> None:
+        """Row ``row``'s state into a ``Trainer``'s child optimizer, ``step`` steps taken."""
+        group = child.param_groups[0]
+        hp = {k: group[k] for k in child.rule.defaults}
+        for name, rows in self.state.items():
+            for p, part in zip(params, rows[row].split(sizes)):
+                state = child.state[p]
+                if not state:
+                    state.update(init_state(child.rule, p, hp))
+                state[name].copy_(part.view_as(p))
+        for p in params:
+            state = child.state[p]
+            if not state:
+                state.update(init_state(child.rule, p, hp))
+            state["step"] = step
+
+    def delta(self, grads: Tensor, flat: Tensor, step: int, lr: float | Tensor) -> Tensor:
+        """The proposed step at ``step`` (0-based) on the weights ``flat``."""
+        grads = self._with_weight_decay(grads, flat)
+        if self.kind == "sgd":
+            return self._sgd(grads, step) * -lr
+        return self._adam(grads, step, flat) * -lr
+
+    def _with_weight_decay(self, grads: Tensor, flat: Tensor) -> Tensor:
+        wd = self.weight_decay
+        if isinstance(wd, Tensor):
+            return grads + wd * flat
+        return grads if wd == 0 else torch.add(grads, flat, alpha=wd)
+
+    def _sgd(self, grads: Tensor, step: int) -> Tensor:
+        """``rules.sgd_update`` on rows: momentum, dampening, Nesterov (before the lr)."""
+        if self.uses_momentum:
+            buf = self.state["momentum_buffer"]
+            momentum, dampening = self.momentum, self.dampening
+            if step == 0:  # torch starts the buffer at the first gradient, undamped
+                buf.copy_(grads)
+            elif isinstance(momentum, Tensor) or isinstance(dampening, Tensor):
+                buf.mul_(momentum).add_(grads * (1 - dampening))
+            else:
+                buf.mul_(momentum)
+                buf.add_(grads, alpha=1 - dampening)
+            if not self.nesterov:
+                grads = buf
+            elif isinstance(momentum, Tensor):
+                grads = grads + momentum * buf
+            else:
+                grads = torch.add(grads, buf, alpha=momentum)
+        return grads
+
+    def _adam(self, grads: Tensor, step: int, like: Tensor) -> Tensor:
+        """``rules.adam_update`` on rows: bias-corrected m̂ / (√v̂ + eps) (before the lr)."""
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        s = step + 1
+        weight1 = _per_member([1 - b for b in self.beta1], like)
+        beta2 = _per_member(self.beta2, like)
+        weight2 = _per_member([1 - b for b in self.beta2], like)
+        exp_avg.lerp_(grads, weight1)
+        exp_avg_sq.mul_(beta2)
+        if isinstance(weight2, Tensor):
+            exp_avg_sq.add_(grads * grads * weight2)
+        else:
+            exp_avg_sq.addcmul_(grads, grads, value=weight2)
+        bias_correction1 = _per_member([1 - b**s for b in self.beta1], like)
+        bias_correction2_sqrt = _per_member([math.sqrt(1 - b**s) for b in self.beta2], like)
+        denom = exp_avg_sq.sqrt()
+        denom.div_(bias_correction2_sqrt)
+        denom.add_(self.eps)
+        direction = exp_avg / denom
+        direction.div_(bias_correction1)
+        return direction
+
+
 class BatchedTrainer:
-    """N plain runs that share data set, model and loop settings, stepped together."""
+    """N runs (plain, or grafts of one pair M#D) that share data set, model and loop
+    settings, stepped together."""
 
     def __init__(
         self,
@@ -289,34 +455,28 @@ class BatchedTrainer:
         self._build_schedule()
 
     def _build_optimizer(self) -> None:
-        kind = self.configs[0].magnitude
-        hp = self.hparams
+        """M (and D for a graft) as ``RowRule``s, Graft's ``lr`` and skip counters, and,
+        for a resume, each member's state from its checkpoint (loaded by its shell)."""
+        cfg = self.configs[0]
         flat = self.flat
-        self.weight_decay = _per_member([h["weight_decay"] for h in hp], flat)
-        self.state: dict[str, Tensor] = {}
-        if kind == "sgd":
-            self.momentum = _per_member([h["momentum"] for h in hp], flat)
-            self.dampening = _per_member([h["dampening"] for h in hp], flat)
-            self.nesterov = hp[0]["nesterov"]
-            self.uses_momentum = hp[0]["momentum"] != 0
-            if self.uses_momentum:
-                self.state["momentum_buffer"] = torch.zeros_like(flat)
-        else:
-            self.beta1 = [h["betas"][0] for h in hp]
-            self.beta2 = [h["betas"][1] for h in hp]
-            self.eps = _per_member([h["eps"] for h in hp], flat)
-            self.state["exp_avg"] = torch.zeros_like(flat)
-            self.state["exp_avg_sq"] = torch.zeros_like(flat)
+        specs = _specs(self.configs)
+        self.children = {role: RowRule(getattr(cfg, role), hp, flat) for role, hp in specs.items()}
+        self.grafted = "direction" in self.children
+        if self.grafted:  # D's lr is not scheduled (Trainer's LambdaLR is on M)
+            lrs = [h["lr"] for h in specs["direction"]]
+            self.direction_lr = torch.tensor(lrs, dtype=torch.float64)[:, None]
+            self.direction_lr = self.direction_lr.to(flat.dtype).to(self.device)
         self.graft_lr = torch.tensor([c.graft_lr for c in self.configs], device=self.device)
-        self.state_bytes = float(sum(s[0].numel() * s.element_size() for s in self.state.values()))
-        if self.start:  # resumed: each member's optimizer state from its checkpoint
-            for name, rows in self.state.items():
-                for row, shell in enumerate(self.shells):
-                    child = shell.optimizer.magnitude
-                    parts = [child.state[p].get(name) for p in shell.model.parameters()]
-                    if any(part is None for part in parts):
-                        continue  # never stepped: zeros, as a fresh state
-                    rows[row] = torch.cat([part.detach().reshape(-1) for part in parts])
+        self.state_bytes = float(sum(c.state_bytes for c in self.children.values()))
+        #: Graft's ``nonfinite_skips``: per member and layer, the steps it skipped
+        self.skips = torch.zeros(len(self.configs), self.layer_count, dtype=torch.int64)
+        self.skips = self.skips.to(self.device)
+        for row, shell in enumerate(self.shells):
+            self.skips[row] = shell.optimizer.nonfinite_skips.to(self.device)
+            if self.start:  # resumed: each member's optimizer state from its checkpoint
+                params = list(shell.model.parameters())
+                for role, child in self.children.items():
+                    child.load(row, getattr(shell.optimizer, role), params)
 
     def _build_eval(self) -> None:
         """Each member's fixed validation batches, stacked member by member."""
@@ -356,15 +516,12 @@ class BatchedTrainer:
         self.members = [self.members[r] for r in rows]
         self.flat = self.flat[index]
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
-        self.state = {k: v[index] for k, v in self.state.items()}
-        for name in ("weight_decay", "momentum", "dampening", "eps"):
-            value = getattr(self, name, None)
-            if isinstance(value, Tensor):
-                setattr(self, name, value[index])
-        for name in ("beta1", "beta2"):
-            if hasattr(self, name):
-                setattr(self, name, [getattr(self, name)[r] for r in rows])
+        for child in self.children.values():
+            child.keep(index, rows)
         self.graft_lr = self.graft_lr[index]
+        self.skips = self.skips[index]
+        if self.grafted:
+            self.direction_lr = self.direction_lr[index]
         self.lrs = self.lrs[:, index]
         self.eval_batches = [(x[index], y[index]) for x, y in self.eval_batches]
 
@@ -418,12 +575,19 @@ class BatchedTrainer:
             losses = vmap(self._loss)(flat, self.buffers, x, y)
         (grads,) = torch.autograd.grad(losses.sum(), flat)
         flat.requires_grad_(False)
+        record = self.record_norms and step % self.configs[0].record_every == 0
         with torch.no_grad():
-            if self.record_norms and step % self.configs[0].record_every == 0:
+            if self.grafted:
+                self._graft_step(grads, step, record)
+            elif record:
                 self._recorded_step(grads, step)
             else:
                 self._optimizer_step(grads, step)
         return losses.detach()
+
+    def _magnitude_delta(self, grads: Tensor, step: int) -> Tensor:
+        """M's proposed step, at M's scheduled lr."""
+        return self.children["magnitude"].delta(grads, self.flat, step, self.lrs[step][:, None])
 
     def _recorded_step(self, grads: Tensor, step: int) -> None:
         """``_optimizer_step`` through the masks, keeping what ``Graft`` leaves in
@@ -433,16 +597,13 @@ class BatchedTrainer:
         weight_norm = self._layer_norms(self.flat)
         grad_finite = torch.isfinite(grad_norm)
         grads = torch.where(self._spread(grad_finite), grads, 0.0)
-        lr = self.lrs[step][:, None]
-        if self.configs[0].magnitude == "sgd":
-            delta = self._sgd(grads, step, lr)
-        else:
-            delta = self._adam(grads, step, lr)
+        delta = self._magnitude_delta(grads, step)
         proposed = self._layer_norms(delta)
         finite = grad_finite & torch.isfinite(proposed)
         moves = finite & (proposed > 0)
         scales = moves.to(proposed.dtype) * self.graft_lr[:, None].to(proposed.dtype)
         self.flat.addcmul_(delta, self._spread(scales))
+        self.skips += ~finite
         skipped = (~finite).to(proposed.dtype)
         record = torch.stack(
             [proposed, proposed, scales.abs() * proposed, grad_norm, weight_norm, skipped], dim=2
@@ -462,77 +623,62 @@ class BatchedTrainer:
         if not fast:
             grad_finite = torch.isfinite(self._layer_norms(grads))
             grads = torch.where(self._spread(grad_finite), grads, 0.0)  # skipped layer: zero
-        lr = self.lrs[step][:, None]
-        if self.configs[0].magnitude == "sgd":
-            delta = self._sgd(grads, step, lr)
-        else:
-            delta = self._adam(grads, step, lr)
+        delta = self._magnitude_delta(grads, step)
         if fast and self.unit_graft_lr and bool(torch.isfinite(delta.sum())):
             self.flat.add_(delta)  # w + 1·Δ: the same numbers as addcmul_ with scale 1
             return
         step_norm = self._layer_norms(delta)
-        moves = torch.isfinite(step_norm) & (step_norm > 0)
+        finite = torch.isfinite(step_norm)
         if grad_finite is not None:
-            moves &= grad_finite
+            finite &= grad_finite
+        moves = finite & (step_norm > 0)
         scales = moves.to(step_norm.dtype) * self.graft_lr[:, None].to(step_norm.dtype)
         self.flat.addcmul_(delta, self._spread(scales))
+        self.skips += ~finite
 
-    def _with_weight_decay(self, grads: Tensor) -> Tensor:
-        wd = self.weight_decay
-        if isinstance(wd, Tensor):
-            return grads + wd * self.flat
-        return grads if wd == 0 else torch.add(grads, self.flat, alpha=wd)
+    def _graft_step(self, grads: Tensor, step: int, record: bool) -> None:
+        """``Graft``'s M#D step on every row (``core.graft_scales``, the reference backend):
+        both children propose a step from the same gradient (zero on a layer whose gradient
+        is not finite), and per layer ``w += graft_lr · ‖Δ_M‖ / (‖Δ_D‖ + eps) · Δ_D``; a
+        layer whose gradient, ratio or ‖Δ_D‖ is not finite is skipped (counted), one whose
+        Δ_D is zero stays. ``record``: keep ``last_norms`` (``NORM_FIELDS``) for the step.
 
-    def _sgd(self, grads: Tensor, step: int, lr: Tensor) -> Tensor:
-        """``rules.sgd_update`` on rows: momentum, dampening, Nesterov, coupled decay."""
-        grads = self._with_weight_decay(grads)
-        if self.uses_momentum:
-            buf = self.state["momentum_buffer"]
-            momentum, dampening = self.momentum, self.dampening
-            if step == 0:  # torch starts the buffer at the first gradient, undamped
-                buf.copy_(grads)
-            elif isinstance(momentum, Tensor) or isinstance(dampening, Tensor):
-                buf.mul_(momentum).add_(grads * (1 - dampening))
-            else:
-                buf.mul_(momentum)
-                buf.add_(grads, alpha=1 - dampening)
-            if not self.nesterov:
-                grads = buf
-            elif isinstance(momentum, Tensor):
-                grads = grads + momentum * buf
-            else:
-                grads = torch.add(grads, buf, alpha=momentum)
-        return grads * -lr
-
-    def _adam(self, grads: Tensor, step: int, lr: Tensor) -> Tensor:
-        """``rules.adam_update`` on rows: bias-corrected m̂ / (√v̂ + eps), coupled decay."""
-        grads = self._with_weight_decay(grads)
-        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-        s = step + 1
-        like = self.flat
-        weight1 = _per_member([1 - b for b in self.beta1], like)
-        beta2 = _per_member(self.beta2, like)
-        weight2 = _per_member([1 - b for b in self.beta2], like)
-        exp_avg.lerp_(grads, weight1)
-        exp_avg_sq.mul_(beta2)
-        if isinstance(weight2, Tensor):
-            exp_avg_sq.add_(grads * grads * weight2)
-        else:
-            exp_avg_sq.addcmul_(grads, grads, value=weight2)
-        bias_correction1 = _per_member([1 - b**s for b in self.beta1], like)
-        bias_correction2_sqrt = _per_member([math.sqrt(1 - b**s) for b in self.beta2], like)
-        denom = exp_avg_sq.sqrt()
-        denom.div_(bias_correction2_sqrt)
-        denom.add_(self.eps)
-        direction = exp_avg / denom
-        direction.div_(bias_correction1)
-        return direction * -lr
+        On the CPU a step whose gradients sum to a finite number (none is NaN or inf) skips
+        the gradient's norms and mask (every layer's gradient is finite), unless recorded."""
+        fast = self.cheap_sync and not record and bool(torch.isfinite(grads.sum()))
+        grad_finite = grad_norm = weight_norm = None
+        if not fast:
+            grad_norm = self._layer_norms(grads)
+            grad_finite = torch.isfinite(grad_norm)
+            grads = torch.where(self._spread(grad_finite), grads, 0.0)  # skipped layer: zero
+        if record:
+            weight_norm = self._layer_norms(self.flat)
+        magnitude = self._magnitude_delta(grads, step)
+        direction = self.children["direction"].delta(grads, self.flat, step, self.direction_lr)
+        magnitude_norm = self._layer_norms(magnitude)
+        direction_norm = self._layer_norms(direction)
+        ratio = magnitude_norm / (direction_norm + GRAFT_EPS)
+        finite = torch.isfinite(ratio) & torch.isfinite(direction_norm)
+        if grad_finite is not None:
+            finite &= grad_finite
+        moves = (direction_norm > 0) & finite
+        ratio = torch.where(moves, ratio, 0.0)
+        scales = ratio * self.graft_lr[:, None].to(ratio.dtype)
+        self.flat.addcmul_(direction, self._spread(scales))
+        self.skips += ~finite
+        if record:
+            skipped = (~finite).to(ratio.dtype)
+            fields = [magnitude_norm, direction_norm, scales.abs() * direction_norm]
+            fields += [grad_norm, weight_norm, skipped]
+            self.norm_records.append((step, torch.stack(fields, dim=2)))
 
     # -------------------------------------------------------------------- loop
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
         """Each member's validation loss (and accuracy), summed batch by batch as
-        ``Trainer.evaluate`` does."""
+        ``Trainer.evaluate`` does: the outputs of one vmapped forward, each member's loss
+        reduced on its own (a vmapped loss sums in another order: one ulp off ``Trainer``'s,
+        enough to change a comparison's numbers in their last digit)."""
         self.base.eval()
         count = 0
         totals = [0.0] * len(self.members)
@@ -540,7 +686,7 @@ class BatchedTrainer:
         classify = self.task != "regression"
         for x, y in self.eval_batches:
             out = vmap(self._output)(self.flat, self.buffers, x)
-            losses = vmap(self.loss_fn)(out, y).tolist()
+            losses = [float(self.loss_fn(o, t)) for o, t in zip(out, y)]  # as Trainer sums
             n = y[0].numel() if classify else len(y[0])
             totals = [t + float(v) * n for t, v in zip(totals, losses)]
             count += n
@@ -653,21 +799,10 @@ class BatchedTrainer:
                 p.copy_(w)
             for name, b in shell.model.named_buffers():
                 b.copy_(self.buffers[name][row])
-            child = shell.optimizer.magnitude
-            group = child.param_groups[0]
-            hp = {k: group[k] for k in child.rule.defaults}
-            for name, rows in self.state.items():
-                parts = rows[row].split(self.sizes)
-                for p, part in zip(shell.model.parameters(), parts):
-                    state = child.state[p]
-                    if not state:
-                        state.update(init_state(child.rule, p, hp))
-                    state[name].copy_(part.view_as(p))
-            for p in shell.model.parameters():
-                state = child.state[p]
-                if not state:
-                    state.update(init_state(child.rule, p, hp))
-                state["step"] = step
+            params = list(shell.model.parameters())
+            for role, child in self.children.items():
+                child.write(row, getattr(shell.optimizer, role), params, self.sizes, step)
+            shell.optimizer.nonfinite_skips.copy_(self.skips[row])
         shell.optimizer.graft_step = step
         shell.step = step
         if shell._scheduled:

@@ -332,9 +332,10 @@ def _fail(sink: RunSink, error: Exception) -> None:
 
 
 def execute_batch(store: RunStore, run_ids: Sequence[str], *, resume: bool = False) -> list[str]:
-    """``execute_run`` of several runs at once: the plain runs of one task that can train as
-    one batch do (``train_batch``), the others one by one; returns each run's final status,
-    in order. Each run writes to the store what ``execute_run`` would have written.
+    """``execute_run`` of several runs at once: the plain runs and M#D grafts of one task
+    that can train as one batch do (``train_batch``), the others one by one; returns each
+    run's final status, in order. Each run writes to the store what ``execute_run`` would
+    have written.
 
     A run that cannot be prepared (a refused resume, an unreadable config) is left out with
     its row as ``prepare_run`` left it; an error in a batch marks its unfinished members
