@@ -1,5 +1,6 @@
 """The tests' fixtures, shared from here (plain helpers: ``tests/helpers.py``)."""
 
+import os
 import socket
 import sys
 
@@ -22,6 +23,19 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory):
+    """Generated data sets (MNIST-1D) are cached in a folder of the session's, not the
+    user's ``~/.cache``; worker processes inherit it."""
+    before = os.environ.get("GRAFTING_DATA_CACHE")
+    os.environ["GRAFTING_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    yield
+    if before is None:
+        del os.environ["GRAFTING_DATA_CACHE"]
+    else:
+        os.environ["GRAFTING_DATA_CACHE"] = before
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,17 @@
 """Tests for grafting_core.lab.tasks.data: shapes, determinism, pure batches, offline, no files."""
 
 import math
+import os
 import random
+import subprocess
+import sys
 from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
 import torch
 
+from grafting_core.lab.tasks import data
 from grafting_core.lab.tasks.data import (
     DATASETS,
     Dataset,
@@ -33,6 +37,8 @@ def test_registry_lists_every_dataset_with_a_description():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_loads_offline_without_writing_files(name, no_network, tmp_path, monkeypatch):
+    """Nothing is written where the caller works (MNIST-1D keeps its arrays in the data
+    cache only: the tests below)."""
     monkeypatch.chdir(tmp_path)
     ds = load(name, seed=3)  # a seed no other test uses: mnist1d is really generated here
     assert ds.name == name and ds.task == DATASETS[name].task
@@ -292,3 +298,58 @@ def test_teacher_conditioning_is_what_makes_adam_win():
         assert sgd < 1.5 * adam  # measured 0.012 vs 0.023: well conditioned, tuned SGD keeps up
     finally:
         torch.set_num_threads(threads)
+
+
+def _fresh_mnist1d(seed, monkeypatch, cache):
+    """MNIST-1D's arrays as a new process would get them with data cache ``cache``."""
+    monkeypatch.setenv("GRAFTING_DATA_CACHE", str(cache))
+    data._mnist1d_arrays.cache_clear()
+    try:
+        return data._mnist1d_arrays(seed, 300)
+    finally:
+        data._mnist1d_arrays.cache_clear()
+
+
+def test_mnist1d_is_cached_on_disk_and_read_back_bit_for_bit(tmp_path, monkeypatch):
+    generated = _fresh_mnist1d(7, monkeypatch, "")  # no cache: generated here
+    first = _fresh_mnist1d(7, monkeypatch, tmp_path)  # generated, then written
+    (cached,) = tmp_path.iterdir()
+    assert cached.name.startswith("mnist1d-") and cached.name.endswith("-seed7-n300.npz")
+    stamp = cached.stat().st_mtime_ns
+    again = _fresh_mnist1d(7, monkeypatch, tmp_path)  # read from the file
+    assert cached.stat().st_mtime_ns == stamp
+    for arrays in (first, again):
+        assert len(arrays) == len(generated) == 4
+        for got, want in zip(arrays, generated):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_a_damaged_cache_file_is_made_again_and_an_unwritable_cache_skipped(tmp_path, monkeypatch):
+    generated = _fresh_mnist1d(8, monkeypatch, "")
+    _fresh_mnist1d(8, monkeypatch, tmp_path)
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as a full disk would
+    for got, want in zip(_fresh_mnist1d(8, monkeypatch, tmp_path), generated):
+        assert np.array_equal(got, want)
+    with np.load(cached) as replaced:  # written whole again
+        assert np.array_equal(replaced["a0"], generated[0])
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    for got, want in zip(_fresh_mnist1d(8, monkeypatch, blocked / "cache"), generated):
+        assert np.array_equal(got, want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cached.name, "a-file"])
+
+
+def test_a_warm_cache_spares_a_new_process_the_generator(tmp_path, monkeypatch):
+    """The point of the cache: a worker process that reads MNIST-1D from it never imports
+    the generator (and matplotlib with it)."""
+    _fresh_mnist1d(0, monkeypatch, tmp_path)
+    code = (
+        "import sys; from grafting_core.lab.tasks.data import load_dataset; "
+        "load_dataset('mnist1d', seed=0, num_samples=300); print('mnist1d' in sys.modules)"
+    )
+    env = {**os.environ, "GRAFTING_DATA_CACHE": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
