@@ -11,8 +11,13 @@ Grafted runs M#D with M and D each SGD or Adam (adam#sgd, sgd#adam, the positive
 sgd#sgd, ...) batch with the runs of the same pair: both children propose a step per row
 from the same gradient and per member and layer ``w += graft_lr · ‖Δ_M‖ / (‖Δ_D‖ + eps) ·
 Δ_D`` (``core.graft_scales``), M's lr on the schedule, D's constant, as ``Trainer`` builds
-its ``Graft``. A batch shares M's and D's optimizers and whatever in their hyperparameters
-changes the operations (``STRUCTURAL``); seeds, both children's lrs and other
+its ``Graft``. The step is a ``GraftRule`` of two rules, M's and D's, each a ``RowRule``
+or itself a ``GraftRule``: the negative control's nested graft ``(X#Y)#X`` (M a ``Graft``
+of X and Y built from a spec, ``GRAFT_CLASS``) is ``GraftRule(GraftRule(X, Y), X)``,
+stepped as ``Graft`` steps a black-box child (M and D driven from w, their steps read back
+as ``w' - w``), its inner Graft at its own lr on M's schedule. A batch shares the shape of
+its optimizer (M's and D's optimizers, a nested M's) and whatever in their hyperparameters
+changes the operations (``STRUCTURAL``); seeds, every child's lrs and other
 hyperparameters, schedule, warm-up and ``graft_lr`` may differ per member.
 
 Each member computes what ``Trainer`` computes for its ``RunConfig``: the same init
@@ -24,7 +29,8 @@ step or ratio, is skipped and counted in ``nonfinite_skips``, its optimizers see
 gradient; a layer whose D step is zero stays; ``graft_lr`` multiplies the step), the same
 flushes, divergence checks and evaluations. Batched matmuls may round differently from one
 model's, so members agree with ``Trainer`` to float32 rounding
-(``tests/lab/runs/test_batched.py`` and ``test_batched_graft.py`` measure how close).
+(``tests/lab/runs/test_batched.py``, ``test_batched_graft.py`` and ``test_batched_nested.py``
+measure how close).
 
 A member whose loss or weights turn non-finite is marked ``diverged`` at the step ``Trainer``
 would report and dropped from the batch; the others go on unchanged.
@@ -35,14 +41,14 @@ hands what it records to callbacks as ``Trainer`` does (``on_start``, ``on_metri
 ``on_norms``, ``on_checkpoint``, ``on_end``, each with the member's index first): its
 per-layer norms (``record_norms``: ‖Δ_M‖, ‖Δ_D‖, the applied step, ‖g‖, ‖w‖, skips),
 checkpoints in ``Trainer``'s format (the shell's weights and both children's state set from
-the batch's rows, then ``Trainer.checkpoint``: a paused batched graft resumes in ``Trainer``
-or as a batch), a pause at ``pause_at`` shared by the batch, and stop requests member by
-member.
+the batch's rows, a nested M's children and counters too, then ``Trainer.checkpoint``: a
+paused batched graft resumes in ``Trainer`` or as a batch), a pause at ``pause_at`` shared
+by the batch, and stop requests member by member.
 
 Not batched (``check_batchable`` says why; such runs train through ``Trainer``): partial
-grafts (``grafted``: D over some layers only), the negative control's nested graft (M is
-itself a ``Graft``), replays and static ratios, custom tasks, other optimizers than SGD and
-Adam as M or D.
+grafts (``grafted``: D over some layers only), a nested Graft with options of its own or
+without a D, replays and static ratios, custom tasks, other optimizers than SGD and Adam as
+M or D (or inside a nested M).
 
     results = train_batched([config.replace(seed=s) for s in (0, 1, 2)])
     results[0].final["val_loss"]
@@ -70,6 +76,7 @@ from grafting_core.lab.runs.trainer import NORM_RING, Trainer, lr_factor, pick_d
 from grafting_core.lab.tasks.data import Dataset, load_dataset
 from grafting_core.lab.tasks.models import default_model, loss_fn
 from grafting_core.layers import Layers
+from grafting_core.registry import OptimizerSpec, as_spec
 from grafting_core.rules import init_state
 
 #: the optimizers a batch can train as M or D (native rules whose arithmetic is mirrored here)
@@ -165,14 +172,15 @@ def check_batchable(configs: Sequence[RunConfig]) -> None:
                 f"{where}: grafted={cfg.grafted!r}: partial grafts train through Trainer "
                 "(batched training takes plain runs and grafts of every layer)"
             )
+        if cfg.magnitude == GRAFT_CLASS and not cfg.direction:
+            raise ValueError(
+                f"{where}: a nested Graft as a plain run (no direction) has no batched rule "
+                "(it trains through Trainer)"
+            )
         for role in ("magnitude", "direction"):
             name = getattr(cfg, role)
-            if (name or role == "magnitude") and name not in OPTIMIZERS:
-                raise ValueError(
-                    f"{where}: {role}={name!r} has no batched rule "
-                    f"(batched optimizers: {', '.join(OPTIMIZERS)}; others train through Trainer)"
-                )
-    first = configs[0]
+            if name or role == "magnitude":
+                _tree(name, getattr(cfg, f"{role}_hparams"), f"{where}: {role}")
     for key in SHARED:
         values = [getattr(cfg, key) for cfg in configs]
         if key == "model":  # "" means the data set's default: compare what is built
@@ -184,25 +192,105 @@ def check_batchable(configs: Sequence[RunConfig]) -> None:
                 f"{values[odd]!r} in configs[{odd}]); a batch shares everything but "
                 f"{', '.join(PER_MEMBER)}"
             )
-    for role, specs in _specs(configs).items():
-        name = getattr(first, role)
+    shapes = [_shape(cfg) for cfg in configs]
+    odd = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), None)
+    if odd is not None:
+        raise ValueError(
+            f"Cannot batch these runs: the nested graft differs ({shapes[0]!r} in configs[0], "
+            f"{shapes[odd]!r} in configs[{odd}]); it changes the update rule"
+        )
+    leaves = [_leaves(cfg) for cfg in configs]
+    for k, (path, name, _) in enumerate(leaves[0]):
         for what, of in STRUCTURAL[name].items():
-            values = [of(spec) for spec in specs]
+            values = [of(member[k][2]) for member in leaves]
             if any(v != values[0] for v in values):
-                shown = what if role == "magnitude" else f"D's {what}"
                 raise ValueError(
-                    f"Cannot batch these runs: {shown} differs between them ({values}); "
-                    "it changes the update rule"
+                    f"Cannot batch these runs: {_whose(path)}{what} differs between them "
+                    f"({values}); it changes the update rule"
                 )
 
 
-def _specs(configs: Sequence[RunConfig]) -> dict[str, list[dict[str, Any]]]:
-    """Each child's resolved hyperparameters per config: ``magnitude``, and ``direction`` for
-    a graft."""
-    specs = {"magnitude": [c.magnitude_spec().resolved for c in configs]}
-    if configs[0].direction:
-        specs["direction"] = [c.direction_spec().resolved for c in configs]
-    return specs
+#: the import path of ``Graft``: an M or D that is itself a Graft (the negative control's
+#: ``(X#Y)#X``, ``compare.NESTED_GRAFT``), built from a spec ``{"magnitude": ..., "direction":
+#: ...}`` with Graft's other options at their defaults
+GRAFT_CLASS = "grafting_core.graft:Graft"
+#: the learning rate of a Graft built from such a spec (Graft's default ``lr``): the one
+#: ``Trainer``'s schedule multiplies when that Graft is M
+NESTED_LR = 1.0
+#: the granularity of a Graft built from such a spec (Graft's default), whatever the run's
+NESTED_GRANULARITY = "tensor"
+
+#: An optimizer's shape: an optimizer's name (``"adam"``), or ``(M's shape, D's shape)`` for
+#: a Graft. Its hyperparameters (``_tree``) have the same shape: a leaf's resolved ones, or
+#: a pair.
+Shape = Any
+
+
+def _tree(name: str, hparams: dict[str, Any], where: str) -> tuple[Shape, Any]:
+    """``(shape, hyperparameters)`` of one optimizer: SGD or Adam, or a Graft of two such
+    (nested as deep as they come). Raises a ValueError naming ``where`` for anything
+    without a batched rule."""
+    if name == GRAFT_CLASS:
+        extra = sorted(set(hparams) - {"magnitude", "direction"})
+        if extra or not hparams.get("magnitude") or not hparams.get("direction"):
+            raise ValueError(
+                f"{where}: a nested Graft with {sorted(hparams)} has no batched rule (batched: "
+                "magnitude and direction only, Graft's other options at their defaults; "
+                "others train through Trainer)"
+            )
+        children = [as_spec(hparams[role]) for role in ("magnitude", "direction")]
+        (m, m_hp), (d, d_hp) = (
+            _tree(spec.name, spec.hparams, f"{where}'s {role}")
+            for spec, role in zip(children, ("magnitude", "direction"))
+        )
+        return (m, d), (m_hp, d_hp)
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"{where}={name!r} has no batched rule "
+            f"(batched optimizers: {', '.join(OPTIMIZERS)}; others train through Trainer)"
+        )
+    return name, OptimizerSpec(name, hparams).resolved
+
+
+def _config_tree(config: RunConfig) -> tuple[Shape, Any]:
+    """``_tree`` of a run's optimizer: M's, or ``(M, D)``'s for a graft."""
+    m = _tree(config.magnitude, config.magnitude_hparams, "magnitude")
+    if not config.direction:
+        return m
+    d = _tree(config.direction, config.direction_hparams, "direction")
+    return (m[0], d[0]), (m[1], d[1])
+
+
+def _shape(config: RunConfig) -> Shape:
+    return _config_tree(config)[0]
+
+
+def _leaves(config: RunConfig) -> list[tuple[tuple[str, ...], str, dict[str, Any]]]:
+    """``(path, name, resolved hyperparameters)`` of each SGD or Adam in a run's optimizer,
+    depth first, M before D; ``path``: the roles leading to it (``("magnitude",)`` for a
+    plain run's optimizer)."""
+    shape, hparams = _config_tree(config)
+    if isinstance(shape, str):
+        return [(("magnitude",), shape, hparams)]
+    out = []
+
+    def walk(shape: Shape, hparams: Any, path: tuple[str, ...]) -> None:
+        if isinstance(shape, str):
+            out.append((path, shape, hparams))
+            return
+        for role, sub, hp in zip(("magnitude", "direction"), shape, hparams):
+            walk(sub, hp, (*path, role))
+
+    walk(shape, hparams, ())
+    return out
+
+
+def _whose(path: tuple[str, ...]) -> str:
+    """``"D's "`` for a graft's D, ``"M's D's "`` for the D of a nested M, ``""`` for M
+    (a plain run's or a flat graft's)."""
+    if len(path) == 1 and path[0] == "magnitude":
+        return ""
+    return "".join("M's " if role == "magnitude" else "D's " for role in path)
 
 
 def batch_key(config: RunConfig) -> tuple | None:
@@ -217,10 +305,10 @@ def batch_key(config: RunConfig) -> tuple | None:
         return None
     shared = tuple((key, repr(model if key == "model" else getattr(config, key))) for key in SHARED)
     structural = tuple(
-        tuple(of(specs[0]) for of in STRUCTURAL[getattr(config, role)].values())
-        for role, specs in _specs([config]).items()
+        (path, tuple(of(hp) for of in STRUCTURAL[name].values()))
+        for path, name, hp in _leaves(config)
     )
-    return shared, structural, config.record_every
+    return shared, repr(_shape(config)), structural, config.record_every
 
 
 def train_batched(configs: Sequence[RunConfig]) -> list[MemberResult]:
@@ -237,12 +325,47 @@ def _per_member(values: Sequence[float], like: Tensor) -> float | Tensor:
     return torch.tensor(list(values), dtype=like.dtype, device=like.device)[:, None]
 
 
+class RowLayers:
+    """``Graft``'s layers over the columns of a batch (``Layers.build`` of the parameter
+    names at a granularity): per member and layer norms of an ``(N, P)`` tensor, and
+    per-layer values spread back onto the weights."""
+
+    def __init__(self, names: list[str], sizes: list[int], granularity: Any, device: Any) -> None:
+        layers = Layers.build(names, granularity)
+        self.sizes = sizes
+        self.count = len(layers)
+        self.layer_of = torch.tensor(layers.index, device=device)
+        self.per_tensor = layers.index == tuple(range(len(names)))
+        tensor_of = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+        self.layer_of_weight = torch.tensor(layers.index)[tensor_of].to(device)
+
+    def norms(self, flat: Tensor) -> Tensor:
+        """Per member and layer, the norm of ``flat``'s rows over the layer's tensors, in
+        float32 (``(N, layers)``), as ``Graft`` reduces per-tensor norms."""
+        norms = torch.stack(
+            [torch.linalg.vector_norm(t, dim=1) for t in flat.split(self.sizes, dim=1)], dim=1
+        ).float()
+        if self.per_tensor:
+            return norms
+        sums = torch.zeros(len(norms), self.count, dtype=norms.dtype, device=norms.device)
+        sums.index_add_(1, self.layer_of, norms.square())
+        return sums.sqrt()
+
+    def spread(self, per_layer: Tensor) -> Tensor:
+        """``(N, layers)`` values onto every weight of the layer: ``(N, P)``."""
+        return per_layer[:, self.layer_of_weight]
+
+
 class RowRule:
     """One child optimizer (SGD or Adam: ``rules.sgd_update``/``rules.adam_update``) over
     the rows of a batch: its state ``(N, P)`` per buffer, its hyperparameters one Python
     number when every member has it (the very kernels the native rules run), else one per
     member. ``delta`` advances the state and returns the proposed step Δ, as a native child
-    of ``Graft`` does; nothing touches the weights."""
+    of ``Graft`` does; nothing touches the weights. ``stepped``: the weights after its
+    ``step()`` (``w + Δ``), as a Graft with a black-box sibling drives it."""
+
+    #: a native child: ``Graft`` asks it for Δ without stepping the weights
+    native = True
 
     def __init__(self, kind: str, hparams: Sequence[dict[str, Any]], flat: Tensor) -> None:
         self.kind = kind
@@ -311,6 +434,10 @@ class RowRule:
             return self._sgd(grads, step) * -lr
         return self._adam(grads, step, flat) * -lr
 
+    def stepped(self, grads: Tensor, flat: Tensor, step: int, lr: float | Tensor) -> Tensor:
+        """The weights after ``NativeOptimizer.step()`` from ``flat`` (a new tensor)."""
+        return flat + self.delta(grads, flat, step, lr)
+
     def _with_weight_decay(self, grads: Tensor, flat: Tensor) -> Tensor:
         wd = self.weight_decay
         if isinstance(wd, Tensor):
@@ -360,6 +487,143 @@ class RowRule:
         return direction
 
 
+Rule = Any  # a RowRule or a GraftRule
+
+
+class GraftRule:
+    """``Graft(M, D)`` over the rows of a batch, M and D each a ``RowRule`` or a
+    ``GraftRule`` (M#D is ``GraftRule(M, D)``, the negative control's ``(X#Y)#X``
+    ``GraftRule(GraftRule(X, Y), X)``): the arithmetic of ``Graft``'s reference backend.
+
+    Both children propose a step from the same gradient. Native children (SGD, Adam) return
+    Δ without touching the weights; when either child is a Graft (a black box to ``Graft``),
+    both are driven through ``step()`` from w and their Δ read back as ``w' - w``. Per member
+    and layer the scale is ``lr · ‖Δ_M‖ / (‖Δ_D‖ + eps)`` (``core.graft_scales``), zero on
+    a layer whose ratio or ‖Δ_D‖ is not finite (a skip) or whose Δ_D is zero; the weights
+    move to ``w + scale · Δ_D`` (``addcmul``, native) or ``scale · Δ_D + w`` (black box).
+
+    The batch's own Graft is the top rule (its lrs: M's scheduled, D's, ``graft_lr``; its
+    skips counted in ``BatchedTrainer.skips``). A Graft that is a child steps as ``Trainer``
+    builds it from a spec: its children at their own constant lrs, its ``lr`` the one handed
+    to it (M's schedule when it is M), its layers tensor by tensor, its skips in ``skips``;
+    the gradient it sees is finite (its parent zeroed every layer that was not)."""
+
+    #: to a parent Graft a Graft is a black box, driven through ``step()``
+    native = False
+
+    def __init__(
+        self,
+        magnitude: Rule,
+        direction: Rule,
+        layers: RowLayers,
+        lrs: tuple[Tensor | None, Tensor],
+        members: int,
+    ) -> None:
+        """``lrs``: M's and D's, ``(N, 1)``, the lrs its children step at when this Graft is
+        a child (the batch's own Graft hands M its scheduled lr: None here)."""
+        self.magnitude, self.direction = magnitude, direction
+        self.layers = layers
+        self.magnitude_lr, self.direction_lr = lrs
+        #: whether both children are native (``Graft.native``): else both are black boxes
+        self.children_native = magnitude.native and direction.native
+        #: ``nonfinite_skips`` of this Graft as a child, per member and layer
+        self.skips = torch.zeros(
+            members, layers.count, dtype=torch.int64, device=layers.layer_of.device
+        )
+
+    @property
+    def state_bytes(self) -> int:
+        """One member's state as ``memory.state_bytes`` counts a child Graft's: its
+        children's and its own counters (``graft.step`` per parameter, ``nonfinite_skips``)."""
+        own = 8 * (len(self.layers.sizes) + self.layers.count)
+        return self.magnitude.state_bytes + self.direction.state_bytes + own
+
+    def keep(self, index: Tensor, rows: list[int]) -> None:
+        """Go on with these rows only."""
+        self.magnitude.keep(index, rows)
+        self.direction.keep(index, rows)
+        self.skips = self.skips[index]
+        if isinstance(self.magnitude_lr, Tensor):
+            self.magnitude_lr = self.magnitude_lr[index]
+        if isinstance(self.direction_lr, Tensor):
+            self.direction_lr = self.direction_lr[index]
+
+    def load(self, row: int, child: Any, params: list[Tensor]) -> None:
+        """Row ``row``'s state from a ``Trainer``'s child Graft (a resume)."""
+        self.magnitude.load(row, child.magnitude, params)
+        self.direction.load(row, child.direction, params)
+        self.skips[row] = child.nonfinite_skips.to(self.skips.device)
+
+    def write(
+        self, row: int, child: Any, params: list[Tensor], sizes: list[int], step: int
+    ) -> None:
+        """Row ``row``'s state into a ``Trainer``'s child Graft, ``step`` steps taken."""
+        self.magnitude.write(row, child.magnitude, params, sizes, step)
+        self.direction.write(row, child.direction, params, sizes, step)
+        child.nonfinite_skips.copy_(self.skips[row])
+        child.graft_step = step
+
+    # ------------------------------------------------------------------ step
+    def propose(
+        self,
+        grads: Tensor,
+        flat: Tensor,
+        step: int,
+        magnitude_lr: float | Tensor,
+        direction_lr: float | Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Both children's steps from ``grads`` at ``flat`` and their per-layer norms:
+        ``(Δ_M, Δ_D, ‖Δ_M‖, ‖Δ_D‖)``."""
+        steps = []
+        for child, lr in ((self.magnitude, magnitude_lr), (self.direction, direction_lr)):
+            if self.children_native:
+                steps.append(child.delta(grads, flat, step, lr))
+            else:  # black boxes: step from w, read the step back, w restored
+                steps.append(child.stepped(grads, flat, step, lr).sub_(flat))
+        magnitude, direction = steps
+        return magnitude, direction, self.layers.norms(magnitude), self.layers.norms(direction)
+
+    @staticmethod
+    def scales(
+        magnitude_norm: Tensor, direction_norm: Tensor, lr: Tensor, finite: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``core.graft_scales`` per member and layer: ``(finite, scales)``; ``lr`` one per
+        member ``(N, 1)``; ``finite``: where the gradient was (None: everywhere)."""
+        ratio = magnitude_norm / (direction_norm + GRAFT_EPS)
+        ok = torch.isfinite(ratio) & torch.isfinite(direction_norm)
+        if finite is not None:
+            ok &= finite
+        moves = (direction_norm > 0) & ok
+        ratio = torch.where(moves, ratio, 0.0)
+        return ok, ratio * lr.to(ratio.dtype)
+
+    def moved(self, flat: Tensor, direction: Tensor, scales: Tensor, inplace: bool) -> Tensor:
+        """The weights after the grafted step: ``flat + scale · Δ_D`` (native children:
+        in ``flat`` itself when ``inplace``) or ``scale · Δ_D + flat`` (black boxes: the
+        weights hold Δ_D, scaled, then w added back; ``direction`` is overwritten)."""
+        spread = self.layers.spread(scales)
+        if not self.children_native:
+            return direction.mul_(spread).add_(flat)
+        if inplace:
+            return flat.addcmul_(direction, spread)
+        return torch.addcmul(flat, direction, spread)
+
+    def stepped(self, grads: Tensor, flat: Tensor, step: int, lr: float | Tensor) -> Tensor:
+        """The weights after this Graft's ``step()`` as a child, at its ``lr`` (a new
+        tensor; its skips counted)."""
+        magnitude, direction, m_norm, d_norm = self.propose(
+            grads, flat, step, self.magnitude_lr, self.direction_lr
+        )
+        lr = lr if isinstance(lr, Tensor) else torch.tensor(lr, device=flat.device)
+        finite, scales = self.scales(m_norm, d_norm, lr)
+        self.skips += ~finite
+        return self.moved(flat, direction, scales, inplace=False)
+
+    def delta(self, grads: Tensor, flat: Tensor, step: int, lr: float | Tensor) -> Tensor:
+        """The step this Graft takes as a child, read back as ``w' - w``."""
+        return self.stepped(grads, flat, step, lr).sub_(flat)
+
+
 class BatchedTrainer:
     """N runs (plain, or grafts of one pair M#D) that share data set, model and loop
     settings, stepped together."""
@@ -396,7 +660,6 @@ class BatchedTrainer:
             if self.device.type == "cuda"
             else contextlib.nullcontext
         )
-        self.hparams = [c.magnitude_spec().resolved for c in self.configs]
 
     def add_callback(self, event: str, callback: Callable) -> None:
         """Call ``callback(trainer, member, **payload)`` on ``event`` (as ``Trainer``'s, with
@@ -434,12 +697,10 @@ class BatchedTrainer:
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
         # Graft's layers: a layer with a non-finite gradient (or step) is skipped as a whole
-        layers = Layers.build(self.names, cfg.granularity)
-        self.layer_of = torch.tensor(layers.index, device=self.device)
-        self.layer_count = len(layers)
-        self.per_tensor = layers.index == tuple(range(len(self.names)))
-        tensor_of = torch.arange(len(self.sizes)).repeat_interleave(torch.tensor(self.sizes))
-        self.layer_of_weight = torch.tensor(layers.index)[tensor_of].to(self.device)
+        self.layers = RowLayers(self.names, self.sizes, cfg.granularity, self.device)
+        self.layer_count = self.layers.count
+        #: the lr Trainer's schedule multiplies, per member: M's (a nested M's own ``lr``)
+        self.base_lrs = [shell.scheduler.base_lrs[0] for shell in self.shells]
         # On the CPU a look at a flag costs nothing (no device to wait for): the usual step,
         # every layer finite and moving with graft_lr 1, then skips the masks' passes.
         self.cheap_sync = self.device.type == "cpu"
@@ -455,19 +716,29 @@ class BatchedTrainer:
         self._build_schedule()
 
     def _build_optimizer(self) -> None:
-        """M (and D for a graft) as ``RowRule``s, Graft's ``lr`` and skip counters, and,
-        for a resume, each member's state from its checkpoint (loaded by its shell)."""
+        """M (and D for a graft) as rules (``RowRule``, or ``GraftRule`` for a nested
+        Graft), the batch's own ``GraftRule`` for a graft, Graft's ``lr`` and skip counters,
+        and, for a resume, each member's state from its checkpoint (loaded by its shell)."""
         cfg = self.configs[0]
-        flat = self.flat
-        specs = _specs(self.configs)
-        self.children = {role: RowRule(getattr(cfg, role), hp, flat) for role, hp in specs.items()}
-        self.grafted = "direction" in self.children
-        if self.grafted:  # D's lr is not scheduled (Trainer's LambdaLR is on M)
-            lrs = [h["lr"] for h in specs["direction"]]
-            self.direction_lr = torch.tensor(lrs, dtype=torch.float64)[:, None]
-            self.direction_lr = self.direction_lr.to(flat.dtype).to(self.device)
+        shape, hparams = zip(*(_config_tree(c) for c in self.configs))
+        shape = shape[0]
+        if cfg.direction:
+            # D's lr is not scheduled (Trainer's LambdaLR is on M): ``_train_step`` hands
+            # M its scheduled lr
+            m = self._rule(shape[0], [h[0] for h in hparams])
+            d = self._rule(shape[1], [h[1] for h in hparams])
+            self.children = {"magnitude": m, "direction": d}
+            lrs = (None, self._lrs(shape[1], [h[1] for h in hparams]))
+            self.graft: GraftRule | None = GraftRule(m, d, self.layers, lrs, len(self.configs))
+        else:
+            self.children = {"magnitude": self._rule(shape, list(hparams))}
+            self.graft = None
+        self.grafted = self.graft is not None
         self.graft_lr = torch.tensor([c.graft_lr for c in self.configs], device=self.device)
-        self.state_bytes = float(sum(c.state_bytes for c in self.children.values()))
+        state = sum(c.state_bytes for c in self.children.values())
+        if self.graft is not None and not self.graft.children_native:  # Graft's scratch
+            state += self.flat[0].numel() * self.flat.element_size()
+        self.state_bytes = float(state)
         #: Graft's ``nonfinite_skips``: per member and layer, the steps it skipped
         self.skips = torch.zeros(len(self.configs), self.layer_count, dtype=torch.int64)
         self.skips = self.skips.to(self.device)
@@ -477,6 +748,24 @@ class BatchedTrainer:
                 params = list(shell.model.parameters())
                 for role, child in self.children.items():
                     child.load(row, getattr(shell.optimizer, role), params)
+
+    def _rule(self, shape: Shape, hparams: list[Any]) -> Rule:
+        """The rule of one optimizer of the run (``_tree``'s shape and each member's
+        hyperparameters): a ``RowRule``, or a ``GraftRule`` for a Graft built from a spec."""
+        if isinstance(shape, str):
+            return RowRule(shape, hparams, self.flat)
+        m_hp, d_hp = [h[0] for h in hparams], [h[1] for h in hparams]
+        lrs = (self._lrs(shape[0], m_hp), self._lrs(shape[1], d_hp))
+        layers = RowLayers(self.names, self.sizes, NESTED_GRANULARITY, self.device)
+        m, d = self._rule(shape[0], m_hp), self._rule(shape[1], d_hp)
+        return GraftRule(m, d, layers, lrs, len(hparams))
+
+    def _lrs(self, shape: Shape, hparams: list[Any]) -> Tensor:
+        """Each member's constant lr of one optimizer (a Graft's: ``NESTED_LR``),
+        ``(N, 1)`` in the weights' dtype (from double, as torch's float lr)."""
+        lrs = [h["lr"] if isinstance(shape, str) else NESTED_LR for h in hparams]
+        lrs = torch.tensor(lrs, dtype=torch.float64)[:, None]
+        return lrs.to(self.flat.dtype).to(self.device)
 
     def _build_eval(self) -> None:
         """Each member's fixed validation batches, stacked member by member."""
@@ -504,8 +793,8 @@ class BatchedTrainer:
         """Each member's lr at every step (``Trainer``'s LambdaLR: base lr · factor(step),
         in double precision, then the float32 the step multiplies by)."""
         table = [
-            [h["lr"] * lr_factor(s, c.steps, c.schedule, c.warmup_steps) for s in range(c.steps)]
-            for c, h in zip(self.configs, self.hparams)
+            [lr * lr_factor(s, c.steps, c.schedule, c.warmup_steps) for s in range(c.steps)]
+            for c, lr in zip(self.configs, self.base_lrs)
         ]
         self.lrs = torch.tensor(table, dtype=torch.float64).T.to(self.flat.dtype)
         self.lrs = self.lrs.to(self.device)  # (steps, N)
@@ -516,12 +805,10 @@ class BatchedTrainer:
         self.members = [self.members[r] for r in rows]
         self.flat = self.flat[index]
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
-        for child in self.children.values():
-            child.keep(index, rows)
+        for child in [self.graft] if self.graft is not None else self.children.values():
+            child.keep(index, rows)  # a graft keeps its children
         self.graft_lr = self.graft_lr[index]
         self.skips = self.skips[index]
-        if self.grafted:
-            self.direction_lr = self.direction_lr[index]
         self.lrs = self.lrs[:, index]
         self.eval_batches = [(x[index], y[index]) for x, y in self.eval_batches]
 
@@ -552,20 +839,12 @@ class BatchedTrainer:
 
     # ------------------------------------------------------------------- step
     def _layer_norms(self, flat: Tensor) -> Tensor:
-        """Per member and layer, the norm of ``flat``'s rows over the layer's tensors, in
-        float32 (``(N, layers)``), as ``Graft`` reduces per-tensor norms."""
-        norms = torch.stack(
-            [torch.linalg.vector_norm(t, dim=1) for t in flat.split(self.sizes, dim=1)], dim=1
-        ).float()
-        if self.per_tensor:
-            return norms
-        sums = torch.zeros(len(norms), self.layer_count, dtype=norms.dtype, device=norms.device)
-        sums.index_add_(1, self.layer_of, norms.square())
-        return sums.sqrt()
+        """Per member and layer of the run's Graft, the norm of ``flat``'s rows."""
+        return self.layers.norms(flat)
 
     def _spread(self, per_layer: Tensor) -> Tensor:
         """``(N, layers)`` values onto every weight of the layer: ``(N, P)``."""
-        return per_layer[:, self.layer_of_weight]
+        return self.layers.spread(per_layer)
 
     def _train_step(self, step: int) -> Tensor:
         """One step of every member; returns the members' losses ``(N,)``."""
@@ -637,14 +916,16 @@ class BatchedTrainer:
         self.skips += ~finite
 
     def _graft_step(self, grads: Tensor, step: int, record: bool) -> None:
-        """``Graft``'s M#D step on every row (``core.graft_scales``, the reference backend):
-        both children propose a step from the same gradient (zero on a layer whose gradient
-        is not finite), and per layer ``w += graft_lr · ‖Δ_M‖ / (‖Δ_D‖ + eps) · Δ_D``; a
-        layer whose gradient, ratio or ‖Δ_D‖ is not finite is skipped (counted), one whose
-        Δ_D is zero stays. ``record``: keep ``last_norms`` (``NORM_FIELDS``) for the step.
+        """``Graft``'s M#D step on every row (``GraftRule``, the reference backend): both
+        children propose a step from the same gradient (zero on a layer whose gradient is
+        not finite), and per layer ``w += graft_lr · ‖Δ_M‖ / (‖Δ_D‖ + eps) · Δ_D``; a layer
+        whose gradient, ratio or ‖Δ_D‖ is not finite is skipped (counted), one whose Δ_D is
+        zero stays. ``record``: keep ``last_norms`` (``NORM_FIELDS``) for the step.
 
         On the CPU a step whose gradients sum to a finite number (none is NaN or inf) skips
         the gradient's norms and mask (every layer's gradient is finite), unless recorded."""
+        graft = self.graft
+        assert graft is not None
         fast = self.cheap_sync and not record and bool(torch.isfinite(grads.sum()))
         grad_finite = grad_norm = weight_norm = None
         if not fast:
@@ -653,21 +934,17 @@ class BatchedTrainer:
             grads = torch.where(self._spread(grad_finite), grads, 0.0)  # skipped layer: zero
         if record:
             weight_norm = self._layer_norms(self.flat)
-        magnitude = self._magnitude_delta(grads, step)
-        direction = self.children["direction"].delta(grads, self.flat, step, self.direction_lr)
-        magnitude_norm = self._layer_norms(magnitude)
-        direction_norm = self._layer_norms(direction)
-        ratio = magnitude_norm / (direction_norm + GRAFT_EPS)
-        finite = torch.isfinite(ratio) & torch.isfinite(direction_norm)
-        if grad_finite is not None:
-            finite &= grad_finite
-        moves = (direction_norm > 0) & finite
-        ratio = torch.where(moves, ratio, 0.0)
-        scales = ratio * self.graft_lr[:, None].to(ratio.dtype)
-        self.flat.addcmul_(direction, self._spread(scales))
+        magnitude_lr = self.lrs[step][:, None]  # M's, on the schedule
+        _, direction, magnitude_norm, direction_norm = graft.propose(
+            grads, self.flat, step, magnitude_lr, graft.direction_lr
+        )
+        finite, scales = graft.scales(
+            magnitude_norm, direction_norm, self.graft_lr[:, None], grad_finite
+        )
+        self.flat = graft.moved(self.flat, direction, scales, inplace=True)
         self.skips += ~finite
         if record:
-            skipped = (~finite).to(ratio.dtype)
+            skipped = (~finite).to(scales.dtype)
             fields = [magnitude_norm, direction_norm, scales.abs() * direction_norm]
             fields += [grad_norm, weight_norm, skipped]
             self.norm_records.append((step, torch.stack(fields, dim=2)))
@@ -828,8 +1105,8 @@ class BatchedTrainer:
             bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
             rows = [(first + i, "train_loss", v) for i, v in enumerate(losses[:bad])]
             if bad is None:
-                cfg, hp = self.configs[m], self.hparams[m]
-                lr = hp["lr"] * lr_factor(step, cfg.steps, cfg.schedule, cfg.warmup_steps)
+                cfg = self.configs[m]
+                lr = self.base_lrs[m] * lr_factor(step, cfg.steps, cfg.schedule, cfg.warmup_steps)
                 rows.append((step - 1, "steps_per_second", len(losses) / elapsed))
                 rows.append((step - 1, "lr", lr))
             self._rows(m, rows, step)

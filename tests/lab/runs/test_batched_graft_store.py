@@ -1,7 +1,8 @@
 """Batched grafted runs through the store: ``execute_batch`` and ``run_all`` write for each
 M#D member what its own ``execute_run`` writes (metrics, norms, status, checkpoints), a
 batched graft paused at a rung resumes as a batch or alone, and a comparison with its
-controls trained batched equals one trained run by run (``GRAFTING_BATCH=0``).
+controls (the negative control's nested graft too) trained batched equals one trained run by
+run (``GRAFTING_BATCH=0``).
 
 Tolerance: ``test_batched.py``'s (``test_batched_store.assert_same_store_run``).
 """
@@ -10,7 +11,7 @@ import numpy as np
 
 import grafting_core.lab.experiments.common as common
 from grafting_core.lab.experiments.common import graft_run, plan_batches, run_all
-from grafting_core.lab.experiments.compare import compare
+from grafting_core.lab.experiments.compare import NESTED_GRAFT, compare
 from grafting_core.lab.experiments.comparison_plan import SweepPlan
 from grafting_core.lab.runs.batched import BatchedTrainer
 from grafting_core.lab.runs.groups import record_runs
@@ -107,8 +108,8 @@ def test_run_all_batches_grafts_by_pair_and_equals_run_by_run(tmp_path, monkeypa
 def test_a_comparison_with_controls_trained_batched_equals_one_trained_run_by_run(
     tmp_path, monkeypatch
 ):
-    """The protocol's shape: the grafts and the positive control's sgd#sgd train batched;
-    the negative control's nested graft trains through Trainer."""
+    """The protocol's shape: the grafts, the positive control's sgd#sgd and the negative
+    control's nested graft (X#Y)#X train batched."""
     seen = batches_seen(monkeypatch)
     plan = SweepPlan(points=3, factor=10, warmups=(0.1,), tune_seeds=(100,), control=True)
     stores, results = {}, {}
@@ -118,6 +119,8 @@ def test_a_comparison_with_controls_trained_batched_equals_one_trained_run_by_ru
         results[batch] = compare(store, BASE.replace(**TINY), PAIR, seeds=(0, 1, 2), plan=plan)
     grafted = [t for t in seen if t.configs[0].direction]
     assert {t.configs[0].label for t in grafted} >= {"adam#sgd", "sgd#adam", "sgd#sgd"}
+    negative = [t for t in grafted if t.configs[0].magnitude == NESTED_GRAFT]
+    assert [len(t.configs) for t in negative] == [3]  # its three seeds: one batch
     got, want = results[True], results[False]
     assert got.verdicts["verdict"].tolist() == want.verdicts["verdict"].tolist()
     assert list(got.controls.columns) == list(want.controls.columns)
