@@ -239,9 +239,10 @@ def test_a_non_finite_gradient_skips_the_layer_as_graft_does(record):
     assert_same_records(seen[0], want)
 
 
-@pytest.mark.parametrize("pause", [20, 27])  # at a checkpoint (every 20 here) and between
-def test_a_paused_graft_resumes_exactly_as_a_batch_or_in_trainer(pause):
-    configs = [c.replace(checkpoint_every=20) for c in PAIRS["sgd#adam"]]
+def assert_resumes_exactly(configs, pause) -> list[bytes]:
+    """``configs`` paused at ``pause`` as a batch resume, as a batch, to what the batch
+    trained straight, and the second member resumed alone in Trainer ends as Trainer
+    trained straight; returns the pause's checkpoints."""
     straight, _ = batched_run(configs)
     paused, seen = batched_run(configs, pause_at=pause)
     assert [r.status for r in paused] == ["stopped"] * len(configs)
@@ -255,7 +256,6 @@ def test_a_paused_graft_resumes_exactly_as_a_batch_or_in_trainer(pause):
         # the same values at every step after the pause (flushes, and so lr rows, differ)
         tail = {r[:2]: r[2] for r in want.rows if r[0] >= pause and r[1] != "lr"}
         assert {r[:2]: r[2] for r in got.rows if r[1] != "lr"} == tail
-    # the paused member resumed alone in Trainer ends as Trainer trained straight
     trainer = Trainer(configs[1], resume=blobs[1])
     trainer.run()
     alone, rows, _ = trainer_run(configs[1])
@@ -263,6 +263,12 @@ def test_a_paused_graft_resumes_exactly_as_a_batch_or_in_trainer(pause):
         torch.testing.assert_close(
             dict(trainer.model.named_parameters())[name], weight, rtol=RTOL, atol=1e-7
         )
+    return blobs
+
+
+@pytest.mark.parametrize("pause", [20, 27])  # at a checkpoint (every 20 here) and between
+def test_a_paused_graft_resumes_exactly_as_a_batch_or_in_trainer(pause):
+    assert_resumes_exactly([c.replace(checkpoint_every=20) for c in PAIRS["sgd#adam"]], pause)
 
 
 def test_batch_keys_group_grafts_by_pair_apart_from_plain_runs():

@@ -15,13 +15,14 @@ import torch
 
 from grafting_core.lab.experiments.compare import NESTED_GRAFT
 from grafting_core.lab.runs.batched import GRAFT_CLASS, batch_key, check_batchable, train_batched
-from grafting_core.lab.runs.trainer import Trainer, read_checkpoint
-from tests.lab.runs.test_batched import BASE, RTOL, assert_same_run
+from grafting_core.lab.runs.trainer import read_checkpoint
+from tests.lab.runs.test_batched import BASE, assert_same_run
 from tests.lab.runs.test_batched_graft import (
     NAN_AT,
     POISONED,
     PoisonedBatch,
     PoisonedTrainer,
+    assert_resumes_exactly,
     assert_same_records,
     batched_run,
     pair,
@@ -124,27 +125,9 @@ def test_a_non_finite_gradient_skips_the_layer_as_graft_does(record):
 @pytest.mark.parametrize("pause", [20, 27])
 def test_a_paused_nested_graft_resumes_exactly_as_a_batch_or_in_trainer(pause):
     configs = [c.replace(checkpoint_every=20) for c in CONTROLS["(adam#sgd)#adam"]]
-    straight, _ = batched_run(configs)
-    paused, seen = batched_run(configs, pause_at=pause)
-    assert [r.status for r in paused] == ["stopped"] * len(configs)
-    blobs = [s.checkpoints[-1] for s in seen]
+    blobs = assert_resumes_exactly(configs, pause)
     state = read_checkpoint(blobs[1])
-    assert state["step"] == pause
     assert "magnitude.magnitude.exp_avg" in state["optimizer"]["state"][0]  # the inner X
-    resumed, _ = batched_run(configs, resume=blobs)
-    for want, got in zip(straight, resumed):
-        assert got.status == "finished"
-        for n, weight in want.parameters.items():
-            assert torch.equal(got.parameters[n], weight), n
-        tail = {r[:2]: r[2] for r in want.rows if r[0] >= pause and r[1] != "lr"}
-        assert {r[:2]: r[2] for r in got.rows if r[1] != "lr"} == tail
-    trainer = Trainer(configs[1], resume=blobs[1])
-    trainer.run()
-    alone, _, _ = trainer_run(configs[1])
-    for n, weight in alone.model.named_parameters():
-        torch.testing.assert_close(
-            dict(trainer.model.named_parameters())[n], weight, rtol=RTOL, atol=1e-7
-        )
 
 
 def test_batch_keys_group_nested_grafts_by_structure_apart_from_everything_else():
