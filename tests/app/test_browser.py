@@ -20,9 +20,12 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from grafting_core.lab.experiments.common import LAB_OPTIMIZERS
+from grafting_core.lab.experiments.compare import read_comparison
+from grafting_core.lab.experiments.comparison_reading import graft_name
 from grafting_core.lab.experiments.grid import grid
 from grafting_core.lab.experiments.static_ratios import static_ratio_experiment
 from grafting_core.lab.experiments.transfer import schedule_transfer
+from grafting_core.lab.experiments.verdict import label_words
 from grafting_core.lab.runs.config import RunConfig
 from grafting_core.lab.store.run_store import RunStore
 from tests.helpers import CHROMIUM, ROOT, enter_number, ready, serve
@@ -65,11 +68,12 @@ def _experiments(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """``./tasks app`` with stored experiments; yields (url, experiment groups, server log)."""
+    """``./tasks app`` with stored experiments; yields (url, experiment groups, server log,
+    the app's run store folder)."""
     runs = tmp_path_factory.mktemp("browser_runs")
     groups = _experiments(runs)
     with serve(runs) as (url, _, log):
-        yield url, groups, log
+        yield url, groups, log, runs
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +166,7 @@ def _slug(text: str) -> str:
 
 
 def test_graft_lab_trains_live_and_every_page_renders(app, browser):
-    url, groups, log = app
+    url, groups, log, _ = app
     page = browser.new_page(viewport=VIEWPORT)
     page.goto(url)
     ready(page)
@@ -302,6 +306,30 @@ def run_tuned_comparison(page, url: str, log: Path) -> None:
     _screenshot(page, "grid-tuned-results", below=start)
 
 
+def assert_page_shows_the_engines_verdicts(page, runs: Path) -> None:
+    """What the browser shows under each graft is what the engine reads from the store the
+    clicks trained into (``read_comparison``: the newest comparison's verdicts), not merely
+    a verdict-shaped text."""
+    store = RunStore(runs)
+    try:
+        compared = store.runs(kind="compare")
+        result = read_comparison(store, compared.sort_values("created")["group"].iloc[-1])
+    finally:
+        store.close()
+    expected = sorted(
+        f"{graft_name(m, d, g)}{label_words(label, m, d)}"
+        for m, d, g, label in zip(
+            result.verdicts["magnitude"],
+            result.verdicts["direction"],
+            result.verdicts["grafted"],
+            result.verdicts["label"],
+        )
+    )
+    assert len(expected) == 2  # adam#sgd and sgd#adam
+    ticks = page.frame_locator(LIVE_CHART).nth(2).locator(".xtick text").all_text_contents()
+    assert sorted(t.replace("\u00a0", " ").strip() for t in ticks) == expected
+
+
 def continue_tuned_comparison(page, log: Path) -> None:
     """On the Grid page of a finished comparison: Continue with a third seed, until the
     grafts of all three have trained; screenshot of the results and the Continue form."""
@@ -339,9 +367,10 @@ def graft_tuned_comparison_at_other_lrs(page, log: Path) -> None:
 
 
 def test_grid_page_runs_a_tuned_comparison_and_shows_its_verdicts(app, browser):
-    url, _, log = app
+    url, _, log, runs = app
     page = browser.new_page(viewport=VIEWPORT)
     run_tuned_comparison(page, url, log)
+    assert_page_shows_the_engines_verdicts(page, runs)
     continue_tuned_comparison(page, log)
     graft_tuned_comparison_at_other_lrs(page, log)
     page.close()
