@@ -262,3 +262,11 @@ def final_metrics(
         if metric not in table:
             table[metric] = float("nan")
     return table.reset_index()
+
+
+def final_by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """An arm's final ``metric`` per seed from ``final_metrics`` rows with a ``seed`` column;
+    NaN for a seed that diverged or failed (``verdict.judge`` counts it as diverged and leaves
+    it out)."""
+    values = rows[metric].where(rows["status"] == "finished")
+    return pd.Series(values.to_numpy(float), index=rows["seed"].to_numpy(int))

@@ -30,6 +30,7 @@ from grafting_core.lab.experiments.common import (
     OptimizerChoice,
     Progress,
     beyond_edge,
+    final_by_seed,
     final_metrics,
     graft_config,
     new_group,
@@ -748,12 +749,9 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
     direction, grafted), and the controls' rows (``control``: positive or negative, its M
     and D labels, ``passed``: like M for the positive one, like D for the negative)."""
 
-    def by_seed(rows: pd.DataFrame) -> pd.Series:
-        values = rows[metric].where(rows["status"] == "finished")
-        return pd.Series(values.to_numpy(float), index=rows["seed"].to_numpy(int))
-
     tuned = {
-        m: by_seed(rows) for m, rows in table[table["role"] == "tuned"].groupby("magnitude_arm")
+        m: final_by_seed(rows, metric)
+        for m, rows in table[table["role"] == "tuned"].groupby("magnitude_arm")
     }
     keys, judgments = [], []
     grafts = table[table["role"].isin(["graft", "partial_graft"])]
@@ -762,7 +760,7 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
     ):
         if m in tuned and d in tuned:
             keys.append((m, d, variant or "all"))
-            judgments.append(judge(tuned[m], tuned[d], by_seed(rows)))
+            judgments.append(judge(tuned[m], tuned[d], final_by_seed(rows, metric)))
 
     def on_its_seeds(m: pd.Series, d: pd.Series, g: pd.Series) -> list[pd.Series]:
         """A control's arms on the seeds it trained (paired: its M or D has more)."""
@@ -771,16 +769,17 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
 
     controls = []
     slow = {
-        m: by_seed(rows) for m, rows in table[table["role"] == "control"].groupby("magnitude_arm")
+        m: final_by_seed(rows, metric)
+        for m, rows in table[table["role"] == "control"].groupby("magnitude_arm")
     }
     for (m, d), rows in table[table["role"] == "control_graft"].groupby(
         ["magnitude_arm", "direction_arm"], sort=False
     ):
         if m in slow and d in tuned:
             controls.append(("positive", m, d))
-            judgments.append(judge(*on_its_seeds(slow[m], tuned[d], by_seed(rows))))
+            judgments.append(judge(*on_its_seeds(slow[m], tuned[d], final_by_seed(rows, metric))))
     full = {
-        (m, d): by_seed(rows)
+        (m, d): final_by_seed(rows, metric)
         for (m, d), rows in grafts[grafts["variant"] == ""].groupby(
             ["magnitude_arm", "direction_arm"], sort=False
         )
@@ -790,7 +789,9 @@ def _judgments(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataF
     ):  # M = the graft X#Y, D = tuned X
         if (x, y) in full and x in tuned:
             controls.append(("negative", f"{x}#{y}", x))
-            judgments.append(judge(*on_its_seeds(full[x, y], tuned[x], by_seed(rows))))
+            judgments.append(
+                judge(*on_its_seeds(full[x, y], tuned[x], final_by_seed(rows, metric)))
+            )
     rows = []
     # Holm over the grafts' verdicts (the findings); each control is judged on its own at
     # 5%: what it must show holds by construction, so it is a check of the instrument's

@@ -29,7 +29,12 @@ import pandas as pd
 
 from grafting_core import StaticRatios
 from grafting_core.lab.experiments.analysis import static_ratios_from_run
-from grafting_core.lab.experiments.common import Progress, final_metrics, run_all
+from grafting_core.lab.experiments.common import (
+    Progress,
+    final_by_seed,
+    final_metrics,
+    run_all,
+)
 from grafting_core.lab.experiments.static_ratios import (
     ratios_reference,
     referenced_ratios,
@@ -332,13 +337,6 @@ def study_finals(
     return table[table["status"].isin(("finished", *FAILED))].reset_index(drop=True)
 
 
-def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """An arm's final ``metric`` per seed; NaN for a seed that diverged or failed (``judge``
-    counts it as diverged and leaves it out)."""
-    values = rows[metric].where(rows["status"] == "finished")
-    return pd.Series(values.to_numpy(float), index=rows["seed"].to_numpy(int))
-
-
 def verdict_words(label: str, magnitude: str, direction: str) -> str:
     """A static-ratio arm's ``judge`` label in the study's words: it is judged between tuned
     D (the judge's M, position 0) and tuned M (the judge's D, position 1), so "like M" reads
@@ -372,13 +370,13 @@ def judge_study(
     variants = list(dict.fromkeys(static["variant"]))
     if not variants:
         return pd.DataFrame()
-    d_seeds = _by_seed(tuned[tuned["magnitude_arm"] == direction], metric)
-    m_seeds = _by_seed(tuned[tuned["magnitude_arm"] == magnitude], metric)
+    d_seeds = final_by_seed(tuned[tuned["magnitude_arm"] == direction], metric)
+    m_seeds = final_by_seed(tuned[tuned["magnitude_arm"] == magnitude], metric)
     alone = [
         judge(
             d_seeds,
             m_seeds,
-            _by_seed(static[static["variant"] == v], metric),
+            final_by_seed(static[static["variant"] == v], metric),
             margin=margin,
             alpha=alpha,
         )

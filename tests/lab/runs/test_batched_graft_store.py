@@ -15,7 +15,7 @@ from grafting_core.lab.experiments.compare import NESTED_GRAFT, compare
 from grafting_core.lab.experiments.comparison_plan import SweepPlan
 from grafting_core.lab.runs.batched import BatchedTrainer
 from grafting_core.lab.runs.groups import record_runs
-from grafting_core.lab.runs.runner import create_run, execute_batch, execute_run, pause_run
+from grafting_core.lab.runs.runner import execute_batch, execute_run
 from grafting_core.lab.store.run_store import RunStore
 from tests.helpers import PAIR
 from tests.helpers import SEARCH_TINY as TINY
@@ -23,6 +23,8 @@ from tests.lab.runs.test_batched_store import (
     BASE,
     assert_same_store_run,
     paused_alone_as_straight,
+    paused_batch,
+    twin_stores,
 )
 
 SGD, ADAM = PAIR["sgd"], PAIR["adam"]
@@ -44,9 +46,7 @@ def batches_seen(monkeypatch) -> list[BatchedTrainer]:
 
 def test_grafted_members_write_what_their_own_runs_write(tmp_path, monkeypatch):
     seen = batches_seen(monkeypatch)
-    batched, alone = RunStore(tmp_path / "batched"), RunStore(tmp_path / "alone")
-    b_ids = [create_run(batched, c) for c in GRAFTS]
-    a_ids = [create_run(alone, c) for c in GRAFTS]
+    batched, alone, b_ids, a_ids = twin_stores(tmp_path, GRAFTS)
     assert execute_batch(batched, b_ids) == ["finished"] * len(GRAFTS)
     assert [len(t.configs) for t in seen] == [len(GRAFTS)]  # one batch
     for run_id in a_ids:
@@ -56,15 +56,8 @@ def test_grafted_members_write_what_their_own_runs_write(tmp_path, monkeypatch):
 
 
 def test_a_paused_batched_graft_resumes_as_a_batch_and_alone(tmp_path):
-    batched, alone = RunStore(tmp_path / "batched"), RunStore(tmp_path / "alone")
-    b_ids = [create_run(batched, c) for c in GRAFTS]
-    a_ids = [create_run(alone, c) for c in GRAFTS]
-    for run_id in b_ids:
-        pause_run(batched, run_id, 7)
-    assert execute_batch(batched, b_ids) == ["stopped"] * len(GRAFTS)
-    for run_id in b_ids:
-        assert batched.run(run_id)["last_step"] == 7
-        pause_run(batched, run_id, 0)
+    batched, alone, b_ids, a_ids = twin_stores(tmp_path, GRAFTS)
+    paused_batch(batched, b_ids, 7)
     # the first member resumes alone in Trainer, the others as a batch
     assert execute_run(batched, b_ids[0], resume=True) == "finished"
     assert execute_batch(batched, b_ids[1:], resume=True) == ["finished"] * 3

@@ -18,12 +18,9 @@ from grafting_core.lab.runs.batched import GRAFT_CLASS, batch_key, check_batchab
 from grafting_core.lab.runs.trainer import read_checkpoint
 from tests.lab.runs.test_batched import BASE, assert_same_run
 from tests.lab.runs.test_batched_graft import (
-    NAN_AT,
-    POISONED,
-    PoisonedBatch,
-    PoisonedTrainer,
     assert_resumes_exactly,
     assert_same_records,
+    assert_skips_as_trainer,
     batched_run,
     pair,
     trainer_run,
@@ -108,18 +105,7 @@ def test_a_non_finite_gradient_skips_the_layer_as_graft_does(record):
     """The outer Graft skips the layer (counted, marked in the norms), the inner one and
     every child see a zero gradient for it, as in Trainer."""
     configs = [c.replace(record_every=1 if record else 7) for c in CONTROLS["(sgd#adam)#sgd"]]
-    results, seen = batched_run(configs, PoisonedBatch)
-    trainer, rows, want = trainer_run(configs[1], PoisonedTrainer)
-    assert trainer.status == results[1].status == "finished"
-    assert int(trainer.optimizer.nonfinite_skips.sum()) == 1
-    assert_same_run(results[1], trainer, rows)
-    assert_same_records(seen[1], want)
-    if record:
-        skipped = seen[1].table[NAN_AT, :, -1]
-        assert skipped.tolist() == [float(n == POISONED) for n in trainer.optimizer.layers.names]
-    clean, rows, want = trainer_run(configs[0])
-    assert_same_run(results[0], clean, rows)
-    assert_same_records(seen[0], want)
+    assert_skips_as_trainer(configs)
 
 
 @pytest.mark.parametrize("pause", [20, 27])

@@ -88,10 +88,20 @@ def assert_same_end(store_a, a, store_b, b) -> None:
     assert math.isclose(last[0]["value"], last[1]["value"], rel_tol=RTOL)
 
 
-def twin_stores(tmp_path):
+def twin_stores(tmp_path, configs=MEMBERS):
     batched, alone = RunStore(tmp_path / "batched"), RunStore(tmp_path / "alone")
-    ids = {name: [create_run(s, c) for c in MEMBERS] for name, s in (("b", batched), ("a", alone))}
+    ids = {name: [create_run(s, c) for c in configs] for name, s in (("b", batched), ("a", alone))}
     return batched, alone, ids["b"], ids["a"]
+
+
+def paused_batch(batched, b_ids, step) -> None:
+    """Train the batch ``b_ids`` to ``step``, where it stops, and lift the pause again."""
+    for run_id in b_ids:
+        pause_run(batched, run_id, step)
+    assert execute_batch(batched, b_ids) == ["stopped"] * len(b_ids)
+    for run_id in b_ids:
+        assert batched.run(run_id)["last_step"] == step
+        pause_run(batched, run_id, 0)
 
 
 def test_members_write_what_their_own_runs_write(tmp_path):
@@ -120,16 +130,10 @@ def paused_alone_as_straight(tmp_path, alone, configs, run_ids, step):
 def test_a_member_paused_at_the_rung_resumes_alone_as_the_run_trained_straight(tmp_path, magnitude):
     hp = {"lr": 3e-3} if magnitude == "adam" else {"lr": 0.05, "momentum": 0.9}
     configs = [m.replace(magnitude=magnitude, magnitude_hparams=hp) for m in MEMBERS]
-    batched, alone = RunStore(tmp_path / "batched"), RunStore(tmp_path / "alone")
-    b_ids = [create_run(batched, c) for c in configs]
-    a_ids = [create_run(alone, c) for c in configs]
+    batched, alone, b_ids, a_ids = twin_stores(tmp_path, configs)
+    paused_batch(batched, b_ids, 7)
     for run_id in b_ids:
-        pause_run(batched, run_id, 7)
-    assert execute_batch(batched, b_ids) == ["stopped"] * len(configs)
-    for run_id in b_ids:
-        assert batched.run(run_id)["last_step"] == 7
         assert batched.metrics([run_id], names=["val_loss"])["step"].tolist() == [6]
-        pause_run(batched, run_id, 0)
         assert execute_run(batched, run_id, resume=True) == "finished"  # Trainer, alone
     paused_alone_as_straight(tmp_path, alone, configs, a_ids, 7)
     for b, a in zip(b_ids, a_ids):
@@ -138,11 +142,7 @@ def test_a_member_paused_at_the_rung_resumes_alone_as_the_run_trained_straight(t
 
 def test_a_paused_batch_resumes_as_a_batch(tmp_path):
     batched, alone, b_ids, a_ids = twin_stores(tmp_path)
-    for run_id in b_ids:
-        pause_run(batched, run_id, 13)
-    execute_batch(batched, b_ids)
-    for run_id in b_ids:
-        pause_run(batched, run_id, 0)
+    paused_batch(batched, b_ids, 13)
     assert execute_batch(batched, b_ids, resume=True) == ["finished"] * len(MEMBERS)
     paused_alone_as_straight(tmp_path, alone, MEMBERS, a_ids, 13)
     for b, a in zip(b_ids, a_ids):
